@@ -1,0 +1,96 @@
+# What engines and nodes send each other: EngineMessage, the signed P2P frame that carries
+# messages between nodes, pub/sub events and block requests (SPEC.md "Messages", "Storage").
+@0xf2039a6864b60728;
+
+using Id = import "identity.capnp";
+
+struct Destination {
+  union {
+    engine @0 :Id.Identity;
+    node @1 :Id.Identity;
+    topic @2 :Id.Identity;
+    relay @3 :Data;          # v2: a relayed destination; refused by v1 routers
+    domain @4 :Id.Identity;  # v2: anycast to a domain; refused by v1 routers
+  }
+}
+
+enum Scope {
+  local @0;
+  domain @1;
+  any @2;
+}
+
+struct RoutingPrefs {
+  scope @0 :Scope = any;
+}
+
+struct EngineMessage {
+  src @0 :Id.Identity;
+  dst @1 :Destination;
+  id @2 :UInt64;             # unique per (src, dst)
+  replyTo :union {
+    none @3 :Void;
+    id @4 :UInt64;           # the id of the request this answers
+  }
+  expiry :union {
+    never @5 :Void;
+    at @6 :Id.Time;
+  }
+  routing @7 :RoutingPrefs;
+  transport @8 :Id.TransportPrefs;
+  protocol @9 :Text;
+  body @10 :Data;
+  sig @11 :Id.Signature;     # by src over every field above; empty when unsigned
+}
+
+# What one node sends another: a batch of payloads under one node signature.
+struct P2PFrame {
+  src @0 :Id.Identity;
+  dst @1 :Id.Identity;
+  payloads @2 :List(P2PPayload);
+  sig @3 :Id.Signature;      # by the src node over src, dst and every payload
+}
+
+struct P2PPayload {
+  union {
+    engine @0 :EngineMessage;
+    relay @1 :Data;          # v2: RelayMessage
+  }
+}
+
+# A pub/sub event. Receivers detect loss from gaps in `seq`.
+struct Event {
+  topic @0 :Id.Identity;
+  publisher @1 :Id.Identity;
+  seq @2 :UInt32;            # per publisher
+  deps @3 :List(Id.ContentId);
+  body @4 :Data;
+  sig @5 :Id.Signature;      # by the publisher
+}
+
+struct BlockPrefs {
+  expiry @0 :Id.Time;        # 0: keep until collected by policy
+  minTrust @1 :UInt8;        # serve only to nodes trusted at least this much
+}
+
+struct BlockPut {
+  id @0 :Id.ContentId;       # BLAKE3 of content
+  content @1 :Data;
+  prefs @2 :BlockPrefs;
+}
+
+struct BlockGet {
+  id @0 :Id.ContentId;
+}
+
+struct BlockResponse {
+  id @0 :Id.ContentId;
+  content @1 :Data;
+}
+
+struct StorageCommitment {
+  chunk @0 :Id.ContentId;
+  node @1 :Id.Identity;
+  expiry @2 :Id.Time;
+  sig @3 :Id.Signature;      # by node
+}

@@ -1,0 +1,54 @@
+# The router's interface: engines attach to it, and the node's other services hand it frames.
+@0xe1edda0988db7c3d;
+
+using Id = import "identity.capnp";
+using Msg = import "message.capnp";
+using Svc = import "service.capnp";
+
+interface Router extends(Svc.Service) {
+  # First step of attaching an engine: the router answers with a challenge that the engine
+  # signs (see `attachChallenge` in schema/src/signing.rs) and returns through `attachment`.
+  attach @0 (engine :Id.Identity) -> (challenge :Data, attachment :Attachment);
+  # A P2P frame that transport received from another node.
+  receiveFrame @1 (frame :Msg.P2PFrame) -> ();
+}
+
+interface Attachment {
+  prove @0 (signature :Id.Signature, inbox :Inbox) -> (session :EngineSession, limits :AttachLimits);
+}
+
+struct AttachLimits {
+  node @0 :Id.Identity;
+  maxMessageBytes @1 :UInt32;
+}
+
+# The engine's side of an attachment: the router delivers messages here, in order.
+interface Inbox {
+  deliver @0 (message :Msg.EngineMessage) -> ();
+}
+
+enum SendRefusal {
+  overLimit @0;              # the body is larger than the node's maximum message length
+  expired @1;
+  noRoute @2;
+  badSource @3;              # src is not the attached engine
+  queueFull @4;              # the destination stayed full for the whole wait
+  malformed @5;
+  unsupported @6;            # a destination kind this node does not route yet
+}
+
+struct SendResult {
+  union {
+    accepted @0 :Void;
+    refused :group {
+      reason @1 :SendRefusal;
+      detail @2 :Text;
+    }
+  }
+}
+
+interface EngineSession {
+  # Returns once the router has queued the message for its destination, or refused it.
+  send @0 (message :Msg.EngineMessage) -> (result :SendResult);
+  detach @1 () -> ();
+}

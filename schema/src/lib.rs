@@ -1,0 +1,36 @@
+//! The wire types of netmachine: the Cap'n Proto code generated from `schema/*.capnp`, and the
+//! typed Rust wrappers the services share (identities and keys, signing payloads, EngineMessage).
+//!
+//! The generated modules are committed (see `scripts/regen-schema`), so a build needs only the
+//! Rust toolchain; `tests::generated_code_matches_schemas` fails when they are stale.
+
+#![allow(clippy::all)]
+
+macro_rules! generated {
+    ($($name:ident),*) => {$(
+        #[allow(unused_parens, unused_imports, missing_docs, clippy::all)]
+        pub mod $name {
+            include!(concat!("generated/", stringify!($name), ".rs"));
+        }
+    )*};
+}
+
+generated!(
+    identity_capnp,
+    message_capnp,
+    service_capnp,
+    identity_store_capnp,
+    router_capnp,
+    transport_capnp,
+    pubsub_capnp,
+    storage_capnp
+);
+
+pub mod digest;
+pub mod identity;
+pub mod message;
+pub mod signing;
+pub mod time;
+
+pub use identity::{Identity, KeyError, Keypair, SignatureBytes};
+pub use message::{Destination, EngineMessage, MessageError};
