@@ -1,1 +1,16 @@
+//! The shell every netmachine service process shares: the node home and its config, serving
+//! and calling Cap'n Proto RPC over Unix sockets, links to other services that reconnect with
+//! capped backoff, status reports, logging and clean shutdown on SIGTERM.
 
+pub mod backoff;
+pub mod config;
+pub mod home;
+pub mod link;
+pub mod process;
+pub mod rpc;
+pub mod status;
+
+pub use backoff::Backoff;
+pub use config::{Config, ConfigError};
+pub use home::{NodeHome, ServiceKind};
+pub use link::Link;

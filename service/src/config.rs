@@ -1,0 +1,319 @@
+//! The node's configuration: embedded defaults, overridden by `config.toml` in the node home,
+//! then by `NETMACHINE_<SECTION>__<KEY>` environment variables, then by `--set section.key=value`
+//! flags. A bad setting is reported with its dotted field name and what is wrong with it.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Every setting of a node. See the README's config reference for each field.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub limits: Limits,
+    pub router: RouterConfig,
+    pub supervisor: SupervisorConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Runtime directory for the service sockets (`$RUN`); default `<home>/run`.
+    pub run_dir: Option<PathBuf>,
+    /// Data directory (`$DATA`); default `<home>/data`.
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest message body a node accepts or sends, in bytes.
+    pub max_message_bytes: u32,
+    /// Messages queued for one engine before senders to it wait.
+    pub engine_queue: u32,
+    /// Engines attached at once.
+    pub max_engines: u32,
+    /// RPC connections one service accepts at once.
+    pub max_connections: u32,
+    /// How long a send waits for room in a full destination queue before it is refused.
+    pub send_wait_ms: u64,
+    /// Identity records the identity store keeps.
+    pub max_records: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_bytes: 1 << 20,
+            engine_queue: 1024,
+            max_engines: 1024,
+            max_connections: 256,
+            send_wait_ms: 5_000,
+            max_records: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Identity records the router keeps cached from the identity store.
+    pub cache_entries: u32,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig { cache_entries: 65_536 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisorConfig {
+    /// First delay before `netmachine up` restarts a service that died.
+    pub restart_initial_ms: u64,
+    /// Longest delay between restarts of a service that keeps dying.
+    pub restart_max_ms: u64,
+    /// How long a service gets to exit after SIGTERM before it is killed.
+    pub stop_timeout_ms: u64,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        SupervisorConfig { restart_initial_ms: 100, restart_max_ms: 10_000, stop_timeout_ms: 5_000 }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node: NodeConfig::default(),
+            limits: Limits::default(),
+            router: RouterConfig::default(),
+            supervisor: SupervisorConfig::default(),
+        }
+    }
+}
+
+/// What is wrong with a configuration.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    #[error("config file {path}: {detail}")]
+    File { path: PathBuf, detail: String },
+    #[error("config field `{field}` ({source_name}): {problem}")]
+    Field { field: String, source_name: String, problem: String },
+    #[error("config override '{0}': expected section.key=value")]
+    Override(String),
+}
+
+/// Where an override came from, for error messages.
+#[derive(Debug, Clone)]
+pub struct Override {
+    pub field: String,
+    pub value: String,
+    pub origin: String,
+}
+
+impl Override {
+    /// Parses a `--set section.key=value` flag.
+    pub fn from_flag(flag: &str) -> Result<Self, ConfigError> {
+        let (field, value) = flag.split_once('=').ok_or_else(|| ConfigError::Override(flag.into()))?;
+        if !field.contains('.') {
+            return Err(ConfigError::Override(flag.into()));
+        }
+        Ok(Override { field: field.trim().into(), value: value.into(), origin: format!("--set {flag}") })
+    }
+
+    /// The `NETMACHINE_<SECTION>__<KEY>` variables of an environment (NETMACHINE_HOME excepted).
+    pub fn from_env(vars: impl Iterator<Item = (String, String)>) -> Vec<Self> {
+        vars.filter_map(|(name, value)| {
+            let rest = name.strip_prefix("NETMACHINE_")?;
+            if rest == "HOME" {
+                return None;
+            }
+            let field = rest.to_ascii_lowercase().replace("__", ".");
+            Some(Override { field, value, origin: format!("environment variable {name}") })
+        })
+        .collect()
+    }
+}
+
+impl Config {
+    /// Loads the config: defaults, then `file` if it exists, then each override in order.
+    pub fn load(file: &Path, overrides: &[Override]) -> Result<Config, ConfigError> {
+        let mut table = match std::fs::read_to_string(file) {
+            Ok(text) => text.parse::<toml::Table>().map_err(|e| ConfigError::File {
+                path: file.to_path_buf(),
+                detail: e.to_string().trim().to_string(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
+            Err(e) => return Err(ConfigError::File { path: file.to_path_buf(), detail: e.to_string() }),
+        };
+        for o in overrides {
+            let (section, key) = o.field.split_once('.').ok_or_else(|| ConfigError::Field {
+                field: o.field.clone(),
+                source_name: o.origin.clone(),
+                problem: "expected section.key".into(),
+            })?;
+            let section = table
+                .entry(section)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let toml::Value::Table(section) = section else {
+                return Err(ConfigError::Field {
+                    field: o.field.clone(),
+                    source_name: o.origin.clone(),
+                    problem: "its section is not a table".into(),
+                });
+            };
+            section.insert(key.to_string(), parse_value(&o.value));
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            ConfigError::Field {
+                field: e.path().to_string(),
+                source_name: origin_of(&e.path().to_string(), file, overrides),
+                problem: e.inner().to_string(),
+            }
+        })?;
+        config.validate(file, overrides)?;
+        Ok(config)
+    }
+
+    fn validate(&self, file: &Path, overrides: &[Override]) -> Result<(), ConfigError> {
+        let checks: [(&str, u64, u64, u64); 9] = [
+            ("limits.max_message_bytes", self.limits.max_message_bytes.into(), 1024, 64 << 20),
+            ("limits.engine_queue", self.limits.engine_queue.into(), 1, 1 << 20),
+            ("limits.max_engines", self.limits.max_engines.into(), 1, 1 << 20),
+            ("limits.max_connections", self.limits.max_connections.into(), 1, 1 << 16),
+            ("limits.send_wait_ms", self.limits.send_wait_ms, 0, 600_000),
+            ("limits.max_records", self.limits.max_records, 1, 1 << 32),
+            ("router.cache_entries", self.router.cache_entries.into(), 16, 1 << 24),
+            ("supervisor.restart_max_ms", self.supervisor.restart_max_ms, self.supervisor.restart_initial_ms.max(1), 3_600_000),
+            ("supervisor.stop_timeout_ms", self.supervisor.stop_timeout_ms, 100, 600_000),
+        ];
+        for (field, value, min, max) in checks {
+            if value < min || value > max {
+                return Err(ConfigError::Field {
+                    field: field.into(),
+                    source_name: origin_of(field, file, overrides),
+                    problem: format!("must be between {min} and {max}, got {value}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The largest RPC message a service reads, in 8-byte words: room for one maximal message
+    /// body twice over plus its envelope. Anything larger closes the connection that sent it.
+    pub fn rpc_word_limit(&self) -> usize {
+        (self.limits.max_message_bytes as usize / 8) * 2 + (64 << 10)
+    }
+}
+
+/// A value as TOML if it parses as one (numbers, booleans, arrays), else as a plain string.
+fn parse_value(text: &str) -> toml::Value {
+    format!("v = {text}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_string()))
+}
+
+fn origin_of(field: &str, file: &Path, overrides: &[Override]) -> String {
+    overrides
+        .iter()
+        .rev()
+        .find(|o| field.starts_with(&o.field) || o.field.starts_with(field))
+        .map(|o| o.origin.clone())
+        .unwrap_or_else(|| format!("file {}", file.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(text: &str) -> (PathBuf, impl Drop) {
+        struct Remove(PathBuf);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("nm-config-{}-{n}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        (path.clone(), Remove(path))
+    }
+
+    fn set(field: &str, value: &str, origin: &str) -> Override {
+        Override { field: field.into(), value: value.into(), origin: origin.into() }
+    }
+
+    #[test]
+    fn no_file_gives_the_defaults() {
+        let config = Config::load(Path::new("/nonexistent/config.toml"), &[]).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn file_then_environment_then_flags_win_in_that_order() {
+        let (path, _guard) = file_with("[limits]\nengine_queue = 10\nmax_engines = 20\nsend_wait_ms = 30\n");
+        let env = Override::from_env(
+            [
+                ("NETMACHINE_LIMITS__MAX_ENGINES".to_string(), "21".to_string()),
+                ("NETMACHINE_LIMITS__SEND_WAIT_MS".to_string(), "31".to_string()),
+                ("NETMACHINE_HOME".to_string(), "/x".to_string()),
+                ("PATH".to_string(), "/bin".to_string()),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(env.len(), 2);
+        let mut overrides = env;
+        overrides.push(Override::from_flag("limits.send_wait_ms=32").unwrap());
+        let config = Config::load(&path, &overrides).unwrap();
+        assert_eq!(config.limits.engine_queue, 10);
+        assert_eq!(config.limits.max_engines, 21);
+        assert_eq!(config.limits.send_wait_ms, 32);
+        assert_eq!(config.limits.max_message_bytes, Limits::default().max_message_bytes);
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_field_and_the_file() {
+        let (path, _guard) = file_with("[limits]\nmax_message_bytes = \"big\"\n");
+        let err = Config::load(&path, &[]).unwrap_err().to_string();
+        assert!(err.contains("`limits.max_message_bytes`"), "{err}");
+        assert!(err.contains("invalid type"), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_field_is_refused_by_name() {
+        let (path, _guard) = file_with("[limits]\nmax_mesage_bytes = 5\n");
+        let err = Config::load(&path, &[]).unwrap_err().to_string();
+        assert!(err.contains("max_mesage_bytes"), "{err}");
+    }
+
+    #[test]
+    fn an_out_of_range_value_names_the_field_and_its_origin() {
+        let err = Config::load(Path::new("/none"), &[set("limits.max_message_bytes", "5", "--set x")])
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config field `limits.max_message_bytes` (--set x): must be between 1024 and 67108864, got 5"
+        );
+    }
+
+    #[test]
+    fn broken_toml_and_bad_flags_are_reported() {
+        let (path, _guard) = file_with("[limits\n");
+        assert!(matches!(Config::load(&path, &[]), Err(ConfigError::File { .. })));
+        assert!(Override::from_flag("nodot=1").is_err());
+        assert!(Override::from_flag("limits.engine_queue").is_err());
+    }
+
+    #[test]
+    fn a_string_override_for_a_path_field_is_taken_as_text() {
+        let config = Config::load(Path::new("/none"), &[set("node.run_dir", "/tmp/run", "flag")]).unwrap();
+        assert_eq!(config.node.run_dir, Some(PathBuf::from("/tmp/run")));
+    }
+}

@@ -1,0 +1,126 @@
+//! Cap'n Proto RPC over Unix stream sockets: serving a service's bootstrap interface to every
+//! connection, and connecting to another service. Every read is bounded by a word limit and a
+//! nesting limit; a connection that sends garbage is closed and counted, the service goes on.
+
+use capnp_rpc::{rpc_twoparty_capnp::Side, twoparty, RpcSystem};
+use std::cell::Cell;
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::rc::Rc;
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
+
+/// The limits every RPC read obeys.
+pub fn reader_options(word_limit: usize) -> capnp::message::ReaderOptions {
+    let mut options = capnp::message::ReaderOptions::new();
+    options.traversal_limit_in_words(Some(word_limit)).nesting_limit(64);
+    options
+}
+
+/// Counts of what happened to a service's RPC connections, for its status report.
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    pub open: Cell<u64>,
+    pub accepted: Cell<u64>,
+    pub refused_over_limit: Cell<u64>,
+    pub closed_on_error: Cell<u64>,
+}
+
+impl ConnectionStats {
+    pub fn counters(&self) -> [(&'static str, u64); 4] {
+        [
+            ("rpc_connections_open", self.open.get()),
+            ("rpc_connections_accepted", self.accepted.get()),
+            ("rpc_connections_refused_over_limit", self.refused_over_limit.get()),
+            ("rpc_connections_closed_on_error", self.closed_on_error.get()),
+        ]
+    }
+}
+
+/// Binds `path`, first removing a stale socket; refuses if a live service answers there.
+pub async fn bind(path: &Path) -> io::Result<UnixListener> {
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("{} is served by a running process: stop it first", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    UnixListener::bind(path)
+}
+
+/// Serves `bootstrap` on every connection to `listener` until `shutdown` resolves, then removes
+/// the socket file. Must run inside a `LocalSet`.
+pub async fn serve(
+    listener: UnixListener,
+    path: &Path,
+    bootstrap: capnp::capability::Client,
+    word_limit: usize,
+    max_connections: u64,
+    stats: Rc<ConnectionStats>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if stats.open.get() >= max_connections {
+            stats.refused_over_limit.set(stats.refused_over_limit.get() + 1);
+            tracing::warn!(max_connections, "refused a connection: limits.max_connections reached");
+            continue;
+        }
+        stats.accepted.set(stats.accepted.get() + 1);
+        stats.open.set(stats.open.get() + 1);
+        let rpc = rpc_system(stream, Side::Server, word_limit, Some(bootstrap.clone()));
+        let stats = stats.clone();
+        tokio::task::spawn_local(async move {
+            if let Err(error) = rpc.await {
+                stats.closed_on_error.set(stats.closed_on_error.get() + 1);
+                tracing::info!(%error, "closed an RPC connection");
+            }
+            stats.open.set(stats.open.get() - 1);
+        });
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(path);
+}
+
+/// Connects to the service at `path`. Returns its bootstrap interface and the task that drives
+/// the connection, which ends when the connection does. Must run inside a `LocalSet`.
+pub async fn connect<C: capnp::capability::FromClientHook>(
+    path: &Path,
+    word_limit: usize,
+) -> io::Result<(C, tokio::task::JoinHandle<Result<(), capnp::Error>>)> {
+    let stream = UnixStream::connect(path).await?;
+    let mut rpc = rpc_system(stream, Side::Client, word_limit, None);
+    let client: C = rpc.bootstrap(Side::Server);
+    Ok((client, tokio::task::spawn_local(rpc)))
+}
+
+fn rpc_system(
+    stream: UnixStream,
+    side: Side,
+    word_limit: usize,
+    bootstrap: Option<capnp::capability::Client>,
+) -> RpcSystem<Side> {
+    let (reader, writer) = stream.into_split();
+    let network = twoparty::VatNetwork::new(
+        futures::io::BufReader::new(reader.compat()),
+        futures::io::BufWriter::new(writer.compat_write()),
+        side,
+        reader_options(word_limit),
+    );
+    RpcSystem::new(Box::new(network), bootstrap)
+}
