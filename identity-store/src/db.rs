@@ -1,0 +1,76 @@
+//! The records on disk: one redb table from identity to the record's Cap'n Proto encoding.
+//! redb is a pure-Rust, copy-on-write B-tree with checksummed, fsync'd commits, so a record is
+//! on disk before the update is acknowledged and survives kill -9 or power loss.
+
+use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition};
+use std::ops::Bound;
+use std::path::Path;
+
+const RECORDS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("records");
+
+/// The persistent record table.
+pub struct RecordDb {
+    db: redb::Database,
+}
+
+impl RecordDb {
+    /// Opens (or creates) the database file at `path`.
+    pub fn open(path: &Path) -> Result<Self, redb::Error> {
+        let db = redb::Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(RECORDS)?;
+        txn.commit()?;
+        Ok(RecordDb { db })
+    }
+
+    pub fn get(&self, id: &[u8; 32]) -> Result<Option<Vec<u8>>, redb::Error> {
+        let table = self.db.begin_read()?.open_table(RECORDS)?;
+        Ok(table.get(id)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Stores `record` under `id`; durable when this returns.
+    pub fn put(&self, id: &[u8; 32], record: &[u8]) -> Result<(), redb::Error> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(RECORDS)?.insert(id, record)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Removes `id`; true if it was there.
+    pub fn delete(&self, id: &[u8; 32]) -> Result<bool, redb::Error> {
+        let txn = self.db.begin_write()?;
+        let existed = txn.open_table(RECORDS)?.remove(id)?.is_some();
+        txn.commit()?;
+        Ok(existed)
+    }
+
+    pub fn len(&self) -> Result<u64, redb::Error> {
+        Ok(self.db.begin_read()?.open_table(RECORDS)?.len()?)
+    }
+
+    /// Records in identity order after `after` (from the start when `None`) for which `keep`
+    /// holds, at most `limit` of them.
+    pub fn scan(
+        &self,
+        after: Option<[u8; 32]>,
+        limit: usize,
+        mut keep: impl FnMut(&[u8]) -> bool,
+    ) -> Result<Vec<([u8; 32], Vec<u8>)>, redb::Error> {
+        let table = self.db.begin_read()?.open_table(RECORDS)?;
+        let start = match &after {
+            Some(id) => Bound::Excluded(id),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for entry in table.range::<&[u8; 32]>((start, Bound::Unbounded))? {
+            if out.len() >= limit {
+                break;
+            }
+            let (id, record) = entry?;
+            if keep(record.value()) {
+                out.push((*id.value(), record.value().to_vec()));
+            }
+        }
+        Ok(out)
+    }
+}
