@@ -1,0 +1,311 @@
+//! The router's RPC face: engines attach (challenge, then proof of key), send through their
+//! session, and receive through the Inbox they handed over. Sends are routed by the table;
+//! a destination the table does not know is looked up in the identity store.
+
+use crate::attachment::{enqueue, Attachment};
+use crate::drops::{DropCounters, DropReason};
+use crate::table::{Known, Route, RoutingTable};
+use crate::watcher::on_identity_store_connect;
+use netmachine_schema::identity_store_capnp::identity_store;
+use netmachine_schema::router_capnp::{attachment, engine_session, router, SendRefusal};
+use netmachine_schema::service_capnp::{service, subscription};
+use netmachine_schema::{signing, time::now_ms, EngineMessage, Identity, Keypair, MessageError};
+use netmachine_service::home::{NodeHome, ServiceKind};
+use netmachine_service::rpc::ConnectionStats;
+use netmachine_service::status::StatusReport;
+use netmachine_service::Link;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+/// How long a send waits for the identity store to answer a lookup.
+const LOOKUP_WAIT: Duration = Duration::from_secs(2);
+
+/// Everything the router's interfaces share.
+pub struct RouterState {
+    key: Keypair,
+    home: NodeHome,
+    stats: Rc<ConnectionStats>,
+    table: Rc<RefCell<RoutingTable<Attachment>>>,
+    drops: Rc<DropCounters>,
+    identity_store: Link<identity_store::Client>,
+    _watch: Rc<RefCell<Option<subscription::Client>>>,
+    generations: Cell<u64>,
+    accepted: Cell<u64>,
+    attach_refused: Cell<u64>,
+}
+
+impl RouterState {
+    /// The router of the node whose home is `home`, holding the node key.
+    pub fn new(home: NodeHome, key: Keypair, stats: Rc<ConnectionStats>) -> Rc<Self> {
+        let table = Rc::new(RefCell::new(RoutingTable::new(
+            key.identity(),
+            home.config.router.cache_entries as usize,
+        )));
+        let watch = Rc::new(RefCell::new(None));
+        let identity_store = Link::start(
+            ServiceKind::IdentityStore,
+            home.socket(ServiceKind::IdentityStore),
+            home.config.rpc_word_limit(),
+            on_identity_store_connect(table.clone(), watch.clone()),
+        );
+        Rc::new(RouterState {
+            key,
+            home,
+            stats,
+            table,
+            drops: Rc::new(DropCounters::default()),
+            identity_store,
+            _watch: watch,
+            generations: Cell::new(0),
+            accepted: Cell::new(0),
+            attach_refused: Cell::new(0),
+        })
+    }
+
+    /// The router's bootstrap interface.
+    pub fn client(self: &Rc<Self>) -> router::Client {
+        capnp_rpc::new_client(RouterServer(self.clone()))
+    }
+
+    async fn lookup(&self, id: Identity) -> Result<Option<Known>, String> {
+        let store = self
+            .identity_store
+            .client_within(LOOKUP_WAIT)
+            .await
+            .ok_or("the identity store is unreachable")?;
+        let mut request = store.lookup_request();
+        request.get().set_id(&id.0);
+        let answer = tokio::time::timeout(LOOKUP_WAIT, request.send().promise)
+            .await
+            .map_err(|_| "the identity store did not answer in time".to_string())?
+            .map_err(|e| format!("identity store lookup failed: {e}"))?;
+        let answer = answer.get().map_err(|e| e.to_string())?;
+        if !answer.get_found() {
+            return Ok(None);
+        }
+        let record = answer.get_record().map_err(|e| e.to_string())?;
+        Known::from_record(record).map(Some).map_err(|e| e.to_string())
+    }
+
+    /// Routes one message from an attached engine; `Ok` once it is queued for its destination.
+    async fn route(&self, message: EngineMessage) -> Result<(), (DropReason, SendRefusal, String)> {
+        if message.body.len() > self.home.config.limits.max_message_bytes as usize {
+            return Err((
+                DropReason::OverLimit,
+                SendRefusal::OverLimit,
+                format!(
+                    "the body is {} bytes, over this node's limit of {} (limits.max_message_bytes)",
+                    message.body.len(),
+                    self.home.config.limits.max_message_bytes
+                ),
+            ));
+        }
+        let mut route = self.table.borrow().route(&message, now_ms());
+        if let Route::Lookup(id) = route {
+            let found = self.lookup(id).await.map_err(|detail| {
+                (DropReason::NoRoute, SendRefusal::NoRoute, format!("cannot look up {id}: {detail}"))
+            })?;
+            route = self.table.borrow_mut().route_after_lookup(&message, id, found, now_ms());
+        }
+        match route {
+            Route::Local(engine) => {
+                let queue = self.table.borrow().attachment(&engine).map(Attachment::queue);
+                let queue = queue.ok_or((DropReason::NoRoute, SendRefusal::NoRoute, format!("engine {engine} detached")))?;
+                let wait = Duration::from_millis(self.home.config.limits.send_wait_ms);
+                enqueue(queue, message, wait).await.map_err(|(reason, detail)| {
+                    let refusal = match reason {
+                        DropReason::QueueFull => SendRefusal::QueueFull,
+                        DropReason::Expired => SendRefusal::Expired,
+                        _ => SendRefusal::NoRoute,
+                    };
+                    (reason, refusal, detail)
+                })
+            }
+            Route::Remote(node) => Err((
+                DropReason::NoRoute,
+                SendRefusal::Unsupported,
+                format!("the destination is on node {node}; this version does not carry messages between nodes yet"),
+            )),
+            Route::Lookup(id) => Err((DropReason::NoRoute, SendRefusal::NoRoute, format!("no route to {id}"))),
+            Route::Drop(reason, detail) => {
+                let refusal = match reason {
+                    DropReason::Expired => SendRefusal::Expired,
+                    _ => SendRefusal::NoRoute,
+                };
+                Err((reason, refusal, detail))
+            }
+        }
+    }
+
+    fn attach(self: &Rc<Self>, engine: Identity, inbox: netmachine_schema::router_capnp::inbox::Client) -> Result<engine_session::Client, capnp::Error> {
+        let mut table = self.table.borrow_mut();
+        let max = self.home.config.limits.max_engines as usize;
+        if table.attachment(&engine).is_none() && table.attached_count() >= max {
+            return Err(capnp::Error::overloaded(format!(
+                "attach refused: {max} engines are attached (limits.max_engines)"
+            )));
+        }
+        let generation = self.generations.get() + 1;
+        self.generations.set(generation);
+        let state = Rc::downgrade(self);
+        let on_gone = move || {
+            if let Some(state) = state.upgrade() {
+                state.table.borrow_mut().detach(&engine, |a| a.generation == generation);
+            }
+        };
+        let capacity = self.home.config.limits.engine_queue as usize;
+        let attachment = Attachment::start(engine, generation, inbox, capacity, self.drops.clone(), on_gone);
+        if table.attach(engine, attachment).is_some() {
+            tracing::info!(engine = %engine, "engine re-attached; the older attachment is closed");
+        } else {
+            tracing::info!(engine = %engine, "engine attached");
+        }
+        Ok(capnp_rpc::new_client(Session { state: self.clone(), engine, generation }))
+    }
+}
+
+struct RouterServer(Rc<RouterState>);
+
+impl service::Server for RouterServer {
+    async fn status(self: Rc<Self>, _: service::StatusParams, mut results: service::StatusResults) -> capnp::Result<()> {
+        let state = &self.0;
+        let table = state.table.borrow();
+        let mut engines: Vec<Identity> = table.attached().copied().collect();
+        engines.sort();
+        let mut counters = vec![
+            ("engines_attached", engines.len() as u64),
+            ("messages_accepted", state.accepted.get()),
+            ("attach_refused", state.attach_refused.get()),
+            ("identities_cached", table.known_count() as u64),
+        ];
+        counters.extend(state.drops.report());
+        counters.extend(state.stats.counters());
+        StatusReport {
+            kind: ServiceKind::Router,
+            node: Some(state.key.identity()),
+            note: "routes between engines on this node; messages to other nodes arrive with the transport",
+            links: vec![state.identity_store.state()],
+            counters,
+            engines,
+        }
+        .write(results.get().init_status());
+        Ok(())
+    }
+}
+
+impl router::Server for RouterServer {
+    async fn attach(self: Rc<Self>, params: router::AttachParams, mut results: router::AttachResults) -> capnp::Result<()> {
+        let engine = Identity::from_slice("engine", params.get()?.get_engine()?)
+            .map_err(|e| capnp::Error::failed(format!("attach refused: {e}")))?;
+        let mut nonce = [0u8; 32];
+        getrandom::fill(&mut nonce).map_err(|e| capnp::Error::failed(format!("no randomness: {e}")))?;
+        let mut out = results.get();
+        out.set_challenge(&nonce);
+        out.set_attachment(capnp_rpc::new_client(Challenge {
+            state: self.0.clone(),
+            engine,
+            nonce,
+            used: Cell::new(false),
+        }));
+        Ok(())
+    }
+}
+
+/// An attach in progress: the engine must sign the challenge with its key.
+struct Challenge {
+    state: Rc<RouterState>,
+    engine: Identity,
+    nonce: [u8; 32],
+    used: Cell<bool>,
+}
+
+impl attachment::Server for Challenge {
+    async fn prove(self: Rc<Self>, params: attachment::ProveParams, mut results: attachment::ProveResults) -> capnp::Result<()> {
+        let params = params.get()?;
+        let state = &self.state;
+        let payload = signing::attach_challenge(&state.key.identity(), &self.engine, &self.nonce);
+        if self.used.replace(true) {
+            state.attach_refused.set(state.attach_refused.get() + 1);
+            return Err(capnp::Error::failed("attach refused: this challenge was already answered; call attach again".into()));
+        }
+        if let Err(e) = self.engine.verify(&payload, params.get_signature()?) {
+            state.attach_refused.set(state.attach_refused.get() + 1);
+            tracing::warn!(engine = %self.engine, error = %e, "attach refused: key not proven");
+            return Err(capnp::Error::failed(format!(
+                "attach refused: the challenge signature does not prove the key of engine {} ({e})",
+                self.engine
+            )));
+        }
+        let session = state.attach(self.engine, params.get_inbox()?)?;
+        let mut out = results.get();
+        out.set_session(session);
+        let mut limits = out.init_limits();
+        limits.set_node(&state.key.identity().0);
+        limits.set_max_message_bytes(state.home.config.limits.max_message_bytes);
+        Ok(())
+    }
+}
+
+/// An attached engine's session. Dropping it (the engine detached or its connection closed)
+/// detaches the engine.
+struct Session {
+    state: Rc<RouterState>,
+    engine: Identity,
+    generation: u64,
+}
+
+impl Session {
+    fn detach(&self) {
+        let gone = self.state.table.borrow_mut().detach(&self.engine, |a| a.generation == self.generation);
+        if gone.is_some() {
+            tracing::info!(engine = %self.engine, "engine detached");
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}
+
+impl engine_session::Server for Session {
+    async fn send(self: Rc<Self>, params: engine_session::SendParams, mut results: engine_session::SendResults) -> capnp::Result<()> {
+        let state = &self.state;
+        let outcome = match EngineMessage::read(params.get()?.get_message()?) {
+            Err(MessageError::UnsupportedDestination(kind)) => Err((
+                DropReason::NoRoute,
+                SendRefusal::Unsupported,
+                format!("destination kind '{kind}' is v2 and not routed by this node"),
+            )),
+            Err(e) => Err((DropReason::Malformed, SendRefusal::Malformed, e.to_string())),
+            Ok(message) if message.src != self.engine => Err((
+                DropReason::Malformed,
+                SendRefusal::BadSource,
+                format!("src is {}, but this session belongs to engine {}", message.src, self.engine),
+            )),
+            Ok(message) => state.route(message).await,
+        };
+        let mut result = results.get().init_result();
+        match outcome {
+            Ok(()) => {
+                state.accepted.set(state.accepted.get() + 1);
+                result.set_accepted(());
+            }
+            Err((reason, refusal, detail)) => {
+                state.drops.count(reason, 1);
+                tracing::debug!(engine = %self.engine.short(), ?reason, %detail, "message dropped");
+                let mut refused = result.init_refused();
+                refused.set_reason(refusal);
+                refused.set_detail(detail.as_str());
+            }
+        }
+        Ok(())
+    }
+
+    async fn detach(self: Rc<Self>, _: engine_session::DetachParams, _: engine_session::DetachResults) -> capnp::Result<()> {
+        Session::detach(&self);
+        Ok(())
+    }
+}
