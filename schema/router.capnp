@@ -8,7 +8,7 @@ using Svc = import "service.capnp";
 interface Router extends(Svc.Service) {
   # First step of attaching an engine: the router answers with a challenge that the engine
   # signs (see `attachChallenge` in schema/src/signing.rs) and returns through `attachment`.
-  attach @0 (engine :Id.Identity) -> (challenge :Data, attachment :Attachment);
+  attach @0 (engine :Id.Identity) -> (challenge :Data, node :Id.Identity, attachment :Attachment);
   # A P2P frame that transport received from another node.
   receiveFrame @1 (frame :Msg.P2PFrame) -> ();
 }

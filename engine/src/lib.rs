@@ -1,1 +1,179 @@
+//! The SDK an engine links to talk to its node: [`Engine::attach`] proves the engine's key to
+//! the router, then [`Engine::send`], [`Engine::request`], [`Engine::reply`] and
+//! [`Engine::recv`] move messages, with the same calls whatever node the destination is on.
+//!
+//! The connection to the router runs on a thread of its own (Cap'n Proto RPC is
+//! single-threaded), so an [`Engine`] is `Send + Sync` and works from any tokio runtime. If the
+//! router restarts, the engine attaches again on its own; sends made meanwhile wait for it.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), netmachine_engine::EngineError> {
+//! use netmachine_engine::{Engine, EngineOptions, Keypair};
+//! let engine = Engine::attach(EngineOptions::new("/home/me/.netmachine/run/router.sock", Keypair::generate())).await?;
+//! let peer = "1f...".parse().expect("a peer identity");
+//! engine.send(peer, b"hello".to_vec()).await?;
+//! let answer = engine.request(peer, b"ping".to_vec(), std::time::Duration::from_secs(1)).await?;
+//! # Ok(()) }
+//! ```
 
+mod connection;
+mod error;
+
+pub use error::EngineError;
+pub use netmachine_schema::router_capnp::SendRefusal;
+pub use netmachine_schema::{Destination, EngineMessage, Identity, Keypair};
+
+use connection::{Command, Shared};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+/// How an engine attaches.
+#[derive(Clone)]
+pub struct EngineOptions {
+    /// The router's socket: `$RUN/router.sock` of the node.
+    pub socket: PathBuf,
+    /// The engine's key; its public half is the engine's identity.
+    pub keypair: Keypair,
+    /// Messages received and not yet taken by [`Engine::recv`]; when full, the router holds
+    /// further messages back (backpressure).
+    pub inbox_capacity: usize,
+    /// How long a send waits for the router (while it restarts, say) before failing.
+    pub send_timeout: Duration,
+    /// Attach again on our own when the connection to the router is lost.
+    pub reattach: bool,
+}
+
+impl EngineOptions {
+    /// Options with defaults: inbox of 1024 messages, 10 s send timeout, re-attach on.
+    pub fn new(socket: impl Into<PathBuf>, keypair: Keypair) -> Self {
+        EngineOptions {
+            socket: socket.into(),
+            keypair,
+            inbox_capacity: 1024,
+            send_timeout: Duration::from_secs(10),
+            reattach: true,
+        }
+    }
+}
+
+/// An engine attached to its node's router.
+pub struct Engine {
+    identity: Identity,
+    node: Identity,
+    max_message_bytes: usize,
+    send_timeout: Duration,
+    next_id: AtomicU64,
+    commands: mpsc::Sender<Command>,
+    incoming: Mutex<mpsc::Receiver<EngineMessage>>,
+    shared: Arc<Shared>,
+}
+
+impl Engine {
+    /// Connects to the router, proves the engine's key, and starts receiving. Fails if the
+    /// router cannot be reached or refuses the key.
+    pub async fn attach(options: EngineOptions) -> Result<Engine, EngineError> {
+        let identity = options.keypair.identity();
+        let (commands, incoming, shared, attached) = connection::start(options.clone())?;
+        let limits = attached.await.map_err(|_| EngineError::Closed)??;
+        let mut first_id = [0u8; 8];
+        getrandom::fill(&mut first_id).map_err(|e| EngineError::Rpc(format!("no randomness: {e}")))?;
+        Ok(Engine {
+            identity,
+            node: limits.node,
+            max_message_bytes: limits.max_message_bytes,
+            send_timeout: options.send_timeout,
+            // Random start, so ids stay unique per (src, dst) across restarts of the engine.
+            next_id: AtomicU64::new(u64::from_le_bytes(first_id) >> 1),
+            commands,
+            incoming: Mutex::new(incoming),
+            shared,
+        })
+    }
+
+    /// This engine's identity.
+    pub fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    /// The identity of the node (its router) this engine is attached to.
+    pub fn node(&self) -> Identity {
+        self.node
+    }
+
+    /// The largest body the node accepts.
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    /// A new message from this engine to `dst` with a fresh id, for callers that want to set
+    /// more fields (expiry, protocol, scope) before [`Engine::send_message`].
+    pub fn message(&self, dst: impl Into<Destination>, body: Vec<u8>) -> EngineMessage {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        EngineMessage::new(self.identity, dst.into(), id, body)
+    }
+
+    /// Sends `body` to `dst`; returns the message id once the router has accepted it.
+    pub async fn send(&self, dst: impl Into<Destination>, body: Vec<u8>) -> Result<u64, EngineError> {
+        let message = self.message(dst, body);
+        let id = message.id;
+        self.send_message(message).await?;
+        Ok(id)
+    }
+
+    /// Sends a message built by [`Engine::message`] (or by hand, with this engine as `src`).
+    pub async fn send_message(&self, message: EngineMessage) -> Result<(), EngineError> {
+        if message.body.len() > self.max_message_bytes {
+            return Err(EngineError::TooLarge { len: message.body.len(), max: self.max_message_bytes });
+        }
+        let (done, accepted) = oneshot::channel();
+        let work = async {
+            self.commands.send(Command::Send { message, done }).await.map_err(|_| EngineError::Closed)?;
+            accepted.await.map_err(|_| EngineError::Closed)?
+        };
+        tokio::time::timeout(self.send_timeout, work)
+            .await
+            .map_err(|_| EngineError::RouterUnavailable(self.send_timeout))?
+    }
+
+    /// Sends `body` to `dst` and waits up to `timeout` for its reply. The message expires with
+    /// the timeout, so the router drops it rather than deliver it late.
+    pub async fn request(&self, dst: impl Into<Destination>, body: Vec<u8>, timeout: Duration) -> Result<EngineMessage, EngineError> {
+        let mut message = self.message(dst, body);
+        let deadline = netmachine_schema::time::now_ms() + timeout.as_millis() as u64;
+        message.expiry = Some(deadline);
+        let id = message.id;
+        let answer = self.shared.expect_reply(id, message.dst.identity())?;
+        let outcome = async {
+            self.send_message(message).await?;
+            answer.await.map_err(|_| EngineError::Closed)
+        };
+        let result = tokio::time::timeout(timeout, outcome).await;
+        self.shared.forget_reply(id);
+        result.map_err(|_| EngineError::Timeout(timeout))?
+    }
+
+    /// Answers `request` with `body`.
+    pub async fn reply(&self, request: &EngineMessage, body: Vec<u8>) -> Result<(), EngineError> {
+        let mut message = self.message(Destination::Engine(request.src), body);
+        message.reply_to = Some(request.id);
+        self.send_message(message).await
+    }
+
+    /// The next message for this engine (requests and one-way messages; replies to
+    /// [`Engine::request`] go to their caller, or here if they arrive after it gave up).
+    /// `None` once the engine is closed.
+    pub async fn recv(&self) -> Option<EngineMessage> {
+        self.incoming.lock().await.recv().await
+    }
+
+    /// Detaches from the router, delivering what was already accepted, and stops.
+    pub async fn detach(self) {
+        let (done, detached) = oneshot::channel();
+        if self.commands.send(Command::Detach { done }).await.is_ok() {
+            let _ = detached.await;
+        }
+    }
+}

@@ -202,6 +202,7 @@ impl router::Server for RouterServer {
         getrandom::fill(&mut nonce).map_err(|e| capnp::Error::failed(format!("no randomness: {e}")))?;
         let mut out = results.get();
         out.set_challenge(&nonce);
+        out.set_node(&self.0.key.identity().0);
         out.set_attachment(capnp_rpc::new_client(Challenge {
             state: self.0.clone(),
             engine,

@@ -317,3 +317,51 @@ mod tests {
         assert_eq!(config.node.run_dir, Some(PathBuf::from("/tmp/run")));
     }
 }
+
+/// The `config.toml` that `netmachine up` writes into a new home: every setting, commented
+/// out, at its default.
+pub const TEMPLATE: &str = r#"# netmachine node configuration. Every setting is shown at its default, commented out.
+# Precedence: these defaults < this file < NETMACHINE_<SECTION>__<KEY> variables < --set flags.
+
+[node]
+# run_dir = "<home>/run"      # sockets of the five services
+# data_dir = "<home>/data"    # identity records and other persistent state
+
+[limits]
+# max_message_bytes = 1048576 # largest message body accepted or sent
+# engine_queue = 1024         # messages queued for one engine before senders wait
+# max_engines = 1024          # engines attached at once
+# max_connections = 256       # RPC connections one service accepts at once
+# send_wait_ms = 5000         # how long a send waits for room in a full queue
+# max_records = 1000000       # identity records the identity store keeps
+
+[router]
+# cache_entries = 65536       # identity records cached by the router
+
+[supervisor]
+# restart_initial_ms = 100    # first delay before restarting a service that died
+# restart_max_ms = 10000      # longest delay between restarts
+# stop_timeout_ms = 5000      # time a service gets to stop before it is killed
+"#;
+
+#[cfg(test)]
+mod template_tests {
+    use super::*;
+
+    #[test]
+    fn the_template_uncommented_gives_the_defaults() {
+        let uncommented: String = TEMPLATE
+            .lines()
+            .filter_map(|line| {
+                if line.starts_with('[') {
+                    return Some(format!("{line}\n"));
+                }
+                let setting = line.strip_prefix("# ")?.split(" #").next()?.trim();
+                (setting.contains(" = ") && !setting.contains("<home>")).then(|| format!("{setting}\n"))
+            })
+            .collect();
+        assert!(uncommented.matches(" = ").count() >= 10, "{uncommented}");
+        let parsed: Config = toml::from_str(&uncommented).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+}

@@ -8,6 +8,7 @@ pub mod home;
 pub mod link;
 pub mod process;
 pub mod rpc;
+pub mod standby;
 pub mod status;
 
 pub use backoff::Backoff;

@@ -31,8 +31,17 @@ pub struct ServiceContext {
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {
+    init_logging_at("info");
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `warn`), for commands whose output is theirs.
+pub fn init_logging_quiet() {
+    init_logging_at("warn");
+}
+
+fn init_logging_at(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 

@@ -1,0 +1,245 @@
+//! The engine's connection to its router, on a thread of its own: attaching (and attaching
+//! again after the router restarts), turning commands into RPC calls in order, and taking the
+//! router's deliveries, which either answer a waiting request or go to the engine's inbox.
+
+use crate::{EngineError, EngineOptions};
+use netmachine_schema::router_capnp::{engine_session, inbox, router};
+use netmachine_schema::{signing, Destination, EngineMessage, Identity};
+use netmachine_service::{rpc, Backoff};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// The largest RPC message the engine reads: twice the largest body any node may configure.
+const WORD_LIMIT: usize = (64 << 20) / 8 * 2 + (64 << 10);
+/// Requests awaiting replies at once.
+const MAX_PENDING_REPLIES: usize = 65_536;
+/// Commands waiting for the engine thread.
+const COMMAND_QUEUE: usize = 1024;
+
+pub(crate) enum Command {
+    Send { message: EngineMessage, done: oneshot::Sender<Result<(), EngineError>> },
+    Detach { done: oneshot::Sender<()> },
+}
+
+pub(crate) struct AttachLimits {
+    pub node: Identity,
+    pub max_message_bytes: usize,
+}
+
+type ReplyWaiter = (Identity, oneshot::Sender<EngineMessage>);
+
+/// State both the caller's side and the engine thread use: requests awaiting their replies.
+#[derive(Default)]
+pub(crate) struct Shared {
+    replies: std::sync::Mutex<HashMap<u64, ReplyWaiter>>,
+}
+
+impl Shared {
+    pub fn expect_reply(&self, id: u64, from: Identity) -> Result<oneshot::Receiver<EngineMessage>, EngineError> {
+        let mut replies = self.replies.lock().unwrap_or_else(|e| e.into_inner());
+        if replies.len() >= MAX_PENDING_REPLIES {
+            return Err(EngineError::TooManyRequests(MAX_PENDING_REPLIES));
+        }
+        let (waiter, answer) = oneshot::channel();
+        replies.insert(id, (from, waiter));
+        Ok(answer)
+    }
+
+    pub fn forget_reply(&self, id: u64) {
+        self.replies.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+
+    fn take_reply(&self, message: &EngineMessage) -> Option<oneshot::Sender<EngineMessage>> {
+        let id = message.reply_to?;
+        let mut replies = self.replies.lock().unwrap_or_else(|e| e.into_inner());
+        match replies.get(&id) {
+            Some((from, _)) if *from == message.src => replies.remove(&id).map(|(_, waiter)| waiter),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) type Started = (
+    mpsc::Sender<Command>,
+    mpsc::Receiver<EngineMessage>,
+    Arc<Shared>,
+    oneshot::Receiver<Result<AttachLimits, EngineError>>,
+);
+
+/// Starts the engine thread; the last value resolves once the first attach succeeded or failed.
+pub(crate) fn start(options: EngineOptions) -> Result<Started, EngineError> {
+    let (commands, command_queue) = mpsc::channel(COMMAND_QUEUE);
+    let (incoming, inbox_queue) = mpsc::channel(options.inbox_capacity.max(1));
+    let shared = Arc::new(Shared::default());
+    let (attached, first_attach) = oneshot::channel();
+    let thread_shared = shared.clone();
+    std::thread::Builder::new()
+        .name(format!("engine-{}", options.keypair.identity().short()))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = attached.send(Err(EngineError::Rpc(format!("cannot start the engine runtime: {e}"))));
+                    return;
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&runtime, run(options, command_queue, incoming, thread_shared, attached));
+        })
+        .map_err(|e| EngineError::Rpc(format!("cannot start the engine thread: {e}")))?;
+    Ok((commands, inbox_queue, shared, first_attach))
+}
+
+async fn run(
+    options: EngineOptions,
+    mut commands: mpsc::Receiver<Command>,
+    incoming: mpsc::Sender<EngineMessage>,
+    shared: Arc<Shared>,
+    attached: oneshot::Sender<Result<AttachLimits, EngineError>>,
+) {
+    let (session_tx, mut session) = watch::channel::<Option<engine_session::Client>>(None);
+    let attacher = tokio::task::spawn_local(keep_attached(options, incoming, shared, attached, session_tx));
+    while let Some(command) = commands.recv().await {
+        match command {
+            Command::Send { message, done } => {
+                let Some(current) = attached_session(&mut session).await else {
+                    let _ = done.send(Err(EngineError::Closed));
+                    continue;
+                };
+                // Requests are sent here, in command order; only their answers are awaited
+                // concurrently.
+                let mut request = current.send_request();
+                message.write(request.get().init_message());
+                let promise = request.send().promise;
+                tokio::task::spawn_local(async move {
+                    let outcome = match promise.await {
+                        Ok(answer) => send_outcome(answer),
+                        Err(e) => Err(e.into()),
+                    };
+                    let _ = done.send(outcome);
+                });
+            }
+            Command::Detach { done } => {
+                let current = session.borrow().clone();
+                if let Some(current) = current {
+                    let _ = current.detach_request().send().promise.await;
+                }
+                let _ = done.send(());
+                break;
+            }
+        }
+    }
+    attacher.abort();
+}
+
+async fn attached_session(session: &mut watch::Receiver<Option<engine_session::Client>>) -> Option<engine_session::Client> {
+    loop {
+        if let Some(current) = session.borrow_and_update().clone() {
+            return Some(current);
+        }
+        session.changed().await.ok()?;
+    }
+}
+
+fn send_outcome(answer: capnp::capability::Response<engine_session::send_results::Owned>) -> Result<(), EngineError> {
+    use netmachine_schema::router_capnp::send_result;
+    match answer.get()?.get_result()?.which()? {
+        send_result::Accepted(()) => Ok(()),
+        send_result::Refused(refused) => Err(EngineError::Refused {
+            reason: refused.get_reason()?,
+            detail: refused.get_detail()?.to_string().unwrap_or_default(),
+        }),
+    }
+}
+
+/// Attaches, publishes the session, and whenever the connection is lost attaches again with
+/// capped backoff (if the options say so).
+async fn keep_attached(
+    options: EngineOptions,
+    incoming: mpsc::Sender<EngineMessage>,
+    shared: Arc<Shared>,
+    attached: oneshot::Sender<Result<AttachLimits, EngineError>>,
+    session: watch::Sender<Option<engine_session::Client>>,
+) {
+    let (mut current, mut driver) = match attach_once(&options, &incoming, &shared).await {
+        Ok((current, driver, limits)) => {
+            let _ = attached.send(Ok(limits));
+            (current, driver)
+        }
+        Err(error) => {
+            let _ = attached.send(Err(error));
+            return;
+        }
+    };
+    loop {
+        session.send_replace(Some(current));
+        let _ = driver.await;
+        session.send_replace(None);
+        if !options.reattach || incoming.is_closed() {
+            return;
+        }
+        tracing::warn!("lost the router; attaching again");
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        loop {
+            tokio::time::sleep(backoff.next_delay()).await;
+            match attach_once(&options, &incoming, &shared).await {
+                Ok((fresh, fresh_driver, _)) => {
+                    tracing::info!("attached again");
+                    (current, driver) = (fresh, fresh_driver);
+                    break;
+                }
+                Err(error) => tracing::debug!(%error, "attach failed; retrying"),
+            }
+        }
+    }
+}
+
+type Attached = (engine_session::Client, tokio::task::JoinHandle<Result<(), capnp::Error>>, AttachLimits);
+
+async fn attach_once(options: &EngineOptions, incoming: &mpsc::Sender<EngineMessage>, shared: &Arc<Shared>) -> Result<Attached, EngineError> {
+    let (router, driver) = rpc::connect::<router::Client>(&options.socket, WORD_LIMIT)
+        .await
+        .map_err(|source| EngineError::RouterUnreachable { socket: options.socket.clone(), source })?;
+    let engine = options.keypair.identity();
+    let mut request = router.attach_request();
+    request.get().set_engine(&engine.0);
+    let answer = request.send().promise.await?;
+    let answer = answer.get()?;
+    let node = Identity::from_slice("node", answer.get_node()?).map_err(|e| EngineError::Rpc(e.to_string()))?;
+    let payload = signing::attach_challenge(&node, &engine, answer.get_challenge()?);
+    let mut prove = answer.get_attachment()?.prove_request();
+    prove.get().set_signature(&options.keypair.sign(&payload));
+    prove.get().set_inbox(capnp_rpc::new_client(InboxServer { incoming: incoming.clone(), shared: shared.clone() }));
+    let proven = prove.send().promise.await.map_err(|e| EngineError::AttachRefused(e.extra.clone()))?;
+    let proven = proven.get()?;
+    let limits = proven.get_limits()?;
+    let limits = AttachLimits { node, max_message_bytes: limits.get_max_message_bytes() as usize };
+    Ok((proven.get_session()?, driver, limits))
+}
+
+/// Where the router delivers this engine's messages.
+struct InboxServer {
+    incoming: mpsc::Sender<EngineMessage>,
+    shared: Arc<Shared>,
+}
+
+impl inbox::Server for InboxServer {
+    async fn deliver(self: Rc<Self>, params: inbox::DeliverParams, _: inbox::DeliverResults) -> capnp::Result<()> {
+        let message = EngineMessage::read(params.get()?.get_message()?)
+            .map_err(|e| capnp::Error::failed(format!("undeliverable message: {e}")))?;
+        if let Destination::Engine(_) = message.dst {
+            if let Some(waiter) = self.shared.take_reply(&message) {
+                let _ = waiter.send(message);
+                return Ok(());
+            }
+        }
+        // Waiting here is the backpressure: the router holds further deliveries back.
+        self.incoming
+            .send(message)
+            .await
+            .map_err(|_| capnp::Error::disconnected("the engine stopped receiving".into()))
+    }
+}

@@ -1,0 +1,40 @@
+//! What can go wrong for an engine, in terms the caller can act on.
+
+use crate::SendRefusal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// An engine operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot reach the router at {socket}: {source} (is the node running? `netmachine up`)")]
+    RouterUnreachable { socket: PathBuf, source: std::io::Error },
+    #[error("the router refused to attach this engine: {0}")]
+    AttachRefused(String),
+    #[error("the body is {len} bytes, over the node's limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("the router refused the message ({reason:?}): {detail}")]
+    Refused { reason: SendRefusal, detail: String },
+    #[error("the router was unavailable for {0:?}")]
+    RouterUnavailable(Duration),
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    #[error("too many requests await replies ({0}); wait for some to finish")]
+    TooManyRequests(usize),
+    #[error("the engine is closed")]
+    Closed,
+    #[error("RPC with the router failed: {0}")]
+    Rpc(String),
+}
+
+impl From<capnp::Error> for EngineError {
+    fn from(e: capnp::Error) -> Self {
+        EngineError::Rpc(e.to_string())
+    }
+}
+
+impl From<capnp::NotInSchema> for EngineError {
+    fn from(e: capnp::NotInSchema) -> Self {
+        EngineError::Rpc(format!("the router answered with {e}"))
+    }
+}

@@ -1,0 +1,96 @@
+//! `netmachine`: runs a node (`up`), reports on it (`status`), makes engine keys, and attaches
+//! as an engine from the shell (`listen`, `send`, `request`).
+
+mod key;
+mod messaging;
+mod status;
+mod up;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "netmachine", version, about = "netmachine: the networking layer for engines")]
+struct Cli {
+    /// Node home directory [default: $NETMACHINE_HOME, else ~/.netmachine]
+    #[arg(long, global = true)]
+    home: Option<PathBuf>,
+    /// Override one config setting, e.g. --set limits.engine_queue=4096 (repeatable)
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    set: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node: start its five services, restart any that dies, stop them all on Ctrl-C
+    Up,
+    /// Show each service's state, the attached engines and the drop counters
+    Status {
+        /// One JSON object instead of text
+        #[arg(long)]
+        json: bool,
+    },
+    /// Engine keys
+    #[command(subcommand)]
+    Key(key::KeyCommand),
+    /// Attach as an engine and print each message body received, one per line
+    Listen {
+        /// The engine's key file
+        #[arg(long)]
+        key: PathBuf,
+        /// Print each message as a JSON object
+        #[arg(long)]
+        json: bool,
+        /// Answer every message that is not itself a reply with the same body
+        #[arg(long)]
+        echo: bool,
+    },
+    /// Attach as an engine and send one message; exits 0 once the router accepted it
+    Send {
+        #[arg(long)]
+        key: PathBuf,
+        /// The destination engine's identity (hex)
+        #[arg(long)]
+        to: String,
+        /// The message body; `-` reads it from standard input
+        body: String,
+    },
+    /// Attach as an engine, send a request and print the reply's body
+    Request {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        to: String,
+        /// Give up after this many milliseconds
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+        /// The request body; `-` reads it from standard input
+        body: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    netmachine_service::process::init_logging_quiet();
+    let root = cli.home.unwrap_or_else(netmachine_service::home::default_home);
+    let outcome = match cli.command {
+        Command::Up => return up::run(&root, &cli.set),
+        Command::Status { json } => return status::run(&root, &cli.set, json),
+        Command::Key(command) => key::run(command),
+        Command::Listen { key, json, echo } => messaging::listen(&root, &cli.set, &key, json, echo),
+        Command::Send { key, to, body } => messaging::send(&root, &cli.set, &key, &to, body),
+        Command::Request { key, to, timeout_ms, body } => {
+            messaging::request(&root, &cli.set, &key, &to, body, timeout_ms)
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("netmachine: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

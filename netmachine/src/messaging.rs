@@ -1,0 +1,95 @@
+//! `netmachine listen`, `send` and `request`: an engine attached from the shell.
+
+use anyhow::{Context, Result};
+use netmachine_engine::{Engine, EngineMessage, EngineOptions, Identity, Keypair};
+use netmachine_service::{NodeHome, ServiceKind};
+use std::path::Path;
+use std::time::Duration;
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+async fn attach(root: &Path, set: &[String], key: &Path) -> Result<Engine> {
+    let home = NodeHome::load(root, set)?;
+    let keypair = Keypair::read_file(key)?;
+    Ok(Engine::attach(EngineOptions::new(home.socket(ServiceKind::Router), keypair)).await?)
+}
+
+/// The body argument's bytes; `-` reads the body from standard input.
+fn body_bytes(body: String) -> Result<Vec<u8>> {
+    if body != "-" {
+        return Ok(body.into_bytes());
+    }
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).context("reading the body from stdin")?;
+    Ok(bytes)
+}
+
+fn destination(to: &str) -> Result<Identity> {
+    to.parse().with_context(|| format!("--to {to}"))
+}
+
+pub fn listen(root: &Path, set: &[String], key: &Path, json: bool, echo: bool) -> Result<()> {
+    runtime()?.block_on(async {
+        let engine = attach(root, set, key).await?;
+        eprintln!("listening as {} on node {}", engine.identity(), engine.node());
+        loop {
+            let message = tokio::select! {
+                message = engine.recv() => message,
+                _ = netmachine_service::process::stop_requested() => break,
+            };
+            let Some(message) = message else { break };
+            print_message(&message, json);
+            if echo && message.reply_to.is_none() {
+                if let Err(error) = engine.reply(&message, message.body.clone()).await {
+                    eprintln!("netmachine: reply to {} failed: {error}", message.src);
+                }
+            }
+        }
+        engine.detach().await;
+        Ok(())
+    })
+}
+
+fn print_message(message: &EngineMessage, json: bool) {
+    if !json {
+        println!("{}", String::from_utf8_lossy(&message.body));
+        return;
+    }
+    let mut object = serde_json::json!({
+        "src": message.src.to_string(),
+        "id": message.id,
+        "reply_to": message.reply_to,
+        "protocol": message.protocol,
+    });
+    match std::str::from_utf8(&message.body) {
+        Ok(text) => object["body"] = text.into(),
+        Err(_) => object["body_hex"] = hex::encode(&message.body).into(),
+    }
+    println!("{object}");
+}
+
+pub fn send(root: &Path, set: &[String], key: &Path, to: &str, body: String) -> Result<()> {
+    let dst = destination(to)?;
+    runtime()?.block_on(async {
+        let engine = attach(root, set, key).await?;
+        let id = engine.send(dst, body_bytes(body)?).await?;
+        eprintln!("accepted: message {id} to {dst}");
+        engine.detach().await;
+        Ok(())
+    })
+}
+
+pub fn request(root: &Path, set: &[String], key: &Path, to: &str, body: String, timeout_ms: u64) -> Result<()> {
+    let dst = destination(to)?;
+    runtime()?.block_on(async {
+        let engine = attach(root, set, key).await?;
+        let started = std::time::Instant::now();
+        let reply = engine.request(dst, body_bytes(body)?, Duration::from_millis(timeout_ms)).await?;
+        println!("{}", String::from_utf8_lossy(&reply.body));
+        eprintln!("reply from {} in {} us", reply.src, started.elapsed().as_micros());
+        engine.detach().await;
+        Ok(())
+    })
+}
