@@ -140,8 +140,13 @@ impl RouterState {
 
     fn attach(self: &Rc<Self>, engine: Identity, inbox: netmachine_schema::router_capnp::inbox::Client) -> Result<engine_session::Client, capnp::Error> {
         let mut table = self.table.borrow_mut();
+        if table.attachment(&engine).is_some() {
+            return Err(capnp::Error::failed(format!(
+                "attach refused: engine {engine} is already attached (another process holds its key)"
+            )));
+        }
         let max = self.home.config.limits.max_engines as usize;
-        if table.attachment(&engine).is_none() && table.attached_count() >= max {
+        if table.attached_count() >= max {
             return Err(capnp::Error::overloaded(format!(
                 "attach refused: {max} engines are attached (limits.max_engines)"
             )));
@@ -156,11 +161,8 @@ impl RouterState {
         };
         let capacity = self.home.config.limits.engine_queue as usize;
         let attachment = Attachment::start(engine, generation, inbox, capacity, self.drops.clone(), on_gone);
-        if table.attach(engine, attachment).is_some() {
-            tracing::info!(engine = %engine, "engine re-attached; the older attachment is closed");
-        } else {
-            tracing::info!(engine = %engine, "engine attached");
-        }
+        table.attach(engine, attachment);
+        tracing::info!(engine = %engine, "engine attached");
         Ok(capnp_rpc::new_client(Session { state: self.clone(), engine, generation }))
     }
 }
@@ -238,7 +240,9 @@ impl attachment::Server for Challenge {
                 self.engine
             )));
         }
-        let session = state.attach(self.engine, params.get_inbox()?)?;
+        let session = state.attach(self.engine, params.get_inbox()?).inspect_err(|_| {
+            state.attach_refused.set(state.attach_refused.get() + 1);
+        })?;
         let mut out = results.get();
         out.set_session(session);
         let mut limits = out.init_limits();

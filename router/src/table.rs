@@ -77,8 +77,8 @@ impl<A> RoutingTable<A> {
         self.attached.insert(engine, attachment)
     }
 
-    /// Detaches `engine` if `is_current` holds for its present attachment (a newer attachment
-    /// of the same engine stays).
+    /// Detaches `engine` if `is_current` holds for its present attachment (a later attachment
+    /// of the same engine, made after this one was closed, stays).
     pub fn detach(&mut self, engine: &Identity, is_current: impl FnOnce(&A) -> bool) -> Option<A> {
         match self.attached.get(engine) {
             Some(a) if is_current(a) => self.attached.remove(engine),

@@ -1,1 +1,339 @@
+//! The harness for cross-process tests: a node started with the real `netmachine up` in a
+//! temporary home, the real CLI run against it, engines as real `netmachine listen` processes,
+//! and raw Cap'n Proto clients on the real sockets for what the CLI cannot express.
+//!
+//! The binaries are taken from the target directory this test was built into; `scripts/test`
+//! builds them first.
 
+use netmachine_service::{NodeHome, ServiceKind};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The directory holding `netmachine` and the service binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target directory").to_path_buf();
+    assert!(
+        dir.join("netmachine").is_file() && dir.join("netmachine-router").is_file(),
+        "binaries missing in {}: run `cargo build --workspace --bins` (scripts/test does)",
+        dir.display()
+    );
+    dir
+}
+
+/// Polls `condition` every 50 ms until it holds; panics with `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A temporary node home, removed on drop.
+pub struct TempHome(pub PathBuf);
+
+impl TempHome {
+    pub fn new() -> Self {
+        let mut suffix = [0u8; 6];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut suffix))
+            .expect("random suffix");
+        let path = PathBuf::from(format!("/tmp/nm-{}", suffix.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+        TempHome(path)
+    }
+}
+
+impl Default for TempHome {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempHome {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A node run by `netmachine up` in a temporary home.
+pub struct Node {
+    pub home: TempHome,
+    up: Child,
+}
+
+impl Node {
+    /// Starts a node with the default config and waits until all five services report `up`.
+    pub fn up() -> Node {
+        Node::up_with(&[])
+    }
+
+    /// Starts a node with `--set` overrides and waits until all five services report `up`.
+    pub fn up_with(set: &[&str]) -> Node {
+        let home = TempHome::new();
+        std::fs::create_dir_all(&home.0).expect("home");
+        let log = std::fs::File::create(home.0.with_extension("log")).expect("log file");
+        let up = Command::new(bin_dir().join("netmachine"))
+            .args(["up", "--home"])
+            .arg(&home.0)
+            .args(set.iter().flat_map(|s| ["--set", s]))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start netmachine up");
+        let node = Node { home, up };
+        wait_until("all five services are up", Duration::from_secs(30), || node.all_up());
+        node
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.home.0
+    }
+
+    /// The node home as the services load it.
+    pub fn node_home(&self) -> NodeHome {
+        NodeHome::load(self.root(), &[]).expect("node home")
+    }
+
+    pub fn socket(&self, kind: ServiceKind) -> PathBuf {
+        self.node_home().socket(kind)
+    }
+
+    /// Runs `netmachine <args> --home <home>` to completion.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin_dir().join("netmachine"))
+            .args(args)
+            .arg("--home")
+            .arg(self.root())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run netmachine")
+    }
+
+    /// `netmachine status --json`.
+    pub fn status(&self) -> Value {
+        let output = self.cli(&["status", "--json"]);
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!("status --json printed no JSON ({e}): {}", String::from_utf8_lossy(&output.stdout))
+        })
+    }
+
+    pub fn all_up(&self) -> bool {
+        let status = self.status();
+        status["services"].as_array().is_some_and(|s| s.len() == 5 && s.iter().all(|s| s["state"] == "up"))
+    }
+
+    /// The status entry of one service.
+    pub fn service(&self, kind: ServiceKind) -> Value {
+        let status = self.status();
+        status["services"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == kind.name()).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    pub fn pid(&self, kind: ServiceKind) -> Option<u64> {
+        self.service(kind)["pid"].as_u64()
+    }
+
+    /// A router counter, such as `dropped_no_route`.
+    pub fn router_counter(&self, name: &str) -> u64 {
+        self.service(ServiceKind::Router)["counters"][name].as_u64().unwrap_or(0)
+    }
+
+    /// Makes an engine key with `netmachine key new`; returns its file and identity.
+    pub fn engine_key(&self, name: &str) -> (PathBuf, String) {
+        let file = self.root().join(format!("{name}.key"));
+        let output = self.cli(&["key", "new", file.to_str().expect("utf-8 path")]);
+        assert!(output.status.success(), "key new: {}", String::from_utf8_lossy(&output.stderr));
+        (file, String::from_utf8_lossy(&output.stdout).trim().to_string())
+    }
+
+    /// Starts `netmachine listen --json` (with `extra` flags) as the engine whose key is `key`,
+    /// and waits until the router lists it as attached.
+    pub fn listen(&self, key: &Path, identity: &str, extra: &[&str]) -> Listener {
+        let mut child = Command::new(bin_dir().join("netmachine"))
+            .args(["listen", "--json", "--key"])
+            .arg(key)
+            .args(extra)
+            .arg("--home")
+            .arg(self.root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start netmachine listen");
+        let stdout = child.stdout.take().expect("listen stdout");
+        let (lines_tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let listener = Listener { child, lines };
+        self.wait_attached(identity);
+        listener
+    }
+
+    /// Waits until the router lists `identity` among its attached engines.
+    pub fn wait_attached(&self, identity: &str) {
+        wait_until(&format!("engine {identity} is attached"), Duration::from_secs(20), || {
+            self.status()["engines"].as_array().is_some_and(|e| e.iter().any(|e| e == identity))
+        });
+    }
+
+    /// Kills one service with SIGKILL; returns its pid.
+    pub fn kill9(&self, kind: ServiceKind) -> u64 {
+        let pid = self.pid(kind).unwrap_or_else(|| panic!("{} has no pid", kind.name()));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)
+            .expect("kill -9");
+        pid
+    }
+
+    /// Stops the node as an operator would (SIGTERM to `up`); returns `up`'s exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.up.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.up.try_wait() {
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = self.up.kill();
+                return self.up.wait().expect("wait up");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if matches!(self.up.try_wait(), Ok(None)) {
+            self.terminate();
+        }
+        let _ = std::fs::remove_file(self.home.0.with_extension("log"));
+    }
+}
+
+/// A `netmachine listen --json` process and the lines it prints.
+pub struct Listener {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Listener {
+    /// The next message it printed, as JSON; panics after `limit`.
+    pub fn next_message(&self, limit: Duration) -> Value {
+        let line = self.lines.recv_timeout(limit).expect("a message within the limit");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("listen printed non-JSON '{line}': {e}"))
+    }
+
+    /// Every message printed within `quiet` of the previous one.
+    pub fn drain(&self, quiet: Duration) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(quiet) {
+            out.push(serde_json::from_str(&line).unwrap_or(Value::Null));
+        }
+        out
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `work` on a current-thread runtime inside a `LocalSet`, as Cap'n Proto RPC needs.
+pub fn with_rpc<T>(work: impl std::future::Future<Output = T>) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    tokio::task::LocalSet::new().block_on(&runtime, work)
+}
+
+/// Attaches an engine from this test process through the SDK.
+pub async fn attach_engine(node: &Node, configure: impl FnOnce(&mut netmachine_engine::EngineOptions)) -> netmachine_engine::Engine {
+    let socket = node.socket(ServiceKind::Router);
+    let mut options = netmachine_engine::EngineOptions::new(socket, netmachine_schema::Keypair::generate());
+    configure(&mut options);
+    netmachine_engine::Engine::attach(options).await.expect("attach")
+}
+
+/// Connects to a service socket and returns its bootstrap interface as `C`.
+pub async fn connect<C: capnp::capability::FromClientHook>(socket: &Path) -> C {
+    netmachine_service::rpc::connect::<C>(socket, 1 << 20).await.expect("connect to service").0
+}
+
+/// A node record for `key` with a NodeAdvert of `version`, signed by `signer` (the node's own
+/// key for a valid advert, another for a forged one).
+pub fn node_record(
+    key: &netmachine_schema::Keypair,
+    signer: &netmachine_schema::Keypair,
+    version: u32,
+) -> capnp::message::Builder<capnp::message::HeapAllocator> {
+    use netmachine_schema::identity_capnp::identity_record;
+    let mut wire = capnp::message::Builder::new_default();
+    let mut node = wire.init_root::<identity_record::Builder>().init_node();
+    node.set_id(&key.identity().0);
+    let mut advert = node.init_advert();
+    advert.set_id(&key.identity().0);
+    advert.set_version(version);
+    advert.set_created(netmachine_schema::time::now_ms());
+    let mut quic = advert.reborrow().init_addrs(1).get(0).init_address().init_quic();
+    quic.set_ip(&[127, 0, 0, 1]);
+    quic.set_port(7000);
+    quic.set_cert_issuer(&key.identity().0);
+    let payload = netmachine_schema::signing::node_advert(advert.reborrow_as_reader()).expect("payload");
+    advert.set_sig(&signer.sign(&payload));
+    wire
+}
+
+/// Stores `record` under `id` through the identity store's socket; returns the refusal's
+/// reason and detail, or `None` when accepted.
+pub async fn update_identity(
+    socket: &Path,
+    id: &netmachine_schema::Identity,
+    record: &capnp::message::Builder<capnp::message::HeapAllocator>,
+) -> Option<(netmachine_schema::identity_store_capnp::RefusalReason, String)> {
+    use netmachine_schema::identity_capnp::identity_record;
+    use netmachine_schema::identity_store_capnp::{identity_store, update_result};
+    let store: identity_store::Client = connect(socket).await;
+    let mut request = store.update_request();
+    request.get().set_id(&id.0);
+    request
+        .get()
+        .set_record(record.get_root_as_reader::<identity_record::Reader>().expect("record"))
+        .expect("set record");
+    let answer = request.send().promise.await.expect("update answered");
+    match answer.get().and_then(|a| a.get_result()).expect("result").which().expect("union") {
+        update_result::Accepted(()) => None,
+        update_result::Refused(refused) => Some((
+            refused.get_reason().expect("reason"),
+            refused.get_detail().expect("detail").to_string().expect("utf-8"),
+        )),
+    }
+}
+
+/// Whether the identity store at `socket` holds a record for `id`.
+pub async fn identity_exists(socket: &Path, id: &netmachine_schema::Identity) -> bool {
+    use netmachine_schema::identity_store_capnp::identity_store;
+    let store: identity_store::Client = connect(socket).await;
+    let mut request = store.lookup_request();
+    request.get().set_id(&id.0);
+    let answer = request.send().promise.await.expect("lookup answered");
+    answer.get().expect("lookup results").get_found()
+}
