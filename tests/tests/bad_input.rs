@@ -1,0 +1,119 @@
+//! Bad input to a running node: garbage on every service socket, a forged advert, an engine
+//! that cannot prove its key, a second attach of the same engine. Each gets a clear refusal or
+//! a closed connection, and the node keeps serving.
+
+use netmachine_schema::identity_store_capnp::RefusalReason;
+use netmachine_schema::router_capnp::router;
+use netmachine_schema::{signing, Identity, Keypair};
+use netmachine_service::ServiceKind;
+use netmachine_tests::{attach_engine, connect, node_record, update_identity, with_rpc, Node};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+#[test]
+fn random_bytes_on_each_socket_close_that_connection_and_the_service_lives() {
+    let node = Node::up();
+    let mut noise = vec![0u8; 4096];
+    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut noise).unwrap();
+    for kind in ServiceKind::ALL {
+        let pid = node.pid(kind);
+        let mut stream = UnixStream::connect(node.socket(kind)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = stream.write_all(&noise);
+        // The service answers with at most an abort message, then closes the connection.
+        let mut answer = Vec::new();
+        match stream.read_to_end(&mut answer) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("{}: the connection was not closed: {e}", kind.name()),
+        }
+        assert_eq!(node.pid(kind), pid, "{} restarted or died", kind.name());
+        let service = node.service(kind);
+        assert_eq!(service["state"], "up", "{service}");
+        assert_eq!(service["counters"]["rpc_connections_closed_on_error"], 1, "{service}");
+    }
+    assert!(node.all_up());
+}
+
+#[test]
+fn an_advert_with_a_bad_signature_is_refused_with_the_reason() {
+    let node = Node::up();
+    let store = node.socket(ServiceKind::IdentityStore);
+    let peer = Keypair::generate();
+    let forged = node_record(&peer, &Keypair::generate(), 1);
+    let refusal = with_rpc(update_identity(&store, &peer.identity(), &forged)).expect("refused");
+    assert_eq!(refusal.0, RefusalReason::BadSignature);
+    assert!(refusal.1.contains("does not verify"), "{}", refusal.1);
+
+    // A genuine advert is accepted, and then an older version of it is refused.
+    assert_eq!(with_rpc(update_identity(&store, &peer.identity(), &node_record(&peer, &peer, 5))), None);
+    let older = with_rpc(update_identity(&store, &peer.identity(), &node_record(&peer, &peer, 4))).expect("refused");
+    assert_eq!(older.0, RefusalReason::OlderVersion);
+    // A record filed under someone else's identity is refused too.
+    let stranger = Keypair::generate().identity();
+    let misfiled = with_rpc(update_identity(&store, &stranger, &node_record(&peer, &peer, 6))).expect("refused");
+    assert_eq!(misfiled.0, RefusalReason::IdMismatch);
+    let store_status = node.service(ServiceKind::IdentityStore);
+    assert_eq!(store_status["counters"]["updates_refused"], 3, "{store_status}");
+    assert_eq!(store_status["counters"]["updates_accepted"], 1, "{store_status}");
+}
+
+/// Attaches as `claimed`, signing the challenge with `signer`; returns the router's refusal.
+async fn attach_as(node: &Node, claimed: Identity, signer: &Keypair) -> Result<(), String> {
+    let router: router::Client = connect(&node.socket(ServiceKind::Router)).await;
+    let mut request = router.attach_request();
+    request.get().set_engine(&claimed.0);
+    let answer = request.send().promise.await.map_err(|e| e.to_string())?;
+    let answer = answer.get().map_err(|e| e.to_string())?;
+    let node_id = Identity::from_slice("node", answer.get_node().unwrap()).unwrap();
+    let payload = signing::attach_challenge(&node_id, &claimed, answer.get_challenge().unwrap());
+    let mut prove = answer.get_attachment().unwrap().prove_request();
+    prove.get().set_signature(&signer.sign(&payload));
+    prove.get().set_inbox(capnp_rpc::new_future_client(std::future::pending()));
+    prove.send().promise.await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn an_engine_that_fails_the_key_challenge_is_refused() {
+    let node = Node::up();
+    let victim = Keypair::generate().identity();
+    let refusal = with_rpc(attach_as(&node, victim, &Keypair::generate())).unwrap_err();
+    assert!(refusal.contains("does not prove the key of engine"), "{refusal}");
+    assert_eq!(node.router_counter("attach_refused"), 1);
+    assert_eq!(node.status()["engines"].as_array().map(Vec::len), Some(0));
+
+    // The genuine key attaches.
+    let owner = Keypair::generate();
+    with_rpc(async {
+        let router: router::Client = connect(&node.socket(ServiceKind::Router)).await;
+        let _keep = router;
+        attach_as(&node, owner.identity(), &owner).await
+    })
+    .expect("the owner of the key attaches");
+}
+
+#[test]
+fn a_second_attach_of_an_attached_engine_is_refused() {
+    let node = Node::up();
+    with_rpc(async {
+        let engine = attach_engine(&node, |_| {}).await;
+        let key = Keypair::generate();
+        let first = netmachine_engine::Engine::attach(netmachine_engine::EngineOptions::new(
+            node.socket(ServiceKind::Router),
+            key.clone(),
+        ))
+        .await
+        .expect("first attach");
+        let second = netmachine_engine::Engine::attach(netmachine_engine::EngineOptions::new(
+            node.socket(ServiceKind::Router),
+            key,
+        ))
+        .await;
+        let Err(err) = second else { panic!("a second attach of the same key was accepted") };
+        assert!(err.to_string().contains("already attached"), "{err}");
+        // The first attachment still receives.
+        engine.send(first.identity(), b"still here".to_vec()).await.expect("send");
+        assert_eq!(first.recv().await.expect("message").body, b"still here");
+    });
+}
