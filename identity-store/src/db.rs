@@ -44,7 +44,7 @@ impl RecordDb {
         Ok(existed)
     }
 
-    pub fn len(&self) -> Result<u64, redb::Error> {
+    pub fn count(&self) -> Result<u64, redb::Error> {
         Ok(self.db.begin_read()?.open_table(RECORDS)?.len()?)
     }
 

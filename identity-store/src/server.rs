@@ -73,7 +73,7 @@ impl IdentityStore {
         if let Err(refusal) = check_update(&id, record, existing_root) {
             return Ok(Err(refusal));
         }
-        if existing.is_none() && self.db.len().map_err(storage_error)? >= self.home.config.limits.max_records {
+        if existing.is_none() && self.db.count().map_err(storage_error)? >= self.home.config.limits.max_records {
             return Ok(Err(Refusal {
                 reason: RefusalReason::Full,
                 detail: format!("the store holds limits.max_records = {} records", self.home.config.limits.max_records),
@@ -136,7 +136,7 @@ fn identity(field: &'static str, bytes: &[u8]) -> capnp::Result<Identity> {
 impl service::Server for IdentityStore {
     async fn status(self: Rc<Self>, _: service::StatusParams, mut results: service::StatusResults) -> capnp::Result<()> {
         let mut counters = vec![
-            ("records", self.db.len().map_err(storage_error)?),
+            ("records", self.db.count().map_err(storage_error)?),
             ("updates_accepted", self.accepted.get()),
             ("updates_refused", self.refused.get()),
             ("watchers", self.watchers.borrow().len() as u64),

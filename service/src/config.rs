@@ -6,7 +6,7 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 /// Every setting of a node. See the README's config reference for each field.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub node: NodeConfig,
@@ -81,17 +81,6 @@ pub struct SupervisorConfig {
 impl Default for SupervisorConfig {
     fn default() -> Self {
         SupervisorConfig { restart_initial_ms: 100, restart_max_ms: 10_000, stop_timeout_ms: 5_000 }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            node: NodeConfig::default(),
-            limits: Limits::default(),
-            router: RouterConfig::default(),
-            supervisor: SupervisorConfig::default(),
-        }
     }
 }
 
