@@ -43,19 +43,34 @@ struct EngineMessage {
   sig @11 :Id.Signature;     # by src over every field above; empty when unsigned
 }
 
-# What one node sends another: a batch of payloads under one node signature.
+# What one node sends another: a batch of payloads under one node signature. The signature
+# covers the batch's exact bytes (see `p2p_frame` in schema/src/signing.rs), so a receiver
+# verifies before it parses the batch.
 struct P2PFrame {
   src @0 :Id.Identity;
   dst @1 :Id.Identity;
-  payloads @2 :List(P2PPayload);
-  sig @3 :Id.Signature;      # by the src node over src, dst and every payload
+  batch @2 :Data;            # a serialized P2PBatch
+  sig @3 :Id.Signature;      # by the src node
+}
+
+struct P2PBatch {
+  payloads @0 :List(P2PPayload);
 }
 
 struct P2PPayload {
   union {
     engine @0 :EngineMessage;
     relay @1 :Data;          # v2: RelayMessage
+    engines @2 :EngineAnnouncement;
   }
+}
+
+# Which engines are attached to the sending node: all of them (`full`, sent when a connection
+# comes up) or what changed since. Receivers record them as Engine records for routing.
+struct EngineAnnouncement {
+  full @0 :Bool;
+  attached @1 :List(Id.Identity);
+  detached @2 :List(Id.Identity);
 }
 
 # A pub/sub event. Receivers detect loss from gaps in `seq`.

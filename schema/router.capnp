@@ -9,12 +9,19 @@ interface Router extends(Svc.Service) {
   # First step of attaching an engine: the router answers with a challenge that the engine
   # signs (see `attachChallenge` in schema/src/signing.rs) and returns through `attachment`.
   attach @0 (engine :Id.Identity) -> (challenge :Data, node :Id.Identity, attachment :Attachment);
-  # A P2P frame that transport received from another node.
-  receiveFrame @1 (frame :Msg.P2PFrame) -> ();
+  # A serialized P2PFrame that transport received from node `src` (authenticated by TLS),
+  # over a connection made under the public network rules if `public`. Returns once its
+  # messages are queued for delivery; a frame that fails verification is refused, and the
+  # router asks transport to disconnect the peer.
+  receiveFrame @1 (src :Id.Identity, frame :Data, public :Bool) -> ();
+  # Signs this node's advert for the given addresses: the same advert while they do not
+  # change, else a new one with a higher version. Called by transport when it has bound.
+  signAdvert @2 (addrs :List(Id.WeightedAddress), protocols :List(Text)) -> (advert :Id.NodeAdvert);
 }
 
 interface Attachment {
-  prove @0 (signature :Id.Signature, inbox :Inbox) -> (session :EngineSession, limits :AttachLimits);
+  # `public`: messages from nodes connected under the public network rules may reach this engine.
+  prove @0 (signature :Id.Signature, inbox :Inbox, public :Bool) -> (session :EngineSession, limits :AttachLimits);
 }
 
 struct AttachLimits {

@@ -7,37 +7,28 @@ use capnp::message::{Builder, HeapAllocator, Reader};
 use capnp::serialize::OwnedSegments;
 use netmachine_schema::identity_capnp::{identity_record, RecordKind};
 use netmachine_schema::identity_store_capnp::{identity_store, identity_watcher, RefusalReason};
-use netmachine_schema::service_capnp::{service, subscription};
+use netmachine_schema::service_capnp::service;
 use netmachine_schema::Identity;
+use netmachine_service::fanout::Fanout;
 use netmachine_service::home::{NodeHome, ServiceKind};
 use netmachine_service::rpc::{reader_options, ConnectionStats};
 use netmachine_service::status::StatusReport;
-use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
-use std::rc::{Rc, Weak};
+use std::cell::Cell;
+use std::rc::Rc;
 
 /// Watchers at once; more are refused.
 const MAX_WATCHERS: usize = 256;
-/// Notifications a watcher may leave unanswered before it is dropped as too slow.
-const MAX_UNANSWERED: u32 = 4096;
 /// Entries one `list` call returns at most.
 const MAX_LIST: u32 = 1000;
-
-struct Watcher {
-    client: identity_watcher::Client,
-    unanswered: Rc<Cell<u32>>,
-}
 
 /// The identity store service.
 pub struct IdentityStore {
     db: RecordDb,
     home: NodeHome,
     stats: Rc<ConnectionStats>,
-    watchers: RefCell<BTreeMap<u64, Watcher>>,
-    next_watcher: Cell<u64>,
+    watchers: Rc<Fanout<identity_watcher::Client>>,
     accepted: Cell<u64>,
     refused: Cell<u64>,
-    watchers_dropped: Cell<u64>,
 }
 
 impl IdentityStore {
@@ -48,11 +39,9 @@ impl IdentityStore {
             db,
             home,
             stats,
-            watchers: RefCell::new(BTreeMap::new()),
-            next_watcher: Cell::new(0),
+            watchers: Fanout::new("identity updates", MAX_WATCHERS),
             accepted: Cell::new(0),
             refused: Cell::new(0),
-            watchers_dropped: Cell::new(0),
         })
     }
 
@@ -67,7 +56,7 @@ impl IdentityStore {
         }
     }
 
-    fn apply(self: &Rc<Self>, id: Identity, record: identity_record::Reader<'_>) -> capnp::Result<Result<(), Refusal>> {
+    fn apply(&self, id: Identity, record: identity_record::Reader<'_>) -> capnp::Result<Result<(), Refusal>> {
         let existing = self.stored(&id.0)?;
         let existing_root = existing.as_ref().map(|m| m.get_root::<identity_record::Reader>()).transpose()?;
         if let Err(refusal) = check_update(&id, record, existing_root) {
@@ -86,42 +75,19 @@ impl IdentityStore {
         Ok(Ok(()))
     }
 
-    fn notify(self: &Rc<Self>, id: Identity, record: Option<&Builder<HeapAllocator>>) {
-        let watchers: Vec<(u64, identity_watcher::Client, Rc<Cell<u32>>)> = self
-            .watchers
-            .borrow()
-            .iter()
-            .map(|(n, w)| (*n, w.client.clone(), w.unanswered.clone()))
-            .collect();
-        for (number, client, unanswered) in watchers {
-            if unanswered.get() >= MAX_UNANSWERED {
-                tracing::warn!(watcher = number, "dropped a watcher that stopped answering");
-                self.watchers.borrow_mut().remove(&number);
-                self.watchers_dropped.set(self.watchers_dropped.get() + 1);
-                continue;
-            }
-            let mut request = client.identity_updated_request();
+    fn notify(&self, id: Identity, record: Option<&Builder<HeapAllocator>>) {
+        let record = record.and_then(|r| r.get_root_as_reader::<identity_record::Reader>().ok());
+        self.watchers.notify(|watcher| {
+            let mut request = watcher.identity_updated_request();
             let mut params = request.get();
             params.set_id(&id.0);
             params.set_deleted(record.is_none());
-            if let Some(record) = record {
-                if let Ok(root) = record.get_root_as_reader::<identity_record::Reader>() {
-                    if params.set_record(root).is_err() {
-                        continue;
-                    }
-                }
+            let copied = record.map_or(Ok(()), |r| params.set_record(r));
+            async move {
+                copied?;
+                request.send().promise.await.map(|_| ())
             }
-            unanswered.set(unanswered.get() + 1);
-            let store = Rc::downgrade(self);
-            tokio::task::spawn_local(async move {
-                let answer = request.send().promise.await;
-                unanswered.set(unanswered.get().saturating_sub(1));
-                if let (Err(error), Some(store)) = (answer, store.upgrade()) {
-                    tracing::info!(watcher = number, %error, "watcher gone");
-                    store.watchers.borrow_mut().remove(&number);
-                }
-            });
-        }
+        });
     }
 }
 
@@ -139,8 +105,8 @@ impl service::Server for IdentityStore {
             ("records", self.db.count().map_err(storage_error)?),
             ("updates_accepted", self.accepted.get()),
             ("updates_refused", self.refused.get()),
-            ("watchers", self.watchers.borrow().len() as u64),
-            ("watchers_dropped", self.watchers_dropped.get()),
+            ("watchers", self.watchers.len() as u64),
+            ("watchers_dropped", self.watchers.dropped()),
         ];
         counters.extend(self.stats.counters());
         StatusReport {
@@ -242,32 +208,8 @@ impl identity_store::Server for IdentityStore {
     }
 
     async fn watch(self: Rc<Self>, params: identity_store::WatchParams, mut results: identity_store::WatchResults) -> capnp::Result<()> {
-        let client = params.get()?.get_watcher()?;
-        if self.watchers.borrow().len() >= MAX_WATCHERS {
-            return Err(capnp::Error::overloaded(format!("the identity store already has {MAX_WATCHERS} watchers")));
-        }
-        let number = self.next_watcher.get();
-        self.next_watcher.set(number + 1);
-        self.watchers.borrow_mut().insert(number, Watcher { client, unanswered: Rc::new(Cell::new(0)) });
-        let handle = WatchHandle { store: Rc::downgrade(&self), number };
-        results.get().set_subscription(capnp_rpc::new_client::<subscription::Client, _>(handle));
+        let subscription = self.watchers.subscribe(params.get()?.get_watcher()?)?;
+        results.get().set_subscription(subscription);
         Ok(())
-    }
-}
-
-/// The watcher's subscription: when the watcher drops it (or its connection closes), the
-/// watcher is removed.
-struct WatchHandle {
-    store: Weak<IdentityStore>,
-    number: u64,
-}
-
-impl subscription::Server for WatchHandle {}
-
-impl Drop for WatchHandle {
-    fn drop(&mut self) {
-        if let Some(store) = self.store.upgrade() {
-            store.watchers.borrow_mut().remove(&self.number);
-        }
     }
 }

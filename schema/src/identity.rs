@@ -105,6 +105,14 @@ impl Keypair {
         self.signing.sign(payload).to_bytes()
     }
 
+    /// The key as PKCS#8 v1 DER (RFC 8410), the form TLS libraries load.
+    pub fn to_pkcs8_der(&self) -> Vec<u8> {
+        // SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING seed } }
+        let mut der = vec![0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+        der.extend_from_slice(&self.signing.to_bytes());
+        der
+    }
+
     /// Reads a key file. Refuses one that other users can read, as ssh does.
     pub fn read_file(path: &Path) -> Result<Self, KeyError> {
         let io = |source| KeyError::Io { path: path.to_path_buf(), source };

@@ -79,6 +79,14 @@ pub fn topic_advert(advert: topic_advert::Reader<'_>) -> capnp::Result<Vec<u8>> 
     Ok(p.0)
 }
 
+/// What a node signs in a P2PFrame: its own identity, the destination node and the batch's
+/// exact bytes.
+pub fn p2p_frame(src: &Identity, dst: &Identity, batch: &[u8]) -> Vec<u8> {
+    let mut p = Payload::new("netmachine/p2p-frame/v1");
+    p.bytes(&src.0).bytes(&dst.0).bytes(batch);
+    p.0
+}
+
 /// What an engine signs in an EngineMessage: every field but `sig`.
 pub fn engine_message(message: &EngineMessage) -> Vec<u8> {
     let mut p = Payload::new("netmachine/engine-message/v1");

@@ -12,6 +12,7 @@ pub struct Config {
     pub node: NodeConfig,
     pub limits: Limits,
     pub router: RouterConfig,
+    pub transport: TransportConfig,
     pub supervisor: SupervisorConfig,
 }
 
@@ -59,11 +60,54 @@ impl Default for Limits {
 pub struct RouterConfig {
     /// Identity records the router keeps cached from the identity store.
     pub cache_entries: u32,
+    /// Messages waiting to be sent to one other node before senders to it wait.
+    pub node_queue: u32,
+    /// Drop messages from other nodes that carry no engine signature.
+    pub require_engine_signatures: bool,
 }
 
 impl Default for RouterConfig {
     fn default() -> Self {
-        RouterConfig { cache_entries: 65_536 }
+        RouterConfig { cache_entries: 65_536, node_queue: 4096, require_engine_signatures: false }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TransportConfig {
+    /// UDP addresses the QUIC endpoint binds (`ip:port`; port 0 picks a free one).
+    pub listen: Vec<String>,
+    /// Addresses put in this node's advert; empty: the bound listen addresses.
+    pub advertise: Vec<String>,
+    /// Accept any node (Flow's public network); its messages reach only public engines.
+    pub public: bool,
+    /// Connections to other nodes at once.
+    pub max_peers: u32,
+    /// Frames waiting for one peer before senders to it wait.
+    pub peer_queue: u32,
+    /// An ephemeral connection idle this long is closed.
+    pub idle_timeout_ms: u64,
+    /// First delay before reconnecting a permanent peer.
+    pub reconnect_initial_ms: u64,
+    /// Cap of the reconnect delay.
+    pub reconnect_max_ms: u64,
+    /// How long a connection attempt may take.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            listen: vec!["127.0.0.1:4010".into()],
+            advertise: vec![],
+            public: false,
+            max_peers: 256,
+            peer_queue: 1024,
+            idle_timeout_ms: 30_000,
+            reconnect_initial_ms: 200,
+            reconnect_max_ms: 30_000,
+            connect_timeout_ms: 5_000,
+        }
     }
 }
 
@@ -168,7 +212,7 @@ impl Config {
     }
 
     fn validate(&self, file: &Path, overrides: &[Override]) -> Result<(), ConfigError> {
-        let checks: [(&str, u64, u64, u64); 9] = [
+        let checks: [(&str, u64, u64, u64); 15] = [
             ("limits.max_message_bytes", self.limits.max_message_bytes.into(), 1024, 64 << 20),
             ("limits.engine_queue", self.limits.engine_queue.into(), 1, 1 << 20),
             ("limits.max_engines", self.limits.max_engines.into(), 1, 1 << 20),
@@ -176,6 +220,12 @@ impl Config {
             ("limits.send_wait_ms", self.limits.send_wait_ms, 0, 600_000),
             ("limits.max_records", self.limits.max_records, 1, 1 << 32),
             ("router.cache_entries", self.router.cache_entries.into(), 16, 1 << 24),
+            ("router.node_queue", self.router.node_queue.into(), 1, 1 << 20),
+            ("transport.max_peers", self.transport.max_peers.into(), 1, 1 << 16),
+            ("transport.peer_queue", self.transport.peer_queue.into(), 1, 1 << 20),
+            ("transport.idle_timeout_ms", self.transport.idle_timeout_ms, 100, 86_400_000),
+            ("transport.reconnect_max_ms", self.transport.reconnect_max_ms, self.transport.reconnect_initial_ms.max(1), 3_600_000),
+            ("transport.connect_timeout_ms", self.transport.connect_timeout_ms, 100, 600_000),
             ("supervisor.restart_max_ms", self.supervisor.restart_max_ms, self.supervisor.restart_initial_ms.max(1), 3_600_000),
             ("supervisor.stop_timeout_ms", self.supervisor.stop_timeout_ms, 100, 600_000),
         ];
@@ -188,7 +238,31 @@ impl Config {
                 });
             }
         }
+        for (field, addrs) in [("transport.listen", &self.transport.listen), ("transport.advertise", &self.transport.advertise)] {
+            for addr in addrs {
+                if addr.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(ConfigError::Field {
+                        field: field.into(),
+                        source_name: origin_of(field, file, overrides),
+                        problem: format!("'{addr}' is not an ip:port address"),
+                    });
+                }
+            }
+        }
+        if self.transport.listen.is_empty() {
+            return Err(ConfigError::Field {
+                field: "transport.listen".into(),
+                source_name: origin_of("transport.listen", file, overrides),
+                problem: "needs at least one address".into(),
+            });
+        }
         Ok(())
+    }
+
+    /// The largest P2P frame a node sends or accepts: one maximal message plus its envelope.
+    /// Batches are cut to fit it.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.limits.max_message_bytes as usize + (16 << 10)
     }
 
     /// The largest RPC message a service reads, in 8-byte words: room for one maximal message
@@ -301,6 +375,14 @@ mod tests {
     }
 
     #[test]
+    fn listen_addresses_are_checked_and_arrays_can_be_overridden() {
+        let err = Config::load(Path::new("/none"), &[set("transport.listen", "[\"nowhere\"]", "flag")]).unwrap_err();
+        assert!(err.to_string().contains("`transport.listen`") && err.to_string().contains("'nowhere'"), "{err}");
+        let config = Config::load(Path::new("/none"), &[set("transport.listen", "[\"127.0.0.1:0\"]", "flag")]).unwrap();
+        assert_eq!(config.transport.listen, ["127.0.0.1:0"]);
+    }
+
+    #[test]
     fn a_string_override_for_a_path_field_is_taken_as_text() {
         let config = Config::load(Path::new("/none"), &[set("node.run_dir", "/tmp/run", "flag")]).unwrap();
         assert_eq!(config.node.run_dir, Some(PathBuf::from("/tmp/run")));
@@ -326,6 +408,19 @@ pub const TEMPLATE: &str = r#"# netmachine node configuration. Every setting is 
 
 [router]
 # cache_entries = 65536       # identity records cached by the router
+# node_queue = 4096           # messages waiting for one other node before senders wait
+# require_engine_signatures = false  # drop messages from other nodes without an engine signature
+
+[transport]
+# listen = ["127.0.0.1:4010"] # UDP addresses of the QUIC endpoint (port 0: any free port)
+# advertise = []              # addresses in this node's advert; empty: the bound ones
+# public = false              # accept any node; its messages reach only public engines
+# max_peers = 256             # connections to other nodes at once
+# peer_queue = 1024           # frames waiting for one peer before senders wait
+# idle_timeout_ms = 30000     # idle ephemeral connections close after this
+# reconnect_initial_ms = 200  # first delay before reconnecting a permanent peer
+# reconnect_max_ms = 30000    # cap of the reconnect delay
+# connect_timeout_ms = 5000   # how long a connection attempt may take
 
 [supervisor]
 # restart_initial_ms = 100    # first delay before restarting a service that died
@@ -349,7 +444,7 @@ mod template_tests {
                 (setting.contains(" = ") && !setting.contains("<home>")).then(|| format!("{setting}\n"))
             })
             .collect();
-        assert!(uncommented.matches(" = ").count() >= 10, "{uncommented}");
+        assert!(uncommented.matches(" = ").count() >= 20, "{uncommented}");
         let parsed: Config = toml::from_str(&uncommented).unwrap();
         assert_eq!(parsed, Config::default());
     }

@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod fanout;
 pub mod home;
 pub mod link;
 pub mod process;

@@ -1,0 +1,131 @@
+//! The connect handshake (SPEC.md "Transport"): the dialing node sends Hello with the protocol
+//! versions it speaks and its advert; the answering node replies with the highest common
+//! version and its own advert, or refuses with OverCapacity, Incompatible or Denied.
+
+use netmachine_schema::identity_capnp::node_advert;
+use netmachine_schema::transport_capnp::{hello, hello_answer, ConnectRefusal};
+
+/// The protocol versions this node speaks.
+pub const VERSION_MIN: u16 = 1;
+pub const VERSION_MAX: u16 = 1;
+
+/// The highest version both sides speak.
+pub fn negotiate(their_min: u16, their_max: u16) -> Option<u16> {
+    let low = their_min.max(VERSION_MIN);
+    let high = their_max.min(VERSION_MAX);
+    (low <= high).then_some(high)
+}
+
+/// A Hello, as read.
+pub struct Hello {
+    pub version_min: u16,
+    pub version_max: u16,
+    /// The sender's advert, as a standalone message.
+    pub advert: Vec<u8>,
+}
+
+/// The answer, as read.
+pub enum Answer {
+    Accepted { version: u16, advert: Vec<u8> },
+    Refused { reason: ConnectRefusal, detail: String },
+}
+
+fn options() -> capnp::message::ReaderOptions {
+    netmachine_service::rpc::reader_options(64 << 10)
+}
+
+fn standalone(advert: node_advert::Reader<'_>) -> capnp::Result<Vec<u8>> {
+    let mut message = capnp::message::Builder::new_default();
+    message.set_root(advert)?;
+    Ok(capnp::serialize::write_message_to_words(&message))
+}
+
+fn advert_reader(bytes: &[u8]) -> capnp::Result<capnp::message::Reader<capnp::serialize::OwnedSegments>> {
+    capnp::serialize::read_message(&mut &bytes[..], options())
+}
+
+pub fn hello(advert: &[u8], known_advert_version: u32) -> capnp::Result<Vec<u8>> {
+    let advert = advert_reader(advert)?;
+    let mut message = capnp::message::Builder::new_default();
+    let mut hello = message.init_root::<hello::Builder>();
+    hello.set_version_min(VERSION_MIN);
+    hello.set_version_max(VERSION_MAX);
+    hello.set_known_advert_version(known_advert_version);
+    hello.set_advert(advert.get_root::<node_advert::Reader>()?)?;
+    Ok(capnp::serialize::write_message_to_words(&message))
+}
+
+pub fn read_hello(bytes: &[u8]) -> capnp::Result<Hello> {
+    let message = capnp::serialize::read_message(&mut &bytes[..], options())?;
+    let hello = message.get_root::<hello::Reader>()?;
+    Ok(Hello {
+        version_min: hello.get_version_min(),
+        version_max: hello.get_version_max(),
+        advert: standalone(hello.get_advert()?)?,
+    })
+}
+
+pub fn accepted(version: u16, advert: &[u8]) -> capnp::Result<Vec<u8>> {
+    let advert = advert_reader(advert)?;
+    let mut message = capnp::message::Builder::new_default();
+    let mut accepted = message.init_root::<hello_answer::Builder>().init_accepted();
+    accepted.set_version(version);
+    accepted.set_advert(advert.get_root::<node_advert::Reader>()?)?;
+    Ok(capnp::serialize::write_message_to_words(&message))
+}
+
+pub fn refused(reason: ConnectRefusal, detail: &str) -> Vec<u8> {
+    let mut message = capnp::message::Builder::new_default();
+    let mut refused = message.init_root::<hello_answer::Builder>().init_refused();
+    refused.set_reason(reason);
+    refused.set_detail(detail);
+    capnp::serialize::write_message_to_words(&message)
+}
+
+pub fn read_answer(bytes: &[u8]) -> capnp::Result<Answer> {
+    let message = capnp::serialize::read_message(&mut &bytes[..], options())?;
+    Ok(match message.get_root::<hello_answer::Reader>()?.which()? {
+        hello_answer::Accepted(accepted) => Answer::Accepted {
+            version: accepted.get_version(),
+            advert: standalone(accepted.get_advert()?)?,
+        },
+        hello_answer::Refused(refused) => Answer::Refused {
+            reason: refused.get_reason()?,
+            detail: refused.get_detail()?.to_string().unwrap_or_default(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_highest_common_version_wins_and_disjoint_ranges_fail() {
+        assert_eq!(negotiate(1, 1), Some(1));
+        assert_eq!(negotiate(0, 5), Some(VERSION_MAX));
+        assert_eq!(negotiate(2, 3), None);
+        assert_eq!(negotiate(0, 0), None);
+    }
+
+    #[test]
+    fn hello_and_answers_round_trip() {
+        let mut message = capnp::message::Builder::new_default();
+        let mut advert = message.init_root::<node_advert::Builder>();
+        advert.set_id(&[7; 32]);
+        advert.set_version(3);
+        let advert = capnp::serialize::write_message_to_words(&message);
+        let read = read_hello(&hello(&advert, 0).unwrap()).unwrap();
+        assert_eq!((read.version_min, read.version_max), (VERSION_MIN, VERSION_MAX));
+        assert_eq!(read.advert, advert);
+        match read_answer(&accepted(1, &advert).unwrap()).unwrap() {
+            Answer::Accepted { version: 1, advert: a } => assert_eq!(a, advert),
+            _ => panic!("expected accepted"),
+        }
+        match read_answer(&refused(ConnectRefusal::Denied, "who?")).unwrap() {
+            Answer::Refused { reason: ConnectRefusal::Denied, detail } => assert_eq!(detail, "who?"),
+            _ => panic!("expected refused"),
+        }
+        assert!(read_hello(b"garbage!").is_err());
+    }
+}

@@ -1,0 +1,9 @@
+//! The transport service: QUIC/TLS connections to other nodes. Nodes are authenticated by the
+//! key in their certificate, admitted by the identity store's trust (or the public network
+//! rules), and carry signed P2P frames between routers.
+
+pub mod framing;
+pub mod handshake;
+pub mod peers;
+pub mod queue;
+pub mod tls;

@@ -1,0 +1,143 @@
+//! One peer's bounded queue of frames waiting to be sent. A full queue makes senders wait (up
+//! to a limit); frames whose expiry passes while they wait for a connection are dropped and
+//! counted by whoever pops them.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+
+/// A frame waiting to be sent.
+#[derive(Debug)]
+pub struct Queued {
+    pub bytes: Vec<u8>,
+    /// Milliseconds since the epoch; 0: never expires.
+    pub expiry: u64,
+}
+
+impl Queued {
+    fn expired(&self, now_ms: u64) -> bool {
+        self.expiry != 0 && self.expiry <= now_ms
+    }
+}
+
+pub struct FrameQueue {
+    frames: RefCell<VecDeque<Queued>>,
+    room: Semaphore,
+    ready: Notify,
+}
+
+impl FrameQueue {
+    pub fn new(capacity: usize) -> Self {
+        FrameQueue { frames: RefCell::new(VecDeque::new()), room: Semaphore::new(capacity), ready: Notify::new() }
+    }
+
+    /// Queues `frame`, waiting up to `wait` for room; gives the frame back if there was none.
+    pub async fn push(&self, frame: Queued, wait: Duration) -> Result<(), Queued> {
+        match tokio::time::timeout(wait, self.room.acquire()).await {
+            Ok(Ok(permit)) => permit.forget(),
+            _ => return Err(frame),
+        }
+        self.frames.borrow_mut().push_back(frame);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next frame that has not expired, and how many expired ones were dropped first.
+    pub fn pop_live(&self, now_ms: u64) -> (Option<Queued>, u64) {
+        let mut expired = 0;
+        loop {
+            let Some(frame) = self.frames.borrow_mut().pop_front() else { return (None, expired) };
+            self.room.add_permits(1);
+            if frame.expired(now_ms) {
+                expired += 1;
+                continue;
+            }
+            return (Some(frame), expired);
+        }
+    }
+
+    /// Puts a frame that could not be sent back at the front.
+    pub fn unpop(&self, frame: Queued) {
+        if let Ok(permit) = self.room.try_acquire() {
+            permit.forget();
+            self.frames.borrow_mut().push_front(frame);
+        }
+    }
+
+    /// Drops every expired frame; returns how many.
+    pub fn drop_expired(&self, now_ms: u64) -> u64 {
+        let mut frames = self.frames.borrow_mut();
+        let before = frames.len();
+        frames.retain(|f| !f.expired(now_ms));
+        let dropped = before - frames.len();
+        self.room.add_permits(dropped);
+        dropped as u64
+    }
+
+    /// The earliest expiry of a queued frame.
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.frames.borrow().iter().filter(|f| f.expiry != 0).map(|f| f.expiry).min()
+    }
+
+    /// Resolves once a frame may be waiting (spurious wake-ups are possible).
+    pub async fn ready(&self) {
+        if self.frames.borrow().is_empty() {
+            self.ready.notified().await;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.borrow().is_empty()
+    }
+
+    /// Drops everything queued; returns how many.
+    pub fn clear(&self) -> u64 {
+        let dropped = self.frames.borrow_mut().drain(..).count();
+        self.room.add_permits(dropped);
+        dropped as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(n: u8, expiry: u64) -> Queued {
+        Queued { bytes: vec![n], expiry }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_full_queue_makes_senders_wait_then_refuses() {
+        let queue = FrameQueue::new(2);
+        assert!(queue.push(frame(1, 0), Duration::ZERO).await.is_ok());
+        assert!(queue.push(frame(2, 0), Duration::ZERO).await.is_ok());
+        let refused = queue.push(frame(3, 0), Duration::from_millis(20)).await.unwrap_err();
+        assert_eq!(refused.bytes, [3]);
+        assert_eq!(queue.pop_live(0).0.unwrap().bytes, [1]);
+        assert!(queue.push(frame(3, 0), Duration::ZERO).await.is_ok());
+        assert_eq!(queue.len(), 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn expired_frames_are_skipped_counted_and_make_room() {
+        let queue = FrameQueue::new(3);
+        for (n, expiry) in [(1, 10), (2, 0), (3, 30)] {
+            queue.push(frame(n, expiry), Duration::ZERO).await.unwrap();
+        }
+        assert_eq!(queue.next_expiry(), Some(10));
+        let (next, expired) = queue.pop_live(20);
+        assert_eq!((next.unwrap().bytes, expired), (vec![2], 1));
+        assert_eq!(queue.drop_expired(40), 1);
+        assert!(queue.is_empty());
+        for n in 0..3 {
+            queue.push(frame(n, 0), Duration::ZERO).await.unwrap();
+        }
+        assert_eq!(queue.clear(), 3);
+        queue.push(frame(9, 0), Duration::ZERO).await.unwrap();
+    }
+}
