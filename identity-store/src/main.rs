@@ -11,7 +11,7 @@ fn main() -> std::process::ExitCode {
         |context| async move {
             let store = IdentityStore::open(context.home, context.stats)?;
             let client: identity_store::Client = capnp_rpc::new_client(store);
-            Ok(client.client)
+            Ok(client.client.into())
         },
     )
 }

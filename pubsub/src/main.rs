@@ -12,6 +12,6 @@ fn main() -> std::process::ExitCode {
             &[ServiceKind::Router, ServiceKind::IdentityStore],
             "not yet: inter-node topic subscriptions and event dissemination",
         );
-        Ok(capnp_rpc::new_client::<pub_sub::Client, _>(standby).client)
+        Ok(capnp_rpc::new_client::<pub_sub::Client, _>(standby).client.into())
     })
 }

@@ -11,7 +11,7 @@ fn main() -> std::process::ExitCode {
             let key = context.home.node_key()?;
             tracing::info!(node = %key.identity(), "node key loaded");
             let state = RouterState::new(context.home, key, context.stats);
-            Ok(state.client().client)
+            Ok(state.client().client.into())
         },
     )
 }

@@ -22,6 +22,19 @@ pub struct ServiceArgs {
     pub set: Vec<String>,
 }
 
+/// What a service's set-up returns: the interface it serves, and what to do when asked to
+/// stop, after it stopped accepting RPC connections.
+pub struct Running {
+    pub bootstrap: capnp::capability::Client,
+    pub on_stop: Option<std::pin::Pin<Box<dyn Future<Output = ()>>>>,
+}
+
+impl From<capnp::capability::Client> for Running {
+    fn from(bootstrap: capnp::capability::Client) -> Self {
+        Running { bootstrap, on_stop: None }
+    }
+}
+
 /// What a service's set-up gets.
 pub struct ServiceContext {
     pub kind: ServiceKind,
@@ -64,7 +77,7 @@ pub async fn stop_requested() {
 pub fn run<F, Fut>(kind: ServiceKind, about: &'static str, setup: F) -> ExitCode
 where
     F: FnOnce(ServiceContext) -> Fut,
-    Fut: Future<Output = Result<capnp::capability::Client, Box<dyn Error>>>,
+    Fut: Future<Output = Result<Running, Box<dyn Error>>>,
 {
     let matches = ServiceArgs::command().name(kind.binary()).about(about).get_matches();
     let args = match ServiceArgs::from_arg_matches(&matches) {
@@ -95,10 +108,13 @@ where
         let max_connections = home.config.limits.max_connections.into();
         let stats = Rc::new(ConnectionStats::default());
         let context = ServiceContext { kind, home, stats: stats.clone() };
-        let bootstrap = setup(context).await?;
+        let running = setup(context).await?;
         let listener = rpc::bind(&socket).await.map_err(|e| format!("{}: {e}", socket.display()))?;
         tracing::info!(socket = %socket.display(), pid = std::process::id(), "serving");
-        rpc::serve(listener, &socket, bootstrap, word_limit, max_connections, stats, stop_requested()).await;
+        rpc::serve(listener, &socket, running.bootstrap, word_limit, max_connections, stats, stop_requested()).await;
+        if let Some(on_stop) = running.on_stop {
+            on_stop.await;
+        }
         tracing::info!("stopped cleanly");
         Ok(())
     });

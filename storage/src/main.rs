@@ -12,6 +12,6 @@ fn main() -> std::process::ExitCode {
             &[ServiceKind::Router],
             "not yet: storing blocks and fetching them from peers",
         );
-        Ok(capnp_rpc::new_client::<storage::Client, _>(standby).client)
+        Ok(capnp_rpc::new_client::<storage::Client, _>(standby).client.into())
     })
 }

@@ -2,8 +2,11 @@
 //! key in their certificate, admitted by the identity store's trust (or the public network
 //! rules), and carry signed P2P frames between routers.
 
+pub mod connections;
+pub mod events;
 pub mod framing;
 pub mod handshake;
+pub mod peer_sync;
 pub mod peers;
-pub mod queue;
+pub mod server;
 pub mod tls;

@@ -1,17 +1,34 @@
-//! `netmachine-transport`: the node's connections to other nodes (QUIC/TLS). This version runs,
-//! links to the router and the identity store, and reports status; it carries no traffic yet.
+//! `netmachine-transport`: the node's QUIC/TLS connections to other nodes. It holds the node
+//! key too, because TLS signs every handshake with the certificate's key (see the README).
 
 use netmachine_schema::transport_capnp::transport;
-use netmachine_service::standby::Standby;
-use netmachine_service::{process, ServiceKind};
+use netmachine_service::{process, Link, ServiceKind};
+use netmachine_transport::connections::Transport;
+use netmachine_transport::server::TransportServer;
+use netmachine_transport::{peer_sync, tls::NodeTls};
 
 fn main() -> std::process::ExitCode {
-    process::run(ServiceKind::Transport, "netmachine transport: connections to other nodes", |context| async move {
-        let standby = Standby::new(
-            context,
-            &[ServiceKind::Router, ServiceKind::IdentityStore],
-            "not yet: QUIC connections to other nodes; this version carries no inter-node traffic",
-        );
-        Ok(capnp_rpc::new_client::<transport::Client, _>(standby).client)
+    process::run(ServiceKind::Transport, "netmachine transport: QUIC/TLS connections to other nodes", |context| async move {
+        let key = context.home.node_key()?;
+        let tls = NodeTls::new(&key)?;
+        let words = context.home.config.rpc_word_limit();
+        let router_socket = context.home.socket(ServiceKind::Router);
+        let store_socket = context.home.socket(ServiceKind::IdentityStore);
+        let transport = Transport::bind(
+            context.home,
+            tls,
+            key.identity(),
+            context.stats,
+            |weak| Link::start(ServiceKind::Router, router_socket, words, peer_sync::on_router_connect(weak)),
+            |weak| Link::start(ServiceKind::IdentityStore, store_socket, words, peer_sync::on_identity_store_connect(weak)),
+        )?;
+        transport.start();
+        tracing::info!(addrs = ?transport.local_addrs(), "QUIC endpoint bound");
+        tokio::task::spawn_local(transport.clone().report_counts());
+        let client: transport::Client = capnp_rpc::new_client(TransportServer(transport.clone()));
+        Ok(process::Running {
+            bootstrap: client.client,
+            on_stop: Some(Box::pin(async move { transport.shut_down().await })),
+        })
     })
 }

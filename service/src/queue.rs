@@ -1,39 +1,36 @@
-//! One peer's bounded queue of frames waiting to be sent. A full queue makes senders wait (up
-//! to a limit); frames whose expiry passes while they wait for a connection are dropped and
-//! counted by whoever pops them.
+//! A bounded queue of things waiting to be sent (a peer's frames, a node's outgoing messages).
+//! A full queue makes senders wait, up to a limit; items whose expiry passes while they wait
+//! are dropped and counted by whoever takes them out.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 
-/// A frame waiting to be sent.
-#[derive(Debug)]
-pub struct Queued {
-    pub bytes: Vec<u8>,
-    /// Milliseconds since the epoch; 0: never expires.
-    pub expiry: u64,
-}
+/// Something that may expire while it waits.
+pub trait Expiring {
+    /// Milliseconds since the epoch after which it is worthless; `None`: never.
+    fn expiry(&self) -> Option<u64>;
 
-impl Queued {
     fn expired(&self, now_ms: u64) -> bool {
-        self.expiry != 0 && self.expiry <= now_ms
+        self.expiry().is_some_and(|at| at <= now_ms)
     }
 }
 
-pub struct FrameQueue {
-    frames: RefCell<VecDeque<Queued>>,
+/// A bounded, single-threaded queue with backpressure and expiry.
+pub struct ExpiringQueue<T> {
+    frames: RefCell<VecDeque<T>>,
     room: Semaphore,
     ready: Notify,
 }
 
-impl FrameQueue {
+impl<T: Expiring> ExpiringQueue<T> {
     pub fn new(capacity: usize) -> Self {
-        FrameQueue { frames: RefCell::new(VecDeque::new()), room: Semaphore::new(capacity), ready: Notify::new() }
+        ExpiringQueue { frames: RefCell::new(VecDeque::new()), room: Semaphore::new(capacity), ready: Notify::new() }
     }
 
-    /// Queues `frame`, waiting up to `wait` for room; gives the frame back if there was none.
-    pub async fn push(&self, frame: Queued, wait: Duration) -> Result<(), Queued> {
+    /// Queues `frame`, waiting up to `wait` for room; gives it back if there was none.
+    pub async fn push(&self, frame: T, wait: Duration) -> Result<(), T> {
         match tokio::time::timeout(wait, self.room.acquire()).await {
             Ok(Ok(permit)) => permit.forget(),
             _ => return Err(frame),
@@ -43,8 +40,8 @@ impl FrameQueue {
         Ok(())
     }
 
-    /// The next frame that has not expired, and how many expired ones were dropped first.
-    pub fn pop_live(&self, now_ms: u64) -> (Option<Queued>, u64) {
+    /// The next item that has not expired, and how many expired ones were dropped first.
+    pub fn pop_live(&self, now_ms: u64) -> (Option<T>, u64) {
         let mut expired = 0;
         loop {
             let Some(frame) = self.frames.borrow_mut().pop_front() else { return (None, expired) };
@@ -57,8 +54,8 @@ impl FrameQueue {
         }
     }
 
-    /// Puts a frame that could not be sent back at the front.
-    pub fn unpop(&self, frame: Queued) {
+    /// Puts an item that could not be sent back at the front (if there is room).
+    pub fn unpop(&self, frame: T) {
         if let Ok(permit) = self.room.try_acquire() {
             permit.forget();
             self.frames.borrow_mut().push_front(frame);
@@ -75,12 +72,12 @@ impl FrameQueue {
         dropped as u64
     }
 
-    /// The earliest expiry of a queued frame.
+    /// The earliest expiry of a queued item.
     pub fn next_expiry(&self) -> Option<u64> {
-        self.frames.borrow().iter().filter(|f| f.expiry != 0).map(|f| f.expiry).min()
+        self.frames.borrow().iter().filter_map(Expiring::expiry).min()
     }
 
-    /// Resolves once a frame may be waiting (spurious wake-ups are possible).
+    /// Resolves once an item may be waiting (spurious wake-ups are possible).
     pub async fn ready(&self) {
         if self.frames.borrow().is_empty() {
             self.ready.notified().await;
@@ -107,13 +104,25 @@ impl FrameQueue {
 mod tests {
     use super::*;
 
+    #[derive(Debug)]
+    struct Queued {
+        bytes: Vec<u8>,
+        expiry: u64,
+    }
+
+    impl Expiring for Queued {
+        fn expiry(&self) -> Option<u64> {
+            (self.expiry != 0).then_some(self.expiry)
+        }
+    }
+
     fn frame(n: u8, expiry: u64) -> Queued {
         Queued { bytes: vec![n], expiry }
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn a_full_queue_makes_senders_wait_then_refuses() {
-        let queue = FrameQueue::new(2);
+        let queue = ExpiringQueue::new(2);
         assert!(queue.push(frame(1, 0), Duration::ZERO).await.is_ok());
         assert!(queue.push(frame(2, 0), Duration::ZERO).await.is_ok());
         let refused = queue.push(frame(3, 0), Duration::from_millis(20)).await.unwrap_err();
@@ -125,7 +134,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn expired_frames_are_skipped_counted_and_make_room() {
-        let queue = FrameQueue::new(3);
+        let queue = ExpiringQueue::new(3);
         for (n, expiry) in [(1, 10), (2, 0), (3, 30)] {
             queue.push(frame(n, expiry), Duration::ZERO).await.unwrap();
         }

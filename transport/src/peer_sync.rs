@@ -1,0 +1,232 @@
+//! The transport's view of the identity store and the router: it loads every node record into
+//! the peer book on (re)connect and follows IdentityUpdated after; it stores a peer's newer
+//! advert learned in a handshake; and it has the router sign this node's advert for the
+//! addresses it bound.
+
+use crate::connections::Transport;
+use crate::peers::PeerInfo;
+use netmachine_schema::identity_capnp::{identity_record, node_advert, RecordKind};
+use netmachine_schema::identity_store_capnp::{identity_store, identity_watcher, update_result};
+use netmachine_schema::router_capnp::router;
+use netmachine_schema::{signing, Identity};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+
+type SetUp = Pin<Box<dyn Future<Output = capnp::Result<()>>>>;
+
+fn options() -> capnp::message::ReaderOptions {
+    netmachine_service::rpc::reader_options(64 << 10)
+}
+
+/// Checks that a standalone advert message is `node`'s and is signed by it.
+pub fn check_advert(node: Identity, advert: &[u8]) -> Result<(), String> {
+    let message = capnp::serialize::read_message(&mut &advert[..], options()).map_err(|e| format!("unreadable advert: {e}"))?;
+    let advert = message.get_root::<node_advert::Reader>().map_err(|e| e.to_string())?;
+    check_advert_reader(node, advert)
+}
+
+fn check_advert_reader(node: Identity, advert: node_advert::Reader<'_>) -> Result<(), String> {
+    let id = Identity::from_slice("advert.id", advert.get_id().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    if id != node {
+        return Err(format!("the advert is node {id}'s, but the peer is node {node}"));
+    }
+    let payload = signing::node_advert(advert).map_err(|e| e.to_string())?;
+    node.verify(&payload, advert.get_sig().map_err(|e| e.to_string())?)
+        .map_err(|e| format!("the advert's signature by {node}: {e}"))
+}
+
+/// A node record holding `advert`.
+pub fn node_record(advert: node_advert::Reader<'_>, trust: u8, permanent: bool) -> capnp::Result<capnp::message::Builder<capnp::message::HeapAllocator>> {
+    let mut message = capnp::message::Builder::new_default();
+    let mut node = message.init_root::<identity_record::Builder>().init_node();
+    node.set_id(advert.get_id()?);
+    node.set_trust(trust);
+    node.reborrow().init_connection_prefs().set_permanent(permanent);
+    node.set_advert(advert)?;
+    Ok(message)
+}
+
+/// Stores `record` under `id`; the store's refusal becomes the error.
+pub async fn store_record(store: &identity_store::Client, id: Identity, record: &capnp::message::Builder<capnp::message::HeapAllocator>) -> Result<(), String> {
+    let mut request = store.update_request();
+    request.get().set_id(&id.0);
+    request.get().set_record(record.get_root_as_reader::<identity_record::Reader>().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let answer = request.send().promise.await.map_err(|e| e.to_string())?;
+    match answer.get().and_then(|a| a.get_result()).map_err(|e| e.to_string())?.which().map_err(|e| e.to_string())? {
+        update_result::Accepted(()) => Ok(()),
+        update_result::Refused(refused) => Err(format!(
+            "the identity store refused it ({:?}): {}",
+            refused.get_reason().map_err(|e| e.to_string())?,
+            refused.get_detail().ok().and_then(|d| d.to_string().ok()).unwrap_or_default()
+        )),
+    }
+}
+
+/// Adds a node from its advert (operator command `peer add`).
+pub async fn add_peer(transport: &Transport, advert: node_advert::Reader<'_>, trust: u8, permanent: bool) -> Result<Identity, String> {
+    let node = Identity::from_slice("advert.id", advert.get_id().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    check_advert_reader(node, advert)?;
+    if node == transport.node {
+        return Err("that is this node's own advert".into());
+    }
+    let store = transport.identity_store.client().ok_or("the identity store is unreachable")?;
+    let record = node_record(advert, trust, permanent).map_err(|e| e.to_string())?;
+    store_record(&store, node, &record).await?;
+    Ok(node)
+}
+
+/// Stores a peer's advert learned in a handshake if the store knows the peer and holds an
+/// older version, keeping its trust and preferences.
+pub fn learn_advert(transport: &Rc<Transport>, node: Identity, advert: Vec<u8>) {
+    let Some(store) = transport.identity_store.client() else { return };
+    tokio::task::spawn_local(async move {
+        let outcome: Result<(), String> = async {
+            let message = capnp::serialize::read_message(&mut &advert[..], options()).map_err(|e| e.to_string())?;
+            let advert = message.get_root::<node_advert::Reader>().map_err(|e| e.to_string())?;
+            let mut lookup = store.lookup_request();
+            lookup.get().set_id(&node.0);
+            let answer = lookup.send().promise.await.map_err(|e| e.to_string())?;
+            let answer = answer.get().map_err(|e| e.to_string())?;
+            if !answer.get_found() {
+                return Ok(());
+            }
+            let identity_record::Node(stored) = answer.get_record().map_err(|e| e.to_string())?.which().map_err(|e| e.to_string())? else {
+                return Ok(());
+            };
+            let stored = stored.map_err(|e| e.to_string())?;
+            if stored.get_advert().map_err(|e| e.to_string())?.get_version() >= advert.get_version() {
+                return Ok(());
+            }
+            let permanent = stored.get_connection_prefs().map_err(|e| e.to_string())?.get_permanent();
+            let record = node_record(advert, stored.get_trust(), permanent).map_err(|e| e.to_string())?;
+            store_record(&store, node, &record).await?;
+            tracing::info!(peer = %node, version = advert.get_version(), "stored the peer's newer advert");
+            Ok(())
+        }
+        .await;
+        if let Err(error) = outcome {
+            tracing::info!(peer = %node, %error, "could not store the peer's advert");
+        }
+    });
+}
+
+/// What the transport runs each time its link to the identity store comes up.
+pub fn on_identity_store_connect(transport: Weak<Transport>) -> impl Fn(identity_store::Client) -> SetUp {
+    move |store| {
+        let transport = transport.clone();
+        Box::pin(async move {
+            let transport = transport.upgrade().ok_or_else(|| capnp::Error::failed("stopping".into()))?;
+            let mut loaded = Vec::new();
+            let mut after: Option<Identity> = None;
+            loop {
+                let mut request = store.list_request();
+                request.get().set_kind(RecordKind::Node);
+                request.get().set_limit(1000);
+                if let Some(after) = after {
+                    request.get().set_after(&after.0);
+                }
+                let answer = request.send().promise.await?;
+                let entries = answer.get()?.get_entries()?;
+                for entry in entries.iter() {
+                    let id = Identity::from_slice("id", entry.get_id()?).map_err(|e| capnp::Error::failed(e.to_string()))?;
+                    if let identity_record::Node(node) = entry.get_record()?.which()? {
+                        loaded.push((id, PeerInfo::from_record(node?)?));
+                    }
+                    after = Some(id);
+                }
+                if entries.len() < 1000 {
+                    break;
+                }
+            }
+            {
+                let mut book = transport.book.borrow_mut();
+                book.clear();
+                for (id, info) in loaded {
+                    book.update(id, Some(info));
+                }
+            }
+            let watcher: identity_watcher::Client = capnp_rpc::new_client(BookWatcher { transport: Rc::downgrade(&transport) });
+            let mut request = store.watch_request();
+            request.get().set_watcher(watcher);
+            let answer = request.send().promise.await?;
+            *transport.identity_watch.borrow_mut() = Some(answer.get()?.get_subscription()?);
+            transport.keep_permanent_peers();
+            Ok(())
+        })
+    }
+}
+
+struct BookWatcher {
+    transport: Weak<Transport>,
+}
+
+impl identity_watcher::Server for BookWatcher {
+    async fn identity_updated(self: Rc<Self>, params: identity_watcher::IdentityUpdatedParams, _: identity_watcher::IdentityUpdatedResults) -> capnp::Result<()> {
+        let Some(transport) = self.transport.upgrade() else { return Ok(()) };
+        let params = params.get()?;
+        let id = Identity::from_slice("id", params.get_id()?).map_err(|e| capnp::Error::failed(e.to_string()))?;
+        let info = match params.get_deleted() {
+            true => None,
+            false => match params.get_record()?.which()? {
+                identity_record::Node(node) => Some(PeerInfo::from_record(node?)?),
+                _ => return Ok(()),
+            },
+        };
+        let banned_or_gone = info.as_ref().is_none_or(|i| i.trust == 0);
+        let known = transport.book.borrow().get(&id).is_some();
+        transport.book.borrow_mut().update(id, info);
+        if banned_or_gone && known {
+            transport.disconnect(&id, "banned or removed by the operator");
+        }
+        transport.keep_permanent_peers();
+        Ok(())
+    }
+}
+
+/// The addresses to advertise: `transport.advertise`, else the bound ones that name a host.
+pub fn advertised_addrs(transport: &Transport) -> Vec<SocketAddr> {
+    let configured: Vec<SocketAddr> = transport.home.config.transport.advertise.iter().filter_map(|a| a.parse().ok()).collect();
+    if !configured.is_empty() {
+        return configured;
+    }
+    transport.local_addrs().into_iter().filter(|a| !a.ip().is_unspecified()).collect()
+}
+
+/// What the transport runs each time its link to the router comes up: have the advert signed.
+pub fn on_router_connect(transport: Weak<Transport>) -> impl Fn(router::Client) -> SetUp {
+    move |router| {
+        let transport = transport.clone();
+        Box::pin(async move {
+            let transport = transport.upgrade().ok_or_else(|| capnp::Error::failed("stopping".into()))?;
+            let addrs = advertised_addrs(&transport);
+            if addrs.is_empty() {
+                tracing::warn!("no address to advertise: set transport.advertise when listening on 0.0.0.0 or ::");
+            }
+            let mut request = router.sign_advert_request();
+            {
+                let mut list = request.get().init_addrs(addrs.len() as u32);
+                for (i, addr) in addrs.iter().enumerate() {
+                    let mut weighted = list.reborrow().get(i as u32);
+                    weighted.set_weight(100);
+                    let mut quic = weighted.init_address().init_quic();
+                    match addr.ip() {
+                        std::net::IpAddr::V4(ip) => quic.set_ip(&ip.octets()),
+                        std::net::IpAddr::V6(ip) => quic.set_ip(&ip.octets()),
+                    }
+                    quic.set_port(addr.port());
+                    quic.set_cert_issuer(&transport.node.0);
+                }
+            }
+            request.get().init_protocols(1).set(0, std::str::from_utf8(crate::tls::ALPN).unwrap_or("netmachine/1"));
+            let answer = request.send().promise.await?;
+            let mut message = capnp::message::Builder::new_default();
+            message.set_root(answer.get()?.get_advert()?)?;
+            let advert = capnp::serialize::write_message_to_words(&message);
+            tracing::info!(addrs = ?addrs, "this node's advert is signed");
+            transport.advert.send_replace(Some(advert));
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,130 @@
+//! The transport's RPC face: the router's sendFrame, the operator's connect, disconnect,
+//! connected nodes, add and remove peer, the event stream, and this node's advert.
+
+use crate::connections::Transport;
+use crate::peer_sync;
+use netmachine_schema::service_capnp::service;
+use netmachine_schema::transport_capnp::transport;
+use netmachine_schema::Identity;
+use netmachine_service::status::StatusReport;
+use netmachine_service::ServiceKind;
+use std::rc::Rc;
+
+/// The Transport interface over a running transport.
+pub struct TransportServer(pub Rc<Transport>);
+
+fn identity(field: &'static str, bytes: &[u8]) -> capnp::Result<Identity> {
+    Identity::from_slice(field, bytes).map_err(|e| capnp::Error::failed(e.to_string()))
+}
+
+impl service::Server for TransportServer {
+    async fn status(self: Rc<Self>, _: service::StatusParams, mut results: service::StatusResults) -> capnp::Result<()> {
+        let t = &self.0;
+        let c = &t.counters;
+        let mut counters = vec![
+            ("nodes_connected", t.connected_count() as u64),
+            ("frames_sent", c.frames_sent.get()),
+            ("frames_received", c.frames_received.get()),
+            ("frames_expired", c.frames_expired.get()),
+            ("frames_refused", c.frames_refused.get()),
+            ("frames_over_limit", c.frames_over_limit.get()),
+            ("connections_refused", c.connections_refused.get()),
+            ("connect_failures", c.connect_failures.get()),
+            ("event_subscribers", t.events.len() as u64),
+        ];
+        counters.extend(t.stats.counters());
+        let note = format!("QUIC on {:?}", t.local_addrs());
+        StatusReport {
+            kind: ServiceKind::Transport,
+            node: Some(t.node),
+            note: &note,
+            links: vec![t.router.state(), t.identity_store.state()],
+            counters,
+            engines: vec![],
+        }
+        .write(results.get().init_status());
+        Ok(())
+    }
+}
+
+impl transport::Server for TransportServer {
+    async fn send_frame(self: Rc<Self>, params: transport::SendFrameParams, mut results: transport::SendFrameResults) -> capnp::Result<()> {
+        let params = params.get()?;
+        let dst = identity("dst", params.get_dst()?)?;
+        let outcome = self.0.send_frame(dst, params.get_frame()?.to_vec(), params.get_expiry()).await;
+        let mut out = results.get().init_outcome();
+        match outcome {
+            Ok(()) => out.set_queued(()),
+            Err(reason) => out.set_refused(reason.as_str()),
+        }
+        Ok(())
+    }
+
+    async fn connect(self: Rc<Self>, params: transport::ConnectParams, _: transport::ConnectResults) -> capnp::Result<()> {
+        let node = identity("node", params.get()?.get_node()?)?;
+        let peer = self.0.peer(node);
+        peer.wanted.set(true);
+        if peer.current().is_some() {
+            return Ok(());
+        }
+        self.0.dial(node).await.map(|_| ()).map_err(capnp::Error::failed)
+    }
+
+    async fn disconnect(self: Rc<Self>, params: transport::DisconnectParams, _: transport::DisconnectResults) -> capnp::Result<()> {
+        let params = params.get()?;
+        let node = identity("node", params.get_node()?)?;
+        let reason = params.get_reason()?.to_string().unwrap_or_default();
+        tracing::warn!(peer = %node, %reason, "disconnecting on request");
+        self.0.disconnect(&node, &reason);
+        Ok(())
+    }
+
+    async fn connected_nodes(self: Rc<Self>, _: transport::ConnectedNodesParams, mut results: transport::ConnectedNodesResults) -> capnp::Result<()> {
+        let peers: Vec<_> = self.0.peers.borrow().values().filter_map(|p| p.current().map(|c| (p.clone(), c))).collect();
+        let mut list = results.get().init_nodes(peers.len() as u32);
+        for (i, (peer, connection)) in peers.iter().enumerate() {
+            let mut entry = list.reborrow().get(i as u32);
+            entry.set_node(&peer.id.0);
+            entry.set_address(connection.connection.remote_address().to_string().as_str());
+            entry.set_public(connection.admission == crate::peers::Admission::Public);
+            entry.set_rtt_micros(connection.connection.rtt().as_micros() as u64);
+            entry.set_frames_sent(peer.frames_sent.get());
+            entry.set_frames_received(peer.frames_received.get());
+        }
+        Ok(())
+    }
+
+    async fn add_peer(self: Rc<Self>, params: transport::AddPeerParams, _: transport::AddPeerResults) -> capnp::Result<()> {
+        let params = params.get()?;
+        let node = peer_sync::add_peer(&self.0, params.get_advert()?, params.get_trust(), params.get_permanent())
+            .await
+            .map_err(capnp::Error::failed)?;
+        tracing::info!(peer = %node, "peer added");
+        Ok(())
+    }
+
+    async fn remove_peer(self: Rc<Self>, params: transport::RemovePeerParams, _: transport::RemovePeerResults) -> capnp::Result<()> {
+        let node = identity("node", params.get()?.get_node()?)?;
+        let store = self.0.identity_store.client().ok_or_else(|| capnp::Error::failed("the identity store is unreachable".into()))?;
+        let mut request = store.delete_request();
+        request.get().set_id(&node.0);
+        request.send().promise.await?;
+        self.0.disconnect(&node, "peer removed");
+        Ok(())
+    }
+
+    async fn events(self: Rc<Self>, params: transport::EventsParams, mut results: transport::EventsResults) -> capnp::Result<()> {
+        let subscription = self.0.events.subscribe(params.get()?.get_sink()?)?;
+        results.get().set_subscription(subscription);
+        Ok(())
+    }
+
+    async fn advert(self: Rc<Self>, _: transport::AdvertParams, mut results: transport::AdvertResults) -> capnp::Result<()> {
+        let advert = self.0.advert.borrow().clone().ok_or_else(|| {
+            capnp::Error::failed("this node has no signed advert yet: the router has not answered".into())
+        })?;
+        let message = capnp::serialize::read_message(&mut &advert[..], netmachine_service::rpc::reader_options(64 << 10))?;
+        results.get().set_advert(message.get_root()?)?;
+        Ok(())
+    }
+}
