@@ -212,6 +212,7 @@ async fn attach_once(options: &EngineOptions, incoming: &mpsc::Sender<EngineMess
     let payload = signing::attach_challenge(&node, &engine, answer.get_challenge()?);
     let mut prove = answer.get_attachment()?.prove_request();
     prove.get().set_signature(&options.keypair.sign(&payload));
+    prove.get().set_public(options.public);
     prove.get().set_inbox(capnp_rpc::new_client(InboxServer { incoming: incoming.clone(), shared: shared.clone() }));
     let proven = prove.send().promise.await.map_err(|e| EngineError::AttachRefused(e.extra.clone()))?;
     let proven = proven.get()?;

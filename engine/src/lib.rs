@@ -44,10 +44,16 @@ pub struct EngineOptions {
     pub send_timeout: Duration,
     /// Attach again on our own when the connection to the router is lost.
     pub reattach: bool,
+    /// Sign every message with the engine key, so receiving nodes can check it came from this
+    /// engine (nodes may require it: `router.require_engine_signatures`).
+    pub sign_messages: bool,
+    /// Accept messages from nodes connected under the public network rules.
+    pub public: bool,
 }
 
 impl EngineOptions {
-    /// Options with defaults: inbox of 1024 messages, 10 s send timeout, re-attach on.
+    /// Options with defaults: inbox of 1024 messages, 10 s send timeout, re-attach on,
+    /// messages unsigned, not public.
     pub fn new(socket: impl Into<PathBuf>, keypair: Keypair) -> Self {
         EngineOptions {
             socket: socket.into(),
@@ -55,6 +61,8 @@ impl EngineOptions {
             inbox_capacity: 1024,
             send_timeout: Duration::from_secs(10),
             reattach: true,
+            sign_messages: false,
+            public: false,
         }
     }
 }
@@ -62,6 +70,8 @@ impl EngineOptions {
 /// An engine attached to its node's router.
 pub struct Engine {
     identity: Identity,
+    /// Set when messages are signed.
+    signer: Option<Keypair>,
     node: Identity,
     max_message_bytes: usize,
     send_timeout: Duration,
@@ -82,6 +92,7 @@ impl Engine {
         getrandom::fill(&mut first_id).map_err(|e| EngineError::Rpc(format!("no randomness: {e}")))?;
         Ok(Engine {
             identity,
+            signer: options.sign_messages.then(|| options.keypair.clone()),
             node: limits.node,
             max_message_bytes: limits.max_message_bytes,
             send_timeout: options.send_timeout,
@@ -123,10 +134,14 @@ impl Engine {
         Ok(id)
     }
 
-    /// Sends a message built by [`Engine::message`] (or by hand, with this engine as `src`).
-    pub async fn send_message(&self, message: EngineMessage) -> Result<(), EngineError> {
+    /// Sends a message built by [`Engine::message`] (or by hand, with this engine as `src`),
+    /// signing it first if the engine signs its messages.
+    pub async fn send_message(&self, mut message: EngineMessage) -> Result<(), EngineError> {
         if message.body.len() > self.max_message_bytes {
             return Err(EngineError::TooLarge { len: message.body.len(), max: self.max_message_bytes });
+        }
+        if let Some(signer) = &self.signer {
+            message.sig = Some(signer.sign(&netmachine_schema::signing::engine_message(&message)));
         }
         let (done, accepted) = oneshot::channel();
         let work = async {

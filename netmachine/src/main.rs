@@ -1,8 +1,11 @@
 //! `netmachine`: runs a node (`up`), reports on it (`status`), makes engine keys, and attaches
 //! as an engine from the shell (`listen`, `send`, `request`).
 
+mod events;
 mod key;
 mod messaging;
+mod node_client;
+mod peers;
 mod status;
 mod up;
 
@@ -36,6 +39,25 @@ enum Command {
     /// Engine keys
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Print this node's signed advert, for `peer add` on other nodes
+    Advert,
+    /// Add or remove another node
+    #[command(subcommand)]
+    Peer(peers::PeerCommand),
+    /// List the connected nodes
+    Peers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Connect to a known node now
+    Connect { node: String },
+    /// Close the connections to a node
+    Disconnect { node: String },
+    /// Print transport events (connected, connect failed, disconnected, refused, counts)
+    Events {
+        #[arg(long)]
+        json: bool,
+    },
     /// Attach as an engine and print each message body received, one per line
     Listen {
         /// The engine's key file
@@ -80,6 +102,12 @@ fn main() -> ExitCode {
         Command::Up => return up::run(&root, &cli.set),
         Command::Status { json } => return status::run(&root, &cli.set, json),
         Command::Key(command) => key::run(command),
+        Command::Advert => peers::advert(&root, &cli.set),
+        Command::Peer(command) => peers::peer(&root, &cli.set, command),
+        Command::Peers { json } => peers::peers(&root, &cli.set, json),
+        Command::Connect { node } => peers::connect_to(&root, &cli.set, &node, false),
+        Command::Disconnect { node } => peers::connect_to(&root, &cli.set, &node, true),
+        Command::Events { json } => events::run(&root, &cli.set, json),
         Command::Listen { key, json, echo } => messaging::listen(&root, &cli.set, &key, json, echo),
         Command::Send { key, to, body } => messaging::send(&root, &cli.set, &key, &to, body),
         Command::Request { key, to, timeout_ms, body } => {

@@ -17,6 +17,8 @@ const DELIVERY_WINDOW: usize = 64;
 pub struct Attachment {
     /// Tells this attachment from a later one of the same engine.
     pub generation: u64,
+    /// Messages from nodes on the public network may reach it.
+    pub public: bool,
     queue: mpsc::Sender<EngineMessage>,
 }
 
@@ -25,6 +27,7 @@ impl Attachment {
     pub fn start(
         engine: Identity,
         generation: u64,
+        public: bool,
         inbox: inbox::Client,
         capacity: usize,
         drops: Rc<DropCounters>,
@@ -32,7 +35,7 @@ impl Attachment {
     ) -> Self {
         let (queue, pending) = mpsc::channel(capacity);
         tokio::task::spawn_local(pump(engine, inbox, pending, drops, on_gone));
-        Attachment { generation, queue }
+        Attachment { generation, public, queue }
     }
 
     /// A handle for putting messages on this engine's queue.

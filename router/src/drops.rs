@@ -17,16 +17,22 @@ pub enum DropReason {
     EngineGone,
     /// The message could not be read, or claimed a source other than its sender.
     Malformed,
+    /// A frame or engine signature did not verify (or was missing where required).
+    BadSignature,
+    /// Transport refused the frame: the node is unknown or banned, or its queue stayed full.
+    Unreachable,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::Expired,
         DropReason::NoRoute,
         DropReason::OverLimit,
         DropReason::QueueFull,
         DropReason::EngineGone,
         DropReason::Malformed,
+        DropReason::BadSignature,
+        DropReason::Unreachable,
     ];
 
     /// The counter's name in status reports.
@@ -38,13 +44,15 @@ impl DropReason {
             DropReason::QueueFull => "dropped_queue_full",
             DropReason::EngineGone => "dropped_engine_gone",
             DropReason::Malformed => "dropped_malformed",
+            DropReason::BadSignature => "dropped_bad_signature",
+            DropReason::Unreachable => "dropped_unreachable",
         }
     }
 }
 
 /// One counter per drop reason.
 #[derive(Debug, Default)]
-pub struct DropCounters([Cell<u64>; 6]);
+pub struct DropCounters([Cell<u64>; 8]);
 
 impl DropCounters {
     pub fn count(&self, reason: DropReason, n: u64) {

@@ -6,9 +6,13 @@ use crate::attachment::{enqueue, Attachment};
 use crate::drops::{DropCounters, DropReason};
 use crate::table::{Known, Route, RoutingTable};
 use crate::watcher::on_identity_store_connect;
+use crate::remote::{Announcement, Outgoing};
 use netmachine_schema::identity_store_capnp::identity_store;
 use netmachine_schema::router_capnp::{attachment, engine_session, router, SendRefusal};
 use netmachine_schema::service_capnp::{service, subscription};
+use netmachine_schema::transport_capnp::transport;
+use netmachine_service::queue::ExpiringQueue;
+use std::collections::{HashMap, HashSet};
 use netmachine_schema::{signing, time::now_ms, EngineMessage, Identity, Keypair, MessageError};
 use netmachine_service::home::{NodeHome, ServiceKind};
 use netmachine_service::rpc::ConnectionStats;
@@ -23,16 +27,24 @@ const LOOKUP_WAIT: Duration = Duration::from_secs(2);
 
 /// Everything the router's interfaces share.
 pub struct RouterState {
-    key: Keypair,
-    home: NodeHome,
+    pub(crate) key: Keypair,
+    pub(crate) home: NodeHome,
     stats: Rc<ConnectionStats>,
-    table: Rc<RefCell<RoutingTable<Attachment>>>,
-    drops: Rc<DropCounters>,
-    identity_store: Link<identity_store::Client>,
+    pub(crate) table: Rc<RefCell<RoutingTable<Attachment>>>,
+    pub(crate) drops: Rc<DropCounters>,
+    pub(crate) identity_store: Link<identity_store::Client>,
     _watch: Rc<RefCell<Option<subscription::Client>>>,
+    pub(crate) transport: Link<transport::Client>,
+    pub(crate) transport_events: RefCell<Option<subscription::Client>>,
+    /// Nodes transport is connected to: engine announcements go to them.
+    pub(crate) connected: RefCell<HashSet<Identity>>,
+    pub(crate) outboxes: RefCell<HashMap<Identity, Rc<ExpiringQueue<Outgoing>>>>,
+    pub(crate) arrival_orders: RefCell<HashMap<Identity, Rc<tokio::sync::Mutex<()>>>>,
     generations: Cell<u64>,
     accepted: Cell<u64>,
     attach_refused: Cell<u64>,
+    pub(crate) remote_sent: Cell<u64>,
+    pub(crate) remote_received: Cell<u64>,
 }
 
 impl RouterState {
@@ -49,7 +61,9 @@ impl RouterState {
             home.config.rpc_word_limit(),
             on_identity_store_connect(table.clone(), watch.clone()),
         );
-        Rc::new(RouterState {
+        let transport_socket = home.socket(ServiceKind::Transport);
+        let words = home.config.rpc_word_limit();
+        Rc::new_cyclic(|weak| RouterState {
             key,
             home,
             stats,
@@ -57,9 +71,21 @@ impl RouterState {
             drops: Rc::new(DropCounters::default()),
             identity_store,
             _watch: watch,
+            transport: Link::start(
+                ServiceKind::Transport,
+                transport_socket,
+                words,
+                crate::transport_link::on_transport_connect(weak.clone()),
+            ),
+            transport_events: RefCell::new(None),
+            connected: RefCell::new(HashSet::new()),
+            outboxes: RefCell::new(HashMap::new()),
+            arrival_orders: RefCell::new(HashMap::new()),
             generations: Cell::new(0),
             accepted: Cell::new(0),
             attach_refused: Cell::new(0),
+            remote_sent: Cell::new(0),
+            remote_received: Cell::new(0),
         })
     }
 
@@ -89,7 +115,7 @@ impl RouterState {
     }
 
     /// Routes one message from an attached engine; `Ok` once it is queued for its destination.
-    async fn route(&self, message: EngineMessage) -> Result<(), (DropReason, SendRefusal, String)> {
+    async fn route(self: &Rc<Self>, message: EngineMessage) -> Result<(), (DropReason, SendRefusal, String)> {
         if message.body.len() > self.home.config.limits.max_message_bytes as usize {
             return Err((
                 DropReason::OverLimit,
@@ -122,11 +148,16 @@ impl RouterState {
                     (reason, refusal, detail)
                 })
             }
-            Route::Remote(node) => Err((
-                DropReason::NoRoute,
-                SendRefusal::Unsupported,
-                format!("the destination is on node {node}; this version does not carry messages between nodes yet"),
-            )),
+            Route::Remote(node) => {
+                let wait = Duration::from_millis(self.home.config.limits.send_wait_ms);
+                self.send_remote(node, Outgoing::Message(message), wait).await.map_err(|(reason, detail)| {
+                    let refusal = match reason {
+                        DropReason::QueueFull => SendRefusal::QueueFull,
+                        _ => SendRefusal::NoRoute,
+                    };
+                    (reason, refusal, detail)
+                })
+            }
             Route::Lookup(id) => Err((DropReason::NoRoute, SendRefusal::NoRoute, format!("no route to {id}"))),
             Route::Drop(reason, detail) => {
                 let refusal = match reason {
@@ -138,7 +169,7 @@ impl RouterState {
         }
     }
 
-    fn attach(self: &Rc<Self>, engine: Identity, inbox: netmachine_schema::router_capnp::inbox::Client) -> Result<engine_session::Client, capnp::Error> {
+    fn attach(self: &Rc<Self>, engine: Identity, public: bool, inbox: netmachine_schema::router_capnp::inbox::Client) -> Result<engine_session::Client, capnp::Error> {
         let mut table = self.table.borrow_mut();
         if table.attachment(&engine).is_some() {
             return Err(capnp::Error::failed(format!(
@@ -156,14 +187,27 @@ impl RouterState {
         let state = Rc::downgrade(self);
         let on_gone = move || {
             if let Some(state) = state.upgrade() {
-                state.table.borrow_mut().detach(&engine, |a| a.generation == generation);
+                state.detach(engine, generation);
             }
         };
         let capacity = self.home.config.limits.engine_queue as usize;
-        let attachment = Attachment::start(engine, generation, inbox, capacity, self.drops.clone(), on_gone);
+        let attachment = Attachment::start(engine, generation, public, inbox, capacity, self.drops.clone(), on_gone);
         table.attach(engine, attachment);
-        tracing::info!(engine = %engine, "engine attached");
+        drop(table);
+        tracing::info!(engine = %engine, public, "engine attached");
+        self.announce(None, Announcement { full: false, attached: vec![engine], detached: vec![] });
         Ok(capnp_rpc::new_client(Session { state: self.clone(), engine, generation }))
+    }
+}
+
+impl RouterState {
+    /// Detaches `engine` if `generation` is its current attachment, and tells the other nodes.
+    fn detach(self: &Rc<Self>, engine: Identity, generation: u64) {
+        let gone = self.table.borrow_mut().detach(&engine, |a| a.generation == generation);
+        if gone.is_some() {
+            tracing::info!(engine = %engine, "engine detached");
+            self.announce(None, Announcement { full: false, attached: vec![], detached: vec![engine] });
+        }
     }
 }
 
@@ -180,14 +224,17 @@ impl service::Server for RouterServer {
             ("messages_accepted", state.accepted.get()),
             ("attach_refused", state.attach_refused.get()),
             ("identities_cached", table.known_count() as u64),
+            ("remote_messages_sent", state.remote_sent.get()),
+            ("remote_messages_received", state.remote_received.get()),
+            ("nodes_connected", state.connected.borrow().len() as u64),
         ];
         counters.extend(state.drops.report());
         counters.extend(state.stats.counters());
         StatusReport {
             kind: ServiceKind::Router,
             node: Some(state.key.identity()),
-            note: "routes between engines on this node; messages to other nodes arrive with the transport",
-            links: vec![state.identity_store.state()],
+            note: "",
+            links: vec![state.identity_store.state(), state.transport.state()],
             counters,
             engines,
         }
@@ -211,6 +258,35 @@ impl router::Server for RouterServer {
             nonce,
             used: Cell::new(false),
         }));
+        Ok(())
+    }
+
+    async fn receive_frame(self: Rc<Self>, params: router::ReceiveFrameParams, _: router::ReceiveFrameResults) -> capnp::Result<()> {
+        let params = params.get()?;
+        let src = Identity::from_slice("src", params.get_src()?).map_err(|e| capnp::Error::failed(e.to_string()))?;
+        let state = &self.0;
+        match state.receive_frame(src, params.get_frame()?, params.get_public()).await {
+            Ok(()) => Ok(()),
+            Err(refused) => {
+                state.drops.count(refused.reason, 1);
+                tracing::warn!(peer = %src, reason = ?refused.reason, detail = %refused.detail, "refused a frame");
+                if refused.disconnect {
+                    if let Some(transport) = state.transport.client() {
+                        let mut request = transport.disconnect_request();
+                        request.get().set_node(&src.0);
+                        request.get().set_reason(refused.detail.as_str());
+                        let _ = request.send().promise.await;
+                    }
+                }
+                Err(capnp::Error::failed(format!("frame refused: {}", refused.detail)))
+            }
+        }
+    }
+
+    async fn sign_advert(self: Rc<Self>, params: router::SignAdvertParams, mut results: router::SignAdvertResults) -> capnp::Result<()> {
+        let params = params.get()?;
+        let advert = self.0.sign_advert(params.get_addrs()?, params.get_protocols()?).await?;
+        results.get().set_advert(advert.get_root_as_reader()?)?;
         Ok(())
     }
 }
@@ -240,7 +316,7 @@ impl attachment::Server for Challenge {
                 self.engine
             )));
         }
-        let session = state.attach(self.engine, params.get_inbox()?).inspect_err(|_| {
+        let session = state.attach(self.engine, params.get_public(), params.get_inbox()?).inspect_err(|_| {
             state.attach_refused.set(state.attach_refused.get() + 1);
         })?;
         let mut out = results.get();
@@ -260,18 +336,9 @@ struct Session {
     generation: u64,
 }
 
-impl Session {
-    fn detach(&self) {
-        let gone = self.state.table.borrow_mut().detach(&self.engine, |a| a.generation == self.generation);
-        if gone.is_some() {
-            tracing::info!(engine = %self.engine, "engine detached");
-        }
-    }
-}
-
 impl Drop for Session {
     fn drop(&mut self) {
-        self.detach();
+        self.state.detach(self.engine, self.generation);
     }
 }
 
@@ -310,7 +377,7 @@ impl engine_session::Server for Session {
     }
 
     async fn detach(self: Rc<Self>, _: engine_session::DetachParams, _: engine_session::DetachResults) -> capnp::Result<()> {
-        Session::detach(&self);
+        self.state.detach(self.engine, self.generation);
         Ok(())
     }
 }
