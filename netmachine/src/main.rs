@@ -1,15 +1,8 @@
 //! `netmachine`: runs a node (`up`), reports on it (`status`), makes engine keys, and attaches
 //! as an engine from the shell (`listen`, `send`, `request`).
 
-mod events;
-mod key;
-mod messaging;
-mod node_client;
-mod peers;
-mod status;
-mod up;
-
 use clap::{Parser, Subcommand};
+use netmachine::{demo, events, key, messaging, peers, status, up};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -58,6 +51,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Start two nodes on loopback, connect them, exchange messages and requests both ways
+    Demo,
     /// Attach as an engine and print each message body received, one per line
     Listen {
         /// The engine's key file
@@ -108,6 +103,7 @@ fn main() -> ExitCode {
         Command::Connect { node } => peers::connect_to(&root, &cli.set, &node, false),
         Command::Disconnect { node } => peers::connect_to(&root, &cli.set, &node, true),
         Command::Events { json } => events::run(&root, &cli.set, json),
+        Command::Demo => demo::run(),
         Command::Listen { key, json, echo } => messaging::listen(&root, &cli.set, &key, json, echo),
         Command::Send { key, to, body } => messaging::send(&root, &cli.set, &key, &to, body),
         Command::Request { key, to, timeout_ms, body } => {

@@ -150,12 +150,18 @@ impl RouterState {
         kept
     }
 
-    async fn deliver_remote(&self, message: EngineMessage, public: bool) -> Result<(), (DropReason, String)> {
+    async fn deliver_remote(self: &Rc<Self>, message: EngineMessage, public: bool) -> Result<(), (DropReason, String)> {
         if message.is_expired(now_ms()) {
             return Err((DropReason::Expired, "expired on arrival".into()));
         }
-        let Destination::Engine(engine) = message.dst else {
-            return Err((DropReason::NoRoute, "only engine destinations are delivered from other nodes".into()));
+        let max = self.home.config.limits.max_message_bytes as usize;
+        if message.body.len() > max {
+            return Err((DropReason::OverLimit, format!("a {}-byte body is over this node's limit of {max}", message.body.len())));
+        }
+        let engine = match message.dst {
+            Destination::Engine(engine) => engine,
+            Destination::Node(node) if node == self.key.identity() => return self.answer_node_message(message).await,
+            _ => return Err((DropReason::NoRoute, "a message for another node or a topic arrived here".into())),
         };
         let queue = {
             let table = self.table.borrow();

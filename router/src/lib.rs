@@ -7,6 +7,7 @@ pub mod advert;
 pub mod attachment;
 pub mod drops;
 pub mod inbound;
+pub mod node_engine;
 pub mod remote;
 pub mod server;
 pub mod signatures;

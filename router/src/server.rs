@@ -115,7 +115,7 @@ impl RouterState {
     }
 
     /// Routes one message from an attached engine; `Ok` once it is queued for its destination.
-    async fn route(self: &Rc<Self>, message: EngineMessage) -> Result<(), (DropReason, SendRefusal, String)> {
+    pub(crate) async fn route(self: &Rc<Self>, message: EngineMessage) -> Result<(), (DropReason, SendRefusal, String)> {
         if message.body.len() > self.home.config.limits.max_message_bytes as usize {
             return Err((
                 DropReason::OverLimit,
@@ -158,6 +158,9 @@ impl RouterState {
                     (reason, refusal, detail)
                 })
             }
+            Route::Node => Box::pin(self.answer_node_message(message))
+                .await
+                .map_err(|(reason, detail)| (reason, SendRefusal::NoRoute, detail)),
             Route::Lookup(id) => Err((DropReason::NoRoute, SendRefusal::NoRoute, format!("no route to {id}"))),
             Route::Drop(reason, detail) => {
                 let refusal = match reason {

@@ -40,6 +40,8 @@ impl Known {
 pub enum Route {
     /// To the engine attached here.
     Local(Identity),
+    /// To this node itself: the router answers.
+    Node,
     /// To another node, which the transport reaches.
     Remote(Identity),
     /// The table knows nothing of the destination: ask the identity store, then route again.
@@ -167,10 +169,7 @@ impl<A> RoutingTable<A> {
                     ),
                 }
             }
-            Destination::Node(node) if node == self.node => Route::Drop(
-                DropReason::NoRoute,
-                "this router takes no node-level messages yet; address an engine".into(),
-            ),
+            Destination::Node(node) if node == self.node => Route::Node,
             Destination::Node(node) => match self.known.get(&node) {
                 None => Route::Lookup(node),
                 Some(Known::Node { trust: 0 }) => {
@@ -260,6 +259,8 @@ mod tests {
         assert!(matches!(table.route(&to(Destination::Node(node)), 0), Route::Drop(DropReason::NoRoute, d) if d.contains("banned")));
         table.updated(node, None);
         assert_eq!(table.route(&to(Destination::Node(node)), 0), Route::Lookup(node));
+        let own = table.node();
+        assert_eq!(table.route(&to(Destination::Node(own)), 0), Route::Node);
     }
 
     #[test]

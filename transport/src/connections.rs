@@ -180,7 +180,8 @@ impl Transport {
         self.peers.borrow().values().filter(|p| p.current().is_some()).count()
     }
 
-    async fn own_advert(&self) -> Option<Vec<u8>> {
+    /// This node's signed advert, waiting up to 5 s for the router to sign it.
+    pub async fn own_advert(&self) -> Option<Vec<u8>> {
         let mut advert = self.advert.subscribe();
         let ready = tokio::time::timeout(Duration::from_secs(5), advert.wait_for(|a| a.is_some())).await;
         ready.ok().and_then(|a| a.ok()).and_then(|a| a.clone())

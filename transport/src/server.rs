@@ -120,8 +120,8 @@ impl transport::Server for TransportServer {
     }
 
     async fn advert(self: Rc<Self>, _: transport::AdvertParams, mut results: transport::AdvertResults) -> capnp::Result<()> {
-        let advert = self.0.advert.borrow().clone().ok_or_else(|| {
-            capnp::Error::failed("this node has no signed advert yet: the router has not answered".into())
+        let advert = self.0.own_advert().await.ok_or_else(|| {
+            capnp::Error::failed("this node has no signed advert yet: the router has not answered within 5 s".into())
         })?;
         let message = capnp::serialize::read_message(&mut &advert[..], netmachine_service::rpc::reader_options(64 << 10))?;
         results.get().set_advert(message.get_root()?)?;
