@@ -57,13 +57,15 @@ impl Default for TempHome {
 impl Drop for TempHome {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_file(self.0.with_extension("log"));
     }
 }
 
 /// A node run by `netmachine up` in a temporary home.
 pub struct Node {
+    // Declared first so the node stops before its home is removed.
+    local: netmachine::local_node::LocalNode,
     pub home: TempHome,
-    up: Child,
 }
 
 impl Node {
@@ -75,24 +77,27 @@ impl Node {
     /// Starts a node with `--set` overrides and waits until all five services report `up`.
     pub fn up_with(set: &[&str]) -> Node {
         let home = TempHome::new();
-        std::fs::create_dir_all(&home.0).expect("home");
-        let log = std::fs::File::create(home.0.with_extension("log")).expect("log file");
-        let up = Command::new(bin_dir().join("netmachine"))
-            .args(["up", "--home"])
-            .arg(&home.0)
-            .args(set.iter().flat_map(|s| ["--set", s]))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
+        let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+        let mut local = netmachine::local_node::LocalNode::start(&bin_dir().join("netmachine"), &home.0, &set)
             .expect("start netmachine up");
-        let node = Node { home, up };
-        wait_until("all five services are up", Duration::from_secs(30), || node.all_up());
-        node
+        with_rpc(local.wait_ready(Duration::from_secs(30))).expect("the node comes up");
+        Node { local, home }
+    }
+
+    /// A node that listens on a free loopback port, for tests with several nodes.
+    pub fn up_networked(set: &[&str]) -> Node {
+        let mut all = vec!["transport.listen=[\"127.0.0.1:0\"]"];
+        all.extend_from_slice(set);
+        Node::up_with(&all)
     }
 
     pub fn root(&self) -> &Path {
         &self.home.0
+    }
+
+    /// The node identity, hex.
+    pub fn id(&self) -> String {
+        self.local.identity().expect("node identity").to_string()
     }
 
     /// The node home as the services load it.
@@ -141,9 +146,14 @@ impl Node {
         self.service(kind)["pid"].as_u64()
     }
 
+    /// A counter of one service, such as the router's `dropped_no_route`.
+    pub fn counter(&self, kind: ServiceKind, name: &str) -> u64 {
+        self.service(kind)["counters"][name].as_u64().unwrap_or(0)
+    }
+
     /// A router counter, such as `dropped_no_route`.
     pub fn router_counter(&self, name: &str) -> u64 {
-        self.service(ServiceKind::Router)["counters"][name].as_u64().unwrap_or(0)
+        self.counter(ServiceKind::Router, name)
     }
 
     /// Makes an engine key with `netmachine key new`; returns its file and identity.
@@ -157,7 +167,7 @@ impl Node {
     /// Starts `netmachine listen --json` (with `extra` flags) as the engine whose key is `key`,
     /// and waits until the router lists it as attached.
     pub fn listen(&self, key: &Path, identity: &str, extra: &[&str]) -> Listener {
-        let mut child = Command::new(bin_dir().join("netmachine"))
+        let child = Command::new(bin_dir().join("netmachine"))
             .args(["listen", "--json", "--key"])
             .arg(key)
             .args(extra)
@@ -168,17 +178,7 @@ impl Node {
             .stderr(Stdio::null())
             .spawn()
             .expect("start netmachine listen");
-        let stdout = child.stdout.take().expect("listen stdout");
-        let (lines_tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if lines_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let listener = Listener { child, lines };
+        let listener = Listener::new(child);
         self.wait_attached(identity);
         listener
     }
@@ -200,42 +200,68 @@ impl Node {
 
     /// Stops the node as an operator would (SIGTERM to `up`); returns `up`'s exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
-        self.terminate()
+        self.local.stop()
     }
 
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(self.up.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.up.try_wait() {
-                return status;
-            }
-            if start.elapsed() > Duration::from_secs(20) {
-                let _ = self.up.kill();
-                return self.up.wait().expect("wait up");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    /// Writes this node's advert (`netmachine advert`) to a file and returns its path.
+    pub fn advert_file(&self) -> PathBuf {
+        let output = self.cli(&["advert"]);
+        assert!(output.status.success(), "advert: {}", String::from_utf8_lossy(&output.stderr));
+        let file = self.root().join("own.advert");
+        std::fs::write(&file, &output.stdout).expect("write advert");
+        file
+    }
+
+    /// `netmachine peer add` of `other`'s advert on this node, with extra flags.
+    pub fn add_peer(&self, other: &Node, extra: &[&str]) -> Output {
+        let advert = other.advert_file();
+        let mut args = vec!["peer", "add", advert.to_str().expect("utf-8 path")];
+        args.extend_from_slice(extra);
+        self.cli(&args)
+    }
+
+    /// The identities of the connected nodes (`netmachine peers --json`).
+    pub fn connected(&self) -> Vec<String> {
+        let output = self.cli(&["peers", "--json"]);
+        let peers: Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        peers.as_array().into_iter().flatten().filter_map(|p| p["node"].as_str().map(str::to_string)).collect()
     }
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        if matches!(self.up.try_wait(), Ok(None)) {
-            self.terminate();
-        }
-        let _ = std::fs::remove_file(self.home.0.with_extension("log"));
+/// Links two nodes as the README says: each adds the other's advert; waits until connected.
+pub fn link(a: &Node, b: &Node) {
+    for (from, to) in [(a, b), (b, a)] {
+        let added = from.add_peer(to, &[]);
+        assert!(added.status.success(), "peer add: {}", String::from_utf8_lossy(&added.stderr));
     }
+    let (a_id, b_id) = (a.id(), b.id());
+    wait_until("the nodes are connected", Duration::from_secs(30), || {
+        a.connected().contains(&b_id) && b.connected().contains(&a_id)
+    });
 }
 
-/// A `netmachine listen --json` process and the lines it prints.
+/// A process printing one JSON object per line (`listen --json`, `events --json`).
 pub struct Listener {
     child: Child,
     lines: mpsc::Receiver<String>,
 }
 
 impl Listener {
+    /// Collects the lines `child` prints on its piped stdout.
+    pub fn new(mut child: Child) -> Listener {
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (lines_tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Listener { child, lines }
+    }
+
     /// The next message it printed, as JSON; panics after `limit`.
     pub fn next_message(&self, limit: Duration) -> Value {
         let line = self.lines.recv_timeout(limit).expect("a message within the limit");
@@ -289,7 +315,23 @@ pub fn node_record(
     let mut wire = capnp::message::Builder::new_default();
     let mut node = wire.init_root::<identity_record::Builder>().init_node();
     node.set_id(&key.identity().0);
-    let mut advert = node.init_advert();
+    write_advert(node.init_advert(), key, signer, version);
+    wire
+}
+
+/// `key`'s own signed NodeAdvert as a standalone message, as `netmachine advert` carries it.
+pub fn advert_message(key: &netmachine_schema::Keypair) -> Vec<u8> {
+    let mut wire = capnp::message::Builder::new_default();
+    write_advert(wire.init_root(), key, key, 1);
+    capnp::serialize::write_message_to_words(&wire)
+}
+
+fn write_advert(
+    mut advert: netmachine_schema::identity_capnp::node_advert::Builder<'_>,
+    key: &netmachine_schema::Keypair,
+    signer: &netmachine_schema::Keypair,
+    version: u32,
+) {
     advert.set_id(&key.identity().0);
     advert.set_version(version);
     advert.set_created(netmachine_schema::time::now_ms());
@@ -299,7 +341,6 @@ pub fn node_record(
     quic.set_cert_issuer(&key.identity().0);
     let payload = netmachine_schema::signing::node_advert(advert.reborrow_as_reader()).expect("payload");
     advert.set_sig(&signer.sign(&payload));
-    wire
 }
 
 /// Stores `record` under `id` through the identity store's socket; returns the refusal's

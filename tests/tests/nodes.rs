@@ -1,0 +1,293 @@
+//! Nodes talking: real `netmachine up` nodes on loopback, linked by exchanging adverts, carry
+//! messages between engines with the same calls as within a node; strangers, banned nodes,
+//! forged frames, expired and oversized messages are refused and counted; a killed transport
+//! comes back and nothing queued meanwhile is lost.
+
+use netmachine_engine::{Destination, Identity};
+use netmachine_service::ServiceKind;
+use netmachine_tests::{attach_engine, bin_dir, link, wait_until, with_rpc, Listener, Node};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[test]
+fn two_nodes_set_up_by_advert_exchange_carry_messages_both_ways() {
+    let a = Node::up_networked(&[]);
+    let b = Node::up_networked(&[]);
+    let events = Listener::new(
+        Command::new(bin_dir().join("netmachine"))
+            .args(["events", "--json", "--home"])
+            .arg(a.root())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("events"),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    link(&a, &b);
+    // A may dial before B has added A's advert: that first attempt is refused, with the reason.
+    loop {
+        let event = events.next_message(WAIT);
+        if event["event"] == "connected" {
+            assert_eq!(event["node"], b.id());
+            break;
+        }
+        assert_eq!(event["event"], "connect_failed", "{event}");
+        assert!(event["detail"].as_str().unwrap_or("").contains("not known here"), "{event}");
+    }
+
+    let (bob_key, bob) = b.engine_key("bob");
+    let bob_listens = b.listen(&bob_key, &bob, &["--echo"]);
+    let (alice_key, alice) = a.engine_key("alice");
+    let alice_listens = a.listen(&alice_key, &alice, &[]);
+    let (carol_key, _) = a.engine_key("carol");
+    let (dave_key, _) = b.engine_key("dave");
+    let carol_key = carol_key.to_str().unwrap();
+
+    // A one-way message each way, with the very same command used within a node.
+    let sent = send_when_routable(&a, carol_key, &bob, "from A to B");
+    assert!(sent, "A never learned where bob is");
+    assert_eq!(bob_listens.next_message(WAIT)["body"], "from A to B");
+    assert!(send_when_routable(&b, dave_key.to_str().unwrap(), &alice, "from B to A"));
+    assert_eq!(alice_listens.next_message(WAIT)["body"], "from B to A");
+
+    // A request across the nodes; bob's listener on B echoes it back.
+    let asked = a.cli(&["request", "--key", carol_key, "--to", &bob, "ping across"]);
+    assert!(asked.status.success(), "{asked:?}");
+    assert_eq!(String::from_utf8_lossy(&asked.stdout).trim(), "ping across");
+    // Sends made before bob was announced were refused NoRoute; nothing else was dropped.
+    for node in [&a, &b] {
+        let drops = node.status()["drops"].clone();
+        for reason in ["expired", "bad_signature", "queue_full", "unreachable", "engine_gone", "malformed", "over_limit"] {
+            assert_eq!(drops[reason], 0, "{reason}: {drops}");
+        }
+    }
+}
+
+/// `netmachine send` that retries while the destination's node is not yet announced.
+fn send_when_routable(node: &Node, key: &str, to: &str, body: &str) -> bool {
+    for _ in 0..100 {
+        if node.cli(&["send", "--key", key, "--to", to, body]).status.success() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn three_nodes_one_send_call_reaches_local_and_remote_engines() {
+    let nodes = [Node::up_networked(&[]), Node::up_networked(&[]), Node::up_networked(&[])];
+    link(&nodes[0], &nodes[1]);
+    link(&nodes[1], &nodes[2]);
+    link(&nodes[0], &nodes[2]);
+    with_rpc(async {
+        let sender = attach_engine(&nodes[0], |_| {}).await;
+        let neighbour = attach_engine(&nodes[0], |_| {}).await;
+        let on_b = attach_engine(&nodes[1], |_| {}).await;
+        let on_c = attach_engine(&nodes[2], |_| {}).await;
+        for (n, receiver) in [&neighbour, &on_b, &on_c].into_iter().enumerate() {
+            let body = format!("same call, receiver {n}").into_bytes();
+            let mut delivered = false;
+            for _ in 0..100 {
+                if sender.send(receiver.identity(), body.clone()).await.is_ok() {
+                    delivered = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(delivered, "receiver {n} never became routable");
+            let message = tokio::time::timeout(WAIT, receiver.recv()).await.expect("in time").expect("message");
+            assert_eq!(message.body, body);
+            assert_eq!(message.src, sender.identity());
+        }
+        // Request/response across nodes: the engine on C answers.
+        let answering = async {
+            let request = on_c.recv().await.expect("request");
+            on_c.reply(&request, b"pong from C".to_vec()).await.expect("reply");
+        };
+        let asking = sender.request(on_c.identity(), b"ping C".to_vec(), WAIT);
+        let (_, reply) = tokio::join!(answering, asking);
+        assert_eq!(reply.expect("reply").body, b"pong from C");
+        // A message to a node identity is answered by that node.
+        let node_c: Identity = nodes[2].id().parse().unwrap();
+        let info = sender.request(Destination::Node(node_c), b"who?".to_vec(), WAIT).await.expect("node answers");
+        assert_eq!(info.src, node_c);
+        assert!(String::from_utf8_lossy(&info.body).contains(&nodes[2].id()));
+    });
+}
+
+#[test]
+fn a_node_not_in_the_identity_store_is_refused_with_a_reason() {
+    let a = Node::up_networked(&[]);
+    let stranger = Node::up_networked(&[]);
+    assert!(stranger.add_peer(&a, &[]).status.success());
+    let attempt = stranger.cli(&["connect", &a.id()]);
+    assert!(!attempt.status.success());
+    let stderr = String::from_utf8_lossy(&attempt.stderr);
+    assert!(stderr.contains("Denied") && stderr.contains("not known here"), "{stderr}");
+    assert!(a.counter(ServiceKind::Transport, "connections_refused") >= 1);
+    assert!(a.connected().is_empty());
+}
+
+#[test]
+fn a_banned_node_is_refused() {
+    let a = Node::up_networked(&[]);
+    let banned = Node::up_networked(&[]);
+    assert!(a.add_peer(&banned, &["--trust", "0"]).status.success());
+    assert!(banned.add_peer(&a, &[]).status.success());
+    let attempt = banned.cli(&["connect", &a.id()]);
+    assert!(!attempt.status.success());
+    let stderr = String::from_utf8_lossy(&attempt.stderr);
+    assert!(stderr.contains("Denied") && stderr.contains("banned"), "{stderr}");
+    // And the banned node is not dialed from A's side either.
+    let dial = a.cli(&["connect", &banned.id()]);
+    assert!(String::from_utf8_lossy(&dial.stderr).contains("banned"), "{dial:?}");
+}
+
+#[test]
+fn a_frame_with_a_forged_signature_is_dropped_counted_and_the_peer_disconnected() {
+    use netmachine_schema::message_capnp::{p2_p_batch, p2_p_frame};
+    use netmachine_transport::{framing, handshake, tls::NodeTls};
+    let a = Node::up_networked(&[]);
+    let forger = netmachine_schema::Keypair::generate();
+    let advert = netmachine_tests::advert_message(&forger);
+    let document = a.root().join("forger.advert");
+    std::fs::write(&document, serde_json::json!({"advert": hex::encode(&advert)}).to_string()).unwrap();
+    assert!(a.cli(&["peer", "add", document.to_str().unwrap(), "--ephemeral"]).status.success());
+    let a_advert: serde_json::Value = serde_json::from_slice(&a.cli(&["advert"]).stdout).unwrap();
+    let a_addr: std::net::SocketAddr = a_advert["addrs"][0].as_str().unwrap().parse().unwrap();
+    let a_id: Identity = a.id().parse().unwrap();
+
+    let closed = with_rpc(async {
+        let tls = NodeTls::new(&forger).unwrap();
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let connection = endpoint.connect_with(tls.client_config(a_id).unwrap(), a_addr, "netmachine").unwrap().await.unwrap();
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        framing::write_frame(&mut send, &handshake::hello(&advert, 0).unwrap()).await.unwrap();
+        let answer = framing::read_frame(&mut recv, 1 << 16).await.unwrap().unwrap();
+        assert!(matches!(handshake::read_answer(&answer).unwrap(), handshake::Answer::Accepted { .. }));
+
+        let mut batch = capnp::message::Builder::new_default();
+        let payload = batch.init_root::<p2_p_batch::Builder>().init_payloads(1).get(0);
+        let message = netmachine_schema::EngineMessage::new(forger.identity(), Destination::Node(a_id), 1, b"forged".to_vec());
+        message.write(payload.init_engine());
+        let batch = capnp::serialize::write_message_to_words(&batch);
+        let mut frame = capnp::message::Builder::new_default();
+        let mut root = frame.init_root::<p2_p_frame::Builder>();
+        root.set_src(&forger.identity().0);
+        root.set_dst(&a_id.0);
+        root.set_batch(&batch);
+        let impostor = netmachine_schema::Keypair::generate();
+        root.set_sig(&impostor.sign(&netmachine_schema::signing::p2p_frame(&forger.identity(), &a_id, &batch)));
+        let mut stream = connection.open_uni().await.unwrap();
+        framing::write_frame(&mut stream, &capnp::serialize::write_message_to_words(&frame)).await.unwrap();
+        tokio::time::timeout(WAIT, connection.closed()).await
+    });
+    let reason = closed.expect("A closes the connection to the forger").to_string();
+    assert!(reason.contains("signature"), "{reason}");
+    assert_eq!(a.router_counter("dropped_bad_signature"), 1);
+}
+
+#[test]
+fn an_expired_message_is_dropped_and_counted() {
+    let a = Node::up_networked(&["transport.connect_timeout_ms=300"]);
+    let mut b = Node::up_networked(&[]);
+    link(&a, &b);
+    let node_b: Identity = b.id().parse().unwrap();
+    b.stop();
+    with_rpc(async {
+        let sender = attach_engine(&a, |_| {}).await;
+        let mut message = sender.message(Destination::Node(node_b), b"too late".to_vec());
+        message.expiry = Some(netmachine_schema::time::now_ms() + 300);
+        sender.send_message(message).await.expect("accepted by the router");
+    });
+    wait_until("the expired frame is counted", WAIT, || {
+        a.counter(ServiceKind::Transport, "frames_expired") + a.router_counter("dropped_expired") >= 1
+    });
+}
+
+#[test]
+fn oversized_messages_are_refused_at_either_end() {
+    let a = Node::up_networked(&[]);
+    let b = Node::up_networked(&["limits.max_message_bytes=4096"]);
+    link(&a, &b);
+    with_rpc(async {
+        let sender = attach_engine(&a, |_| {}).await;
+        let receiver = attach_engine(&b, |_| {}).await;
+        // B's limit is 4096: an 8000-byte body from A is dropped at B, and counted there.
+        let mut routed = false;
+        for _ in 0..100 {
+            if sender.send(receiver.identity(), vec![1; 8000]).await.is_ok() {
+                routed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(routed, "the receiver never became routable");
+    });
+    wait_until("B counts the oversized message", WAIT, || b.router_counter("dropped_over_limit") >= 1);
+    // A frame over B's frame limit makes B's transport close the connection, counted.
+    with_rpc(async {
+        let sender = attach_engine(&a, |_| {}).await;
+        let node_b: Identity = b.id().parse().unwrap();
+        sender.send(Destination::Node(node_b), vec![2; 40_000]).await.expect("A's limit is 1 MiB");
+    });
+    wait_until("B refuses the oversized frame", WAIT, || b.counter(ServiceKind::Transport, "frames_over_limit") >= 1);
+}
+
+#[test]
+fn transport_killed_mid_stream_comes_back_and_loses_nothing_queued() {
+    let a = Node::up_networked(&[]);
+    let b = Node::up_networked(&[]);
+    link(&a, &b);
+    with_rpc(async {
+        let sender = attach_engine(&a, |_| {}).await;
+        let receiver = attach_engine(&b, |_| {}).await;
+        let send = |n: u32| {
+            let mut message = sender.message(receiver.identity(), n.to_le_bytes().to_vec());
+            message.expiry = Some(netmachine_schema::time::now_ms() + 60_000);
+            sender.send_message(message)
+        };
+        let mut first = true;
+        for _ in 0..100 {
+            if send(0).await.is_ok() {
+                first = false;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!first, "the receiver never became routable");
+        let expect = |from: u32, to: u32| {
+            let receiver = &receiver;
+            async move {
+                for n in from..to {
+                    let message = tokio::time::timeout(Duration::from_secs(30), receiver.recv())
+                        .await
+                        .unwrap_or_else(|_| panic!("message {n} did not arrive"))
+                        .expect("message");
+                    assert_eq!(message.body, n.to_le_bytes(), "message {n} lost or out of order");
+                }
+            }
+        };
+        for n in 1..100 {
+            send(n).await.expect("send");
+        }
+        expect(0, 100).await;
+
+        let killed = a.kill9(ServiceKind::Transport);
+        // Sent while transport is down: they wait in the router's outbox.
+        for n in 100..150 {
+            send(n).await.expect("send during the outage");
+        }
+        let node_b = b.id();
+        wait_until("A's transport is back and connected to B", Duration::from_secs(30), || {
+            a.pid(ServiceKind::Transport).is_some_and(|p| p != killed) && a.connected().contains(&node_b)
+        });
+        for n in 150..200 {
+            send(n).await.expect("send after the restart");
+        }
+        expect(100, 200).await;
+    });
+}
