@@ -2,6 +2,7 @@
 //! the benchmarks and the cross-process tests share (starting local nodes, talking to their
 //! services).
 
+pub mod bench;
 pub mod demo;
 pub mod events;
 pub mod key;

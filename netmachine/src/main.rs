@@ -2,7 +2,7 @@
 //! as an engine from the shell (`listen`, `send`, `request`).
 
 use clap::{Parser, Subcommand};
-use netmachine::{demo, events, key, messaging, peers, status, up};
+use netmachine::{bench, demo, events, key, messaging, peers, status, up};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -53,6 +53,9 @@ enum Command {
     },
     /// Start two nodes on loopback, connect them, exchange messages and requests both ways
     Demo,
+    /// Benchmarks, each printed next to its baseline from the same run
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Attach as an engine and print each message body received, one per line
     Listen {
         /// The engine's key file
@@ -89,6 +92,22 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Node-to-node throughput and latency against raw quinn and ed25519 batch verification
+    Remote {
+        /// Messages per throughput figure
+        #[arg(long, default_value_t = 20_000)]
+        messages: usize,
+        /// Requests for the latency figure
+        #[arg(long, default_value_t = 2_000)]
+        requests: usize,
+        /// One JSON object instead of text
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     netmachine_service::process::init_logging_quiet();
@@ -104,6 +123,7 @@ fn main() -> ExitCode {
         Command::Disconnect { node } => peers::connect_to(&root, &cli.set, &node, true),
         Command::Events { json } => events::run(&root, &cli.set, json),
         Command::Demo => demo::run(),
+        Command::Bench(BenchCommand::Remote { messages, requests, json }) => bench::remote::run(messages, requests, json),
         Command::Listen { key, json, echo } => messaging::listen(&root, &cli.set, &key, json, echo),
         Command::Send { key, to, body } => messaging::send(&root, &cli.set, &key, &to, body),
         Command::Request { key, to, timeout_ms, body } => {

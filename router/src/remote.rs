@@ -87,13 +87,10 @@ impl RouterState {
             let mut batch = Vec::new();
             let mut size = 0;
             while batch.len() < MAX_BATCH {
-                let (item, expired) = outbox.pop_live(now_ms());
+                let first = batch.is_empty();
+                let (item, expired) = outbox.pop_live_if(now_ms(), |item| first || size + item.size() <= budget);
                 self.drops.count(DropReason::Expired, expired);
                 let Some(item) = item else { break };
-                if !batch.is_empty() && size + item.size() > budget {
-                    outbox.unpop(item);
-                    break;
-                }
                 size += item.size();
                 batch.push(item);
             }

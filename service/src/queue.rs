@@ -2,7 +2,7 @@
 //! A full queue makes senders wait, up to a limit; items whose expiry passes while they wait
 //! are dropped and counted by whoever takes them out.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
@@ -22,11 +22,18 @@ pub struct ExpiringQueue<T> {
     frames: RefCell<VecDeque<T>>,
     room: Semaphore,
     ready: Notify,
+    /// Items put back beyond the capacity; their pops return no room to senders.
+    over: Cell<usize>,
 }
 
 impl<T: Expiring> ExpiringQueue<T> {
     pub fn new(capacity: usize) -> Self {
-        ExpiringQueue { frames: RefCell::new(VecDeque::new()), room: Semaphore::new(capacity), ready: Notify::new() }
+        ExpiringQueue {
+            frames: RefCell::new(VecDeque::new()),
+            room: Semaphore::new(capacity),
+            ready: Notify::new(),
+            over: Cell::new(0),
+        }
     }
 
     /// Queues `frame`, waiting up to `wait` for room; gives it back if there was none.
@@ -42,24 +49,43 @@ impl<T: Expiring> ExpiringQueue<T> {
 
     /// The next item that has not expired, and how many expired ones were dropped first.
     pub fn pop_live(&self, now_ms: u64) -> (Option<T>, u64) {
-        let mut expired = 0;
-        loop {
-            let Some(frame) = self.frames.borrow_mut().pop_front() else { return (None, expired) };
-            self.room.add_permits(1);
-            if frame.expired(now_ms) {
-                expired += 1;
-                continue;
-            }
-            return (Some(frame), expired);
-        }
+        self.pop_live_if(now_ms, |_| true)
     }
 
-    /// Puts an item that could not be sent back at the front (if there is room).
-    pub fn unpop(&self, frame: T) {
-        if let Ok(permit) = self.room.try_acquire() {
-            permit.forget();
-            self.frames.borrow_mut().push_front(frame);
+    /// Like [`ExpiringQueue::pop_live`], but leaves the next live item queued unless `take`
+    /// accepts it.
+    pub fn pop_live_if(&self, now_ms: u64, take: impl FnOnce(&T) -> bool) -> (Option<T>, u64) {
+        let mut expired = 0;
+        let mut frames = self.frames.borrow_mut();
+        while frames.front().is_some_and(|f| f.expired(now_ms)) {
+            frames.pop_front();
+            self.release(1);
+            expired += 1;
         }
+        if !frames.front().is_some_and(take) {
+            return (None, expired);
+        }
+        let frame = frames.pop_front();
+        self.release(1);
+        (frame, expired)
+    }
+
+    /// Puts an item that could not be sent back at the front. It always goes back, even into
+    /// a full queue (which then holds one more than its capacity until it drains).
+    pub fn put_back(&self, frame: T) {
+        match self.room.try_acquire() {
+            Ok(permit) => permit.forget(),
+            Err(_) => self.over.set(self.over.get() + 1),
+        }
+        self.frames.borrow_mut().push_front(frame);
+        self.ready.notify_one();
+    }
+
+    /// Returns room for `n` removed items to senders (after settling put-backs over capacity).
+    fn release(&self, n: usize) {
+        let settled = n.min(self.over.get());
+        self.over.set(self.over.get() - settled);
+        self.room.add_permits(n - settled);
     }
 
     /// Drops every expired frame; returns how many.
@@ -68,7 +94,7 @@ impl<T: Expiring> ExpiringQueue<T> {
         let before = frames.len();
         frames.retain(|f| !f.expired(now_ms));
         let dropped = before - frames.len();
-        self.room.add_permits(dropped);
+        self.release(dropped);
         dropped as u64
     }
 
@@ -95,7 +121,7 @@ impl<T: Expiring> ExpiringQueue<T> {
     /// Drops everything queued; returns how many.
     pub fn clear(&self) -> u64 {
         let dropped = self.frames.borrow_mut().drain(..).count();
-        self.room.add_permits(dropped);
+        self.release(dropped);
         dropped as u64
     }
 }
@@ -130,6 +156,39 @@ mod tests {
         assert_eq!(queue.pop_live(0).0.unwrap().bytes, [1]);
         assert!(queue.push(frame(3, 0), Duration::ZERO).await.is_ok());
         assert_eq!(queue.len(), 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_put_back_item_is_never_lost_even_when_a_sender_took_its_room() {
+        let queue = ExpiringQueue::new(1);
+        queue.push(frame(1, 0), Duration::ZERO).await.unwrap();
+        let waiting = queue.push(frame(2, 0), Duration::from_secs(5));
+        let popping = async {
+            tokio::task::yield_now().await;
+            let (first, _) = queue.pop_live(0);
+            tokio::task::yield_now().await;
+            first
+        };
+        let (pushed, first) = tokio::join!(waiting, popping);
+        assert!(pushed.is_ok(), "the waiting sender took the freed room");
+        queue.put_back(first.unwrap());
+        assert_eq!(queue.len(), 2);
+        assert_eq!(queue.pop_live(0).0.unwrap().bytes, [1]);
+        assert_eq!(queue.pop_live(0).0.unwrap().bytes, [2]);
+        // The overshoot is settled: the queue holds its capacity again, no more.
+        queue.push(frame(3, 0), Duration::ZERO).await.unwrap();
+        assert!(queue.push(frame(4, 0), Duration::ZERO).await.is_err());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn pop_live_if_leaves_an_item_it_does_not_take() {
+        let queue = ExpiringQueue::new(4);
+        queue.push(frame(1, 10), Duration::ZERO).await.unwrap();
+        queue.push(frame(2, 0), Duration::ZERO).await.unwrap();
+        let (none, expired) = queue.pop_live_if(20, |f| f.bytes == [9]);
+        assert!(none.is_none());
+        assert_eq!((expired, queue.len()), (1, 1));
+        assert_eq!(queue.pop_live_if(20, |f| f.bytes == [2]).0.unwrap().bytes, [2]);
     }
 
     #[tokio::test(flavor = "current_thread")]

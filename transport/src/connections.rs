@@ -290,7 +290,7 @@ impl Transport {
             bump(&self.counters.frames_expired, expired);
             if let Some(frame) = frame {
                 if let Err(error) = write_frame(&mut stream, &frame.bytes).await {
-                    peer.queue.unpop(frame);
+                    peer.queue.put_back(frame);
                     return Err(error.to_string());
                 }
                 bump(&self.counters.frames_sent, 1);
@@ -485,14 +485,13 @@ impl Transport {
         let public = connection.admission == Admission::Public;
         let mut in_flight = FuturesOrdered::new();
         loop {
+            // A read is never raced against anything: cancelling it midway would lose the
+            // stream's framing. Requests are on their way once sent; only answers are awaited
+            // here, when the window is full.
             while in_flight.len() >= ROUTER_WINDOW {
                 in_flight.next().await;
             }
-            let read = tokio::select! {
-                biased;
-                Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
-                read = read_frame(&mut stream, self.max_frame()) => read,
-            };
+            let read = read_frame(&mut stream, self.max_frame()).await;
             let frame = match read {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -516,8 +515,9 @@ impl Transport {
             params.set_frame(&frame);
             params.set_public(public);
             let node = peer.id;
+            let answer = request.send().promise;
             in_flight.push_back(async move {
-                if let Err(error) = request.send().promise.await {
+                if let Err(error) = answer.await {
                     tracing::info!(peer = %node, %error, "the router did not take a frame");
                 }
             });

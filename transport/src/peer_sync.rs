@@ -71,7 +71,11 @@ pub async fn add_peer(transport: &Transport, advert: node_advert::Reader<'_>, tr
     if node == transport.node {
         return Err("that is this node's own advert".into());
     }
-    let store = transport.identity_store.client().ok_or("the identity store is unreachable")?;
+    let store = transport
+        .identity_store
+        .client_within(std::time::Duration::from_secs(5))
+        .await
+        .ok_or("the identity store is unreachable")?;
     let record = node_record(advert, trust, permanent).map_err(|e| e.to_string())?;
     store_record(&store, node, &record).await?;
     Ok(node)

@@ -105,7 +105,12 @@ impl transport::Server for TransportServer {
 
     async fn remove_peer(self: Rc<Self>, params: transport::RemovePeerParams, _: transport::RemovePeerResults) -> capnp::Result<()> {
         let node = identity("node", params.get()?.get_node()?)?;
-        let store = self.0.identity_store.client().ok_or_else(|| capnp::Error::failed("the identity store is unreachable".into()))?;
+        let store = self
+            .0
+            .identity_store
+            .client_within(std::time::Duration::from_secs(5))
+            .await
+            .ok_or_else(|| capnp::Error::failed("the identity store is unreachable".into()))?;
         let mut request = store.delete_request();
         request.get().set_id(&node.0);
         request.send().promise.await?;

@@ -1,0 +1,267 @@
+//! `netmachine bench remote`: two nodes on loopback. Engines on node A send to an engine on
+//! node B as fast as the node accepts (64 B, 256 B and 4 KiB bodies, and 256 B with engine
+//! signatures), requests measure the round trip; the baselines are raw quinn on one stream with
+//! the same message sizes, and ed25519 batch verification on one core.
+
+use crate::latency::Latencies;
+use crate::local_node::{LocalNode, ScratchDir};
+use crate::node_client::{connect, run_local};
+use crate::peers;
+use anyhow::{bail, Context, Result};
+use futures::stream::{self, StreamExt};
+use netmachine_engine::{Engine, EngineOptions, Keypair};
+use netmachine_schema::transport_capnp::transport;
+use netmachine_schema::{signing, Destination, EngineMessage};
+use netmachine_service::ServiceKind;
+use netmachine_transport::{framing, tls::NodeTls};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const SIZES: [usize; 3] = [64, 256, 4096];
+/// Sends the benchmark keeps waiting for the router's acceptance at once.
+const IN_FLIGHT: usize = 256;
+
+struct Throughput {
+    msgs_per_s: f64,
+    mb_per_s: f64,
+}
+
+pub fn run(messages: usize, requests: usize, json_output: bool) -> Result<()> {
+    let netmachine = std::env::current_exe().context("cannot find this executable")?;
+    let scratch = ScratchDir::new("netmachine-bench")?;
+    let listen = "transport.listen=[\"127.0.0.1:0\"]".to_string();
+    let mut a = LocalNode::start(&netmachine, &scratch.0.join("a"), std::slice::from_ref(&listen))?;
+    let mut b = LocalNode::start(&netmachine, &scratch.0.join("b"), &[listen])?;
+    let report = run_local(async { measure(&mut a, &mut b, messages, requests).await });
+    a.stop();
+    b.stop();
+    let report = report?;
+    if json_output {
+        println!("{report}");
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+async fn measure(a: &mut LocalNode, b: &mut LocalNode, messages: usize, requests: usize) -> Result<serde_json::Value> {
+    a.wait_ready(Duration::from_secs(30)).await?;
+    b.wait_ready(Duration::from_secs(30)).await?;
+    let (advert_a, advert_b) = (peers::own_advert(&a.home).await?, peers::own_advert(&b.home).await?);
+    peers::add(&a.home, &advert_b, 128, true).await?;
+    peers::add(&b.home, &advert_a, 128, true).await?;
+    wait_connected(a, b).await?;
+
+    let options = |node: &LocalNode| EngineOptions::new(node.home.socket(ServiceKind::Router), Keypair::generate());
+    let receiver = Engine::attach(options(b)).await?;
+    let sender = Engine::attach(options(a)).await?;
+    let mut signed = options(a);
+    signed.sign_messages = true;
+    let signing_sender = Engine::attach(signed).await?;
+    for engine in [&sender, &signing_sender] {
+        wait_routable(engine, &receiver).await?;
+    }
+
+    let mut report = serde_json::Map::new();
+    report.insert("messages".into(), json!(messages));
+    for size in SIZES {
+        let ours = match node_to_node(&sender, &receiver, size, messages).await {
+            Ok(ours) => ours,
+            Err(error) => return Err(error.context(where_messages_went(a, b).await)),
+        };
+        let raw = raw_quinn(size, messages).await?;
+        report.insert(format!("msgs_per_s_{size}"), json!(ours.msgs_per_s.round()));
+        report.insert(format!("mb_per_s_{size}"), json!((ours.mb_per_s * 10.0).round() / 10.0));
+        report.insert(format!("raw_quinn_msgs_per_s_{size}"), json!(raw.msgs_per_s.round()));
+        report.insert(format!("raw_quinn_mb_per_s_{size}"), json!((raw.mb_per_s * 10.0).round() / 10.0));
+    }
+    let signed = node_to_node(&signing_sender, &receiver, 256, messages).await?;
+    report.insert("signed_msgs_per_s_256".into(), json!(signed.msgs_per_s.round()));
+    report.insert("batch_verify_per_s".into(), json!(batch_verify_rate(messages.max(4096)).round()));
+
+    let mut latencies = round_trips(&sender, &receiver, requests).await?;
+    report.insert("requests".into(), json!(latencies.len()));
+    report.insert("rtt_us_p50".into(), json!(latencies.percentile(50.0).as_micros() as u64));
+    report.insert("rtt_us_p99".into(), json!(latencies.percentile(99.0).as_micros() as u64));
+
+    let ratio = |ours: &str, base: &str| {
+        let (o, b) = (report[ours].as_f64().unwrap_or(0.0), report[base].as_f64().unwrap_or(0.0));
+        if b > 0.0 { ((o / b) * 1000.0).round() / 1000.0 } else { 0.0 }
+    };
+    let ratio_quinn = ratio("msgs_per_s_256", "raw_quinn_msgs_per_s_256");
+    let ratio_verify = ratio("signed_msgs_per_s_256", "batch_verify_per_s");
+    report.insert("ratio_to_raw_quinn_256".into(), json!(ratio_quinn));
+    report.insert("ratio_signed_to_batch_verify".into(), json!(ratio_verify));
+    for engine in [sender, signing_sender, receiver] {
+        engine.detach().await;
+    }
+    Ok(serde_json::Value::Object(report))
+}
+
+/// Both nodes' drop and frame counters, to say where missing messages went.
+async fn where_messages_went(a: &LocalNode, b: &LocalNode) -> String {
+    let mut out = String::new();
+    for (name, node) in [("A", a), ("B", b)] {
+        let status = crate::status::node_status(&node.home).await;
+        for service in status["services"].as_array().into_iter().flatten() {
+            if service["name"] == "router" || service["name"] == "transport" {
+                out.push_str(&format!("node {name} {}: {}\n", service["name"], service["counters"]));
+            }
+        }
+    }
+    out
+}
+
+async fn wait_connected(a: &LocalNode, b: &LocalNode) -> Result<()> {
+    let transport: transport::Client = connect(&a.home, ServiceKind::Transport).await?;
+    let node_b = b.identity()?;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        let answer = transport.connected_nodes_request().send().promise.await?;
+        if answer.get()?.get_nodes()?.iter().any(|n| n.get_node().is_ok_and(|id| id == node_b.0)) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the two nodes did not connect within 15 s")
+}
+
+async fn wait_routable(sender: &Engine, receiver: &Engine) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        match sender.send(receiver.identity(), b"warm-up".to_vec()).await {
+            Ok(_) => break,
+            Err(error) if start.elapsed() > Duration::from_secs(10) => bail!("the receiver never became routable: {error}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let message = tokio::time::timeout(Duration::from_secs(10), receiver.recv()).await.context("warm-up lost")?;
+    message.context("receiver closed")?;
+    Ok(())
+}
+
+/// Sends `count` bodies of `size` bytes from `sender` to `receiver`; the clock runs until the
+/// last one has arrived.
+async fn node_to_node(sender: &Engine, receiver: &Engine, size: usize, count: usize) -> Result<Throughput> {
+    let body = vec![0x5a; size];
+    let dst = receiver.identity();
+    let start = Instant::now();
+    let sending = async {
+        let mut sends = stream::iter(0..count).map(|_| sender.send(dst, body.clone())).buffer_unordered(IN_FLIGHT);
+        while let Some(sent) = sends.next().await {
+            sent?;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let receiving = async {
+        for n in 0..count {
+            let message = tokio::time::timeout(Duration::from_secs(30), receiver.recv())
+                .await
+                .with_context(|| format!("message {n} of {count} did not arrive"))?;
+            message.context("receiver closed")?;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let (sent, received) = tokio::join!(sending, receiving);
+    sent?;
+    received?;
+    Ok(rate(count, size, start.elapsed()))
+}
+
+fn rate(count: usize, size: usize, elapsed: Duration) -> Throughput {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    Throughput { msgs_per_s: count as f64 / secs, mb_per_s: (count * size) as f64 / secs / 1e6 }
+}
+
+async fn round_trips(sender: &Engine, receiver: &Engine, requests: usize) -> Result<Latencies> {
+    let echo = async {
+        for _ in 0..requests {
+            let Some(request) = receiver.recv().await else { break };
+            receiver.reply(&request, request.body.clone()).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let ask = async {
+        let mut latencies = Latencies::default();
+        for _ in 0..requests {
+            let start = Instant::now();
+            sender.request(receiver.identity(), vec![0x11; 64], Duration::from_secs(10)).await?;
+            latencies.add(start.elapsed());
+        }
+        Ok::<_, anyhow::Error>(latencies)
+    };
+    let (echoed, latencies) = tokio::join!(echo, ask);
+    echoed?;
+    latencies
+}
+
+/// The baseline: `count` length-prefixed messages of `size` bytes on one raw quinn stream over
+/// loopback, with the same TLS configuration the nodes use.
+async fn raw_quinn(size: usize, count: usize) -> Result<Throughput> {
+    let (server_key, client_key) = (Keypair::generate(), Keypair::generate());
+    let server_tls = NodeTls::new(&server_key)?;
+    let client_tls = NodeTls::new(&client_key)?;
+    let server = quinn::Endpoint::server(server_tls.server_config()?, "127.0.0.1:0".parse()?)?;
+    let address = server.local_addr()?;
+    let client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let receiving = tokio::task::spawn_local(async move {
+        let connection = server.accept().await.context("no connection")?.await?;
+        let mut stream = connection.accept_uni().await?;
+        for _ in 0..count {
+            framing::read_frame(&mut stream, size + 16).await?.context("stream ended early")?;
+        }
+        Ok::<_, anyhow::Error>(connection)
+    });
+    let connection = client.connect_with(client_tls.client_config(server_key.identity())?, address, "netmachine")?.await?;
+    let mut stream = connection.open_uni().await?;
+    let body = vec![0x5a; size];
+    let start = Instant::now();
+    for _ in 0..count {
+        framing::write_frame(&mut stream, &body).await?;
+    }
+    let _server_side = receiving.await??;
+    let elapsed = start.elapsed();
+    connection.close(0u32.into(), b"done");
+    Ok(rate(count, size, elapsed))
+}
+
+/// Signatures verified per second on one core, in batches of 64 (as frames carry them).
+fn batch_verify_rate(count: usize) -> f64 {
+    let keys: Vec<Keypair> = (0..16).map(|_| Keypair::generate()).collect();
+    let messages: Vec<EngineMessage> = (0..count)
+        .map(|n| {
+            let key = &keys[n % keys.len()];
+            let mut m = EngineMessage::new(key.identity(), Destination::Engine(key.identity()), n as u64, vec![0x5a; 256]);
+            m.sig = Some(key.sign(&signing::engine_message(&m)));
+            m
+        })
+        .collect();
+    let start = Instant::now();
+    for chunk in messages.chunks(64) {
+        let payloads: Vec<Vec<u8>> = chunk.iter().map(signing::engine_message).collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let sigs: Vec<ed25519_dalek::Signature> = chunk.iter().filter_map(|m| m.sig.as_ref().map(ed25519_dalek::Signature::from_bytes)).collect();
+        let keys: Vec<ed25519_dalek::VerifyingKey> = chunk.iter().filter_map(|m| ed25519_dalek::VerifyingKey::from_bytes(&m.src.0).ok()).collect();
+        if ed25519_dalek::verify_batch(&refs, &sigs, &keys).is_err() {
+            return 0.0;
+        }
+    }
+    count as f64 / start.elapsed().as_secs_f64().max(1e-9)
+}
+
+fn print_report(report: &serde_json::Value) {
+    let f = |key: &str| report[key].as_f64().unwrap_or(0.0);
+    println!("netmachine bench remote: two nodes on loopback, {} messages per figure", report["messages"]);
+    for size in SIZES {
+        println!(
+            "{}",
+            super::ratio_line(&format!("node->node {size} B"), f(&format!("msgs_per_s_{size}")), &format!("raw quinn one stream {size} B"), f(&format!("raw_quinn_msgs_per_s_{size}")), "msg/s")
+        );
+        println!(
+            "{}",
+            super::ratio_line(&format!("node->node {size} B"), f(&format!("mb_per_s_{size}")), &format!("raw quinn one stream {size} B"), f(&format!("raw_quinn_mb_per_s_{size}")), "MB/s")
+        );
+    }
+    println!("{}", super::ratio_line("node->node 256 B with engine signatures", f("signed_msgs_per_s_256"), "ed25519 batch verify, one core", f("batch_verify_per_s"), "msg/s"));
+    println!("request/response node->node ({} requests): p50 {} us, p99 {} us", report["requests"], report["rtt_us_p50"], report["rtt_us_p99"]);
+}
