@@ -32,6 +32,8 @@ struct AttachLimits {
 # The engine's side of an attachment: the router delivers messages here, in order.
 interface Inbox {
   deliver @0 (message :Msg.EngineMessage) -> ();
+  # Several messages in one call, in order: what the router does when more than one waits.
+  deliverBatch @1 (messages :List(Msg.EngineMessage)) -> ();
 }
 
 enum SendRefusal {
@@ -58,4 +60,6 @@ interface EngineSession {
   # Returns once the router has queued the message for its destination, or refused it.
   send @0 (message :Msg.EngineMessage) -> (result :SendResult);
   detach @1 () -> ();
+  # Several messages in one call, routed in order; one result per message.
+  sendBatch @2 (messages :List(Msg.EngineMessage)) -> (results :List(SendResult));
 }

@@ -18,6 +18,8 @@ const WORD_LIMIT: usize = (64 << 20) / 8 * 2 + (64 << 10);
 const MAX_PENDING_REPLIES: usize = 65_536;
 /// Commands waiting for the engine thread.
 const COMMAND_QUEUE: usize = 1024;
+/// Sends in one call at most.
+const SEND_BATCH: usize = 256;
 
 pub(crate) enum Command {
     Send { message: EngineMessage, done: oneshot::Sender<Result<(), EngineError>> },
@@ -103,36 +105,80 @@ async fn run(
     let (session_tx, mut session) = watch::channel::<Option<engine_session::Client>>(None);
     let attacher = tokio::task::spawn_local(keep_attached(options, incoming, shared, attached, session_tx));
     while let Some(command) = commands.recv().await {
+        let (mut batch, mut detach) = (Vec::new(), None);
         match command {
-            Command::Send { message, done } => {
-                let Some(current) = attached_session(&mut session).await else {
+            Command::Send { message, done } => batch.push((message, done)),
+            Command::Detach { done } => detach = Some(done),
+        }
+        // Sends already waiting go in the same call.
+        while detach.is_none() && !batch.is_empty() && batch.len() < SEND_BATCH {
+            match commands.try_recv() {
+                Ok(Command::Send { message, done }) => batch.push((message, done)),
+                Ok(Command::Detach { done }) => detach = Some(done),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            match attached_session(&mut session).await {
+                Some(current) => send_batch(&current, batch),
+                None => batch.into_iter().for_each(|(_, done)| {
                     let _ = done.send(Err(EngineError::Closed));
-                    continue;
-                };
-                // Requests are sent here, in command order; only their answers are awaited
-                // concurrently.
-                let mut request = current.send_request();
-                message.write(request.get().init_message());
-                let promise = request.send().promise;
-                tokio::task::spawn_local(async move {
-                    let outcome = match promise.await {
-                        Ok(answer) => send_outcome(answer),
-                        Err(e) => Err(e.into()),
-                    };
-                    let _ = done.send(outcome);
-                });
+                }),
             }
-            Command::Detach { done } => {
-                let current = session.borrow().clone();
-                if let Some(current) = current {
-                    let _ = current.detach_request().send().promise.await;
-                }
-                let _ = done.send(());
-                break;
+        }
+        if let Some(done) = detach {
+            let current = session.borrow().clone();
+            if let Some(current) = current {
+                let _ = current.detach_request().send().promise.await;
             }
+            let _ = done.send(());
+            break;
         }
     }
     attacher.abort();
+}
+
+type Pending = (EngineMessage, oneshot::Sender<Result<(), EngineError>>);
+
+/// Sends `batch` now, in order, in one call; each sender hears its own message's outcome.
+fn send_batch(session: &engine_session::Client, batch: Vec<Pending>) {
+    if let [(message, _)] = batch.as_slice() {
+        let mut request = session.send_request();
+        message.write(request.get().init_message());
+        let promise = request.send().promise;
+        let done = batch.into_iter().map(|(_, done)| done).next();
+        tokio::task::spawn_local(async move {
+            let outcome = match promise.await {
+                Ok(answer) => answer.get().and_then(|a| a.get_result()).map_err(EngineError::from).and_then(send_outcome),
+                Err(e) => Err(e.into()),
+            };
+            if let Some(done) = done {
+                let _ = done.send(outcome);
+            }
+        });
+        return;
+    }
+    let mut request = session.send_batch_request();
+    let mut list = request.get().init_messages(batch.len() as u32);
+    for (i, (message, _)) in batch.iter().enumerate() {
+        message.write(list.reborrow().get(i as u32));
+    }
+    let promise = request.send().promise;
+    let dones: Vec<_> = batch.into_iter().map(|(_, done)| done).collect();
+    tokio::task::spawn_local(async move {
+        let answer = promise.await;
+        let results = answer.as_ref().map_err(|e| e.to_string()).and_then(|a| {
+            a.get().and_then(|r| r.get_results()).map_err(|e| e.to_string())
+        });
+        for (i, done) in dones.into_iter().enumerate() {
+            let outcome = match &results {
+                Ok(results) if (i as u32) < results.len() => send_outcome(results.get(i as u32)),
+                Ok(_) => Err(EngineError::Rpc("the router answered fewer results than messages".into())),
+                Err(e) => Err(EngineError::Rpc(e.clone())),
+            };
+            let _ = done.send(outcome);
+        }
+    });
 }
 
 async fn attached_session(session: &mut watch::Receiver<Option<engine_session::Client>>) -> Option<engine_session::Client> {
@@ -144,9 +190,9 @@ async fn attached_session(session: &mut watch::Receiver<Option<engine_session::C
     }
 }
 
-fn send_outcome(answer: capnp::capability::Response<engine_session::send_results::Owned>) -> Result<(), EngineError> {
+fn send_outcome(result: netmachine_schema::router_capnp::send_result::Reader<'_>) -> Result<(), EngineError> {
     use netmachine_schema::router_capnp::send_result;
-    match answer.get()?.get_result()?.which()? {
+    match result.which()? {
         send_result::Accepted(()) => Ok(()),
         send_result::Refused(refused) => Err(EngineError::Refused {
             reason: refused.get_reason()?,
@@ -229,7 +275,21 @@ struct InboxServer {
 
 impl inbox::Server for InboxServer {
     async fn deliver(self: Rc<Self>, params: inbox::DeliverParams, _: inbox::DeliverResults) -> capnp::Result<()> {
-        let message = EngineMessage::read(params.get()?.get_message()?)
+        self.take(params.get()?.get_message()?).await
+    }
+
+    async fn deliver_batch(self: Rc<Self>, params: inbox::DeliverBatchParams, _: inbox::DeliverBatchResults) -> capnp::Result<()> {
+        for message in params.get()?.get_messages()?.iter() {
+            self.take(message).await?;
+        }
+        Ok(())
+    }
+}
+
+impl InboxServer {
+    /// Hands one delivered message to its waiting request, or to the engine's inbox.
+    async fn take(&self, message: netmachine_schema::message_capnp::engine_message::Reader<'_>) -> capnp::Result<()> {
+        let message = EngineMessage::read(message)
             .map_err(|e| capnp::Error::failed(format!("undeliverable message: {e}")))?;
         if let Destination::Engine(_) = message.dst {
             if let Some(waiter) = self.shared.take_reply(&message) {

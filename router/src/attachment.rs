@@ -4,6 +4,7 @@
 
 use crate::drops::{DropCounters, DropReason};
 use futures::stream::{FuturesOrdered, StreamExt};
+use futures::FutureExt;
 use netmachine_schema::router_capnp::inbox;
 use netmachine_schema::{time::now_ms, EngineMessage, Identity};
 use std::rc::Rc;
@@ -12,6 +13,11 @@ use tokio::sync::mpsc;
 
 /// Deliveries to one engine awaiting its answer at once.
 const DELIVERY_WINDOW: usize = 64;
+/// Messages in one delivery at most.
+const DELIVERY_BATCH: usize = 256;
+
+/// A delivery awaiting the engine's answer, with how many messages it carried.
+type Delivery = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, (capnp::Error, u64)>>>>;
 
 /// An engine attached to this router.
 pub struct Attachment {
@@ -74,44 +80,75 @@ async fn pump(
     drops: Rc<DropCounters>,
     on_gone: impl FnOnce(),
 ) {
-    let mut in_flight = FuturesOrdered::new();
-    let failure = loop {
+    // Each delivery in flight resolves to the number of messages it carried.
+    let mut in_flight: FuturesOrdered<Delivery> = FuturesOrdered::new();
+    let (failure, mut lost) = loop {
         tokio::select! {
             biased;
             Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
-                if let Err(error) = answer {
-                    break error;
+                if let Err((error, carried)) = answer {
+                    break (error, carried);
                 }
             }
             next = pending.recv(), if in_flight.len() < DELIVERY_WINDOW => {
-                let Some(message) = next else {
+                let Some(first) = next else {
                     // Detached and drained: wait for the last answers.
                     while let Some(answer) = in_flight.next().await {
-                        if let Err(error) = answer {
-                            drops.count(DropReason::EngineGone, 1 + in_flight.len() as u64);
+                        if let Err((error, carried)) = answer {
+                            drops.count(DropReason::EngineGone, carried);
                             tracing::info!(engine = %engine.short(), %error, "engine gone");
-                            break;
                         }
                     }
                     return;
                 };
-                if message.is_expired(now_ms()) {
-                    drops.count(DropReason::Expired, 1);
-                    continue;
+                if let Some(delivery) = deliver(&inbox, first, &mut pending, &drops) {
+                    in_flight.push_back(delivery);
                 }
-                let mut request = inbox.deliver_request();
-                message.write(request.get().init_message());
-                in_flight.push_back(async move { request.send().promise.await.map(|_| ()) });
             }
         }
     };
     // The engine stopped answering: the failed delivery, those behind it, and the queue are lost.
     pending.close();
-    let mut lost = 1 + in_flight.len() as u64;
+    while let Some(answer) = in_flight.next().await {
+        lost += answer.map_or_else(|(_, carried)| carried, |carried| carried);
+    }
     while pending.recv().await.is_some() {
         lost += 1;
     }
     drops.count(DropReason::EngineGone, lost);
     tracing::info!(engine = %engine.short(), %failure, lost, "engine gone");
     on_gone();
+}
+
+/// Sends `first` and whatever else is already waiting (up to a batch) in one call.
+fn deliver(inbox: &inbox::Client, first: EngineMessage, pending: &mut mpsc::Receiver<EngineMessage>, drops: &DropCounters) -> Option<Delivery> {
+    let now = now_ms();
+    let mut batch = Vec::new();
+    let mut next = Some(first);
+    while let Some(message) = next {
+        if message.is_expired(now) {
+            drops.count(DropReason::Expired, 1);
+        } else {
+            batch.push(message);
+        }
+        next = if batch.len() < DELIVERY_BATCH { pending.try_recv().ok() } else { None };
+    }
+    let carried = batch.len() as u64;
+    let answer: futures::future::LocalBoxFuture<'static, capnp::Result<()>> = match batch.as_slice() {
+        [] => return None,
+        [message] => {
+            let mut request = inbox.deliver_request();
+            message.write(request.get().init_message());
+            request.send().promise.map(|r| r.map(|_| ())).boxed_local()
+        }
+        messages => {
+            let mut request = inbox.deliver_batch_request();
+            let mut list = request.get().init_messages(messages.len() as u32);
+            for (i, message) in messages.iter().enumerate() {
+                message.write(list.reborrow().get(i as u32));
+            }
+            request.send().promise.map(|r| r.map(|_| ())).boxed_local()
+        }
+    };
+    Some(Box::pin(async move { answer.await.map(|()| carried).map_err(|e| (e, carried)) }))
 }

@@ -345,10 +345,12 @@ impl Drop for Session {
     }
 }
 
-impl engine_session::Server for Session {
-    async fn send(self: Rc<Self>, params: engine_session::SendParams, mut results: engine_session::SendResults) -> capnp::Result<()> {
-        let state = &self.state;
-        let outcome = match EngineMessage::read(params.get()?.get_message()?) {
+type SendOutcome = Result<(), (DropReason, SendRefusal, String)>;
+
+impl Session {
+    /// Reads, checks and routes one message from this session's engine.
+    async fn send_one(&self, message: netmachine_schema::message_capnp::engine_message::Reader<'_>) -> SendOutcome {
+        let outcome = match EngineMessage::read(message) {
             Err(MessageError::UnsupportedDestination(kind)) => Err((
                 DropReason::NoRoute,
                 SendRefusal::Unsupported,
@@ -360,21 +362,46 @@ impl engine_session::Server for Session {
                 SendRefusal::BadSource,
                 format!("src is {}, but this session belongs to engine {}", message.src, self.engine),
             )),
-            Ok(message) => state.route(message).await,
+            Ok(message) => self.state.route(message).await,
         };
-        let mut result = results.get().init_result();
-        match outcome {
-            Ok(()) => {
-                state.accepted.set(state.accepted.get() + 1);
-                result.set_accepted(());
-            }
-            Err((reason, refusal, detail)) => {
-                state.drops.count(reason, 1);
+        match &outcome {
+            Ok(()) => self.state.accepted.set(self.state.accepted.get() + 1),
+            Err((reason, _, detail)) => {
+                self.state.drops.count(*reason, 1);
                 tracing::debug!(engine = %self.engine.short(), ?reason, %detail, "message dropped");
-                let mut refused = result.init_refused();
-                refused.set_reason(refusal);
-                refused.set_detail(detail.as_str());
             }
+        }
+        outcome
+    }
+}
+
+fn write_outcome(outcome: SendOutcome, mut result: netmachine_schema::router_capnp::send_result::Builder<'_>) {
+    match outcome {
+        Ok(()) => result.set_accepted(()),
+        Err((_, refusal, detail)) => {
+            let mut refused = result.init_refused();
+            refused.set_reason(refusal);
+            refused.set_detail(detail.as_str());
+        }
+    }
+}
+
+impl engine_session::Server for Session {
+    async fn send(self: Rc<Self>, params: engine_session::SendParams, mut results: engine_session::SendResults) -> capnp::Result<()> {
+        let outcome = self.send_one(params.get()?.get_message()?).await;
+        write_outcome(outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn send_batch(self: Rc<Self>, params: engine_session::SendBatchParams, mut results: engine_session::SendBatchResults) -> capnp::Result<()> {
+        let messages = params.get()?.get_messages()?;
+        let mut outcomes = Vec::with_capacity(messages.len() as usize);
+        for message in messages.iter() {
+            outcomes.push(self.send_one(message).await);
+        }
+        let mut list = results.get().init_results(outcomes.len() as u32);
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            write_outcome(outcome, list.reborrow().get(i as u32));
         }
         Ok(())
     }
