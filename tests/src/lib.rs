@@ -75,20 +75,18 @@ impl Node {
     }
 
     /// Starts a node with `--set` overrides and waits until all five services report `up`.
+    /// Its transport listens on a free loopback port unless `set` says otherwise, so tests
+    /// running side by side never compete for one.
     pub fn up_with(set: &[&str]) -> Node {
         let home = TempHome::new();
-        let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+        let set: Vec<String> = std::iter::once("transport.listen=[\"127.0.0.1:0\"]")
+            .chain(set.iter().copied())
+            .map(str::to_string)
+            .collect();
         let mut local = netmachine::local_node::LocalNode::start(&bin_dir().join("netmachine"), &home.0, &set)
             .expect("start netmachine up");
         with_rpc(local.wait_ready(Duration::from_secs(30))).expect("the node comes up");
         Node { local, home }
-    }
-
-    /// A node that listens on a free loopback port, for tests with several nodes.
-    pub fn up_networked(set: &[&str]) -> Node {
-        let mut all = vec!["transport.listen=[\"127.0.0.1:0\"]"];
-        all.extend_from_slice(set);
-        Node::up_with(&all)
     }
 
     pub fn root(&self) -> &Path {

@@ -14,9 +14,14 @@ fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repository root").to_path_buf()
 }
 
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
 struct Deployment {
     project: String,
     home: TempHome,
+    quic_port: u16,
 }
 
 impl Deployment {
@@ -27,6 +32,7 @@ impl Deployment {
             .args(["-p", &self.project])
             .args(args)
             .env("NETMACHINE_NODE_DIR", &self.home.0)
+            .env("NETMACHINE_QUIC_PORT", self.quic_port.to_string())
             .output()
             .expect("docker-compose runs")
     }
@@ -63,7 +69,7 @@ fn compose_runs_a_node_and_restarts_one_service_alone() {
     let home = TempHome::new();
     std::fs::create_dir_all(&home.0).expect("node dir");
     let project = format!("nm{}", home.0.file_name().unwrap().to_string_lossy().trim_start_matches("nm-"));
-    let node = Deployment { project, home };
+    let node = Deployment { project, home, quic_port: free_udp_port() };
     let up = node.compose(&["up", "-d"]);
     assert!(up.status.success(), "compose up: {}", String::from_utf8_lossy(&up.stderr));
     wait_until("the five containers' services are up", Duration::from_secs(60), || node.all_up());

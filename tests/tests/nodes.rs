@@ -13,8 +13,8 @@ const WAIT: Duration = Duration::from_secs(10);
 
 #[test]
 fn two_nodes_set_up_by_advert_exchange_carry_messages_both_ways() {
-    let a = Node::up_networked(&[]);
-    let b = Node::up_networked(&[]);
+    let a = Node::up();
+    let b = Node::up();
     let events = Listener::new(
         Command::new(bin_dir().join("netmachine"))
             .args(["events", "--json", "--home"])
@@ -78,7 +78,7 @@ fn send_when_routable(node: &Node, key: &str, to: &str, body: &str) -> bool {
 
 #[test]
 fn three_nodes_one_send_call_reaches_local_and_remote_engines() {
-    let nodes = [Node::up_networked(&[]), Node::up_networked(&[]), Node::up_networked(&[])];
+    let nodes = [Node::up(), Node::up(), Node::up()];
     link(&nodes[0], &nodes[1]);
     link(&nodes[1], &nodes[2]);
     link(&nodes[0], &nodes[2]);
@@ -120,8 +120,8 @@ fn three_nodes_one_send_call_reaches_local_and_remote_engines() {
 
 #[test]
 fn a_node_not_in_the_identity_store_is_refused_with_a_reason() {
-    let a = Node::up_networked(&[]);
-    let stranger = Node::up_networked(&[]);
+    let a = Node::up();
+    let stranger = Node::up();
     assert!(stranger.add_peer(&a, &[]).status.success());
     let attempt = stranger.cli(&["connect", &a.id()]);
     assert!(!attempt.status.success());
@@ -133,8 +133,8 @@ fn a_node_not_in_the_identity_store_is_refused_with_a_reason() {
 
 #[test]
 fn a_banned_node_is_refused() {
-    let a = Node::up_networked(&[]);
-    let banned = Node::up_networked(&[]);
+    let a = Node::up();
+    let banned = Node::up();
     assert!(a.add_peer(&banned, &["--trust", "0"]).status.success());
     assert!(banned.add_peer(&a, &[]).status.success());
     let attempt = banned.cli(&["connect", &a.id()]);
@@ -150,7 +150,7 @@ fn a_banned_node_is_refused() {
 fn a_frame_with_a_forged_signature_is_dropped_counted_and_the_peer_disconnected() {
     use netmachine_schema::message_capnp::{p2_p_batch, p2_p_frame};
     use netmachine_transport::{framing, handshake, tls::NodeTls};
-    let a = Node::up_networked(&[]);
+    let a = Node::up();
     let forger = netmachine_schema::Keypair::generate();
     let advert = netmachine_tests::advert_message(&forger);
     let document = a.root().join("forger.advert");
@@ -192,8 +192,8 @@ fn a_frame_with_a_forged_signature_is_dropped_counted_and_the_peer_disconnected(
 
 #[test]
 fn an_expired_message_is_dropped_and_counted() {
-    let a = Node::up_networked(&["transport.connect_timeout_ms=300"]);
-    let mut b = Node::up_networked(&[]);
+    let a = Node::up_with(&["transport.connect_timeout_ms=300"]);
+    let mut b = Node::up();
     link(&a, &b);
     let node_b: Identity = b.id().parse().unwrap();
     b.stop();
@@ -210,8 +210,8 @@ fn an_expired_message_is_dropped_and_counted() {
 
 #[test]
 fn oversized_messages_are_refused_at_either_end() {
-    let a = Node::up_networked(&[]);
-    let b = Node::up_networked(&["limits.max_message_bytes=4096"]);
+    let a = Node::up();
+    let b = Node::up_with(&["limits.max_message_bytes=4096"]);
     link(&a, &b);
     with_rpc(async {
         let sender = attach_engine(&a, |_| {}).await;
@@ -239,8 +239,8 @@ fn oversized_messages_are_refused_at_either_end() {
 
 #[test]
 fn transport_killed_mid_stream_comes_back_and_loses_nothing_queued() {
-    let a = Node::up_networked(&[]);
-    let b = Node::up_networked(&[]);
+    let a = Node::up();
+    let b = Node::up();
     link(&a, &b);
     with_rpc(async {
         let sender = attach_engine(&a, |_| {}).await;
