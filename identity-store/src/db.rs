@@ -8,6 +8,9 @@ use std::path::Path;
 
 const RECORDS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("records");
 
+/// A record as stored: its identity and its Cap'n Proto encoding.
+pub type StoredRecord = ([u8; 32], Vec<u8>);
+
 /// The persistent record table.
 pub struct RecordDb {
     db: redb::Database,
@@ -55,7 +58,7 @@ impl RecordDb {
         after: Option<[u8; 32]>,
         limit: usize,
         mut keep: impl FnMut(&[u8]) -> bool,
-    ) -> Result<Vec<([u8; 32], Vec<u8>)>, redb::Error> {
+    ) -> Result<Vec<StoredRecord>, redb::Error> {
         let table = self.db.begin_read()?.open_table(RECORDS)?;
         let start = match &after {
             Some(id) => Bound::Excluded(id),

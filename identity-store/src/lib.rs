@@ -2,5 +2,6 @@
 //! persisted in `$DATA/identities.redb`, and pushed to watchers as IdentityUpdated.
 
 pub mod check;
+pub mod client;
 pub mod db;
 pub mod server;

@@ -110,7 +110,7 @@ async fn pump(
     // The engine stopped answering: the failed delivery, those behind it, and the queue are lost.
     pending.close();
     while let Some(answer) = in_flight.next().await {
-        lost += answer.map_or_else(|(_, carried)| carried, |carried| carried);
+        lost += answer.unwrap_or_else(|(_, carried)| carried);
     }
     while pending.recv().await.is_some() {
         lost += 1;

@@ -214,28 +214,15 @@ impl RouterState {
 
     async fn engines_recorded_for(&self, store: &netmachine_schema::identity_store_capnp::identity_store::Client, node: Identity) -> capnp::Result<Vec<Identity>> {
         let mut found = Vec::new();
-        let mut after: Option<Identity> = None;
-        loop {
-            let mut request = store.list_request();
-            request.get().set_kind(RecordKind::Engine);
-            request.get().set_limit(1000);
-            if let Some(after) = after {
-                request.get().set_after(&after.0);
-            }
-            let answer = request.send().promise.await?;
-            let entries = answer.get()?.get_entries()?;
-            for entry in entries.iter() {
-                let id = Identity::from_slice("id", entry.get_id()?).map_err(|e| capnp::Error::failed(e.to_string()))?;
-                if let identity_record::Engine(engine) = entry.get_record()?.which()? {
-                    if engine?.get_node()? == node.0 {
-                        found.push(id);
-                    }
+        netmachine_identity_store::client::for_each_record(store, RecordKind::Engine, |id, record| {
+            if let identity_record::Engine(engine) = record.which()? {
+                if engine?.get_node()? == node.0 {
+                    found.push(id);
                 }
-                after = Some(id);
             }
-            if entries.len() < 1000 {
-                return Ok(found);
-            }
-        }
+            Ok(())
+        })
+        .await?;
+        Ok(found)
     }
 }

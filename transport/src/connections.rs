@@ -377,14 +377,14 @@ impl Transport {
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("no hello in time".to_string()),
         };
-        let decision = hello.and_then(|hello| {
+        let decision = hello.map(|hello| {
             let version = handshake::negotiate(hello.version_min, hello.version_max).ok_or_else(|| {
                 format!(
                     "no common protocol version: peer speaks {}..={}, this node {}..={}",
                     hello.version_min, hello.version_max, handshake::VERSION_MIN, handshake::VERSION_MAX
                 )
             });
-            Ok((hello, version))
+            (hello, version)
         });
         let (hello, version) = match decision {
             Ok((hello, Ok(version))) => (hello, version),

@@ -123,27 +123,13 @@ pub fn on_identity_store_connect(transport: Weak<Transport>) -> impl Fn(identity
         Box::pin(async move {
             let transport = transport.upgrade().ok_or_else(|| capnp::Error::failed("stopping".into()))?;
             let mut loaded = Vec::new();
-            let mut after: Option<Identity> = None;
-            loop {
-                let mut request = store.list_request();
-                request.get().set_kind(RecordKind::Node);
-                request.get().set_limit(1000);
-                if let Some(after) = after {
-                    request.get().set_after(&after.0);
+            netmachine_identity_store::client::for_each_record(&store, RecordKind::Node, |id, record| {
+                if let identity_record::Node(node) = record.which()? {
+                    loaded.push((id, PeerInfo::from_record(node?)?));
                 }
-                let answer = request.send().promise.await?;
-                let entries = answer.get()?.get_entries()?;
-                for entry in entries.iter() {
-                    let id = Identity::from_slice("id", entry.get_id()?).map_err(|e| capnp::Error::failed(e.to_string()))?;
-                    if let identity_record::Node(node) = entry.get_record()?.which()? {
-                        loaded.push((id, PeerInfo::from_record(node?)?));
-                    }
-                    after = Some(id);
-                }
-                if entries.len() < 1000 {
-                    break;
-                }
-            }
+                Ok(())
+            })
+            .await?;
             {
                 let mut book = transport.book.borrow_mut();
                 book.clear();
