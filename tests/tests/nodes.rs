@@ -132,6 +132,66 @@ fn a_node_not_in_the_identity_store_is_refused_with_a_reason() {
 }
 
 #[test]
+fn a_public_node_admits_strangers_whose_messages_reach_only_public_engines() {
+    let public = Node::up_with(&["transport.public=true"]);
+    let stranger = Node::up();
+    // Only the stranger knows the public node; the public node knows nothing of it.
+    assert!(stranger.add_peer(&public, &[]).status.success());
+    let connected = stranger.cli(&["connect", &public.id()]);
+    assert!(connected.status.success(), "{connected:?}");
+    let peers: serde_json::Value = serde_json::from_slice(&public.cli(&["peers", "--json"]).stdout).unwrap();
+    assert_eq!(peers[0]["node"], stranger.id());
+    assert_eq!(peers[0]["public"], true);
+    with_rpc(async {
+        let open = attach_engine(&public, |o| o.public = true).await;
+        let private = attach_engine(&public, |_| {}).await;
+        let sender = attach_engine(&stranger, |_| {}).await;
+        let mut delivered = false;
+        for _ in 0..100 {
+            if sender.send(open.identity(), b"hello public".to_vec()).await.is_ok() {
+                delivered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(delivered, "the public engine never became routable");
+        let message = tokio::time::timeout(WAIT, open.recv()).await.expect("in time").expect("message");
+        assert_eq!(message.body, b"hello public");
+        let before = public.router_counter("dropped_no_route");
+        sender.send(private.identity(), b"let me in".to_vec()).await.expect("accepted by the stranger's node");
+        wait_until("the public node refuses the private delivery", WAIT, || public.router_counter("dropped_no_route") > before);
+        assert!(tokio::time::timeout(Duration::from_millis(300), private.recv()).await.is_err(), "a private engine got a public message");
+    });
+}
+
+#[test]
+fn a_node_that_requires_engine_signatures_drops_unsigned_messages() {
+    let strict = Node::up_with(&["router.require_engine_signatures=true"]);
+    let other = Node::up();
+    link(&strict, &other);
+    with_rpc(async {
+        let receiver = attach_engine(&strict, |_| {}).await;
+        let signing = attach_engine(&other, |o| o.sign_messages = true).await;
+        let unsigned = attach_engine(&other, |_| {}).await;
+        let mut delivered = false;
+        for _ in 0..100 {
+            if signing.send(receiver.identity(), b"signed".to_vec()).await.is_ok() {
+                delivered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(delivered, "the receiver never became routable");
+        let message = tokio::time::timeout(WAIT, receiver.recv()).await.expect("in time").expect("message");
+        assert_eq!(message.body, b"signed");
+        assert!(message.sig.is_some());
+        unsigned.send(receiver.identity(), b"unsigned".to_vec()).await.expect("accepted by its own node");
+        wait_until("the unsigned message is dropped", WAIT, || strict.router_counter("dropped_bad_signature") >= 1);
+        assert!(tokio::time::timeout(Duration::from_millis(300), receiver.recv()).await.is_err());
+    });
+}
+
+#[test]
 fn a_banned_node_is_refused() {
     let a = Node::up();
     let banned = Node::up();

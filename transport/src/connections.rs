@@ -107,6 +107,8 @@ pub struct Transport {
     pub events: Rc<Fanout<transport_events::Client>>,
     pub stats: Rc<ConnectionStats>,
     pub counters: Counters,
+    /// Round-trip times last measured to each address dialed, for choosing among addresses.
+    rtts: RefCell<HashMap<SocketAddr, Duration>>,
 }
 
 impl Transport {
@@ -141,6 +143,7 @@ impl Transport {
             events: Fanout::new("transport events", crate::events::MAX_SUBSCRIBERS),
             stats,
             counters: Counters::default(),
+            rtts: RefCell::new(HashMap::new()),
         }))
     }
 
@@ -316,7 +319,8 @@ impl Transport {
                 Some(_) => {}
             }
             let families: Vec<bool> = self.local_addrs().iter().map(SocketAddr::is_ipv4).collect();
-            book.dial_order(&node, |a| families.contains(&a.is_ipv4()), |_| None)
+            let rtts = self.rtts.borrow();
+            book.dial_order(&node, |a| families.contains(&a.is_ipv4()), |a| rtts.get(a).copied())
         };
         let Some(addr) = order.first().copied() else {
             return Err(format!("node {node}'s advert has no address this node can reach"));
