@@ -10,7 +10,7 @@
 //! # async fn example() -> Result<(), netmachine_engine::EngineError> {
 //! use netmachine_engine::{Engine, EngineOptions, Keypair};
 //! let engine = Engine::attach(EngineOptions::new("/home/me/.netmachine/run/router.sock", Keypair::generate())).await?;
-//! let peer = "1f...".parse().expect("a peer identity");
+//! let peer: netmachine_engine::Identity = "1f...".parse().expect("a peer identity");
 //! engine.send(peer, b"hello".to_vec()).await?;
 //! let answer = engine.request(peer, b"ping".to_vec(), std::time::Duration::from_secs(1)).await?;
 //! # Ok(()) }
@@ -18,6 +18,7 @@
 
 mod connection;
 mod error;
+pub mod ring;
 
 pub use error::EngineError;
 pub use netmachine_schema::router_capnp::SendRefusal;

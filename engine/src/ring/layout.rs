@@ -1,0 +1,144 @@
+//! Every offset and constant of the ring segment and the doorbell (RING.md, layout version 1).
+
+/// `NMRING\0\0`, little-endian.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"NMRING\0\0");
+/// `NMBELL\0\0`, little-endian.
+pub const DOORBELL_MAGIC: u64 = u64::from_le_bytes(*b"NMBELL\0\0");
+pub const VERSION: u32 = 1;
+pub const HEADER_SIZE: usize = 4096;
+pub const DOORBELL_SIZE: usize = 4096;
+/// The smallest ring capacity, in bytes.
+pub const MIN_CAPACITY: usize = 4096;
+
+pub const MAGIC_AT: usize = 0;
+pub const VERSION_AT: usize = 8;
+pub const HEADER_SIZE_AT: usize = 12;
+pub const CAPACITY_AT: usize = 16;
+pub const ENGINE_AT: usize = 24;
+pub const ROUTER_PID_AT: usize = 56;
+pub const ENGINE_PID_AT: usize = 60;
+pub const OUTBOX_TAIL_AT: usize = 256;
+pub const OUTBOX_HEAD_AT: usize = 384;
+pub const OUTBOX_PRODUCER_WAITING_AT: usize = 512;
+pub const INBOX_TAIL_AT: usize = 768;
+pub const INBOX_HEAD_AT: usize = 896;
+pub const INBOX_CONSUMER_SLEEPING_AT: usize = 1024;
+pub const INBOX_PRODUCER_WAITING_AT: usize = 1152;
+
+pub const DOORBELL_ROUTER_SLEEPING_AT: usize = 128;
+pub const DOORBELL_RINGS_AT: usize = 256;
+
+/// A record's header: length (u32) and kind (u32).
+pub const RECORD_HEADER: usize = 8;
+
+/// What a record holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Kind {
+    /// A Cap'n Proto EngineMessage.
+    Message = 1,
+    /// Space to skip up to the end of the data area.
+    Padding = 2,
+    /// The router could not route a message the engine wrote (inbox only).
+    Refusal = 3,
+}
+
+impl Kind {
+    pub fn from_u32(kind: u32) -> Option<Kind> {
+        match kind {
+            1 => Some(Kind::Message),
+            2 => Some(Kind::Padding),
+            3 => Some(Kind::Refusal),
+            _ => None,
+        }
+    }
+}
+
+/// Bytes a record with a `length`-byte body takes in the ring.
+pub fn record_size(length: usize) -> usize {
+    RECORD_HEADER + length.div_ceil(8) * 8
+}
+
+/// Bytes of a segment whose rings hold `capacity` bytes each.
+pub fn segment_size(capacity: usize) -> usize {
+    HEADER_SIZE + 2 * capacity
+}
+
+/// Where a ring's data starts.
+pub fn outbox_data_at() -> usize {
+    HEADER_SIZE
+}
+
+pub fn inbox_data_at(capacity: usize) -> usize {
+    HEADER_SIZE + capacity
+}
+
+/// Whether `capacity` is a valid ring capacity.
+pub fn valid_capacity(capacity: usize) -> bool {
+    capacity >= MIN_CAPACITY && capacity.is_power_of_two() && capacity <= 1 << 30
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The constants here and the tables in RING.md must agree.
+    #[test]
+    fn the_layout_matches_ring_md() {
+        let doc = include_str!("../../RING.md");
+        let rows = [
+            (MAGIC_AT, "magic `0x0000_474e_4952_4d4e`"),
+            (VERSION_AT, "layout version, `1`"),
+            (HEADER_SIZE_AT, "header size, `4096`"),
+            (CAPACITY_AT, "capacity of each ring"),
+            (ENGINE_AT, "the engine identity"),
+            (ROUTER_PID_AT, "the router's process id"),
+            (ENGINE_PID_AT, "the engine's process id"),
+            (OUTBOX_TAIL_AT, "outbox `tail`"),
+            (OUTBOX_HEAD_AT, "outbox `head`"),
+            (OUTBOX_PRODUCER_WAITING_AT, "outbox `producer_waiting`"),
+            (INBOX_TAIL_AT, "inbox `tail`"),
+            (INBOX_HEAD_AT, "inbox `head`"),
+            (INBOX_CONSUMER_SLEEPING_AT, "inbox `consumer_sleeping`"),
+            (INBOX_PRODUCER_WAITING_AT, "inbox `producer_waiting`"),
+            (DOORBELL_ROUTER_SLEEPING_AT, "`router_sleeping`"),
+            (DOORBELL_RINGS_AT, "`rings`"),
+        ];
+        for (offset, field) in rows {
+            let line = doc.lines().map(str::trim_start).find(|l| l.starts_with(&format!("| {offset} |")) && l.contains(field));
+            assert!(line.is_some(), "RING.md has no row `| {offset} | ... {field}`");
+        }
+        assert_eq!(MAGIC, 0x0000_474e_4952_4d4e);
+        assert_eq!(DOORBELL_MAGIC, 0x0000_4c4c_4542_4d4e);
+        assert!(doc.contains("# The netmachine ring, layout version 1"));
+        for kind in [Kind::Message, Kind::Padding, Kind::Refusal] {
+            assert!(doc.contains(&format!("- `{}` ", kind as u32)), "RING.md does not describe kind {kind:?}");
+        }
+    }
+
+    #[test]
+    fn every_control_word_has_a_cache_line_pair_of_its_own() {
+        let words = [
+            OUTBOX_TAIL_AT,
+            OUTBOX_HEAD_AT,
+            OUTBOX_PRODUCER_WAITING_AT,
+            INBOX_TAIL_AT,
+            INBOX_HEAD_AT,
+            INBOX_CONSUMER_SLEEPING_AT,
+            INBOX_PRODUCER_WAITING_AT,
+        ];
+        for pair in words.windows(2) {
+            assert!(pair[1] - pair[0] >= 128 && pair[0] % 128 == 0);
+        }
+        assert!(*words.last().unwrap() + 128 <= HEADER_SIZE);
+    }
+
+    #[test]
+    fn records_are_padded_to_eight_bytes() {
+        assert_eq!(record_size(0), 8);
+        assert_eq!(record_size(1), 16);
+        assert_eq!(record_size(8), 16);
+        assert_eq!(record_size(9), 24);
+        assert!(valid_capacity(4096) && !valid_capacity(4095) && !valid_capacity(6000));
+    }
+}

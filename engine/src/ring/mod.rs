@@ -1,0 +1,13 @@
+//! The shared-memory fast path between an engine and its router: two single-producer,
+//! single-consumer byte rings in one segment, and the futex doorbells that let either side
+//! sleep without the other paying a system call per message. `engine/RING.md` is the
+//! language-neutral contract this module implements.
+
+pub mod futex;
+pub mod layout;
+pub mod segment;
+pub mod spsc;
+pub mod wait;
+
+pub use segment::{Doorbell, RingSegment, SegmentError};
+pub use spsc::{Consumer, Corrupt, Full, Producer, Record};

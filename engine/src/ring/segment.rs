@@ -1,0 +1,313 @@
+//! The shared-memory objects of the fast path: one ring segment per attached engine, and the
+//! router's doorbell (RING.md, "The segment" and "Waking"). POSIX shared memory, mode 0600.
+
+use super::layout::*;
+use super::spsc::{Consumer, Producer, RingMemory};
+use netmachine_schema::Identity;
+use nix::fcntl::OFlag;
+use nix::sys::mman::{mmap, munmap, shm_open, shm_unlink, MapFlags, ProtFlags};
+use nix::sys::stat::Mode;
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Why a segment could not be made or used.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    #[error("shared memory {name}: {source}")]
+    System { name: String, source: nix::Error },
+    #[error("shared memory {name} is not a netmachine ring: {problem}")]
+    Invalid { name: String, problem: String },
+}
+
+/// A mapping of a whole shared-memory object, unmapped on drop.
+struct Mapping {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory; all concurrent access goes through atomics or the
+// ring protocol.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn open(name: &str, create_len: Option<usize>) -> Result<Mapping, SegmentError> {
+        let system = |source| SegmentError::System { name: name.to_string(), source };
+        let flags = match create_len {
+            Some(_) => OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL,
+            None => OFlag::O_RDWR,
+        };
+        let fd = shm_open(name, flags, Mode::S_IRUSR | Mode::S_IWUSR).map_err(system)?;
+        let len = match create_len {
+            Some(len) => {
+                nix::unistd::ftruncate(&fd, len as i64).map_err(system)?;
+                len
+            }
+            None => nix::sys::stat::fstat(&fd).map_err(system)?.st_size as usize,
+        };
+        let length = NonZeroUsize::new(len).ok_or_else(|| SegmentError::Invalid {
+            name: name.to_string(),
+            problem: "it is empty".into(),
+        })?;
+        // SAFETY: a fresh shared mapping of the whole object; nothing else in this process
+        // refers to that address range.
+        let base = unsafe { mmap(None, length, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, &fd, 0) }
+            .map_err(system)?;
+        Ok(Mapping { base: base.cast(), len })
+    }
+
+    fn u32_at(&self, at: usize) -> &AtomicU32 {
+        assert!(at + 4 <= self.len && at % 4 == 0);
+        // SAFETY: in bounds and aligned (checked); the mapping lives as long as `self`.
+        unsafe { &*(self.base.as_ptr().add(at) as *const AtomicU32) }
+    }
+
+    fn u64_at(&self, at: usize) -> &AtomicU64 {
+        assert!(at + 8 <= self.len && at % 8 == 0);
+        // SAFETY: as for `u32_at`.
+        unsafe { &*(self.base.as_ptr().add(at) as *const AtomicU64) }
+    }
+
+    fn bytes(&self, at: usize, len: usize) -> &[u8] {
+        assert!(at + len <= self.len);
+        // SAFETY: in bounds; these header bytes are written once, before the other side maps.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(at), len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `open` mapped; no reference into it outlives `self`.
+        let _ = unsafe { munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// One engine's pair of rings.
+pub struct RingSegment {
+    mapping: Mapping,
+    pub name: String,
+    pub capacity: usize,
+}
+
+impl RingSegment {
+    /// The segment's name for `engine` attached to `node`.
+    pub fn name_for(node: &Identity, engine: &Identity) -> String {
+        format!("/netmachine-{}-{engine}", &node.to_string()[..16])
+    }
+
+    /// Creates the segment (the router does), empty, for `engine`.
+    pub fn create(name: &str, engine: &Identity, capacity: usize) -> Result<RingSegment, SegmentError> {
+        if !valid_capacity(capacity) {
+            return Err(SegmentError::Invalid { name: name.into(), problem: format!("capacity {capacity} is not a power of two >= 4096") });
+        }
+        let mapping = Mapping::open(name, Some(segment_size(capacity)))?;
+        // SAFETY: the object was just created (O_EXCL) and is not yet known to anyone else.
+        unsafe {
+            let base = mapping.base.as_ptr();
+            std::ptr::copy_nonoverlapping(engine.0.as_ptr(), base.add(ENGINE_AT), 32);
+        }
+        mapping.u64_at(CAPACITY_AT).store(capacity as u64, Ordering::Relaxed);
+        mapping.u32_at(HEADER_SIZE_AT).store(HEADER_SIZE as u32, Ordering::Relaxed);
+        mapping.u32_at(VERSION_AT).store(VERSION, Ordering::Relaxed);
+        mapping.u32_at(ROUTER_PID_AT).store(std::process::id(), Ordering::Relaxed);
+        mapping.u64_at(MAGIC_AT).store(MAGIC, Ordering::Release);
+        Ok(RingSegment { mapping, name: name.to_string(), capacity })
+    }
+
+    /// Opens an existing segment, checking its header (and that it is `engine`'s, if given).
+    pub fn open(name: &str, engine: Option<&Identity>) -> Result<RingSegment, SegmentError> {
+        let mapping = Mapping::open(name, None)?;
+        let invalid = |problem: String| SegmentError::Invalid { name: name.to_string(), problem };
+        if mapping.len < HEADER_SIZE {
+            return Err(invalid(format!("{} bytes is smaller than the header", mapping.len)));
+        }
+        if mapping.u64_at(MAGIC_AT).load(Ordering::Acquire) != MAGIC {
+            return Err(invalid("bad magic".into()));
+        }
+        let version = mapping.u32_at(VERSION_AT).load(Ordering::Relaxed);
+        if version != VERSION {
+            return Err(invalid(format!("layout version {version}, this side speaks {VERSION}")));
+        }
+        let header = mapping.u32_at(HEADER_SIZE_AT).load(Ordering::Relaxed) as usize;
+        let capacity = mapping.u64_at(CAPACITY_AT).load(Ordering::Relaxed) as usize;
+        if header != HEADER_SIZE || !valid_capacity(capacity) || mapping.len != segment_size(capacity) {
+            return Err(invalid(format!("header size {header}, capacity {capacity} and {} bytes do not agree", mapping.len)));
+        }
+        let segment = RingSegment { mapping, name: name.to_string(), capacity };
+        if let Some(engine) = engine {
+            if segment.engine() != *engine {
+                return Err(invalid(format!("it belongs to engine {}, not {engine}", segment.engine())));
+            }
+        }
+        Ok(segment)
+    }
+
+    /// Removes the segment's name; mappings stay valid until dropped.
+    pub fn unlink(name: &str) -> Result<(), SegmentError> {
+        shm_unlink(name).map_err(|source| SegmentError::System { name: name.to_string(), source })
+    }
+
+    pub fn engine(&self) -> Identity {
+        Identity(self.mapping.bytes(ENGINE_AT, 32).try_into().expect("32 bytes"))
+    }
+
+    pub fn engine_pid(&self) -> u32 {
+        self.mapping.u32_at(ENGINE_PID_AT).load(Ordering::Relaxed)
+    }
+
+    pub fn set_engine_pid(&self, pid: u32) {
+        self.mapping.u32_at(ENGINE_PID_AT).store(pid, Ordering::Relaxed);
+    }
+
+    pub fn set_router_pid(&self, pid: u32) {
+        self.mapping.u32_at(ROUTER_PID_AT).store(pid, Ordering::Relaxed);
+    }
+
+    fn ring(&self, data_at: usize, head_at: usize, tail_at: usize) -> RingMemory {
+        let base = self.mapping.base.as_ptr();
+        // SAFETY: the header was checked (or written) to describe this mapping: both data areas
+        // and counters lie within it, aligned; the ring protocol allows one producer and one
+        // consumer per ring, which `engine_side`/`router_side` hand out to the two processes.
+        unsafe {
+            RingMemory::new(base.add(data_at), self.capacity, base.add(head_at) as *mut u64, base.add(tail_at) as *mut u64)
+        }
+    }
+
+    /// The engine's ends: it produces into the outbox and consumes the inbox.
+    pub fn engine_side(&self) -> (Producer, Consumer) {
+        (
+            Producer::new(self.ring(outbox_data_at(), OUTBOX_HEAD_AT, OUTBOX_TAIL_AT)),
+            Consumer::new(self.ring(inbox_data_at(self.capacity), INBOX_HEAD_AT, INBOX_TAIL_AT)),
+        )
+    }
+
+    /// The router's ends: it consumes the outbox and produces into the inbox.
+    pub fn router_side(&self) -> (Consumer, Producer) {
+        (
+            Consumer::new(self.ring(outbox_data_at(), OUTBOX_HEAD_AT, OUTBOX_TAIL_AT)),
+            Producer::new(self.ring(inbox_data_at(self.capacity), INBOX_HEAD_AT, INBOX_TAIL_AT)),
+        )
+    }
+
+    /// A futex word of the header (`*_WAITING_AT` or `*_SLEEPING_AT`).
+    pub fn word(&self, at: usize) -> &AtomicU32 {
+        self.mapping.u32_at(at)
+    }
+}
+
+/// The router's doorbell: engines ring it after writing to an outbox while the router sleeps.
+pub struct Doorbell {
+    mapping: Mapping,
+    pub name: String,
+}
+
+impl Doorbell {
+    pub fn name_for(node: &Identity) -> String {
+        format!("/netmachine-{}-doorbell", &node.to_string()[..16])
+    }
+
+    /// Opens the doorbell, creating it if it does not exist (the router does).
+    pub fn open_or_create(name: &str) -> Result<Doorbell, SegmentError> {
+        match Mapping::open(name, Some(DOORBELL_SIZE)) {
+            Ok(mapping) => {
+                mapping.u32_at(VERSION_AT).store(VERSION, Ordering::Relaxed);
+                mapping.u64_at(MAGIC_AT).store(DOORBELL_MAGIC, Ordering::Release);
+                Ok(Doorbell { mapping, name: name.to_string() })
+            }
+            Err(SegmentError::System { source: nix::Error::EEXIST, .. }) => Doorbell::open(name),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens an existing doorbell (engines do).
+    pub fn open(name: &str) -> Result<Doorbell, SegmentError> {
+        let mapping = Mapping::open(name, None)?;
+        if mapping.len < DOORBELL_SIZE || mapping.u64_at(MAGIC_AT).load(Ordering::Acquire) != DOORBELL_MAGIC {
+            return Err(SegmentError::Invalid { name: name.to_string(), problem: "not a netmachine doorbell".into() });
+        }
+        Ok(Doorbell { mapping, name: name.to_string() })
+    }
+
+    pub fn router_sleeping(&self) -> &AtomicU32 {
+        self.mapping.u32_at(DOORBELL_ROUTER_SLEEPING_AT)
+    }
+
+    pub fn rings(&self) -> &AtomicU32 {
+        self.mapping.u32_at(DOORBELL_RINGS_AT)
+    }
+
+    /// An engine, after writing to its outbox: rings if the router sleeps.
+    pub fn ring(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.router_sleeping().load(Ordering::Relaxed) == 1 {
+            self.rings().fetch_add(1, Ordering::SeqCst);
+            super::futex::wake(self.rings(), 1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netmachine_schema::Keypair;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_created_segment_is_private_opens_checked_and_carries_records() {
+        let (node, engine) = (Keypair::generate().identity(), Keypair::generate().identity());
+        let name = RingSegment::name_for(&node, &engine);
+        let created = RingSegment::create(&name, &engine, 8192).unwrap();
+        let file = format!("/dev/shm{name}");
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(matches!(RingSegment::create(&name, &engine, 8192), Err(SegmentError::System { .. })));
+
+        let opened = RingSegment::open(&name, Some(&engine)).unwrap();
+        assert_eq!((opened.capacity, opened.engine()), (8192, engine));
+        let stranger = Keypair::generate().identity();
+        assert!(matches!(RingSegment::open(&name, Some(&stranger)), Err(SegmentError::Invalid { .. })));
+
+        // The engine writes through its mapping; the router reads through its own.
+        let (mut outbox, _) = opened.engine_side();
+        outbox.try_write(Kind::Message, 5, |b| b.copy_from_slice(b"hello")).unwrap();
+        let (mut from_engine, mut inbox) = created.router_side();
+        assert_eq!(from_engine.peek().unwrap().unwrap().body, b"hello");
+        from_engine.consume();
+        inbox.try_write(Kind::Message, 3, |b| b.copy_from_slice(b"hey")).unwrap();
+        let (_, mut engine_inbox) = opened.engine_side();
+        assert_eq!(engine_inbox.peek().unwrap().unwrap().body, b"hey");
+
+        RingSegment::unlink(&name).unwrap();
+        assert!(!std::path::Path::new(&file).exists());
+        assert!(RingSegment::open(&name, None).is_err());
+    }
+
+    #[test]
+    fn a_segment_with_a_damaged_header_is_refused() {
+        let engine = Keypair::generate().identity();
+        let name = RingSegment::name_for(&Keypair::generate().identity(), &engine);
+        let created = RingSegment::create(&name, &engine, 4096).unwrap();
+        created.mapping.u32_at(VERSION_AT).store(99, Ordering::Relaxed);
+        let err = RingSegment::open(&name, None).err().unwrap().to_string();
+        assert!(err.contains("layout version 99"), "{err}");
+        created.mapping.u64_at(MAGIC_AT).store(0, Ordering::Relaxed);
+        assert!(RingSegment::open(&name, None).err().unwrap().to_string().contains("bad magic"));
+        RingSegment::unlink(&name).unwrap();
+    }
+
+    #[test]
+    fn the_doorbell_is_shared_by_name() {
+        let name = Doorbell::name_for(&Keypair::generate().identity());
+        let router = Doorbell::open_or_create(&name).unwrap();
+        let engine = Doorbell::open(&name).unwrap();
+        engine.ring();
+        assert_eq!(router.rings().load(Ordering::SeqCst), 0, "no ring while the router is awake");
+        router.router_sleeping().store(1, Ordering::SeqCst);
+        engine.ring();
+        assert_eq!(router.rings().load(Ordering::SeqCst), 1);
+        let again = Doorbell::open_or_create(&name).unwrap();
+        assert_eq!(again.rings().load(Ordering::SeqCst), 1, "reopening keeps the doorbell");
+        RingSegment::unlink(&name).unwrap();
+    }
+}
