@@ -21,7 +21,19 @@ interface Router extends(Svc.Service) {
 
 interface Attachment {
   # `public`: messages from nodes connected under the public network rules may reach this engine.
-  prove @0 (signature :Id.Signature, inbox :Inbox, public :Bool) -> (session :EngineSession, limits :AttachLimits);
+  # `ring`: the engine asks for the shared-memory rings (engine/RING.md); `inbox` is still
+  # needed, for the socket path when the ring is not granted.
+  prove @0 (signature :Id.Signature, inbox :Inbox, public :Bool, ring :Bool)
+      -> (session :EngineSession, limits :AttachLimits, ring :RingGrant);
+}
+
+# The shared-memory rings, when granted (engine/RING.md).
+struct RingGrant {
+  granted @0 :Bool;
+  segment @1 :Text;          # the shared-memory object's name, e.g. /netmachine-<node>-<engine>
+  doorbell @2 :Text;         # the router's doorbell
+  capacity @3 :UInt32;       # bytes per ring
+  reason @4 :Text;           # why not granted
 }
 
 struct AttachLimits {

@@ -2,6 +2,8 @@
 //! again after the router restarts), turning commands into RPC calls in order, and taking the
 //! router's deliveries, which either answer a waiting request or go to the engine's inbox.
 
+use crate::fast_path::EngineRing;
+use crate::ring::records::Refusal;
 use crate::{EngineError, EngineOptions};
 use netmachine_schema::router_capnp::{engine_session, inbox, router};
 use netmachine_schema::{signing, Destination, EngineMessage, Identity};
@@ -31,16 +33,47 @@ pub(crate) struct AttachLimits {
     pub max_message_bytes: usize,
 }
 
-type ReplyWaiter = (Identity, oneshot::Sender<EngineMessage>);
+type ReplyWaiter = (Identity, oneshot::Sender<Result<EngineMessage, EngineError>>);
 
-/// State both the caller's side and the engine thread use: requests awaiting their replies.
+/// State the caller's side, the engine thread and the ring reader share: requests awaiting
+/// their replies, the rings when granted, refusals counted.
 #[derive(Default)]
 pub(crate) struct Shared {
     replies: std::sync::Mutex<HashMap<u64, ReplyWaiter>>,
+    pub ring: std::sync::RwLock<Option<Arc<EngineRing>>>,
+    pub refusals: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
-    pub fn expect_reply(&self, id: u64, from: Identity) -> Result<oneshot::Receiver<EngineMessage>, EngineError> {
+    /// The rings, when this engine has them.
+    pub fn ring(&self) -> Option<Arc<EngineRing>> {
+        self.ring.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Hands `message` to the request it answers; gives it back if it answers none.
+    pub fn route_reply(&self, message: EngineMessage) -> Option<EngineMessage> {
+        match self.take_reply(&message) {
+            Some(waiter) => {
+                let _ = waiter.send(Ok(message));
+                None
+            }
+            None => Some(message),
+        }
+    }
+
+    /// A message this engine wrote to its ring was refused by the router.
+    pub fn refused(&self, refusal: Refusal) {
+        self.refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let waiter = self.replies.lock().unwrap_or_else(|e| e.into_inner()).remove(&refusal.id);
+        match waiter {
+            Some((_, waiter)) => {
+                let _ = waiter.send(Err(EngineError::Refused { reason: refusal.reason, detail: refusal.detail }));
+            }
+            None => tracing::info!(id = refusal.id, reason = ?refusal.reason, detail = %refusal.detail, "the router refused a message"),
+        }
+    }
+
+    pub fn expect_reply(&self, id: u64, from: Identity) -> Result<oneshot::Receiver<Result<EngineMessage, EngineError>>, EngineError> {
         let mut replies = self.replies.lock().unwrap_or_else(|e| e.into_inner());
         if replies.len() >= MAX_PENDING_REPLIES {
             return Err(EngineError::TooManyRequests(MAX_PENDING_REPLIES));
@@ -54,7 +87,10 @@ impl Shared {
         self.replies.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     }
 
-    fn take_reply(&self, message: &EngineMessage) -> Option<oneshot::Sender<EngineMessage>> {
+    fn take_reply(&self, message: &EngineMessage) -> Option<oneshot::Sender<Result<EngineMessage, EngineError>>> {
+        if !matches!(message.dst, Destination::Engine(_)) {
+            return None;
+        }
         let id = message.reply_to?;
         let mut replies = self.replies.lock().unwrap_or_else(|e| e.into_inner());
         match replies.get(&id) {
@@ -68,7 +104,7 @@ pub(crate) type Started = (
     mpsc::Sender<Command>,
     mpsc::Receiver<EngineMessage>,
     Arc<Shared>,
-    oneshot::Receiver<Result<AttachLimits, EngineError>>,
+    oneshot::Receiver<Result<(AttachLimits, tokio::runtime::Handle), EngineError>>,
 );
 
 /// Starts the engine thread; the last value resolves once the first attach succeeded or failed.
@@ -100,7 +136,7 @@ async fn run(
     mut commands: mpsc::Receiver<Command>,
     incoming: mpsc::Sender<EngineMessage>,
     shared: Arc<Shared>,
-    attached: oneshot::Sender<Result<AttachLimits, EngineError>>,
+    attached: oneshot::Sender<Result<(AttachLimits, tokio::runtime::Handle), EngineError>>,
 ) {
     let (session_tx, mut session) = watch::channel::<Option<engine_session::Client>>(None);
     let attacher = tokio::task::spawn_local(keep_attached(options, incoming, shared, attached, session_tx));
@@ -207,12 +243,12 @@ async fn keep_attached(
     options: EngineOptions,
     incoming: mpsc::Sender<EngineMessage>,
     shared: Arc<Shared>,
-    attached: oneshot::Sender<Result<AttachLimits, EngineError>>,
+    attached: oneshot::Sender<Result<(AttachLimits, tokio::runtime::Handle), EngineError>>,
     session: watch::Sender<Option<engine_session::Client>>,
 ) {
     let (mut current, mut driver) = match attach_once(&options, &incoming, &shared).await {
         Ok((current, driver, limits)) => {
-            let _ = attached.send(Ok(limits));
+            let _ = attached.send(Ok((limits, tokio::runtime::Handle::current())));
             (current, driver)
         }
         Err(error) => {
@@ -245,7 +281,21 @@ async fn keep_attached(
 
 type Attached = (engine_session::Client, tokio::task::JoinHandle<Result<(), capnp::Error>>, AttachLimits);
 
+/// Attaches, over the rings if asked and possible, else (or if the granted rings cannot be
+/// mapped, as from another container without shared IPC) over the socket.
 async fn attach_once(options: &EngineOptions, incoming: &mpsc::Sender<EngineMessage>, shared: &Arc<Shared>) -> Result<Attached, EngineError> {
+    match attach_with(options, incoming, shared, options.ring).await? {
+        Ok(attached) => Ok(attached),
+        Err(reason) => {
+            tracing::warn!(%reason, "the granted rings cannot be used; falling back to the socket path");
+            attach_with(options, incoming, shared, false).await?.map_err(EngineError::AttachRefused)
+        }
+    }
+}
+
+/// One attach; the inner error says the rings were granted but could not be mapped (the
+/// attachment was undone).
+async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<EngineMessage>, shared: &Arc<Shared>, ring: bool) -> Result<Result<Attached, String>, EngineError> {
     let (router, driver) = rpc::connect::<router::Client>(&options.socket, WORD_LIMIT)
         .await
         .map_err(|source| EngineError::RouterUnreachable { socket: options.socket.clone(), source })?;
@@ -259,12 +309,42 @@ async fn attach_once(options: &EngineOptions, incoming: &mpsc::Sender<EngineMess
     let mut prove = answer.get_attachment()?.prove_request();
     prove.get().set_signature(&options.keypair.sign(&payload));
     prove.get().set_public(options.public);
+    prove.get().set_ring(ring);
     prove.get().set_inbox(capnp_rpc::new_client(InboxServer { incoming: incoming.clone(), shared: shared.clone() }));
     let proven = prove.send().promise.await.map_err(|e| EngineError::AttachRefused(e.extra.clone()))?;
     let proven = proven.get()?;
     let limits = proven.get_limits()?;
     let limits = AttachLimits { node, max_message_bytes: limits.get_max_message_bytes() as usize };
-    Ok((proven.get_session()?, driver, limits))
+    let grant = proven.get_ring()?;
+    let session = proven.get_session()?;
+    if grant.get_granted() {
+        let name = grant.get_segment()?.to_string().map_err(|e| EngineError::Rpc(e.to_string()))?;
+        let current = shared.ring();
+        // After a router restart the new router adopts the same segment: keep the mapping.
+        if current.as_ref().is_none_or(|ring| ring.segment.name != name) {
+            let doorbell = grant.get_doorbell()?.to_string().map_err(|e| EngineError::Rpc(e.to_string()))?;
+            match EngineRing::open(engine, &name, &doorbell, options.wait, shared.clone(), incoming.clone()) {
+                Ok(ring) => {
+                    if let Some(old) = shared.ring.write().unwrap_or_else(|p| p.into_inner()).replace(ring) {
+                        old.stop();
+                    }
+                }
+                Err(error) => {
+                    let _ = session.detach_request().send().promise.await;
+                    return Ok(Err(format!("cannot map {name}: {error}")));
+                }
+            }
+        }
+    } else {
+        if ring {
+            let reason = grant.get_reason()?.to_string().unwrap_or_default();
+            tracing::info!(%reason, "no shared-memory rings; using the socket path");
+        }
+        if let Some(old) = shared.ring.write().unwrap_or_else(|p| p.into_inner()).take() {
+            old.stop();
+        }
+    }
+    Ok(Ok((session, driver, limits)))
 }
 
 /// Where the router delivers this engine's messages.
@@ -291,12 +371,7 @@ impl InboxServer {
     async fn take(&self, message: netmachine_schema::message_capnp::engine_message::Reader<'_>) -> capnp::Result<()> {
         let message = EngineMessage::read(message)
             .map_err(|e| capnp::Error::failed(format!("undeliverable message: {e}")))?;
-        if let Destination::Engine(_) = message.dst {
-            if let Some(waiter) = self.shared.take_reply(&message) {
-                let _ = waiter.send(message);
-                return Ok(());
-            }
-        }
+        let Some(message) = self.shared.route_reply(message) else { return Ok(()) };
         // Waiting here is the backpressure: the router holds further deliveries back.
         self.incoming
             .send(message)

@@ -21,6 +21,8 @@ pub enum EngineError {
     Timeout(Duration),
     #[error("too many requests await replies ({0}); wait for some to finish")]
     TooManyRequests(usize),
+    #[error("the outbox ring is full")]
+    Full,
     #[error("the engine is closed")]
     Closed,
     #[error("RPC with the router failed: {0}")]

@@ -18,9 +18,11 @@
 
 mod connection;
 mod error;
+mod fast_path;
 pub mod ring;
 
 pub use error::EngineError;
+pub use ring::wait::WaitMode;
 pub use netmachine_schema::router_capnp::SendRefusal;
 pub use netmachine_schema::{Destination, EngineMessage, Identity, Keypair};
 
@@ -50,11 +52,17 @@ pub struct EngineOptions {
     pub sign_messages: bool,
     /// Accept messages from nodes connected under the public network rules.
     pub public: bool,
+    /// Use the shared-memory rings when the router grants them (engine/RING.md), else the
+    /// socket. On the rings a send returns once the message is in the outbox; a refusal comes
+    /// back later, fails the request it belongs to and is counted in [`Engine::refused`].
+    pub ring: bool,
+    /// How the ring reader and blocking sends wait: adaptive (default) or busy-spin.
+    pub wait: WaitMode,
 }
 
 impl EngineOptions {
     /// Options with defaults: inbox of 1024 messages, 10 s send timeout, re-attach on,
-    /// messages unsigned, not public.
+    /// messages unsigned, not public, rings on, adaptive waiting.
     pub fn new(socket: impl Into<PathBuf>, keypair: Keypair) -> Self {
         EngineOptions {
             socket: socket.into(),
@@ -64,6 +72,8 @@ impl EngineOptions {
             reattach: true,
             sign_messages: false,
             public: false,
+            ring: true,
+            wait: WaitMode::Adaptive,
         }
     }
 }
@@ -80,6 +90,17 @@ pub struct Engine {
     commands: mpsc::Sender<Command>,
     incoming: Mutex<mpsc::Receiver<EngineMessage>>,
     shared: Arc<Shared>,
+    wait: WaitMode,
+    /// The engine thread's runtime, for the blocking calls.
+    runtime: tokio::runtime::Handle,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Some(ring) = self.shared.ring() {
+            ring.stop();
+        }
+    }
 }
 
 impl Engine {
@@ -88,7 +109,7 @@ impl Engine {
     pub async fn attach(options: EngineOptions) -> Result<Engine, EngineError> {
         let identity = options.keypair.identity();
         let (commands, incoming, shared, attached) = connection::start(options.clone())?;
-        let limits = attached.await.map_err(|_| EngineError::Closed)??;
+        let (limits, runtime) = attached.await.map_err(|_| EngineError::Closed)??;
         let mut first_id = [0u8; 8];
         getrandom::fill(&mut first_id).map_err(|e| EngineError::Rpc(format!("no randomness: {e}")))?;
         Ok(Engine {
@@ -102,7 +123,19 @@ impl Engine {
             commands,
             incoming: Mutex::new(incoming),
             shared,
+            wait: options.wait,
+            runtime,
         })
+    }
+
+    /// Whether messages go through the shared-memory rings (else the socket).
+    pub fn on_ring(&self) -> bool {
+        self.shared.ring().is_some()
+    }
+
+    /// Messages written to the rings that the router then refused.
+    pub fn refused(&self) -> u64 {
+        self.shared.refusals.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This engine's identity.
@@ -135,14 +168,60 @@ impl Engine {
         Ok(id)
     }
 
-    /// Sends a message built by [`Engine::message`] (or by hand, with this engine as `src`),
-    /// signing it first if the engine signs its messages.
-    pub async fn send_message(&self, mut message: EngineMessage) -> Result<(), EngineError> {
+    fn prepare(&self, mut message: EngineMessage) -> Result<EngineMessage, EngineError> {
         if message.body.len() > self.max_message_bytes {
             return Err(EngineError::TooLarge { len: message.body.len(), max: self.max_message_bytes });
         }
         if let Some(signer) = &self.signer {
             message.sig = Some(signer.sign(&netmachine_schema::signing::engine_message(&message)));
+        }
+        Ok(message)
+    }
+
+    /// Sends a message without waiting: `Full` when the outbox ring has no room now. Engines
+    /// on the socket path wait as [`Engine::send`] does.
+    pub async fn try_send(&self, dst: impl Into<Destination>, body: Vec<u8>) -> Result<u64, EngineError> {
+        let message = self.prepare(self.message(dst, body))?;
+        let id = message.id;
+        match self.shared.ring() {
+            Some(ring) => ring.try_send(&message).map_err(|_| EngineError::Full)?,
+            None => self.send_message(message).await?,
+        }
+        Ok(id)
+    }
+
+    /// Sends from a thread that is not running async code, waiting (without burning CPU, unless
+    /// the engine busy-spins) while the outbox is full. Do not call it from async code.
+    pub fn send_blocking(&self, dst: impl Into<Destination>, body: Vec<u8>) -> Result<u64, EngineError> {
+        let message = self.prepare(self.message(dst, body))?;
+        let id = message.id;
+        match self.shared.ring() {
+            Some(ring) => ring.send_blocking(&message, self.wait)?,
+            None => self.runtime.block_on(self.send_message(message))?,
+        }
+        Ok(id)
+    }
+
+    /// Receives from a thread that is not running async code. Do not call it from async code.
+    pub fn recv_blocking(&self) -> Option<EngineMessage> {
+        self.runtime.block_on(self.recv())
+    }
+
+    /// Sends a message built by [`Engine::message`] (or by hand, with this engine as `src`),
+    /// signing it first if the engine signs its messages.
+    pub async fn send_message(&self, message: EngineMessage) -> Result<(), EngineError> {
+        let message = self.prepare(message)?;
+        if let Some(ring) = self.shared.ring() {
+            let deadline = tokio::time::Instant::now() + self.send_timeout;
+            let mut wait = Duration::from_micros(20);
+            while ring.try_send(&message).is_err() {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(EngineError::RouterUnavailable(self.send_timeout));
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(1));
+            }
+            return Ok(());
         }
         let (done, accepted) = oneshot::channel();
         let work = async {
@@ -164,7 +243,7 @@ impl Engine {
         let answer = self.shared.expect_reply(id, message.dst.identity())?;
         let outcome = async {
             self.send_message(message).await?;
-            answer.await.map_err(|_| EngineError::Closed)
+            answer.await.map_err(|_| EngineError::Closed)?
         };
         let result = tokio::time::timeout(timeout, outcome).await;
         self.shared.forget_reply(id);
@@ -187,6 +266,13 @@ impl Engine {
 
     /// Detaches from the router, delivering what was already accepted, and stops.
     pub async fn detach(self) {
+        if let Some(ring) = self.shared.ring() {
+            // What is still in the outbox goes first.
+            let deadline = tokio::time::Instant::now() + self.send_timeout;
+            while !ring.is_drained() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        }
         let (done, detached) = oneshot::channel();
         if self.commands.send(Command::Detach { done }).await.is_ok() {
             let _ = detached.await;

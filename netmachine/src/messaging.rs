@@ -10,10 +10,14 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
 }
 
-async fn attach(root: &Path, set: &[String], key: &Path) -> Result<Engine> {
+/// Attaches as the engine whose key is in `key`. One-shot commands (`send`, `request`) use the
+/// socket path, whose sends answer with the router's verdict; `listen` uses the rings.
+async fn attach(root: &Path, set: &[String], key: &Path, ring: bool) -> Result<Engine> {
     let home = NodeHome::load(root, set)?;
     let keypair = Keypair::read_file(key)?;
-    Ok(Engine::attach(EngineOptions::new(home.socket(ServiceKind::Router), keypair)).await?)
+    let mut options = EngineOptions::new(home.socket(ServiceKind::Router), keypair);
+    options.ring = ring;
+    Ok(Engine::attach(options).await?)
 }
 
 /// The body argument's bytes; `-` reads the body from standard input.
@@ -32,7 +36,7 @@ fn destination(to: &str) -> Result<Identity> {
 
 pub fn listen(root: &Path, set: &[String], key: &Path, json: bool, echo: bool) -> Result<()> {
     runtime()?.block_on(async {
-        let engine = attach(root, set, key).await?;
+        let engine = attach(root, set, key, true).await?;
         eprintln!("listening as {} on node {}", engine.identity(), engine.node());
         loop {
             let message = tokio::select! {
@@ -73,7 +77,7 @@ fn print_message(message: &EngineMessage, json: bool) {
 pub fn send(root: &Path, set: &[String], key: &Path, to: &str, body: String) -> Result<()> {
     let dst = destination(to)?;
     runtime()?.block_on(async {
-        let engine = attach(root, set, key).await?;
+        let engine = attach(root, set, key, false).await?;
         let id = engine.send(dst, body_bytes(body)?).await?;
         eprintln!("accepted: message {id} to {dst}");
         engine.detach().await;
@@ -84,7 +88,7 @@ pub fn send(root: &Path, set: &[String], key: &Path, to: &str, body: String) -> 
 pub fn request(root: &Path, set: &[String], key: &Path, to: &str, body: String, timeout_ms: u64) -> Result<()> {
     let dst = destination(to)?;
     runtime()?.block_on(async {
-        let engine = attach(root, set, key).await?;
+        let engine = attach(root, set, key, false).await?;
         let started = std::time::Instant::now();
         let reply = engine.request(dst, body_bytes(body)?, Duration::from_millis(timeout_ms)).await?;
         println!("{}", String::from_utf8_lossy(&reply.body));

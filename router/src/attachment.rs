@@ -1,13 +1,16 @@
-//! One attached engine: its bounded queue and the pump that delivers the queue to the engine's
-//! Inbox in order, keeping a window of deliveries in flight. A full queue makes senders wait
-//! (backpressure); when the engine is gone, what was still queued is counted as dropped.
+//! One attached engine: its bounded queue and the pump that delivers the queue in order, to the
+//! engine's inbox ring, or over the socket to its Inbox capability (keeping a window of
+//! deliveries in flight). A full queue makes senders wait (backpressure); when the engine is
+//! gone, what was still queued is counted as dropped.
 
 use crate::drops::{DropCounters, DropReason};
+use crate::rings::RingEndpoint;
 use futures::stream::{FuturesOrdered, StreamExt};
 use futures::FutureExt;
 use netmachine_schema::router_capnp::inbox;
 use netmachine_schema::{time::now_ms, EngineMessage, Identity};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -29,18 +32,21 @@ pub struct Attachment {
 }
 
 impl Attachment {
-    /// Starts delivering to `inbox`. `on_gone` runs once the engine stops answering.
+    /// Starts delivering to `sink`. `on_gone` runs once the engine stops answering.
     pub fn start(
         engine: Identity,
         generation: u64,
         public: bool,
-        inbox: inbox::Client,
+        sink: Sink,
         capacity: usize,
         drops: Rc<DropCounters>,
         on_gone: impl FnOnce() + 'static,
     ) -> Self {
         let (queue, pending) = mpsc::channel(capacity);
-        tokio::task::spawn_local(pump(engine, inbox, pending, drops, on_gone));
+        match sink {
+            Sink::Socket(inbox) => tokio::task::spawn_local(pump(engine, inbox, pending, drops, on_gone)),
+            Sink::Ring(endpoint) => tokio::task::spawn_local(pump_ring(endpoint, pending, drops, on_gone)),
+        };
         Attachment { generation, public, queue }
     }
 
@@ -48,6 +54,12 @@ impl Attachment {
     pub fn queue(&self) -> mpsc::Sender<EngineMessage> {
         self.queue.clone()
     }
+}
+
+/// Where an engine takes its messages.
+pub enum Sink {
+    Socket(inbox::Client),
+    Ring(Arc<RingEndpoint>),
 }
 
 /// Puts `message` on an engine's queue, waiting up to `wait` (and never past the message's
@@ -118,6 +130,33 @@ async fn pump(
     drops.count(DropReason::EngineGone, lost);
     tracing::info!(engine = %engine.short(), %failure, lost, "engine gone");
     on_gone();
+}
+
+/// Writes the queue into the engine's inbox ring; while the ring is full (a slow engine), waits
+/// for room without spinning.
+async fn pump_ring(endpoint: Arc<RingEndpoint>, mut pending: mpsc::Receiver<EngineMessage>, drops: Rc<DropCounters>, on_gone: impl FnOnce()) {
+    while let Some(message) = pending.recv().await {
+        if message.is_expired(now_ms()) {
+            drops.count(DropReason::Expired, 1);
+            continue;
+        }
+        let mut wait = Duration::from_micros(50);
+        while endpoint.deliver(&message).is_err() {
+            if endpoint.is_closed() {
+                pending.close();
+                let mut lost = 1;
+                while pending.recv().await.is_some() {
+                    lost += 1;
+                }
+                drops.count(DropReason::EngineGone, lost);
+                tracing::info!(engine = %endpoint.engine.short(), lost, "engine gone");
+                on_gone();
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(2));
+        }
+    }
 }
 
 /// Sends `first` and whatever else is already waiting (up to a batch) in one call.

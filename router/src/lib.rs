@@ -9,6 +9,7 @@ pub mod drops;
 pub mod inbound;
 pub mod node_engine;
 pub mod remote;
+pub mod rings;
 pub mod server;
 pub mod signatures;
 pub mod table;

@@ -2,7 +2,9 @@
 //! session, and receive through the Inbox they handed over. Sends are routed by the table;
 //! a destination the table does not know is looked up in the identity store.
 
-use crate::attachment::{enqueue, Attachment};
+use crate::attachment::{enqueue, Attachment, Sink};
+use crate::rings::{Rings, Slow};
+use netmachine_engine::ring::records::Refusal;
 use crate::drops::{DropCounters, DropReason};
 use crate::table::{Known, Route, RoutingTable};
 use crate::watcher::on_identity_store_connect;
@@ -45,6 +47,9 @@ pub struct RouterState {
     attach_refused: Cell<u64>,
     pub(crate) remote_sent: Cell<u64>,
     pub(crate) remote_received: Cell<u64>,
+    /// The shared-memory rings; `None` when turned off (`router.ring_bytes = 0`) or unavailable.
+    pub(crate) rings: Option<Rings>,
+    refusals_lost: Cell<u64>,
 }
 
 impl RouterState {
@@ -63,7 +68,21 @@ impl RouterState {
         );
         let transport_socket = home.socket(ServiceKind::Transport);
         let words = home.config.rpc_word_limit();
-        Rc::new_cyclic(|weak| RouterState {
+        let (slow_tx, slow) = tokio::sync::mpsc::channel(1024);
+        let rings = match home.config.router.ring_bytes {
+            0 => None,
+            bytes => {
+                let max_body = home.config.limits.max_message_bytes as usize;
+                match Rings::start(key.identity(), bytes as usize, words, max_body, slow_tx) {
+                    Ok(rings) => Some(rings),
+                    Err(error) => {
+                        tracing::warn!(%error, "shared-memory rings unavailable; engines use the socket path");
+                        None
+                    }
+                }
+            }
+        };
+        let state = Rc::new_cyclic(|weak| RouterState {
             key,
             home,
             stats,
@@ -86,7 +105,11 @@ impl RouterState {
             attach_refused: Cell::new(0),
             remote_sent: Cell::new(0),
             remote_received: Cell::new(0),
-        })
+            rings,
+            refusals_lost: Cell::new(0),
+        });
+        tokio::task::spawn_local(serve_slow(Rc::downgrade(&state), slow));
+        state
     }
 
     /// The router's bootstrap interface.
@@ -172,7 +195,14 @@ impl RouterState {
         }
     }
 
-    fn attach(self: &Rc<Self>, engine: Identity, public: bool, inbox: netmachine_schema::router_capnp::inbox::Client) -> Result<engine_session::Client, capnp::Error> {
+    fn attach(
+        self: &Rc<Self>,
+        engine: Identity,
+        public: bool,
+        inbox: netmachine_schema::router_capnp::inbox::Client,
+        want_ring: bool,
+        mut grant: netmachine_schema::router_capnp::ring_grant::Builder<'_>,
+    ) -> Result<engine_session::Client, capnp::Error> {
         let mut table = self.table.borrow_mut();
         if table.attachment(&engine).is_some() {
             return Err(capnp::Error::failed(format!(
@@ -193,8 +223,29 @@ impl RouterState {
                 state.detach(engine, generation);
             }
         };
+        let sink = match (&self.rings, want_ring) {
+            (Some(rings), true) => match rings.open(engine, generation) {
+                Ok(endpoint) => {
+                    grant.set_granted(true);
+                    grant.set_segment(endpoint.segment.name.as_str());
+                    grant.set_doorbell(rings.doorbell_name());
+                    grant.set_capacity(rings.capacity() as u32);
+                    Sink::Ring(endpoint)
+                }
+                Err(error) => {
+                    tracing::warn!(engine = %engine, %error, "no rings for this engine; it uses the socket path");
+                    grant.set_reason(error.to_string().as_str());
+                    Sink::Socket(inbox)
+                }
+            },
+            (None, true) => {
+                grant.set_reason("this router runs without shared-memory rings");
+                Sink::Socket(inbox)
+            }
+            (_, false) => Sink::Socket(inbox),
+        };
         let capacity = self.home.config.limits.engine_queue as usize;
-        let attachment = Attachment::start(engine, generation, public, inbox, capacity, self.drops.clone(), on_gone);
+        let attachment = Attachment::start(engine, generation, public, sink, capacity, self.drops.clone(), on_gone);
         table.attach(engine, attachment);
         drop(table);
         tracing::info!(engine = %engine, public, "engine attached");
@@ -206,10 +257,60 @@ impl RouterState {
 impl RouterState {
     /// Detaches `engine` if `generation` is its current attachment, and tells the other nodes.
     fn detach(self: &Rc<Self>, engine: Identity, generation: u64) {
+        if let Some(rings) = &self.rings {
+            rings.close(&engine, generation);
+        }
         let gone = self.table.borrow_mut().detach(&engine, |a| a.generation == generation);
         if gone.is_some() {
             tracing::info!(engine = %engine, "engine detached");
             self.announce(None, Announcement { full: false, attached: vec![], detached: vec![engine] });
+        }
+    }
+}
+
+/// Takes what the ring thread hands over: routes it (waiting where needed) and tells the
+/// sending engine, through its inbox ring, when a message was refused.
+async fn serve_slow(state: std::rc::Weak<RouterState>, mut slow: tokio::sync::mpsc::Receiver<Slow>) {
+    while let Some(item) = slow.recv().await {
+        let Some(state) = state.upgrade() else { return };
+        match item {
+            Slow::Route { from, message } => {
+                let id = message.id;
+                let outcome = if message.src != from.engine {
+                    Err((
+                        DropReason::Malformed,
+                        SendRefusal::BadSource,
+                        format!("src is {}, but this ring belongs to engine {}", message.src, from.engine),
+                    ))
+                } else {
+                    state.route(message).await
+                };
+                match outcome {
+                    Ok(()) => state.accepted.set(state.accepted.get() + 1),
+                    Err((reason, refusal, detail)) => {
+                        state.drops.count(reason, 1);
+                        state.tell_refusal(&from, Refusal { id, reason: refusal, detail });
+                    }
+                }
+            }
+            Slow::Unreadable { from, detail } => {
+                state.drops.count(DropReason::Malformed, 1);
+                state.tell_refusal(&from, Refusal { id: 0, reason: SendRefusal::Malformed, detail });
+            }
+            Slow::Corrupt { engine, generation, problem } => {
+                tracing::warn!(engine = %engine, %problem, "detaching an engine whose ring is corrupt");
+                state.detach(engine, generation);
+            }
+        }
+    }
+}
+
+impl RouterState {
+    fn tell_refusal(&self, to: &crate::rings::RingEndpoint, refusal: Refusal) {
+        tracing::debug!(engine = %to.engine.short(), id = refusal.id, detail = %refusal.detail, "refused a ring message");
+        if to.refuse(&refusal).is_err() {
+            // The engine's inbox is full: the drop is counted; the refusal cannot be told.
+            self.refusals_lost.set(self.refusals_lost.get() + 1);
         }
     }
 }
@@ -231,6 +332,15 @@ impl service::Server for RouterServer {
             ("remote_messages_received", state.remote_received.get()),
             ("nodes_connected", state.connected.borrow().len() as u64),
         ];
+        if let Some(rings) = &state.rings {
+            let (on_rings, forwarded, handed_over) = rings.counters();
+            counters.extend([
+                ("engines_on_rings", on_rings),
+                ("ring_messages_forwarded", forwarded),
+                ("ring_messages_handed_over", handed_over),
+                ("ring_refusals_lost", state.refusals_lost.get()),
+            ]);
+        }
         counters.extend(state.drops.report());
         counters.extend(state.stats.counters());
         StatusReport {
@@ -319,10 +429,12 @@ impl attachment::Server for Challenge {
                 self.engine
             )));
         }
-        let session = state.attach(self.engine, params.get_public(), params.get_inbox()?).inspect_err(|_| {
-            state.attach_refused.set(state.attach_refused.get() + 1);
-        })?;
         let mut out = results.get();
+        let session = state
+            .attach(self.engine, params.get_public(), params.get_inbox()?, params.get_ring(), out.reborrow().init_ring())
+            .inspect_err(|_| {
+                state.attach_refused.set(state.attach_refused.get() + 1);
+            })?;
         out.set_session(session);
         let mut limits = out.init_limits();
         limits.set_node(&state.key.identity().0);

@@ -64,11 +64,13 @@ pub struct RouterConfig {
     pub node_queue: u32,
     /// Drop messages from other nodes that carry no engine signature.
     pub require_engine_signatures: bool,
+    /// Bytes of each shared-memory ring (power of two); 0 turns the rings off.
+    pub ring_bytes: u32,
 }
 
 impl Default for RouterConfig {
     fn default() -> Self {
-        RouterConfig { cache_entries: 65_536, node_queue: 4096, require_engine_signatures: false }
+        RouterConfig { cache_entries: 65_536, node_queue: 4096, require_engine_signatures: false, ring_bytes: 1 << 20 }
     }
 }
 
@@ -237,6 +239,14 @@ impl Config {
                     problem: format!("must be between {min} and {max}, got {value}"),
                 });
             }
+        }
+        let ring = self.router.ring_bytes;
+        if ring != 0 && (ring < 4096 || !ring.is_power_of_two() || ring > 1 << 30) {
+            return Err(ConfigError::Field {
+                field: "router.ring_bytes".into(),
+                source_name: origin_of("router.ring_bytes", file, overrides),
+                problem: format!("must be 0 or a power of two from 4096 to 1073741824, got {ring}"),
+            });
         }
         for (field, addrs) in [("transport.listen", &self.transport.listen), ("transport.advertise", &self.transport.advertise)] {
             for addr in addrs {
@@ -410,6 +420,7 @@ pub const TEMPLATE: &str = r#"# netmachine node configuration. Every setting is 
 # cache_entries = 65536       # identity records cached by the router
 # node_queue = 4096           # messages waiting for one other node before senders wait
 # require_engine_signatures = false  # drop messages from other nodes without an engine signature
+# ring_bytes = 1048576        # bytes of each shared-memory ring (power of two); 0: rings off
 
 [transport]
 # listen = ["127.0.0.1:4010"] # UDP addresses of the QUIC endpoint (port 0: any free port)

@@ -111,13 +111,31 @@ fn an_expired_message_is_refused_and_counted() {
     let node = Node::up();
     with_rpc(async {
         let receiver = attach_engine(&node, |_| {}).await;
-        let sender = attach_engine(&node, |_| {}).await;
+        let sender = attach_engine(&node, |o| o.ring = false).await;
         let mut message = sender.message(receiver.identity(), b"stale".to_vec());
         message.expiry = Some(netmachine_schema::time::now_ms() - 1);
         let err = sender.send_message(message).await.unwrap_err();
         assert!(matches!(err, EngineError::Refused { reason: SendRefusal::Expired, .. }), "{err}");
     });
     assert_eq!(node.router_counter("dropped_expired"), 1);
+}
+
+#[test]
+fn a_refusal_of_a_ring_message_comes_back_to_its_engine_and_fails_the_request() {
+    let node = Node::up();
+    with_rpc(async {
+        let sender = attach_engine(&node, |_| {}).await;
+        assert!(sender.on_ring(), "engines attach through the rings by default");
+        let nobody: netmachine_engine::Identity = "ab".repeat(32).parse().unwrap();
+        // On the ring a send returns once the message is in the outbox...
+        sender.send(nobody, b"anyone?".to_vec()).await.expect("written to the outbox");
+        // ...and the router's refusal comes back, counted by the engine.
+        netmachine_tests::wait_until("the refusal comes back", Duration::from_secs(10), || sender.refused() == 1);
+        // A request learns of its refusal at once instead of timing out.
+        let err = sender.request(nobody, b"hello?".to_vec(), Duration::from_secs(30)).await.unwrap_err();
+        assert!(matches!(err, EngineError::Refused { reason: SendRefusal::NoRoute, .. }), "{err}");
+    });
+    assert_eq!(node.router_counter("dropped_no_route"), 2);
 }
 
 #[test]
@@ -137,8 +155,12 @@ fn a_request_with_no_answer_times_out() {
 fn a_full_destination_pushes_back_on_the_sender_and_then_refuses() {
     let node = Node::up_with(&["limits.engine_queue=4", "limits.send_wait_ms=300"]);
     with_rpc(async {
-        let slow = attach_engine(&node, |o| o.inbox_capacity = 1).await;
-        let sender = attach_engine(&node, |_| {}).await;
+        let slow = attach_engine(&node, |o| {
+            o.inbox_capacity = 1;
+            o.ring = false;
+        })
+        .await;
+        let sender = attach_engine(&node, |o| o.ring = false).await;
         let mut accepted = 0;
         let refusal = loop {
             match sender.send(slow.identity(), vec![1; 16]).await {

@@ -83,7 +83,7 @@ fn three_nodes_one_send_call_reaches_local_and_remote_engines() {
     link(&nodes[1], &nodes[2]);
     link(&nodes[0], &nodes[2]);
     with_rpc(async {
-        let sender = attach_engine(&nodes[0], |_| {}).await;
+        let sender = attach_engine(&nodes[0], |o| o.ring = false).await;
         let neighbour = attach_engine(&nodes[0], |_| {}).await;
         let on_b = attach_engine(&nodes[1], |_| {}).await;
         let on_c = attach_engine(&nodes[2], |_| {}).await;
@@ -145,7 +145,7 @@ fn a_public_node_admits_strangers_whose_messages_reach_only_public_engines() {
     with_rpc(async {
         let open = attach_engine(&public, |o| o.public = true).await;
         let private = attach_engine(&public, |_| {}).await;
-        let sender = attach_engine(&stranger, |_| {}).await;
+        let sender = attach_engine(&stranger, |o| o.ring = false).await;
         let mut delivered = false;
         for _ in 0..100 {
             if sender.send(open.identity(), b"hello public".to_vec()).await.is_ok() {
@@ -171,8 +171,12 @@ fn a_node_that_requires_engine_signatures_drops_unsigned_messages() {
     link(&strict, &other);
     with_rpc(async {
         let receiver = attach_engine(&strict, |_| {}).await;
-        let signing = attach_engine(&other, |o| o.sign_messages = true).await;
-        let unsigned = attach_engine(&other, |_| {}).await;
+        let signing = attach_engine(&other, |o| {
+            o.sign_messages = true;
+            o.ring = false;
+        })
+        .await;
+        let unsigned = attach_engine(&other, |o| o.ring = false).await;
         let mut delivered = false;
         for _ in 0..100 {
             if signing.send(receiver.identity(), b"signed".to_vec()).await.is_ok() {
@@ -274,7 +278,7 @@ fn oversized_messages_are_refused_at_either_end() {
     let b = Node::up_with(&["limits.max_message_bytes=4096"]);
     link(&a, &b);
     with_rpc(async {
-        let sender = attach_engine(&a, |_| {}).await;
+        let sender = attach_engine(&a, |o| o.ring = false).await;
         let receiver = attach_engine(&b, |_| {}).await;
         // B's limit is 4096: an 8000-byte body from A is dropped at B, and counted there.
         let mut routed = false;
@@ -303,7 +307,7 @@ fn transport_killed_mid_stream_comes_back_and_loses_nothing_queued() {
     let b = Node::up();
     link(&a, &b);
     with_rpc(async {
-        let sender = attach_engine(&a, |_| {}).await;
+        let sender = attach_engine(&a, |o| o.ring = false).await;
         let receiver = attach_engine(&b, |_| {}).await;
         let send = |n: u32| {
             let mut message = sender.message(receiver.identity(), n.to_le_bytes().to_vec());

@@ -5,6 +5,7 @@
 
 pub mod futex;
 pub mod layout;
+pub mod records;
 pub mod segment;
 pub mod spsc;
 pub mod wait;

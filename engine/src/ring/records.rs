@@ -1,0 +1,106 @@
+//! What the records carry (RING.md, "Records"): a message record's body is a Cap'n Proto
+//! EngineMessage, read in place; a refusal record's body is the refused message's id, a reason
+//! code and a sentence.
+
+use super::layout::Kind;
+use super::spsc::{Full, Producer};
+use netmachine_schema::message_capnp::engine_message;
+use netmachine_schema::router_capnp::SendRefusal;
+use netmachine_schema::EngineMessage;
+
+/// A message the router could not route, as it tells the sending engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub id: u64,
+    pub reason: SendRefusal,
+    pub detail: String,
+}
+
+/// Writes `message` as one record, serialized straight into the ring.
+pub fn write_message(producer: &mut Producer, message: &EngineMessage) -> Result<(), Full> {
+    let mut builder = capnp::message::Builder::new_default();
+    message.write(builder.init_root());
+    let length = capnp::serialize::compute_serialized_size_in_words(&builder) * 8;
+    producer.try_write(Kind::Message, length, |mut body| {
+        // Writing into a slice of exactly the computed size cannot fail.
+        let _ = capnp::serialize::write_message(&mut body, &builder);
+    })
+}
+
+/// Reads a message record's body in place (bounded like every other read).
+pub fn read_message(body: &[u8], word_limit: usize) -> Result<EngineMessage, String> {
+    let options = netmachine_service::rpc::reader_options(word_limit);
+    let reader = capnp::serialize::read_message_from_flat_slice(&mut &body[..], options).map_err(|e| e.to_string())?;
+    let root = reader.get_root::<engine_message::Reader>().map_err(|e| e.to_string())?;
+    EngineMessage::read(root).map_err(|e| e.to_string())
+}
+
+fn reason_code(reason: SendRefusal) -> u32 {
+    match reason {
+        SendRefusal::OverLimit => 1,
+        SendRefusal::Expired => 2,
+        SendRefusal::NoRoute => 3,
+        SendRefusal::BadSource => 4,
+        SendRefusal::QueueFull => 5,
+        SendRefusal::Malformed => 6,
+        SendRefusal::Unsupported => 7,
+    }
+}
+
+fn reason_of(code: u32) -> Option<SendRefusal> {
+    Some(match code {
+        1 => SendRefusal::OverLimit,
+        2 => SendRefusal::Expired,
+        3 => SendRefusal::NoRoute,
+        4 => SendRefusal::BadSource,
+        5 => SendRefusal::QueueFull,
+        6 => SendRefusal::Malformed,
+        7 => SendRefusal::Unsupported,
+        _ => return None,
+    })
+}
+
+pub fn write_refusal(producer: &mut Producer, refusal: &Refusal) -> Result<(), Full> {
+    let detail = refusal.detail.as_bytes();
+    producer.try_write(Kind::Refusal, 12 + detail.len(), |body| {
+        body[..8].copy_from_slice(&refusal.id.to_le_bytes());
+        body[8..12].copy_from_slice(&reason_code(refusal.reason).to_le_bytes());
+        body[12..].copy_from_slice(detail);
+    })
+}
+
+pub fn read_refusal(body: &[u8]) -> Option<Refusal> {
+    let id = u64::from_le_bytes(body.get(..8)?.try_into().ok()?);
+    let reason = reason_of(u32::from_le_bytes(body.get(8..12)?.try_into().ok()?))?;
+    Some(Refusal { id, reason, detail: String::from_utf8_lossy(&body[12..]).into_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::spsc::tests::HeapRing;
+    use crate::ring::spsc::Consumer;
+    use netmachine_schema::{Destination, Keypair};
+
+    #[test]
+    fn messages_and_refusals_round_trip_through_a_ring() {
+        let mut ring = HeapRing::new(8192);
+        let (mut producer, mut consumer) = (Producer::new(ring.memory()), Consumer::new(ring.memory()));
+        let key = Keypair::generate();
+        let mut message = EngineMessage::new(key.identity(), Destination::Engine(key.identity()), 42, b"in place".to_vec());
+        message.reply_to = Some(7);
+        write_message(&mut producer, &message).unwrap();
+        let refusal = Refusal { id: 42, reason: SendRefusal::NoRoute, detail: "nobody home".into() };
+        write_refusal(&mut producer, &refusal).unwrap();
+
+        let record = consumer.peek().unwrap().unwrap();
+        assert_eq!(record.kind, Kind::Message);
+        assert_eq!(read_message(record.body, 1 << 16).unwrap(), message);
+        consumer.consume();
+        let record = consumer.peek().unwrap().unwrap();
+        assert_eq!(record.kind, Kind::Refusal);
+        assert_eq!(read_refusal(record.body), Some(refusal));
+        assert!(read_message(b"12345678", 1 << 16).is_err());
+        assert_eq!(read_refusal(b"short"), None);
+    }
+}

@@ -1,0 +1,394 @@
+//! The router's side of the shared-memory rings (engine/RING.md). A thread of its own forwards
+//! what ring engines write to other ring engines on this node, straight from one ring to the
+//! other, and releases a record from the sender's outbox only once it is in the receiver's
+//! inbox: a router killed at any moment loses nothing an engine wrote, and the next router
+//! adopts the rings. Everything else (lookups, other nodes, socket engines, expiry, refusals)
+//! goes to the router's main thread, which may wait. The thread spins briefly, yields, then
+//! sleeps on the doorbell, which engines ring only while it sleeps.
+
+use netmachine_engine::ring::layout::{Kind, INBOX_CONSUMER_SLEEPING_AT, OUTBOX_PRODUCER_WAITING_AT};
+use netmachine_engine::ring::records::{self, Refusal};
+use netmachine_engine::ring::wait::{wake_if_sleeping, SLEEP};
+use netmachine_engine::ring::{futex, Consumer, Doorbell, Full, Producer, RingSegment, SegmentError};
+use netmachine_schema::time::now_ms;
+use netmachine_schema::{Destination, EngineMessage, Identity};
+use std::collections::HashMap;
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Records forwarded from one outbox before the thread looks at the next.
+const TURN: usize = 256;
+const SPINS: u32 = 2000;
+const YIELDS: u32 = 50;
+
+/// One ring-attached engine, as the router sees it.
+pub struct RingEndpoint {
+    pub engine: Identity,
+    generation: AtomicU64,
+    pub segment: RingSegment,
+    outbox: Mutex<Consumer>,
+    inbox: Mutex<Producer>,
+    /// Detached: nothing more is delivered to it; what its outbox holds is still forwarded.
+    closed: AtomicBool,
+    /// Its outbox is corrupt: nothing more is read from it.
+    corrupt: AtomicBool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl RingEndpoint {
+    /// Writes `message` into the engine's inbox and wakes the engine if it sleeps.
+    pub fn deliver(&self, message: &EngineMessage) -> Result<(), Full> {
+        records::write_message(&mut lock(&self.inbox), message)?;
+        wake_if_sleeping(self.segment.word(INBOX_CONSUMER_SLEEPING_AT));
+        Ok(())
+    }
+
+    /// Tells the engine a message it wrote was not routed.
+    pub fn refuse(&self, refusal: &Refusal) -> Result<(), Full> {
+        records::write_refusal(&mut lock(&self.inbox), refusal)?;
+        wake_if_sleeping(self.segment.word(INBOX_CONSUMER_SLEEPING_AT));
+        Ok(())
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The attachment these rings serve now.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
+/// What the ring thread hands to the main thread.
+pub enum Slow {
+    /// A message the fast path does not take: route it, and refuse it to `from` if it fails.
+    Route { from: Arc<RingEndpoint>, message: EngineMessage },
+    /// A record that is not a readable message: drop it, and say so to `from`.
+    Unreadable { from: Arc<RingEndpoint>, detail: String },
+    /// The engine's ring is corrupt: detach it.
+    Corrupt { engine: Identity, generation: u64, problem: String },
+}
+
+struct Shared {
+    endpoints: RwLock<HashMap<Identity, Arc<RingEndpoint>>>,
+    /// Detached engines whose outbox is still being forwarded; removed once it is empty.
+    draining: Mutex<Vec<Arc<RingEndpoint>>>,
+    version: AtomicU64,
+    doorbell: Doorbell,
+    forwarded: AtomicU64,
+    handed_over: AtomicU64,
+    word_limit: usize,
+    max_body: usize,
+}
+
+/// The router's rings: the endpoints, and the thread that forwards between them.
+pub struct Rings {
+    node: Identity,
+    capacity: usize,
+    shared: Arc<Shared>,
+}
+
+impl Rings {
+    /// Opens the doorbell, removes the segments of engines that died while no router ran, and
+    /// starts the ring thread.
+    pub fn start(node: Identity, capacity: usize, word_limit: usize, max_body: usize, slow: mpsc::Sender<Slow>) -> Result<Rings, SegmentError> {
+        let doorbell = Doorbell::open_or_create(&Doorbell::name_for(&node))?;
+        let shared = Arc::new(Shared {
+            endpoints: RwLock::new(HashMap::new()),
+            draining: Mutex::new(Vec::new()),
+            version: AtomicU64::new(0),
+            doorbell,
+            forwarded: AtomicU64::new(0),
+            handed_over: AtomicU64::new(0),
+            word_limit,
+            max_body,
+        });
+        let rings = Rings { node, capacity, shared };
+        rings.adopt_or_reclaim();
+        let thread_shared = rings.shared.clone();
+        std::thread::Builder::new()
+            .name("rings".into())
+            .spawn(move || forward(&thread_shared, &slow))
+            .map_err(|e| SegmentError::Invalid { name: "rings".into(), problem: format!("cannot start the ring thread: {e}") })?;
+        Ok(rings)
+    }
+
+    /// At start: adopts the rings of engines still alive (their outboxes are forwarded, and
+    /// messages for them delivered, before they attach again), and removes those of engines
+    /// that are gone.
+    fn adopt_or_reclaim(&self) {
+        let prefix = format!("netmachine-{}-", &self.node.to_string()[..16]);
+        let Ok(entries) = std::fs::read_dir("/dev/shm") else { return };
+        for entry in entries.filter_map(Result::ok) {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if !file.starts_with(&prefix) || file.ends_with("-doorbell") {
+                continue;
+            }
+            let name = format!("/{file}");
+            let segment = RingSegment::open(&name, None).ok().filter(|segment| {
+                let pid = segment.engine_pid();
+                pid != 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+            });
+            match segment {
+                Some(segment) => {
+                    tracing::info!(segment = %name, engine = %segment.engine(), "adopted the rings of a live engine");
+                    self.insert(segment, 0);
+                }
+                None => {
+                    tracing::info!(segment = %name, "removed the rings of an engine that is gone");
+                    let _ = RingSegment::unlink(&name);
+                }
+            }
+        }
+    }
+
+    fn insert(&self, segment: RingSegment, generation: u64) -> Arc<RingEndpoint> {
+        segment.set_router_pid(std::process::id());
+        let (outbox, inbox) = segment.router_side();
+        let endpoint = Arc::new(RingEndpoint {
+            engine: segment.engine(),
+            generation: AtomicU64::new(generation),
+            segment,
+            outbox: Mutex::new(outbox),
+            inbox: Mutex::new(inbox),
+            closed: AtomicBool::new(false),
+            corrupt: AtomicBool::new(false),
+        });
+        self.shared.endpoints.write().unwrap_or_else(|p| p.into_inner()).insert(endpoint.engine, endpoint.clone());
+        self.changed();
+        endpoint
+    }
+
+    /// The engine's rings: a fresh segment, or the one it already has (after a router restart).
+    pub fn open(&self, engine: Identity, generation: u64) -> Result<Arc<RingEndpoint>, SegmentError> {
+        let adopted = self.shared.endpoints.read().unwrap_or_else(|p| p.into_inner()).get(&engine).cloned();
+        if let Some(endpoint) = adopted.filter(|e| !e.corrupt.load(Ordering::Acquire)) {
+            // Adopted at start (or still open): the engine takes its rings back.
+            endpoint.generation.store(generation, Ordering::Release);
+            return Ok(endpoint);
+        }
+        {
+            // Attached again while its old attachment's outbox is still being forwarded: take
+            // those rings back (a second reader of the same outbox would break it).
+            let mut draining = lock(&self.shared.draining);
+            if let Some(at) = draining.iter().position(|e| e.engine == engine && !e.corrupt.load(Ordering::Acquire)) {
+                let endpoint = draining.remove(at);
+                endpoint.generation.store(generation, Ordering::Release);
+                endpoint.closed.store(false, Ordering::Release);
+                self.shared.endpoints.write().unwrap_or_else(|p| p.into_inner()).insert(engine, endpoint.clone());
+                drop(draining);
+                self.changed();
+                return Ok(endpoint);
+            }
+        }
+        let name = RingSegment::name_for(&self.node, &engine);
+        let segment = match RingSegment::open(&name, Some(&engine)) {
+            Ok(segment) => {
+                tracing::info!(engine = %engine, "adopting the engine's existing rings");
+                segment
+            }
+            Err(SegmentError::System { source: nix::Error::ENOENT, .. }) => RingSegment::create(&name, &engine, self.capacity)?,
+            Err(error) => {
+                // A segment we cannot use stands in the way: replace it.
+                tracing::warn!(engine = %engine, %error, "replacing an unusable ring segment");
+                let _ = RingSegment::unlink(&name);
+                RingSegment::create(&name, &engine, self.capacity)?
+            }
+        };
+        Ok(self.insert(segment, generation))
+    }
+
+    /// Detaches the engine's rings (if `generation` is current): nothing more is delivered to
+    /// it, what it already wrote is still forwarded, then the segment is removed.
+    pub fn close(&self, engine: &Identity, generation: u64) {
+        let removed = {
+            let mut endpoints = self.shared.endpoints.write().unwrap_or_else(|p| p.into_inner());
+            match endpoints.get(engine) {
+                Some(endpoint) if endpoint.generation() == generation => endpoints.remove(engine),
+                _ => None,
+            }
+        };
+        if let Some(endpoint) = removed {
+            endpoint.closed.store(true, Ordering::Release);
+            lock(&self.shared.draining).push(endpoint);
+            self.changed();
+        }
+    }
+
+    /// The doorbell's name, for engines.
+    pub fn doorbell_name(&self) -> &str {
+        &self.shared.doorbell.name
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// (engines on rings, messages forwarded ring to ring, messages handed to the main thread)
+    pub fn counters(&self) -> (u64, u64, u64) {
+        let attached = self.shared.endpoints.read().unwrap_or_else(|p| p.into_inner()).len() as u64;
+        (attached, self.shared.forwarded.load(Ordering::Relaxed), self.shared.handed_over.load(Ordering::Relaxed))
+    }
+
+    /// Makes the ring thread look at the endpoints again (waking it if it sleeps).
+    fn changed(&self) {
+        self.shared.version.fetch_add(1, Ordering::Release);
+        self.shared.doorbell.rings().fetch_add(1, Ordering::SeqCst);
+        futex::wake(self.shared.doorbell.rings(), 1);
+    }
+}
+
+/// The ring thread.
+fn forward(shared: &Shared, slow: &mpsc::Sender<Slow>) {
+    let mut seen = u64::MAX;
+    let mut endpoints: Vec<Arc<RingEndpoint>> = Vec::new();
+    let mut by_engine: HashMap<Identity, Arc<RingEndpoint>> = HashMap::new();
+    let mut idle = 0u32;
+    let mut backoff = Duration::from_micros(50);
+    loop {
+        let version = shared.version.load(Ordering::Acquire);
+        if version != seen {
+            by_engine = shared.endpoints.read().unwrap_or_else(|p| p.into_inner()).clone();
+            endpoints = by_engine.values().cloned().collect();
+            endpoints.extend(lock(&shared.draining).iter().cloned());
+            seen = version;
+        }
+        let (mut progressed, mut blocked) = (false, false);
+        let mut drained = Vec::new();
+        for endpoint in &endpoints {
+            let turn = if endpoint.corrupt.load(Ordering::Acquire) { Turn::Idle } else { forward_from(shared, endpoint, &by_engine, slow) };
+            match turn {
+                Turn::Moved => progressed = true,
+                Turn::Blocked(moved) => {
+                    blocked = true;
+                    progressed |= moved;
+                }
+                Turn::Idle if endpoint.is_closed() => drained.push(endpoint.clone()),
+                Turn::Idle => {}
+                Turn::Stop => return,
+            }
+        }
+        if !drained.is_empty() {
+            // Under the lock `open` takes to reactivate: only rings still detached are removed.
+            let mut draining = lock(&shared.draining);
+            draining.retain(|e| {
+                let done = e.is_closed() && drained.iter().any(|d| Arc::ptr_eq(d, e));
+                if done {
+                    let _ = RingSegment::unlink(&e.segment.name);
+                }
+                !done
+            });
+            shared.version.fetch_add(1, Ordering::Release);
+        }
+        if progressed {
+            idle = 0;
+            backoff = Duration::from_micros(50);
+            continue;
+        }
+        if blocked {
+            // A receiver is full: its engine is slow. Wait for it without spinning.
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_millis(1));
+            continue;
+        }
+        idle += 1;
+        if idle < SPINS {
+            std::hint::spin_loop();
+        } else if idle < SPINS + YIELDS {
+            std::thread::yield_now();
+        } else {
+            let rings = shared.doorbell.rings();
+            let before = rings.load(Ordering::SeqCst);
+            shared.doorbell.router_sleeping().store(1, Ordering::SeqCst);
+            fence(Ordering::SeqCst);
+            let waiting = endpoints.iter().any(|e| !e.corrupt.load(Ordering::Acquire) && lock(&e.outbox).has_data());
+            if !waiting && shared.version.load(Ordering::Acquire) == seen {
+                futex::wait(rings, before, SLEEP);
+            }
+            shared.doorbell.router_sleeping().store(0, Ordering::SeqCst);
+            idle = 0;
+        }
+    }
+}
+
+enum Turn {
+    Moved,
+    /// A receiver or the main thread had no room; whether anything moved before.
+    Blocked(bool),
+    Idle,
+    Stop,
+}
+
+/// Forwards up to a turn's worth of records from one engine's outbox.
+fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<Identity, Arc<RingEndpoint>>, slow: &mpsc::Sender<Slow>) -> Turn {
+    let mut outbox = lock(&from.outbox);
+    let mut moved = 0;
+    let turn = loop {
+        if moved == TURN {
+            break Turn::Moved;
+        }
+        let record = match outbox.peek() {
+            Ok(Some(record)) => record,
+            Ok(None) => break if moved > 0 { Turn::Moved } else { Turn::Idle },
+            Err(corrupt) => {
+                from.corrupt.store(true, Ordering::Release);
+                let problem = corrupt.to_string();
+                if slow.blocking_send(Slow::Corrupt { engine: from.engine, generation: from.generation(), problem }).is_err() {
+                    return Turn::Stop;
+                }
+                break Turn::Moved;
+            }
+        };
+        let handover = match record.kind {
+            Kind::Message => match records::read_message(record.body, shared.word_limit) {
+                Ok(message) => {
+                    if let Some(to) = fast_lane(from, &message, by_engine, shared.max_body) {
+                        match to.deliver(&message) {
+                            Ok(()) => {
+                                shared.forwarded.fetch_add(1, Ordering::Relaxed);
+                                outbox.consume();
+                                moved += 1;
+                                continue;
+                            }
+                            Err(Full) => break Turn::Blocked(moved > 0),
+                        }
+                    }
+                    Slow::Route { from: from.clone(), message }
+                }
+                Err(detail) => Slow::Unreadable { from: from.clone(), detail },
+            },
+            other => Slow::Unreadable { from: from.clone(), detail: format!("engines do not write {other:?} records") },
+        };
+        match slow.try_send(handover) {
+            Ok(()) => {
+                shared.handed_over.fetch_add(1, Ordering::Relaxed);
+                outbox.consume();
+                moved += 1;
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => break Turn::Blocked(moved > 0),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Turn::Stop,
+        }
+    };
+    drop(outbox);
+    if moved > 0 {
+        wake_if_sleeping(from.segment.word(OUTBOX_PRODUCER_WAITING_AT));
+    }
+    turn
+}
+
+/// The receiving ring engine, when the message can go straight there: from its own engine, to
+/// an engine on rings here, not expired, within the size limit. Anything else takes the slow
+/// path, which checks, counts and refuses.
+fn fast_lane<'a>(from: &RingEndpoint, message: &EngineMessage, by_engine: &'a HashMap<Identity, Arc<RingEndpoint>>, max_body: usize) -> Option<&'a Arc<RingEndpoint>> {
+    let Destination::Engine(dst) = message.dst else { return None };
+    if message.src != from.engine || message.body.len() > max_body || message.is_expired(now_ms()) {
+        return None;
+    }
+    by_engine.get(&dst).filter(|to| !to.is_closed())
+}
