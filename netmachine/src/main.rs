@@ -94,6 +94,21 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Engine-to-engine latency and throughput on one node, against the shared-cache-line
+    /// floor, the bare ring and a Unix socket; and the CPU an idle node uses
+    Local {
+        /// Round trips for each latency figure
+        #[arg(long, default_value_t = 20_000)]
+        rounds: usize,
+        /// Messages for each throughput figure
+        #[arg(long, default_value_t = 500_000)]
+        messages: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The processes the local benchmark starts
+    #[command(subcommand, hide = true)]
+    Helper(bench::helpers::Helper),
     /// Node-to-node throughput and latency against raw quinn and ed25519 batch verification
     Remote {
         /// Messages per throughput figure
@@ -124,6 +139,8 @@ fn main() -> ExitCode {
         Command::Events { json } => events::run(&root, &cli.set, json),
         Command::Demo => demo::run(),
         Command::Bench(BenchCommand::Remote { messages, requests, json }) => bench::remote::run(messages, requests, json),
+        Command::Bench(BenchCommand::Local { rounds, messages, json }) => bench::local::run(rounds, messages, json),
+        Command::Bench(BenchCommand::Helper(helper)) => bench::helpers::run(helper),
         Command::Listen { key, json, echo } => messaging::listen(&root, &cli.set, &key, json, echo),
         Command::Send { key, to, body } => messaging::send(&root, &cli.set, &key, &to, body),
         Command::Request { key, to, timeout_ms, body } => {

@@ -194,6 +194,11 @@ impl RingSegment {
     pub fn word(&self, at: usize) -> &AtomicU32 {
         self.mapping.u32_at(at)
     }
+
+    /// A counter of the header (`*_HEAD_AT` or `*_TAIL_AT`), for tools and benchmarks.
+    pub fn counter(&self, at: usize) -> &AtomicU64 {
+        self.mapping.u64_at(at)
+    }
 }
 
 /// The router's doorbell: engines ring it after writing to an outbox while the router sleeps.

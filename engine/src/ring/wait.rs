@@ -17,6 +17,8 @@ pub enum WaitMode {
 }
 
 const SPINS: u32 = 200;
+/// Busy-spinning yields once in this many rounds.
+const BUSY_SPIN_YIELD_EVERY: u32 = 1024;
 const YIELDS: u32 = 20;
 /// The longest sleep; a lost wake-up costs at most this much latency.
 pub const SLEEP: Duration = Duration::from_millis(100);
@@ -29,7 +31,15 @@ pub fn wait_for(mode: WaitMode, word: &AtomicU32, mut ready: impl FnMut() -> boo
             return;
         }
         round = round.saturating_add(1);
-        if mode == WaitMode::BusySpin || round < SPINS {
+        if mode == WaitMode::BusySpin {
+            // Give the core up now and then: with more spinners than cores (two cores, a
+            // router and two engines), pure spinning starves the very side it waits for.
+            if round % BUSY_SPIN_YIELD_EVERY == 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        } else if round < SPINS {
             std::hint::spin_loop();
         } else if round < SPINS + YIELDS {
             std::thread::yield_now();

@@ -2,6 +2,8 @@
 //! on the same machine (DESIGN.md section 8), so the ratio can be read off however noisy the
 //! machine is. Build with `--release` for meaningful figures.
 
+pub mod helpers;
+pub mod local;
 pub mod remote;
 
 /// A figure, its baseline and their ratio, as one line.

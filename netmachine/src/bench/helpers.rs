@@ -1,0 +1,135 @@
+//! The other processes of `bench local`, run as hidden `netmachine bench helper ...` commands:
+//! engines that echo, count or idle, and the baselines' far ends (a shared cache line, a bare
+//! ring, a Unix socket).
+
+use anyhow::{Context, Result};
+use netmachine_engine::ring::layout::Kind;
+use netmachine_engine::ring::RingSegment;
+use netmachine_engine::{Engine, EngineOptions, Keypair, WaitMode};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(clap::Subcommand)]
+pub enum Helper {
+    /// An engine that answers every message with its body
+    Echo(EngineArgs),
+    /// An engine that takes COUNT messages, then answers the last one's sender
+    Sink {
+        #[command(flatten)]
+        engine: EngineArgs,
+        #[arg(long)]
+        count: u64,
+    },
+    /// An engine that attaches and waits
+    Idle(EngineArgs),
+    /// The far end of the shared cache line
+    Floor {
+        #[arg(long)]
+        segment: String,
+        #[arg(long)]
+        rounds: u64,
+    },
+    /// Consumes COUNT records from a bare ring's outbox
+    RingSink {
+        #[arg(long)]
+        segment: String,
+        #[arg(long)]
+        count: u64,
+    },
+    /// Echoes 64-byte messages on a Unix socket
+    UnixEcho {
+        #[arg(long)]
+        path: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct EngineArgs {
+    #[arg(long)]
+    socket: PathBuf,
+    #[arg(long)]
+    key: PathBuf,
+    /// Busy-spin instead of adaptive waiting
+    #[arg(long)]
+    spin: bool,
+    /// Use the socket path instead of the rings
+    #[arg(long)]
+    no_ring: bool,
+}
+
+fn attach(args: &EngineArgs) -> Result<Engine> {
+    let mut options = EngineOptions::new(&args.socket, Keypair::read_file(&args.key)?);
+    options.ring = !args.no_ring;
+    options.wait = if args.spin { WaitMode::BusySpin } else { WaitMode::Adaptive };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let engine = runtime.block_on(Engine::attach(options))?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    Ok(engine)
+}
+
+pub fn run(helper: Helper) -> Result<()> {
+    match helper {
+        Helper::Echo(args) => {
+            let engine = attach(&args)?;
+            while let Some(message) = engine.recv_blocking() {
+                engine.send_blocking(message.src, message.body)?;
+            }
+        }
+        Helper::Sink { engine: args, count } => {
+            let engine = attach(&args)?;
+            let mut last = None;
+            for _ in 0..count {
+                last = Some(engine.recv_blocking().context("closed")?);
+            }
+            if let Some(last) = last {
+                engine.send_blocking(last.src, b"done".to_vec())?;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        Helper::Idle(args) => {
+            let engine = attach(&args)?;
+            while engine.recv_blocking().is_some() {}
+        }
+        Helper::Floor { segment, rounds } => {
+            let segment = RingSegment::open(&segment, None)?;
+            let word = cache_line(&segment);
+            for round in 0..rounds {
+                let ping = 2 * round + 1;
+                while word.load(Ordering::Acquire) != ping {
+                    std::hint::spin_loop();
+                }
+                word.store(ping + 1, Ordering::Release);
+            }
+        }
+        Helper::RingSink { segment, count } => {
+            let segment = RingSegment::open(&segment, None)?;
+            let (mut outbox, _) = segment.router_side();
+            let mut taken = 0;
+            while taken < count {
+                match outbox.peek()? {
+                    Some(record) if record.kind == Kind::Message => {
+                        outbox.consume();
+                        taken += 1;
+                    }
+                    Some(_) => outbox.consume(),
+                    None => std::hint::spin_loop(),
+                }
+            }
+        }
+        Helper::UnixEcho { path } => {
+            let mut stream = std::os::unix::net::UnixStream::connect(path)?;
+            let mut buffer = [0u8; 64];
+            while stream.read_exact(&mut buffer).is_ok() {
+                stream.write_all(&buffer)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The word the floor ping-pongs: a bare segment's inbox `tail`, on a cache line of its own.
+pub fn cache_line(segment: &RingSegment) -> &AtomicU64 {
+    segment.counter(netmachine_engine::ring::layout::INBOX_TAIL_AT)
+}
