@@ -323,7 +323,8 @@ async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<EngineMess
         // After a router restart the new router adopts the same segment: keep the mapping.
         if current.as_ref().is_none_or(|ring| ring.segment.name != name) {
             let doorbell = grant.get_doorbell()?.to_string().map_err(|e| EngineError::Rpc(e.to_string()))?;
-            match EngineRing::open(engine, &name, &doorbell, options.wait, shared.clone(), incoming.clone()) {
+            let reader = (options.receiver == crate::Receiver::ReaderThread).then(|| (shared.clone(), incoming.clone()));
+            match EngineRing::open(engine, &name, &doorbell, options.wait, reader) {
                 Ok(ring) => {
                     if let Some(old) = shared.ring.write().unwrap_or_else(|p| p.into_inner()).replace(ring) {
                         old.stop();

@@ -1,121 +1,188 @@
 //! The engine's side of the shared-memory rings (engine/RING.md): the outbox it writes from
-//! any thread, and a reader thread that sleeps on the inbox futex when idle and hands what
-//! arrives to waiting requests or to the engine's inbox queue (which, when full, stops the
-//! reader: the ring fills and the router holds further messages back).
+//! any thread, and the inbox, read either by a reader thread of its own (the default: it sleeps
+//! on the inbox futex when idle and hands messages to the engine's inbox queue, which, when
+//! full, stops it: the ring fills and the router holds further messages back) or by the
+//! caller's own thread in `recv_blocking` (no thread hop: the lowest latency).
 
 use crate::connection::Shared;
-use crate::ring::layout::{Kind, INBOX_CONSUMER_SLEEPING_AT, OUTBOX_PRODUCER_WAITING_AT};
-use crate::ring::records::{self, Refusal};
-use crate::ring::wait::{wait_for, WaitMode};
-use crate::ring::{Doorbell, Full, Producer, RingSegment, SegmentError};
+use crate::ring::layout::{Kind, INBOX_CONSUMER_SLEEPING_AT, INBOX_PRODUCER_WAITING_AT, OUTBOX_PRODUCER_WAITING_AT};
+use crate::ring::records;
+use crate::ring::wait::{wait_a_while, wait_for, wake_if_sleeping, WaitMode};
+use crate::ring::{Consumer, Doorbell, Full, Producer, RingSegment, SegmentError};
 use crate::EngineError;
 use netmachine_schema::{EngineMessage, Identity};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
-/// Largest RPC-equivalent message read from the inbox ring, in words.
+/// Largest message read from the inbox ring, in words.
 const WORD_LIMIT: usize = (64 << 20) / 8 * 2 + (64 << 10);
+
+/// Who reads the inbox ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Receiver {
+    /// A reader thread of the engine's own: works with async `recv`.
+    #[default]
+    ReaderThread,
+    /// The thread calling `recv_blocking` or `request_blocking`: no thread hop, the lowest
+    /// latency, for engines that use the blocking calls.
+    CallingThread,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// An engine's mapped rings.
 pub(crate) struct EngineRing {
     pub segment: RingSegment,
     outbox: Mutex<Producer>,
+    inbox: Mutex<Inbox>,
     doorbell: Doorbell,
     stop: AtomicBool,
+    mode: WaitMode,
+}
+
+struct Inbox {
+    consumer: Consumer,
+    last: LastFrom,
+}
+
+/// What the next inbox record was.
+pub(crate) enum Taken {
+    /// A message for the engine.
+    Message(EngineMessage),
+    /// A reply or refusal, handed to the request it belongs to, or a record skipped.
+    Handled,
+    /// Nothing is waiting.
+    Empty,
+    /// The ring is corrupt or the engine stopped: nothing more can be read.
+    Done,
 }
 
 impl EngineRing {
-    /// Maps the granted segment and doorbell and starts the reader thread.
+    /// Maps the granted segment and doorbell; with `reader`, starts the reader thread.
     pub fn open(
         engine: Identity,
         segment: &str,
         doorbell: &str,
         mode: WaitMode,
-        shared: Arc<Shared>,
-        incoming: mpsc::Sender<EngineMessage>,
+        reader: Option<(Arc<Shared>, mpsc::Sender<EngineMessage>)>,
     ) -> Result<Arc<EngineRing>, SegmentError> {
         let segment = RingSegment::open(segment, Some(&engine))?;
         let doorbell = Doorbell::open(doorbell)?;
         segment.set_engine_pid(std::process::id());
         let (outbox, inbox) = segment.engine_side();
-        let ring = Arc::new(EngineRing { segment, outbox: Mutex::new(outbox), doorbell, stop: AtomicBool::new(false) });
-        let reader = ring.clone();
-        std::thread::Builder::new()
-            .name(format!("ring-{}", engine.short()))
-            .spawn(move || reader.read(inbox, mode, &shared, &incoming))
-            .map_err(|e| SegmentError::Invalid { name: "reader".into(), problem: e.to_string() })?;
+        let ring = Arc::new(EngineRing {
+            segment,
+            outbox: Mutex::new(outbox),
+            inbox: Mutex::new(Inbox { consumer: inbox, last: LastFrom::default() }),
+            doorbell,
+            stop: AtomicBool::new(false),
+            mode,
+        });
+        if let Some((shared, incoming)) = reader {
+            let ring = ring.clone();
+            std::thread::Builder::new()
+                .name(format!("ring-{}", engine.short()))
+                .spawn(move || ring.read(&shared, &incoming))
+                .map_err(|e| SegmentError::Invalid { name: "reader".into(), problem: e.to_string() })?;
+        }
         Ok(ring)
     }
 
     /// Writes `message` into the outbox and rings the router if it sleeps; `Full` if there is
     /// no room now.
     pub fn try_send(&self, message: &EngineMessage) -> Result<(), Full> {
-        records::write_message(&mut self.outbox.lock().unwrap_or_else(|p| p.into_inner()), message)?;
+        records::write_message(&mut lock(&self.outbox), message)?;
         self.doorbell.ring();
         Ok(())
     }
 
     /// Like `try_send`, waiting for room as the RING.md waking protocol says.
-    pub fn send_blocking(&self, message: &EngineMessage, mode: WaitMode) -> Result<(), EngineError> {
+    pub fn send_blocking(&self, message: &EngineMessage) -> Result<(), EngineError> {
         let mut sent = self.try_send(message);
         if sent.is_ok() {
             return Ok(());
         }
         let word = self.segment.word(OUTBOX_PRODUCER_WAITING_AT);
-        wait_for(mode, word, || {
+        wait_for(self.mode, word, || {
             sent = self.try_send(message);
-            sent.is_ok() || self.stop.load(Ordering::Acquire)
+            sent.is_ok() || self.stopped()
         });
         sent.map_err(|Full| EngineError::Closed)
     }
 
     /// Whether the router has taken everything written to the outbox.
     pub fn is_drained(&self) -> bool {
-        self.outbox.lock().unwrap_or_else(|p| p.into_inner()).is_drained()
+        lock(&self.outbox).is_drained()
     }
 
-    /// Stops the reader thread.
+    pub fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Stops reading (and wakes whoever sleeps on the inbox).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
-        crate::ring::futex::wake(self.segment.word(INBOX_CONSUMER_SLEEPING_AT), 1);
+        crate::ring::futex::wake(self.segment.word(INBOX_CONSUMER_SLEEPING_AT), i32::MAX);
     }
 
-    fn read(&self, mut inbox: crate::ring::Consumer, mode: WaitMode, shared: &Shared, incoming: &mpsc::Sender<EngineMessage>) {
+    /// Waits (as the engine's wait mode says) until the inbox may hold a record, or for at
+    /// most one sleep, so that callers keep their deadlines.
+    pub fn wait_for_records(&self) {
         let sleeping = self.segment.word(INBOX_CONSUMER_SLEEPING_AT);
-        let mut last = LastFrom::default();
-        loop {
-            wait_for(mode, sleeping, || self.stop.load(Ordering::Acquire) || inbox.has_data());
-            if self.stop.load(Ordering::Acquire) {
-                return;
+        wait_a_while(self.mode, sleeping, || self.stopped() || lock(&self.inbox).consumer.has_data());
+    }
+
+    /// Takes the next inbox record: replies and refusals go to their requests here.
+    pub fn take(&self, shared: &Shared) -> Taken {
+        if self.stopped() {
+            return Taken::Done;
+        }
+        let mut inbox = lock(&self.inbox);
+        let read = match inbox.consumer.peek() {
+            Ok(None) => return Taken::Empty,
+            Ok(Some(record)) => match record.kind {
+                Kind::Message => records::read_message(record.body, WORD_LIMIT).map(Ok),
+                Kind::Refusal => records::read_refusal(record.body).map(Err).ok_or_else(|| "an unreadable refusal".to_string()),
+                Kind::Padding => Err("padding surfaced".to_string()),
+            },
+            Err(corrupt) => {
+                tracing::error!(%corrupt, "the inbox ring is corrupt; no more messages will be read from it");
+                return Taken::Done;
             }
-            let taken = match inbox.peek() {
-                Ok(Some(record)) => match record.kind {
-                    Kind::Message => records::read_message(record.body, WORD_LIMIT).map(Taken::Message),
-                    Kind::Refusal => records::read_refusal(record.body).map(Taken::Refusal).ok_or_else(|| "unreadable refusal".to_string()),
-                    Kind::Padding => Err("padding surfaced".to_string()),
-                },
-                Ok(None) => continue,
-                Err(corrupt) => {
-                    tracing::error!(%corrupt, "the inbox ring is corrupt; no more messages will be read from it");
-                    return;
-                }
-            };
-            inbox.consume();
-            crate::ring::wait::wake_if_sleeping(self.segment.word(crate::ring::layout::INBOX_PRODUCER_WAITING_AT));
-            match taken {
-                Ok(Taken::Message(message)) if last.repeats(&message) => {
-                    tracing::debug!(src = %message.src.short(), id = message.id, "dropped a message the router delivered twice");
-                }
-                Ok(Taken::Message(message)) => {
-                    if let Some(message) = shared.route_reply(message) {
-                        if incoming.blocking_send(message).is_err() {
-                            return;
-                        }
+        };
+        inbox.consumer.consume();
+        let repeated = matches!(&read, Ok(Ok(message)) if inbox.last.repeats(message));
+        drop(inbox);
+        wake_if_sleeping(self.segment.word(INBOX_PRODUCER_WAITING_AT));
+        match read {
+            Ok(Ok(_)) if repeated => Taken::Handled,
+            Ok(Ok(message)) => shared.route_reply(message).map_or(Taken::Handled, Taken::Message),
+            Ok(Err(refusal)) => {
+                shared.refused(refusal);
+                Taken::Handled
+            }
+            Err(problem) => {
+                tracing::warn!(%problem, "skipped an unreadable inbox record");
+                Taken::Handled
+            }
+        }
+    }
+
+    /// The reader thread.
+    fn read(&self, shared: &Shared, incoming: &mpsc::Sender<EngineMessage>) {
+        loop {
+            match self.take(shared) {
+                Taken::Message(message) => {
+                    if incoming.blocking_send(message).is_err() {
+                        return;
                     }
                 }
-                Ok(Taken::Refusal(refusal)) => shared.refused(refusal),
-                Err(problem) => tracing::warn!(%problem, "skipped an unreadable inbox record"),
+                Taken::Handled => {}
+                Taken::Empty => self.wait_for_records(),
+                Taken::Done => return,
             }
         }
     }
@@ -137,16 +204,5 @@ impl LastFrom {
             self.0.clear();
         }
         self.0.insert(message.src, message.id) == Some(message.id)
-    }
-}
-
-enum Taken {
-    Message(EngineMessage),
-    Refusal(Refusal),
-}
-
-impl Drop for EngineRing {
-    fn drop(&mut self) {
-        self.stop();
     }
 }

@@ -22,6 +22,7 @@ mod fast_path;
 pub mod ring;
 
 pub use error::EngineError;
+pub use fast_path::Receiver;
 pub use ring::wait::WaitMode;
 pub use netmachine_schema::router_capnp::SendRefusal;
 pub use netmachine_schema::{Destination, EngineMessage, Identity, Keypair};
@@ -58,6 +59,9 @@ pub struct EngineOptions {
     pub ring: bool,
     /// How the ring reader and blocking sends wait: adaptive (default) or busy-spin.
     pub wait: WaitMode,
+    /// Who reads the inbox ring: a reader thread (default), or the thread calling the blocking
+    /// calls (lowest latency; for engines that receive with `recv_blocking`).
+    pub receiver: Receiver,
 }
 
 impl EngineOptions {
@@ -74,6 +78,7 @@ impl EngineOptions {
             public: false,
             ring: true,
             wait: WaitMode::Adaptive,
+            receiver: Receiver::ReaderThread,
         }
     }
 }
@@ -90,9 +95,44 @@ pub struct Engine {
     commands: mpsc::Sender<Command>,
     incoming: Mutex<mpsc::Receiver<EngineMessage>>,
     shared: Arc<Shared>,
-    wait: WaitMode,
+    receiver: Receiver,
+    /// Messages a calling-thread engine took from its ring while waiting for a reply.
+    taken: std::sync::Mutex<std::collections::VecDeque<EngineMessage>>,
+    inbox_capacity: usize,
     /// The engine thread's runtime, for the blocking calls.
     runtime: tokio::runtime::Handle,
+}
+
+/// Where a request's answer arrives.
+type Answer = tokio::sync::oneshot::Receiver<Result<EngineMessage, EngineError>>;
+
+/// The answer, if it has come.
+fn answered(answer: &mut Answer) -> Option<Result<EngineMessage, EngineError>> {
+    match answer.try_recv() {
+        Ok(result) => Some(result),
+        Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Some(Err(EngineError::Closed)),
+        Err(tokio::sync::oneshot::error::TryRecvError::Empty) => None,
+    }
+}
+
+/// How async code waits on a ring it reads itself: yields a few times, then sleeps a little
+/// longer each time, up to a millisecond.
+#[derive(Default)]
+struct IdleWait(u32);
+
+impl IdleWait {
+    fn reset(&mut self) {
+        self.0 = 0;
+    }
+
+    async fn wait(&mut self) {
+        self.0 += 1;
+        if self.0 < 16 {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(Duration::from_micros(u64::from(self.0.min(64)) * 16)).await;
+        }
+    }
 }
 
 impl Drop for Engine {
@@ -123,7 +163,9 @@ impl Engine {
             commands,
             incoming: Mutex::new(incoming),
             shared,
-            wait: options.wait,
+            receiver: options.receiver,
+            taken: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            inbox_capacity: options.inbox_capacity.max(1),
             runtime,
         })
     }
@@ -196,15 +238,93 @@ impl Engine {
         let message = self.prepare(self.message(dst, body))?;
         let id = message.id;
         match self.shared.ring() {
-            Some(ring) => ring.send_blocking(&message, self.wait)?,
+            Some(ring) => ring.send_blocking(&message)?,
             None => self.runtime.block_on(self.send_message(message))?,
         }
         Ok(id)
     }
 
+    /// The inbox ring, when this engine reads it on the calling thread.
+    fn own_ring(&self) -> Option<Arc<fast_path::EngineRing>> {
+        (self.receiver == Receiver::CallingThread).then(|| self.shared.ring()).flatten()
+    }
+
+    fn take_kept(&self) -> Option<EngineMessage> {
+        self.taken.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+    }
+
+    /// Takes one inbox record on this thread, keeping a message for `recv` when `keep`; `None`
+    /// when nothing is waiting (or room to keep it is lacking).
+    fn pump(&self, ring: &fast_path::EngineRing, keep: bool) -> Option<fast_path::Taken> {
+        if keep && self.taken.lock().unwrap_or_else(|p| p.into_inner()).len() >= self.inbox_capacity {
+            return None;
+        }
+        match ring.take(&self.shared) {
+            fast_path::Taken::Message(message) if keep => {
+                self.taken.lock().unwrap_or_else(|p| p.into_inner()).push_back(message);
+                Some(fast_path::Taken::Handled)
+            }
+            fast_path::Taken::Empty => None,
+            taken => Some(taken),
+        }
+    }
+
     /// Receives from a thread that is not running async code. Do not call it from async code.
     pub fn recv_blocking(&self) -> Option<EngineMessage> {
-        self.runtime.block_on(self.recv())
+        let Some(ring) = self.own_ring() else { return self.runtime.block_on(self.recv()) };
+        if let Some(message) = self.take_kept() {
+            return Some(message);
+        }
+        loop {
+            match self.pump(&ring, false) {
+                Some(fast_path::Taken::Message(message)) => return Some(message),
+                Some(fast_path::Taken::Handled) => {}
+                Some(fast_path::Taken::Done) => return None,
+                Some(fast_path::Taken::Empty) | None => ring.wait_for_records(),
+            }
+        }
+    }
+
+    /// Answers `request` from a thread that is not running async code.
+    pub fn reply_blocking(&self, request: &EngineMessage, body: Vec<u8>) -> Result<(), EngineError> {
+        let mut message = self.message(Destination::Engine(request.src), body);
+        message.reply_to = Some(request.id);
+        let message = self.prepare(message)?;
+        match self.shared.ring() {
+            Some(ring) => ring.send_blocking(&message),
+            None => self.runtime.block_on(self.send_message(message)),
+        }
+    }
+
+    /// A request from a thread that is not running async code. Do not call it from async code.
+    pub fn request_blocking(&self, dst: impl Into<Destination>, body: Vec<u8>, timeout: Duration) -> Result<EngineMessage, EngineError> {
+        let Some(ring) = self.own_ring() else { return self.runtime.block_on(self.request(dst, body, timeout)) };
+        let (message, mut answer) = self.start_request(dst.into(), body, timeout)?;
+        let id = message.id;
+        let deadline = std::time::Instant::now() + timeout;
+        let outcome = ring.send_blocking(&message).and_then(|()| loop {
+            if let Some(result) = answered(&mut answer) {
+                break result;
+            }
+            if std::time::Instant::now() >= deadline {
+                break Err(EngineError::Timeout(timeout));
+            }
+            match self.pump(&ring, true) {
+                Some(fast_path::Taken::Done) => break Err(EngineError::Closed),
+                Some(_) => {}
+                None => ring.wait_for_records(),
+            }
+        });
+        self.shared.forget_reply(id);
+        outcome
+    }
+
+    /// A request's message (expiring with the timeout) and where its answer will come.
+    fn start_request(&self, dst: Destination, body: Vec<u8>, timeout: Duration) -> Result<(EngineMessage, Answer), EngineError> {
+        let mut message = self.message(dst, body);
+        message.expiry = Some(netmachine_schema::time::now_ms() + timeout.as_millis() as u64);
+        let answer = self.shared.expect_reply(message.id, message.dst.identity())?;
+        Ok((self.prepare(message)?, answer))
     }
 
     /// Sends a message built by [`Engine::message`] (or by hand, with this engine as `src`),
@@ -236,14 +356,23 @@ impl Engine {
     /// Sends `body` to `dst` and waits up to `timeout` for its reply. The message expires with
     /// the timeout, so the router drops it rather than deliver it late.
     pub async fn request(&self, dst: impl Into<Destination>, body: Vec<u8>, timeout: Duration) -> Result<EngineMessage, EngineError> {
-        let mut message = self.message(dst, body);
-        let deadline = netmachine_schema::time::now_ms() + timeout.as_millis() as u64;
-        message.expiry = Some(deadline);
+        let (message, mut answer) = self.start_request(dst.into(), body, timeout)?;
         let id = message.id;
-        let answer = self.shared.expect_reply(id, message.dst.identity())?;
         let outcome = async {
             self.send_message(message).await?;
-            answer.await.map_err(|_| EngineError::Closed)?
+            let Some(ring) = self.own_ring() else { return answer.await.map_err(|_| EngineError::Closed)? };
+            // This engine reads its own ring: take records until the answer is among them.
+            let mut idle = IdleWait::default();
+            loop {
+                if let Some(result) = answered(&mut answer) {
+                    return result;
+                }
+                match self.pump(&ring, true) {
+                    Some(fast_path::Taken::Done) => return Err(EngineError::Closed),
+                    Some(_) => idle.reset(),
+                    None => idle.wait().await,
+                }
+            }
         };
         let result = tokio::time::timeout(timeout, outcome).await;
         self.shared.forget_reply(id);
@@ -261,7 +390,19 @@ impl Engine {
     /// [`Engine::request`] go to their caller, or here if they arrive after it gave up).
     /// `None` once the engine is closed.
     pub async fn recv(&self) -> Option<EngineMessage> {
-        self.incoming.lock().await.recv().await
+        let Some(ring) = self.own_ring() else { return self.incoming.lock().await.recv().await };
+        let mut idle = IdleWait::default();
+        loop {
+            if let Some(message) = self.take_kept() {
+                return Some(message);
+            }
+            match self.pump(&ring, false) {
+                Some(fast_path::Taken::Message(message)) => return Some(message),
+                Some(fast_path::Taken::Done) => return None,
+                Some(_) => idle.reset(),
+                None => idle.wait().await,
+            }
+        }
     }
 
     /// Detaches from the router, delivering what was already accepted, and stops.

@@ -7,7 +7,7 @@
 //! sleeps on the doorbell, which engines ring only while it sleeps.
 
 use netmachine_engine::ring::layout::{Kind, INBOX_CONSUMER_SLEEPING_AT, OUTBOX_PRODUCER_WAITING_AT};
-use netmachine_engine::ring::records::{self, Refusal};
+use netmachine_engine::ring::records::{self, Envelope, Refusal};
 use netmachine_engine::ring::wait::{wake_if_sleeping, SLEEP};
 use netmachine_engine::ring::{futex, Consumer, Doorbell, Full, Producer, RingSegment, SegmentError};
 use netmachine_schema::time::now_ms;
@@ -44,6 +44,13 @@ impl RingEndpoint {
     /// Writes `message` into the engine's inbox and wakes the engine if it sleeps.
     pub fn deliver(&self, message: &EngineMessage) -> Result<(), Full> {
         records::write_message(&mut lock(&self.inbox), message)?;
+        wake_if_sleeping(self.segment.word(INBOX_CONSUMER_SLEEPING_AT));
+        Ok(())
+    }
+
+    /// Copies a message record, as the sender wrote it, into the engine's inbox.
+    fn forward(&self, body: &[u8]) -> Result<(), Full> {
+        records::forward(&mut lock(&self.inbox), body)?;
         wake_if_sleeping(self.segment.word(INBOX_CONSUMER_SLEEPING_AT));
         Ok(())
     }
@@ -345,22 +352,23 @@ fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<I
                 break Turn::Moved;
             }
         };
+        if record.kind == Kind::Message {
+            let envelope = records::read_envelope(record.body, shared.word_limit);
+            if let Some(to) = envelope.ok().and_then(|e| fast_lane(from, &e, by_engine, shared.max_body)) {
+                match to.forward(record.body) {
+                    Ok(()) => {
+                        shared.forwarded.fetch_add(1, Ordering::Relaxed);
+                        outbox.consume();
+                        moved += 1;
+                        continue;
+                    }
+                    Err(Full) => break Turn::Blocked(moved > 0),
+                }
+            }
+        }
         let handover = match record.kind {
             Kind::Message => match records::read_message(record.body, shared.word_limit) {
-                Ok(message) => {
-                    if let Some(to) = fast_lane(from, &message, by_engine, shared.max_body) {
-                        match to.deliver(&message) {
-                            Ok(()) => {
-                                shared.forwarded.fetch_add(1, Ordering::Relaxed);
-                                outbox.consume();
-                                moved += 1;
-                                continue;
-                            }
-                            Err(Full) => break Turn::Blocked(moved > 0),
-                        }
-                    }
-                    Slow::Route { from: from.clone(), message }
-                }
+                Ok(message) => Slow::Route { from: from.clone(), message },
                 Err(detail) => Slow::Unreadable { from: from.clone(), detail },
             },
             other => Slow::Unreadable { from: from.clone(), detail: format!("engines do not write {other:?} records") },
@@ -385,9 +393,10 @@ fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<I
 /// The receiving ring engine, when the message can go straight there: from its own engine, to
 /// an engine on rings here, not expired, within the size limit. Anything else takes the slow
 /// path, which checks, counts and refuses.
-fn fast_lane<'a>(from: &RingEndpoint, message: &EngineMessage, by_engine: &'a HashMap<Identity, Arc<RingEndpoint>>, max_body: usize) -> Option<&'a Arc<RingEndpoint>> {
-    let Destination::Engine(dst) = message.dst else { return None };
-    if message.src != from.engine || message.body.len() > max_body || message.is_expired(now_ms()) {
+fn fast_lane<'a>(from: &RingEndpoint, envelope: &Envelope, by_engine: &'a HashMap<Identity, Arc<RingEndpoint>>, max_body: usize) -> Option<&'a Arc<RingEndpoint>> {
+    let Destination::Engine(dst) = envelope.dst else { return None };
+    let expired = envelope.expiry.is_some_and(|at| at <= now_ms());
+    if envelope.src != from.engine || envelope.body_len > max_body || expired {
         return None;
     }
     by_engine.get(&dst).filter(|to| !to.is_closed())

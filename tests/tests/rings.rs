@@ -53,6 +53,35 @@ fn engines_in_separate_processes_exchange_a_million_messages_in_order() {
 }
 
 #[test]
+fn an_engine_reading_its_ring_on_the_calling_thread_receives_and_requests() {
+    let node = Node::up();
+    let (answering, asking) = with_rpc(async {
+        let calling = |o: &mut netmachine_engine::EngineOptions| o.receiver = netmachine_engine::Receiver::CallingThread;
+        (attach_engine(&node, calling).await, attach_engine(&node, calling).await)
+    });
+    let (answerer, asker) = (answering.identity(), asking.identity());
+    let server = std::thread::spawn(move || {
+        for _ in 0..100 {
+            let request = answering.recv_blocking().expect("a request");
+            assert_eq!(request.src, asker);
+            answering.reply_blocking(&request, request.body.clone()).expect("answer");
+        }
+    });
+    // A one-way message taken while a request waits is kept for recv_blocking.
+    let (noise, _) = with_rpc(async { (attach_engine(&node, |_| {}).await, ()) });
+    for n in 0..100u32 {
+        if n == 50 {
+            with_rpc(noise.send(asker, b"aside".to_vec())).expect("send");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let reply = asking.request_blocking(answerer, n.to_le_bytes().to_vec(), Duration::from_secs(10)).expect("reply");
+        assert_eq!(reply.body, n.to_le_bytes());
+    }
+    server.join().unwrap();
+    assert_eq!(asking.recv_blocking().expect("the message kept aside").body, b"aside");
+}
+
+#[test]
 fn a_killed_engine_leaves_nothing_in_shared_memory() {
     let node = Node::up();
     let (key, engine) = node.engine_key("doomed");

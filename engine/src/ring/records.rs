@@ -6,7 +6,7 @@ use super::layout::Kind;
 use super::spsc::{Full, Producer};
 use netmachine_schema::message_capnp::engine_message;
 use netmachine_schema::router_capnp::SendRefusal;
-use netmachine_schema::EngineMessage;
+use netmachine_schema::{Destination, EngineMessage, Identity};
 
 /// A message the router could not route, as it tells the sending engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,48 @@ pub fn read_message(body: &[u8], word_limit: usize) -> Result<EngineMessage, Str
     let reader = capnp::serialize::read_message_from_flat_slice(&mut &body[..], options).map_err(|e| e.to_string())?;
     let root = reader.get_root::<engine_message::Reader>().map_err(|e| e.to_string())?;
     EngineMessage::read(root).map_err(|e| e.to_string())
+}
+
+/// What routing needs of a message record, read in place: no copy of the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub src: Identity,
+    pub dst: Destination,
+    pub expiry: Option<u64>,
+    pub body_len: usize,
+}
+
+/// Reads a message record's envelope; errors (including v2 destinations) mean "take the slow
+/// path", which reads the whole message and says what is wrong.
+pub fn read_envelope(body: &[u8], word_limit: usize) -> Result<Envelope, String> {
+    use netmachine_schema::message_capnp::destination;
+    let options = netmachine_service::rpc::reader_options(word_limit);
+    let reader = capnp::serialize::read_message_from_flat_slice(&mut &body[..], options).map_err(|e| e.to_string())?;
+    let message = reader.get_root::<engine_message::Reader>().map_err(|e| e.to_string())?;
+    let identity = |field, bytes: capnp::Result<&[u8]>| -> Result<Identity, String> {
+        Identity::from_slice(field, bytes.map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+    };
+    let dst = match message.get_dst().map_err(|e| e.to_string())?.which().map_err(|e| e.to_string())? {
+        destination::Engine(id) => Destination::Engine(identity("dst", id)?),
+        destination::Node(id) => Destination::Node(identity("dst", id)?),
+        destination::Topic(id) => Destination::Topic(identity("dst", id)?),
+        _ => return Err("a v2 destination".into()),
+    };
+    let expiry = match message.get_expiry().which().map_err(|e| e.to_string())? {
+        engine_message::expiry::Never(()) => None,
+        engine_message::expiry::At(at) => Some(at),
+    };
+    Ok(Envelope {
+        src: identity("src", message.get_src())?,
+        dst,
+        expiry,
+        body_len: message.get_body().map_err(|e| e.to_string())?.len(),
+    })
+}
+
+/// Copies a message record's body, as it is, into another ring.
+pub fn forward(producer: &mut Producer, body: &[u8]) -> Result<(), Full> {
+    producer.try_write(Kind::Message, body.len(), |into| into.copy_from_slice(body))
 }
 
 fn reason_code(reason: SendRefusal) -> u32 {
@@ -80,7 +122,7 @@ mod tests {
     use super::*;
     use crate::ring::spsc::tests::HeapRing;
     use crate::ring::spsc::Consumer;
-    use netmachine_schema::{Destination, Keypair};
+    use netmachine_schema::Keypair;
 
     #[test]
     fn messages_and_refusals_round_trip_through_a_ring() {
@@ -101,6 +143,19 @@ mod tests {
         assert_eq!(record.kind, Kind::Refusal);
         assert_eq!(read_refusal(record.body), Some(refusal));
         assert!(read_message(b"12345678", 1 << 16).is_err());
+
+        // The envelope is read in place, and a record forwards as it is.
+        let mut ring = HeapRing::new(8192);
+        let (mut producer, mut consumer) = (Producer::new(ring.memory()), Consumer::new(ring.memory()));
+        message.expiry = Some(99);
+        write_message(&mut producer, &message).unwrap();
+        let record = consumer.peek().unwrap().unwrap();
+        let envelope = read_envelope(record.body, 1 << 16).unwrap();
+        assert_eq!(envelope, Envelope { src: key.identity(), dst: message.dst, expiry: Some(99), body_len: 8 });
+        let mut other = HeapRing::new(8192);
+        let (mut into, mut out) = (Producer::new(other.memory()), Consumer::new(other.memory()));
+        forward(&mut into, record.body).unwrap();
+        assert_eq!(read_message(out.peek().unwrap().unwrap().body, 1 << 16).unwrap(), message);
         assert_eq!(read_refusal(b"short"), None);
     }
 }

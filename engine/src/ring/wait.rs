@@ -25,10 +25,16 @@ pub const SLEEP: Duration = Duration::from_millis(100);
 
 /// Returns once `ready()` holds, sleeping on `word` when it has waited a while.
 pub fn wait_for(mode: WaitMode, word: &AtomicU32, mut ready: impl FnMut() -> bool) {
+    while !wait_a_while(mode, word, &mut ready) {}
+}
+
+/// Like [`wait_for`], but returns after at most one sleep (`SLEEP`) even if `ready()` does not
+/// hold yet, so that callers can keep their own deadlines. Returns whether it holds.
+pub fn wait_a_while(mode: WaitMode, word: &AtomicU32, mut ready: impl FnMut() -> bool) -> bool {
     let mut round = 0u32;
     loop {
         if ready() {
-            return;
+            return true;
         }
         round = round.saturating_add(1);
         if mode == WaitMode::BusySpin {
@@ -48,10 +54,11 @@ pub fn wait_for(mode: WaitMode, word: &AtomicU32, mut ready: impl FnMut() -> boo
             fence(Ordering::SeqCst);
             if ready() {
                 word.store(0, Ordering::SeqCst);
-                return;
+                return true;
             }
             futex::wait(word, 1, SLEEP);
             word.store(0, Ordering::SeqCst);
+            return ready();
         }
     }
 }

@@ -58,10 +58,17 @@ pub struct EngineArgs {
     no_ring: bool,
 }
 
+/// Options for a benchmark engine: the calling thread reads its ring (no thread hop).
+pub fn bench_options(socket: &std::path::Path, key: Keypair, ring: bool, spin: bool) -> EngineOptions {
+    let mut options = EngineOptions::new(socket, key);
+    options.ring = ring;
+    options.wait = if spin { WaitMode::BusySpin } else { WaitMode::Adaptive };
+    options.receiver = netmachine_engine::Receiver::CallingThread;
+    options
+}
+
 fn attach(args: &EngineArgs) -> Result<Engine> {
-    let mut options = EngineOptions::new(&args.socket, Keypair::read_file(&args.key)?);
-    options.ring = !args.no_ring;
-    options.wait = if args.spin { WaitMode::BusySpin } else { WaitMode::Adaptive };
+    let options = bench_options(&args.socket, Keypair::read_file(&args.key)?, !args.no_ring, args.spin);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let engine = runtime.block_on(Engine::attach(options))?;
     println!("ready");

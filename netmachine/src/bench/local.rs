@@ -11,7 +11,7 @@ use crate::node_client::run_local;
 use anyhow::{bail, Context, Result};
 use netmachine_engine::ring::layout::Kind;
 use netmachine_engine::ring::RingSegment;
-use netmachine_engine::{Engine, EngineOptions, Identity, Keypair, WaitMode};
+use netmachine_engine::{Engine, Identity, Keypair};
 use netmachine_service::ServiceKind;
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -82,9 +82,7 @@ impl Bench {
 
     fn attach(&mut self, spin: bool, ring: bool) -> Result<Engine> {
         let (key, _) = self.key()?;
-        let mut options = EngineOptions::new(&self.router, Keypair::read_file(&key)?);
-        options.ring = ring;
-        options.wait = if spin { WaitMode::BusySpin } else { WaitMode::Adaptive };
+        let options = super::helpers::bench_options(&self.router, Keypair::read_file(&key)?, ring, spin);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         Ok(runtime.block_on(Engine::attach(options))?)
     }
