@@ -297,6 +297,19 @@ pub async fn attach_engine(node: &Node, configure: impl FnOnce(&mut netmachine_e
     netmachine_engine::Engine::attach(options).await.expect("attach")
 }
 
+/// Sends `body` to `dst` until the node knows where `dst` is (engine announcements travel
+/// between nodes after they connect); false if it never does within 10 s. The sender must use
+/// the socket path, whose sends answer with the router's verdict.
+pub async fn send_when_routable(sender: &netmachine_engine::Engine, dst: impl Into<netmachine_engine::Destination> + Copy, body: &[u8]) -> bool {
+    for _ in 0..100 {
+        if sender.send(dst, body.to_vec()).await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// Connects to a service socket and returns its bootstrap interface as `C`.
 pub async fn connect<C: capnp::capability::FromClientHook>(socket: &Path) -> C {
     netmachine_service::rpc::connect::<C>(socket, 1 << 20).await.expect("connect to service").0

@@ -5,7 +5,7 @@
 
 use netmachine_engine::{Destination, Identity};
 use netmachine_service::ServiceKind;
-use netmachine_tests::{attach_engine, bin_dir, link, wait_until, with_rpc, Listener, Node};
+use netmachine_tests::{attach_engine, bin_dir, link, send_when_routable, wait_until, with_rpc, Listener, Node};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -46,10 +46,10 @@ fn two_nodes_set_up_by_advert_exchange_carry_messages_both_ways() {
     let carol_key = carol_key.to_str().unwrap();
 
     // A one-way message each way, with the very same command used within a node.
-    let sent = send_when_routable(&a, carol_key, &bob, "from A to B");
+    let sent = cli_send_when_routable(&a, carol_key, &bob, "from A to B");
     assert!(sent, "A never learned where bob is");
     assert_eq!(bob_listens.next_message(WAIT)["body"], "from A to B");
-    assert!(send_when_routable(&b, dave_key.to_str().unwrap(), &alice, "from B to A"));
+    assert!(cli_send_when_routable(&b, dave_key.to_str().unwrap(), &alice, "from B to A"));
     assert_eq!(alice_listens.next_message(WAIT)["body"], "from B to A");
 
     // A request across the nodes; bob's listener on B echoes it back.
@@ -66,7 +66,7 @@ fn two_nodes_set_up_by_advert_exchange_carry_messages_both_ways() {
 }
 
 /// `netmachine send` that retries while the destination's node is not yet announced.
-fn send_when_routable(node: &Node, key: &str, to: &str, body: &str) -> bool {
+fn cli_send_when_routable(node: &Node, key: &str, to: &str, body: &str) -> bool {
     for _ in 0..100 {
         if node.cli(&["send", "--key", key, "--to", to, body]).status.success() {
             return true;
@@ -89,15 +89,7 @@ fn three_nodes_one_send_call_reaches_local_and_remote_engines() {
         let on_c = attach_engine(&nodes[2], |_| {}).await;
         for (n, receiver) in [&neighbour, &on_b, &on_c].into_iter().enumerate() {
             let body = format!("same call, receiver {n}").into_bytes();
-            let mut delivered = false;
-            for _ in 0..100 {
-                if sender.send(receiver.identity(), body.clone()).await.is_ok() {
-                    delivered = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            assert!(delivered, "receiver {n} never became routable");
+            assert!(send_when_routable(&sender, receiver.identity(), &body).await, "receiver {n} never became routable");
             let message = tokio::time::timeout(WAIT, receiver.recv()).await.expect("in time").expect("message");
             assert_eq!(message.body, body);
             assert_eq!(message.src, sender.identity());
@@ -146,15 +138,7 @@ fn a_public_node_admits_strangers_whose_messages_reach_only_public_engines() {
         let open = attach_engine(&public, |o| o.public = true).await;
         let private = attach_engine(&public, |_| {}).await;
         let sender = attach_engine(&stranger, |o| o.ring = false).await;
-        let mut delivered = false;
-        for _ in 0..100 {
-            if sender.send(open.identity(), b"hello public".to_vec()).await.is_ok() {
-                delivered = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(delivered, "the public engine never became routable");
+        assert!(send_when_routable(&sender, open.identity(), b"hello public").await, "the public engine never became routable");
         let message = tokio::time::timeout(WAIT, open.recv()).await.expect("in time").expect("message");
         assert_eq!(message.body, b"hello public");
         let before = public.router_counter("dropped_no_route");
@@ -177,15 +161,7 @@ fn a_node_that_requires_engine_signatures_drops_unsigned_messages() {
         })
         .await;
         let unsigned = attach_engine(&other, |o| o.ring = false).await;
-        let mut delivered = false;
-        for _ in 0..100 {
-            if signing.send(receiver.identity(), b"signed".to_vec()).await.is_ok() {
-                delivered = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(delivered, "the receiver never became routable");
+        assert!(send_when_routable(&signing, receiver.identity(), b"signed").await, "the receiver never became routable");
         let message = tokio::time::timeout(WAIT, receiver.recv()).await.expect("in time").expect("message");
         assert_eq!(message.body, b"signed");
         assert!(message.sig.is_some());
@@ -281,15 +257,7 @@ fn oversized_messages_are_refused_at_either_end() {
         let sender = attach_engine(&a, |o| o.ring = false).await;
         let receiver = attach_engine(&b, |_| {}).await;
         // B's limit is 4096: an 8000-byte body from A is dropped at B, and counted there.
-        let mut routed = false;
-        for _ in 0..100 {
-            if sender.send(receiver.identity(), vec![1; 8000]).await.is_ok() {
-                routed = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(routed, "the receiver never became routable");
+        assert!(send_when_routable(&sender, receiver.identity(), &[1; 8000]).await, "the receiver never became routable");
     });
     wait_until("B counts the oversized message", WAIT, || b.router_counter("dropped_over_limit") >= 1);
     // A frame over B's frame limit makes B's transport close the connection, counted.
