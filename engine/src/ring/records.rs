@@ -16,9 +16,17 @@ pub struct Refusal {
     pub detail: String,
 }
 
+/// Words for a builder that holds `message` in one segment: its fixed part (every pointer and
+/// identity) plus its variable-length fields. Sized so that a small message does not pay for
+/// the default 8 KiB first segment.
+fn words_for(message: &EngineMessage) -> u32 {
+    (48 + (message.body.len() + message.protocol.len()).div_ceil(8)) as u32
+}
+
 /// Writes `message` as one record, serialized straight into the ring.
 pub fn write_message(producer: &mut Producer, message: &EngineMessage) -> Result<(), Full> {
-    let mut builder = capnp::message::Builder::new_default();
+    let allocator = capnp::message::HeapAllocator::new().first_segment_words(words_for(message));
+    let mut builder = capnp::message::Builder::new(allocator);
     message.write(builder.init_root());
     let length = capnp::serialize::compute_serialized_size_in_words(&builder) * 8;
     producer.try_write(Kind::Message, length, |mut body| {
@@ -143,6 +151,11 @@ mod tests {
         assert_eq!(record.kind, Kind::Refusal);
         assert_eq!(read_refusal(record.body), Some(refusal));
         assert!(read_message(b"12345678", 1 << 16).is_err());
+
+        // The builder is sized to fit a message in one segment.
+        let mut sized = capnp::message::Builder::new(capnp::message::HeapAllocator::new().first_segment_words(words_for(&message)));
+        message.write(sized.init_root());
+        assert_eq!(sized.get_segments_for_output().len(), 1);
 
         // The envelope is read in place, and a record forwards as it is.
         let mut ring = HeapRing::new(8192);

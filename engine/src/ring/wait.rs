@@ -1,9 +1,9 @@
 //! Waiting without burning CPU (RING.md, "Waking"): spin briefly, then yield, then sleep on a
 //! futex word after saying so in it; the other side makes the wake-up call only when the word
-//! says someone sleeps.
+//! says someone sleeps. The protocol is written against [`FutexWord`] so that loom can check it
+//! (`scripts/loom`) with a futex modelled without timeouts, where a lost wake-up is a deadlock.
 
-use super::futex;
-use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 /// How a side waits.
@@ -16,21 +16,67 @@ pub enum WaitMode {
     BusySpin,
 }
 
+#[cfg(not(netmachine_loom))]
 const SPINS: u32 = 200;
+#[cfg(not(netmachine_loom))]
+const YIELDS: u32 = 20;
+// Under the model checker every round is a branch to explore: go straight to sleeping.
+#[cfg(netmachine_loom)]
+const SPINS: u32 = 0;
+#[cfg(netmachine_loom)]
+const YIELDS: u32 = 0;
 /// Busy-spinning yields once in this many rounds.
 const BUSY_SPIN_YIELD_EVERY: u32 = 1024;
-const YIELDS: u32 = 20;
 /// The longest sleep; a lost wake-up costs at most this much latency.
 pub const SLEEP: Duration = Duration::from_millis(100);
 
+/// A shared word a side sleeps on: a futex word in shared memory.
+pub trait FutexWord {
+    fn load(&self, order: Ordering) -> u32;
+    fn store(&self, value: u32, order: Ordering);
+    fn swap(&self, value: u32, order: Ordering) -> u32;
+    /// A sequentially consistent fence.
+    fn fence(&self);
+    /// Sleeps while the word holds `expected` (or until woken, or for a while).
+    fn sleep(&self, expected: u32);
+    /// Wakes a sleeper.
+    fn wake(&self);
+    /// Lets another thread run.
+    fn yield_now(&self);
+}
+
+impl FutexWord for AtomicU32 {
+    fn load(&self, order: Ordering) -> u32 {
+        AtomicU32::load(self, order)
+    }
+    fn store(&self, value: u32, order: Ordering) {
+        AtomicU32::store(self, value, order)
+    }
+    fn swap(&self, value: u32, order: Ordering) -> u32 {
+        AtomicU32::swap(self, value, order)
+    }
+    fn fence(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+    fn sleep(&self, expected: u32) {
+        super::futex::wait(self, expected, SLEEP);
+    }
+    fn wake(&self) {
+        super::futex::wake(self, 1);
+    }
+    fn yield_now(&self) {
+        std::thread::yield_now();
+    }
+}
+
 /// Returns once `ready()` holds, sleeping on `word` when it has waited a while.
-pub fn wait_for(mode: WaitMode, word: &AtomicU32, mut ready: impl FnMut() -> bool) {
+pub fn wait_for(mode: WaitMode, word: &impl FutexWord, mut ready: impl FnMut() -> bool) {
     while !wait_a_while(mode, word, &mut ready) {}
 }
 
 /// Like [`wait_for`], but returns after at most one sleep (`SLEEP`) even if `ready()` does not
 /// hold yet, so that callers can keep their own deadlines. Returns whether it holds.
-pub fn wait_a_while(mode: WaitMode, word: &AtomicU32, mut ready: impl FnMut() -> bool) -> bool {
+pub fn wait_a_while(mode: WaitMode, word: &impl FutexWord, mut ready: impl FnMut() -> bool) -> bool {
     let mut round = 0u32;
     loop {
         if ready() {
@@ -41,22 +87,22 @@ pub fn wait_a_while(mode: WaitMode, word: &AtomicU32, mut ready: impl FnMut() ->
             // Give the core up now and then: with more spinners than cores (two cores, a
             // router and two engines), pure spinning starves the very side it waits for.
             if round % BUSY_SPIN_YIELD_EVERY == 0 {
-                std::thread::yield_now();
+                word.yield_now();
             } else {
                 std::hint::spin_loop();
             }
-        } else if round < SPINS {
+        } else if round <= SPINS {
             std::hint::spin_loop();
-        } else if round < SPINS + YIELDS {
-            std::thread::yield_now();
+        } else if round <= SPINS + YIELDS {
+            word.yield_now();
         } else {
             word.store(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
+            word.fence();
             if ready() {
                 word.store(0, Ordering::SeqCst);
                 return true;
             }
-            futex::wait(word, 1, SLEEP);
+            word.sleep(1);
             word.store(0, Ordering::SeqCst);
             return ready();
         }
@@ -64,14 +110,14 @@ pub fn wait_a_while(mode: WaitMode, word: &AtomicU32, mut ready: impl FnMut() ->
 }
 
 /// After publishing something the other side may be sleeping for: wake it if it sleeps.
-pub fn wake_if_sleeping(word: &AtomicU32) {
-    fence(Ordering::SeqCst);
+pub fn wake_if_sleeping(word: &impl FutexWord) {
+    word.fence();
     if word.load(Ordering::Relaxed) == 1 && word.swap(0, Ordering::SeqCst) == 1 {
-        futex::wake(word, 1);
+        word.wake();
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(netmachine_loom)))]
 mod tests {
     use super::*;
     use crate::ring::layout::Kind;
@@ -97,18 +143,82 @@ mod tests {
                     while producer.try_write(Kind::Message, 8, |b| b.copy_from_slice(&n.to_le_bytes())).is_err() {
                         std::thread::yield_now();
                     }
-                    wake_if_sleeping(&sleeping);
+                    wake_if_sleeping(&*sleeping);
                 }
             })
         };
         let mut consumer = Consumer::new(ring.memory());
         for expected in 0..bursts * 10 {
-            wait_for(WaitMode::Adaptive, &sleeping, || consumer.has_data());
+            wait_for(WaitMode::Adaptive, &*sleeping, || consumer.has_data());
             let record = consumer.peek().unwrap().unwrap();
             assert_eq!(u64::from_le_bytes(record.body.try_into().unwrap()), expected);
             consumer.consume();
         }
         producer.join().unwrap();
         drop(ring);
+    }
+}
+
+/// The wake-up protocol under loom: every interleaving of one sleeper and one waker, with a
+/// futex that never times out. A lost wake-up leaves the sleeper blocked, which loom reports as
+/// a deadlock.
+#[cfg(all(test, netmachine_loom))]
+mod model {
+    use super::*;
+    use loom::sync::atomic::{AtomicBool, AtomicU32 as LoomU32};
+    use loom::sync::{Arc, Condvar, Mutex};
+
+    /// FUTEX_WAIT and FUTEX_WAKE, modelled: the check of the word and the sleep are atomic with
+    /// respect to wakes, as the kernel makes them.
+    struct ModelWord {
+        word: LoomU32,
+        lock: Mutex<()>,
+        woken: Condvar,
+    }
+
+    impl FutexWord for ModelWord {
+        fn load(&self, order: Ordering) -> u32 {
+            self.word.load(order)
+        }
+        fn store(&self, value: u32, order: Ordering) {
+            self.word.store(value, order)
+        }
+        fn swap(&self, value: u32, order: Ordering) -> u32 {
+            self.word.swap(value, order)
+        }
+        fn fence(&self) {
+            loom::sync::atomic::fence(Ordering::SeqCst);
+        }
+        fn sleep(&self, expected: u32) {
+            let guard = self.lock.lock().unwrap();
+            if self.word.load(Ordering::SeqCst) == expected {
+                drop(self.woken.wait(guard).unwrap());
+            }
+        }
+        fn wake(&self) {
+            let _guard = self.lock.lock().unwrap();
+            self.woken.notify_all();
+        }
+        fn yield_now(&self) {
+            loom::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_published_record_always_wakes_a_consumer_that_went_to_sleep() {
+        loom::model(|| {
+            let word = Arc::new(ModelWord { word: LoomU32::new(0), lock: Mutex::new(()), woken: Condvar::new() });
+            // Stands for the ring's tail: released by the producer, acquired by the consumer.
+            let published = Arc::new(AtomicBool::new(false));
+            let producer = {
+                let (word, published) = (word.clone(), published.clone());
+                loom::thread::spawn(move || {
+                    published.store(true, Ordering::Release);
+                    wake_if_sleeping(&*word);
+                })
+            };
+            wait_for(WaitMode::Adaptive, &*word, || published.load(Ordering::Acquire));
+            producer.join().unwrap();
+        });
     }
 }
