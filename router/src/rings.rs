@@ -8,12 +8,12 @@
 
 use netmachine_engine::ring::layout::{Kind, INBOX_CONSUMER_SLEEPING_AT, OUTBOX_PRODUCER_WAITING_AT};
 use netmachine_engine::ring::records::{self, Envelope, Refusal};
-use netmachine_engine::ring::wait::{wake_if_sleeping, SLEEP};
+use netmachine_engine::ring::wait::wake_if_sleeping;
 use netmachine_engine::ring::{futex, Consumer, Doorbell, Full, Producer, RingSegment, SegmentError};
 use netmachine_schema::time::now_ms;
 use netmachine_schema::{Destination, EngineMessage, Identity};
 use std::collections::HashMap;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -310,15 +310,10 @@ fn forward(shared: &Shared, slow: &mpsc::Sender<Slow>) {
         } else if idle < SPINS + YIELDS {
             std::thread::yield_now();
         } else {
-            let rings = shared.doorbell.rings();
-            let before = rings.load(Ordering::SeqCst);
-            shared.doorbell.router_sleeping().store(1, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            let waiting = endpoints.iter().any(|e| !e.corrupt.load(Ordering::Acquire) && lock(&e.outbox).has_data());
-            if !waiting && shared.version.load(Ordering::Acquire) == seen {
-                futex::wait(rings, before, SLEEP);
-            }
-            shared.doorbell.router_sleeping().store(0, Ordering::SeqCst);
+            shared.doorbell.sleep(|| {
+                shared.version.load(Ordering::Acquire) != seen
+                    || endpoints.iter().any(|e| !e.corrupt.load(Ordering::Acquire) && lock(&e.outbox).has_data())
+            });
             idle = 0;
         }
     }

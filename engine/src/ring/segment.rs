@@ -244,11 +244,12 @@ impl Doorbell {
 
     /// An engine, after writing to its outbox: rings if the router sleeps.
     pub fn ring(&self) {
-        std::sync::atomic::fence(Ordering::SeqCst);
-        if self.router_sleeping().load(Ordering::Relaxed) == 1 {
-            self.rings().fetch_add(1, Ordering::SeqCst);
-            super::futex::wake(self.rings(), 1);
-        }
+        super::wait::ring_doorbell(self.router_sleeping(), self.rings());
+    }
+
+    /// The router, with nothing to do: sleeps until an engine rings (or for a while).
+    pub fn sleep(&self, anything_waiting: impl FnMut() -> bool) {
+        super::wait::sleep_on_doorbell(self.router_sleeping(), self.rings(), anything_waiting);
     }
 }
 

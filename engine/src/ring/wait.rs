@@ -35,6 +35,7 @@ pub trait FutexWord {
     fn load(&self, order: Ordering) -> u32;
     fn store(&self, value: u32, order: Ordering);
     fn swap(&self, value: u32, order: Ordering) -> u32;
+    fn fetch_add(&self, value: u32, order: Ordering) -> u32;
     /// A sequentially consistent fence.
     fn fence(&self);
     /// Sleeps while the word holds `expected` (or until woken, or for a while).
@@ -54,6 +55,9 @@ impl FutexWord for AtomicU32 {
     }
     fn swap(&self, value: u32, order: Ordering) -> u32 {
         AtomicU32::swap(self, value, order)
+    }
+    fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
+        AtomicU32::fetch_add(self, value, order)
     }
     fn fence(&self) {
         std::sync::atomic::fence(Ordering::SeqCst);
@@ -115,6 +119,28 @@ pub fn wake_if_sleeping(word: &impl FutexWord) {
     if word.load(Ordering::Relaxed) == 1 && word.swap(0, Ordering::SeqCst) == 1 {
         word.wake();
     }
+}
+
+/// An engine, after writing to its outbox: rings the router's doorbell if the router sleeps
+/// (RING.md, "Router waiting for outbox records").
+pub fn ring_doorbell(router_sleeping: &impl FutexWord, rings: &impl FutexWord) {
+    router_sleeping.fence();
+    if router_sleeping.load(Ordering::Relaxed) == 1 {
+        rings.fetch_add(1, Ordering::SeqCst);
+        rings.wake();
+    }
+}
+
+/// The router, with nothing to do: says it sleeps, looks once more, then sleeps on the doorbell
+/// until an engine rings it (or for a while). Returns after at most one sleep.
+pub fn sleep_on_doorbell(router_sleeping: &impl FutexWord, rings: &impl FutexWord, mut anything_waiting: impl FnMut() -> bool) {
+    let before = rings.load(Ordering::SeqCst);
+    router_sleeping.store(1, Ordering::SeqCst);
+    router_sleeping.fence();
+    if !anything_waiting() {
+        rings.sleep(before);
+    }
+    router_sleeping.store(0, Ordering::SeqCst);
 }
 
 #[cfg(all(test, not(netmachine_loom)))]
@@ -186,6 +212,9 @@ mod model {
         fn swap(&self, value: u32, order: Ordering) -> u32 {
             self.word.swap(value, order)
         }
+        fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
+            self.word.fetch_add(value, order)
+        }
         fn fence(&self) {
             loom::sync::atomic::fence(Ordering::SeqCst);
         }
@@ -204,10 +233,50 @@ mod model {
         }
     }
 
+    fn word() -> Arc<ModelWord> {
+        Arc::new(ModelWord { word: LoomU32::new(0), lock: Mutex::new(()), woken: Condvar::new() })
+    }
+
+    #[test]
+    fn two_engines_publishing_always_wake_a_router_that_went_to_sleep() {
+        // Three threads looping over shared words: bound the preemptions, as loom advises, so
+        // the search ends (bugs of this kind need one or two).
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(2);
+        model.check(|| {
+            let (sleeping, rings) = (word(), word());
+            let outboxes: Vec<Arc<AtomicBool>> = (0..2).map(|_| Arc::new(AtomicBool::new(false))).collect();
+            let engines: Vec<_> = outboxes
+                .iter()
+                .map(|outbox| {
+                    let (sleeping, rings, outbox) = (sleeping.clone(), rings.clone(), outbox.clone());
+                    loom::thread::spawn(move || {
+                        outbox.store(true, Ordering::Release);
+                        ring_doorbell(&*sleeping, &*rings);
+                    })
+                })
+                .collect();
+            // The router takes what is published and sleeps on the doorbell in between.
+            let mut taken = [false, false];
+            while taken != [true, true] {
+                for (seen, outbox) in taken.iter_mut().zip(&outboxes) {
+                    *seen |= outbox.load(Ordering::Acquire);
+                }
+                if taken != [true, true] {
+                    let pending = || outboxes.iter().zip(taken).any(|(o, seen)| !seen && o.load(Ordering::Acquire));
+                    sleep_on_doorbell(&*sleeping, &*rings, pending);
+                }
+            }
+            for engine in engines {
+                engine.join().unwrap();
+            }
+        });
+    }
+
     #[test]
     fn a_published_record_always_wakes_a_consumer_that_went_to_sleep() {
         loom::model(|| {
-            let word = Arc::new(ModelWord { word: LoomU32::new(0), lock: Mutex::new(()), woken: Condvar::new() });
+            let word = word();
             // Stands for the ring's tail: released by the producer, acquired by the consumer.
             let published = Arc::new(AtomicBool::new(false));
             let producer = {
