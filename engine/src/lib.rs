@@ -299,7 +299,7 @@ impl Engine {
     /// A request from a thread that is not running async code. Do not call it from async code.
     pub fn request_blocking(&self, dst: impl Into<Destination>, body: Vec<u8>, timeout: Duration) -> Result<EngineMessage, EngineError> {
         let Some(ring) = self.own_ring() else { return self.runtime.block_on(self.request(dst, body, timeout)) };
-        let (message, mut answer) = self.start_request(dst.into(), body, timeout)?;
+        let (message, mut answer) = self.start_request(self.message(dst, body), timeout)?;
         let id = message.id;
         let deadline = std::time::Instant::now() + timeout;
         let outcome = ring.send_blocking(&message).and_then(|()| loop {
@@ -320,8 +320,7 @@ impl Engine {
     }
 
     /// A request's message (expiring with the timeout) and where its answer will come.
-    fn start_request(&self, dst: Destination, body: Vec<u8>, timeout: Duration) -> Result<(EngineMessage, Answer), EngineError> {
-        let mut message = self.message(dst, body);
+    fn start_request(&self, mut message: EngineMessage, timeout: Duration) -> Result<(EngineMessage, Answer), EngineError> {
         message.expiry = Some(netmachine_schema::time::now_ms() + timeout.as_millis() as u64);
         let answer = self.shared.expect_reply(message.id, message.dst.identity())?;
         Ok((self.prepare(message)?, answer))
@@ -356,7 +355,13 @@ impl Engine {
     /// Sends `body` to `dst` and waits up to `timeout` for its reply. The message expires with
     /// the timeout, so the router drops it rather than deliver it late.
     pub async fn request(&self, dst: impl Into<Destination>, body: Vec<u8>, timeout: Duration) -> Result<EngineMessage, EngineError> {
-        let (message, mut answer) = self.start_request(dst.into(), body, timeout)?;
+        self.request_message(self.message(dst, body), timeout).await
+    }
+
+    /// A request built by [`Engine::message`] (to set its protocol or scope, say); its expiry
+    /// is set to the timeout.
+    pub async fn request_message(&self, message: EngineMessage, timeout: Duration) -> Result<EngineMessage, EngineError> {
+        let (message, mut answer) = self.start_request(message, timeout)?;
         let id = message.id;
         let outcome = async {
             self.send_message(message).await?;

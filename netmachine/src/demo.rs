@@ -6,6 +6,7 @@ use crate::latency::{micros, Latencies};
 use crate::local_node::{LocalNode, ScratchDir};
 use crate::node_client::{connect, run_local};
 use crate::peers;
+use crate::routable::{wait_until_routable, PROBE};
 use anyhow::{bail, Context, Result};
 use netmachine_engine::{Engine, EngineOptions, Identity, Keypair};
 use netmachine_schema::transport_capnp::transport;
@@ -46,8 +47,8 @@ async fn demo(a: &mut LocalNode, b: &mut LocalNode) -> Result<()> {
     let bob = Arc::new(Engine::attach(attach(b)).await?);
     println!("engines: alice {} and carol {} on A, bob {} on B", alice.identity().short(), carol.identity().short(), bob.identity().short());
 
-    wait_routable(&alice, bob.identity()).await?;
-    wait_routable(&bob, alice.identity()).await?;
+    wait_until_routable(&alice, &bob).await?;
+    wait_until_routable(&bob, &alice).await?;
     one_way(&alice, "alice@A", &bob, "bob@B").await?;
     one_way(&bob, "bob@B", &alice, "alice@A").await?;
     requests(&alice, "alice@A", &bob, "bob@B").await?;
@@ -84,27 +85,12 @@ async fn wait_connected(a: &LocalNode, node: Identity) -> Result<Duration> {
     }
 }
 
-/// Waits until `from`'s node knows where `to` is attached (engine announcements travel on
-/// connect and on attach).
-async fn wait_routable(from: &Engine, to: Identity) -> Result<()> {
-    let start = Instant::now();
-    loop {
-        let mut probe = from.message(to, b"probe".to_vec());
-        probe.protocol = "netmachine/demo-probe".into();
-        match from.send_message(probe).await {
-            Ok(()) => return Ok(()),
-            Err(error) if start.elapsed() > Duration::from_secs(10) => bail!("{to} never became routable: {error}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-}
-
 /// Takes the next message that is not a probe.
 async fn next_message(engine: &Engine) -> Result<netmachine_engine::EngineMessage> {
     loop {
         let message = tokio::time::timeout(Duration::from_secs(5), engine.recv()).await.context("no message within 5 s")?;
         let message = message.context("the engine closed")?;
-        if message.protocol != "netmachine/demo-probe" {
+        if message.protocol != PROBE {
             return Ok(message);
         }
     }

@@ -11,5 +11,6 @@ pub mod local_node;
 pub mod messaging;
 pub mod node_client;
 pub mod peers;
+pub mod routable;
 pub mod status;
 pub mod up;
