@@ -126,10 +126,14 @@ impl Rings {
         Ok(rings)
     }
 
-    /// At start: adopts the rings of engines still alive (their outboxes are forwarded, and
-    /// messages for them delivered, before they attach again), and removes those of engines
-    /// that are gone.
+    /// At start: adopts the rings of this node's engines still alive (their outboxes are
+    /// forwarded, and messages for them delivered, before they attach again), removes those of
+    /// engines that are gone, and sweeps what stopped nodes left behind.
     fn adopt_or_reclaim(&self) {
+        let swept = netmachine_engine::ring::sweep_orphans();
+        if swept > 0 {
+            tracing::info!(swept, "removed shared memory that stopped nodes and engines left behind");
+        }
         let prefix = format!("netmachine-{}-", &self.node.to_string()[..16]);
         let Ok(entries) = std::fs::read_dir("/dev/shm") else { return };
         for entry in entries.filter_map(Result::ok) {
@@ -138,10 +142,7 @@ impl Rings {
                 continue;
             }
             let name = format!("/{file}");
-            let segment = RingSegment::open(&name, None).ok().filter(|segment| {
-                let pid = segment.engine_pid();
-                pid != 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
-            });
+            let segment = RingSegment::open(&name, None).ok().filter(|segment| netmachine_engine::ring::process_alive(segment.engine_pid()));
             match segment {
                 Some(segment) => {
                     tracing::info!(segment = %name, engine = %segment.engine(), "adopted the rings of a live engine");

@@ -25,6 +25,7 @@ pub const INBOX_HEAD_AT: usize = 896;
 pub const INBOX_CONSUMER_SLEEPING_AT: usize = 1024;
 pub const INBOX_PRODUCER_WAITING_AT: usize = 1152;
 
+pub const DOORBELL_ROUTER_PID_AT: usize = 64;
 pub const DOORBELL_ROUTER_SLEEPING_AT: usize = 128;
 pub const DOORBELL_RINGS_AT: usize = 256;
 
@@ -101,6 +102,7 @@ mod tests {
             (INBOX_HEAD_AT, "inbox `head`"),
             (INBOX_CONSUMER_SLEEPING_AT, "inbox `consumer_sleeping`"),
             (INBOX_PRODUCER_WAITING_AT, "inbox `producer_waiting`"),
+            (DOORBELL_ROUTER_PID_AT, "the router's process id"),
             (DOORBELL_ROUTER_SLEEPING_AT, "`router_sleeping`"),
             (DOORBELL_RINGS_AT, "`rings`"),
         ];

@@ -156,6 +156,10 @@ impl RingSegment {
         self.mapping.u32_at(ENGINE_PID_AT).load(Ordering::Relaxed)
     }
 
+    pub fn router_pid(&self) -> u32 {
+        self.mapping.u32_at(ROUTER_PID_AT).load(Ordering::Relaxed)
+    }
+
     pub fn set_engine_pid(&self, pid: u32) {
         self.mapping.u32_at(ENGINE_PID_AT).store(pid, Ordering::Relaxed);
     }
@@ -201,6 +205,55 @@ impl RingSegment {
     }
 }
 
+/// Whether process `pid` exists (0: no process was recorded).
+pub fn process_alive(pid: u32) -> bool {
+    pid != 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+}
+
+/// Removes the netmachine segments (of any node) that nobody can use any more: ring segments
+/// whose router and engine are both gone, and doorbells whose router is gone and for whose node
+/// no ring segment is left (RING.md, "The segment"). Returns how many it removed.
+pub fn sweep_orphans() -> usize {
+    let Ok(entries) = std::fs::read_dir("/dev/shm") else { return 0 };
+    let names: Vec<String> = entries
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|f| f.starts_with("netmachine-"))
+        .collect();
+    // Something unreadable may be in the middle of being made by a router starting right now:
+    // it is left alone until it is old enough to be sure.
+    let settled = |file: &str| {
+        std::fs::metadata(format!("/dev/shm/{file}"))
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(60)))
+    };
+    let mut removed = 0;
+    let mut rings_left = std::collections::HashSet::new();
+    for file in names.iter().filter(|f| !f.ends_with("-doorbell")) {
+        let name = format!("/{file}");
+        let orphan = match RingSegment::open(&name, None) {
+            Ok(segment) => !process_alive(segment.router_pid()) && !process_alive(segment.engine_pid()),
+            Err(_) => settled(file),
+        };
+        if orphan && RingSegment::unlink(&name).is_ok() {
+            removed += 1;
+        } else if !orphan {
+            rings_left.insert(file.rsplit_once('-').map(|(node, _)| node.to_string()).unwrap_or_default());
+        }
+    }
+    for file in names.iter().filter(|f| f.ends_with("-doorbell")) {
+        let node = file.trim_end_matches("-doorbell");
+        let name = format!("/{file}");
+        let orphan = match Doorbell::open(&name) {
+            Ok(doorbell) => !process_alive(doorbell.router_pid()),
+            Err(_) => settled(file),
+        };
+        if orphan && !rings_left.contains(node) && RingSegment::unlink(&name).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// The router's doorbell: engines ring it after writing to an outbox while the router sleeps.
 pub struct Doorbell {
     mapping: Mapping,
@@ -216,13 +269,24 @@ impl Doorbell {
     pub fn open_or_create(name: &str) -> Result<Doorbell, SegmentError> {
         match Mapping::open(name, Some(DOORBELL_SIZE)) {
             Ok(mapping) => {
+                // The owner first: a sweep never sees a valid doorbell without one.
+                mapping.u32_at(DOORBELL_ROUTER_PID_AT).store(std::process::id(), Ordering::Relaxed);
                 mapping.u32_at(VERSION_AT).store(VERSION, Ordering::Relaxed);
                 mapping.u64_at(MAGIC_AT).store(DOORBELL_MAGIC, Ordering::Release);
                 Ok(Doorbell { mapping, name: name.to_string() })
             }
-            Err(SegmentError::System { source: nix::Error::EEXIST, .. }) => Doorbell::open(name),
+            Err(SegmentError::System { source: nix::Error::EEXIST, .. }) => {
+                let doorbell = Doorbell::open(name)?;
+                doorbell.mapping.u32_at(DOORBELL_ROUTER_PID_AT).store(std::process::id(), Ordering::Relaxed);
+                Ok(doorbell)
+            }
             Err(e) => Err(e),
         }
+    }
+
+    /// The process id of the router that last opened it.
+    pub fn router_pid(&self) -> u32 {
+        self.mapping.u32_at(DOORBELL_ROUTER_PID_AT).load(Ordering::Relaxed)
     }
 
     /// Opens an existing doorbell (engines do).
@@ -300,6 +364,30 @@ mod tests {
         created.mapping.u64_at(MAGIC_AT).store(0, Ordering::Relaxed);
         assert!(RingSegment::open(&name, None).err().unwrap().to_string().contains("bad magic"));
         RingSegment::unlink(&name).unwrap();
+    }
+
+    #[test]
+    fn orphans_are_swept_and_what_a_live_process_holds_is_kept() {
+        let node = Keypair::generate().identity();
+        let (live, dead) = (Keypair::generate().identity(), Keypair::generate().identity());
+        let live_name = RingSegment::name_for(&node, &live);
+        let dead_name = RingSegment::name_for(&node, &dead);
+        let kept = RingSegment::create(&live_name, &live, 4096).unwrap();
+        kept.set_engine_pid(std::process::id());
+        kept.set_router_pid(0);
+        let orphan = RingSegment::create(&dead_name, &dead, 4096).unwrap();
+        orphan.set_router_pid(0);
+        orphan.set_engine_pid(0);
+        let bell_name = Doorbell::name_for(&node);
+        let bell = Doorbell::open_or_create(&bell_name).unwrap();
+        bell.mapping.u32_at(DOORBELL_ROUTER_PID_AT).store(0, Ordering::Relaxed);
+        sweep_orphans();
+        assert!(RingSegment::open(&dead_name, None).is_err(), "the orphan is removed");
+        assert!(RingSegment::open(&live_name, None).is_ok(), "a live engine's rings stay");
+        assert!(Doorbell::open(&bell_name).is_ok(), "the doorbell stays while its node has rings");
+        RingSegment::unlink(&live_name).unwrap();
+        sweep_orphans();
+        assert!(Doorbell::open(&bell_name).is_err(), "then it goes too");
     }
 
     #[test]
