@@ -2,13 +2,10 @@
 
 use anyhow::{Context, Result};
 use netmachine_engine::{Engine, EngineMessage, EngineOptions, Identity, Keypair};
+use crate::node_client::run_local;
 use netmachine_service::{NodeHome, ServiceKind};
 use std::path::Path;
 use std::time::Duration;
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
-}
 
 /// Attaches as the engine whose key is in `key`. One-shot commands (`send`, `request`) use the
 /// socket path, whose sends answer with the router's verdict; `listen` uses the rings.
@@ -35,7 +32,7 @@ fn destination(to: &str) -> Result<Identity> {
 }
 
 pub fn listen(root: &Path, set: &[String], key: &Path, json: bool, echo: bool) -> Result<()> {
-    runtime()?.block_on(async {
+    run_local(async {
         let engine = attach(root, set, key, true).await?;
         eprintln!("listening as {} on node {}", engine.identity(), engine.node());
         loop {
@@ -76,7 +73,7 @@ fn print_message(message: &EngineMessage, json: bool) {
 
 pub fn send(root: &Path, set: &[String], key: &Path, to: &str, body: String) -> Result<()> {
     let dst = destination(to)?;
-    runtime()?.block_on(async {
+    run_local(async {
         let engine = attach(root, set, key, false).await?;
         let id = engine.send(dst, body_bytes(body)?).await?;
         eprintln!("accepted: message {id} to {dst}");
@@ -87,7 +84,7 @@ pub fn send(root: &Path, set: &[String], key: &Path, to: &str, body: String) -> 
 
 pub fn request(root: &Path, set: &[String], key: &Path, to: &str, body: String, timeout_ms: u64) -> Result<()> {
     let dst = destination(to)?;
-    runtime()?.block_on(async {
+    run_local(async {
         let engine = attach(root, set, key, false).await?;
         let started = std::time::Instant::now();
         let reply = engine.request(dst, body_bytes(body)?, Duration::from_millis(timeout_ms)).await?;

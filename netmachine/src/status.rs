@@ -92,14 +92,13 @@ pub fn run(root: &Path, set: &[String], json_output: bool) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(runtime) => runtime,
+    let status = match crate::node_client::run_local(async { Ok(node_status(&home).await) }) {
+        Ok(status) => status,
         Err(error) => {
-            eprintln!("netmachine: {error}");
+            eprintln!("netmachine: {error:#}");
             return ExitCode::FAILURE;
         }
     };
-    let status = tokio::task::LocalSet::new().block_on(&runtime, node_status(&home));
     if json_output {
         println!("{status}");
     } else {

@@ -60,9 +60,7 @@ fn supervise(home: NodeHome, set: &[String]) -> Result<()> {
             bail!("{} not found: build the workspace (`cargo build --release`) or set NETMACHINE_BIN_DIR", path.display());
         }
     }
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async {
+    crate::node_client::run_local(async {
         let (stopping_tx, stopping) = watch::channel(false);
         let keepers: Vec<_> = ServiceKind::ALL
             .into_iter()
@@ -84,8 +82,8 @@ fn supervise(home: NodeHome, set: &[String]) -> Result<()> {
             let _ = keeper.await;
         }
         eprintln!("netmachine: stopped");
-    });
-    Ok(())
+        Ok(())
+    })
 }
 
 async fn announce_when_ready(home: &NodeHome) {

@@ -93,7 +93,9 @@ where
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // CPU-heavy work handed off the event loop (batch signature checks) gets one thread at
+    // most: a node's five processes share two cores (DESIGN.md section 7).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(1).build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("{}: cannot start the runtime: {error}", kind.binary());

@@ -351,6 +351,7 @@ impl Transport {
         match answer {
             Answer::Accepted { version, advert } => {
                 tracing::info!(peer = %node, %addr, version, "connected");
+                self.note_rtt(addr, quic.rtt());
                 crate::peer_sync::learn_advert(self, node, advert);
                 Ok(self.register(node, quic, Admission::Private))
             }
@@ -447,6 +448,16 @@ impl Transport {
         connection
     }
 
+    /// Remembers the round-trip time measured to an address this node dials, for choosing
+    /// among a peer's addresses. Known addresses are always updated; new ones are taken while
+    /// the table holds fewer than four per allowed peer.
+    fn note_rtt(&self, addr: SocketAddr, rtt: Duration) {
+        let mut rtts = self.rtts.borrow_mut();
+        if rtts.contains_key(&addr) || rtts.len() < 4 * self.home.config.transport.max_peers as usize {
+            rtts.insert(addr, rtt);
+        }
+    }
+
     /// Closes every connection to `node`.
     pub fn disconnect(&self, node: &Identity, reason: &str) -> bool {
         let peer = self.peers.borrow().get(node).cloned();
@@ -468,6 +479,9 @@ impl Transport {
             let stream = match quic.accept_uni().await {
                 Ok(stream) => stream,
                 Err(reason) => {
+                    if self.rtts.borrow().contains_key(&quic.remote_address()) {
+                        self.note_rtt(quic.remote_address(), quic.rtt());
+                    }
                     let was_current = peer.current.borrow().as_ref().is_some_and(|c| c.connection.stable_id() == quic.stable_id());
                     if was_current {
                         peer.current.borrow_mut().take();
@@ -588,6 +602,7 @@ impl Transport {
                 continue;
             }
             let peers: Vec<Rc<Peer>> = self.peers.borrow().values().cloned().collect();
+            reported.retain(|id, _| peers.iter().any(|p| p.id == *id));
             for peer in peers {
                 let counts = (peer.frames_sent.get(), peer.frames_received.get());
                 if reported.insert(peer.id, counts) != Some(counts) {

@@ -69,8 +69,7 @@ pub fn bench_options(socket: &std::path::Path, key: Keypair, ring: bool, spin: b
 
 fn attach(args: &EngineArgs) -> Result<Engine> {
     let options = bench_options(&args.socket, Keypair::read_file(&args.key)?, !args.no_ring, args.spin);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let engine = runtime.block_on(Engine::attach(options))?;
+    let engine = crate::node_client::run_local(async { Ok(Engine::attach(options).await?) })?;
     println!("ready");
     std::io::stdout().flush()?;
     Ok(engine)

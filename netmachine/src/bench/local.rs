@@ -83,8 +83,7 @@ impl Bench {
     fn attach(&mut self, spin: bool, ring: bool) -> Result<Engine> {
         let (key, _) = self.key()?;
         let options = super::helpers::bench_options(&self.router, Keypair::read_file(&key)?, ring, spin);
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        Ok(runtime.block_on(Engine::attach(options))?)
+        crate::node_client::run_local(async { Ok(Engine::attach(options).await?) })
     }
 
     /// Half the round trip to an echoing engine, in nanoseconds.
@@ -118,8 +117,10 @@ impl Bench {
             }
         } else {
             use futures::stream::{self, StreamExt, TryStreamExt};
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            runtime.block_on(stream::iter(0..count).map(|_| engine.send(sink, body.clone())).buffer_unordered(256).try_for_each(|_| async { Ok(()) }))?;
+            crate::node_client::run_local(async {
+                let sends = stream::iter(0..count).map(|_| engine.send(sink, body.clone())).buffer_unordered(256);
+                Ok(sends.try_for_each(|_| async { Ok(()) }).await?)
+            })?;
         }
         engine.recv_blocking().context("the sink closed")?;
         Ok(count as f64 / start.elapsed().as_secs_f64())
