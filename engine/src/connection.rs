@@ -35,19 +35,34 @@ pub(crate) struct AttachLimits {
 
 type ReplyWaiter = (Identity, oneshot::Sender<Result<EngineMessage, EngineError>>);
 
+/// The engine's rings, as loaded for one call.
+pub(crate) struct RingRef(arc_swap::Guard<Option<Arc<EngineRing>>>);
+
+impl std::ops::Deref for RingRef {
+    type Target = EngineRing;
+
+    fn deref(&self) -> &EngineRing {
+        self.0.as_deref().expect("a RingRef is made only from a loaded ring")
+    }
+}
+
 /// State the caller's side, the engine thread and the ring reader share: requests awaiting
 /// their replies, the rings when granted, refusals counted.
 #[derive(Default)]
 pub(crate) struct Shared {
     replies: std::sync::Mutex<HashMap<u64, ReplyWaiter>>,
-    pub ring: std::sync::RwLock<Option<Arc<EngineRing>>>,
+    /// Read on every ring send and receive: an `ArcSwapOption`, whose load takes no lock and
+    /// touches no shared count (an `RwLock` and an `Arc` clone cost four atomic read-modify-writes
+    /// per message).
+    ring: arc_swap::ArcSwapOption<EngineRing>,
     pub refusals: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
     /// The rings, when this engine has them.
-    pub fn ring(&self) -> Option<Arc<EngineRing>> {
-        self.ring.read().unwrap_or_else(|p| p.into_inner()).clone()
+    pub fn ring(&self) -> Option<RingRef> {
+        let loaded = self.ring.load();
+        loaded.is_some().then(|| RingRef(loaded))
     }
 
     /// Hands `message` to the request it answers; gives it back if it answers none.
@@ -319,14 +334,13 @@ async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<EngineMess
     let session = proven.get_session()?;
     if grant.get_granted() {
         let name = grant.get_segment()?.to_string().map_err(|e| EngineError::Rpc(e.to_string()))?;
-        let current = shared.ring();
         // After a router restart the new router adopts the same segment: keep the mapping.
-        if current.as_ref().is_none_or(|ring| ring.segment.name != name) {
+        if shared.ring().as_ref().is_none_or(|ring| ring.segment.name != name) {
             let doorbell = grant.get_doorbell()?.to_string().map_err(|e| EngineError::Rpc(e.to_string()))?;
             let reader = (options.receiver == crate::Receiver::ReaderThread).then(|| (shared.clone(), incoming.clone()));
             match EngineRing::open(engine, &name, &doorbell, options.wait, reader) {
                 Ok(ring) => {
-                    if let Some(old) = shared.ring.write().unwrap_or_else(|p| p.into_inner()).replace(ring) {
+                    if let Some(old) = shared.ring.swap(Some(ring)) {
                         old.stop();
                     }
                 }
@@ -341,7 +355,7 @@ async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<EngineMess
             let reason = grant.get_reason()?.to_string().unwrap_or_default();
             tracing::info!(%reason, "no shared-memory rings; using the socket path");
         }
-        if let Some(old) = shared.ring.write().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(old) = shared.ring.swap(None) {
             old.stop();
         }
     }

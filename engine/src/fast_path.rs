@@ -5,18 +5,15 @@
 //! caller's own thread in `recv_blocking` (no thread hop: the lowest latency).
 
 use crate::connection::Shared;
-use crate::ring::layout::{Kind, INBOX_CONSUMER_SLEEPING_AT, INBOX_PRODUCER_WAITING_AT, OUTBOX_PRODUCER_WAITING_AT};
+use crate::ring::layout::{Kind, INBOX_CONSUMER_SLEEPING_AT, OUTBOX_PRODUCER_WAITING_AT};
 use crate::ring::records;
-use crate::ring::wait::{wait_a_while, wait_for, wake_if_sleeping, WaitMode};
+use crate::ring::wait::{wait_a_while, wait_for, WaitMode};
 use crate::ring::{Consumer, Doorbell, Full, Producer, RingSegment, SegmentError};
 use crate::EngineError;
 use netmachine_schema::{EngineMessage, Identity};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
-
-/// Largest message read from the inbox ring, in words.
-const WORD_LIMIT: usize = (64 << 20) / 8 * 2 + (64 << 10);
 
 /// Who reads the inbox ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -144,7 +141,7 @@ impl EngineRing {
         let read = match inbox.consumer.peek() {
             Ok(None) => return Taken::Empty,
             Ok(Some(record)) => match record.kind {
-                Kind::Message => records::read_message(record.body, WORD_LIMIT).map(Ok),
+                Kind::Message => records::read_message(record.body).map(Ok),
                 Kind::Refusal => records::read_refusal(record.body).map(Err).ok_or_else(|| "an unreadable refusal".to_string()),
                 Kind::Padding => Err("padding surfaced".to_string()),
             },
@@ -156,7 +153,6 @@ impl EngineRing {
         inbox.consumer.consume();
         let repeated = matches!(&read, Ok(Ok(message)) if inbox.last.repeats(message));
         drop(inbox);
-        wake_if_sleeping(self.segment.word(INBOX_PRODUCER_WAITING_AT));
         match read {
             Ok(Ok(_)) if repeated => Taken::Handled,
             Ok(Ok(message)) => shared.route_reply(message).map_or(Taken::Handled, Taken::Message),
@@ -191,8 +187,13 @@ impl EngineRing {
 /// The last message id seen from each sender. A router killed between delivering a record and
 /// releasing it from the sender's outbox delivers it again after its restart, right after the
 /// first copy (RING.md, "Attaching and detaching"); a repeated (src, id) is that copy.
+/// The sender of the latest message is kept apart from the table, so that a run of messages
+/// from one sender costs no hashing.
 #[derive(Default)]
-struct LastFrom(std::collections::HashMap<Identity, u64>);
+struct LastFrom {
+    latest: Option<(Identity, u64)>,
+    others: std::collections::HashMap<Identity, u64>,
+}
 
 /// Senders remembered at most; beyond, the table starts over (a duplicate can then slip by only
 /// for a sender not heard from in that long).
@@ -200,9 +201,35 @@ const SENDERS: usize = 65_536;
 
 impl LastFrom {
     fn repeats(&mut self, message: &EngineMessage) -> bool {
-        if self.0.len() >= SENDERS && !self.0.contains_key(&message.src) {
-            self.0.clear();
-        }
-        self.0.insert(message.src, message.id) == Some(message.id)
+        let previous = match self.latest.replace((message.src, message.id)) {
+            Some((src, id)) if src == message.src => Some(id),
+            Some((src, id)) => {
+                if self.others.len() >= SENDERS {
+                    self.others.clear();
+                }
+                self.others.insert(src, id);
+                self.others.remove(&message.src)
+            }
+            None => None,
+        };
+        previous == Some(message.id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netmachine_schema::{Destination, Keypair};
+
+    #[test]
+    fn only_the_copy_right_after_a_message_from_the_same_sender_repeats() {
+        let (a, b, to) = (Keypair::generate().identity(), Keypair::generate().identity(), Keypair::generate().identity());
+        let message = |src, id| EngineMessage::new(src, Destination::Engine(to), id, vec![]);
+        let mut last = LastFrom::default();
+        let seen: Vec<bool> = [(a, 1), (a, 1), (a, 2), (b, 2), (a, 2), (b, 2), (b, 3), (a, 3), (a, 2)]
+            .into_iter()
+            .map(|(src, id)| last.repeats(&message(src, id)))
+            .collect();
+        assert_eq!(seen, [false, true, false, false, true, true, false, false, false]);
     }
 }

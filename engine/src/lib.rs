@@ -98,6 +98,8 @@ pub struct Engine {
     receiver: Receiver,
     /// Messages a calling-thread engine took from its ring while waiting for a reply.
     taken: std::sync::Mutex<std::collections::VecDeque<EngineMessage>>,
+    /// How many `taken` holds, so that `recv_blocking` looks without locking.
+    kept: AtomicU64,
     inbox_capacity: usize,
     /// The engine thread's runtime, for the blocking calls.
     runtime: tokio::runtime::Handle,
@@ -165,6 +167,7 @@ impl Engine {
             shared,
             receiver: options.receiver,
             taken: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            kept: AtomicU64::new(0),
             inbox_capacity: options.inbox_capacity.max(1),
             runtime,
         })
@@ -245,23 +248,31 @@ impl Engine {
     }
 
     /// The inbox ring, when this engine reads it on the calling thread.
-    fn own_ring(&self) -> Option<Arc<fast_path::EngineRing>> {
+    fn own_ring(&self) -> Option<connection::RingRef> {
         (self.receiver == Receiver::CallingThread).then(|| self.shared.ring()).flatten()
     }
 
     fn take_kept(&self) -> Option<EngineMessage> {
-        self.taken.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+        if self.kept.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        let message = taken.pop_front();
+        self.kept.store(taken.len() as u64, Ordering::Release);
+        message
     }
 
     /// Takes one inbox record on this thread, keeping a message for `recv` when `keep`; `None`
     /// when nothing is waiting (or room to keep it is lacking).
     fn pump(&self, ring: &fast_path::EngineRing, keep: bool) -> Option<fast_path::Taken> {
-        if keep && self.taken.lock().unwrap_or_else(|p| p.into_inner()).len() >= self.inbox_capacity {
+        if keep && self.kept.load(Ordering::Acquire) >= self.inbox_capacity as u64 {
             return None;
         }
         match ring.take(&self.shared) {
             fast_path::Taken::Message(message) if keep => {
-                self.taken.lock().unwrap_or_else(|p| p.into_inner()).push_back(message);
+                let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+                taken.push_back(message);
+                self.kept.store(taken.len() as u64, Ordering::Release);
                 Some(fast_path::Taken::Handled)
             }
             fast_path::Taken::Empty => None,

@@ -20,8 +20,9 @@ use tokio::sync::mpsc;
 
 /// Records forwarded from one outbox before the thread looks at the next.
 const TURN: usize = 256;
-const SPINS: u32 = 2000;
-const YIELDS: u32 = 50;
+/// Waiting as the engines do (`netmachine_engine::ring::wait`): spin a little, yield a while.
+const SPINS: u32 = 16;
+const YIELDS: u32 = 100;
 
 /// One ring-attached engine, as the router sees it.
 pub struct RingEndpoint {
@@ -48,11 +49,14 @@ impl RingEndpoint {
         Ok(())
     }
 
-    /// Copies a message record, as the sender wrote it, into the engine's inbox.
+    /// Copies a message record, as the sender wrote it, into the engine's inbox; the caller
+    /// wakes the engine once it has forwarded what it had for it.
     fn forward(&self, body: &[u8]) -> Result<(), Full> {
-        records::forward(&mut lock(&self.inbox), body)?;
+        records::forward(&mut lock(&self.inbox), body)
+    }
+
+    fn wake(&self) {
         wake_if_sleeping(self.segment.word(INBOX_CONSUMER_SLEEPING_AT));
-        Ok(())
     }
 
     /// Tells the engine a message it wrote was not routed.
@@ -90,7 +94,6 @@ struct Shared {
     doorbell: Doorbell,
     forwarded: AtomicU64,
     handed_over: AtomicU64,
-    word_limit: usize,
     max_body: usize,
 }
 
@@ -104,7 +107,7 @@ pub struct Rings {
 impl Rings {
     /// Opens the doorbell, removes the segments of engines that died while no router ran, and
     /// starts the ring thread.
-    pub fn start(node: Identity, capacity: usize, word_limit: usize, max_body: usize, slow: mpsc::Sender<Slow>) -> Result<Rings, SegmentError> {
+    pub fn start(node: Identity, capacity: usize, max_body: usize, slow: mpsc::Sender<Slow>) -> Result<Rings, SegmentError> {
         let doorbell = Doorbell::open_or_create(&Doorbell::name_for(&node))?;
         let shared = Arc::new(Shared {
             endpoints: RwLock::new(HashMap::new()),
@@ -113,7 +116,6 @@ impl Rings {
             doorbell,
             forwarded: AtomicU64::new(0),
             handed_over: AtomicU64::new(0),
-            word_limit,
             max_body,
         });
         let rings = Rings { node, capacity, shared };
@@ -332,6 +334,8 @@ enum Turn {
 fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<Identity, Arc<RingEndpoint>>, slow: &mpsc::Sender<Slow>) -> Turn {
     let mut outbox = lock(&from.outbox);
     let mut moved = 0;
+    // Engines this turn wrote to, woken once each at its end: one fence per turn, not per record.
+    let mut receivers: Vec<&Arc<RingEndpoint>> = Vec::new();
     let turn = loop {
         if moved == TURN {
             break Turn::Moved;
@@ -349,13 +353,16 @@ fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<I
             }
         };
         if record.kind == Kind::Message {
-            let envelope = records::read_envelope(record.body, shared.word_limit);
+            let envelope = records::read_envelope(record.body);
             if let Some(to) = envelope.ok().and_then(|e| fast_lane(from, &e, by_engine, shared.max_body)) {
                 match to.forward(record.body) {
                     Ok(()) => {
                         shared.forwarded.fetch_add(1, Ordering::Relaxed);
                         outbox.consume();
                         moved += 1;
+                        if !receivers.iter().any(|r| Arc::ptr_eq(r, to)) {
+                            receivers.push(to);
+                        }
                         continue;
                     }
                     Err(Full) => break Turn::Blocked(moved > 0),
@@ -363,7 +370,7 @@ fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<I
             }
         }
         let handover = match record.kind {
-            Kind::Message => match records::read_message(record.body, shared.word_limit) {
+            Kind::Message => match records::read_message(record.body) {
                 Ok(message) => Slow::Route { from: from.clone(), message },
                 Err(detail) => Slow::Unreadable { from: from.clone(), detail },
             },
@@ -380,6 +387,9 @@ fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<I
         }
     };
     drop(outbox);
+    for receiver in receivers {
+        receiver.wake();
+    }
     if moved > 0 {
         wake_if_sleeping(from.segment.word(OUTBOX_PRODUCER_WAITING_AT));
     }

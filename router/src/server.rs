@@ -73,7 +73,7 @@ impl RouterState {
             0 => None,
             bytes => {
                 let max_body = home.config.limits.max_message_bytes as usize;
-                match Rings::start(key.identity(), bytes as usize, words, max_body, slow_tx) {
+                match Rings::start(key.identity(), bytes as usize, max_body, slow_tx) {
                     Ok(rings) => Some(rings),
                     Err(error) => {
                         tracing::warn!(%error, "shared-memory rings unavailable; engines use the socket path");

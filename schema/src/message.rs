@@ -78,6 +78,26 @@ impl EngineMessage {
         }
     }
 
+    /// A message whose every field differs from its default, for tests that check each one
+    /// survives a conversion.
+    #[cfg(any(test, feature = "fixtures"))]
+    pub fn with_every_field() -> Self {
+        let mut message = EngineMessage::new(
+            crate::Keypair::generate().identity(),
+            Destination::Topic(crate::Keypair::generate().identity()),
+            7,
+            b"body".to_vec(),
+        );
+        message.reply_to = Some(3);
+        message.expiry = Some(1_700_000_000_000);
+        message.scope = Scope::Local;
+        message.ordered = false;
+        message.encrypted = true;
+        message.protocol = "chat/1".into();
+        message.sig = Some([9; 64]);
+        message
+    }
+
     /// True when the message's expiry is at or before `now_ms`.
     pub fn is_expired(&self, now_ms: u64) -> bool {
         self.expiry.is_some_and(|at| at <= now_ms)
@@ -162,7 +182,6 @@ impl EngineMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Keypair;
 
     fn round_trip(message: &EngineMessage) -> EngineMessage {
         let mut wire = capnp::message::Builder::new_default();
@@ -173,19 +192,7 @@ mod tests {
 
     #[test]
     fn every_field_survives_the_wire() {
-        let mut message = EngineMessage::new(
-            Keypair::generate().identity(),
-            Destination::Topic(Keypair::generate().identity()),
-            7,
-            b"body".to_vec(),
-        );
-        message.reply_to = Some(3);
-        message.expiry = Some(1_700_000_000_000);
-        message.scope = Scope::Local;
-        message.ordered = false;
-        message.encrypted = true;
-        message.protocol = "chat/1".into();
-        message.sig = Some([9; 64]);
+        let message = EngineMessage::with_every_field();
         assert_eq!(round_trip(&message), message);
         let plain = EngineMessage::new(message.src, Destination::Node(message.src), 1, vec![]);
         assert_eq!(round_trip(&plain), plain);

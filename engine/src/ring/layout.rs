@@ -1,10 +1,10 @@
-//! Every offset and constant of the ring segment and the doorbell (RING.md, layout version 1).
+//! Every offset and constant of the ring segment and the doorbell (RING.md, layout version 2).
 
 /// `NMRING\0\0`, little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"NMRING\0\0");
 /// `NMBELL\0\0`, little-endian.
 pub const DOORBELL_MAGIC: u64 = u64::from_le_bytes(*b"NMBELL\0\0");
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const HEADER_SIZE: usize = 4096;
 pub const DOORBELL_SIZE: usize = 4096;
 /// The smallest ring capacity, in bytes.
@@ -23,7 +23,6 @@ pub const OUTBOX_PRODUCER_WAITING_AT: usize = 512;
 pub const INBOX_TAIL_AT: usize = 768;
 pub const INBOX_HEAD_AT: usize = 896;
 pub const INBOX_CONSUMER_SLEEPING_AT: usize = 1024;
-pub const INBOX_PRODUCER_WAITING_AT: usize = 1152;
 
 pub const DOORBELL_ROUTER_PID_AT: usize = 64;
 pub const DOORBELL_ROUTER_SLEEPING_AT: usize = 128;
@@ -36,7 +35,7 @@ pub const RECORD_HEADER: usize = 8;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Kind {
-    /// A Cap'n Proto EngineMessage.
+    /// An EngineMessage (RING.md, "Message records").
     Message = 1,
     /// Space to skip up to the end of the data area.
     Padding = 2,
@@ -80,8 +79,17 @@ pub fn valid_capacity(capacity: usize) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Checks that RING.md has a table row `| offset | ... field ...` for each of `rows`.
+    pub fn assert_rows_in_ring_md(rows: &[(usize, &str)]) {
+        let doc = include_str!("../../RING.md");
+        for (offset, field) in rows {
+            let line = doc.lines().map(str::trim_start).find(|l| l.starts_with(&format!("| {offset} |")) && l.contains(field));
+            assert!(line.is_some(), "RING.md has no row `| {offset} | ... {field}`");
+        }
+    }
 
     /// The constants here and the tables in RING.md must agree.
     #[test]
@@ -89,7 +97,7 @@ mod tests {
         let doc = include_str!("../../RING.md");
         let rows = [
             (MAGIC_AT, "magic `0x0000_474e_4952_4d4e`"),
-            (VERSION_AT, "layout version, `1`"),
+            (VERSION_AT, "layout version, `2`"),
             (HEADER_SIZE_AT, "header size, `4096`"),
             (CAPACITY_AT, "capacity of each ring"),
             (ENGINE_AT, "the engine identity"),
@@ -101,18 +109,14 @@ mod tests {
             (INBOX_TAIL_AT, "inbox `tail`"),
             (INBOX_HEAD_AT, "inbox `head`"),
             (INBOX_CONSUMER_SLEEPING_AT, "inbox `consumer_sleeping`"),
-            (INBOX_PRODUCER_WAITING_AT, "inbox `producer_waiting`"),
             (DOORBELL_ROUTER_PID_AT, "the router's process id"),
             (DOORBELL_ROUTER_SLEEPING_AT, "`router_sleeping`"),
             (DOORBELL_RINGS_AT, "`rings`"),
         ];
-        for (offset, field) in rows {
-            let line = doc.lines().map(str::trim_start).find(|l| l.starts_with(&format!("| {offset} |")) && l.contains(field));
-            assert!(line.is_some(), "RING.md has no row `| {offset} | ... {field}`");
-        }
+        assert_rows_in_ring_md(&rows);
         assert_eq!(MAGIC, 0x0000_474e_4952_4d4e);
         assert_eq!(DOORBELL_MAGIC, 0x0000_4c4c_4542_4d4e);
-        assert!(doc.contains("# The netmachine ring, layout version 1"));
+        assert!(doc.contains("# The netmachine ring, layout version 2"));
         for kind in [Kind::Message, Kind::Padding, Kind::Refusal] {
             assert!(doc.contains(&format!("- `{}` ", kind as u32)), "RING.md does not describe kind {kind:?}");
         }
@@ -127,7 +131,6 @@ mod tests {
             INBOX_TAIL_AT,
             INBOX_HEAD_AT,
             INBOX_CONSUMER_SLEEPING_AT,
-            INBOX_PRODUCER_WAITING_AT,
         ];
         for pair in words.windows(2) {
             assert!(pair[1] - pair[0] >= 128 && pair[0] % 128 == 0);

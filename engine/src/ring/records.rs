@@ -1,10 +1,14 @@
-//! What the records carry (RING.md, "Records"): a message record's body is a Cap'n Proto
-//! EngineMessage, read in place; a refusal record's body is the refused message's id, a reason
-//! code and a sentence.
+//! What the records carry (RING.md, "Records"): a message record's body is an EngineMessage in
+//! a fixed little-endian layout (a 104-byte head, then protocol, body and signature), read in
+//! place; a refusal record's body is the refused message's id, a reason code and a sentence.
+//!
+//! Layout version 1 carried Cap'n Proto here. The fixed layout is written straight into the
+//! ring with no builder, its envelope is read at fixed offsets, and an engine in another
+//! language needs no Cap'n Proto library to use the fast path.
 
 use super::layout::Kind;
 use super::spsc::{Full, Producer};
-use netmachine_schema::message_capnp::engine_message;
+use netmachine_schema::message_capnp::Scope;
 use netmachine_schema::router_capnp::SendRefusal;
 use netmachine_schema::{Destination, EngineMessage, Identity};
 
@@ -16,31 +20,168 @@ pub struct Refusal {
     pub detail: String,
 }
 
-/// Words for a builder that holds `message` in one segment: its fixed part (every pointer and
-/// identity) plus its variable-length fields. Sized so that a small message does not pay for
-/// the default 8 KiB first segment.
-fn words_for(message: &EngineMessage) -> u32 {
-    (48 + (message.body.len() + message.protocol.len()).div_ceil(8)) as u32
+/// The fixed head of a message record's body (RING.md, "Message records").
+pub const MESSAGE_HEAD: usize = 104;
+pub const SRC_AT: usize = 0;
+pub const DST_AT: usize = 32;
+pub const ID_AT: usize = 64;
+pub const REPLY_TO_AT: usize = 72;
+pub const EXPIRY_AT: usize = 80;
+pub const DST_KIND_AT: usize = 88;
+pub const SCOPE_AT: usize = 89;
+pub const FLAGS_AT: usize = 90;
+pub const PROTOCOL_LENGTH_AT: usize = 92;
+pub const BODY_LENGTH_AT: usize = 96;
+pub const SIGNATURE_LENGTH_AT: usize = 100;
+
+/// `flags` bits; any other bit set makes the record malformed.
+pub const HAS_REPLY_TO: u16 = 1;
+pub const HAS_EXPIRY: u16 = 2;
+pub const ORDERED: u16 = 4;
+pub const RELIABLE: u16 = 8;
+pub const ENCRYPTED: u16 = 16;
+const KNOWN_FLAGS: u16 = HAS_REPLY_TO | HAS_EXPIRY | ORDERED | RELIABLE | ENCRYPTED;
+
+/// `dst_kind` values.
+pub const DST_ENGINE: u8 = 1;
+pub const DST_NODE: u8 = 2;
+pub const DST_TOPIC: u8 = 3;
+
+fn bytes<const N: usize>(from: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0; N];
+    out.copy_from_slice(&from[at..at + N]);
+    out
 }
 
-/// Writes `message` as one record, serialized straight into the ring.
+fn u64_at(from: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes(from, at))
+}
+
+fn u32_at(from: &[u8], at: usize) -> usize {
+    u32::from_le_bytes(bytes(from, at)) as usize
+}
+
+/// Writes `message` as one record, straight into the ring.
 pub fn write_message(producer: &mut Producer, message: &EngineMessage) -> Result<(), Full> {
-    let allocator = capnp::message::HeapAllocator::new().first_segment_words(words_for(message));
-    let mut builder = capnp::message::Builder::new(allocator);
-    message.write(builder.init_root());
-    let length = capnp::serialize::compute_serialized_size_in_words(&builder) * 8;
-    producer.try_write(Kind::Message, length, |mut body| {
-        // Writing into a slice of exactly the computed size cannot fail.
-        let _ = capnp::serialize::write_message(&mut body, &builder);
-    })
+    let signature = message.sig.as_ref().map_or(&[][..], |s| &s[..]);
+    let length = MESSAGE_HEAD + message.protocol.len() + message.body.len() + signature.len();
+    producer.try_write(Kind::Message, length, |record| encode(message, signature, record))
 }
 
-/// Reads a message record's body in place (bounded like every other read).
-pub fn read_message(body: &[u8], word_limit: usize) -> Result<EngineMessage, String> {
-    let options = netmachine_service::rpc::reader_options(word_limit);
-    let reader = capnp::serialize::read_message_from_flat_slice(&mut &body[..], options).map_err(|e| e.to_string())?;
-    let root = reader.get_root::<engine_message::Reader>().map_err(|e| e.to_string())?;
-    EngineMessage::read(root).map_err(|e| e.to_string())
+/// Fills `record`, exactly as long as the message needs (lengths fit in u32: a ring's largest
+/// body is half its capacity, at most 1 GiB).
+fn encode(message: &EngineMessage, signature: &[u8], record: &mut [u8]) {
+    let (head, rest) = record.split_at_mut(MESSAGE_HEAD);
+    let (dst_kind, dst) = match message.dst {
+        Destination::Engine(id) => (DST_ENGINE, id),
+        Destination::Node(id) => (DST_NODE, id),
+        Destination::Topic(id) => (DST_TOPIC, id),
+    };
+    let mut flags = 0;
+    for (set, flag) in [
+        (message.reply_to.is_some(), HAS_REPLY_TO),
+        (message.expiry.is_some(), HAS_EXPIRY),
+        (message.ordered, ORDERED),
+        (message.reliable, RELIABLE),
+        (message.encrypted, ENCRYPTED),
+    ] {
+        if set {
+            flags |= flag;
+        }
+    }
+    head[SRC_AT..DST_AT].copy_from_slice(&message.src.0);
+    head[DST_AT..ID_AT].copy_from_slice(&dst.0);
+    head[ID_AT..REPLY_TO_AT].copy_from_slice(&message.id.to_le_bytes());
+    head[REPLY_TO_AT..EXPIRY_AT].copy_from_slice(&message.reply_to.unwrap_or(0).to_le_bytes());
+    head[EXPIRY_AT..DST_KIND_AT].copy_from_slice(&message.expiry.unwrap_or(0).to_le_bytes());
+    head[DST_KIND_AT] = dst_kind;
+    head[SCOPE_AT] = message.scope as u16 as u8;
+    head[FLAGS_AT..PROTOCOL_LENGTH_AT].copy_from_slice(&flags.to_le_bytes());
+    head[PROTOCOL_LENGTH_AT..BODY_LENGTH_AT].copy_from_slice(&(message.protocol.len() as u32).to_le_bytes());
+    head[BODY_LENGTH_AT..SIGNATURE_LENGTH_AT].copy_from_slice(&(message.body.len() as u32).to_le_bytes());
+    head[SIGNATURE_LENGTH_AT..MESSAGE_HEAD].copy_from_slice(&(signature.len() as u32).to_le_bytes());
+    let (protocol, rest) = rest.split_at_mut(message.protocol.len());
+    protocol.copy_from_slice(message.protocol.as_bytes());
+    let (body, sig) = rest.split_at_mut(message.body.len());
+    body.copy_from_slice(&message.body);
+    sig.copy_from_slice(signature);
+}
+
+/// A message record's body, checked: every length adds up, every field holds a known value.
+struct Fields<'a> {
+    head: &'a [u8],
+    dst: Destination,
+    scope: Scope,
+    flags: u16,
+    protocol: &'a str,
+    body: &'a [u8],
+    sig: Option<[u8; 64]>,
+}
+
+impl<'a> Fields<'a> {
+    fn check(record: &'a [u8]) -> Result<Fields<'a>, String> {
+        let Some((head, rest)) = record.split_at_checked(MESSAGE_HEAD) else {
+            return Err(format!("a {}-byte message record is shorter than its {MESSAGE_HEAD}-byte head", record.len()));
+        };
+        let (protocol_length, body_length) = (u32_at(head, PROTOCOL_LENGTH_AT), u32_at(head, BODY_LENGTH_AT));
+        let signature_length = u32_at(head, SIGNATURE_LENGTH_AT);
+        if signature_length != 0 && signature_length != 64 {
+            return Err(format!("a signature of {signature_length} bytes (0 or 64)"));
+        }
+        if protocol_length + body_length + signature_length != rest.len() {
+            return Err(format!(
+                "protocol {protocol_length}, body {body_length} and signature {signature_length} bytes do not add up to the record's {}",
+                rest.len()
+            ));
+        }
+        let flags = u16::from_le_bytes(bytes(head, FLAGS_AT));
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(format!("unknown flags {:#x}", flags & !KNOWN_FLAGS));
+        }
+        let dst = Identity(bytes(head, DST_AT));
+        let dst = match head[DST_KIND_AT] {
+            DST_ENGINE => Destination::Engine(dst),
+            DST_NODE => Destination::Node(dst),
+            DST_TOPIC => Destination::Topic(dst),
+            other => return Err(format!("unknown destination kind {other}")),
+        };
+        let scope = Scope::try_from(u16::from(head[SCOPE_AT])).map_err(|_| format!("unknown scope {}", head[SCOPE_AT]))?;
+        let (protocol, rest) = rest.split_at(protocol_length);
+        let protocol = std::str::from_utf8(protocol).map_err(|_| "the protocol is not UTF-8".to_string())?;
+        let (body, sig) = rest.split_at(body_length);
+        Ok(Fields { head, dst, scope, flags, protocol, body, sig: (!sig.is_empty()).then(|| bytes(sig, 0)) })
+    }
+
+    fn flag(&self, flag: u16) -> bool {
+        self.flags & flag != 0
+    }
+
+    fn optional(&self, flag: u16, at: usize) -> Option<u64> {
+        self.flag(flag).then(|| u64_at(self.head, at))
+    }
+
+    fn src(&self) -> Identity {
+        Identity(bytes(self.head, SRC_AT))
+    }
+}
+
+/// Reads a message record's body into a message (copying the body out of the ring).
+pub fn read_message(record: &[u8]) -> Result<EngineMessage, String> {
+    let fields = Fields::check(record)?;
+    Ok(EngineMessage {
+        src: fields.src(),
+        dst: fields.dst,
+        id: u64_at(fields.head, ID_AT),
+        reply_to: fields.optional(HAS_REPLY_TO, REPLY_TO_AT),
+        expiry: fields.optional(HAS_EXPIRY, EXPIRY_AT),
+        scope: fields.scope,
+        ordered: fields.flag(ORDERED),
+        reliable: fields.flag(RELIABLE),
+        encrypted: fields.flag(ENCRYPTED),
+        protocol: fields.protocol.to_string(),
+        body: fields.body.to_vec(),
+        sig: fields.sig,
+    })
 }
 
 /// What routing needs of a message record, read in place: no copy of the body.
@@ -52,32 +193,11 @@ pub struct Envelope {
     pub body_len: usize,
 }
 
-/// Reads a message record's envelope; errors (including v2 destinations) mean "take the slow
-/// path", which reads the whole message and says what is wrong.
-pub fn read_envelope(body: &[u8], word_limit: usize) -> Result<Envelope, String> {
-    use netmachine_schema::message_capnp::destination;
-    let options = netmachine_service::rpc::reader_options(word_limit);
-    let reader = capnp::serialize::read_message_from_flat_slice(&mut &body[..], options).map_err(|e| e.to_string())?;
-    let message = reader.get_root::<engine_message::Reader>().map_err(|e| e.to_string())?;
-    let identity = |field, bytes: capnp::Result<&[u8]>| -> Result<Identity, String> {
-        Identity::from_slice(field, bytes.map_err(|e| e.to_string())?).map_err(|e| e.to_string())
-    };
-    let dst = match message.get_dst().map_err(|e| e.to_string())?.which().map_err(|e| e.to_string())? {
-        destination::Engine(id) => Destination::Engine(identity("dst", id)?),
-        destination::Node(id) => Destination::Node(identity("dst", id)?),
-        destination::Topic(id) => Destination::Topic(identity("dst", id)?),
-        _ => return Err("a v2 destination".into()),
-    };
-    let expiry = match message.get_expiry().which().map_err(|e| e.to_string())? {
-        engine_message::expiry::Never(()) => None,
-        engine_message::expiry::At(at) => Some(at),
-    };
-    Ok(Envelope {
-        src: identity("src", message.get_src())?,
-        dst,
-        expiry,
-        body_len: message.get_body().map_err(|e| e.to_string())?.len(),
-    })
+/// Reads and checks a message record in place: a record that passes is one any reader can
+/// read whole.
+pub fn read_envelope(record: &[u8]) -> Result<Envelope, String> {
+    let fields = Fields::check(record)?;
+    Ok(Envelope { src: fields.src(), dst: fields.dst, expiry: fields.optional(HAS_EXPIRY, EXPIRY_AT), body_len: fields.body.len() })
 }
 
 /// Copies a message record's body, as it is, into another ring.
@@ -130,45 +250,117 @@ mod tests {
     use super::*;
     use crate::ring::spsc::tests::HeapRing;
     use crate::ring::spsc::Consumer;
-    use netmachine_schema::Keypair;
+
+    fn record_of(message: &EngineMessage) -> Vec<u8> {
+        let mut ring = HeapRing::new(8192);
+        let (mut producer, mut consumer) = (Producer::new(ring.memory()), Consumer::new(ring.memory()));
+        write_message(&mut producer, message).unwrap();
+        consumer.peek().unwrap().unwrap().body.to_vec()
+    }
 
     #[test]
     fn messages_and_refusals_round_trip_through_a_ring() {
         let mut ring = HeapRing::new(8192);
         let (mut producer, mut consumer) = (Producer::new(ring.memory()), Consumer::new(ring.memory()));
-        let key = Keypair::generate();
-        let mut message = EngineMessage::new(key.identity(), Destination::Engine(key.identity()), 42, b"in place".to_vec());
-        message.reply_to = Some(7);
+        let message = EngineMessage::with_every_field();
+        let plain = EngineMessage::new(message.src, Destination::Node(message.src), 1, vec![]);
         write_message(&mut producer, &message).unwrap();
+        write_message(&mut producer, &plain).unwrap();
         let refusal = Refusal { id: 42, reason: SendRefusal::NoRoute, detail: "nobody home".into() };
         write_refusal(&mut producer, &refusal).unwrap();
 
-        let record = consumer.peek().unwrap().unwrap();
-        assert_eq!(record.kind, Kind::Message);
-        assert_eq!(read_message(record.body, 1 << 16).unwrap(), message);
-        consumer.consume();
+        for expected in [&message, &plain] {
+            let record = consumer.peek().unwrap().unwrap();
+            assert_eq!(record.kind, Kind::Message);
+            assert_eq!(read_message(record.body).unwrap(), *expected);
+            consumer.consume();
+        }
         let record = consumer.peek().unwrap().unwrap();
         assert_eq!(record.kind, Kind::Refusal);
         assert_eq!(read_refusal(record.body), Some(refusal));
-        assert!(read_message(b"12345678", 1 << 16).is_err());
-
-        // The builder is sized to fit a message in one segment.
-        let mut sized = capnp::message::Builder::new(capnp::message::HeapAllocator::new().first_segment_words(words_for(&message)));
-        message.write(sized.init_root());
-        assert_eq!(sized.get_segments_for_output().len(), 1);
+        assert_eq!(read_refusal(b"short"), None);
 
         // The envelope is read in place, and a record forwards as it is.
-        let mut ring = HeapRing::new(8192);
-        let (mut producer, mut consumer) = (Producer::new(ring.memory()), Consumer::new(ring.memory()));
-        message.expiry = Some(99);
-        write_message(&mut producer, &message).unwrap();
-        let record = consumer.peek().unwrap().unwrap();
-        let envelope = read_envelope(record.body, 1 << 16).unwrap();
-        assert_eq!(envelope, Envelope { src: key.identity(), dst: message.dst, expiry: Some(99), body_len: 8 });
+        let record = record_of(&message);
+        let envelope = read_envelope(&record).unwrap();
+        assert_eq!(envelope, Envelope { src: message.src, dst: message.dst, expiry: message.expiry, body_len: 4 });
         let mut other = HeapRing::new(8192);
         let (mut into, mut out) = (Producer::new(other.memory()), Consumer::new(other.memory()));
-        forward(&mut into, record.body).unwrap();
-        assert_eq!(read_message(out.peek().unwrap().unwrap().body, 1 << 16).unwrap(), message);
-        assert_eq!(read_refusal(b"short"), None);
+        forward(&mut into, &record).unwrap();
+        assert_eq!(read_message(out.peek().unwrap().unwrap().body).unwrap(), message);
+    }
+
+    #[test]
+    fn a_malformed_message_record_is_refused_with_its_reason() {
+        let valid = record_of(&EngineMessage::with_every_field());
+        let broken = |at: usize, value: &[u8]| {
+            let mut record = valid.clone();
+            record[at..at + value.len()].copy_from_slice(value);
+            record
+        };
+        let cases: [(Vec<u8>, &str); 8] = [
+            (valid[..MESSAGE_HEAD - 1].to_vec(), "shorter than its 104-byte head"),
+            (valid[..valid.len() - 1].to_vec(), "do not add up"),
+            (broken(BODY_LENGTH_AT, &9u32.to_le_bytes()), "do not add up"),
+            (broken(SIGNATURE_LENGTH_AT, &10u32.to_le_bytes()), "a signature of 10 bytes"),
+            (broken(FLAGS_AT, &0x8000u16.to_le_bytes()), "unknown flags 0x8000"),
+            (broken(DST_KIND_AT, &[4]), "unknown destination kind 4"),
+            (broken(SCOPE_AT, &[3]), "unknown scope 3"),
+            (broken(MESSAGE_HEAD, &[0xff]), "not UTF-8"),
+        ];
+        for (record, reason) in cases {
+            let error = read_envelope(&record).err().unwrap_or_else(|| panic!("accepted a record that should fail with {reason:?}"));
+            assert!(error.contains(reason), "{error:?} does not say {reason:?}");
+            assert_eq!(read_message(&record).err(), Some(error));
+        }
+    }
+
+    #[test]
+    fn no_damage_to_a_message_record_makes_a_reader_panic() {
+        let valid = record_of(&EngineMessage::with_every_field());
+        let mut random = crate::ring::spsc::tests::XorShift(0x5eed);
+        for _ in 0..20_000 {
+            let mut record = valid.clone();
+            for _ in 0..1 + random.next() % 4 {
+                let at = (random.next() % record.len() as u64) as usize;
+                record[at] = random.next() as u8;
+            }
+            record.truncate((random.next() % (valid.len() as u64 + 1)) as usize);
+            if let Ok(message) = read_message(&record) {
+                // Whatever is accepted is a message that writes and reads back as itself.
+                assert_eq!(read_message(&record_of(&message)).unwrap(), message);
+            }
+        }
+    }
+
+    /// The constants here and the table in RING.md must agree.
+    #[test]
+    fn the_message_layout_matches_ring_md() {
+        let doc = include_str!("../../RING.md");
+        let rows = [
+            (SRC_AT, "`src`"),
+            (DST_AT, "`dst`"),
+            (ID_AT, "`id`"),
+            (REPLY_TO_AT, "`reply_to`"),
+            (EXPIRY_AT, "`expiry`"),
+            (DST_KIND_AT, "`dst_kind`"),
+            (SCOPE_AT, "`scope`"),
+            (FLAGS_AT, "`flags`"),
+            (PROTOCOL_LENGTH_AT, "`protocol_length`"),
+            (BODY_LENGTH_AT, "`body_length`"),
+            (SIGNATURE_LENGTH_AT, "`signature_length`"),
+            (MESSAGE_HEAD, "`protocol`"),
+        ];
+        crate::ring::layout::tests::assert_rows_in_ring_md(&rows);
+        for (value, name) in [(HAS_REPLY_TO, "reply_to"), (HAS_EXPIRY, "expiry"), (ORDERED, "ordered"), (RELIABLE, "reliable"), (ENCRYPTED, "encrypted")] {
+            assert!(doc.contains(&format!("`{value}` {name}")), "RING.md does not give flag {name} as {value}");
+        }
+        for (value, name) in [(DST_ENGINE, "engine"), (DST_NODE, "node"), (DST_TOPIC, "topic")] {
+            assert!(doc.contains(&format!("`{value}` {name}")), "RING.md does not give destination kind {name} as {value}");
+        }
+        for scope in [Scope::Local, Scope::Domain, Scope::Any] {
+            let name = format!("{scope:?}").to_lowercase();
+            assert!(doc.contains(&format!("`{}` {name}", scope as u16)), "RING.md does not give scope {name}");
+        }
     }
 }
