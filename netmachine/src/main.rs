@@ -101,7 +101,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20_000)]
         rounds: usize,
         /// Messages for each throughput figure
-        #[arg(long, default_value_t = 500_000)]
+        #[arg(long, default_value_t = 2_000_000)]
         messages: u64,
         #[arg(long)]
         json: bool,

@@ -244,6 +244,7 @@ pub fn run(rounds: usize, messages: u64, json_output: bool) -> Result<()> {
     let msgs_1024 = bench.throughput(1024, true, messages)?;
     let socket_64 = bench.throughput(64, false, messages / 4)?;
     let bare_64 = bench.bare_ring(64, messages * 4)?;
+    let bare_1024 = bench.bare_ring(1024, messages * 4)?;
     let idle = bench.idle_cpu(&node)?;
     node.stop();
 
@@ -259,6 +260,7 @@ pub fn run(rounds: usize, messages: u64, json_output: bool) -> Result<()> {
         "msgs_per_s_1024": msgs_1024.round(),
         "socket_msgs_per_s_64": socket_64.round(),
         "bare_ring_msgs_per_s_64": bare_64.round(),
+        "bare_ring_msgs_per_s_1024": bare_1024.round(),
         "idle_cpu_percent": (idle * 100.0).round() / 100.0,
         "rounds": rounds,
         "messages": messages,
@@ -275,7 +277,7 @@ pub fn run(rounds: usize, messages: u64, json_output: bool) -> Result<()> {
     println!("{}", super::ratio_line("one-way latency p99, busy-spin", f("spin_latency_ns_p99"), "floor: shared cache line p50", f("floor_ns_p50"), "ns"));
     println!("{}", super::ratio_line("one-way latency p50, socket path", f("socket_latency_ns_p50"), "Unix socket ping-pong p50", f("unix_socket_ns_p50"), "ns"));
     println!("{}", super::ratio_line("throughput 64 B through the router", f("msgs_per_s_64"), "bare ring, no routing, 64 B", f("bare_ring_msgs_per_s_64"), "msg/s"));
-    println!("{}", super::ratio_line("throughput 1 KiB through the router", f("msgs_per_s_1024"), "bare ring, no routing, 64 B", f("bare_ring_msgs_per_s_64"), "msg/s"));
+    println!("{}", super::ratio_line("throughput 1 KiB through the router", f("msgs_per_s_1024"), "bare ring, no routing, 1 KiB", f("bare_ring_msgs_per_s_1024"), "msg/s"));
     println!("{}", super::ratio_line("throughput 64 B, socket path", f("socket_msgs_per_s_64"), "through the router, rings", f("msgs_per_s_64"), "msg/s"));
     println!("idle node with 4 engines attached, 10 s: {:.2}% of one core", f("idle_cpu_percent"));
     Ok(())
