@@ -7,7 +7,6 @@ use crate::attachment::enqueue;
 use crate::drops::DropReason;
 use crate::remote::Announcement;
 use crate::server::RouterState;
-use crate::table::Known;
 use netmachine_schema::identity_capnp::{identity_record, RecordKind};
 use netmachine_schema::message_capnp::{p2_p_batch, p2_p_frame, p2_p_payload};
 use netmachine_schema::time::now_ms;
@@ -67,10 +66,10 @@ impl RouterState {
                     {
                         let mut table = self.table.borrow_mut();
                         for engine in &announcement.attached {
-                            table.learn(*engine, Known::Engine { node: src });
+                            table.learn_engine(*engine, src);
                         }
                         for engine in &announcement.detached {
-                            table.updated(*engine, None);
+                            table.forget_engine(*engine, src);
                         }
                     }
                     tokio::task::spawn_local(self.clone().learn_engines(src, announcement));
@@ -125,29 +124,28 @@ impl RouterState {
     /// batch fails, one by one to find the forgeries.
     async fn check_engine_signatures(&self, src: Identity, messages: Vec<EngineMessage>) -> Vec<EngineMessage> {
         let require = self.home.config.router.require_engine_signatures;
-        let (signed, unsigned): (Vec<_>, Vec<_>) = messages.into_iter().partition(|m| m.sig.is_some());
-        let mut kept = Vec::with_capacity(signed.len() + unsigned.len());
-        if require && !unsigned.is_empty() {
-            self.drops.count(DropReason::BadSignature, unsigned.len() as u64);
-            tracing::info!(peer = %src, count = unsigned.len(), "dropped unsigned messages (router.require_engine_signatures)");
-        } else {
-            kept.extend(unsigned);
+        if !require && messages.iter().all(|m| m.sig.is_none()) {
+            return messages;
         }
-        if signed.is_empty() {
-            return kept;
-        }
-        let verified = tokio::task::spawn_blocking(move || crate::signatures::verify_all(signed)).await;
-        match verified {
-            Ok((good, bad)) => {
-                if bad > 0 {
-                    self.drops.count(DropReason::BadSignature, bad);
-                    tracing::warn!(peer = %src, bad, "dropped messages with bad engine signatures");
-                }
-                kept.extend(good);
+        let total = messages.len() as u64;
+        let verified = tokio::task::spawn_blocking(move || crate::signatures::verify_all(messages, require)).await;
+        let verified = match verified {
+            Ok(verified) => verified,
+            Err(error) => {
+                self.drops.count(DropReason::BadSignature, total);
+                tracing::error!(peer = %src, %error, count = total, "dropped messages whose signatures could not be checked");
+                return Vec::new();
             }
-            Err(error) => tracing::error!(%error, "signature verification failed to run"),
+        };
+        if verified.unsigned > 0 {
+            self.drops.count(DropReason::BadSignature, verified.unsigned);
+            tracing::info!(peer = %src, count = verified.unsigned, "dropped unsigned messages (router.require_engine_signatures)");
         }
-        kept
+        if verified.forged > 0 {
+            self.drops.count(DropReason::BadSignature, verified.forged);
+            tracing::warn!(peer = %src, bad = verified.forged, "dropped messages with bad engine signatures");
+        }
+        verified.kept
     }
 
     async fn deliver_remote(self: &Rc<Self>, message: EngineMessage, public: bool) -> Result<(), (DropReason, String)> {
@@ -182,10 +180,14 @@ impl RouterState {
             return tracing::warn!(peer = %node, "cannot record announced engines: the identity store is unreachable");
         };
         let outcome: capnp::Result<()> = async {
-            let mut stale = announcement.detached.clone();
-            if announcement.full {
-                stale.extend(self.engines_recorded_for(&store, node).await?.into_iter().filter(|e| !announcement.attached.contains(e)));
-            }
+            // Only records of this node's engines are removed: a node cannot delete another's.
+            let recorded = match announcement.full || !announcement.detached.is_empty() {
+                true => self.engines_recorded_for(&store, node).await?,
+                false => Vec::new(),
+            };
+            let stale = recorded.into_iter().filter(|engine| {
+                announcement.detached.contains(engine) || (announcement.full && !announcement.attached.contains(engine))
+            });
             for engine in stale {
                 let mut request = store.delete_request();
                 request.get().set_id(&engine.0);

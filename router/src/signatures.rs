@@ -3,32 +3,44 @@
 
 use netmachine_schema::{signing, EngineMessage};
 
-/// Splits `messages` (all signed) into those whose signature verifies, and a count of the rest.
-pub fn verify_all(messages: Vec<EngineMessage>) -> (Vec<EngineMessage>, u64) {
-    let payloads: Vec<Vec<u8>> = messages.iter().map(signing::engine_message).collect();
-    let parsed: Option<Vec<(ed25519_dalek::VerifyingKey, ed25519_dalek::Signature)>> = messages
-        .iter()
-        .map(|m| {
-            let key = ed25519_dalek::VerifyingKey::from_bytes(&m.src.0).ok()?;
-            Some((key, ed25519_dalek::Signature::from_bytes(m.sig.as_ref()?)))
-        })
-        .collect();
-    if let Some(parsed) = &parsed {
-        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-        let (keys, sigs): (Vec<_>, Vec<_>) = parsed.iter().copied().unzip();
-        if ed25519_dalek::verify_batch(&refs, &sigs, &keys).is_ok() {
-            return (messages, 0);
+/// What checking a frame's engine signatures kept and dropped.
+#[derive(Debug)]
+pub struct Verified {
+    /// The messages that pass, in the order they came.
+    pub kept: Vec<EngineMessage>,
+    /// Messages whose signature does not verify.
+    pub forged: u64,
+    /// Unsigned messages, dropped because the node requires signatures.
+    pub unsigned: u64,
+}
+
+/// Keeps, in their order, the messages whose signature verifies, and the unsigned ones unless
+/// `require_signatures`.
+pub fn verify_all(messages: Vec<EngineMessage>, require_signatures: bool) -> Verified {
+    let all_verify = batch_verifies(messages.iter().filter(|m| m.sig.is_some()));
+    let mut verified = Verified { kept: Vec::with_capacity(messages.len()), forged: 0, unsigned: 0 };
+    for message in messages {
+        match &message.sig {
+            None if require_signatures => verified.unsigned += 1,
+            Some(sig) if !all_verify && message.src.verify(&signing::engine_message(&message), sig).is_err() => verified.forged += 1,
+            _ => verified.kept.push(message),
         }
     }
-    let total = messages.len() as u64;
-    let good: Vec<EngineMessage> = messages
-        .into_iter()
-        .zip(&payloads)
-        .filter(|(m, payload)| m.sig.as_ref().is_some_and(|sig| m.src.verify(payload, sig).is_ok()))
-        .map(|(m, _)| m)
-        .collect();
-    let bad = total - good.len() as u64;
-    (good, bad)
+    verified
+}
+
+/// Whether every signature of `signed` verifies, checked as one batch.
+fn batch_verifies<'a>(signed: impl Iterator<Item = &'a EngineMessage>) -> bool {
+    let mut payloads = Vec::new();
+    let (mut keys, mut sigs) = (Vec::new(), Vec::new());
+    for message in signed {
+        let (Ok(key), Some(sig)) = (ed25519_dalek::VerifyingKey::from_bytes(&message.src.0), message.sig.as_ref()) else { return false };
+        payloads.push(signing::engine_message(message));
+        keys.push(key);
+        sigs.push(ed25519_dalek::Signature::from_bytes(sig));
+    }
+    let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+    ed25519_dalek::verify_batch(&refs, &sigs, &keys).is_ok()
 }
 
 #[cfg(test)]
@@ -43,16 +55,19 @@ mod tests {
     }
 
     #[test]
-    fn a_good_batch_passes_whole_and_forgeries_are_picked_out() {
+    fn a_good_batch_passes_whole_and_forgeries_are_picked_out_in_order() {
         let key = Keypair::generate();
-        let batch: Vec<_> = (0..8).map(|n| signed(&key, n)).collect();
-        let (good, bad) = verify_all(batch.clone());
-        assert_eq!((good.len(), bad), (8, 0));
+        let mut batch: Vec<_> = (0..8).map(|n| signed(&key, n)).collect();
+        batch[6].sig = None;
+        let ids = |verified: &Verified| verified.kept.iter().map(|m| m.id).collect::<Vec<_>>();
+        let verified = verify_all(batch.clone(), false);
+        assert_eq!((ids(&verified), verified.forged, verified.unsigned), (vec![0, 1, 2, 3, 4, 5, 6, 7], 0, 0));
         let mut forged = batch;
         forged[3].body = b"tampered".to_vec();
         forged[5].sig = Some([0; 64]);
-        let (good, bad) = verify_all(forged);
-        assert_eq!(bad, 2);
-        assert_eq!(good.iter().map(|m| m.id).collect::<Vec<_>>(), [0, 1, 2, 4, 6, 7]);
+        let verified = verify_all(forged.clone(), false);
+        assert_eq!((ids(&verified), verified.forged, verified.unsigned), (vec![0, 1, 2, 4, 6, 7], 2, 0));
+        let verified = verify_all(forged, true);
+        assert_eq!((ids(&verified), verified.forged, verified.unsigned), (vec![0, 1, 2, 4, 7], 2, 1));
     }
 }

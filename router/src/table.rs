@@ -116,6 +116,22 @@ impl<A> RoutingTable<A> {
     }
 
     /// Follows an IdentityUpdated: replaces a cached record, or forgets a deleted one.
+    /// Another node announced `engine` as one of its own: learned, unless the id is known as
+    /// something other than an engine (a node or a topic), which an announcement cannot change.
+    pub fn learn_engine(&mut self, engine: Identity, node: Identity) {
+        if matches!(self.known.get(&engine), None | Some(Known::Engine { .. })) {
+            self.learn(engine, Known::Engine { node });
+        }
+    }
+
+    /// `node` announced that `engine` left it: forgotten only if it was known on that node, so
+    /// that one node cannot unroute another's engines.
+    pub fn forget_engine(&mut self, engine: Identity, node: Identity) {
+        if self.known.get(&engine) == Some(&Known::Engine { node }) {
+            self.updated(engine, None);
+        }
+    }
+
     pub fn updated(&mut self, id: Identity, known: Option<Known>) {
         match known {
             Some(known) if self.known.contains_key(&id) => {
@@ -247,6 +263,20 @@ mod tests {
         let mut local = message.clone();
         local.scope = Scope::Local;
         assert!(matches!(table.route(&local, 0), Route::Drop(DropReason::NoRoute, _)));
+    }
+
+    #[test]
+    fn announcements_change_only_the_announcing_nodes_engines() {
+        let mut table: RoutingTable<()> = RoutingTable::new(id(), 16);
+        let (engine, node, other, topic) = (id(), id(), id(), id());
+        table.learn(topic, Known::Topic);
+        table.learn_engine(topic, other);
+        assert_eq!(table.route(&to(Destination::Engine(topic)), 0), Route::Drop(DropReason::NoRoute, format!("{topic} is a Topic record, not an engine")));
+        table.learn_engine(engine, node);
+        table.forget_engine(engine, other);
+        assert_eq!(table.route(&to(Destination::Engine(engine)), 0), Route::Remote(node));
+        table.forget_engine(engine, node);
+        assert_eq!(table.route(&to(Destination::Engine(engine)), 0), Route::Lookup(engine));
     }
 
     #[test]

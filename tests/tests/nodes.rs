@@ -186,48 +186,97 @@ fn a_banned_node_is_refused() {
     assert!(String::from_utf8_lossy(&dial.stderr).contains("banned"), "{dial:?}");
 }
 
-#[test]
-fn a_frame_with_a_forged_signature_is_dropped_counted_and_the_peer_disconnected() {
-    use netmachine_schema::message_capnp::{p2_p_batch, p2_p_frame};
-    use netmachine_transport::{framing, handshake, tls::NodeTls};
-    let a = Node::up();
-    let forger = netmachine_schema::Keypair::generate();
-    let advert = netmachine_tests::advert_message(&forger);
-    let document = a.root().join("forger.advert");
-    std::fs::write(&document, serde_json::json!({"advert": hex::encode(&advert)}).to_string()).unwrap();
-    assert!(a.cli(&["peer", "add", document.to_str().unwrap(), "--ephemeral"]).status.success());
-    let a_advert: serde_json::Value = serde_json::from_slice(&a.cli(&["advert"]).stdout).unwrap();
-    let a_addr: std::net::SocketAddr = a_advert["addrs"][0].as_str().unwrap().parse().unwrap();
-    let a_id: Identity = a.id().parse().unwrap();
+/// A peer `a` admits (as an ephemeral peer) whose frames the test writes by hand.
+struct HandmadePeer {
+    key: netmachine_schema::Keypair,
+    advert: Vec<u8>,
+    a_id: Identity,
+    a_addr: std::net::SocketAddr,
+}
 
-    let closed = with_rpc(async {
-        let tls = NodeTls::new(&forger).unwrap();
+impl HandmadePeer {
+    fn admitted_by(a: &Node) -> HandmadePeer {
+        let key = netmachine_schema::Keypair::generate();
+        let advert = netmachine_tests::advert_message(&key);
+        let document = a.root().join(format!("{}.advert", key.identity().short()));
+        std::fs::write(&document, serde_json::json!({"advert": hex::encode(&advert)}).to_string()).unwrap();
+        assert!(a.cli(&["peer", "add", document.to_str().unwrap(), "--ephemeral"]).status.success());
+        let a_advert: serde_json::Value = serde_json::from_slice(&a.cli(&["advert"]).stdout).unwrap();
+        let a_addr = a_advert["addrs"][0].as_str().unwrap().parse().unwrap();
+        HandmadePeer { key, advert, a_id: a.id().parse().unwrap(), a_addr }
+    }
+
+    /// Connects to `a` over QUIC and completes the handshake (keep the endpoint while connected).
+    async fn connect(&self) -> (quinn::Endpoint, quinn::Connection) {
+        use netmachine_transport::{framing, handshake, tls::NodeTls};
+        let tls = NodeTls::new(&self.key).unwrap();
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        let connection = endpoint.connect_with(tls.client_config(a_id).unwrap(), a_addr, "netmachine").unwrap().await.unwrap();
+        let connection = endpoint.connect_with(tls.client_config(self.a_id).unwrap(), self.a_addr, "netmachine").unwrap().await.unwrap();
         let (mut send, mut recv) = connection.open_bi().await.unwrap();
-        framing::write_frame(&mut send, &handshake::hello(&advert, 0).unwrap()).await.unwrap();
+        framing::write_frame(&mut send, &netmachine_transport::handshake::hello(&self.advert, 0).unwrap()).await.unwrap();
         let answer = framing::read_frame(&mut recv, 1 << 16).await.unwrap().unwrap();
         assert!(matches!(handshake::read_answer(&answer).unwrap(), handshake::Answer::Accepted { .. }));
+        (endpoint, connection)
+    }
 
+    /// Sends a frame to `a` with one payload `fill` writes, signed by `signer`.
+    async fn send_frame(&self, connection: &quinn::Connection, signer: &netmachine_schema::Keypair, fill: impl FnOnce(netmachine_schema::message_capnp::p2_p_payload::Builder<'_>)) {
+        use netmachine_schema::message_capnp::{p2_p_batch, p2_p_frame};
         let mut batch = capnp::message::Builder::new_default();
-        let payload = batch.init_root::<p2_p_batch::Builder>().init_payloads(1).get(0);
-        let message = netmachine_schema::EngineMessage::new(forger.identity(), Destination::Node(a_id), 1, b"forged".to_vec());
-        message.write(payload.init_engine());
+        fill(batch.init_root::<p2_p_batch::Builder>().init_payloads(1).get(0));
         let batch = capnp::serialize::write_message_to_words(&batch);
         let mut frame = capnp::message::Builder::new_default();
         let mut root = frame.init_root::<p2_p_frame::Builder>();
-        root.set_src(&forger.identity().0);
-        root.set_dst(&a_id.0);
+        root.set_src(&self.key.identity().0);
+        root.set_dst(&self.a_id.0);
         root.set_batch(&batch);
-        let impostor = netmachine_schema::Keypair::generate();
-        root.set_sig(&impostor.sign(&netmachine_schema::signing::p2p_frame(&forger.identity(), &a_id, &batch)));
+        root.set_sig(&signer.sign(&netmachine_schema::signing::p2p_frame(&self.key.identity(), &self.a_id, &batch)));
         let mut stream = connection.open_uni().await.unwrap();
-        framing::write_frame(&mut stream, &capnp::serialize::write_message_to_words(&frame)).await.unwrap();
+        netmachine_transport::framing::write_frame(&mut stream, &capnp::serialize::write_message_to_words(&frame)).await.unwrap();
+    }
+}
+
+#[test]
+fn a_frame_with_a_forged_signature_is_dropped_counted_and_the_peer_disconnected() {
+    let a = Node::up();
+    let forger = HandmadePeer::admitted_by(&a);
+    let closed = with_rpc(async {
+        let (_endpoint, connection) = forger.connect().await;
+        let message = netmachine_schema::EngineMessage::new(forger.key.identity(), Destination::Node(forger.a_id), 1, b"forged".to_vec());
+        let impostor = netmachine_schema::Keypair::generate();
+        forger.send_frame(&connection, &impostor, |payload| message.write(payload.init_engine())).await;
         tokio::time::timeout(WAIT, connection.closed()).await
     });
     let reason = closed.expect("A closes the connection to the forger").to_string();
     assert!(reason.contains("signature"), "{reason}");
     assert_eq!(a.router_counter("dropped_bad_signature"), 1);
+}
+
+#[test]
+fn a_peer_announcing_engines_cannot_remove_records_of_other_nodes() {
+    let a = Node::up();
+    let (peer, bystander) = (HandmadePeer::admitted_by(&a), HandmadePeer::admitted_by(&a));
+    let store = a.socket(ServiceKind::IdentityStore);
+    let (bystander_id, engine) = (bystander.key.identity(), netmachine_schema::Keypair::generate().identity());
+    with_rpc(async {
+        assert!(netmachine_tests::identity_exists(&store, &bystander_id).await);
+        let (_endpoint, connection) = peer.connect().await;
+        // A full announcement of one engine that also says another node's record left.
+        peer.send_frame(&connection, &peer.key, |payload| {
+            let mut engines = payload.init_engines();
+            engines.set_full(true);
+            engines.reborrow().init_attached(1).set(0, &engine.0);
+            engines.init_detached(1).set(0, &bystander_id.0);
+        })
+        .await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !netmachine_tests::identity_exists(&store, &engine).await {
+            assert!(tokio::time::Instant::now() < deadline, "the announced engine was never recorded");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The announcement was processed whole (removals come first): the other node's advert stays.
+        assert!(netmachine_tests::identity_exists(&store, &bystander_id).await, "a peer deleted another node's record");
+    });
 }
 
 #[test]
