@@ -170,7 +170,12 @@ async fn run(
             }
         }
         if !batch.is_empty() {
-            match attached_session(&mut session).await {
+            let current = attached_session(&mut session).await;
+            // A caller that gave up waiting (the router was away) was told its send failed:
+            // sending it now would make a retry a duplicate.
+            batch.retain(|(_, done)| !done.is_closed());
+            match current {
+                Some(_) if batch.is_empty() => {}
                 Some(current) => send_batch(&current, batch),
                 None => batch.into_iter().for_each(|(_, done)| {
                     let _ = done.send(Err(EngineError::Closed));

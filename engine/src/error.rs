@@ -21,6 +21,8 @@ pub enum EngineError {
     Timeout(Duration),
     #[error("too many requests await replies ({0}); wait for some to finish")]
     TooManyRequests(usize),
+    #[error("the message takes {len} bytes in a ring, over the ring's limit of {max} (half of the node's router.ring_bytes)")]
+    TooLargeForRing { len: usize, max: usize },
     #[error("the outbox ring is full")]
     Full,
     #[error("the engine is closed")]

@@ -7,12 +7,13 @@
 use crate::connection::Shared;
 use crate::ring::layout::{Kind, INBOX_CONSUMER_SLEEPING_AT, OUTBOX_PRODUCER_WAITING_AT};
 use crate::ring::records;
-use crate::ring::wait::{wait_a_while, wait_for, WaitMode};
+use crate::ring::wait::{wait_a_while, WaitMode};
 use crate::ring::{Consumer, Doorbell, Full, Producer, RingSegment, SegmentError};
 use crate::EngineError;
 use netmachine_schema::{EngineMessage, Identity};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Who reads the inbox ring.
@@ -88,26 +89,39 @@ impl EngineRing {
         Ok(ring)
     }
 
-    /// Writes `message` into the outbox and rings the router if it sleeps; `Full` if there is
-    /// no room now.
-    pub fn try_send(&self, message: &EngineMessage) -> Result<(), Full> {
-        records::write_message(&mut lock(&self.outbox), message)?;
+    /// Writes `message` into the outbox and rings the router if it sleeps: `Full` if there is
+    /// no room now, `TooLargeForRing` if there never will be.
+    pub fn try_send(&self, message: &EngineMessage) -> Result<(), EngineError> {
+        let mut outbox = lock(&self.outbox);
+        let (len, max) = (records::message_length(message), outbox.max_body());
+        if len > max {
+            return Err(EngineError::TooLargeForRing { len, max });
+        }
+        records::write_message(&mut outbox, message).map_err(|Full| EngineError::Full)?;
+        drop(outbox);
         self.doorbell.ring();
         Ok(())
     }
 
-    /// Like `try_send`, waiting for room as the RING.md waking protocol says.
-    pub fn send_blocking(&self, message: &EngineMessage) -> Result<(), EngineError> {
-        let mut sent = self.try_send(message);
-        if sent.is_ok() {
-            return Ok(());
-        }
+    /// Like `try_send`, waiting for room as the RING.md waking protocol says, for at most
+    /// `timeout` (the router may be gone and not drain the outbox).
+    pub fn send_blocking(&self, message: &EngineMessage, timeout: Duration) -> Result<(), EngineError> {
+        let deadline = Instant::now() + timeout;
         let word = self.segment.word(OUTBOX_PRODUCER_WAITING_AT);
-        wait_for(self.mode, word, || {
-            sent = self.try_send(message);
-            sent.is_ok() || self.stopped()
-        });
-        sent.map_err(|Full| EngineError::Closed)
+        let mut sent = self.try_send(message);
+        while matches!(sent, Err(EngineError::Full)) {
+            if self.stopped() {
+                return Err(EngineError::Closed);
+            }
+            if Instant::now() >= deadline {
+                return Err(EngineError::RouterUnavailable(timeout));
+            }
+            wait_a_while(self.mode, word, || {
+                sent = self.try_send(message);
+                !matches!(sent, Err(EngineError::Full)) || self.stopped()
+            });
+        }
+        sent
     }
 
     /// Whether the router has taken everything written to the outbox.
@@ -147,6 +161,9 @@ impl EngineRing {
             },
             Err(corrupt) => {
                 tracing::error!(%corrupt, "the inbox ring is corrupt; no more messages will be read from it");
+                drop(inbox);
+                // Said once: every later read, and the reader thread, sees a stopped ring.
+                self.stop();
                 return Taken::Done;
             }
         };
@@ -187,6 +204,7 @@ impl EngineRing {
 /// The last message id seen from each sender. A router killed between delivering a record and
 /// releasing it from the sender's outbox delivers it again after its restart, right after the
 /// first copy (RING.md, "Attaching and detaching"); a repeated (src, id) is that copy.
+///
 /// The sender of the latest message is kept apart from the table, so that a run of messages
 /// from one sender costs no hashing.
 #[derive(Default)]

@@ -232,8 +232,8 @@ impl Engine {
         let message = self.prepare(self.message(dst, body))?;
         let id = message.id;
         match self.shared.ring() {
-            Some(ring) => ring.try_send(&message).map_err(|_| EngineError::Full)?,
-            None => self.send_message(message).await?,
+            Some(ring) => ring.try_send(&message)?,
+            None => self.send_prepared(message).await?,
         }
         Ok(id)
     }
@@ -244,8 +244,8 @@ impl Engine {
         let message = self.prepare(self.message(dst, body))?;
         let id = message.id;
         match self.shared.ring() {
-            Some(ring) => ring.send_blocking(&message)?,
-            None => self.runtime.block_on(self.send_message(message))?,
+            Some(ring) => ring.send_blocking(&message, self.send_timeout)?,
+            None => self.runtime.block_on(self.send_prepared(message))?,
         }
         Ok(id)
     }
@@ -323,8 +323,8 @@ impl Engine {
         message.reply_to = Some(request.id);
         let message = self.prepare(message)?;
         match self.shared.ring() {
-            Some(ring) => ring.send_blocking(&message),
-            None => self.runtime.block_on(self.send_message(message)),
+            Some(ring) => ring.send_blocking(&message, self.send_timeout),
+            None => self.runtime.block_on(self.send_prepared(message)),
         }
     }
 
@@ -334,7 +334,7 @@ impl Engine {
         let (message, mut answer) = self.start_request(self.message(dst, body), timeout)?;
         let id = message.id;
         let deadline = std::time::Instant::now() + timeout;
-        let outcome = ring.send_blocking(&message).and_then(|()| loop {
+        let outcome = ring.send_blocking(&message, self.send_timeout).and_then(|()| loop {
             if let Some(result) = answered(&mut answer) {
                 break result;
             }
@@ -354,25 +354,34 @@ impl Engine {
     /// A request's message (expiring with the timeout) and where its answer will come.
     fn start_request(&self, mut message: EngineMessage, timeout: Duration) -> Result<(EngineMessage, Answer), EngineError> {
         message.expiry = Some(netmachine_schema::time::now_ms() + timeout.as_millis() as u64);
+        // Checked and signed before the answer is awaited, so a refused message leaves no waiter.
+        let message = self.prepare(message)?;
         let answer = self.shared.expect_reply(message.id, message.dst.identity())?;
-        Ok((self.prepare(message)?, answer))
+        Ok((message, answer))
     }
 
     /// Sends a message built by [`Engine::message`] (or by hand, with this engine as `src`),
     /// signing it first if the engine signs its messages.
     pub async fn send_message(&self, message: EngineMessage) -> Result<(), EngineError> {
-        let message = self.prepare(message)?;
+        self.send_prepared(self.prepare(message)?).await
+    }
+
+    /// Sends a message [`Engine::prepare`] already checked and signed.
+    async fn send_prepared(&self, message: EngineMessage) -> Result<(), EngineError> {
         if let Some(ring) = self.shared.ring() {
             let deadline = tokio::time::Instant::now() + self.send_timeout;
             let mut wait = Duration::from_micros(20);
-            while ring.try_send(&message).is_err() {
+            loop {
+                match ring.try_send(&message) {
+                    Err(EngineError::Full) => {}
+                    sent => return sent,
+                }
                 if tokio::time::Instant::now() >= deadline {
                     return Err(EngineError::RouterUnavailable(self.send_timeout));
                 }
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_millis(1));
             }
-            return Ok(());
         }
         let (done, accepted) = oneshot::channel();
         let work = async {
@@ -396,7 +405,7 @@ impl Engine {
         let (message, mut answer) = self.start_request(message, timeout)?;
         let id = message.id;
         let outcome = async {
-            self.send_message(message).await?;
+            self.send_prepared(message).await?;
             let Some(ring) = self.own_ring() else { return answer.await.map_err(|_| EngineError::Closed)? };
             // This engine reads its own ring: take records until the answer is among them.
             let mut idle = IdleWait::default();

@@ -1,8 +1,8 @@
 //! The router's side of the shared-memory rings (engine/RING.md). A thread of its own forwards
 //! what ring engines write to other ring engines on this node, straight from one ring to the
 //! other, and releases a record from the sender's outbox only once it is in the receiver's
-//! inbox: a router killed at any moment loses nothing an engine wrote, and the next router
-//! adopts the rings. Everything else (lookups, other nodes, socket engines, expiry, refusals)
+//! inbox: a router killed at any moment loses nothing one ring engine wrote to another, and the
+//! next router adopts the rings. Everything else (lookups, other nodes, socket engines, expiry, refusals)
 //! goes to the router's main thread, which may wait. The thread spins briefly, yields, then
 //! sleeps on the doorbell, which engines ring only while it sleeps.
 
@@ -51,8 +51,8 @@ impl RingEndpoint {
 
     /// Copies a message record, as the sender wrote it, into the engine's inbox; the caller
     /// wakes the engine once it has forwarded what it had for it.
-    fn forward(&self, body: &[u8]) -> Result<(), Full> {
-        records::forward(&mut lock(&self.inbox), body)
+    fn forward(&self, body: &[u8], checked: &Envelope) -> Result<(), Full> {
+        records::forward(&mut lock(&self.inbox), body, checked)
     }
 
     fn wake(&self) {
@@ -81,7 +81,8 @@ pub enum Slow {
     /// A message the fast path does not take: route it, and refuse it to `from` if it fails.
     Route { from: Arc<RingEndpoint>, message: EngineMessage },
     /// A record that is not a readable message: drop it, and say so to `from`.
-    Unreadable { from: Arc<RingEndpoint>, detail: String },
+    /// `id` is the record's message id when it is long enough to hold one, else 0.
+    Unreadable { from: Arc<RingEndpoint>, id: u64, detail: String },
     /// The engine's ring is corrupt: detach it.
     Corrupt { engine: Identity, generation: u64, problem: String },
 }
@@ -334,8 +335,9 @@ enum Turn {
 fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<Identity, Arc<RingEndpoint>>, slow: &mpsc::Sender<Slow>) -> Turn {
     let mut outbox = lock(&from.outbox);
     let mut moved = 0;
-    // Engines this turn wrote to, woken once each at its end: one fence per turn, not per record.
-    let mut receivers: Vec<&Arc<RingEndpoint>> = Vec::new();
+    // The engine the latest records went to, woken when the records start going elsewhere or
+    // the turn ends: one fence per run of records, not per record, and no allocation.
+    let mut unwoken: Option<&Arc<RingEndpoint>> = None;
     let turn = loop {
         if moved == TURN {
             break Turn::Moved;
@@ -353,15 +355,15 @@ fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<I
             }
         };
         if record.kind == Kind::Message {
-            let envelope = records::read_envelope(record.body);
-            if let Some(to) = envelope.ok().and_then(|e| fast_lane(from, &e, by_engine, shared.max_body)) {
-                match to.forward(record.body) {
+            let envelope = records::read_envelope(record.body).ok();
+            if let Some((to, envelope)) = envelope.and_then(|e| Some((fast_lane(from, &e, by_engine, shared.max_body)?, e))) {
+                match to.forward(record.body, &envelope) {
                     Ok(()) => {
                         shared.forwarded.fetch_add(1, Ordering::Relaxed);
                         outbox.consume();
                         moved += 1;
-                        if !receivers.iter().any(|r| Arc::ptr_eq(r, to)) {
-                            receivers.push(to);
+                        if let Some(previous) = unwoken.replace(to).filter(|previous| !Arc::ptr_eq(previous, to)) {
+                            previous.wake();
                         }
                         continue;
                     }
@@ -372,9 +374,9 @@ fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<I
         let handover = match record.kind {
             Kind::Message => match records::read_message(record.body) {
                 Ok(message) => Slow::Route { from: from.clone(), message },
-                Err(detail) => Slow::Unreadable { from: from.clone(), detail },
+                Err(detail) => Slow::Unreadable { from: from.clone(), id: records::message_id(record.body).unwrap_or(0), detail },
             },
-            other => Slow::Unreadable { from: from.clone(), detail: format!("engines do not write {other:?} records") },
+            other => Slow::Unreadable { from: from.clone(), id: 0, detail: format!("engines do not write {other:?} records") },
         };
         match slow.try_send(handover) {
             Ok(()) => {
@@ -387,7 +389,7 @@ fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<I
         }
     };
     drop(outbox);
-    for receiver in receivers {
+    if let Some(receiver) = unwoken {
         receiver.wake();
     }
     if moved > 0 {

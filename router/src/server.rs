@@ -293,9 +293,9 @@ async fn serve_slow(state: std::rc::Weak<RouterState>, mut slow: tokio::sync::mp
                     }
                 }
             }
-            Slow::Unreadable { from, detail } => {
+            Slow::Unreadable { from, id, detail } => {
                 state.drops.count(DropReason::Malformed, 1);
-                state.tell_refusal(&from, Refusal { id: 0, reason: SendRefusal::Malformed, detail });
+                state.tell_refusal(&from, Refusal { id, reason: SendRefusal::Malformed, detail });
             }
             Slow::Corrupt { engine, generation, problem } => {
                 tracing::warn!(engine = %engine, %problem, "detaching an engine whose ring is corrupt");

@@ -151,3 +151,19 @@ fn a_corrupt_ring_detaches_only_its_engine() {
         assert_eq!(message.src, sender.identity());
     });
 }
+
+#[test]
+fn a_message_too_large_for_the_ring_fails_at_once_instead_of_waiting_for_room() {
+    // 4 KiB rings take records of at most 2040 bytes; the node takes bodies of up to 1 MiB.
+    let node = Node::up_with(&["router.ring_bytes=4096"]);
+    let engine = with_rpc(attach_engine(&node, |_| {}));
+    assert!(engine.on_ring());
+    let peer = engine.identity();
+    let sent = engine.send_blocking(peer, vec![0; 4000]);
+    assert!(matches!(sent, Err(netmachine_engine::EngineError::TooLargeForRing { len: 4104, max: 2040 })), "{sent:?}");
+    let tried = with_rpc(engine.try_send(peer, vec![0; 4000]));
+    assert!(matches!(tried, Err(netmachine_engine::EngineError::TooLargeForRing { .. })), "{tried:?}");
+    // What fits still goes.
+    engine.send_blocking(peer, vec![1; 1000]).expect("a message that fits");
+    assert_eq!(engine.recv_blocking().expect("its own message").body, vec![1; 1000]);
+}

@@ -5,6 +5,8 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"NMRING\0\0");
 /// `NMBELL\0\0`, little-endian.
 pub const DOORBELL_MAGIC: u64 = u64::from_le_bytes(*b"NMBELL\0\0");
 pub const VERSION: u32 = 2;
+/// The doorbell's own layout version, which ring layout 2 left unchanged.
+pub const DOORBELL_VERSION: u32 = 1;
 pub const HEADER_SIZE: usize = 4096;
 pub const DOORBELL_SIZE: usize = 4096;
 /// The smallest ring capacity, in bytes.
@@ -95,9 +97,10 @@ pub(crate) mod tests {
     #[test]
     fn the_layout_matches_ring_md() {
         let doc = include_str!("../../RING.md");
+        let (version, doorbell_version) = (format!("layout version, `{VERSION}`"), format!("layout version, `{DOORBELL_VERSION}`"));
         let rows = [
             (MAGIC_AT, "magic `0x0000_474e_4952_4d4e`"),
-            (VERSION_AT, "layout version, `2`"),
+            (VERSION_AT, version.as_str()),
             (HEADER_SIZE_AT, "header size, `4096`"),
             (CAPACITY_AT, "capacity of each ring"),
             (ENGINE_AT, "the engine identity"),
@@ -109,6 +112,7 @@ pub(crate) mod tests {
             (INBOX_TAIL_AT, "inbox `tail`"),
             (INBOX_HEAD_AT, "inbox `head`"),
             (INBOX_CONSUMER_SLEEPING_AT, "inbox `consumer_sleeping`"),
+            (VERSION_AT, doorbell_version.as_str()),
             (DOORBELL_ROUTER_PID_AT, "the router's process id"),
             (DOORBELL_ROUTER_SLEEPING_AT, "`router_sleeping`"),
             (DOORBELL_RINGS_AT, "`rings`"),

@@ -61,10 +61,15 @@ fn u32_at(from: &[u8], at: usize) -> usize {
     u32::from_le_bytes(bytes(from, at)) as usize
 }
 
+/// Bytes of the record body that carries `message`.
+pub fn message_length(message: &EngineMessage) -> usize {
+    MESSAGE_HEAD + message.protocol.len() + message.body.len() + message.sig.map_or(0, |s| s.len())
+}
+
 /// Writes `message` as one record, straight into the ring.
 pub fn write_message(producer: &mut Producer, message: &EngineMessage) -> Result<(), Full> {
     let signature = message.sig.as_ref().map_or(&[][..], |s| &s[..]);
-    let length = MESSAGE_HEAD + message.protocol.len() + message.body.len() + signature.len();
+    let length = message_length(message);
     producer.try_write(Kind::Message, length, |record| encode(message, signature, record))
 }
 
@@ -165,6 +170,12 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// The id of a message record, even a malformed one, if it is long enough to hold one: what a
+/// refusal of it names, so the sender can tell which message it was.
+pub fn message_id(record: &[u8]) -> Option<u64> {
+    (record.len() >= REPLY_TO_AT).then(|| u64_at(record, ID_AT))
+}
+
 /// Reads a message record's body into a message (copying the body out of the ring).
 pub fn read_message(record: &[u8]) -> Result<EngineMessage, String> {
     let fields = Fields::check(record)?;
@@ -200,9 +211,15 @@ pub fn read_envelope(record: &[u8]) -> Result<Envelope, String> {
     Ok(Envelope { src: fields.src(), dst: fields.dst, expiry: fields.optional(HAS_EXPIRY, EXPIRY_AT), body_len: fields.body.len() })
 }
 
-/// Copies a message record's body, as it is, into another ring.
-pub fn forward(producer: &mut Producer, body: &[u8]) -> Result<(), Full> {
-    producer.try_write(Kind::Message, body.len(), |into| into.copy_from_slice(body))
+/// Copies a message record into another ring, with the `src` and `dst` its envelope was
+/// checked with written over the copy: the sender shares the memory it is copied from and
+/// could change them after the check, but not what lands in the receiver's ring.
+pub fn forward(producer: &mut Producer, body: &[u8], checked: &Envelope) -> Result<(), Full> {
+    producer.try_write(Kind::Message, body.len(), |into| {
+        into.copy_from_slice(body);
+        into[SRC_AT..DST_AT].copy_from_slice(&checked.src.0);
+        into[DST_AT..ID_AT].copy_from_slice(&checked.dst.identity().0);
+    })
 }
 
 fn reason_code(reason: SendRefusal) -> u32 {
@@ -286,8 +303,15 @@ mod tests {
         assert_eq!(envelope, Envelope { src: message.src, dst: message.dst, expiry: message.expiry, body_len: 4 });
         let mut other = HeapRing::new(8192);
         let (mut into, mut out) = (Producer::new(other.memory()), Consumer::new(other.memory()));
-        forward(&mut into, &record).unwrap();
+        forward(&mut into, &record, &envelope).unwrap();
         assert_eq!(read_message(out.peek().unwrap().unwrap().body).unwrap(), message);
+        out.consume();
+
+        // A sender that rewrites `src` after the check does not get it through.
+        let mut rewritten = record.clone();
+        rewritten[SRC_AT..DST_AT].copy_from_slice(&[7; 32]);
+        forward(&mut into, &rewritten, &envelope).unwrap();
+        assert_eq!(read_message(out.peek().unwrap().unwrap().body).unwrap().src, message.src);
     }
 
     #[test]
@@ -308,6 +332,8 @@ mod tests {
             (broken(SCOPE_AT, &[3]), "unknown scope 3"),
             (broken(MESSAGE_HEAD, &[0xff]), "not UTF-8"),
         ];
+        assert_eq!(message_id(&cases[2].0), Some(7));
+        assert_eq!(message_id(&valid[..REPLY_TO_AT - 1]), None);
         for (record, reason) in cases {
             let error = read_envelope(&record).err().unwrap_or_else(|| panic!("accepted a record that should fail with {reason:?}"));
             assert!(error.contains(reason), "{error:?} does not say {reason:?}");

@@ -271,7 +271,7 @@ impl Doorbell {
             Ok(mapping) => {
                 // The owner first: a sweep never sees a valid doorbell without one.
                 mapping.u32_at(DOORBELL_ROUTER_PID_AT).store(std::process::id(), Ordering::Relaxed);
-                mapping.u32_at(VERSION_AT).store(VERSION, Ordering::Relaxed);
+                mapping.u32_at(VERSION_AT).store(DOORBELL_VERSION, Ordering::Relaxed);
                 mapping.u64_at(MAGIC_AT).store(DOORBELL_MAGIC, Ordering::Release);
                 Ok(Doorbell { mapping, name: name.to_string() })
             }
@@ -294,6 +294,10 @@ impl Doorbell {
         let mapping = Mapping::open(name, None)?;
         if mapping.len < DOORBELL_SIZE || mapping.u64_at(MAGIC_AT).load(Ordering::Acquire) != DOORBELL_MAGIC {
             return Err(SegmentError::Invalid { name: name.to_string(), problem: "not a netmachine doorbell".into() });
+        }
+        let version = mapping.u32_at(VERSION_AT).load(Ordering::Relaxed);
+        if version != DOORBELL_VERSION {
+            return Err(SegmentError::Invalid { name: name.to_string(), problem: format!("doorbell layout version {version}, this side speaks {DOORBELL_VERSION}") });
         }
         Ok(Doorbell { mapping, name: name.to_string() })
     }

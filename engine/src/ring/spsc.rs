@@ -78,12 +78,16 @@ impl Producer {
         self.memory.capacity as usize / 2 - RECORD_HEADER
     }
 
+    /// Whether `needed` bytes fit. A `head` past `tail`, which only a broken or hostile
+    /// consumer writes, wraps to a huge distance and so reads as no room, never as room.
     fn room(&mut self, needed: u64) -> bool {
-        if self.tail - self.cached_head + needed <= self.memory.capacity {
+        let (tail, capacity) = (self.tail, self.memory.capacity);
+        let fits = |head: u64| tail.wrapping_sub(head).saturating_add(needed) <= capacity;
+        if fits(self.cached_head) {
             return true;
         }
         self.cached_head = self.memory.head().load(Ordering::Acquire);
-        self.tail - self.cached_head + needed <= self.memory.capacity
+        fits(self.cached_head)
     }
 
     /// Writes one record whose `length`-byte body `fill` writes, and publishes it; `Full` if
@@ -141,13 +145,16 @@ pub struct Consumer {
     memory: RingMemory,
     head: u64,
     cached_tail: u64,
+    /// The size of the record the last `peek` returned: `consume` advances by it rather than
+    /// read the length again from memory the producer shares.
+    peeked: u64,
 }
 
 impl Consumer {
     /// Takes up reading where the ring's `head` stands (a fresh ring, or one being adopted).
     pub fn new(memory: RingMemory) -> Self {
         let head = memory.head().load(Ordering::Acquire);
-        Consumer { memory, head, cached_tail: head }
+        Consumer { memory, head, cached_tail: head, peeked: 0 }
     }
 
     /// Whether a record may be waiting.
@@ -194,17 +201,15 @@ impl Consumer {
             // SAFETY: checked above to lie within the data area and before tail; the producer
             // does not touch published bytes until head passes them.
             let body = unsafe { std::slice::from_raw_parts(self.memory.data.add(at + RECORD_HEADER), length) };
+            self.peeked = size;
             return Ok(Some(Record { kind, body }));
         }
     }
 
     /// Releases the record returned by the last [`Consumer::peek`] to the producer.
     pub fn consume(&mut self) {
-        let at = self.memory.offset(self.head);
-        let mut length = [0u8; 4];
-        // SAFETY: as in `peek`, which already validated this record.
-        unsafe { std::ptr::copy_nonoverlapping(self.memory.data.add(at), length.as_mut_ptr(), 4) };
-        self.advance(record_size(u32::from_le_bytes(length) as usize) as u64);
+        let size = std::mem::take(&mut self.peeked);
+        self.advance(size);
     }
 
     fn advance(&mut self, size: u64) {
@@ -249,6 +254,10 @@ pub(crate) mod tests {
 
         pub fn set_tail(&mut self, tail: u64) {
             self.words[1] = tail;
+        }
+
+        pub fn set_head(&mut self, head: u64) {
+            self.words[0] = head;
         }
     }
 
@@ -313,6 +322,14 @@ pub(crate) mod tests {
         assert_eq!(consumer.peek().unwrap().unwrap().body[0], 0);
         consumer.consume();
         assert!(producer.try_write(Kind::Message, 1000, |b| b.fill(9)).is_ok());
+    }
+
+    #[test]
+    fn a_head_past_tail_reads_as_no_room_not_as_room() {
+        let mut ring = HeapRing::new(4096);
+        ring.set_head(1 << 40);
+        let mut producer = Producer::new(ring.memory());
+        assert_eq!(producer.try_write(Kind::Message, 8, |_| {}), Err(Full));
     }
 
     #[test]

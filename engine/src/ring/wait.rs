@@ -81,6 +81,7 @@ impl FutexWord for AtomicU32 {
 }
 
 /// Returns once `ready()` holds, sleeping on `word` when it has waited a while.
+#[cfg(test)]
 pub fn wait_for(mode: WaitMode, word: &impl FutexWord, mut ready: impl FnMut() -> bool) {
     while !wait_a_while(mode, word, &mut ready) {}
 }
@@ -89,15 +90,20 @@ pub fn wait_for(mode: WaitMode, word: &impl FutexWord, mut ready: impl FnMut() -
 /// hold yet, so that callers can keep their own deadlines. Returns whether it holds.
 pub fn wait_a_while(mode: WaitMode, word: &impl FutexWord, mut ready: impl FnMut() -> bool) -> bool {
     let mut round = 0u32;
+    // Busy-spinning never sleeps, but returns as often as a sleep would end, for deadlines.
+    let started = (mode == WaitMode::BusySpin).then(std::time::Instant::now);
     loop {
         if ready() {
             return true;
         }
         round = round.saturating_add(1);
-        if mode == WaitMode::BusySpin {
+        if let Some(started) = started {
             // Give the core up now and then: with more spinners than cores (two cores, a
             // router and two engines), pure spinning starves the very side it waits for.
             if round % BUSY_SPIN_YIELD_EVERY == 0 {
+                if started.elapsed() >= SLEEP {
+                    return false;
+                }
                 word.yield_now();
             } else {
                 std::hint::spin_loop();
