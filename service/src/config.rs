@@ -214,7 +214,7 @@ impl Config {
     }
 
     fn validate(&self, file: &Path, overrides: &[Override]) -> Result<(), ConfigError> {
-        let checks: [(&str, u64, u64, u64); 15] = [
+        let checks: [(&str, u64, u64, u64); 17] = [
             ("limits.max_message_bytes", self.limits.max_message_bytes.into(), 1024, 64 << 20),
             ("limits.engine_queue", self.limits.engine_queue.into(), 1, 1 << 20),
             ("limits.max_engines", self.limits.max_engines.into(), 1, 1 << 20),
@@ -226,6 +226,9 @@ impl Config {
             ("transport.max_peers", self.transport.max_peers.into(), 1, 1 << 16),
             ("transport.peer_queue", self.transport.peer_queue.into(), 1, 1 << 20),
             ("transport.idle_timeout_ms", self.transport.idle_timeout_ms, 100, 86_400_000),
+            // A first delay of 0 would double to 0 forever: a redial or restart loop.
+            ("transport.reconnect_initial_ms", self.transport.reconnect_initial_ms, 1, 3_600_000),
+            ("supervisor.restart_initial_ms", self.supervisor.restart_initial_ms, 1, 3_600_000),
             ("transport.reconnect_max_ms", self.transport.reconnect_max_ms, self.transport.reconnect_initial_ms.max(1), 3_600_000),
             ("transport.connect_timeout_ms", self.transport.connect_timeout_ms, 100, 600_000),
             ("supervisor.restart_max_ms", self.supervisor.restart_max_ms, self.supervisor.restart_initial_ms.max(1), 3_600_000),
@@ -374,6 +377,14 @@ mod tests {
             err.to_string(),
             "config field `limits.max_message_bytes` (--set x): must be between 1024 and 67108864, got 5"
         );
+    }
+
+    #[test]
+    fn a_first_backoff_delay_of_zero_is_refused() {
+        for field in ["transport.reconnect_initial_ms", "supervisor.restart_initial_ms"] {
+            let err = Config::load(Path::new("/none"), &[set(field, "0", "--set x")]).unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains("got 0"), "{err}");
+        }
     }
 
     #[test]

@@ -58,7 +58,9 @@ impl NodeTls {
             .with_single_cert(vec![self.cert.clone()], self.key())?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
-        Ok(quinn::ServerConfig::with_crypto(Arc::new(crypto)))
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        config.transport_config(kept_alive());
+        Ok(config)
     }
 
     /// For dialing `expected`: only a certificate with that node's key is accepted.
@@ -73,8 +75,19 @@ impl NodeTls {
             .with_client_auth_cert(vec![self.cert.clone()], self.key())?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
-        Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(kept_alive());
+        Ok(config)
     }
+}
+
+/// QUIC settings for both ends: keep-alives well within the idle timeout, so that a quiet
+/// connection to a permanent peer is not closed by QUIC (30 s without a packet) and redialed;
+/// connections to ephemeral peers are closed by the transport's own idle rule instead.
+fn kept_alive() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(std::time::Duration::from_secs(10)));
+    Arc::new(transport)
 }
 
 /// The node identity in a certificate: its subject key, which must be ed25519.
