@@ -106,9 +106,13 @@ impl EngineRing {
     /// Like `try_send`, waiting for room as the RING.md waking protocol says, for at most
     /// `timeout` (the router may be gone and not drain the outbox).
     pub fn send_blocking(&self, message: &EngineMessage, timeout: Duration) -> Result<(), EngineError> {
+        let mut sent = self.try_send(message);
+        if !matches!(sent, Err(EngineError::Full)) {
+            // The usual case, without reading the clock.
+            return sent;
+        }
         let deadline = Instant::now() + timeout;
         let word = self.segment.word(OUTBOX_PRODUCER_WAITING_AT);
-        let mut sent = self.try_send(message);
         while matches!(sent, Err(EngineError::Full)) {
             if self.stopped() {
                 return Err(EngineError::Closed);
