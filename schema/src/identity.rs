@@ -131,14 +131,19 @@ impl Keypair {
     /// Writes this keypair to a new file with mode 0600; never overwrites an existing file.
     pub fn write_new_file(&self, path: &Path) -> Result<(), KeyError> {
         let io = |source| KeyError::Io { path: path.to_path_buf(), source };
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
-        writeln!(file, "{}", hex::encode(self.signing.to_bytes())).map_err(io)?;
-        file.sync_all().map_err(io)
+        // Written whole under a private name, then linked into place: a process that starts at
+        // the same moment sees no key file or a complete one, never an empty one, and the link
+        // fails if another process made the key first.
+        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let staged = path.with_file_name(format!(".{file_name}.{}.{:?}.tmp", std::process::id(), std::thread::current().id()));
+        let written = (|| {
+            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&staged)?;
+            writeln!(file, "{}", hex::encode(self.signing.to_bytes()))?;
+            file.sync_all()?;
+            std::fs::hard_link(&staged, path)
+        })();
+        let _ = std::fs::remove_file(&staged);
+        written.map_err(io)
     }
 }
 

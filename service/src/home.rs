@@ -135,11 +135,16 @@ impl NodeHome {
             }
         }
         let key = Keypair::read_file(&path)?;
-        let id_file = self.identity_file();
-        let staged = id_file.with_extension("id.tmp");
-        let io = |source| HomeError::Io { path: id_file.clone(), source };
-        std::fs::write(&staged, format!("{}\n", key.identity())).map_err(io)?;
-        std::fs::rename(&staged, &id_file).map_err(io)?;
+        if self.node_identity().ok().flatten() != Some(key.identity()) {
+            // Several services start at once and may all get here: each stages its own file
+            // (a shared staging name lets one process rename another's away), and the rename
+            // makes the switch atomic, so a reader sees the old content or the new.
+            let id_file = self.identity_file();
+            let staged = self.root.join(format!("node.id.{}.{:?}.tmp", std::process::id(), std::thread::current().id()));
+            let io = |source| HomeError::Io { path: id_file.clone(), source };
+            std::fs::write(&staged, format!("{}\n", key.identity())).map_err(io)?;
+            std::fs::rename(&staged, &id_file).map_err(io)?;
+        }
         Ok(key)
     }
 
@@ -188,6 +193,25 @@ mod tests {
         assert_eq!(home.node_identity().unwrap(), Some(key.identity()));
         let mode = std::fs::metadata(home.key_file()).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn processes_starting_together_all_read_the_node_key() {
+        // `up`, the router and transport each call node_key() as they start, at the same time.
+        let root = std::env::temp_dir().join(format!("nm-home-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let home = NodeHome::load(&root, &[]).unwrap();
+        home.prepare_dirs().unwrap();
+        let failures: usize = std::thread::scope(|s| {
+            let starters: Vec<_> = (0..6)
+                .map(|_| s.spawn(|| (0..200).filter(|_| home.node_key().is_err()).count()))
+                .collect();
+            starters.into_iter().map(|t| t.join().unwrap()).sum()
+        });
+        assert_eq!(failures, 0, "node_key() failed while other processes started");
+        let key = home.node_key().unwrap();
+        assert_eq!(home.node_identity().unwrap(), Some(key.identity()));
         std::fs::remove_dir_all(&root).unwrap();
     }
 
