@@ -35,6 +35,8 @@ struct Hello {
   versionMax @1 :UInt16;
   advert @2 :Id.NodeAdvert;          # the sender's own advert
   knownAdvertVersion @3 :UInt32;     # the version of the receiver's advert the sender holds (0: none)
+  incarnation @4 :UInt64;            # random per start of the sender's transport: a new one
+                                     # means the sender restarted, and its old connection is dead
 }
 
 struct HelloAnswer {
@@ -42,6 +44,7 @@ struct HelloAnswer {
     accepted :group {
       version @0 :UInt16;            # the highest version both speak
       advert @1 :Id.NodeAdvert;      # the answering node's own advert
+      incarnation @4 :UInt64;        # as in Hello, for the answering node's transport
     }
     refused :group {
       reason @2 :ConnectRefusal;

@@ -110,6 +110,11 @@ impl<T: Expiring> ExpiringQueue<T> {
         }
     }
 
+    /// Resolves at the next push (or put-back), or at once if one came since the last wait.
+    pub async fn pushed(&self) {
+        self.ready.notified().await;
+    }
+
     pub fn len(&self) -> usize {
         self.frames.borrow().len()
     }

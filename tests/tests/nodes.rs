@@ -213,7 +213,7 @@ impl HandmadePeer {
         let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         let connection = endpoint.connect_with(tls.client_config(self.a_id).unwrap(), self.a_addr, "netmachine").unwrap().await.unwrap();
         let (mut send, mut recv) = connection.open_bi().await.unwrap();
-        framing::write_frame(&mut send, &netmachine_transport::handshake::hello(&self.advert, 0).unwrap()).await.unwrap();
+        framing::write_frame(&mut send, &netmachine_transport::handshake::hello(&self.advert, 0, 1).unwrap()).await.unwrap();
         let answer = framing::read_frame(&mut recv, 1 << 16).await.unwrap().unwrap();
         assert!(matches!(handshake::read_answer(&answer).unwrap(), handshake::Answer::Accepted { .. }));
         (endpoint, connection)

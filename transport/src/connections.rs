@@ -1,12 +1,15 @@
-//! The transport's QUIC side: endpoints, the accept and dial paths (TLS, then the connect
-//! handshake, then admission), one send driver per peer (connect with capped backoff, stream
-//! its queue, close when idle unless permanent) and one reader per connection (frames to the
-//! router, a bounded window in flight, so a slow router slows the peer via QUIC flow control).
+//! The transport's QUIC shell around the connection pool (`core::pool`): it binds the
+//! endpoints, dials and accepts (TLS, then the connect handshake, then admission), streams each
+//! peer's frame queue on the connection the pool chose, reads frames into the router (a bounded
+//! window in flight, so a slow router slows the peer via QUIC flow control), and tells the pool
+//! what happened, with the time. Every decision about connections is the pool's.
 
+use crate::core::book::Admission;
+use crate::core::pool::{ConnId, Input, Millis, Output, Policy, Pool};
+use crate::core::settle::Direction;
 use crate::events::{emit, Event};
 use crate::framing::{read_frame, write_frame, FrameError};
 use crate::handshake::{self, Answer};
-use crate::peers::{Admission, PeerBook};
 use crate::tls::{self, NodeTls};
 use futures::stream::{FuturesOrdered, StreamExt};
 use netmachine_schema::identity_store_capnp::identity_store;
@@ -18,7 +21,7 @@ use netmachine_schema::Identity;
 use netmachine_service::fanout::Fanout;
 use netmachine_service::queue::{Expiring, ExpiringQueue};
 use netmachine_service::rpc::ConnectionStats;
-use netmachine_service::{Backoff, Link, NodeHome};
+use netmachine_service::{Link, NodeHome};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -30,11 +33,10 @@ use tokio::sync::{watch, Notify};
 const ROUTER_WINDOW: usize = 16;
 /// Largest handshake message.
 const MAX_HANDSHAKE: usize = 64 << 10;
-/// QUIC application close codes.
-const CLOSE_IDLE: u32 = 0;
+/// QUIC application close codes of the shell's own (the pool's are `CloseReason::code`).
 const CLOSE_REFUSED: u32 = 1;
 const CLOSE_FRAME_OVER_LIMIT: u32 = 2;
-const CLOSE_REQUESTED: u32 = 3;
+const CLOSE_STOPPING: u32 = 0;
 
 /// Counters for the status report.
 #[derive(Default)]
@@ -44,8 +46,12 @@ pub struct Counters {
     pub frames_expired: Cell<u64>,
     pub frames_refused: Cell<u64>,
     pub frames_over_limit: Cell<u64>,
+    /// Frames dropped because their node can no longer be reached (unknown or banned).
+    pub frames_unreachable: Cell<u64>,
     pub connections_refused: Cell<u64>,
     pub connect_failures: Cell<u64>,
+    /// Connections closed because another one to the same node stayed or replaced them.
+    pub connections_replaced: Cell<u64>,
 }
 
 fn bump(counter: &Cell<u64>, n: u64) {
@@ -71,24 +77,27 @@ impl Expiring for Queued {
 pub struct PeerConnection {
     pub connection: quinn::Connection,
     pub admission: Admission,
+    /// This node dialed it (its round-trip time then says something about the address).
+    pub dialed: bool,
 }
 
-/// One other node: its queue, its current connection, its driver.
+/// One other node, as the shell keeps it: its queue and the connection the pool chose.
 pub struct Peer {
     pub id: Identity,
     pub queue: ExpiringQueue<Queued>,
-    current: RefCell<Option<PeerConnection>>,
-    changed: Notify,
+    current: watch::Sender<Option<(ConnId, PeerConnection)>>,
+    forgotten: Cell<bool>,
     pub frames_sent: Cell<u64>,
     pub frames_received: Cell<u64>,
-    /// An operator asked for this connection (`connect`).
-    pub wanted: Cell<bool>,
 }
 
 impl Peer {
     pub fn current(&self) -> Option<PeerConnection> {
-        let current = self.current.borrow().clone();
-        current.filter(|c| c.connection.close_reason().is_none())
+        self.current.borrow().as_ref().map(|(_, c)| c.clone())
+    }
+
+    fn current_id(&self) -> Option<ConnId> {
+        self.current.borrow().as_ref().map(|(id, _)| *id)
     }
 }
 
@@ -98,7 +107,16 @@ pub struct Transport {
     pub node: Identity,
     tls: NodeTls,
     endpoints: Vec<quinn::Endpoint>,
-    pub book: RefCell<PeerBook>,
+    pool: RefCell<Pool>,
+    conns: RefCell<HashMap<ConnId, PeerConnection>>,
+    next_conn: Cell<u64>,
+    /// The pool's clock starts here.
+    started: tokio::time::Instant,
+    /// Rung when the pool's next timer may have moved.
+    timer: Notify,
+    /// Counts the pool's answers that `connect` callers wait for: a connection put to use, or
+    /// a failed round of dials.
+    answers: watch::Sender<u64>,
     pub peers: RefCell<HashMap<Identity, Rc<Peer>>>,
     pub advert: watch::Sender<Option<Vec<u8>>>,
     pub router: Link<router::Client>,
@@ -107,8 +125,12 @@ pub struct Transport {
     pub events: Rc<Fanout<transport_events::Client>>,
     pub stats: Rc<ConnectionStats>,
     pub counters: Counters,
-    /// Round-trip times last measured to each address dialed, for choosing among addresses.
-    rtts: RefCell<HashMap<SocketAddr, Duration>>,
+}
+
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    let _ = getrandom::fill(&mut bytes);
+    u64::from_le_bytes(bytes)
 }
 
 impl Transport {
@@ -129,12 +151,30 @@ impl Transport {
                 .map_err(|e| format!("cannot bind {addr} (transport.listen): {e}"))?;
             endpoints.push(endpoint);
         }
+        let bound: Vec<SocketAddr> = endpoints.iter().filter_map(|e| e.local_addr().ok()).collect();
+        let config = &home.config.transport;
+        let policy = Policy {
+            reconnect_initial: config.reconnect_initial_ms,
+            reconnect_max: config.reconnect_max_ms,
+            idle_timeout: config.idle_timeout_ms,
+            connect_timeout: config.connect_timeout_ms,
+            max_peers: config.max_peers as usize,
+            public: config.public,
+            ipv4: bound.iter().any(SocketAddr::is_ipv4),
+            ipv6: bound.iter().any(SocketAddr::is_ipv6),
+        };
+        let pool = Pool::new(node, random_u64(), policy, random_u64());
         Ok(Rc::new_cyclic(|weak| Transport {
             home,
             node,
             tls,
             endpoints,
-            book: RefCell::new(PeerBook::default()),
+            pool: RefCell::new(pool),
+            conns: RefCell::new(HashMap::new()),
+            next_conn: Cell::new(0),
+            started: tokio::time::Instant::now(),
+            timer: Notify::new(),
+            answers: watch::channel(0).0,
             peers: RefCell::new(HashMap::new()),
             advert: watch::channel(None).0,
             router: router(weak.clone()),
@@ -143,7 +183,6 @@ impl Transport {
             events: Fanout::new("transport events", crate::events::MAX_SUBSCRIBERS),
             stats,
             counters: Counters::default(),
-            rtts: RefCell::new(HashMap::new()),
         }))
     }
 
@@ -152,7 +191,7 @@ impl Transport {
         self.endpoints.iter().filter_map(|e| e.local_addr().ok()).collect()
     }
 
-    /// Starts accepting connections on every endpoint.
+    /// Starts accepting connections on every endpoint, and the pool's timer.
     pub fn start(self: &Rc<Self>) {
         for endpoint in &self.endpoints {
             let endpoint = endpoint.clone();
@@ -163,12 +202,13 @@ impl Transport {
                 }
             });
         }
+        tokio::task::spawn_local(self.clone().run_timer());
     }
 
     /// Closes every connection and endpoint, for a clean stop.
     pub async fn shut_down(&self) {
         for endpoint in &self.endpoints {
-            endpoint.close(CLOSE_IDLE.into(), b"node stopping");
+            endpoint.close(CLOSE_STOPPING.into(), b"node stopping");
         }
         for endpoint in &self.endpoints {
             let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
@@ -179,8 +219,96 @@ impl Transport {
         self.home.config.max_frame_bytes()
     }
 
+    fn now(&self) -> Millis {
+        self.started.elapsed().as_millis() as Millis
+    }
+
     pub fn connected_count(&self) -> usize {
-        self.peers.borrow().values().filter(|p| p.current().is_some()).count()
+        self.pool.borrow().connected_count()
+    }
+
+    /// Tells the pool what happened, and carries out what it answers.
+    pub fn handle(self: &Rc<Self>, input: Input) {
+        self.pool.borrow_mut().handle(input, self.now());
+        self.carry_out();
+    }
+
+    fn carry_out(self: &Rc<Self>) {
+        loop {
+            let Some(output) = self.pool.borrow_mut().poll_output() else { break };
+            match output {
+                Output::Dial { node, addr } => {
+                    tokio::task::spawn_local(self.clone().dial(node, addr));
+                }
+                Output::Use { node, conn } => {
+                    let Some(connection) = self.conns.borrow().get(&conn).cloned() else { continue };
+                    self.peer(node).current.send_replace(Some((conn, connection)));
+                    self.answers.send_modify(|n| *n += 1);
+                }
+                Output::Close { conn, reason, detail } => {
+                    if matches!(reason, crate::core::CloseReason::Duplicate | crate::core::CloseReason::Replaced) {
+                        bump(&self.counters.connections_replaced, 1);
+                    }
+                    let connection = self.conns.borrow().get(&conn).cloned();
+                    if let Some(connection) = connection {
+                        tracing::info!(remote = %connection.connection.remote_address(), %detail, "closing a connection");
+                        connection.connection.close(reason.code().into(), detail.as_bytes());
+                    }
+                    let peers: Vec<Rc<Peer>> = self.peers.borrow().values().cloned().collect();
+                    for peer in peers.iter().filter(|p| p.current_id() == Some(conn)) {
+                        peer.current.send_replace(None);
+                    }
+                }
+                Output::Event { node, event } => {
+                    match &event {
+                        Event::ConnectFailed(reason) => {
+                            tracing::info!(peer = %node, %reason, "connect failed");
+                            self.answers.send_modify(|n| *n += 1);
+                        }
+                        Event::Disconnected(reason) => {
+                            tracing::info!(peer = %node, %reason, "disconnected");
+                            if let Some(peer) = self.peers.borrow().get(&node) {
+                                let counts = Event::Counts { frames_sent: peer.frames_sent.get(), frames_received: peer.frames_received.get() };
+                                emit(&self.events, node, event.clone());
+                                emit(&self.events, node, counts);
+                                continue;
+                            }
+                        }
+                        _ => {}
+                    }
+                    emit(&self.events, node, event);
+                }
+                Output::Forget { node } => {
+                    let Some(peer) = self.peers.borrow_mut().remove(&node) else { continue };
+                    peer.forgotten.set(true);
+                    let left = peer.queue.len() as u64;
+                    if left > 0 {
+                        tracing::warn!(peer = %node, frames = left, "dropped frames for a node that can no longer be reached");
+                        bump(&self.counters.frames_unreachable, left);
+                        peer.queue.clear();
+                    }
+                    peer.current.send_replace(None);
+                }
+            }
+        }
+        self.timer.notify_one();
+    }
+
+    /// Gives the pool its timers.
+    async fn run_timer(self: Rc<Self>) {
+        loop {
+            let at = self.pool.borrow().poll_timeout();
+            match at {
+                Some(at) => {
+                    let deadline = self.started + Duration::from_millis(at);
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline) => self.handle(Input::Timer),
+                        _ = self.timer.notified() => {}
+                    }
+                }
+                None => self.timer.notified().await,
+            }
+        }
     }
 
     /// This node's signed advert, waiting up to 5 s for the router to sign it.
@@ -190,141 +318,113 @@ impl Transport {
         ready.ok().and_then(|a| a.ok()).and_then(|a| a.clone())
     }
 
-    /// The peer's entry, made (with its driver) if it has none.
-    pub fn peer(self: &Rc<Self>, id: Identity) -> Rc<Peer> {
+    /// The peer's entry, made (with the task that streams its queue) if it has none.
+    fn peer(self: &Rc<Self>, id: Identity) -> Rc<Peer> {
         if let Some(peer) = self.peers.borrow().get(&id) {
             return peer.clone();
         }
         let peer = Rc::new(Peer {
             id,
             queue: ExpiringQueue::new(self.home.config.transport.peer_queue as usize),
-            current: RefCell::new(None),
-            changed: Notify::new(),
+            current: watch::channel(None).0,
+            forgotten: Cell::new(false),
             frames_sent: Cell::new(0),
             frames_received: Cell::new(0),
-            wanted: Cell::new(false),
         });
         self.peers.borrow_mut().insert(id, peer.clone());
-        tokio::task::spawn_local(self.clone().drive(peer.clone()));
+        tokio::task::spawn_local(self.clone().stream_queue(peer.clone()));
         peer
     }
 
-    fn is_permanent(&self, id: &Identity) -> bool {
-        self.book.borrow().get(id).is_some_and(|p| p.permanent && p.trust > 0)
-    }
-
-    /// Sends what `peer` has queued, connecting as needed, until it is neither wanted nor has
-    /// anything to send.
-    async fn drive(self: Rc<Self>, peer: Rc<Peer>) {
-        let config = &self.home.config.transport;
-        let mut backoff = Backoff::new(
-            Duration::from_millis(config.reconnect_initial_ms),
-            Duration::from_millis(config.reconnect_max_ms),
-        );
-        loop {
-            let connection = match peer.current() {
-                Some(connection) => connection,
+    /// Streams `peer`'s queue on whichever connection the pool chose, until it is forgotten.
+    /// While there is none, drops what expires.
+    async fn stream_queue(self: Rc<Self>, peer: Rc<Peer>) {
+        let mut chosen = peer.current.subscribe();
+        while !peer.forgotten.get() {
+            let current = chosen.borrow_and_update().clone();
+            match current {
+                Some((conn, connection)) => {
+                    if let Err(reason) = self.pump(&peer, conn, &connection, &mut chosen).await {
+                        tracing::debug!(peer = %peer.id, %reason, "sending stopped");
+                        // The pool hears of the closed connection from its reader, and chooses.
+                        if chosen.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                }
                 None => {
-                    bump(&self.counters.frames_expired, peer.queue.drop_expired(now_ms()));
-                    if peer.queue.is_empty() && !peer.wanted.get() && !self.is_permanent(&peer.id) {
-                        self.retire(&peer);
-                        return;
-                    }
-                    match self.dial(peer.id).await {
-                        Ok(connection) => {
-                            backoff.reset();
-                            connection
-                        }
-                        Err(reason) => {
-                            bump(&self.counters.connect_failures, 1);
-                            tracing::info!(peer = %peer.id, %reason, "connect failed");
-                            emit(&self.events, peer.id, Event::ConnectFailed(reason));
-                            self.wait_before_redial(&peer, backoff.next_delay()).await;
-                            continue;
-                        }
+                    self.drop_expired(&peer);
+                    let next_expiry = peer.queue.next_expiry().map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
+                    tokio::select! {
+                        changed = chosen.changed() => if changed.is_err() { return },
+                        _ = peer.queue.pushed() => {}
+                        _ = tokio::time::sleep(next_expiry.unwrap_or(Duration::MAX)), if next_expiry.is_some() => {}
                     }
                 }
-            };
-            match self.pump(&peer, &connection).await {
-                Ok(()) => {
-                    connection.connection.close(CLOSE_IDLE.into(), b"idle");
-                    tracing::info!(peer = %peer.id, "closed an idle connection");
-                }
-                Err(reason) => tracing::info!(peer = %peer.id, %reason, "connection lost"),
             }
         }
     }
 
-    /// Waits `delay` before dialing again, dropping frames that expire meanwhile, and waking
-    /// early if the peer connects to us.
-    async fn wait_before_redial(&self, peer: &Peer, delay: Duration) {
-        let deadline = tokio::time::Instant::now() + delay;
-        loop {
-            let next_expiry = peer.queue.next_expiry().map(|at| {
-                tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
-            });
-            let wake = next_expiry.map_or(deadline, |e| e.min(deadline));
-            tokio::select! {
-                _ = tokio::time::sleep_until(wake) => {}
-                _ = peer.changed.notified() => return,
-            }
-            bump(&self.counters.frames_expired, peer.queue.drop_expired(now_ms()));
-            if tokio::time::Instant::now() >= deadline {
-                return;
-            }
+    fn drop_expired(self: &Rc<Self>, peer: &Peer) {
+        let expired = peer.queue.drop_expired(now_ms());
+        bump(&self.counters.frames_expired, expired);
+        if expired > 0 && peer.queue.is_empty() {
+            self.handle(Input::Drained { node: peer.id });
         }
     }
 
-    fn retire(&self, peer: &Rc<Peer>) {
-        let mut peers = self.peers.borrow_mut();
-        if peers.get(&peer.id).is_some_and(|p| Rc::ptr_eq(p, peer)) {
-            peers.remove(&peer.id);
-        }
-    }
-
-    /// Streams the peer's queue over `connection`: `Ok` when it went idle (ephemeral peers),
-    /// `Err` when the connection was lost.
-    async fn pump(&self, peer: &Peer, connection: &PeerConnection) -> Result<(), String> {
+    /// Streams the peer's queue over `connection` until the pool chooses another (`Ok`) or the
+    /// connection fails (`Err`); a frame whose write failed goes back to the queue's head.
+    async fn pump(self: &Rc<Self>, peer: &Peer, conn: ConnId, connection: &PeerConnection, chosen: &mut watch::Receiver<Option<(ConnId, PeerConnection)>>) -> Result<(), String> {
         let quic = &connection.connection;
         let mut stream = quic.open_uni().await.map_err(|e| e.to_string())?;
-        let idle = Duration::from_millis(self.home.config.transport.idle_timeout_ms);
+        let mut drained = false;
         loop {
+            if peer.current_id() != Some(conn) {
+                return Ok(());
+            }
             let (frame, expired) = peer.queue.pop_live(now_ms());
             bump(&self.counters.frames_expired, expired);
             if let Some(frame) = frame {
+                drained = false;
                 if let Err(error) = write_frame(&mut stream, &frame.bytes).await {
                     peer.queue.put_back(frame);
                     return Err(error.to_string());
                 }
                 bump(&self.counters.frames_sent, 1);
                 peer.frames_sent.set(peer.frames_sent.get() + 1);
+                self.handle(Input::Activity { node: peer.id });
                 continue;
             }
-            let ephemeral = !self.is_permanent(&peer.id) && !peer.wanted.get();
+            if !drained {
+                drained = true;
+                self.handle(Input::Drained { node: peer.id });
+            }
             tokio::select! {
                 _ = peer.queue.ready() => {}
+                changed = chosen.changed() => if changed.is_err() { return Ok(()) },
                 reason = quic.closed() => return Err(reason.to_string()),
-                _ = tokio::time::sleep(idle), if ephemeral => return Ok(()),
             }
         }
     }
 
-    /// Dials `node` at the best address of its advert and runs the handshake.
-    pub async fn dial(self: &Rc<Self>, node: Identity) -> Result<PeerConnection, String> {
-        let order = {
-            let book = self.book.borrow();
-            match book.get(&node) {
-                None => return Err(format!("node {node} is not known here: add its advert (`netmachine peer add`)")),
-                Some(peer) if peer.trust == 0 => return Err(format!("node {node} is banned (trust 0)")),
-                Some(_) => {}
+    /// Dials `node` at `addr`, as the pool asked, and tells it how that went.
+    async fn dial(self: Rc<Self>, node: Identity, addr: SocketAddr) {
+        match self.connect_to(node, addr).await {
+            Ok((quic, incarnation)) => {
+                self.handle(Input::Rtt { addr, rtt: quic.rtt() });
+                self.register(node, quic, Admission::Private, Direction::Dialed, incarnation);
             }
-            let families: Vec<bool> = self.local_addrs().iter().map(SocketAddr::is_ipv4).collect();
-            let rtts = self.rtts.borrow();
-            book.dial_order(&node, |a| families.contains(&a.is_ipv4()), |a| rtts.get(a).copied())
-        };
-        let Some(addr) = order.first().copied() else {
-            return Err(format!("node {node}'s advert has no address this node can reach"));
-        };
+            Err(reason) => {
+                bump(&self.counters.connect_failures, 1);
+                tracing::debug!(peer = %node, %addr, %reason, "dial failed");
+                self.handle(Input::DialFailed { node, addr, reason });
+            }
+        }
+    }
+
+    /// TLS and the handshake with `node` at `addr`: the connection and the peer's incarnation.
+    async fn connect_to(self: &Rc<Self>, node: Identity, addr: SocketAddr) -> Result<(quinn::Connection, u64), String> {
         let advert = self.own_advert().await.ok_or("this node has no signed advert yet (is the router up?)")?;
         let endpoint = self
             .endpoints
@@ -333,27 +433,27 @@ impl Transport {
             .ok_or("no endpoint for that address family")?;
         let timeout = Duration::from_millis(self.home.config.transport.connect_timeout_ms);
         let client = self.tls.client_config(node).map_err(|e| e.to_string())?;
-        let connecting = endpoint.connect_with(client, addr, "netmachine").map_err(|e| format!("{addr}: {e}"))?;
+        let connecting = endpoint.connect_with(client, addr, "netmachine").map_err(|e| e.to_string())?;
         let quic = tokio::time::timeout(timeout, connecting)
             .await
-            .map_err(|_| format!("{addr}: no answer within {} ms", timeout.as_millis()))?
-            .map_err(|e| format!("{addr}: {e}"))?;
+            .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))?
+            .map_err(|e| e.to_string())?;
+        let incarnation = self.pool.borrow().incarnation();
         let answer = tokio::time::timeout(timeout, async {
             let (mut send, mut recv) = quic.open_bi().await.map_err(|e| e.to_string())?;
-            let hello = handshake::hello(&advert, 0).map_err(|e| e.to_string())?;
+            let hello = handshake::hello(&advert, 0, incarnation).map_err(|e| e.to_string())?;
             write_frame(&mut send, &hello).await.map_err(|e| e.to_string())?;
             let _ = send.finish();
             let bytes = read_frame(&mut recv, MAX_HANDSHAKE).await.map_err(|e| e.to_string())?;
             handshake::read_answer(&bytes.ok_or("the peer closed the handshake")?).map_err(|e| e.to_string())
         })
         .await
-        .map_err(|_| format!("{addr}: handshake timed out"))??;
+        .map_err(|_| "handshake timed out".to_string())??;
         match answer {
-            Answer::Accepted { version, advert } => {
+            Answer::Accepted { version, advert, incarnation } => {
                 tracing::info!(peer = %node, %addr, version, "connected");
-                self.note_rtt(addr, quic.rtt());
                 crate::peer_sync::learn_advert(self, node, advert);
-                Ok(self.register(node, quic, Admission::Private))
+                Ok((quic, incarnation))
             }
             Answer::Refused { reason, detail } => {
                 quic.close(CLOSE_REFUSED.into(), b"refused");
@@ -400,8 +500,7 @@ impl Transport {
         if let Err(detail) = crate::peer_sync::check_advert(node, &hello.advert) {
             return self.refuse(node, quic, send, ConnectRefusal::Denied, detail).await;
         }
-        let config = &self.home.config.transport;
-        let admitted = self.book.borrow().admit(&node, config.public, self.connected_count(), config.max_peers as usize);
+        let admitted = self.pool.borrow().admit(&node);
         let admission = match admitted {
             Ok(admission) => admission,
             Err((reason, detail)) => return self.refuse(node, quic, send, reason, detail).await,
@@ -410,7 +509,7 @@ impl Transport {
             let detail = "this node has no signed advert yet".to_string();
             return self.refuse(node, quic, send, ConnectRefusal::OverCapacity, detail).await;
         };
-        let answer = match handshake::accepted(version, &advert) {
+        let answer = match handshake::accepted(version, &advert, self.pool.borrow().incarnation()) {
             Ok(answer) => answer,
             Err(error) => return tracing::warn!(%error, "cannot encode the handshake answer"),
         };
@@ -422,7 +521,7 @@ impl Transport {
         if admission == Admission::Private {
             crate::peer_sync::learn_advert(&self, node, hello.advert);
         }
-        self.register(node, quic, admission);
+        self.register(node, quic, admission, Direction::Accepted, hello.incarnation);
     }
 
     async fn refuse(&self, node: Identity, quic: quinn::Connection, mut send: quinn::SendStream, reason: ConnectRefusal, detail: String) {
@@ -437,69 +536,77 @@ impl Transport {
         quic.close(CLOSE_REFUSED.into(), b"refused");
     }
 
-    /// Makes `quic` the peer's current connection and starts reading from it.
-    fn register(self: &Rc<Self>, node: Identity, quic: quinn::Connection, admission: Admission) -> PeerConnection {
-        let connection = PeerConnection { connection: quic, admission };
-        let peer = self.peer(node);
-        *peer.current.borrow_mut() = Some(connection.clone());
-        peer.changed.notify_waiters();
-        emit(&self.events, node, Event::Connected);
-        tokio::task::spawn_local(self.clone().read_connection(peer, connection.clone()));
-        connection
+    /// Numbers a connection that passed the handshake, starts reading from it, and tells the
+    /// pool, which decides whether it carries the peer's frames.
+    fn register(self: &Rc<Self>, node: Identity, quic: quinn::Connection, admission: Admission, direction: Direction, incarnation: u64) {
+        let conn = ConnId(self.next_conn.get());
+        self.next_conn.set(conn.0 + 1);
+        let connection = PeerConnection { connection: quic, admission, dialed: direction == Direction::Dialed };
+        self.conns.borrow_mut().insert(conn, connection.clone());
+        tokio::task::spawn_local(self.clone().read_connection(node, conn, connection));
+        self.handle(Input::Established { node, conn, direction, incarnation });
     }
 
-    /// Remembers the round-trip time measured to an address this node dials, for choosing
-    /// among a peer's addresses. Known addresses are always updated; new ones are taken while
-    /// the table holds fewer than four per allowed peer.
-    fn note_rtt(&self, addr: SocketAddr, rtt: Duration) {
-        let mut rtts = self.rtts.borrow_mut();
-        if rtts.contains_key(&addr) || rtts.len() < 4 * self.home.config.transport.max_peers as usize {
-            rtts.insert(addr, rtt);
-        }
+    /// Closes the connection to `node` and stops keeping it; whether there was one.
+    pub fn disconnect(self: &Rc<Self>, node: &Identity, reason: &str) -> bool {
+        let connected = self.pool.borrow().current(node).is_some();
+        self.handle(Input::Disconnect { node: *node, reason: reason.to_string() });
+        connected
     }
 
-    /// Closes every connection to `node`.
-    pub fn disconnect(&self, node: &Identity, reason: &str) -> bool {
-        let peer = self.peers.borrow().get(node).cloned();
-        let Some(peer) = peer else { return false };
-        peer.wanted.set(false);
-        let current = peer.current.borrow_mut().take();
-        match current {
-            Some(connection) => {
-                connection.connection.close(CLOSE_REQUESTED.into(), reason.as_bytes());
-                true
-            }
-            None => false,
-        }
-    }
-
-    async fn read_connection(self: Rc<Self>, peer: Rc<Peer>, connection: PeerConnection) {
-        let quic = connection.connection.clone();
-        loop {
-            let stream = match quic.accept_uni().await {
-                Ok(stream) => stream,
-                Err(reason) => {
-                    if self.rtts.borrow().contains_key(&quic.remote_address()) {
-                        self.note_rtt(quic.remote_address(), quic.rtt());
-                    }
-                    let was_current = peer.current.borrow().as_ref().is_some_and(|c| c.connection.stable_id() == quic.stable_id());
-                    if was_current {
-                        peer.current.borrow_mut().take();
-                        peer.changed.notify_waiters();
-                        emit(&self.events, peer.id, Event::Disconnected(reason.to_string()));
-                        emit(&self.events, peer.id, Event::Counts {
-                            frames_sent: peer.frames_sent.get(),
-                            frames_received: peer.frames_received.get(),
-                        });
-                    }
-                    return;
+    /// Connects to `node` (if it is not connected) and keeps it connected: `Ok` once it is, or
+    /// the reason a whole round of dials failed.
+    pub async fn connect(self: &Rc<Self>, node: Identity) -> Result<(), String> {
+        let mut answers = self.answers.subscribe();
+        let failed_before = self.pool.borrow().failures(&node).0;
+        self.pool.borrow_mut().connect(node, self.now())?;
+        self.carry_out();
+        let addrs = self.pool.borrow().book().get(&node).map_or(1, |p| p.addrs.len().max(1)) as u32;
+        let patience = Duration::from_millis(self.home.config.transport.connect_timeout_ms) * (addrs + 1);
+        let outcome = tokio::time::timeout(patience, async {
+            loop {
+                if self.pool.borrow().current(&node).is_some() {
+                    return Ok(());
                 }
-            };
-            tokio::task::spawn_local(self.clone().read_stream(peer.clone(), connection.clone(), stream));
-        }
+                let failed = {
+                    let pool = self.pool.borrow();
+                    let (failed, reason) = pool.failures(&node);
+                    (failed > failed_before).then(|| reason.unwrap_or("connect failed").to_string())
+                };
+                if let Some(reason) = failed {
+                    return Err(reason);
+                }
+                if answers.changed().await.is_err() {
+                    return Err("the transport is stopping".to_string());
+                }
+            }
+        })
+        .await;
+        outcome.unwrap_or_else(|_| Err(format!("not connected within {} ms; still trying", patience.as_millis())))
     }
 
-    async fn read_stream(self: Rc<Self>, peer: Rc<Peer>, connection: PeerConnection, mut stream: quinn::RecvStream) {
+    async fn read_connection(self: Rc<Self>, node: Identity, conn: ConnId, connection: PeerConnection) {
+        let quic = connection.connection.clone();
+        let reason = loop {
+            match quic.accept_uni().await {
+                Ok(stream) => {
+                    tokio::task::spawn_local(self.clone().read_stream(node, connection.clone(), stream));
+                }
+                Err(reason) => break reason,
+            }
+        };
+        if connection.dialed {
+            self.handle(Input::Rtt { addr: quic.remote_address(), rtt: quic.rtt() });
+        }
+        self.conns.borrow_mut().remove(&conn);
+        let peer = self.peers.borrow().get(&node).cloned();
+        if let Some(peer) = peer.filter(|p| p.current_id() == Some(conn)) {
+            peer.current.send_replace(None);
+        }
+        self.handle(Input::Closed { conn, reason: reason.to_string() });
+    }
+
+    async fn read_stream(self: Rc<Self>, node: Identity, connection: PeerConnection, mut stream: quinn::RecvStream) {
         let public = connection.admission == Admission::Public;
         let mut in_flight = FuturesOrdered::new();
         loop {
@@ -515,24 +622,26 @@ impl Transport {
                 Ok(None) => break,
                 Err(FrameError::TooLarge { len, max }) => {
                     bump(&self.counters.frames_over_limit, 1);
-                    tracing::warn!(peer = %peer.id, len, max, "frame over the limit; disconnecting");
+                    tracing::warn!(peer = %node, len, max, "frame over the limit; disconnecting");
                     connection.connection.close(CLOSE_FRAME_OVER_LIMIT.into(), b"frame over the limit");
                     break;
                 }
                 Err(error) => {
-                    tracing::debug!(peer = %peer.id, %error, "stream ended");
+                    tracing::debug!(peer = %node, %error, "stream ended");
                     break;
                 }
             };
             bump(&self.counters.frames_received, 1);
-            peer.frames_received.set(peer.frames_received.get() + 1);
+            if let Some(peer) = self.peers.borrow().get(&node) {
+                peer.frames_received.set(peer.frames_received.get() + 1);
+            }
+            self.handle(Input::Activity { node });
             let Some(router) = self.router_client().await else { break };
             let mut request = router.receive_frame_request();
             let mut params = request.get();
-            params.set_src(&peer.id.0);
+            params.set_src(&node.0);
             params.set_frame(&frame);
             params.set_public(public);
-            let node = peer.id;
             let answer = request.send().promise;
             in_flight.push_back(async move {
                 if let Err(error) = answer.await {
@@ -559,18 +668,19 @@ impl Transport {
             bump(&self.counters.frames_over_limit, 1);
             return Err(format!("the frame is {} bytes, over the limit of {}", frame.len(), self.max_frame()));
         }
-        let known = self.book.borrow().get(&dst).map(|p| p.trust);
-        let connected = self.peers.borrow().get(&dst).is_some_and(|p| p.current().is_some());
-        match known {
-            Some(0) => {
-                bump(&self.counters.frames_refused, 1);
-                return Err(format!("node {dst} is banned (trust 0)"));
+        let refusal = {
+            let pool = self.pool.borrow();
+            match pool.book().get(&dst).map(|p| p.trust) {
+                Some(0) => Some(format!("node {dst} is banned (trust 0)")),
+                None if pool.current(&dst).is_none() => {
+                    Some(format!("node {dst} is not known here: add its advert (`netmachine peer add`)"))
+                }
+                _ => None,
             }
-            None if !connected => {
-                bump(&self.counters.frames_refused, 1);
-                return Err(format!("node {dst} is not known here: add its advert (`netmachine peer add`)"));
-            }
-            _ => {}
+        };
+        if let Some(refusal) = refusal {
+            bump(&self.counters.frames_refused, 1);
+            return Err(refusal);
         }
         let peer = self.peer(dst);
         let wait = Duration::from_millis(self.home.config.limits.send_wait_ms);
@@ -581,15 +691,9 @@ impl Transport {
         peer.queue.push(Queued { bytes: frame, expiry }, wait).await.map_err(|_| {
             bump(&self.counters.frames_refused, 1);
             format!("the queue for node {dst} stayed full for {} ms", wait.as_millis())
-        })
-    }
-
-    /// Makes sure permanent peers have drivers (which keep them connected).
-    pub fn keep_permanent_peers(self: &Rc<Self>) {
-        let permanent: Vec<Identity> = self.book.borrow().permanent().collect();
-        for id in permanent {
-            self.peer(id);
-        }
+        })?;
+        self.handle(Input::Pending { node: dst });
+        Ok(())
     }
 
     /// Emits message counts for connected peers whose counts changed, every few seconds, while

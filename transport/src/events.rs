@@ -10,7 +10,7 @@ use std::rc::Rc;
 pub const MAX_SUBSCRIBERS: usize = 64;
 
 /// Something that happened to a connection.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Connected,
     ConnectFailed(String),

@@ -22,11 +22,13 @@ pub struct Hello {
     pub version_max: u16,
     /// The sender's advert, as a standalone message.
     pub advert: Vec<u8>,
+    /// The sender's transport incarnation (`core::settle`).
+    pub incarnation: u64,
 }
 
 /// The answer, as read.
 pub enum Answer {
-    Accepted { version: u16, advert: Vec<u8> },
+    Accepted { version: u16, advert: Vec<u8>, incarnation: u64 },
     Refused { reason: ConnectRefusal, detail: String },
 }
 
@@ -44,13 +46,14 @@ fn advert_reader(bytes: &[u8]) -> capnp::Result<capnp::message::Reader<capnp::se
     capnp::serialize::read_message(&mut &bytes[..], options())
 }
 
-pub fn hello(advert: &[u8], known_advert_version: u32) -> capnp::Result<Vec<u8>> {
+pub fn hello(advert: &[u8], known_advert_version: u32, incarnation: u64) -> capnp::Result<Vec<u8>> {
     let advert = advert_reader(advert)?;
     let mut message = capnp::message::Builder::new_default();
     let mut hello = message.init_root::<hello::Builder>();
     hello.set_version_min(VERSION_MIN);
     hello.set_version_max(VERSION_MAX);
     hello.set_known_advert_version(known_advert_version);
+    hello.set_incarnation(incarnation);
     hello.set_advert(advert.get_root::<node_advert::Reader>()?)?;
     Ok(capnp::serialize::write_message_to_words(&message))
 }
@@ -62,14 +65,16 @@ pub fn read_hello(bytes: &[u8]) -> capnp::Result<Hello> {
         version_min: hello.get_version_min(),
         version_max: hello.get_version_max(),
         advert: standalone(hello.get_advert()?)?,
+        incarnation: hello.get_incarnation(),
     })
 }
 
-pub fn accepted(version: u16, advert: &[u8]) -> capnp::Result<Vec<u8>> {
+pub fn accepted(version: u16, advert: &[u8], incarnation: u64) -> capnp::Result<Vec<u8>> {
     let advert = advert_reader(advert)?;
     let mut message = capnp::message::Builder::new_default();
     let mut accepted = message.init_root::<hello_answer::Builder>().init_accepted();
     accepted.set_version(version);
+    accepted.set_incarnation(incarnation);
     accepted.set_advert(advert.get_root::<node_advert::Reader>()?)?;
     Ok(capnp::serialize::write_message_to_words(&message))
 }
@@ -88,6 +93,7 @@ pub fn read_answer(bytes: &[u8]) -> capnp::Result<Answer> {
         hello_answer::Accepted(accepted) => Answer::Accepted {
             version: accepted.get_version(),
             advert: standalone(accepted.get_advert()?)?,
+            incarnation: accepted.get_incarnation(),
         },
         hello_answer::Refused(refused) => Answer::Refused {
             reason: refused.get_reason()?,
@@ -115,11 +121,11 @@ mod tests {
         advert.set_id(&[7; 32]);
         advert.set_version(3);
         let advert = capnp::serialize::write_message_to_words(&message);
-        let read = read_hello(&hello(&advert, 0).unwrap()).unwrap();
-        assert_eq!((read.version_min, read.version_max), (VERSION_MIN, VERSION_MAX));
+        let read = read_hello(&hello(&advert, 0, 41).unwrap()).unwrap();
+        assert_eq!((read.version_min, read.version_max, read.incarnation), (VERSION_MIN, VERSION_MAX, 41));
         assert_eq!(read.advert, advert);
-        match read_answer(&accepted(1, &advert).unwrap()).unwrap() {
-            Answer::Accepted { version: 1, advert: a } => assert_eq!(a, advert),
+        match read_answer(&accepted(1, &advert, 42).unwrap()).unwrap() {
+            Answer::Accepted { version: 1, advert: a, incarnation: 42 } => assert_eq!(a, advert),
             _ => panic!("expected accepted"),
         }
         match read_answer(&refused(ConnectRefusal::Denied, "who?")).unwrap() {

@@ -3,10 +3,10 @@
 //! rules), and carry signed P2P frames between routers.
 
 pub mod connections;
+pub mod core;
 pub mod events;
 pub mod framing;
 pub mod handshake;
 pub mod peer_sync;
-pub mod peers;
 pub mod server;
 pub mod tls;

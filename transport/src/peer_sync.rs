@@ -4,7 +4,8 @@
 //! addresses it bound.
 
 use crate::connections::Transport;
-use crate::peers::PeerInfo;
+use crate::core::book::PeerInfo;
+use crate::core::pool::Input;
 use netmachine_schema::identity_capnp::{identity_record, node_advert, RecordKind};
 use netmachine_schema::identity_store_capnp::{identity_store, identity_watcher, update_result};
 use netmachine_schema::router_capnp::router;
@@ -130,19 +131,12 @@ pub fn on_identity_store_connect(transport: Weak<Transport>) -> impl Fn(identity
                 Ok(())
             })
             .await?;
-            {
-                let mut book = transport.book.borrow_mut();
-                book.clear();
-                for (id, info) in loaded {
-                    book.update(id, Some(info));
-                }
-            }
+            transport.handle(Input::BookLoaded(loaded));
             let watcher: identity_watcher::Client = capnp_rpc::new_client(BookWatcher { transport: Rc::downgrade(&transport) });
             let mut request = store.watch_request();
             request.get().set_watcher(watcher);
             let answer = request.send().promise.await?;
             *transport.identity_watch.borrow_mut() = Some(answer.get()?.get_subscription()?);
-            transport.keep_permanent_peers();
             Ok(())
         })
     }
@@ -164,13 +158,7 @@ impl identity_watcher::Server for BookWatcher {
                 _ => return Ok(()),
             },
         };
-        let banned_or_gone = info.as_ref().is_none_or(|i| i.trust == 0);
-        let known = transport.book.borrow().get(&id).is_some();
-        transport.book.borrow_mut().update(id, info);
-        if banned_or_gone && known {
-            transport.disconnect(&id, "banned or removed by the operator");
-        }
-        transport.keep_permanent_peers();
+        transport.handle(Input::Book { node: id, info });
         Ok(())
     }
 }

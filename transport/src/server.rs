@@ -28,6 +28,8 @@ impl service::Server for TransportServer {
             ("frames_expired", c.frames_expired.get()),
             ("frames_refused", c.frames_refused.get()),
             ("frames_over_limit", c.frames_over_limit.get()),
+            ("frames_unreachable", c.frames_unreachable.get()),
+            ("connections_replaced", c.connections_replaced.get()),
             ("connections_refused", c.connections_refused.get()),
             ("connect_failures", c.connect_failures.get()),
             ("event_subscribers", t.events.len() as u64),
@@ -62,12 +64,7 @@ impl transport::Server for TransportServer {
 
     async fn connect(self: Rc<Self>, params: transport::ConnectParams, _: transport::ConnectResults) -> capnp::Result<()> {
         let node = identity("node", params.get()?.get_node()?)?;
-        let peer = self.0.peer(node);
-        peer.wanted.set(true);
-        if peer.current().is_some() {
-            return Ok(());
-        }
-        self.0.dial(node).await.map(|_| ()).map_err(capnp::Error::failed)
+        self.0.connect(node).await.map_err(capnp::Error::failed)
     }
 
     async fn disconnect(self: Rc<Self>, params: transport::DisconnectParams, _: transport::DisconnectResults) -> capnp::Result<()> {
@@ -86,7 +83,7 @@ impl transport::Server for TransportServer {
             let mut entry = list.reborrow().get(i as u32);
             entry.set_node(&peer.id.0);
             entry.set_address(connection.connection.remote_address().to_string().as_str());
-            entry.set_public(connection.admission == crate::peers::Admission::Public);
+            entry.set_public(connection.admission == crate::core::Admission::Public);
             entry.set_rtt_micros(connection.connection.rtt().as_micros() as u64);
             entry.set_frames_sent(peer.frames_sent.get());
             entry.set_frames_received(peer.frames_received.get());

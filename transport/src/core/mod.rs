@@ -1,0 +1,14 @@
+//! The transport's decisions, free of I/O: which nodes may connect (`book`), which of two
+//! connections to one node stays (`settle`), and the connection pool (`pool`): one connection
+//! per peer, dialing across every advertised address, backoff, redial and idle close. The
+//! quinn/capnp shell in `connections.rs` feeds the pool what happened, with the time, and
+//! carries out what it answers; the simulation in `sim/` feeds many pools through a fake
+//! network instead.
+
+pub mod book;
+pub mod pool;
+pub mod settle;
+
+pub use book::{Admission, PeerBook, PeerInfo};
+pub use pool::{CloseReason, ConnId, Input, Millis, Output, Policy, Pool};
+pub use settle::Direction;
