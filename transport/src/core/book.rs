@@ -4,7 +4,7 @@
 use netmachine_schema::identity_capnp::{node_record, transport_address};
 use netmachine_schema::transport_capnp::ConnectRefusal;
 use netmachine_schema::Identity;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -54,7 +54,7 @@ pub enum Admission {
 /// The nodes this transport knows.
 #[derive(Debug, Default)]
 pub struct PeerBook {
-    peers: HashMap<Identity, PeerInfo>,
+    peers: BTreeMap<Identity, PeerInfo>,
 }
 
 impl PeerBook {

@@ -10,7 +10,7 @@ use super::settle::{self, Direction, Keep, Side};
 use crate::events::Event;
 use netmachine_schema::transport_capnp::ConnectRefusal;
 use netmachine_schema::Identity;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -153,7 +153,8 @@ pub struct Pool {
     policy: Policy,
     book: PeerBook,
     rtts: HashMap<SocketAddr, Duration>,
-    peers: HashMap<Identity, Peer>,
+    /// Ordered, so that the same inputs give the same outputs in the same order.
+    peers: BTreeMap<Identity, Peer>,
     conns: HashMap<ConnId, Identity>,
     out: VecDeque<Output>,
     rng: u64,
@@ -169,7 +170,7 @@ impl Pool {
             policy,
             book: PeerBook::default(),
             rtts: HashMap::new(),
-            peers: HashMap::new(),
+            peers: BTreeMap::new(),
             conns: HashMap::new(),
             out: VecDeque::new(),
             rng: seed | 1,
