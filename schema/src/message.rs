@@ -26,7 +26,7 @@ impl From<Identity> for Destination {
     }
 }
 
-/// An engine's message (SPEC.md "Messages"), every field of the wire type.
+/// An engine's message (the specification's EngineMessage), every field of the wire type.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EngineMessage {
     pub src: Identity,

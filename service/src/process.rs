@@ -94,7 +94,7 @@ where
         }
     };
     // CPU-heavy work handed off the event loop (batch signature checks) gets one thread at
-    // most: a node's five processes share two cores (DESIGN.md section 7).
+    // most: a node's five processes share two cores (docs/ARCHITECTURE.md, "Small machines").
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().max_blocking_threads(1).build() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -1,4 +1,4 @@
-//! The transport's event stream (bee-network's events, SPEC.md's notifications): node
+//! The transport's event stream (bee-network's events, the specification's notifications): node
 //! connected, connect failed, disconnected, refused, and message counts.
 
 use netmachine_schema::transport_capnp::{transport_events, ConnectRefusal};

@@ -1,4 +1,4 @@
-//! The connect handshake (SPEC.md "Transport"): the dialing node sends Hello with the protocol
+//! The connect handshake of the specification's Transport: the dialing node sends Hello with the protocol
 //! versions it speaks and its advert; the answering node replies with the highest common
 //! version and its own advert, or refuses with OverCapacity, Incompatible or Denied.
 

@@ -1,5 +1,5 @@
 //! `netmachine bench`: benchmarks that print our figure next to its baseline from the same run
-//! on the same machine (DESIGN.md section 8), so the ratio can be read off however noisy the
+//! on the same machine, so the ratio can be read off however noisy the
 //! machine is. Build with `--release` for meaningful figures.
 
 pub mod helpers;
