@@ -16,11 +16,18 @@ fn steady_traffic(world: &mut World, duration: u64, every: u64) {
     world.run_until(to);
 }
 
+/// `n` nodes on 5 ms links with `loss`, run until their mesh has settled.
+fn settled_mesh(seed: u64, n: usize, loss: f64) -> World {
+    let mut world = World::new(seed, n, 5, loss);
+    world.run_until_true(60_000, World::settled).expect("the mesh settles");
+    world
+}
+
 #[test]
 fn sixteen_nodes_dialing_each_other_at_once_settle_on_one_connection_per_pair_and_every_frame_arrives() {
     for_each_seed(&[1, 2, 3], |seed| {
-        let mut world = World::new(seed, 16, 5, 0.02);
-        let settled = world.run_until_true(60_000, World::settled).expect("the mesh settles");
+        let mut world = settled_mesh(seed, 16, 0.02);
+        let settled = world.now;
         world.send_all_pairs();
         world.run_until(settled + 5_000);
         let r = &world.report;
@@ -35,9 +42,7 @@ fn sixteen_nodes_dialing_each_other_at_once_settle_on_one_connection_per_pair_an
 #[test]
 fn a_partition_heals_without_operator_action() {
     for_each_seed(&[4, 5, 6], |seed| {
-        let mut world = World::new(seed, 8, 5, 0.01);
-        let settled = world.run_until_true(60_000, World::settled).expect("the mesh settles");
-        world.run_until(settled);
+        let mut world = settled_mesh(seed, 8, 0.01);
         steady_traffic(&mut world, 2_000, 100);
         world.isolate(0, true);
         // Longer than QUIC's idle timeout: both sides give the connections up and redial.
@@ -65,9 +70,7 @@ fn a_partition_heals_without_operator_action() {
 #[test]
 fn a_transport_killed_mid_stream_is_back_within_a_second_of_its_restart() {
     for_each_seed(&[7, 8, 9], |seed| {
-        let mut world = World::new(seed, 8, 5, 0.01);
-        let settled = world.run_until_true(60_000, World::settled).expect("the mesh settles");
-        world.run_until(settled);
+        let mut world = settled_mesh(seed, 8, 0.01);
         steady_traffic(&mut world, 1_000, 50);
         world.crash(3);
         steady_traffic(&mut world, 300, 50);
