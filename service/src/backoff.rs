@@ -18,12 +18,18 @@ impl Backoff {
 
     /// The delay before the next attempt; each call doubles the one after, up to the cap.
     pub fn next_delay(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(self.cap);
         let mut noise = [0u8; 2];
         let _ = getrandom::fill(&mut noise);
+        self.next_delay_with(u16::from_le_bytes(noise))
+    }
+
+    /// Like [`Backoff::next_delay`], with the jitter chosen by `noise` (0: none, `u16::MAX`: a
+    /// whole quarter off), for callers that must be deterministic.
+    pub fn next_delay_with(&mut self, noise: u16) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.cap);
         let quarter = base / 4;
-        base - quarter.mul_f64(f64::from(u16::from_le_bytes(noise)) / f64::from(u16::MAX))
+        base - quarter.mul_f64(f64::from(noise) / f64::from(u16::MAX))
     }
 
     /// Back to the initial delay, after an attempt succeeded.

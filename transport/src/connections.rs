@@ -112,8 +112,10 @@ pub struct Transport {
     next_conn: Cell<u64>,
     /// The pool's clock starts here.
     started: tokio::time::Instant,
-    /// Rung when the pool's next timer may have moved.
+    /// Rung when the pool's next timer moved earlier than the one the timer task waits for.
     timer: Notify,
+    /// The time the timer task waits for.
+    timer_armed: Cell<Option<Millis>>,
     /// Counts the pool's answers that `connect` callers wait for: a connection put to use, or
     /// a failed round of dials.
     answers: watch::Sender<u64>,
@@ -174,6 +176,7 @@ impl Transport {
             next_conn: Cell::new(0),
             started: tokio::time::Instant::now(),
             timer: Notify::new(),
+            timer_armed: Cell::new(None),
             answers: watch::channel(0).0,
             peers: RefCell::new(HashMap::new()),
             advert: watch::channel(None).0,
@@ -281,23 +284,33 @@ impl Transport {
                 Output::Forget { node } => {
                     let Some(peer) = self.peers.borrow_mut().remove(&node) else { continue };
                     peer.forgotten.set(true);
-                    let left = peer.queue.len() as u64;
+                    let left = peer.queue.clear();
                     if left > 0 {
                         tracing::warn!(peer = %node, frames = left, "dropped frames for a node that can no longer be reached");
                         bump(&self.counters.frames_unreachable, left);
-                        peer.queue.clear();
                     }
                     peer.current.send_replace(None);
                 }
             }
         }
-        self.timer.notify_one();
+        let next = self.pool.borrow().poll_timeout();
+        if next.is_some_and(|at| self.timer_armed.get().is_none_or(|armed| at < armed)) {
+            self.timer.notify_one();
+        }
+    }
+
+    /// A frame went to or came from `node`. This only postpones the pool's idle deadline, so
+    /// it needs no outputs and no timer change (a timer firing early just re-arms): the
+    /// per-frame cost stays one map lookup.
+    fn note_activity(&self, node: Identity) {
+        self.pool.borrow_mut().handle(Input::Activity { node }, self.now());
     }
 
     /// Gives the pool its timers.
     async fn run_timer(self: Rc<Self>) {
         loop {
             let at = self.pool.borrow().poll_timeout();
+            self.timer_armed.set(at);
             match at {
                 Some(at) => {
                     let deadline = self.started + Duration::from_millis(at);
@@ -393,7 +406,7 @@ impl Transport {
                 }
                 bump(&self.counters.frames_sent, 1);
                 peer.frames_sent.set(peer.frames_sent.get() + 1);
-                self.handle(Input::Activity { node: peer.id });
+                self.note_activity(peer.id);
                 continue;
             }
             if !drained {
@@ -635,7 +648,7 @@ impl Transport {
             if let Some(peer) = self.peers.borrow().get(&node) {
                 peer.frames_received.set(peer.frames_received.get() + 1);
             }
-            self.handle(Input::Activity { node });
+            self.note_activity(node);
             let Some(router) = self.router_client().await else { break };
             let mut request = router.receive_frame_request();
             let mut params = request.get();

@@ -10,6 +10,7 @@ use super::settle::{self, Direction, Keep, Side};
 use crate::events::Event;
 use netmachine_schema::transport_capnp::ConnectRefusal;
 use netmachine_schema::Identity;
+use netmachine_service::Backoff;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -137,7 +138,7 @@ struct Peer {
     pending: bool,
     current: Option<Current>,
     dial: Dial,
-    next_backoff: Millis,
+    backoff: Backoff,
     last_activity: Millis,
     failed_rounds: u64,
     last_failure: Option<String>,
@@ -341,13 +342,16 @@ impl Pool {
     }
 
     fn peer(&mut self, node: Identity, now: Millis) -> &mut Peer {
-        let initial = self.policy.reconnect_initial;
+        let backoff = Backoff::new(
+            Duration::from_millis(self.policy.reconnect_initial),
+            Duration::from_millis(self.policy.reconnect_max),
+        );
         self.peers.entry(node).or_insert_with(|| Peer {
             wanted: false,
             pending: false,
             current: None,
             dial: Dial::Idle,
-            next_backoff: initial,
+            backoff,
             last_activity: now,
             failed_rounds: 0,
             last_failure: None,
@@ -457,7 +461,6 @@ impl Pool {
 
     fn established(&mut self, node: Identity, conn: ConnId, side: Side, now: Millis) {
         self.conns.insert(conn, node);
-        let initial = self.policy.reconnect_initial;
         let window = self.policy.connect_timeout;
         let local = self.node;
         let peer = self.peer(node, now);
@@ -465,7 +468,7 @@ impl Pool {
         if !dialing || side.direction == Direction::Dialed {
             peer.dial = Dial::Idle;
         }
-        peer.next_backoff = initial;
+        peer.backoff.reset();
         peer.last_activity = now;
         let candidate = Current { conn, side };
         match peer.current {
@@ -489,18 +492,15 @@ impl Pool {
         }
     }
 
-    /// The delay before `node`'s next round: doubling up to the cap, less up to a quarter at
-    /// random so that many nodes do not redial in step.
+    /// The delay before `node`'s next round (`Backoff`: doubling to the cap, less up to a
+    /// quarter so that many nodes do not redial in step), its jitter drawn from the pool's seed.
     fn backoff(&mut self, node: Identity) -> Millis {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        let noise = self.rng % 1024;
-        let max = self.policy.reconnect_max;
-        let Some(peer) = self.peers.get_mut(&node) else { return max };
-        let base = peer.next_backoff;
-        peer.next_backoff = (base * 2).min(max);
-        base - (base / 4) * noise / 1024
+        let noise = (self.rng >> 48) as u16;
+        let Some(peer) = self.peers.get_mut(&node) else { return self.policy.reconnect_max };
+        peer.backoff.next_delay_with(noise).as_millis() as Millis
     }
 }
 
