@@ -58,9 +58,14 @@ struct ConnectionPrefs {
   permanent @0 :Bool;    # keep a connection open and re-establish it when lost
 }
 
+# Where an engine is attached, signed by the engine itself when it attaches (`engineLocation`
+# in schema/src/signing.rs): no node can claim another node's engine, and of two records for one
+# engine the one with the later `at` wins.
 struct EngineRecord {
   id @0 :Identity;
   node @1 :Identity;     # the node the engine is attached to
+  at @2 :Time;           # when it attached there, by the engine's clock
+  sig @3 :Signature;     # by the engine
 }
 
 struct NodeRecord {

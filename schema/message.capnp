@@ -69,7 +69,7 @@ struct P2PPayload {
 # comes up) or what changed since. Receivers record them as Engine records for routing.
 struct EngineAnnouncement {
   full @0 :Bool;
-  attached @1 :List(Id.Identity);
+  attached @1 :List(Id.EngineRecord);  # each signed by its engine
   detached @2 :List(Id.Identity);
 }
 

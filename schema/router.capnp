@@ -23,7 +23,9 @@ interface Attachment {
   # `public`: messages from nodes connected under the public network rules may reach this engine.
   # `ring`: the engine asks for the shared-memory rings (engine/RING.md); `inbox` is still
   # needed, for the socket path when the ring is not granted.
-  prove @0 (signature :Id.Signature, inbox :Inbox, public :Bool, ring :Bool)
+  # `location`: the engine's signed record of attaching to this node (node = this node), which
+  # the router announces to other nodes so that they route to it here.
+  prove @0 (signature :Id.Signature, inbox :Inbox, public :Bool, ring :Bool, location :Id.EngineRecord)
       -> (session :EngineSession, limits :AttachLimits, ring :RingGrant);
 }
 

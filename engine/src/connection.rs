@@ -6,7 +6,7 @@ use crate::fast_path::EngineRing;
 use crate::ring::records::Refusal;
 use crate::{EngineError, EngineOptions};
 use netmachine_schema::router_capnp::{engine_session, inbox, router};
-use netmachine_schema::{signing, Destination, EngineMessage, Identity};
+use netmachine_schema::{signing, time::now_ms, Destination, EngineLocation, EngineMessage, Identity};
 use netmachine_service::{rpc, Backoff};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -331,6 +331,8 @@ async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<EngineMess
     prove.get().set_public(options.public);
     prove.get().set_ring(ring);
     prove.get().set_inbox(capnp_rpc::new_client(InboxServer { incoming: incoming.clone(), shared: shared.clone() }));
+    // Where this engine is now, signed by it: other nodes route to it here on this proof alone.
+    EngineLocation::sign(&options.keypair, node, now_ms()).write(prove.get().init_location());
     let proven = prove.send().promise.await.map_err(|e| EngineError::AttachRefused(e.extra.clone()))?;
     let proven = proven.get()?;
     let limits = proven.get_limits()?;

@@ -1,9 +1,9 @@
-//! Whether an update may replace what the store holds: shapes, ids, advert signatures and
-//! versions. Pure logic over Cap'n Proto readers; no I/O.
+//! Whether an update may replace what the store holds: shapes, ids, the signatures of adverts
+//! and engine locations, and versions (a location's time). Pure logic over Cap'n Proto readers; no I/O.
 
 use netmachine_schema::identity_capnp::identity_record;
 use netmachine_schema::identity_store_capnp::RefusalReason;
-use netmachine_schema::{signing, Identity};
+use netmachine_schema::{signing, EngineLocation, Identity};
 
 /// Why an update was refused, with a sentence for the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,9 +55,21 @@ pub fn check_update(
         (Which::Engine(engine), old) => {
             let engine = engine?;
             same_id(key, "engine.id", engine.get_id()?)?;
-            Identity::from_slice("engine.node", engine.get_node()?)
-                .map_err(|e| refuse(RefusalReason::Malformed, e.to_string()))?;
-            kind_unchanged(old.as_ref(), |w| matches!(w, Which::Engine(_)))
+            let location = EngineLocation::read(engine).map_err(|e| refuse(RefusalReason::Malformed, e.to_string()))?;
+            location.verify().map_err(|e| refuse(RefusalReason::BadSignature, e.to_string()))?;
+            match old {
+                Some(Which::Engine(old)) => {
+                    let old_at = old?.get_at();
+                    if location.at < old_at {
+                        return Err(refuse(
+                            RefusalReason::OlderVersion,
+                            format!("the engine location of {} is older than the stored one ({old_at})", location.at),
+                        ));
+                    }
+                    Ok(())
+                }
+                old => kind_unchanged(old.as_ref(), |_| false),
+            }
         }
         (Which::Node(node), old) => {
             let node = node?;
@@ -201,6 +213,31 @@ mod tests {
         let stranger = Keypair::generate().identity();
         let refusal = check_update(&stranger, read(&record), None).unwrap_err();
         assert_eq!(refusal.reason, RefusalReason::IdMismatch);
+    }
+
+    fn engine_record(location: &EngineLocation) -> capnp::message::Builder<capnp::message::HeapAllocator> {
+        let mut wire = capnp::message::Builder::new_default();
+        location.write(wire.init_root::<identity_record::Builder>().init_engine());
+        wire
+    }
+
+    #[test]
+    fn engine_locations_must_be_signed_by_the_engine_and_only_a_later_one_replaces_another() {
+        let engine = Keypair::generate();
+        let (a, b) = (Keypair::generate().identity(), Keypair::generate().identity());
+        let id = engine.identity();
+        let on_a = engine_record(&EngineLocation::sign(&engine, a, 100));
+        let on_b = engine_record(&EngineLocation::sign(&engine, b, 200));
+        assert_eq!(check_update(&id, read(&on_a), None), Ok(()));
+        assert_eq!(check_update(&id, read(&on_b), Some(read(&on_a))), Ok(()));
+        let refusal = check_update(&id, read(&on_a), Some(read(&on_b))).unwrap_err();
+        assert_eq!(refusal.reason, RefusalReason::OlderVersion);
+        // A node claiming the engine with a location the engine never signed.
+        let claimed = EngineLocation { node: Keypair::generate().identity(), at: 300, ..EngineLocation::sign(&engine, b, 200) };
+        let refusal = check_update(&id, read(&engine_record(&claimed)), Some(read(&on_b))).unwrap_err();
+        assert_eq!(refusal.reason, RefusalReason::BadSignature);
+        let unsigned = EngineLocation { sig: [0; 64], ..EngineLocation::sign(&engine, a, 400) };
+        assert_eq!(check_update(&id, read(&engine_record(&unsigned)), None).unwrap_err().reason, RefusalReason::BadSignature);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! a new one is made with a version above both the stored one and the current time in seconds,
 //! so versions only grow even if the identity store lost the old advert.
 
-use crate::server::RouterState;
+use crate::shell::RouterState;
 use netmachine_schema::identity_capnp::{identity_record, node_advert, weighted_address};
 use netmachine_schema::{signing, time::now_ms};
 use std::time::Duration;

@@ -1,17 +1,16 @@
-//! The router service: engines attach to it (proving their key), and it routes every message by
-//! its destination through a routing table backed by the identity store: to attached engines,
-//! or in signed P2P frames through transport to other nodes. Every drop is counted with its
-//! reason; every queue is bounded.
+//! The router service: engines attach to it (proving their key and signing their location),
+//! and it routes every message by its destination: to attached engines, or in signed P2P frames
+//! through transport to other nodes. Every routing decision is made in the I/O-free `core`; the
+//! rest is the shell that feeds it and carries out what it decides. Every drop is counted with
+//! its reason; every queue is bounded.
 
 pub mod advert;
 pub mod attachment;
-pub mod drops;
+pub mod core;
 pub mod inbound;
-pub mod node_engine;
 pub mod remote;
 pub mod rings;
 pub mod server;
-pub mod signatures;
-pub mod table;
+pub mod shell;
 pub mod transport_link;
 pub mod watcher;

@@ -1,6 +1,6 @@
 //! `netmachine-router`: routes every message of the node; engines attach on `$RUN/router.sock`.
 
-use netmachine_router::server::RouterState;
+use netmachine_router::shell::RouterState;
 use netmachine_service::{process, ServiceKind};
 
 fn main() -> std::process::ExitCode {

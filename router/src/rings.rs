@@ -3,17 +3,20 @@
 //! other, and releases a record from the sender's outbox only once it is in the receiver's
 //! inbox: a router killed at any moment loses nothing one ring engine wrote to another, and the
 //! next router adopts the rings. Everything else (lookups, other nodes, socket engines, expiry, refusals)
-//! goes to the router's main thread, which may wait. The thread spins briefly, yields, then
+//! goes to the router's main thread and its core (`serve_slow`). The thread spins briefly, yields, then
 //! sleeps on the doorbell, which engines ring only while it sleeps.
 
 use netmachine_engine::ring::layout::{Kind, INBOX_CONSUMER_SLEEPING_AT, OUTBOX_PRODUCER_WAITING_AT};
 use netmachine_engine::ring::records::{self, Envelope, Refusal};
 use netmachine_engine::ring::wait::wake_if_sleeping;
 use netmachine_engine::ring::{futex, Consumer, Doorbell, Full, Producer, RingSegment, SegmentError};
+use crate::core::{check_envelope, Refused};
+use crate::shell::RouterState;
 use netmachine_schema::time::now_ms;
 use netmachine_schema::{Destination, EngineMessage, Identity};
+use std::rc::{Rc, Weak};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -35,6 +38,9 @@ pub struct RingEndpoint {
     closed: AtomicBool,
     /// Its outbox is corrupt: nothing more is read from it.
     corrupt: AtomicBool,
+    /// Its messages handed to the main thread and not yet settled there: past
+    /// `SLOW_PER_ENGINE`, its outbox waits (only its own: other engines go on).
+    slow_in_flight: AtomicUsize,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -170,6 +176,7 @@ impl Rings {
             inbox: Mutex::new(inbox),
             closed: AtomicBool::new(false),
             corrupt: AtomicBool::new(false),
+            slow_in_flight: AtomicUsize::new(0),
         });
         self.shared.endpoints.write().unwrap_or_else(|p| p.into_inner()).insert(endpoint.engine, endpoint.clone());
         self.changed();
@@ -371,6 +378,9 @@ fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<I
                 }
             }
         }
+        if from.slow_in_flight.load(Ordering::Acquire) >= SLOW_PER_ENGINE {
+            break Turn::Blocked(moved > 0);
+        }
         let handover = match record.kind {
             Kind::Message => match records::read_message(record.body) {
                 Ok(message) => Slow::Route { from: from.clone(), message },
@@ -378,13 +388,18 @@ fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<I
             },
             other => Slow::Unreadable { from: from.clone(), id: 0, detail: format!("engines do not write {other:?} records") },
         };
+        // Counted before it is handed over: the main thread may settle it at once.
+        from.slow_in_flight.fetch_add(1, Ordering::AcqRel);
         match slow.try_send(handover) {
             Ok(()) => {
                 shared.handed_over.fetch_add(1, Ordering::Relaxed);
                 outbox.consume();
                 moved += 1;
             }
-            Err(mpsc::error::TrySendError::Full(_)) => break Turn::Blocked(moved > 0),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                from.slow_in_flight.fetch_sub(1, Ordering::AcqRel);
+                break Turn::Blocked(moved > 0);
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => return Turn::Stop,
         }
     };
@@ -398,14 +413,63 @@ fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<I
     turn
 }
 
-/// The receiving ring engine, when the message can go straight there: from its own engine, to
-/// an engine on rings here, not expired, within the size limit. Anything else takes the slow
-/// path, which checks, counts and refuses.
+/// The receiving ring engine, when the message can go straight there: it passes the checks
+/// every engine's message must pass (`core::check_envelope`), and is for an engine on rings
+/// here. Anything else takes the slow path, where the core decides, counts and refuses.
 fn fast_lane<'a>(from: &RingEndpoint, envelope: &Envelope, by_engine: &'a HashMap<Identity, Arc<RingEndpoint>>, max_body: usize) -> Option<&'a Arc<RingEndpoint>> {
     let Destination::Engine(dst) = envelope.dst else { return None };
-    let expired = envelope.expiry.is_some_and(|at| at <= now_ms());
-    if envelope.src != from.engine || envelope.body_len > max_body || expired {
-        return None;
-    }
+    check_envelope(from.engine, envelope.src, envelope.body_len, envelope.expiry, max_body, now_ms()).ok()?;
     by_engine.get(&dst).filter(|to| !to.is_closed())
+}
+
+/// Messages of one engine the main thread may hold at once (waiting for a lookup or for room);
+/// past that, the ring thread leaves that engine's outbox, which fills and makes it wait.
+const SLOW_PER_ENGINE: usize = 256;
+
+/// Takes what the ring thread hands over: gives it to the core and tells the sending engine,
+/// through its inbox ring, when a message was refused.
+pub async fn serve_slow(state: Weak<RouterState>, mut slow: mpsc::Receiver<Slow>) {
+    while let Some(item) = slow.recv().await {
+        let Some(state) = state.upgrade() else { return };
+        match item {
+            Slow::Route { from, message } => {
+                let id = message.id;
+                let mut settled = state.submit(from.engine, message);
+                match settled.now() {
+                    Some(outcome) => state.tell_outcome(&from, id, outcome),
+                    None => {
+                        let state = Rc::downgrade(&state);
+                        tokio::task::spawn_local(async move {
+                            let outcome = settled.outcome().await;
+                            if let Some(state) = state.upgrade() {
+                                state.tell_outcome(&from, id, outcome);
+                            }
+                        });
+                    }
+                }
+            }
+            Slow::Unreadable { from, id, detail } => {
+                let refused = Refused::malformed(detail);
+                state.count(refused.reason, 1);
+                state.tell_outcome(&from, id, Err(refused));
+            }
+            Slow::Corrupt { engine, generation, problem } => {
+                tracing::warn!(engine = %engine, %problem, "detaching an engine whose ring is corrupt");
+                state.detach(engine, generation);
+            }
+        }
+    }
+}
+
+impl RouterState {
+    /// Settles a message a ring engine wrote: tells the engine if it was refused.
+    fn tell_outcome(&self, to: &RingEndpoint, id: u64, outcome: Result<(), Refused>) {
+        to.slow_in_flight.fetch_sub(1, Ordering::AcqRel);
+        let Err(refused) = outcome else { return };
+        tracing::debug!(engine = %to.engine.short(), id, detail = %refused.detail, "refused a ring message");
+        if to.refuse(&Refusal { id, reason: refused.refusal, detail: refused.detail }).is_err() {
+            // The engine's inbox is full: the drop is counted; the refusal cannot be told.
+            self.refusals_lost.set(self.refusals_lost.get() + 1);
+        }
+    }
 }

@@ -1,9 +1,8 @@
-//! The router's side of transport's event stream: which nodes are connected (to announce
-//! engine changes to), and a full announcement of this node's engines to each node as it
-//! connects.
+//! The router's side of transport's event stream: which nodes are connected, told to the core,
+//! which announces this node's engines to each node as it connects.
 
-use crate::remote::Announcement;
-use crate::server::RouterState;
+use crate::core::Input;
+use crate::shell::RouterState;
 use netmachine_schema::transport_capnp::{transport, transport_event, transport_events};
 use netmachine_schema::Identity;
 use std::future::Future;
@@ -20,14 +19,8 @@ impl transport_events::Server for EventSink {
         let event = params.get()?.get_event()?;
         let node = Identity::from_slice("node", event.get_node()?).map_err(|e| capnp::Error::failed(e.to_string()))?;
         match event.which()? {
-            transport_event::Connected(()) => {
-                state.connected.borrow_mut().insert(node);
-                let attached: Vec<Identity> = state.table.borrow().attached().copied().collect();
-                state.announce(Some(node), Announcement { full: true, attached, detached: vec![] });
-            }
-            transport_event::Disconnected(_) => {
-                state.connected.borrow_mut().remove(&node);
-            }
+            transport_event::Connected(()) => state.feed(Input::Connected(node)),
+            transport_event::Disconnected(_) => state.feed(Input::Disconnected(node)),
             _ => {}
         }
         Ok(())
@@ -48,13 +41,8 @@ pub fn on_transport_connect(state: Weak<RouterState>) -> impl Fn(transport::Clie
             let connected = transport.connected_nodes_request().send().promise.await?;
             let Some(state) = state.upgrade() else { return Ok(()) };
             *state.transport_events.borrow_mut() = Some(subscription);
-            let mut nodes = state.connected.borrow_mut();
-            nodes.clear();
-            for entry in connected.get()?.get_nodes()?.iter() {
-                if let Ok(node) = Identity::from_slice("node", entry.get_node()?) {
-                    nodes.insert(node);
-                }
-            }
+            let nodes = connected.get()?.get_nodes()?.iter().filter_map(|entry| Identity::from_slice("node", entry.get_node().ok()?).ok());
+            state.feed(Input::TransportLinked(nodes.collect()));
             Ok(())
         })
     }

@@ -62,7 +62,7 @@ impl FromStr for Identity {
 }
 
 /// Why bytes are not a usable identity or signature.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum IdentityError {
     #[error("{field} must be 32 bytes (an ed25519 public key), got {got}")]
     Length { field: &'static str, got: usize },

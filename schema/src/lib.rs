@@ -28,9 +28,11 @@ generated!(
 
 pub mod digest;
 pub mod identity;
+pub mod location;
 pub mod message;
 pub mod signing;
 pub mod time;
 
 pub use identity::{Identity, KeyError, Keypair, SignatureBytes};
+pub use location::{EngineLocation, LocationError};
 pub use message::{Destination, EngineMessage, MessageError};

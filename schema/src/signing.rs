@@ -38,6 +38,14 @@ pub fn attach_challenge(node: &Identity, engine: &Identity, nonce: &[u8]) -> Vec
     p.0
 }
 
+/// What an engine signs to say where it is attached: itself, the node, and when it attached
+/// there (ms since the epoch, by the engine's clock; the later of two locations wins).
+pub fn engine_location(engine: &Identity, node: &Identity, at: u64) -> Vec<u8> {
+    let mut p = Payload::new("netmachine/engine-location/v1");
+    p.bytes(&engine.0).bytes(&node.0).u64(at);
+    p.0
+}
+
 /// What a node signs in its NodeAdvert: every field but `sig`.
 pub fn node_advert(advert: node_advert::Reader<'_>) -> capnp::Result<Vec<u8>> {
     let mut p = Payload::new("netmachine/node-advert/v1");

@@ -297,6 +297,33 @@ pub async fn attach_engine(node: &Node, configure: impl FnOnce(&mut netmachine_e
     netmachine_engine::Engine::attach(options).await.expect("attach")
 }
 
+/// Attaches as `claimed` over raw RPC, signing the challenge with `signer`, with the location
+/// `locate` makes for the node and `inbox` as the engine's Inbox: what the SDK cannot do (prove
+/// the wrong key, sign a wrong location, never answer a delivery). The session, or the refusal;
+/// dropping the session detaches.
+pub async fn attach_raw(
+    node: &Node,
+    claimed: netmachine_schema::Identity,
+    signer: &netmachine_schema::Keypair,
+    locate: impl FnOnce(netmachine_schema::Identity) -> netmachine_schema::EngineLocation,
+    inbox: netmachine_schema::router_capnp::inbox::Client,
+) -> Result<netmachine_schema::router_capnp::engine_session::Client, String> {
+    use netmachine_schema::{router_capnp::router, signing, Identity};
+    let router: router::Client = connect(&node.socket(ServiceKind::Router)).await;
+    let mut request = router.attach_request();
+    request.get().set_engine(&claimed.0);
+    let answer = request.send().promise.await.map_err(|e| e.to_string())?;
+    let answer = answer.get().map_err(|e| e.to_string())?;
+    let node_id = Identity::from_slice("node", answer.get_node().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let payload = signing::attach_challenge(&node_id, &claimed, answer.get_challenge().map_err(|e| e.to_string())?);
+    let mut prove = answer.get_attachment().map_err(|e| e.to_string())?.prove_request();
+    prove.get().set_signature(&signer.sign(&payload));
+    prove.get().set_inbox(inbox);
+    locate(node_id).write(prove.get().init_location());
+    let proven = prove.send().promise.await.map_err(|e| e.to_string())?;
+    proven.get().and_then(|p| p.get_session()).map_err(|e| e.to_string())
+}
+
 /// Sends `body` to `dst` until the node knows where `dst` is (engine announcements travel
 /// between nodes after they connect); false if it never does within 10 s. The sender must use
 /// the socket path, whose sends answer with the router's verdict.

@@ -4,9 +4,9 @@
 
 use netmachine_schema::identity_store_capnp::RefusalReason;
 use netmachine_schema::router_capnp::router;
-use netmachine_schema::{signing, Identity, Keypair};
+use netmachine_schema::{time::now_ms, EngineLocation, Identity, Keypair};
 use netmachine_service::ServiceKind;
-use netmachine_tests::{attach_engine, connect, node_record, update_identity, wait_until, with_rpc, Node};
+use netmachine_tests::{attach_engine, attach_raw, connect, node_record, update_identity, wait_until, with_rpc, Node};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -62,19 +62,16 @@ fn an_advert_with_a_bad_signature_is_refused_with_the_reason() {
     assert_eq!(counter("updates_accepted") - accepted, 1);
 }
 
-/// Attaches as `claimed`, signing the challenge with `signer`; returns the router's refusal.
+/// Attaches as `claimed`, signing the challenge and the location with `signer`; returns the
+/// router's refusal.
 async fn attach_as(node: &Node, claimed: Identity, signer: &Keypair) -> Result<(), String> {
-    let router: router::Client = connect(&node.socket(ServiceKind::Router)).await;
-    let mut request = router.attach_request();
-    request.get().set_engine(&claimed.0);
-    let answer = request.send().promise.await.map_err(|e| e.to_string())?;
-    let answer = answer.get().map_err(|e| e.to_string())?;
-    let node_id = Identity::from_slice("node", answer.get_node().unwrap()).unwrap();
-    let payload = signing::attach_challenge(&node_id, &claimed, answer.get_challenge().unwrap());
-    let mut prove = answer.get_attachment().unwrap().prove_request();
-    prove.get().set_signature(&signer.sign(&payload));
-    prove.get().set_inbox(capnp_rpc::new_future_client(std::future::pending()));
-    prove.send().promise.await.map(|_| ()).map_err(|e| e.to_string())
+    attach_located(node, claimed, signer, |node| EngineLocation::sign(signer, node, now_ms())).await
+}
+
+/// Attaches as `claimed`, signing the challenge with `signer`, with the location `locate` makes
+/// for the node; returns the router's refusal.
+async fn attach_located(node: &Node, claimed: Identity, signer: &Keypair, locate: impl FnOnce(Identity) -> EngineLocation) -> Result<(), String> {
+    attach_raw(node, claimed, signer, locate, capnp_rpc::new_future_client(std::future::pending())).await.map(drop)
 }
 
 #[test]
@@ -94,6 +91,24 @@ fn an_engine_that_fails_the_key_challenge_is_refused() {
         attach_as(&node, owner.identity(), &owner).await
     })
     .expect("the owner of the key attaches");
+}
+
+#[test]
+fn an_engine_whose_location_is_not_its_own_or_not_here_is_refused() {
+    let node = Node::up();
+    let (engine, other) = (Keypair::generate(), Keypair::generate());
+    let forged = with_rpc(attach_located(&node, engine.identity(), &engine, |here| {
+        EngineLocation { engine: engine.identity(), ..EngineLocation::sign(&other, here, now_ms()) }
+    }))
+    .unwrap_err();
+    assert!(forged.contains("is not signed by it"), "{forged}");
+    let elsewhere = with_rpc(attach_located(&node, engine.identity(), &engine, |_| EngineLocation::sign(&engine, other.identity(), now_ms()))).unwrap_err();
+    assert!(elsewhere.contains("not for engine"), "{elsewhere}");
+    let unlocated = with_rpc(attach_located(&node, engine.identity(), &engine, |_| EngineLocation { engine: engine.identity(), node: other.identity(), at: 0, sig: [0; 64] }))
+        .unwrap_err();
+    assert!(unlocated.contains("attach refused"), "{unlocated}");
+    assert_eq!(node.router_counter("attach_refused"), 3);
+    assert_eq!(node.status()["engines"].as_array().map(Vec::len), Some(0));
 }
 
 #[test]

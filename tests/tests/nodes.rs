@@ -257,7 +257,9 @@ fn a_peer_announcing_engines_cannot_remove_records_of_other_nodes() {
     let a = Node::up();
     let (peer, bystander) = (HandmadePeer::admitted_by(&a), HandmadePeer::admitted_by(&a));
     let store = a.socket(ServiceKind::IdentityStore);
-    let (bystander_id, engine) = (bystander.key.identity(), netmachine_schema::Keypair::generate().identity());
+    let engine_key = netmachine_schema::Keypair::generate();
+    let (bystander_id, engine) = (bystander.key.identity(), engine_key.identity());
+    let location = netmachine_schema::EngineLocation::sign(&engine_key, peer.key.identity(), netmachine_schema::time::now_ms());
     with_rpc(async {
         assert!(netmachine_tests::identity_exists(&store, &bystander_id).await);
         let (_endpoint, connection) = peer.connect().await;
@@ -265,7 +267,7 @@ fn a_peer_announcing_engines_cannot_remove_records_of_other_nodes() {
         peer.send_frame(&connection, &peer.key, |payload| {
             let mut engines = payload.init_engines();
             engines.set_full(true);
-            engines.reborrow().init_attached(1).set(0, &engine.0);
+            location.write(engines.reborrow().init_attached(1).get(0));
             engines.init_detached(1).set(0, &bystander_id.0);
         })
         .await;
@@ -276,6 +278,73 @@ fn a_peer_announcing_engines_cannot_remove_records_of_other_nodes() {
         }
         // The announcement was processed whole (removals come first): the other node's advert stays.
         assert!(netmachine_tests::identity_exists(&store, &bystander_id).await, "a peer deleted another node's record");
+    });
+}
+
+#[test]
+fn a_node_announcing_an_engine_it_does_not_host_is_refused_counted_and_the_route_stays() {
+    let a = Node::up();
+    let b = Node::up();
+    link(&a, &b);
+    let thief = HandmadePeer::admitted_by(&a);
+    with_rpc(async {
+        let sender = attach_engine(&a, |o| o.ring = false).await;
+        let victim = attach_engine(&b, |_| {}).await;
+        assert!(send_when_routable(&sender, victim.identity(), b"before").await, "the victim never became routable");
+        let first = tokio::time::timeout(WAIT, victim.recv()).await.expect("the first message arrives").expect("attached");
+        assert_eq!(first.body, b"before");
+        // The thief claims the victim with a location it signed itself, dated later than the
+        // victim's own, so that a router going by "the latest announcement" would follow it.
+        let (_endpoint, connection) = thief.connect().await;
+        let at = netmachine_schema::time::now_ms() + 60_000;
+        let claimed = netmachine_schema::EngineLocation {
+            engine: victim.identity(),
+            node: thief.key.identity(),
+            at,
+            sig: thief.key.sign(&netmachine_schema::signing::engine_location(&victim.identity(), &thief.key.identity(), at)),
+        };
+        thief
+            .send_frame(&connection, &thief.key, |payload| {
+                let mut engines = payload.init_engines();
+                claimed.write(engines.reborrow().init_attached(1).get(0));
+                engines.init_detached(0);
+            })
+            .await;
+        // Waiting without blocking: this runtime also drives the thief's QUIC connection.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while a.router_counter("announcements_refused") != 1 {
+            assert!(tokio::time::Instant::now() < deadline, "A never counted the refused announcement");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sender.send(victim.identity(), b"after".to_vec()).await.expect("still routable");
+        let after = tokio::time::timeout(WAIT, victim.recv()).await.expect("traffic still reaches the victim on B").expect("attached");
+        assert_eq!(after.body, b"after");
+    });
+}
+
+#[test]
+fn an_engine_that_moves_between_nodes_is_routed_where_it_is() {
+    let a = Node::up();
+    let b = Node::up();
+    link(&a, &b);
+    with_rpc(async {
+        let sender = attach_engine(&a, |o| o.ring = false).await;
+        let key = netmachine_schema::Keypair::generate();
+        let attach_to = |node: &Node| netmachine_engine::Engine::attach(netmachine_engine::EngineOptions::new(node.socket(ServiceKind::Router), key.clone()));
+        let receive = |engine: netmachine_engine::Engine, body: &'static [u8]| async move {
+            let message = tokio::time::timeout(WAIT, engine.recv()).await.expect("a message within the deadline").expect("attached");
+            assert_eq!(message.body, body);
+            engine.detach().await;
+        };
+        let on_b = attach_to(&b).await.expect("attach on B");
+        assert!(send_when_routable(&sender, key.identity(), b"on B").await, "never routable on B");
+        receive(on_b, b"on B").await;
+        let on_a = attach_to(&a).await.expect("attach on A");
+        sender.send(key.identity(), b"on A".to_vec()).await.expect("attached here");
+        receive(on_a, b"on A").await;
+        let back_on_b = attach_to(&b).await.expect("attach on B again");
+        assert!(send_when_routable(&sender, key.identity(), b"back on B").await, "never routable on B again");
+        receive(back_on_b, b"back on B").await;
     });
 }
 

@@ -4,9 +4,11 @@
 //! its own engine.
 
 use netmachine_service::ServiceKind;
-use netmachine_tests::{attach_engine, bin_dir, wait_until, with_rpc, Node};
+use netmachine_tests::{attach_engine, attach_raw, bin_dir, wait_until, with_rpc, Node};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
 
 fn sequence(node: &Node, args: &[&str]) -> Child {
     Command::new(bin_dir().join("examples/sequence"))
@@ -111,6 +113,66 @@ fn a_router_killed_under_traffic_loses_nothing_engines_had_written() {
     let received = outcome(receiving);
     assert_eq!(received["received"], 300_000, "every message written was delivered");
     assert_eq!(received["in_order"], true);
+}
+
+/// An engine inbox that takes deliveries and never answers one, counting them.
+struct StuckInbox(std::rc::Rc<std::cell::Cell<usize>>);
+
+impl netmachine_schema::router_capnp::inbox::Server for StuckInbox {
+    async fn deliver(self: std::rc::Rc<Self>, _: netmachine_schema::router_capnp::inbox::DeliverParams, _: netmachine_schema::router_capnp::inbox::DeliverResults) -> capnp::Result<()> {
+        self.0.set(self.0.get() + 1);
+        std::future::pending().await
+    }
+
+    async fn deliver_batch(self: std::rc::Rc<Self>, _: netmachine_schema::router_capnp::inbox::DeliverBatchParams, _: netmachine_schema::router_capnp::inbox::DeliverBatchResults) -> capnp::Result<()> {
+        self.0.set(self.0.get() + 1);
+        std::future::pending().await
+    }
+}
+
+/// How many deliveries the router keeps unanswered per socket engine before it stops sending
+/// it more (`DELIVERY_WINDOW` in the router's attachment pump).
+const DELIVERY_WINDOW: usize = 64;
+
+#[test]
+fn a_ring_engine_sending_to_a_stuck_destination_does_not_hold_up_another_ring_engine() {
+    // Messages for a full destination wait up to a minute for room: far past the deadline below.
+    let node = Node::up_with(&["limits.engine_queue=64", "limits.send_wait_ms=60000"]);
+    with_rpc(async {
+        // A destination that never answers a delivery: its window and queue fill, then senders wait.
+        let stuck_key = netmachine_schema::Keypair::generate();
+        let stuck = stuck_key.identity();
+        let locate = |here| netmachine_schema::EngineLocation::sign(&stuck_key, here, netmachine_schema::time::now_ms());
+        let deliveries = std::rc::Rc::new(std::cell::Cell::new(0));
+        let inbox = capnp_rpc::new_client(StuckInbox(deliveries.clone()));
+        let _session = attach_raw(&node, stuck, &stuck_key, locate, inbox).await.expect("attach");
+        let (blocked, flowing) = (attach_engine(&node, |_| {}).await, attach_engine(&node, |_| {}).await);
+        let receiver = attach_engine(&node, |o| o.ring = false).await;
+        assert!(blocked.on_ring() && flowing.on_ring() && !receiver.on_ring());
+        // Write until the stuck destination's delivery window is full (from then on nothing
+        // for it leaves the router) and the router holds some of its messages waiting for room.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let stuck_for_good = || deliveries.get() >= DELIVERY_WINDOW && node.router_counter("messages_waiting") > 0;
+        loop {
+            match blocked.try_send(stuck, vec![0; 64]).await {
+                Ok(_) => continue,
+                Err(netmachine_engine::EngineError::Full) if stuck_for_good() => break,
+                Err(netmachine_engine::EngineError::Full) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(error) => panic!("{error}"),
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the stuck destination's messages never had to wait");
+        }
+        // The receiver is on the socket path: the flowing engine's messages take the slow path too.
+        for n in 0..100u32 {
+            flowing.send(receiver.identity(), n.to_le_bytes().to_vec()).await.expect("written to the ring");
+        }
+        for n in 0..100u32 {
+            let message = tokio::time::timeout(WAIT, receiver.recv()).await.expect("the flowing engine's messages arrive while the others wait").expect("attached");
+            assert_eq!(message.body, n.to_le_bytes());
+        }
+        assert!(node.router_counter("messages_waiting") > 0, "the stuck messages were still waiting meanwhile");
+        assert_eq!(deliveries.get(), DELIVERY_WINDOW, "nothing more went to the stuck destination");
+    });
 }
 
 #[test]

@@ -6,7 +6,8 @@ pub mod connections;
 pub mod core;
 pub mod events;
 pub mod framing;
-pub mod handshake;
 pub mod peer_sync;
 pub mod server;
 pub mod tls;
+
+pub use core::handshake;

@@ -2661,7 +2661,7 @@ pub mod engine_announcement {
             self.reader.get_bool_field(0)
         }
         #[inline]
-        pub fn get_attached(self) -> ::capnp::Result<::capnp::data_list::Reader<'a>> {
+        pub fn get_attached(self) -> ::capnp::Result<::capnp::struct_list::Reader<'a,crate::identity_capnp::engine_record::Owned>> {
             ::capnp::traits::FromPointerReader::get_from_pointer(&self.reader.get_pointer_field(0), ::core::option::Option::None)
         }
         #[inline]
@@ -2739,15 +2739,15 @@ pub mod engine_announcement {
             self.builder.set_bool_field(0, value);
         }
         #[inline]
-        pub fn get_attached(self) -> ::capnp::Result<::capnp::data_list::Builder<'a>> {
+        pub fn get_attached(self) -> ::capnp::Result<::capnp::struct_list::Builder<'a,crate::identity_capnp::engine_record::Owned>> {
             ::capnp::traits::FromPointerBuilder::get_from_pointer(self.builder.get_pointer_field(0), ::core::option::Option::None)
         }
         #[inline]
-        pub fn set_attached(&mut self, value: ::capnp::data_list::Reader<'_>) -> ::capnp::Result<()> {
+        pub fn set_attached(&mut self, value: ::capnp::struct_list::Reader<'_,crate::identity_capnp::engine_record::Owned>) -> ::capnp::Result<()> {
             ::capnp::traits::SetterInput::set_pointer_builder(self.builder.reborrow().get_pointer_field(0), value, false)
         }
         #[inline]
-        pub fn init_attached(self, size: u32) -> ::capnp::data_list::Builder<'a> {
+        pub fn init_attached(self, size: u32) -> ::capnp::struct_list::Builder<'a,crate::identity_capnp::engine_record::Owned> {
             ::capnp::traits::FromPointerBuilder::init_pointer(self.builder.get_pointer_field(0), size)
         }
         #[inline]
@@ -2836,8 +2836,8 @@ pub mod engine_announcement {
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 3, 0, 1, 0),
-            ::capnp::word(13, 0, 0, 0, 0, 0, 0, 0),
-            ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+            ::capnp::word(16, 0, 0, 0, 0, 0, 0, 0),
+            ::capnp::word(77, 39, 89, 61, 253, 227, 206, 184),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
             ::capnp::word(14, 0, 0, 0, 0, 0, 0, 0),
@@ -2860,7 +2860,7 @@ pub mod engine_announcement {
         pub(crate) fn get_field_types(index: u16) -> ::capnp::introspect::Type {
             match index {
                 0 => <bool as ::capnp::introspect::Introspect>::introspect(),
-                1 => <::capnp::data_list::Owned as ::capnp::introspect::Introspect>::introspect(),
+                1 => <::capnp::struct_list::Owned<crate::identity_capnp::engine_record::Owned> as ::capnp::introspect::Introspect>::introspect(),
                 2 => <::capnp::data_list::Owned as ::capnp::introspect::Introspect>::introspect(),
                 _ => ::capnp::introspect::panic_invalid_field_index(index),
             }

@@ -1,4 +1,5 @@
-//! The transport's decisions, free of I/O: which nodes may connect (`book`), which of two
+//! The transport's decisions, free of I/O: the connect handshake and its version negotiation
+//! (`handshake`), which nodes may connect (`book`), which of two
 //! connections to one node stays (`settle`), and the connection pool (`pool`): one connection
 //! per peer, dialing across every advertised address, backoff, redial and idle close. The
 //! quinn/capnp shell in `connections.rs` feeds the pool what happened, with the time, and
@@ -6,6 +7,7 @@
 //! network instead.
 
 pub mod book;
+pub mod handshake;
 pub mod pool;
 pub mod settle;
 

@@ -483,10 +483,10 @@ impl Pool {
                     peer.current = Some(candidate);
                     self.out.push_back(Output::Close { conn: current.conn, reason: CloseReason::Replaced, detail: CloseReason::Replaced.text().into() });
                     self.out.push_back(Output::Use { node, conn });
-                    if current.side.incarnation != side.incarnation {
-                        // The peer's transport restarted: to its node, this is a new connection.
-                        self.out.push_back(Output::Event { node, event: Event::Connected });
-                    }
+                    // The peer's transport restarted, or a simultaneous dial settled on the
+                    // other connection: what was written on the old one may be lost, so to the
+                    // node this is a new connection (the router announces its engines again).
+                    self.out.push_back(Output::Event { node, event: Event::Connected });
                 }
             },
         }

@@ -1,8 +1,8 @@
-//! The routing table: which engines are attached here, and what the identity store said about
-//! other identities (a bounded cache kept current by IdentityUpdated). `route` decides where a
-//! message goes; it does no I/O, so the decisions are tested without sockets.
+//! The routing table: which engines are attached here, and what is known of other identities
+//! (a bounded cache of identity-store records and of engine locations other nodes announced,
+//! kept current by IdentityUpdated). `route` decides where an engine's message goes.
 
-use crate::drops::DropReason;
+use super::drops::Refused;
 use netmachine_schema::identity_capnp::identity_record;
 use netmachine_schema::message_capnp::Scope;
 use netmachine_schema::{Destination, EngineMessage, Identity};
@@ -11,8 +11,8 @@ use std::collections::{HashMap, VecDeque};
 /// What the router needs to know of an identity record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Known {
-    /// An engine, attached to `node`.
-    Engine { node: Identity },
+    /// An engine, attached to `node` since `at` (its signed location's time).
+    Engine { node: Identity, at: u64 },
     /// A node, and how far it is trusted (0: banned).
     Node { trust: u8 },
     Topic,
@@ -24,9 +24,10 @@ impl Known {
     pub fn from_record(record: identity_record::Reader<'_>) -> capnp::Result<Known> {
         Ok(match record.which()? {
             identity_record::Engine(engine) => {
-                let node = Identity::from_slice("engine.node", engine?.get_node()?)
+                let engine = engine?;
+                let node = Identity::from_slice("engine.node", engine.get_node()?)
                     .map_err(|e| capnp::Error::failed(e.to_string()))?;
-                Known::Engine { node }
+                Known::Engine { node, at: engine.get_at() }
             }
             identity_record::Node(node) => Known::Node { trust: node?.get_trust() },
             identity_record::Topic(_) => Known::Topic,
@@ -46,7 +47,7 @@ pub enum Route {
     Remote(Identity),
     /// The table knows nothing of the destination: ask the identity store, then route again.
     Lookup(Identity),
-    Drop(DropReason, String),
+    Drop(Refused),
 }
 
 /// The routing table of one node.
@@ -92,8 +93,16 @@ impl<A> RoutingTable<A> {
         self.attached.get(engine)
     }
 
+    pub fn attachment_mut(&mut self, engine: &Identity) -> Option<&mut A> {
+        self.attached.get_mut(engine)
+    }
+
     pub fn attached(&self) -> impl Iterator<Item = &Identity> {
         self.attached.keys()
+    }
+
+    pub fn attachments(&self) -> impl Iterator<Item = &A> {
+        self.attached.values()
     }
 
     pub fn attached_count(&self) -> usize {
@@ -115,23 +124,37 @@ impl<A> RoutingTable<A> {
         }
     }
 
-    /// Follows an IdentityUpdated: replaces a cached record, or forgets a deleted one.
-    /// Another node announced `engine` as one of its own: learned, unless the id is known as
-    /// something other than an engine (a node or a topic), which an announcement cannot change.
-    pub fn learn_engine(&mut self, engine: Identity, node: Identity) {
-        if matches!(self.known.get(&engine), None | Some(Known::Engine { .. })) {
-            self.learn(engine, Known::Engine { node });
+    /// A verified location of `engine` (on `node` since `at`): learned if it is later than the
+    /// one known, unless the id is known as something other than an engine (a node or a topic),
+    /// which a location cannot change. Whether it was learned.
+    pub fn learn_engine(&mut self, engine: Identity, node: Identity, at: u64) -> bool {
+        let later = match self.known.get(&engine) {
+            None => true,
+            Some(Known::Engine { at: known, .. }) => at >= *known,
+            Some(_) => false,
+        };
+        if later {
+            self.learn(engine, Known::Engine { node, at });
         }
+        later
     }
 
     /// `node` announced that `engine` left it: forgotten only if it was known on that node, so
     /// that one node cannot unroute another's engines.
     pub fn forget_engine(&mut self, engine: Identity, node: Identity) {
-        if self.known.get(&engine) == Some(&Known::Engine { node }) {
+        if matches!(self.known.get(&engine), Some(Known::Engine { node: on, .. }) if *on == node) {
             self.updated(engine, None);
         }
     }
 
+    /// The engines known to be attached to `node`.
+    pub fn engines_on(&self, node: Identity) -> Vec<Identity> {
+        let mut engines: Vec<Identity> = self.known.iter().filter(|(_, k)| matches!(k, Known::Engine { node: on, .. } if *on == node)).map(|(id, _)| *id).collect();
+        engines.sort();
+        engines
+    }
+
+    /// Follows an IdentityUpdated: replaces a cached record, or forgets a deleted one.
     pub fn updated(&mut self, id: Identity, known: Option<Known>) {
         match known {
             Some(known) if self.known.contains_key(&id) => {
@@ -158,13 +181,12 @@ impl<A> RoutingTable<A> {
     /// Decides where `message` goes at time `now_ms`.
     pub fn route(&self, message: &EngineMessage, now_ms: u64) -> Route {
         if message.is_expired(now_ms) {
-            return Route::Drop(DropReason::Expired, "the message expired before it was routed".into());
+            return Route::Drop(Refused::expired("the message expired before it was routed"));
         }
         let remote = |node: Identity| match message.scope {
-            Scope::Local => Route::Drop(
-                DropReason::NoRoute,
-                format!("the destination is on node {node}, but the message's scope is local"),
-            ),
+            Scope::Local => Route::Drop(Refused::no_route(format!(
+                "the destination is on node {node}, but the message's scope is local"
+            ))),
             _ => Route::Remote(node),
         };
         match message.dst {
@@ -174,47 +196,23 @@ impl<A> RoutingTable<A> {
                 }
                 match self.known.get(&engine) {
                     None => Route::Lookup(engine),
-                    Some(Known::Engine { node }) if *node == self.node => Route::Drop(
-                        DropReason::NoRoute,
-                        format!("engine {engine} belongs to this node but is not attached"),
-                    ),
-                    Some(Known::Engine { node }) => remote(*node),
-                    Some(other) => Route::Drop(
-                        DropReason::NoRoute,
-                        format!("{engine} is a {other:?} record, not an engine"),
-                    ),
+                    Some(Known::Engine { node, .. }) if *node == self.node => Route::Drop(Refused::no_route(format!(
+                        "engine {engine} belongs to this node but is not attached"
+                    ))),
+                    Some(Known::Engine { node, .. }) => remote(*node),
+                    Some(other) => Route::Drop(Refused::no_route(format!("{engine} is a {other:?} record, not an engine"))),
                 }
             }
             Destination::Node(node) if node == self.node => Route::Node,
             Destination::Node(node) => match self.known.get(&node) {
                 None => Route::Lookup(node),
-                Some(Known::Node { trust: 0 }) => {
-                    Route::Drop(DropReason::NoRoute, format!("node {node} is banned (trust 0)"))
-                }
+                Some(Known::Node { trust: 0 }) => Route::Drop(Refused::no_route(format!("node {node} is banned (trust 0)"))),
                 Some(Known::Node { .. }) => remote(node),
-                Some(other) => Route::Drop(
-                    DropReason::NoRoute,
-                    format!("{node} is a {other:?} record, not a node"),
-                ),
+                Some(other) => Route::Drop(Refused::no_route(format!("{node} is a {other:?} record, not a node"))),
             },
-            Destination::Topic(topic) => Route::Drop(
-                DropReason::NoRoute,
-                format!("topic {topic}: topics are not routed by this version"),
-            ),
-        }
-    }
-
-    /// Routes again after the identity store answered a `Lookup` (with `None`: not found).
-    pub fn route_after_lookup(&mut self, message: &EngineMessage, id: Identity, found: Option<Known>, now_ms: u64) -> Route {
-        match found {
-            Some(known) => {
-                self.learn(id, known);
-                self.route(message, now_ms)
+            Destination::Topic(topic) => {
+                Route::Drop(Refused::no_route(format!("topic {topic}: topics are not routed by this version")))
             }
-            None => Route::Drop(
-                DropReason::NoRoute,
-                format!("no engine or node {id} is attached here or known to the identity store"),
-            ),
         }
     }
 }
@@ -222,7 +220,15 @@ impl<A> RoutingTable<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::drops::DropReason;
     use netmachine_schema::Keypair;
+
+    fn dropped(route: Route) -> Option<(DropReason, String)> {
+        match route {
+            Route::Drop(refused) => Some((refused.reason, refused.detail)),
+            _ => None,
+        }
+    }
 
     fn id() -> Identity {
         Keypair::generate().identity()
@@ -239,8 +245,6 @@ mod tests {
         table.attach(a, ());
         assert_eq!(table.route(&to(Destination::Engine(a)), 0), Route::Local(a));
         assert_eq!(table.route(&to(Destination::Engine(b)), 0), Route::Lookup(b));
-        let routed = table.route_after_lookup(&to(Destination::Engine(b)), b, None, 0);
-        assert!(matches!(routed, Route::Drop(DropReason::NoRoute, _)));
     }
 
     #[test]
@@ -251,7 +255,7 @@ mod tests {
         let mut message = to(Destination::Engine(a));
         message.expiry = Some(100);
         assert_eq!(table.route(&message, 99), Route::Local(a));
-        assert!(matches!(table.route(&message, 100), Route::Drop(DropReason::Expired, _)));
+        assert!(matches!(dropped(table.route(&message, 100)), Some((DropReason::Expired, _))));
     }
 
     #[test]
@@ -259,20 +263,23 @@ mod tests {
         let mut table: RoutingTable<()> = RoutingTable::new(id(), 16);
         let (engine, node) = (id(), id());
         let message = to(Destination::Engine(engine));
-        assert_eq!(table.route_after_lookup(&message, engine, Some(Known::Engine { node }), 0), Route::Remote(node));
+        table.learn(engine, Known::Engine { node, at: 1 });
+        assert_eq!(table.route(&message, 0), Route::Remote(node));
         let mut local = message.clone();
         local.scope = Scope::Local;
-        assert!(matches!(table.route(&local, 0), Route::Drop(DropReason::NoRoute, _)));
+        assert!(matches!(dropped(table.route(&local, 0)), Some((DropReason::NoRoute, _))));
     }
 
     #[test]
-    fn announcements_change_only_the_announcing_nodes_engines() {
+    fn locations_change_only_engines_and_only_to_a_later_place() {
         let mut table: RoutingTable<()> = RoutingTable::new(id(), 16);
         let (engine, node, other, topic) = (id(), id(), id(), id());
         table.learn(topic, Known::Topic);
-        table.learn_engine(topic, other);
-        assert_eq!(table.route(&to(Destination::Engine(topic)), 0), Route::Drop(DropReason::NoRoute, format!("{topic} is a Topic record, not an engine")));
-        table.learn_engine(engine, node);
+        assert!(!table.learn_engine(topic, other, 5));
+        assert_eq!(dropped(table.route(&to(Destination::Engine(topic)), 0)), Some((DropReason::NoRoute, format!("{topic} is a Topic record, not an engine"))));
+        assert!(table.learn_engine(engine, node, 10));
+        assert!(!table.learn_engine(engine, other, 9), "an older location does not move the engine");
+        assert_eq!(table.engines_on(node), vec![engine]);
         table.forget_engine(engine, other);
         assert_eq!(table.route(&to(Destination::Engine(engine)), 0), Route::Remote(node));
         table.forget_engine(engine, node);
@@ -286,7 +293,7 @@ mod tests {
         table.learn(node, Known::Node { trust: 128 });
         assert_eq!(table.route(&to(Destination::Node(node)), 0), Route::Remote(node));
         table.updated(node, Some(Known::Node { trust: 0 }));
-        assert!(matches!(table.route(&to(Destination::Node(node)), 0), Route::Drop(DropReason::NoRoute, d) if d.contains("banned")));
+        assert!(matches!(dropped(table.route(&to(Destination::Node(node)), 0)), Some((DropReason::NoRoute, d)) if d.contains("banned")));
         table.updated(node, None);
         assert_eq!(table.route(&to(Destination::Node(node)), 0), Route::Lookup(node));
         let own = table.node();

@@ -1,0 +1,18 @@
+//! The router's decisions, free of I/O: the routing table (`table`), why messages are dropped
+//! and what the sender is told (`drops`), what waits for each other node (`outbox`), frames
+//! sealed and opened (`frame`, with engine signatures checked as a batch in `signatures`), and
+//! the state machine that makes every routing decision (`router`). The tokio/capnp shell feeds
+//! it what happened and carries out what it answers; the simulation in `sim/` drives many.
+
+pub mod drops;
+pub mod frame;
+pub mod outbox;
+pub mod router;
+pub mod signatures;
+pub mod table;
+
+pub use drops::{DropCounters, DropReason, Refused};
+pub use frame::{FrameRefused, Opened, Sealed};
+pub use outbox::{Announcement, Outgoing};
+pub use router::{check_envelope, check_send, AttachRefused, Attached, HandOver, Input, Limits, Millis, Output, Router, Ticket};
+pub use table::{Known, Route, RoutingTable};

@@ -1,0 +1,130 @@
+//! What waits to go to one other node: engine messages and announcements of this node's
+//! engines, in order. A batch is cut from the front when the previous one has been handed to
+//! transport, so batches grow with load and latency stays low when idle.
+
+use netmachine_schema::{EngineLocation, EngineMessage, Identity};
+use std::collections::VecDeque;
+
+/// Which engines are attached to a node, as it tells other nodes: all of them (`full`) or what
+/// changed. Each attached engine comes with the location it signed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Announcement {
+    pub full: bool,
+    pub attached: Vec<EngineLocation>,
+    pub detached: Vec<Identity>,
+}
+
+/// An item of a batch to another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    Message(EngineMessage),
+    Engines(Announcement),
+}
+
+impl Outgoing {
+    fn expired(&self, now: u64) -> bool {
+        matches!(self, Outgoing::Message(m) if m.is_expired(now))
+    }
+
+    /// A generous estimate of its encoded size, for cutting batches to the frame limit.
+    fn size(&self) -> usize {
+        match self {
+            Outgoing::Message(m) => m.body.len() + m.protocol.len() + 256,
+            Outgoing::Engines(a) => a.attached.len() * 160 + a.detached.len() * 40 + 64,
+        }
+    }
+}
+
+/// Items in a batch at most, whatever their size.
+const MAX_BATCH: usize = 1024;
+
+/// One node's outbox.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    items: VecDeque<Outgoing>,
+    /// Messages in `items` (announcements do not count against the node's queue).
+    messages: usize,
+    /// A batch is with transport: the next waits for its answer.
+    pub busy: bool,
+    /// Transport was unavailable: try again at this time.
+    pub retry_at: Option<u64>,
+}
+
+impl Outbox {
+    pub fn messages(&self) -> usize {
+        self.messages
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn push(&mut self, item: Outgoing) {
+        self.messages += usize::from(matches!(item, Outgoing::Message(_)));
+        self.items.push_back(item);
+    }
+
+    /// Puts a batch transport could not take back in front, in its order.
+    pub fn put_back(&mut self, batch: Vec<Outgoing>) {
+        for item in batch.into_iter().rev() {
+            self.messages += usize::from(matches!(item, Outgoing::Message(_)));
+            self.items.push_front(item);
+        }
+    }
+
+    /// Cuts a batch of at most `budget` estimated bytes (at least one item) from the front;
+    /// with the number of expired messages dropped on the way.
+    pub fn take_batch(&mut self, now: u64, budget: usize) -> (Vec<Outgoing>, u64) {
+        let (mut batch, mut size, mut expired) = (Vec::new(), 0, 0);
+        while batch.len() < MAX_BATCH {
+            let Some(front) = self.items.front() else { break };
+            if !front.expired(now) && !batch.is_empty() && size + front.size() > budget {
+                break;
+            }
+            let item = self.items.pop_front().expect("a front item");
+            if matches!(item, Outgoing::Message(_)) {
+                self.messages -= 1;
+            }
+            if item.expired(now) {
+                expired += 1;
+                continue;
+            }
+            size += item.size();
+            batch.push(item);
+        }
+        (batch, expired)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netmachine_schema::{Destination, Keypair};
+
+    fn message(body: usize, expiry: Option<u64>) -> Outgoing {
+        let id = Keypair::generate().identity();
+        let mut m = EngineMessage::new(id, Destination::Node(id), 1, vec![0; body]);
+        m.expiry = expiry;
+        Outgoing::Message(m)
+    }
+
+    #[test]
+    fn batches_are_cut_to_the_budget_expired_messages_dropped_and_put_back_in_order() {
+        let mut outbox = Outbox::default();
+        outbox.push(message(1000, Some(5)));
+        outbox.push(message(1000, None));
+        outbox.push(Outgoing::Engines(Announcement::default()));
+        outbox.push(message(1000, None));
+        assert_eq!(outbox.messages(), 3);
+        let (batch, expired) = outbox.take_batch(10, 2000);
+        assert_eq!((batch.len(), expired), (2, 1), "the expired one is dropped, the third message waits");
+        assert_eq!(outbox.messages(), 1);
+        outbox.put_back(batch.clone());
+        assert_eq!(outbox.messages(), 2);
+        let (again, _) = outbox.take_batch(10, 2000);
+        assert_eq!(again, batch);
+        // One item over the budget still goes, alone.
+        let (alone, _) = outbox.take_batch(10, 10);
+        assert_eq!((alone.len(), outbox.is_empty()), (1, true));
+    }
+}

@@ -1,0 +1,932 @@
+//! The router's state machine: every routing decision of the node, for messages from engines
+//! (socket or ring slow path) and from other nodes alike. It is fed inputs with the time
+//! (`handle`), answers with outputs (`poll_output`) and says when it wants a timer
+//! (`poll_timeout`); it never blocks and does no I/O, so the tokio/capnp shell and the
+//! simulation drive the same code.
+//!
+//! A message that cannot be placed at once (its destination must be looked up, or its queue is
+//! full) waits in its destination's line until it can, or until its deadline: one stuck
+//! destination never delays another, and a destination's messages keep their order.
+
+use super::drops::{DropCounters, DropReason, Refused};
+use super::frame::Opened;
+use super::outbox::{Announcement, Outbox, Outgoing};
+use super::table::{Known, Route, RoutingTable};
+use netmachine_schema::{signing, Destination, EngineLocation, EngineMessage, Identity, Keypair};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+/// Milliseconds since the Unix epoch (virtual in the simulation).
+pub type Millis = u64;
+
+/// How long a transport that could not take a batch is given before the next try.
+const RETRY_HANDOVER: Millis = 100;
+
+/// The router's limits, from the node's configuration.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    /// Messages queued for one attached engine.
+    pub engine_queue: usize,
+    pub max_engines: usize,
+    /// How long a message may wait for room (or for a lookup) before it is refused.
+    pub send_wait: Millis,
+    /// Messages queued for one other node.
+    pub node_queue: usize,
+    pub cache_entries: usize,
+    /// Estimated bytes of one frame's batch at most.
+    pub frame_budget: usize,
+    /// How long the identity store has to answer a lookup.
+    pub lookup_wait: Millis,
+    /// Messages waiting for room or a lookup, across every destination.
+    pub max_waiting: usize,
+}
+
+impl Limits {
+    pub fn from_config(config: &netmachine_service::config::Config) -> Self {
+        Limits {
+            max_message_bytes: config.limits.max_message_bytes as usize,
+            engine_queue: config.limits.engine_queue as usize,
+            max_engines: config.limits.max_engines as usize,
+            send_wait: config.limits.send_wait_ms,
+            node_queue: config.router.node_queue as usize,
+            cache_entries: config.router.cache_entries as usize,
+            frame_budget: config.max_frame_bytes() - (4 << 10),
+            lookup_wait: 2_000,
+            max_waiting: 16 * config.limits.engine_queue as usize,
+        }
+    }
+}
+
+/// Names a message (or a frame's messages) whose outcome the shell waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ticket(pub u64);
+
+/// What the shell tells the router.
+#[derive(Debug)]
+pub enum Input {
+    /// A message from the attached engine `sender`; settled with its outcome.
+    Send { ticket: Ticket, sender: Identity, message: EngineMessage },
+    /// A frame from node `src` (connected under the public network rules if `public`), opened
+    /// and its signatures checked; settled once each message is queued or dropped.
+    Frame { ticket: Ticket, src: Identity, public: bool, frame: Opened },
+    /// The identity store's answer to a `Lookup` (`Ok(None)`: no such record).
+    LookupAnswer { id: Identity, answer: Result<Option<Known>, String> },
+    IdentityUpdated { id: Identity, known: Option<Known> },
+    /// The link to the identity store came up: notifications may have been missed.
+    IdentityStoreLinked,
+    /// The link to transport came up, with the nodes connected now.
+    TransportLinked(Vec<Identity>),
+    Connected(Identity),
+    Disconnected(Identity),
+    /// The shell took `n` messages off an engine's queue.
+    Taken { engine: Identity, generation: u64, n: usize },
+    /// Transport's answer to the batch of a `Transmit`.
+    HandedOver { node: Identity, outcome: HandOver },
+    Timer,
+}
+
+/// What became of a batch handed to transport.
+#[derive(Debug)]
+pub enum HandOver {
+    Queued { messages: u64 },
+    Refused { messages: u64, detail: String },
+    /// Transport is down: the batch comes back, to be tried again.
+    Unavailable(Vec<Outgoing>),
+}
+
+/// What the router asks the shell to do.
+#[derive(Debug, PartialEq)]
+pub enum Output {
+    /// Put `message` on the queue of the engine attached here (the router counts the room).
+    Deliver { engine: Identity, generation: u64, message: EngineMessage },
+    /// A ticket's outcome: a frame's is always `Ok` (its drops are counted).
+    Settled { ticket: Ticket, outcome: Result<(), Refused> },
+    /// Ask the identity store for `id`'s record, and answer with `LookupAnswer`.
+    Lookup(Identity),
+    /// Seal `batch` for `node` and hand it to transport; answer with `HandedOver`.
+    Transmit { node: Identity, batch: Vec<Outgoing> },
+    /// Record what node `node` announced (its locations verified) in the identity store.
+    Record { node: Identity, announcement: Announcement },
+}
+
+/// Why an engine may not attach.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AttachRefused {
+    #[error("engine {0} is already attached (another process holds its key)")]
+    AlreadyAttached(Identity),
+    #[error("{0} engines are attached (limits.max_engines)")]
+    Full(usize),
+    #[error("the engine's location record is not for engine {engine} on this node")]
+    WrongLocation { engine: Identity },
+    #[error(transparent)]
+    Location(#[from] netmachine_schema::LocationError),
+}
+
+/// An engine attached here.
+#[derive(Debug)]
+pub struct Attached {
+    /// Tells this attachment from a later one of the same engine.
+    pub generation: u64,
+    /// Messages from nodes on the public network may reach it.
+    pub public: bool,
+    pub location: EngineLocation,
+    /// Room left on its queue.
+    credit: usize,
+}
+
+/// Where a message came from.
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    Engine,
+    Node { public: bool },
+    /// The router itself (answers to messages for the node).
+    Router,
+}
+
+/// A message waiting for room or a lookup.
+#[derive(Debug)]
+struct Waiting {
+    ticket: Option<Ticket>,
+    origin: Origin,
+    message: EngineMessage,
+    deadline: Millis,
+}
+
+enum Placement {
+    Done(Result<(), Refused>),
+    Wait(Waiting),
+}
+
+/// An outstanding ticket: how many of its messages are not placed yet, and whether it is an
+/// engine's send (whose outcome is told) or a frame (settled when all are placed).
+#[derive(Debug)]
+struct Open {
+    left: usize,
+    send: bool,
+}
+
+/// The router of one node.
+pub struct Router {
+    key: Keypair,
+    limits: Limits,
+    table: RoutingTable<Attached>,
+    connected: BTreeSet<Identity>,
+    outboxes: BTreeMap<Identity, Outbox>,
+    /// Per destination, the messages waiting for it, in order.
+    waiting: BTreeMap<Identity, VecDeque<Waiting>>,
+    waiting_count: usize,
+    /// Lookups asked of the identity store, with their deadlines.
+    lookups: HashMap<Identity, Millis>,
+    tickets: HashMap<Ticket, Open>,
+    next_deadline: Option<Millis>,
+    /// A batch left some node's queue: what waits for room may go (once the input is handled).
+    room_freed: bool,
+    outputs: VecDeque<Output>,
+    drops: DropCounters,
+    accepted: u64,
+    remote_sent: u64,
+    remote_received: u64,
+    announcements_refused: u64,
+}
+
+impl Router {
+    pub fn new(key: Keypair, limits: Limits) -> Self {
+        Router {
+            table: RoutingTable::new(key.identity(), limits.cache_entries),
+            key,
+            limits,
+            connected: BTreeSet::new(),
+            outboxes: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            waiting_count: 0,
+            lookups: HashMap::new(),
+            tickets: HashMap::new(),
+            next_deadline: None,
+            room_freed: false,
+            outputs: VecDeque::new(),
+            drops: DropCounters::default(),
+            accepted: 0,
+            remote_sent: 0,
+            remote_received: 0,
+            announcements_refused: 0,
+        }
+    }
+
+    pub fn node(&self) -> Identity {
+        self.key.identity()
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Attaches the engine of `location`, which it signed for this node; the announcement goes
+    /// to every connected node.
+    pub fn attach(&mut self, location: EngineLocation, generation: u64, public: bool, now: Millis) -> Result<(), AttachRefused> {
+        let engine = location.engine;
+        if self.table.attachment(&engine).is_some() {
+            return Err(AttachRefused::AlreadyAttached(engine));
+        }
+        if self.table.attached_count() >= self.limits.max_engines {
+            return Err(AttachRefused::Full(self.limits.max_engines));
+        }
+        if location.node != self.node() {
+            return Err(AttachRefused::WrongLocation { engine });
+        }
+        location.verify()?;
+        let credit = self.limits.engine_queue;
+        self.table.attach(engine, Attached { generation, public, location: location.clone(), credit });
+        self.announce_to_all(Announcement { full: false, attached: vec![location], detached: vec![] }, now);
+        self.retry(engine, now, None);
+        Ok(())
+    }
+
+    /// Detaches `engine` if `generation` is its current attachment: what waits for it is
+    /// refused, and every connected node is told. Whether it was attached.
+    pub fn detach(&mut self, engine: Identity, generation: u64, now: Millis) -> bool {
+        if self.table.detach(&engine, |a| a.generation == generation).is_none() {
+            return false;
+        }
+        for waiting in self.waiting.remove(&engine).unwrap_or_default() {
+            self.waiting_count -= 1;
+            self.settle(waiting.ticket, waiting.origin, Err(Refused::engine_gone("the destination engine detached")));
+        }
+        self.announce_to_all(Announcement { full: false, attached: vec![], detached: vec![engine] }, now);
+        true
+    }
+
+    pub fn attachment(&self, engine: &Identity) -> Option<&Attached> {
+        self.table.attachment(engine)
+    }
+
+    pub fn attached(&self) -> Vec<Identity> {
+        let mut engines: Vec<Identity> = self.table.attached().copied().collect();
+        engines.sort();
+        engines
+    }
+
+    /// Counts drops the shell saw (unreadable input, an engine gone with messages queued).
+    pub fn count(&mut self, reason: DropReason, n: u64) {
+        self.drops.count(reason, n);
+    }
+
+    pub fn drops(&self) -> &DropCounters {
+        &self.drops
+    }
+
+    /// The router's counters, for status reports.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        let mut counters = vec![
+            ("engines_attached", self.table.attached_count() as u64),
+            ("messages_accepted", self.accepted),
+            ("messages_waiting", self.waiting_count as u64),
+            ("identities_cached", self.table.known_count() as u64),
+            ("remote_messages_sent", self.remote_sent),
+            ("remote_messages_received", self.remote_received),
+            ("nodes_connected", self.connected.len() as u64),
+            ("announcements_refused", self.announcements_refused),
+        ];
+        counters.extend(self.drops.report());
+        counters
+    }
+
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When the router wants `Input::Timer` at the latest.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        self.next_deadline
+    }
+
+    pub fn handle(&mut self, input: Input, now: Millis) {
+        self.apply(input, now);
+        while std::mem::take(&mut self.room_freed) {
+            for key in self.waiting.keys().copied().collect::<Vec<_>>() {
+                self.retry(key, now, None);
+            }
+        }
+    }
+
+    fn apply(&mut self, input: Input, now: Millis) {
+        match input {
+            Input::Send { ticket, sender, message } => {
+                self.tickets.insert(ticket, Open { left: 1, send: true });
+                let checked = check_send(sender, &message, self.limits.max_message_bytes, now);
+                match checked {
+                    Ok(()) => self.admit(Some(ticket), Origin::Engine, message, now),
+                    Err(refused) => self.settle(Some(ticket), Origin::Engine, Err(refused)),
+                }
+            }
+            Input::Frame { ticket, src, public, frame } => self.frame(ticket, src, public, frame, now),
+            Input::LookupAnswer { id, answer } => {
+                self.lookups.remove(&id);
+                match answer {
+                    Ok(Some(known)) => {
+                        self.table.learn(id, known);
+                        self.retry(id, now, None);
+                    }
+                    Ok(None) => {
+                        let detail = format!("no engine or node {id} is attached here or known to the identity store");
+                        self.retry(id, now, Some(&detail));
+                    }
+                    Err(error) => self.retry(id, now, Some(&format!("cannot look up {id}: {error}"))),
+                }
+            }
+            Input::IdentityUpdated { id, known } => {
+                self.table.updated(id, known);
+                self.retry(id, now, None);
+            }
+            Input::IdentityStoreLinked => self.table.forget_known(),
+            Input::TransportLinked(nodes) => {
+                self.connected = nodes.into_iter().collect();
+                let nodes: Vec<Identity> = self.outboxes.keys().copied().collect();
+                for node in nodes {
+                    if let Some(outbox) = self.outboxes.get_mut(&node) {
+                        outbox.retry_at = None;
+                    }
+                    self.transmit(node, now);
+                }
+            }
+            Input::Connected(node) => {
+                self.connected.insert(node);
+                let attached = self.table.attachments().map(|a| a.location.clone()).collect();
+                self.enqueue_announcement(node, Announcement { full: true, attached, detached: vec![] }, now);
+            }
+            Input::Disconnected(node) => {
+                self.connected.remove(&node);
+            }
+            Input::Taken { engine, generation, n } => {
+                let capacity = self.limits.engine_queue;
+                if let Some(attached) = self.table.attachment_mut(&engine).filter(|a| a.generation == generation) {
+                    attached.credit = (attached.credit + n).min(capacity);
+                    self.retry(engine, now, None);
+                }
+            }
+            Input::HandedOver { node, outcome } => self.handed_over(node, outcome, now),
+            Input::Timer => self.timer(now),
+        }
+    }
+
+    /// Places `message`, or queues it behind what already waits for its destination.
+    fn admit(&mut self, ticket: Option<Ticket>, origin: Origin, message: EngineMessage, now: Millis) {
+        let deadline = message.expiry.map_or(now + self.limits.send_wait, |at| at.min(now + self.limits.send_wait));
+        let waiting = Waiting { ticket, origin, message, deadline };
+        let key = waiting.message.dst.identity();
+        let placement = match self.waiting.contains_key(&key) {
+            true => Placement::Wait(waiting),
+            false => self.place(waiting, now, None),
+        };
+        match placement {
+            Placement::Done(outcome) => self.settle(ticket, origin, outcome),
+            Placement::Wait(waiting) if self.waiting_count >= self.limits.max_waiting => {
+                let detail = format!("{} messages already wait for room or a lookup on this node", self.waiting_count);
+                self.settle(waiting.ticket, origin, Err(Refused::queue_full(detail)));
+            }
+            Placement::Wait(waiting) => {
+                self.next_deadline = Some(self.next_deadline.map_or(waiting.deadline, |d| d.min(waiting.deadline)));
+                self.waiting_count += 1;
+                self.waiting.entry(key).or_default().push_back(waiting);
+            }
+        }
+    }
+
+    /// Places what waits for `key`, in order, until one must wait again. `failed`: the lookup
+    /// of `key` failed, so a message that still needs it is refused with this sentence.
+    fn retry(&mut self, key: Identity, now: Millis, failed: Option<&str>) {
+        while let Some(waiting) = self.waiting.get_mut(&key).and_then(VecDeque::pop_front) {
+            self.waiting_count -= 1;
+            let (ticket, origin) = (waiting.ticket, waiting.origin);
+            match self.place(waiting, now, failed) {
+                Placement::Done(outcome) => self.settle(ticket, origin, outcome),
+                Placement::Wait(waiting) => {
+                    self.waiting_count += 1;
+                    self.waiting.entry(key).or_default().push_front(waiting);
+                    return;
+                }
+            }
+        }
+        self.waiting.remove(&key);
+    }
+
+    /// Decides where a message goes, and puts it there if there is room.
+    fn place(&mut self, waiting: Waiting, now: Millis, failed: Option<&str>) -> Placement {
+        let message = &waiting.message;
+        let route = match waiting.origin {
+            Origin::Node { public } => self.route_from_node(message, public, now),
+            Origin::Engine | Origin::Router => self.table.route(message, now),
+        };
+        match route {
+            Route::Local(engine) => {
+                let Some(attached) = self.table.attachment_mut(&engine) else {
+                    return Placement::Done(Err(Refused::no_route(format!("engine {engine} detached"))));
+                };
+                if attached.credit == 0 {
+                    return Placement::Wait(waiting);
+                }
+                attached.credit -= 1;
+                let generation = attached.generation;
+                self.outputs.push_back(Output::Deliver { engine, generation, message: waiting.message });
+                Placement::Done(Ok(()))
+            }
+            Route::Remote(node) => {
+                let outbox = self.outboxes.entry(node).or_default();
+                if outbox.messages() >= self.limits.node_queue {
+                    return Placement::Wait(waiting);
+                }
+                outbox.push(Outgoing::Message(waiting.message));
+                self.transmit(node, now);
+                Placement::Done(Ok(()))
+            }
+            Route::Node => {
+                self.answer_node(waiting.message, now);
+                Placement::Done(Ok(()))
+            }
+            Route::Lookup(id) => match failed {
+                Some(detail) => Placement::Done(Err(Refused::no_route(detail))),
+                None => {
+                    if !self.lookups.contains_key(&id) {
+                        let deadline = now + self.limits.lookup_wait;
+                        self.lookups.insert(id, deadline);
+                        self.next_deadline = Some(self.next_deadline.map_or(deadline, |d| d.min(deadline)));
+                        self.outputs.push_back(Output::Lookup(id));
+                    }
+                    Placement::Wait(waiting)
+                }
+            },
+            Route::Drop(refused) => Placement::Done(Err(refused)),
+        }
+    }
+
+    /// A message from another node goes only to an engine attached here (one that takes public
+    /// traffic, if it came from the public network) or to this node itself: never onwards.
+    fn route_from_node(&self, message: &EngineMessage, public: bool, now: Millis) -> Route {
+        if message.is_expired(now) {
+            return Route::Drop(Refused::expired("expired on arrival"));
+        }
+        if message.body.len() > self.limits.max_message_bytes {
+            return Route::Drop(Refused::over_limit(message.body.len(), self.limits.max_message_bytes));
+        }
+        match message.dst {
+            Destination::Engine(engine) => match self.table.attachment(&engine) {
+                Some(attached) if public && !attached.public => {
+                    Route::Drop(Refused::no_route(format!("engine {engine} takes no messages from the public network")))
+                }
+                Some(_) => Route::Local(engine),
+                None => Route::Drop(Refused::no_route(format!("engine {engine} is not attached here"))),
+            },
+            Destination::Node(node) if node == self.node() => Route::Node,
+            _ => Route::Drop(Refused::no_route("a message for another node or a topic arrived here")),
+        }
+    }
+
+    /// Counts a message's outcome, and tells its ticket.
+    fn settle(&mut self, ticket: Option<Ticket>, origin: Origin, outcome: Result<(), Refused>) {
+        match &outcome {
+            Ok(()) if matches!(origin, Origin::Engine) => self.accepted += 1,
+            Ok(()) => {}
+            Err(refused) => {
+                self.drops.count(refused.reason, 1);
+                tracing::debug!(reason = ?refused.reason, detail = %refused.detail, "message dropped");
+            }
+        }
+        let Some(ticket) = ticket else { return };
+        let Some(open) = self.tickets.get_mut(&ticket) else { return };
+        open.left -= 1;
+        if open.left > 0 {
+            return;
+        }
+        let send = open.send;
+        self.tickets.remove(&ticket);
+        let outcome = if send { outcome } else { Ok(()) };
+        self.outputs.push_back(Output::Settled { ticket, outcome });
+    }
+
+    /// The router answers a message to the node with the node's information, signed.
+    fn answer_node(&mut self, message: EngineMessage, now: Millis) {
+        if message.reply_to.is_some() {
+            // A reply to the node itself: nothing waits for it.
+            return;
+        }
+        let node = self.node();
+        let info = format!(
+            "{{\"node\":\"{node}\",\"engines_attached\":{},\"protocol\":\"netmachine/1\",\"version\":\"{}\"}}",
+            self.table.attached_count(),
+            env!("CARGO_PKG_VERSION")
+        );
+        let mut answer = EngineMessage::new(node, Destination::Engine(message.src), message.id, info.into_bytes());
+        answer.reply_to = Some(message.id);
+        answer.expiry = message.expiry;
+        answer.protocol = "netmachine/node-info".into();
+        answer.sig = Some(self.key.sign(&signing::engine_message(&answer)));
+        self.admit(None, Origin::Router, answer, now);
+    }
+
+    fn frame(&mut self, ticket: Ticket, src: Identity, public: bool, frame: Opened, now: Millis) {
+        self.drops.count(DropReason::Malformed, frame.unreadable);
+        self.drops.count(DropReason::BadSignature, frame.forged + frame.unsigned);
+        if frame.forged > 0 {
+            tracing::warn!(peer = %src, bad = frame.forged, "dropped messages with bad engine signatures");
+        }
+        for announcement in frame.announcements {
+            self.announced(src, public, announcement, now);
+        }
+        self.remote_received += frame.messages.len() as u64;
+        if frame.messages.is_empty() {
+            self.outputs.push_back(Output::Settled { ticket, outcome: Ok(()) });
+            return;
+        }
+        self.tickets.insert(ticket, Open { left: frame.messages.len(), send: false });
+        for message in frame.messages {
+            self.admit(Some(ticket), Origin::Node { public }, message, now);
+        }
+    }
+
+    /// Node `src` says which of its engines came and went. A location is taken only from a
+    /// node admitted as a member (not from the public network), only for `src` itself, only
+    /// signed by the engine, and only if later than the one known.
+    fn announced(&mut self, src: Identity, public: bool, announcement: Announcement, now: Millis) {
+        if public {
+            self.announcements_refused += 1;
+            tracing::warn!(peer = %src, "refused an engine announcement from a node on the public network");
+            return;
+        }
+        let mut learned = Vec::new();
+        for location in announcement.attached {
+            let engine = location.engine;
+            if location.node != src || location.verify().is_err() {
+                self.announcements_refused += 1;
+                tracing::warn!(peer = %src, engine = %engine, "refused an announcement of an engine whose signed location is not on that node");
+                continue;
+            }
+            if self.table.attachment(&engine).is_none() && self.table.learn_engine(engine, src, location.at) {
+                learned.push(location);
+            }
+        }
+        if announcement.full {
+            for engine in self.table.engines_on(src) {
+                if !learned.iter().any(|l| l.engine == engine) {
+                    self.table.forget_engine(engine, src);
+                }
+            }
+        }
+        for engine in &announcement.detached {
+            self.table.forget_engine(*engine, src);
+        }
+        for engine in learned.iter().map(|l| l.engine).collect::<Vec<_>>() {
+            self.retry(engine, now, None);
+        }
+        let recorded = Announcement { full: announcement.full, attached: learned, detached: announcement.detached };
+        self.outputs.push_back(Output::Record { node: src, announcement: recorded });
+    }
+
+    fn announce_to_all(&mut self, announcement: Announcement, now: Millis) {
+        for node in self.connected.iter().copied().collect::<Vec<_>>() {
+            self.enqueue_announcement(node, announcement.clone(), now);
+        }
+    }
+
+    fn enqueue_announcement(&mut self, node: Identity, announcement: Announcement, now: Millis) {
+        self.outboxes.entry(node).or_default().push(Outgoing::Engines(announcement));
+        self.transmit(node, now);
+    }
+
+    /// Hands `node`'s next batch to transport, unless one is with it already.
+    fn transmit(&mut self, node: Identity, now: Millis) {
+        let Some(outbox) = self.outboxes.get_mut(&node) else { return };
+        if outbox.busy || outbox.retry_at.is_some_and(|at| at > now) {
+            return;
+        }
+        outbox.retry_at = None;
+        let (batch, expired) = outbox.take_batch(now, self.limits.frame_budget);
+        self.drops.count(DropReason::Expired, expired);
+        if batch.is_empty() {
+            self.outboxes.remove(&node);
+            return;
+        }
+        outbox.busy = true;
+        self.outputs.push_back(Output::Transmit { node, batch });
+        self.room_freed = !self.waiting.is_empty();
+    }
+
+    fn handed_over(&mut self, node: Identity, outcome: HandOver, now: Millis) {
+        let outbox = self.outboxes.entry(node).or_default();
+        outbox.busy = false;
+        match outcome {
+            HandOver::Queued { messages } => self.remote_sent += messages,
+            HandOver::Refused { messages, detail } => {
+                tracing::warn!(peer = %node, %detail, messages, "transport refused a frame");
+                self.drops.count(DropReason::Unreachable, messages);
+            }
+            HandOver::Unavailable(batch) => {
+                outbox.put_back(batch);
+                let at = now + RETRY_HANDOVER;
+                outbox.retry_at = Some(at);
+                self.next_deadline = Some(self.next_deadline.map_or(at, |d| d.min(at)));
+                return;
+            }
+        }
+        self.transmit(node, now);
+    }
+
+    fn timer(&mut self, now: Millis) {
+        let late: Vec<Identity> = self.lookups.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect();
+        for id in late {
+            self.lookups.remove(&id);
+            self.retry(id, now, Some(&format!("cannot look up {id}: the identity store did not answer in time")));
+        }
+        let keys: Vec<Identity> = self.waiting.keys().copied().collect();
+        for key in keys {
+            let line = self.waiting.remove(&key).unwrap_or_default();
+            let (late, kept): (VecDeque<Waiting>, VecDeque<Waiting>) = line.into_iter().partition(|w| w.deadline <= now);
+            if !kept.is_empty() {
+                self.waiting.insert(key, kept);
+            }
+            for waiting in late {
+                self.waiting_count -= 1;
+                let refused = if waiting.message.is_expired(now) {
+                    Refused::expired("the message expired while waiting for its destination")
+                } else if self.lookups.contains_key(&key) {
+                    Refused::no_route(format!("the identity store had not said where {key} is within {} ms", self.limits.send_wait))
+                } else {
+                    Refused::queue_full(format!("the destination's queue stayed full for {} ms", self.limits.send_wait))
+                };
+                self.settle(waiting.ticket, waiting.origin, Err(refused));
+            }
+        }
+        let retries: Vec<Identity> = self.outboxes.iter().filter(|(_, o)| o.retry_at.is_some_and(|at| at <= now)).map(|(n, _)| *n).collect();
+        for node in retries {
+            self.transmit(node, now);
+        }
+        let deadlines = self.waiting.values().flatten().map(|w| w.deadline);
+        let deadlines = deadlines.chain(self.lookups.values().copied()).chain(self.outboxes.values().filter_map(|o| o.retry_at));
+        self.next_deadline = deadlines.min();
+    }
+}
+
+/// What every message from an engine must be, whichever way it came: from the engine that sent
+/// it, within the node's size limit, not expired. The ring fast lane asks the same.
+pub fn check_send(sender: Identity, message: &EngineMessage, max_body: usize, now: Millis) -> Result<(), Refused> {
+    check_envelope(sender, message.src, message.body.len(), message.expiry, max_body, now)
+}
+
+/// `check_send` on a message's envelope alone.
+pub fn check_envelope(sender: Identity, src: Identity, body: usize, expiry: Option<u64>, max_body: usize, now: Millis) -> Result<(), Refused> {
+    if src != sender {
+        return Err(Refused::bad_source(format!("src is {src}, but the message came from engine {sender}")));
+    }
+    if body > max_body {
+        return Err(Refused::over_limit(body, max_body));
+    }
+    if expiry.is_some_and(|at| at <= now) {
+        return Err(Refused::expired("the message expired before it was routed"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netmachine_schema::router_capnp::SendRefusal;
+
+    fn limits() -> Limits {
+        Limits {
+            max_message_bytes: 1000,
+            engine_queue: 2,
+            max_engines: 8,
+            send_wait: 5_000,
+            node_queue: 2,
+            cache_entries: 64,
+            frame_budget: 1 << 20,
+            lookup_wait: 2_000,
+            max_waiting: 64,
+        }
+    }
+
+    struct Bench {
+        router: Router,
+        next: u64,
+    }
+
+    impl Bench {
+        fn new() -> Self {
+            Bench { router: Router::new(Keypair::generate(), limits()), next: 0 }
+        }
+
+        /// Attaches a fresh engine; its key.
+        fn attach(&mut self, public: bool) -> Keypair {
+            let key = Keypair::generate();
+            let location = EngineLocation::sign(&key, self.router.node(), 1);
+            self.router.attach(location, self.next, public, 0).unwrap();
+            self.next += 1;
+            self.outputs();
+            key
+        }
+
+        fn send(&mut self, from: &Keypair, dst: Identity, now: Millis) -> Ticket {
+            self.send_to(from, Destination::Engine(dst), now)
+        }
+
+        fn send_to(&mut self, from: &Keypair, dst: Destination, now: Millis) -> Ticket {
+            self.next += 1;
+            let ticket = Ticket(self.next);
+            let message = EngineMessage::new(from.identity(), dst, self.next, b"hi".to_vec());
+            self.router.handle(Input::Send { ticket, sender: from.identity(), message }, now);
+            ticket
+        }
+
+        fn outputs(&mut self) -> Vec<Output> {
+            std::iter::from_fn(|| self.router.poll_output()).collect()
+        }
+
+        fn drops(&self, reason: DropReason) -> u64 {
+            self.router.drops().get(reason)
+        }
+    }
+
+    fn settled(outputs: &[Output]) -> Vec<(Ticket, Result<(), SendRefusal>)> {
+        outputs.iter().filter_map(|o| match o {
+            Output::Settled { ticket, outcome } => Some((*ticket, outcome.clone().map_err(|r| r.refusal))),
+            _ => None,
+        }).collect()
+    }
+
+    fn delivered(outputs: &[Output]) -> usize {
+        outputs.iter().filter(|o| matches!(o, Output::Deliver { .. })).count()
+    }
+
+    #[test]
+    fn a_full_engine_queue_makes_senders_wait_until_room_or_their_deadline() {
+        let mut bench = Bench::new();
+        let (sender, receiver) = (bench.attach(false), bench.attach(false));
+        let generation = bench.router.attachment(&receiver.identity()).unwrap().generation;
+        let tickets: Vec<Ticket> = (0..4).map(|_| bench.send(&sender, receiver.identity(), 0)).collect();
+        let out = bench.outputs();
+        assert_eq!((delivered(&out), settled(&out)), (2, vec![(tickets[0], Ok(())), (tickets[1], Ok(()))]), "two fit, two wait");
+        bench.router.handle(Input::Taken { engine: receiver.identity(), generation, n: 1 }, 10);
+        let out = bench.outputs();
+        assert_eq!((delivered(&out), settled(&out)), (1, vec![(tickets[2], Ok(()))]), "room for one more, in order");
+        assert_eq!(bench.router.poll_timeout(), Some(5_000));
+        bench.router.handle(Input::Timer, 5_000);
+        assert_eq!(settled(&bench.outputs()), vec![(tickets[3], Err(SendRefusal::QueueFull))]);
+        assert_eq!(bench.drops(DropReason::QueueFull), 1);
+    }
+
+    #[test]
+    fn a_destination_waiting_for_a_lookup_does_not_hold_up_another() {
+        let mut bench = Bench::new();
+        let (sender, receiver) = (bench.attach(false), bench.attach(false));
+        let unknown = Keypair::generate().identity();
+        let stuck = bench.send(&sender, unknown, 0);
+        let flowing = bench.send(&sender, receiver.identity(), 0);
+        let out = bench.outputs();
+        assert!(out.contains(&Output::Lookup(unknown)));
+        assert_eq!(settled(&out), vec![(flowing, Ok(()))]);
+        let behind = bench.send(&sender, unknown, 1);
+        assert!(bench.outputs().is_empty(), "one lookup per destination, and its line keeps order");
+        bench.router.handle(Input::LookupAnswer { id: unknown, answer: Ok(None) }, 2);
+        assert_eq!(settled(&bench.outputs()), vec![(stuck, Err(SendRefusal::NoRoute)), (behind, Err(SendRefusal::NoRoute))]);
+    }
+
+    #[test]
+    fn a_lookup_the_identity_store_never_answers_is_refused_at_its_deadline() {
+        let mut bench = Bench::new();
+        let sender = bench.attach(false);
+        let ticket = bench.send(&sender, Keypair::generate().identity(), 0);
+        bench.outputs();
+        assert_eq!(bench.router.poll_timeout(), Some(2_000));
+        bench.router.handle(Input::Timer, 2_000);
+        let out = bench.outputs();
+        assert_eq!(settled(&out), vec![(ticket, Err(SendRefusal::NoRoute))]);
+        assert!(matches!(&out[0], Output::Settled { outcome: Err(r), .. } if r.detail.contains("did not answer in time")));
+    }
+
+    #[test]
+    fn messages_to_another_node_are_batched_while_transport_holds_the_previous_batch() {
+        let mut bench = Bench::new();
+        let sender = bench.attach(false);
+        let node = Keypair::generate().identity();
+        bench.send_to(&sender, Destination::Node(node), 0);
+        bench.router.handle(Input::LookupAnswer { id: node, answer: Ok(Some(Known::Node { trust: 128 })) }, 0);
+        let out = bench.outputs();
+        let Some(Output::Transmit { batch, .. }) = out.iter().find(|o| matches!(o, Output::Transmit { .. })) else { panic!("{out:?}") };
+        assert_eq!(batch.len(), 1);
+        // While the first batch is with transport, two more queue; a third waits for room.
+        let waiting: Vec<Ticket> = (0..3).map(|_| bench.send_to(&sender, Destination::Node(node), 1)).collect();
+        let out = bench.outputs();
+        assert_eq!(settled(&out), vec![(waiting[0], Ok(())), (waiting[1], Ok(()))]);
+        bench.router.handle(Input::HandedOver { node, outcome: HandOver::Queued { messages: 1 } }, 2);
+        let out = bench.outputs();
+        let batch = out.iter().find_map(|o| match o { Output::Transmit { batch, .. } => Some(batch.len()), _ => None });
+        assert_eq!((batch, settled(&out)), (Some(2), vec![(waiting[2], Ok(()))]), "the next batch takes both, and the waiting one gets room");
+        // Transport down: the batch comes back and goes again after a pause.
+        let Some(Output::Transmit { batch, .. }) = out.into_iter().find(|o| matches!(o, Output::Transmit { .. })) else { unreachable!() };
+        bench.router.handle(Input::HandedOver { node, outcome: HandOver::Unavailable(batch) }, 3);
+        assert!(bench.outputs().is_empty());
+        assert_eq!(bench.router.poll_timeout(), Some(3 + RETRY_HANDOVER));
+        bench.router.handle(Input::Timer, 3 + RETRY_HANDOVER);
+        let again = bench.outputs().into_iter().find_map(|o| match o { Output::Transmit { batch, .. } => Some(batch.len()), _ => None });
+        assert_eq!(again, Some(3), "the returned batch and the one queued since");
+    }
+
+    fn frame(announcements: Vec<Announcement>, messages: Vec<EngineMessage>) -> Opened {
+        Opened { messages, announcements, ..Opened::default() }
+    }
+
+    fn announced(location: EngineLocation) -> Vec<Announcement> {
+        vec![Announcement { full: false, attached: vec![location], detached: vec![] }]
+    }
+
+    #[test]
+    fn only_the_engine_can_move_its_route_and_only_forward_in_time() {
+        let mut bench = Bench::new();
+        let sender = bench.attach(false);
+        let (engine, b, thief) = (Keypair::generate(), Keypair::generate().identity(), Keypair::generate());
+        let on_b = EngineLocation::sign(&engine, b, 100);
+        bench.router.handle(Input::Frame { ticket: Ticket(1000), src: b, public: false, frame: frame(announced(on_b.clone()), vec![]) }, 0);
+        let out = bench.outputs();
+        assert!(out.iter().any(|o| matches!(o, Output::Record { node, announcement } if *node == b && announcement.attached == vec![on_b.clone()])));
+        bench.send(&sender, engine.identity(), 0);
+        assert!(bench.outputs().iter().any(|o| matches!(o, Output::Transmit { node, .. } if *node == b)));
+        // The thief replays the engine's location, signs one itself, and announces from the public network.
+        let signed_by_thief = EngineLocation { engine: engine.identity(), ..EngineLocation::sign(&thief, thief.identity(), 200) };
+        let genuine_from_public = EngineLocation::sign(&engine, thief.identity(), 300);
+        bench.router.handle(Input::Frame { ticket: Ticket(1001), src: thief.identity(), public: false, frame: frame(announced(on_b.clone()), vec![]) }, 1);
+        bench.router.handle(Input::Frame { ticket: Ticket(1002), src: thief.identity(), public: false, frame: frame(announced(signed_by_thief), vec![]) }, 1);
+        bench.router.handle(Input::Frame { ticket: Ticket(1003), src: thief.identity(), public: true, frame: frame(announced(genuine_from_public), vec![]) }, 1);
+        assert_eq!(bench.router.counters().iter().find(|(n, _)| *n == "announcements_refused").map(|c| c.1), Some(3));
+        bench.outputs();
+        bench.router.handle(Input::HandedOver { node: b, outcome: HandOver::Queued { messages: 1 } }, 2);
+        bench.send(&sender, engine.identity(), 2);
+        let out = bench.outputs();
+        assert!(out.iter().any(|o| matches!(o, Output::Transmit { node, .. } if *node == b)), "still routed to B: {out:?}");
+        // The engine really moves to C, later: routed there. An older location does not move it back.
+        let c = Keypair::generate().identity();
+        bench.router.handle(Input::Frame { ticket: Ticket(1004), src: c, public: false, frame: frame(announced(EngineLocation::sign(&engine, c, 400)), vec![]) }, 3);
+        bench.router.handle(Input::Frame { ticket: Ticket(1005), src: b, public: false, frame: frame(announced(on_b), vec![]) }, 3);
+        bench.outputs();
+        bench.send(&sender, engine.identity(), 4);
+        assert!(bench.outputs().iter().any(|o| matches!(o, Output::Transmit { node, .. } if *node == c)));
+    }
+
+    #[test]
+    fn messages_from_other_nodes_reach_only_engines_attached_here_that_take_them() {
+        let mut bench = Bench::new();
+        let (private, public) = (bench.attach(false), bench.attach(true));
+        let src = Keypair::generate().identity();
+        let to = |dst: Identity| EngineMessage::new(src, Destination::Engine(dst), 1, b"x".to_vec());
+        let messages = vec![to(private.identity()), to(public.identity()), to(Keypair::generate().identity())];
+        bench.router.handle(Input::Frame { ticket: Ticket(7), src, public: true, frame: frame(vec![], messages) }, 0);
+        let out = bench.outputs();
+        assert_eq!(delivered(&out), 1, "only the engine that takes public traffic");
+        assert_eq!(settled(&out), vec![(Ticket(7), Ok(()))], "a frame is settled once each message is placed or dropped");
+        assert_eq!(bench.drops(DropReason::NoRoute), 2);
+        assert!(out.iter().all(|o| !matches!(o, Output::Lookup(_) | Output::Transmit { .. })), "never looked up or sent on");
+    }
+
+    #[test]
+    fn a_message_claiming_another_source_or_over_the_limit_is_refused_before_routing() {
+        let mut bench = Bench::new();
+        let (sender, receiver) = (bench.attach(false), bench.attach(false));
+        let mut forged = EngineMessage::new(receiver.identity(), Destination::Engine(receiver.identity()), 1, vec![]);
+        bench.router.handle(Input::Send { ticket: Ticket(1), sender: sender.identity(), message: forged.clone() }, 0);
+        forged.src = sender.identity();
+        forged.body = vec![0; 1001];
+        bench.router.handle(Input::Send { ticket: Ticket(2), sender: sender.identity(), message: forged }, 0);
+        let out = bench.outputs();
+        assert_eq!(settled(&out), vec![(Ticket(1), Err(SendRefusal::BadSource)), (Ticket(2), Err(SendRefusal::OverLimit))]);
+        assert_eq!(delivered(&out), 0);
+    }
+
+    #[test]
+    fn a_message_to_the_node_is_answered_by_the_router_signed() {
+        let mut bench = Bench::new();
+        let sender = bench.attach(false);
+        let node = bench.router.node();
+        let message = EngineMessage::new(sender.identity(), Destination::Node(node), 9, vec![]);
+        bench.router.handle(Input::Send { ticket: Ticket(1), sender: sender.identity(), message }, 0);
+        let out = bench.outputs();
+        let answer = out.iter().find_map(|o| match o { Output::Deliver { message, .. } => Some(message.clone()), _ => None }).expect("an answer");
+        assert_eq!((answer.src, answer.reply_to), (node, Some(9)));
+        assert!(node.verify(&signing::engine_message(&answer), &answer.sig.unwrap()).is_ok());
+    }
+
+    #[test]
+    fn a_detached_engines_waiting_messages_are_refused_and_the_other_nodes_told() {
+        let mut bench = Bench::new();
+        let (sender, receiver) = (bench.attach(false), bench.attach(false));
+        let peer = Keypair::generate().identity();
+        bench.router.handle(Input::Connected(peer), 0);
+        let full = bench.outputs();
+        assert!(matches!(&full[..], [Output::Transmit { batch, .. }] if matches!(&batch[..], [Outgoing::Engines(a)] if a.full && a.attached.len() == 2)));
+        bench.router.handle(Input::HandedOver { node: peer, outcome: HandOver::Queued { messages: 0 } }, 0);
+        let tickets: Vec<Ticket> = (0..3).map(|_| bench.send(&sender, receiver.identity(), 0)).collect();
+        bench.outputs();
+        let generation = bench.router.attachment(&receiver.identity()).unwrap().generation;
+        assert!(bench.router.detach(receiver.identity(), generation, 1));
+        let out = bench.outputs();
+        assert_eq!(settled(&out), vec![(tickets[2], Err(SendRefusal::NoRoute))]);
+        assert_eq!(bench.drops(DropReason::EngineGone), 1);
+        assert!(out.iter().any(|o| matches!(o, Output::Transmit { batch, .. } if matches!(&batch[..], [Outgoing::Engines(a)] if a.detached == vec![receiver.identity()]))));
+    }
+}

@@ -1,0 +1,233 @@
+//! The router's shell: it owns the core (`core::Router`) and everything with I/O around it, the
+//! links to the identity store and transport, the engines' delivery queues and the rings. Every
+//! event is fed to the core with the time (`feed`), and the core's outputs are carried out at
+//! once: deliveries onto engine queues, outcomes to the callers waiting on them, lookups, frames
+//! to transport and records for the identity store as tasks of their own, and one timer.
+
+use crate::attachment::{Attachment, Sink};
+use crate::core::{AttachRefused, DropReason, Input, Limits, Millis, Output, Refused, Router, Ticket};
+use crate::rings::Rings;
+use netmachine_schema::identity_store_capnp::identity_store;
+use netmachine_schema::service_capnp::subscription;
+use netmachine_schema::transport_capnp::transport;
+use netmachine_schema::{time::now_ms, EngineLocation, EngineMessage, Identity, Keypair};
+use netmachine_service::home::{NodeHome, ServiceKind};
+use netmachine_service::rpc::ConnectionStats;
+use netmachine_service::Link;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use tokio::sync::{oneshot, Notify};
+
+/// A message's outcome, once the core has placed or refused it.
+pub(crate) struct Settled(oneshot::Receiver<Result<(), Refused>>);
+
+impl Settled {
+    pub(crate) async fn outcome(self) -> Result<(), Refused> {
+        self.0.await.unwrap_or_else(|_| Err(Refused::no_route("the router stopped")))
+    }
+
+    /// The outcome if it is known already.
+    pub(crate) fn now(&mut self) -> Option<Result<(), Refused>> {
+        self.0.try_recv().ok()
+    }
+}
+
+/// Everything the router's interfaces share.
+pub struct RouterState {
+    pub(crate) key: Keypair,
+    pub(crate) home: NodeHome,
+    pub(crate) stats: Rc<ConnectionStats>,
+    core: RefCell<Router>,
+    /// Callers waiting for a ticket's outcome.
+    waiters: RefCell<HashMap<Ticket, oneshot::Sender<Result<(), Refused>>>>,
+    next_ticket: Cell<u64>,
+    /// Each attached engine's delivery queue (its room is counted by the core).
+    attachments: RefCell<HashMap<Identity, Attachment>>,
+    pub(crate) identity_store: Link<identity_store::Client>,
+    pub(crate) store_watch: RefCell<Option<subscription::Client>>,
+    pub(crate) transport: Link<transport::Client>,
+    pub(crate) transport_events: RefCell<Option<subscription::Client>>,
+    pub(crate) arrival_orders: RefCell<HashMap<Identity, Rc<tokio::sync::Mutex<()>>>>,
+    generations: Cell<u64>,
+    pub(crate) attach_refused: Cell<u64>,
+    /// The shared-memory rings; `None` when turned off (`router.ring_bytes = 0`) or unavailable.
+    pub(crate) rings: Option<Rings>,
+    pub(crate) refusals_lost: Cell<u64>,
+    timer: Rc<Notify>,
+    /// The time the timer task sleeps until (`None`: until it is told).
+    timer_armed: Cell<Option<Millis>>,
+}
+
+impl RouterState {
+    /// The router of the node whose home is `home`, holding the node key.
+    pub fn new(home: NodeHome, key: Keypair, stats: Rc<ConnectionStats>) -> Rc<Self> {
+        let words = home.config.rpc_word_limit();
+        let (slow_tx, slow) = tokio::sync::mpsc::channel(1024);
+        let rings = match home.config.router.ring_bytes {
+            0 => None,
+            bytes => {
+                let max_body = home.config.limits.max_message_bytes as usize;
+                match Rings::start(key.identity(), bytes as usize, max_body, slow_tx) {
+                    Ok(rings) => Some(rings),
+                    Err(error) => {
+                        tracing::warn!(%error, "shared-memory rings unavailable; engines use the socket path");
+                        None
+                    }
+                }
+            }
+        };
+        let state = Rc::new_cyclic(|weak| RouterState {
+            core: RefCell::new(Router::new(key.clone(), Limits::from_config(&home.config))),
+            key,
+            stats,
+            waiters: RefCell::new(HashMap::new()),
+            next_ticket: Cell::new(0),
+            attachments: RefCell::new(HashMap::new()),
+            identity_store: Link::start(
+                ServiceKind::IdentityStore,
+                home.socket(ServiceKind::IdentityStore),
+                words,
+                crate::watcher::on_identity_store_connect(weak.clone()),
+            ),
+            store_watch: RefCell::new(None),
+            transport: Link::start(
+                ServiceKind::Transport,
+                home.socket(ServiceKind::Transport),
+                words,
+                crate::transport_link::on_transport_connect(weak.clone()),
+            ),
+            transport_events: RefCell::new(None),
+            arrival_orders: RefCell::new(HashMap::new()),
+            generations: Cell::new(0),
+            attach_refused: Cell::new(0),
+            rings,
+            refusals_lost: Cell::new(0),
+            timer: Rc::new(Notify::new()),
+            timer_armed: Cell::new(None),
+            home,
+        });
+        tokio::task::spawn_local(crate::rings::serve_slow(Rc::downgrade(&state), slow));
+        tokio::task::spawn_local(run_timer(Rc::downgrade(&state), state.timer.clone()));
+        state
+    }
+
+    /// Tells the core what happened, and carries out what it answers.
+    pub(crate) fn feed(self: &Rc<Self>, input: Input) {
+        self.core.borrow_mut().handle(input, now_ms());
+        self.carry_out();
+    }
+
+    /// A fresh ticket whose outcome `settled` will hold.
+    pub(crate) fn ticket(&self) -> (Ticket, Settled) {
+        let ticket = Ticket(self.next_ticket.get());
+        self.next_ticket.set(ticket.0 + 1);
+        let (tx, rx) = oneshot::channel();
+        self.waiters.borrow_mut().insert(ticket, tx);
+        (ticket, Settled(rx))
+    }
+
+    /// Gives one message from the attached engine `sender` to the core; the receiver holds its
+    /// outcome (`Ok` once it is queued for its destination).
+    pub(crate) fn submit(self: &Rc<Self>, sender: Identity, message: EngineMessage) -> Settled {
+        let (ticket, settled) = self.ticket();
+        self.feed(Input::Send { ticket, sender, message });
+        settled
+    }
+
+    /// Counts a drop the shell saw itself.
+    pub(crate) fn count(&self, reason: DropReason, n: u64) {
+        self.core.borrow_mut().count(reason, n);
+    }
+
+    pub(crate) fn core(&self) -> std::cell::Ref<'_, Router> {
+        self.core.borrow()
+    }
+
+    fn carry_out(self: &Rc<Self>) {
+        loop {
+            let Some(output) = self.core.borrow_mut().poll_output() else { break };
+            match output {
+                Output::Deliver { engine, generation, message } => {
+                    let delivered = self.attachments.borrow().get(&engine).filter(|a| a.generation == generation).is_some_and(|a| a.deliver(message));
+                    if !delivered {
+                        self.count(DropReason::EngineGone, 1);
+                    }
+                }
+                Output::Settled { ticket, outcome } => {
+                    if let Some(waiter) = self.waiters.borrow_mut().remove(&ticket) {
+                        let _ = waiter.send(outcome);
+                    }
+                }
+                Output::Lookup(id) => {
+                    tokio::task::spawn_local(self.clone().lookup(id));
+                }
+                Output::Transmit { node, batch } => {
+                    tokio::task::spawn_local(self.clone().hand_over(node, batch));
+                }
+                Output::Record { node, announcement } => {
+                    tokio::task::spawn_local(self.clone().record_engines(node, announcement));
+                }
+            }
+        }
+        let wanted = self.core.borrow().poll_timeout();
+        if wanted.is_some_and(|at| self.timer_armed.get().is_none_or(|armed| at < armed)) {
+            self.timer.notify_one();
+        }
+    }
+
+    /// Attaches the engine whose signed `location` is on this node, delivering to `sink`.
+    pub(crate) fn attach(self: &Rc<Self>, location: EngineLocation, public: bool, sink: impl FnOnce(u64) -> Sink) -> Result<u64, AttachRefused> {
+        let generation = self.generations.get() + 1;
+        self.generations.set(generation);
+        let engine = location.engine;
+        self.core.borrow_mut().attach(location, generation, public, now_ms())?;
+        let attachment = Attachment::start(engine, generation, sink(generation), Rc::downgrade(self));
+        self.attachments.borrow_mut().insert(engine, attachment);
+        tracing::info!(engine = %engine, public, "engine attached");
+        self.carry_out();
+        Ok(generation)
+    }
+
+    /// Detaches `engine` if `generation` is its current attachment, and tells the other nodes.
+    pub(crate) fn detach(self: &Rc<Self>, engine: Identity, generation: u64) {
+        if let Some(rings) = &self.rings {
+            rings.close(&engine, generation);
+        }
+        if self.core.borrow_mut().detach(engine, generation, now_ms()) {
+            let mut attachments = self.attachments.borrow_mut();
+            if attachments.get(&engine).is_some_and(|a| a.generation == generation) {
+                attachments.remove(&engine);
+            }
+            drop(attachments);
+            tracing::info!(engine = %engine, "engine detached");
+            self.carry_out();
+        }
+    }
+}
+
+/// Feeds the core its timer: sleeps until the time it asked for, or until told it asks sooner.
+async fn run_timer(state: std::rc::Weak<RouterState>, told: Rc<Notify>) {
+    loop {
+        let wanted = {
+            let Some(state) = state.upgrade() else { return };
+            let wanted = state.core.borrow().poll_timeout();
+            state.timer_armed.set(wanted);
+            if wanted.is_some_and(|at| at <= now_ms()) {
+                state.feed(Input::Timer);
+                continue;
+            }
+            wanted
+        };
+        match wanted {
+            Some(at) => {
+                let sleep = tokio::time::sleep(std::time::Duration::from_millis(at.saturating_sub(now_ms())));
+                tokio::select! {
+                    _ = sleep => {}
+                    _ = told.notified() => {}
+                }
+            }
+            None => told.notified().await,
+        }
+    }
+}
