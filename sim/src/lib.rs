@@ -1,12 +1,14 @@
-//! A deterministic simulation of many netmachine nodes: their protocol cores (today the
-//! transport's connection pool) joined by a fake network on virtual time, with delay, loss,
+//! A deterministic simulation of many netmachine nodes: their protocol cores (the transport's
+//! connection pool and the router) joined by a fake network on virtual time, with delay, loss,
 //! partitions, crashes and restarts, all driven by one seed. A scenario that fails prints its
 //! seed; `NETMACHINE_SIM_SEED=<seed>` replays it exactly, and `NETMACHINE_SIM_SEEDS=<n>` runs
 //! each scenario over `n` more random seeds.
 
 pub mod rng;
+pub mod routing;
 pub mod world;
 
+pub use routing::Traffic;
 pub use world::{Frame, Report, World, QUIC_IDLE};
 
 /// The seeds a scenario runs with: `NETMACHINE_SIM_SEED` alone if set; else `fixed`, plus

@@ -1,5 +1,5 @@
 //! The simulated world: N nodes, each a transport connection pool (`netmachine_transport::core`)
-//! with a minimal shell that queues frames per peer and sends them on the connection the pool
+//! (and, with `World::with_routers`, a router core: see `routing`) with a minimal shell that queues frames per peer and sends them on the connection the pool
 //! chose, joined by a fake network with per-link delay, packet loss (QUIC retransmits: a lost
 //! packet costs a probe timeout, not the frame), partitions, and node crashes and restarts.
 //! Time is virtual and every choice comes from one seeded `Rng`: a seed replays a run exactly.
@@ -15,16 +15,25 @@ use netmachine_transport::core::{ConnId, Direction, Input, Millis, Output, PeerI
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 /// How long QUIC takes to declare a silent peer gone (its idle timeout, keep-alives on).
 pub const QUIC_IDLE: Millis = 30_000;
 
-/// A frame, numbered per sender and destination so that loss, order and duplicates show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A frame, numbered per sender and destination so that loss, order and duplicates show; with
+/// the sealed bytes of a router frame when the nodes run routers.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Frame {
     pub src: usize,
     pub dst: usize,
     pub seq: u64,
+    pub bytes: Option<Rc<Vec<u8>>>,
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Frame({}->{} #{}, {} bytes)", self.src, self.dst, self.seq, self.bytes.as_ref().map_or(0, |b| b.len()))
+    }
 }
 
 /// What a run counted.
@@ -46,7 +55,7 @@ pub struct Report {
 }
 
 #[derive(Debug)]
-enum Event {
+pub(crate) enum Event {
     /// An input for `node`'s pool, if the node still runs the same incarnation.
     Input { node: usize, incarnation: u64, input: Input },
     /// A dial from `from` reaches `to`.
@@ -59,6 +68,9 @@ enum Event {
     /// QUIC's idle timeout on `conn`, cut off since: both ends close if it is still cut.
     IdleTimeout { conn: u64 },
     Timer { node: usize, incarnation: u64 },
+    /// The identity store of `node` answers its router's lookup of `id`.
+    Lookup { node: usize, id: Identity },
+    RouterTimer { node: usize },
 }
 
 /// A simulated connection: its two ends, and whether each is still open.
@@ -81,10 +93,11 @@ impl Connection {
     }
 }
 
-struct Node {
-    key: Identity,
+pub(crate) struct Node {
+    pub(crate) keypair: Keypair,
+    pub(crate) key: Identity,
     addr: SocketAddr,
-    up: bool,
+    pub(crate) up: bool,
     incarnation: u64,
     pool: Pool,
     queues: BTreeMap<usize, VecDeque<Frame>>,
@@ -92,24 +105,31 @@ struct Node {
     timer_at: Option<Millis>,
     next_seq: BTreeMap<usize, u64>,
     last_seen: BTreeMap<usize, u64>,
+    /// The node's router, when the world runs routers (`World::with_routers`).
+    pub(crate) router: Option<crate::routing::NodeRouter>,
 }
 
 /// The simulation.
 pub struct World {
     pub now: Millis,
     pub seed: u64,
-    rng: Rng,
+    pub(crate) rng: Rng,
     pub delay: Millis,
     pub loss: f64,
     pub policy: Policy,
     events: BinaryHeap<Reverse<(Millis, u64)>>,
     pending: HashMap<u64, Event>,
     next_event: u64,
-    nodes: Vec<Node>,
+    pub(crate) nodes: Vec<Node>,
     conns: BTreeMap<u64, Connection>,
     next_conn: u64,
     cut: BTreeSet<(usize, usize)>,
     pub report: Report,
+    /// What the routers' engines sent and received, when the world runs routers.
+    pub traffic: crate::routing::Traffic,
+    /// The last number each engine gave a message to each other engine, and the last that arrived.
+    pub(crate) traffic_seq: HashMap<(Identity, Identity), u64>,
+    pub(crate) traffic_last: HashMap<(Identity, Identity), u64>,
     /// Dials sent and not yet answered (or failed).
     dials_in_flight: u64,
     /// A running hash of every event dispatched, with its time: equal for a replayed seed.
@@ -136,7 +156,8 @@ impl World {
     pub fn new(seed: u64, n: usize, delay: Millis, loss: f64) -> World {
         let mut rng = Rng::new(seed);
         let policy = default_policy();
-        let keys: Vec<Identity> = (0..n).map(|_| Keypair::from_seed(rng.bytes32()).identity()).collect();
+        let keypairs: Vec<Keypair> = (0..n).map(|_| Keypair::from_seed(rng.bytes32())).collect();
+        let keys: Vec<Identity> = keypairs.iter().map(Keypair::identity).collect();
         let addrs: Vec<SocketAddr> = (0..n).map(|i| SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], 4010))).collect();
         let mut world = World {
             now: 0,
@@ -153,6 +174,9 @@ impl World {
             next_conn: 1,
             cut: BTreeSet::new(),
             report: Report::default(),
+            traffic: Default::default(),
+            traffic_seq: HashMap::new(),
+            traffic_last: HashMap::new(),
             fingerprint: 0,
             dials_in_flight: 0,
         };
@@ -160,6 +184,7 @@ impl World {
             let incarnation = world.rng.next_u64();
             let pool = Pool::new(keys[i], incarnation, world.policy.clone(), world.rng.next_u64());
             world.nodes.push(Node {
+                keypair: keypairs[i].clone(),
                 key: keys[i],
                 addr: addrs[i],
                 up: true,
@@ -170,6 +195,7 @@ impl World {
                 timer_at: None,
                 next_seq: BTreeMap::new(),
                 last_seen: BTreeMap::new(),
+                router: None,
             });
         }
         for i in 0..n {
@@ -194,7 +220,7 @@ impl World {
         self.input(node, Input::BookLoaded(records));
     }
 
-    fn schedule(&mut self, at: Millis, event: Event) {
+    pub(crate) fn schedule(&mut self, at: Millis, event: Event) {
         let id = self.next_event;
         self.next_event += 1;
         self.pending.insert(id, event);
@@ -218,7 +244,7 @@ impl World {
         self.nodes[a].up && self.nodes[b].up && !self.cut_between(a, b)
     }
 
-    fn index_of(&self, id: &Identity) -> Option<usize> {
+    pub(crate) fn index_of(&self, id: &Identity) -> Option<usize> {
         self.nodes.iter().position(|n| n.key == *id)
     }
 
@@ -254,7 +280,7 @@ impl World {
                     }
                     self.close(node, conn.0, detail);
                 }
-                Output::Event { .. } => {}
+                Output::Event { node: peer, event } => self.connection_event(node, peer, event),
                 Output::Forget { node: peer } => {
                     let peer = self.index_of(&peer).expect("a known node");
                     self.nodes[node].queues.remove(&peer);
@@ -318,17 +344,24 @@ impl World {
 
     /// `src` sends a frame to `dst` (queued until the pool has a connection for it).
     pub fn send(&mut self, src: usize, dst: usize) {
+        self.send_bytes(src, dst, None);
+    }
+
+    /// `src`'s transport takes a frame for `dst`, with a router frame's `bytes`; false if its
+    /// transport is down.
+    pub(crate) fn send_bytes(&mut self, src: usize, dst: usize, bytes: Option<Rc<Vec<u8>>>) -> bool {
         if !self.nodes[src].up {
-            return;
+            return false;
         }
         let seq = self.nodes[src].next_seq.entry(dst).or_insert(0);
         *seq += 1;
-        let frame = Frame { src, dst, seq: *seq };
+        let frame = Frame { src, dst, seq: *seq, bytes };
         self.report.sent += 1;
         self.nodes[src].queues.entry(dst).or_default().push_back(frame);
         let key = self.nodes[dst].key;
         self.input(src, Input::Pending { node: key });
         self.flush(src, dst);
+        true
     }
 
     /// Every node sends one frame to every other.
@@ -366,10 +399,13 @@ impl World {
     /// Kills `node`'s transport: its connections go silent (peers notice only when QUIC times
     /// out, or when it comes back), its queued frames are lost.
     pub fn crash(&mut self, node: usize) {
+        let lost: Vec<Frame> = std::mem::take(&mut self.nodes[node].queues).into_values().flatten().collect();
+        self.report.lost_in_crash += lost.len() as u64;
+        for frame in &lost {
+            self.frame_lost(frame);
+        }
         let n = &mut self.nodes[node];
         n.up = false;
-        self.report.lost_in_crash += n.queues.values().map(|q| q.len() as u64).sum::<u64>();
-        n.queues.clear();
         n.using.clear();
         let mut silent = Vec::new();
         for (id, c) in self.conns.iter_mut() {
@@ -397,6 +433,7 @@ impl World {
         n.pool = Pool::new(n.key, incarnation, self.policy.clone(), seed);
         n.timer_at = None;
         self.load_book(node);
+        self.transport_restarted(node);
     }
 
     /// Runs events until virtual time `until`.
@@ -450,6 +487,8 @@ impl World {
                 }
             }
             Event::DialArrives { from, incarnation, to, addr } => self.dial_arrives(from, incarnation, to, addr),
+            Event::Lookup { node, id } => self.answer_lookup(node, id),
+            Event::RouterTimer { node } => self.router_timer(node),
             Event::AnswerArrives { conn } => {
                 self.dials_in_flight -= 1;
                 let Some(c) = self.conns.get(&conn) else { return };
@@ -464,6 +503,7 @@ impl World {
                 let Some(c) = self.conns.get(&conn) else { return };
                 if !(c.open[0] && c.open[1]) || self.cut_between(frame.src, frame.dst) || !self.nodes[frame.dst].up {
                     self.report.lost_in_flight += 1;
+                    self.frame_lost(&frame);
                     return;
                 }
                 self.receive(frame);
@@ -524,18 +564,21 @@ impl World {
     fn receive(&mut self, frame: Frame) {
         let dst = &mut self.nodes[frame.dst];
         let last = dst.last_seen.entry(frame.src).or_insert(0);
-        match frame.seq.cmp(last) {
-            std::cmp::Ordering::Greater => {
-                if frame.seq != *last + 1 {
-                    self.report.gaps += 1;
-                }
-                *last = frame.seq;
-                self.report.delivered += 1;
+        let fresh = frame.seq > *last;
+        if fresh {
+            if frame.seq != *last + 1 {
+                self.report.gaps += 1;
             }
-            _ => self.report.duplicates += 1,
+            *last = frame.seq;
+            self.report.delivered += 1;
+        } else {
+            self.report.duplicates += 1;
         }
         let key = self.nodes[frame.src].key;
         self.input(frame.dst, Input::Activity { node: key });
+        if let (true, Some(bytes)) = (fresh, frame.bytes) {
+            self.frame_arrives(frame.dst, frame.src, &bytes);
+        }
     }
 
     /// Whether every pair of running, linked nodes uses one connection, the same one on both
