@@ -1,6 +1,6 @@
 //! The simulated world: N nodes, each a transport connection pool (`netmachine_transport::core`)
-//! (and, with `World::with_routers`, a router core: see `routing`) with a minimal shell that queues frames per peer and sends them on the connection the pool
-//! chose, joined by a fake network with per-link delay, packet loss (QUIC retransmits: a lost
+//! (and, with `World::with_routers`, a router core: see `routing`) with a minimal shell that
+//! sends the frames the pool queued on the connection it chose, joined by a fake network with per-link delay, packet loss (QUIC retransmits: a lost
 //! packet costs a probe timeout, not the frame), partitions, and node crashes and restarts.
 //! Time is virtual and every choice comes from one seeded `Rng`: a seed replays a run exactly.
 //!
@@ -11,9 +11,9 @@
 
 use crate::rng::Rng;
 use netmachine_schema::{Identity, Keypair};
-use netmachine_transport::core::{ConnId, Direction, Input, Millis, Output, PeerInfo, Policy, Pool};
+use netmachine_transport::core::{ConnId, Direction, Expiring, Input, Millis, Next, Output, PeerInfo, Policy, Pool};
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -36,10 +36,18 @@ impl std::fmt::Debug for Frame {
     }
 }
 
+impl Expiring for Frame {
+    fn expiry(&self) -> Option<Millis> {
+        None
+    }
+}
+
 /// What a run counted.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Report {
     pub sent: u64,
+    /// Frames the sender's pool would not queue (a full queue, or a node it cannot reach).
+    pub refused: u64,
     pub delivered: u64,
     pub duplicates: u64,
     /// Frames that arrived after a gap in their sender's numbering (something before was lost).
@@ -99,8 +107,7 @@ pub(crate) struct Node {
     addr: SocketAddr,
     pub(crate) up: bool,
     incarnation: u64,
-    pool: Pool,
-    queues: BTreeMap<usize, VecDeque<Frame>>,
+    pool: Pool<Frame>,
     using: BTreeMap<usize, u64>,
     timer_at: Option<Millis>,
     next_seq: BTreeMap<usize, u64>,
@@ -144,6 +151,7 @@ pub fn default_policy() -> Policy {
         idle_timeout: 30_000,
         connect_timeout: 5_000,
         max_peers: 256,
+        peer_queue: 1024,
         public: false,
         ipv4: true,
         ipv6: false,
@@ -190,7 +198,6 @@ impl World {
                 up: true,
                 incarnation,
                 pool,
-                queues: BTreeMap::new(),
                 using: BTreeMap::new(),
                 timer_at: None,
                 next_seq: BTreeMap::new(),
@@ -281,10 +288,7 @@ impl World {
                     self.close(node, conn.0, detail);
                 }
                 Output::Event { node: peer, event } => self.connection_event(node, peer, event),
-                Output::Forget { node: peer } => {
-                    let peer = self.index_of(&peer).expect("a known node");
-                    self.nodes[node].queues.remove(&peer);
-                }
+                Output::Forget { .. } => {}
             }
         }
         self.using_only_current(node);
@@ -322,14 +326,13 @@ impl World {
         self.input(node, Input::Closed { conn: ConnId(conn), reason: "closed here".into() });
     }
 
-    /// Sends what `node` has queued for `peer` on the connection in use.
+    /// Sends what `node`'s pool queued for `peer` on the connection in use.
     fn flush(&mut self, node: usize, peer: usize) {
         let Some(&conn) = self.nodes[node].using.get(&peer) else { return };
-        let frames: Vec<Frame> = self.nodes[node].queues.get_mut(&peer).map(|q| q.drain(..).collect()).unwrap_or_default();
-        if frames.is_empty() {
-            return;
-        }
-        for frame in frames {
+        let key = self.nodes[peer].key;
+        let mut sent = false;
+        while let Next::Frame(frame) = self.nodes[node].pool.next_frame(key, ConnId(conn), self.now) {
+            sent = true;
             let at = self.now + self.transit();
             let Some(c) = self.conns.get_mut(&conn) else { return };
             let side = c.side(node);
@@ -337,9 +340,10 @@ impl World {
             c.last_arrival[side] = at;
             self.schedule(at, Event::FrameArrives { conn, frame });
         }
-        let key = self.nodes[peer].key;
-        self.input(node, Input::Activity { node: key });
-        self.input(node, Input::Drained { node: key });
+        if sent {
+            // Drained: the pool's idle timer may start.
+            self.carry_out(node);
+        }
     }
 
     /// `src` sends a frame to `dst` (queued until the pool has a connection for it).
@@ -357,9 +361,13 @@ impl World {
         *seq += 1;
         let frame = Frame { src, dst, seq: *seq, bytes };
         self.report.sent += 1;
-        self.nodes[src].queues.entry(dst).or_default().push_back(frame);
         let key = self.nodes[dst].key;
-        self.input(src, Input::Pending { node: key });
+        if let Err((_, frame)) = self.nodes[src].pool.queue(key, frame, self.now) {
+            self.report.refused += 1;
+            self.frame_lost(&frame);
+            return true;
+        }
+        self.carry_out(src);
         self.flush(src, dst);
         true
     }
@@ -399,7 +407,7 @@ impl World {
     /// Kills `node`'s transport: its connections go silent (peers notice only when QUIC times
     /// out, or when it comes back), its queued frames are lost.
     pub fn crash(&mut self, node: usize) {
-        let lost: Vec<Frame> = std::mem::take(&mut self.nodes[node].queues).into_values().flatten().collect();
+        let lost = self.nodes[node].pool.take_queued();
         self.report.lost_in_crash += lost.len() as u64;
         for frame in &lost {
             self.frame_lost(frame);
@@ -610,6 +618,6 @@ impl World {
 
     /// Frames still waiting in some node's queue.
     pub fn queued(&self) -> u64 {
-        self.nodes.iter().map(|n| n.queues.values().map(|q| q.len() as u64).sum::<u64>()).sum()
+        self.nodes.iter().map(|n| n.pool.queued() as u64).sum()
     }
 }

@@ -1,11 +1,13 @@
 //! The transport's QUIC shell around the connection pool (`core::pool`): it binds the
-//! endpoints, dials and accepts (TLS, then the connect handshake, then admission), streams each
-//! peer's frame queue on the connection the pool chose, reads frames into the router (a bounded
+//! endpoints, dials and accepts (TLS, then the connect handshake, then admission), writes the
+//! frames the pool queued for a peer on the connection it chose (a sender waits while the queue
+//! is full, up to `limits.send_wait_ms`), reads frames into the router (a bounded
 //! window in flight, so a slow router slows the peer via QUIC flow control), and tells the pool
 //! what happened, with the time. Every decision about connections is the pool's.
 
 use crate::core::book::Admission;
-use crate::core::pool::{ConnId, Input, Millis, Output, Policy, Pool};
+use crate::core::pool::{ConnId, Input, Millis, Next, Output, Policy, Pool, Unsendable};
+use crate::core::queue::Queued;
 use crate::core::settle::Direction;
 use crate::events::{emit, Event};
 use crate::framing::{read_frame, write_frame, FrameError};
@@ -19,7 +21,6 @@ use netmachine_schema::time::now_ms;
 use netmachine_schema::transport_capnp::{transport_events, ConnectRefusal};
 use netmachine_schema::Identity;
 use netmachine_service::fanout::Fanout;
-use netmachine_service::queue::{Expiring, ExpiringQueue};
 use netmachine_service::rpc::ConnectionStats;
 use netmachine_service::{Link, NodeHome};
 use std::cell::{Cell, RefCell};
@@ -28,6 +29,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
 
 /// Frames handed to the router and not yet answered, per stream.
 const ROUTER_WINDOW: usize = 16;
@@ -43,11 +45,8 @@ const CLOSE_STOPPING: u32 = 0;
 pub struct Counters {
     pub frames_sent: Cell<u64>,
     pub frames_received: Cell<u64>,
-    pub frames_expired: Cell<u64>,
     pub frames_refused: Cell<u64>,
     pub frames_over_limit: Cell<u64>,
-    /// Frames dropped because their node can no longer be reached (unknown or banned).
-    pub frames_unreachable: Cell<u64>,
     pub connections_refused: Cell<u64>,
     pub connect_failures: Cell<u64>,
     /// Connections closed because another one to the same node stayed or replaced them.
@@ -56,20 +55,6 @@ pub struct Counters {
 
 fn bump(counter: &Cell<u64>, n: u64) {
     counter.set(counter.get() + n);
-}
-
-/// A frame waiting to be sent.
-#[derive(Debug)]
-pub struct Queued {
-    pub bytes: Vec<u8>,
-    /// Milliseconds since the epoch; 0: never expires.
-    pub expiry: u64,
-}
-
-impl Expiring for Queued {
-    fn expiry(&self) -> Option<u64> {
-        (self.expiry != 0).then_some(self.expiry)
-    }
 }
 
 /// A connection to a peer that passed the handshake.
@@ -81,24 +66,17 @@ pub struct PeerConnection {
     pub dialed: bool,
 }
 
-/// One other node, as the shell keeps it: its queue and the connection the pool chose.
+/// One other node, as the shell keeps it: wake-ups for the task writing its frames and for
+/// senders waiting for room in its queue, and its counts.
 pub struct Peer {
     pub id: Identity,
-    pub queue: ExpiringQueue<Queued>,
-    current: watch::Sender<Option<(ConnId, PeerConnection)>>,
-    forgotten: Cell<bool>,
+    /// Rung when a frame is queued for it.
+    queued: Notify,
+    /// Rung when a frame leaves its queue while `waiting` senders wait for room.
+    room: Notify,
+    waiting: Cell<usize>,
     pub frames_sent: Cell<u64>,
     pub frames_received: Cell<u64>,
-}
-
-impl Peer {
-    pub fn current(&self) -> Option<PeerConnection> {
-        self.current.borrow().as_ref().map(|(_, c)| c.clone())
-    }
-
-    fn current_id(&self) -> Option<ConnId> {
-        self.current.borrow().as_ref().map(|(id, _)| *id)
-    }
 }
 
 /// The transport of one node.
@@ -156,6 +134,7 @@ impl Transport {
         let bound: Vec<SocketAddr> = endpoints.iter().filter_map(|e| e.local_addr().ok()).collect();
         let config = &home.config.transport;
         let policy = Policy {
+            peer_queue: config.peer_queue as usize,
             reconnect_initial: config.reconnect_initial_ms,
             reconnect_max: config.reconnect_max_ms,
             idle_timeout: config.idle_timeout_ms,
@@ -210,6 +189,10 @@ impl Transport {
 
     /// Closes every connection and endpoint, for a clean stop.
     pub async fn shut_down(&self) {
+        let unsent = self.pool.borrow_mut().take_queued().len();
+        if unsent > 0 {
+            tracing::info!(frames = unsent, "stopping with frames unsent");
+        }
         for endpoint in &self.endpoints {
             endpoint.close(CLOSE_STOPPING.into(), b"node stopping");
         }
@@ -230,6 +213,21 @@ impl Transport {
         self.pool.borrow().connected_count()
     }
 
+    /// Frames waiting for any peer.
+    pub fn queued(&self) -> usize {
+        self.pool.borrow().queued()
+    }
+
+    pub fn pool_counters(&self) -> crate::core::Counters {
+        self.pool.borrow().counters()
+    }
+
+    /// The connection `node`'s frames go on.
+    pub fn connection(&self, node: &Identity) -> Option<PeerConnection> {
+        let conn = self.pool.borrow().current(node)?;
+        self.conns.borrow().get(&conn).cloned()
+    }
+
     /// Tells the pool what happened, and carries out what it answers.
     pub fn handle(self: &Rc<Self>, input: Input) {
         self.pool.borrow_mut().handle(input, self.now());
@@ -245,7 +243,7 @@ impl Transport {
                 }
                 Output::Use { node, conn } => {
                     let Some(connection) = self.conns.borrow().get(&conn).cloned() else { continue };
-                    self.peer(node).current.send_replace(Some((conn, connection)));
+                    tokio::task::spawn_local(self.clone().write_connection(node, conn, connection));
                     self.answers.send_modify(|n| *n += 1);
                 }
                 Output::Close { conn, reason, detail } => {
@@ -256,10 +254,6 @@ impl Transport {
                     if let Some(connection) = connection {
                         tracing::info!(remote = %connection.connection.remote_address(), %detail, "closing a connection");
                         connection.connection.close(reason.code().into(), detail.as_bytes());
-                    }
-                    let peers: Vec<Rc<Peer>> = self.peers.borrow().values().cloned().collect();
-                    for peer in peers.iter().filter(|p| p.current_id() == Some(conn)) {
-                        peer.current.send_replace(None);
                     }
                 }
                 Output::Event { node, event } => {
@@ -281,25 +275,28 @@ impl Transport {
                     }
                     emit(&self.events, node, event);
                 }
-                Output::Forget { node } => {
-                    let Some(peer) = self.peers.borrow_mut().remove(&node) else { continue };
-                    peer.forgotten.set(true);
-                    let left = peer.queue.clear();
-                    if left > 0 {
-                        tracing::warn!(peer = %node, frames = left, "dropped frames for a node that can no longer be reached");
-                        bump(&self.counters.frames_unreachable, left);
+                Output::Forget { node, dropped } => {
+                    if dropped > 0 {
+                        tracing::warn!(peer = %node, frames = dropped, "dropped frames for a node that can no longer be reached");
                     }
-                    peer.current.send_replace(None);
+                    if let Some(peer) = self.peers.borrow_mut().remove(&node) {
+                        peer.room.notify_waiters();
+                    }
                 }
             }
         }
+        self.arm_timer();
+    }
+
+    /// Wakes the timer task if the pool's next timer is earlier than the one it waits for.
+    fn arm_timer(&self) {
         let next = self.pool.borrow().poll_timeout();
         if next.is_some_and(|at| self.timer_armed.get().is_none_or(|armed| at < armed)) {
             self.timer.notify_one();
         }
     }
 
-    /// A frame went to or came from `node`. This only postpones the pool's idle deadline, so
+    /// A frame came from `node` (the pool notes frames sent itself). This only postpones the pool's idle deadline, so
     /// it needs no outputs and no timer change (a timer firing early just re-arms): the
     /// per-frame cost stays one map lookup.
     fn note_activity(&self, node: Identity) {
@@ -331,92 +328,50 @@ impl Transport {
         ready.ok().and_then(|a| a.ok()).and_then(|a| a.clone())
     }
 
-    /// The peer's entry, made (with the task that streams its queue) if it has none.
-    fn peer(self: &Rc<Self>, id: Identity) -> Rc<Peer> {
-        if let Some(peer) = self.peers.borrow().get(&id) {
-            return peer.clone();
-        }
-        let peer = Rc::new(Peer {
-            id,
-            queue: ExpiringQueue::new(self.home.config.transport.peer_queue as usize),
-            current: watch::channel(None).0,
-            forgotten: Cell::new(false),
-            frames_sent: Cell::new(0),
-            frames_received: Cell::new(0),
+    /// The peer's entry, made if it has none.
+    fn peer(&self, id: Identity) -> Rc<Peer> {
+        let mut peers = self.peers.borrow_mut();
+        let peer = peers.entry(id).or_insert_with(|| {
+            Rc::new(Peer { id, queued: Notify::new(), room: Notify::new(), waiting: Cell::new(0), frames_sent: Cell::new(0), frames_received: Cell::new(0) })
         });
-        self.peers.borrow_mut().insert(id, peer.clone());
-        tokio::task::spawn_local(self.clone().stream_queue(peer.clone()));
-        peer
+        peer.clone()
     }
 
-    /// Streams `peer`'s queue on whichever connection the pool chose, until it is forgotten.
-    /// While there is none, drops what expires.
-    async fn stream_queue(self: Rc<Self>, peer: Rc<Peer>) {
-        let mut chosen = peer.current.subscribe();
-        while !peer.forgotten.get() {
-            let current = chosen.borrow_and_update().clone();
-            match current {
-                Some((conn, connection)) => {
-                    if let Err(reason) = self.pump(&peer, conn, &connection, &mut chosen).await {
-                        tracing::debug!(peer = %peer.id, %reason, "sending stopped");
-                        // The pool hears of the closed connection from its reader, and chooses.
-                        if chosen.changed().await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                None => {
-                    self.drop_expired(&peer);
-                    let next_expiry = peer.queue.next_expiry().map(|at| Duration::from_millis(at.saturating_sub(now_ms())));
-                    tokio::select! {
-                        changed = chosen.changed() => if changed.is_err() { return },
-                        _ = peer.queue.pushed() => {}
-                        _ = tokio::time::sleep(next_expiry.unwrap_or(Duration::MAX)), if next_expiry.is_some() => {}
-                    }
-                }
-            }
-        }
-    }
-
-    fn drop_expired(self: &Rc<Self>, peer: &Peer) {
-        let expired = peer.queue.drop_expired(now_ms());
-        bump(&self.counters.frames_expired, expired);
-        if expired > 0 && peer.queue.is_empty() {
-            self.handle(Input::Drained { node: peer.id });
-        }
-    }
-
-    /// Streams the peer's queue over `connection` until the pool chooses another (`Ok`) or the
-    /// connection fails (`Err`); a frame whose write failed goes back to the queue's head.
-    async fn pump(self: &Rc<Self>, peer: &Peer, conn: ConnId, connection: &PeerConnection, chosen: &mut watch::Receiver<Option<(ConnId, PeerConnection)>>) -> Result<(), String> {
+    /// Writes what the pool queued for `node` on `conn`, while it is the connection the pool
+    /// chose; a frame whose write failed goes back to the pool, first in line.
+    async fn write_connection(self: Rc<Self>, node: Identity, conn: ConnId, connection: PeerConnection) {
+        let peer = self.peer(node);
         let quic = &connection.connection;
-        let mut stream = quic.open_uni().await.map_err(|e| e.to_string())?;
-        let mut drained = false;
+        let mut stream = match quic.open_uni().await {
+            Ok(stream) => stream,
+            Err(error) => return tracing::debug!(peer = %node, %error, "cannot open a stream"),
+        };
         loop {
-            if peer.current_id() != Some(conn) {
-                return Ok(());
-            }
-            let (frame, expired) = peer.queue.pop_live(now_ms());
-            bump(&self.counters.frames_expired, expired);
-            if let Some(frame) = frame {
-                drained = false;
-                if let Err(error) = write_frame(&mut stream, &frame.bytes).await {
-                    peer.queue.put_back(frame);
-                    return Err(error.to_string());
+            let next = self.pool.borrow_mut().next_frame(node, conn, self.now());
+            match next {
+                Next::Frame(frame) => {
+                    if peer.waiting.get() > 0 {
+                        peer.room.notify_waiters();
+                    }
+                    if let Err(error) = write_frame(&mut stream, &frame.bytes).await {
+                        self.pool.borrow_mut().put_back(node, frame);
+                        return tracing::debug!(peer = %node, %error, "sending stopped");
+                    }
+                    bump(&self.counters.frames_sent, 1);
+                    peer.frames_sent.set(peer.frames_sent.get() + 1);
                 }
-                bump(&self.counters.frames_sent, 1);
-                peer.frames_sent.set(peer.frames_sent.get() + 1);
-                self.note_activity(peer.id);
-                continue;
-            }
-            if !drained {
-                drained = true;
-                self.handle(Input::Drained { node: peer.id });
-            }
-            tokio::select! {
-                _ = peer.queue.ready() => {}
-                changed = chosen.changed() => if changed.is_err() { return Ok(()) },
-                reason = quic.closed() => return Err(reason.to_string()),
+                Next::Empty => {
+                    // Drained: the peer may close when idle from now on.
+                    self.arm_timer();
+                    tokio::select! {
+                        _ = peer.queued.notified() => {}
+                        _ = quic.closed() => return,
+                    }
+                }
+                Next::NotCurrent => {
+                    // The wake-up this task may have taken belongs to the current connection's.
+                    return peer.queued.notify_one();
+                }
             }
         }
     }
@@ -572,7 +527,7 @@ impl Transport {
     pub async fn connect(self: &Rc<Self>, node: Identity) -> Result<(), String> {
         let mut answers = self.answers.subscribe();
         let failed_before = self.pool.borrow().failures(&node).0;
-        self.pool.borrow_mut().connect(node, self.now())?;
+        self.pool.borrow_mut().connect(node, self.now()).map_err(|e| e.to_string())?;
         self.carry_out();
         let addrs = self.pool.borrow().book().get(&node).map_or(1, |p| p.addrs.len().max(1)) as u32;
         let patience = Duration::from_millis(self.home.config.transport.connect_timeout_ms) * (addrs + 1);
@@ -612,10 +567,6 @@ impl Transport {
             self.handle(Input::Rtt { addr: quic.remote_address(), rtt: quic.rtt() });
         }
         self.conns.borrow_mut().remove(&conn);
-        let peer = self.peers.borrow().get(&node).cloned();
-        if let Some(peer) = peer.filter(|p| p.current_id() == Some(conn)) {
-            peer.current.send_replace(None);
-        }
         self.handle(Input::Closed { conn, reason: reason.to_string() });
     }
 
@@ -675,38 +626,43 @@ impl Transport {
         }
     }
 
-    /// Queues a frame for `dst`.
-    pub async fn send_frame(self: &Rc<Self>, dst: Identity, frame: Vec<u8>, expiry: u64) -> Result<(), String> {
-        if frame.len() > self.max_frame() {
+    /// Queues a frame for `dst`, waiting while its queue is full, up to `limits.send_wait_ms`
+    /// or the frame's `expiry` (milliseconds since the epoch; 0: never).
+    pub async fn send_frame(self: &Rc<Self>, dst: Identity, bytes: Vec<u8>, expiry: u64) -> Result<(), String> {
+        if bytes.len() > self.max_frame() {
             bump(&self.counters.frames_over_limit, 1);
-            return Err(format!("the frame is {} bytes, over the limit of {}", frame.len(), self.max_frame()));
+            return Err(format!("the frame is {} bytes, over the limit of {}", bytes.len(), self.max_frame()));
         }
-        let refusal = {
-            let pool = self.pool.borrow();
-            match pool.book().get(&dst).map(|p| p.trust) {
-                Some(0) => Some(format!("node {dst} is banned (trust 0)")),
-                None if pool.current(&dst).is_none() => {
-                    Some(format!("node {dst} is not known here: add its advert (`netmachine peer add`)"))
+        let left = (expiry != 0).then(|| expiry.saturating_sub(now_ms()));
+        let wait = self.home.config.limits.send_wait_ms.min(left.unwrap_or(u64::MAX));
+        let deadline = Instant::now() + Duration::from_millis(wait);
+        // The pool's clock, not the wall's.
+        let mut frame = Queued { bytes, expiry: left.map(|left| self.now() + left) };
+        loop {
+            let queued = self.pool.borrow_mut().queue(dst, frame, self.now());
+            match queued {
+                Ok(()) => {
+                    self.carry_out();
+                    self.peer(dst).queued.notify_one();
+                    return Ok(());
                 }
-                _ => None,
+                Err((Unsendable::Full(_), back)) => {
+                    frame = back;
+                    let peer = self.peer(dst);
+                    peer.waiting.set(peer.waiting.get() + 1);
+                    let room = tokio::time::timeout_at(deadline, peer.room.notified()).await;
+                    peer.waiting.set(peer.waiting.get() - 1);
+                    if room.is_err() {
+                        bump(&self.counters.frames_refused, 1);
+                        return Err(format!("the queue for node {dst} stayed full for {wait} ms"));
+                    }
+                }
+                Err((refusal, _)) => {
+                    bump(&self.counters.frames_refused, 1);
+                    return Err(refusal.to_string());
+                }
             }
-        };
-        if let Some(refusal) = refusal {
-            bump(&self.counters.frames_refused, 1);
-            return Err(refusal);
         }
-        let peer = self.peer(dst);
-        let wait = Duration::from_millis(self.home.config.limits.send_wait_ms);
-        let wait = match expiry {
-            0 => wait,
-            at => wait.min(Duration::from_millis(at.saturating_sub(now_ms()))),
-        };
-        peer.queue.push(Queued { bytes: frame, expiry }, wait).await.map_err(|_| {
-            bump(&self.counters.frames_refused, 1);
-            format!("the queue for node {dst} stayed full for {} ms", wait.as_millis())
-        })?;
-        self.handle(Input::Pending { node: dst });
-        Ok(())
     }
 
     /// Emits message counts for connected peers whose counts changed, every few seconds, while

@@ -20,15 +20,16 @@ fn identity(field: &'static str, bytes: &[u8]) -> capnp::Result<Identity> {
 impl service::Server for TransportServer {
     async fn status(self: Rc<Self>, _: service::StatusParams, mut results: service::StatusResults) -> capnp::Result<()> {
         let t = &self.0;
-        let c = &t.counters;
+        let (c, pool) = (&t.counters, t.pool_counters());
         let mut counters = vec![
             ("nodes_connected", t.connected_count() as u64),
             ("frames_sent", c.frames_sent.get()),
             ("frames_received", c.frames_received.get()),
-            ("frames_expired", c.frames_expired.get()),
+            ("frames_queued", t.queued() as u64),
+            ("frames_expired", pool.frames_expired),
             ("frames_refused", c.frames_refused.get()),
             ("frames_over_limit", c.frames_over_limit.get()),
-            ("frames_unreachable", c.frames_unreachable.get()),
+            ("frames_unreachable", pool.frames_unreachable),
             ("connections_replaced", c.connections_replaced.get()),
             ("connections_refused", c.connections_refused.get()),
             ("connect_failures", c.connect_failures.get()),
@@ -77,7 +78,7 @@ impl transport::Server for TransportServer {
     }
 
     async fn connected_nodes(self: Rc<Self>, _: transport::ConnectedNodesParams, mut results: transport::ConnectedNodesResults) -> capnp::Result<()> {
-        let peers: Vec<_> = self.0.peers.borrow().values().filter_map(|p| p.current().map(|c| (p.clone(), c))).collect();
+        let peers: Vec<_> = self.0.peers.borrow().values().filter_map(|p| self.0.connection(&p.id).map(|c| (p.clone(), c))).collect();
         let mut list = results.get().init_nodes(peers.len() as u32);
         for (i, (peer, connection)) in peers.iter().enumerate() {
             let mut entry = list.reborrow().get(i as u32);

@@ -1,7 +1,8 @@
 //! The transport's decisions, free of I/O: the connect handshake and its version negotiation
 //! (`handshake`), which nodes may connect (`book`), which of two
-//! connections to one node stays (`settle`), and the connection pool (`pool`): one connection
-//! per peer, dialing across every advertised address, backoff, redial and idle close. The
+//! connections to one node stays (`settle`), each peer's queue of frames (`queue`), and the
+//! connection pool (`pool`): one connection per peer, dialing across every advertised address,
+//! backoff, redial and idle close. The
 //! quinn/capnp shell in `connections.rs` feeds the pool what happened, with the time, and
 //! carries out what it answers; the simulation in `sim/` feeds many pools through a fake
 //! network instead.
@@ -9,8 +10,10 @@
 pub mod book;
 pub mod handshake;
 pub mod pool;
+pub mod queue;
 pub mod settle;
 
 pub use book::{Admission, PeerBook, PeerInfo};
-pub use pool::{CloseReason, ConnId, Input, Millis, Output, Policy, Pool};
+pub use pool::{CloseReason, ConnId, Counters, Input, Millis, Next, Output, Policy, Pool, Unsendable};
+pub use queue::{Expiring, Queued};
 pub use settle::Direction;

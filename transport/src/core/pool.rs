@@ -1,11 +1,13 @@
 //! The connection pool, as a state machine: one connection per peer; dials that fall back
 //! across every address of the peer's advert; capped, jittered backoff between rounds;
 //! redials of permanent and wanted peers; idle close of the others; the choice between two
-//! connections to one node (`settle`); and the node's peer book. It is fed `Input`s with the
+//! connections to one node (`settle`); the node's peer book; and each peer's queue of frames
+//! (`queue`), which the shell writes out on the connection the pool chose. It is fed `Input`s with the
 //! time in milliseconds and queues `Output`s for the shell; `poll_timeout` says when it wants a
 //! `Timer`. It never reads a clock or touches a socket.
 
 use super::book::{Admission, PeerBook, PeerInfo};
+use super::queue::{Expiring, FrameQueue, Queued};
 use super::settle::{self, Direction, Keep, Side};
 use crate::events::Event;
 use netmachine_schema::transport_capnp::ConnectRefusal;
@@ -32,6 +34,8 @@ pub struct Policy {
     /// simultaneous dial (`settle`).
     pub connect_timeout: Millis,
     pub max_peers: usize,
+    /// Frames waiting for one peer before the queue refuses more.
+    pub peer_queue: usize,
     /// Accept nodes the book does not know, under the public network rules.
     pub public: bool,
     /// Which address families this node's endpoints can reach (IPv4, IPv6).
@@ -48,11 +52,7 @@ pub enum Input {
     BookLoaded(Vec<(Identity, PeerInfo)>),
     /// The round-trip time measured on a connection to `addr`, for choosing among addresses.
     Rtt { addr: SocketAddr, rtt: Duration },
-    /// Frames wait to be sent to `node`.
-    Pending { node: Identity },
-    /// `node`'s queue is empty.
-    Drained { node: Identity },
-    /// A frame was sent to or received from `node`.
+    /// A frame was received from `node`.
     Activity { node: Identity },
     /// Close the connection to `node` and stop keeping it (the operator, or a misbehaving peer).
     Disconnect { node: Identity, reason: String },
@@ -77,8 +77,39 @@ pub enum Output {
     /// Close `conn`, telling the peer `detail`.
     Close { conn: ConnId, reason: CloseReason, detail: String },
     Event { node: Identity, event: Event },
-    /// Nothing more will be sent to `node`: drop (and count) what still waits for it.
-    Forget { node: Identity },
+    /// Nothing more will be sent to `node`: `dropped` frames that waited for it were dropped
+    /// (and counted as unreachable).
+    Forget { node: Identity, dropped: u64 },
+}
+
+/// Why a frame cannot be queued for a node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unsendable {
+    #[error("node {0} is not known here: add its advert (`netmachine peer add`)")]
+    Unknown(Identity),
+    #[error("node {0} is banned (trust 0)")]
+    Banned(Identity),
+    #[error("the queue for node {0} is full")]
+    Full(Identity),
+}
+
+/// What the shell writes next on a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next<F> {
+    Frame(F),
+    /// Nothing waits: wait for a frame to be queued.
+    Empty,
+    /// The connection no longer carries the node's frames: stop writing on it.
+    NotCurrent,
+}
+
+/// What the pool counted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    /// Frames whose expiry passed while they waited.
+    pub frames_expired: u64,
+    /// Frames dropped because their node could no longer be reached (unknown or banned).
+    pub frames_unreachable: u64,
 }
 
 /// Why the pool closes a connection; the QUIC application close code tells the peer.
@@ -131,11 +162,10 @@ enum Dial {
 }
 
 #[derive(Debug)]
-struct Peer {
+struct Peer<F> {
     /// An operator asked to keep it connected (`connect`).
     wanted: bool,
-    /// Frames wait for it.
-    pending: bool,
+    queue: FrameQueue<F>,
     current: Option<Current>,
     dial: Dial,
     backoff: Backoff,
@@ -147,24 +177,25 @@ struct Peer {
 /// Addresses whose round-trip time is remembered, per allowed peer.
 const RTTS_PER_PEER: usize = 4;
 
-/// The connection pool of one node.
-pub struct Pool {
+/// The connection pool of one node, queueing frames of type `F`.
+pub struct Pool<F = Queued> {
     node: Identity,
     incarnation: u64,
     policy: Policy,
     book: PeerBook,
     rtts: HashMap<SocketAddr, Duration>,
     /// Ordered, so that the same inputs give the same outputs in the same order.
-    peers: BTreeMap<Identity, Peer>,
+    peers: BTreeMap<Identity, Peer<F>>,
     conns: HashMap<ConnId, Identity>,
     out: VecDeque<Output>,
     rng: u64,
+    counters: Counters,
 }
 
-impl Pool {
+impl<F: Expiring> Pool<F> {
     /// The pool of `node`, whose transport tells peers it is `incarnation` (random per
     /// process); `seed` drives the backoff jitter.
-    pub fn new(node: Identity, incarnation: u64, policy: Policy, seed: u64) -> Pool {
+    pub fn new(node: Identity, incarnation: u64, policy: Policy, seed: u64) -> Pool<F> {
         Pool {
             node,
             incarnation,
@@ -175,7 +206,12 @@ impl Pool {
             conns: HashMap::new(),
             out: VecDeque::new(),
             rng: seed | 1,
+            counters: Counters::default(),
         }
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
     }
 
     pub fn node(&self) -> Identity {
@@ -204,11 +240,13 @@ impl Pool {
                     Dial::Waiting { until } => Some(until),
                     _ => None,
                 };
-                let idle = match peer.current {
-                    Some(_) if self.closes_when_idle(node, peer) => Some(peer.last_activity + self.policy.idle_timeout),
-                    _ => None,
+                let (idle, expiry) = match peer.current {
+                    Some(_) if !self.needs(node, peer) => (Some(peer.last_activity + self.policy.idle_timeout), None),
+                    Some(_) => (None, None),
+                    // Unsent, frames expire on the pool's timer; sent, as the shell takes them.
+                    None => (None, peer.queue.next_expiry()),
                 };
-                redial.into_iter().chain(idle).min()
+                redial.into_iter().chain(idle).chain(expiry).min()
             })
             .min()
     }
@@ -233,14 +271,19 @@ impl Pool {
         self.book.admit(node, self.policy.public, connected, self.policy.max_peers)
     }
 
+    /// Whether the book lets this node reach `node`.
+    fn reachable(&self, node: Identity) -> Result<(), Unsendable> {
+        match self.book.get(&node) {
+            None => Err(Unsendable::Unknown(node)),
+            Some(info) if info.trust == 0 => Err(Unsendable::Banned(node)),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// An operator asks to connect to `node` and keep it connected: refused for a node the
     /// book does not know or has banned (nothing is kept for it then).
-    pub fn connect(&mut self, node: Identity, now: Millis) -> Result<(), String> {
-        match self.book.get(&node) {
-            None => return Err(format!("node {node} is not known here: add its advert (`netmachine peer add`)")),
-            Some(info) if info.trust == 0 => return Err(format!("node {node} is banned (trust 0)")),
-            Some(_) => {}
-        }
+    pub fn connect(&mut self, node: Identity, now: Millis) -> Result<(), Unsendable> {
+        self.reachable(node)?;
         let peer = self.peer(node, now);
         peer.wanted = true;
         if matches!(peer.dial, Dial::Waiting { .. }) {
@@ -248,6 +291,61 @@ impl Pool {
         }
         self.step(node, now);
         Ok(())
+    }
+
+    /// Queues `frame` for `node`, dialing it if it has no connection: refused (and given back)
+    /// for a node the book bans, or does not know and that is not connected (a public peer),
+    /// and while `node`'s queue is full.
+    pub fn queue(&mut self, node: Identity, frame: F, now: Millis) -> Result<(), (Unsendable, F)> {
+        match self.reachable(node) {
+            Err(Unsendable::Unknown(_)) if self.current(&node).is_some() => {}
+            Err(refusal) => return Err((refusal, frame)),
+            Ok(()) => {}
+        }
+        let peer = self.peer(node, now);
+        peer.queue.push(frame).map_err(|frame| (Unsendable::Full(node), frame))?;
+        self.step(node, now);
+        Ok(())
+    }
+
+    /// The next frame to write on `conn` for `node`; what expired on the way is dropped and
+    /// counted.
+    pub fn next_frame(&mut self, node: Identity, conn: ConnId, now: Millis) -> Next<F> {
+        let Some(peer) = self.peers.get_mut(&node).filter(|p| p.current.is_some_and(|c| c.conn == conn)) else {
+            return Next::NotCurrent;
+        };
+        let (frame, expired) = peer.queue.pop_live(now);
+        self.counters.frames_expired += expired;
+        match frame {
+            Some(frame) => {
+                peer.last_activity = now;
+                Next::Frame(frame)
+            }
+            None => Next::Empty,
+        }
+    }
+
+    /// Gives back a frame whose write failed: it goes first when `node` is connected again.
+    pub fn put_back(&mut self, node: Identity, frame: F) {
+        match self.peers.get_mut(&node) {
+            Some(peer) => peer.queue.put_back(frame),
+            None => self.counters.frames_unreachable += 1,
+        }
+    }
+
+    /// Whether `node`'s queue has no room.
+    pub fn is_full(&self, node: &Identity) -> bool {
+        self.peers.get(node).is_some_and(|p| p.queue.is_full())
+    }
+
+    /// Frames waiting for any peer.
+    pub fn queued(&self) -> usize {
+        self.peers.values().map(|p| p.queue.len()).sum()
+    }
+
+    /// Takes every queued frame (the node is stopping): they will not be sent.
+    pub fn take_queued(&mut self) -> Vec<F> {
+        self.peers.values_mut().flat_map(|p| p.queue.take_all()).collect()
     }
 
     pub fn handle(&mut self, input: Input, now: Millis) {
@@ -276,16 +374,6 @@ impl Pool {
             Input::Rtt { addr, rtt } => {
                 if self.rtts.contains_key(&addr) || self.rtts.len() < RTTS_PER_PEER * self.policy.max_peers {
                     self.rtts.insert(addr, rtt);
-                }
-            }
-            Input::Pending { node } => {
-                self.peer(node, now).pending = true;
-                self.step(node, now);
-            }
-            Input::Drained { node } => {
-                if let Some(peer) = self.peers.get_mut(&node) {
-                    peer.pending = false;
-                    self.step(node, now);
                 }
             }
             Input::Activity { node } => {
@@ -325,7 +413,7 @@ impl Pool {
                 for node in nodes {
                     let Some(peer) = self.peers.get(&node) else { continue };
                     let idle = peer.current.is_some()
-                        && self.closes_when_idle(&node, peer)
+                        && !self.needs(&node, peer)
                         && now >= peer.last_activity + self.policy.idle_timeout;
                     if idle {
                         self.drop_current(node, CloseReason::Idle);
@@ -334,6 +422,9 @@ impl Pool {
                         if matches!(peer.dial, Dial::Waiting { until } if until <= now) {
                             peer.dial = Dial::Idle;
                         }
+                        if peer.current.is_none() {
+                            self.counters.frames_expired += peer.queue.drop_expired(now);
+                        }
                     }
                     self.step(node, now);
                 }
@@ -341,14 +432,15 @@ impl Pool {
         }
     }
 
-    fn peer(&mut self, node: Identity, now: Millis) -> &mut Peer {
+    fn peer(&mut self, node: Identity, now: Millis) -> &mut Peer<F> {
         let backoff = Backoff::new(
             Duration::from_millis(self.policy.reconnect_initial),
             Duration::from_millis(self.policy.reconnect_max),
         );
+        let queue = FrameQueue::new(self.policy.peer_queue);
         self.peers.entry(node).or_insert_with(|| Peer {
             wanted: false,
-            pending: false,
+            queue,
             current: None,
             dial: Dial::Idle,
             backoff,
@@ -363,12 +455,16 @@ impl Pool {
     }
 
     /// Whether the pool keeps a connection to `node`, or dials one.
-    fn needs(&self, node: &Identity, peer: &Peer) -> bool {
-        peer.wanted || peer.pending || self.is_permanent(node)
+    fn needs(&self, node: &Identity, peer: &Peer<F>) -> bool {
+        peer.wanted || !peer.queue.is_empty() || self.is_permanent(node)
     }
 
-    fn closes_when_idle(&self, node: &Identity, peer: &Peer) -> bool {
-        !peer.wanted && !peer.pending && !self.is_permanent(node)
+    /// Stops keeping `node`: what waits for it is dropped and counted.
+    fn forget(&mut self, node: Identity) {
+        let Some(mut peer) = self.peers.remove(&node) else { return };
+        let dropped = peer.queue.take_all().len() as u64;
+        self.counters.frames_unreachable += dropped;
+        self.out.push_back(Output::Forget { node, dropped });
     }
 
     /// Closes `node`'s current connection, if any, and says it is disconnected.
@@ -394,23 +490,14 @@ impl Pool {
             return;
         }
         if !self.needs(&node, peer) {
-            self.peers.remove(&node);
-            self.out.push_back(Output::Forget { node });
-            return;
+            return self.forget(node);
         }
         let reachable = |a: &SocketAddr| if a.is_ipv4() { self.policy.ipv4 } else { self.policy.ipv6 };
         let order = self.book.dial_order(&node, reachable, |a| self.rtts.get(a).copied());
-        let refusal = match self.book.get(&node) {
-            None => Some(format!("node {node} is not known here: add its advert (`netmachine peer add`)")),
-            Some(info) if info.trust == 0 => Some(format!("node {node} is banned (trust 0)")),
-            Some(_) => None,
-        };
-        if let Some(reason) = refusal {
+        if let Err(refusal) = self.reachable(node) {
             // Nothing can ever be sent to it: say why, and let go of what waits for it.
-            self.out.push_back(Output::Event { node, event: Event::ConnectFailed(reason) });
-            self.peers.remove(&node);
-            self.out.push_back(Output::Forget { node });
-            return;
+            self.out.push_back(Output::Event { node, event: Event::ConnectFailed(refusal.to_string()) });
+            return self.forget(node);
         }
         if order.is_empty() {
             return self.round_failed(node, format!("node {node}'s advert has no address this node can reach"), now);
@@ -516,6 +603,7 @@ mod tests {
             idle_timeout: 30_000,
             connect_timeout: 5_000,
             max_peers: 8,
+            peer_queue: 4,
             public: false,
             ipv4: true,
             ipv6: true,
@@ -529,6 +617,10 @@ mod tests {
             advert_version: 1,
             addrs: ports.iter().map(|p| (SocketAddr::from(([127, 0, 0, 1], *p)), 100 - *p as u8)).collect(),
         }
+    }
+
+    fn frame(n: u8, expiry: Option<Millis>) -> Queued {
+        Queued { bytes: vec![n], expiry }
     }
 
     fn outputs(pool: &mut Pool) -> Vec<Output> {
@@ -551,7 +643,7 @@ mod tests {
         let mut pool = pool_knowing(peer, false, &[1]);
         pool.connect(peer, 0).unwrap();
         pool.connect(peer, 1).unwrap();
-        pool.handle(Input::Pending { node: peer }, 2);
+        pool.queue(peer, frame(1, None), 2).unwrap();
         assert_eq!(outputs(&mut pool), vec![Output::Dial { node: peer, addr: addr(1) }]);
         pool.handle(Input::Established { node: peer, conn: ConnId(1), direction: Direction::Dialed, incarnation: 9 }, 3);
         pool.connect(peer, 4).unwrap();
@@ -674,10 +766,12 @@ mod tests {
     fn an_idle_ephemeral_connection_closes_and_the_peer_is_forgotten() {
         let peer = Keypair::generate().identity();
         let mut pool = pool_knowing(peer, false, &[1]);
-        pool.handle(Input::Pending { node: peer }, 0);
+        pool.queue(peer, frame(1, None), 0).unwrap();
         outputs(&mut pool);
         pool.handle(Input::Established { node: peer, conn: ConnId(1), direction: Direction::Dialed, incarnation: 1 }, 10);
-        pool.handle(Input::Drained { node: peer }, 20);
+        assert_eq!(pool.poll_timeout(), None, "a peer with frames waiting is not idle");
+        assert_eq!(pool.next_frame(peer, ConnId(1), 20), Next::Frame(frame(1, None)));
+        assert_eq!(pool.next_frame(peer, ConnId(1), 20), Next::Empty);
         pool.handle(Input::Activity { node: peer }, 100);
         outputs(&mut pool);
         assert_eq!(pool.poll_timeout(), Some(100 + 30_000));
@@ -689,7 +783,7 @@ mod tests {
             vec![
                 Output::Close { conn: ConnId(1), reason: CloseReason::Idle, detail: "idle".into() },
                 Output::Event { node: peer, event: Event::Disconnected("idle".into()) },
-                Output::Forget { node: peer },
+                Output::Forget { node: peer, dropped: 0 },
             ]
         );
         assert_eq!(pool.poll_timeout(), None);
@@ -699,14 +793,54 @@ mod tests {
     fn unknown_nodes_cannot_be_connected_and_leave_nothing_behind() {
         let mut pool = Pool::new(Keypair::generate().identity(), 1, policy(), 7);
         let stranger = Keypair::generate().identity();
-        assert!(pool.connect(stranger, 0).unwrap_err().contains("not known"));
+        assert_eq!(pool.connect(stranger, 0), Err(Unsendable::Unknown(stranger)));
+        assert_eq!(pool.queue(stranger, frame(1, None), 0), Err((Unsendable::Unknown(stranger), frame(1, None))));
         assert!(outputs(&mut pool).is_empty());
-        // Frames for a stranger (a public peer that disconnected) are let go, with the reason.
-        pool.handle(Input::Pending { node: stranger }, 0);
+        // A stranger connected from the public network can be sent to while it stays; when it
+        // goes, what waits for it is let go and counted, with the reason.
+        pool.handle(Input::Established { node: stranger, conn: ConnId(1), direction: Direction::Accepted, incarnation: 1 }, 0);
+        pool.queue(stranger, frame(2, None), 1).unwrap();
+        outputs(&mut pool);
+        pool.handle(Input::Closed { conn: ConnId(1), reason: "gone".into() }, 2);
         let out = outputs(&mut pool);
-        assert!(matches!(&out[0], Output::Event { event: Event::ConnectFailed(r), .. } if r.contains("not known")), "{out:?}");
-        assert_eq!(out[1], Output::Forget { node: stranger });
+        assert!(matches!(&out[1], Output::Event { event: Event::ConnectFailed(r), .. } if r.contains("not known")), "{out:?}");
+        assert_eq!(out[2], Output::Forget { node: stranger, dropped: 1 });
+        assert_eq!(pool.counters().frames_unreachable, 1);
         assert_eq!(pool.poll_timeout(), None);
+    }
+
+    #[test]
+    fn frames_waiting_for_a_connection_expire_on_the_pools_timer_and_are_counted() {
+        let peer = Keypair::generate().identity();
+        let mut pool = pool_knowing(peer, false, &[1]);
+        pool.queue(peer, frame(1, Some(50)), 0).unwrap();
+        pool.queue(peer, frame(2, None), 0).unwrap();
+        assert_eq!(pool.poll_timeout(), Some(50));
+        pool.handle(Input::Timer, 50);
+        assert_eq!(pool.counters().frames_expired, 1);
+        assert_eq!(pool.poll_timeout(), None, "the frame left never expires; the dial is under way");
+        pool.handle(Input::Established { node: peer, conn: ConnId(1), direction: Direction::Dialed, incarnation: 1 }, 60);
+        assert_eq!(pool.next_frame(peer, ConnId(1), 60), Next::Frame(frame(2, None)));
+    }
+
+    #[test]
+    fn a_full_queue_refuses_and_a_frame_whose_write_failed_goes_first_on_the_next_connection() {
+        let peer = Keypair::generate().identity();
+        let mut pool = pool_knowing(peer, true, &[1]);
+        for n in 0..policy().peer_queue as u8 {
+            pool.queue(peer, frame(n, None), 0).unwrap();
+        }
+        assert_eq!(pool.queue(peer, frame(99, None), 0), Err((Unsendable::Full(peer), frame(99, None))));
+        assert!(pool.is_full(&peer));
+        pool.handle(Input::Established { node: peer, conn: ConnId(1), direction: Direction::Dialed, incarnation: 1 }, 1);
+        assert_eq!(pool.next_frame(peer, ConnId(2), 2), Next::NotCurrent, "only the chosen connection carries frames");
+        let Next::Frame(first) = pool.next_frame(peer, ConnId(1), 2) else { panic!("a frame waits") };
+        pool.queue(peer, frame(99, None), 2).unwrap();
+        pool.handle(Input::Closed { conn: ConnId(1), reason: "reset".into() }, 3);
+        pool.put_back(peer, first);
+        assert_eq!(pool.next_frame(peer, ConnId(1), 3), Next::NotCurrent);
+        pool.handle(Input::Established { node: peer, conn: ConnId(2), direction: Direction::Dialed, incarnation: 2 }, 4);
+        assert_eq!(pool.next_frame(peer, ConnId(2), 4), Next::Frame(frame(0, None)));
     }
 
     #[test]
