@@ -1,7 +1,8 @@
 //! Whether an update may replace what the store holds: shapes, ids, the signatures of adverts
-//! and engine locations, and versions (a location's time). Pure logic over Cap'n Proto readers; no I/O.
+//! and engine locations, versions (a location's time), and room for a new record; and which
+//! records a `list` of a kind returns. Pure logic over Cap'n Proto readers; no I/O.
 
-use netmachine_schema::identity_capnp::identity_record;
+use netmachine_schema::identity_capnp::{identity_record, RecordKind};
 use netmachine_schema::identity_store_capnp::RefusalReason;
 use netmachine_schema::{signing, EngineLocation, Identity};
 
@@ -141,6 +142,23 @@ fn kind_unchanged(
     }
 }
 
+/// Whether the store has room for a record under a new id, holding `count` of at most `max`.
+pub fn check_room(count: u64, max: u64) -> Result<(), Refusal> {
+    match count >= max {
+        true => Err(refuse(RefusalReason::Full, format!("the store holds limits.max_records = {max} records"))),
+        false => Ok(()),
+    }
+}
+
+/// Whether a record is of `kind` (a `list` filter).
+pub fn of_kind<A, B, C, D>(kind: RecordKind, which: &identity_record::Which<A, B, C, D>) -> bool {
+    use identity_record::Which;
+    matches!(
+        (kind, which),
+        (RecordKind::Any, _) | (RecordKind::Engine, Which::Engine(_)) | (RecordKind::Node, Which::Node(_)) | (RecordKind::Topic, Which::Topic(_)) | (RecordKind::Domain, Which::Domain(_))
+    )
+}
+
 /// The record kind's name as operators see it.
 pub fn kind_name<A, B, C, D>(which: &identity_record::Which<A, B, C, D>) -> &'static str {
     match which {
@@ -250,5 +268,16 @@ mod tests {
         let refusal = check_update(&key, read(&wire), None).unwrap_err();
         assert_eq!(refusal.reason, RefusalReason::Malformed);
         assert!(refusal.detail.contains("engine.node must be 32 bytes"), "{}", refusal.detail);
+    }
+
+    #[test]
+    fn a_full_store_refuses_new_ids_and_lists_filter_by_kind() {
+        assert_eq!(check_room(2, 3), Ok(()));
+        assert_eq!(check_room(3, 3).unwrap_err().reason, RefusalReason::Full);
+        let key = Keypair::generate();
+        let record = node_record(&key, 1, 4000, false);
+        let which = read(&record).which().unwrap();
+        assert!(of_kind(RecordKind::Node, &which) && of_kind(RecordKind::Any, &which));
+        assert!(!of_kind(RecordKind::Engine, &which) && !of_kind(RecordKind::Topic, &which));
     }
 }

@@ -1,12 +1,12 @@
 //! The identity store's RPC face: lookup, update (checked), delete, list, and watchers that
 //! are told of every change. A watcher that falls too far behind is dropped and counted.
 
-use crate::check::{check_update, Refusal};
+use crate::check::{check_room, check_update, of_kind, Refusal};
 use crate::db::RecordDb;
 use capnp::message::{Builder, HeapAllocator, Reader};
 use capnp::serialize::OwnedSegments;
-use netmachine_schema::identity_capnp::{identity_record, RecordKind};
-use netmachine_schema::identity_store_capnp::{identity_store, identity_watcher, RefusalReason};
+use netmachine_schema::identity_capnp::identity_record;
+use netmachine_schema::identity_store_capnp::{identity_store, identity_watcher};
 use netmachine_schema::service_capnp::service;
 use netmachine_schema::Identity;
 use netmachine_service::fanout::Fanout;
@@ -62,11 +62,10 @@ impl IdentityStore {
         if let Err(refusal) = check_update(&id, record, existing_root) {
             return Ok(Err(refusal));
         }
-        if existing.is_none() && self.db.count().map_err(storage_error)? >= self.home.config.limits.max_records {
-            return Ok(Err(Refusal {
-                reason: RefusalReason::Full,
-                detail: format!("the store holds limits.max_records = {} records", self.home.config.limits.max_records),
-            }));
+        if existing.is_none() {
+            if let Err(refusal) = check_room(self.db.count().map_err(storage_error)?, self.home.config.limits.max_records) {
+                return Ok(Err(refusal));
+            }
         }
         let mut copy = Builder::new_default();
         copy.set_root(record)?;
@@ -184,18 +183,7 @@ impl identity_store::Server for IdentityStore {
                 let Ok(message) = capnp::serialize::read_message(&mut &bytes[..], reader_options(word_limit)) else {
                     return false;
                 };
-                let Ok(which) = message.get_root::<identity_record::Reader>().and_then(|r| Ok(r.which()?)) else {
-                    return false;
-                };
-                use identity_record::Which;
-                matches!(
-                    (kind, which),
-                    (RecordKind::Any, _)
-                        | (RecordKind::Engine, Which::Engine(_))
-                        | (RecordKind::Node, Which::Node(_))
-                        | (RecordKind::Topic, Which::Topic(_))
-                        | (RecordKind::Domain, Which::Domain(_))
-                )
+                message.get_root::<identity_record::Reader>().and_then(|r| Ok(r.which()?)).is_ok_and(|which| of_kind(kind, &which))
             })
             .map_err(storage_error)?;
         let mut out = results.get().init_entries(entries.len() as u32);

@@ -1,14 +1,11 @@
-//! This node's advert, signed by the router (which holds the node key) for the addresses
-//! transport bound. The same advert is returned while its content does not change; otherwise
-//! a new one is made with a version above both the stored one and the current time in seconds,
-//! so versions only grow even if the identity store lost the old advert.
+//! Signing this node's advert for transport (the router holds the node key): the stored advert
+//! is looked up, `core::advert` decides whether it still says the same, and a new one is stored.
 
+use crate::core::{self, advert::Advert};
 use crate::shell::RouterState;
 use netmachine_schema::identity_capnp::{identity_record, node_advert, weighted_address};
-use netmachine_schema::{signing, time::now_ms};
+use netmachine_schema::time::now_ms;
 use std::time::Duration;
-
-type Advert = capnp::message::Builder<capnp::message::HeapAllocator>;
 
 impl RouterState {
     /// The advert for `addrs` and `protocols`, signed and stored as this node's own record.
@@ -32,36 +29,14 @@ impl RouterState {
             }
             None => None,
         };
-        let mut advert = capnp::message::Builder::new_default();
-        {
-            let mut root = advert.init_root::<node_advert::Builder>();
-            root.set_id(&node.0);
-            root.set_addrs(addrs)?;
-            root.set_protocols(protocols)?;
+        let stored = stored.as_ref().map(|s| s.get_root_as_reader::<node_advert::Reader>()).transpose()?;
+        let (advert, new) = core::advert::sign(&self.key, addrs, protocols, stored, now_ms())?;
+        let root = advert.get_root_as_reader::<node_advert::Reader>()?;
+        if !new {
+            return Ok(advert);
         }
-        if let Some(stored) = &stored {
-            let stored = stored.get_root_as_reader::<node_advert::Reader>()?;
-            let mut root = advert.get_root::<node_advert::Builder>()?;
-            root.set_version(stored.get_version());
-            root.set_created(stored.get_created());
-            if signing::node_advert(root.reborrow_as_reader())? == signing::node_advert(stored)? {
-                root.set_sig(stored.get_sig()?);
-                return Ok(advert);
-            }
-        }
-        let previous = stored.as_ref().map_or(Ok(0), |s| s.get_root_as_reader::<node_advert::Reader>().map(|a| a.get_version()))?;
-        let now_secs = (now_ms() / 1000) as u32;
-        let mut root = advert.get_root::<node_advert::Builder>()?;
-        root.set_version(previous.saturating_add(1).max(now_secs));
-        root.set_created(now_ms());
-        let signature = self.key.sign(&signing::node_advert(root.reborrow_as_reader())?);
-        root.set_sig(&signature);
         if let Some(store) = store {
-            let mut record = capnp::message::Builder::new_default();
-            let mut own = record.init_root::<identity_record::Builder>().init_node();
-            own.set_id(&node.0);
-            own.set_trust(255);
-            own.set_advert(root.reborrow_as_reader())?;
+            let record = core::advert::own_record(root)?;
             let mut request = store.update_request();
             request.get().set_id(&node.0);
             request.get().set_record(record.get_root_as_reader::<identity_record::Reader>()?)?;

@@ -3,14 +3,14 @@
 //! over frames from other nodes. Every message goes to the core through the shell.
 
 use crate::attachment::Sink;
-use crate::core::Refused;
+use crate::core::{Challenge, Refused};
 use crate::shell::RouterState;
 use netmachine_schema::router_capnp::{attachment, engine_session, router};
 use netmachine_schema::service_capnp::service;
-use netmachine_schema::{signing, EngineLocation, EngineMessage, Identity, MessageError};
+use netmachine_schema::{EngineLocation, EngineMessage, Identity, MessageError};
 use netmachine_service::home::ServiceKind;
 use netmachine_service::status::StatusReport;
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::rc::Rc;
 
 impl RouterState {
@@ -58,15 +58,11 @@ impl router::Server for RouterServer {
             .map_err(|e| capnp::Error::failed(format!("attach refused: {e}")))?;
         let mut nonce = [0u8; 32];
         getrandom::fill(&mut nonce).map_err(|e| capnp::Error::failed(format!("no randomness: {e}")))?;
+        let challenge = Challenge::new(self.0.key.identity(), engine, nonce);
         let mut out = results.get();
-        out.set_challenge(&nonce);
+        out.set_challenge(challenge.nonce());
         out.set_node(&self.0.key.identity().0);
-        out.set_attachment(capnp_rpc::new_client(Challenge {
-            state: self.0.clone(),
-            engine,
-            nonce,
-            used: Cell::new(false),
-        }));
+        out.set_attachment(capnp_rpc::new_client(Attaching { state: self.0.clone(), challenge: RefCell::new(challenge) }));
         Ok(())
     }
 
@@ -100,65 +96,49 @@ impl router::Server for RouterServer {
     }
 }
 
-/// An attach in progress: the engine must sign the challenge with its key.
-struct Challenge {
+/// An attach in progress: the engine must answer the challenge.
+struct Attaching {
     state: Rc<RouterState>,
-    engine: Identity,
-    nonce: [u8; 32],
-    used: Cell<bool>,
+    challenge: RefCell<Challenge>,
 }
 
-impl attachment::Server for Challenge {
+impl attachment::Server for Attaching {
     async fn prove(self: Rc<Self>, params: attachment::ProveParams, mut results: attachment::ProveResults) -> capnp::Result<()> {
         let params = params.get()?;
         let state = &self.state;
-        let payload = signing::attach_challenge(&state.key.identity(), &self.engine, &self.nonce);
-        if self.used.replace(true) {
-            state.attach_refused.set(state.attach_refused.get() + 1);
-            return Err(capnp::Error::failed("attach refused: this challenge was already answered; call attach again".into()));
-        }
-        if let Err(e) = self.engine.verify(&payload, params.get_signature()?) {
-            state.attach_refused.set(state.attach_refused.get() + 1);
-            tracing::warn!(engine = %self.engine, error = %e, "attach refused: key not proven");
-            return Err(capnp::Error::failed(format!(
-                "attach refused: the challenge signature does not prove the key of engine {} ({e})",
-                self.engine
-            )));
-        }
-        let refuse = |detail: String| {
-            state.attach_refused.set(state.attach_refused.get() + 1);
-            capnp::Error::failed(format!("attach refused: {detail}"))
-        };
-        let location = EngineLocation::read(params.get_location()?).map_err(|e| refuse(e.to_string()))?;
-        if location.engine != self.engine {
-            return Err(refuse(format!("the location record is for engine {}, not {}", location.engine, self.engine)));
-        }
+        let engine = self.challenge.borrow().engine();
         let mut out = results.get();
         let (inbox, want_ring) = (params.get_inbox()?, params.get_ring());
         let mut grant = out.reborrow().init_ring();
-        let engine = self.engine;
-        let attached = state.attach(location, params.get_public(), |generation| match (&state.rings, want_ring) {
-            (Some(rings), true) => match rings.open(engine, generation) {
-                Ok(endpoint) => {
-                    grant.set_granted(true);
-                    grant.set_segment(endpoint.segment.name.as_str());
-                    grant.set_doorbell(rings.doorbell_name());
-                    grant.set_capacity(rings.capacity() as u32);
-                    Sink::Ring(endpoint)
-                }
-                Err(error) => {
-                    tracing::warn!(engine = %engine, %error, "no rings for this engine; it uses the socket path");
-                    grant.set_reason(error.to_string().as_str());
+        let location = self.challenge.borrow_mut().answer(params.get_signature()?, EngineLocation::read(params.get_location()?));
+        let attached = location.and_then(|location| {
+            state.attach(location, params.get_public(), |generation| match (&state.rings, want_ring) {
+                (Some(rings), true) => match rings.open(engine, generation) {
+                    Ok(endpoint) => {
+                        grant.set_granted(true);
+                        grant.set_segment(endpoint.segment.name.as_str());
+                        grant.set_doorbell(rings.doorbell_name());
+                        grant.set_capacity(rings.capacity() as u32);
+                        Sink::Ring(endpoint)
+                    }
+                    Err(error) => {
+                        tracing::warn!(engine = %engine, %error, "no rings for this engine; it uses the socket path");
+                        grant.set_reason(error.to_string().as_str());
+                        Sink::Socket(inbox)
+                    }
+                },
+                (None, true) => {
+                    grant.set_reason("this router runs without shared-memory rings");
                     Sink::Socket(inbox)
                 }
-            },
-            (None, true) => {
-                grant.set_reason("this router runs without shared-memory rings");
-                Sink::Socket(inbox)
-            }
-            (_, false) => Sink::Socket(inbox),
+                (_, false) => Sink::Socket(inbox),
+            })
         });
-        let generation = attached.map_err(|e| refuse(e.to_string()))?;
+        let generation = attached.map_err(|refused| {
+            state.attach_refused.set(state.attach_refused.get() + 1);
+            tracing::warn!(engine = %engine, %refused, "attach refused");
+            capnp::Error::failed(format!("attach refused: {refused}"))
+        })?;
         let session: engine_session::Client = capnp_rpc::new_client(Session { state: state.clone(), engine, generation });
         out.set_session(session);
         let mut limits = out.init_limits();

@@ -445,29 +445,15 @@ impl Transport {
             return quic.close(CLOSE_REFUSED.into(), b"no handshake");
         };
         let hello = match tokio::time::timeout(timeout, read_frame(&mut recv, MAX_HANDSHAKE)).await {
-            Ok(Ok(Some(bytes))) => handshake::read_hello(&bytes).map_err(|e| e.to_string()),
-            Ok(Ok(None)) => Err("the handshake stream ended".to_string()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("no hello in time".to_string()),
+            Ok(Ok(Some(bytes))) => handshake::check_hello(node, &bytes),
+            Ok(Ok(None)) => Err((ConnectRefusal::Incompatible, "the handshake stream ended".to_string())),
+            Ok(Err(e)) => Err((ConnectRefusal::Incompatible, e.to_string())),
+            Err(_) => Err((ConnectRefusal::Incompatible, "no hello in time".to_string())),
         };
-        let decision = hello.map(|hello| {
-            let version = handshake::negotiate(hello.version_min, hello.version_max).ok_or_else(|| {
-                format!(
-                    "no common protocol version: peer speaks {}..={}, this node {}..={}",
-                    hello.version_min, hello.version_max, handshake::VERSION_MIN, handshake::VERSION_MAX
-                )
-            });
-            (hello, version)
-        });
-        let (hello, version) = match decision {
-            Ok((hello, Ok(version))) => (hello, version),
-            Ok((_, Err(detail))) | Err(detail) => {
-                return self.refuse(node, quic, send, ConnectRefusal::Incompatible, detail).await;
-            }
+        let (hello, version) = match hello {
+            Ok(checked) => checked,
+            Err((reason, detail)) => return self.refuse(node, quic, send, reason, detail).await,
         };
-        if let Err(detail) = crate::peer_sync::check_advert(node, &hello.advert) {
-            return self.refuse(node, quic, send, ConnectRefusal::Denied, detail).await;
-        }
         let admitted = self.pool.borrow().admit(&node);
         let admission = match admitted {
             Ok(admission) => admission,

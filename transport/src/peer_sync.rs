@@ -4,50 +4,19 @@
 //! addresses it bound.
 
 use crate::connections::Transport;
+use crate::core::advert;
 use crate::core::book::PeerInfo;
 use crate::core::pool::Input;
 use netmachine_schema::identity_capnp::{identity_record, node_advert, RecordKind};
 use netmachine_schema::identity_store_capnp::{identity_store, identity_watcher, update_result};
 use netmachine_schema::router_capnp::router;
-use netmachine_schema::{signing, Identity};
+use netmachine_schema::Identity;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 
 type SetUp = Pin<Box<dyn Future<Output = capnp::Result<()>>>>;
-
-fn options() -> capnp::message::ReaderOptions {
-    netmachine_service::rpc::reader_options(64 << 10)
-}
-
-/// Checks that a standalone advert message is `node`'s and is signed by it.
-pub fn check_advert(node: Identity, advert: &[u8]) -> Result<(), String> {
-    let message = capnp::serialize::read_message(&mut &advert[..], options()).map_err(|e| format!("unreadable advert: {e}"))?;
-    let advert = message.get_root::<node_advert::Reader>().map_err(|e| e.to_string())?;
-    check_advert_reader(node, advert)
-}
-
-fn check_advert_reader(node: Identity, advert: node_advert::Reader<'_>) -> Result<(), String> {
-    let id = Identity::from_slice("advert.id", advert.get_id().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    if id != node {
-        return Err(format!("the advert is node {id}'s, but the peer is node {node}"));
-    }
-    let payload = signing::node_advert(advert).map_err(|e| e.to_string())?;
-    node.verify(&payload, advert.get_sig().map_err(|e| e.to_string())?)
-        .map_err(|e| format!("the advert's signature by {node}: {e}"))
-}
-
-/// A node record holding `advert`.
-pub fn node_record(advert: node_advert::Reader<'_>, trust: u8, permanent: bool) -> capnp::Result<capnp::message::Builder<capnp::message::HeapAllocator>> {
-    let mut message = capnp::message::Builder::new_default();
-    let mut node = message.init_root::<identity_record::Builder>().init_node();
-    node.set_id(advert.get_id()?);
-    node.set_trust(trust);
-    node.reborrow().init_connection_prefs().set_permanent(permanent);
-    node.set_advert(advert)?;
-    Ok(message)
-}
 
 /// Stores `record` under `id`; the store's refusal becomes the error.
 pub async fn store_record(store: &identity_store::Client, id: Identity, record: &capnp::message::Builder<capnp::message::HeapAllocator>) -> Result<(), String> {
@@ -68,7 +37,7 @@ pub async fn store_record(store: &identity_store::Client, id: Identity, record: 
 /// Adds a node from its advert (operator command `peer add`).
 pub async fn add_peer(transport: &Transport, advert: node_advert::Reader<'_>, trust: u8, permanent: bool) -> Result<Identity, String> {
     let node = Identity::from_slice("advert.id", advert.get_id().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    check_advert_reader(node, advert)?;
+    advert::check(node, advert)?;
     if node == transport.node {
         return Err("that is this node's own advert".into());
     }
@@ -77,7 +46,7 @@ pub async fn add_peer(transport: &Transport, advert: node_advert::Reader<'_>, tr
         .client_within(std::time::Duration::from_secs(5))
         .await
         .ok_or("the identity store is unreachable")?;
-    let record = node_record(advert, trust, permanent).map_err(|e| e.to_string())?;
+    let record = advert::node_record(advert, trust, permanent).map_err(|e| e.to_string())?;
     store_record(&store, node, &record).await?;
     Ok(node)
 }
@@ -88,7 +57,7 @@ pub fn learn_advert(transport: &Rc<Transport>, node: Identity, advert: Vec<u8>) 
     let Some(store) = transport.identity_store.client() else { return };
     tokio::task::spawn_local(async move {
         let outcome: Result<(), String> = async {
-            let message = capnp::serialize::read_message(&mut &advert[..], options()).map_err(|e| e.to_string())?;
+            let message = advert::read(&advert)?;
             let advert = message.get_root::<node_advert::Reader>().map_err(|e| e.to_string())?;
             let mut lookup = store.lookup_request();
             lookup.get().set_id(&node.0);
@@ -97,15 +66,8 @@ pub fn learn_advert(transport: &Rc<Transport>, node: Identity, advert: Vec<u8>) 
             if !answer.get_found() {
                 return Ok(());
             }
-            let identity_record::Node(stored) = answer.get_record().map_err(|e| e.to_string())?.which().map_err(|e| e.to_string())? else {
-                return Ok(());
-            };
-            let stored = stored.map_err(|e| e.to_string())?;
-            if stored.get_advert().map_err(|e| e.to_string())?.get_version() >= advert.get_version() {
-                return Ok(());
-            }
-            let permanent = stored.get_connection_prefs().map_err(|e| e.to_string())?.get_permanent();
-            let record = node_record(advert, stored.get_trust(), permanent).map_err(|e| e.to_string())?;
+            let stored = answer.get_record().map_err(|e| e.to_string())?;
+            let Some(record) = advert::replacement(stored, advert).map_err(|e| e.to_string())? else { return Ok(()) };
             store_record(&store, node, &record).await?;
             tracing::info!(peer = %node, version = advert.get_version(), "stored the peer's newer advert");
             Ok(())

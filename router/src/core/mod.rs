@@ -1,9 +1,13 @@
-//! The router's decisions, free of I/O: the routing table (`table`), why messages are dropped
+//! The router's decisions, free of I/O: this node's signed advert (`advert`), what an
+//! attaching engine must prove (`attach`), the
+//! routing table (`table`), why messages are dropped
 //! and what the sender is told (`drops`), what waits for each other node (`outbox`), frames
 //! sealed and opened (`frame`, with engine signatures checked as a batch in `signatures`), and
 //! the state machine that makes every routing decision (`router`). The tokio/capnp shell feeds
 //! it what happened and carries out what it answers; the simulation in `sim/` drives many.
 
+pub mod advert;
+pub mod attach;
 pub mod drops;
 pub mod frame;
 pub mod outbox;
@@ -11,8 +15,9 @@ pub mod router;
 pub mod signatures;
 pub mod table;
 
+pub use attach::{AttachRefused, Challenge};
 pub use drops::{DropCounters, DropReason, Refused};
 pub use frame::{FrameRefused, Opened, Sealed};
 pub use outbox::{Announcement, Outgoing};
-pub use router::{check_envelope, check_send, AttachRefused, Attached, HandOver, Input, Limits, Millis, Output, Router, Ticket};
+pub use router::{check_envelope, check_send, Attached, HandOver, Input, Limits, Millis, Output, Router, Ticket};
 pub use table::{Known, Route, RoutingTable};

@@ -8,6 +8,7 @@
 //! full) waits in its destination's line until it can, or until its deadline: one stuck
 //! destination never delays another, and a destination's messages keep their order.
 
+use super::attach::AttachRefused;
 use super::drops::{DropCounters, DropReason, Refused};
 use super::frame::Opened;
 use super::outbox::{Announcement, Outbox, Outgoing};
@@ -107,19 +108,6 @@ pub enum Output {
     Transmit { node: Identity, batch: Vec<Outgoing> },
     /// Record what node `node` announced (its locations verified) in the identity store.
     Record { node: Identity, announcement: Announcement },
-}
-
-/// Why an engine may not attach.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AttachRefused {
-    #[error("engine {0} is already attached (another process holds its key)")]
-    AlreadyAttached(Identity),
-    #[error("{0} engines are attached (limits.max_engines)")]
-    Full(usize),
-    #[error("the engine's location record is not for engine {engine} on this node")]
-    WrongLocation { engine: Identity },
-    #[error(transparent)]
-    Location(#[from] netmachine_schema::LocationError),
 }
 
 /// An engine attached here.

@@ -4,6 +4,7 @@
 
 use netmachine_schema::identity_capnp::node_advert;
 use netmachine_schema::transport_capnp::{hello, hello_answer, ConnectRefusal};
+use netmachine_schema::Identity;
 
 /// The protocol versions this node speaks.
 pub const VERSION_MIN: u16 = 1;
@@ -67,6 +68,21 @@ pub fn read_hello(bytes: &[u8]) -> capnp::Result<Hello> {
         advert: standalone(hello.get_advert()?)?,
         incarnation: hello.get_incarnation(),
     })
+}
+
+/// Reads `node`'s Hello and checks what can be checked before admission: a version both
+/// sides speak, and an advert that is `node`'s own, signed by it. The refusal says why.
+pub fn check_hello(node: Identity, bytes: &[u8]) -> Result<(Hello, u16), (ConnectRefusal, String)> {
+    let hello = read_hello(bytes).map_err(|e| (ConnectRefusal::Incompatible, format!("unreadable hello: {e}")))?;
+    let version = negotiate(hello.version_min, hello.version_max).ok_or_else(|| {
+        let detail = format!(
+            "no common protocol version: peer speaks {}..={}, this node {VERSION_MIN}..={VERSION_MAX}",
+            hello.version_min, hello.version_max
+        );
+        (ConnectRefusal::Incompatible, detail)
+    })?;
+    super::advert::check_bytes(node, &hello.advert).map_err(|detail| (ConnectRefusal::Denied, detail))?;
+    Ok((hello, version))
 }
 
 pub fn accepted(version: u16, advert: &[u8], incarnation: u64) -> capnp::Result<Vec<u8>> {

@@ -1,5 +1,6 @@
 //! The transport's decisions, free of I/O: the connect handshake and its version negotiation
-//! (`handshake`), which nodes may connect (`book`), which of two
+//! (`handshake`), which peer adverts are good and kept (`advert`), which nodes may connect
+//! (`book`), which of two
 //! connections to one node stays (`settle`), each peer's queue of frames (`queue`), and the
 //! connection pool (`pool`): one connection per peer, dialing across every advertised address,
 //! backoff, redial and idle close. The
@@ -7,6 +8,7 @@
 //! carries out what it answers; the simulation in `sim/` feeds many pools through a fake
 //! network instead.
 
+pub mod advert;
 pub mod book;
 pub mod handshake;
 pub mod pool;
