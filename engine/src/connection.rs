@@ -7,7 +7,7 @@ use crate::ring::records::Refusal;
 use crate::{EngineError, EngineOptions};
 use netmachine_schema::router_capnp::{engine_session, inbox, router};
 use netmachine_schema::{signing, time::now_ms, Destination, EngineLocation, EngineMessage, Identity};
-use netmachine_service::{rpc, Backoff};
+use netmachine_rpc::{self as rpc, Backoff};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;

@@ -2,6 +2,5 @@
 //! persisted in `$DATA/identities.redb`, and pushed to watchers as IdentityUpdated.
 
 pub mod check;
-pub mod client;
 pub mod db;
 pub mod server;

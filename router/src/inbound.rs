@@ -85,7 +85,7 @@ impl RouterState {
 
 async fn engines_recorded_for(store: &identity_store::Client, node: Identity) -> capnp::Result<Vec<Identity>> {
     let mut found = Vec::new();
-    netmachine_identity_store::client::for_each_record(store, RecordKind::Engine, |id, record| {
+    netmachine_identity_client::for_each_record(store, RecordKind::Engine, |id, record| {
         if let identity_record::Engine(engine) = record.which()? {
             if engine?.get_node()? == node.0 {
                 found.push(id);

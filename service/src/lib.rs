@@ -2,17 +2,15 @@
 //! and calling Cap'n Proto RPC over Unix sockets, links to other services that reconnect with
 //! capped backoff, status reports, logging and clean shutdown on SIGTERM.
 
-pub mod backoff;
 pub mod config;
 pub mod fanout;
 pub mod home;
 pub mod link;
 pub mod process;
-pub mod rpc;
 pub mod standby;
 pub mod status;
 
-pub use backoff::Backoff;
+pub use netmachine_rpc::{self as rpc, Backoff};
 pub use config::{Config, ConfigError};
 pub use home::{NodeHome, ServiceKind};
 pub use link::Link;

@@ -1,7 +1,7 @@
 //! A link from one service to another: connects, and whenever the connection is lost or cannot
 //! be made, retries with capped backoff, forever. Callers ask it for the current client.
 
-use crate::backoff::Backoff;
+use crate::Backoff;
 use crate::home::ServiceKind;
 use std::cell::RefCell;
 use std::future::Future;

@@ -86,7 +86,7 @@ pub fn on_identity_store_connect(transport: Weak<Transport>) -> impl Fn(identity
         Box::pin(async move {
             let transport = transport.upgrade().ok_or_else(|| capnp::Error::failed("stopping".into()))?;
             let mut loaded = Vec::new();
-            netmachine_identity_store::client::for_each_record(&store, RecordKind::Node, |id, record| {
+            netmachine_identity_client::for_each_record(&store, RecordKind::Node, |id, record| {
                 if let identity_record::Node(node) = record.which()? {
                     loaded.push((id, PeerInfo::from_record(node?)?));
                 }

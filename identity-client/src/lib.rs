@@ -1,4 +1,5 @@
-//! For the identity store's clients: walking every record of a kind, a page at a time.
+//! For the identity store's clients (router, transport): walking every record of a kind, a
+//! page at a time. A crate of its own, so that clients do not pull in the store's database.
 
 use netmachine_schema::identity_capnp::{identity_record, RecordKind};
 use netmachine_schema::identity_store_capnp::identity_store;

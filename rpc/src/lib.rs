@@ -1,7 +1,11 @@
 //! Cap'n Proto RPC over Unix stream sockets: serving a service's bootstrap interface to every
-//! connection, and connecting to another service. Every read is bounded by a word limit and a
+//! connection, and connecting to another service (`Backoff` paces reconnects). Engines and
+//! services both use it; it pulls in none of the services' CLI, config or logging crates. Every read is bounded by a word limit and a
 //! nesting limit; a connection that sends garbage is closed and counted, the service goes on.
 
+mod backoff;
+
+pub use backoff::Backoff;
 use capnp_rpc::{rpc_twoparty_capnp::Side, twoparty, RpcSystem};
 use std::cell::Cell;
 use std::future::Future;
