@@ -43,7 +43,12 @@ impl<C: capnp::capability::FromClientHook + Clone + 'static> Link<C> {
                             let outcome = driver.await;
                             *slot.borrow_mut() = None;
                             let _ = connected_tx.send(false);
-                            tracing::warn!(service = kind.name(), ?outcome, "link lost; reconnecting");
+                            match outcome {
+                                // The service closed the connection: it stopped or restarts.
+                                Ok(Ok(())) => tracing::info!(service = kind.name(), "link closed by the service; reconnecting"),
+                                Ok(Err(error)) => tracing::warn!(service = kind.name(), %error, "link lost; reconnecting"),
+                                Err(error) => tracing::warn!(service = kind.name(), %error, "link driver failed; reconnecting"),
+                            }
                         }
                         Err(error) => {
                             driver.abort();

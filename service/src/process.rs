@@ -42,7 +42,8 @@ pub struct ServiceContext {
     pub stats: Rc<ConnectionStats>,
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`), in colour only on a terminal (a
+/// log file or journald gets plain text).
 pub fn init_logging() {
     init_logging_at("info");
 }
@@ -55,7 +56,8 @@ pub fn init_logging_quiet() {
 fn init_logging_at(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colour).with_writer(std::io::stderr).try_init();
 }
 
 /// Resolves when the process is asked to stop (SIGTERM or SIGINT).

@@ -1,9 +1,10 @@
-//! A whole node under `netmachine up`: its services come up, it stops cleanly, and a broken
-//! config is refused with the field named.
+//! A whole node under `netmachine up`: its services come up, it stops cleanly (no warning, no
+//! colour codes in its log file), and a broken config is refused with the field named.
 
 use netmachine_service::ServiceKind;
-use netmachine_tests::{bin_dir, Node, TempHome};
+use netmachine_tests::{attach_engine, bin_dir, with_rpc, Node, TempHome};
 use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn up_brings_all_five_services_up_in_status_json() {
@@ -29,12 +30,19 @@ fn up_brings_all_five_services_up_in_status_json() {
 }
 
 #[test]
-fn sigterm_stops_every_service_and_up_exits_zero() {
+fn sigterm_stops_every_service_cleanly_and_up_exits_zero() {
     let mut node = Node::up();
     let pids: Vec<u64> = ServiceKind::ALL.iter().filter_map(|k| node.pid(*k)).collect();
     assert_eq!(pids.len(), 5);
     let run = node.node_home().run_dir();
-    let status = node.stop();
+    // Engines attached and traffic through the router, as in a node in use.
+    let status = with_rpc(async {
+        let (a, b) = (attach_engine(&node, |_| {}).await, attach_engine(&node, |o| o.ring = false).await);
+        a.send(b.identity(), b"before the stop".to_vec()).await.expect("sent");
+        let received = tokio::time::timeout(Duration::from_secs(10), b.recv()).await.expect("delivered in time").expect("attached");
+        assert_eq!(received.body, b"before the stop");
+        node.stop()
+    });
     assert!(status.success(), "up exited with {status}");
     for pid in pids {
         let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
@@ -46,6 +54,12 @@ fn sigterm_stops_every_service_and_up_exits_zero() {
         .filter(|e| e.path().extension().is_some_and(|x| x == "sock"))
         .collect();
     assert!(sockets.is_empty(), "sockets left behind: {sockets:?}");
+    // The services' log went to a file: plain text, and a clean stop warns of nothing.
+    let log = std::fs::read_to_string(node.root().with_extension("log")).expect("the node's log");
+    assert!(log.contains("stopped cleanly"), "{log}");
+    assert!(!log.contains('\x1b'), "colour codes in a log file:\n{log}");
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+    assert!(warnings.is_empty(), "a clean stop logged warnings:\n{}", warnings.join("\n"));
 }
 
 #[test]
