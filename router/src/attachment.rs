@@ -3,6 +3,7 @@
 //! flight). The core counts the queue's room: the pump tells it what it took (`Input::Taken`),
 //! and when the engine is gone, what was still queued is counted as dropped.
 
+use tracing::Instrument;
 use crate::core::{DropReason, Input};
 use crate::rings::RingEndpoint;
 use crate::shell::RouterState;
@@ -36,9 +37,10 @@ impl Attachment {
         // Bounded by the core, which delivers only against `limits.engine_queue` credits.
         let (queue, pending) = mpsc::unbounded_channel();
         let pump = Pump { engine, generation, state };
+        let span = tracing::info_span!("engine", id = %engine.short(), generation);
         match sink {
-            Sink::Socket(inbox) => tokio::task::spawn_local(pump.to_socket(inbox, pending)),
-            Sink::Ring(endpoint) => tokio::task::spawn_local(pump.to_ring(endpoint, pending)),
+            Sink::Socket(inbox) => tokio::task::spawn_local(pump.to_socket(inbox, pending).instrument(span)),
+            Sink::Ring(endpoint) => tokio::task::spawn_local(pump.to_ring(endpoint, pending).instrument(span)),
         };
         Attachment { generation, queue }
     }

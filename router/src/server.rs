@@ -2,6 +2,7 @@
 //! send through their session, and receive through the Inbox they handed over; transport hands
 //! over frames from other nodes. Every message goes to the core through the shell.
 
+use tracing::Instrument;
 use crate::attachment::Sink;
 use crate::core::{Challenge, Refused};
 use crate::shell::RouterState;
@@ -70,7 +71,9 @@ impl router::Server for RouterServer {
         let params = params.get()?;
         let src = Identity::from_slice("src", params.get_src()?).map_err(|e| capnp::Error::failed(e.to_string()))?;
         let state = &self.0;
-        match state.receive_frame(src, params.get_frame()?, params.get_public()).await {
+        let frame = params.get_frame()?;
+        let span = tracing::debug_span!("frame", peer = %src.short(), bytes = frame.len());
+        match state.receive_frame(src, frame, params.get_public()).instrument(span).await {
             Ok(()) => Ok(()),
             Err(refused) => {
                 state.count(refused.reason, 1);

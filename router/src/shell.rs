@@ -4,6 +4,7 @@
 //! once: deliveries onto engine queues, outcomes to the callers waiting on them, lookups, frames
 //! to transport and records for the identity store as tasks of their own, and one timer.
 
+use tracing::Instrument;
 use crate::attachment::{Attachment, Sink};
 use crate::core::{AttachRefused, DropReason, Input, Limits, Millis, Output, Refused, Router, Ticket};
 use crate::rings::Rings;
@@ -163,10 +164,12 @@ impl RouterState {
                     tokio::task::spawn_local(self.clone().lookup(id));
                 }
                 Output::Transmit { node, batch } => {
-                    tokio::task::spawn_local(self.clone().hand_over(node, batch));
+                    let span = tracing::debug_span!("peer", node = %node.short(), messages = batch.len());
+                    tokio::task::spawn_local(self.clone().hand_over(node, batch).instrument(span));
                 }
                 Output::Record { node, announcement } => {
-                    tokio::task::spawn_local(self.clone().record_engines(node, announcement));
+                    let span = tracing::info_span!("peer", node = %node.short());
+                    tokio::task::spawn_local(self.clone().record_engines(node, announcement).instrument(span));
                 }
             }
         }

@@ -5,6 +5,7 @@
 //! window in flight, so a slow router slows the peer via QUIC flow control), and tells the pool
 //! what happened, with the time. Every decision about connections is the pool's.
 
+use tracing::Instrument;
 use crate::core::book::Admission;
 use crate::core::pool::{ConnId, Input, Millis, Next, Output, Policy, Pool, Unsendable};
 use crate::core::queue::Queued;
@@ -180,7 +181,8 @@ impl Transport {
             let transport = self.clone();
             tokio::task::spawn_local(async move {
                 while let Some(incoming) = endpoint.accept().await {
-                    tokio::task::spawn_local(transport.clone().accept(incoming));
+                    let span = tracing::info_span!("accept", remote = %incoming.remote_address());
+                    tokio::task::spawn_local(transport.clone().accept(incoming).instrument(span));
                 }
             });
         }
@@ -239,11 +241,13 @@ impl Transport {
             let Some(output) = self.pool.borrow_mut().poll_output() else { break };
             match output {
                 Output::Dial { node, addr } => {
-                    tokio::task::spawn_local(self.clone().dial(node, addr));
+                    let span = tracing::info_span!("peer", node = %node.short(), %addr);
+                    tokio::task::spawn_local(self.clone().dial(node, addr).instrument(span));
                 }
                 Output::Use { node, conn } => {
                     let Some(connection) = self.conns.borrow().get(&conn).cloned() else { continue };
-                    tokio::task::spawn_local(self.clone().write_connection(node, conn, connection));
+                    let span = tracing::info_span!("peer", node = %node.short(), conn = conn.0);
+                    tokio::task::spawn_local(self.clone().write_connection(node, conn, connection).instrument(span));
                     self.answers.send_modify(|n| *n += 1);
                 }
                 Output::Close { conn, reason, detail } => {
@@ -497,7 +501,8 @@ impl Transport {
         self.next_conn.set(conn.0 + 1);
         let connection = PeerConnection { connection: quic, admission, dialed: direction == Direction::Dialed };
         self.conns.borrow_mut().insert(conn, connection.clone());
-        tokio::task::spawn_local(self.clone().read_connection(node, conn, connection));
+        let span = tracing::info_span!("peer", node = %node.short(), conn = conn.0);
+        tokio::task::spawn_local(self.clone().read_connection(node, conn, connection).instrument(span));
         self.handle(Input::Established { node, conn, direction, incarnation });
     }
 
@@ -544,7 +549,7 @@ impl Transport {
         let reason = loop {
             match quic.accept_uni().await {
                 Ok(stream) => {
-                    tokio::task::spawn_local(self.clone().read_stream(node, connection.clone(), stream));
+                    tokio::task::spawn_local(self.clone().read_stream(node, connection.clone(), stream).in_current_span());
                 }
                 Err(reason) => break reason,
             }
