@@ -139,7 +139,7 @@ impl Rings {
     /// forwarded, and messages for them delivered, before they attach again), removes those of
     /// engines that are gone, and sweeps what stopped nodes left behind.
     fn adopt_or_reclaim(&self) {
-        let swept = netmachine_engine::ring::sweep_orphans();
+        let swept = netmachine_engine::ring::sweep_orphans(netmachine_engine::ring::SEGMENT_PREFIX);
         if swept > 0 {
             tracing::info!(swept, "removed shared memory that stopped nodes and engines left behind");
         }

@@ -2,7 +2,7 @@
 //! request/response, and the refusals a sender must hear about.
 
 use netmachine_engine::{EngineError, SendRefusal};
-use netmachine_tests::{attach_engine, with_rpc, Node};
+use netmachine_tests::{attach_engine, attach_raw, with_rpc, Node};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -96,14 +96,27 @@ fn an_oversized_message_gets_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("5000 bytes, over the node's limit of 4096"), "{stderr}");
 
-    // An engine that skips the SDK's check is refused by the router itself, and it is counted.
-    with_rpc(async {
-        let engine = attach_engine(&node, |_| {}).await;
-        let mut message = engine.message(other.parse::<netmachine_engine::Identity>().unwrap(), vec![0; 100]);
-        message.body = vec![0; 4097];
-        let err = engine.send_message(message).await.unwrap_err();
-        assert!(matches!(err, EngineError::TooLarge { len: 4097, max: 4096 }), "{err}");
+    // An engine that skips the SDK's check (a session of its own) is refused by the router
+    // itself, and it is counted.
+    let refused = with_rpc(async {
+        use netmachine_schema::router_capnp::send_result;
+        use netmachine_schema::{Destination, EngineLocation, EngineMessage, Keypair};
+        let key = Keypair::generate();
+        let locate = |here| EngineLocation::sign(&key, here, netmachine_schema::time::now_ms());
+        let session = attach_raw(&node, key.identity(), &key, locate, capnp_rpc::new_future_client(std::future::pending())).await.expect("attach");
+        let mut request = session.send_request();
+        let dst = Destination::Engine(other.parse().expect("an engine id"));
+        EngineMessage::new(key.identity(), dst, 1, vec![0; 4097]).write(request.get().init_message());
+        let answer = tokio::time::timeout(Duration::from_secs(10), request.send().promise).await.expect("answered in time").expect("answered");
+        let result = answer.get().and_then(|a| a.get_result()).expect("a result");
+        match result.which().expect("a known result") {
+            send_result::Refused(refused) => (refused.get_reason().expect("a known reason"), refused.get_detail().unwrap().to_string().unwrap()),
+            send_result::Accepted(()) => panic!("the router accepted a message over its limit"),
+        }
     });
+    assert_eq!(refused.0, SendRefusal::OverLimit, "{}", refused.1);
+    assert!(refused.1.contains("4097"), "{}", refused.1);
+    assert_eq!(node.router_counter("dropped_over_limit"), 1);
 }
 
 #[test]

@@ -73,8 +73,10 @@ fn an_engine_reading_its_ring_on_the_calling_thread_receives_and_requests() {
     let (noise, _) = with_rpc(async { (attach_engine(&node, |_| {}).await, ()) });
     for n in 0..100u32 {
         if n == 50 {
+            // The aside message is in the asker's inbox ring before the request goes out.
+            let forwarded = node.router_counter("ring_messages_forwarded");
             with_rpc(noise.send(asker, b"aside".to_vec())).expect("send");
-            std::thread::sleep(Duration::from_millis(20));
+            wait_until("the aside message is in the asker's ring", WAIT, || node.router_counter("ring_messages_forwarded") > forwarded);
         }
         let reply = asking.request_blocking(answerer, n.to_le_bytes().to_vec(), Duration::from_secs(10)).expect("reply");
         assert_eq!(reply.body, n.to_le_bytes());
@@ -105,8 +107,9 @@ fn a_router_killed_under_traffic_loses_nothing_engines_had_written() {
     let count = "300000";
     let receiving = sequence(&node, &["receive", receiver_key.to_str().unwrap(), count]);
     node.wait_attached(&receiver);
-    let sending = sequence(&node, &["send", sender_key.to_str().unwrap(), &receiver, count]);
+    let mut sending = sequence(&node, &["send", sender_key.to_str().unwrap(), &receiver, count]);
     wait_until("traffic flows", Duration::from_secs(20), || node.router_counter("ring_messages_forwarded") > 20_000);
+    assert!(sending.try_wait().expect("the sender's state").is_none(), "the sender finished before the kill: nothing was in flight");
     let killed = node.kill9(ServiceKind::Router);
     wait_until("the router is back", Duration::from_secs(30), || node.pid(ServiceKind::Router).is_some_and(|p| p != killed));
     assert_eq!(outcome(sending)["sent"], 300_000);

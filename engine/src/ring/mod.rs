@@ -10,5 +10,5 @@ pub mod segment;
 pub mod spsc;
 pub mod wait;
 
-pub use segment::{process_alive, sweep_orphans, Doorbell, RingSegment, SegmentError};
+pub use segment::{process_alive, sweep_orphans, Doorbell, RingSegment, SegmentError, SEGMENT_PREFIX};
 pub use spsc::{Consumer, Corrupt, Full, Producer, Record};

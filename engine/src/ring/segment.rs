@@ -210,14 +210,18 @@ pub fn process_alive(pid: u32) -> bool {
     pid != 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
 }
 
-/// Removes the netmachine segments (of any node) that nobody can use any more: ring segments
-/// whose router and engine are both gone, and doorbells whose router is gone and for whose node
-/// no ring segment is left (RING.md, "The segment"). Returns how many it removed.
-pub fn sweep_orphans() -> usize {
+/// What every netmachine segment's name (in /dev/shm) starts with.
+pub const SEGMENT_PREFIX: &str = "netmachine-";
+
+/// Removes the netmachine segments whose names start with `prefix` (`SEGMENT_PREFIX`: of any
+/// node) that nobody can use any more: ring segments whose router and engine are both gone, and
+/// doorbells whose router is gone and for whose node no ring segment is left (RING.md, "The
+/// segment"). Returns how many it removed.
+pub fn sweep_orphans(prefix: &str) -> usize {
     let Ok(entries) = std::fs::read_dir("/dev/shm") else { return 0 };
     let names: Vec<String> = entries
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .filter(|f| f.starts_with("netmachine-"))
+        .filter(|f| f.starts_with(SEGMENT_PREFIX) && f.starts_with(prefix))
         .collect();
     // Something unreadable may be in the middle of being made by a router starting right now:
     // it is left alone until it is old enough to be sure.
@@ -385,12 +389,14 @@ mod tests {
         let bell_name = Doorbell::name_for(&node);
         let bell = Doorbell::open_or_create(&bell_name).unwrap();
         bell.mapping.u32_at(DOORBELL_ROUTER_PID_AT).store(0, Ordering::Relaxed);
-        sweep_orphans();
+        // Only this test's node: other tests' (and other nodes') segments are left alone.
+        let this_node = format!("netmachine-{}-", &node.to_string()[..16]);
+        assert_eq!(sweep_orphans(&this_node), 1);
         assert!(RingSegment::open(&dead_name, None).is_err(), "the orphan is removed");
         assert!(RingSegment::open(&live_name, None).is_ok(), "a live engine's rings stay");
         assert!(Doorbell::open(&bell_name).is_ok(), "the doorbell stays while its node has rings");
         RingSegment::unlink(&live_name).unwrap();
-        sweep_orphans();
+        assert_eq!(sweep_orphans(&this_node), 1);
         assert!(Doorbell::open(&bell_name).is_err(), "then it goes too");
     }
 

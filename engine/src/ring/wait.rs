@@ -164,11 +164,42 @@ mod tests {
     use crate::ring::spsc::{Consumer, Producer};
     use std::sync::Arc;
 
+    /// A futex word whose sleep lasts a minute instead of `SLEEP`: a lost wake-up is not
+    /// absorbed by the sleep ending, it stalls the sleeper.
+    struct Patient(AtomicU32);
+
+    impl FutexWord for Patient {
+        fn load(&self, order: Ordering) -> u32 {
+            self.0.load(order)
+        }
+        fn store(&self, value: u32, order: Ordering) {
+            self.0.store(value, order)
+        }
+        fn swap(&self, value: u32, order: Ordering) -> u32 {
+            self.0.swap(value, order)
+        }
+        fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
+            self.0.fetch_add(value, order)
+        }
+        fn fence(&self) {
+            self.0.fence()
+        }
+        fn sleep(&self, expected: u32) {
+            crate::ring::futex::wait(&self.0, expected, Duration::from_secs(60));
+        }
+        fn wake(&self) {
+            self.0.wake()
+        }
+        fn yield_now(&self) {
+            self.0.yield_now()
+        }
+    }
+
     #[test]
     fn a_sleeping_consumer_is_woken_for_every_burst_and_misses_nothing() {
         let mut ring = HeapRing::new(4096);
         let memory = ring.memory();
-        let sleeping = Arc::new(AtomicU32::new(0));
+        let sleeping = Arc::new(Patient(AtomicU32::new(0)));
         let bursts = 20u64;
         let producer = {
             let sleeping = sleeping.clone();
@@ -176,8 +207,12 @@ mod tests {
                 let mut producer = Producer::new(memory);
                 for n in 0..bursts * 10 {
                     if n % 10 == 0 {
-                        // Pause long enough for the consumer to go to sleep.
-                        std::thread::sleep(Duration::from_millis(5));
+                        // Until the consumer has said it sleeps (in the word) and then a little
+                        // more, so that most bursts find it asleep in the futex.
+                        while sleeping.load(Ordering::SeqCst) == 0 {
+                            std::thread::yield_now();
+                        }
+                        std::thread::sleep(Duration::from_millis(1));
                     }
                     while producer.try_write(Kind::Message, 8, |b| b.copy_from_slice(&n.to_le_bytes())).is_err() {
                         std::thread::yield_now();
@@ -186,21 +221,28 @@ mod tests {
                 }
             })
         };
-        let mut consumer = Consumer::new(ring.memory());
-        for expected in 0..bursts * 10 {
-            wait_for(WaitMode::Adaptive, &*sleeping, || consumer.has_data());
-            let record = consumer.peek().unwrap().unwrap();
-            assert_eq!(u64::from_le_bytes(record.body.try_into().unwrap()), expected);
-            consumer.consume();
-        }
+        let (done, finished) = std::sync::mpsc::channel();
+        let consumer = std::thread::spawn({
+            let (sleeping, memory) = (sleeping.clone(), ring.memory());
+            move || {
+                let mut consumer = Consumer::new(memory);
+                for expected in 0..bursts * 10 {
+                    wait_for(WaitMode::Adaptive, &*sleeping, || consumer.has_data());
+                    let record = consumer.peek().unwrap().unwrap();
+                    assert_eq!(u64::from_le_bytes(record.body.try_into().unwrap()), expected);
+                    consumer.consume();
+                }
+                let _ = done.send(());
+            }
+        });
+        let outcome = finished.recv_timeout(Duration::from_secs(20));
+        assert!(outcome.is_ok(), "the consumer slept through a burst: a wake-up was lost");
         producer.join().unwrap();
+        consumer.join().unwrap();
         drop(ring);
     }
 }
 
-/// The wake-up protocol under loom: every interleaving of one sleeper and one waker, with a
-/// futex that never times out. A lost wake-up leaves the sleeper blocked, which loom reports as
-/// a deadlock.
 #[cfg(all(test, netmachine_loom))]
 mod model {
     use super::*;
