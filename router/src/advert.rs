@@ -4,6 +4,7 @@
 use crate::core::{self, advert::Advert};
 use crate::shell::RouterState;
 use netmachine_schema::identity_capnp::{identity_record, node_advert, weighted_address};
+use netmachine_schema::identity_store_capnp::update_result;
 use netmachine_schema::time::now_ms;
 use std::time::Duration;
 
@@ -40,7 +41,11 @@ impl RouterState {
             let mut request = store.update_request();
             request.get().set_id(&node.0);
             request.get().set_record(record.get_root_as_reader::<identity_record::Reader>()?)?;
-            request.send().promise.await?;
+            let answer = request.send().promise.await?;
+            if let update_result::Refused(refused) = answer.get()?.get_result()?.which()? {
+                let detail = refused.get_detail()?.to_string().unwrap_or_default();
+                tracing::warn!(reason = ?refused.get_reason(), %detail, "the identity store refused this node's new advert");
+            }
         }
         tracing::info!(version = root.get_version(), "signed a new advert for this node");
         Ok(advert)

@@ -6,7 +6,7 @@
 use crate::core::{frame, Announcement, FrameRefused, Input};
 use crate::shell::RouterState;
 use netmachine_schema::identity_capnp::{identity_record, RecordKind};
-use netmachine_schema::identity_store_capnp::identity_store;
+use netmachine_schema::identity_store_capnp::{identity_store, update_result};
 use netmachine_schema::Identity;
 use std::rc::Rc;
 use std::time::Duration;
@@ -18,6 +18,7 @@ impl RouterState {
         let in_order = order.lock().await;
         let opened = frame::open(self.key.identity(), src, bytes, self.home.config.rpc_word_limit())?;
         let require = self.home.config.router.require_engine_signatures;
+        let messages = opened.messages.len() as u64;
         let checked = match opened.has_signatures_to_check(require) {
             true => tokio::task::spawn_blocking(move || frame::verify_signatures(opened, require)).await,
             false => Ok(opened),
@@ -25,8 +26,10 @@ impl RouterState {
         let opened = match checked {
             Ok(opened) => opened,
             Err(error) => {
-                tracing::error!(peer = %src, %error, "could not check a frame's engine signatures");
-                return Err(FrameRefused { reason: crate::core::DropReason::BadSignature, detail: error.to_string(), disconnect: false });
+                // The check itself failed: none of the frame's messages can be trusted.
+                tracing::error!(peer = %src, %error, messages, "could not check a frame's engine signatures; its messages are dropped");
+                self.count(crate::core::DropReason::BadSignature, messages);
+                return Ok(());
             }
         };
         if opened.unsigned > 0 {
@@ -72,7 +75,12 @@ impl RouterState {
                 let mut request = store.update_request();
                 request.get().set_id(&location.engine.0);
                 request.get().set_record(record.get_root_as_reader::<identity_record::Reader>()?)?;
-                request.send().promise.await?;
+                let answer = request.send().promise.await?;
+                if let update_result::Refused(refused) = answer.get()?.get_result()?.which()? {
+                    // A later location may have been stored meanwhile (the engine moved again).
+                    let detail = refused.get_detail()?.to_string().unwrap_or_default();
+                    tracing::info!(peer = %node, engine = %location.engine, reason = ?refused.get_reason(), %detail, "the identity store kept its record of an announced engine");
+                }
             }
             Ok(())
         }

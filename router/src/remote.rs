@@ -12,10 +12,11 @@ use std::time::Duration;
 impl RouterState {
     /// Seals `batch` for `node` and gives it to transport.
     pub(crate) async fn hand_over(self: Rc<Self>, node: Identity, batch: Vec<Outgoing>) {
-        let sealed = frame::seal(&self.key, node, &batch);
         let outcome = match self.transport.client_within(Duration::from_secs(1)).await {
             None => HandOver::Unavailable(batch),
             Some(transport) => {
+                // Sealed only once transport is there: a batch that goes back is not signed twice.
+                let sealed = frame::seal(&self.key, node, &batch);
                 let mut request = transport.send_frame_request();
                 request.get().set_dst(&node.0);
                 request.get().set_frame(&sealed.bytes);

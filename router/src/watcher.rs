@@ -16,13 +16,15 @@ impl RouterState {
         self.feed(Input::LookupAnswer { id, answer });
     }
 
-    /// Waits no longer than the core does (`Limits::lookup_wait`).
+    /// Waits no longer than the core does (`Limits::lookup_wait`), for the link and the answer
+    /// together.
     async fn ask_store(&self, id: Identity) -> Result<Option<Known>, String> {
-        let wait = Duration::from_millis(self.core().limits().lookup_wait);
-        let store = self.identity_store.client_within(wait).await.ok_or("the identity store is unreachable")?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.core().limits().lookup_wait);
+        let store = self.identity_store.client_within(deadline - tokio::time::Instant::now()).await;
+        let store = store.ok_or("the identity store is unreachable")?;
         let mut request = store.lookup_request();
         request.get().set_id(&id.0);
-        let answer = tokio::time::timeout(wait, request.send().promise)
+        let answer = tokio::time::timeout_at(deadline, request.send().promise)
             .await
             .map_err(|_| "the identity store did not answer in time".to_string())?
             .map_err(|e| format!("identity store lookup failed: {e}"))?;

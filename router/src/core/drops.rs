@@ -94,12 +94,6 @@ impl Refused {
     pub fn bad_source(detail: impl Into<String>) -> Self {
         Refused::new(DropReason::Malformed, SendRefusal::BadSource, detail)
     }
-    pub fn bad_signature(detail: impl Into<String>) -> Self {
-        Refused::new(DropReason::BadSignature, SendRefusal::NoRoute, detail)
-    }
-    pub fn unreachable(detail: impl Into<String>) -> Self {
-        Refused::new(DropReason::Unreachable, SendRefusal::NoRoute, detail)
-    }
 }
 
 /// One counter per drop reason.

@@ -16,8 +16,8 @@ pub mod signatures;
 pub mod table;
 
 pub use attach::{AttachRefused, Challenge};
-pub use drops::{DropCounters, DropReason, Refused};
-pub use frame::{FrameRefused, Opened, Sealed};
+pub use drops::{DropReason, Refused};
+pub use frame::FrameRefused;
 pub use outbox::{Announcement, Outgoing};
-pub use router::{check_envelope, check_send, Attached, HandOver, Input, Limits, Millis, Output, Router, Ticket};
-pub use table::{Known, Route, RoutingTable};
+pub use router::{check_envelope, check_send, HandOver, Input, Limits, Millis, Output, Router, Ticket};
+pub use table::Known;

@@ -55,8 +55,20 @@ impl Outbox {
         self.messages
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+    /// Queues an announcement, unless one already waits: then what waits becomes
+    /// `whole()` (every engine attached now, `full`), where the first one was, so that at most
+    /// one announcement waits, however fast engines come and go.
+    pub fn announce(&mut self, announcement: Announcement, whole: impl FnOnce() -> Announcement) {
+        let is_announcement = |item: &Outgoing| matches!(item, Outgoing::Engines(_));
+        let Some(first) = self.items.iter().position(is_announcement) else {
+            return self.items.push_back(Outgoing::Engines(announcement));
+        };
+        self.items[first] = Outgoing::Engines(whole());
+        let mut at = 0;
+        self.items.retain(|item| {
+            at += 1;
+            at - 1 == first || !is_announcement(item)
+        });
     }
 
     pub fn push(&mut self, item: Outgoing) {
@@ -125,6 +137,28 @@ mod tests {
         assert_eq!(again, batch);
         // One item over the budget still goes, alone.
         let (alone, _) = outbox.take_batch(10, 10);
-        assert_eq!((alone.len(), outbox.is_empty()), (1, true));
+        assert_eq!(alone.len(), 1);
+        assert_eq!(outbox.take_batch(10, 2000).0, vec![], "nothing is left");
+    }
+
+    #[test]
+    fn at_most_one_announcement_waits_however_often_engines_come_and_go() {
+        let mut outbox = Outbox::default();
+        let engine = Keypair::generate().identity();
+        let whole = || Announcement { full: true, attached: vec![], detached: vec![engine] };
+        outbox.announce(Announcement { detached: vec![engine], ..Announcement::default() }, whole);
+        outbox.push(message(10, None));
+        // A batch transport could not take comes back with its announcement, behind which
+        // another was queued meanwhile.
+        let (batch, _) = outbox.take_batch(0, 1 << 20);
+        outbox.announce(Announcement::default(), whole);
+        outbox.put_back(batch);
+        for _ in 0..1000 {
+            outbox.announce(Announcement { detached: vec![engine], ..Announcement::default() }, whole);
+        }
+        let (batch, _) = outbox.take_batch(0, 1 << 20);
+        assert_eq!(batch.len(), 2, "{batch:?}");
+        assert_eq!(batch[0], Outgoing::Engines(whole()), "the first announcement's place, with the whole list");
+        assert!(matches!(batch[1], Outgoing::Message(_)));
     }
 }

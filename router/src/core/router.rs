@@ -565,7 +565,9 @@ impl Router {
             self.retry(engine, now, None);
         }
         let recorded = Announcement { full: announcement.full, attached: learned, detached: announcement.detached };
-        self.outputs.push_back(Output::Record { node: src, announcement: recorded });
+        if recorded.full || !recorded.attached.is_empty() || !recorded.detached.is_empty() {
+            self.outputs.push_back(Output::Record { node: src, announcement: recorded });
+        }
     }
 
     fn announce_to_all(&mut self, announcement: Announcement, now: Millis) {
@@ -575,7 +577,9 @@ impl Router {
     }
 
     fn enqueue_announcement(&mut self, node: Identity, announcement: Announcement, now: Millis) {
-        self.outboxes.entry(node).or_default().push(Outgoing::Engines(announcement));
+        let table = &self.table;
+        let whole = || Announcement { full: true, attached: table.attachments().map(|a| a.location.clone()).collect(), detached: vec![] };
+        self.outboxes.entry(node).or_default().announce(announcement, whole);
         self.transmit(node, now);
     }
 
