@@ -48,6 +48,8 @@ pub struct Report {
     pub sent: u64,
     /// Frames the sender's pool would not queue (a full queue, or a node it cannot reach).
     pub refused: u64,
+    /// Frames a pool dropped because their node could no longer be reached.
+    pub unreachable: u64,
     pub delivered: u64,
     pub duplicates: u64,
     /// Frames that arrived after a gap in their sender's numbering (something before was lost).
@@ -288,7 +290,7 @@ impl World {
                     self.close(node, conn.0, detail);
                 }
                 Output::Event { node: peer, event } => self.connection_event(node, peer, event),
-                Output::Forget { .. } => {}
+                Output::Forget { dropped, .. } => self.report.unreachable += dropped,
             }
         }
         self.using_only_current(node);

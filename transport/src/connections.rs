@@ -40,6 +40,7 @@ const MAX_HANDSHAKE: usize = 64 << 10;
 const CLOSE_REFUSED: u32 = 1;
 const CLOSE_FRAME_OVER_LIMIT: u32 = 2;
 const CLOSE_STOPPING: u32 = 0;
+const CLOSE_WRITE_FAILED: u32 = 7;
 
 /// Counters for the status report.
 #[derive(Default)]
@@ -108,10 +109,11 @@ pub struct Transport {
     pub counters: Counters,
 }
 
-fn random_u64() -> u64 {
+/// Randomness for the incarnation (which must differ at every start) and the backoff jitter.
+fn random_u64() -> Result<u64, String> {
     let mut bytes = [0u8; 8];
-    let _ = getrandom::fill(&mut bytes);
-    u64::from_le_bytes(bytes)
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for the transport's incarnation: {e}"))?;
+    Ok(u64::from_le_bytes(bytes))
 }
 
 impl Transport {
@@ -145,7 +147,7 @@ impl Transport {
             ipv4: bound.iter().any(SocketAddr::is_ipv4),
             ipv6: bound.iter().any(SocketAddr::is_ipv6),
         };
-        let pool = Pool::new(node, random_u64(), policy, random_u64());
+        let pool = Pool::new(node, random_u64()?, policy, random_u64()?);
         Ok(Rc::new_cyclic(|weak| Transport {
             home,
             node,
@@ -316,7 +318,13 @@ impl Transport {
                 Some(at) => {
                     let deadline = self.started + Duration::from_millis(at);
                     tokio::select! {
-                        _ = tokio::time::sleep_until(deadline) => self.handle(Input::Timer),
+                        _ = tokio::time::sleep_until(deadline) => {
+                            self.handle(Input::Timer);
+                            // Frames that expired waiting for a connection left room.
+                            for peer in self.peers.borrow().values().filter(|p| p.waiting.get() > 0) {
+                                peer.room.notify_waiters();
+                            }
+                        }
                         _ = self.timer.notified() => {}
                     }
                 }
@@ -358,14 +366,21 @@ impl Transport {
                         peer.room.notify_waiters();
                     }
                     if let Err(error) = write_frame(&mut stream, &frame.bytes).await {
+                        // Closed, the connection's reader tells the pool, which chooses or dials
+                        // another; the frame goes first on it.
                         self.pool.borrow_mut().put_back(node, frame);
-                        return tracing::debug!(peer = %node, %error, "sending stopped");
+                        tracing::info!(peer = %node, %error, "a write failed; closing the connection");
+                        return quic.close(CLOSE_WRITE_FAILED.into(), b"write failed");
                     }
                     bump(&self.counters.frames_sent, 1);
                     peer.frames_sent.set(peer.frames_sent.get() + 1);
                 }
                 Next::Empty => {
-                    // Drained: the peer may close when idle from now on.
+                    // Drained (expired frames too may have left): room for senders, and the
+                    // peer may close when idle from now on.
+                    if peer.waiting.get() > 0 {
+                        peer.room.notify_waiters();
+                    }
                     self.arm_timer();
                     tokio::select! {
                         _ = peer.queued.notified() => {}
@@ -633,7 +648,11 @@ impl Transport {
             let queued = self.pool.borrow_mut().queue(dst, frame, self.now());
             match queued {
                 Ok(()) => {
-                    self.carry_out();
+                    // A connected peer's frame changes nothing else in the pool (no dial, no
+                    // timer): skip carrying out, which looks at every peer's timers.
+                    if self.pool.borrow().current(&dst).is_none() {
+                        self.carry_out();
+                    }
                     self.peer(dst).queued.notify_one();
                     return Ok(());
                 }

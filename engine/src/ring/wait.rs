@@ -236,13 +236,17 @@ mod tests {
             }
         });
         let outcome = finished.recv_timeout(Duration::from_secs(20));
-        assert!(outcome.is_ok(), "the consumer slept through a burst: a wake-up was lost");
+        assert_ne!(outcome, Err(std::sync::mpsc::RecvTimeoutError::Timeout), "the consumer slept through a burst: a wake-up was lost");
+        // Had the consumer failed (a record missing or out of order), it shows here.
+        consumer.join().expect("the consumer read every record, in order");
         producer.join().unwrap();
-        consumer.join().unwrap();
         drop(ring);
     }
 }
 
+/// The wake-up protocol under loom: every interleaving of one sleeper and one waker, with a
+/// futex that never times out. A lost wake-up leaves the sleeper blocked, which loom reports as
+/// a deadlock.
 #[cfg(all(test, netmachine_loom))]
 mod model {
     use super::*;

@@ -7,13 +7,14 @@ use netmachine_schema::{signing, Identity};
 
 type Record = capnp::message::Builder<capnp::message::HeapAllocator>;
 
-fn options() -> capnp::message::ReaderOptions {
-    netmachine_service::rpc::reader_options(64 << 10)
+/// Reads a message of the handshake (or an advert in it): at most 64 Ki words.
+pub fn read_message(bytes: &[u8]) -> capnp::Result<capnp::message::Reader<capnp::serialize::OwnedSegments>> {
+    capnp::serialize::read_message(&mut &bytes[..], netmachine_service::rpc::reader_options(64 << 10))
 }
 
 /// Reads a standalone advert message.
 pub fn read(advert: &[u8]) -> Result<capnp::message::Reader<capnp::serialize::OwnedSegments>, String> {
-    capnp::serialize::read_message(&mut &advert[..], options()).map_err(|e| format!("unreadable advert: {e}"))
+    read_message(advert).map_err(|e| format!("unreadable advert: {e}"))
 }
 
 /// Checks that a standalone advert message is `node`'s and is signed by it.

@@ -4,6 +4,7 @@
 
 use netmachine_schema::identity_capnp::node_advert;
 use netmachine_schema::transport_capnp::{hello, hello_answer, ConnectRefusal};
+use super::advert::read_message;
 use netmachine_schema::Identity;
 
 /// The protocol versions this node speaks.
@@ -33,22 +34,14 @@ pub enum Answer {
     Refused { reason: ConnectRefusal, detail: String },
 }
 
-fn options() -> capnp::message::ReaderOptions {
-    netmachine_service::rpc::reader_options(64 << 10)
-}
-
 fn standalone(advert: node_advert::Reader<'_>) -> capnp::Result<Vec<u8>> {
     let mut message = capnp::message::Builder::new_default();
     message.set_root(advert)?;
     Ok(capnp::serialize::write_message_to_words(&message))
 }
 
-fn advert_reader(bytes: &[u8]) -> capnp::Result<capnp::message::Reader<capnp::serialize::OwnedSegments>> {
-    capnp::serialize::read_message(&mut &bytes[..], options())
-}
-
 pub fn hello(advert: &[u8], known_advert_version: u32, incarnation: u64) -> capnp::Result<Vec<u8>> {
-    let advert = advert_reader(advert)?;
+    let advert = read_message(advert)?;
     let mut message = capnp::message::Builder::new_default();
     let mut hello = message.init_root::<hello::Builder>();
     hello.set_version_min(VERSION_MIN);
@@ -60,7 +53,7 @@ pub fn hello(advert: &[u8], known_advert_version: u32, incarnation: u64) -> capn
 }
 
 pub fn read_hello(bytes: &[u8]) -> capnp::Result<Hello> {
-    let message = capnp::serialize::read_message(&mut &bytes[..], options())?;
+    let message = read_message(bytes)?;
     let hello = message.get_root::<hello::Reader>()?;
     Ok(Hello {
         version_min: hello.get_version_min(),
@@ -86,7 +79,7 @@ pub fn check_hello(node: Identity, bytes: &[u8]) -> Result<(Hello, u16), (Connec
 }
 
 pub fn accepted(version: u16, advert: &[u8], incarnation: u64) -> capnp::Result<Vec<u8>> {
-    let advert = advert_reader(advert)?;
+    let advert = read_message(advert)?;
     let mut message = capnp::message::Builder::new_default();
     let mut accepted = message.init_root::<hello_answer::Builder>().init_accepted();
     accepted.set_version(version);
@@ -104,7 +97,7 @@ pub fn refused(reason: ConnectRefusal, detail: &str) -> Vec<u8> {
 }
 
 pub fn read_answer(bytes: &[u8]) -> capnp::Result<Answer> {
-    let message = capnp::serialize::read_message(&mut &bytes[..], options())?;
+    let message = read_message(bytes)?;
     Ok(match message.get_root::<hello_answer::Reader>()?.which()? {
         hello_answer::Accepted(accepted) => Answer::Accepted {
             version: accepted.get_version(),

@@ -214,10 +214,6 @@ impl<F: Expiring> Pool<F> {
         self.counters
     }
 
-    pub fn node(&self) -> Identity {
-        self.node
-    }
-
     pub fn incarnation(&self) -> u64 {
         self.incarnation
     }
@@ -331,11 +327,6 @@ impl<F: Expiring> Pool<F> {
             Some(peer) => peer.queue.put_back(frame),
             None => self.counters.frames_unreachable += 1,
         }
-    }
-
-    /// Whether `node`'s queue has no room.
-    pub fn is_full(&self, node: &Identity) -> bool {
-        self.peers.get(node).is_some_and(|p| p.queue.is_full())
     }
 
     /// Frames waiting for any peer.
@@ -831,7 +822,6 @@ mod tests {
             pool.queue(peer, frame(n, None), 0).unwrap();
         }
         assert_eq!(pool.queue(peer, frame(99, None), 0), Err((Unsendable::Full(peer), frame(99, None))));
-        assert!(pool.is_full(&peer));
         pool.handle(Input::Established { node: peer, conn: ConnId(1), direction: Direction::Dialed, incarnation: 1 }, 1);
         assert_eq!(pool.next_frame(peer, ConnId(2), 2), Next::NotCurrent, "only the chosen connection carries frames");
         let Next::Frame(first) = pool.next_frame(peer, ConnId(1), 2) else { panic!("a frame waits") };
