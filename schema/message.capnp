@@ -44,8 +44,8 @@ struct EngineMessage {
 }
 
 # What one node sends another: a batch of payloads under one node signature. The signature
-# covers the batch's exact bytes (see `p2p_frame` in schema/src/signing.rs), so a receiver
-# verifies before it parses the batch.
+# covers the batch's exact bytes, through their BLAKE3 hash (see `p2p_frame` in
+# schema/src/signing.rs), so a receiver verifies before it parses the batch.
 struct P2PFrame {
   src @0 :Id.Identity;
   dst @1 :Id.Identity;
