@@ -65,6 +65,11 @@ impl Shared {
         loaded.is_some().then(|| RingRef(loaded))
     }
 
+    /// The rings, to keep beyond one call (a sender waiting for room in a blocking thread).
+    pub fn ring_owned(&self) -> Option<Arc<EngineRing>> {
+        self.ring.load_full()
+    }
+
     /// Hands `message` to the request it answers; gives it back if it answers none.
     pub fn route_reply(&self, message: EngineMessage) -> Option<EngineMessage> {
         match self.take_reply(&message) {

@@ -95,6 +95,8 @@ pub struct Engine {
     commands: mpsc::Sender<Command>,
     incoming: Mutex<mpsc::Receiver<EngineMessage>>,
     shared: Arc<Shared>,
+    /// Held by the one sender waiting for room in a full outbox ring.
+    room_wait: Mutex<()>,
     receiver: Receiver,
     /// Messages a calling-thread engine took from its ring while waiting for a reply.
     taken: std::sync::Mutex<std::collections::VecDeque<EngineMessage>>,
@@ -168,6 +170,7 @@ impl Engine {
             commands,
             incoming: Mutex::new(incoming),
             shared,
+            room_wait: Mutex::new(()),
             receiver: options.receiver,
             taken: std::sync::Mutex::new(std::collections::VecDeque::new()),
             kept: AtomicU64::new(0),
@@ -369,20 +372,17 @@ impl Engine {
     /// Sends a message [`Engine::prepare`] already checked and signed.
     async fn send_prepared(&self, message: EngineMessage) -> Result<(), EngineError> {
         if let Some(ring) = self.shared.ring() {
-            let deadline = tokio::time::Instant::now() + self.send_timeout;
-            let mut wait = Duration::from_micros(20);
-            loop {
-                match ring.try_send(&message) {
-                    Err(EngineError::Full) => {}
-                    sent => return sent,
-                }
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(EngineError::RouterUnavailable(self.send_timeout));
-                }
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_millis(1));
+            match ring.try_send(&message) {
+                Err(EngineError::Full) => {}
+                sent => return sent,
             }
+            drop(ring);
+            return self.send_when_room(message).await;
         }
+        self.send_over_socket(message).await
+    }
+
+    async fn send_over_socket(&self, message: EngineMessage) -> Result<(), EngineError> {
         let (done, accepted) = oneshot::channel();
         let work = async {
             self.commands.send(Command::Send { message, done }).await.map_err(|_| EngineError::Closed)?;
@@ -391,6 +391,19 @@ impl Engine {
         tokio::time::timeout(self.send_timeout, work)
             .await
             .map_err(|_| EngineError::RouterUnavailable(self.send_timeout))?
+    }
+
+    /// Waits for room in the full outbox ring without holding up the caller's runtime (nor
+    /// polling it): one sender at a time, in the order they came, sleeps on the ring's waking
+    /// word in a blocking thread until the router has taken records; the others wait their turn.
+    /// Within the send timeout, whole: a send that gives up was not written.
+    async fn send_when_room(&self, message: EngineMessage) -> Result<(), EngineError> {
+        let unavailable = EngineError::RouterUnavailable(self.send_timeout);
+        let deadline = std::time::Instant::now() + self.send_timeout;
+        let _turn = tokio::time::timeout(self.send_timeout, self.room_wait.lock()).await.map_err(|_| unavailable)?;
+        let Some(ring) = self.shared.ring_owned() else { return self.send_over_socket(message).await };
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        tokio::task::spawn_blocking(move || ring.send_blocking(&message, left)).await.map_err(|_| EngineError::Closed)?
     }
 
     /// Sends `body` to `dst` and waits up to `timeout` for its reply. The message expires with
