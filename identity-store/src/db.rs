@@ -1,9 +1,9 @@
-//! The records on disk: one redb table from identity to the record's Cap'n Proto encoding.
+//! The records on disk: one redb table from identity to the record's Cap'n Proto encoding,
+//! read whole at start (`core::Records` holds them from then on) and written through.
 //! redb is a pure-Rust, copy-on-write B-tree with checksummed, fsync'd commits, so a record is
 //! on disk before the update is acknowledged and survives kill -9 or power loss.
 
-use redb::{ReadableDatabase, ReadableTableMetadata, TableDefinition};
-use std::ops::Bound;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::Path;
 
 const RECORDS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("records");
@@ -26,11 +26,6 @@ impl RecordDb {
         Ok(RecordDb { db })
     }
 
-    pub fn get(&self, id: &[u8; 32]) -> Result<Option<Vec<u8>>, redb::Error> {
-        let table = self.db.begin_read()?.open_table(RECORDS)?;
-        Ok(table.get(id)?.map(|v| v.value().to_vec()))
-    }
-
     /// Stores `record` under `id`; durable when this returns.
     pub fn put(&self, id: &[u8; 32], record: &[u8]) -> Result<(), redb::Error> {
         let txn = self.db.begin_write()?;
@@ -47,32 +42,13 @@ impl RecordDb {
         Ok(existed)
     }
 
-    pub fn count(&self) -> Result<u64, redb::Error> {
-        Ok(self.db.begin_read()?.open_table(RECORDS)?.len()?)
-    }
-
-    /// Records in identity order after `after` (from the start when `None`) for which `keep`
-    /// holds, at most `limit` of them.
-    pub fn scan(
-        &self,
-        after: Option<[u8; 32]>,
-        limit: usize,
-        mut keep: impl FnMut(&[u8]) -> bool,
-    ) -> Result<Vec<StoredRecord>, redb::Error> {
+    /// Every record, in identity order (read once, at start).
+    pub fn all(&self) -> Result<Vec<StoredRecord>, redb::Error> {
         let table = self.db.begin_read()?.open_table(RECORDS)?;
-        let start = match &after {
-            Some(id) => Bound::Excluded(id),
-            None => Bound::Unbounded,
-        };
         let mut out = Vec::new();
-        for entry in table.range::<&[u8; 32]>((start, Bound::Unbounded))? {
-            if out.len() >= limit {
-                break;
-            }
+        for entry in table.iter()? {
             let (id, record) = entry?;
-            if keep(record.value()) {
-                out.push((*id.value(), record.value().to_vec()));
-            }
+            out.push((*id.value(), record.value().to_vec()));
         }
         Ok(out)
     }

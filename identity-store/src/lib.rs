@@ -1,6 +1,6 @@
 //! The identity store service: engine, node, topic and domain records, checked on update,
 //! persisted in `$DATA/identities.redb`, and pushed to watchers as IdentityUpdated.
 
-pub mod check;
+pub mod core;
 pub mod db;
 pub mod server;

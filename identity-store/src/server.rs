@@ -1,19 +1,17 @@
 //! The identity store's RPC face: lookup, update (checked), delete, list, and watchers that
 //! are told of every change. A watcher that falls too far behind is dropped and counted.
 
-use crate::check::{check_room, check_update, of_kind, Refusal};
+use crate::core::{Change, Records};
 use crate::db::RecordDb;
-use capnp::message::{Builder, HeapAllocator, Reader};
-use capnp::serialize::OwnedSegments;
 use netmachine_schema::identity_capnp::identity_record;
 use netmachine_schema::identity_store_capnp::{identity_store, identity_watcher};
 use netmachine_schema::service_capnp::service;
 use netmachine_schema::Identity;
 use netmachine_service::fanout::Fanout;
 use netmachine_service::home::{NodeHome, ServiceKind};
-use netmachine_service::rpc::{reader_options, ConnectionStats};
+use netmachine_service::rpc::ConnectionStats;
 use netmachine_service::status::StatusReport;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 /// Watchers at once; more are refused.
@@ -23,6 +21,7 @@ const MAX_LIST: u32 = 1000;
 
 /// The identity store service.
 pub struct IdentityStore {
+    records: RefCell<Records>,
     db: RecordDb,
     home: NodeHome,
     stats: Rc<ConnectionStats>,
@@ -32,10 +31,19 @@ pub struct IdentityStore {
 }
 
 impl IdentityStore {
-    /// Opens the store's database in `$DATA`.
+    /// Opens the store's database in `$DATA` and reads every record from it (one that cannot
+    /// be read is left out, with a warning).
     pub fn open(home: NodeHome, stats: Rc<ConnectionStats>) -> Result<Self, redb::Error> {
         let db = RecordDb::open(&home.data_dir().join("identities.redb"))?;
+        let mut records = Records::new(home.config.limits.max_records, home.config.rpc_word_limit());
+        for (id, record) in db.all()? {
+            let id = Identity(id);
+            if let Err(error) = records.load(id, record) {
+                tracing::warn!(%id, %error, "left out an unreadable record");
+            }
+        }
         Ok(IdentityStore {
+            records: RefCell::new(records),
             db,
             home,
             stats,
@@ -45,37 +53,23 @@ impl IdentityStore {
         })
     }
 
-    fn decode(&self, bytes: &[u8]) -> capnp::Result<Reader<OwnedSegments>> {
-        capnp::serialize::read_message(&mut &bytes[..], reader_options(self.home.config.rpc_word_limit()))
+    /// Makes `change` durable, then holds it and tells the watchers.
+    fn commit(&self, change: Change) -> capnp::Result<()> {
+        match &change {
+            Change::Put { id, record } => self.db.put(&id.0, record),
+            Change::Delete { id } => self.db.delete(&id.0).map(|_| ()),
+        }
+        .map_err(storage_error)?;
+        let (id, record) = match &change {
+            Change::Put { id, record } => (*id, Some(self.records.borrow().decode(record)?)),
+            Change::Delete { id } => (*id, None),
+        };
+        self.records.borrow_mut().apply(change);
+        self.notify(id, record.as_ref().map(|r| r.get_root::<identity_record::Reader>()).transpose()?);
+        Ok(())
     }
 
-    fn stored(&self, id: &[u8; 32]) -> capnp::Result<Option<Reader<OwnedSegments>>> {
-        match self.db.get(id).map_err(storage_error)? {
-            Some(bytes) => Ok(Some(self.decode(&bytes)?)),
-            None => Ok(None),
-        }
-    }
-
-    fn apply(&self, id: Identity, record: identity_record::Reader<'_>) -> capnp::Result<Result<(), Refusal>> {
-        let existing = self.stored(&id.0)?;
-        let existing_root = existing.as_ref().map(|m| m.get_root::<identity_record::Reader>()).transpose()?;
-        if let Err(refusal) = check_update(&id, record, existing_root) {
-            return Ok(Err(refusal));
-        }
-        if existing.is_none() {
-            if let Err(refusal) = check_room(self.db.count().map_err(storage_error)?, self.home.config.limits.max_records) {
-                return Ok(Err(refusal));
-            }
-        }
-        let mut copy = Builder::new_default();
-        copy.set_root(record)?;
-        self.db.put(&id.0, &capnp::serialize::write_message_to_words(&copy)).map_err(storage_error)?;
-        self.notify(id, Some(&copy));
-        Ok(Ok(()))
-    }
-
-    fn notify(&self, id: Identity, record: Option<&Builder<HeapAllocator>>) {
-        let record = record.and_then(|r| r.get_root_as_reader::<identity_record::Reader>().ok());
+    fn notify(&self, id: Identity, record: Option<identity_record::Reader<'_>>) {
         self.watchers.notify(|watcher| {
             let mut request = watcher.identity_updated_request();
             let mut params = request.get();
@@ -101,7 +95,7 @@ fn identity(field: &'static str, bytes: &[u8]) -> capnp::Result<Identity> {
 impl service::Server for IdentityStore {
     async fn status(self: Rc<Self>, _: service::StatusParams, mut results: service::StatusResults) -> capnp::Result<()> {
         let mut counters = vec![
-            ("records", self.db.count().map_err(storage_error)?),
+            ("records", self.records.borrow().len()),
             ("updates_accepted", self.accepted.get()),
             ("updates_refused", self.refused.get()),
             ("watchers", self.watchers.len() as u64),
@@ -124,10 +118,11 @@ impl service::Server for IdentityStore {
 impl identity_store::Server for IdentityStore {
     async fn lookup(self: Rc<Self>, params: identity_store::LookupParams, mut results: identity_store::LookupResults) -> capnp::Result<()> {
         let id = identity("id", params.get()?.get_id()?)?;
-        if let Some(stored) = self.stored(&id.0)? {
+        let records = self.records.borrow();
+        if let Some(stored) = records.get(&id) {
             let mut out = results.get();
             out.set_found(true);
-            out.set_record(stored.get_root::<identity_record::Reader>()?)?;
+            out.set_record(records.decode(stored)?.get_root::<identity_record::Reader>()?)?;
         }
         Ok(())
     }
@@ -135,10 +130,11 @@ impl identity_store::Server for IdentityStore {
     async fn update(self: Rc<Self>, params: identity_store::UpdateParams, mut results: identity_store::UpdateResults) -> capnp::Result<()> {
         let params = params.get()?;
         let id = identity("id", params.get_id()?)?;
-        let outcome = self.apply(id, params.get_record()?)?;
+        let decided = self.records.borrow().update(id, params.get_record()?);
         let mut result = results.get().init_result();
-        match outcome {
-            Ok(()) => {
+        match decided {
+            Ok(change) => {
+                self.commit(change)?;
                 self.accepted.set(self.accepted.get() + 1);
                 tracing::info!(%id, "record updated");
                 result.set_accepted(());
@@ -156,12 +152,12 @@ impl identity_store::Server for IdentityStore {
 
     async fn delete(self: Rc<Self>, params: identity_store::DeleteParams, mut results: identity_store::DeleteResults) -> capnp::Result<()> {
         let id = identity("id", params.get()?.get_id()?)?;
-        let existed = self.db.delete(&id.0).map_err(storage_error)?;
-        if existed {
+        let change = self.records.borrow().delete(id);
+        results.get().set_existed(change.is_some());
+        if let Some(change) = change {
+            self.commit(change)?;
             tracing::info!(%id, "record deleted");
-            self.notify(id, None);
         }
-        results.get().set_existed(existed);
         Ok(())
     }
 
@@ -170,27 +166,19 @@ impl identity_store::Server for IdentityStore {
         let kind = params.get_kind()?;
         let after = match params.get_after()? {
             [] => None,
-            bytes => Some(identity("after", bytes)?.0),
+            bytes => Some(identity("after", bytes)?),
         };
         let limit = match params.get_limit() {
             0 => MAX_LIST,
             n => n.min(MAX_LIST),
         };
-        let word_limit = self.home.config.rpc_word_limit();
-        let entries = self
-            .db
-            .scan(after, limit as usize, |bytes| {
-                let Ok(message) = capnp::serialize::read_message(&mut &bytes[..], reader_options(word_limit)) else {
-                    return false;
-                };
-                message.get_root::<identity_record::Reader>().and_then(|r| Ok(r.which()?)).is_ok_and(|which| of_kind(kind, &which))
-            })
-            .map_err(storage_error)?;
+        let records = self.records.borrow();
+        let entries = records.list(kind, after, limit as usize);
         let mut out = results.get().init_entries(entries.len() as u32);
-        for (i, (id, bytes)) in entries.iter().enumerate() {
+        for (i, (id, record)) in entries.into_iter().enumerate() {
             let mut entry = out.reborrow().get(i as u32);
-            entry.set_id(id);
-            entry.set_record(self.decode(bytes)?.get_root::<identity_record::Reader>()?)?;
+            entry.set_id(&id.0);
+            entry.set_record(records.decode(record)?.get_root::<identity_record::Reader>()?)?;
         }
         Ok(())
     }
