@@ -13,7 +13,7 @@ use crate::core::settle::Direction;
 use crate::events::{emit, Event};
 use crate::framing::{read_frame, write_frame, FrameError};
 use crate::handshake::{self, Answer};
-use crate::tls::{self, NodeTls};
+use crate::core::tls::{node_of_certificate, NodeTls};
 use futures::stream::{FuturesOrdered, StreamExt};
 use netmachine_schema::identity_store_capnp::identity_store;
 use netmachine_schema::router_capnp::router;
@@ -457,7 +457,7 @@ impl Transport {
             Ok(Err(error)) => return tracing::info!(%error, "incoming connection failed in TLS"),
             Err(_) => return tracing::info!("incoming connection timed out in TLS"),
         };
-        let Some(node) = tls::peer_node(&quic) else {
+        let Some(node) = peer_node(&quic) else {
             return quic.close(CLOSE_REFUSED.into(), b"no node certificate");
         };
         let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(timeout, quic.accept_bi()).await else {
@@ -695,3 +695,10 @@ impl Transport {
         }
     }
 }
+
+/// The node identity a QUIC connection's peer proved in TLS.
+fn peer_node(connection: &quinn::Connection) -> Option<Identity> {
+    let certs = connection.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    node_of_certificate(certs.first()?).ok()
+}
+

@@ -8,6 +8,5 @@ pub mod events;
 pub mod framing;
 pub mod peer_sync;
 pub mod server;
-pub mod tls;
 
-pub use core::handshake;
+pub use core::{handshake, tls};

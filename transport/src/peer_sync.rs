@@ -159,7 +159,7 @@ pub fn on_router_connect(transport: Weak<Transport>) -> impl Fn(router::Client) 
                     quic.set_cert_issuer(&transport.node.0);
                 }
             }
-            request.get().init_protocols(1).set(0, std::str::from_utf8(crate::tls::ALPN).unwrap_or("netmachine/1"));
+            request.get().init_protocols(1).set(0, std::str::from_utf8(crate::core::tls::ALPN).unwrap_or("netmachine/1"));
             let answer = request.send().promise.await?;
             let mut message = capnp::message::Builder::new_default();
             message.set_root(answer.get()?.get_advert()?)?;

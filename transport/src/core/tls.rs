@@ -1,7 +1,9 @@
 //! TLS 1.3 for QUIC between nodes, with no certificate authority: each node's certificate is
 //! self-signed with its ed25519 node key, a client dials expecting one node identity and
 //! accepts only a certificate carrying that key, and a server requires a client certificate
-//! and learns the client's node identity from it (the allow-list check comes after).
+//! and learns the client's node identity from it (the allow-list check comes after). Making
+//! certificates and deciding which to accept is pure, as quinn keeps its own rustls glue in
+//! quinn-proto: the shell hands the configs to its endpoint.
 
 use netmachine_schema::{Identity, Keypair};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -103,12 +105,6 @@ pub fn node_of_certificate(cert: &CertificateDer<'_>) -> Result<Identity, rustls
         Some(key) if key.len() == 32 => Ok(Identity(key.try_into().expect("32 bytes"))),
         _ => Err(rustls::Error::General("the certificate key is not an ed25519 node key".into())),
     }
-}
-
-/// The node identity a QUIC connection's peer proved in TLS.
-pub fn peer_node(connection: &quinn::Connection) -> Option<Identity> {
-    let certs = connection.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    node_of_certificate(certs.first()?).ok()
 }
 
 #[derive(Debug)]
