@@ -4,6 +4,7 @@
 //! and when the engine is gone, what was still queued is counted as dropped.
 
 use tracing::Instrument;
+use crate::core::delivery::{self, DELIVERY_BATCH};
 use crate::core::{DropReason, Input};
 use crate::rings::RingEndpoint;
 use crate::shell::RouterState;
@@ -18,8 +19,6 @@ use tokio::sync::mpsc;
 
 /// Deliveries to one engine awaiting its answer at once.
 const DELIVERY_WINDOW: usize = 64;
-/// Messages in one delivery at most.
-const DELIVERY_BATCH: usize = 256;
 
 /// A delivery awaiting the engine's answer, with how many messages it carried.
 type Delivery = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, (capnp::Error, u64)>>>>;
@@ -127,18 +126,7 @@ impl Pump {
 
     /// Sends `first` and whatever else is already waiting (up to a batch) in one call.
     fn batch(&self, inbox: &inbox::Client, first: EngineMessage, pending: &mut mpsc::UnboundedReceiver<EngineMessage>) -> Option<Delivery> {
-        let now = now_ms();
-        let (mut batch, mut taken, mut expired) = (Vec::new(), 0, 0);
-        let mut next = Some(first);
-        while let Some(message) = next {
-            taken += 1;
-            if message.is_expired(now) {
-                expired += 1;
-            } else {
-                batch.push(message);
-            }
-            next = if batch.len() < DELIVERY_BATCH { pending.try_recv().ok() } else { None };
-        }
+        let delivery::Cut { batch, taken, expired } = delivery::cut(first, || pending.try_recv().ok(), now_ms());
         self.dropped(DropReason::Expired, expired);
         self.taken(taken);
         let carried = batch.len() as u64;

@@ -10,6 +10,7 @@ use netmachine_engine::ring::layout::{Kind, INBOX_CONSUMER_SLEEPING_AT, OUTBOX_P
 use netmachine_engine::ring::records::{self, Envelope, Refusal};
 use netmachine_engine::ring::wait::wake_if_sleeping;
 use netmachine_engine::ring::{futex, Consumer, Doorbell, Full, Producer, RingSegment, SegmentError};
+use crate::core::pacing::{Pacer, Pause, Round};
 use crate::core::{check_envelope, Refused};
 use crate::shell::RouterState;
 use netmachine_schema::time::now_ms;
@@ -18,14 +19,10 @@ use std::rc::{Rc, Weak};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Records forwarded from one outbox before the thread looks at the next.
 const TURN: usize = 256;
-/// Waiting as the engines do (`netmachine_engine::ring::wait`): spin a little, yield a while.
-const SPINS: u32 = 16;
-const YIELDS: u32 = 100;
 
 /// One ring-attached engine, as the router sees it.
 pub struct RingEndpoint {
@@ -267,8 +264,7 @@ fn forward(shared: &Shared, slow: &mpsc::Sender<Slow>) {
     let mut seen = u64::MAX;
     let mut endpoints: Vec<Arc<RingEndpoint>> = Vec::new();
     let mut by_engine: HashMap<Identity, Arc<RingEndpoint>> = HashMap::new();
-    let mut idle = 0u32;
-    let mut backoff = Duration::from_micros(50);
+    let mut pacer = Pacer::default();
     loop {
         let version = shared.version.load(Ordering::Acquire);
         if version != seen {
@@ -304,28 +300,21 @@ fn forward(shared: &Shared, slow: &mpsc::Sender<Slow>) {
             });
             shared.version.fetch_add(1, Ordering::Release);
         }
-        if progressed {
-            idle = 0;
-            backoff = Duration::from_micros(50);
-            continue;
-        }
-        if blocked {
+        let round = match (progressed, blocked) {
+            (true, _) => Round::Progressed,
+            (false, true) => Round::Blocked,
+            (false, false) => Round::Idle,
+        };
+        match pacer.after(round) {
+            Pause::None => {}
+            Pause::Spin => std::hint::spin_loop(),
+            Pause::Yield => std::thread::yield_now(),
             // A receiver is full: its engine is slow. Wait for it without spinning.
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_millis(1));
-            continue;
-        }
-        idle += 1;
-        if idle < SPINS {
-            std::hint::spin_loop();
-        } else if idle < SPINS + YIELDS {
-            std::thread::yield_now();
-        } else {
-            shared.doorbell.sleep(|| {
+            Pause::Sleep(pause) => std::thread::sleep(pause),
+            Pause::Doorbell => shared.doorbell.sleep(|| {
                 shared.version.load(Ordering::Acquire) != seen
                     || endpoints.iter().any(|e| !e.corrupt.load(Ordering::Acquire) && lock(&e.outbox).has_data())
-            });
-            idle = 0;
+            }),
         }
     }
 }

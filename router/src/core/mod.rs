@@ -2,15 +2,18 @@
 //! attaching engine must prove (`attach`), the
 //! routing table (`table`), why messages are dropped
 //! and what the sender is told (`drops`), what waits for each other node (`outbox`), frames
-//! sealed and opened (`frame`, with engine signatures checked as a batch in `signatures`), and
+//! sealed and opened (`frame`, with engine signatures checked as a batch in `signatures`), what
+//! one delivery to an engine carries (`delivery`), how the ring thread waits (`pacing`), and
 //! the state machine that makes every routing decision (`router`). The tokio/capnp shell feeds
 //! it what happened and carries out what it answers; the simulation in `sim/` drives many.
 
 pub mod advert;
 pub mod attach;
+pub mod delivery;
 pub mod drops;
 pub mod frame;
 pub mod outbox;
+pub mod pacing;
 pub mod router;
 pub mod signatures;
 pub mod table;
