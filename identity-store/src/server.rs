@@ -53,19 +53,16 @@ impl IdentityStore {
         })
     }
 
-    /// Makes `change` durable, then holds it and tells the watchers.
-    fn commit(&self, change: Change) -> capnp::Result<()> {
-        match &change {
-            Change::Put { id, record } => self.db.put(&id.0, record),
-            Change::Delete { id } => self.db.delete(&id.0).map(|_| ()),
+    /// Makes `change` durable, then holds it and tells the watchers (`record` is what a put
+    /// stores, as the caller sent it).
+    fn commit(&self, change: Change, record: Option<identity_record::Reader<'_>>) -> capnp::Result<()> {
+        let id = match &change {
+            Change::Put { id, record } => self.db.put(&id.0, record).map(|()| *id),
+            Change::Delete { id } => self.db.delete(&id.0).map(|_| *id),
         }
         .map_err(storage_error)?;
-        let (id, record) = match &change {
-            Change::Put { id, record } => (*id, Some(self.records.borrow().decode(record)?)),
-            Change::Delete { id } => (*id, None),
-        };
         self.records.borrow_mut().apply(change);
-        self.notify(id, record.as_ref().map(|r| r.get_root::<identity_record::Reader>()).transpose()?);
+        self.notify(id, record);
         Ok(())
     }
 
@@ -130,11 +127,12 @@ impl identity_store::Server for IdentityStore {
     async fn update(self: Rc<Self>, params: identity_store::UpdateParams, mut results: identity_store::UpdateResults) -> capnp::Result<()> {
         let params = params.get()?;
         let id = identity("id", params.get_id()?)?;
-        let decided = self.records.borrow().update(id, params.get_record()?);
+        let record = params.get_record()?;
+        let decided = self.records.borrow().update(id, record);
         let mut result = results.get().init_result();
         match decided {
             Ok(change) => {
-                self.commit(change)?;
+                self.commit(change, Some(record))?;
                 self.accepted.set(self.accepted.get() + 1);
                 tracing::info!(%id, "record updated");
                 result.set_accepted(());
@@ -155,7 +153,7 @@ impl identity_store::Server for IdentityStore {
         let change = self.records.borrow().delete(id);
         results.get().set_existed(change.is_some());
         if let Some(change) = change {
-            self.commit(change)?;
+            self.commit(change, None)?;
             tracing::info!(%id, "record deleted");
         }
         Ok(())

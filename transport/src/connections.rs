@@ -701,4 +701,3 @@ fn peer_node(connection: &quinn::Connection) -> Option<Identity> {
     let certs = connection.peer_identity()?.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
     node_of_certificate(certs.first()?).ok()
 }
-
