@@ -16,8 +16,6 @@ use std::rc::Rc;
 
 /// Watchers at once; more are refused.
 const MAX_WATCHERS: usize = 256;
-/// Entries one `list` call returns at most.
-const MAX_LIST: u32 = 1000;
 
 /// The identity store service.
 pub struct IdentityStore {
@@ -166,12 +164,8 @@ impl identity_store::Server for IdentityStore {
             [] => None,
             bytes => Some(identity("after", bytes)?),
         };
-        let limit = match params.get_limit() {
-            0 => MAX_LIST,
-            n => n.min(MAX_LIST),
-        };
         let records = self.records.borrow();
-        let entries = records.list(kind, after, limit as usize);
+        let entries = records.list(kind, after, params.get_limit());
         let mut out = results.get().init_entries(entries.len() as u32);
         for (i, (id, record)) in entries.into_iter().enumerate() {
             let mut entry = out.reborrow().get(i as u32);

@@ -8,7 +8,8 @@
 use tracing::Instrument;
 use crate::core::book::Admission;
 use crate::core::pool::{ConnId, Input, Millis, Next, Output, Policy, Pool, Unsendable};
-use crate::core::queue::Queued;
+use crate::core::queue::{self, Outgoing};
+use crate::core::report::{CountReport, FrameCounts};
 use crate::core::settle::Direction;
 use crate::events::{emit, Event};
 use crate::framing::{read_frame, write_frame, FrameError};
@@ -635,15 +636,12 @@ impl Transport {
     /// Queues a frame for `dst`, waiting while its queue is full, up to `limits.send_wait_ms`
     /// or the frame's `expiry` (milliseconds since the epoch; 0: never).
     pub async fn send_frame(self: &Rc<Self>, dst: Identity, bytes: Vec<u8>, expiry: u64) -> Result<(), String> {
-        if bytes.len() > self.max_frame() {
+        let send_wait = self.home.config.limits.send_wait_ms;
+        let Outgoing { mut frame, wait } = queue::outgoing(bytes, expiry, self.max_frame(), send_wait, now_ms(), self.now()).map_err(|over| {
             bump(&self.counters.frames_over_limit, 1);
-            return Err(format!("the frame is {} bytes, over the limit of {}", bytes.len(), self.max_frame()));
-        }
-        let left = (expiry != 0).then(|| expiry.saturating_sub(now_ms()));
-        let wait = self.home.config.limits.send_wait_ms.min(left.unwrap_or(u64::MAX));
+            over.to_string()
+        })?;
         let deadline = Instant::now() + Duration::from_millis(wait);
-        // The pool's clock, not the wall's.
-        let mut frame = Queued { bytes, expiry: left.map(|left| self.now() + left) };
         loop {
             let queued = self.pool.borrow_mut().queue(dst, frame, self.now());
             match queued {
@@ -678,19 +676,15 @@ impl Transport {
     /// Emits message counts for connected peers whose counts changed, every few seconds, while
     /// anyone subscribes to events.
     pub async fn report_counts(self: Rc<Self>) {
-        let mut reported: HashMap<Identity, (u64, u64)> = HashMap::new();
+        let mut report = CountReport::default();
         loop {
             tokio::time::sleep(Duration::from_secs(5)).await;
             if self.events.is_empty() {
                 continue;
             }
-            let peers: Vec<Rc<Peer>> = self.peers.borrow().values().cloned().collect();
-            reported.retain(|id, _| peers.iter().any(|p| p.id == *id));
-            for peer in peers {
-                let counts = (peer.frames_sent.get(), peer.frames_received.get());
-                if reported.insert(peer.id, counts) != Some(counts) {
-                    emit(&self.events, peer.id, Event::Counts { frames_sent: counts.0, frames_received: counts.1 });
-                }
+            let current: Vec<_> = self.peers.borrow().values().map(|p| (p.id, FrameCounts { sent: p.frames_sent.get(), received: p.frames_received.get() })).collect();
+            for (node, counts) in report.changed(current) {
+                emit(&self.events, node, Event::Counts { frames_sent: counts.sent, frames_received: counts.received });
             }
         }
     }

@@ -12,7 +12,6 @@ use netmachine_schema::identity_store_capnp::{identity_store, identity_watcher, 
 use netmachine_schema::router_capnp::router;
 use netmachine_schema::Identity;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::{Rc, Weak};
 
@@ -125,40 +124,18 @@ impl identity_watcher::Server for BookWatcher {
     }
 }
 
-/// The addresses to advertise: `transport.advertise`, else the bound ones that name a host.
-pub fn advertised_addrs(transport: &Transport) -> Vec<SocketAddr> {
-    let configured: Vec<SocketAddr> = transport.home.config.transport.advertise.iter().filter_map(|a| a.parse().ok()).collect();
-    if !configured.is_empty() {
-        return configured;
-    }
-    transport.local_addrs().into_iter().filter(|a| !a.ip().is_unspecified()).collect()
-}
-
 /// What the transport runs each time its link to the router comes up: have the advert signed.
 pub fn on_router_connect(transport: Weak<Transport>) -> impl Fn(router::Client) -> SetUp {
     move |router| {
         let transport = transport.clone();
         Box::pin(async move {
             let transport = transport.upgrade().ok_or_else(|| capnp::Error::failed("stopping".into()))?;
-            let addrs = advertised_addrs(&transport);
+            let addrs = advert::addresses_to_advertise(&transport.home.config.transport.advertise, &transport.local_addrs());
             if addrs.is_empty() {
                 tracing::warn!("no address to advertise: set transport.advertise when listening on 0.0.0.0 or ::");
             }
             let mut request = router.sign_advert_request();
-            {
-                let mut list = request.get().init_addrs(addrs.len() as u32);
-                for (i, addr) in addrs.iter().enumerate() {
-                    let mut weighted = list.reborrow().get(i as u32);
-                    weighted.set_weight(100);
-                    let mut quic = weighted.init_address().init_quic();
-                    match addr.ip() {
-                        std::net::IpAddr::V4(ip) => quic.set_ip(&ip.octets()),
-                        std::net::IpAddr::V6(ip) => quic.set_ip(&ip.octets()),
-                    }
-                    quic.set_port(addr.port());
-                    quic.set_cert_issuer(&transport.node.0);
-                }
-            }
+            advert::set_addresses(request.get().init_addrs(addrs.len() as u32), &addrs, transport.node);
             request.get().init_protocols(1).set(0, std::str::from_utf8(crate::core::tls::ALPN).unwrap_or("netmachine/1"));
             let answer = request.send().promise.await?;
             let mut message = capnp::message::Builder::new_default();

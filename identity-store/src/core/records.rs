@@ -13,6 +13,9 @@ use netmachine_schema::Identity;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+/// Entries one `list` returns at most.
+pub const MAX_LIST: u32 = 1000;
+
 /// A change the store has decided on: made durable first, then applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -91,14 +94,18 @@ impl Records {
         message.get_root::<identity_record::Reader>().and_then(|r| Ok(r.which()?)).is_ok_and(|which| of_kind(kind, &which))
     }
 
-    /// Up to `limit` records of `kind` in identity order, after `after` (from the first when
-    /// `None`).
-    pub fn list(&self, kind: RecordKind, after: Option<Identity>, limit: usize) -> Vec<(Identity, &[u8])> {
+    /// Up to `limit` records of `kind` (0, or over `MAX_LIST`: `MAX_LIST`) in identity order,
+    /// after `after` (from the first when `None`).
+    pub fn list(&self, kind: RecordKind, after: Option<Identity>, limit: u32) -> Vec<(Identity, &[u8])> {
+        let limit = match limit {
+            0 => MAX_LIST,
+            n => n.min(MAX_LIST),
+        };
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         self.by_id
             .range((start, Bound::Unbounded))
             .filter(|(_, record)| self.is_of_kind(record, kind))
-            .take(limit)
+            .take(limit as usize)
             .map(|(id, record)| (*id, record.as_slice()))
             .collect()
     }
@@ -181,6 +188,19 @@ mod tests {
         assert_eq!(ids(records.list(RecordKind::Node, None, 2)), nodes[..2]);
         assert_eq!(ids(records.list(RecordKind::Node, Some(nodes[1]), 100)), nodes[2..]);
         assert!(records.list(RecordKind::Topic, None, 100).is_empty());
+        assert_eq!(records.list(RecordKind::Node, None, 0).len(), 5, "0 asks for as many as a list holds");
+    }
+
+    #[test]
+    fn one_list_holds_at_most_max_list_entries() {
+        let mut records = records(2000);
+        for _ in 0..=MAX_LIST {
+            let key = Keypair::generate();
+            put(&mut records, key.identity(), &node_record(&key, 1, 4000, false)).unwrap();
+        }
+        for asked in [0, MAX_LIST + 1, u32::MAX] {
+            assert_eq!(records.list(RecordKind::Node, None, asked).len(), MAX_LIST as usize);
+        }
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! A peer's node advert, as the transport checks and keeps it: an advert must be the peer's
 //! own and signed by it; a newer version of a known peer's advert replaces the stored one,
-//! keeping the trust and preferences the operator gave.
+//! keeping the trust and preferences the operator gave. It also decides which addresses this
+//! node advertises, and writes them as the advert carries them.
 
-use netmachine_schema::identity_capnp::{identity_record, node_advert};
+use netmachine_schema::identity_capnp::{identity_record, node_advert, weighted_address};
 use netmachine_schema::{signing, Identity};
+use std::net::{IpAddr, SocketAddr};
 
 type Record = capnp::message::Builder<capnp::message::HeapAllocator>;
 
@@ -57,6 +59,32 @@ pub fn replacement(stored: identity_record::Reader<'_>, advert: node_advert::Rea
     node_record(advert, stored.get_trust(), permanent).map(Some)
 }
 
+/// The addresses to advertise: the configured ones (`transport.advertise`) that parse, else
+/// the `bound` ones that name a host (not 0.0.0.0 or ::).
+pub fn addresses_to_advertise(configured: &[String], bound: &[SocketAddr]) -> Vec<SocketAddr> {
+    let configured: Vec<SocketAddr> = configured.iter().filter_map(|a| a.parse().ok()).collect();
+    if !configured.is_empty() {
+        return configured;
+    }
+    bound.iter().copied().filter(|a| !a.ip().is_unspecified()).collect()
+}
+
+/// Writes `addrs` into an advert's address list, each a QUIC address of equal weight whose
+/// certificate `node` issues.
+pub fn set_addresses(mut list: capnp::struct_list::Builder<'_, weighted_address::Owned>, addrs: &[SocketAddr], node: Identity) {
+    for (i, addr) in addrs.iter().enumerate() {
+        let mut weighted = list.reborrow().get(i as u32);
+        weighted.set_weight(100);
+        let mut quic = weighted.init_address().init_quic();
+        match addr.ip() {
+            IpAddr::V4(ip) => quic.set_ip(&ip.octets()),
+            IpAddr::V6(ip) => quic.set_ip(&ip.octets()),
+        }
+        quic.set_port(addr.port());
+        quic.set_cert_issuer(&node.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +126,27 @@ mod tests {
         let node = node.unwrap();
         assert_eq!((node.get_trust(), node.get_connection_prefs().unwrap().get_permanent()), (77, true));
         assert_eq!(node.get_advert().unwrap().get_version(), 3);
+    }
+
+    #[test]
+    fn the_configured_addresses_win_else_the_bound_ones_that_name_a_host() {
+        let bound: Vec<SocketAddr> = ["0.0.0.0:4000", "127.0.0.1:4001", "[::]:4002", "[::1]:4003"].iter().map(|a| a.parse().unwrap()).collect();
+        let named = |list: &[&str]| list.iter().map(|a| a.parse().unwrap()).collect::<Vec<SocketAddr>>();
+        assert_eq!(addresses_to_advertise(&[], &bound), named(&["127.0.0.1:4001", "[::1]:4003"]));
+        let configured = ["127.0.0.2:4000".to_string(), "not an address".to_string()];
+        assert_eq!(addresses_to_advertise(&configured, &bound), named(&["127.0.0.2:4000"]));
+    }
+
+    #[test]
+    fn written_addresses_read_back_as_the_peer_book_reads_them() {
+        let key = Keypair::generate();
+        let addrs: Vec<SocketAddr> = ["127.0.0.1:4001", "[::1]:4003"].iter().map(|a| a.parse().unwrap()).collect();
+        let mut message = capnp::message::Builder::new_default();
+        let mut record = message.init_root::<identity_record::Builder>().init_node();
+        let mut written = record.reborrow().init_advert();
+        written.set_id(&key.identity().0);
+        set_addresses(written.init_addrs(addrs.len() as u32), &addrs, key.identity());
+        let read = crate::core::PeerInfo::from_record(record.into_reader()).unwrap();
+        assert_eq!(read.addrs, vec![(addrs[0], 100), (addrs[1], 100)]);
     }
 }

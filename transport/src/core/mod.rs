@@ -3,8 +3,7 @@
 //! kept (`advert`), which nodes may connect (`book`), which of two connections to one node stays
 //! (`settle`), each peer's queue of frames (`queue`), and the connection pool (`pool`): one
 //! connection per peer, dialing across every advertised address, backoff, redial and idle
-//! close. The
-//! quinn/capnp shell in `connections.rs` feeds the pool what happened, with the time, and
+//! close; and which peers' counts to report (`report`). The quinn/capnp shell in `connections.rs` feeds the pool what happened, with the time, and
 //! carries out what it answers; the simulation in `sim/` feeds many pools through a fake
 //! network instead.
 
@@ -13,6 +12,7 @@ pub mod book;
 pub mod handshake;
 pub mod pool;
 pub mod queue;
+pub mod report;
 pub mod settle;
 pub mod tls;
 

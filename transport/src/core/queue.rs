@@ -1,7 +1,7 @@
 //! A peer's frames waiting to be sent, as the pool keeps them: in order, bounded (a full queue
 //! refuses the frame, and the shell makes its sender wait for room), dropping what expires
 //! unsent. A frame whose write failed goes back to the front even past the bound: none is lost
-//! to a failed write.
+//! to a failed write. `outgoing` takes a frame in as the router hands it over.
 
 use super::pool::Millis;
 use std::collections::VecDeque;
@@ -28,6 +28,34 @@ impl Expiring for Queued {
     fn expiry(&self) -> Option<Millis> {
         self.expiry
     }
+}
+
+/// Why the transport refuses a frame outright.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the frame is {len} bytes, over the limit of {max}")]
+pub struct OverLimit {
+    pub len: usize,
+    pub max: usize,
+}
+
+/// A frame handed over for sending, as the pool will queue it, and how long its sender may
+/// wait for room in a full queue.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub frame: Queued,
+    pub wait: Millis,
+}
+
+/// Takes a frame of at most `max` bytes whose `expiry` is in milliseconds since the epoch (0:
+/// never), `wall` being that clock now and `now` the pool's: its expiry moves onto the pool's
+/// clock, and its sender may wait `send_wait`, or less if the frame expires first.
+pub fn outgoing(bytes: Vec<u8>, expiry: u64, max: usize, send_wait: Millis, wall: u64, now: Millis) -> Result<Outgoing, OverLimit> {
+    if bytes.len() > max {
+        return Err(OverLimit { len: bytes.len(), max });
+    }
+    let left = (expiry != 0).then(|| expiry.saturating_sub(wall));
+    let wait = send_wait.min(left.unwrap_or(Millis::MAX));
+    Ok(Outgoing { frame: Queued { bytes, expiry: left.map(|left| now + left) }, wait })
 }
 
 /// One peer's queue.
@@ -103,6 +131,17 @@ mod tests {
 
     fn frame(n: u8, expiry: Option<Millis>) -> Queued {
         Queued { bytes: vec![n], expiry }
+    }
+
+    #[test]
+    fn an_outgoing_frame_is_checked_and_its_expiry_moves_onto_the_pools_clock() {
+        assert_eq!(outgoing(vec![0; 9], 0, 8, 500, 0, 0), Err(OverLimit { len: 9, max: 8 }));
+        let never = outgoing(vec![0; 8], 0, 8, 500, 1_000_000, 70).unwrap();
+        assert_eq!((never.frame.expiry, never.wait), (None, 500));
+        let soon = outgoing(vec![1], 1_000_200, 8, 500, 1_000_000, 70).unwrap();
+        assert_eq!((soon.frame.expiry, soon.wait), (Some(270), 200));
+        let gone = outgoing(vec![1], 999_000, 8, 500, 1_000_000, 70).unwrap();
+        assert_eq!((gone.frame.expiry, gone.wait), (Some(70), 0));
     }
 
     #[test]
