@@ -2,6 +2,7 @@
 //! and calling Cap'n Proto RPC over Unix sockets, links to other services that reconnect with
 //! capped backoff, status reports, logging and clean shutdown on SIGTERM.
 
+pub mod allocator;
 pub mod config;
 pub mod fanout;
 pub mod home;

@@ -1,4 +1,4 @@
-//! The life of a service process: flags, logging, loading the node home, one current-thread
+//! The life of a service process: how its allocator keeps memory, flags, logging, loading the node home, one current-thread
 //! runtime with a `LocalSet` (capnp-rpc is single-threaded), serving until SIGTERM or SIGINT,
 //! and exit codes (0 after a clean stop, 2 for bad configuration, 1 for other failures).
 
@@ -81,6 +81,7 @@ where
     F: FnOnce(ServiceContext) -> Fut,
     Fut: Future<Output = Result<Running, Box<dyn Error>>>,
 {
+    crate::allocator::keep_freed_memory();
     let matches = ServiceArgs::command().name(kind.binary()).about(about).get_matches();
     let args = match ServiceArgs::from_arg_matches(&matches) {
         Ok(args) => args,

@@ -28,9 +28,13 @@ pub async fn read_frame(stream: &mut quinn::RecvStream, max: usize) -> Result<Op
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
-    let mut bytes = vec![0u8; len];
-    if !read_exact_or_end(stream, &mut bytes).await? && len > 0 {
-        return Err(FrameError::Truncated);
+    // Filled from quinn's own buffers as they arrive: no zeroing first, one copy.
+    let mut bytes = Vec::with_capacity(len);
+    while bytes.len() < len {
+        match stream.read_chunk(len - bytes.len(), true).await? {
+            Some(chunk) => bytes.extend_from_slice(&chunk.bytes),
+            None => return Err(FrameError::Truncated),
+        }
     }
     Ok(Some(bytes))
 }
