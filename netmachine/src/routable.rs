@@ -4,7 +4,7 @@
 //! yet announced) fails the request at once, and the probe is tried again.
 
 use anyhow::{bail, Result};
-use netmachine_engine::Engine;
+use netmachine_engine::{Engine, EngineMessage, Identity};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,26 +17,34 @@ pub async fn wait_until_routable(from: &Engine, to: &Arc<Engine>) -> Result<()> 
     let answering = to.clone();
     let answer_probes = tokio::task::spawn_local(async move {
         while let Some(message) = answering.recv().await {
-            if message.protocol == PROBE && message.reply_to.is_none() {
-                let _ = answering.reply(&message, Vec::new()).await;
-            }
+            answer_probe(&answering, &message).await;
         }
     });
+    let routable = probe_until_routable(from, to.identity()).await;
+    answer_probes.abort();
+    routable
+}
+
+/// Returns once a probe from `from` to `to` is answered, or fails after 15 s; whoever runs
+/// engine `to` answers with `answer_probe`.
+pub async fn probe_until_routable(from: &Engine, to: Identity) -> Result<()> {
     let start = Instant::now();
-    let routable = loop {
-        let mut probe = from.message(to.identity(), Vec::new());
+    loop {
+        let mut probe = from.message(to, Vec::new());
         probe.protocol = PROBE.into();
         if from.request_message(probe, Duration::from_millis(300)).await.is_ok() {
-            break true;
+            return Ok(());
         }
         if start.elapsed() > Duration::from_secs(15) {
-            break false;
+            bail!("engine {to} did not become routable within 15 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    answer_probes.abort();
-    if !routable {
-        bail!("engine {} did not become routable within 15 s", to.identity());
     }
-    Ok(())
+}
+
+/// Answers `message` if it is a probe.
+pub async fn answer_probe(engine: &Engine, message: &EngineMessage) {
+    if message.protocol == PROBE && message.reply_to.is_none() {
+        let _ = engine.reply(message, Vec::new()).await;
+    }
 }

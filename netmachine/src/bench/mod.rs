@@ -4,6 +4,7 @@
 
 pub mod helpers;
 pub mod local;
+mod receiving;
 pub mod remote;
 
 /// A figure, its baseline and their ratio, as one line.

@@ -9,6 +9,8 @@ use crate::latency::Latencies;
 use crate::local_node::{LocalNode, ScratchDir};
 use crate::node_client::{connect, run_local};
 use crate::peers;
+use crate::routable::probe_until_routable;
+use super::receiving::ReceivingEngine;
 use anyhow::{bail, Context, Result};
 use futures::stream::{self, StreamExt};
 use netmachine_engine::{Engine, EngineOptions, Keypair};
@@ -56,13 +58,13 @@ async fn measure(a: &mut LocalNode, b: &mut LocalNode, messages: usize, requests
     wait_connected(a, b).await?;
 
     let options = |node: &LocalNode| EngineOptions::new(node.home.socket(ServiceKind::Router), Keypair::generate());
-    let receiver = std::sync::Arc::new(Engine::attach(options(b)).await?);
+    let receiver = ReceivingEngine::attach(b.home.socket(ServiceKind::Router))?;
     let sender = Engine::attach(options(a)).await?;
     let mut signed = options(a);
     signed.sign_messages = true;
     let signing_sender = Engine::attach(signed).await?;
     for engine in [&sender, &signing_sender] {
-        crate::routable::wait_until_routable(engine, &receiver).await?;
+        probe_until_routable(engine, receiver.identity()).await?;
     }
 
     let mut report = serde_json::Map::new();
@@ -98,9 +100,6 @@ async fn measure(a: &mut LocalNode, b: &mut LocalNode, messages: usize, requests
     for engine in [sender, signing_sender] {
         engine.detach().await;
     }
-    if let Ok(receiver) = std::sync::Arc::try_unwrap(receiver) {
-        receiver.detach().await;
-    }
     Ok(serde_json::Value::Object(report))
 }
 
@@ -134,7 +133,7 @@ async fn wait_connected(a: &LocalNode, b: &LocalNode) -> Result<()> {
 
 /// Sends `count` bodies of `size` bytes from `sender` to `receiver`; the clock runs until the
 /// last one has arrived.
-async fn node_to_node(sender: &Engine, receiver: &Engine, size: usize, count: usize) -> Result<Throughput> {
+async fn node_to_node(sender: &Engine, receiver: &ReceivingEngine, size: usize, count: usize) -> Result<Throughput> {
     let body = vec![0x5a; size];
     let dst = receiver.identity();
     let start = Instant::now();
@@ -145,19 +144,7 @@ async fn node_to_node(sender: &Engine, receiver: &Engine, size: usize, count: us
         }
         Ok::<_, anyhow::Error>(())
     };
-    let receiving = async {
-        let mut n = 0;
-        while n < count {
-            let message = tokio::time::timeout(Duration::from_secs(30), receiver.recv())
-                .await
-                .with_context(|| format!("message {n} of {count} did not arrive"))?;
-            if message.context("receiver closed")?.protocol != crate::routable::PROBE {
-                n += 1;
-            }
-        }
-        Ok::<_, anyhow::Error>(())
-    };
-    let (sent, received) = tokio::join!(sending, receiving);
+    let (sent, received) = tokio::join!(sending, receiver.take(count));
     sent?;
     received?;
     Ok(rate(count, size, start.elapsed()))
@@ -168,14 +155,7 @@ fn rate(count: usize, size: usize, elapsed: Duration) -> Throughput {
     Throughput { msgs_per_s: count as f64 / secs, mb_per_s: (count * size) as f64 / secs / 1e6 }
 }
 
-async fn round_trips(sender: &Engine, receiver: &Engine, requests: usize) -> Result<Latencies> {
-    let echo = async {
-        for _ in 0..requests {
-            let Some(request) = receiver.recv().await else { break };
-            receiver.reply(&request, request.body.clone()).await?;
-        }
-        Ok::<_, anyhow::Error>(())
-    };
+async fn round_trips(sender: &Engine, receiver: &ReceivingEngine, requests: usize) -> Result<Latencies> {
     let ask = async {
         let mut latencies = Latencies::default();
         for _ in 0..requests {
@@ -185,7 +165,7 @@ async fn round_trips(sender: &Engine, receiver: &Engine, requests: usize) -> Res
         }
         Ok::<_, anyhow::Error>(latencies)
     };
-    let (echoed, latencies) = tokio::join!(echo, ask);
+    let (echoed, latencies) = tokio::join!(receiver.echo(requests), ask);
     echoed?;
     latencies
 }
