@@ -10,6 +10,7 @@ use crate::rings::RingEndpoint;
 use crate::shell::RouterState;
 use futures::stream::{FuturesOrdered, StreamExt};
 use futures::FutureExt;
+use netmachine_engine::ring::records;
 use netmachine_schema::router_capnp::inbox;
 use netmachine_schema::{time::now_ms, EngineMessage, Identity};
 use std::rc::Weak;
@@ -150,14 +151,20 @@ impl Pump {
     }
 
     /// Writes the queue into the engine's inbox ring; while the ring is full (a slow engine),
-    /// waits for room without spinning. Room is reported once the queue is empty, or every
+    /// waits for room without spinning. A message longer than the ring can ever take is dropped
+    /// and counted as over the limit. Room is reported once the queue is empty, or every
     /// `DELIVERY_BATCH` messages.
     async fn to_ring(self, endpoint: Arc<RingEndpoint>, mut pending: mpsc::UnboundedReceiver<EngineMessage>) {
         let mut taken = 0;
         while let Some(message) = pending.recv().await {
             taken += 1;
+            let length = records::message_length(&message);
             if message.is_expired(now_ms()) {
                 self.dropped(DropReason::Expired, 1);
+            } else if length > endpoint.largest_record {
+                // Within the node's limit, but over what this engine's inbox ring can ever take.
+                tracing::warn!(engine = %self.engine.short(), length, largest = endpoint.largest_record, "dropped a message too long for the engine's inbox ring");
+                self.dropped(DropReason::OverLimit, 1);
             } else {
                 let mut wait = Duration::from_micros(50);
                 while endpoint.deliver(&message).is_err() {

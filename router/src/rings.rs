@@ -31,6 +31,8 @@ pub struct RingEndpoint {
     pub segment: RingSegment,
     outbox: Mutex<Consumer>,
     inbox: Mutex<Producer>,
+    /// The longest record its inbox can ever take (half the ring, less a record's head).
+    pub largest_record: usize,
     /// Detached: nothing more is delivered to it; what its outbox holds is still forwarded.
     closed: AtomicBool,
     /// Its outbox is corrupt: nothing more is read from it.
@@ -165,12 +167,14 @@ impl Rings {
     fn insert(&self, segment: RingSegment, generation: u64) -> Arc<RingEndpoint> {
         segment.set_router_pid(std::process::id());
         let (outbox, inbox) = segment.router_side();
+        let largest_record = inbox.max_body();
         let endpoint = Arc::new(RingEndpoint {
             engine: segment.engine(),
             generation: AtomicU64::new(generation),
             segment,
             outbox: Mutex::new(outbox),
             inbox: Mutex::new(inbox),
+            largest_record,
             closed: AtomicBool::new(false),
             corrupt: AtomicBool::new(false),
             slow_in_flight: AtomicUsize::new(0),
@@ -352,7 +356,8 @@ fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<I
         };
         if record.kind == Kind::Message {
             let envelope = records::read_envelope(record.body).ok();
-            if let Some((to, envelope)) = envelope.and_then(|e| Some((fast_lane(from, &e, by_engine, shared.max_body)?, e))) {
+            let lane = envelope.and_then(|e| Some((fast_lane(from, &e, record.body.len(), by_engine, shared.max_body)?, e)));
+            if let Some((to, envelope)) = lane {
                 match to.forward(record.body, &envelope) {
                     Ok(()) => {
                         shared.forwarded.fetch_add(1, Ordering::Relaxed);
@@ -405,10 +410,11 @@ fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<I
 /// The receiving ring engine, when the message can go straight there: it passes the checks
 /// every engine's message must pass (`core::check_envelope`), and is for an engine on rings
 /// here. Anything else takes the slow path, where the core decides, counts and refuses.
-fn fast_lane<'a>(from: &RingEndpoint, envelope: &Envelope, by_engine: &'a HashMap<Identity, Arc<RingEndpoint>>, max_body: usize) -> Option<&'a Arc<RingEndpoint>> {
+fn fast_lane<'a>(from: &RingEndpoint, envelope: &Envelope, record_len: usize, by_engine: &'a HashMap<Identity, Arc<RingEndpoint>>, max_body: usize) -> Option<&'a Arc<RingEndpoint>> {
     let Destination::Engine(dst) = envelope.dst else { return None };
     check_envelope(from.engine, envelope.src, envelope.body_len, envelope.expiry, max_body, now_ms()).ok()?;
-    by_engine.get(&dst).filter(|to| !to.is_closed())
+    // A record its inbox can never take goes to the main thread, which drops it and counts.
+    by_engine.get(&dst).filter(|to| !to.is_closed() && record_len <= to.largest_record)
 }
 
 /// Messages of one engine the main thread may hold at once (waiting for a lookup or for room);

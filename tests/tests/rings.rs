@@ -232,3 +232,20 @@ fn a_message_too_large_for_the_ring_fails_at_once_instead_of_waiting_for_room() 
     engine.send_blocking(peer, vec![1; 1000]).expect("a message that fits");
     assert_eq!(engine.recv_blocking().expect("its own message").body, vec![1; 1000]);
 }
+
+#[test]
+fn a_message_longer_than_the_receivers_ring_can_take_is_dropped_and_counted_and_the_next_arrives() {
+    // 4 KiB rings take records of at most 2040 bytes; the node takes bodies of up to 1 MiB, and
+    // a sender on the socket path is held only to the node's limit.
+    let node = Node::up_with(&["router.ring_bytes=4096"]);
+    with_rpc(async {
+        let receiver = attach_engine(&node, |_| {}).await;
+        let sender = attach_engine(&node, |o| o.ring = false).await;
+        assert!(receiver.on_ring() && !sender.on_ring());
+        sender.send(receiver.identity(), vec![7; 3000]).await.expect("within the node's limit");
+        sender.send(receiver.identity(), vec![8; 100]).await.expect("sent");
+        let message = tokio::time::timeout(WAIT, receiver.recv()).await.expect("the message behind the long one arrives").expect("attached");
+        assert_eq!(message.body, vec![8; 100]);
+    });
+    assert_eq!(node.router_counter("dropped_over_limit"), 1);
+}
