@@ -1,6 +1,7 @@
-//! The life of a service process: how its allocator keeps memory, flags, logging, loading the node home, one current-thread
-//! runtime with a `LocalSet` (capnp-rpc is single-threaded), serving until SIGTERM or SIGINT,
-//! and exit codes (0 after a clean stop, 2 for bad configuration, 1 for other failures).
+//! The life of a service process: how its allocator keeps memory, flags, logging, loading the
+//! node home, one current-thread runtime with a `LocalSet` (capnp-rpc is single-threaded),
+//! serving until SIGTERM or SIGINT, and exit codes (0 after a clean stop, 2 for bad
+//! configuration, 1 for other failures).
 
 use crate::home::{NodeHome, ServiceKind};
 use crate::rpc::{self, ConnectionStats};

@@ -1,14 +1,15 @@
 //! The receiving engine of `bench remote`, on a thread and runtime of its own as an engine in
 //! another process would be, so that the sending engines' work (signing, above all) does not
-//! share its thread. Between tasks it answers route probes and keeps whatever else arrives
-//! (a sender may start before the task reaches this thread); on request it takes a number of
-//! messages, or answers a number of requests with their own bodies.
+//! share its thread. Between tasks it answers route probes; on request it takes a number of
+//! messages, or answers a number of requests with their own bodies. A task is queued before
+//! its caller sends anything and is picked up before any message, so nothing else should
+//! arrive between tasks: what does is counted, and fails the next task.
 
 use crate::node_client::run_local;
 use crate::routable::{answer_probe, PROBE};
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use std::future::Future;
 use netmachine_engine::{Engine, EngineMessage, EngineOptions, Identity, Keypair};
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -56,21 +57,28 @@ impl ReceivingEngine {
         self.identity
     }
 
-    /// Returns once `count` messages (probes aside) have arrived, each within 30 s of the last.
-    pub async fn take(&self, count: usize) -> Result<()> {
-        self.run(|done| Task::Take { count, done }).await
+    /// Queues the taking of `count` messages (probes aside) at once; the future resolves once
+    /// they have arrived, each within 30 s of the last.
+    pub fn take(&self, count: usize) -> impl Future<Output = Result<()>> {
+        self.queue(move |done| Task::Take { count, done })
     }
 
-    /// Answers `count` requests with their own bodies; returns once it has.
-    pub async fn echo(&self, count: usize) -> Result<()> {
-        self.run(|done| Task::Echo { count, done }).await
+    /// Queues the answering of `count` requests with their own bodies at once; the future
+    /// resolves once they are answered.
+    pub fn echo(&self, count: usize) -> impl Future<Output = Result<()>> {
+        self.queue(move |done| Task::Echo { count, done })
     }
 
-    async fn run(&self, task: impl FnOnce(oneshot::Sender<Result<()>>) -> Task) -> Result<()> {
+    fn queue(&self, task: impl FnOnce(oneshot::Sender<Result<()>>) -> Task) -> impl Future<Output = Result<()>> {
         let (done, outcome) = oneshot::channel();
-        let tasks = self.tasks.as_ref().context("the receiving engine is stopping")?;
-        tasks.send(task(done)).map_err(|_| anyhow!("the receiving engine's thread ended"))?;
-        outcome.await.map_err(|_| anyhow!("the receiving engine's thread ended"))?
+        let queued = match &self.tasks {
+            Some(tasks) => tasks.send(task(done)).map_err(|_| anyhow!("the receiving engine's thread ended")),
+            None => Err(anyhow!("the receiving engine is stopping")),
+        };
+        async move {
+            queued?;
+            outcome.await.map_err(|_| anyhow!("the receiving engine's thread ended"))?
+        }
     }
 }
 
@@ -83,16 +91,18 @@ impl Drop for ReceivingEngine {
     }
 }
 
-/// The engine and the messages that arrived before the task that takes them.
+/// The engine, and how many messages other than probes arrived while no task ran.
 struct Receiver<'a> {
     engine: &'a Engine,
-    early: VecDeque<EngineMessage>,
+    stray: usize,
 }
 
 async fn serve(engine: &Engine, mut tasks: mpsc::UnboundedReceiver<Task>) {
-    let mut receiver = Receiver { engine, early: VecDeque::new() };
+    let mut receiver = Receiver { engine, stray: 0 };
     loop {
         tokio::select! {
+            // A queued task goes before any message that came after it.
+            biased;
             task = tasks.recv() => match task {
                 None => return,
                 Some(Task::Take { count, done }) => { let _ = done.send(receiver.take(count).await); }
@@ -100,18 +110,23 @@ async fn serve(engine: &Engine, mut tasks: mpsc::UnboundedReceiver<Task>) {
             },
             Some(message) = engine.recv() => match message.protocol == PROBE {
                 true => answer_probe(engine, &message).await,
-                false => receiver.early.push_back(message),
+                false => receiver.stray += 1,
             },
         }
     }
 }
 
 impl Receiver<'_> {
+    /// Fails a task if messages strayed in before it: its figure would be wrong.
+    fn no_strays(&mut self) -> Result<()> {
+        match std::mem::take(&mut self.stray) {
+            0 => Ok(()),
+            stray => bail!("{stray} messages arrived at the receiving engine while no figure was being measured"),
+        }
+    }
+
     /// The next message that is not a probe, waiting at most `PATIENCE`.
     async fn next(&mut self, what: &str, n: usize, count: usize) -> Result<EngineMessage> {
-        if let Some(message) = self.early.pop_front() {
-            return Ok(message);
-        }
         loop {
             let message = tokio::time::timeout(PATIENCE, self.engine.recv()).await.with_context(|| format!("{what} {n} of {count} did not arrive"))?;
             let message = message.context("the receiving engine was detached")?;
@@ -122,6 +137,7 @@ impl Receiver<'_> {
     }
 
     async fn take(&mut self, count: usize) -> Result<()> {
+        self.no_strays()?;
         for n in 0..count {
             self.next("message", n, count).await?;
         }
@@ -129,6 +145,7 @@ impl Receiver<'_> {
     }
 
     async fn echo(&mut self, count: usize) -> Result<()> {
+        self.no_strays()?;
         for n in 0..count {
             let request = self.next("request", n, count).await?;
             self.engine.reply(&request, request.body.clone()).await?;

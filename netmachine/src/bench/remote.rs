@@ -136,6 +136,8 @@ async fn wait_connected(a: &LocalNode, b: &LocalNode) -> Result<()> {
 async fn node_to_node(sender: &Engine, receiver: &ReceivingEngine, size: usize, count: usize) -> Result<Throughput> {
     let body = vec![0x5a; size];
     let dst = receiver.identity();
+    // Queued before the first send, so the receiver counts from the first message.
+    let taking = receiver.take(count);
     let start = Instant::now();
     let sending = async {
         let mut sends = stream::iter(0..count).map(|_| sender.send(dst, body.clone())).buffer_unordered(IN_FLIGHT);
@@ -144,7 +146,7 @@ async fn node_to_node(sender: &Engine, receiver: &ReceivingEngine, size: usize, 
         }
         Ok::<_, anyhow::Error>(())
     };
-    let (sent, received) = tokio::join!(sending, receiver.take(count));
+    let (sent, received) = tokio::join!(sending, taking);
     sent?;
     received?;
     Ok(rate(count, size, start.elapsed()))
@@ -156,6 +158,7 @@ fn rate(count: usize, size: usize, elapsed: Duration) -> Throughput {
 }
 
 async fn round_trips(sender: &Engine, receiver: &ReceivingEngine, requests: usize) -> Result<Latencies> {
+    let echoing = receiver.echo(requests);
     let ask = async {
         let mut latencies = Latencies::default();
         for _ in 0..requests {
@@ -165,7 +168,7 @@ async fn round_trips(sender: &Engine, receiver: &ReceivingEngine, requests: usiz
         }
         Ok::<_, anyhow::Error>(latencies)
     };
-    let (echoed, latencies) = tokio::join!(receiver.echo(requests), ask);
+    let (echoed, latencies) = tokio::join!(echoing, ask);
     echoed?;
     latencies
 }

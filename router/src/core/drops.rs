@@ -11,7 +11,8 @@ pub enum DropReason {
     Expired,
     /// No engine or node by that identity is known, or it is not reachable from here.
     NoRoute,
-    /// The body is over `limits.max_message_bytes`.
+    /// The body is over `limits.max_message_bytes`, or the message is longer than the
+    /// receiving engine's inbox ring can ever take.
     OverLimit,
     /// The destination's queue stayed full for the whole wait.
     QueueFull,

@@ -3,9 +3,9 @@
 //! kept (`advert`), which nodes may connect (`book`), which of two connections to one node stays
 //! (`settle`), each peer's queue of frames (`queue`), and the connection pool (`pool`): one
 //! connection per peer, dialing across every advertised address, backoff, redial and idle
-//! close; and which peers' counts to report (`report`). The quinn/capnp shell in `connections.rs` feeds the pool what happened, with the time, and
-//! carries out what it answers; the simulation in `sim/` feeds many pools through a fake
-//! network instead.
+//! close; and which peers' counts to report (`report`). The quinn/capnp shell in
+//! `connections.rs` feeds the pool what happened, with the time, and carries out what it
+//! answers; the simulation in `sim/` feeds many pools through a fake network instead.
 
 pub mod advert;
 pub mod book;
