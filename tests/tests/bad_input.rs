@@ -104,9 +104,10 @@ fn an_engine_whose_location_is_not_its_own_or_not_here_is_refused() {
     assert!(forged.contains("is not signed by it"), "{forged}");
     let elsewhere = with_rpc(attach_located(&node, engine.identity(), &engine, |_| EngineLocation::sign(&engine, other.identity(), now_ms()))).unwrap_err();
     assert!(elsewhere.contains("not for engine"), "{elsewhere}");
-    let unlocated = with_rpc(attach_located(&node, engine.identity(), &engine, |_| EngineLocation { engine: engine.identity(), node: other.identity(), at: 0, sig: [0; 64] }))
+    // For this node, but with no signature at all (all zeroes).
+    let unsigned = with_rpc(attach_located(&node, engine.identity(), &engine, |here| EngineLocation { engine: engine.identity(), node: here, at: 0, sig: [0; 64] }))
         .unwrap_err();
-    assert!(unlocated.contains("attach refused"), "{unlocated}");
+    assert!(unsigned.contains("is not signed by it"), "{unsigned}");
     assert_eq!(node.router_counter("attach_refused"), 3);
     assert_eq!(node.status()["engines"].as_array().map(Vec::len), Some(0));
 }
