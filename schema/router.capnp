@@ -17,6 +17,45 @@ interface Router extends(Svc.Service) {
   # Signs this node's advert for the given addresses: the same advert while they do not
   # change, else a new one with a higher version. Called by transport when it has bound.
   signAdvert @2 (addrs :List(Id.WeightedAddress), protocols :List(Text)) -> (advert :Id.NodeAdvert);
+  # The topics this node holds, for operators (`netmachine topics`).
+  topics @3 () -> (topics :List(TopicInfo));
+}
+
+# What a topic does when an event finds a subscriber with no room (SPEC.md "PubSub").
+enum TopicPolicy {
+  block @0;                  # the event waits: the slowest subscriber sets the publisher's pace
+  cutSlow @1;                # the slow subscriber misses the event, and sees a gap in the sequence
+}
+
+enum TopicRefusal {
+  exists @0;                 # create: the topic is already on this node
+  unknown @1;                # the topic is not on this node (and cannot be subscribed remotely)
+  denied @2;                 # delete by an engine that did not create it
+  badAdvert @3;              # the advert is not signed by the topic key, or names no publisher
+  notSubscribed @4;          # unsubscribe from a topic this engine does not subscribe to
+}
+
+struct TopicResult {
+  union {
+    done :group {
+      lastSeq @0 :UInt64;    # the sequence of the topic's last event (0: none yet)
+    }
+    refused :group {
+      reason @1 :TopicRefusal;
+      detail @2 :Text;
+    }
+  }
+}
+
+struct TopicInfo {
+  advert @0 :Id.TopicAdvert;
+  creator @1 :Id.Identity;
+  scope @2 :Msg.Scope;
+  policy @3 :TopicPolicy;
+  lastSeq @4 :UInt64;
+  subscribers @5 :List(Id.Identity);
+  slow @6 :List(Id.Identity);        # subscribers with no room now
+  eventsCut @7 :UInt64;              # deliveries skipped for slow subscribers (policy cutSlow)
 }
 
 interface Attachment {
@@ -58,6 +97,8 @@ enum SendRefusal {
   queueFull @4;              # the destination stayed full for the whole wait
   malformed @5;
   unsupported @6;            # a destination kind this node does not route yet
+  denied @7;                 # an event on a topic from an engine that is not its publisher
+  backPressured @8;          # trySend: the destination has no room now (`slowest` names who)
 }
 
 struct SendResult {
@@ -66,6 +107,7 @@ struct SendResult {
     refused :group {
       reason @1 :SendRefusal;
       detail @2 :Text;
+      slowest @3 :Id.Identity;   # backPressured: the engine that has no room (empty otherwise)
     }
   }
 }
@@ -76,4 +118,15 @@ interface EngineSession {
   detach @1 () -> ();
   # Several messages in one call, routed in order; one result per message.
   sendBatch @2 (messages :List(Msg.EngineMessage)) -> (results :List(SendResult));
+  # As `send`, but never waits for room: refused as backPressured at once if there is none.
+  trySend @3 (message :Msg.EngineMessage) -> (result :SendResult);
+  # Topics (SPEC.md "Router"). An event is a message to Destination.topic whose id is its
+  # sequence: each event's is higher than the last one's. Only the advert's publisher may send
+  # events; only the creator may delete the topic. Subscribers receive events as messages.
+  createTopic @4 (advert :Id.TopicAdvert, scope :Msg.Scope, policy :TopicPolicy) -> (result :TopicResult);
+  deleteTopic @5 (topic :Id.Identity) -> (result :TopicResult);
+  subscribe @6 (topic :Id.Identity, scope :Msg.Scope) -> (result :TopicResult);
+  unsubscribe @7 (topic :Id.Identity) -> (result :TopicResult);
+  # Where the topic's sequence stands: a publisher continues after `lastSeq`.
+  lastSeq @8 (topic :Id.Identity) -> (result :TopicResult);
 }

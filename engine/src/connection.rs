@@ -3,9 +3,10 @@
 //! router's deliveries, which either answer a waiting request or go to the engine's inbox.
 
 use crate::fast_path::EngineRing;
+use crate::topics::{TopicBook, TopicRequest};
 use crate::ring::records::Refusal;
 use crate::{EngineError, EngineOptions};
-use netmachine_schema::router_capnp::{engine_session, inbox, router};
+use netmachine_schema::router_capnp::{engine_session, inbox, router, SendRefusal};
 use netmachine_schema::{signing, time::now_ms, Destination, EngineLocation, EngineMessage, Identity};
 use netmachine_rpc::{self as rpc, Backoff};
 use std::collections::HashMap;
@@ -25,6 +26,10 @@ const SEND_BATCH: usize = 256;
 
 pub(crate) enum Command {
     Send { message: EngineMessage, done: oneshot::Sender<Result<(), EngineError>> },
+    /// A send that must not wait for room at its destination.
+    TrySend { message: EngineMessage, done: oneshot::Sender<Result<(), EngineError>> },
+    /// A topic request; answered with the topic's last sequence.
+    Topic { request: TopicRequest, done: oneshot::Sender<Result<u64, EngineError>> },
     Detach { done: oneshot::Sender<()> },
 }
 
@@ -56,6 +61,8 @@ pub(crate) struct Shared {
     /// per message).
     ring: arc_swap::ArcSwapOption<EngineRing>,
     pub refusals: std::sync::atomic::AtomicU64,
+    /// The engine's topics, asked again after it attaches again.
+    pub topics: std::sync::Mutex<TopicBook>,
 }
 
 impl Shared {
@@ -160,17 +167,28 @@ async fn run(
 ) {
     let (session_tx, mut session) = watch::channel::<Option<engine_session::Client>>(None);
     let attacher = tokio::task::spawn_local(keep_attached(options, incoming, shared, attached, session_tx));
-    while let Some(command) = commands.recv().await {
+    let mut next = None;
+    while let Some(command) = next.take().or(commands.recv().await) {
         let (mut batch, mut detach) = (Vec::new(), None);
         match command {
             Command::Send { message, done } => batch.push((message, done)),
             Command::Detach { done } => detach = Some(done),
+            other => {
+                if let Some(current) = attached_session(&mut session).await {
+                    call(&current, other);
+                }
+                continue;
+            }
         }
-        // Sends already waiting go in the same call.
+        // Sends already waiting go in the same call; anything else waits for the next turn.
         while detach.is_none() && !batch.is_empty() && batch.len() < SEND_BATCH {
             match commands.try_recv() {
                 Ok(Command::Send { message, done }) => batch.push((message, done)),
                 Ok(Command::Detach { done }) => detach = Some(done),
+                Ok(other) => {
+                    next = Some(other);
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -200,6 +218,80 @@ async fn run(
 }
 
 type Pending = (EngineMessage, oneshot::Sender<Result<(), EngineError>>);
+
+/// Makes a call other than a plain send, in order with the sends; its answer comes on its own.
+fn call(session: &engine_session::Client, command: Command) {
+    match command {
+        Command::TrySend { message, done } => {
+            let mut request = session.try_send_request();
+            message.write(request.get().init_message());
+            let promise = request.send().promise;
+            tokio::task::spawn_local(async move {
+                let answer = promise.await.map_err(EngineError::from);
+                let _ = done.send(answer.and_then(|a| send_outcome(a.get()?.get_result()?)));
+            });
+        }
+        Command::Topic { request, done } => {
+            let answer = topic_request(session, &request);
+            tokio::task::spawn_local(async move {
+                let _ = done.send(answer.await);
+            });
+        }
+        Command::Send { .. } | Command::Detach { .. } => unreachable!("sends and detach are batched by `run`"),
+    }
+}
+
+/// Sends one topic request; the answer is the topic's last sequence.
+fn topic_request(session: &engine_session::Client, request: &TopicRequest) -> impl std::future::Future<Output = Result<u64, EngineError>> + 'static {
+    use netmachine_schema::router_capnp::topic_result;
+    macro_rules! answer {
+        ($request:expr) => {{
+            let promise = $request.send().promise;
+            let answer: std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, EngineError>>>> = Box::pin(async move {
+                let answer = promise.await?;
+                let result = answer.get()?.get_result()?;
+                match result.which()? {
+                    topic_result::Done(done) => Ok(done.get_last_seq()),
+                    topic_result::Refused(refused) => Err(EngineError::TopicRefused {
+                        reason: refused.get_reason()?,
+                        detail: refused.get_detail()?.to_string().unwrap_or_default(),
+                    }),
+                }
+            });
+            answer
+        }};
+    }
+    match request {
+        TopicRequest::Create { advert, scope, policy } => {
+            let mut call = session.create_topic_request();
+            advert.write(call.get().init_advert());
+            call.get().set_scope(*scope);
+            call.get().set_policy(*policy);
+            answer!(call)
+        }
+        TopicRequest::Delete(topic) => {
+            let mut call = session.delete_topic_request();
+            call.get().set_topic(&topic.0);
+            answer!(call)
+        }
+        TopicRequest::Subscribe { topic, scope } => {
+            let mut call = session.subscribe_request();
+            call.get().set_topic(&topic.0);
+            call.get().set_scope(*scope);
+            answer!(call)
+        }
+        TopicRequest::Unsubscribe(topic) => {
+            let mut call = session.unsubscribe_request();
+            call.get().set_topic(&topic.0);
+            answer!(call)
+        }
+        TopicRequest::LastSeq(topic) => {
+            let mut call = session.last_seq_request();
+            call.get().set_topic(&topic.0);
+            answer!(call)
+        }
+    }
+}
 
 /// Sends `batch` now, in order, in one call; each sender hears its own message's outcome.
 fn send_batch(session: &engine_session::Client, batch: Vec<Pending>) {
@@ -255,10 +347,13 @@ fn send_outcome(result: netmachine_schema::router_capnp::send_result::Reader<'_>
     use netmachine_schema::router_capnp::send_result;
     match result.which()? {
         send_result::Accepted(()) => Ok(()),
-        send_result::Refused(refused) => Err(EngineError::Refused {
-            reason: refused.get_reason()?,
-            detail: refused.get_detail()?.to_string().unwrap_or_default(),
-        }),
+        send_result::Refused(refused) => {
+            let (reason, detail) = (refused.get_reason()?, refused.get_detail()?.to_string().unwrap_or_default());
+            match Identity::from_slice("slowest", refused.get_slowest()?) {
+                Ok(slowest) if reason == SendRefusal::BackPressured => Err(EngineError::BackPressured { slowest, detail }),
+                _ => Err(EngineError::Refused { reason, detail }),
+            }
+        }
     }
 }
 
@@ -282,6 +377,13 @@ async fn keep_attached(
         }
     };
     loop {
+        // What the engine created and subscribed to goes back before anything else is sent.
+        let replay = shared.topics.lock().unwrap_or_else(|e| e.into_inner()).replay();
+        for request in replay {
+            if let Err(error) = topic_request(&current, &request).await {
+                tracing::warn!(?request, %error, "a topic request made again after attaching again was refused");
+            }
+        }
         session.send_replace(Some(current));
         let _ = driver.await;
         session.send_replace(None);

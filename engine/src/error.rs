@@ -15,6 +15,10 @@ pub enum EngineError {
     TooLarge { len: usize, max: usize },
     #[error("the router refused the message ({reason:?}): {detail}")]
     Refused { reason: SendRefusal, detail: String },
+    #[error("back-pressured: {detail}")]
+    BackPressured { slowest: crate::Identity, detail: String },
+    #[error("the router refused the topic request ({reason:?}): {detail}")]
+    TopicRefused { reason: crate::TopicRefusal, detail: String },
     #[error("the router was unavailable for {0:?}")]
     RouterUnavailable(Duration),
     #[error("no reply within {0:?}")]

@@ -20,14 +20,19 @@ mod connection;
 mod error;
 mod fast_path;
 pub mod ring;
+pub mod topics;
 
 pub use error::EngineError;
 pub use fast_path::Receiver;
 pub use ring::wait::WaitMode;
-pub use netmachine_schema::router_capnp::SendRefusal;
-pub use netmachine_schema::{Destination, EngineMessage, Identity, Keypair};
+pub use netmachine_schema::message_capnp::Scope;
+pub use netmachine_schema::router_capnp::{SendRefusal, TopicPolicy, TopicRefusal};
+pub use netmachine_schema::{Destination, EngineMessage, Identity, Keypair, TopicAdvert};
+pub use topics::{Event, Gap, Received};
 
 use connection::{Command, Shared};
+use topics::{Fit, Sequences, TopicRequest};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -105,6 +110,12 @@ pub struct Engine {
     inbox_capacity: usize,
     /// The engine thread's runtime, for the blocking calls.
     runtime: tokio::runtime::Handle,
+    /// Per topic this engine publishes on, the sequence of its next event; held while an
+    /// event is handed over, so that events leave in sequence.
+    publishing: Mutex<HashMap<Identity, u64>>,
+    /// Where each publisher's sequence stands, for `recv_event`; and an event held back while
+    /// the gap before it is reported.
+    sequences: std::sync::Mutex<(Sequences, Option<topics::Event>)>,
 }
 
 /// Yields before a blocking receive blocks on the queue.
@@ -176,6 +187,8 @@ impl Engine {
             kept: AtomicU64::new(0),
             inbox_capacity: options.inbox_capacity.max(1),
             runtime,
+            publishing: Mutex::new(HashMap::new()),
+            sequences: std::sync::Mutex::new((Sequences::default(), None)),
         })
     }
 
@@ -462,6 +475,136 @@ impl Engine {
                 None => idle.wait().await,
             }
         }
+    }
+
+    /// Asks the router something of a topic; the topic's last sequence.
+    async fn topic_request(&self, request: TopicRequest) -> Result<u64, EngineError> {
+        let (done, answer) = oneshot::channel();
+        let work = async {
+            self.commands.send(Command::Topic { request, done }).await.map_err(|_| EngineError::Closed)?;
+            answer.await.map_err(|_| EngineError::Closed)?
+        };
+        tokio::time::timeout(self.send_timeout, work).await.map_err(|_| EngineError::RouterUnavailable(self.send_timeout))?
+    }
+
+    fn topic_book(&self) -> std::sync::MutexGuard<'_, topics::TopicBook> {
+        self.shared.topics.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts the topic of `advert` (signed by the topic key; it names the one engine that may
+    /// publish) on this node. `scope` Local keeps it to this node; `policy` says what an event
+    /// does when a subscriber has no room. The topic stays after this engine detaches, until
+    /// it deletes it; the engine puts it back if the router restarts.
+    pub async fn create_topic(&self, advert: TopicAdvert, scope: Scope, policy: TopicPolicy) -> Result<(), EngineError> {
+        let topic = advert.topic;
+        let request = TopicRequest::Create { advert: advert.clone(), scope, policy };
+        let last_seq = self.topic_request(request).await?;
+        self.topic_book().created.insert(topic, (advert, scope, policy));
+        self.publishing.lock().await.insert(topic, last_seq + 1);
+        Ok(())
+    }
+
+    /// Deletes a topic this engine created.
+    pub async fn delete_topic(&self, topic: Identity) -> Result<(), EngineError> {
+        self.topic_request(TopicRequest::Delete(topic)).await?;
+        self.topic_book().created.remove(&topic);
+        Ok(())
+    }
+
+    /// Receives the topic's events from its next one on, through [`Engine::recv_event`] (or as
+    /// messages to [`Destination::Topic`] through [`Engine::recv`]).
+    pub async fn subscribe(&self, topic: Identity, scope: Scope) -> Result<(), EngineError> {
+        let last_seq = self.topic_request(TopicRequest::Subscribe { topic, scope }).await?;
+        self.topic_book().subscribed.insert(topic, scope);
+        self.sequences.lock().unwrap_or_else(|e| e.into_inner()).0.subscribed(topic, last_seq);
+        Ok(())
+    }
+
+    pub async fn unsubscribe(&self, topic: Identity) -> Result<(), EngineError> {
+        self.topic_book().subscribed.remove(&topic);
+        self.topic_request(TopicRequest::Unsubscribe(topic)).await.map(|_| ())
+    }
+
+    /// The next event on `topic` from this engine, its sequence set.
+    async fn event(&self, next: &mut HashMap<Identity, u64>, topic: Identity, body: Vec<u8>) -> Result<EngineMessage, EngineError> {
+        let seq = match next.get(&topic) {
+            Some(seq) => *seq,
+            None => self.topic_request(TopicRequest::LastSeq(topic)).await? + 1,
+        };
+        let message = EngineMessage::new(self.identity, Destination::Topic(topic), seq, body);
+        self.prepare(message)
+    }
+
+    /// Publishes `body` on `topic`, whose advert names this engine; its sequence once the router
+    /// took it. Under policy Block it waits while a subscriber has no room (up to the node's
+    /// send wait): the slowest subscriber sets the pace. Events go over the socket, in sequence.
+    pub async fn publish(&self, topic: Identity, body: Vec<u8>) -> Result<u64, EngineError> {
+        let (done, accepted) = oneshot::channel();
+        let seq = {
+            let mut next = self.publishing.lock().await;
+            let message = self.event(&mut next, topic, body).await?;
+            let seq = message.id;
+            self.commands.send(Command::Send { message, done }).await.map_err(|_| EngineError::Closed)?;
+            // Taken now: a refused event is a gap its subscribers see, and its publisher is told.
+            next.insert(topic, seq + 1);
+            seq
+        };
+        tokio::time::timeout(self.send_timeout, accepted)
+            .await
+            .map_err(|_| EngineError::RouterUnavailable(self.send_timeout))?
+            .map_err(|_| EngineError::Closed)??;
+        Ok(seq)
+    }
+
+    /// Publishes without waiting: [`EngineError::BackPressured`] names the subscriber with no
+    /// room, and the sequence is not used up.
+    pub async fn try_publish(&self, topic: Identity, body: Vec<u8>) -> Result<u64, EngineError> {
+        let mut next = self.publishing.lock().await;
+        let message = self.event(&mut next, topic, body).await?;
+        let seq = message.id;
+        let (done, accepted) = oneshot::channel();
+        self.commands.send(Command::TrySend { message, done }).await.map_err(|_| EngineError::Closed)?;
+        let outcome = tokio::time::timeout(self.send_timeout, accepted)
+            .await
+            .map_err(|_| EngineError::RouterUnavailable(self.send_timeout))?
+            .map_err(|_| EngineError::Closed)?;
+        match outcome {
+            Err(error @ (EngineError::BackPressured { .. } | EngineError::Closed | EngineError::RouterUnavailable(_))) => {
+                next.insert(topic, seq);
+                Err(error)
+            }
+            other => {
+                next.insert(topic, seq + 1);
+                other.map(|()| seq)
+            }
+        }
+    }
+
+    /// The next message, event or gap: events of each publisher come in sequence, none twice;
+    /// events this engine will never get are reported as a [`Gap`] before the event after them.
+    /// `None` once the engine is closed.
+    pub async fn recv_event(&self) -> Option<Received> {
+        loop {
+            if let Some(event) = self.sequences.lock().unwrap_or_else(|e| e.into_inner()).1.take() {
+                return Some(Received::Event(event));
+            }
+            let message = self.recv().await?;
+            let Some(event) = topics::event(&message) else { return Some(Received::Message(message)) };
+            let mut sequences = self.sequences.lock().unwrap_or_else(|e| e.into_inner());
+            match sequences.0.take(event.topic, event.publisher, event.seq) {
+                Fit::Next => return Some(Received::Event(event)),
+                Fit::After(gap) => {
+                    sequences.1 = Some(event);
+                    return Some(Received::Gap(gap));
+                }
+                Fit::Repeat => continue,
+            }
+        }
+    }
+
+    /// Events `recv_event` skipped as repeats, and events it reported missing.
+    pub fn event_counts(&self) -> (u64, u64) {
+        self.sequences.lock().unwrap_or_else(|e| e.into_inner()).0.counts()
     }
 
     /// Detaches from the router, delivering what was already accepted, and stops.

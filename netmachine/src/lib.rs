@@ -13,4 +13,5 @@ pub mod node_client;
 pub mod peers;
 pub mod routable;
 pub mod status;
+pub mod topics;
 pub mod up;

@@ -1,8 +1,9 @@
 //! `netmachine`: runs a node (`up`), reports on it (`status`), makes engine keys, and attaches
-//! as an engine from the shell (`listen`, `send`, `request`).
+//! as an engine from the shell (`listen`, `send`, `request`; topics: `topic`, `publish`,
+//! `subscribe`, `topics`).
 
 use clap::{Parser, Subcommand};
-use netmachine::{bench, demo, events, key, messaging, peers, status, up};
+use netmachine::{bench, demo, events, key, messaging, peers, status, topics, up};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -90,6 +91,33 @@ enum Command {
         /// The request body; `-` reads it from standard input
         body: String,
     },
+    /// Create or delete a topic on this node
+    #[command(subcommand)]
+    Topic(topics::TopicCommand),
+    /// Attach as a topic's publisher and publish one event; `-` publishes each line of standard input
+    Publish {
+        #[arg(long)]
+        key: PathBuf,
+        /// The topic's identity (hex), from `topic create`
+        #[arg(long)]
+        topic: String,
+        body: String,
+    },
+    /// Subscribe to a topic and print each event body, one per line (gaps go to standard error)
+    Subscribe {
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        topic: String,
+        /// Only a topic on this node
+        #[arg(long)]
+        local: bool,
+    },
+    /// List the topics on this node, their publishers and subscribers
+    Topics {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -141,6 +169,10 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Remote { messages, requests, json }) => bench::remote::run(messages, requests, json),
         Command::Bench(BenchCommand::Local { rounds, messages, json }) => bench::local::run(rounds, messages, json),
         Command::Bench(BenchCommand::Helper(helper)) => bench::helpers::run(helper),
+        Command::Topic(command) => topics::topic(&root, &cli.set, command),
+        Command::Publish { key, topic, body } => topics::publish(&root, &cli.set, &key, &topic, body),
+        Command::Subscribe { key, topic, local } => topics::subscribe(&root, &cli.set, &key, &topic, local),
+        Command::Topics { json } => topics::topics(&root, &cli.set, json),
         Command::Listen { key, json, echo } => messaging::listen(&root, &cli.set, &key, json, echo),
         Command::Send { key, to, body } => messaging::send(&root, &cli.set, &key, &to, body),
         Command::Request { key, to, timeout_ms, body } => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// Attaches as the engine whose key is in `key`. One-shot commands (`send`, `request`) use the
 /// socket path, whose sends answer with the router's verdict; `listen` uses the rings.
-async fn attach(root: &Path, set: &[String], key: &Path, ring: bool) -> Result<Engine> {
+pub(crate) async fn attach(root: &Path, set: &[String], key: &Path, ring: bool) -> Result<Engine> {
     let home = NodeHome::load(root, set)?;
     let keypair = Keypair::read_file(key)?;
     let mut options = EngineOptions::new(home.socket(ServiceKind::Router), keypair);

@@ -429,7 +429,7 @@ pub async fn serve_slow(state: Weak<RouterState>, mut slow: mpsc::Receiver<Slow>
         match item {
             Slow::Route { from, message } => {
                 let id = message.id;
-                let mut settled = state.submit(from.engine, message);
+                let mut settled = state.submit(from.engine, message, true);
                 match settled.now() {
                     Some(outcome) => state.tell_outcome(&from, id, outcome),
                     None => {

@@ -4,11 +4,11 @@
 
 use tracing::Instrument;
 use crate::attachment::Sink;
-use crate::core::{Challenge, Refused};
+use crate::core::{Challenge, Refused, TopicRefused};
 use crate::shell::RouterState;
-use netmachine_schema::router_capnp::{attachment, engine_session, router};
+use netmachine_schema::router_capnp::{attachment, engine_session, router, topic_result, TopicRefusal};
 use netmachine_schema::service_capnp::service;
-use netmachine_schema::{EngineLocation, EngineMessage, Identity, MessageError};
+use netmachine_schema::{EngineLocation, EngineMessage, Identity, MessageError, TopicAdvert};
 use netmachine_service::home::ServiceKind;
 use netmachine_service::status::StatusReport;
 use std::cell::RefCell;
@@ -91,11 +91,36 @@ impl router::Server for RouterServer {
         }
     }
 
+    async fn topics(self: Rc<Self>, _: router::TopicsParams, mut results: router::TopicsResults) -> capnp::Result<()> {
+        let core = self.0.core();
+        let topics: Vec<_> = core.topics().collect();
+        let mut list = results.get().init_topics(topics.len() as u32);
+        for (i, topic) in topics.into_iter().enumerate() {
+            let mut info = list.reborrow().get(i as u32);
+            topic.advert.write(info.reborrow().init_advert());
+            info.set_creator(&topic.creator.0);
+            info.set_scope(topic.scope);
+            info.set_policy(topic.policy);
+            info.set_last_seq(topic.last_seq);
+            info.set_events_cut(topic.events_cut);
+            write_identities(info.reborrow().init_subscribers(topic.subscribers.len() as u32), topic.subscribers.iter());
+            let slow = core.slow_subscribers(topic);
+            write_identities(info.init_slow(slow.len() as u32), slow.iter());
+        }
+        Ok(())
+    }
+
     async fn sign_advert(self: Rc<Self>, params: router::SignAdvertParams, mut results: router::SignAdvertResults) -> capnp::Result<()> {
         let params = params.get()?;
         let advert = self.0.sign_advert(params.get_addrs()?, params.get_protocols()?).await?;
         results.get().set_advert(advert.get_root_as_reader()?)?;
         Ok(())
+    }
+}
+
+fn write_identities<'a>(mut list: capnp::data_list::Builder<'_>, identities: impl Iterator<Item = &'a Identity>) {
+    for (i, identity) in identities.enumerate() {
+        list.set(i as u32, &identity.0);
     }
 }
 
@@ -190,14 +215,32 @@ fn write_outcome(outcome: SendOutcome, mut result: netmachine_schema::router_cap
             let mut out = result.init_refused();
             out.set_reason(refused.refusal);
             out.set_detail(refused.detail.as_str());
+            if let Some(slowest) = refused.slowest {
+                out.set_slowest(&slowest.0);
+            }
         }
     }
+}
+
+fn write_topic_result(outcome: Result<u64, TopicRefused>, result: topic_result::Builder<'_>) {
+    match outcome {
+        Ok(last_seq) => result.init_done().set_last_seq(last_seq),
+        Err(refused) => {
+            let mut out = result.init_refused();
+            out.set_reason(refused.reason);
+            out.set_detail(refused.detail.as_str());
+        }
+    }
+}
+
+fn topic_id(topic: capnp::Result<&[u8]>) -> capnp::Result<Identity> {
+    Identity::from_slice("topic", topic?).map_err(|e| capnp::Error::failed(e.to_string()))
 }
 
 impl engine_session::Server for Session {
     async fn send(self: Rc<Self>, params: engine_session::SendParams, mut results: engine_session::SendResults) -> capnp::Result<()> {
         let outcome = match self.read(params.get()?.get_message()?) {
-            Ok(message) => self.state.submit(self.engine, message).outcome().await,
+            Ok(message) => self.state.submit(self.engine, message, true).outcome().await,
             Err(refused) => Err(refused),
         };
         write_outcome(outcome, results.get().init_result());
@@ -211,7 +254,7 @@ impl engine_session::Server for Session {
         let mut outcomes = Vec::with_capacity(messages.len() as usize);
         for message in messages.iter() {
             outcomes.push(match self.read(message) {
-                Ok(message) => Ok(self.state.submit(self.engine, message)),
+                Ok(message) => Ok(self.state.submit(self.engine, message, true)),
                 Err(refused) => Err(refused),
             });
         }
@@ -228,6 +271,58 @@ impl engine_session::Server for Session {
 
     async fn detach(self: Rc<Self>, _: engine_session::DetachParams, _: engine_session::DetachResults) -> capnp::Result<()> {
         self.state.detach(self.engine, self.generation);
+        Ok(())
+    }
+
+    async fn try_send(self: Rc<Self>, params: engine_session::TrySendParams, mut results: engine_session::TrySendResults) -> capnp::Result<()> {
+        let outcome = match self.read(params.get()?.get_message()?) {
+            Ok(message) => self.state.submit(self.engine, message, false).outcome().await,
+            Err(refused) => Err(refused),
+        };
+        write_outcome(outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn create_topic(self: Rc<Self>, params: engine_session::CreateTopicParams, mut results: engine_session::CreateTopicResults) -> capnp::Result<()> {
+        let params = params.get()?;
+        let (scope, policy) = (params.get_scope()?, params.get_policy()?);
+        let outcome = match TopicAdvert::read(params.get_advert()?) {
+            Ok(advert) => self.state.change(|core, _| core.create_topic(self.engine, advert, scope, policy)),
+            Err(error) => Err(TopicRefused { reason: TopicRefusal::BadAdvert, detail: error.to_string() }),
+        };
+        if let Err(refused) = &outcome {
+            tracing::info!(engine = %self.engine.short(), %refused, "topic create refused");
+        }
+        write_topic_result(outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn delete_topic(self: Rc<Self>, params: engine_session::DeleteTopicParams, mut results: engine_session::DeleteTopicResults) -> capnp::Result<()> {
+        let topic = topic_id(params.get()?.get_topic())?;
+        let outcome = self.state.change(|core, _| core.delete_topic(self.engine, topic));
+        write_topic_result(outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn subscribe(self: Rc<Self>, params: engine_session::SubscribeParams, mut results: engine_session::SubscribeResults) -> capnp::Result<()> {
+        let params = params.get()?;
+        let (topic, scope) = (topic_id(params.get_topic())?, params.get_scope()?);
+        let outcome = self.state.change(|core, _| core.subscribe(self.engine, topic, scope));
+        write_topic_result(outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn last_seq(self: Rc<Self>, params: engine_session::LastSeqParams, mut results: engine_session::LastSeqResults) -> capnp::Result<()> {
+        let topic = topic_id(params.get()?.get_topic())?;
+        let outcome = self.state.core().last_seq(topic);
+        write_topic_result(outcome, results.get().init_result());
+        Ok(())
+    }
+
+    async fn unsubscribe(self: Rc<Self>, params: engine_session::UnsubscribeParams, mut results: engine_session::UnsubscribeResults) -> capnp::Result<()> {
+        let topic = topic_id(params.get()?.get_topic())?;
+        let outcome = self.state.change(|core, now| core.unsubscribe(self.engine, topic, now));
+        write_topic_result(outcome, results.get().init_result());
         Ok(())
     }
 }

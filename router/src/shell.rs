@@ -129,10 +129,10 @@ impl RouterState {
     }
 
     /// Gives one message from the attached engine `sender` to the core; the receiver holds its
-    /// outcome (`Ok` once it is queued for its destination).
-    pub(crate) fn submit(self: &Rc<Self>, sender: Identity, message: EngineMessage) -> Settled {
+    /// outcome (`Ok` once it is queued for its destination). `wait`: it may wait for room.
+    pub(crate) fn submit(self: &Rc<Self>, sender: Identity, message: EngineMessage, wait: bool) -> Settled {
         let (ticket, settled) = self.ticket();
-        self.feed(Input::Send { ticket, sender, message });
+        self.feed(Input::Send { ticket, sender, message, wait });
         settled
     }
 
@@ -143,6 +143,14 @@ impl RouterState {
 
     pub(crate) fn core(&self) -> std::cell::Ref<'_, Router> {
         self.core.borrow()
+    }
+
+    /// Asks the core something that may change what it routes (a topic request), with the
+    /// time, and carries out what it answers.
+    pub(crate) fn change<T>(self: &Rc<Self>, request: impl FnOnce(&mut Router, Millis) -> T) -> T {
+        let answer = request(&mut self.core.borrow_mut(), now_ms());
+        self.carry_out();
+        answer
     }
 
     fn carry_out(self: &Rc<Self>) {

@@ -32,7 +32,9 @@ pub mod location;
 pub mod message;
 pub mod signing;
 pub mod time;
+pub mod topic;
 
 pub use identity::{Identity, KeyError, Keypair, SignatureBytes};
 pub use location::{EngineLocation, LocationError};
 pub use message::{Destination, EngineMessage, MessageError};
+pub use topic::{AdvertError, TopicAdvert};

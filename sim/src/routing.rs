@@ -99,7 +99,7 @@ impl World {
         let router = self.router(node);
         router.next_ticket += 1;
         let ticket = Ticket(router.next_ticket);
-        self.router_input(node, Input::Send { ticket, sender: src, message });
+        self.router_input(node, Input::Send { ticket, sender: src, message, wait: true });
     }
 
     /// Every engine sends one message to every other engine.

@@ -231,6 +231,8 @@ fn reason_code(reason: SendRefusal) -> u32 {
         SendRefusal::QueueFull => 5,
         SendRefusal::Malformed => 6,
         SendRefusal::Unsupported => 7,
+        SendRefusal::Denied => 8,
+        SendRefusal::BackPressured => 9,
     }
 }
 
@@ -243,6 +245,8 @@ fn reason_of(code: u32) -> Option<SendRefusal> {
         5 => SendRefusal::QueueFull,
         6 => SendRefusal::Malformed,
         7 => SendRefusal::Unsupported,
+        8 => SendRefusal::Denied,
+        9 => SendRefusal::BackPressured,
         _ => return None,
     })
 }

@@ -3,6 +3,7 @@
 //! path, the ring slow path and frames from other nodes refuse alike.
 
 use netmachine_schema::router_capnp::SendRefusal;
+use netmachine_schema::Identity;
 
 /// A reason to drop a message; each has its own counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,10 +25,14 @@ pub enum DropReason {
     BadSignature,
     /// Transport refused the frame: the node is unknown or banned, or its queue stayed full.
     Unreachable,
+    /// An event on a topic from an engine that is not the topic's publisher.
+    Denied,
+    /// A send that would not wait found no room (`trySend`); the sender keeps its message.
+    BackPressured,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Expired,
         DropReason::NoRoute,
         DropReason::OverLimit,
@@ -36,6 +41,8 @@ impl DropReason {
         DropReason::Malformed,
         DropReason::BadSignature,
         DropReason::Unreachable,
+        DropReason::Denied,
+        DropReason::BackPressured,
     ];
 
     /// The counter's name in status reports.
@@ -49,6 +56,8 @@ impl DropReason {
             DropReason::Malformed => "dropped_malformed",
             DropReason::BadSignature => "dropped_bad_signature",
             DropReason::Unreachable => "dropped_unreachable",
+            DropReason::Denied => "dropped_denied",
+            DropReason::BackPressured => "refused_back_pressured",
         }
     }
 }
@@ -62,11 +71,13 @@ pub struct Refused {
     /// What the sending engine is told.
     pub refusal: SendRefusal,
     pub detail: String,
+    /// BackPressured: the engine that has no room.
+    pub slowest: Option<Identity>,
 }
 
 impl Refused {
     fn new(reason: DropReason, refusal: SendRefusal, detail: impl Into<String>) -> Self {
-        Refused { reason, refusal, detail: detail.into() }
+        Refused { reason, refusal, detail: detail.into(), slowest: None }
     }
     pub fn expired(detail: impl Into<String>) -> Self {
         Refused::new(DropReason::Expired, SendRefusal::Expired, detail)
@@ -91,6 +102,14 @@ impl Refused {
     pub fn malformed(detail: impl Into<String>) -> Self {
         Refused::new(DropReason::Malformed, SendRefusal::Malformed, detail)
     }
+    /// An event from an engine that may not publish on the topic.
+    pub fn denied(detail: impl Into<String>) -> Self {
+        Refused::new(DropReason::Denied, SendRefusal::Denied, detail)
+    }
+    /// No room now at `slowest`, for a send that would not wait.
+    pub fn back_pressured(slowest: Identity, detail: impl Into<String>) -> Self {
+        Refused { slowest: Some(slowest), ..Refused::new(DropReason::BackPressured, SendRefusal::BackPressured, detail) }
+    }
     /// The message claims a source other than the engine that sent it.
     pub fn bad_source(detail: impl Into<String>) -> Self {
         Refused::new(DropReason::Malformed, SendRefusal::BadSource, detail)
@@ -99,7 +118,7 @@ impl Refused {
 
 /// One counter per drop reason.
 #[derive(Debug, Default, Clone)]
-pub struct DropCounters([u64; 8]);
+pub struct DropCounters([u64; DropReason::ALL.len()]);
 
 impl DropCounters {
     pub fn count(&mut self, reason: DropReason, n: u64) {

@@ -17,6 +17,7 @@ pub mod pacing;
 pub mod router;
 pub mod signatures;
 pub mod table;
+pub mod topics;
 
 pub use attach::{AttachRefused, Challenge};
 pub use drops::{DropReason, Refused};
@@ -24,3 +25,4 @@ pub use frame::FrameRefused;
 pub use outbox::{Announcement, Outgoing};
 pub use router::{check_envelope, check_send, HandOver, Input, Limits, Millis, Output, Router, Ticket};
 pub use table::Known;
+pub use topics::{Topic, TopicRefused};

@@ -13,7 +13,10 @@ use super::drops::{DropCounters, DropReason, Refused};
 use super::frame::Opened;
 use super::outbox::{Announcement, Outbox, Outgoing};
 use super::table::{Known, Route, RoutingTable};
-use netmachine_schema::{signing, Destination, EngineLocation, EngineMessage, Identity, Keypair};
+use super::topics::{Topic, TopicRefused, Topics};
+use netmachine_schema::message_capnp::Scope;
+use netmachine_schema::router_capnp::TopicPolicy;
+use netmachine_schema::{signing, Destination, EngineLocation, EngineMessage, Identity, Keypair, TopicAdvert};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 /// Milliseconds since the Unix epoch (virtual in the simulation).
@@ -65,8 +68,9 @@ pub struct Ticket(pub u64);
 /// What the shell tells the router.
 #[derive(Debug)]
 pub enum Input {
-    /// A message from the attached engine `sender`; settled with its outcome.
-    Send { ticket: Ticket, sender: Identity, message: EngineMessage },
+    /// A message from the attached engine `sender`; settled with its outcome. `wait`: it may
+    /// wait for room at its destination (else it is refused as back-pressured at once).
+    Send { ticket: Ticket, sender: Identity, message: EngineMessage, wait: bool },
     /// A frame from node `src` (connected under the public network rules if `public`), opened
     /// and its signatures checked; settled once each message is queued or dropped.
     Frame { ticket: Ticket, src: Identity, public: bool, frame: Opened },
@@ -136,6 +140,8 @@ enum Origin {
 struct Waiting {
     ticket: Option<Ticket>,
     origin: Origin,
+    /// It may wait for room (a lookup it may always wait for).
+    wait: bool,
     message: EngineMessage,
     deadline: Millis,
 }
@@ -160,6 +166,7 @@ pub struct Router {
     table: RoutingTable<Attached>,
     connected: BTreeSet<Identity>,
     outboxes: BTreeMap<Identity, Outbox>,
+    topics: Topics,
     /// Per destination, the messages waiting for it, in order.
     waiting: BTreeMap<Identity, VecDeque<Waiting>>,
     waiting_count: usize,
@@ -175,6 +182,8 @@ pub struct Router {
     remote_sent: u64,
     remote_received: u64,
     announcements_refused: u64,
+    events_published: u64,
+    event_deliveries: u64,
 }
 
 impl Router {
@@ -185,6 +194,7 @@ impl Router {
             limits,
             connected: BTreeSet::new(),
             outboxes: BTreeMap::new(),
+            topics: Topics::default(),
             waiting: BTreeMap::new(),
             waiting_count: 0,
             lookups: HashMap::new(),
@@ -197,6 +207,8 @@ impl Router {
             remote_sent: 0,
             remote_received: 0,
             announcements_refused: 0,
+            events_published: 0,
+            event_deliveries: 0,
         }
     }
 
@@ -235,12 +247,58 @@ impl Router {
         if self.table.detach(&engine, |a| a.generation == generation).is_none() {
             return false;
         }
-        for waiting in self.waiting.remove(&engine).unwrap_or_default() {
-            self.waiting_count -= 1;
-            self.settle(waiting.ticket, waiting.origin, Err(Refused::engine_gone("the destination engine detached")));
+        self.refuse_waiting(engine, || Refused::engine_gone("the destination engine detached"));
+        for topic in self.topics.detached(engine) {
+            self.retry(topic, now, None);
         }
         self.announce_to_all(Announcement { full: false, attached: vec![], detached: vec![engine] }, now);
         true
+    }
+
+    /// Refuses everything waiting for `key`.
+    fn refuse_waiting(&mut self, key: Identity, refused: impl Fn() -> Refused) {
+        for waiting in self.waiting.remove(&key).unwrap_or_default() {
+            self.waiting_count -= 1;
+            self.settle(waiting.ticket, waiting.origin, Err(refused()));
+        }
+    }
+
+    /// TopicCreate from the attached engine `creator`.
+    pub fn create_topic(&mut self, creator: Identity, advert: TopicAdvert, scope: Scope, policy: TopicPolicy) -> Result<u64, TopicRefused> {
+        self.topics.create(creator, advert, scope, policy).map(|()| 0)
+    }
+
+    /// TopicDelete: what waits to be published on the topic is refused.
+    pub fn delete_topic(&mut self, requester: Identity, topic: Identity) -> Result<u64, TopicRefused> {
+        let deleted = self.topics.delete(requester, topic)?;
+        self.refuse_waiting(topic, || Refused::no_route(format!("topic {topic} was deleted")));
+        Ok(deleted.last_seq)
+    }
+
+    /// TopicSub: the sequence of the topic's last event, after which events come.
+    pub fn subscribe(&mut self, engine: Identity, topic: Identity, scope: Scope) -> Result<u64, TopicRefused> {
+        self.topics.subscribe(engine, topic, scope)
+    }
+
+    /// TopicUnsub: events that waited for this subscriber's room may go.
+    pub fn unsubscribe(&mut self, engine: Identity, topic: Identity, now: Millis) -> Result<u64, TopicRefused> {
+        let last_seq = self.topics.unsubscribe(engine, topic)?;
+        self.retry(topic, now, None);
+        Ok(last_seq)
+    }
+
+    /// The sequence of the last event on `topic`.
+    pub fn last_seq(&self, topic: Identity) -> Result<u64, TopicRefused> {
+        self.topics.get(&topic).map(|t| t.last_seq).ok_or_else(|| TopicRefused::unknown(topic))
+    }
+
+    pub fn topics(&self) -> impl Iterator<Item = &Topic> {
+        self.topics.iter()
+    }
+
+    /// The subscribers of `topic` with no room for another event now.
+    pub fn slow_subscribers(&self, topic: &Topic) -> Vec<Identity> {
+        topic.subscribers.iter().copied().filter(|s| self.table.attachment(s).is_none_or(|a| a.credit == 0)).collect()
     }
 
     pub fn attachment(&self, engine: &Identity) -> Option<&Attached> {
@@ -273,6 +331,10 @@ impl Router {
             ("remote_messages_received", self.remote_received),
             ("nodes_connected", self.connected.len() as u64),
             ("announcements_refused", self.announcements_refused),
+            ("topics", self.topics.len() as u64),
+            ("topic_events_published", self.events_published),
+            ("topic_event_deliveries", self.event_deliveries),
+            ("topic_events_cut", self.topics.iter().map(|t| t.events_cut).sum()),
         ];
         counters.extend(self.drops.report());
         counters
@@ -298,11 +360,11 @@ impl Router {
 
     fn apply(&mut self, input: Input, now: Millis) {
         match input {
-            Input::Send { ticket, sender, message } => {
+            Input::Send { ticket, sender, message, wait } => {
                 self.tickets.insert(ticket, Open { left: 1, send: true });
                 let checked = check_send(sender, &message, self.limits.max_message_bytes, now);
                 match checked {
-                    Ok(()) => self.admit(Some(ticket), Origin::Engine, message, now),
+                    Ok(()) => self.admit(Some(ticket), Origin::Engine, message, wait, now),
                     Err(refused) => self.settle(Some(ticket), Origin::Engine, Err(refused)),
                 }
             }
@@ -349,6 +411,9 @@ impl Router {
                 if let Some(attached) = self.table.attachment_mut(&engine).filter(|a| a.generation == generation) {
                     attached.credit = (attached.credit + n).min(capacity);
                     self.retry(engine, now, None);
+                    for topic in self.topics.subscribed_by(&engine) {
+                        self.retry(topic, now, None);
+                    }
                 }
             }
             Input::HandedOver { node, outcome } => self.handed_over(node, outcome, now),
@@ -357,9 +422,9 @@ impl Router {
     }
 
     /// Places `message`, or queues it behind what already waits for its destination.
-    fn admit(&mut self, ticket: Option<Ticket>, origin: Origin, message: EngineMessage, now: Millis) {
+    fn admit(&mut self, ticket: Option<Ticket>, origin: Origin, message: EngineMessage, wait: bool, now: Millis) {
         let deadline = message.expiry.map_or(now + self.limits.send_wait, |at| at.min(now + self.limits.send_wait));
-        let waiting = Waiting { ticket, origin, message, deadline };
+        let waiting = Waiting { ticket, origin, wait, message, deadline };
         let key = waiting.message.dst.identity();
         let placement = match self.waiting.contains_key(&key) {
             true => Placement::Wait(waiting),
@@ -367,6 +432,10 @@ impl Router {
         };
         match placement {
             Placement::Done(outcome) => self.settle(ticket, origin, outcome),
+            Placement::Wait(waiting) if !waiting.wait && !self.lookups.contains_key(&key) => {
+                let refused = self.back_pressure(key);
+                self.settle(waiting.ticket, origin, Err(refused));
+            }
             Placement::Wait(waiting) if self.waiting_count >= self.limits.max_waiting => {
                 let detail = format!("{} messages already wait for room or a lookup on this node", self.waiting_count);
                 self.settle(waiting.ticket, origin, Err(Refused::queue_full(detail)));
@@ -376,6 +445,18 @@ impl Router {
                 self.waiting_count += 1;
                 self.waiting.entry(key).or_default().push_back(waiting);
             }
+        }
+    }
+
+    /// Why a message for `key` that would not wait is refused: who has no room.
+    fn back_pressure(&self, key: Identity) -> Refused {
+        let lined_up = self.waiting.get(&key).map_or(0, VecDeque::len);
+        match self.topics.get(&key) {
+            Some(topic) => {
+                let slowest = self.slow_subscribers(topic).first().copied().unwrap_or(key);
+                Refused::back_pressured(slowest, format!("subscriber {slowest} of topic {key} has no room ({lined_up} events already wait)"))
+            }
+            None => Refused::back_pressured(key, format!("{key} has no room ({lined_up} messages already wait)")),
         }
     }
 
@@ -430,6 +511,7 @@ impl Router {
                 self.answer_node(waiting.message, now);
                 Placement::Done(Ok(()))
             }
+            Route::Topic(topic) => self.publish(topic, waiting),
             Route::Lookup(id) => match failed {
                 Some(detail) => Placement::Done(Err(Refused::no_route(detail))),
                 None => {
@@ -444,6 +526,34 @@ impl Router {
             },
             Route::Drop(refused) => Placement::Done(Err(refused)),
         }
+    }
+
+    /// Routes an event to every subscriber of `topic` here, if its publisher may publish it.
+    /// A subscriber with no room holds the event back (policy Block) or misses it (CutSlow: it
+    /// sees the gap in the sequence).
+    fn publish(&mut self, topic: Identity, waiting: Waiting) -> Placement {
+        let policy = match self.topics.check_event(topic, &waiting.message) {
+            Ok(found) => found.policy,
+            Err(refused) => return Placement::Done(Err(refused)),
+        };
+        let found = self.topics.get(&topic).expect("checked above");
+        let slow = self.slow_subscribers(found);
+        if policy == TopicPolicy::Block && !slow.is_empty() {
+            return Placement::Wait(waiting);
+        }
+        let subscribers: Vec<Identity> = found.subscribers.iter().copied().filter(|s| !slow.contains(s)).collect();
+        let found = self.topics.get_mut(&topic).expect("checked above");
+        found.last_seq = waiting.message.id;
+        found.events_cut += slow.len() as u64;
+        self.events_published += 1;
+        self.event_deliveries += subscribers.len() as u64;
+        for engine in subscribers {
+            let attached = self.table.attachment_mut(&engine).expect("subscribers are attached");
+            attached.credit -= 1;
+            let generation = attached.generation;
+            self.outputs.push_back(Output::Deliver { engine, generation, message: waiting.message.clone() });
+        }
+        Placement::Done(Ok(()))
     }
 
     /// A message from another node goes only to an engine attached here (one that takes public
@@ -507,7 +617,7 @@ impl Router {
         answer.expiry = message.expiry;
         answer.protocol = "netmachine/node-info".into();
         answer.sig = Some(self.key.sign(&signing::engine_message(&answer)));
-        self.admit(None, Origin::Router, answer, now);
+        self.admit(None, Origin::Router, answer, true, now);
     }
 
     fn frame(&mut self, ticket: Ticket, src: Identity, public: bool, frame: Opened, now: Millis) {
@@ -526,7 +636,7 @@ impl Router {
         }
         self.tickets.insert(ticket, Open { left: frame.messages.len(), send: false });
         for message in frame.messages {
-            self.admit(Some(ticket), Origin::Node { public }, message, now);
+            self.admit(Some(ticket), Origin::Node { public }, message, true, now);
         }
     }
 
@@ -723,7 +833,7 @@ mod tests {
             self.next += 1;
             let ticket = Ticket(self.next);
             let message = EngineMessage::new(from.identity(), dst, self.next, b"hi".to_vec());
-            self.router.handle(Input::Send { ticket, sender: from.identity(), message }, now);
+            self.router.handle(Input::Send { ticket, sender: from.identity(), message, wait: true }, now);
             ticket
         }
 
@@ -881,10 +991,10 @@ mod tests {
         let mut bench = Bench::new();
         let (sender, receiver) = (bench.attach(false), bench.attach(false));
         let mut forged = EngineMessage::new(receiver.identity(), Destination::Engine(receiver.identity()), 1, vec![]);
-        bench.router.handle(Input::Send { ticket: Ticket(1), sender: sender.identity(), message: forged.clone() }, 0);
+        bench.router.handle(Input::Send { ticket: Ticket(1), sender: sender.identity(), message: forged.clone(), wait: true }, 0);
         forged.src = sender.identity();
         forged.body = vec![0; 1001];
-        bench.router.handle(Input::Send { ticket: Ticket(2), sender: sender.identity(), message: forged }, 0);
+        bench.router.handle(Input::Send { ticket: Ticket(2), sender: sender.identity(), message: forged, wait: true }, 0);
         let out = bench.outputs();
         assert_eq!(settled(&out), vec![(Ticket(1), Err(SendRefusal::BadSource)), (Ticket(2), Err(SendRefusal::OverLimit))]);
         assert_eq!(delivered(&out), 0);
@@ -896,7 +1006,7 @@ mod tests {
         let sender = bench.attach(false);
         let node = bench.router.node();
         let message = EngineMessage::new(sender.identity(), Destination::Node(node), 9, vec![]);
-        bench.router.handle(Input::Send { ticket: Ticket(1), sender: sender.identity(), message }, 0);
+        bench.router.handle(Input::Send { ticket: Ticket(1), sender: sender.identity(), message, wait: true }, 0);
         let out = bench.outputs();
         let answer = out.iter().find_map(|o| match o { Output::Deliver { message, .. } => Some(message.clone()), _ => None }).expect("an answer");
         assert_eq!((answer.src, answer.reply_to), (node, Some(9)));
@@ -920,5 +1030,109 @@ mod tests {
         assert_eq!(settled(&out), vec![(tickets[2], Err(SendRefusal::NoRoute))]);
         assert_eq!(bench.drops(DropReason::EngineGone), 1);
         assert!(out.iter().any(|o| matches!(o, Output::Transmit { batch, .. } if matches!(&batch[..], [Outgoing::Engines(a)] if a.detached == vec![receiver.identity()]))));
+    }
+
+    /// A topic on `bench.router` created by `creator`, published on by `publisher`.
+    fn topic(bench: &mut Bench, creator: &Keypair, publisher: &Keypair, policy: TopicPolicy) -> Identity {
+        let advert = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
+        let topic = advert.topic;
+        bench.router.create_topic(creator.identity(), advert, Scope::Any, policy).unwrap();
+        topic
+    }
+
+    fn publish(bench: &mut Bench, publisher: &Keypair, topic: Identity, seq: u64, wait: bool, now: Millis) -> Ticket {
+        bench.next += 1;
+        let ticket = Ticket(bench.next);
+        let message = EngineMessage::new(publisher.identity(), Destination::Topic(topic), seq, b"event".to_vec());
+        bench.router.handle(Input::Send { ticket, sender: publisher.identity(), message, wait }, now);
+        ticket
+    }
+
+    fn delivered_to(outputs: &[Output]) -> Vec<(Identity, u64)> {
+        outputs.iter().filter_map(|o| match o {
+            Output::Deliver { engine, message, .. } => Some((*engine, message.id)),
+            _ => None,
+        }).collect()
+    }
+
+    #[test]
+    fn an_event_goes_to_every_subscriber_and_under_block_the_slowest_sets_the_pace() {
+        let mut bench = Bench::new();
+        let (publisher, fast, slow) = (bench.attach(false), bench.attach(false), bench.attach(false));
+        let topic = topic(&mut bench, &publisher, &publisher, TopicPolicy::Block);
+        for subscriber in [&fast, &slow] {
+            assert_eq!(bench.router.subscribe(subscriber.identity(), topic, Scope::Local), Ok(0));
+        }
+        // Queues of two: two events reach both, the third waits for the slow one.
+        let tickets: Vec<Ticket> = (1..=3).map(|seq| publish(&mut bench, &publisher, topic, seq, true, 0)).collect();
+        let out = bench.outputs();
+        assert_eq!(settled(&out), vec![(tickets[0], Ok(())), (tickets[1], Ok(()))]);
+        assert_eq!(delivered_to(&out).len(), 4);
+        let fast_generation = bench.router.attachment(&fast.identity()).unwrap().generation;
+        bench.router.handle(Input::Taken { engine: fast.identity(), generation: fast_generation, n: 2 }, 1);
+        assert!(bench.outputs().is_empty(), "the fast subscriber's room alone does not release the event");
+        // A publish that will not wait is refused, naming the slow subscriber.
+        let tried = publish(&mut bench, &publisher, topic, 4, false, 1);
+        let out = bench.outputs();
+        assert!(matches!(&out[..], [Output::Settled { ticket, outcome: Err(r) }] if *ticket == tried && r.refusal == SendRefusal::BackPressured && r.slowest == Some(slow.identity())), "{out:?}");
+        let slow_generation = bench.router.attachment(&slow.identity()).unwrap().generation;
+        bench.router.handle(Input::Taken { engine: slow.identity(), generation: slow_generation, n: 1 }, 2);
+        let out = bench.outputs();
+        assert_eq!(settled(&out), vec![(tickets[2], Ok(()))]);
+        assert_eq!(delivered_to(&out), vec![(fast.identity(), 3), (slow.identity(), 3)]);
+    }
+
+    #[test]
+    fn under_cut_slow_a_full_subscriber_misses_events_and_the_others_get_them() {
+        let mut bench = Bench::new();
+        let (publisher, fast, slow) = (bench.attach(false), bench.attach(false), bench.attach(false));
+        let topic = topic(&mut bench, &publisher, &publisher, TopicPolicy::CutSlow);
+        bench.router.subscribe(fast.identity(), topic, Scope::Local).unwrap();
+        bench.router.subscribe(slow.identity(), topic, Scope::Local).unwrap();
+        let fast_generation = bench.router.attachment(&fast.identity()).unwrap().generation;
+        for seq in 1..=4 {
+            publish(&mut bench, &publisher, topic, seq, false, 0);
+            bench.router.handle(Input::Taken { engine: fast.identity(), generation: fast_generation, n: 1 }, 0);
+        }
+        let out = bench.outputs();
+        assert_eq!(settled(&out).iter().filter(|(_, r)| r.is_ok()).count(), 4, "never back-pressured");
+        let to_slow: Vec<u64> = delivered_to(&out).into_iter().filter(|(e, _)| *e == slow.identity()).map(|(_, seq)| seq).collect();
+        assert_eq!(to_slow, vec![1, 2], "the slow subscriber got what fitted; 3 and 4 it sees as a gap");
+        assert_eq!(delivered_to(&out).len(), 6);
+        assert_eq!(bench.router.counters().iter().find(|(n, _)| *n == "topic_events_cut").map(|c| c.1), Some(2));
+    }
+
+    #[test]
+    fn events_from_an_engine_other_than_the_publisher_or_out_of_sequence_are_refused() {
+        let mut bench = Bench::new();
+        let (creator, publisher, subscriber) = (bench.attach(false), bench.attach(false), bench.attach(false));
+        let topic = topic(&mut bench, &creator, &publisher, TopicPolicy::Block);
+        bench.router.subscribe(subscriber.identity(), topic, Scope::Local).unwrap();
+        let denied = publish(&mut bench, &creator, topic, 1, true, 0);
+        let first = publish(&mut bench, &publisher, topic, 7, true, 0);
+        let replayed = publish(&mut bench, &publisher, topic, 7, true, 0);
+        let out = bench.outputs();
+        assert_eq!(settled(&out), vec![(denied, Err(SendRefusal::Denied)), (first, Ok(())), (replayed, Err(SendRefusal::Malformed))]);
+        assert_eq!(delivered_to(&out), vec![(subscriber.identity(), 7)]);
+        assert_eq!(bench.drops(DropReason::Denied), 1);
+        assert_eq!(bench.router.subscribe(creator.identity(), topic, Scope::Local), Ok(7), "a new subscriber learns the last sequence");
+    }
+
+    #[test]
+    fn a_waiting_event_is_released_when_the_slow_subscriber_leaves_and_refused_when_the_topic_goes() {
+        let mut bench = Bench::new();
+        let (publisher, slow) = (bench.attach(false), bench.attach(false));
+        let topic = topic(&mut bench, &publisher, &publisher, TopicPolicy::Block);
+        bench.router.subscribe(slow.identity(), topic, Scope::Local).unwrap();
+        let tickets: Vec<Ticket> = (1..=4).map(|seq| publish(&mut bench, &publisher, topic, seq, true, 0)).collect();
+        bench.outputs();
+        bench.router.unsubscribe(slow.identity(), topic, 1).unwrap();
+        assert_eq!(settled(&bench.outputs()), vec![(tickets[2], Ok(())), (tickets[3], Ok(()))], "no subscribers: nothing holds them");
+        bench.router.subscribe(slow.identity(), topic, Scope::Local).unwrap();
+        let waiting = publish(&mut bench, &publisher, topic, 5, true, 2);
+        assert!(bench.outputs().is_empty());
+        assert_eq!(bench.router.delete_topic(slow.identity(), topic).map_err(|e| e.reason), Err(netmachine_schema::router_capnp::TopicRefusal::Denied));
+        assert_eq!(bench.router.delete_topic(publisher.identity(), topic), Ok(4));
+        assert_eq!(settled(&bench.outputs()), vec![(waiting, Err(SendRefusal::NoRoute))]);
     }
 }

@@ -45,6 +45,8 @@ pub enum Route {
     Node,
     /// To another node, which the transport reaches.
     Remote(Identity),
+    /// To the subscribers of a topic on this node.
+    Topic(Identity),
     /// The table knows nothing of the destination: ask the identity store, then route again.
     Lookup(Identity),
     Drop(Refused),
@@ -210,9 +212,7 @@ impl<A> RoutingTable<A> {
                 Some(Known::Node { .. }) => remote(node),
                 Some(other) => Route::Drop(Refused::no_route(format!("{node} is a {other:?} record, not a node"))),
             },
-            Destination::Topic(topic) => {
-                Route::Drop(Refused::no_route(format!("topic {topic}: topics are not routed by this version")))
-            }
+            Destination::Topic(topic) => Route::Topic(topic),
         }
     }
 }

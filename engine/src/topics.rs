@@ -1,0 +1,153 @@
+//! Topics as an engine sees them: the topic requests it makes of the router, what it created and
+//! subscribed to (asked again after the router restarts), and the sequence it expects next from
+//! each publisher, so that an event it never got is reported as a gap and none reaches it twice.
+
+use netmachine_schema::message_capnp::Scope;
+use netmachine_schema::router_capnp::TopicPolicy;
+use netmachine_schema::{Destination, EngineMessage, Identity, TopicAdvert};
+use std::collections::{BTreeMap, HashMap};
+
+/// A topic request, as the engine thread sends it.
+#[derive(Debug, Clone)]
+pub(crate) enum TopicRequest {
+    Create { advert: TopicAdvert, scope: Scope, policy: TopicPolicy },
+    Delete(Identity),
+    Subscribe { topic: Identity, scope: Scope },
+    Unsubscribe(Identity),
+    LastSeq(Identity),
+}
+
+/// What the engine created and subscribes to: asked of the router again when the engine
+/// attaches again (a restarted router holds no topics).
+#[derive(Debug, Default)]
+pub(crate) struct TopicBook {
+    pub created: BTreeMap<Identity, (TopicAdvert, Scope, TopicPolicy)>,
+    pub subscribed: BTreeMap<Identity, Scope>,
+}
+
+impl TopicBook {
+    /// The requests that put the engine's topics back, creations first.
+    pub fn replay(&self) -> Vec<TopicRequest> {
+        let created = self.created.values().map(|(advert, scope, policy)| TopicRequest::Create { advert: advert.clone(), scope: *scope, policy: *policy });
+        let subscribed = self.subscribed.iter().map(|(topic, scope)| TopicRequest::Subscribe { topic: *topic, scope: *scope });
+        created.chain(subscribed).collect()
+    }
+}
+
+/// An event on a topic this engine subscribes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub topic: Identity,
+    pub publisher: Identity,
+    pub seq: u64,
+    pub body: Vec<u8>,
+}
+
+/// Events this engine will never get: `from..=to` of `publisher` on `topic` (the router cut a
+/// slow subscriber, or the events were refused to their publisher).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    pub topic: Identity,
+    pub publisher: Identity,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// What [`crate::Engine::recv_event`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// A message to this engine (or a reply that came after its request gave up).
+    Message(EngineMessage),
+    Event(Event),
+    Gap(Gap),
+}
+
+/// How an event fits the sequence of its publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fit {
+    Next,
+    /// Events before it were missed.
+    After(Gap),
+    /// Its sequence was taken already: a repeat, never handed to the engine twice.
+    Repeat,
+}
+
+/// The sequence expected next from each publisher on each topic, advanced only as events are
+/// taken.
+#[derive(Debug, Default)]
+pub struct Sequences {
+    /// Per topic, the last sequence when the engine subscribed: where an unseen publisher starts.
+    start: HashMap<Identity, u64>,
+    expected: HashMap<(Identity, Identity), u64>,
+    repeats: u64,
+    missed: u64,
+}
+
+impl Sequences {
+    /// The engine subscribed to `topic` after event `last_seq`. A publisher already seen keeps
+    /// its place (the router restarted and forgot the sequence, the engine did not).
+    pub fn subscribed(&mut self, topic: Identity, last_seq: u64) {
+        self.start.insert(topic, last_seq);
+    }
+
+    /// Where `seq` from `publisher` on `topic` fits; advances the sequence past it.
+    pub fn take(&mut self, topic: Identity, publisher: Identity, seq: u64) -> Fit {
+        let start = self.start.get(&topic).copied().unwrap_or(0);
+        let expected = self.expected.entry((topic, publisher)).or_insert(start + 1);
+        if seq < *expected {
+            self.repeats += 1;
+            return Fit::Repeat;
+        }
+        let fit = match seq == *expected {
+            true => Fit::Next,
+            false => {
+                self.missed += seq - *expected;
+                Fit::After(Gap { topic, publisher, from: *expected, to: seq - 1 })
+            }
+        };
+        *expected = seq + 1;
+        fit
+    }
+
+    /// Events skipped as repeats, and events reported missing.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.repeats, self.missed)
+    }
+}
+
+/// The event a topic message carries, if it is one.
+pub fn event(message: &EngineMessage) -> Option<Event> {
+    let Destination::Topic(topic) = message.dst else { return None };
+    Some(Event { topic, publisher: message.src, seq: message.id, body: message.body.clone() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netmachine_schema::Keypair;
+
+    #[test]
+    fn a_skipped_sequence_is_one_gap_and_a_repeat_is_never_taken_twice() {
+        let mut sequences = Sequences::default();
+        let (topic, publisher) = (Keypair::generate().identity(), Keypair::generate().identity());
+        sequences.subscribed(topic, 4);
+        assert_eq!(sequences.take(topic, publisher, 5), Fit::Next, "the first event after subscribing");
+        assert_eq!(sequences.take(topic, publisher, 9), Fit::After(Gap { topic, publisher, from: 6, to: 8 }));
+        assert_eq!(sequences.take(topic, publisher, 7), Fit::Repeat);
+        assert_eq!(sequences.take(topic, publisher, 9), Fit::Repeat);
+        assert_eq!(sequences.take(topic, publisher, 10), Fit::Next);
+        sequences.subscribed(topic, 0);
+        assert_eq!(sequences.take(topic, publisher, 11), Fit::Next, "subscribing again keeps a seen publisher's place");
+        assert_eq!(sequences.counts(), (2, 3));
+    }
+
+    #[test]
+    fn the_replay_creates_before_it_subscribes() {
+        let mut book = TopicBook::default();
+        let advert = TopicAdvert::sign(&Keypair::generate(), Keypair::generate().identity(), vec![], 1);
+        book.subscribed.insert(advert.topic, Scope::Local);
+        book.created.insert(advert.topic, (advert, Scope::Any, TopicPolicy::Block));
+        let replay = book.replay();
+        assert!(matches!(&replay[..], [TopicRequest::Create { .. }, TopicRequest::Subscribe { .. }]));
+    }
+}

@@ -1,0 +1,235 @@
+//! The topics held on this node: each one's signed advert (which names the one engine that may
+//! publish on it), the engine that created it (the only one that may delete it), its scope and
+//! backpressure policy, the sequence of its last event, and its subscribers. The rules of topic
+//! requests (SPEC.md "Router") and of who may publish live here; the router core routes events
+//! through them.
+
+use super::drops::Refused;
+use netmachine_schema::message_capnp::Scope;
+use netmachine_schema::router_capnp::{TopicPolicy, TopicRefusal};
+use netmachine_schema::{EngineMessage, Identity, TopicAdvert};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A topic on this node.
+#[derive(Debug, Clone)]
+pub struct Topic {
+    pub advert: TopicAdvert,
+    pub creator: Identity,
+    pub scope: Scope,
+    pub policy: TopicPolicy,
+    /// The sequence of the last event routed (0: none yet).
+    pub last_seq: u64,
+    pub subscribers: BTreeSet<Identity>,
+    /// Deliveries skipped because a subscriber had no room (policy CutSlow).
+    pub events_cut: u64,
+}
+
+/// A topic request refused, with what the engine is told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct TopicRefused {
+    pub reason: TopicRefusal,
+    pub detail: String,
+}
+
+impl TopicRefused {
+    fn new(reason: TopicRefusal, detail: impl Into<String>) -> Self {
+        TopicRefused { reason, detail: detail.into() }
+    }
+
+    pub fn unknown(topic: Identity) -> Self {
+        TopicRefused::new(TopicRefusal::Unknown, format!("topic {topic} is not on this node"))
+    }
+}
+
+/// Every topic on this node, and which topics each engine subscribes to.
+#[derive(Debug, Default)]
+pub struct Topics {
+    topics: BTreeMap<Identity, Topic>,
+    subscriptions: BTreeMap<Identity, BTreeSet<Identity>>,
+}
+
+impl Topics {
+    pub fn get(&self, topic: &Identity) -> Option<&Topic> {
+        self.topics.get(topic)
+    }
+
+    pub fn get_mut(&mut self, topic: &Identity) -> Option<&mut Topic> {
+        self.topics.get_mut(topic)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Topic> {
+        self.topics.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.topics.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.topics.is_empty()
+    }
+
+    /// The topics `engine` subscribes to.
+    pub fn subscribed_by(&self, engine: &Identity) -> Vec<Identity> {
+        self.subscriptions.get(engine).map(|topics| topics.iter().copied().collect()).unwrap_or_default()
+    }
+
+    /// TopicCreate: `creator` puts the topic of `advert` on this node. Refused if the topic is
+    /// here already or the advert is not signed by the topic key.
+    pub fn create(&mut self, creator: Identity, advert: TopicAdvert, scope: Scope, policy: TopicPolicy) -> Result<(), TopicRefused> {
+        let topic = advert.topic;
+        if self.topics.contains_key(&topic) {
+            return Err(TopicRefused::new(TopicRefusal::Exists, format!("topic {topic} is already on this node")));
+        }
+        advert.verify().map_err(|e| TopicRefused::new(TopicRefusal::BadAdvert, e.to_string()))?;
+        let topic = Topic { advert, creator, scope, policy, last_seq: 0, subscribers: BTreeSet::new(), events_cut: 0 };
+        self.topics.insert(topic.advert.topic, topic);
+        Ok(())
+    }
+
+    /// TopicDelete, by the engine that created the topic only: the topic as it was.
+    pub fn delete(&mut self, requester: Identity, topic: Identity) -> Result<Topic, TopicRefused> {
+        let found = self.topics.get(&topic).ok_or_else(|| TopicRefused::unknown(topic))?;
+        if found.creator != requester {
+            return Err(TopicRefused::new(TopicRefusal::Denied, format!("topic {topic} was created by engine {}, not by {requester}", found.creator)));
+        }
+        let removed = self.topics.remove(&topic).expect("found above");
+        for subscriber in &removed.subscribers {
+            self.forget_subscription(*subscriber, topic);
+        }
+        Ok(removed)
+    }
+
+    /// TopicSub: `engine` receives the topic's events from the next one on; the sequence of the
+    /// last event so far. A topic not on this node is refused: with scope Local by rule, with
+    /// any other scope because this node carries no topics from other nodes yet.
+    pub fn subscribe(&mut self, engine: Identity, topic: Identity, scope: Scope) -> Result<u64, TopicRefused> {
+        let Some(found) = self.topics.get_mut(&topic) else {
+            let detail = match scope {
+                Scope::Local => format!("topic {topic} is not on this node, and the subscription's scope is local"),
+                _ => format!("topic {topic} is not on this node, and this node does not subscribe to topics on other nodes yet"),
+            };
+            return Err(TopicRefused::new(TopicRefusal::Unknown, detail));
+        };
+        found.subscribers.insert(engine);
+        self.subscriptions.entry(engine).or_default().insert(topic);
+        Ok(found.last_seq)
+    }
+
+    /// TopicUnsub: the sequence of the topic's last event.
+    pub fn unsubscribe(&mut self, engine: Identity, topic: Identity) -> Result<u64, TopicRefused> {
+        let found = self.topics.get_mut(&topic).ok_or_else(|| TopicRefused::unknown(topic))?;
+        if !found.subscribers.remove(&engine) {
+            return Err(TopicRefused::new(TopicRefusal::NotSubscribed, format!("engine {engine} does not subscribe to topic {topic}")));
+        }
+        let last_seq = found.last_seq;
+        self.forget_subscription(engine, topic);
+        Ok(last_seq)
+    }
+
+    /// `engine` detached: its subscriptions end (it subscribes again when it attaches again).
+    /// The topics it subscribed to.
+    pub fn detached(&mut self, engine: Identity) -> Vec<Identity> {
+        let topics = self.subscriptions.remove(&engine).unwrap_or_default();
+        for topic in &topics {
+            if let Some(found) = self.topics.get_mut(topic) {
+                found.subscribers.remove(&engine);
+            }
+        }
+        topics.into_iter().collect()
+    }
+
+    fn forget_subscription(&mut self, engine: Identity, topic: Identity) {
+        if let Some(topics) = self.subscriptions.get_mut(&engine) {
+            topics.remove(&topic);
+            if topics.is_empty() {
+                self.subscriptions.remove(&engine);
+            }
+        }
+    }
+
+    /// Whether `message` may be published on `topic`: the topic is here, the message comes from
+    /// the publisher its advert names, and its sequence (the message id) is above the last one.
+    pub fn check_event(&self, topic: Identity, message: &EngineMessage) -> Result<&Topic, Refused> {
+        let found = self.topics.get(&topic).ok_or_else(|| Refused::no_route(format!("topic {topic} is not on this node")))?;
+        if message.src != found.advert.publisher {
+            let detail = format!("engine {} is not the publisher of topic {topic}; its advert names {}", message.src, found.advert.publisher);
+            return Err(Refused::denied(detail));
+        }
+        if message.id <= found.last_seq {
+            let detail = format!("event sequence {} is not above the last one on topic {topic} ({})", message.id, found.last_seq);
+            return Err(Refused::malformed(detail));
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netmachine_schema::router_capnp::SendRefusal;
+    use netmachine_schema::{Destination, Keypair};
+
+    fn topic(publisher: Identity) -> (Keypair, TopicAdvert) {
+        let key = Keypair::generate();
+        let advert = TopicAdvert::sign(&key, publisher, vec![], 1);
+        (key, advert)
+    }
+
+    fn event(src: Identity, topic: Identity, seq: u64) -> EngineMessage {
+        EngineMessage::new(src, Destination::Topic(topic), seq, b"e".to_vec())
+    }
+
+    #[test]
+    fn a_topic_is_created_once_with_a_genuine_advert_and_deleted_only_by_its_creator() {
+        let mut topics = Topics::default();
+        let (creator, other, publisher) = (Keypair::generate().identity(), Keypair::generate().identity(), Keypair::generate().identity());
+        let (_, advert) = topic(publisher);
+        let forged = TopicAdvert { publisher: other, ..advert.clone() };
+        fn refusal<T>(result: Result<T, TopicRefused>) -> Result<(), TopicRefusal> {
+            result.map(|_| ()).map_err(|e| e.reason)
+        }
+        assert_eq!(refusal(topics.create(creator, forged, Scope::Any, TopicPolicy::Block)), Err(TopicRefusal::BadAdvert));
+        assert_eq!(refusal(topics.create(creator, advert.clone(), Scope::Any, TopicPolicy::Block)), Ok(()));
+        assert_eq!(refusal(topics.create(other, advert.clone(), Scope::Any, TopicPolicy::Block)), Err(TopicRefusal::Exists));
+        topics.subscribe(other, advert.topic, Scope::Local).unwrap();
+        assert_eq!(refusal(topics.delete(other, advert.topic)), Err(TopicRefusal::Denied));
+        assert_eq!(refusal(topics.delete(creator, advert.topic)), Ok(()));
+        assert!(topics.subscribed_by(&other).is_empty(), "a deleted topic's subscriptions go with it");
+        assert_eq!(refusal(topics.delete(creator, advert.topic)), Err(TopicRefusal::Unknown));
+    }
+
+    #[test]
+    fn subscriptions_need_the_topic_here_and_end_when_the_engine_detaches() {
+        let mut topics = Topics::default();
+        let (engine, publisher) = (Keypair::generate().identity(), Keypair::generate().identity());
+        let (_, advert) = topic(publisher);
+        let elsewhere = Keypair::generate().identity();
+        for scope in [Scope::Local, Scope::Any] {
+            assert_eq!(topics.subscribe(engine, elsewhere, scope).map_err(|e| e.reason), Err(TopicRefusal::Unknown));
+        }
+        topics.create(publisher, advert.clone(), Scope::Any, TopicPolicy::CutSlow).unwrap();
+        assert_eq!(topics.unsubscribe(engine, advert.topic).map_err(|e| e.reason), Err(TopicRefusal::NotSubscribed));
+        assert_eq!(topics.subscribe(engine, advert.topic, Scope::Local), Ok(0));
+        assert_eq!(topics.detached(engine), vec![advert.topic]);
+        assert!(topics.get(&advert.topic).unwrap().subscribers.is_empty());
+    }
+
+    #[test]
+    fn only_the_advertised_publisher_publishes_and_each_sequence_rises() {
+        let mut topics = Topics::default();
+        let (publisher, intruder) = (Keypair::generate().identity(), Keypair::generate().identity());
+        let (_, advert) = topic(publisher);
+        let id = advert.topic;
+        topics.create(intruder, advert, Scope::Any, TopicPolicy::Block).unwrap();
+        let refusal = |topics: &Topics, message: EngineMessage| topics.check_event(id, &message).map(|_| ()).map_err(|r| r.refusal);
+        assert_eq!(refusal(&topics, event(intruder, id, 1)), Err(SendRefusal::Denied), "the creator is not the publisher");
+        assert_eq!(refusal(&topics, event(publisher, id, 1)), Ok(()));
+        topics.get_mut(&id).unwrap().last_seq = 5;
+        assert_eq!(refusal(&topics, event(publisher, id, 5)), Err(SendRefusal::Malformed), "a replayed sequence");
+        assert_eq!(refusal(&topics, event(publisher, id, 6)), Ok(()));
+        let elsewhere = Keypair::generate().identity();
+        assert_eq!(topics.check_event(elsewhere, &event(publisher, elsewhere, 7)).map(|_| ()).map_err(|r| r.refusal), Err(SendRefusal::NoRoute));
+    }
+}

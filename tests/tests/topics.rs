@@ -1,0 +1,222 @@
+//! Topics on one node, between real processes: subscribers on the rings and on the socket get
+//! every event in order; only the advertised publisher publishes; a subscriber that never reads
+//! back-pressures the publisher (Block) or is cut and sees the gap (CutSlow); and the CLI
+//! creates, publishes, subscribes and lists.
+
+use netmachine_engine::{Engine, EngineError, Received, Scope, SendRefusal, TopicAdvert, TopicPolicy, TopicRefusal};
+use netmachine_schema::Keypair;
+use netmachine_service::ServiceKind;
+use netmachine_tests::{attach_engine, bin_dir, with_rpc, Node};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A topic `publisher` publishes on, created by `creator`.
+async fn create(creator: &Engine, publisher: &Engine, policy: TopicPolicy) -> netmachine_engine::Identity {
+    let advert = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec!["test".into()], 1);
+    let topic = advert.topic;
+    creator.create_topic(advert, Scope::Any, policy).await.expect("create the topic");
+    topic
+}
+
+/// The next event or gap, within the deadline.
+async fn next(engine: &Engine) -> Received {
+    tokio::time::timeout(WAIT, engine.recv_event()).await.expect("an event within the deadline").expect("the engine is open")
+}
+
+/// The bodies (each a little-endian count) of the next `count` events; anything else fails.
+async fn take_all(engine: &Engine, count: u64) -> Vec<u64> {
+    let mut bodies = Vec::new();
+    while (bodies.len() as u64) < count {
+        match next(engine).await {
+            Received::Event(event) => bodies.push(u64::from_le_bytes(event.body.try_into().expect("8 bytes"))),
+            other => panic!("only events expected, got {other:?}"),
+        }
+    }
+    bodies
+}
+
+#[test]
+fn subscribers_on_rings_and_on_the_socket_get_every_event_in_order() {
+    let node = Node::up();
+    with_rpc(async {
+        let publisher = attach_engine(&node, |_| {}).await;
+        let on_ring = attach_engine(&node, |_| {}).await;
+        let on_socket = attach_engine(&node, |o| o.ring = false).await;
+        assert!(on_ring.on_ring() && !on_socket.on_ring());
+        let topic = create(&publisher, &publisher, TopicPolicy::Block).await;
+        for subscriber in [&on_ring, &on_socket] {
+            subscriber.subscribe(topic, Scope::Local).await.expect("subscribe");
+        }
+        const EVENTS: u64 = 5_000;
+        let publishing = async {
+            for n in 1..=EVENTS {
+                publisher.publish(topic, n.to_le_bytes().to_vec()).await.expect("publish");
+            }
+        };
+        let ((), ring_bodies, socket_bodies) = tokio::join!(publishing, take_all(&on_ring, EVENTS), take_all(&on_socket, EVENTS));
+        let expected: Vec<u64> = (1..=EVENTS).collect();
+        assert_eq!(ring_bodies, expected, "the ring subscriber got every event, in order");
+        assert_eq!(socket_bodies, expected, "the socket subscriber got every event, in order");
+        assert_eq!(on_ring.event_counts(), (0, 0), "no repeats, no gaps");
+        let listed: serde_json::Value = serde_json::from_slice(&node.cli(&["topics", "--json"]).stdout).expect("topics --json");
+        assert_eq!(listed[0]["subscribers"].as_array().map(Vec::len), Some(2), "{listed}");
+        assert_eq!(listed[0]["last_seq"], 5_000);
+    });
+    assert_eq!(node.router_counter("topic_event_deliveries"), 10_000);
+}
+
+#[test]
+fn only_the_advertised_publisher_publishes_and_only_the_creator_deletes() {
+    let node = Node::up();
+    with_rpc(async {
+        let (creator, publisher, intruder) = (attach_engine(&node, |_| {}).await, attach_engine(&node, |_| {}).await, attach_engine(&node, |_| {}).await);
+        let topic = create(&creator, &publisher, TopicPolicy::Block).await;
+        intruder.subscribe(topic, Scope::Local).await.expect("anyone may subscribe");
+        match intruder.publish(topic, b"forged".to_vec()).await {
+            Err(EngineError::Refused { reason: SendRefusal::Denied, detail }) => assert!(detail.contains("not the publisher"), "{detail}"),
+            other => panic!("an event from an engine other than the publisher must be denied: {other:?}"),
+        }
+        let forged_advert = TopicAdvert { publisher: intruder.identity(), ..TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1) };
+        assert!(matches!(intruder.create_topic(forged_advert, Scope::Any, TopicPolicy::Block).await, Err(EngineError::TopicRefused { reason: TopicRefusal::BadAdvert, .. })));
+        let max = publisher.max_message_bytes();
+        assert!(matches!(publisher.publish(topic, vec![0; max + 1]).await, Err(EngineError::TooLarge { .. })));
+        assert_eq!(publisher.publish(topic, b"genuine".to_vec()).await.expect("the publisher publishes"), 1, "refused events used no sequence");
+        match next(&intruder).await {
+            Received::Event(event) => assert_eq!((event.body.as_slice(), event.seq), (&b"genuine"[..], 1)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(publisher.delete_topic(topic).await, Err(EngineError::TopicRefused { reason: TopicRefusal::Denied, .. })));
+        creator.delete_topic(topic).await.expect("the creator deletes");
+        assert!(matches!(publisher.publish(topic, b"late".to_vec()).await, Err(EngineError::Refused { reason: SendRefusal::NoRoute, .. })), "no such topic any more");
+        assert!(matches!(intruder.subscribe(topic, Scope::Local).await, Err(EngineError::TopicRefused { reason: TopicRefusal::Unknown, .. })));
+    });
+    assert_eq!(node.router_counter("dropped_denied"), 1);
+}
+
+#[test]
+fn a_subscriber_that_never_reads_back_pressures_the_publisher_without_memory_growing() {
+    let node = Node::up_with(&["limits.engine_queue=64", "router.ring_bytes=65536"]);
+    let router_rss = || -> u64 {
+        let pid = node.pid(ServiceKind::Router).expect("router pid");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("router status");
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+        line.split_whitespace().nth(1).and_then(|kb| kb.parse().ok()).expect("a number of kB")
+    };
+    with_rpc(async {
+        let publisher = attach_engine(&node, |_| {}).await;
+        let stuck = attach_engine(&node, |o| o.inbox_capacity = 1).await;
+        let topic = create(&publisher, &publisher, TopicPolicy::Block).await;
+        stuck.subscribe(topic, Scope::Local).await.expect("subscribe");
+        let body = vec![7u8; 200];
+        let mut accepted = 0u64;
+        let slowest = loop {
+            match publisher.try_publish(topic, body.clone()).await {
+                Ok(_) => accepted += 1,
+                Err(EngineError::BackPressured { slowest, .. }) => break slowest,
+                Err(other) => panic!("{other}"),
+            }
+            assert!(accepted < 100_000, "the publisher was never back-pressured");
+        };
+        assert_eq!(slowest, stuck.identity(), "BackPressured names the subscriber that does not read");
+        let listed: serde_json::Value = serde_json::from_slice(&node.cli(&["topics", "--json"]).stdout).expect("topics --json");
+        assert_eq!(listed[0]["slow"][0], stuck.identity().to_string(), "topics shows the slow subscriber: {listed}");
+        // Many more attempts: all refused at once, none held, and the router does not grow.
+        let before = router_rss();
+        for _ in 0..5_000 {
+            assert!(matches!(publisher.try_publish(topic, body.clone()).await, Err(EngineError::BackPressured { .. })));
+        }
+        assert_eq!(node.router_counter("messages_waiting"), 0);
+        let grown = router_rss().saturating_sub(before);
+        assert!(grown < 8 << 10, "the router grew {grown} kB while refusing events");
+        // The stuck subscriber reads at last: every accepted event is there, in order.
+        for seq in 1..=accepted {
+            match next(&stuck).await {
+                Received::Event(event) => assert_eq!(event.seq, seq),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(publisher.try_publish(topic, body.clone()).await.expect("room again"), accepted + 1, "refused attempts used no sequence");
+    });
+}
+
+#[test]
+fn under_cut_slow_a_subscriber_that_fell_behind_is_told_the_gap_and_the_rest_arrive() {
+    let node = Node::up_with(&["limits.engine_queue=64", "router.ring_bytes=65536"]);
+    with_rpc(async {
+        let publisher = attach_engine(&node, |_| {}).await;
+        let slow = attach_engine(&node, |o| o.inbox_capacity = 1).await;
+        let topic = create(&publisher, &publisher, TopicPolicy::CutSlow).await;
+        slow.subscribe(topic, Scope::Local).await.expect("subscribe");
+        const EVENTS: u64 = 3_000;
+        for _ in 0..EVENTS {
+            publisher.try_publish(topic, vec![1u8; 200]).await.expect("CutSlow never back-pressures");
+        }
+        // Read everything; whenever nothing comes for a moment, publish one more event, which
+        // lands once the subscriber has room and shows where the sequence stands.
+        let (mut events, mut missed, mut last) = (0u64, 0u64, 0u64);
+        let deadline = std::time::Instant::now() + WAIT;
+        while last <= EVENTS {
+            match tokio::time::timeout(Duration::from_millis(200), slow.recv_event()).await {
+                Ok(Some(Received::Event(event))) => {
+                    assert!(event.seq > last, "in order");
+                    (events, last) = (events + 1, event.seq);
+                }
+                Ok(Some(Received::Gap(gap))) => {
+                    assert_eq!(gap.from, last + 1, "a gap starts right after the last event taken");
+                    missed += gap.to - gap.from + 1;
+                    last = gap.to;
+                }
+                Ok(other) => panic!("{other:?}"),
+                Err(_) => {
+                    assert!(std::time::Instant::now() < deadline, "the tail never arrived");
+                    publisher.publish(topic, vec![2u8; 8]).await.expect("CutSlow never waits");
+                }
+            }
+        }
+        assert_eq!(events + missed, last, "every sequence was either taken or reported missing");
+        assert!(missed > 0, "a subscriber that did not read for {EVENTS} events missed some");
+        assert_eq!(slow.event_counts().1, missed);
+        assert_eq!(node.router_counter("topic_events_cut"), missed, "the router counted each event it cut");
+    });
+}
+
+#[test]
+fn the_cli_creates_a_topic_publishes_lines_and_a_subscriber_prints_them() {
+    let node = Node::up();
+    let (key, _) = node.engine_key("publisher");
+    let (subscriber_key, _) = node.engine_key("subscriber");
+    let created = node.cli(&["topic", "create", "--key", key.to_str().unwrap(), "--tag", "news"]);
+    assert!(created.status.success(), "{created:?}");
+    let topic = String::from_utf8(created.stdout).unwrap().trim().to_string();
+    assert_eq!(topic.len(), 64, "topic create prints the topic's identity");
+    let mut subscriber = Command::new(bin_dir().join("netmachine"))
+        .args(["subscribe", "--key", subscriber_key.to_str().unwrap(), "--topic", &topic, "--home"])
+        .arg(node.root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start subscribe");
+    let mut said = BufReader::new(subscriber.stderr.take().unwrap()).lines();
+    let first = said.next().expect("subscribe says it subscribed").expect("a line");
+    assert!(first.starts_with("subscribed to"), "{first}");
+    let mut publish = Command::new(bin_dir().join("netmachine"))
+        .args(["publish", "--key", key.to_str().unwrap(), "--topic", &topic, "-", "--home"])
+        .arg(node.root())
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("start publish");
+    publish.stdin.take().unwrap().write_all(b"one\ntwo\nthree\n").unwrap();
+    assert!(publish.wait().unwrap().success());
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = subscriber.stdout.take().unwrap();
+    std::thread::spawn(move || BufReader::new(stdout).lines().map_while(Result::ok).for_each(|l| drop(lines_tx.send(l))));
+    let printed: Vec<String> = (0..3).map(|_| lines.recv_timeout(WAIT).expect("an event line")).collect();
+    assert_eq!(printed, ["one", "two", "three"]);
+    let listed = String::from_utf8(node.cli(&["topics"]).stdout).unwrap();
+    assert!(listed.contains(&topic) && listed.contains("last event 3"), "{listed}");
+    let _ = subscriber.kill();
+    let _ = subscriber.wait();
+}
