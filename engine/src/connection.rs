@@ -6,7 +6,7 @@ use crate::fast_path::EngineRing;
 use crate::topics::{TopicBook, TopicRequest};
 use crate::ring::records::Refusal;
 use crate::{EngineError, EngineOptions};
-use netmachine_schema::router_capnp::{engine_session, inbox, router, SendRefusal};
+use netmachine_schema::router_capnp::{engine_session, inbox, router, SendRefusal, TopicRefusal};
 use netmachine_schema::{signing, time::now_ms, Destination, EngineLocation, EngineMessage, Identity};
 use netmachine_rpc::{self as rpc, Backoff};
 use std::collections::HashMap;
@@ -379,10 +379,17 @@ async fn keep_attached(
     loop {
         // What the engine created and subscribed to goes back before anything else is sent.
         let replay = shared.topics.lock().unwrap_or_else(|e| e.into_inner()).replay();
+        let mut not_there_yet = Vec::new();
         for request in replay {
-            if let Err(error) = topic_request(&current, &request).await {
-                tracing::warn!(?request, %error, "a topic request made again after attaching again was refused");
+            match topic_request(&current, &request).await {
+                Ok(_) => {}
+                // Its creator has not attached again yet: subscribe once it has.
+                Err(EngineError::TopicRefused { reason: TopicRefusal::Unknown, .. }) => not_there_yet.push(request),
+                Err(error) => tracing::warn!(?request, %error, "a topic request made again after attaching again was refused"),
             }
+        }
+        if !not_there_yet.is_empty() {
+            tokio::task::spawn_local(subscribe_when_there(current.clone(), shared.clone(), not_there_yet));
         }
         session.send_replace(Some(current));
         let _ = driver.await;
@@ -403,6 +410,30 @@ async fn keep_attached(
                 Err(error) => tracing::debug!(%error, "attach failed; retrying"),
             }
         }
+    }
+}
+
+/// Subscribes again to topics that were not on the restarted router yet, as they come back,
+/// for as long as the engine still wants them and this session lasts.
+async fn subscribe_when_there(session: engine_session::Client, shared: Arc<Shared>, mut waiting: Vec<TopicRequest>) {
+    while !waiting.is_empty() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut still = Vec::new();
+        for request in waiting {
+            let TopicRequest::Subscribe { topic, .. } = &request else { continue };
+            if !shared.topics.lock().unwrap_or_else(|e| e.into_inner()).subscribed.contains_key(topic) {
+                continue;
+            }
+            match topic_request(&session, &request).await {
+                Ok(_) => tracing::info!(%topic, "subscribed again"),
+                Err(EngineError::TopicRefused { reason: TopicRefusal::Unknown, .. }) => still.push(request),
+                Err(error) => {
+                    tracing::warn!(%topic, %error, "could not subscribe again");
+                    return;
+                }
+            }
+        }
+        waiting = still;
     }
 }
 

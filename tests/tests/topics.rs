@@ -220,3 +220,54 @@ fn the_cli_creates_a_topic_publishes_lines_and_a_subscriber_prints_them() {
     let _ = subscriber.kill();
     let _ = subscriber.wait();
 }
+
+#[test]
+fn after_kill_9_of_the_router_mid_stream_topics_come_back_and_every_event_is_taken_or_reported_missing() {
+    let node = Node::up();
+    with_rpc(async {
+        let publisher = attach_engine(&node, |_| {}).await;
+        let subscriber = attach_engine(&node, |_| {}).await;
+        let topic = create(&publisher, &publisher, TopicPolicy::Block).await;
+        subscriber.subscribe(topic, Scope::Local).await.expect("subscribe");
+        let router = node.pid(ServiceKind::Router).expect("router pid");
+        // Publish until the subscriber has taken events well past the first one accepted by the
+        // restarted router.
+        let (resumed_at, done) = (std::cell::Cell::new(None::<u64>), std::cell::Cell::new(false));
+        let publishing = async {
+            let mut refused = 0u64;
+            let mut n = 0u64;
+            while !done.get() {
+                n += 1;
+                if n == 200 {
+                    node.kill9(ServiceKind::Router);
+                }
+                match publisher.publish(topic, n.to_le_bytes().to_vec()).await {
+                    Ok(seq) if resumed_at.get().is_none() && n > 200 && n % 20 == 0 => {
+                        if node.pid(ServiceKind::Router).is_some_and(|p| p != router) {
+                            resumed_at.set(Some(seq));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => refused += 1,
+                }
+                assert!(n < 200_000, "publishing never resumed after the router restarted");
+            }
+            refused
+        };
+        let receiving = async {
+            let (mut events, mut missed, mut last) = (0u64, 0u64, 0u64);
+            while resumed_at.get().is_none_or(|at| last < at + 50) {
+                match tokio::time::timeout(Duration::from_secs(30), subscriber.recv_event()).await {
+                    Ok(Some(Received::Event(event))) => (events, last) = (events + 1, event.seq),
+                    Ok(Some(Received::Gap(gap))) => (missed, last) = (missed + gap.to - gap.from + 1, gap.to),
+                    other => panic!("events stopped: {other:?}"),
+                }
+            }
+            done.set(true);
+            (events, missed, last)
+        };
+        let (refused, (events, missed, last)) = tokio::join!(publishing, receiving);
+        assert_eq!(events + missed, last, "every sequence up to {last} was taken or reported missing");
+        assert!(missed <= refused + 2 * 1024, "missed {missed}: only what the killed router held or refused ({refused})");
+    });
+}
