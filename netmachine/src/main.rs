@@ -134,6 +134,14 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Topic fan-out to 1, 4 and 16 subscribers on one node, against local unicast
+    Pubsub {
+        /// Events per figure
+        #[arg(long, default_value_t = 50_000)]
+        events: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// The processes the local benchmark starts
     #[command(subcommand, hide = true)]
     Helper(bench::helpers::Helper),
@@ -168,6 +176,7 @@ fn main() -> ExitCode {
         Command::Demo => demo::run(),
         Command::Bench(BenchCommand::Remote { messages, requests, json }) => bench::remote::run(messages, requests, json),
         Command::Bench(BenchCommand::Local { rounds, messages, json }) => bench::local::run(rounds, messages, json),
+        Command::Bench(BenchCommand::Pubsub { events, json }) => bench::pubsub::run(events, json),
         Command::Bench(BenchCommand::Helper(helper)) => bench::helpers::run(helper),
         Command::Topic(command) => topics::topic(&root, &cli.set, command),
         Command::Publish { key, topic, body } => topics::publish(&root, &cli.set, &key, &topic, body),

@@ -1,5 +1,5 @@
 //! The other processes of `bench local`, run as hidden `netmachine bench helper ...` commands:
-//! engines that echo, count or idle, and the baselines' far ends (a shared cache line, a bare
+//! engines that echo, count, subscribe or idle, and the baselines' far ends (a shared cache line, a bare
 //! ring, a Unix socket).
 
 use anyhow::{Context, Result};
@@ -23,6 +23,16 @@ pub enum Helper {
     },
     /// An engine that attaches and waits
     Idle(EngineArgs),
+    /// An engine that subscribes to TOPIC, takes COUNT events (each body starting with its
+    /// publish time), then tells the publisher what it got and how late, as JSON
+    Subscriber {
+        #[command(flatten)]
+        engine: EngineArgs,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        count: u64,
+    },
     /// The far end of the shared cache line
     Floor {
         #[arg(long)]
@@ -68,11 +78,60 @@ pub fn bench_options(socket: &std::path::Path, key: Keypair, ring: bool, spin: b
 }
 
 fn attach(args: &EngineArgs) -> Result<Engine> {
-    let options = bench_options(&args.socket, Keypair::read_file(&args.key)?, !args.no_ring, args.spin);
-    let engine = crate::node_client::run_local(async { Ok(Engine::attach(options).await?) })?;
-    println!("ready");
-    std::io::stdout().flush()?;
+    let engine = attach_quietly(args)?;
+    ready()?;
     Ok(engine)
+}
+
+fn attach_quietly(args: &EngineArgs) -> Result<Engine> {
+    let options = bench_options(&args.socket, Keypair::read_file(&args.key)?, !args.no_ring, args.spin);
+    crate::node_client::run_local(async { Ok(Engine::attach(options).await?) })
+}
+
+/// Tells the benchmark this helper is ready.
+fn ready() -> Result<()> {
+    println!("ready");
+    Ok(std::io::stdout().flush()?)
+}
+
+/// Nanoseconds since the epoch: the publish time an event's body starts with (the clock that
+/// publisher and subscriber processes share).
+pub fn wall_nanos() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Takes `count` events of `topic`: how many came, how many were reported missing, and the
+/// p50 and p99 of their publish-to-take latency, for the publisher.
+fn subscribe(args: &EngineArgs, topic: &str, count: u64) -> Result<()> {
+    let engine = attach_quietly(args)?;
+    let topic: netmachine_engine::Identity = topic.parse().context("--topic")?;
+    crate::node_client::run_local(async {
+        engine.subscribe(topic, netmachine_engine::Scope::Local).await?;
+        ready()?;
+        let (mut latencies, mut missed, mut publisher) = (crate::latency::Latencies::default(), 0, None);
+        while (latencies.len() as u64) + missed < count {
+            match engine.recv_event().await.context("closed")? {
+                netmachine_engine::Received::Event(event) => {
+                    let sent = event.body.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
+                    latencies.add(std::time::Duration::from_nanos(wall_nanos().saturating_sub(sent)));
+                    publisher = Some(event.publisher);
+                }
+                netmachine_engine::Received::Gap(gap) => missed += gap.to - gap.from + 1,
+                netmachine_engine::Received::Message(_) => {}
+            }
+        }
+        let report = serde_json::json!({
+            "received": latencies.len(),
+            "missed": missed,
+            "p50_ns": latencies.percentile(50.0).as_nanos() as u64,
+            "p99_ns": latencies.percentile(99.0).as_nanos() as u64,
+        });
+        if let Some(publisher) = publisher {
+            engine.send(publisher, report.to_string().into_bytes()).await?;
+        }
+        engine.detach().await;
+        Ok(())
+    })
 }
 
 pub fn run(helper: Helper) -> Result<()> {
@@ -94,6 +153,7 @@ pub fn run(helper: Helper) -> Result<()> {
             }
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
+        Helper::Subscriber { engine, topic, count } => subscribe(&engine, &topic, count)?,
         Helper::Idle(args) => {
             let engine = attach(&args)?;
             while engine.recv_blocking().is_some() {}

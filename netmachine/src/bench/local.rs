@@ -20,15 +20,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-struct Bench {
+/// A node for benchmarks, and the engines and helper processes attached to it.
+pub(super) struct Bench {
     netmachine: PathBuf,
     scratch: ScratchDir,
-    router: PathBuf,
+    pub(super) router: PathBuf,
     keys: usize,
 }
 
 /// A helper process, killed on drop.
-struct HelperProcess(Child);
+pub(super) struct HelperProcess(Child);
 
 impl Drop for HelperProcess {
     fn drop(&mut self) {
@@ -38,6 +39,16 @@ impl Drop for HelperProcess {
 }
 
 impl Bench {
+    /// A fresh node in a scratch home, running until the returned `LocalNode` stops.
+    pub(super) fn start(label: &str) -> Result<(Bench, LocalNode)> {
+        let netmachine = std::env::current_exe().context("cannot find this executable")?;
+        let scratch = ScratchDir::new(label)?;
+        let mut node = LocalNode::start(&netmachine, &scratch.0.join("node"), &[])?;
+        run_local(node.wait_ready(Duration::from_secs(30)))?;
+        let router = node.home.socket(ServiceKind::Router);
+        Ok((Bench { netmachine, scratch, router, keys: 0 }, node))
+    }
+
     fn key(&mut self) -> Result<(PathBuf, Identity)> {
         self.keys += 1;
         let path = self.scratch.0.join(format!("engine-{}.key", self.keys));
@@ -46,7 +57,7 @@ impl Bench {
         Ok((path, key.identity()))
     }
 
-    fn helper(&self, args: &[&str], wait_ready: bool) -> Result<HelperProcess> {
+    pub(super) fn helper(&self, args: &[&str], wait_ready: bool) -> Result<HelperProcess> {
         let mut child = Command::new(&self.netmachine)
             .args(["bench", "helper"])
             .args(args)
@@ -67,7 +78,7 @@ impl Bench {
     }
 
     /// An engine helper of `kind` (echo, sink, idle) with its own key.
-    fn engine(&mut self, kind: &str, spin: bool, ring: bool, extra: &[&str]) -> Result<(HelperProcess, Identity)> {
+    pub(super) fn engine(&mut self, kind: &str, spin: bool, ring: bool, extra: &[&str]) -> Result<(HelperProcess, Identity)> {
         let (key, identity) = self.key()?;
         let mut args = vec![kind, "--socket", self.router.to_str().unwrap_or(""), "--key", key.to_str().unwrap_or("")];
         if spin {
@@ -80,7 +91,7 @@ impl Bench {
         Ok((self.helper(&args, true)?, identity))
     }
 
-    fn attach(&mut self, spin: bool, ring: bool) -> Result<Engine> {
+    pub(super) fn attach(&mut self, spin: bool, ring: bool) -> Result<Engine> {
         let (key, _) = self.key()?;
         let options = super::helpers::bench_options(&self.router, Keypair::read_file(&key)?, ring, spin);
         crate::node_client::run_local(async { Ok(Engine::attach(options).await?) })
@@ -106,7 +117,7 @@ impl Bench {
     /// Messages per second from one engine to another, counted until the last arrived. On the
     /// rings the sender writes as fast as the outbox takes; on the socket it keeps many sends
     /// in flight, as an engine that cares about throughput would.
-    fn throughput(&mut self, size: usize, ring: bool, count: u64) -> Result<f64> {
+    pub(super) fn throughput(&mut self, size: usize, ring: bool, count: u64) -> Result<f64> {
         let (_sink, sink) = self.engine("sink", false, ring, &["--count", &count.to_string()])?;
         let engine = self.attach(false, ring)?;
         let body = vec![0x5a; size];
@@ -227,12 +238,7 @@ fn clock_ticks_per_second() -> f64 {
 }
 
 pub fn run(rounds: usize, messages: u64, json_output: bool) -> Result<()> {
-    let netmachine = std::env::current_exe().context("cannot find this executable")?;
-    let scratch = ScratchDir::new("netmachine-bench-local")?;
-    let mut node = LocalNode::start(&netmachine, &scratch.0.join("node"), &[])?;
-    run_local(node.wait_ready(Duration::from_secs(30)))?;
-    let router = node.home.socket(ServiceKind::Router);
-    let mut bench = Bench { netmachine, scratch, router, keys: 0 };
+    let (mut bench, mut node) = Bench::start("netmachine-bench-local")?;
     let ns = |d: Duration| d.as_nanos() as u64;
 
     let mut adaptive = bench.latency(false, true, rounds)?;

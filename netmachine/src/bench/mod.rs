@@ -4,6 +4,7 @@
 
 pub mod helpers;
 pub mod local;
+pub mod pubsub;
 mod receiving;
 pub mod remote;
 
