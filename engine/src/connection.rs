@@ -168,7 +168,15 @@ async fn run(
     let (session_tx, mut session) = watch::channel::<Option<engine_session::Client>>(None);
     let attacher = tokio::task::spawn_local(keep_attached(options, incoming, shared, attached, session_tx));
     let mut next = None;
-    while let Some(command) = next.take().or(commands.recv().await) {
+    loop {
+        // A command held back from the last batch goes first.
+        let command = match next.take() {
+            Some(command) => command,
+            None => match commands.recv().await {
+                Some(command) => command,
+                None => break,
+            },
+        };
         let (mut batch, mut detach) = (Vec::new(), None);
         match command {
             Command::Send { message, done } => batch.push((message, done)),

@@ -271,3 +271,33 @@ fn after_kill_9_of_the_router_mid_stream_topics_come_back_and_every_event_is_tak
         assert!(missed <= refused + 2 * 1024, "missed {missed}: only what the killed router held or refused ({refused})");
     });
 }
+
+#[test]
+fn a_try_publish_and_an_unsubscribe_queued_behind_a_burst_of_publishes_are_each_answered() {
+    let node = Node::up();
+    with_rpc(async {
+        let publisher = attach_engine(&node, |_| {}).await;
+        let subscriber = attach_engine(&node, |_| {}).await;
+        let topic = create(&publisher, &publisher, TopicPolicy::Block).await;
+        subscriber.subscribe(topic, Scope::Local).await.expect("subscribe");
+        for round in 0..20u64 {
+            // Publishes queue on the engine thread; the calls behind them must not wait for
+            // another command to come before they are made.
+            let burst = futures::future::join_all((0..64).map(|_| publisher.publish(topic, b"burst".to_vec())));
+            let tried = async { publisher.try_publish(topic, b"tried".to_vec()).await };
+            let refused = async { publisher.unsubscribe(topic).await };
+            let (published, tried, refused) = tokio::time::timeout(WAIT, async { tokio::join!(burst, tried, refused) })
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: a call behind the burst was never made"));
+            assert!(published.iter().all(Result::is_ok) && tried.is_ok(), "round {round}");
+            assert!(matches!(refused, Err(EngineError::TopicRefused { reason: TopicRefusal::NotSubscribed, .. })), "round {round}: {refused:?}");
+            let mut taken = 0;
+            while taken < 65 {
+                match next(&subscriber).await {
+                    Received::Event(_) => taken += 1,
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    });
+}
