@@ -520,8 +520,11 @@ impl Engine {
         Ok(())
     }
 
+    /// Stops the topic's events; a later `subscribe` starts from the topic's last event then,
+    /// with no gap reported for the events in between.
     pub async fn unsubscribe(&self, topic: Identity) -> Result<(), EngineError> {
         self.topic_book().subscribed.remove(&topic);
+        self.sequences.lock().unwrap_or_else(|e| e.into_inner()).0.unsubscribed(topic);
         self.topic_request(TopicRequest::Unsubscribe(topic)).await.map(|_| ())
     }
 
@@ -569,13 +572,15 @@ impl Engine {
             .map_err(|_| EngineError::RouterUnavailable(self.send_timeout))?
             .map_err(|_| EngineError::Closed)?;
         match outcome {
-            Err(error @ (EngineError::BackPressured { .. } | EngineError::Closed | EngineError::RouterUnavailable(_))) => {
-                next.insert(topic, seq);
-                Err(error)
-            }
-            other => {
+            Ok(()) => {
                 next.insert(topic, seq + 1);
-                other.map(|()| seq)
+                Ok(seq)
+            }
+            Err(error @ EngineError::BackPressured { .. }) => Err(error),
+            // Whether the router took it is not known here: the next event asks it.
+            Err(error) => {
+                next.remove(&topic);
+                Err(error)
             }
         }
     }

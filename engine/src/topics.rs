@@ -90,6 +90,12 @@ impl Sequences {
         self.start.insert(topic, last_seq);
     }
 
+    /// The engine left `topic`: where its publishers stood is forgotten.
+    pub fn unsubscribed(&mut self, topic: Identity) {
+        self.start.remove(&topic);
+        self.expected.retain(|(t, _), _| *t != topic);
+    }
+
     /// Where `seq` from `publisher` on `topic` fits; advances the sequence past it.
     pub fn take(&mut self, topic: Identity, publisher: Identity, seq: u64) -> Fit {
         let start = self.start.get(&topic).copied().unwrap_or(0);
@@ -139,6 +145,9 @@ mod tests {
         sequences.subscribed(topic, 0);
         assert_eq!(sequences.take(topic, publisher, 11), Fit::Next, "subscribing again keeps a seen publisher's place");
         assert_eq!(sequences.counts(), (2, 3));
+        sequences.unsubscribed(topic);
+        sequences.subscribed(topic, 40);
+        assert_eq!(sequences.take(topic, publisher, 41), Fit::Next, "what was published while away is no gap");
     }
 
     #[test]
