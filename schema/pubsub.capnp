@@ -25,3 +25,36 @@ interface PubSub extends(Svc.Service) {
   publish @3 (event :Msg.Event) -> ();
   events @4 (sink :PubSubEvents) -> (subscription :Svc.Subscription);
 }
+
+# What one node's pubsub service says to another's, and what a router tells its own pubsub
+# service: the body of an EngineMessage with protocol "netmachine/pubsub/1". The event id is
+# (publisher, seq): the seq is the carried message's id.
+struct PeerMessage {
+  topic @0 :Id.Identity;
+  union {
+    subscribe @1 :UInt64;      # subscriber to publisher node: send events from this seq on (0: from the next)
+    subscribed @2 :UInt64;     # the answer: the seq of the topic's last event
+    refused :group {
+      reason @3 :PeerRefusal;
+      detail @4 :Text;
+    }
+    unsubscribe @5 :Void;
+    unsubscribed @6 :Void;
+    event @7 :Msg.EngineMessage;  # the publisher's message to the topic, signed by the publisher
+    ack @8 :UInt64;            # every event up to this seq is in the subscriber node's queue
+    resend @9 :UInt64;         # send again from this seq on
+    missing :group {           # events no longer in the publisher's history
+      from @10 :UInt64;
+      to @11 :UInt64;
+    }
+    heartbeat @12 :UInt64;     # an idle publisher's last seq, so a lost tail is found
+    want @13 :UInt64;          # router to its pubsub: engines here subscribe (from this seq; 0: the next)
+    unwant @14 :Void;          # router to its pubsub: no engine here subscribes any more
+  }
+}
+
+enum PeerRefusal {
+  unknown @0;                  # the topic is not on the publisher's node
+  denied @1;                   # the topic's scope keeps it to its node
+  notSubscribed @2;            # an ack, resend or unsubscribe from a node that does not subscribe
+}

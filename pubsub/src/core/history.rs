@@ -1,0 +1,127 @@
+//! A publisher node's bounded history of one topic's events, kept so that subscriber nodes can
+//! repair what they missed: the newest events, within a count, a byte total and an age. What
+//! falls out is gone for good; a reader that asks for it is told it is missing.
+
+use super::Millis;
+use netmachine_schema::EngineMessage;
+use std::collections::VecDeque;
+
+/// How much history a topic keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimits {
+    pub events: usize,
+    pub bytes: usize,
+    pub age: Millis,
+}
+
+/// An event kept, with when it was published.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    pub seq: u64,
+    pub at: Millis,
+    pub message: EngineMessage,
+}
+
+impl Kept {
+    /// What the event counts against a window or the history's bytes.
+    pub fn size(&self) -> usize {
+        event_size(&self.message)
+    }
+}
+
+/// What one event counts against a window or a history: its body and a fixed overhead.
+pub fn event_size(message: &EngineMessage) -> usize {
+    message.body.len() + 128
+}
+
+/// The kept events, in ascending seq (not always contiguous: an event the service never saw
+/// leaves a hole).
+#[derive(Debug)]
+pub struct History {
+    limits: HistoryLimits,
+    kept: VecDeque<Kept>,
+    bytes: usize,
+}
+
+impl History {
+    pub fn new(limits: HistoryLimits) -> Self {
+        History { limits, kept: VecDeque::new(), bytes: 0 }
+    }
+
+    /// Keeps the event of `seq` (above every seq kept), dropping the oldest past the limits.
+    pub fn push(&mut self, seq: u64, message: EngineMessage, now: Millis) {
+        let kept = Kept { seq, at: now, message };
+        self.bytes += kept.size();
+        self.kept.push_back(kept);
+        while self.kept.len() > self.limits.events || (self.bytes > self.limits.bytes && self.kept.len() > 1) {
+            self.drop_oldest();
+        }
+    }
+
+    /// Drops what is older than the age limit.
+    pub fn expire(&mut self, now: Millis) {
+        while self.kept.front().is_some_and(|k| k.at + self.limits.age <= now) {
+            self.drop_oldest();
+        }
+    }
+
+    /// When the oldest event kept expires.
+    pub fn next_expiry(&self) -> Option<Millis> {
+        self.kept.front().map(|k| k.at + self.limits.age)
+    }
+
+    fn drop_oldest(&mut self) {
+        if let Some(kept) = self.kept.pop_front() {
+            self.bytes -= kept.size();
+        }
+    }
+
+    /// The first event kept whose seq is `seq` or later.
+    pub fn at_or_after(&self, seq: u64) -> Option<&Kept> {
+        let index = self.kept.partition_point(|k| k.seq < seq);
+        self.kept.get(index)
+    }
+
+    pub fn len(&self) -> usize {
+        self.kept.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kept.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netmachine_schema::{Destination, Keypair};
+
+    fn event(seq: u64, len: usize) -> EngineMessage {
+        let id = Keypair::generate().identity();
+        EngineMessage::new(id, Destination::Topic(id), seq, vec![0; len])
+    }
+
+    #[test]
+    fn the_history_keeps_the_newest_events_within_count_bytes_and_age() {
+        let mut history = History::new(HistoryLimits { events: 3, bytes: 1 << 20, age: 1_000 });
+        for seq in 1..=5 {
+            history.push(seq, event(seq, 10), seq * 100);
+        }
+        assert_eq!((history.len(), history.at_or_after(0).unwrap().seq), (3, 3), "by count");
+        assert_eq!(history.at_or_after(4).unwrap().seq, 4);
+        assert!(history.at_or_after(6).is_none());
+        history.expire(1_350);
+        assert_eq!(history.at_or_after(0).unwrap().seq, 4, "by age: the event at 300 ms is gone at 1350 ms");
+
+        let mut history = History::new(HistoryLimits { events: 100, bytes: 3 * (100 + 128), age: 1_000 });
+        for seq in [1, 2, 4, 5] {
+            history.push(seq, event(seq, 100), 0);
+        }
+        assert_eq!((history.len(), history.bytes()), (3, 3 * 228), "by bytes");
+        assert_eq!(history.at_or_after(3).unwrap().seq, 4, "a hole is skipped to the next event kept");
+    }
+}

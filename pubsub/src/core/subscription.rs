@@ -1,0 +1,268 @@
+//! A subscriber node's side of a topic published on another node: it finds the topic's advert
+//! and its publisher's node, subscribes there (and again whenever the publisher goes silent or
+//! forgets it), checks each event's publisher signature, hands the router events strictly in
+//! sequence, asks the publisher to resend from the first one missing (after a loss, or when a
+//! heartbeat shows a lost tail), and acknowledges what the router accepted, which opens the
+//! publisher's window. Events the publisher can no longer send are skipped as missing: the
+//! engines see the gap in the sequence.
+
+use super::{Config, Counters, Millis, Output};
+use netmachine_schema::peer::PeerRefusal;
+use netmachine_schema::{signing, Destination, EngineMessage, Identity, PeerMessage, Says, TopicAdvert};
+use std::collections::VecDeque;
+
+/// Where a subscription stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Waiting for the topic's advert and its publisher's node.
+    Locating { since: Millis },
+    /// Subscribe sent to `node`'s pubsub service.
+    Subscribing { node: Identity, since: Millis },
+    /// Events flow from `peer`, the pubsub service of `node`.
+    Subscribed { node: Identity, peer: Identity },
+}
+
+/// A topic this node receives from another.
+#[derive(Debug)]
+pub struct Subscription {
+    topic: Identity,
+    pub stage: Stage,
+    advert: Option<TopicAdvert>,
+    /// The seq expected next (0: whatever the publisher sends next).
+    pub next: u64,
+    /// The highest seq the router accepted, and the highest acknowledged to the publisher.
+    accepted: u64,
+    acked: u64,
+    unacked_bytes: usize,
+    /// When an ack is due, if one is.
+    ack_due: Option<Millis>,
+    /// The last resend asked: from which seq, and when.
+    resend_asked: Option<(u64, Millis)>,
+    /// When the publisher was last heard from.
+    last_heard: Millis,
+    /// Whether the router holds the topic for this node's engines yet.
+    mirrored: bool,
+}
+
+impl Subscription {
+    /// Engines here want `topic`, from `from` (0: the next event).
+    pub fn wanted(topic: Identity, from: u64, now: Millis, out: &mut VecDeque<Output>) -> Self {
+        out.push_back(Output::Locate(topic));
+        Subscription {
+            topic,
+            stage: Stage::Locating { since: now },
+            advert: None,
+            next: from,
+            accepted: from.saturating_sub(1),
+            acked: from.saturating_sub(1),
+            unacked_bytes: 0,
+            ack_due: None,
+            resend_asked: None,
+            last_heard: now,
+            mirrored: from != 0,
+        }
+    }
+
+    fn to_node(&self, node: Identity, says: Says, out: &mut VecDeque<Output>) {
+        out.push_back(Output::Send { to: Destination::Node(node), message: PeerMessage::new(self.topic, says) });
+    }
+
+    fn subscribe_at(&mut self, node: Identity, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
+        self.to_node(node, Says::Subscribe(self.next), out);
+        counters.subscribes_sent += 1;
+        self.stage = Stage::Subscribing { node, since: now };
+    }
+
+    /// The topic's advert, and the node its publisher is attached to.
+    pub fn located(&mut self, advert: TopicAdvert, node: Identity, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
+        if advert.topic != self.topic || advert.verify().is_err() {
+            counters.adverts_refused += 1;
+            return;
+        }
+        self.advert = Some(advert);
+        if matches!(self.stage, Stage::Locating { .. }) {
+            self.subscribe_at(node, counters, now, out);
+        }
+    }
+
+    /// The publisher's node answered Subscribe: events follow from `peer`.
+    pub fn subscribed(&mut self, peer: Identity, last_seq: u64, now: Millis, out: &mut VecDeque<Output>) {
+        let Stage::Subscribing { node, .. } = self.stage else { return };
+        self.stage = Stage::Subscribed { node, peer };
+        self.last_heard = now;
+        self.resend_asked = None;
+        if self.next == 0 {
+            self.next = last_seq + 1;
+            self.accepted = last_seq;
+            self.acked = last_seq;
+        }
+        if !self.mirrored {
+            self.mirrored = true;
+            out.push_back(Output::Mirror(self.advert.clone().expect("located before subscribing")));
+        }
+    }
+
+    /// The publisher's node refused: one that forgot this node is asked again at once; any
+    /// other refusal is retried after a while (the topic may yet appear there).
+    pub fn refused(&mut self, reason: PeerRefusal, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
+        counters.subscribes_refused += 1;
+        match (reason, self.stage) {
+            (PeerRefusal::NotSubscribed, Stage::Subscribed { node, .. }) => self.subscribe_at(node, counters, now, out),
+            _ => self.stage = Stage::Locating { since: now },
+        }
+    }
+
+    /// The peer that events must come from, if subscribed.
+    fn peer(&self) -> Option<Identity> {
+        match self.stage {
+            Stage::Subscribed { peer, .. } => Some(peer),
+            _ => None,
+        }
+    }
+
+    /// Whether `message` is a genuine event of this topic: from its advertised publisher,
+    /// signed by it.
+    fn genuine(&self, message: &EngineMessage) -> bool {
+        let Some(advert) = &self.advert else { return false };
+        let Some(sig) = &message.sig else { return false };
+        message.src == advert.publisher
+            && message.dst == Destination::Topic(self.topic)
+            && message.src.verify(&signing::engine_message(message), sig).is_ok()
+    }
+
+    /// An event from `from`: handed on if it is the next one; a later one means something
+    /// was lost, and the publisher is asked to resend.
+    pub fn event(&mut self, from: Identity, message: EngineMessage, config: &Config, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
+        if self.peer() != Some(from) {
+            counters.events_unexpected += 1;
+            return;
+        }
+        self.last_heard = now;
+        let seq = message.id;
+        if seq < self.next {
+            counters.events_duplicate += 1;
+            return;
+        }
+        if seq > self.next {
+            counters.events_early += 1;
+            self.ask_resend(config, counters, now, out);
+            return;
+        }
+        if !self.genuine(&message) {
+            counters.events_forged += 1;
+            return;
+        }
+        self.next = seq + 1;
+        counters.events_received += 1;
+        out.push_back(Output::Deliver(message));
+    }
+
+    /// Events `from..=to` will never come: the next expected moves past them.
+    pub fn missing(&mut self, peer: Identity, from: u64, to: u64, counters: &mut Counters, now: Millis) {
+        if self.peer() != Some(peer) || to < self.next || from > self.next {
+            return;
+        }
+        self.last_heard = now;
+        counters.events_missing += to + 1 - self.next;
+        self.next = to + 1;
+        self.accepted = self.accepted.max(to);
+    }
+
+    /// The publisher's last seq: a lost tail shows.
+    pub fn heartbeat(&mut self, peer: Identity, last_seq: u64, config: &Config, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
+        if self.peer() != Some(peer) {
+            return;
+        }
+        self.last_heard = now;
+        if last_seq >= self.next {
+            self.ask_resend(config, counters, now, out);
+        }
+    }
+
+    /// Asks for everything from the next expected seq, unless just asked for the same.
+    fn ask_resend(&mut self, config: &Config, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
+        let Stage::Subscribed { peer, .. } = self.stage else { return };
+        if self.resend_asked.is_some_and(|(from, at)| from == self.next && now < at + config.retry) {
+            return;
+        }
+        self.resend_asked = Some((self.next, now));
+        counters.resends_asked += 1;
+        out.push_back(Output::Send { to: Destination::Engine(peer), message: PeerMessage::new(self.topic, Says::Resend(self.next)) });
+    }
+
+    /// The router took the event of `seq` (of `size`) into its queue.
+    pub fn accepted(&mut self, seq: u64, size: usize, config: &Config, now: Millis, out: &mut VecDeque<Output>) {
+        self.accepted = self.accepted.max(seq);
+        self.unacked_bytes += size;
+        if self.unacked_bytes >= config.window_bytes / 4 {
+            self.send_ack(out);
+        } else if self.ack_due.is_none() {
+            self.ack_due = Some(now + config.ack_delay);
+        }
+    }
+
+    /// The router refused the event of `seq`: it is asked for again after a while (`tick`).
+    pub fn not_accepted(&mut self, seq: u64, counters: &mut Counters, now: Millis) {
+        counters.events_not_accepted += 1;
+        if seq < self.next {
+            self.next = seq;
+            self.accepted = self.accepted.min(seq - 1);
+            self.resend_asked = Some((seq, now));
+        }
+    }
+
+    fn send_ack(&mut self, out: &mut VecDeque<Output>) {
+        self.ack_due = None;
+        self.unacked_bytes = 0;
+        let Stage::Subscribed { peer, .. } = self.stage else { return };
+        if self.accepted > self.acked {
+            self.acked = self.accepted;
+            out.push_back(Output::Send { to: Destination::Engine(peer), message: PeerMessage::new(self.topic, Says::Ack(self.acked)) });
+        }
+    }
+
+    /// Time passes: a due ack goes; an unanswered locate or subscribe is tried again; a
+    /// publisher silent for too long is subscribed to again; a refused event is asked for.
+    pub fn tick(&mut self, config: &Config, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
+        if self.ack_due.is_some_and(|at| at <= now) {
+            self.send_ack(out);
+        }
+        match self.stage {
+            Stage::Locating { since } if now >= since + config.retry => {
+                self.stage = Stage::Locating { since: now };
+                out.push_back(Output::Locate(self.topic));
+            }
+            Stage::Subscribing { node, since } if now >= since + config.retry => self.subscribe_at(node, counters, now, out),
+            Stage::Subscribed { node, .. } if now >= self.last_heard + config.silence() => {
+                counters.publishers_silent += 1;
+                self.subscribe_at(node, counters, now, out);
+            }
+            Stage::Subscribed { .. } if self.resend_asked.is_some_and(|(from, at)| from == self.next && now >= at + config.retry) => {
+                self.ask_resend(config, counters, now, out);
+            }
+            _ => {}
+        }
+    }
+
+    /// When `tick` next has something to do.
+    pub fn next_tick(&self, config: &Config) -> Millis {
+        let stage = match self.stage {
+            Stage::Locating { since } | Stage::Subscribing { since, .. } => since + config.retry,
+            Stage::Subscribed { .. } => {
+                let resend = self.resend_asked.filter(|(from, _)| *from == self.next).map_or(Millis::MAX, |(_, at)| at + config.retry);
+                resend.min(self.last_heard + config.silence())
+            }
+        };
+        self.ack_due.map_or(stage, |at| at.min(stage))
+    }
+
+    /// No engine here wants the topic any more: the publisher's node is told.
+    pub fn unwanted(self, out: &mut VecDeque<Output>) {
+        if let Stage::Subscribing { node, .. } | Stage::Subscribed { node, .. } = self.stage {
+            self.to_node(node, Says::Unsubscribe, out);
+        }
+        if self.mirrored {
+            out.push_back(Output::Unmirror(self.topic));
+        }
+    }
+}

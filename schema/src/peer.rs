@@ -1,0 +1,143 @@
+//! What pubsub services say to each other across nodes, and what a router tells its own pubsub
+//! service (the wire's PeerMessage): the body of an [`EngineMessage`] whose protocol is
+//! [`PUBSUB_PROTOCOL`]. Reading one checks every length and bounds the traversal, so a peer's
+//! malformed body is an error, never a panic or a large allocation.
+
+use crate::identity::Identity;
+use crate::message::{EngineMessage, MessageError};
+use crate::pubsub_capnp::peer_message;
+pub use crate::pubsub_capnp::PeerRefusal;
+
+/// The protocol of messages between pubsub services; a router routes a message to its node
+/// with this protocol to the engine that serves it (the node's pubsub service).
+pub const PUBSUB_PROTOCOL: &str = "netmachine/pubsub/1";
+
+/// One message about one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerMessage {
+    pub topic: Identity,
+    pub says: Says,
+}
+
+/// What a [`PeerMessage`] says about its topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Says {
+    /// Subscriber to publisher node: send events from this seq on (0: from the next one).
+    Subscribe(u64),
+    /// The answer to Subscribe: the seq of the topic's last event.
+    Subscribed(u64),
+    Refused { reason: PeerRefusal, detail: String },
+    Unsubscribe,
+    Unsubscribed,
+    /// The publisher's message to the topic, signed by the publisher; its id is its seq.
+    Event(EngineMessage),
+    /// Every event up to this seq is in the subscriber node's queue.
+    Ack(u64),
+    /// Send again from this seq on.
+    Resend(u64),
+    /// Events no longer in the publisher's history: the subscriber will never have them.
+    Missing { from: u64, to: u64 },
+    /// An idle publisher's last seq, so that a lost tail is noticed.
+    Heartbeat(u64),
+    /// Router to its pubsub: engines on this node subscribe (from this seq; 0: the next one).
+    Want(u64),
+    /// Router to its pubsub: no engine on this node subscribes any more.
+    Unwant,
+}
+
+impl PeerMessage {
+    pub fn new(topic: Identity, says: Says) -> Self {
+        PeerMessage { topic, says }
+    }
+
+    /// The message as an EngineMessage body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut wire = capnp::message::Builder::new_default();
+        let mut root = wire.init_root::<peer_message::Builder<'_>>();
+        root.set_topic(&self.topic.0);
+        match &self.says {
+            Says::Subscribe(from) => root.set_subscribe(*from),
+            Says::Subscribed(last) => root.set_subscribed(*last),
+            Says::Refused { reason, detail } => {
+                let mut refused = root.init_refused();
+                refused.set_reason(*reason);
+                refused.set_detail(detail.as_str());
+            }
+            Says::Unsubscribe => root.set_unsubscribe(()),
+            Says::Unsubscribed => root.set_unsubscribed(()),
+            Says::Event(message) => message.write(root.init_event()),
+            Says::Ack(seq) => root.set_ack(*seq),
+            Says::Resend(seq) => root.set_resend(*seq),
+            Says::Missing { from, to } => {
+                let mut missing = root.init_missing();
+                missing.set_from(*from);
+                missing.set_to(*to);
+            }
+            Says::Heartbeat(seq) => root.set_heartbeat(*seq),
+            Says::Want(from) => root.set_want(*from),
+            Says::Unwant => root.set_unwant(()),
+        }
+        capnp::serialize::write_message_to_words(&wire)
+    }
+
+    /// Reads a body of at most `max_bytes` (a node's largest message, plus room for the frame).
+    pub fn decode(body: &[u8], max_bytes: usize) -> Result<Self, MessageError> {
+        let mut options = capnp::message::ReaderOptions::new();
+        options.traversal_limit_in_words(Some(max_bytes / 8 + 64)).nesting_limit(16);
+        let wire = capnp::serialize::read_message_from_flat_slice(&mut &body[..], options)?;
+        let root = wire.get_root::<peer_message::Reader<'_>>()?;
+        let topic = Identity::from_slice("topic", root.get_topic()?)?;
+        use peer_message::Which;
+        let says = match root.which()? {
+            Which::Subscribe(from) => Says::Subscribe(from),
+            Which::Subscribed(last) => Says::Subscribed(last),
+            Which::Refused(refused) => Says::Refused {
+                reason: refused.get_reason()?,
+                detail: refused.get_detail()?.to_string().map_err(|_| MessageError::ProtocolNotUtf8)?,
+            },
+            Which::Unsubscribe(()) => Says::Unsubscribe,
+            Which::Unsubscribed(()) => Says::Unsubscribed,
+            Which::Event(message) => Says::Event(EngineMessage::read(message?)?),
+            Which::Ack(seq) => Says::Ack(seq),
+            Which::Resend(seq) => Says::Resend(seq),
+            Which::Missing(missing) => Says::Missing { from: missing.get_from(), to: missing.get_to() },
+            Which::Heartbeat(seq) => Says::Heartbeat(seq),
+            Which::Want(from) => Says::Want(from),
+            Which::Unwant(()) => Says::Unwant,
+        };
+        Ok(PeerMessage { topic, says })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Destination, Keypair};
+
+    #[test]
+    fn every_kind_survives_the_wire_and_garbage_is_an_error() {
+        let topic = Keypair::generate().identity();
+        let event = EngineMessage::new(topic, Destination::Topic(topic), 7, vec![1; 300]);
+        let all = [
+            Says::Subscribe(3),
+            Says::Subscribed(9),
+            Says::Refused { reason: PeerRefusal::Denied, detail: "scope local".into() },
+            Says::Unsubscribe,
+            Says::Unsubscribed,
+            Says::Event(event),
+            Says::Ack(4),
+            Says::Resend(5),
+            Says::Missing { from: 2, to: 6 },
+            Says::Heartbeat(8),
+            Says::Want(1),
+            Says::Unwant,
+        ];
+        for says in all {
+            let message = PeerMessage::new(topic, says);
+            assert_eq!(PeerMessage::decode(&message.encode(), 4096).unwrap(), message);
+        }
+        assert!(PeerMessage::decode(b"not a capnp message", 4096).is_err());
+        let big = PeerMessage::new(topic, Says::Event(EngineMessage::new(topic, Destination::Topic(topic), 1, vec![0; 100_000])));
+        assert!(PeerMessage::decode(&big.encode(), 4096).is_err(), "a body over the limit is refused");
+    }
+}
