@@ -42,7 +42,10 @@ struct PeerMessage {
     unsubscribed @6 :Void;
     event @7 :Msg.EngineMessage;  # the publisher's message to the topic, signed by the publisher
     ack @8 :UInt64;            # every event up to this seq is in the subscriber node's queue
-    resend @9 :UInt64;         # send again from this seq on
+    resend :group {            # events lost on the way: send them again
+      from @9 :UInt64;
+      to @15 :UInt64;
+    }
     missing :group {           # events no longer in the publisher's history
       from @10 :UInt64;
       to @11 :UInt64;

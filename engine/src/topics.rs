@@ -4,7 +4,7 @@
 
 use netmachine_schema::message_capnp::Scope;
 use netmachine_schema::router_capnp::TopicPolicy;
-use netmachine_schema::{Destination, EngineMessage, Identity, TopicAdvert};
+use netmachine_schema::{Destination, EngineMessage, Identity, TopicAdvert, SEQ_NOT_KNOWN};
 use std::collections::{BTreeMap, HashMap};
 
 /// A topic request, as the engine thread sends it.
@@ -99,7 +99,9 @@ impl Sequences {
     /// Where `seq` from `publisher` on `topic` fits; advances the sequence past it.
     pub fn take(&mut self, topic: Identity, publisher: Identity, seq: u64) -> Fit {
         let start = self.start.get(&topic).copied().unwrap_or(0);
-        let expected = self.expected.entry((topic, publisher)).or_insert(start + 1);
+        // A topic on another node starts wherever its first event does.
+        let first = if start == SEQ_NOT_KNOWN { seq } else { start + 1 };
+        let expected = self.expected.entry((topic, publisher)).or_insert(first);
         if seq < *expected {
             self.repeats += 1;
             return Fit::Repeat;
@@ -148,6 +150,10 @@ mod tests {
         sequences.unsubscribed(topic);
         sequences.subscribed(topic, 40);
         assert_eq!(sequences.take(topic, publisher, 41), Fit::Next, "what was published while away is no gap");
+        let remote = Keypair::generate().identity();
+        sequences.subscribed(remote, SEQ_NOT_KNOWN);
+        assert_eq!(sequences.take(remote, publisher, 900), Fit::Next, "a topic on another node starts at its first event");
+        assert_eq!(sequences.take(remote, publisher, 901), Fit::Next);
     }
 
     #[test]

@@ -299,7 +299,7 @@ impl engine_session::Server for Session {
 
     async fn delete_topic(self: Rc<Self>, params: engine_session::DeleteTopicParams, mut results: engine_session::DeleteTopicResults) -> capnp::Result<()> {
         let topic = topic_id(params.get()?.get_topic())?;
-        let outcome = self.state.change(|core, _| core.delete_topic(self.engine, topic));
+        let outcome = self.state.change(|core, now| core.delete_topic(self.engine, topic, now));
         write_topic_result(outcome, results.get().init_result());
         Ok(())
     }
@@ -307,7 +307,7 @@ impl engine_session::Server for Session {
     async fn subscribe(self: Rc<Self>, params: engine_session::SubscribeParams, mut results: engine_session::SubscribeResults) -> capnp::Result<()> {
         let params = params.get()?;
         let (topic, scope) = (topic_id(params.get_topic())?, params.get_scope()?);
-        let outcome = self.state.change(|core, _| core.subscribe(self.engine, topic, scope));
+        let outcome = self.state.change(|core, now| core.subscribe(self.engine, topic, scope, now));
         write_topic_result(outcome, results.get().init_result());
         Ok(())
     }

@@ -39,4 +39,4 @@ pub use identity::{Identity, KeyError, Keypair, SignatureBytes};
 pub use location::{EngineLocation, LocationError};
 pub use message::{Destination, EngineMessage, MessageError};
 pub use peer::{PeerMessage, Says, PUBSUB_PROTOCOL};
-pub use topic::{AdvertError, TopicAdvert};
+pub use topic::{AdvertError, TopicAdvert, SEQ_NOT_KNOWN};

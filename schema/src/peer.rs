@@ -33,8 +33,8 @@ pub enum Says {
     Event(EngineMessage),
     /// Every event up to this seq is in the subscriber node's queue.
     Ack(u64),
-    /// Send again from this seq on.
-    Resend(u64),
+    /// Events `from..=to` were lost on the way: send them again.
+    Resend { from: u64, to: u64 },
     /// Events no longer in the publisher's history: the subscriber will never have them.
     Missing { from: u64, to: u64 },
     /// An idle publisher's last seq, so that a lost tail is noticed.
@@ -67,7 +67,11 @@ impl PeerMessage {
             Says::Unsubscribed => root.set_unsubscribed(()),
             Says::Event(message) => message.write(root.init_event()),
             Says::Ack(seq) => root.set_ack(*seq),
-            Says::Resend(seq) => root.set_resend(*seq),
+            Says::Resend { from, to } => {
+                let mut resend = root.init_resend();
+                resend.set_from(*from);
+                resend.set_to(*to);
+            }
             Says::Missing { from, to } => {
                 let mut missing = root.init_missing();
                 missing.set_from(*from);
@@ -99,7 +103,7 @@ impl PeerMessage {
             Which::Unsubscribed(()) => Says::Unsubscribed,
             Which::Event(message) => Says::Event(EngineMessage::read(message?)?),
             Which::Ack(seq) => Says::Ack(seq),
-            Which::Resend(seq) => Says::Resend(seq),
+            Which::Resend(resend) => Says::Resend { from: resend.get_from(), to: resend.get_to() },
             Which::Missing(missing) => Says::Missing { from: missing.get_from(), to: missing.get_to() },
             Which::Heartbeat(seq) => Says::Heartbeat(seq),
             Which::Want(from) => Says::Want(from),
@@ -126,7 +130,7 @@ mod tests {
             Says::Unsubscribed,
             Says::Event(event),
             Says::Ack(4),
-            Says::Resend(5),
+            Says::Resend { from: 5, to: 9 },
             Says::Missing { from: 2, to: 6 },
             Says::Heartbeat(8),
             Says::Want(1),

@@ -6,6 +6,10 @@ use crate::identity::{Identity, IdentityError, Keypair, SignatureBytes};
 use crate::identity_capnp::topic_advert;
 use crate::signing;
 
+/// The last sequence a subscription answers for a topic on another node that this node does
+/// not carry yet: not known, so the first event that arrives sets each publisher's place.
+pub const SEQ_NOT_KNOWN: u64 = u64::MAX;
+
 /// A signed topic advert (the wire's TopicAdvert).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicAdvert {

@@ -1,9 +1,10 @@
 //! A deterministic simulation of many netmachine nodes: their protocol cores (the transport's
-//! connection pool and the router) joined by a fake network on virtual time, with delay, loss,
+//! connection pool, the router and the pubsub service) joined by a fake network on virtual time, with delay, loss,
 //! partitions, crashes and restarts, all driven by one seed. A scenario that fails prints its
 //! seed; `NETMACHINE_SIM_SEED=<seed>` replays it exactly, and `NETMACHINE_SIM_SEEDS=<n>` runs
 //! each scenario over `n` more random seeds.
 
+pub mod pubsub;
 pub mod rng;
 pub mod routing;
 pub mod world;

@@ -63,13 +63,32 @@ impl World {
         self.nodes[node].router.as_mut().expect("the world runs routers")
     }
 
+    /// The router core of `node`, for requests its engines make directly (carry out what it
+    /// answers with `carry_out_router`).
+    pub(crate) fn router_core(&mut self, node: usize) -> &mut Router {
+        &mut self.router(node).core
+    }
+
+    /// A new attachment generation on `node`.
+    pub(crate) fn next_generation(&mut self, node: usize) -> u64 {
+        let router = self.router(node);
+        router.next_generation += 1;
+        router.next_generation
+    }
+
+    /// A new ticket on `node`.
+    pub(crate) fn ticket(&mut self, node: usize) -> Ticket {
+        let router = self.router(node);
+        router.next_ticket += 1;
+        Ticket(router.next_ticket)
+    }
+
     /// Attaches the engine `key` to `node`, located there from now.
     pub fn attach(&mut self, node: usize, key: Keypair) {
         let (now, node_id) = (self.now, self.nodes[node].key);
-        let router = self.router(node);
-        router.next_generation += 1;
-        let generation = router.next_generation;
+        let generation = self.next_generation(node);
         let location = EngineLocation::sign(&key, node_id, now);
+        let router = self.router(node);
         router.core.attach(location, generation, false, now).expect("the engine attaches");
         router.engines.insert(key.identity(), (key, generation));
         self.carry_out_router(node);
@@ -96,9 +115,7 @@ impl World {
         *seq += 1;
         let message = EngineMessage::new(src, Destination::Engine(dst), *seq, seq.to_le_bytes().to_vec());
         self.traffic.sent += 1;
-        let router = self.router(node);
-        router.next_ticket += 1;
-        let ticket = Ticket(router.next_ticket);
+        let ticket = self.ticket(node);
         self.router_input(node, Input::Send { ticket, sender: src, message, wait: true });
     }
 
@@ -156,9 +173,7 @@ impl World {
         let (node, peer) = (self.nodes[dst].key, self.nodes[src].key);
         let opened = frame::open(node, peer, bytes, 1 << 24).expect("frames between simulated nodes open");
         let opened = frame::verify_signatures(opened, false);
-        let router = self.router(dst);
-        router.next_ticket += 1;
-        let ticket = Ticket(router.next_ticket);
+        let ticket = self.ticket(dst);
         self.router_input(dst, Input::Frame { ticket, src: peer, public: false, frame: opened });
     }
 
@@ -184,20 +199,25 @@ impl World {
         }
     }
 
-    fn router_input(&mut self, node: usize, input: Input) {
+    pub(crate) fn router_input(&mut self, node: usize, input: Input) {
         let now = self.now;
         self.router(node).core.handle(input, now);
         self.carry_out_router(node);
     }
 
-    fn carry_out_router(&mut self, node: usize) {
+    pub(crate) fn carry_out_router(&mut self, node: usize) {
         while let Some(output) = self.router(node).core.poll_output() {
             match output {
                 Output::Deliver { engine, generation, message } => {
                     self.delivered(&message);
+                    self.delivered_to(node, engine, &message);
                     self.router_input(node, Input::Taken { engine, generation, n: 1 });
                 }
-                Output::Settled { outcome, .. } => self.traffic.refused += u64::from(outcome.is_err()),
+                Output::Settled { ticket, outcome } => {
+                    if !self.pubsub_settled(node, ticket, outcome.is_ok()) {
+                        self.traffic.refused += u64::from(outcome.is_err());
+                    }
+                }
                 Output::Lookup(id) => {
                     let at = self.now + 1;
                     self.schedule(at, Event::Lookup { node, id });

@@ -81,6 +81,9 @@ pub(crate) enum Event {
     /// The identity store of `node` answers its router's lookup of `id`.
     Lookup { node: usize, id: Identity },
     RouterTimer { node: usize },
+    /// An input for `node`'s pubsub core.
+    PubSub { node: usize, input: netmachine_pubsub::core::Input },
+    PubSubTimer { node: usize },
 }
 
 /// A simulated connection: its two ends, and whether each is still open.
@@ -116,6 +119,8 @@ pub(crate) struct Node {
     last_seen: BTreeMap<usize, u64>,
     /// The node's router, when the world runs routers (`World::with_routers`).
     pub(crate) router: Option<crate::routing::NodeRouter>,
+    /// The node's pubsub service, when the world runs it (`World::with_pubsub`).
+    pub(crate) pubsub: Option<crate::pubsub::NodePubSub>,
 }
 
 /// The simulation.
@@ -139,6 +144,8 @@ pub struct World {
     /// The last number each engine gave a message to each other engine, and the last that arrived.
     pub(crate) traffic_seq: HashMap<(Identity, Identity), u64>,
     pub(crate) traffic_last: HashMap<(Identity, Identity), u64>,
+    /// Topics, and the events the engines received, when the world runs pubsub.
+    pub topics: crate::pubsub::PubSubWorld,
     /// Dials sent and not yet answered (or failed).
     dials_in_flight: u64,
     /// A running hash of every event dispatched, with its time: equal for a replayed seed.
@@ -187,6 +194,7 @@ impl World {
             traffic: Default::default(),
             traffic_seq: HashMap::new(),
             traffic_last: HashMap::new(),
+            topics: Default::default(),
             fingerprint: 0,
             dials_in_flight: 0,
         };
@@ -205,6 +213,7 @@ impl World {
                 next_seq: BTreeMap::new(),
                 last_seen: BTreeMap::new(),
                 router: None,
+                pubsub: None,
             });
         }
         for i in 0..n {
@@ -499,6 +508,8 @@ impl World {
             Event::DialArrives { from, incarnation, to, addr } => self.dial_arrives(from, incarnation, to, addr),
             Event::Lookup { node, id } => self.answer_lookup(node, id),
             Event::RouterTimer { node } => self.router_timer(node),
+            Event::PubSub { node, input } => self.pubsub_input(node, input),
+            Event::PubSubTimer { node } => self.pubsub_timer(node),
             Event::AnswerArrives { conn } => {
                 self.dials_in_flight -= 1;
                 let Some(c) = self.conns.get(&conn) else { return };

@@ -34,6 +34,45 @@ pub fn event_size(message: &EngineMessage) -> usize {
     message.body.len() + 128
 }
 
+/// One step of a [`History::read`].
+#[derive(Debug)]
+pub enum Read<'a> {
+    Event(&'a Kept),
+    Missing { from: u64, to: u64 },
+}
+
+/// A read of a range of the history.
+pub struct Reading<'a> {
+    history: &'a History,
+    next: u64,
+    to: u64,
+}
+
+impl<'a> Iterator for Reading<'a> {
+    type Item = Read<'a>;
+
+    fn next(&mut self) -> Option<Read<'a>> {
+        if self.next > self.to {
+            return None;
+        }
+        let from = self.next;
+        match self.history.at_or_after(from) {
+            Some(kept) if kept.seq == from => {
+                self.next += 1;
+                Some(Read::Event(kept))
+            }
+            Some(kept) if kept.seq <= self.to => {
+                self.next = kept.seq;
+                Some(Read::Missing { from, to: kept.seq - 1 })
+            }
+            _ => {
+                self.next = self.to + 1;
+                Some(Read::Missing { from, to: self.to })
+            }
+        }
+    }
+}
+
 /// The kept events, in ascending seq (not always contiguous: an event the service never saw
 /// leaves a hole).
 #[derive(Debug)]
@@ -80,6 +119,12 @@ impl History {
     pub fn at_or_after(&self, seq: u64) -> Option<&Kept> {
         let index = self.kept.partition_point(|k| k.seq < seq);
         self.kept.get(index)
+    }
+
+    /// What the history holds of `from..=to`, in order: each event kept, and each range of
+    /// seqs it does not hold.
+    pub fn read(&self, from: u64, to: u64) -> Reading<'_> {
+        Reading { history: self, next: from, to }
     }
 
     pub fn len(&self) -> usize {

@@ -120,6 +120,31 @@ pub struct Counters {
     pub malformed: u64,
 }
 
+impl Counters {
+    /// Every counter by name, for status reports.
+    pub fn report(&self) -> [(&'static str, u64); 17] {
+        [
+            ("events_forwarded", self.events_forwarded),
+            ("events_received", self.events_received),
+            ("events_duplicate", self.events_duplicate),
+            ("events_early", self.events_early),
+            ("events_forged", self.events_forged),
+            ("events_unexpected", self.events_unexpected),
+            ("events_missing", self.events_missing),
+            ("events_not_accepted", self.events_not_accepted),
+            ("resends_asked", self.resends_asked),
+            ("resends_served", self.resends_served),
+            ("heartbeats_sent", self.heartbeats_sent),
+            ("subscribes_sent", self.subscribes_sent),
+            ("subscribes_refused", self.subscribes_refused),
+            ("publishers_silent", self.publishers_silent),
+            ("readers_dropped", self.readers_dropped),
+            ("adverts_refused", self.adverts_refused),
+            ("malformed", self.malformed),
+        ]
+    }
+}
+
 /// One node's pubsub state machine.
 #[derive(Debug)]
 pub struct PubSub {
@@ -247,7 +272,7 @@ impl PubSub {
                 self.leave_unread();
             }
             Says::Ack(upto) => self.on_publication(topic, from, |p, config, _, out| p.ack(from, upto, config, now, out)),
-            Says::Resend(from_seq) => self.on_publication(topic, from, |p, config, counters, out| p.resend(from, from_seq, config, counters, now, out)),
+            Says::Resend { from: first, to } => self.on_publication(topic, from, |p, _, counters, out| p.resend(from, first, to, counters, now, out)),
             Says::Subscribed(last_seq) => {
                 if let Some(subscription) = self.subscriptions.get_mut(&topic) {
                     subscription.subscribed(from, last_seq, now, out);
@@ -265,7 +290,7 @@ impl PubSub {
             },
             Says::Missing { from: first, to } => {
                 if let Some(subscription) = self.subscriptions.get_mut(&topic) {
-                    subscription.missing(from, first, to, counters, now);
+                    subscription.missing(from, first, to, counters, now, out);
                 }
             }
             Says::Heartbeat(last_seq) => {
@@ -458,7 +483,6 @@ mod tests {
         pair.lose = Box::new(|_| false);
         pair.run_until(pair.now + 2 * config.heartbeat);
         assert_eq!(pair.delivered, (1..=53).collect::<Vec<_>>(), "the heartbeat shows the lost tail");
-        assert_eq!(pair.b.counters().events_duplicate, 0);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! history no longer holds it is told is missing. Under policy Block the service stops taking
 //! events while any reader's window is full, so its own subscription holds the publisher back.
 
-use super::history::{event_size, History};
+use super::history::{event_size, History, Read};
 use super::{Config, Counters, Millis, Output};
 use netmachine_schema::router_capnp::TopicPolicy;
 use netmachine_schema::{Destination, EngineMessage, Identity, PeerMessage, Says};
@@ -14,6 +14,9 @@ use std::collections::{BTreeMap, VecDeque};
 /// One subscriber node's pubsub service, as its publisher node feeds it.
 #[derive(Debug)]
 pub struct Reader {
+    /// The seq it subscribed from: a Subscribe repeated (a retry that crossed the answer)
+    /// changes nothing.
+    from: u64,
     /// The seq to send next.
     pub next: u64,
     /// Sent and not acknowledged: (seq, size), oldest first.
@@ -24,8 +27,8 @@ pub struct Reader {
 }
 
 impl Reader {
-    fn new(next: u64, now: Millis) -> Self {
-        Reader { next, in_flight: VecDeque::new(), in_flight_bytes: 0, last_heard: now }
+    fn new(from: u64, next: u64, now: Millis) -> Self {
+        Reader { from, next, in_flight: VecDeque::new(), in_flight_bytes: 0, last_heard: now }
     }
 
     fn acknowledged(&mut self, upto: u64) {
@@ -108,8 +111,12 @@ impl Publication {
     }
 
     fn add_reader(&mut self, reader: Identity, from: u64, config: &Config, now: Millis, out: &mut VecDeque<Output>) {
+        if from != 0 && self.readers.get(&reader).is_some_and(|r| r.from == from) {
+            self.send(reader, Says::Subscribed(self.last_seq), out);
+            return;
+        }
         let next = if from == 0 { self.last_seq + 1 } else { from };
-        self.readers.insert(reader, Reader::new(next, now));
+        self.readers.insert(reader, Reader::new(from, next, now));
         self.send(reader, Says::Subscribed(self.last_seq), out);
         self.pump(reader, config, out);
     }
@@ -144,16 +151,20 @@ impl Publication {
         self.pump(reader, config, out);
     }
 
-    /// `reader` lost what followed `from - 1`: it is sent again from `from`.
-    pub fn resend(&mut self, reader: Identity, from: u64, config: &Config, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
+    /// `reader` lost events `from..=to` on the way: those sent already are sent again (they
+    /// are in its window still), or said missing if the history no longer holds them.
+    pub fn resend(&mut self, reader: Identity, from: u64, to: u64, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
         let Some(found) = self.readers.get_mut(&reader) else { return self.not_a_reader(reader, out) };
-        found.in_flight.clear();
-        found.in_flight_bytes = 0;
         found.last_heard = now;
         counters.resends_served += 1;
-        // A resend of what was never sent yet changes nothing.
-        found.next = found.next.min(from.max(1));
-        self.pump(reader, config, out);
+        let to = to.min(found.next.saturating_sub(1));
+        let sends: Vec<Says> = self.history.read(from.max(1), to).map(|read| match read {
+            Read::Event(kept) => Says::Event(kept.message.clone()),
+            Read::Missing { from, to } => Says::Missing { from, to },
+        }).collect();
+        for says in sends {
+            self.send(reader, says, out);
+        }
     }
 
     /// An event of the topic, from the service's subscription on its router.
@@ -174,20 +185,23 @@ impl Publication {
     fn pump(&mut self, id: Identity, config: &Config, out: &mut VecDeque<Output>) {
         let Some(reader) = self.readers.get_mut(&id) else { return };
         let mut sends = Vec::new();
-        while reader.next <= self.last_seq && reader.in_flight_bytes < config.window_bytes {
-            let Some(kept) = self.history.at_or_after(reader.next) else {
-                sends.push(Says::Missing { from: reader.next, to: self.last_seq });
-                reader.next = self.last_seq + 1;
+        for read in self.history.read(reader.next, self.last_seq) {
+            if reader.in_flight_bytes >= config.window_bytes {
                 break;
-            };
-            if kept.seq > reader.next {
-                sends.push(Says::Missing { from: reader.next, to: kept.seq - 1 });
             }
-            let size = event_size(&kept.message);
-            reader.in_flight.push_back((kept.seq, size));
-            reader.in_flight_bytes += size;
-            reader.next = kept.seq + 1;
-            sends.push(Says::Event(kept.message.clone()));
+            match read {
+                Read::Missing { from, to } => {
+                    sends.push(Says::Missing { from, to });
+                    reader.next = to + 1;
+                }
+                Read::Event(kept) => {
+                    let size = event_size(&kept.message);
+                    reader.in_flight.push_back((kept.seq, size));
+                    reader.in_flight_bytes += size;
+                    reader.next = kept.seq + 1;
+                    sends.push(Says::Event(kept.message.clone()));
+                }
+            }
         }
         for says in sends {
             self.send(id, says, out);

@@ -1,15 +1,16 @@
 //! A subscriber node's side of a topic published on another node: it finds the topic's advert
 //! and its publisher's node, subscribes there (and again whenever the publisher goes silent or
 //! forgets it), checks each event's publisher signature, hands the router events strictly in
-//! sequence, asks the publisher to resend from the first one missing (after a loss, or when a
-//! heartbeat shows a lost tail), and acknowledges what the router accepted, which opens the
-//! publisher's window. Events the publisher can no longer send are skipped as missing: the
+//! sequence, keeps the genuine events that arrive after a loss (within the window) and asks the
+//! publisher to resend just the lost ones (or, when a heartbeat shows a lost tail, the tail),
+//! and acknowledges what the router accepted, which opens the publisher's window. Events the publisher can no longer send are skipped as missing: the
 //! engines see the gap in the sequence.
 
 use super::{Config, Counters, Millis, Output};
 use netmachine_schema::peer::PeerRefusal;
 use netmachine_schema::{signing, Destination, EngineMessage, Identity, PeerMessage, Says, TopicAdvert};
-use std::collections::VecDeque;
+use super::history::event_size;
+use std::collections::{BTreeMap, VecDeque};
 
 /// Where a subscription stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,8 +37,11 @@ pub struct Subscription {
     unacked_bytes: usize,
     /// When an ack is due, if one is.
     ack_due: Option<Millis>,
-    /// The last resend asked: from which seq, and when.
-    resend_asked: Option<(u64, Millis)>,
+    /// Genuine events that arrived after a loss, waiting for the lost ones; and their bytes.
+    early: BTreeMap<u64, EngineMessage>,
+    early_bytes: usize,
+    /// The resends asked and not yet answered: first seq, to last seq and when asked.
+    resends: BTreeMap<u64, (u64, Millis)>,
     /// When the publisher was last heard from.
     last_heard: Millis,
     /// Whether the router holds the topic for this node's engines yet.
@@ -57,7 +61,9 @@ impl Subscription {
             acked: from.saturating_sub(1),
             unacked_bytes: 0,
             ack_due: None,
-            resend_asked: None,
+            early: BTreeMap::new(),
+            early_bytes: 0,
+            resends: BTreeMap::new(),
             last_heard: now,
             mirrored: from != 0,
         }
@@ -90,7 +96,7 @@ impl Subscription {
         let Stage::Subscribing { node, .. } = self.stage else { return };
         self.stage = Stage::Subscribed { node, peer };
         self.last_heard = now;
-        self.resend_asked = None;
+        self.resends.clear();
         if self.next == 0 {
             self.next = last_seq + 1;
             self.accepted = last_seq;
@@ -130,8 +136,8 @@ impl Subscription {
             && message.src.verify(&signing::engine_message(message), sig).is_ok()
     }
 
-    /// An event from `from`: handed on if it is the next one; a later one means something
-    /// was lost, and the publisher is asked to resend.
+    /// An event from `from`: handed on if it is the next one (with the kept ones it lets
+    /// follow); a later one means something was lost: it is kept, and the lost ones asked for.
     pub fn event(&mut self, from: Identity, message: EngineMessage, config: &Config, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
         if self.peer() != Some(from) {
             counters.events_unexpected += 1;
@@ -139,26 +145,54 @@ impl Subscription {
         }
         self.last_heard = now;
         let seq = message.id;
-        if seq < self.next {
+        if seq < self.next || self.early.contains_key(&seq) {
             counters.events_duplicate += 1;
-            return;
-        }
-        if seq > self.next {
-            counters.events_early += 1;
-            self.ask_resend(config, counters, now, out);
             return;
         }
         if !self.genuine(&message) {
             counters.events_forged += 1;
             return;
         }
-        self.next = seq + 1;
+        if seq > self.next {
+            counters.events_early += 1;
+            // The lost ones: from after the kept event before this one.
+            let from = self.early.range(..seq).next_back().map_or(self.next, |(kept, _)| kept + 1);
+            let size = event_size(&message);
+            if self.early_bytes + size <= config.window_bytes {
+                self.early_bytes += size;
+                self.early.insert(seq, message);
+            }
+            if from < seq {
+                self.ask_resend(from, seq - 1, config, counters, now, out);
+            }
+            return;
+        }
+        self.hand_on(message, counters, out);
+        self.hand_on_kept(counters, out);
+    }
+
+    fn hand_on(&mut self, message: EngineMessage, counters: &mut Counters, out: &mut VecDeque<Output>) {
+        self.next = message.id + 1;
         counters.events_received += 1;
         out.push_back(Output::Deliver(message));
     }
 
+    /// Hands on the kept events that follow on from the next expected.
+    fn hand_on_kept(&mut self, counters: &mut Counters, out: &mut VecDeque<Output>) {
+        while let Some(entry) = self.early.first_entry() {
+            if *entry.key() > self.next {
+                return;
+            }
+            let message = entry.remove();
+            self.early_bytes -= event_size(&message);
+            if message.id == self.next {
+                self.hand_on(message, counters, out);
+            }
+        }
+    }
+
     /// Events `from..=to` will never come: the next expected moves past them.
-    pub fn missing(&mut self, peer: Identity, from: u64, to: u64, counters: &mut Counters, now: Millis) {
+    pub fn missing(&mut self, peer: Identity, from: u64, to: u64, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
         if self.peer() != Some(peer) || to < self.next || from > self.next {
             return;
         }
@@ -166,6 +200,7 @@ impl Subscription {
         counters.events_missing += to + 1 - self.next;
         self.next = to + 1;
         self.accepted = self.accepted.max(to);
+        self.hand_on_kept(counters, out);
     }
 
     /// The publisher's last seq: a lost tail shows.
@@ -174,20 +209,21 @@ impl Subscription {
             return;
         }
         self.last_heard = now;
-        if last_seq >= self.next {
-            self.ask_resend(config, counters, now, out);
+        let from = self.early.keys().next_back().map_or(self.next, |last| last + 1);
+        if last_seq >= from {
+            self.ask_resend(from, last_seq, config, counters, now, out);
         }
     }
 
-    /// Asks for everything from the next expected seq, unless just asked for the same.
-    fn ask_resend(&mut self, config: &Config, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
+    /// Asks for the events `from..=to`, unless they were just asked for.
+    fn ask_resend(&mut self, from: u64, to: u64, config: &Config, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
         let Stage::Subscribed { peer, .. } = self.stage else { return };
-        if self.resend_asked.is_some_and(|(from, at)| from == self.next && now < at + config.retry) {
+        if self.resends.get(&from).is_some_and(|(_, at)| now < at + config.retry) {
             return;
         }
-        self.resend_asked = Some((self.next, now));
+        self.resends.insert(from, (to, now));
         counters.resends_asked += 1;
-        out.push_back(Output::Send { to: Destination::Engine(peer), message: PeerMessage::new(self.topic, Says::Resend(self.next)) });
+        out.push_back(Output::Send { to: Destination::Engine(peer), message: PeerMessage::new(self.topic, Says::Resend { from, to }) });
     }
 
     /// The router took the event of `seq` (of `size`) into its queue.
@@ -201,13 +237,16 @@ impl Subscription {
         }
     }
 
-    /// The router refused the event of `seq`: it is asked for again after a while (`tick`).
+    /// The router refused the event of `seq`: it and what followed are asked for again after
+    /// a while (`tick`).
     pub fn not_accepted(&mut self, seq: u64, counters: &mut Counters, now: Millis) {
         counters.events_not_accepted += 1;
         if seq < self.next {
+            self.resends = BTreeMap::from([(seq, (self.next - 1, now))]);
             self.next = seq;
             self.accepted = self.accepted.min(seq - 1);
-            self.resend_asked = Some((seq, now));
+            self.early.clear();
+            self.early_bytes = 0;
         }
     }
 
@@ -237,8 +276,17 @@ impl Subscription {
                 counters.publishers_silent += 1;
                 self.subscribe_at(node, counters, now, out);
             }
-            Stage::Subscribed { .. } if self.resend_asked.is_some_and(|(from, at)| from == self.next && now >= at + config.retry) => {
-                self.ask_resend(config, counters, now, out);
+            Stage::Subscribed { .. } => {
+                // Resends answered (or overtaken) go; unanswered ones are asked again.
+                let next = self.next;
+                self.resends.retain(|_, (to, _)| *to >= next);
+                let late: Vec<(u64, u64)> = self.resends.iter().filter(|(_, (_, at))| now >= at + config.retry).map(|(from, (to, _))| (*from, *to)).collect();
+                for (from, to) in late {
+                    self.resends.remove(&from);
+                    if let Some(first_lost) = (from.max(next)..=to).find(|seq| !self.early.contains_key(seq)) {
+                        self.ask_resend(first_lost, to, config, counters, now, out);
+                    }
+                }
             }
             _ => {}
         }
@@ -249,7 +297,7 @@ impl Subscription {
         let stage = match self.stage {
             Stage::Locating { since } | Stage::Subscribing { since, .. } => since + config.retry,
             Stage::Subscribed { .. } => {
-                let resend = self.resend_asked.filter(|(from, _)| *from == self.next).map_or(Millis::MAX, |(_, at)| at + config.retry);
+                let resend = self.resends.values().map(|(_, at)| at + config.retry).min().unwrap_or(Millis::MAX);
                 resend.min(self.last_heard + config.silence())
             }
         };

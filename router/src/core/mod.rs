@@ -3,7 +3,8 @@
 //! routing table (`table`), why messages are dropped
 //! and what the sender is told (`drops`), what waits for each other node (`outbox`), frames
 //! sealed and opened (`frame`, with engine signatures checked as a batch in `signatures`), what
-//! one delivery to an engine carries (`delivery`), how the ring thread waits (`pacing`), and
+//! one delivery to an engine carries (`delivery`), how the ring thread waits (`pacing`), which
+//! engines serve a protocol for the node (`services`), and
 //! the state machine that makes every routing decision (`router`). The tokio/capnp shell feeds
 //! it what happened and carries out what it answers; the simulation in `sim/` drives many.
 
@@ -15,6 +16,7 @@ pub mod frame;
 pub mod outbox;
 pub mod pacing;
 pub mod router;
+pub mod services;
 pub mod signatures;
 pub mod table;
 pub mod topics;
@@ -25,4 +27,5 @@ pub use frame::FrameRefused;
 pub use outbox::{Announcement, Outgoing};
 pub use router::{check_envelope, check_send, HandOver, Input, Limits, Millis, Output, Router, Ticket};
 pub use table::Known;
+pub use services::ServeRefused;
 pub use topics::{Topic, TopicRefused};

@@ -12,11 +12,12 @@ use super::attach::AttachRefused;
 use super::drops::{DropCounters, DropReason, Refused};
 use super::frame::Opened;
 use super::outbox::{Announcement, Outbox, Outgoing};
+use super::services::{ServeRefused, Services};
 use super::table::{Known, Route, RoutingTable};
-use super::topics::{Topic, TopicRefused, Topics};
+use super::topics::{Subscribed, Topic, TopicRefused, Topics};
 use netmachine_schema::message_capnp::Scope;
-use netmachine_schema::router_capnp::TopicPolicy;
-use netmachine_schema::{signing, Destination, EngineLocation, EngineMessage, Identity, Keypair, TopicAdvert};
+use netmachine_schema::router_capnp::{TopicPolicy, TopicRefusal};
+use netmachine_schema::{signing, Destination, EngineLocation, EngineMessage, Identity, Keypair, PeerMessage, Says, TopicAdvert, PUBSUB_PROTOCOL, SEQ_NOT_KNOWN};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 /// Milliseconds since the Unix epoch (virtual in the simulation).
@@ -167,6 +168,9 @@ pub struct Router {
     connected: BTreeSet<Identity>,
     outboxes: BTreeMap<Identity, Outbox>,
     topics: Topics,
+    services: Services,
+    /// Messages the router sent the pubsub service (numbering them).
+    pubsub_notes: u64,
     /// Per destination, the messages waiting for it, in order.
     waiting: BTreeMap<Identity, VecDeque<Waiting>>,
     waiting_count: usize,
@@ -195,6 +199,8 @@ impl Router {
             connected: BTreeSet::new(),
             outboxes: BTreeMap::new(),
             topics: Topics::default(),
+            services: Services::default(),
+            pubsub_notes: 0,
             waiting: BTreeMap::new(),
             waiting_count: 0,
             lookups: HashMap::new(),
@@ -248,8 +254,12 @@ impl Router {
             return false;
         }
         self.refuse_waiting(engine, || Refused::engine_gone("the destination engine detached"));
-        for topic in self.topics.detached(engine) {
+        self.services.detached(engine);
+        for (topic, left) in self.topics.detached(engine) {
             self.retry(topic, now, None);
+            if left {
+                self.no_longer_wanted(topic, now);
+            }
         }
         self.announce_to_all(Announcement { full: false, attached: vec![], detached: vec![engine] }, now);
         true
@@ -263,27 +273,91 @@ impl Router {
         }
     }
 
+    /// `engine` serves `protocol` for the node: messages to the node in it go to the engine.
+    /// The pubsub service is told which topics on other nodes engines here want.
+    pub fn serve(&mut self, engine: Identity, protocol: &str, now: Millis) -> Result<(), ServeRefused> {
+        self.services.serve(engine, protocol)?;
+        if protocol == PUBSUB_PROTOCOL {
+            let wanted: Vec<Identity> = self.topics.wanted().map(|(topic, _)| *topic).collect();
+            // A mirror is wanted from the event after its last (the service may have restarted).
+            let mirrors = self.topics.iter().filter(|t| t.creator == engine && !t.subscribers.is_empty());
+            let mirrors: Vec<(Identity, u64)> = mirrors.map(|t| (t.advert.topic, if t.last_seq == 0 { 0 } else { t.last_seq + 1 })).collect();
+            for (topic, from) in wanted.into_iter().map(|t| (t, 0)).chain(mirrors) {
+                self.tell_pubsub(topic, Says::Want(from), now);
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine of the node's pubsub service, if one is attached.
+    fn pubsub(&self) -> Option<Identity> {
+        self.services.engine(PUBSUB_PROTOCOL)
+    }
+
+    /// Sends the pubsub service a message from the router (Want, Unwant).
+    fn tell_pubsub(&mut self, topic: Identity, says: Says, now: Millis) {
+        let Some(engine) = self.pubsub() else { return };
+        self.pubsub_notes += 1;
+        let mut message = EngineMessage::new(self.node(), Destination::Engine(engine), self.pubsub_notes, PeerMessage::new(topic, says).encode());
+        message.protocol = PUBSUB_PROTOCOL.into();
+        self.admit(None, Origin::Router, message, true, now);
+    }
+
+    /// No engine here receives `topic` any more: if it came from another node, the pubsub
+    /// service stops receiving it.
+    fn no_longer_wanted(&mut self, topic: Identity, now: Millis) {
+        let pubsub = self.pubsub();
+        if self.topics.get(&topic).is_none_or(|t| Some(t.creator) == pubsub) {
+            self.tell_pubsub(topic, Says::Unwant, now);
+        }
+    }
+
     /// TopicCreate from the attached engine `creator`.
     pub fn create_topic(&mut self, creator: Identity, advert: TopicAdvert, scope: Scope, policy: TopicPolicy) -> Result<u64, TopicRefused> {
         self.topics.create(creator, advert, scope, policy).map(|()| 0)
     }
 
-    /// TopicDelete: what waits to be published on the topic is refused.
-    pub fn delete_topic(&mut self, requester: Identity, topic: Identity) -> Result<u64, TopicRefused> {
+    /// TopicDelete: what waits to be published on the topic is refused. A mirror deleted under
+    /// engines that still subscribe is wanted again.
+    pub fn delete_topic(&mut self, requester: Identity, topic: Identity, now: Millis) -> Result<u64, TopicRefused> {
         let deleted = self.topics.delete(requester, topic)?;
         self.refuse_waiting(topic, || Refused::no_route(format!("topic {topic} was deleted")));
+        if Some(deleted.creator) == self.pubsub() && !deleted.subscribers.is_empty() {
+            for engine in &deleted.subscribers {
+                self.topics.subscribe(*engine, topic, Scope::Any, true)?;
+            }
+            self.tell_pubsub(topic, Says::Want(0), now);
+        }
         Ok(deleted.last_seq)
     }
 
-    /// TopicSub: the sequence of the topic's last event, after which events come.
-    pub fn subscribe(&mut self, engine: Identity, topic: Identity, scope: Scope) -> Result<u64, TopicRefused> {
-        self.topics.subscribe(engine, topic, scope)
+    /// TopicSub: the sequence of the topic's last event, after which events come
+    /// (`SEQ_NOT_KNOWN` for a topic on another node, which the pubsub service is asked for).
+    /// The pubsub service may not carry a topic of scope Local off the node.
+    pub fn subscribe(&mut self, engine: Identity, topic: Identity, scope: Scope, now: Millis) -> Result<u64, TopicRefused> {
+        let pubsub = self.pubsub();
+        if pubsub == Some(engine) && self.topics.get(&topic).is_some_and(|t| t.scope == Scope::Local) {
+            let detail = format!("topic {topic} has scope local: its events do not leave this node");
+            return Err(TopicRefused { reason: TopicRefusal::Denied, detail });
+        }
+        match self.topics.subscribe(engine, topic, scope, pubsub.is_some())? {
+            Subscribed::Here(last_seq) => Ok(last_seq),
+            Subscribed::Wanted { first } => {
+                if first {
+                    self.tell_pubsub(topic, Says::Want(0), now);
+                }
+                Ok(SEQ_NOT_KNOWN)
+            }
+        }
     }
 
     /// TopicUnsub: events that waited for this subscriber's room may go.
     pub fn unsubscribe(&mut self, engine: Identity, topic: Identity, now: Millis) -> Result<u64, TopicRefused> {
-        let last_seq = self.topics.unsubscribe(engine, topic)?;
+        let (last_seq, left) = self.topics.unsubscribe(engine, topic)?;
         self.retry(topic, now, None);
+        if left {
+            self.no_longer_wanted(topic, now);
+        }
         Ok(last_seq)
     }
 
@@ -362,7 +436,10 @@ impl Router {
         match input {
             Input::Send { ticket, sender, message, wait } => {
                 self.tickets.insert(ticket, Open { left: 1, send: true });
-                let checked = check_send(sender, &message, self.limits.max_message_bytes, now);
+                // The pubsub service hands over its mirrors' events as their publisher sent them.
+                let mirrored = matches!(message.dst, Destination::Topic(topic) if self.pubsub() == Some(sender) && self.topics.get(&topic).is_some_and(|t| t.creator == sender));
+                let signer = if mirrored { message.src } else { sender };
+                let checked = check_send(signer, &message, self.limits.max_message_bytes, now);
                 match checked {
                     Ok(()) => self.admit(Some(ticket), Origin::Engine, message, wait, now),
                     Err(refused) => self.settle(Some(ticket), Origin::Engine, Err(refused)),
@@ -485,6 +562,10 @@ impl Router {
             Origin::Node { public } => self.route_from_node(message, public, now),
             Origin::Engine | Origin::Router => self.table.route(message, now),
         };
+        let route = match route {
+            Route::Node => self.service_route(message, waiting.origin),
+            other => other,
+        };
         match route {
             Route::Local(engine) => {
                 let Some(attached) = self.table.attachment_mut(&engine) else {
@@ -575,6 +656,18 @@ impl Router {
             },
             Destination::Node(node) if node == self.node() => Route::Node,
             _ => Route::Drop(Refused::no_route("a message for another node or a topic arrived here")),
+        }
+    }
+
+    /// A message to this node goes to the engine serving its protocol, if one does (and takes
+    /// what came from the public network, if it did); else the router answers it.
+    fn service_route(&self, message: &EngineMessage, origin: Origin) -> Route {
+        let Some(engine) = self.services.engine(&message.protocol) else { return Route::Node };
+        match self.table.attachment(&engine) {
+            Some(attached) if matches!(origin, Origin::Node { public: true }) && !attached.public => {
+                Route::Drop(Refused::no_route(format!("the service of protocol {} takes no messages from the public network", message.protocol)))
+            }
+            _ => Route::Local(engine),
         }
     }
 
@@ -1061,7 +1154,7 @@ mod tests {
         let (publisher, fast, slow) = (bench.attach(false), bench.attach(false), bench.attach(false));
         let topic = topic(&mut bench, &publisher, &publisher, TopicPolicy::Block);
         for subscriber in [&fast, &slow] {
-            assert_eq!(bench.router.subscribe(subscriber.identity(), topic, Scope::Local), Ok(0));
+            assert_eq!(bench.router.subscribe(subscriber.identity(), topic, Scope::Local, 0), Ok(0));
         }
         // Queues of two: two events reach both, the third waits for the slow one.
         let tickets: Vec<Ticket> = (1..=3).map(|seq| publish(&mut bench, &publisher, topic, seq, true, 0)).collect();
@@ -1091,8 +1184,8 @@ mod tests {
         let mut bench = Bench::new();
         let (publisher, fast, slow) = (bench.attach(false), bench.attach(false), bench.attach(false));
         let topic = topic(&mut bench, &publisher, &publisher, TopicPolicy::CutSlow);
-        bench.router.subscribe(fast.identity(), topic, Scope::Local).unwrap();
-        bench.router.subscribe(slow.identity(), topic, Scope::Local).unwrap();
+        bench.router.subscribe(fast.identity(), topic, Scope::Local, 0).unwrap();
+        bench.router.subscribe(slow.identity(), topic, Scope::Local, 0).unwrap();
         let fast_generation = bench.router.attachment(&fast.identity()).unwrap().generation;
         for seq in 1..=4 {
             publish(&mut bench, &publisher, topic, seq, false, 0);
@@ -1111,7 +1204,7 @@ mod tests {
         let mut bench = Bench::new();
         let (creator, publisher, subscriber) = (bench.attach(false), bench.attach(false), bench.attach(false));
         let topic = topic(&mut bench, &creator, &publisher, TopicPolicy::Block);
-        bench.router.subscribe(subscriber.identity(), topic, Scope::Local).unwrap();
+        bench.router.subscribe(subscriber.identity(), topic, Scope::Local, 0).unwrap();
         let denied = publish(&mut bench, &creator, topic, 1, true, 0);
         let first = publish(&mut bench, &publisher, topic, 7, true, 0);
         let replayed = publish(&mut bench, &publisher, topic, 7, true, 0);
@@ -1119,7 +1212,7 @@ mod tests {
         assert_eq!(settled(&out), vec![(denied, Err(SendRefusal::Denied)), (first, Ok(())), (replayed, Err(SendRefusal::Malformed))]);
         assert_eq!(delivered_to(&out), vec![(subscriber.identity(), 7)]);
         assert_eq!(bench.drops(DropReason::Denied), 1);
-        assert_eq!(bench.router.subscribe(creator.identity(), topic, Scope::Local), Ok(7), "a new subscriber learns the last sequence");
+        assert_eq!(bench.router.subscribe(creator.identity(), topic, Scope::Local, 0), Ok(7), "a new subscriber learns the last sequence");
     }
 
     #[test]
@@ -1127,16 +1220,75 @@ mod tests {
         let mut bench = Bench::new();
         let (publisher, slow) = (bench.attach(false), bench.attach(false));
         let topic = topic(&mut bench, &publisher, &publisher, TopicPolicy::Block);
-        bench.router.subscribe(slow.identity(), topic, Scope::Local).unwrap();
+        bench.router.subscribe(slow.identity(), topic, Scope::Local, 0).unwrap();
         let tickets: Vec<Ticket> = (1..=4).map(|seq| publish(&mut bench, &publisher, topic, seq, true, 0)).collect();
         bench.outputs();
         bench.router.unsubscribe(slow.identity(), topic, 1).unwrap();
         assert_eq!(settled(&bench.outputs()), vec![(tickets[2], Ok(())), (tickets[3], Ok(()))], "no subscribers: nothing holds them");
-        bench.router.subscribe(slow.identity(), topic, Scope::Local).unwrap();
+        bench.router.subscribe(slow.identity(), topic, Scope::Local, 0).unwrap();
         let waiting = publish(&mut bench, &publisher, topic, 5, true, 2);
         assert!(bench.outputs().is_empty());
-        assert_eq!(bench.router.delete_topic(slow.identity(), topic).map_err(|e| e.reason), Err(netmachine_schema::router_capnp::TopicRefusal::Denied));
-        assert_eq!(bench.router.delete_topic(publisher.identity(), topic), Ok(4));
+        assert_eq!(bench.router.delete_topic(slow.identity(), topic, 1).map_err(|e| e.reason), Err(netmachine_schema::router_capnp::TopicRefusal::Denied));
+        assert_eq!(bench.router.delete_topic(publisher.identity(), topic, 1), Ok(4));
         assert_eq!(settled(&bench.outputs()), vec![(waiting, Err(SendRefusal::NoRoute))]);
+    }
+
+    /// What the router told the pubsub service `service`, in order.
+    fn told_pubsub(outputs: &[Output], service: Identity) -> Vec<Says> {
+        outputs.iter().filter_map(|o| match o {
+            Output::Deliver { engine, message, .. } if *engine == service => Some(PeerMessage::decode(&message.body, 1 << 16).unwrap().says),
+            _ => None,
+        }).collect()
+    }
+
+    #[test]
+    fn the_pubsub_service_gets_messages_to_the_node_and_mirrors_topics_wanted_from_other_nodes() {
+        let mut bench = Bench::new();
+        let (subscriber, service) = (bench.attach(false), bench.attach(false));
+        let publisher = Keypair::generate();
+        let advert = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
+        let topic = advert.topic;
+        let refused = bench.router.subscribe(subscriber.identity(), topic, Scope::Any, 0).map_err(|e| e.reason);
+        assert_eq!(refused, Err(TopicRefusal::Unknown), "no pubsub service: a topic elsewhere is unknown");
+
+        // A peer's pubsub message to this node reaches the service once it serves the protocol.
+        let peer = Keypair::generate().identity();
+        let mut subscribe = EngineMessage::new(peer, Destination::Node(bench.router.node()), 1, PeerMessage::new(topic, Says::Subscribe(0)).encode());
+        subscribe.protocol = PUBSUB_PROTOCOL.into();
+        bench.router.serve(service.identity(), PUBSUB_PROTOCOL, 0).unwrap();
+        assert!(bench.router.serve(subscriber.identity(), PUBSUB_PROTOCOL, 0).is_err(), "one engine per protocol");
+        bench.router.handle(Input::Frame { ticket: Ticket(50), src: peer, public: false, frame: frame(vec![], vec![subscribe]) }, 0);
+        assert_eq!(told_pubsub(&bench.outputs(), service.identity()), vec![Says::Subscribe(0)]);
+
+        // The first engine wanting the topic makes the router ask the service for it.
+        assert_eq!(bench.router.subscribe(subscriber.identity(), topic, Scope::Any, 0), Ok(SEQ_NOT_KNOWN));
+        assert_eq!(told_pubsub(&bench.outputs(), service.identity()), vec![Says::Want(0)]);
+        // The service mirrors it; the events it hands over keep their publisher as source.
+        bench.router.create_topic(service.identity(), advert.clone(), Scope::Any, TopicPolicy::Block).unwrap();
+        let mut event = EngineMessage::new(publisher.identity(), Destination::Topic(topic), 41, b"e".to_vec());
+        event.sig = Some(publisher.sign(&signing::engine_message(&event)));
+        bench.router.handle(Input::Send { ticket: Ticket(51), sender: service.identity(), message: event.clone(), wait: true }, 1);
+        let out = bench.outputs();
+        assert_eq!(delivered_to(&out), vec![(subscriber.identity(), 41)]);
+        let mut stolen = event.clone();
+        stolen.id = 42;
+        bench.router.handle(Input::Send { ticket: Ticket(52), sender: subscriber.identity(), message: stolen, wait: true }, 1);
+        assert_eq!(settled(&bench.outputs()), vec![(Ticket(52), Err(SendRefusal::BadSource))], "only the mirror's creator hands over its events");
+
+        // A restarted service is told what the node wants, from the event after the last.
+        let generation = bench.router.attachment(&service.identity()).unwrap().generation;
+        bench.router.detach(service.identity(), generation, 2);
+        bench.router.attach(EngineLocation::sign(&service, bench.router.node(), 3), 99, false, 3).unwrap();
+        bench.router.serve(service.identity(), PUBSUB_PROTOCOL, 3).unwrap();
+        assert_eq!(told_pubsub(&bench.outputs(), service.identity()), vec![Says::Want(42)]);
+        // The last subscriber leaving: the service stops receiving the topic.
+        bench.router.unsubscribe(subscriber.identity(), topic, 4).unwrap();
+        assert_eq!(told_pubsub(&bench.outputs(), service.identity()), vec![Says::Unwant]);
+
+        // The service never carries a local topic off the node.
+        let local = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
+        bench.router.create_topic(subscriber.identity(), local.clone(), Scope::Local, TopicPolicy::Block).unwrap();
+        let refused = bench.router.subscribe(service.identity(), local.topic, Scope::Any, 5).map_err(|e| e.reason);
+        assert_eq!(refused, Err(TopicRefusal::Denied));
     }
 }

@@ -2,12 +2,14 @@
 //! publish on it), the engine that created it (the only one that may delete it), its scope and
 //! backpressure policy, the sequence of its last event, and its subscribers. The rules of topic
 //! requests (SPEC.md "Router") and of who may publish live here; the router core routes events
-//! through them.
+//! through them. A topic on another node that engines here subscribe to is *wanted* until the
+//! pubsub service puts it here as a *mirror* (a topic the service created, whose events it
+//! hands over from the publisher's node); its subscribers move onto the mirror then.
 
 use super::drops::Refused;
 use netmachine_schema::message_capnp::Scope;
 use netmachine_schema::router_capnp::{TopicPolicy, TopicRefusal};
-use netmachine_schema::{EngineMessage, Identity, TopicAdvert};
+use netmachine_schema::{EngineMessage, Identity, TopicAdvert, SEQ_NOT_KNOWN};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A topic on this node.
@@ -47,6 +49,17 @@ impl TopicRefused {
 pub struct Topics {
     topics: BTreeMap<Identity, Topic>,
     subscriptions: BTreeMap<Identity, BTreeSet<Identity>>,
+    /// Topics on other nodes that engines here subscribed to, not mirrored here yet.
+    wanted: BTreeMap<Identity, BTreeSet<Identity>>,
+}
+
+/// What a subscription did, beyond adding the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscribed {
+    /// To a topic here: the sequence of its last event.
+    Here(u64),
+    /// To a topic on another node: `first` if no engine here wanted it before.
+    Wanted { first: bool },
 }
 
 impl Topics {
@@ -75,15 +88,29 @@ impl Topics {
         self.subscriptions.get(engine).map(|topics| topics.iter().copied().collect()).unwrap_or_default()
     }
 
-    /// TopicCreate: `creator` puts the topic of `advert` on this node. Refused if the topic is
-    /// here already or the advert is not signed by the topic key.
+    /// The topics wanted from other nodes, with their subscribers here.
+    pub fn wanted(&self) -> impl Iterator<Item = (&Identity, &BTreeSet<Identity>)> {
+        self.wanted.iter()
+    }
+
+    /// TopicCreate: `creator` puts the topic of `advert` on this node; the engines that wanted
+    /// it subscribe to it. Refused if another engine's topic is here already or the advert is
+    /// not signed by the topic key; the creator's own topic is created again as it is (an
+    /// engine that attached again after a restart of the router asks once more).
     pub fn create(&mut self, creator: Identity, advert: TopicAdvert, scope: Scope, policy: TopicPolicy) -> Result<(), TopicRefused> {
         let topic = advert.topic;
-        if self.topics.contains_key(&topic) {
+        if let Some(found) = self.topics.get(&topic) {
+            if found.creator == creator && found.advert == advert {
+                return Ok(());
+            }
             return Err(TopicRefused::new(TopicRefusal::Exists, format!("topic {topic} is already on this node")));
         }
         advert.verify().map_err(|e| TopicRefused::new(TopicRefusal::BadAdvert, e.to_string()))?;
-        let topic = Topic { advert, creator, scope, policy, last_seq: 0, subscribers: BTreeSet::new(), events_cut: 0 };
+        let subscribers = self.wanted.remove(&topic).unwrap_or_default();
+        for engine in &subscribers {
+            self.subscriptions.entry(*engine).or_default().insert(topic);
+        }
+        let topic = Topic { advert, creator, scope, policy, last_seq: 0, subscribers, events_cut: 0 };
         self.topics.insert(topic.advert.topic, topic);
         Ok(())
     }
@@ -101,43 +128,72 @@ impl Topics {
         Ok(removed)
     }
 
-    /// TopicSub: `engine` receives the topic's events from the next one on; the sequence of the
-    /// last event so far. A topic not on this node is refused: with scope Local by rule, with
-    /// any other scope because this node carries no topics from other nodes yet.
-    pub fn subscribe(&mut self, engine: Identity, topic: Identity, scope: Scope) -> Result<u64, TopicRefused> {
+    /// TopicSub: `engine` receives the topic's events from the next one on. A topic not on
+    /// this node is wanted from another node if the scope allows and `remote` (a pubsub service
+    /// is attached); else refused.
+    pub fn subscribe(&mut self, engine: Identity, topic: Identity, scope: Scope, remote: bool) -> Result<Subscribed, TopicRefused> {
         let Some(found) = self.topics.get_mut(&topic) else {
             let detail = match scope {
                 Scope::Local => format!("topic {topic} is not on this node, and the subscription's scope is local"),
-                _ => format!("topic {topic} is not on this node, and this node does not subscribe to topics on other nodes yet"),
+                _ if !remote => format!("topic {topic} is not on this node, and no pubsub service is attached to find it on another"),
+                _ => {
+                    let wanting = self.wanted.entry(topic).or_default();
+                    let first = wanting.is_empty();
+                    wanting.insert(engine);
+                    self.subscriptions.entry(engine).or_default().insert(topic);
+                    return Ok(Subscribed::Wanted { first });
+                }
             };
             return Err(TopicRefused::new(TopicRefusal::Unknown, detail));
         };
         found.subscribers.insert(engine);
         self.subscriptions.entry(engine).or_default().insert(topic);
-        Ok(found.last_seq)
+        Ok(Subscribed::Here(found.last_seq))
     }
 
-    /// TopicUnsub: the sequence of the topic's last event.
-    pub fn unsubscribe(&mut self, engine: Identity, topic: Identity) -> Result<u64, TopicRefused> {
-        let found = self.topics.get_mut(&topic).ok_or_else(|| TopicRefused::unknown(topic))?;
-        if !found.subscribers.remove(&engine) {
-            return Err(TopicRefused::new(TopicRefusal::NotSubscribed, format!("engine {engine} does not subscribe to topic {topic}")));
+    /// TopicUnsub: the sequence of the topic's last event (`SEQ_NOT_KNOWN` for one still
+    /// wanted), and whether no engine here receives the topic any more.
+    pub fn unsubscribe(&mut self, engine: Identity, topic: Identity) -> Result<(u64, bool), TopicRefused> {
+        let not_subscribed = || TopicRefused::new(TopicRefusal::NotSubscribed, format!("engine {engine} does not subscribe to topic {topic}"));
+        let (last_seq, left) = match (self.topics.get_mut(&topic), self.wanted.get_mut(&topic)) {
+            (Some(found), _) => {
+                if !found.subscribers.remove(&engine) {
+                    return Err(not_subscribed());
+                }
+                (found.last_seq, found.subscribers.is_empty())
+            }
+            (None, Some(wanting)) => {
+                if !wanting.remove(&engine) {
+                    return Err(not_subscribed());
+                }
+                (SEQ_NOT_KNOWN, wanting.is_empty())
+            }
+            (None, None) => return Err(TopicRefused::unknown(topic)),
+        };
+        if left {
+            self.wanted.remove(&topic);
         }
-        let last_seq = found.last_seq;
         self.forget_subscription(engine, topic);
-        Ok(last_seq)
+        Ok((last_seq, left))
     }
 
     /// `engine` detached: its subscriptions end (it subscribes again when it attaches again).
-    /// The topics it subscribed to.
-    pub fn detached(&mut self, engine: Identity) -> Vec<Identity> {
+    /// The topics it subscribed to, each with whether no engine here receives it any more.
+    pub fn detached(&mut self, engine: Identity) -> Vec<(Identity, bool)> {
         let topics = self.subscriptions.remove(&engine).unwrap_or_default();
-        for topic in &topics {
-            if let Some(found) = self.topics.get_mut(topic) {
-                found.subscribers.remove(&engine);
+        let mut left = Vec::new();
+        for topic in topics {
+            let empty = match (self.topics.get_mut(&topic), self.wanted.get_mut(&topic)) {
+                (Some(found), _) => found.subscribers.remove(&engine) && found.subscribers.is_empty(),
+                (None, Some(wanting)) => wanting.remove(&engine) && wanting.is_empty(),
+                (None, None) => false,
+            };
+            if empty {
+                self.wanted.remove(&topic);
             }
+            left.push((topic, empty));
         }
-        topics.into_iter().collect()
+        left
     }
 
     fn forget_subscription(&mut self, engine: Identity, topic: Identity) {
@@ -193,7 +249,7 @@ mod tests {
         assert_eq!(refusal(topics.create(creator, forged, Scope::Any, TopicPolicy::Block)), Err(TopicRefusal::BadAdvert));
         assert_eq!(refusal(topics.create(creator, advert.clone(), Scope::Any, TopicPolicy::Block)), Ok(()));
         assert_eq!(refusal(topics.create(other, advert.clone(), Scope::Any, TopicPolicy::Block)), Err(TopicRefusal::Exists));
-        topics.subscribe(other, advert.topic, Scope::Local).unwrap();
+        topics.subscribe(other, advert.topic, Scope::Local, false).unwrap();
         assert_eq!(refusal(topics.delete(other, advert.topic)), Err(TopicRefusal::Denied));
         assert_eq!(refusal(topics.delete(creator, advert.topic)), Ok(()));
         assert!(topics.subscribed_by(&other).is_empty(), "a deleted topic's subscriptions go with it");
@@ -206,13 +262,13 @@ mod tests {
         let (engine, publisher) = (Keypair::generate().identity(), Keypair::generate().identity());
         let (_, advert) = topic(publisher);
         let elsewhere = Keypair::generate().identity();
-        for scope in [Scope::Local, Scope::Any] {
-            assert_eq!(topics.subscribe(engine, elsewhere, scope).map_err(|e| e.reason), Err(TopicRefusal::Unknown));
+        for (scope, remote) in [(Scope::Local, true), (Scope::Any, false)] {
+            assert_eq!(topics.subscribe(engine, elsewhere, scope, remote).map_err(|e| e.reason), Err(TopicRefusal::Unknown));
         }
         topics.create(publisher, advert.clone(), Scope::Any, TopicPolicy::CutSlow).unwrap();
         assert_eq!(topics.unsubscribe(engine, advert.topic).map_err(|e| e.reason), Err(TopicRefusal::NotSubscribed));
-        assert_eq!(topics.subscribe(engine, advert.topic, Scope::Local), Ok(0));
-        assert_eq!(topics.detached(engine), vec![advert.topic]);
+        assert_eq!(topics.subscribe(engine, advert.topic, Scope::Local, false), Ok(Subscribed::Here(0)));
+        assert_eq!(topics.detached(engine), vec![(advert.topic, true)]);
         assert!(topics.get(&advert.topic).unwrap().subscribers.is_empty());
     }
 
@@ -231,5 +287,22 @@ mod tests {
         assert_eq!(refusal(&topics, event(publisher, id, 6)), Ok(()));
         let elsewhere = Keypair::generate().identity();
         assert_eq!(topics.check_event(elsewhere, &event(publisher, elsewhere, 7)).map(|_| ()).map_err(|r| r.refusal), Err(SendRefusal::NoRoute));
+    }
+
+    #[test]
+    fn a_topic_wanted_from_another_node_is_subscribed_when_its_mirror_arrives() {
+        let mut topics = Topics::default();
+        let (a, b, service, publisher) = (Keypair::generate().identity(), Keypair::generate().identity(), Keypair::generate().identity(), Keypair::generate().identity());
+        let (_, advert) = topic(publisher);
+        let id = advert.topic;
+        assert_eq!(topics.subscribe(a, id, Scope::Any, true), Ok(Subscribed::Wanted { first: true }));
+        assert_eq!(topics.subscribe(b, id, Scope::Any, true), Ok(Subscribed::Wanted { first: false }));
+        assert_eq!(topics.unsubscribe(b, id), Ok((SEQ_NOT_KNOWN, false)));
+        topics.create(service, advert.clone(), Scope::Any, TopicPolicy::Block).unwrap();
+        topics.create(service, advert.clone(), Scope::Any, TopicPolicy::Block).expect("the creator creates its topic again");
+        assert_eq!(topics.create(a, advert, Scope::Any, TopicPolicy::Block).map_err(|e| e.reason), Err(TopicRefusal::Exists));
+        assert_eq!(topics.get(&id).unwrap().subscribers.iter().collect::<Vec<_>>(), vec![&a], "the wanting engine moved onto the mirror");
+        assert_eq!(topics.wanted().count(), 0);
+        assert_eq!(topics.detached(a), vec![(id, true)], "the last subscriber left");
     }
 }
