@@ -129,4 +129,8 @@ interface EngineSession {
   unsubscribe @7 (topic :Id.Identity) -> (result :TopicResult);
   # Where the topic's sequence stands: a publisher continues after `lastSeq`.
   lastSeq @8 (topic :Id.Identity) -> (result :TopicResult);
+  # The engine serves `protocol` for the node: messages to the node in that protocol go to it
+  # (the pubsub service serves "netmachine/pubsub/1"). Answered as a topic request: done, or
+  # refused as denied (another engine serves it) with the reason. Ends when the engine detaches.
+  serve @9 (protocol :Text) -> (result :TopicResult);
 }

@@ -3,7 +3,7 @@
 //! router's deliveries, which either answer a waiting request or go to the engine's inbox.
 
 use crate::fast_path::EngineRing;
-use crate::topics::{TopicBook, TopicRequest};
+use crate::topics::{TopicBook, RouterRequest};
 use crate::ring::records::Refusal;
 use crate::{EngineError, EngineOptions};
 use netmachine_schema::router_capnp::{engine_session, inbox, router, SendRefusal, TopicRefusal};
@@ -29,7 +29,7 @@ pub(crate) enum Command {
     /// A send that must not wait for room at its destination.
     TrySend { message: EngineMessage, done: oneshot::Sender<Result<(), EngineError>> },
     /// A topic request; answered with the topic's last sequence.
-    Topic { request: TopicRequest, done: oneshot::Sender<Result<u64, EngineError>> },
+    Topic { request: RouterRequest, done: oneshot::Sender<Result<u64, EngineError>> },
     Detach { done: oneshot::Sender<()> },
 }
 
@@ -240,7 +240,7 @@ fn call(session: &engine_session::Client, command: Command) {
             });
         }
         Command::Topic { request, done } => {
-            let answer = topic_request(session, &request);
+            let answer = router_request(session, &request);
             tokio::task::spawn_local(async move {
                 let _ = done.send(answer.await);
             });
@@ -250,7 +250,7 @@ fn call(session: &engine_session::Client, command: Command) {
 }
 
 /// Sends one topic request; the answer is the topic's last sequence.
-fn topic_request(session: &engine_session::Client, request: &TopicRequest) -> impl std::future::Future<Output = Result<u64, EngineError>> + 'static {
+fn router_request(session: &engine_session::Client, request: &RouterRequest) -> impl std::future::Future<Output = Result<u64, EngineError>> + 'static {
     use netmachine_schema::router_capnp::topic_result;
     macro_rules! answer {
         ($request:expr) => {{
@@ -270,32 +270,37 @@ fn topic_request(session: &engine_session::Client, request: &TopicRequest) -> im
         }};
     }
     match request {
-        TopicRequest::Create { advert, scope, policy } => {
+        RouterRequest::Create { advert, scope, policy } => {
             let mut call = session.create_topic_request();
             advert.write(call.get().init_advert());
             call.get().set_scope(*scope);
             call.get().set_policy(*policy);
             answer!(call)
         }
-        TopicRequest::Delete(topic) => {
+        RouterRequest::Delete(topic) => {
             let mut call = session.delete_topic_request();
             call.get().set_topic(&topic.0);
             answer!(call)
         }
-        TopicRequest::Subscribe { topic, scope } => {
+        RouterRequest::Subscribe { topic, scope } => {
             let mut call = session.subscribe_request();
             call.get().set_topic(&topic.0);
             call.get().set_scope(*scope);
             answer!(call)
         }
-        TopicRequest::Unsubscribe(topic) => {
+        RouterRequest::Unsubscribe(topic) => {
             let mut call = session.unsubscribe_request();
             call.get().set_topic(&topic.0);
             answer!(call)
         }
-        TopicRequest::LastSeq(topic) => {
+        RouterRequest::LastSeq(topic) => {
             let mut call = session.last_seq_request();
             call.get().set_topic(&topic.0);
+            answer!(call)
+        }
+        RouterRequest::Serve(protocol) => {
+            let mut call = session.serve_request();
+            call.get().set_protocol(protocol.as_str());
             answer!(call)
         }
     }
@@ -389,7 +394,7 @@ async fn keep_attached(
         let replay = shared.topics.lock().unwrap_or_else(|e| e.into_inner()).replay();
         let mut not_there_yet = Vec::new();
         for request in replay {
-            match topic_request(&current, &request).await {
+            match router_request(&current, &request).await {
                 Ok(_) => {}
                 // Its creator has not attached again yet: subscribe once it has.
                 Err(EngineError::TopicRefused { reason: TopicRefusal::Unknown, .. }) => not_there_yet.push(request),
@@ -423,16 +428,16 @@ async fn keep_attached(
 
 /// Subscribes again to topics that were not on the restarted router yet, as they come back,
 /// for as long as the engine still wants them and this session lasts.
-async fn subscribe_when_there(session: engine_session::Client, shared: Arc<Shared>, mut waiting: Vec<TopicRequest>) {
+async fn subscribe_when_there(session: engine_session::Client, shared: Arc<Shared>, mut waiting: Vec<RouterRequest>) {
     while !waiting.is_empty() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut still = Vec::new();
         for request in waiting {
-            let TopicRequest::Subscribe { topic, .. } = &request else { continue };
+            let RouterRequest::Subscribe { topic, .. } = &request else { continue };
             if !shared.topics.lock().unwrap_or_else(|e| e.into_inner()).subscribed.contains_key(topic) {
                 continue;
             }
-            match topic_request(&session, &request).await {
+            match router_request(&session, &request).await {
                 Ok(_) => tracing::info!(%topic, "subscribed again"),
                 Err(EngineError::TopicRefused { reason: TopicRefusal::Unknown, .. }) => still.push(request),
                 Err(error) => {

@@ -31,7 +31,7 @@ pub use netmachine_schema::{Destination, EngineMessage, Identity, Keypair, Topic
 pub use topics::{Event, Gap, Received};
 
 use connection::{Command, Shared};
-use topics::{Fit, Sequences, TopicRequest};
+use topics::{Fit, Sequences, RouterRequest};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -477,8 +477,8 @@ impl Engine {
         }
     }
 
-    /// Asks the router something of a topic; the topic's last sequence.
-    async fn topic_request(&self, request: TopicRequest) -> Result<u64, EngineError> {
+    /// Asks the router something of a topic (or a service); the topic's last sequence.
+    async fn router_request(&self, request: RouterRequest) -> Result<u64, EngineError> {
         let (done, answer) = oneshot::channel();
         let work = async {
             self.commands.send(Command::Topic { request, done }).await.map_err(|_| EngineError::Closed)?;
@@ -497,16 +497,25 @@ impl Engine {
     /// it deletes it; the engine puts it back if the router restarts.
     pub async fn create_topic(&self, advert: TopicAdvert, scope: Scope, policy: TopicPolicy) -> Result<(), EngineError> {
         let topic = advert.topic;
-        let request = TopicRequest::Create { advert: advert.clone(), scope, policy };
-        let last_seq = self.topic_request(request).await?;
+        let request = RouterRequest::Create { advert: advert.clone(), scope, policy };
+        let last_seq = self.router_request(request).await?;
         self.topic_book().created.insert(topic, (advert, scope, policy));
         self.publishing.lock().await.insert(topic, last_seq + 1);
         Ok(())
     }
 
+    /// Serves `protocol` for the node: messages to this engine's node in that protocol come
+    /// to this engine (through [`Engine::recv`]), until it detaches; served again after the
+    /// engine attaches again. One engine per protocol on a node.
+    pub async fn serve(&self, protocol: &str) -> Result<(), EngineError> {
+        self.router_request(RouterRequest::Serve(protocol.to_string())).await?;
+        self.topic_book().served.insert(protocol.to_string());
+        Ok(())
+    }
+
     /// Deletes a topic this engine created.
     pub async fn delete_topic(&self, topic: Identity) -> Result<(), EngineError> {
-        self.topic_request(TopicRequest::Delete(topic)).await?;
+        self.router_request(RouterRequest::Delete(topic)).await?;
         self.topic_book().created.remove(&topic);
         Ok(())
     }
@@ -514,7 +523,7 @@ impl Engine {
     /// Receives the topic's events from its next one on, through [`Engine::recv_event`] (or as
     /// messages to [`Destination::Topic`] through [`Engine::recv`]).
     pub async fn subscribe(&self, topic: Identity, scope: Scope) -> Result<(), EngineError> {
-        let last_seq = self.topic_request(TopicRequest::Subscribe { topic, scope }).await?;
+        let last_seq = self.router_request(RouterRequest::Subscribe { topic, scope }).await?;
         self.topic_book().subscribed.insert(topic, scope);
         self.sequences.lock().unwrap_or_else(|e| e.into_inner()).0.subscribed(topic, last_seq);
         Ok(())
@@ -525,14 +534,14 @@ impl Engine {
     pub async fn unsubscribe(&self, topic: Identity) -> Result<(), EngineError> {
         self.topic_book().subscribed.remove(&topic);
         self.sequences.lock().unwrap_or_else(|e| e.into_inner()).0.unsubscribed(topic);
-        self.topic_request(TopicRequest::Unsubscribe(topic)).await.map(|_| ())
+        self.router_request(RouterRequest::Unsubscribe(topic)).await.map(|_| ())
     }
 
     /// The next event on `topic` from this engine, its sequence set.
     async fn event(&self, next: &mut HashMap<Identity, u64>, topic: Identity, body: Vec<u8>) -> Result<EngineMessage, EngineError> {
         let seq = match next.get(&topic) {
             Some(seq) => *seq,
-            None => self.topic_request(TopicRequest::LastSeq(topic)).await? + 1,
+            None => self.router_request(RouterRequest::LastSeq(topic)).await? + 1,
         };
         let message = EngineMessage::new(self.identity, Destination::Topic(topic), seq, body);
         self.prepare(message)

@@ -5,11 +5,12 @@
 use netmachine_schema::message_capnp::Scope;
 use netmachine_schema::router_capnp::TopicPolicy;
 use netmachine_schema::{Destination, EngineMessage, Identity, TopicAdvert, SEQ_NOT_KNOWN};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-/// A topic request, as the engine thread sends it.
+/// A topic request (or a service), as the engine thread sends it.
 #[derive(Debug, Clone)]
-pub(crate) enum TopicRequest {
+pub(crate) enum RouterRequest {
+    Serve(String),
     Create { advert: TopicAdvert, scope: Scope, policy: TopicPolicy },
     Delete(Identity),
     Subscribe { topic: Identity, scope: Scope },
@@ -17,20 +18,24 @@ pub(crate) enum TopicRequest {
     LastSeq(Identity),
 }
 
-/// What the engine created and subscribes to: asked of the router again when the engine
+/// What the engine serves, created and subscribes to: asked of the router again when the engine
 /// attaches again (a restarted router holds no topics).
 #[derive(Debug, Default)]
 pub(crate) struct TopicBook {
+    /// The protocols the engine serves for the node.
+    pub served: BTreeSet<String>,
     pub created: BTreeMap<Identity, (TopicAdvert, Scope, TopicPolicy)>,
     pub subscribed: BTreeMap<Identity, Scope>,
 }
 
 impl TopicBook {
-    /// The requests that put the engine's topics back, creations first.
-    pub fn replay(&self) -> Vec<TopicRequest> {
-        let created = self.created.values().map(|(advert, scope, policy)| TopicRequest::Create { advert: advert.clone(), scope: *scope, policy: *policy });
-        let subscribed = self.subscribed.iter().map(|(topic, scope)| TopicRequest::Subscribe { topic: *topic, scope: *scope });
-        created.chain(subscribed).collect()
+    /// The requests that put the engine's services and topics back: services, creations, then
+    /// subscriptions.
+    pub fn replay(&self) -> Vec<RouterRequest> {
+        let served = self.served.iter().map(|protocol| RouterRequest::Serve(protocol.clone()));
+        let created = self.created.values().map(|(advert, scope, policy)| RouterRequest::Create { advert: advert.clone(), scope: *scope, policy: *policy });
+        let subscribed = self.subscribed.iter().map(|(topic, scope)| RouterRequest::Subscribe { topic: *topic, scope: *scope });
+        served.chain(created).chain(subscribed).collect()
     }
 }
 
@@ -163,6 +168,6 @@ mod tests {
         book.subscribed.insert(advert.topic, Scope::Local);
         book.created.insert(advert.topic, (advert, Scope::Any, TopicPolicy::Block));
         let replay = book.replay();
-        assert!(matches!(&replay[..], [TopicRequest::Create { .. }, TopicRequest::Subscribe { .. }]));
+        assert!(matches!(&replay[..], [RouterRequest::Create { .. }, RouterRequest::Subscribe { .. }]));
     }
 }

@@ -319,6 +319,14 @@ impl engine_session::Server for Session {
         Ok(())
     }
 
+    async fn serve(self: Rc<Self>, params: engine_session::ServeParams, mut results: engine_session::ServeResults) -> capnp::Result<()> {
+        let protocol = params.get()?.get_protocol()?.to_str().map_err(|e| capnp::Error::failed(e.to_string()))?.to_string();
+        let outcome = self.state.change(|core, now| core.serve(self.engine, &protocol, now));
+        let outcome = outcome.map(|()| 0).map_err(|refused| TopicRefused { reason: TopicRefusal::Denied, detail: refused.to_string() });
+        write_topic_result(outcome, results.get().init_result());
+        Ok(())
+    }
+
     async fn unsubscribe(self: Rc<Self>, params: engine_session::UnsubscribeParams, mut results: engine_session::UnsubscribeResults) -> capnp::Result<()> {
         let topic = topic_id(params.get()?.get_topic())?;
         let outcome = self.state.change(|core, now| core.unsubscribe(self.engine, topic, now));
