@@ -19,10 +19,16 @@ async fn to_node(sender: &Engine, node: &Node, protocol: &str, body: &[u8]) -> R
     sender.send_message(message).await
 }
 
-#[test]
-fn an_engine_serving_a_protocol_gets_what_other_nodes_send_its_node_in_it() {
+/// Two linked nodes.
+fn linked() -> (Node, Node) {
     let (a, b) = (Node::up(), Node::up());
     link(&a, &b);
+    (a, b)
+}
+
+#[test]
+fn an_engine_serving_a_protocol_gets_what_other_nodes_send_its_node_in_it() {
+    let (a, b) = linked();
     with_rpc(async {
         let service = attach_engine(&a, |_| {}).await;
         let rival = attach_engine(&a, |_| {}).await;
@@ -45,8 +51,7 @@ fn an_engine_serving_a_protocol_gets_what_other_nodes_send_its_node_in_it() {
 
 #[test]
 fn a_service_is_served_again_after_its_router_restarts() {
-    let (a, b) = (Node::up(), Node::up());
-    link(&a, &b);
+    let (a, b) = linked();
     with_rpc(async {
         let service = attach_engine(&a, |_| {}).await;
         let sender = attach_engine(&b, |_| {}).await;
