@@ -11,7 +11,8 @@ use crate::world::{Event, World};
 use netmachine_pubsub::core::{self as pubsub, Config, Input, Output, PubSub};
 use netmachine_router::core::{Input as RouterInput, Ticket};
 use netmachine_schema::message_capnp::Scope;
-use netmachine_schema::router_capnp::TopicPolicy;
+use netmachine_schema::peer::PeerRefusal;
+use netmachine_schema::router_capnp::{TopicPolicy, TopicRefusal};
 use netmachine_schema::{signing, Destination, EngineLocation, EngineMessage, Identity, Keypair, PeerMessage, TopicAdvert, PUBSUB_PROTOCOL};
 use netmachine_transport::core::Millis;
 use std::collections::BTreeMap;
@@ -186,7 +187,13 @@ impl World {
                             let policy = self.router_core(node).topics().find(|t| t.advert.topic == topic).map_or(TopicPolicy::Block, |t| t.policy);
                             Input::SubscribedLocally { topic, policy, last_seq }
                         }
-                        Err(refused) => Input::RefusedLocally { topic, reason: netmachine_schema::peer::PeerRefusal::Denied, detail: refused.detail },
+                        Err(refused) => {
+                            let reason = match refused.reason {
+                                TopicRefusal::Unknown => PeerRefusal::Unknown,
+                                _ => PeerRefusal::Denied,
+                            };
+                            Input::RefusedLocally { topic, reason, detail: refused.detail }
+                        }
                     };
                     self.carry_out_router(node);
                     self.schedule(now, Event::PubSub { node, input });

@@ -34,6 +34,8 @@ pub struct Config {
     pub ack_delay: Millis,
     /// A reader that acknowledges nothing for this long while events wait for it is dropped.
     pub reader_timeout: Millis,
+    /// Subscriber nodes one topic is fed to at most.
+    pub max_readers: usize,
 }
 
 impl Default for Config {
@@ -45,6 +47,7 @@ impl Default for Config {
             retry: 500,
             ack_delay: 5,
             reader_timeout: 30_000,
+            max_readers: 1024,
         }
     }
 }
@@ -116,13 +119,15 @@ pub struct Counters {
     pub subscribes_refused: u64,
     pub publishers_silent: u64,
     pub readers_dropped: u64,
+    /// Subscriber nodes refused because the topic went to `max_readers` already.
+    pub readers_refused: u64,
     pub adverts_refused: u64,
     pub malformed: u64,
 }
 
 impl Counters {
     /// Every counter by name, for status reports.
-    pub fn report(&self) -> [(&'static str, u64); 17] {
+    pub fn report(&self) -> [(&'static str, u64); 18] {
         [
             ("events_forwarded", self.events_forwarded),
             ("events_received", self.events_received),
@@ -139,6 +144,7 @@ impl Counters {
             ("subscribes_refused", self.subscribes_refused),
             ("publishers_silent", self.publishers_silent),
             ("readers_dropped", self.readers_dropped),
+            ("readers_refused", self.readers_refused),
             ("adverts_refused", self.adverts_refused),
             ("malformed", self.malformed),
         ]
@@ -257,7 +263,7 @@ impl PubSub {
             }
             Says::Want(_) | Says::Unwant => counters.malformed += 1,
             Says::Subscribe(from_seq) => match self.publications.get_mut(&topic) {
-                Some(publication) => publication.subscribe(from, from_seq, config, now, out),
+                Some(publication) => publication.subscribe(from, from_seq, config, counters, now, out),
                 None => {
                     self.publications.insert(topic, Publication::asked(topic, from, from_seq, config, out));
                 }
@@ -520,5 +526,27 @@ mod tests {
         // The pending ack reached the new service, which refused it: the refusal resubscribed.
         let counters = pair.b.counters();
         assert_eq!((counters.subscribes_refused, counters.subscribes_sent, counters.events_missing), (1, 2, 5));
+    }
+
+    #[test]
+    fn a_topic_goes_to_max_readers_nodes_and_the_next_is_refused_with_a_reason() {
+        let config = Config { max_readers: 2, ..Config::default() };
+        let mut pair = Pair::new(config);
+        pair.subscribe();
+        let topic = pair.topic();
+        let mut refusals = Vec::new();
+        for _ in 0..2 {
+            let reader = Keypair::generate().identity();
+            pair.a.handle(Input::Peer { from: reader, message: PeerMessage::new(topic, Says::Subscribe(0)) }, pair.now);
+            while let Some(output) = pair.a.poll_output() {
+                if let Output::Send { message: PeerMessage { says: Says::Refused { reason, .. }, .. }, .. } = output {
+                    refusals.push(reason);
+                }
+            }
+        }
+        assert_eq!(refusals, vec![PeerRefusal::Denied], "the second reader fits, the third does not");
+        assert_eq!((pair.a.counters().readers_refused, pair.a.publications().next().unwrap().1.readers.len()), (1, 2));
+        pair.publish(1);
+        assert_eq!(pair.delivered, vec![1], "the readers taken are still fed");
     }
 }

@@ -99,8 +99,19 @@ impl Publication {
         }
     }
 
-    /// Subscribe from `reader` (again, after a restart of either side: it starts over).
-    pub fn subscribe(&mut self, reader: Identity, from: u64, config: &Config, now: Millis, out: &mut VecDeque<Output>) {
+    /// Subscribe from `reader` (again, after a restart of either side: it starts over). A new
+    /// reader past `config.max_readers` is refused.
+    pub fn subscribe(&mut self, reader: Identity, from: u64, config: &Config, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
+        let waiting = match &self.local {
+            Local::Asked(waiting) => waiting.len(),
+            Local::Subscribed => 0,
+        };
+        let known = self.readers.contains_key(&reader) || matches!(&self.local, Local::Asked(w) if w.iter().any(|(r, _)| *r == reader));
+        if !known && self.readers.len() + waiting >= config.max_readers {
+            counters.readers_refused += 1;
+            let detail = format!("topic {} already goes to {} nodes from here (pubsub max_readers)", self.topic, config.max_readers);
+            return self.send(reader, Says::Refused { reason: netmachine_schema::peer::PeerRefusal::Denied, detail }, out);
+        }
         match &mut self.local {
             Local::Asked(waiting) => {
                 waiting.retain(|(r, _)| *r != reader);

@@ -340,7 +340,9 @@ impl Router {
             let detail = format!("topic {topic} has scope local: its events do not leave this node");
             return Err(TopicRefused { reason: TopicRefusal::Denied, detail });
         }
-        match self.topics.subscribe(engine, topic, scope, pubsub.is_some())? {
+        // The service subscribes only to topics here: it never wants one from itself.
+        let remote = pubsub.is_some_and(|service| service != engine);
+        match self.topics.subscribe(engine, topic, scope, remote)? {
             Subscribed::Here(last_seq) => Ok(last_seq),
             Subscribed::Wanted { first } => {
                 if first {
@@ -1285,6 +1287,10 @@ mod tests {
         bench.router.unsubscribe(subscriber.identity(), topic, 4).unwrap();
         assert_eq!(told_pubsub(&bench.outputs(), service.identity()), vec![Says::Unwant]);
 
+        // The service is refused a topic not here, rather than asked to find it elsewhere.
+        let refused = bench.router.subscribe(service.identity(), Keypair::generate().identity(), Scope::Any, 5).map_err(|e| e.reason);
+        assert_eq!(refused, Err(TopicRefusal::Unknown));
+        assert!(told_pubsub(&bench.outputs(), service.identity()).is_empty());
         // The service never carries a local topic off the node.
         let local = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
         bench.router.create_topic(subscriber.identity(), local.clone(), Scope::Local, TopicPolicy::Block).unwrap();
