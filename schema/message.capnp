@@ -66,11 +66,14 @@ struct P2PPayload {
 }
 
 # Which engines are attached to the sending node: all of them (`full`, sent when a connection
-# comes up) or what changed since. Receivers record them as Engine records for routing.
+# comes up) or what changed since. Receivers record them as Engine records for routing, and the
+# adverts of the topics created on the sending node (scope Any) as Topic records, so that a
+# pubsub service finds a topic's advert and, through its publisher's location, its node.
 struct EngineAnnouncement {
   full @0 :Bool;
   attached @1 :List(Id.EngineRecord);  # each signed by its engine
   detached @2 :List(Id.Identity);
+  topics @3 :List(Id.TopicAdvert);     # each signed by its topic key
 }
 
 # A pub/sub event. Receivers detect loss from gaps in `seq`.

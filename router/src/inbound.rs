@@ -50,8 +50,9 @@ impl RouterState {
     }
 
     /// Records another node's engines in the identity store, so lookups route to that node:
-    /// the locations the core accepted, and the removal of those that left it.
-    pub(crate) async fn record_engines(self: Rc<Self>, node: Identity, announcement: Announcement) {
+    /// the locations the core accepted, and the removal of those that left it; and the adverts
+    /// of the topics created there, so the pubsub service finds them.
+    pub(crate) async fn record_announcement(self: Rc<Self>, node: Identity, announcement: Announcement) {
         let Some(store) = self.identity_store.client_within(Duration::from_secs(5)).await else {
             return tracing::warn!(peer = %node, "cannot record announced engines: the identity store is unreachable");
         };
@@ -72,14 +73,19 @@ impl RouterState {
             for location in announcement.attached {
                 let mut record = capnp::message::Builder::new_default();
                 location.write(record.init_root::<identity_record::Builder>().init_engine());
-                let mut request = store.update_request();
-                request.get().set_id(&location.engine.0);
-                request.get().set_record(record.get_root_as_reader::<identity_record::Reader>()?)?;
-                let answer = request.send().promise.await?;
-                if let update_result::Refused(refused) = answer.get()?.get_result()?.which()? {
+                if let Some(refused) = update(&store, location.engine, &record).await? {
                     // A later location may have been stored meanwhile (the engine moved again).
-                    let detail = refused.get_detail()?.to_string().unwrap_or_default();
-                    tracing::info!(peer = %node, engine = %location.engine, reason = ?refused.get_reason(), %detail, "the identity store kept its record of an announced engine");
+                    tracing::info!(peer = %node, engine = %location.engine, %refused, "the identity store kept its record of an announced engine");
+                }
+            }
+            for advert in announcement.topics {
+                let mut record = capnp::message::Builder::new_default();
+                let mut topic = record.init_root::<identity_record::Builder>().init_topic();
+                topic.set_id(&advert.topic.0);
+                advert.write(topic.init_advert());
+                if let Some(refused) = update(&store, advert.topic, &record).await? {
+                    // An advert of the topic created later is kept.
+                    tracing::info!(peer = %node, topic = %advert.topic, %refused, "the identity store kept its record of an announced topic");
                 }
             }
             Ok(())
@@ -88,6 +94,18 @@ impl RouterState {
         if let Err(error) = outcome {
             tracing::warn!(peer = %node, %error, "could not record announced engines");
         }
+    }
+}
+
+/// Stores `record` under `id`: the store's refusal (reason and detail), if it kept what it had.
+async fn update(store: &identity_store::Client, id: Identity, record: &capnp::message::Builder<capnp::message::HeapAllocator>) -> capnp::Result<Option<String>> {
+    let mut request = store.update_request();
+    request.get().set_id(&id.0);
+    request.get().set_record(record.get_root_as_reader::<identity_record::Reader>()?)?;
+    let answer = request.send().promise.await?;
+    match answer.get()?.get_result()?.which()? {
+        update_result::Refused(refused) => Ok(Some(format!("{:?}: {}", refused.get_reason(), refused.get_detail()?.to_string().unwrap_or_default()))),
+        _ => Ok(None),
     }
 }
 

@@ -287,7 +287,7 @@ impl engine_session::Server for Session {
         let params = params.get()?;
         let (scope, policy) = (params.get_scope()?, params.get_policy()?);
         let outcome = match TopicAdvert::read(params.get_advert()?) {
-            Ok(advert) => self.state.change(|core, _| core.create_topic(self.engine, advert, scope, policy)),
+            Ok(advert) => self.state.change(|core, now| core.create_topic(self.engine, advert, scope, policy, now)),
             Err(error) => Err(TopicRefused { reason: TopicRefusal::BadAdvert, detail: error.to_string() }),
         };
         if let Err(refused) = &outcome {

@@ -177,7 +177,7 @@ impl RouterState {
                 }
                 Output::Record { node, announcement } => {
                     let span = tracing::info_span!("peer", node = %node.short());
-                    tokio::task::spawn_local(self.clone().record_engines(node, announcement).instrument(span));
+                    tokio::task::spawn_local(self.clone().record_announcement(node, announcement).instrument(span));
                 }
             }
         }

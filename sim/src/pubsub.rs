@@ -4,8 +4,8 @@
 //! signed engine messages through the router (and transport), mirrors and local subscriptions
 //! are topic requests, and events are handed to the router, acknowledged when it took them.
 //! The shell can lose a share of the pubsub messages it sends (`PubSubWorld::loss`), a loss
-//! the core must repair. Topic adverts are found in one book every node reads (standing for
-//! the identity stores).
+//! the core must repair. A topic is located as the real service does: its advert, which the
+//! routers announce to connected nodes, and its publisher's location, from the node's store.
 
 use crate::world::{Event, World};
 use netmachine_pubsub::core::{self as pubsub, Config, Input, Output, PubSub};
@@ -35,8 +35,6 @@ pub struct PubSubWorld {
     /// The share of pubsub messages the shells lose on sending.
     pub loss: f64,
     pub lost: u64,
-    /// Every topic's advert, and the node its publisher is on.
-    adverts: BTreeMap<Identity, (TopicAdvert, Identity)>,
     /// Per engine, the seq of each event it received, in order.
     pub received: BTreeMap<Identity, Vec<u64>>,
     /// Events a publisher engine had refused.
@@ -89,9 +87,9 @@ impl World {
     pub fn create_topic(&mut self, node: usize, publisher: &Keypair, policy: TopicPolicy) -> Identity {
         let advert = TopicAdvert::sign(&Keypair::from_seed(self.rng.bytes32()), publisher.identity(), vec![], self.now);
         let topic = advert.topic;
-        self.router_core(node).create_topic(publisher.identity(), advert.clone(), Scope::Any, policy).expect("the topic is created");
-        let node_id = self.nodes[node].key;
-        self.topics.adverts.insert(topic, (advert, node_id));
+        let now = self.now;
+        self.router_core(node).create_topic(publisher.identity(), advert.clone(), Scope::Any, policy, now).expect("the topic is created");
+        self.carry_out_router(node);
         topic
     }
 
@@ -176,7 +174,7 @@ impl World {
                     self.router_input(node, RouterInput::Send { ticket, sender: engine, message: sent, wait: true });
                 }
                 Output::Locate(topic) => {
-                    if let Some((advert, publisher_node)) = self.topics.adverts.get(&topic).cloned() {
+                    if let Some((advert, publisher_node)) = self.locate_topic(node, topic) {
                         self.schedule(now + 1, Event::PubSub { node, input: Input::Located { advert, node: publisher_node } });
                     }
                 }
@@ -203,7 +201,8 @@ impl World {
                     self.carry_out_router(node);
                 }
                 Output::Mirror(advert) => {
-                    self.router_core(node).create_topic(engine, advert, Scope::Any, TopicPolicy::Block).expect("the mirror is created");
+                    self.router_core(node).create_topic(engine, advert, Scope::Any, TopicPolicy::Block, now).expect("the mirror is created");
+                    self.carry_out_router(node);
                 }
                 Output::Unmirror(topic) => {
                     let _ = self.router_core(node).delete_topic(engine, topic, now);

@@ -7,7 +7,7 @@
 
 use crate::world::{Event, World};
 use netmachine_router::core::{frame, Announcement, HandOver, Input, Known, Limits, Output, Outgoing, Router, Ticket};
-use netmachine_schema::{signing, Destination, EngineLocation, EngineMessage, Identity, Keypair};
+use netmachine_schema::{signing, Destination, EngineLocation, EngineMessage, Identity, Keypair, TopicAdvert};
 use netmachine_service::config::Config;
 use netmachine_transport::core::Millis;
 use std::collections::BTreeMap;
@@ -35,6 +35,8 @@ pub struct NodeRouter {
     core: Router,
     /// The node's identity store: every node, and the engine locations recorded.
     store: BTreeMap<Identity, Known>,
+    /// The identity store's topic records: adverts other nodes announced.
+    adverts: BTreeMap<Identity, TopicAdvert>,
     engines: BTreeMap<Identity, (Keypair, u64)>,
     next_ticket: u64,
     next_generation: u64,
@@ -50,13 +52,24 @@ impl World {
         for node in 0..n {
             let store = nodes.iter().map(|id| (*id, Known::Node { trust: 128 })).collect();
             let core = Router::new(world.nodes[node].keypair.clone(), limits.clone());
-            world.nodes[node].router = Some(NodeRouter { core, store, engines: BTreeMap::new(), next_ticket: 0, next_generation: 0, timer_at: None });
+            world.nodes[node].router = Some(NodeRouter { core, store, adverts: BTreeMap::new(), engines: BTreeMap::new(), next_ticket: 0, next_generation: 0, timer_at: None });
             for _ in 0..engines {
                 let key = Keypair::from_seed(world.rng.bytes32());
                 world.attach(node, key);
             }
         }
         world
+    }
+
+    /// Where `node`'s identity store says the publisher of `topic` is: its advert, as another node
+    /// announced it, and the node its publisher is attached to.
+    pub(crate) fn locate_topic(&mut self, node: usize, topic: Identity) -> Option<(TopicAdvert, Identity)> {
+        let router = self.router(node);
+        let advert = router.adverts.get(&topic)?.clone();
+        match router.store.get(&advert.publisher)? {
+            Known::Engine { node, .. } => Some((advert, *node)),
+            _ => None,
+        }
     }
 
     fn router(&mut self, node: usize) -> &mut NodeRouter {
@@ -137,7 +150,7 @@ impl World {
         let keypair = self.nodes[thief].keypair.clone();
         let at = self.now + 60_000;
         let location = EngineLocation { engine: victim, node: keypair.identity(), at, sig: keypair.sign(&signing::engine_location(&victim, &keypair.identity(), at)) };
-        let batch = vec![Outgoing::Engines(Announcement { full: false, attached: vec![location], detached: vec![] })];
+        let batch = vec![Outgoing::Engines(Announcement { attached: vec![location], ..Announcement::default() })];
         for node in (0..self.len()).filter(|n| *n != thief) {
             let sealed = frame::seal(&keypair, self.nodes[node].key, &batch);
             self.send_bytes(thief, node, Some(Rc::new(sealed.bytes)));
@@ -235,6 +248,9 @@ impl World {
                     }
                     for engine in announcement.detached {
                         store.remove(&engine);
+                    }
+                    for advert in announcement.topics {
+                        self.router(node).adverts.insert(advert.topic, advert);
                     }
                 }
             }

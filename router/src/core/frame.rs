@@ -7,7 +7,7 @@ use super::drops::DropReason;
 use super::outbox::{Announcement, Outgoing};
 use super::signatures;
 use netmachine_schema::message_capnp::{p2_p_batch, p2_p_frame, p2_p_payload};
-use netmachine_schema::{signing, EngineLocation, EngineMessage, Identity, Keypair};
+use netmachine_schema::{signing, EngineLocation, EngineMessage, Identity, Keypair, TopicAdvert};
 
 /// A frame ready for transport, with what it carries for accounting.
 pub struct Sealed {
@@ -37,9 +37,13 @@ pub fn seal(key: &Keypair, dst: Identity, batch: &[Outgoing]) -> Sealed {
                 for (j, location) in a.attached.iter().enumerate() {
                     location.write(attached.reborrow().get(j as u32));
                 }
-                let mut detached = engines.init_detached(a.detached.len() as u32);
+                let mut detached = engines.reborrow().init_detached(a.detached.len() as u32);
                 for (j, id) in a.detached.iter().enumerate() {
                     detached.set(j as u32, &id.0);
+                }
+                let mut topics = engines.init_topics(a.topics.len() as u32);
+                for (j, advert) in a.topics.iter().enumerate() {
+                    advert.write(topics.reborrow().get(j as u32));
                 }
             }
         }
@@ -124,6 +128,7 @@ pub fn open(node: Identity, src: Identity, bytes: &[u8], word_limit: usize) -> R
 fn read_announcement(engines: netmachine_schema::message_capnp::engine_announcement::Reader<'_>) -> Result<Announcement, String> {
     let attached = engines.get_attached().map_err(|e| e.to_string())?;
     let detached = engines.get_detached().map_err(|e| e.to_string())?;
+    let topics = engines.get_topics().map_err(|e| e.to_string())?;
     Ok(Announcement {
         full: engines.get_full(),
         attached: attached.iter().map(|r| EngineLocation::read(r).map_err(|e| e.to_string())).collect::<Result<_, _>>()?,
@@ -131,6 +136,7 @@ fn read_announcement(engines: netmachine_schema::message_capnp::engine_announcem
             .iter()
             .map(|id| id.map_err(|e| e.to_string()).and_then(|id| Identity::from_slice("engine", id).map_err(|e| e.to_string())))
             .collect::<Result<_, _>>()?,
+        topics: topics.iter().map(|r| TopicAdvert::read(r).map_err(|e| e.to_string())).collect::<Result<_, _>>()?,
     })
 }
 
@@ -164,11 +170,14 @@ mod tests {
         let (a, b, engine) = (Keypair::generate(), Keypair::generate(), Keypair::generate());
         let location = EngineLocation::sign(&engine, a.identity(), 5);
         let message = EngineMessage::new(engine.identity(), Destination::Node(b.identity()), 1, b"hi".to_vec());
-        let batch = vec![Outgoing::Engines(Announcement { full: true, attached: vec![location.clone()], detached: vec![] }), Outgoing::Message(message.clone())];
+        let advert = TopicAdvert::sign(&Keypair::generate(), engine.identity(), vec!["news".into()], 5);
+        let announcement = Announcement { full: true, attached: vec![location.clone()], detached: vec![], topics: vec![advert.clone()] };
+        let batch = vec![Outgoing::Engines(announcement), Outgoing::Message(message.clone())];
         let sealed = seal(&a, b.identity(), &batch);
         assert_eq!(sealed.messages, 1);
         let opened = open(b.identity(), a.identity(), &sealed.bytes, 1 << 20).unwrap();
         assert_eq!((opened.messages, opened.announcements[0].attached.clone()), (vec![message], vec![location]));
+        assert_eq!(opened.announcements[0].topics, vec![advert]);
         let impostor = Keypair::generate().identity();
         let refusal = open(b.identity(), impostor, &sealed.bytes, 1 << 20).unwrap_err();
         assert_eq!((refusal.reason, refusal.disconnect), (DropReason::BadSignature, true));

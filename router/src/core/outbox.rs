@@ -1,17 +1,19 @@
 //! What waits to go to one other node: engine messages and announcements of this node's
-//! engines, in order. A batch is cut from the front when the previous one has been handed to
+//! engines and topics, in order. A batch is cut from the front when the previous one has been handed to
 //! transport, so batches grow with load and latency stays low when idle.
 
-use netmachine_schema::{EngineLocation, EngineMessage, Identity};
+use netmachine_schema::{EngineLocation, EngineMessage, Identity, TopicAdvert};
 use std::collections::VecDeque;
 
 /// Which engines are attached to a node, as it tells other nodes: all of them (`full`) or what
-/// changed. Each attached engine comes with the location it signed.
+/// changed. Each attached engine comes with the location it signed; each topic created there
+/// for other nodes too (scope Any) with the advert its topic key signed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Announcement {
     pub full: bool,
     pub attached: Vec<EngineLocation>,
     pub detached: Vec<Identity>,
+    pub topics: Vec<TopicAdvert>,
 }
 
 /// An item of a batch to another node.
@@ -30,7 +32,7 @@ impl Outgoing {
     fn size(&self) -> usize {
         match self {
             Outgoing::Message(m) => m.body.len() + m.protocol.len() + 256,
-            Outgoing::Engines(a) => a.attached.len() * 160 + a.detached.len() * 40 + 64,
+            Outgoing::Engines(a) => a.attached.len() * 160 + a.detached.len() * 40 + a.topics.len() * 200 + 64,
         }
     }
 }
@@ -56,7 +58,7 @@ impl Outbox {
     }
 
     /// Queues an announcement, unless one already waits: then what waits becomes
-    /// `whole()` (every engine attached now, `full`), where the first one was, so that at most
+    /// `whole()` (every engine attached and topic created now, `full`), where the first one was, so that at most
     /// one announcement waits, however fast engines come and go.
     pub fn announce(&mut self, announcement: Announcement, whole: impl FnOnce() -> Announcement) {
         let is_announcement = |item: &Outgoing| matches!(item, Outgoing::Engines(_));
@@ -145,7 +147,7 @@ mod tests {
     fn at_most_one_announcement_waits_however_often_engines_come_and_go() {
         let mut outbox = Outbox::default();
         let engine = Keypair::generate().identity();
-        let whole = || Announcement { full: true, attached: vec![], detached: vec![engine] };
+        let whole = || Announcement { full: true, detached: vec![engine], ..Announcement::default() };
         outbox.announce(Announcement { detached: vec![engine], ..Announcement::default() }, whole);
         outbox.push(message(10, None));
         // A batch transport could not take comes back with its announcement, behind which

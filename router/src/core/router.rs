@@ -242,7 +242,7 @@ impl Router {
         location.verify()?;
         let credit = self.limits.engine_queue;
         self.table.attach(engine, Attached { generation, public, location: location.clone(), credit });
-        self.announce_to_all(Announcement { full: false, attached: vec![location], detached: vec![] }, now);
+        self.announce_to_all(Announcement { attached: vec![location], ..Announcement::default() }, now);
         self.retry(engine, now, None);
         Ok(())
     }
@@ -261,7 +261,7 @@ impl Router {
                 self.no_longer_wanted(topic, now);
             }
         }
-        self.announce_to_all(Announcement { full: false, attached: vec![], detached: vec![engine] }, now);
+        self.announce_to_all(Announcement { detached: vec![engine], ..Announcement::default() }, now);
         true
     }
 
@@ -313,8 +313,12 @@ impl Router {
     }
 
     /// TopicCreate from the attached engine `creator`.
-    pub fn create_topic(&mut self, creator: Identity, advert: TopicAdvert, scope: Scope, policy: TopicPolicy) -> Result<u64, TopicRefused> {
-        self.topics.create(creator, advert, scope, policy).map(|()| 0)
+    pub fn create_topic(&mut self, creator: Identity, advert: TopicAdvert, scope: Scope, policy: TopicPolicy, now: Millis) -> Result<u64, TopicRefused> {
+        self.topics.create(creator, advert.clone(), scope, policy)?;
+        if scope == Scope::Any {
+            self.announce_to_all(Announcement { topics: vec![advert], ..Announcement::default() }, now);
+        }
+        Ok(0)
     }
 
     /// TopicDelete: what waits to be published on the topic is refused. A mirror deleted under
@@ -479,8 +483,8 @@ impl Router {
             }
             Input::Connected(node) => {
                 self.connected.insert(node);
-                let attached = self.table.attachments().map(|a| a.location.clone()).collect();
-                self.enqueue_announcement(node, Announcement { full: true, attached, detached: vec![] }, now);
+                let whole = whole_announcement(&self.table, &self.topics);
+                self.enqueue_announcement(node, whole, now);
             }
             Input::Disconnected(node) => {
                 self.connected.remove(&node);
@@ -769,8 +773,13 @@ impl Router {
         for engine in learned.iter().map(|l| l.engine).collect::<Vec<_>>() {
             self.retry(engine, now, None);
         }
-        let recorded = Announcement { full: announcement.full, attached: learned, detached: announcement.detached };
-        if recorded.full || !recorded.attached.is_empty() || !recorded.detached.is_empty() {
+        let (topics, forged): (Vec<_>, Vec<_>) = announcement.topics.into_iter().partition(|advert| advert.verify().is_ok());
+        if !forged.is_empty() {
+            self.announcements_refused += forged.len() as u64;
+            tracing::warn!(peer = %src, topics = forged.len(), "refused announced topic adverts not signed by their topic key");
+        }
+        let recorded = Announcement { full: announcement.full, attached: learned, detached: announcement.detached, topics };
+        if recorded.full || !recorded.attached.is_empty() || !recorded.detached.is_empty() || !recorded.topics.is_empty() {
             self.outputs.push_back(Output::Record { node: src, announcement: recorded });
         }
     }
@@ -782,9 +791,8 @@ impl Router {
     }
 
     fn enqueue_announcement(&mut self, node: Identity, announcement: Announcement, now: Millis) {
-        let table = &self.table;
-        let whole = || Announcement { full: true, attached: table.attachments().map(|a| a.location.clone()).collect(), detached: vec![] };
-        self.outboxes.entry(node).or_default().announce(announcement, whole);
+        let (table, topics) = (&self.table, &self.topics);
+        self.outboxes.entry(node).or_default().announce(announcement, || whole_announcement(table, topics));
         self.transmit(node, now);
     }
 
@@ -879,6 +887,13 @@ pub fn check_envelope(sender: Identity, src: Identity, body: usize, expiry: Opti
         return Err(Refused::expired("the message expired before it was routed"));
     }
     Ok(())
+}
+
+/// Every engine attached here and every topic here that other nodes may subscribe to.
+fn whole_announcement(table: &RoutingTable<Attached>, topics: &Topics) -> Announcement {
+    let attached = table.attachments().map(|a| a.location.clone()).collect();
+    let topics = topics.iter().filter(|t| t.scope == Scope::Any).map(|t| t.advert.clone()).collect();
+    Announcement { full: true, attached, detached: vec![], topics }
 }
 
 #[cfg(test)]
@@ -1031,7 +1046,7 @@ mod tests {
     }
 
     fn announced(location: EngineLocation) -> Vec<Announcement> {
-        vec![Announcement { full: false, attached: vec![location], detached: vec![] }]
+        vec![Announcement { attached: vec![location], ..Announcement::default() }]
     }
 
     #[test]
@@ -1064,6 +1079,35 @@ mod tests {
         bench.outputs();
         bench.send(&sender, engine.identity(), 4);
         assert!(bench.outputs().iter().any(|o| matches!(o, Output::Transmit { node, .. } if *node == c)));
+    }
+
+    #[test]
+    fn topics_for_other_nodes_are_announced_and_only_adverts_their_topic_key_signed_are_recorded() {
+        let mut bench = Bench::new();
+        let creator = bench.attach(false);
+        let (peer, late) = (Keypair::generate().identity(), Keypair::generate().identity());
+        bench.router.handle(Input::Connected(peer), 0);
+        bench.router.handle(Input::HandedOver { node: peer, outcome: HandOver::Queued { messages: 0 } }, 0);
+        bench.outputs();
+        let shared = TopicAdvert::sign(&Keypair::generate(), creator.identity(), vec![], 1);
+        let local = TopicAdvert::sign(&Keypair::generate(), creator.identity(), vec![], 1);
+        bench.router.create_topic(creator.identity(), shared.clone(), Scope::Any, TopicPolicy::Block, 1).unwrap();
+        bench.router.create_topic(creator.identity(), local, Scope::Local, TopicPolicy::Block, 1).unwrap();
+        let announced_topics = |out: &[Output]| -> Vec<TopicAdvert> {
+            let batches = out.iter().filter_map(|o| match o { Output::Transmit { batch, .. } => Some(batch), _ => None });
+            batches.flatten().filter_map(|item| match item { Outgoing::Engines(a) => Some(a.topics.clone()), _ => None }).flatten().collect()
+        };
+        assert_eq!(announced_topics(&bench.outputs()), vec![shared.clone()], "scope Local stays on the node");
+        bench.router.handle(Input::Connected(late), 2);
+        assert_eq!(announced_topics(&bench.outputs()), vec![shared.clone()], "a node that connects later learns it with the engines");
+        // Another node's announcement: the advert its topic key signed is recorded, a forged one refused.
+        let mut forged = TopicAdvert::sign(&Keypair::generate(), creator.identity(), vec![], 1);
+        forged.publisher = Keypair::generate().identity();
+        let announcement = Announcement { topics: vec![shared.clone(), forged], ..Announcement::default() };
+        bench.router.handle(Input::Frame { ticket: Ticket(9), src: peer, public: false, frame: frame(vec![announcement], vec![]) }, 3);
+        let out = bench.outputs();
+        assert!(out.iter().any(|o| matches!(o, Output::Record { node, announcement } if *node == peer && announcement.topics == vec![shared.clone()])), "{out:?}");
+        assert_eq!(bench.router.counters().iter().find(|(n, _)| *n == "announcements_refused").map(|c| c.1), Some(1));
     }
 
     #[test]
@@ -1131,7 +1175,7 @@ mod tests {
     fn topic(bench: &mut Bench, creator: &Keypair, publisher: &Keypair, policy: TopicPolicy) -> Identity {
         let advert = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
         let topic = advert.topic;
-        bench.router.create_topic(creator.identity(), advert, Scope::Any, policy).unwrap();
+        bench.router.create_topic(creator.identity(), advert, Scope::Any, policy, 0).unwrap();
         topic
     }
 
@@ -1266,7 +1310,7 @@ mod tests {
         assert_eq!(bench.router.subscribe(subscriber.identity(), topic, Scope::Any, 0), Ok(SEQ_NOT_KNOWN));
         assert_eq!(told_pubsub(&bench.outputs(), service.identity()), vec![Says::Want(0)]);
         // The service mirrors it; the events it hands over keep their publisher as source.
-        bench.router.create_topic(service.identity(), advert.clone(), Scope::Any, TopicPolicy::Block).unwrap();
+        bench.router.create_topic(service.identity(), advert.clone(), Scope::Any, TopicPolicy::Block, 0).unwrap();
         let mut event = EngineMessage::new(publisher.identity(), Destination::Topic(topic), 41, b"e".to_vec());
         event.sig = Some(publisher.sign(&signing::engine_message(&event)));
         bench.router.handle(Input::Send { ticket: Ticket(51), sender: service.identity(), message: event.clone(), wait: true }, 1);
@@ -1293,7 +1337,7 @@ mod tests {
         assert!(told_pubsub(&bench.outputs(), service.identity()).is_empty());
         // The service never carries a local topic off the node.
         let local = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
-        bench.router.create_topic(subscriber.identity(), local.clone(), Scope::Local, TopicPolicy::Block).unwrap();
+        bench.router.create_topic(subscriber.identity(), local.clone(), Scope::Local, TopicPolicy::Block, 0).unwrap();
         let refused = bench.router.subscribe(service.identity(), local.topic, Scope::Any, 5).map_err(|e| e.reason);
         assert_eq!(refused, Err(TopicRefusal::Denied));
     }
