@@ -1,30 +1,13 @@
-# The pub/sub service's interface: the inter-node side of topics (SPEC.md "PubSub").
+# The pub/sub service: the inter-node side of topics (SPEC.md "PubSub").
 @0xa1f887884cd15fdc;
 
 using Id = import "identity.capnp";
 using Msg = import "message.capnp";
 using Svc = import "service.capnp";
 
-struct PubSubNotice {
-  topic @0 :Id.Identity;
-  union {
-    subscribed @1 :Void;
-    unsubscribed @2 :Void;
-    advertReceived @3 :Id.TopicAdvert;
-  }
-}
-
-interface PubSubEvents {
-  notice @0 (notice :PubSubNotice) -> ();
-}
-
-interface PubSub extends(Svc.Service) {
-  subscribe @0 (topic :Id.Identity, scope :Msg.Scope) -> ();
-  unsubscribe @1 (topic :Id.Identity) -> ();
-  advertise @2 (advert :Id.TopicAdvert) -> ();
-  publish @3 (event :Msg.Event) -> ();
-  events @4 (sink :PubSubEvents) -> (subscription :Svc.Subscription);
-}
+# Engines make topic requests of their router; the pubsub service is an engine itself, and
+# carries topics between nodes in PeerMessages. Its own interface is its status.
+interface PubSub extends(Svc.Service) {}
 
 # What one node's pubsub service says to another's, and what a router tells its own pubsub
 # service: the body of an EngineMessage with protocol "netmachine/pubsub/1". The event id is

@@ -39,6 +39,7 @@ struct TopicResult {
   union {
     done :group {
       lastSeq @0 :UInt64;    # the sequence of the topic's last event (0: none yet)
+      policy @3 :TopicPolicy; # subscribe to a topic here: what its events do when a subscriber has no room
     }
     refused :group {
       reason @1 :TopicRefusal;

@@ -3,7 +3,7 @@
 //! router's deliveries, which either answer a waiting request or go to the engine's inbox.
 
 use crate::fast_path::EngineRing;
-use crate::topics::{TopicBook, RouterRequest};
+use crate::topics::{RouterRequest, TopicAnswer, TopicBook};
 use crate::ring::records::Refusal;
 use crate::{EngineError, EngineOptions};
 use netmachine_schema::router_capnp::{engine_session, inbox, router, SendRefusal, TopicRefusal};
@@ -29,7 +29,7 @@ pub(crate) enum Command {
     /// A send that must not wait for room at its destination.
     TrySend { message: EngineMessage, done: oneshot::Sender<Result<(), EngineError>> },
     /// A topic request; answered with the topic's last sequence.
-    Topic { request: RouterRequest, done: oneshot::Sender<Result<u64, EngineError>> },
+    Topic { request: RouterRequest, done: oneshot::Sender<Result<TopicAnswer, EngineError>> },
     Detach { done: oneshot::Sender<()> },
 }
 
@@ -249,17 +249,17 @@ fn call(session: &engine_session::Client, command: Command) {
     }
 }
 
-/// Sends one topic request; the answer is the topic's last sequence.
-fn router_request(session: &engine_session::Client, request: &RouterRequest) -> impl std::future::Future<Output = Result<u64, EngineError>> + 'static {
+/// Sends one topic request; the answer is where the topic's sequence stands, and its policy.
+fn router_request(session: &engine_session::Client, request: &RouterRequest) -> impl std::future::Future<Output = Result<TopicAnswer, EngineError>> + 'static {
     use netmachine_schema::router_capnp::topic_result;
     macro_rules! answer {
         ($request:expr) => {{
             let promise = $request.send().promise;
-            let answer: std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, EngineError>>>> = Box::pin(async move {
+            let answer: std::pin::Pin<Box<dyn std::future::Future<Output = Result<TopicAnswer, EngineError>>>> = Box::pin(async move {
                 let answer = promise.await?;
                 let result = answer.get()?.get_result()?;
                 match result.which()? {
-                    topic_result::Done(done) => Ok(done.get_last_seq()),
+                    topic_result::Done(done) => Ok(TopicAnswer { last_seq: done.get_last_seq(), policy: done.get_policy()? }),
                     topic_result::Refused(refused) => Err(EngineError::TopicRefused {
                         reason: refused.get_reason()?,
                         detail: refused.get_detail()?.to_string().unwrap_or_default(),

@@ -28,7 +28,7 @@ pub use ring::wait::WaitMode;
 pub use netmachine_schema::message_capnp::Scope;
 pub use netmachine_schema::router_capnp::{SendRefusal, TopicPolicy, TopicRefusal};
 pub use netmachine_schema::{Destination, EngineMessage, Identity, Keypair, TopicAdvert};
-pub use topics::{Event, Gap, Received};
+pub use topics::{Event, Gap, Received, TopicAnswer};
 
 use connection::{Command, Shared};
 use topics::{Fit, Sequences, RouterRequest};
@@ -93,6 +93,8 @@ pub struct Engine {
     identity: Identity,
     /// Set when messages are signed.
     signer: Option<Keypair>,
+    /// Signs events of topics that may leave the node, whether or not messages are signed.
+    key: Keypair,
     node: Identity,
     max_message_bytes: usize,
     send_timeout: Duration,
@@ -173,6 +175,7 @@ impl Engine {
         Ok(Engine {
             identity,
             signer: options.sign_messages.then(|| options.keypair.clone()),
+            key: options.keypair.clone(),
             node: limits.node,
             max_message_bytes: limits.max_message_bytes,
             send_timeout: options.send_timeout,
@@ -478,7 +481,7 @@ impl Engine {
     }
 
     /// Asks the router something of a topic (or a service); the topic's last sequence.
-    async fn router_request(&self, request: RouterRequest) -> Result<u64, EngineError> {
+    async fn router_request(&self, request: RouterRequest) -> Result<TopicAnswer, EngineError> {
         let (done, answer) = oneshot::channel();
         let work = async {
             self.commands.send(Command::Topic { request, done }).await.map_err(|_| EngineError::Closed)?;
@@ -498,7 +501,7 @@ impl Engine {
     pub async fn create_topic(&self, advert: TopicAdvert, scope: Scope, policy: TopicPolicy) -> Result<(), EngineError> {
         let topic = advert.topic;
         let request = RouterRequest::Create { advert: advert.clone(), scope, policy };
-        let last_seq = self.router_request(request).await?;
+        let last_seq = self.router_request(request).await?.last_seq;
         self.topic_book().created.insert(topic, (advert, scope, policy));
         self.publishing.lock().await.insert(topic, last_seq + 1);
         Ok(())
@@ -521,12 +524,13 @@ impl Engine {
     }
 
     /// Receives the topic's events from its next one on, through [`Engine::recv_event`] (or as
-    /// messages to [`Destination::Topic`] through [`Engine::recv`]).
-    pub async fn subscribe(&self, topic: Identity, scope: Scope) -> Result<(), EngineError> {
-        let last_seq = self.router_request(RouterRequest::Subscribe { topic, scope }).await?;
+    /// messages to [`Destination::Topic`] through [`Engine::recv`]). The answer says where the
+    /// topic's sequence stood (`SEQ_NOT_KNOWN` for a topic on another node) and its policy.
+    pub async fn subscribe(&self, topic: Identity, scope: Scope) -> Result<TopicAnswer, EngineError> {
+        let answer = self.router_request(RouterRequest::Subscribe { topic, scope }).await?;
         self.topic_book().subscribed.insert(topic, scope);
-        self.sequences.lock().unwrap_or_else(|e| e.into_inner()).0.subscribed(topic, last_seq);
-        Ok(())
+        self.sequences.lock().unwrap_or_else(|e| e.into_inner()).0.subscribed(topic, answer.last_seq);
+        Ok(answer)
     }
 
     /// Stops the topic's events; a later `subscribe` starts from the topic's last event then,
@@ -541,10 +545,16 @@ impl Engine {
     async fn event(&self, next: &mut HashMap<Identity, u64>, topic: Identity, body: Vec<u8>) -> Result<EngineMessage, EngineError> {
         let seq = match next.get(&topic) {
             Some(seq) => *seq,
-            None => self.router_request(RouterRequest::LastSeq(topic)).await? + 1,
+            None => self.router_request(RouterRequest::LastSeq(topic)).await?.last_seq + 1,
         };
-        let message = EngineMessage::new(self.identity, Destination::Topic(topic), seq, body);
-        self.prepare(message)
+        let mut message = self.prepare(EngineMessage::new(self.identity, Destination::Topic(topic), seq, body))?;
+        // Other nodes' pubsub services take only events their publisher signed; an event of a
+        // topic this engine created with scope Local never leaves the node, and goes unsigned.
+        let local = self.topic_book().created.get(&topic).is_some_and(|(_, scope, _)| *scope == Scope::Local);
+        if message.sig.is_none() && !local {
+            message.sig = Some(self.key.sign(&netmachine_schema::signing::engine_message(&message)));
+        }
+        Ok(message)
     }
 
     /// Publishes `body` on `topic`, whose advert names this engine; its sequence once the router

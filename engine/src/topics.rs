@@ -18,6 +18,14 @@ pub(crate) enum RouterRequest {
     LastSeq(Identity),
 }
 
+/// The router's answer to a topic request: the sequence of the topic's last event, and (for a
+/// subscription to a topic on this node) what its events do when a subscriber has no room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicAnswer {
+    pub last_seq: u64,
+    pub policy: TopicPolicy,
+}
+
 /// What the engine serves, created and subscribes to: asked of the router again when the engine
 /// attaches again (a restarted router holds no topics).
 #[derive(Debug, Default)]

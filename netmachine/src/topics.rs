@@ -117,7 +117,9 @@ pub fn subscribe(root: &Path, set: &[String], key: &Path, topic: &str, local: bo
         let engine = attach(root, set, key, true).await?;
         match engine.subscribe(topic, scope(local)).await {
             Err(EngineError::TopicRefused { detail, .. }) => bail!("subscribe refused: {detail}"),
-            other => other?,
+            other => {
+                other?;
+            }
         }
         eprintln!("subscribed to {topic} as {}", engine.identity());
         loop {

@@ -53,6 +53,7 @@ impl RouterState {
     /// the locations the core accepted, and the removal of those that left it; and the adverts
     /// of the topics created there, so the pubsub service finds them.
     pub(crate) async fn record_announcement(self: Rc<Self>, node: Identity, announcement: Announcement) {
+        let _in_order = self.records_in_order.lock().await;
         let Some(store) = self.identity_store.client_within(Duration::from_secs(5)).await else {
             return tracing::warn!(peer = %node, "cannot record announced engines: the identity store is unreachable");
         };

@@ -6,7 +6,7 @@ use tracing::Instrument;
 use crate::attachment::Sink;
 use crate::core::{Challenge, Refused, TopicRefused};
 use crate::shell::RouterState;
-use netmachine_schema::router_capnp::{attachment, engine_session, router, topic_result, TopicRefusal};
+use netmachine_schema::router_capnp::{attachment, engine_session, router, topic_result, TopicPolicy, TopicRefusal};
 use netmachine_schema::service_capnp::service;
 use netmachine_schema::{EngineLocation, EngineMessage, Identity, MessageError, TopicAdvert};
 use netmachine_service::home::ServiceKind;
@@ -308,7 +308,11 @@ impl engine_session::Server for Session {
         let params = params.get()?;
         let (topic, scope) = (topic_id(params.get_topic())?, params.get_scope()?);
         let outcome = self.state.change(|core, now| core.subscribe(self.engine, topic, scope, now));
+        let policy = self.state.core().topics().find(|t| t.advert.topic == topic).map_or(TopicPolicy::Block, |t| t.policy);
         write_topic_result(outcome, results.get().init_result());
+        if let Ok(topic_result::Done(mut done)) = results.get().get_result()?.which() {
+            done.set_policy(policy);
+        }
         Ok(())
     }
 

@@ -50,6 +50,9 @@ pub struct RouterState {
     pub(crate) transport: Link<transport::Client>,
     pub(crate) transport_events: RefCell<Option<subscription::Client>>,
     pub(crate) arrival_orders: RefCell<HashMap<Identity, Rc<tokio::sync::Mutex<()>>>>,
+    /// Announcements are recorded in the identity store one after another, in the order they
+    /// came: an engine that left and came back is stored, not deleted by the older news.
+    pub(crate) records_in_order: tokio::sync::Mutex<()>,
     generations: Cell<u64>,
     pub(crate) attach_refused: Cell<u64>,
     /// The shared-memory rings; `None` when turned off (`router.ring_bytes = 0`) or unavailable.
@@ -100,6 +103,7 @@ impl RouterState {
             ),
             transport_events: RefCell::new(None),
             arrival_orders: RefCell::new(HashMap::new()),
+            records_in_order: tokio::sync::Mutex::new(()),
             generations: Cell::new(0),
             attach_refused: Cell::new(0),
             rings,

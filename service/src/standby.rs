@@ -1,4 +1,4 @@
-//! A service whose behaviour a later version brings (pubsub and storage today): it
+//! A service whose behaviour a later version brings (storage today): it
 //! runs, keeps its links to the services it will need, answers status with a note saying what
 //! it does not do yet, and answers every other method with Cap'n Proto's `unimplemented`.
 
@@ -6,7 +6,6 @@ use crate::home::{NodeHome, ServiceKind};
 use crate::link::Link;
 use crate::rpc::ConnectionStats;
 use crate::status::StatusReport;
-use netmachine_schema::pubsub_capnp::pub_sub;
 use netmachine_schema::service_capnp::service;
 use netmachine_schema::storage_capnp::storage;
 use std::rc::Rc;
@@ -48,5 +47,4 @@ impl service::Server for Standby {
     }
 }
 
-impl pub_sub::Server for Standby {}
 impl storage::Server for Standby {}

@@ -34,7 +34,8 @@ pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bo
     }
 }
 
-/// A temporary node home, removed on drop.
+/// A temporary node home, removed on drop (kept, with its log, when `NM_TEST_KEEP` is
+/// set, to read after a failure).
 pub struct TempHome(pub PathBuf);
 
 impl TempHome {
@@ -56,6 +57,9 @@ impl Default for TempHome {
 
 impl Drop for TempHome {
     fn drop(&mut self) {
+        if std::env::var_os("NM_TEST_KEEP").is_some() {
+            return eprintln!("kept {} and its log", self.0.display());
+        }
         let _ = std::fs::remove_dir_all(&self.0);
         let _ = std::fs::remove_file(self.0.with_extension("log"));
     }

@@ -113,6 +113,8 @@ pub struct Counters {
     pub events_missing: u64,
     pub events_not_accepted: u64,
     pub resends_asked: u64,
+    /// Repairs that got nowhere for a while: the subscriber node subscribed again.
+    pub repairs_stuck: u64,
     pub resends_served: u64,
     pub heartbeats_sent: u64,
     pub subscribes_sent: u64,
@@ -127,7 +129,7 @@ pub struct Counters {
 
 impl Counters {
     /// Every counter by name, for status reports.
-    pub fn report(&self) -> [(&'static str, u64); 18] {
+    pub fn report(&self) -> [(&'static str, u64); 19] {
         [
             ("events_forwarded", self.events_forwarded),
             ("events_received", self.events_received),
@@ -138,6 +140,7 @@ impl Counters {
             ("events_missing", self.events_missing),
             ("events_not_accepted", self.events_not_accepted),
             ("resends_asked", self.resends_asked),
+            ("repairs_stuck", self.repairs_stuck),
             ("resends_served", self.resends_served),
             ("heartbeats_sent", self.heartbeats_sent),
             ("subscribes_sent", self.subscribes_sent),
@@ -170,6 +173,10 @@ impl PubSub {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -489,6 +496,30 @@ mod tests {
         pair.lose = Box::new(|_| false);
         pair.run_until(pair.now + 2 * config.heartbeat);
         assert_eq!(pair.delivered, (1..=53).collect::<Vec<_>>(), "the heartbeat shows the lost tail");
+    }
+
+    #[test]
+    fn a_repair_the_publisher_never_answers_while_events_still_come_subscribes_again() {
+        let config = Config::default();
+        let mut pair = Pair::new(config);
+        pair.subscribe();
+        // Event 5 is lost once and so is every resend asked; later events keep the publisher heard.
+        let mut lost_once = false;
+        pair.lose = Box::new(move |says| match says {
+            Says::Event(e) if e.id == 5 && !lost_once => {
+                lost_once = true;
+                true
+            }
+            says => matches!(says, Says::Resend { .. }),
+        });
+        pair.publish(5);
+        for _ in 0..10 {
+            pair.publish(1);
+            pair.run_until(pair.now + config.heartbeat / 2);
+        }
+        assert_eq!(pair.delivered, (1..=15).collect::<Vec<_>>(), "subscribed again from the hole, every event arrives once");
+        let counters = pair.b.counters();
+        assert!(counters.repairs_stuck >= 1 && counters.publishers_silent == 0, "{counters:?}");
     }
 
     #[test]

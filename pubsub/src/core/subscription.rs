@@ -42,6 +42,9 @@ pub struct Subscription {
     early_bytes: usize,
     /// The resends asked and not yet answered: first seq, to last seq and when asked.
     resends: BTreeMap<u64, (u64, Millis)>,
+    /// Since when resends have been outstanding: a repair that gets nowhere (the publisher's
+    /// node cannot answer, though events still come) subscribes again from the next expected.
+    repairing_since: Option<Millis>,
     /// When the publisher was last heard from.
     last_heard: Millis,
     /// Whether the router holds the topic for this node's engines yet.
@@ -64,6 +67,7 @@ impl Subscription {
             early: BTreeMap::new(),
             early_bytes: 0,
             resends: BTreeMap::new(),
+            repairing_since: None,
             last_heard: now,
             mirrored: from != 0,
         }
@@ -97,6 +101,7 @@ impl Subscription {
         self.stage = Stage::Subscribed { node, peer };
         self.last_heard = now;
         self.resends.clear();
+        self.repairing_since = None;
         if self.next == 0 {
             self.next = last_seq + 1;
             self.accepted = last_seq;
@@ -222,6 +227,7 @@ impl Subscription {
             return;
         }
         self.resends.insert(from, (to, now));
+        self.repairing_since.get_or_insert(now);
         counters.resends_asked += 1;
         out.push_back(Output::Send { to: Destination::Engine(peer), message: PeerMessage::new(self.topic, Says::Resend { from, to }) });
     }
@@ -276,10 +282,19 @@ impl Subscription {
                 counters.publishers_silent += 1;
                 self.subscribe_at(node, counters, now, out);
             }
+            Stage::Subscribed { node, .. } if self.repairing_since.is_some_and(|since| now >= since + config.silence()) && self.next_missing() => {
+                counters.repairs_stuck += 1;
+                self.repairing_since = None;
+                self.resends.clear();
+                self.subscribe_at(node, counters, now, out);
+            }
             Stage::Subscribed { .. } => {
                 // Resends answered (or overtaken) go; unanswered ones are asked again.
                 let next = self.next;
                 self.resends.retain(|_, (to, _)| *to >= next);
+                if self.resends.is_empty() {
+                    self.repairing_since = None;
+                }
                 let late: Vec<(u64, u64)> = self.resends.iter().filter(|(_, (_, at))| now >= at + config.retry).map(|(from, (to, _))| (*from, *to)).collect();
                 for (from, to) in late {
                     self.resends.remove(&from);
@@ -292,13 +307,19 @@ impl Subscription {
         }
     }
 
+    /// Whether an asked-for event is still missing (not answered, nor overtaken).
+    fn next_missing(&self) -> bool {
+        self.resends.values().any(|(to, _)| *to >= self.next)
+    }
+
     /// When `tick` next has something to do.
     pub fn next_tick(&self, config: &Config) -> Millis {
         let stage = match self.stage {
             Stage::Locating { since } | Stage::Subscribing { since, .. } => since + config.retry,
             Stage::Subscribed { .. } => {
                 let resend = self.resends.values().map(|(_, at)| at + config.retry).min().unwrap_or(Millis::MAX);
-                resend.min(self.last_heard + config.silence())
+                let stuck = self.repairing_since.map_or(Millis::MAX, |since| since + config.silence());
+                resend.min(stuck).min(self.last_heard + config.silence())
             }
         };
         self.ack_due.map_or(stage, |at| at.min(stage))

@@ -1,0 +1,47 @@
+//! Finding a topic on other nodes: its advert, which routers record in the identity store when a
+//! connected node announces it, and the node its publisher is attached to, from the publisher's
+//! signed location in the same store.
+
+use netmachine_schema::identity_capnp::identity_record;
+use netmachine_schema::identity_store_capnp::identity_store;
+use netmachine_schema::{EngineLocation, Identity, TopicAdvert};
+
+/// The topic's advert (checked against the topic key) and its publisher's node; `None` while the
+/// store does not know both.
+pub async fn locate(store: &identity_store::Client, topic: Identity) -> Result<Option<(TopicAdvert, Identity)>, String> {
+    let Some(advert) = lookup(store, topic, |record| match record {
+        identity_record::Topic(topic) => {
+            let advert = topic.and_then(|t| t.get_advert()).map_err(|e| e.to_string())?;
+            TopicAdvert::read(advert).map(Some).map_err(|e| e.to_string())
+        }
+        _ => Ok(None),
+    })
+    .await?
+    else {
+        return Ok(None);
+    };
+    advert.verify().map_err(|e| format!("the stored advert of topic {topic}: {e}"))?;
+    let node = lookup(store, advert.publisher, |record| match record {
+        identity_record::Engine(engine) => {
+            let engine = engine.map_err(|e| e.to_string())?;
+            EngineLocation::read(engine).map(|location| Some(location.node)).map_err(|e| e.to_string())
+        }
+        _ => Ok(None),
+    })
+    .await?;
+    Ok(node.map(|node| (advert, node)))
+}
+
+/// The store's record of `id`, read by `read` if it is of the kind it wants.
+async fn lookup<T>(store: &identity_store::Client, id: Identity, read: impl FnOnce(identity_record::WhichReader<'_>) -> Result<Option<T>, String>) -> Result<Option<T>, String> {
+    let fail = |e: capnp::Error| format!("identity store lookup of {id}: {e}");
+    let mut request = store.lookup_request();
+    request.get().set_id(&id.0);
+    let answer = request.send().promise.await.map_err(fail)?;
+    let answer = answer.get().map_err(fail)?;
+    if !answer.get_found() {
+        return Ok(None);
+    }
+    let record = answer.get_record().map_err(fail)?.which().map_err(|e| format!("identity store record of {id}: {e}"))?;
+    read(record).map_err(|e| format!("identity store record of {id}: {e}"))
+}

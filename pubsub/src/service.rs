@@ -1,0 +1,268 @@
+//! The pubsub service's shell: it attaches to its node's router as two engines and runs the
+//! pubsub core (`core`) on what they receive.
+//!
+//! - The *topics* engine serves the pubsub protocol for the node. It is the router's "pubsub
+//!   engine": it gets Want and Unwant from the router and first contact (Subscribe) from other
+//!   nodes. It subscribes to this node's topics that other nodes read, and it creates the mirrors
+//!   of other nodes' topics and hands their events to the router.
+//! - The *peers* engine sends every message to other nodes' services, so that their answers
+//!   (acknowledgements, resends, events) come back to it.
+//!
+//! The topics engine's inbox is read only while the core has room: under policy Block a reader
+//! node whose window is full stops the events of this node's topics at the router, so the
+//! publisher waits, while acknowledgements keep arriving through the peers engine. Work for the
+//! topics engine (local subscriptions, mirrors, events handed over) runs in order in one task;
+//! peer messages go out in order in another. Both queues hold only what the core asked for,
+//! which its windows bound.
+
+use crate::core::{self, Config, Input, Output, PubSub};
+use crate::locate;
+use netmachine_engine::{Engine, EngineError, EngineOptions, Scope, TopicPolicy, TopicRefusal};
+use netmachine_schema::identity_store_capnp::identity_store;
+use netmachine_schema::peer::PeerRefusal;
+use netmachine_schema::{Destination, EngineMessage, Identity, Keypair, PeerMessage, TopicAdvert, PUBSUB_PROTOCOL};
+use netmachine_service::home::{NodeHome, ServiceKind};
+use netmachine_service::link::Link;
+use netmachine_service::Backoff;
+use std::cell::{Cell, RefCell};
+use std::path::Path;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify};
+
+/// What the shell counted beside the core.
+#[derive(Debug, Default)]
+pub struct ShellCounters {
+    /// Messages to the service that were neither topic events nor readable pubsub messages.
+    pub messages_unreadable: Cell<u64>,
+    /// Peer messages the router would not take (the destination unknown or gone, say).
+    pub sends_refused: Cell<u64>,
+    /// Locates the identity store could not answer.
+    pub locates_failed: Cell<u64>,
+}
+
+/// The running service, as its status report sees it.
+pub struct Shared {
+    pub core: RefCell<PubSub>,
+    pub counters: ShellCounters,
+    /// The engines, once attached: (topics, peers).
+    pub engines: RefCell<Option<(Identity, Identity)>>,
+    pub store: Link<identity_store::Client>,
+    pub stop: Notify,
+}
+
+/// Work the topics engine does, in order.
+enum TopicsWork {
+    Subscribe(Identity),
+    Unsubscribe(Identity),
+    Mirror(TopicAdvert),
+    Unmirror(Identity),
+    Deliver(EngineMessage),
+}
+
+/// Starts the service: attaches its engines (retrying until the router takes them) and runs the
+/// core until `shared.stop` is notified. Must run inside a `LocalSet`.
+pub fn start(home: &NodeHome, config: Config) -> Result<Rc<Shared>, Box<dyn std::error::Error>> {
+    let node = home.node_identity()?.ok_or("the node has no key yet: start the router first")?;
+    let keys = home.data_dir().join("pubsub");
+    std::fs::create_dir_all(&keys).map_err(|e| format!("{}: {e}", keys.display()))?;
+    let topics_key = engine_key(&keys.join("topics.key"))?;
+    let peers_key = engine_key(&keys.join("peers.key"))?;
+    let store = Link::start(ServiceKind::IdentityStore, home.socket(ServiceKind::IdentityStore), home.config.rpc_word_limit(), |_| async { Ok(()) });
+    let shared = Rc::new(Shared {
+        core: RefCell::new(PubSub::new(node, config)),
+        counters: ShellCounters::default(),
+        engines: RefCell::new(None),
+        store,
+        stop: Notify::new(),
+    });
+    let socket = home.socket(ServiceKind::Router);
+    tokio::task::spawn_local(run(shared.clone(), socket, topics_key, peers_key));
+    Ok(shared)
+}
+
+/// The engine key kept at `path`, made the first time: the same identities after a restart, so
+/// the router gives back the mirrors the service created.
+fn engine_key(path: &Path) -> Result<Keypair, Box<dyn std::error::Error>> {
+    if !path.exists() {
+        Keypair::generate().write_new_file(path)?;
+    }
+    Ok(Keypair::read_file(path)?)
+}
+
+/// Attaches with `options`, retrying while the router is not there or still holds the engine of
+/// a service that died.
+async fn attach(options: EngineOptions) -> Engine {
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    loop {
+        match Engine::attach(options.clone()).await {
+            Ok(engine) => return engine,
+            Err(error) => tracing::info!(%error, "cannot attach to the router yet"),
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+async fn run(shared: Rc<Shared>, socket: std::path::PathBuf, topics_key: Keypair, peers_key: Keypair) {
+    let options = |key: Keypair, sign_messages: bool| EngineOptions { sign_messages, ring: false, ..EngineOptions::new(&socket, key) };
+    // The topics engine hands events over as their publisher signed them: it signs nothing.
+    let topics = Rc::new(attach(options(topics_key, false)).await);
+    let peers = Rc::new(attach(options(peers_key, true)).await);
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    while let Err(error) = topics.serve(PUBSUB_PROTOCOL).await {
+        // The engine of a service that died may still serve it until its router notices.
+        tracing::info!(%error, "cannot serve the pubsub protocol yet");
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+    *shared.engines.borrow_mut() = Some((topics.identity(), peers.identity()));
+    tracing::info!(topics = %topics.identity(), peers = %peers.identity(), "serving topics across nodes");
+
+    let started = Instant::now();
+    let now = move || started.elapsed().as_millis() as u64;
+    let (inputs, mut answers) = mpsc::unbounded_channel::<Input>();
+    let (topics_work, work) = mpsc::unbounded_channel::<TopicsWork>();
+    let (peer_sends, sends) = mpsc::unbounded_channel::<EngineMessage>();
+    tokio::task::spawn_local(do_topics_work(topics.clone(), work, inputs.clone()));
+    tokio::task::spawn_local(send_to_peers(shared.clone(), peers.clone(), sends));
+    let max_body = peers.max_message_bytes().max(topics.max_message_bytes()) + 4096;
+    loop {
+        let wake = shared.core.borrow().poll_timeout().map(|at| started + Duration::from_millis(at));
+        let has_room = shared.core.borrow().has_room();
+        let input = tokio::select! {
+            _ = shared.stop.notified() => break,
+            Some(input) = answers.recv() => Some(input),
+            Some(message) = peers.recv() => received(&shared, message, max_body),
+            Some(message) = topics.recv(), if has_room => received(&shared, message, max_body),
+            _ = sleep_until(wake) => Some(Input::Timer),
+        };
+        let Some(input) = input else { continue };
+        shared.core.borrow_mut().handle(input, now());
+        loop {
+            let output = shared.core.borrow_mut().poll_output();
+            let Some(output) = output else { break };
+            match output {
+                Output::Send { to, message } => {
+                    let mut sent = peers.message(to, message.encode());
+                    sent.protocol = PUBSUB_PROTOCOL.into();
+                    let _ = peer_sends.send(sent);
+                }
+                Output::Locate(topic) => {
+                    tokio::task::spawn_local(find(shared.clone(), topic, inputs.clone()));
+                }
+                Output::SubscribeLocal(topic) => drop(topics_work.send(TopicsWork::Subscribe(topic))),
+                Output::UnsubscribeLocal(topic) => drop(topics_work.send(TopicsWork::Unsubscribe(topic))),
+                Output::Mirror(advert) => drop(topics_work.send(TopicsWork::Mirror(advert))),
+                Output::Unmirror(topic) => drop(topics_work.send(TopicsWork::Unmirror(topic))),
+                Output::Deliver(message) => drop(topics_work.send(TopicsWork::Deliver(message))),
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a message to one of the service's engines is for the core: an event of a topic here, or
+/// a pubsub message (from another node's service, or Want and Unwant from the router).
+fn received(shared: &Shared, message: EngineMessage, max_body: usize) -> Option<Input> {
+    if let Destination::Topic(_) = message.dst {
+        return Some(Input::Published(message));
+    }
+    let decoded = (message.protocol == PUBSUB_PROTOCOL).then(|| PeerMessage::decode(&message.body, max_body));
+    match decoded {
+        Some(Ok(peer)) => Some(Input::Peer { from: message.src, message: peer }),
+        Some(Err(error)) => {
+            shared.counters.messages_unreadable.set(shared.counters.messages_unreadable.get() + 1);
+            tracing::debug!(from = %message.src, %error, "dropped an unreadable pubsub message");
+            None
+        }
+        None => {
+            shared.counters.messages_unreadable.set(shared.counters.messages_unreadable.get() + 1);
+            tracing::debug!(from = %message.src, protocol = %message.protocol, "dropped a message in another protocol");
+            None
+        }
+    }
+}
+
+/// Looks the topic up in the identity store; the core asks again later if it is not there yet.
+async fn find(shared: Rc<Shared>, topic: Identity, inputs: mpsc::UnboundedSender<Input>) {
+    let Some(store) = shared.store.client_within(Duration::from_secs(1)).await else {
+        return shared.counters.locates_failed.set(shared.counters.locates_failed.get() + 1);
+    };
+    match locate::locate(&store, topic).await {
+        Ok(Some((advert, node))) => drop(inputs.send(Input::Located { advert, node })),
+        Ok(None) => tracing::debug!(%topic, "topic not known here yet"),
+        Err(error) => {
+            shared.counters.locates_failed.set(shared.counters.locates_failed.get() + 1);
+            tracing::warn!(%topic, %error, "cannot locate topic");
+        }
+    }
+}
+
+/// Sends the core's messages to other nodes' services, in order.
+async fn send_to_peers(shared: Rc<Shared>, peers: Rc<Engine>, mut sends: mpsc::UnboundedReceiver<EngineMessage>) {
+    while let Some(message) = sends.recv().await {
+        let dst = message.dst;
+        if let Err(error) = peers.send_message(message).await {
+            // The core repairs what does not arrive: a lost message is asked for again.
+            shared.counters.sends_refused.set(shared.counters.sends_refused.get() + 1);
+            tracing::debug!(?dst, %error, "a pubsub message was not sent");
+        }
+    }
+}
+
+/// The topics engine's work, in order; answers go back to the core.
+async fn do_topics_work(topics: Rc<Engine>, mut work: mpsc::UnboundedReceiver<TopicsWork>, inputs: mpsc::UnboundedSender<Input>) {
+    while let Some(item) = work.recv().await {
+        let answer = match item {
+            TopicsWork::Subscribe(topic) => Some(match topics.subscribe(topic, Scope::Any).await {
+                Ok(answer) => Input::SubscribedLocally { topic, policy: answer.policy, last_seq: answer.last_seq },
+                Err(error) => {
+                    let (reason, detail) = match error {
+                        EngineError::TopicRefused { reason: TopicRefusal::Unknown, detail } => (PeerRefusal::Unknown, detail),
+                        EngineError::TopicRefused { detail, .. } => (PeerRefusal::Denied, detail),
+                        other => (PeerRefusal::Unknown, other.to_string()),
+                    };
+                    Input::RefusedLocally { topic, reason, detail }
+                }
+            }),
+            TopicsWork::Unsubscribe(topic) => {
+                if let Err(error) = topics.unsubscribe(topic).await {
+                    tracing::debug!(%topic, %error, "unsubscribe refused");
+                }
+                None
+            }
+            TopicsWork::Mirror(advert) => {
+                let topic = advert.topic;
+                if let Err(error) = topics.create_topic(advert, Scope::Any, TopicPolicy::Block).await {
+                    tracing::warn!(%topic, %error, "cannot mirror topic");
+                }
+                None
+            }
+            TopicsWork::Unmirror(topic) => {
+                if let Err(error) = topics.delete_topic(topic).await {
+                    tracing::debug!(%topic, %error, "cannot delete mirror");
+                }
+                None
+            }
+            TopicsWork::Deliver(message) => {
+                let Destination::Topic(topic) = message.dst else { continue };
+                let (seq, size) = (message.id, core::history::event_size(&message));
+                Some(match topics.send_message(message).await {
+                    Ok(()) => Input::Accepted { topic, seq, size },
+                    Err(error) => {
+                        tracing::debug!(%topic, seq, %error, "the router did not take an event");
+                        Input::NotAccepted { topic, seq }
+                    }
+                })
+            }
+        };
+        if let Some(answer) = answer {
+            let _ = inputs.send(answer);
+        }
+    }
+}

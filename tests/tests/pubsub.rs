@@ -1,0 +1,143 @@
+//! Topics across nodes, between real processes: three nodes, a publisher on A with a subscriber
+//! beside it and on B and C. The pubsub service of a subscriber node is killed (kill -9) while
+//! events flow, and nothing is lost; the publisher node's is killed too, and every event is
+//! either received, in order and once, or reported as a gap (its history went with it). A
+//! topic's events reach another node only as their publisher signed them.
+
+use netmachine_engine::{Engine, Received, Scope, TopicAdvert, TopicPolicy};
+use netmachine_schema::{Identity, Keypair};
+use netmachine_service::ServiceKind;
+use netmachine_tests::{attach_engine, link, wait_until, with_rpc, Node};
+use std::cell::Cell;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// What one subscriber took: every event's sequence in the order received, and the gaps.
+#[derive(Debug, Default)]
+struct Taken {
+    seqs: Vec<u64>,
+    gaps: Vec<(u64, u64)>,
+}
+
+impl Taken {
+    /// Every sequence of `first..=last` is either received or inside a reported gap, none twice,
+    /// all in order.
+    fn assert_accounted(&self, who: &str, first: u64, last: u64) {
+        assert!(self.seqs.windows(2).all(|w| w[0] < w[1]), "{who}: events out of order or repeated");
+        let received: BTreeSet<u64> = self.seqs.iter().copied().collect();
+        let missing: Vec<u64> = (first..=last).filter(|s| !received.contains(s) && !self.gaps.iter().any(|(f, t)| f <= s && s <= t)).collect();
+        assert!(missing.is_empty(), "{who}: {} events neither received nor reported, first {:?}", missing.len(), missing.first());
+    }
+}
+
+/// Takes events until the one numbered `last` (known once the publisher is done), each within
+/// the deadline; what it took so far if one does not come.
+async fn take_until(engine: &Engine, last: &Cell<u64>) -> Result<Taken, Taken> {
+    let mut taken = Taken::default();
+    while taken.seqs.last().is_none_or(|s| *s < last.get()) {
+        let Ok(received) = tokio::time::timeout(WAIT, engine.recv_event()).await else { return Err(taken) };
+        match received.expect("the engine is open") {
+            Received::Event(event) => {
+                assert_eq!(event.body, event.seq.to_le_bytes().repeat(8), "the body the publisher sent");
+                taken.seqs.push(event.seq);
+            }
+            Received::Gap(gap) => taken.gaps.push((gap.from, gap.to)),
+            Received::Message(message) => panic!("only events expected, got {message:?}"),
+        }
+    }
+    Ok(taken)
+}
+
+/// Each subscriber's take, or a failure that shows what each took and the services' figures.
+fn all_taken(nodes: [&Node; 3], takes: [Result<Taken, Taken>; 3]) -> [Taken; 3] {
+    if takes.iter().any(Result::is_err) {
+        let brief = |t: &Result<Taken, Taken>| t.as_ref().map_or_else(|t| format!("stalled after {:?} of {} ({} gaps)", t.seqs.last(), t.seqs.len(), t.gaps.len()), |t| format!("done, {} events", t.seqs.len()));
+        let services: Vec<String> = nodes.iter().map(|n| format!("{}\n{}", n.service(ServiceKind::PubSub), n.service(ServiceKind::Router)["counters"])).collect();
+        panic!("an event did not come within {WAIT:?}: {:?}\n{}", takes.iter().map(brief).collect::<Vec<_>>(), services.join("\n"));
+    }
+    takes.map(|t| t.unwrap_or_default())
+}
+
+/// A, B and C; B and C each linked to A.
+fn three_nodes() -> (Node, Node, Node) {
+    let (a, b, c) = (Node::up(), Node::up(), Node::up());
+    link(&a, &b);
+    link(&a, &c);
+    (a, b, c)
+}
+
+/// The publisher's node feeds `readers` other nodes.
+fn wait_readers(node: &Node, readers: u64) {
+    wait_until("the subscriber nodes subscribe at the publisher's node", WAIT, || node.counter(ServiceKind::PubSub, "readers") == readers);
+}
+
+/// Publishes events `from..=to`, each body its sequence repeated.
+async fn publish(publisher: &Engine, topic: Identity, from: u64, to: u64) {
+    for n in from..=to {
+        let seq = publisher.publish(topic, n.to_le_bytes().repeat(8)).await.expect("publish");
+        assert_eq!(seq, n);
+    }
+}
+
+#[test]
+fn subscribers_on_three_nodes_get_every_event_through_kills_of_the_pubsub_services() {
+    let (a, b, c) = three_nodes();
+    with_rpc(async {
+        let publisher = attach_engine(&a, |_| {}).await;
+        let advert = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec!["test".into()], 1);
+        let topic = advert.topic;
+        publisher.create_topic(advert, Scope::Any, TopicPolicy::Block).await.expect("create the topic");
+        let beside = attach_engine(&a, |_| {}).await;
+        let on_b = attach_engine(&b, |_| {}).await;
+        let on_c = attach_engine(&c, |_| {}).await;
+        for subscriber in [&beside, &on_b, &on_c] {
+            subscriber.subscribe(topic, Scope::Any).await.expect("subscribe");
+        }
+        wait_readers(&a, 2);
+
+        // B's pubsub is killed while events flow: it subscribes again from where B's router
+        // stands and the rest comes from the publisher's history.
+        const FIRST: u64 = 3_000;
+        let last = Cell::new(FIRST);
+        let publishing = async {
+            publish(&publisher, topic, 1, 1_000).await;
+            b.kill9(ServiceKind::PubSub);
+            publish(&publisher, topic, 1_001, FIRST).await;
+        };
+        let ((), beside_taken, b_taken, c_taken) = tokio::join!(publishing, take_until(&beside, &last), take_until(&on_b, &last), take_until(&on_c, &last));
+        let [beside_taken, b_taken, c_taken] = all_taken([&a, &b, &c], [beside_taken, b_taken, c_taken]);
+        for (who, taken) in [("beside the publisher", &beside_taken), ("on B", &b_taken), ("on C", &c_taken)] {
+            assert_eq!(taken.seqs, (1..=FIRST).collect::<Vec<_>>(), "{who}: every event, in order, once");
+            assert!(taken.gaps.is_empty(), "{who}: no gap {:?}", taken.gaps);
+        }
+
+        // The publisher node's pubsub is killed: its history goes with it, so what is published
+        // until B and C subscribe at the new one is a gap for them. Every event is received or
+        // reported, and events flow again.
+        last.set(u64::MAX);
+        let publishing = async {
+            publish(&publisher, topic, FIRST + 1, FIRST + 500).await;
+            a.kill9(ServiceKind::PubSub);
+            let (mut published, deadline) = (FIRST + 500, std::time::Instant::now() + WAIT);
+            while a.counter(ServiceKind::PubSub, "readers") < 2 {
+                assert!(std::time::Instant::now() < deadline, "B and C subscribe at the restarted service");
+                publish(&publisher, topic, published + 1, published + 10).await;
+                published += 10;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            publish(&publisher, topic, published + 1, published + 500).await;
+            last.set(published + 500);
+        };
+        let ((), beside_taken, b_taken, c_taken) = tokio::join!(publishing, take_until(&beside, &last), take_until(&on_b, &last), take_until(&on_c, &last));
+        let [beside_taken, b_taken, c_taken] = all_taken([&a, &b, &c], [beside_taken, b_taken, c_taken]);
+        let second = last.get();
+        assert_eq!(beside_taken.seqs, (FIRST + 1..=second).collect::<Vec<_>>(), "beside the publisher nothing depends on pubsub");
+        for (who, taken) in [("on B", &b_taken), ("on C", &c_taken)] {
+            taken.assert_accounted(who, FIRST + 1, second);
+            assert!(taken.seqs.ends_with(&(second - 499..=second).collect::<Vec<_>>()), "{who}: events flow after the restart");
+        }
+        assert_eq!(b.counter(ServiceKind::PubSub, "events_forged") + c.counter(ServiceKind::PubSub, "events_forged"), 0);
+    });
+}
