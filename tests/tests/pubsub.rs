@@ -2,10 +2,13 @@
 //! beside it and on B and C. The pubsub service of a subscriber node is killed (kill -9) while
 //! events flow, and nothing is lost; the publisher node's is killed too, and every event is
 //! either received, in order and once, or reported as a gap (its history went with it). A
-//! topic's events reach another node only as their publisher signed them.
+//! topic's events reach another node only as their publisher signed them, from the node that
+//! feeds it: a forged event, an event from another engine and an unreadable message are dropped
+//! and counted.
 
 use netmachine_engine::{Engine, Received, Scope, TopicAdvert, TopicPolicy};
-use netmachine_schema::{Identity, Keypair};
+use netmachine_engine::Destination;
+use netmachine_schema::{signing, EngineMessage, Identity, Keypair, PeerMessage, Says, PUBSUB_PROTOCOL};
 use netmachine_service::ServiceKind;
 use netmachine_tests::{attach_engine, link, wait_until, with_rpc, Node};
 use std::cell::Cell;
@@ -139,5 +142,48 @@ fn subscribers_on_three_nodes_get_every_event_through_kills_of_the_pubsub_servic
             assert!(taken.seqs.ends_with(&(second - 499..=second).collect::<Vec<_>>()), "{who}: events flow after the restart");
         }
         assert_eq!(b.counter(ServiceKind::PubSub, "events_forged") + c.counter(ServiceKind::PubSub, "events_forged"), 0);
+    });
+}
+
+#[test]
+fn forged_and_unreadable_pubsub_messages_are_dropped_and_counted() {
+    let (a, b) = (Node::up(), Node::up());
+    link(&a, &b);
+    with_rpc(async {
+        let publisher = attach_engine(&a, |_| {}).await;
+        let advert = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
+        let topic = advert.topic;
+        publisher.create_topic(advert, Scope::Any, TopicPolicy::Block).await.expect("create the topic");
+        let subscriber = attach_engine(&b, |_| {}).await;
+        subscriber.subscribe(topic, Scope::Any).await.expect("subscribe");
+        wait_readers(&a, 1);
+        let last = Cell::new(1);
+        let ((), taken) = tokio::join!(publish(&publisher, topic, 1, 1), take_until(&subscriber, &last));
+        assert_eq!(taken.expect("the first event").seqs, vec![1]);
+
+        // An intruder on A sends B's service events of the topic: one signed by itself in the
+        // publisher's name, one genuine-looking but not from the engine that feeds B, and bytes
+        // that are no pubsub message.
+        let intruder = attach_engine(&a, |_| {}).await;
+        let b_node: Identity = b.id().parse().expect("node id");
+        let to_b = |body: Vec<u8>| {
+            let mut message = intruder.message(Destination::Node(b_node), body);
+            message.protocol = PUBSUB_PROTOCOL.into();
+            message
+        };
+        let mut forged = EngineMessage::new(publisher.identity(), Destination::Topic(topic), 2, 2u64.to_le_bytes().repeat(8));
+        forged.sig = Some(Keypair::generate().sign(&signing::engine_message(&forged)));
+        intruder.send_message(to_b(PeerMessage::new(topic, Says::Event(forged)).encode())).await.expect("sent");
+        intruder.send_message(to_b(vec![0xff; 64])).await.expect("sent");
+        wait_until("B's service drops and counts both", WAIT, || {
+            b.counter(ServiceKind::PubSub, "events_unexpected") >= 1 && b.counter(ServiceKind::PubSub, "messages_unreadable") >= 1
+        });
+        assert_eq!(b.counter(ServiceKind::PubSub, "events_received"), 1, "only the genuine event was taken");
+
+        // The genuine event 2 still comes, once, after the ones B's service dropped.
+        last.set(2);
+        let ((), taken) = tokio::join!(publish(&publisher, topic, 2, 2), take_until(&subscriber, &last));
+        let taken = taken.expect("the second event");
+        assert_eq!((taken.seqs, taken.gaps), (vec![2], vec![]));
     });
 }
