@@ -1,7 +1,8 @@
 //! `netmachine up`: runs a whole node. Makes the home if it is missing, starts the five
 //! services as child processes (each in its own process group, told to stop if `up` dies),
 //! restarts one that exits with capped backoff while the others run on, and on Ctrl-C or
-//! SIGTERM stops them all: SIGTERM, then SIGKILL after `supervisor.stop_timeout_ms`.
+//! SIGTERM stops them all, one at a time in reverse start order: SIGTERM, then SIGKILL after
+//! `supervisor.stop_timeout_ms`.
 
 use anyhow::{bail, Context, Result};
 use netmachine_service::{Backoff, NodeHome, ServiceKind};
@@ -61,24 +62,27 @@ fn supervise(home: NodeHome, set: &[String]) -> Result<()> {
         }
     }
     crate::node_client::run_local(async {
-        let (stopping_tx, stopping) = watch::channel(false);
+        // Each service is told to stop on its own, in reverse start order: those that attach to
+        // the router as engines (pubsub) leave before it does.
         let keepers: Vec<_> = ServiceKind::ALL
             .into_iter()
-            .map(|kind| tokio::task::spawn_local(keep_running(kind, bin_dir.clone(), home.clone(), set.to_vec(), stopping.clone())))
+            .map(|kind| {
+                let (stop, stopping) = watch::channel(false);
+                (stop, tokio::task::spawn_local(keep_running(kind, bin_dir.clone(), home.clone(), set.to_vec(), stopping)))
+            })
             .collect();
         eprintln!("netmachine: node {node} starting; home {}", home.root.display());
-        tokio::select! {
-            _ = announce_when_ready(&home) => {}
-            _ = netmachine_service::process::stop_requested() => {
-                let _ = stopping_tx.send(true);
-            }
-        }
-        if !*stopping_tx.borrow() {
+        // Announcing ends only if it gives up waiting; the node runs on until asked to stop.
+        let stop_asked = tokio::select! {
+            _ = announce_when_ready(&home) => false,
+            _ = netmachine_service::process::stop_requested() => true,
+        };
+        if !stop_asked {
             netmachine_service::process::stop_requested().await;
-            let _ = stopping_tx.send(true);
         }
         eprintln!("netmachine: stopping");
-        for keeper in keepers {
+        for (stop, keeper) in keepers.into_iter().rev() {
+            let _ = stop.send(true);
             let _ = keeper.await;
         }
         eprintln!("netmachine: stopped");

@@ -192,6 +192,15 @@ impl Node {
         });
     }
 
+    /// The engines attached to the router other than the node's own services' (pubsub's two).
+    pub fn engines(&self) -> Vec<String> {
+        let status = self.status();
+        let services = status["services"].as_array().cloned().unwrap_or_default();
+        let of_services: Vec<Value> = services.iter().filter(|s| s["name"] != "router").flat_map(|s| s["engines"].as_array().cloned().unwrap_or_default()).collect();
+        let attached = status["engines"].as_array().cloned().unwrap_or_default();
+        attached.into_iter().filter(|e| !of_services.contains(e)).filter_map(|e| e.as_str().map(str::to_string)).collect()
+    }
+
     /// Kills one service with SIGKILL; returns its pid.
     pub fn kill9(&self, kind: ServiceKind) -> u64 {
         let pid = self.pid(kind).unwrap_or_else(|| panic!("{} has no pid", kind.name()));

@@ -95,7 +95,7 @@ fn a_killed_engine_leaves_nothing_in_shared_memory() {
     doomed.kill().unwrap();
     doomed.wait().unwrap();
     wait_until("the router detaches the killed engine and removes its rings", Duration::from_secs(10), || {
-        segments(&node).is_empty() && node.status()["engines"].as_array().is_some_and(|e| e.is_empty())
+        segments(&node).is_empty() && node.engines().is_empty()
     });
 }
 
