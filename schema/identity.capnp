@@ -80,6 +80,7 @@ struct NodeRecord {
 struct TopicRecord {
   id @0 :Identity;
   advert @1 :TopicAdvert;
+  node @2 :Identity;     # the node that announced it, where the topic is held (empty: unknown)
 }
 
 struct DomainRecord {    # v2: domains; stored and listed, not interpreted

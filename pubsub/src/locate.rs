@@ -1,6 +1,6 @@
 //! Finding a topic on other nodes: its advert, which routers record in the identity store when a
-//! connected node announces it, and the node its publisher is attached to, from the publisher's
-//! signed location in the same store.
+//! connected node announces it, with the node that announced it (else the node its publisher is
+//! attached to, from the publisher's signed location in the same store).
 
 use netmachine_schema::identity_capnp::identity_record;
 use netmachine_schema::identity_store_capnp::identity_store;
@@ -9,10 +9,12 @@ use netmachine_schema::{EngineLocation, Identity, TopicAdvert};
 /// The topic's advert (checked against the topic key) and its publisher's node; `None` while the
 /// store does not know both.
 pub async fn locate(store: &identity_store::Client, topic: Identity) -> Result<Option<(TopicAdvert, Identity)>, String> {
-    let Some(advert) = lookup(store, topic, |record| match record {
+    let Some((advert, held_by)) = lookup(store, topic, |record| match record {
         identity_record::Topic(topic) => {
-            let advert = topic.and_then(|t| t.get_advert()).map_err(|e| e.to_string())?;
-            TopicAdvert::read(advert).map(Some).map_err(|e| e.to_string())
+            let topic = topic.map_err(|e| e.to_string())?;
+            let advert = TopicAdvert::read(topic.get_advert().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+            let node = topic.get_node().map_err(|e| e.to_string())?;
+            Ok(Some((advert, Identity::from_slice("topic.node", node).ok())))
         }
         _ => Ok(None),
     })
@@ -21,6 +23,9 @@ pub async fn locate(store: &identity_store::Client, topic: Identity) -> Result<O
         return Ok(None);
     };
     advert.verify().map_err(|e| format!("the stored advert of topic {topic}: {e}"))?;
+    if let Some(node) = held_by {
+        return Ok(Some((advert, node)));
+    }
     let node = lookup(store, advert.publisher, |record| match record {
         identity_record::Engine(engine) => {
             let engine = engine.map_err(|e| e.to_string())?;

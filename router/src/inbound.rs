@@ -83,6 +83,7 @@ impl RouterState {
                 let mut record = capnp::message::Builder::new_default();
                 let mut topic = record.init_root::<identity_record::Builder>().init_topic();
                 topic.set_id(&advert.topic.0);
+                topic.set_node(&node.0);
                 advert.write(topic.init_advert());
                 if let Some(refused) = update(&store, advert.topic, &record).await? {
                     // An advert of the topic created later is kept.

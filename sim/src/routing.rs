@@ -35,8 +35,8 @@ pub struct NodeRouter {
     core: Router,
     /// The node's identity store: every node, and the engine locations recorded.
     store: BTreeMap<Identity, Known>,
-    /// The identity store's topic records: adverts other nodes announced.
-    adverts: BTreeMap<Identity, TopicAdvert>,
+    /// The identity store's topic records: adverts other nodes announced, and which node did.
+    adverts: BTreeMap<Identity, (TopicAdvert, Identity)>,
     engines: BTreeMap<Identity, (Keypair, u64)>,
     next_ticket: u64,
     next_generation: u64,
@@ -61,15 +61,9 @@ impl World {
         world
     }
 
-    /// Where `node`'s identity store says the publisher of `topic` is: its advert, as another node
-    /// announced it, and the node its publisher is attached to.
+    /// Where `node`'s identity store says `topic` is: its advert and the node that announced it.
     pub(crate) fn locate_topic(&mut self, node: usize, topic: Identity) -> Option<(TopicAdvert, Identity)> {
-        let router = self.router(node);
-        let advert = router.adverts.get(&topic)?.clone();
-        match router.store.get(&advert.publisher)? {
-            Known::Engine { node, .. } => Some((advert, *node)),
-            _ => None,
-        }
+        self.router(node).adverts.get(&topic).cloned()
     }
 
     fn router(&mut self, node: usize) -> &mut NodeRouter {
@@ -241,7 +235,7 @@ impl World {
                     let outcome = if taken { HandOver::Queued { messages: sealed.messages } } else { HandOver::Unavailable(batch) };
                     self.router_input(node, Input::HandedOver { node: peer, outcome });
                 }
-                Output::Record { announcement, .. } => {
+                Output::Record { node: from, announcement } => {
                     let store = &mut self.router(node).store;
                     for location in announcement.attached {
                         store.insert(location.engine, Known::Engine { node: location.node, at: location.at });
@@ -250,7 +244,7 @@ impl World {
                         store.remove(&engine);
                     }
                     for advert in announcement.topics {
-                        self.router(node).adverts.insert(advert.topic, advert);
+                        self.router(node).adverts.insert(advert.topic, (advert, from));
                     }
                 }
             }

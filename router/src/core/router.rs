@@ -315,7 +315,8 @@ impl Router {
     /// TopicCreate from the attached engine `creator`.
     pub fn create_topic(&mut self, creator: Identity, advert: TopicAdvert, scope: Scope, policy: TopicPolicy, now: Millis) -> Result<u64, TopicRefused> {
         self.topics.create(creator, advert.clone(), scope, policy)?;
-        if scope == Scope::Any {
+        // A mirror is not announced: other nodes find a topic at the node that holds it.
+        if scope == Scope::Any && Some(creator) != self.pubsub() {
             self.announce_to_all(Announcement { topics: vec![advert], ..Announcement::default() }, now);
         }
         Ok(0)
@@ -483,7 +484,7 @@ impl Router {
             }
             Input::Connected(node) => {
                 self.connected.insert(node);
-                let whole = whole_announcement(&self.table, &self.topics);
+                let whole = whole_announcement(&self.table, &self.topics, self.pubsub());
                 self.enqueue_announcement(node, whole, now);
             }
             Input::Disconnected(node) => {
@@ -791,8 +792,8 @@ impl Router {
     }
 
     fn enqueue_announcement(&mut self, node: Identity, announcement: Announcement, now: Millis) {
-        let (table, topics) = (&self.table, &self.topics);
-        self.outboxes.entry(node).or_default().announce(announcement, || whole_announcement(table, topics));
+        let (table, topics, pubsub) = (&self.table, &self.topics, self.services.engine(PUBSUB_PROTOCOL));
+        self.outboxes.entry(node).or_default().announce(announcement, || whole_announcement(table, topics, pubsub));
         self.transmit(node, now);
     }
 
@@ -889,10 +890,11 @@ pub fn check_envelope(sender: Identity, src: Identity, body: usize, expiry: Opti
     Ok(())
 }
 
-/// Every engine attached here and every topic here that other nodes may subscribe to.
-fn whole_announcement(table: &RoutingTable<Attached>, topics: &Topics) -> Announcement {
+/// Every engine attached here and every topic held here that other nodes may subscribe to (not
+/// the mirrors `pubsub` created).
+fn whole_announcement(table: &RoutingTable<Attached>, topics: &Topics, pubsub: Option<Identity>) -> Announcement {
     let attached = table.attachments().map(|a| a.location.clone()).collect();
-    let topics = topics.iter().filter(|t| t.scope == Scope::Any).map(|t| t.advert.clone()).collect();
+    let topics = topics.iter().filter(|t| t.scope == Scope::Any && Some(t.creator) != pubsub).map(|t| t.advert.clone()).collect();
     Announcement { full: true, attached, detached: vec![], topics }
 }
 
