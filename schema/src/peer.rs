@@ -12,6 +12,10 @@ pub use crate::pubsub_capnp::PeerRefusal;
 /// with this protocol to the engine that serves it (the node's pubsub service).
 pub const PUBSUB_PROTOCOL: &str = "netmachine/pubsub/1";
 
+/// The bytes a PeerMessage takes around the event it carries, at most: an event of a topic that
+/// may leave its node is this much under the node's body limit, so that it fits once carried.
+pub const PEER_EVENT_OVERHEAD: usize = 1024;
+
 /// One message about one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerMessage {
@@ -117,6 +121,18 @@ impl PeerMessage {
 mod tests {
     use super::*;
     use crate::{Destination, Keypair};
+
+    #[test]
+    fn the_largest_event_that_may_leave_its_node_fits_the_limit_once_carried() {
+        let (publisher, topic) = (Keypair::generate(), Keypair::generate().identity());
+        let limit = 1 << 20;
+        let mut event = EngineMessage::new(publisher.identity(), Destination::Topic(topic), u64::MAX - 1, vec![7; limit - PEER_EVENT_OVERHEAD]);
+        event.sig = Some(publisher.sign(b"any"));
+        event.expiry = Some(u64::MAX);
+        event.reply_to = Some(u64::MAX);
+        let carried = PeerMessage::new(topic, Says::Event(event)).encode();
+        assert!(carried.len() <= limit, "{} bytes carried", carried.len());
+    }
 
     #[test]
     fn every_kind_survives_the_wire_and_garbage_is_an_error() {

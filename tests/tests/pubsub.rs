@@ -4,7 +4,7 @@
 //! either received, in order and once, or reported as a gap (its history went with it). A
 //! topic's events reach another node only as their publisher signed them, from the node that
 //! feeds it: a forged event, an event from another engine and an unreadable message are dropped
-//! and counted.
+//! and counted; an event too large to be carried is refused to its publisher.
 
 use netmachine_engine::{Engine, Received, Scope, TopicAdvert, TopicPolicy};
 use netmachine_engine::Destination;
@@ -185,5 +185,15 @@ fn forged_and_unreadable_pubsub_messages_are_dropped_and_counted() {
         let ((), taken) = tokio::join!(publish(&publisher, topic, 2, 2), take_until(&subscriber, &last));
         let taken = taken.expect("the second event");
         assert_eq!((taken.seqs, taken.gaps), (vec![2], vec![]));
+
+        // An event too large to be carried to other nodes is refused to its publisher at once;
+        // its sequence was taken, so the subscriber is told of the gap before the next event.
+        let carried_max = publisher.max_message_bytes() - netmachine_schema::PEER_EVENT_OVERHEAD;
+        let refused = publisher.publish(topic, vec![0; carried_max + 1]).await;
+        assert!(matches!(refused, Err(netmachine_engine::EngineError::Refused { reason: netmachine_engine::SendRefusal::OverLimit, .. })), "{refused:?}");
+        last.set(4);
+        let ((), taken) = tokio::join!(publish(&publisher, topic, 4, 4), take_until(&subscriber, &last));
+        let taken = taken.expect("the event after the refused one");
+        assert_eq!((taken.seqs, taken.gaps), (vec![4], vec![(3, 3)]));
     });
 }

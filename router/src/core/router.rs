@@ -620,7 +620,7 @@ impl Router {
     /// A subscriber with no room holds the event back (policy Block) or misses it (CutSlow: it
     /// sees the gap in the sequence).
     fn publish(&mut self, topic: Identity, waiting: Waiting) -> Placement {
-        let policy = match self.topics.check_event(topic, &waiting.message) {
+        let policy = match self.topics.check_event(topic, &waiting.message, self.limits.max_message_bytes) {
             Ok(found) => found.policy,
             Err(refused) => return Placement::Done(Err(refused)),
         };

@@ -9,7 +9,7 @@
 use super::drops::Refused;
 use netmachine_schema::message_capnp::Scope;
 use netmachine_schema::router_capnp::{TopicPolicy, TopicRefusal};
-use netmachine_schema::{EngineMessage, Identity, TopicAdvert, SEQ_NOT_KNOWN};
+use netmachine_schema::{EngineMessage, Identity, TopicAdvert, PEER_EVENT_OVERHEAD, SEQ_NOT_KNOWN};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A topic on this node.
@@ -207,8 +207,13 @@ impl Topics {
 
     /// Whether `message` may be published on `topic`: the topic is here, the message comes from
     /// the publisher its advert names, and its sequence (the message id) is above the last one.
-    pub fn check_event(&self, topic: Identity, message: &EngineMessage) -> Result<&Topic, Refused> {
+    pub fn check_event(&self, topic: Identity, message: &EngineMessage, max_body: usize) -> Result<&Topic, Refused> {
         let found = self.topics.get(&topic).ok_or_else(|| Refused::no_route(format!("topic {topic} is not on this node")))?;
+        // Carried to other nodes inside a pubsub message, it must leave room for that.
+        let carried_max = max_body.saturating_sub(PEER_EVENT_OVERHEAD);
+        if found.scope == Scope::Any && message.body.len() > carried_max {
+            return Err(Refused::over_limit(message.body.len(), carried_max));
+        }
         if message.src != found.advert.publisher {
             let detail = format!("engine {} is not the publisher of topic {topic}; its advert names {}", message.src, found.advert.publisher);
             return Err(Refused::denied(detail));
@@ -279,14 +284,19 @@ mod tests {
         let (_, advert) = topic(publisher);
         let id = advert.topic;
         topics.create(intruder, advert, Scope::Any, TopicPolicy::Block).unwrap();
-        let refusal = |topics: &Topics, message: EngineMessage| topics.check_event(id, &message).map(|_| ()).map_err(|r| r.refusal);
+        let refusal = |topics: &Topics, message: EngineMessage| topics.check_event(id, &message, 1 << 20).map(|_| ()).map_err(|r| r.refusal);
         assert_eq!(refusal(&topics, event(intruder, id, 1)), Err(SendRefusal::Denied), "the creator is not the publisher");
         assert_eq!(refusal(&topics, event(publisher, id, 1)), Ok(()));
         topics.get_mut(&id).unwrap().last_seq = 5;
         assert_eq!(refusal(&topics, event(publisher, id, 5)), Err(SendRefusal::Malformed), "a replayed sequence");
         assert_eq!(refusal(&topics, event(publisher, id, 6)), Ok(()));
+        let mut large = event(publisher, id, 7);
+        large.body = vec![0; (1 << 20) - PEER_EVENT_OVERHEAD + 1];
+        assert_eq!(refusal(&topics, large.clone()), Err(SendRefusal::OverLimit), "too large to be carried to other nodes");
+        topics.get_mut(&id).unwrap().scope = Scope::Local;
+        assert_eq!(refusal(&topics, large), Ok(()), "a topic that stays on its node takes the node's limit");
         let elsewhere = Keypair::generate().identity();
-        assert_eq!(topics.check_event(elsewhere, &event(publisher, elsewhere, 7)).map(|_| ()).map_err(|r| r.refusal), Err(SendRefusal::NoRoute));
+        assert_eq!(topics.check_event(elsewhere, &event(publisher, elsewhere, 7), 1 << 20).map(|_| ()).map_err(|r| r.refusal), Err(SendRefusal::NoRoute));
     }
 
     #[test]
