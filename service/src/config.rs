@@ -215,7 +215,8 @@ impl Config {
 
     fn validate(&self, file: &Path, overrides: &[Override]) -> Result<(), ConfigError> {
         let checks: [(&str, u64, u64, u64); 17] = [
-            ("limits.max_message_bytes", self.limits.max_message_bytes.into(), 1024, 64 << 20),
+            // At least 4 KiB: an event carried to other nodes needs 1 KiB of it for its wrapping.
+            ("limits.max_message_bytes", self.limits.max_message_bytes.into(), 4096, 64 << 20),
             ("limits.engine_queue", self.limits.engine_queue.into(), 1, 1 << 20),
             ("limits.max_engines", self.limits.max_engines.into(), 1, 1 << 20),
             ("limits.max_connections", self.limits.max_connections.into(), 1, 1 << 16),
@@ -375,7 +376,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "config field `limits.max_message_bytes` (--set x): must be between 1024 and 67108864, got 5"
+            "config field `limits.max_message_bytes` (--set x): must be between 4096 and 67108864, got 5"
         );
     }
 

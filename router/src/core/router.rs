@@ -905,7 +905,7 @@ mod tests {
 
     fn limits() -> Limits {
         Limits {
-            max_message_bytes: 1000,
+            max_message_bytes: 4000,
             engine_queue: 2,
             max_engines: 8,
             send_wait: 5_000,
@@ -1134,7 +1134,7 @@ mod tests {
         let mut forged = EngineMessage::new(receiver.identity(), Destination::Engine(receiver.identity()), 1, vec![]);
         bench.router.handle(Input::Send { ticket: Ticket(1), sender: sender.identity(), message: forged.clone(), wait: true }, 0);
         forged.src = sender.identity();
-        forged.body = vec![0; 1001];
+        forged.body = vec![0; 4001];
         bench.router.handle(Input::Send { ticket: Ticket(2), sender: sender.identity(), message: forged, wait: true }, 0);
         let out = bench.outputs();
         assert_eq!(settled(&out), vec![(Ticket(1), Err(SendRefusal::BadSource)), (Ticket(2), Err(SendRefusal::OverLimit))]);
