@@ -481,7 +481,7 @@ async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<EngineMess
     prove.get().set_signature(&options.keypair.sign(&payload));
     prove.get().set_public(options.public);
     prove.get().set_ring(ring);
-    prove.get().set_inbox(capnp_rpc::new_client(InboxServer { incoming: incoming.clone(), shared: shared.clone() }));
+    prove.get().set_inbox(capnp_rpc::new_client(InboxServer { incoming: incoming.clone(), shared: shared.clone(), in_order: tokio::sync::Mutex::new(()) }));
     // Where this engine is now, signed by it: other nodes route to it here on this proof alone.
     EngineLocation::sign(&options.keypair, node, now_ms()).write(prove.get().init_location());
     let proven = prove.send().promise.await.map_err(|e| EngineError::AttachRefused(e.extra.clone()))?;
@@ -524,14 +524,20 @@ async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<EngineMess
 struct InboxServer {
     incoming: mpsc::Sender<EngineMessage>,
     shared: Arc<Shared>,
+    /// The router keeps several deliveries in flight: while the inbox is full they all wait,
+    /// and each takes its turn whole, in the order they came (the lock is fair), so messages
+    /// reach the engine in the order the router sent them.
+    in_order: tokio::sync::Mutex<()>,
 }
 
 impl inbox::Server for InboxServer {
     async fn deliver(self: Rc<Self>, params: inbox::DeliverParams, _: inbox::DeliverResults) -> capnp::Result<()> {
+        let _turn = self.in_order.lock().await;
         self.take(params.get()?.get_message()?).await
     }
 
     async fn deliver_batch(self: Rc<Self>, params: inbox::DeliverBatchParams, _: inbox::DeliverBatchResults) -> capnp::Result<()> {
+        let _turn = self.in_order.lock().await;
         for message in params.get()?.get_messages()?.iter() {
             self.take(message).await?;
         }

@@ -105,8 +105,11 @@ async fn attach(options: EngineOptions) -> Engine {
 
 async fn run(shared: Rc<Shared>, socket: std::path::PathBuf, topics_key: Keypair, peers_key: Keypair) {
     let options = |key: Keypair, sign_messages: bool| EngineOptions { sign_messages, ring: false, ..EngineOptions::new(&socket, key) };
-    // The topics engine hands events over as their publisher signed them: it signs nothing.
-    let topics = Rc::new(attach(options(topics_key, false)).await);
+    // The topics engine hands events over as their publisher signed them: it signs nothing. It
+    // waits for its router's answer however long that takes (the router refuses an event that
+    // waited `limits.send_wait_ms` for a subscriber's room): a send given up on here could
+    // still be taken there, and asked for again it would then be refused as a replay.
+    let topics = Rc::new(attach(EngineOptions { send_timeout: Duration::from_secs(24 * 3600), ..options(topics_key, false) }).await);
     let peers = Rc::new(attach(options(peers_key, true)).await);
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     while let Err(error) = topics.serve(PUBSUB_PROTOCOL).await {
@@ -142,6 +145,9 @@ async fn run(shared: Rc<Shared>, socket: std::path::PathBuf, topics_key: Keypair
             let Some(output) = output else { break };
             match output {
                 Output::Send { to, message } => {
+                    if !matches!(message.says, netmachine_schema::Says::Event(_)) {
+                        tracing::debug!(?to, topic = %message.topic, says = ?message.says, "to a peer");
+                    }
                     let mut sent = peers.message(to, message.encode());
                     sent.protocol = PUBSUB_PROTOCOL.into();
                     let _ = peer_sends.send(sent);
@@ -174,7 +180,12 @@ fn received(shared: &Shared, message: EngineMessage, max_body: usize) -> Option<
     }
     let decoded = (message.protocol == PUBSUB_PROTOCOL).then(|| PeerMessage::decode(&message.body, max_body));
     match decoded {
-        Some(Ok(peer)) => Some(Input::Peer { from: message.src, message: peer }),
+        Some(Ok(peer)) => {
+            if !matches!(peer.says, netmachine_schema::Says::Event(_)) {
+                tracing::debug!(from = %message.src, says = ?peer.says, "from a peer");
+            }
+            Some(Input::Peer { from: message.src, message: peer })
+        }
         Some(Err(error)) => {
             shared.counters.messages_unreadable.set(shared.counters.messages_unreadable.get() + 1);
             tracing::debug!(from = %message.src, %error, "dropped an unreadable pubsub message");
@@ -215,8 +226,12 @@ async fn send_to_peers(shared: Rc<Shared>, peers: Rc<Engine>, mut sends: mpsc::U
     }
 }
 
-/// The topics engine's work, in order; answers go back to the core.
+/// The topics engine's work, in order; answers go back to the core. Once the router refused an
+/// event of a topic, the events queued after it are not handed over (the router would take them
+/// past the hole): they are answered as not accepted, until the core hands the refused one over
+/// again.
 async fn do_topics_work(topics: Rc<Engine>, mut work: mpsc::UnboundedReceiver<TopicsWork>, inputs: mpsc::UnboundedSender<Input>) {
+    let mut refused_from: std::collections::HashMap<Identity, u64> = std::collections::HashMap::new();
     while let Some(item) = work.recv().await {
         let answer = match item {
             TopicsWork::Subscribe(topic) => Some(match topics.subscribe(topic, Scope::Any).await {
@@ -252,10 +267,16 @@ async fn do_topics_work(topics: Rc<Engine>, mut work: mpsc::UnboundedReceiver<To
             TopicsWork::Deliver(message) => {
                 let Destination::Topic(topic) = message.dst else { continue };
                 let (seq, size) = (message.id, core::history::event_size(&message));
+                if refused_from.get(&topic).is_some_and(|first| seq > *first) {
+                    let _ = inputs.send(Input::NotAccepted { topic, seq });
+                    continue;
+                }
+                refused_from.remove(&topic);
                 Some(match topics.send_message(message).await {
                     Ok(()) => Input::Accepted { topic, seq, size },
                     Err(error) => {
                         tracing::debug!(%topic, seq, %error, "the router did not take an event");
+                        refused_from.insert(topic, seq);
                         Input::NotAccepted { topic, seq }
                     }
                 })

@@ -61,6 +61,34 @@ fn messages_arrive_in_order_and_none_is_lost() {
 }
 
 #[test]
+fn a_socket_engine_whose_inbox_is_full_still_gets_messages_in_order() {
+    let node = Node::up();
+    with_rpc(async {
+        // The router keeps many deliveries in flight; all wait while the small inbox is full.
+        let receiver = attach_engine(&node, |o| {
+            o.ring = false;
+            o.inbox_capacity = 4;
+        })
+        .await;
+        let sender = attach_engine(&node, |_| {}).await;
+        let count = 5000u32;
+        let sending = async {
+            for n in 0..count {
+                sender.send(receiver.identity(), n.to_le_bytes().to_vec()).await.expect("send");
+            }
+        };
+        let receiving = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for n in 0..count {
+                let message = tokio::time::timeout(Duration::from_secs(10), receiver.recv()).await.expect("within the deadline").expect("message");
+                assert_eq!(message.body, n.to_le_bytes(), "message {n} out of order");
+            }
+        };
+        tokio::join!(sending, receiving);
+    });
+}
+
+#[test]
 fn a_send_to_an_unknown_engine_fails_with_a_reason_and_is_counted() {
     let node = Node::up();
     let (key, _) = node.engine_key("lonely");

@@ -4,7 +4,8 @@
 //! either received, in order and once, or reported as a gap (its history went with it). A
 //! topic's events reach another node only as their publisher signed them, from the node that
 //! feeds it: a forged event, an event from another engine and an unreadable message are dropped
-//! and counted; an event too large to be carried is refused to its publisher.
+//! and counted; an event too large to be carried is refused to its publisher. A subscriber on
+//! another node that never reads holds the publisher back (BackPressured), and nothing grows.
 
 use netmachine_engine::{Engine, Received, Scope, TopicAdvert, TopicPolicy};
 use netmachine_engine::Destination;
@@ -195,5 +196,77 @@ fn forged_and_unreadable_pubsub_messages_are_dropped_and_counted() {
         let ((), taken) = tokio::join!(publish(&publisher, topic, 4, 4), take_until(&subscriber, &last));
         let taken = taken.expect("the event after the refused one");
         assert_eq!((taken.seqs, taken.gaps), (vec![4], vec![(3, 3)]));
+    });
+}
+
+/// The resident memory of `node`'s service `kind`, in kB.
+fn rss_kb(node: &Node, kind: ServiceKind) -> u64 {
+    let pid = node.pid(kind).expect("a pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS");
+    line.split_whitespace().nth(1).and_then(|kb| kb.parse().ok()).expect("a number of kB")
+}
+
+#[test]
+fn a_subscriber_on_another_node_that_never_reads_back_pressures_the_publisher() {
+    let (a, b) = (Node::up(), Node::up_with(&["limits.engine_queue=64"]));
+    link(&a, &b);
+    with_rpc(async {
+        let publisher = attach_engine(&a, |_| {}).await;
+        let advert = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
+        let topic = advert.topic;
+        publisher.create_topic(advert, Scope::Any, TopicPolicy::Block).await.expect("create the topic");
+        let stuck = attach_engine(&b, |o| o.inbox_capacity = 1).await;
+        stuck.subscribe(topic, Scope::Any).await.expect("subscribe");
+        wait_readers(&a, 1);
+
+        // Events flow until B's router holds what its subscriber does not take, B's service stops
+        // acknowledging, A's service has a full window and stops taking events: then A's router
+        // refuses the publisher, naming A's service as the subscriber with no room.
+        let body = |seq: u64| seq.to_le_bytes().repeat(8);
+        let mut accepted = 0u64;
+        let slowest = loop {
+            match publisher.try_publish(topic, body(accepted + 1)).await {
+                Ok(_) => accepted += 1,
+                Err(netmachine_engine::EngineError::BackPressured { slowest, .. }) => break slowest,
+                Err(other) => panic!("{other}"),
+            }
+            assert!(accepted < 100_000, "the publisher was never back-pressured");
+            if accepted % 256 == 0 {
+                // Give the window time to fill rather than race it.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let service = a.service(ServiceKind::PubSub);
+        assert_eq!(Some(slowest.to_string().as_str()), service["engines"][0].as_str(), "BackPressured names A's pubsub service");
+        let note = service["note"].as_str().unwrap_or_default().to_string();
+        assert!(note.contains("slow readers") && note.contains(&topic.to_string()), "status shows the slow reader: {note}");
+        // Held there: more attempts are all refused at once, and neither service grows.
+        let held = [rss_kb(&a, ServiceKind::PubSub), rss_kb(&b, ServiceKind::PubSub)];
+        for _ in 0..5_000 {
+            let refused = publisher.try_publish(topic, body(accepted + 1)).await;
+            assert!(matches!(refused, Err(netmachine_engine::EngineError::BackPressured { .. })), "{refused:?}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let later = [rss_kb(&a, ServiceKind::PubSub), rss_kb(&b, ServiceKind::PubSub)];
+        for (i, who) in ["A's pubsub", "B's pubsub"].iter().enumerate() {
+            assert!(later[i].saturating_sub(held[i]) < 4 << 10, "{who} grew from {} to {} kB while held", held[i], later[i]);
+        }
+
+        // The subscriber reads at last: every accepted event, in order, no gap.
+        let last = Cell::new(accepted);
+        let taken = match take_until(&stuck, &last).await {
+            Ok(taken) => taken,
+            Err(taken) => panic!(
+                "stalled after {:?} of {accepted} ({} gaps)\nA {}\nB {}",
+                taken.seqs.last(),
+                taken.gaps.len(),
+                a.service(ServiceKind::PubSub)["counters"],
+                b.service(ServiceKind::PubSub)["counters"]
+            ),
+        };
+        assert!(taken.gaps.is_empty(), "gaps {:?} of {accepted} (A: {}; B: {})", taken.gaps, a.service(ServiceKind::PubSub)["counters"], b.service(ServiceKind::PubSub)["counters"]);
+        assert!(taken.seqs == (1..=accepted).collect::<Vec<_>>(), "{} events, last {:?}, of {accepted}", taken.seqs.len(), taken.seqs.last());
+        assert_eq!(publisher.try_publish(topic, body(accepted + 1)).await.expect("room again"), accepted + 1);
     });
 }

@@ -32,7 +32,8 @@ pub struct Config {
     pub retry: Millis,
     /// How long an accepted event may wait to be acknowledged.
     pub ack_delay: Millis,
-    /// A reader that acknowledges nothing for this long while events wait for it is dropped.
+    /// A reader node that says nothing for this long while events wait for it is dropped
+    /// (subscriber nodes acknowledge at least every heartbeat, even when their engines are slow).
     pub reader_timeout: Millis,
     /// Subscriber nodes one topic is fed to at most.
     pub max_readers: usize,

@@ -37,6 +37,10 @@ pub struct Subscription {
     unacked_bytes: usize,
     /// When an ack is due, if one is.
     ack_due: Option<Millis>,
+    /// When the publisher's node was last told anything: an ack goes at least every heartbeat,
+    /// even one that acknowledges nothing new, so that a node whose engines are slow is not
+    /// taken for gone (`reader_timeout`).
+    last_told: Millis,
     /// Genuine events that arrived after a loss, waiting for the lost ones; and their bytes.
     early: BTreeMap<u64, EngineMessage>,
     early_bytes: usize,
@@ -64,6 +68,7 @@ impl Subscription {
             acked: from.saturating_sub(1),
             unacked_bytes: 0,
             ack_due: None,
+            last_told: now,
             early: BTreeMap::new(),
             early_bytes: 0,
             resends: BTreeMap::new(),
@@ -75,6 +80,15 @@ impl Subscription {
 
     fn to_node(&self, node: Identity, says: Says, out: &mut VecDeque<Output>) {
         out.push_back(Output::Send { to: Destination::Node(node), message: PeerMessage::new(self.topic, says) });
+    }
+
+    /// Subscribes once more where events came from: to the publisher node's service engine
+    /// itself, which answers even while that service takes no new events (its window to some
+    /// node is full). If it does not answer, the retry goes to the node.
+    fn subscribe_again(&mut self, node: Identity, peer: Identity, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
+        out.push_back(Output::Send { to: Destination::Engine(peer), message: PeerMessage::new(self.topic, Says::Subscribe(self.next)) });
+        counters.subscribes_sent += 1;
+        self.stage = Stage::Subscribing { node, since: now };
     }
 
     fn subscribe_at(&mut self, node: Identity, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
@@ -118,7 +132,7 @@ impl Subscription {
     pub fn refused(&mut self, reason: PeerRefusal, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
         counters.subscribes_refused += 1;
         match (reason, self.stage) {
-            (PeerRefusal::NotSubscribed, Stage::Subscribed { node, .. }) => self.subscribe_at(node, counters, now, out),
+            (PeerRefusal::NotSubscribed, Stage::Subscribed { node, peer }) => self.subscribe_again(node, peer, counters, now, out),
             _ => self.stage = Stage::Locating { since: now },
         }
     }
@@ -237,7 +251,7 @@ impl Subscription {
         self.accepted = self.accepted.max(seq);
         self.unacked_bytes += size;
         if self.unacked_bytes >= config.window_bytes / 4 {
-            self.send_ack(out);
+            self.send_ack(now, out);
         } else if self.ack_due.is_none() {
             self.ack_due = Some(now + config.ack_delay);
         }
@@ -256,12 +270,13 @@ impl Subscription {
         }
     }
 
-    fn send_ack(&mut self, out: &mut VecDeque<Output>) {
+    fn send_ack(&mut self, now: Millis, out: &mut VecDeque<Output>) {
         self.ack_due = None;
         self.unacked_bytes = 0;
         let Stage::Subscribed { peer, .. } = self.stage else { return };
         if self.accepted > self.acked {
             self.acked = self.accepted;
+            self.last_told = now;
             out.push_back(Output::Send { to: Destination::Engine(peer), message: PeerMessage::new(self.topic, Says::Ack(self.acked)) });
         }
     }
@@ -270,7 +285,13 @@ impl Subscription {
     /// publisher silent for too long is subscribed to again; a refused event is asked for.
     pub fn tick(&mut self, config: &Config, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
         if self.ack_due.is_some_and(|at| at <= now) {
-            self.send_ack(out);
+            self.send_ack(now, out);
+        }
+        if let Stage::Subscribed { peer, .. } = self.stage {
+            if now >= self.last_told + config.heartbeat {
+                self.last_told = now;
+                out.push_back(Output::Send { to: Destination::Engine(peer), message: PeerMessage::new(self.topic, Says::Ack(self.acked)) });
+            }
         }
         match self.stage {
             Stage::Locating { since } if now >= since + config.retry => {
@@ -278,15 +299,15 @@ impl Subscription {
                 out.push_back(Output::Locate(self.topic));
             }
             Stage::Subscribing { node, since } if now >= since + config.retry => self.subscribe_at(node, counters, now, out),
-            Stage::Subscribed { node, .. } if now >= self.last_heard + config.silence() => {
+            Stage::Subscribed { node, peer } if now >= self.last_heard + config.silence() => {
                 counters.publishers_silent += 1;
-                self.subscribe_at(node, counters, now, out);
+                self.subscribe_again(node, peer, counters, now, out);
             }
-            Stage::Subscribed { node, .. } if self.repairing_since.is_some_and(|since| now >= since + config.silence()) && self.next_missing() => {
+            Stage::Subscribed { node, peer } if self.repairing_since.is_some_and(|since| now >= since + config.silence()) && self.next_missing() => {
                 counters.repairs_stuck += 1;
                 self.repairing_since = None;
                 self.resends.clear();
-                self.subscribe_at(node, counters, now, out);
+                self.subscribe_again(node, peer, counters, now, out);
             }
             Stage::Subscribed { .. } => {
                 // Resends answered (or overtaken) go; unanswered ones are asked again.
@@ -319,7 +340,7 @@ impl Subscription {
             Stage::Subscribed { .. } => {
                 let resend = self.resends.values().map(|(_, at)| at + config.retry).min().unwrap_or(Millis::MAX);
                 let stuck = self.repairing_since.map_or(Millis::MAX, |since| since + config.silence());
-                resend.min(stuck).min(self.last_heard + config.silence())
+                resend.min(stuck).min(self.last_heard + config.silence()).min(self.last_told + config.heartbeat)
             }
         };
         self.ack_due.map_or(stage, |at| at.min(stage))
