@@ -224,6 +224,11 @@ impl World {
         }
     }
 
+    /// `node`'s pubsub core, to look at its state.
+    pub fn pubsub_core(&self, node: usize) -> Option<&PubSub> {
+        self.nodes[node].pubsub.as_ref().map(|p| &p.core)
+    }
+
     /// A pubsub counter summed over every node.
     pub fn pubsub_counter(&self, name: &str) -> u64 {
         let counters = self.nodes.iter().filter_map(|n| n.pubsub.as_ref()).flat_map(|p| p.core.counters().report());

@@ -79,7 +79,8 @@ fn sixteen_nodes_get_every_event_in_order_through_loss_a_partition_and_a_restart
         );
         for (node, subscriber) in subscribers.iter().enumerate() {
             let received = &world.topics.received[subscriber];
-            assert_eq!(received, &(1..=EVENTS).collect::<Vec<_>>(), "node {node}'s subscriber got every event in order, once");
+            let state = || format!("{:?}", world.pubsub_core(node).map(|core| core.subscriptions().map(|(_, s)| s).collect::<Vec<_>>()));
+            assert_eq!(received, &(1..=EVENTS).collect::<Vec<_>>(), "node {node}'s subscriber got every event in order, once; its subscription {}", state());
         }
         assert_eq!(counter("events_missing"), 0, "the history held everything lost");
         assert!(world.topics.lost > 0 && counter("resends_asked") > 0, "the loss happened and was repaired");

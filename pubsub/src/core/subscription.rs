@@ -323,6 +323,13 @@ impl Subscription {
                         self.ask_resend(first_lost, to, config, counters, now, out);
                     }
                 }
+                // A hole before the kept events that nothing asks for (its resend was answered
+                // by events lost again, and those after it come only as repeats now).
+                if let Some(&first_kept) = self.early.keys().next() {
+                    if first_kept > next && !self.resends.values().any(|(to, _)| *to >= next) {
+                        self.ask_resend(next, first_kept - 1, config, counters, now, out);
+                    }
+                }
             }
             _ => {}
         }
