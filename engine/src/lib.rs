@@ -613,7 +613,16 @@ impl Engine {
                 return Some(Received::Event(event));
             }
             let message = self.recv().await?;
-            let Some(event) = topics::event(&message) else { return Some(Received::Message(message)) };
+            let event = match topics::topic_message(&message) {
+                None => return Some(Received::Message(message)),
+                Some(topics::TopicMessage::Gap { topic, publisher, to }) => {
+                    match self.sequences.lock().unwrap_or_else(|e| e.into_inner()).0.skip(topic, publisher, to) {
+                        Some(gap) => return Some(Received::Gap(gap)),
+                        None => continue,
+                    }
+                }
+                Some(topics::TopicMessage::Event(event)) => event,
+            };
             let mut sequences = self.sequences.lock().unwrap_or_else(|e| e.into_inner());
             match sequences.0.take(event.topic, event.publisher, event.seq) {
                 Fit::Next => return Some(Received::Event(event)),

@@ -4,7 +4,7 @@
 
 use netmachine_schema::message_capnp::Scope;
 use netmachine_schema::router_capnp::TopicPolicy;
-use netmachine_schema::{Destination, EngineMessage, Identity, TopicAdvert, SEQ_NOT_KNOWN};
+use netmachine_schema::{Destination, EngineMessage, Identity, TopicAdvert, GAP_PROTOCOL, SEQ_NOT_KNOWN};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// A topic request (or a service), as the engine thread sends it.
@@ -130,16 +130,41 @@ impl Sequences {
         fit
     }
 
+    /// A gap marker: `publisher`'s events on `topic` up to `to` will never come. The gap from the
+    /// next expected, if any is left.
+    pub fn skip(&mut self, topic: Identity, publisher: Identity, to: u64) -> Option<Gap> {
+        let start = self.start.get(&topic).copied().unwrap_or(0);
+        let first = if start == SEQ_NOT_KNOWN { to + 1 } else { start + 1 };
+        let expected = self.expected.entry((topic, publisher)).or_insert(first);
+        if to < *expected {
+            return None;
+        }
+        let gap = Gap { topic, publisher, from: *expected, to };
+        self.missed += to + 1 - *expected;
+        *expected = to + 1;
+        Some(gap)
+    }
+
     /// Events skipped as repeats, and events reported missing.
     pub fn counts(&self) -> (u64, u64) {
         (self.repeats, self.missed)
     }
 }
 
-/// The event a topic message carries, if it is one.
-pub fn event(message: &EngineMessage) -> Option<Event> {
+/// What a message to a topic carries.
+pub enum TopicMessage {
+    Event(Event),
+    /// A gap marker: the publisher's events up to `to` will never come.
+    Gap { topic: Identity, publisher: Identity, to: u64 },
+}
+
+/// What a topic message carries, if it is one.
+pub fn topic_message(message: &EngineMessage) -> Option<TopicMessage> {
     let Destination::Topic(topic) = message.dst else { return None };
-    Some(Event { topic, publisher: message.src, seq: message.id, body: message.body.clone() })
+    if message.protocol == GAP_PROTOCOL {
+        return Some(TopicMessage::Gap { topic, publisher: message.src, to: message.id });
+    }
+    Some(TopicMessage::Event(Event { topic, publisher: message.src, seq: message.id, body: message.body.clone() }))
 }
 
 #[cfg(test)]
@@ -167,6 +192,18 @@ mod tests {
         sequences.subscribed(remote, SEQ_NOT_KNOWN);
         assert_eq!(sequences.take(remote, publisher, 900), Fit::Next, "a topic on another node starts at its first event");
         assert_eq!(sequences.take(remote, publisher, 901), Fit::Next);
+    }
+
+    #[test]
+    fn a_gap_marker_reports_what_is_left_of_its_run_once() {
+        let mut sequences = Sequences::default();
+        let (topic, publisher) = (Keypair::generate().identity(), Keypair::generate().identity());
+        sequences.subscribed(topic, 0);
+        assert_eq!(sequences.take(topic, publisher, 1), Fit::Next);
+        assert_eq!(sequences.skip(topic, publisher, 5), Some(Gap { topic, publisher, from: 2, to: 5 }));
+        assert_eq!(sequences.skip(topic, publisher, 5), None, "a repeated marker says nothing new");
+        assert_eq!(sequences.take(topic, publisher, 6), Fit::Next, "the event after the run fits");
+        assert_eq!(sequences.counts(), (0, 4));
     }
 
     #[test]

@@ -39,4 +39,4 @@ pub use identity::{Identity, KeyError, Keypair, SignatureBytes};
 pub use location::{EngineLocation, LocationError};
 pub use message::{Destination, EngineMessage, MessageError};
 pub use peer::{PeerMessage, Says, PEER_EVENT_OVERHEAD, PUBSUB_PROTOCOL};
-pub use topic::{AdvertError, TopicAdvert, SEQ_NOT_KNOWN};
+pub use topic::{gap_marker, AdvertError, TopicAdvert, GAP_PROTOCOL, SEQ_NOT_KNOWN};

@@ -1,6 +1,7 @@
 //! A topic's advert: the topic key's signed statement of which engine may publish on it. The
 //! topic's identity is that key, so only its holder can name the publisher; routers and pubsub
-//! services accept events from that engine alone.
+//! services accept events from that engine alone. And the gap marker, which tells subscribers
+//! that events will never come.
 
 use crate::identity::{Identity, IdentityError, Keypair, SignatureBytes};
 use crate::identity_capnp::topic_advert;
@@ -9,6 +10,19 @@ use crate::signing;
 /// The last sequence a subscription answers for a topic on another node that this node does
 /// not carry yet: not known, so the first event that arrives sets each publisher's place.
 pub const SEQ_NOT_KNOWN: u64 = u64::MAX;
+
+/// The protocol of a topic message that carries no event: its id is the last of a run of the
+/// publisher's events that will never come (from the one after the last delivered). A node's
+/// pubsub service hands one to its router when the publisher's node no longer has events, so
+/// that subscribers hear of the gap without waiting for the next event.
+pub const GAP_PROTOCOL: &str = "netmachine/gap/1";
+
+/// A gap marker: `publisher`'s events on `topic` up to `to` will never come.
+pub fn gap_marker(topic: Identity, publisher: Identity, to: u64) -> crate::EngineMessage {
+    let mut marker = crate::EngineMessage::new(publisher, crate::Destination::Topic(topic), to, Vec::new());
+    marker.protocol = GAP_PROTOCOL.into();
+    marker
+}
 
 /// A signed topic advert (the wire's TopicAdvert).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -124,7 +124,8 @@ impl World {
                 self.schedule(self.now, Event::PubSub { node, input });
             }
             _ => {
-                if let Destination::Topic(_) = message.dst {
+                // Gap markers are not events (none are expected: the history holds what is lost).
+                if matches!(message.dst, Destination::Topic(_)) && message.protocol != netmachine_schema::GAP_PROTOCOL {
                     self.topics.received.entry(engine).or_default().push(message.id);
                 }
             }

@@ -356,6 +356,8 @@ mod tests {
         now: Millis,
         /// Events the subscriber node handed its router, by seq.
         delivered: Vec<u64>,
+        /// The last seq of each gap marker handed over.
+        gaps: Vec<u64>,
         /// What goes on the wire is dropped while this says so.
         lose: Box<dyn FnMut(&Says) -> bool>,
     }
@@ -376,6 +378,7 @@ mod tests {
                 seq: 0,
                 now: 0,
                 delivered: Vec::new(),
+                gaps: Vec::new(),
                 lose: Box::new(|_| false),
             }
         }
@@ -430,7 +433,10 @@ mod tests {
                             self.a.handle(Input::Peer { from: self.b_engine, message }, self.now)
                         }
                         Output::Deliver(message) => {
-                            self.delivered.push(message.id);
+                            match message.protocol == netmachine_schema::GAP_PROTOCOL {
+                                true => self.gaps.push(message.id),
+                                false => self.delivered.push(message.id),
+                            }
                             let size = history::event_size(&message);
                             self.b.handle(Input::Accepted { topic: self.topic(), seq: message.id, size }, self.now);
                         }
@@ -534,7 +540,7 @@ mod tests {
         pair.publish(1);
         pair.run_until(pair.now + 3 * config.heartbeat);
         assert_eq!(pair.delivered, (7..=11).collect::<Vec<_>>(), "only the five the history holds");
-        assert_eq!(pair.b.counters().events_missing, 6);
+        assert_eq!((pair.b.counters().events_missing, pair.gaps.clone()), (6, vec![6]), "the engines are told of 1..=6 at once");
 
         let intruder = Keypair::generate();
         let forged = pair.event(&intruder);
@@ -553,6 +559,7 @@ mod tests {
         pair.a = PubSub::new(Keypair::generate().identity(), config);
         pair.publish(5);
         pair.run_until(pair.now + 2 * config.silence());
+        assert_eq!(pair.gaps, vec![10], "the engines hear of the gap before any later event");
         pair.publish(2);
         assert_eq!(pair.delivered, (1..=5).chain(11..=12).collect::<Vec<_>>(), "what the new service never saw is missing");
         // The pending ack reached the new service, which refused it: the refusal resubscribed.

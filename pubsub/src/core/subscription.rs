@@ -8,7 +8,7 @@
 
 use super::{Config, Counters, Millis, Output};
 use netmachine_schema::peer::PeerRefusal;
-use netmachine_schema::{signing, Destination, EngineMessage, Identity, PeerMessage, Says, TopicAdvert};
+use netmachine_schema::{gap_marker, signing, Destination, EngineMessage, Identity, PeerMessage, Says, TopicAdvert};
 use super::history::event_size;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -219,6 +219,11 @@ impl Subscription {
         counters.events_missing += to + 1 - self.next;
         self.next = to + 1;
         self.accepted = self.accepted.max(to);
+        if !self.early.contains_key(&self.next) {
+            // No event here shows the gap yet: the engines are told it at once.
+            let publisher = self.advert.as_ref().map(|a| a.publisher).expect("subscribed after locating");
+            out.push_back(Output::Deliver(gap_marker(self.topic, publisher, to)));
+        }
         self.hand_on_kept(counters, out);
     }
 

@@ -448,6 +448,9 @@ impl Router {
                 let signer = if mirrored { message.src } else { sender };
                 let checked = check_send(signer, &message, self.limits.max_message_bytes, now);
                 match checked {
+                    // A mirror's event waits for its subscribers' room as long as they take, up
+                    // to a day (Block across nodes: the publisher's node holds the rest back).
+                    Ok(()) if mirrored => self.admit_until(Some(ticket), Origin::Engine, message, wait, now + MIRROR_WAIT, now),
                     Ok(()) => self.admit(Some(ticket), Origin::Engine, message, wait, now),
                     Err(refused) => self.settle(Some(ticket), Origin::Engine, Err(refused)),
                 }
@@ -507,7 +510,13 @@ impl Router {
 
     /// Places `message`, or queues it behind what already waits for its destination.
     fn admit(&mut self, ticket: Option<Ticket>, origin: Origin, message: EngineMessage, wait: bool, now: Millis) {
-        let deadline = message.expiry.map_or(now + self.limits.send_wait, |at| at.min(now + self.limits.send_wait));
+        let deadline = now + self.limits.send_wait;
+        self.admit_until(ticket, origin, message, wait, deadline, now)
+    }
+
+    /// `admit`, waiting for room at most until `deadline` (or the message's expiry).
+    fn admit_until(&mut self, ticket: Option<Ticket>, origin: Origin, message: EngineMessage, wait: bool, deadline: Millis, now: Millis) {
+        let deadline = message.expiry.map_or(deadline, |at| at.min(deadline));
         let waiting = Waiting { ticket, origin, wait, message, deadline };
         let key = waiting.message.dst.identity();
         let placement = match self.waiting.contains_key(&key) {
@@ -869,6 +878,9 @@ impl Router {
         self.next_deadline = deadlines.min();
     }
 }
+
+/// How long an event of a mirror may wait for its subscribers' room.
+const MIRROR_WAIT: Millis = 24 * 3600 * 1000;
 
 /// What every message from an engine must be, whichever way it came: from the engine that sent
 /// it, within the node's size limit, not expired. The ring fast lane asks the same.
