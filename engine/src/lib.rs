@@ -88,6 +88,9 @@ impl EngineOptions {
     }
 }
 
+/// The router's answer to a send handed over with [`Engine::send_pipelined`].
+pub type PendingSend = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), EngineError>>>>;
+
 /// An engine attached to its node's router.
 pub struct Engine {
     identity: Identity,
@@ -383,6 +386,24 @@ impl Engine {
     /// signing it first if the engine signs its messages.
     pub async fn send_message(&self, message: EngineMessage) -> Result<(), EngineError> {
         self.send_prepared(self.prepare(message)?).await
+    }
+
+    /// Hands `message` over to be sent and returns once it is queued, in order behind what was
+    /// handed over before; the returned future says whether the router took it. Lets a caller
+    /// keep many sends in flight on the socket path, in order (on the rings a send is queued
+    /// when it returns anyway).
+    pub async fn send_pipelined(&self, message: EngineMessage) -> Result<PendingSend, EngineError> {
+        let message = self.prepare(message)?;
+        if self.shared.ring().is_some() {
+            let outcome = self.send_prepared(message).await;
+            return Ok(Box::pin(async move { outcome }));
+        }
+        let (done, accepted) = oneshot::channel();
+        self.commands.send(Command::Send { message, done }).await.map_err(|_| EngineError::Closed)?;
+        let timeout = self.send_timeout;
+        Ok(Box::pin(async move {
+            tokio::time::timeout(timeout, accepted).await.map_err(|_| EngineError::RouterUnavailable(timeout))?.map_err(|_| EngineError::Closed)?
+        }))
     }
 
     /// Sends a message [`Engine::prepare`] already checked and signed.

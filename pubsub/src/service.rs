@@ -12,12 +12,13 @@
 //! node whose window is full stops the events of this node's topics at the router, so the
 //! publisher waits, while acknowledgements keep arriving through the peers engine. Work for the
 //! topics engine (local subscriptions, mirrors, events handed over) runs in order in one task;
-//! peer messages go out in order in another. Both queues hold only what the core asked for,
-//! which its windows bound.
+//! peer messages go out in order in another; both keep many sends in flight. Both queues hold
+//! only what the core asked for, which its windows bound.
 
 use crate::core::{self, Config, Input, Output, PubSub};
 use crate::locate;
-use netmachine_engine::{Engine, EngineError, EngineOptions, Scope, TopicPolicy, TopicRefusal};
+use futures::stream::{FuturesOrdered, StreamExt};
+use netmachine_engine::{Engine, EngineError, EngineOptions, PendingSend, Scope, SendRefusal, TopicPolicy, TopicRefusal};
 use netmachine_schema::identity_store_capnp::identity_store;
 use netmachine_schema::peer::PeerRefusal;
 use netmachine_schema::{Destination, EngineMessage, Identity, Keypair, PeerMessage, TopicAdvert, PUBSUB_PROTOCOL};
@@ -214,26 +215,78 @@ async fn find(shared: Rc<Shared>, topic: Identity, inputs: mpsc::UnboundedSender
     }
 }
 
-/// Sends the core's messages to other nodes' services, in order.
+/// Sends and events handed to the router kept in flight at once, in order.
+const IN_FLIGHT: usize = 256;
+
+/// Sends the core's messages to other nodes' services, in order, many in flight.
 async fn send_to_peers(shared: Rc<Shared>, peers: Rc<Engine>, mut sends: mpsc::UnboundedReceiver<EngineMessage>) {
-    while let Some(message) = sends.recv().await {
-        let dst = message.dst;
-        if let Err(error) = peers.send_message(message).await {
-            // The core repairs what does not arrive: a lost message is asked for again.
-            shared.counters.sends_refused.set(shared.counters.sends_refused.get() + 1);
-            tracing::debug!(?dst, %error, "a pubsub message was not sent");
+    let refused = |error: EngineError| {
+        // The core repairs what does not arrive: a lost message is asked for again.
+        shared.counters.sends_refused.set(shared.counters.sends_refused.get() + 1);
+        tracing::debug!(%error, "a pubsub message was not sent");
+    };
+    let mut in_flight: FuturesOrdered<PendingSend> = FuturesOrdered::new();
+    loop {
+        tokio::select! {
+            Some(outcome) = in_flight.next(), if !in_flight.is_empty() => {
+                if let Err(error) = outcome {
+                    refused(error);
+                }
+            }
+            message = sends.recv(), if in_flight.len() < IN_FLIGHT => {
+                let Some(message) = message else { break };
+                match peers.send_pipelined(message).await {
+                    Ok(pending) => in_flight.push_back(pending),
+                    Err(error) => refused(error),
+                }
+            }
         }
     }
 }
 
-/// The topics engine's work, in order; answers go back to the core. Once the router refused an
-/// event of a topic, the events queued after it are not handed over (the router would take them
-/// past the hole): they are answered as not accepted, until the core hands the refused one over
-/// again.
+/// The router's answer to an event handed over, for the core.
+type Handed = std::pin::Pin<Box<dyn std::future::Future<Output = Input>>>;
+
+/// The topics engine's work, in order; answers go back to the core. Events go to the router
+/// many in flight. Once it refused one, the events not yet handed over after it are not (the
+/// router would take them past the hole): they are answered as not accepted, until the core
+/// hands the refused one over again.
 async fn do_topics_work(topics: Rc<Engine>, mut work: mpsc::UnboundedReceiver<TopicsWork>, inputs: mpsc::UnboundedSender<Input>) {
     let mut refused_from: std::collections::HashMap<Identity, u64> = std::collections::HashMap::new();
-    while let Some(item) = work.recv().await {
+    let mut in_flight: FuturesOrdered<Handed> = FuturesOrdered::new();
+    loop {
+        let item = tokio::select! {
+            Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
+                if let Input::NotAccepted { topic, seq } = answer {
+                    let first = refused_from.entry(topic).or_insert(seq);
+                    *first = (*first).min(seq);
+                }
+                let _ = inputs.send(answer);
+                continue;
+            }
+            item = work.recv(), if in_flight.len() < IN_FLIGHT => match item {
+                Some(item) => item,
+                None => break,
+            },
+        };
         let answer = match item {
+            TopicsWork::Deliver(message) => {
+                let Destination::Topic(topic) = message.dst else { continue };
+                let (seq, size) = (message.id, core::history::event_size(&message));
+                if refused_from.get(&topic).is_some_and(|first| seq > *first) {
+                    let _ = inputs.send(Input::NotAccepted { topic, seq });
+                    continue;
+                }
+                refused_from.remove(&topic);
+                match topics.send_pipelined(message).await {
+                    Ok(pending) => in_flight.push_back(Box::pin(async move { handed(topic, seq, size, pending.await) })),
+                    Err(error) => {
+                        refused_from.insert(topic, seq);
+                        let _ = inputs.send(handed(topic, seq, size, Err(error)));
+                    }
+                }
+                continue;
+            }
             TopicsWork::Subscribe(topic) => Some(match topics.subscribe(topic, Scope::Any).await {
                 Ok(answer) => Input::SubscribedLocally { topic, policy: answer.policy, last_seq: answer.last_seq },
                 Err(error) => {
@@ -264,26 +317,22 @@ async fn do_topics_work(topics: Rc<Engine>, mut work: mpsc::UnboundedReceiver<To
                 }
                 None
             }
-            TopicsWork::Deliver(message) => {
-                let Destination::Topic(topic) = message.dst else { continue };
-                let (seq, size) = (message.id, core::history::event_size(&message));
-                if refused_from.get(&topic).is_some_and(|first| seq > *first) {
-                    let _ = inputs.send(Input::NotAccepted { topic, seq });
-                    continue;
-                }
-                refused_from.remove(&topic);
-                Some(match topics.send_message(message).await {
-                    Ok(()) => Input::Accepted { topic, seq, size },
-                    Err(error) => {
-                        tracing::debug!(%topic, seq, %error, "the router did not take an event");
-                        refused_from.insert(topic, seq);
-                        Input::NotAccepted { topic, seq }
-                    }
-                })
-            }
         };
         if let Some(answer) = answer {
             let _ = inputs.send(answer);
+        }
+    }
+}
+
+/// What the router's answer to an event handed over means for the core. A refusal as a replay
+/// means the mirror is past it already (an event after it was taken while it was refused, and
+/// the engines were told of the gap), so it counts as taken.
+fn handed(topic: Identity, seq: u64, size: usize, outcome: Result<(), EngineError>) -> Input {
+    match outcome {
+        Ok(()) | Err(EngineError::Refused { reason: SendRefusal::Malformed, .. }) => Input::Accepted { topic, seq, size },
+        Err(error) => {
+            tracing::debug!(%topic, seq, %error, "the router did not take an event");
+            Input::NotAccepted { topic, seq }
         }
     }
 }

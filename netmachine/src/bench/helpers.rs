@@ -106,7 +106,8 @@ fn subscribe(args: &EngineArgs, topic: &str, count: u64) -> Result<()> {
     let engine = attach_quietly(args)?;
     let topic: netmachine_engine::Identity = topic.parse().context("--topic")?;
     crate::node_client::run_local(async {
-        engine.subscribe(topic, netmachine_engine::Scope::Local).await?;
+        // Scope Any: a topic on another node too (its events come through the pubsub services).
+        engine.subscribe(topic, netmachine_engine::Scope::Any).await?;
         ready()?;
         let (mut latencies, mut missed, mut publisher) = (crate::latency::Latencies::default(), 0, None);
         while (latencies.len() as u64) + missed < count {

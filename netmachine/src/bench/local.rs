@@ -15,10 +15,13 @@ use netmachine_engine::{Engine, Identity, Keypair};
 use netmachine_service::ServiceKind;
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+/// Benchmark nodes listen on a free loopback port: never on the default one a user's node has.
+const LISTEN_ANY_PORT: &str = "transport.listen=[\"127.0.0.1:0\"]";
 
 /// A node for benchmarks, and the engines and helper processes attached to it.
 pub(super) struct Bench {
@@ -43,10 +46,17 @@ impl Bench {
     pub(super) fn start(label: &str) -> Result<(Bench, LocalNode)> {
         let netmachine = std::env::current_exe().context("cannot find this executable")?;
         let scratch = ScratchDir::new(label)?;
-        let mut node = LocalNode::start(&netmachine, &scratch.0.join("node"), &[])?;
+        let mut node = LocalNode::start(&netmachine, &scratch.0.join("node"), &[LISTEN_ANY_PORT.to_string()])?;
         run_local(node.wait_ready(Duration::from_secs(30)))?;
         let router = node.home.socket(ServiceKind::Router);
         Ok((Bench { netmachine, scratch, router, keys: 0 }, node))
+    }
+
+    /// Another node in the scratch home, its transport on a free loopback port.
+    pub(super) fn second_node(&self) -> Result<LocalNode> {
+        let mut node = LocalNode::start(&self.netmachine, &self.scratch.0.join("second"), &[LISTEN_ANY_PORT.to_string()])?;
+        run_local(node.wait_ready(Duration::from_secs(30)))?;
+        Ok(node)
     }
 
     fn key(&mut self) -> Result<(PathBuf, Identity)> {
@@ -79,8 +89,14 @@ impl Bench {
 
     /// An engine helper of `kind` (echo, sink, idle) with its own key.
     pub(super) fn engine(&mut self, kind: &str, spin: bool, ring: bool, extra: &[&str]) -> Result<(HelperProcess, Identity)> {
+        let router = self.router.clone();
+        self.engine_at(&router, kind, spin, ring, extra)
+    }
+
+    /// An engine helper attached to the router at `router` (of another node, say).
+    pub(super) fn engine_at(&mut self, router: &Path, kind: &str, spin: bool, ring: bool, extra: &[&str]) -> Result<(HelperProcess, Identity)> {
         let (key, identity) = self.key()?;
-        let mut args = vec![kind, "--socket", self.router.to_str().unwrap_or(""), "--key", key.to_str().unwrap_or("")];
+        let mut args = vec![kind, "--socket", router.to_str().unwrap_or(""), "--key", key.to_str().unwrap_or("")];
         if spin {
             args.push("--spin");
         }

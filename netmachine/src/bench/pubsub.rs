@@ -1,15 +1,18 @@
 //! `netmachine bench pubsub`: one publisher to 1, 4 and 16 subscribers (each a process of its
-//! own, on the rings) on one node, with 64 B and 256 B events: events delivered per second in
-//! total, and publish-to-take latency under that load. The baseline from the same run is local
-//! unicast through the router at the same size (engine to engine on the rings). Across nodes
-//! the figures wait for the pubsub service to carry topics between nodes.
+//! own, on the rings), with 64 B and 256 B events: events delivered per second in total, and
+//! publish-to-take latency under that load; on one node, and with the subscribers on a second
+//! node (through both nodes' pubsub services). Baselines from the same run: on one node, local
+//! unicast through the router at the same size (engine to engine on the rings); across nodes,
+//! raw quinn on one stream with the same bytes.
 
 use super::helpers::wall_nanos;
 use super::local::Bench;
 use crate::node_client::run_local;
 use anyhow::{bail, Context, Result};
 use futures::stream::{self, StreamExt, TryStreamExt};
+use crate::local_node::LocalNode;
 use netmachine_engine::{Keypair, Scope, TopicAdvert, TopicPolicy};
+use netmachine_service::ServiceKind;
 
 /// One fan-out figure: events delivered in total per second, and latency.
 struct Fanout {
@@ -22,18 +25,37 @@ struct Fanout {
 /// Events a publisher keeps in flight.
 const IN_FLIGHT: usize = 256;
 
+/// Where the subscribers are: beside the publisher, or on a second node.
+enum Place<'a> {
+    Here,
+    Across { publisher_node: &'a LocalNode, subscriber_node: &'a LocalNode },
+}
+
 /// Publishes `events` of `size` bytes to `subscribers` subscriber processes; counted until
 /// the last subscriber took its last event.
-fn fanout(bench: &mut Bench, subscribers: usize, size: usize, events: u64) -> Result<Fanout> {
+fn fanout(bench: &mut Bench, place: &Place, subscribers: usize, size: usize, events: u64) -> Result<Fanout> {
     let publisher = bench.attach(false, true)?;
     let advert = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec!["bench".into()], 1);
     let topic = advert.topic;
-    run_local(async { Ok(publisher.create_topic(advert, Scope::Local, TopicPolicy::Block).await?) })?;
+    // A topic that leaves its node has its events signed by their publisher.
+    let scope = match place {
+        Place::Here => Scope::Local,
+        Place::Across { .. } => Scope::Any,
+    };
+    run_local(async { Ok(publisher.create_topic(advert, scope, TopicPolicy::Block).await?) })?;
     let topic_arg = topic.to_string();
     let count = events.to_string();
     let mut helpers = Vec::new();
     for _ in 0..subscribers {
-        helpers.push(bench.engine("subscriber", false, true, &["--topic", &topic_arg, "--count", &count])?.0);
+        let args = ["--topic", topic_arg.as_str(), "--count", count.as_str()];
+        let helper = match place {
+            Place::Here => bench.engine("subscriber", false, true, &args)?,
+            Place::Across { subscriber_node, .. } => bench.engine_at(&subscriber_node.home.socket(ServiceKind::Router), "subscriber", false, true, &args)?,
+        };
+        helpers.push(helper.0);
+    }
+    if let Place::Across { publisher_node, .. } = place {
+        run_local(subscribed_across(publisher_node))?;
     }
     let start = std::time::Instant::now();
     run_local(async {
@@ -66,24 +88,62 @@ fn fanout(bench: &mut Bench, subscribers: usize, size: usize, events: u64) -> Re
     })
 }
 
-pub fn run(events: u64, json_output: bool) -> Result<()> {
-    let (mut bench, mut node) = Bench::start("netmachine-bench-pubsub")?;
-    let mut report = serde_json::Map::new();
+/// Waits until the publisher's node feeds the topic to the subscribers' node (its pubsub
+/// service has a reader), so that no event goes before the subscription.
+async fn subscribed_across(publisher_node: &LocalNode) -> Result<()> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(30) {
+        let status = crate::status::node_status(&publisher_node.home).await;
+        let services = status["services"].as_array().cloned().unwrap_or_default();
+        if services.iter().any(|s| s["name"] == "pubsub" && s["counters"]["readers"].as_u64().unwrap_or(0) >= 1) {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    bail!("the subscribers' node did not subscribe at the publisher's node within 30 s")
+}
+
+/// The figures of one place under `prefix` (`local`, `remote`).
+fn measure(bench: &mut Bench, place: &Place, prefix: &str, events: u64, report: &mut serde_json::Map<String, serde_json::Value>) -> Result<()> {
     for size in [64, 256] {
         for subscribers in [1, 4, 16] {
-            let figure = fanout(&mut bench, subscribers, size, events)?;
-            let key = |what: &str| format!("local_fanout{subscribers}_{what}_{size}");
+            let figure = fanout(bench, place, subscribers, size, events)?;
+            let key = |what: &str| format!("{prefix}_fanout{subscribers}_{what}_{size}");
             report.insert(key("delivered_per_s"), figure.delivered_per_s.round().into());
             report.insert(key("p50_us"), (figure.p50_ns / 1000).into());
             report.insert(key("p99_us"), (figure.p99_ns / 1000).into());
             report.insert(key("missed"), figure.missed.into());
         }
+    }
+    Ok(())
+}
+
+pub fn run(events: u64, json_output: bool) -> Result<()> {
+    let (mut bench, mut node) = Bench::start("netmachine-bench-pubsub")?;
+    let mut report = serde_json::Map::new();
+    measure(&mut bench, &Place::Here, "local", events, &mut report)?;
+    for size in [64, 256] {
         report.insert(format!("local_unicast_per_s_{size}"), bench.throughput(size, true, events * 4)?.round().into());
     }
+    let mut second = bench.second_node()?;
+    let across = run_local(async {
+        let (advert_a, advert_b) = (crate::peers::own_advert(&node.home).await?, crate::peers::own_advert(&second.home).await?);
+        crate::peers::add(&node.home, &advert_b, 128, true).await?;
+        crate::peers::add(&second.home, &advert_a, 128, true).await?;
+        super::remote::wait_connected(&node, &second).await
+    })
+    .and_then(|()| measure(&mut bench, &Place::Across { publisher_node: &node, subscriber_node: &second }, "remote", events, &mut report));
+    second.stop();
     node.stop();
+    across?;
+    for size in [64, 256] {
+        let raw = run_local(super::remote::raw_quinn(size, (events * 4) as usize))?;
+        report.insert(format!("raw_quinn_msgs_per_s_{size}"), raw.msgs_per_s.round().into());
+    }
     // The keys: fan-out to 4 and unicast at 256 B.
     report.insert("local_fanout4_delivered_per_s".into(), report["local_fanout4_delivered_per_s_256"].clone());
     report.insert("local_unicast_per_s".into(), report["local_unicast_per_s_256"].clone());
+    report.insert("remote_fanout4_delivered_per_s".into(), report["remote_fanout4_delivered_per_s_256"].clone());
     report.insert("events".into(), events.into());
     let report = serde_json::Value::Object(report);
     if json_output {
@@ -91,20 +151,25 @@ pub fn run(events: u64, json_output: bool) -> Result<()> {
         return Ok(());
     }
     let f = |key: String| report[&key].as_f64().unwrap_or(0.0);
-    println!("netmachine bench pubsub: one publisher, subscribers in separate processes on one node (policy Block)");
-    for size in [64, 256] {
-        for subscribers in [1, 4, 16] {
-            let what = format!("fan-out to {subscribers}, {size} B, delivered in total");
-            let baseline = format!("local unicast, rings, {size} B");
-            println!("{}", super::ratio_line(&what, f(format!("local_fanout{subscribers}_delivered_per_s_{size}")), &baseline, f(format!("local_unicast_per_s_{size}")), "ev/s"));
-            println!(
-                "    latency under that load: p50 {} us, p99 {} us; missed {}",
-                report[format!("local_fanout{subscribers}_p50_us_{size}")],
-                report[format!("local_fanout{subscribers}_p99_us_{size}")],
-                report[format!("local_fanout{subscribers}_missed_{size}")],
-            );
+    println!("netmachine bench pubsub: one publisher, subscribers in separate processes (policy Block)");
+    for (prefix, place) in [("local", "on the publisher's node"), ("remote", "on a second node")] {
+        println!("subscribers {place}:");
+        for size in [64, 256] {
+            for subscribers in [1, 4, 16] {
+                let what = format!("fan-out to {subscribers}, {size} B, delivered in total");
+                let (baseline, baseline_key) = match prefix {
+                    "local" => (format!("local unicast, rings, {size} B"), format!("local_unicast_per_s_{size}")),
+                    _ => (format!("raw quinn one stream, {size} B"), format!("raw_quinn_msgs_per_s_{size}")),
+                };
+                println!("{}", super::ratio_line(&what, f(format!("{prefix}_fanout{subscribers}_delivered_per_s_{size}")), &baseline, f(baseline_key), "ev/s"));
+                println!(
+                    "    latency under that load: p50 {} us, p99 {} us; missed {}",
+                    report[format!("{prefix}_fanout{subscribers}_p50_us_{size}")],
+                    report[format!("{prefix}_fanout{subscribers}_p99_us_{size}")],
+                    report[format!("{prefix}_fanout{subscribers}_missed_{size}")],
+                );
+            }
         }
     }
-    println!("across nodes: not measured yet (events between nodes need the pubsub service)");
     Ok(())
 }

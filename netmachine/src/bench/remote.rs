@@ -26,8 +26,8 @@ const SIZES: [usize; 3] = [64, 256, 4096];
 /// Sends the benchmark keeps waiting for the router's acceptance at once.
 const IN_FLIGHT: usize = 256;
 
-struct Throughput {
-    msgs_per_s: f64,
+pub(super) struct Throughput {
+    pub(super) msgs_per_s: f64,
     mb_per_s: f64,
 }
 
@@ -117,7 +117,7 @@ async fn where_messages_went(a: &LocalNode, b: &LocalNode) -> String {
     out
 }
 
-async fn wait_connected(a: &LocalNode, b: &LocalNode) -> Result<()> {
+pub(super) async fn wait_connected(a: &LocalNode, b: &LocalNode) -> Result<()> {
     let transport: transport::Client = connect(&a.home, ServiceKind::Transport).await?;
     let node_b = b.identity()?;
     let start = Instant::now();
@@ -175,7 +175,7 @@ async fn round_trips(sender: &Engine, receiver: &ReceivingEngine, requests: usiz
 
 /// The baseline: `count` length-prefixed messages of `size` bytes on one raw quinn stream over
 /// loopback, with the same TLS configuration the nodes use.
-async fn raw_quinn(size: usize, count: usize) -> Result<Throughput> {
+pub(super) async fn raw_quinn(size: usize, count: usize) -> Result<Throughput> {
     let (server_key, client_key) = (Keypair::generate(), Keypair::generate());
     let server_tls = NodeTls::new(&server_key)?;
     let client_tls = NodeTls::new(&client_key)?;
