@@ -4,6 +4,7 @@
 using Id = import "identity.capnp";
 using Msg = import "message.capnp";
 using Svc = import "service.capnp";
+using Router = import "router.capnp";
 
 # Engines make topic requests of their router; the pubsub service is an engine itself, and
 # carries topics between nodes in PeerMessages. Its own interface is its status.
@@ -16,7 +17,10 @@ struct PeerMessage {
   topic @0 :Id.Identity;
   union {
     subscribe @1 :UInt64;      # subscriber to publisher node: send events from this seq on (0: from the next)
-    subscribed @2 :UInt64;     # the answer: the seq of the topic's last event
+    subscribed :group {        # the answer
+      lastSeq @2 :UInt64;      # the seq of the topic's last event
+      policy @16 :Router.TopicPolicy;  # the topic's policy, which its mirrors take
+    }
     refused :group {
       reason @3 :PeerRefusal;
       detail @4 :Text;

@@ -56,7 +56,7 @@ pub struct Shared {
 enum TopicsWork {
     Subscribe(Identity),
     Unsubscribe(Identity),
-    Mirror(TopicAdvert),
+    Mirror(TopicAdvert, TopicPolicy),
     Unmirror(Identity),
     Deliver(EngineMessage),
 }
@@ -158,7 +158,7 @@ async fn run(shared: Rc<Shared>, socket: std::path::PathBuf, topics_key: Keypair
                 }
                 Output::SubscribeLocal(topic) => drop(topics_work.send(TopicsWork::Subscribe(topic))),
                 Output::UnsubscribeLocal(topic) => drop(topics_work.send(TopicsWork::Unsubscribe(topic))),
-                Output::Mirror(advert) => drop(topics_work.send(TopicsWork::Mirror(advert))),
+                Output::Mirror { advert, policy } => drop(topics_work.send(TopicsWork::Mirror(advert, policy))),
                 Output::Unmirror(topic) => drop(topics_work.send(TopicsWork::Unmirror(topic))),
                 Output::Deliver(message) => drop(topics_work.send(TopicsWork::Deliver(message))),
             }
@@ -304,9 +304,9 @@ async fn do_topics_work(topics: Rc<Engine>, mut work: mpsc::UnboundedReceiver<To
                 }
                 None
             }
-            TopicsWork::Mirror(advert) => {
+            TopicsWork::Mirror(advert, policy) => {
                 let topic = advert.topic;
-                if let Err(error) = topics.create_topic(advert, Scope::Any, TopicPolicy::Block).await {
+                if let Err(error) = topics.create_topic(advert, Scope::Any, policy).await {
                     tracing::warn!(%topic, %error, "cannot mirror topic");
                 }
                 None

@@ -7,6 +7,7 @@ use crate::identity::Identity;
 use crate::message::{EngineMessage, MessageError};
 use crate::pubsub_capnp::peer_message;
 pub use crate::pubsub_capnp::PeerRefusal;
+use crate::router_capnp::TopicPolicy;
 
 /// The protocol of messages between pubsub services; a router routes a message to its node
 /// with this protocol to the engine that serves it (the node's pubsub service).
@@ -29,7 +30,8 @@ pub enum Says {
     /// Subscriber to publisher node: send events from this seq on (0: from the next one).
     Subscribe(u64),
     /// The answer to Subscribe: the seq of the topic's last event.
-    Subscribed(u64),
+    /// The answer to Subscribe: the seq of the topic's last event, and its policy.
+    Subscribed { last_seq: u64, policy: TopicPolicy },
     Refused { reason: PeerRefusal, detail: String },
     Unsubscribe,
     Unsubscribed,
@@ -61,7 +63,11 @@ impl PeerMessage {
         root.set_topic(&self.topic.0);
         match &self.says {
             Says::Subscribe(from) => root.set_subscribe(*from),
-            Says::Subscribed(last) => root.set_subscribed(*last),
+            Says::Subscribed { last_seq, policy } => {
+                let mut subscribed = root.init_subscribed();
+                subscribed.set_last_seq(*last_seq);
+                subscribed.set_policy(*policy);
+            }
             Says::Refused { reason, detail } => {
                 let mut refused = root.init_refused();
                 refused.set_reason(*reason);
@@ -98,7 +104,7 @@ impl PeerMessage {
         use peer_message::Which;
         let says = match root.which()? {
             Which::Subscribe(from) => Says::Subscribe(from),
-            Which::Subscribed(last) => Says::Subscribed(last),
+            Which::Subscribed(subscribed) => Says::Subscribed { last_seq: subscribed.get_last_seq(), policy: subscribed.get_policy()? },
             Which::Refused(refused) => Says::Refused {
                 reason: refused.get_reason()?,
                 detail: refused.get_detail()?.to_string().map_err(|_| MessageError::ProtocolNotUtf8)?,
@@ -140,7 +146,7 @@ mod tests {
         let event = EngineMessage::new(topic, Destination::Topic(topic), 7, vec![1; 300]);
         let all = [
             Says::Subscribe(3),
-            Says::Subscribed(9),
+            Says::Subscribed { last_seq: 9, policy: TopicPolicy::CutSlow },
             Says::Refused { reason: PeerRefusal::Denied, detail: "scope local".into() },
             Says::Unsubscribe,
             Says::Unsubscribed,

@@ -201,8 +201,8 @@ impl World {
                     let _ = self.router_core(node).unsubscribe(engine, topic, now);
                     self.carry_out_router(node);
                 }
-                Output::Mirror(advert) => {
-                    self.router_core(node).create_topic(engine, advert, Scope::Any, TopicPolicy::Block, now).expect("the mirror is created");
+                Output::Mirror { advert, policy } => {
+                    self.router_core(node).create_topic(engine, advert, Scope::Any, policy, now).expect("the mirror is created");
                     self.carry_out_router(node);
                 }
                 Output::Unmirror(topic) => {

@@ -5,7 +5,8 @@
 //! topic's events reach another node only as their publisher signed them, from the node that
 //! feeds it: a forged event, an event from another engine and an unreadable message are dropped
 //! and counted; an event too large to be carried is refused to its publisher. A subscriber on
-//! another node that never reads holds the publisher back (BackPressured), and nothing grows.
+//! another node that never reads holds the publisher back (BackPressured), and nothing grows;
+//! under policy CutSlow it is cut on its own node and told what it missed, and holds no one.
 
 use netmachine_engine::{Engine, Received, Scope, TopicAdvert, TopicPolicy};
 use netmachine_engine::Destination;
@@ -271,5 +272,61 @@ fn a_subscriber_on_another_node_that_never_reads_back_pressures_the_publisher() 
         assert!(taken.gaps.is_empty(), "gaps {:?} of {accepted} (A: {}; B: {})", taken.gaps, a.service(ServiceKind::PubSub)["counters"], b.service(ServiceKind::PubSub)["counters"]);
         assert!(taken.seqs == (1..=accepted).collect::<Vec<_>>(), "{} events, last {:?}, of {accepted}", taken.seqs.len(), taken.seqs.last());
         assert_eq!(publisher.try_publish(topic, body(accepted + 1)).await.expect("room again"), accepted + 1);
+    });
+}
+
+#[test]
+fn under_cut_slow_a_slow_subscriber_on_another_node_misses_events_and_holds_no_one() {
+    let (a, b) = (Node::up(), Node::up_with(&["limits.engine_queue=64"]));
+    link(&a, &b);
+    with_rpc(async {
+        let publisher = attach_engine(&a, |_| {}).await;
+        let advert = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
+        let topic = advert.topic;
+        publisher.create_topic(advert, Scope::Any, TopicPolicy::CutSlow).await.expect("create the topic");
+        let reading = attach_engine(&b, |_| {}).await;
+        let stuck = attach_engine(&b, |o| o.inbox_capacity = 1).await;
+        for subscriber in [&reading, &stuck] {
+            subscriber.subscribe(topic, Scope::Any).await.expect("subscribe");
+        }
+        wait_readers(&a, 1);
+
+        // The publisher never waits; the engine that reads gets every event, in order.
+        const EVENTS: u64 = 5_000;
+        let last = Cell::new(EVENTS);
+        let publishing = async {
+            for n in 1..=EVENTS {
+                let seq = publisher.try_publish(topic, n.to_le_bytes().repeat(8)).await.expect("never back-pressured under CutSlow");
+                assert_eq!(seq, n);
+            }
+        };
+        let ((), taken) = tokio::join!(publishing, take_until(&reading, &last));
+        let taken = taken.expect("every event for the engine that reads");
+        assert_eq!((taken.seqs, taken.gaps), ((1..=EVENTS).collect::<Vec<_>>(), vec![]));
+
+        // The one that did not read was cut on its own node (the mirror takes the topic's
+        // policy). It hears of what it missed with the next event it gets, so events keep
+        // coming while it reads.
+        assert!(b.counter(ServiceKind::Router, "topic_events_cut") > 0, "B's router cut the slow subscriber");
+        let done = Cell::new(false);
+        let more = async {
+            let mut n = EVENTS;
+            while !done.get() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                n += 1;
+                publisher.try_publish(topic, n.to_le_bytes().repeat(8)).await.expect("published");
+            }
+        };
+        let reading_stuck = async {
+            let taken = take_until(&stuck, &last).await;
+            done.set(true);
+            taken
+        };
+        let ((), taken) = tokio::join!(more, reading_stuck);
+        let taken = taken.expect("the slow subscriber's events and gaps");
+        taken.assert_accounted("the slow subscriber", 1, EVENTS);
+        let missed: u64 = taken.gaps.iter().map(|(from, to)| to - from + 1).sum();
+        let cut = b.counter(ServiceKind::Router, "topic_events_cut");
+        assert!(missed > 0 && missed <= cut, "{missed} reported missing, {cut} cut: each gap is an event cut");
     });
 }

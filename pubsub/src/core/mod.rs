@@ -91,8 +91,10 @@ pub enum Output {
     /// Subscribe the service to a topic on this node.
     SubscribeLocal(Identity),
     UnsubscribeLocal(Identity),
-    /// Put the topic on this node's router for the engines that want it; events follow.
-    Mirror(TopicAdvert),
+    /// Put the topic on this node's router for the engines that want it, with the policy it
+    /// has at its publisher's node (a slow engine here is cut, or holds the rest, as there);
+    /// events follow.
+    Mirror { advert: TopicAdvert, policy: TopicPolicy },
     Unmirror(Identity),
     /// Hand an event of a topic from another node to this node's router.
     Deliver(EngineMessage),
@@ -287,9 +289,9 @@ impl PubSub {
             }
             Says::Ack(upto) => self.on_publication(topic, from, |p, config, _, out| p.ack(from, upto, config, now, out)),
             Says::Resend { from: first, to } => self.on_publication(topic, from, |p, _, counters, out| p.resend(from, first, to, counters, now, out)),
-            Says::Subscribed(last_seq) => {
+            Says::Subscribed { last_seq, policy } => {
                 if let Some(subscription) = self.subscriptions.get_mut(&topic) {
-                    subscription.subscribed(from, last_seq, now, out);
+                    subscription.subscribed(from, last_seq, policy, now, out);
                 }
             }
             Says::Refused { reason, .. } => {

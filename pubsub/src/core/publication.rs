@@ -123,12 +123,12 @@ impl Publication {
 
     fn add_reader(&mut self, reader: Identity, from: u64, config: &Config, now: Millis, out: &mut VecDeque<Output>) {
         if from != 0 && self.readers.get(&reader).is_some_and(|r| r.from == from) {
-            self.send(reader, Says::Subscribed(self.last_seq), out);
+            self.send(reader, Says::Subscribed { last_seq: self.last_seq, policy: self.policy }, out);
             return;
         }
         let next = if from == 0 { self.last_seq + 1 } else { from };
         self.readers.insert(reader, Reader::new(from, next, now));
-        self.send(reader, Says::Subscribed(self.last_seq), out);
+        self.send(reader, Says::Subscribed { last_seq: self.last_seq, policy: self.policy }, out);
         self.pump(reader, config, out);
     }
 

@@ -8,6 +8,7 @@
 
 use super::{Config, Counters, Millis, Output};
 use netmachine_schema::peer::PeerRefusal;
+use netmachine_schema::router_capnp::TopicPolicy;
 use netmachine_schema::{gap_marker, signing, Destination, EngineMessage, Identity, PeerMessage, Says, TopicAdvert};
 use super::history::event_size;
 use std::collections::{BTreeMap, VecDeque};
@@ -110,7 +111,7 @@ impl Subscription {
     }
 
     /// The publisher's node answered Subscribe: events follow from `peer`.
-    pub fn subscribed(&mut self, peer: Identity, last_seq: u64, now: Millis, out: &mut VecDeque<Output>) {
+    pub fn subscribed(&mut self, peer: Identity, last_seq: u64, policy: TopicPolicy, now: Millis, out: &mut VecDeque<Output>) {
         let Stage::Subscribing { node, .. } = self.stage else { return };
         self.stage = Stage::Subscribed { node, peer };
         self.last_heard = now;
@@ -123,7 +124,7 @@ impl Subscription {
         }
         if !self.mirrored {
             self.mirrored = true;
-            out.push_back(Output::Mirror(self.advert.clone().expect("located before subscribing")));
+            out.push_back(Output::Mirror { advert: self.advert.clone().expect("located before subscribing"), policy });
         }
     }
 
