@@ -2,7 +2,9 @@
 //! engine, serves the pubsub protocol and runs the pubsub core (`service`); its own RPC
 //! interface reports its status.
 
+use netmachine_pubsub::core::history::HistoryLimits;
 use netmachine_pubsub::core::Config;
+use netmachine_service::config::PubSubConfig;
 use netmachine_pubsub::service::{self, Shared};
 use netmachine_schema::pubsub_capnp::pub_sub;
 use netmachine_schema::service_capnp::service as status;
@@ -55,9 +57,15 @@ impl status::Server for PubSubServer {
 
 impl pub_sub::Server for PubSubServer {}
 
+/// The core's settings from the node's `[pubsub]` section.
+fn core_config(section: &PubSubConfig) -> Config {
+    let history = HistoryLimits { events: section.history_events as usize, bytes: section.history_bytes as usize, age: section.history_age_ms };
+    Config { window_bytes: section.window_bytes as usize, history, heartbeat: section.heartbeat_ms, max_readers: section.max_readers as usize, ..Config::default() }
+}
+
 fn main() -> std::process::ExitCode {
     process::run(ServiceKind::PubSub, "netmachine pubsub: topics across nodes", |context: ServiceContext| async move {
-        let shared = service::start(&context.home, Config::default())?;
+        let shared = service::start(&context.home, core_config(&context.home.config.pubsub))?;
         let server = PubSubServer { home: context.home, stats: context.stats, shared: shared.clone() };
         let bootstrap = capnp_rpc::new_client::<pub_sub::Client, _>(server).client;
         let on_stop = Box::pin(async move { shared.stop.notify_one() });

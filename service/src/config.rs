@@ -13,6 +13,7 @@ pub struct Config {
     pub limits: Limits,
     pub router: RouterConfig,
     pub transport: TransportConfig,
+    pub pubsub: PubSubConfig,
     pub supervisor: SupervisorConfig,
 }
 
@@ -71,6 +72,28 @@ pub struct RouterConfig {
 impl Default for RouterConfig {
     fn default() -> Self {
         RouterConfig { cache_entries: 65_536, node_queue: 4096, require_engine_signatures: false, ring_bytes: 1 << 20 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PubSubConfig {
+    /// Bytes of events each subscriber node may have unacknowledged (the backpressure window).
+    pub window_bytes: u64,
+    /// The history each topic fed to other nodes keeps for repair: events, bytes and age.
+    pub history_events: u64,
+    pub history_bytes: u64,
+    pub history_age_ms: u64,
+    /// An idle topic tells its subscriber nodes its last event this often; a publisher silent
+    /// for three of these is subscribed to again.
+    pub heartbeat_ms: u64,
+    /// Subscriber nodes one topic is fed to at most.
+    pub max_readers: u64,
+}
+
+impl Default for PubSubConfig {
+    fn default() -> Self {
+        PubSubConfig { window_bytes: 1 << 20, history_events: 100_000, history_bytes: 64 << 20, history_age_ms: 600_000, heartbeat_ms: 1_000, max_readers: 1024 }
     }
 }
 
@@ -214,7 +237,7 @@ impl Config {
     }
 
     fn validate(&self, file: &Path, overrides: &[Override]) -> Result<(), ConfigError> {
-        let checks: [(&str, u64, u64, u64); 17] = [
+        let checks: [(&str, u64, u64, u64); 23] = [
             // At least 4 KiB: an event carried to other nodes needs 1 KiB of it for its wrapping.
             ("limits.max_message_bytes", self.limits.max_message_bytes.into(), 4096, 64 << 20),
             ("limits.engine_queue", self.limits.engine_queue.into(), 1, 1 << 20),
@@ -234,6 +257,13 @@ impl Config {
             ("transport.connect_timeout_ms", self.transport.connect_timeout_ms, 100, 600_000),
             ("supervisor.restart_max_ms", self.supervisor.restart_max_ms, self.supervisor.restart_initial_ms.max(1), 3_600_000),
             ("supervisor.stop_timeout_ms", self.supervisor.stop_timeout_ms, 100, 600_000),
+            // A window smaller than one largest event would never let it go.
+            ("pubsub.window_bytes", self.pubsub.window_bytes, self.limits.max_message_bytes.into(), 1 << 32),
+            ("pubsub.history_events", self.pubsub.history_events, 1, 1 << 32),
+            ("pubsub.history_bytes", self.pubsub.history_bytes, self.limits.max_message_bytes.into(), 1 << 40),
+            ("pubsub.history_age_ms", self.pubsub.history_age_ms, 1_000, 86_400_000),
+            ("pubsub.heartbeat_ms", self.pubsub.heartbeat_ms, 10, 600_000),
+            ("pubsub.max_readers", self.pubsub.max_readers, 1, 1 << 16),
         ];
         for (field, value, min, max) in checks {
             if value < min || value > max {
@@ -352,6 +382,15 @@ mod tests {
         assert_eq!(config.limits.max_engines, 21);
         assert_eq!(config.limits.send_wait_ms, 32);
         assert_eq!(config.limits.max_message_bytes, Limits::default().max_message_bytes);
+    }
+
+    #[test]
+    fn the_pubsub_section_is_read_and_a_window_smaller_than_one_message_is_refused() {
+        let (path, _guard) = file_with("[pubsub]\nwindow_bytes = 2097152\nheartbeat_ms = 250\n");
+        let config = Config::load(&path, &[]).unwrap();
+        assert_eq!((config.pubsub.window_bytes, config.pubsub.heartbeat_ms, config.pubsub.max_readers), (2 << 20, 250, PubSubConfig::default().max_readers));
+        let err = Config::load(&path, &[Override::from_flag("pubsub.window_bytes=100").unwrap()]).unwrap_err().to_string();
+        assert!(err.contains("`pubsub.window_bytes`") && err.contains("got 100"), "{err}");
     }
 
     #[test]
