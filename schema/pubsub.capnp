@@ -48,3 +48,10 @@ enum PeerRefusal {
   denied @1;                   # the topic's scope keeps it to its node
   notSubscribed @2;            # an ack, resend or unsubscribe from a node that does not subscribe
 }
+
+# Several PeerMessages from one service's engine to another's, in order: the body of an
+# EngineMessage with protocol "netmachine/pubsub-batch/1" (engine to engine only; a first
+# contact to a node is a single PeerMessage).
+struct PeerBatch {
+  messages @0 :List(PeerMessage);
+}

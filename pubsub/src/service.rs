@@ -18,10 +18,11 @@
 use crate::core::{self, Config, Input, Output, PubSub};
 use crate::locate;
 use futures::stream::{FuturesOrdered, StreamExt};
+use futures::FutureExt;
 use netmachine_engine::{Engine, EngineError, EngineOptions, PendingSend, Scope, SendRefusal, TopicPolicy, TopicRefusal};
 use netmachine_schema::identity_store_capnp::identity_store;
 use netmachine_schema::peer::PeerRefusal;
-use netmachine_schema::{Destination, EngineMessage, Identity, Keypair, PeerMessage, TopicAdvert, PUBSUB_PROTOCOL};
+use netmachine_schema::{Destination, EngineMessage, Identity, Keypair, PeerMessage, Says, TopicAdvert, PEER_EVENT_OVERHEAD, PUBSUB_BATCH_PROTOCOL, PUBSUB_PROTOCOL};
 use netmachine_service::home::{NodeHome, ServiceKind};
 use netmachine_service::link::Link;
 use netmachine_service::Backoff;
@@ -129,41 +130,114 @@ async fn run(shared: Rc<Shared>, socket: std::path::PathBuf, topics_key: Keypair
     tokio::task::spawn_local(do_topics_work(topics.clone(), work, inputs.clone()));
     tokio::task::spawn_local(send_to_peers(shared.clone(), peers.clone(), sends));
     let max_body = peers.max_message_bytes().max(topics.max_message_bytes()) + 4096;
+    let batch_bytes = peers.max_message_bytes() - PEER_EVENT_OVERHEAD;
     loop {
         let wake = shared.core.borrow().poll_timeout().map(|at| started + Duration::from_millis(at));
         let has_room = shared.core.borrow().has_room();
-        let input = tokio::select! {
+        let mut inputs_now = tokio::select! {
             _ = shared.stop.notified() => break,
-            Some(input) = answers.recv() => Some(input),
+            Some(input) = answers.recv() => vec![input],
             Some(message) = peers.recv() => received(&shared, message, max_body),
             Some(message) = topics.recv(), if has_room => received(&shared, message, max_body),
-            _ = sleep_until(wake) => Some(Input::Timer),
+            _ = sleep_until(wake) => vec![Input::Timer],
         };
-        let Some(input) = input else { continue };
-        shared.core.borrow_mut().handle(input, now());
-        loop {
-            let output = shared.core.borrow_mut().poll_output();
-            let Some(output) = output else { break };
-            match output {
-                Output::Send { to, message } => {
-                    if !matches!(message.says, netmachine_schema::Says::Event(_)) {
-                        tracing::debug!(?to, topic = %message.topic, says = ?message.says, "to a peer");
-                    }
-                    let mut sent = peers.message(to, message.encode());
-                    sent.protocol = PUBSUB_PROTOCOL.into();
-                    let _ = peer_sends.send(sent);
-                }
-                Output::Locate(topic) => {
-                    tokio::task::spawn_local(find(shared.clone(), topic, inputs.clone()));
-                }
-                Output::SubscribeLocal(topic) => drop(topics_work.send(TopicsWork::Subscribe(topic))),
-                Output::UnsubscribeLocal(topic) => drop(topics_work.send(TopicsWork::Unsubscribe(topic))),
-                Output::Mirror { advert, policy } => drop(topics_work.send(TopicsWork::Mirror(advert, policy))),
-                Output::Unmirror(topic) => drop(topics_work.send(TopicsWork::Unmirror(topic))),
-                Output::Deliver(message) => drop(topics_work.send(TopicsWork::Deliver(message))),
+        // What else is ready goes in the same round, so that what it sends to one engine goes
+        // as one batch.
+        let mut outgoing: Vec<(Destination, Vec<PeerMessage>)> = Vec::new();
+        for round in 1.. {
+            for input in inputs_now.drain(..) {
+                shared.core.borrow_mut().handle(input, now());
+                carry_out(&shared, &inputs, &topics_work, &mut outgoing);
+            }
+            if round == ROUND {
+                break;
+            }
+            if let Ok(input) = answers.try_recv() {
+                inputs_now.push(input);
+            } else if let Some(Some(message)) = peers.recv().now_or_never() {
+                inputs_now = received(&shared, message, max_body);
+            } else if let Some(Some(message)) = shared.core.borrow().has_room().then(|| topics.recv().now_or_never()).flatten() {
+                inputs_now = received(&shared, message, max_body);
+            } else {
+                break;
+            }
+        }
+        for (to, messages) in outgoing {
+            for sent in batches(&peers, to, messages, batch_bytes) {
+                let _ = peer_sends.send(sent);
             }
         }
     }
+}
+
+/// Inputs taken in one round at most before what they send goes out.
+const ROUND: usize = 64;
+
+/// Carries out what the core answered; messages to other nodes wait in `outgoing`, per
+/// destination, in order.
+fn carry_out(shared: &Rc<Shared>, inputs: &mpsc::UnboundedSender<Input>, topics_work: &mpsc::UnboundedSender<TopicsWork>, outgoing: &mut Vec<(Destination, Vec<PeerMessage>)>) {
+    loop {
+        let output = shared.core.borrow_mut().poll_output();
+        let Some(output) = output else { break };
+        match output {
+            Output::Send { to, message } => {
+                if !matches!(message.says, Says::Event(_)) {
+                    tracing::debug!(?to, topic = %message.topic, says = ?message.says, "to a peer");
+                }
+                match outgoing.iter_mut().find(|(dst, _)| *dst == to) {
+                    Some((_, messages)) => messages.push(message),
+                    None => outgoing.push((to, vec![message])),
+                }
+            }
+            Output::Locate(topic) => {
+                tokio::task::spawn_local(find(shared.clone(), topic, inputs.clone()));
+            }
+            Output::SubscribeLocal(topic) => drop(topics_work.send(TopicsWork::Subscribe(topic))),
+            Output::UnsubscribeLocal(topic) => drop(topics_work.send(TopicsWork::Unsubscribe(topic))),
+            Output::Mirror { advert, policy } => drop(topics_work.send(TopicsWork::Mirror(advert, policy))),
+            Output::Unmirror(topic) => drop(topics_work.send(TopicsWork::Unmirror(topic))),
+            Output::Deliver(message) => drop(topics_work.send(TopicsWork::Deliver(message))),
+        }
+    }
+}
+
+/// The messages for `to` as engine messages: to a node (first contact, which its router hands
+/// to the engine serving the protocol) one by one; to an engine in batches of at most
+/// `batch_bytes`, one signature each.
+fn batches(peers: &Engine, to: Destination, messages: Vec<PeerMessage>, batch_bytes: usize) -> Vec<EngineMessage> {
+    let single = |message: &PeerMessage| {
+        let mut sent = peers.message(to, message.encode());
+        sent.protocol = PUBSUB_PROTOCOL.into();
+        sent
+    };
+    if !matches!(to, Destination::Engine(_)) || messages.len() == 1 {
+        return messages.iter().map(single).collect();
+    }
+    let size = |message: &PeerMessage| match &message.says {
+        Says::Event(event) => event.body.len() + PEER_EVENT_OVERHEAD,
+        _ => 256,
+    };
+    let mut sent = Vec::new();
+    let (mut batch, mut bytes) = (Vec::new(), 0);
+    for message in messages {
+        if !batch.is_empty() && bytes + size(&message) > batch_bytes {
+            sent.push(std::mem::take(&mut batch));
+            bytes = 0;
+        }
+        bytes += size(&message);
+        batch.push(message);
+    }
+    sent.push(batch);
+    sent.into_iter()
+        .map(|batch| match batch.as_slice() {
+            [message] => single(message),
+            _ => {
+                let mut carried = peers.message(to, PeerMessage::encode_batch(&batch));
+                carried.protocol = PUBSUB_BATCH_PROTOCOL.into();
+                carried
+            }
+        })
+        .collect()
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -174,28 +248,35 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 /// What a message to one of the service's engines is for the core: an event of a topic here, or
-/// a pubsub message (from another node's service, or Want and Unwant from the router).
-fn received(shared: &Shared, message: EngineMessage, max_body: usize) -> Option<Input> {
+/// pubsub messages (from another node's service, one or a batch, or Want and Unwant from the
+/// router).
+fn received(shared: &Shared, message: EngineMessage, max_body: usize) -> Vec<Input> {
     if let Destination::Topic(_) = message.dst {
-        return Some(Input::Published(message));
+        return vec![Input::Published(message)];
     }
-    let decoded = (message.protocol == PUBSUB_PROTOCOL).then(|| PeerMessage::decode(&message.body, max_body));
-    match decoded {
-        Some(Ok(peer)) => {
-            if !matches!(peer.says, netmachine_schema::Says::Event(_)) {
-                tracing::debug!(from = %message.src, says = ?peer.says, "from a peer");
-            }
-            Some(Input::Peer { from: message.src, message: peer })
-        }
-        Some(Err(error)) => {
-            shared.counters.messages_unreadable.set(shared.counters.messages_unreadable.get() + 1);
-            tracing::debug!(from = %message.src, %error, "dropped an unreadable pubsub message");
-            None
-        }
-        None => {
+    let decoded = match message.protocol.as_str() {
+        PUBSUB_PROTOCOL => PeerMessage::decode(&message.body, max_body).map(|one| vec![one]),
+        PUBSUB_BATCH_PROTOCOL => PeerMessage::decode_batch(&message.body, max_body),
+        _ => {
             shared.counters.messages_unreadable.set(shared.counters.messages_unreadable.get() + 1);
             tracing::debug!(from = %message.src, protocol = %message.protocol, "dropped a message in another protocol");
-            None
+            return Vec::new();
+        }
+    };
+    match decoded {
+        Ok(peer) => peer
+            .into_iter()
+            .map(|peer| {
+                if !matches!(peer.says, Says::Event(_)) {
+                    tracing::debug!(from = %message.src, says = ?peer.says, "from a peer");
+                }
+                Input::Peer { from: message.src, message: peer }
+            })
+            .collect(),
+        Err(error) => {
+            shared.counters.messages_unreadable.set(shared.counters.messages_unreadable.get() + 1);
+            tracing::debug!(from = %message.src, %error, "dropped an unreadable pubsub message");
+            Vec::new()
         }
     }
 }

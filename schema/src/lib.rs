@@ -38,5 +38,5 @@ pub mod topic;
 pub use identity::{Identity, KeyError, Keypair, SignatureBytes};
 pub use location::{EngineLocation, LocationError};
 pub use message::{Destination, EngineMessage, MessageError};
-pub use peer::{PeerMessage, Says, PEER_EVENT_OVERHEAD, PUBSUB_PROTOCOL};
+pub use peer::{PeerMessage, Says, PEER_EVENT_OVERHEAD, PUBSUB_BATCH_PROTOCOL, PUBSUB_PROTOCOL};
 pub use topic::{gap_marker, AdvertError, TopicAdvert, GAP_PROTOCOL, SEQ_NOT_KNOWN};

@@ -5,13 +5,16 @@
 
 use crate::identity::Identity;
 use crate::message::{EngineMessage, MessageError};
-use crate::pubsub_capnp::peer_message;
+use crate::pubsub_capnp::{peer_batch, peer_message};
 pub use crate::pubsub_capnp::PeerRefusal;
 use crate::router_capnp::TopicPolicy;
 
 /// The protocol of messages between pubsub services; a router routes a message to its node
 /// with this protocol to the engine that serves it (the node's pubsub service).
 pub const PUBSUB_PROTOCOL: &str = "netmachine/pubsub/1";
+
+/// The protocol of several PeerMessages from one pubsub service's engine to another's.
+pub const PUBSUB_BATCH_PROTOCOL: &str = "netmachine/pubsub-batch/1";
 
 /// The bytes a PeerMessage takes around the event it carries, at most: an event of a topic that
 /// may leave its node is this much under the node's body limit, so that it fits once carried.
@@ -59,7 +62,21 @@ impl PeerMessage {
     /// The message as an EngineMessage body.
     pub fn encode(&self) -> Vec<u8> {
         let mut wire = capnp::message::Builder::new_default();
-        let mut root = wire.init_root::<peer_message::Builder<'_>>();
+        self.write(wire.init_root::<peer_message::Builder<'_>>());
+        capnp::serialize::write_message_to_words(&wire)
+    }
+
+    /// Messages for one engine as one EngineMessage body, in protocol [`PUBSUB_BATCH_PROTOCOL`].
+    pub fn encode_batch(messages: &[PeerMessage]) -> Vec<u8> {
+        let mut wire = capnp::message::Builder::new_default();
+        let mut list = wire.init_root::<peer_batch::Builder<'_>>().init_messages(messages.len() as u32);
+        for (i, message) in messages.iter().enumerate() {
+            message.write(list.reborrow().get(i as u32));
+        }
+        capnp::serialize::write_message_to_words(&wire)
+    }
+
+    fn write(&self, mut root: peer_message::Builder<'_>) {
         root.set_topic(&self.topic.0);
         match &self.says {
             Says::Subscribe(from) => root.set_subscribe(*from),
@@ -91,15 +108,21 @@ impl PeerMessage {
             Says::Want(from) => root.set_want(*from),
             Says::Unwant => root.set_unwant(()),
         }
-        capnp::serialize::write_message_to_words(&wire)
     }
 
     /// Reads a body of at most `max_bytes` (a node's largest message, plus room for the frame).
     pub fn decode(body: &[u8], max_bytes: usize) -> Result<Self, MessageError> {
-        let mut options = capnp::message::ReaderOptions::new();
-        options.traversal_limit_in_words(Some(max_bytes / 8 + 64)).nesting_limit(16);
-        let wire = capnp::serialize::read_message_from_flat_slice(&mut &body[..], options)?;
-        let root = wire.get_root::<peer_message::Reader<'_>>()?;
+        let wire = capnp::serialize::read_message_from_flat_slice(&mut &body[..], read_options(max_bytes))?;
+        Self::read(wire.get_root::<peer_message::Reader<'_>>()?)
+    }
+
+    /// Reads a batch body of at most `max_bytes`.
+    pub fn decode_batch(body: &[u8], max_bytes: usize) -> Result<Vec<Self>, MessageError> {
+        let wire = capnp::serialize::read_message_from_flat_slice(&mut &body[..], read_options(max_bytes))?;
+        wire.get_root::<peer_batch::Reader<'_>>()?.get_messages()?.iter().map(Self::read).collect()
+    }
+
+    fn read(root: peer_message::Reader<'_>) -> Result<Self, MessageError> {
         let topic = Identity::from_slice("topic", root.get_topic()?)?;
         use peer_message::Which;
         let says = match root.which()? {
@@ -123,6 +146,13 @@ impl PeerMessage {
     }
 }
 
+/// Bounds the traversal of a body of at most `max_bytes`.
+fn read_options(max_bytes: usize) -> capnp::message::ReaderOptions {
+    let mut options = capnp::message::ReaderOptions::new();
+    options.traversal_limit_in_words(Some(max_bytes / 8 + 64)).nesting_limit(16);
+    options
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +168,14 @@ mod tests {
         event.reply_to = Some(u64::MAX);
         let carried = PeerMessage::new(topic, Says::Event(event)).encode();
         assert!(carried.len() <= limit, "{} bytes carried", carried.len());
+    }
+
+    #[test]
+    fn a_batch_survives_the_wire_in_order_and_garbage_is_an_error() {
+        let topic = Keypair::generate().identity();
+        let messages: Vec<PeerMessage> = (1..=3).map(|n| PeerMessage::new(topic, Says::Ack(n))).collect();
+        assert_eq!(PeerMessage::decode_batch(&PeerMessage::encode_batch(&messages), 1 << 20).unwrap(), messages);
+        assert!(PeerMessage::decode_batch(&[9; 40], 1 << 20).is_err());
     }
 
     #[test]
