@@ -17,6 +17,8 @@ fn the_demo_runs_from_start_to_clean_stop() {
         "bob@B -> alice@A: 200 requests",
         "alice@A -> carol@A (same node): 200 requests",
         "alice@A asked node B itself; it answered",
+        "bob@B subscribed through B's pubsub service",
+        "bob@B got [\"news 1\", \"news 2\", \"news 3\"], in order, no gap",
         "stopped both nodes (exit status: 0, exit status: 0)",
     ] {
         assert!(stdout.contains(expected), "the demo did not print {expected:?}:\n{stdout}");
