@@ -184,9 +184,11 @@ impl Override {
 
     /// The `NETMACHINE_<SECTION>__<KEY>` variables of an environment (NETMACHINE_HOME excepted).
     pub fn from_env(vars: impl Iterator<Item = (String, String)>) -> Vec<Self> {
+        // The node home and where `up` finds the service binaries: not config settings.
+        const NOT_SETTINGS: [&str; 2] = ["HOME", "BIN_DIR"];
         vars.filter_map(|(name, value)| {
             let rest = name.strip_prefix("NETMACHINE_")?;
-            if rest == "HOME" {
+            if NOT_SETTINGS.contains(&rest) {
                 return None;
             }
             let field = rest.to_ascii_lowercase().replace("__", ".");
@@ -370,6 +372,7 @@ mod tests {
                 ("NETMACHINE_LIMITS__MAX_ENGINES".to_string(), "21".to_string()),
                 ("NETMACHINE_LIMITS__SEND_WAIT_MS".to_string(), "31".to_string()),
                 ("NETMACHINE_HOME".to_string(), "/x".to_string()),
+                ("NETMACHINE_BIN_DIR".to_string(), "/opt/netmachine/bin".to_string()),
                 ("PATH".to_string(), "/bin".to_string()),
             ]
             .into_iter(),
