@@ -12,8 +12,8 @@
 //! node whose window is full stops the events of this node's topics at the router, so the
 //! publisher waits, while acknowledgements keep arriving through the peers engine. Work for the
 //! topics engine (local subscriptions, mirrors, events handed over) runs in order in one task;
-//! peer messages go out in order in another; both keep many sends in flight. Both queues hold
-//! only what the core asked for, which its windows bound.
+//! peer messages go out in order in another; both keep many sends in flight. Both queues are
+//! bounded: when one is full the service stops reading its inboxes until it has room.
 
 use crate::core::{self, Config, Input, Output, PubSub};
 use crate::locate;
@@ -41,6 +41,10 @@ pub struct ShellCounters {
     pub sends_refused: Cell<u64>,
     /// Locates the identity store could not answer.
     pub locates_failed: Cell<u64>,
+}
+
+fn count(counter: &Cell<u64>) {
+    counter.set(counter.get() + 1);
 }
 
 /// The running service, as its status report sees it.
@@ -124,9 +128,12 @@ async fn run(shared: Rc<Shared>, socket: std::path::PathBuf, topics_key: Keypair
 
     let started = Instant::now();
     let now = move || started.elapsed().as_millis() as u64;
+    // Answers are bounded by the work and locates asked for; the work and the sends are bounded
+    // here: when either queue is full the loop waits, and stops reading its engines' inboxes,
+    // so a peer that ignores its window is held back through its router, not buffered.
     let (inputs, mut answers) = mpsc::unbounded_channel::<Input>();
-    let (topics_work, work) = mpsc::unbounded_channel::<TopicsWork>();
-    let (peer_sends, sends) = mpsc::unbounded_channel::<EngineMessage>();
+    let (topics_work, work) = mpsc::channel::<TopicsWork>(QUEUE);
+    let (peer_sends, sends) = mpsc::channel::<EngineMessage>(QUEUE);
     tokio::task::spawn_local(do_topics_work(topics.clone(), work, inputs.clone()));
     tokio::task::spawn_local(send_to_peers(shared.clone(), peers.clone(), sends));
     let max_body = peers.max_message_bytes().max(topics.max_message_bytes()) + 4096;
@@ -143,11 +150,11 @@ async fn run(shared: Rc<Shared>, socket: std::path::PathBuf, topics_key: Keypair
         };
         // What else is ready goes in the same round, so that what it sends to one engine goes
         // as one batch.
-        let mut outgoing: Vec<(Destination, Vec<PeerMessage>)> = Vec::new();
+        let (mut outgoing, mut work_now): (Vec<(Destination, Vec<PeerMessage>)>, Vec<TopicsWork>) = (Vec::new(), Vec::new());
         for round in 1.. {
             for input in inputs_now.drain(..) {
                 shared.core.borrow_mut().handle(input, now());
-                carry_out(&shared, &inputs, &topics_work, &mut outgoing);
+                carry_out(&shared, &inputs, &mut work_now, &mut outgoing);
             }
             if round == ROUND {
                 break;
@@ -162,9 +169,12 @@ async fn run(shared: Rc<Shared>, socket: std::path::PathBuf, topics_key: Keypair
                 break;
             }
         }
+        for item in work_now {
+            let _ = topics_work.send(item).await;
+        }
         for (to, messages) in outgoing {
             for sent in batches(&peers, to, messages, batch_bytes) {
-                let _ = peer_sends.send(sent);
+                let _ = peer_sends.send(sent).await;
             }
         }
     }
@@ -173,9 +183,13 @@ async fn run(shared: Rc<Shared>, socket: std::path::PathBuf, topics_key: Keypair
 /// Inputs taken in one round at most before what they send goes out.
 const ROUND: usize = 64;
 
-/// Carries out what the core answered; messages to other nodes wait in `outgoing`, per
-/// destination, in order.
-fn carry_out(shared: &Rc<Shared>, inputs: &mpsc::UnboundedSender<Input>, topics_work: &mpsc::UnboundedSender<TopicsWork>, outgoing: &mut Vec<(Destination, Vec<PeerMessage>)>) {
+/// Work items, and messages to other nodes, waiting at most (more than the core's windows give
+/// honest peers).
+const QUEUE: usize = 16_384;
+
+/// Carries out what the core answered; work for the topics engine waits in `work`, and
+/// messages to other nodes in `outgoing`, per destination, in order.
+fn carry_out(shared: &Rc<Shared>, inputs: &mpsc::UnboundedSender<Input>, work: &mut Vec<TopicsWork>, outgoing: &mut Vec<(Destination, Vec<PeerMessage>)>) {
     loop {
         let output = shared.core.borrow_mut().poll_output();
         let Some(output) = output else { break };
@@ -192,11 +206,11 @@ fn carry_out(shared: &Rc<Shared>, inputs: &mpsc::UnboundedSender<Input>, topics_
             Output::Locate(topic) => {
                 tokio::task::spawn_local(find(shared.clone(), topic, inputs.clone()));
             }
-            Output::SubscribeLocal(topic) => drop(topics_work.send(TopicsWork::Subscribe(topic))),
-            Output::UnsubscribeLocal(topic) => drop(topics_work.send(TopicsWork::Unsubscribe(topic))),
-            Output::Mirror { advert, policy } => drop(topics_work.send(TopicsWork::Mirror(advert, policy))),
-            Output::Unmirror(topic) => drop(topics_work.send(TopicsWork::Unmirror(topic))),
-            Output::Deliver(message) => drop(topics_work.send(TopicsWork::Deliver(message))),
+            Output::SubscribeLocal(topic) => work.push(TopicsWork::Subscribe(topic)),
+            Output::UnsubscribeLocal(topic) => work.push(TopicsWork::Unsubscribe(topic)),
+            Output::Mirror { advert, policy } => work.push(TopicsWork::Mirror(advert, policy)),
+            Output::Unmirror(topic) => work.push(TopicsWork::Unmirror(topic)),
+            Output::Deliver(message) => work.push(TopicsWork::Deliver(message)),
         }
     }
 }
@@ -258,7 +272,7 @@ fn received(shared: &Shared, message: EngineMessage, max_body: usize) -> Vec<Inp
         PUBSUB_PROTOCOL => PeerMessage::decode(&message.body, max_body).map(|one| vec![one]),
         PUBSUB_BATCH_PROTOCOL => PeerMessage::decode_batch(&message.body, max_body),
         _ => {
-            shared.counters.messages_unreadable.set(shared.counters.messages_unreadable.get() + 1);
+            count(&shared.counters.messages_unreadable);
             tracing::debug!(from = %message.src, protocol = %message.protocol, "dropped a message in another protocol");
             return Vec::new();
         }
@@ -274,7 +288,7 @@ fn received(shared: &Shared, message: EngineMessage, max_body: usize) -> Vec<Inp
             })
             .collect(),
         Err(error) => {
-            shared.counters.messages_unreadable.set(shared.counters.messages_unreadable.get() + 1);
+            count(&shared.counters.messages_unreadable);
             tracing::debug!(from = %message.src, %error, "dropped an unreadable pubsub message");
             Vec::new()
         }
@@ -284,13 +298,13 @@ fn received(shared: &Shared, message: EngineMessage, max_body: usize) -> Vec<Inp
 /// Looks the topic up in the identity store; the core asks again later if it is not there yet.
 async fn find(shared: Rc<Shared>, topic: Identity, inputs: mpsc::UnboundedSender<Input>) {
     let Some(store) = shared.store.client_within(Duration::from_secs(1)).await else {
-        return shared.counters.locates_failed.set(shared.counters.locates_failed.get() + 1);
+        return count(&shared.counters.locates_failed);
     };
     match locate::locate(&store, topic).await {
         Ok(Some((advert, node))) => drop(inputs.send(Input::Located { advert, node })),
         Ok(None) => tracing::debug!(%topic, "topic not known here yet"),
         Err(error) => {
-            shared.counters.locates_failed.set(shared.counters.locates_failed.get() + 1);
+            count(&shared.counters.locates_failed);
             tracing::warn!(%topic, %error, "cannot locate topic");
         }
     }
@@ -300,10 +314,10 @@ async fn find(shared: Rc<Shared>, topic: Identity, inputs: mpsc::UnboundedSender
 const IN_FLIGHT: usize = 256;
 
 /// Sends the core's messages to other nodes' services, in order, many in flight.
-async fn send_to_peers(shared: Rc<Shared>, peers: Rc<Engine>, mut sends: mpsc::UnboundedReceiver<EngineMessage>) {
+async fn send_to_peers(shared: Rc<Shared>, peers: Rc<Engine>, mut sends: mpsc::Receiver<EngineMessage>) {
     let refused = |error: EngineError| {
         // The core repairs what does not arrive: a lost message is asked for again.
-        shared.counters.sends_refused.set(shared.counters.sends_refused.get() + 1);
+        count(&shared.counters.sends_refused);
         tracing::debug!(%error, "a pubsub message was not sent");
     };
     let mut in_flight: FuturesOrdered<PendingSend> = FuturesOrdered::new();
@@ -332,7 +346,7 @@ type Handed = std::pin::Pin<Box<dyn std::future::Future<Output = Input>>>;
 /// many in flight. Once it refused one, the events not yet handed over after it are not (the
 /// router would take them past the hole): they are answered as not accepted, until the core
 /// hands the refused one over again.
-async fn do_topics_work(topics: Rc<Engine>, mut work: mpsc::UnboundedReceiver<TopicsWork>, inputs: mpsc::UnboundedSender<Input>) {
+async fn do_topics_work(topics: Rc<Engine>, mut work: mpsc::Receiver<TopicsWork>, inputs: mpsc::UnboundedSender<Input>) {
     let mut refused_from: std::collections::HashMap<Identity, u64> = std::collections::HashMap::new();
     let mut in_flight: FuturesOrdered<Handed> = FuturesOrdered::new();
     loop {
