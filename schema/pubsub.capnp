@@ -7,8 +7,38 @@ using Svc = import "service.capnp";
 using Router = import "router.capnp";
 
 # Engines make topic requests of their router; the pubsub service is an engine itself, and
-# carries topics between nodes in PeerMessages. Its own interface is its status.
-interface PubSub extends(Svc.Service) {}
+# carries topics between nodes in PeerMessages. Its own interface is its status and its
+# notifications (SPEC.md: TopicAdvertReceived, TopicSubscribed, TopicUnsubscribed).
+interface PubSub extends(Svc.Service) {
+  events @0 (sink :PubSubEvents) -> (subscription :Svc.Subscription);
+}
+
+interface PubSubEvents {
+  event @0 (event :PubSubEvent) -> ();
+}
+
+# Something that happened to a topic between this node and another.
+struct PubSubEvent {
+  topic @0 :Id.Identity;
+  union {
+    advertReceived :group {    # another node announced the topic; its advert verified and stored
+      node @1 :Id.Identity;    # the node that holds the topic
+      publisher @2 :Id.Identity;
+    }
+    subscribed :group {        # this node now receives the topic from the publisher's node
+      node @3 :Id.Identity;
+      peer @4 :Id.Identity;    # that node's pubsub service
+    }
+    unsubscribed @5 :Text;     # this node no longer receives the topic: why
+    readerAdded @6 :Id.Identity;   # another node's pubsub service now reads the topic from here
+    readerLeft :group {        # a reader no longer reads it
+      reader @7 :Id.Identity;
+      reason @8 :Text;
+    }
+    readerFull @9 :Id.Identity;    # a reader's window is full: under policy Block it holds the
+                                   # publisher back; else it falls behind and repairs from history
+  }
+}
 
 # What one node's pubsub service says to another's, and what a router tells its own pubsub
 # service: the body of an EngineMessage with protocol "netmachine/pubsub/1". The event id is

@@ -47,7 +47,8 @@ enum Command {
     Connect { node: String },
     /// Close the connections to a node
     Disconnect { node: String },
-    /// Print transport events (connected, connect failed, disconnected, refused, counts)
+    /// Print the node's events: transport (connected, connect failed, disconnected, refused,
+    /// counts) and pubsub (topic advert received, subscribed, unsubscribed, readers)
     Events {
         #[arg(long)]
         json: bool,

@@ -1,6 +1,6 @@
 //! `netmachine-pubsub`: topics across nodes. The service attaches to its node's router as an
 //! engine, serves the pubsub protocol and runs the pubsub core (`service`); its own RPC
-//! interface reports its status.
+//! interface reports its status and sends its notifications (`events`).
 
 use netmachine_pubsub::core::history::HistoryLimits;
 use netmachine_pubsub::core::Config;
@@ -32,6 +32,8 @@ impl status::Server for PubSubServer {
             ("messages_unreadable", shell.messages_unreadable.get()),
             ("sends_refused", shell.sends_refused.get()),
             ("locates_failed", shell.locates_failed.get()),
+            ("event_subscribers", self.shared.events.watchers.len() as u64),
+            ("event_subscribers_dropped", self.shared.events.watchers.dropped()),
         ];
         counters.extend(core.counters().report());
         counters.extend(self.stats.counters());
@@ -55,7 +57,13 @@ impl status::Server for PubSubServer {
     }
 }
 
-impl pub_sub::Server for PubSubServer {}
+impl pub_sub::Server for PubSubServer {
+    async fn events(self: Rc<Self>, params: pub_sub::EventsParams, mut results: pub_sub::EventsResults) -> capnp::Result<()> {
+        let subscription = self.shared.events.watchers.subscribe(params.get()?.get_sink()?)?;
+        results.get().set_subscription(subscription);
+        Ok(())
+    }
+}
 
 /// The core's settings from the node's `[pubsub]` section.
 fn core_config(section: &PubSubConfig) -> Config {

@@ -16,6 +16,7 @@
 //! bounded: when one is full the service stops reading its inboxes until it has room.
 
 use crate::core::{self, Config, Input, Output, PubSub};
+use crate::events::Events;
 use crate::locate;
 use futures::stream::{FuturesOrdered, StreamExt};
 use futures::FutureExt;
@@ -54,6 +55,7 @@ pub struct Shared {
     /// The engines, once attached: (topics, peers).
     pub engines: RefCell<Option<(Identity, Identity)>>,
     pub store: Link<identity_store::Client>,
+    pub events: Rc<Events>,
     pub stop: Notify,
 }
 
@@ -74,12 +76,15 @@ pub fn start(home: &NodeHome, config: Config) -> Result<Rc<Shared>, Box<dyn std:
     std::fs::create_dir_all(&keys).map_err(|e| format!("{}: {e}", keys.display()))?;
     let topics_key = engine_key(&keys.join("topics.key"))?;
     let peers_key = engine_key(&keys.join("peers.key"))?;
-    let store = Link::start(ServiceKind::IdentityStore, home.socket(ServiceKind::IdentityStore), home.config.rpc_word_limit(), |_| async { Ok(()) });
+    let events = Events::new(node);
+    let watching = events.clone();
+    let store = Link::start(ServiceKind::IdentityStore, home.socket(ServiceKind::IdentityStore), home.config.rpc_word_limit(), move |store| watching.clone().watch_store(store));
     let shared = Rc::new(Shared {
         core: RefCell::new(PubSub::new(node, config)),
         counters: ShellCounters::default(),
         engines: RefCell::new(None),
         store,
+        events,
         stop: Notify::new(),
     });
     let socket = home.socket(ServiceKind::Router);
@@ -211,6 +216,10 @@ fn carry_out(shared: &Rc<Shared>, inputs: &mpsc::UnboundedSender<Input>, work: &
             Output::Mirror { advert, policy } => work.push(TopicsWork::Mirror(advert, policy)),
             Output::Unmirror(topic) => work.push(TopicsWork::Unmirror(topic)),
             Output::Deliver(message) => work.push(TopicsWork::Deliver(message)),
+            Output::Notify(notice) => {
+                tracing::info!(?notice, "pubsub notice");
+                shared.events.notice(&notice);
+            }
         }
     }
 }

@@ -8,6 +8,7 @@
 //! routers announce to connected nodes, and its publisher's location, from the node's store.
 
 use crate::world::{Event, World};
+use netmachine_pubsub::core::notice::Notice;
 use netmachine_pubsub::core::{self as pubsub, Config, Input, Output, PubSub};
 use netmachine_router::core::{Input as RouterInput, Ticket};
 use netmachine_schema::message_capnp::Scope;
@@ -39,6 +40,8 @@ pub struct PubSubWorld {
     pub received: BTreeMap<Identity, Vec<u64>>,
     /// Events a publisher engine had refused.
     pub refused: u64,
+    /// What each node's service told its watchers, by node.
+    pub notices: Vec<(usize, Notice)>,
 }
 
 impl World {
@@ -216,6 +219,7 @@ impl World {
                     self.pubsub(node).handed.insert(ticket, (topic, message.id, size));
                     self.router_input(node, RouterInput::Send { ticket, sender: engine, message, wait: true });
                 }
+                Output::Notify(notice) => self.topics.notices.push((node, notice)),
             }
         }
         let wanted = self.pubsub(node).core.poll_timeout();

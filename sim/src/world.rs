@@ -222,6 +222,11 @@ impl World {
         world
     }
 
+    /// The identity of node `node`.
+    pub fn node_identity(&self, node: usize) -> Identity {
+        self.nodes[node].key
+    }
+
     pub fn len(&self) -> usize {
         self.nodes.len()
     }

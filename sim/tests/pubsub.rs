@@ -3,6 +3,7 @@
 //! service killed mid-stream. Every subscriber must end with every event, in order, none twice;
 //! the figures of the repair are printed. A failure names its seed.
 
+use netmachine_pubsub::core::notice::Notice;
 use netmachine_pubsub::core::Config;
 use netmachine_schema::router_capnp::TopicPolicy;
 use netmachine_schema::{Identity, Keypair};
@@ -83,6 +84,18 @@ fn sixteen_nodes_get_every_event_in_order_through_loss_a_partition_and_a_restart
             assert_eq!(received, &(1..=EVENTS).collect::<Vec<_>>(), "node {node}'s subscriber got every event in order, once; its subscription {}", state());
         }
         assert_eq!(counter("events_missing"), 0, "the history held everything lost");
+        // Every subscriber node told its watchers it receives the topic from the publisher's
+        // node, and the publisher's node told its watchers of each reader.
+        let publisher_node = world.node_identity(0);
+        for node in 1..NODES {
+            let told = world.topics.notices.iter().any(|(at, n)| *at == node && matches!(n, Notice::Subscribed { topic: t, node: from, .. } if *t == topic && *from == publisher_node));
+            assert!(told, "node {node} told no TopicSubscribed");
+        }
+        let readers: std::collections::BTreeSet<Identity> = world.topics.notices.iter().filter_map(|(at, n)| match n {
+            Notice::ReaderAdded { topic: t, reader } if *at == 0 && *t == topic => Some(*reader),
+            _ => None,
+        }).collect();
+        assert_eq!(readers.len(), NODES - 1, "the publisher's node told of every reader");
         assert!(world.topics.lost > 0 && counter("resends_asked") > 0, "the loss happened and was repaired");
     });
 }

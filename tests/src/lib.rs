@@ -185,6 +185,23 @@ impl Node {
         listener
     }
 
+    /// Starts `netmachine events --json` and waits until both the transport and the pubsub
+    /// service count it as a subscriber.
+    pub fn events(&self) -> Listener {
+        let child = Command::new(bin_dir().join("netmachine"))
+            .args(["events", "--json", "--home"])
+            .arg(self.root())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start netmachine events");
+        let listener = Listener::new(child);
+        wait_until("the events command subscribed", Duration::from_secs(20), || {
+            self.counter(ServiceKind::Transport, "event_subscribers") >= 1 && self.counter(ServiceKind::PubSub, "event_subscribers") >= 1
+        });
+        listener
+    }
+
     /// Waits until the router lists `identity` among its attached engines.
     pub fn wait_attached(&self, identity: &str) {
         wait_until(&format!("engine {identity} is attached"), Duration::from_secs(20), || {
@@ -277,6 +294,22 @@ impl Listener {
     pub fn next_message(&self, limit: Duration) -> Value {
         let line = self.lines.recv_timeout(limit).expect("a message within the limit");
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("listen printed non-JSON '{line}': {e}"))
+    }
+
+    /// The first message printed that `wanted` picks, skipping others; panics after `limit`,
+    /// naming `what` and what was skipped.
+    pub fn wait_for(&self, what: &str, limit: Duration, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        let mut skipped = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else { panic!("no {what} within {limit:?}; skipped {skipped:?}") };
+            let message: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("printed non-JSON '{line}': {e}"));
+            if wanted(&message) {
+                return message;
+            }
+            skipped.push(message);
+        }
     }
 
     /// Every message printed within `quiet` of the previous one.

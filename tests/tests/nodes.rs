@@ -5,8 +5,7 @@
 
 use netmachine_engine::{Destination, Identity};
 use netmachine_service::ServiceKind;
-use netmachine_tests::{attach_engine, bin_dir, link, send_when_routable, wait_until, with_rpc, Listener, Node};
-use std::process::{Command, Stdio};
+use netmachine_tests::{attach_engine, link, send_when_routable, wait_until, with_rpc, Node};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -15,16 +14,7 @@ const WAIT: Duration = Duration::from_secs(10);
 fn two_nodes_set_up_by_advert_exchange_carry_messages_both_ways() {
     let a = Node::up();
     let b = Node::up();
-    let events = Listener::new(
-        Command::new(bin_dir().join("netmachine"))
-            .args(["events", "--json", "--home"])
-            .arg(a.root())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("events"),
-    );
-    wait_until("the events command subscribed", WAIT, || a.counter(ServiceKind::Transport, "event_subscribers") >= 1);
+    let events = a.events();
     link(&a, &b);
     // A may dial before B has added A's advert: that first attempt is refused, with the reason.
     loop {

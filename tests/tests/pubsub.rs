@@ -7,6 +7,8 @@
 //! and counted; an event too large to be carried is refused to its publisher. A subscriber on
 //! another node that never reads holds the publisher back (BackPressured), and nothing grows;
 //! under policy CutSlow it is cut on its own node and told what it missed, and holds no one.
+//! Watchers of both services (`netmachine events`) hear of the topic's advert, the
+//! subscription, its reader, a full window and their end.
 
 use netmachine_engine::{Engine, Received, Scope, TopicAdvert, TopicPolicy};
 use netmachine_engine::Destination;
@@ -211,9 +213,47 @@ fn rss_kb(node: &Node, kind: ServiceKind) -> u64 {
     line.split_whitespace().nth(1).and_then(|kb| kb.parse().ok()).expect("a number of kB")
 }
 
+/// The identity of `node`'s pubsub engine that talks to other nodes (its peers engine).
+fn peers_engine(node: &Node) -> String {
+    node.service(ServiceKind::PubSub)["engines"][1].as_str().expect("the pubsub service's engines").to_string()
+}
+
+#[test]
+fn watchers_hear_of_adverts_subscriptions_and_readers_across_nodes() {
+    let (a, b) = (Node::up(), Node::up());
+    let (a_events, b_events) = (a.events(), b.events());
+    link(&a, &b);
+    with_rpc(async {
+        let publisher = attach_engine(&a, |_| {}).await;
+        let advert = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
+        let topic = advert.topic;
+        publisher.create_topic(advert, Scope::Any, TopicPolicy::Block).await.expect("create the topic");
+        let about = |kind: &'static str| {
+            let topic = topic.to_string();
+            move |event: &serde_json::Value| event["event"] == kind && event["topic"] == topic.as_str()
+        };
+        let heard = b_events.wait_for("TopicAdvertReceived on B", WAIT, about("topic_advert_received"));
+        assert_eq!((heard["detail"]["node"].as_str(), heard["detail"]["publisher"].as_str()), (Some(a.id().as_str()), Some(publisher.identity().to_string().as_str())));
+
+        let subscriber = attach_engine(&b, |_| {}).await;
+        subscriber.subscribe(topic, Scope::Any).await.expect("subscribe");
+        let subscribed = b_events.wait_for("TopicSubscribed on B", WAIT, about("topic_subscribed"));
+        assert_eq!((subscribed["detail"]["node"].as_str(), subscribed["detail"]["peer"].as_str()), (Some(a.id().as_str()), Some(peers_engine(&a).as_str())));
+        let added = a_events.wait_for("a reader added on A", WAIT, about("topic_reader_added"));
+        assert_eq!(added["detail"]["reader"].as_str(), Some(peers_engine(&b).as_str()));
+
+        subscriber.unsubscribe(topic).await.expect("unsubscribe");
+        let gone = b_events.wait_for("TopicUnsubscribed on B", WAIT, about("topic_unsubscribed"));
+        assert!(gone["detail"].as_str().is_some_and(|why| why.contains("no engine")), "{gone}");
+        let left = a_events.wait_for("the reader gone on A", WAIT, about("topic_reader_left"));
+        assert_eq!((left["detail"]["reader"].as_str(), left["detail"]["reason"].as_str()), (Some(peers_engine(&b).as_str()), Some("it unsubscribed")));
+    });
+}
+
 #[test]
 fn a_subscriber_on_another_node_that_never_reads_back_pressures_the_publisher() {
     let (a, b) = (Node::up(), Node::up_with(&["limits.engine_queue=64"]));
+    let a_events = a.events();
     link(&a, &b);
     with_rpc(async {
         let publisher = attach_engine(&a, |_| {}).await;
@@ -245,6 +285,8 @@ fn a_subscriber_on_another_node_that_never_reads_back_pressures_the_publisher() 
         assert_eq!(Some(slowest.to_string().as_str()), service["engines"][0].as_str(), "BackPressured names A's pubsub service");
         let note = service["note"].as_str().unwrap_or_default().to_string();
         assert!(note.contains("slow readers") && note.contains(&topic.to_string()), "status shows the slow reader: {note}");
+        let full = a_events.wait_for("the slow reader on A's events", WAIT, |e| e["event"] == "topic_reader_full" && e["topic"] == topic.to_string().as_str());
+        assert_eq!(full["detail"]["reader"].as_str(), Some(peers_engine(&b).as_str()), "the events stream names B's service");
         // Held there: more attempts are all refused at once, and neither service grows.
         let held = [rss_kb(&a, ServiceKind::PubSub), rss_kb(&b, ServiceKind::PubSub)];
         for _ in 0..5_000 {

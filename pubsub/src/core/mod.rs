@@ -6,10 +6,12 @@
 //! `sim/` drives one on each of many nodes.
 
 pub mod history;
+pub mod notice;
 pub mod publication;
 pub mod subscription;
 
 use history::HistoryLimits;
+use notice::Notice;
 use netmachine_schema::peer::PeerRefusal;
 use netmachine_schema::router_capnp::TopicPolicy;
 use netmachine_schema::{Destination, EngineMessage, Identity, PeerMessage, Says, TopicAdvert};
@@ -98,6 +100,8 @@ pub enum Output {
     Unmirror(Identity),
     /// Hand an event of a topic from another node to this node's router.
     Deliver(EngineMessage),
+    /// Tell those who watch the service.
+    Notify(Notice),
 }
 
 /// What the service counted.
@@ -280,6 +284,10 @@ impl PubSub {
             },
             Says::Unsubscribe => {
                 let was = self.publications.get_mut(&topic).is_some_and(|p| p.unsubscribe(from, out));
+                if was {
+                    let reason = "it unsubscribed".to_string();
+                    out.push_back(Output::Notify(Notice::ReaderLeft { topic, reader: from, reason }));
+                }
                 if !was {
                     let detail = format!("{from} does not subscribe to topic {topic} here");
                     let refused = Says::Refused { reason: PeerRefusal::NotSubscribed, detail };
@@ -294,9 +302,9 @@ impl PubSub {
                     subscription.subscribed(from, last_seq, policy, now, out);
                 }
             }
-            Says::Refused { reason, .. } => {
+            Says::Refused { reason, detail } => {
                 if let Some(subscription) = self.subscriptions.get_mut(&topic) {
-                    subscription.refused(reason, counters, now, out);
+                    subscription.refused(reason, &detail, counters, now, out);
                 }
             }
             Says::Unsubscribed => {}
@@ -362,6 +370,9 @@ mod tests {
         gaps: Vec<u64>,
         /// What goes on the wire is dropped while this says so.
         lose: Box<dyn FnMut(&Says) -> bool>,
+        /// What each service told its watchers.
+        a_notices: Vec<Notice>,
+        b_notices: Vec<Notice>,
     }
 
     impl Pair {
@@ -382,6 +393,8 @@ mod tests {
                 delivered: Vec::new(),
                 gaps: Vec::new(),
                 lose: Box::new(|_| false),
+                a_notices: Vec::new(),
+                b_notices: Vec::new(),
             }
         }
 
@@ -424,6 +437,7 @@ mod tests {
                         Output::Send { message, .. } if !(self.lose)(&message.says) => {
                             self.b.handle(Input::Peer { from: self.a_engine, message }, self.now)
                         }
+                        Output::Notify(notice) => self.a_notices.push(notice),
                         _ => {}
                     }
                 }
@@ -442,6 +456,7 @@ mod tests {
                             let size = history::event_size(&message);
                             self.b.handle(Input::Accepted { topic: self.topic(), seq: message.id, size }, self.now);
                         }
+                        Output::Notify(notice) => self.b_notices.push(notice),
                         _ => {}
                     }
                 }
@@ -479,6 +494,32 @@ mod tests {
         pair.run_until(pair.now + config.ack_delay);
         assert!(pair.a.has_room());
         assert_eq!(pair.delivered, (4..=15).collect::<Vec<_>>(), "the rest follows the ack");
+    }
+
+    #[test]
+    fn watchers_are_told_of_subscriptions_readers_and_full_windows_once_each() {
+        let config = Config { window_bytes: 10 * 328, ..Config::default() };
+        let mut pair = Pair::new(config);
+        let (topic, reader) = (pair.topic(), pair.b_engine);
+        pair.subscribe();
+        assert!(matches!(pair.b_notices.as_slice(), [Notice::Subscribed { topic: t, peer, .. }] if *t == topic && *peer == pair.a_engine), "{:?}", pair.b_notices);
+        assert_eq!(pair.a_notices, vec![Notice::ReaderAdded { topic, reader }]);
+        pair.lose = Box::new(|says| matches!(says, Says::Ack(_)));
+        pair.publish(15);
+        let full = Notice::ReaderFull { topic, reader };
+        assert_eq!(pair.a_notices[1..], [full.clone()], "told once while the window stays full");
+        pair.lose = Box::new(|_| false);
+        pair.run_until(pair.now + config.ack_delay);
+        pair.lose = Box::new(|says| matches!(says, Says::Ack(_)));
+        pair.publish(15);
+        assert_eq!(pair.a_notices[1..], [full.clone(), full], "full again after it had room");
+        pair.lose = Box::new(|_| false);
+
+        let unwant = PeerMessage::new(topic, Says::Unwant);
+        pair.b.handle(Input::Peer { from: pair.b_node, message: unwant }, pair.now);
+        pair.run();
+        assert!(matches!(pair.b_notices.last(), Some(Notice::Unsubscribed { topic: t, .. }) if *t == topic), "{:?}", pair.b_notices);
+        assert!(matches!(pair.a_notices.last(), Some(Notice::ReaderLeft { reader: r, .. }) if *r == reader), "{:?}", pair.a_notices);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! events while any reader's window is full, so its own subscription holds the publisher back.
 
 use super::history::{event_size, History, Read};
+use super::notice::Notice;
 use super::{Config, Counters, Millis, Output};
 use netmachine_schema::router_capnp::TopicPolicy;
 use netmachine_schema::{Destination, EngineMessage, Identity, PeerMessage, Says};
@@ -24,11 +25,13 @@ pub struct Reader {
     pub in_flight_bytes: usize,
     /// When the reader last acknowledged or asked for anything.
     last_heard: Millis,
+    /// Whether watchers were told its window is full (and it has not had room since).
+    full: bool,
 }
 
 impl Reader {
     fn new(from: u64, next: u64, now: Millis) -> Self {
-        Reader { from, next, in_flight: VecDeque::new(), in_flight_bytes: 0, last_heard: now }
+        Reader { from, next, in_flight: VecDeque::new(), in_flight_bytes: 0, last_heard: now, full: false }
     }
 
     fn acknowledged(&mut self, upto: u64) {
@@ -127,7 +130,9 @@ impl Publication {
             return;
         }
         let next = if from == 0 { self.last_seq + 1 } else { from };
-        self.readers.insert(reader, Reader::new(from, next, now));
+        if self.readers.insert(reader, Reader::new(from, next, now)).is_none() {
+            out.push_back(Output::Notify(Notice::ReaderAdded { topic: self.topic, reader }));
+        }
         self.send(reader, Says::Subscribed { last_seq: self.last_seq, policy: self.policy }, out);
         self.pump(reader, config, out);
     }
@@ -214,8 +219,14 @@ impl Publication {
                 }
             }
         }
+        let full = reader.in_flight_bytes >= config.window_bytes;
+        let newly_full = full && !reader.full;
+        reader.full = full;
         for says in sends {
             self.send(id, says, out);
+        }
+        if newly_full {
+            out.push_back(Output::Notify(Notice::ReaderFull { topic: self.topic, reader: id }));
         }
     }
 
@@ -244,6 +255,8 @@ impl Publication {
         for reader in silent {
             self.readers.remove(&reader);
             counters.readers_dropped += 1;
+            let reason = format!("silent for {} ms with events unacknowledged", config.reader_timeout);
+            out.push_back(Output::Notify(Notice::ReaderLeft { topic: self.topic, reader, reason }));
         }
         if now >= self.last_sent + config.heartbeat && !self.readers.is_empty() {
             self.last_sent = now;

@@ -6,6 +6,7 @@
 //! and acknowledges what the router accepted, which opens the publisher's window. Events the publisher can no longer send are skipped as missing: the
 //! engines see the gap in the sequence.
 
+use super::notice::Notice;
 use super::{Config, Counters, Millis, Output};
 use netmachine_schema::peer::PeerRefusal;
 use netmachine_schema::router_capnp::TopicPolicy;
@@ -54,6 +55,8 @@ pub struct Subscription {
     last_heard: Millis,
     /// Whether the router holds the topic for this node's engines yet.
     mirrored: bool,
+    /// The refusal last told to watchers, so that retries refused alike are told once.
+    refusal_told: Option<PeerRefusal>,
 }
 
 impl Subscription {
@@ -76,6 +79,7 @@ impl Subscription {
             repairing_since: None,
             last_heard: now,
             mirrored: from != 0,
+            refusal_told: None,
         }
     }
 
@@ -114,6 +118,8 @@ impl Subscription {
     pub fn subscribed(&mut self, peer: Identity, last_seq: u64, policy: TopicPolicy, now: Millis, out: &mut VecDeque<Output>) {
         let Stage::Subscribing { node, .. } = self.stage else { return };
         self.stage = Stage::Subscribed { node, peer };
+        self.refusal_told = None;
+        out.push_back(Output::Notify(Notice::Subscribed { topic: self.topic, node, peer }));
         self.last_heard = now;
         self.resends.clear();
         self.repairing_since = None;
@@ -129,12 +135,19 @@ impl Subscription {
     }
 
     /// The publisher's node refused: one that forgot this node is asked again at once; any
-    /// other refusal is retried after a while (the topic may yet appear there).
-    pub fn refused(&mut self, reason: PeerRefusal, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
+    /// other refusal is retried after a while (the topic may yet appear there), and told.
+    pub fn refused(&mut self, reason: PeerRefusal, detail: &str, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
         counters.subscribes_refused += 1;
         match (reason, self.stage) {
             (PeerRefusal::NotSubscribed, Stage::Subscribed { node, peer }) => self.subscribe_again(node, peer, counters, now, out),
-            _ => self.stage = Stage::Locating { since: now },
+            (_, stage) => {
+                if matches!(stage, Stage::Subscribed { .. }) || self.refusal_told != Some(reason) {
+                    self.refusal_told = Some(reason);
+                    let reason = format!("refused by the publisher's node ({reason:?}): {detail}");
+                    out.push_back(Output::Notify(Notice::Unsubscribed { topic: self.topic, reason }));
+                }
+                self.stage = Stage::Locating { since: now };
+            }
         }
     }
 
@@ -363,6 +376,10 @@ impl Subscription {
     pub fn unwanted(self, out: &mut VecDeque<Output>) {
         if let Stage::Subscribing { node, .. } | Stage::Subscribed { node, .. } = self.stage {
             self.to_node(node, Says::Unsubscribe, out);
+        }
+        if let Stage::Subscribed { .. } = self.stage {
+            let reason = "no engine on this node subscribes any more".to_string();
+            out.push_back(Output::Notify(Notice::Unsubscribed { topic: self.topic, reason }));
         }
         if self.mirrored {
             out.push_back(Output::Unmirror(self.topic));
