@@ -61,6 +61,9 @@ pub(crate) struct Shared {
     /// per message).
     ring: arc_swap::ArcSwapOption<EngineRing>,
     pub refusals: std::sync::atomic::AtomicU64,
+    /// A message written to the ring was refused with no request waiting for it (perhaps an
+    /// event): the next publish on each topic asks the router where its sequence stands.
+    pub sequences_stale: std::sync::atomic::AtomicBool,
     /// The engine's topics, asked again after it attaches again.
     pub topics: std::sync::Mutex<TopicBook>,
 }
@@ -96,7 +99,10 @@ impl Shared {
             Some((_, waiter)) => {
                 let _ = waiter.send(Err(EngineError::Refused { reason: refusal.reason, detail: refusal.detail }));
             }
-            None => tracing::info!(id = refusal.id, reason = ?refusal.reason, detail = %refusal.detail, "the router refused a message"),
+            None => {
+                self.sequences_stale.store(true, std::sync::atomic::Ordering::Release);
+                tracing::info!(id = refusal.id, reason = ?refusal.reason, detail = %refusal.detail, "the router refused a message");
+            }
         }
     }
 

@@ -126,6 +126,14 @@ pub struct Engine {
 /// Yields before a blocking receive blocks on the queue.
 const QUEUE_YIELDS: u32 = 100;
 
+/// Yields an event sent over the socket waits, at least, for the router to take the events
+/// in the outbox ring.
+const OUTBOX_DRAIN_YIELDS: u32 = 64;
+
+/// How long `try_publish` waits for the router to take the events in the outbox ring (which
+/// it does at once unless a subscriber has no room).
+const TRY_PUBLISH_DRAIN: Duration = Duration::from_millis(20);
+
 /// Where a request's answer arrives.
 type Answer = tokio::sync::oneshot::Receiver<Result<EngineMessage, EngineError>>;
 
@@ -563,10 +571,26 @@ impl Engine {
     }
 
     /// The next event on `topic` from this engine, its sequence set.
+    /// The router's answer to LastSeq says whether this engine may publish on the topic: on the
+    /// rings, the first event's refusal is answered here, as over the socket.
     async fn event(&self, next: &mut HashMap<Identity, u64>, topic: Identity, body: Vec<u8>) -> Result<EngineMessage, EngineError> {
+        if self.shared.sequences_stale.swap(false, Ordering::AcqRel) {
+            next.clear();
+        }
         let seq = match next.get(&topic) {
             Some(seq) => *seq,
-            None => self.router_request(RouterRequest::LastSeq(topic)).await?.last_seq + 1,
+            None => {
+                // What the outbox ring still holds moves the sequence on: the router takes it first.
+                self.outbox_drained(topic, self.send_timeout).await?;
+                let asked = self.router_request(RouterRequest::LastSeq(topic)).await;
+                let refused = |reason, detail| EngineError::Refused { reason, detail };
+                match asked {
+                    Ok(answer) => answer.last_seq + 1,
+                    Err(EngineError::TopicRefused { reason: TopicRefusal::Unknown, detail }) => return Err(refused(SendRefusal::NoRoute, detail)),
+                    Err(EngineError::TopicRefused { reason: TopicRefusal::Denied, detail }) => return Err(refused(SendRefusal::Denied, detail)),
+                    Err(other) => return Err(other),
+                }
+            }
         };
         let mut message = self.prepare(EngineMessage::new(self.identity, Destination::Topic(topic), seq, body))?;
         // Other nodes' pubsub services take only events their publisher signed; an event of a
@@ -580,11 +604,26 @@ impl Engine {
 
     /// Publishes `body` on `topic`, whose advert names this engine; its sequence once the router
     /// took it. Under policy Block it waits while a subscriber has no room (up to the node's
-    /// send wait): the slowest subscriber sets the pace. Events go over the socket, in sequence.
+    /// send wait): the slowest subscriber sets the pace. Events go in sequence: on the rings
+    /// when the engine has them (taken once in the outbox; the router copies each into every
+    /// subscriber's inbox, and a refusal is logged, as for `send`), else over the socket. An
+    /// event too large to be carried to other nodes goes over the socket, once the router took
+    /// what the rings hold, so that its refusal (or, for a topic that stays on its node, its
+    /// acceptance) is answered here.
     pub async fn publish(&self, topic: Identity, body: Vec<u8>) -> Result<u64, EngineError> {
+        let carried_max = self.max_message_bytes.saturating_sub(netmachine_schema::PEER_EVENT_OVERHEAD);
+        if self.shared.ring().is_some() && body.len() <= carried_max {
+            let mut next = self.publishing.lock().await;
+            let message = self.event(&mut next, topic, body).await?;
+            let seq = message.id;
+            self.send_prepared(message).await?;
+            next.insert(topic, seq + 1);
+            return Ok(seq);
+        }
         let (done, accepted) = oneshot::channel();
         let seq = {
             let mut next = self.publishing.lock().await;
+            self.outbox_drained(topic, self.send_timeout).await?;
             let message = self.event(&mut next, topic, body).await?;
             let seq = message.id;
             self.commands.send(Command::Send { message, done }).await.map_err(|_| EngineError::Closed)?;
@@ -600,9 +639,12 @@ impl Engine {
     }
 
     /// Publishes without waiting: [`EngineError::BackPressured`] names the subscriber with no
-    /// room, and the sequence is not used up.
+    /// room, and the sequence is not used up. It goes over the socket, for the router's answer;
+    /// on an engine with rings, only once the router has taken every event published there
+    /// before (if it has not within 20 ms, it is back-pressured, naming the topic).
     pub async fn try_publish(&self, topic: Identity, body: Vec<u8>) -> Result<u64, EngineError> {
         let mut next = self.publishing.lock().await;
+        self.outbox_drained(topic, TRY_PUBLISH_DRAIN).await?;
         let message = self.event(&mut next, topic, body).await?;
         let seq = message.id;
         let (done, accepted) = oneshot::channel();
@@ -623,6 +665,27 @@ impl Engine {
                 Err(error)
             }
         }
+    }
+
+    /// Waits up to `limit` (yielding a while at least) until the router has taken everything
+    /// in the outbox ring, so that an event sent over the socket comes after those; else it is
+    /// back-pressured, naming the topic.
+    async fn outbox_drained(&self, topic: Identity, limit: Duration) -> Result<(), EngineError> {
+        let Some(ring) = self.shared.ring() else { return Ok(()) };
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut yields = 0;
+        while !ring.is_drained() {
+            if yields < OUTBOX_DRAIN_YIELDS {
+                yields += 1;
+                tokio::task::yield_now().await;
+            } else if tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            } else {
+                let detail = format!("events published earlier on topic {topic} still wait in this engine's outbox ring");
+                return Err(EngineError::BackPressured { slowest: topic, detail });
+            }
+        }
+        Ok(())
     }
 
     /// The next message, event or gap: events of each publisher come in sequence, none twice;

@@ -29,6 +29,9 @@ pub struct Attachment {
     /// Tells this attachment from a later one of the same engine.
     pub generation: u64,
     queue: mpsc::UnboundedSender<EngineMessage>,
+    /// The engine's rings, which count what waits in the queue for them (topic lanes pass an
+    /// engine by while it has some, so that no event overtakes one queued here).
+    ring: Option<Arc<RingEndpoint>>,
 }
 
 impl Attachment {
@@ -38,16 +41,29 @@ impl Attachment {
         let (queue, pending) = mpsc::unbounded_channel();
         let pump = Pump { engine, generation, state };
         let span = tracing::info_span!("engine", id = %engine.short(), generation);
-        match sink {
-            Sink::Socket(inbox) => tokio::task::spawn_local(pump.to_socket(inbox, pending).instrument(span)),
-            Sink::Ring(endpoint) => tokio::task::spawn_local(pump.to_ring(endpoint, pending).instrument(span)),
+        let ring = match sink {
+            Sink::Socket(inbox) => {
+                tokio::task::spawn_local(pump.to_socket(inbox, pending).instrument(span));
+                None
+            }
+            Sink::Ring(endpoint) => {
+                tokio::task::spawn_local(pump.to_ring(endpoint.clone(), pending).instrument(span));
+                Some(endpoint)
+            }
         };
-        Attachment { generation, queue }
+        Attachment { generation, queue, ring }
     }
 
     /// Queues `message` (the core made sure there is room); false if the pump has stopped.
     pub fn deliver(&self, message: EngineMessage) -> bool {
-        self.queue.send(message).is_ok()
+        if let Some(ring) = &self.ring {
+            ring.queued_one();
+        }
+        let queued = self.queue.send(message).is_ok();
+        if let (Some(ring), false) = (&self.ring, queued) {
+            ring.written_one();
+        }
+        queued
     }
 }
 
@@ -157,6 +173,7 @@ impl Pump {
     async fn to_ring(self, endpoint: Arc<RingEndpoint>, mut pending: mpsc::UnboundedReceiver<EngineMessage>) {
         let mut taken = 0;
         while let Some(message) = pending.recv().await {
+            let _written = Written(&endpoint);
             taken += 1;
             let length = records::message_length(&message);
             if message.is_expired(now_ms()) {
@@ -169,7 +186,13 @@ impl Pump {
                 let mut wait = Duration::from_micros(50);
                 while endpoint.deliver(&message).is_err() {
                     if endpoint.is_closed() {
-                        return self.gone(pending, 1, "its rings were closed").await;
+                        pending.close();
+                        let mut lost = 1;
+                        while pending.recv().await.is_some() {
+                            endpoint.written_one();
+                            lost += 1;
+                        }
+                        return self.gone(pending, lost, "its rings were closed").await;
                     }
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_millis(2));
@@ -179,5 +202,15 @@ impl Pump {
                 self.taken(std::mem::take(&mut taken));
             }
         }
+    }
+}
+
+/// A message taken off an engine's queue: counted as written to its rings (or dropped) when it
+/// goes, whichever way the pump leaves it.
+struct Written<'a>(&'a RingEndpoint);
+
+impl Drop for Written<'_> {
+    fn drop(&mut self) {
+        self.0.written_one();
     }
 }

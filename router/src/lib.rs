@@ -12,5 +12,6 @@ pub mod remote;
 pub mod rings;
 pub mod server;
 pub mod shell;
+pub mod topic_lane;
 pub mod transport_link;
 pub mod watcher;

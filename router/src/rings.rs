@@ -2,9 +2,11 @@
 //! what ring engines write to other ring engines on this node, straight from one ring to the
 //! other, and releases a record from the sender's outbox only once it is in the receiver's
 //! inbox: a router killed at any moment loses nothing one ring engine wrote to another, and the
-//! next router adopts the rings. Everything else (lookups, other nodes, socket engines, expiry, refusals)
-//! goes to the router's main thread and its core (`serve_slow`). The thread spins briefly, yields, then
-//! sleeps on the doorbell, which engines ring only while it sleeps.
+//! next router adopts the rings. Events of topics whose subscribers are all ring engines go the
+//! same way, through the topic's lane (`topic_lane`). Everything else (lookups, other nodes,
+//! socket engines, expiry, refusals) goes to the router's main thread and its core
+//! (`serve_slow`). The thread spins briefly, yields, then sleeps on the doorbell, which engines
+//! ring only while it sleeps.
 
 use netmachine_engine::ring::layout::{Kind, INBOX_CONSUMER_SLEEPING_AT, OUTBOX_PRODUCER_WAITING_AT};
 use netmachine_engine::ring::records::{self, Envelope, Refusal};
@@ -13,6 +15,7 @@ use netmachine_engine::ring::{futex, Consumer, Doorbell, Full, Producer, RingSeg
 use crate::core::pacing::{Pacer, Pause, Round};
 use crate::core::{check_envelope, Refused};
 use crate::shell::RouterState;
+use crate::topic_lane::{self, Lane, Offered, SharedLane};
 use netmachine_schema::time::now_ms;
 use netmachine_schema::{Destination, EngineMessage, Identity};
 use std::rc::{Rc, Weak};
@@ -40,9 +43,11 @@ pub struct RingEndpoint {
     /// Its messages handed to the main thread and not yet settled there: past
     /// `SLOW_PER_ENGINE`, its outbox waits (only its own: other engines go on).
     slow_in_flight: AtomicUsize,
+    /// Messages the main thread queued for its inbox and not yet written there.
+    queued: AtomicUsize,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -60,8 +65,30 @@ impl RingEndpoint {
         records::forward(&mut lock(&self.inbox), body, checked)
     }
 
-    fn wake(&self) {
+    pub(crate) fn wake(&self) {
         wake_if_sleeping(self.segment.word(INBOX_CONSUMER_SLEEPING_AT));
+    }
+
+    /// Its inbox, to write into.
+    pub(crate) fn inbox(&self) -> std::sync::MutexGuard<'_, Producer> {
+        lock(&self.inbox)
+    }
+
+    pub(crate) fn has_slow_in_flight(&self) -> bool {
+        self.slow_in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// The main thread queued a message for its inbox (`written` once it is there, or dropped).
+    pub(crate) fn queued_one(&self) {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn written_one(&self) {
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn has_queued(&self) -> bool {
+        self.queued.load(Ordering::Acquire) > 0
     }
 
     /// Tells the engine a message it wrote was not routed.
@@ -96,9 +123,13 @@ struct Shared {
     endpoints: RwLock<HashMap<Identity, Arc<RingEndpoint>>>,
     /// Detached engines whose outbox is still being forwarded; removed once it is empty.
     draining: Mutex<Vec<Arc<RingEndpoint>>>,
+    /// Each topic's lane, by topic.
+    lanes: RwLock<HashMap<Identity, SharedLane>>,
     version: AtomicU64,
     doorbell: Doorbell,
     forwarded: AtomicU64,
+    /// Events forwarded by their topic's lane.
+    events_forwarded: AtomicU64,
     handed_over: AtomicU64,
     max_body: usize,
 }
@@ -118,9 +149,11 @@ impl Rings {
         let shared = Arc::new(Shared {
             endpoints: RwLock::new(HashMap::new()),
             draining: Mutex::new(Vec::new()),
+            lanes: RwLock::new(HashMap::new()),
             version: AtomicU64::new(0),
             doorbell,
             forwarded: AtomicU64::new(0),
+            events_forwarded: AtomicU64::new(0),
             handed_over: AtomicU64::new(0),
             max_body,
         });
@@ -178,6 +211,7 @@ impl Rings {
             closed: AtomicBool::new(false),
             corrupt: AtomicBool::new(false),
             slow_in_flight: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
         });
         self.shared.endpoints.write().unwrap_or_else(|p| p.into_inner()).insert(endpoint.engine, endpoint.clone());
         self.changed();
@@ -249,10 +283,43 @@ impl Rings {
         self.capacity
     }
 
-    /// (engines on rings, messages forwarded ring to ring, messages handed to the main thread)
-    pub fn counters(&self) -> (u64, u64, u64) {
+    /// (engines on rings, messages forwarded ring to ring, events forwarded by topic lanes,
+    /// messages handed to the main thread)
+    pub fn counters(&self) -> (u64, u64, u64, u64) {
         let attached = self.shared.endpoints.read().unwrap_or_else(|p| p.into_inner()).len() as u64;
-        (attached, self.shared.forwarded.load(Ordering::Relaxed), self.shared.handed_over.load(Ordering::Relaxed))
+        let shared = &self.shared;
+        (attached, shared.forwarded.load(Ordering::Relaxed), shared.events_forwarded.load(Ordering::Relaxed), shared.handed_over.load(Ordering::Relaxed))
+    }
+
+    /// The lane of `topic`, made (closed) if it has none.
+    pub fn lane(&self, topic: Identity) -> SharedLane {
+        if let Some(lane) = self.existing_lane(&topic) {
+            return lane;
+        }
+        let lane = self.shared.lanes.write().unwrap_or_else(|p| p.into_inner()).entry(topic).or_insert_with(Lane::closed).clone();
+        self.changed();
+        lane
+    }
+
+    /// The rings of `engine`, if it is on rings.
+    pub fn endpoint(&self, engine: &Identity) -> Option<Arc<RingEndpoint>> {
+        self.shared.endpoints.read().unwrap_or_else(|p| p.into_inner()).get(engine).cloned()
+    }
+
+    pub fn existing_lane(&self, topic: &Identity) -> Option<SharedLane> {
+        self.shared.lanes.read().unwrap_or_else(|p| p.into_inner()).get(topic).cloned()
+    }
+
+    /// Every lane, with its topic.
+    pub fn lanes(&self) -> Vec<(Identity, SharedLane)> {
+        self.shared.lanes.read().unwrap_or_else(|p| p.into_inner()).iter().map(|(topic, lane)| (*topic, lane.clone())).collect()
+    }
+
+    /// Removes the lane of a topic that is gone (closed first, under its lock).
+    pub fn remove_lane(&self, topic: &Identity) {
+        if self.shared.lanes.write().unwrap_or_else(|p| p.into_inner()).remove(topic).is_some() {
+            self.changed();
+        }
     }
 
     /// Makes the ring thread look at the endpoints again (waking it if it sleeps).
@@ -268,11 +335,13 @@ fn forward(shared: &Shared, slow: &mpsc::Sender<Slow>) {
     let mut seen = u64::MAX;
     let mut endpoints: Vec<Arc<RingEndpoint>> = Vec::new();
     let mut by_engine: HashMap<Identity, Arc<RingEndpoint>> = HashMap::new();
+    let mut lanes: HashMap<Identity, SharedLane> = HashMap::new();
     let mut pacer = Pacer::default();
     loop {
         let version = shared.version.load(Ordering::Acquire);
         if version != seen {
             by_engine = shared.endpoints.read().unwrap_or_else(|p| p.into_inner()).clone();
+            lanes = shared.lanes.read().unwrap_or_else(|p| p.into_inner()).clone();
             endpoints = by_engine.values().cloned().collect();
             endpoints.extend(lock(&shared.draining).iter().cloned());
             seen = version;
@@ -280,7 +349,7 @@ fn forward(shared: &Shared, slow: &mpsc::Sender<Slow>) {
         let (mut progressed, mut blocked) = (false, false);
         let mut drained = Vec::new();
         for endpoint in &endpoints {
-            let turn = if endpoint.corrupt.load(Ordering::Acquire) { Turn::Idle } else { forward_from(shared, endpoint, &by_engine, slow) };
+            let turn = if endpoint.corrupt.load(Ordering::Acquire) { Turn::Idle } else { forward_from(shared, endpoint, &by_engine, &lanes, slow) };
             match turn {
                 Turn::Moved => progressed = true,
                 Turn::Blocked(moved) => {
@@ -332,7 +401,7 @@ enum Turn {
 }
 
 /// Forwards up to a turn's worth of records from one engine's outbox.
-fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<Identity, Arc<RingEndpoint>>, slow: &mpsc::Sender<Slow>) -> Turn {
+fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<Identity, Arc<RingEndpoint>>, lanes: &HashMap<Identity, SharedLane>, slow: &mpsc::Sender<Slow>) -> Turn {
     let mut outbox = lock(&from.outbox);
     let mut moved = 0;
     // The engine the latest records went to, woken when the records start going elsewhere or
@@ -356,6 +425,22 @@ fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<I
         };
         if record.kind == Kind::Message {
             let envelope = records::read_envelope(record.body).ok();
+            let lane = envelope.as_ref().and_then(|e| match e.dst {
+                Destination::Topic(topic) => lanes.get(&topic).map(|lane| (lane, e)),
+                _ => None,
+            });
+            if let Some((lane, envelope)) = lane {
+                match topic_lane::offer(lane, from, envelope, record.body, by_engine, shared.max_body) {
+                    Offered::Forwarded => {
+                        shared.events_forwarded.fetch_add(1, Ordering::Relaxed);
+                        outbox.consume();
+                        moved += 1;
+                        continue;
+                    }
+                    Offered::Blocked => break Turn::Blocked(moved > 0),
+                    Offered::Elsewhere => {}
+                }
+            }
             let lane = envelope.and_then(|e| Some((fast_lane(from, &e, record.body.len(), by_engine, shared.max_body)?, e)));
             if let Some((to, envelope)) = lane {
                 match to.forward(record.body, &envelope) {
@@ -429,7 +514,7 @@ pub async fn serve_slow(state: Weak<RouterState>, mut slow: mpsc::Receiver<Slow>
         match item {
             Slow::Route { from, message } => {
                 let id = message.id;
-                let mut settled = state.submit(from.engine, message, true);
+                let mut settled = state.submit_via(from.engine, message, true, true);
                 match settled.now() {
                     Some(outcome) => state.tell_outcome(&from, id, outcome),
                     None => {

@@ -26,15 +26,17 @@ struct RouterServer(Rc<RouterState>);
 impl service::Server for RouterServer {
     async fn status(self: Rc<Self>, _: service::StatusParams, mut results: service::StatusResults) -> capnp::Result<()> {
         let state = &self.0;
+        state.report_lanes();
         let core = state.core();
         let engines = core.attached();
         let mut counters = core.counters();
         counters.push(("attach_refused", state.attach_refused.get()));
         if let Some(rings) = &state.rings {
-            let (on_rings, forwarded, handed_over) = rings.counters();
+            let (on_rings, forwarded, events_forwarded, handed_over) = rings.counters();
             counters.extend([
                 ("engines_on_rings", on_rings),
                 ("ring_messages_forwarded", forwarded),
+                ("ring_topic_events_forwarded", events_forwarded),
                 ("ring_messages_handed_over", handed_over),
                 ("ring_refusals_lost", state.refusals_lost.get()),
             ]);
@@ -92,6 +94,7 @@ impl router::Server for RouterServer {
     }
 
     async fn topics(self: Rc<Self>, _: router::TopicsParams, mut results: router::TopicsResults) -> capnp::Result<()> {
+        self.0.report_lanes();
         let core = self.0.core();
         let topics: Vec<_> = core.topics().collect();
         let mut list = results.get().init_topics(topics.len() as u32);
@@ -287,7 +290,10 @@ impl engine_session::Server for Session {
         let params = params.get()?;
         let (scope, policy) = (params.get_scope()?, params.get_policy()?);
         let outcome = match TopicAdvert::read(params.get_advert()?) {
-            Ok(advert) => self.state.change(|core, now| core.create_topic(self.engine, advert, scope, policy, now)),
+            Ok(advert) => {
+                let topic = advert.topic;
+                self.state.change_topic(topic, |core, now| core.create_topic(self.engine, advert, scope, policy, now))
+            }
             Err(error) => Err(TopicRefused { reason: TopicRefusal::BadAdvert, detail: error.to_string() }),
         };
         if let Err(refused) = &outcome {
@@ -299,7 +305,7 @@ impl engine_session::Server for Session {
 
     async fn delete_topic(self: Rc<Self>, params: engine_session::DeleteTopicParams, mut results: engine_session::DeleteTopicResults) -> capnp::Result<()> {
         let topic = topic_id(params.get()?.get_topic())?;
-        let outcome = self.state.change(|core, now| core.delete_topic(self.engine, topic, now));
+        let outcome = self.state.change_topic(topic, |core, now| core.delete_topic(self.engine, topic, now));
         write_topic_result(outcome, results.get().init_result());
         Ok(())
     }
@@ -307,7 +313,7 @@ impl engine_session::Server for Session {
     async fn subscribe(self: Rc<Self>, params: engine_session::SubscribeParams, mut results: engine_session::SubscribeResults) -> capnp::Result<()> {
         let params = params.get()?;
         let (topic, scope) = (topic_id(params.get_topic())?, params.get_scope()?);
-        let outcome = self.state.change(|core, now| core.subscribe(self.engine, topic, scope, now));
+        let outcome = self.state.change_topic(topic, |core, now| core.subscribe(self.engine, topic, scope, now));
         let policy = self.state.core().topics().find(|t| t.advert.topic == topic).map_or(TopicPolicy::Block, |t| t.policy);
         write_topic_result(outcome, results.get().init_result());
         if let Ok(topic_result::Done(mut done)) = results.get().get_result()?.which() {
@@ -318,7 +324,7 @@ impl engine_session::Server for Session {
 
     async fn last_seq(self: Rc<Self>, params: engine_session::LastSeqParams, mut results: engine_session::LastSeqResults) -> capnp::Result<()> {
         let topic = topic_id(params.get()?.get_topic())?;
-        let outcome = self.state.core().last_seq(topic);
+        let outcome = self.state.change_topic(topic, |core, _| core.last_seq(self.engine, topic));
         write_topic_result(outcome, results.get().init_result());
         Ok(())
     }
@@ -333,7 +339,7 @@ impl engine_session::Server for Session {
 
     async fn unsubscribe(self: Rc<Self>, params: engine_session::UnsubscribeParams, mut results: engine_session::UnsubscribeResults) -> capnp::Result<()> {
         let topic = topic_id(params.get()?.get_topic())?;
-        let outcome = self.state.change(|core, now| core.unsubscribe(self.engine, topic, now));
+        let outcome = self.state.change_topic(topic, |core, now| core.unsubscribe(self.engine, topic, now));
         write_topic_result(outcome, results.get().init_result());
         Ok(())
     }

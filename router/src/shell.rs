@@ -11,7 +11,7 @@ use crate::rings::Rings;
 use netmachine_schema::identity_store_capnp::identity_store;
 use netmachine_schema::service_capnp::subscription;
 use netmachine_schema::transport_capnp::transport;
-use netmachine_schema::{time::now_ms, EngineLocation, EngineMessage, Identity, Keypair};
+use netmachine_schema::{time::now_ms, Destination, EngineLocation, EngineMessage, Identity, Keypair};
 use netmachine_service::home::{NodeHome, ServiceKind};
 use netmachine_service::rpc::ConnectionStats;
 use netmachine_service::Link;
@@ -19,6 +19,10 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use tokio::sync::{oneshot, Notify};
+
+/// How long after a restart under live ring engines their events wait for them to attach and
+/// subscribe again (they do within tens of milliseconds).
+const ADOPTED_ENGINES_GRACE: Millis = 1_000;
 
 /// A message's outcome, once the core has placed or refused it.
 pub(crate) struct Settled(oneshot::Receiver<Result<(), Refused>>);
@@ -61,6 +65,8 @@ pub struct RouterState {
     timer: Rc<Notify>,
     /// The time the timer task sleeps until (`None`: until it is told).
     timer_armed: Cell<Option<Millis>>,
+    /// The topic whose lane the main thread holds locked now (`with_topic`).
+    lane_held: Cell<Option<Identity>>,
 }
 
 impl RouterState {
@@ -110,8 +116,13 @@ impl RouterState {
             refusals_lost: Cell::new(0),
             timer: Rc::new(Notify::new()),
             timer_armed: Cell::new(None),
+            lane_held: Cell::new(None),
             home,
         });
+        if state.rings.as_ref().is_some_and(|rings| rings.counters().0 > 0) {
+            // Engines outlived the previous router: their events wait for them to subscribe again.
+            state.core.borrow_mut().hold_events_until(now_ms() + ADOPTED_ENGINES_GRACE);
+        }
         tokio::task::spawn_local(crate::rings::serve_slow(Rc::downgrade(&state), slow));
         tokio::task::spawn_local(run_timer(Rc::downgrade(&state), state.timer.clone()));
         state
@@ -135,9 +146,81 @@ impl RouterState {
     /// Gives one message from the attached engine `sender` to the core; the receiver holds its
     /// outcome (`Ok` once it is queued for its destination). `wait`: it may wait for room.
     pub(crate) fn submit(self: &Rc<Self>, sender: Identity, message: EngineMessage, wait: bool) -> Settled {
+        self.submit_via(sender, message, wait, false)
+    }
+
+    /// `submit`, for a message `sender` wrote to its outbox ring (`from_ring`) or sent over the
+    /// socket.
+    pub(crate) fn submit_via(self: &Rc<Self>, sender: Identity, message: EngineMessage, wait: bool, from_ring: bool) -> Settled {
         let (ticket, settled) = self.ticket();
-        self.feed(Input::Send { ticket, sender, message, wait });
+        let Destination::Topic(topic) = message.dst else {
+            self.feed(Input::Send { ticket, sender, message, wait });
+            return settled;
+        };
+        self.with_topic(topic, || {
+            // An event over the socket from a ring engine whose earlier events (from its rings)
+            // the main thread still holds: taking it now could put it before them.
+            let busy = !from_ring && self.rings.as_ref().and_then(|rings| rings.endpoint(&sender)).is_some_and(|ring| ring.has_slow_in_flight());
+            if busy {
+                let slowest = self.core().topic(&topic).and_then(|t| self.core().slow_subscribers(t).first().copied()).unwrap_or(topic);
+                let refused = Refused::back_pressured(slowest, format!("events engine {sender} wrote to its ring earlier still wait to be routed"));
+                self.count(refused.reason, 1);
+                if let Some(waiter) = self.waiters.borrow_mut().remove(&ticket) {
+                    let _ = waiter.send(Err(refused));
+                }
+                return;
+            }
+            self.feed(Input::Send { ticket, sender, message, wait });
+        });
         settled
+    }
+
+    /// Runs `work`, which may route events of `topic` or change it, with the topic's lane
+    /// locked, after giving the core what the lane routed, and brings the lane up to date after.
+    pub(crate) fn with_topic<T>(self: &Rc<Self>, topic: Identity, work: impl FnOnce() -> T) -> T {
+        let Some(lane) = self.rings.as_ref().and_then(|rings| rings.existing_lane(&topic)) else { return work() };
+        let mut lane = crate::rings::lock(&lane);
+        lane.report(&mut self.core.borrow_mut(), topic);
+        self.lane_held.set(Some(topic));
+        let answer = work();
+        self.lane_held.set(None);
+        lane.update(&self.core.borrow(), &topic);
+        answer
+    }
+
+    /// A topic request (`change`) with the topic's lane held (`with_topic`).
+    pub(crate) fn change_topic<T>(self: &Rc<Self>, topic: Identity, request: impl FnOnce(&mut Router, Millis) -> T) -> T {
+        self.with_topic(topic, || self.change(request))
+    }
+
+    /// Gives the core what every lane routed, for status reports.
+    pub(crate) fn report_lanes(&self) {
+        let Some(rings) = &self.rings else { return };
+        for (topic, lane) in rings.lanes() {
+            crate::rings::lock(&lane).report(&mut self.core.borrow_mut(), topic);
+        }
+    }
+
+    /// Brings the lanes of the topics the core touched up to date (the one `with_topic` holds
+    /// is brought up to date there): made for a new topic, closed and removed for one gone.
+    fn update_lanes(&self) {
+        let Some(rings) = &self.rings else { return };
+        let touched = self.core.borrow_mut().take_touched_topics();
+        for topic in touched {
+            if self.lane_held.get() == Some(topic) {
+                continue;
+            }
+            let core = self.core.borrow();
+            match core.topic(&topic) {
+                Some(_) => crate::rings::lock(&rings.lane(topic)).update(&core, &topic),
+                None => {
+                    if let Some(lane) = rings.existing_lane(&topic) {
+                        crate::rings::lock(&lane).update(&core, &topic);
+                        rings.remove_lane(&topic);
+                    }
+                }
+            }
+        }
     }
 
     /// Counts a drop the shell saw itself.
@@ -158,6 +241,7 @@ impl RouterState {
     }
 
     fn carry_out(self: &Rc<Self>) {
+        self.update_lanes();
         loop {
             let Some(output) = self.core.borrow_mut().poll_output() else { break };
             match output {

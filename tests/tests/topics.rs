@@ -3,10 +3,10 @@
 //! back-pressures the publisher (Block) or is cut and sees the gap (CutSlow); and the CLI
 //! creates, publishes, subscribes and lists.
 
-use netmachine_engine::{Engine, EngineError, Received, Scope, SendRefusal, TopicAdvert, TopicPolicy, TopicRefusal};
+use netmachine_engine::{Destination, Engine, EngineError, EngineMessage, Received, Scope, SendRefusal, TopicAdvert, TopicPolicy, TopicRefusal};
 use netmachine_schema::Keypair;
 use netmachine_service::ServiceKind;
-use netmachine_tests::{attach_engine, bin_dir, with_rpc, Node};
+use netmachine_tests::{attach_engine, bin_dir, wait_until, with_rpc, Node};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -24,6 +24,30 @@ async fn create(creator: &Engine, publisher: &Engine, policy: TopicPolicy) -> ne
 /// The next event or gap, within the deadline.
 async fn next(engine: &Engine) -> Received {
     tokio::time::timeout(WAIT, engine.recv_event()).await.expect("an event within the deadline").expect("the engine is open")
+}
+
+/// Events and gaps until event `last` is taken or missed, in order, pausing a moment every
+/// `pause_every` events taken: (events taken, events reported missing).
+async fn take_or_miss(engine: &Engine, last: u64, pause_every: Option<u64>) -> (u64, u64) {
+    let (mut events, mut missed, mut at) = (0u64, 0u64, 0u64);
+    while at < last {
+        match next(engine).await {
+            Received::Event(event) => {
+                assert!(event.seq > at, "in order");
+                (events, at) = (events + 1, event.seq);
+            }
+            Received::Gap(gap) => {
+                assert_eq!(gap.from, at + 1, "a gap starts right after the last event taken");
+                (missed, at) = (missed + gap.to - gap.from + 1, gap.to);
+            }
+            other => panic!("{other:?}"),
+        }
+        if pause_every.is_some_and(|every| events % every == 0) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    assert_eq!(events + missed, at, "every sequence up to {at} taken or reported missing");
+    (events, missed)
 }
 
 /// The bodies (each a little-endian count) of the next `count` events; anything else fails.
@@ -69,6 +93,111 @@ fn subscribers_on_rings_and_on_the_socket_get_every_event_in_order() {
 }
 
 #[test]
+fn between_ring_engines_events_go_ring_to_ring_in_order_while_a_socket_subscriber_comes_and_goes() {
+    let node = Node::up();
+    with_rpc(async {
+        let publisher = attach_engine(&node, |_| {}).await;
+        let (first, second) = (attach_engine(&node, |_| {}).await, attach_engine(&node, |_| {}).await);
+        let passer_by = attach_engine(&node, |o| o.ring = false).await;
+        let topic = create(&publisher, &publisher, TopicPolicy::Block).await;
+        for subscriber in [&first, &second] {
+            subscriber.subscribe(topic, Scope::Local).await.expect("subscribe");
+        }
+        // Events go by the topic's lane while every subscriber is on rings, through the router's
+        // main thread while the socket subscriber is there, and by the lane again after.
+        const EVENTS: u64 = 30_000;
+        let subscribed_after = std::cell::Cell::new(0u64);
+        let publishing = async {
+            for n in 1..=EVENTS {
+                publisher.publish(topic, n.to_le_bytes().to_vec()).await.expect("publish");
+                if n == 10_000 {
+                    subscribed_after.set(passer_by.subscribe(topic, Scope::Local).await.expect("subscribe").last_seq);
+                }
+                if n == 20_000 {
+                    passer_by.unsubscribe(topic).await.expect("unsubscribe");
+                }
+            }
+            // After every event it could get: the router routes the publisher's messages in order.
+            publisher.send(passer_by.identity(), b"end".to_vec()).await.expect("send");
+        };
+        // What the router delivered to it, as it came (its events are read after it left).
+        let passing = async {
+            let mut seqs = Vec::new();
+            loop {
+                let message = tokio::time::timeout(WAIT, passer_by.recv()).await.expect("a message within the deadline").expect("open");
+                match message.dst {
+                    Destination::Topic(_) => seqs.push(message.id),
+                    _ if message.body == b"end" => return seqs,
+                    _ => panic!("{message:?}"),
+                }
+            }
+        };
+        let ((), first_bodies, second_bodies, passed) = tokio::join!(publishing, take_all(&first, EVENTS), take_all(&second, EVENTS), passing);
+        let expected: Vec<u64> = (1..=EVENTS).collect();
+        assert_eq!(first_bodies, expected, "every event, in order, once");
+        assert_eq!(second_bodies, expected, "every event, in order, once");
+        let from = subscribed_after.get() + 1;
+        assert!(!passed.is_empty() && passed == (from..from + passed.len() as u64).collect::<Vec<_>>(), "the socket subscriber got a run from {from} with no hole: {} events", passed.len());
+        assert!(passed.len() < 20_000, "and none after it left");
+        assert_eq!((first.event_counts(), second.event_counts()), ((0, 0), (0, 0)), "no repeats, no gaps");
+        assert!(node.router_counter("ring_topic_events_forwarded") > 0, "the lane carried events");
+        assert_eq!(node.router_counter("topic_event_deliveries"), 2 * EVENTS + passed.len() as u64, "every delivery counted once");
+    });
+}
+
+#[test]
+fn by_the_lane_a_slow_ring_subscriber_sets_the_pace_under_block_and_is_cut_under_cut_slow() {
+    let node = Node::up_with(&["router.ring_bytes=65536"]);
+    with_rpc(async {
+        for policy in [TopicPolicy::Block, TopicPolicy::CutSlow] {
+            let publisher = attach_engine(&node, |_| {}).await;
+            let fast = attach_engine(&node, |_| {}).await;
+            let slow = attach_engine(&node, |o| o.inbox_capacity = 1).await;
+            let topic = create(&publisher, &publisher, policy).await;
+            for subscriber in [&fast, &slow] {
+                subscriber.subscribe(topic, Scope::Local).await.expect("subscribe");
+            }
+            const EVENTS: u64 = 20_000;
+            // Once the last is published, one more now and then shows a subscriber the last
+            // was cut, until both are done.
+            let done = std::cell::Cell::new(0);
+            let publishing = async {
+                let mut tail = 0u64;
+                for _ in 1..=EVENTS {
+                    publisher.publish(topic, vec![1; 200]).await.expect("publish");
+                }
+                while done.get() < 2 {
+                    publisher.publish(topic, vec![2; 8]).await.expect("publish");
+                    tail += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                tail
+            };
+            let counted = |taken: (u64, u64)| {
+                done.set(done.get() + 1);
+                taken
+            };
+            // The slow subscriber takes a pause every 500 events; each takes until the last is in.
+            let cut_before = node.router_counter("topic_events_cut");
+            let fast_taking = async { counted(take_or_miss(&fast, EVENTS, None).await) };
+            let slow_taking = async { counted(take_or_miss(&slow, EVENTS, Some(500)).await) };
+            let (tail, (fast_events, fast_missed), (events, missed)) = tokio::join!(publishing, fast_taking, slow_taking);
+            assert!(fast_events + fast_missed >= EVENTS && events + missed >= EVENTS, "{policy:?}: up to the last");
+            let cut = node.router_counter("topic_events_cut") - cut_before;
+            match policy {
+                TopicPolicy::Block => assert_eq!((fast_missed, missed, cut), (0, 0, 0), "under Block the slowest sets the pace: nothing missed"),
+                _ => {
+                    // Each one missed was cut and counted; of the tail, at most all were cut too.
+                    let told = missed + fast_missed;
+                    assert!(missed > 0 && (told..=told + 2 * tail).contains(&cut), "under CutSlow the slow one misses events ({missed}), each counted ({cut}, tail {tail})");
+                }
+            }
+        }
+        assert!(node.router_counter("ring_topic_events_forwarded") > 0, "the lane carried events");
+    });
+}
+
+#[test]
 fn only_the_advertised_publisher_publishes_and_only_the_creator_deletes() {
     let node = Node::up();
     with_rpc(async {
@@ -79,6 +208,10 @@ fn only_the_advertised_publisher_publishes_and_only_the_creator_deletes() {
             Err(EngineError::Refused { reason: SendRefusal::Denied, detail }) => assert!(detail.contains("not the publisher"), "{detail}"),
             other => panic!("an event from an engine other than the publisher must be denied: {other:?}"),
         }
+        // Written to its ring as a plain message, the router denies and counts it.
+        let forged = EngineMessage::new(intruder.identity(), Destination::Topic(topic), 1, b"forged".to_vec());
+        intruder.send_message(forged).await.expect("written to the ring");
+        wait_until("the router denies the forged event", WAIT, || node.router_counter("dropped_denied") == 1);
         let forged_advert = TopicAdvert { publisher: intruder.identity(), ..TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1) };
         assert!(matches!(intruder.create_topic(forged_advert, Scope::Any, TopicPolicy::Block).await, Err(EngineError::TopicRefused { reason: TopicRefusal::BadAdvert, .. })));
         let max = publisher.max_message_bytes();
@@ -90,7 +223,12 @@ fn only_the_advertised_publisher_publishes_and_only_the_creator_deletes() {
         }
         assert!(matches!(publisher.delete_topic(topic).await, Err(EngineError::TopicRefused { reason: TopicRefusal::Denied, .. })));
         creator.delete_topic(topic).await.expect("the creator deletes");
-        assert!(matches!(publisher.publish(topic, b"late".to_vec()).await, Err(EngineError::Refused { reason: SendRefusal::NoRoute, .. })), "no such topic any more");
+        // On the rings an event is taken once in the outbox: the router refuses it there, and
+        // the publisher's next event asks the router again, and is refused at once.
+        assert_eq!(publisher.publish(topic, b"late".to_vec()).await.expect("in the outbox ring"), 2);
+        wait_until("the router refuses the late event", WAIT, || node.router_counter("dropped_no_route") >= 1);
+        let refused = publisher.publish(topic, b"later".to_vec()).await;
+        assert!(matches!(refused, Err(EngineError::Refused { reason: SendRefusal::NoRoute, .. })), "no such topic any more: {refused:?}");
         assert!(matches!(intruder.subscribe(topic, Scope::Local).await, Err(EngineError::TopicRefused { reason: TopicRefusal::Unknown, .. })));
     });
     assert_eq!(node.router_counter("dropped_denied"), 1);

@@ -200,6 +200,8 @@ pub fn read_message(record: &[u8]) -> Result<EngineMessage, String> {
 pub struct Envelope {
     pub src: Identity,
     pub dst: Destination,
+    /// The message id (an event's sequence).
+    pub id: u64,
     pub expiry: Option<u64>,
     pub body_len: usize,
 }
@@ -208,10 +210,10 @@ pub struct Envelope {
 /// read whole.
 pub fn read_envelope(record: &[u8]) -> Result<Envelope, String> {
     let fields = Fields::check(record)?;
-    Ok(Envelope { src: fields.src(), dst: fields.dst, expiry: fields.optional(HAS_EXPIRY, EXPIRY_AT), body_len: fields.body.len() })
+    Ok(Envelope { src: fields.src(), dst: fields.dst, id: u64_at(fields.head, ID_AT), expiry: fields.optional(HAS_EXPIRY, EXPIRY_AT), body_len: fields.body.len() })
 }
 
-/// Copies a message record into another ring, with the `src` and `dst` its envelope was
+/// Copies a message record into another ring, with the `src`, `dst` and id its envelope was
 /// checked with written over the copy: the sender shares the memory it is copied from and
 /// could change them after the check, but not what lands in the receiver's ring.
 pub fn forward(producer: &mut Producer, body: &[u8], checked: &Envelope) -> Result<(), Full> {
@@ -219,6 +221,7 @@ pub fn forward(producer: &mut Producer, body: &[u8], checked: &Envelope) -> Resu
         into.copy_from_slice(body);
         into[SRC_AT..DST_AT].copy_from_slice(&checked.src.0);
         into[DST_AT..ID_AT].copy_from_slice(&checked.dst.identity().0);
+        into[ID_AT..REPLY_TO_AT].copy_from_slice(&checked.id.to_le_bytes());
     })
 }
 
@@ -304,7 +307,7 @@ mod tests {
         // The envelope is read in place, and a record forwards as it is.
         let record = record_of(&message);
         let envelope = read_envelope(&record).unwrap();
-        assert_eq!(envelope, Envelope { src: message.src, dst: message.dst, expiry: message.expiry, body_len: 4 });
+        assert_eq!(envelope, Envelope { src: message.src, dst: message.dst, id: message.id, expiry: message.expiry, body_len: 4 });
         let mut other = HeapRing::new(8192);
         let (mut into, mut out) = (Producer::new(other.memory()), Consumer::new(other.memory()));
         forward(&mut into, &record, &envelope).unwrap();
@@ -314,8 +317,10 @@ mod tests {
         // A sender that rewrites `src` after the check does not get it through.
         let mut rewritten = record.clone();
         rewritten[SRC_AT..DST_AT].copy_from_slice(&[7; 32]);
+        rewritten[ID_AT..REPLY_TO_AT].copy_from_slice(&1u64.to_le_bytes());
         forward(&mut into, &rewritten, &envelope).unwrap();
-        assert_eq!(read_message(out.peek().unwrap().unwrap().body).unwrap().src, message.src);
+        let copied = read_message(out.peek().unwrap().unwrap().body).unwrap();
+        assert_eq!((copied.src, copied.id), (message.src, message.id), "nor an id (an event's sequence)");
     }
 
     #[test]

@@ -90,21 +90,32 @@ impl Producer {
         fits(self.cached_head)
     }
 
+    /// The padding before, and the size of, a record of a `length`-byte body written now.
+    fn placement(&self, length: usize) -> (u64, u64) {
+        let size = record_size(length) as u64;
+        let offset = self.memory.offset(self.tail) as u64;
+        let to_end = self.memory.capacity - offset;
+        (if size > to_end { to_end } else { 0 }, size)
+    }
+
+    /// Whether a record of a `length`-byte body fits now (the consumer only makes more room).
+    pub fn fits(&mut self, length: usize) -> bool {
+        let (padding, size) = self.placement(length);
+        length <= self.max_body() && self.room(padding + size)
+    }
+
     /// Writes one record whose `length`-byte body `fill` writes, and publishes it; `Full` if
     /// there is no room now. Bodies over [`Producer::max_body`] never fit.
     pub fn try_write(&mut self, kind: Kind, length: usize, fill: impl FnOnce(&mut [u8])) -> Result<(), Full> {
         if length > self.max_body() {
             return Err(Full);
         }
-        let size = record_size(length) as u64;
-        let offset = self.memory.offset(self.tail) as u64;
-        let to_end = self.memory.capacity - offset;
-        let padding = if size > to_end { to_end } else { 0 };
+        let (padding, size) = self.placement(length);
         if !self.room(padding + size) {
             return Err(Full);
         }
         if padding > 0 {
-            self.write_header(offset as usize, (padding as usize - RECORD_HEADER) as u32, Kind::Padding);
+            self.write_header(self.memory.offset(self.tail), (padding as usize - RECORD_HEADER) as u32, Kind::Padding);
             self.tail += padding;
         }
         let at = self.memory.offset(self.tail);

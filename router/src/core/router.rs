@@ -178,6 +178,9 @@ pub struct Router {
     lookups: HashMap<Identity, Millis>,
     tickets: HashMap<Ticket, Open>,
     next_deadline: Option<Millis>,
+    /// Until when engines' events wait (`hold_events_until`): after a restart, the events ring
+    /// engines wrote meanwhile wait for their subscribers to subscribe again.
+    events_held_until: Option<Millis>,
     /// A batch left some node's queue: what waits for room may go (once the input is handled).
     room_freed: bool,
     outputs: VecDeque<Output>,
@@ -206,6 +209,7 @@ impl Router {
             lookups: HashMap::new(),
             tickets: HashMap::new(),
             next_deadline: None,
+            events_held_until: None,
             room_freed: false,
             outputs: VecDeque::new(),
             drops: DropCounters::default(),
@@ -315,6 +319,7 @@ impl Router {
     /// TopicCreate from the attached engine `creator`.
     pub fn create_topic(&mut self, creator: Identity, advert: TopicAdvert, scope: Scope, policy: TopicPolicy, now: Millis) -> Result<u64, TopicRefused> {
         self.topics.create(creator, advert.clone(), scope, policy)?;
+        self.retry(advert.topic, now, None);
         // A mirror is not announced: other nodes find a topic at the node that holds it.
         if scope == Scope::Any && Some(creator) != self.pubsub() {
             self.announce_to_all(Announcement { topics: vec![advert], ..Announcement::default() }, now);
@@ -368,13 +373,55 @@ impl Router {
         Ok(last_seq)
     }
 
-    /// The sequence of the last event on `topic`.
-    pub fn last_seq(&self, topic: Identity) -> Result<u64, TopicRefused> {
-        self.topics.get(&topic).map(|t| t.last_seq).ok_or_else(|| TopicRefused::unknown(topic))
+    /// Engines' events wait until `until` (then go in order): a router that restarted under
+    /// engines still running gives them that long to attach again and subscribe again, so that
+    /// the events they wrote to their rings meanwhile reach the subscribers they had.
+    pub fn hold_events_until(&mut self, until: Millis) {
+        self.events_held_until = Some(until);
+        self.next_deadline = Some(self.next_deadline.map_or(until, |d| d.min(until)));
+    }
+
+    /// The sequence of the last event on `topic`, for its publisher `engine` (about to publish):
+    /// another engine is denied, as its events would be.
+    pub fn last_seq(&self, engine: Identity, topic: Identity) -> Result<u64, TopicRefused> {
+        let found = self.topics.get(&topic).ok_or_else(|| TopicRefused::unknown(topic))?;
+        if found.advert.publisher != engine {
+            let detail = format!("engine {engine} is not the publisher of topic {topic}; its advert names {}", found.advert.publisher);
+            return Err(TopicRefused { reason: TopicRefusal::Denied, detail });
+        }
+        Ok(found.last_seq)
     }
 
     pub fn topics(&self) -> impl Iterator<Item = &Topic> {
         self.topics.iter()
+    }
+
+    pub fn topic(&self, topic: &Identity) -> Option<&Topic> {
+        self.topics.get(topic)
+    }
+
+    /// The most an event's body on `topic` may be.
+    pub fn event_limit(&self, topic: &Topic) -> usize {
+        Topics::event_limit(topic, self.limits.max_message_bytes)
+    }
+
+    /// The topics created, deleted, or whose subscribers or sequence changed since the last call.
+    pub fn take_touched_topics(&mut self) -> BTreeSet<Identity> {
+        self.topics.take_touched()
+    }
+
+    /// Events of `topic` routed without the core, ring to ring (the shell's topic lane): the
+    /// sequence is at least `last_seq` now, and the counts grow by what the lane did.
+    pub fn lane_advanced(&mut self, topic: Identity, last_seq: u64, published: u64, deliveries: u64, cut: u64) {
+        let Some(found) = self.topics.get(&topic) else { return };
+        if last_seq <= found.last_seq && published == 0 && cut == 0 {
+            return;
+        }
+        let found = self.topics.get_mut(&topic).expect("found above");
+        found.last_seq = found.last_seq.max(last_seq);
+        found.events_cut += cut;
+        self.events_published += published;
+        self.event_deliveries += deliveries;
     }
 
     /// The subscribers of `topic` with no room for another event now.
@@ -629,6 +676,15 @@ impl Router {
     /// A subscriber with no room holds the event back (policy Block) or misses it (CutSlow: it
     /// sees the gap in the sequence).
     fn publish(&mut self, topic: Identity, waiting: Waiting) -> Placement {
+        if self.events_held_until.is_some() && waiting.wait && matches!(waiting.origin, Origin::Engine) {
+            return Placement::Wait(waiting);
+        }
+        // An engine's event for a topic not here (nor deleted lately) waits for it to be
+        // created: after a restart of the router, engines create their topics again, while the
+        // events they wrote to their rings meanwhile are already being routed.
+        if self.topics.get(&topic).is_none() && waiting.wait && matches!(waiting.origin, Origin::Engine) && !self.topics.was_deleted(&topic) {
+            return Placement::Wait(waiting);
+        }
         let policy = match self.topics.check_event(topic, &waiting.message, self.limits.max_message_bytes) {
             Ok(found) => found.policy,
             Err(refused) => return Placement::Done(Err(refused)),
@@ -845,6 +901,13 @@ impl Router {
     }
 
     fn timer(&mut self, now: Millis) {
+        if self.events_held_until.is_some_and(|until| until <= now) {
+            self.events_held_until = None;
+            let held: Vec<Identity> = self.waiting.keys().copied().filter(|key| self.topics.get(key).is_some()).collect();
+            for topic in held {
+                self.retry(topic, now, None);
+            }
+        }
         let late: Vec<Identity> = self.lookups.iter().filter(|(_, at)| **at <= now).map(|(id, _)| *id).collect();
         for id in late {
             self.lookups.remove(&id);
@@ -863,6 +926,8 @@ impl Router {
                     Refused::expired("the message expired while waiting for its destination")
                 } else if self.lookups.contains_key(&key) {
                     Refused::no_route(format!("the identity store had not said where {key} is within {} ms", self.limits.send_wait))
+                } else if matches!(waiting.message.dst, Destination::Topic(_)) && self.topics.get(&key).is_none() {
+                    Refused::no_route(format!("topic {key} was not created on this node within {} ms", self.limits.send_wait))
                 } else {
                     Refused::queue_full(format!("the destination's queue stayed full for {} ms", self.limits.send_wait))
                 };
@@ -874,7 +939,7 @@ impl Router {
             self.transmit(node, now);
         }
         let deadlines = self.waiting.values().flatten().map(|w| w.deadline);
-        let deadlines = deadlines.chain(self.lookups.values().copied()).chain(self.outboxes.values().filter_map(|o| o.retry_at));
+        let deadlines = deadlines.chain(self.lookups.values().copied()).chain(self.outboxes.values().filter_map(|o| o.retry_at)).chain(self.events_held_until);
         self.next_deadline = deadlines.min();
     }
 }
@@ -1273,6 +1338,47 @@ mod tests {
         assert_eq!(delivered_to(&out), vec![(subscriber.identity(), 7)]);
         assert_eq!(bench.drops(DropReason::Denied), 1);
         assert_eq!(bench.router.subscribe(creator.identity(), topic, Scope::Local, 0), Ok(7), "a new subscriber learns the last sequence");
+    }
+
+    #[test]
+    fn an_event_for_a_topic_not_created_yet_waits_for_it_and_one_for_a_deleted_topic_is_refused() {
+        let mut bench = Bench::new();
+        let (publisher, subscriber) = (bench.attach(false), bench.attach(false));
+        // A restarted router: the publisher's events come before it creates its topic again.
+        let advert = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
+        let topic = advert.topic;
+        let tried = publish(&mut bench, &publisher, topic, 6, false, 0);
+        assert_eq!(settled(&bench.outputs()), vec![(tried, Err(SendRefusal::NoRoute))], "a try does not wait");
+        let early: Vec<Ticket> = (7..=8).map(|seq| publish(&mut bench, &publisher, topic, seq, true, 0)).collect();
+        let tried = publish(&mut bench, &publisher, topic, 9, false, 0);
+        assert_eq!(settled(&bench.outputs()), vec![(tried, Err(SendRefusal::BackPressured))], "nor goes before those waiting");
+        bench.router.create_topic(publisher.identity(), advert, Scope::Local, TopicPolicy::Block, 10).unwrap();
+        bench.router.subscribe(subscriber.identity(), topic, Scope::Local, 10).unwrap();
+        let outputs = bench.outputs();
+        assert_eq!(settled(&outputs), vec![(early[0], Ok(())), (early[1], Ok(()))], "taken once the topic is there");
+        bench.router.delete_topic(publisher.identity(), topic, 20).unwrap();
+        let late = publish(&mut bench, &publisher, topic, 10, true, 20);
+        assert_eq!(settled(&bench.outputs()), vec![(late, Err(SendRefusal::NoRoute))], "a deleted topic's event is refused at once");
+        let never = Keypair::generate().identity();
+        let lost = publish(&mut bench, &publisher, never, 1, true, 30);
+        assert!(bench.outputs().is_empty());
+        bench.router.handle(Input::Timer, 30 + 5_000);
+        assert_eq!(settled(&bench.outputs()), vec![(lost, Err(SendRefusal::NoRoute))], "a topic never created: refused after the send wait");
+    }
+
+    #[test]
+    fn after_a_restart_under_live_engines_events_wait_for_their_subscribers_to_come_back() {
+        let mut bench = Bench::new();
+        bench.router.hold_events_until(1_000);
+        let (publisher, subscriber) = (bench.attach(false), bench.attach(false));
+        let topic = topic(&mut bench, &publisher, &publisher, TopicPolicy::Block);
+        let held = publish(&mut bench, &publisher, topic, 41, true, 10);
+        bench.router.subscribe(subscriber.identity(), topic, Scope::Local, 500).unwrap();
+        assert!(bench.outputs().is_empty(), "held until the grace ends");
+        assert_eq!(bench.router.poll_timeout(), Some(1_000));
+        bench.router.handle(Input::Timer, 1_000);
+        let outputs = bench.outputs();
+        assert_eq!((settled(&outputs), delivered_to(&outputs)), (vec![(held, Ok(()))], vec![(subscriber.identity(), 41)]), "the subscriber that came back gets it");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::drops::Refused;
 use netmachine_schema::message_capnp::Scope;
 use netmachine_schema::router_capnp::{TopicPolicy, TopicRefusal};
 use netmachine_schema::{EngineMessage, Identity, TopicAdvert, PEER_EVENT_OVERHEAD, SEQ_NOT_KNOWN};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// A topic on this node.
 #[derive(Debug, Clone)]
@@ -51,7 +51,16 @@ pub struct Topics {
     subscriptions: BTreeMap<Identity, BTreeSet<Identity>>,
     /// Topics on other nodes that engines here subscribed to, not mirrored here yet.
     wanted: BTreeMap<Identity, BTreeSet<Identity>>,
+    /// Topics created, deleted, or whose subscribers or sequence changed since the shell last
+    /// took them (`take_touched`): the ring thread's copy of them is brought up to date.
+    touched: BTreeSet<Identity>,
+    /// The topics deleted last, newest at the back (`DELETED_KEPT` at most): an event for one
+    /// is refused at once, while one for a topic never seen waits for it to be created.
+    deleted: VecDeque<Identity>,
 }
+
+/// Deleted topics remembered.
+const DELETED_KEPT: usize = 1024;
 
 /// What a subscription did, beyond adding the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,8 +76,29 @@ impl Topics {
         self.topics.get(topic)
     }
 
+    /// The topic, to change: it counts as touched.
     pub fn get_mut(&mut self, topic: &Identity) -> Option<&mut Topic> {
+        self.touched.insert(*topic);
         self.topics.get_mut(topic)
+    }
+
+    /// Whether `topic` was deleted here lately (and not created again).
+    pub fn was_deleted(&self, topic: &Identity) -> bool {
+        !self.topics.contains_key(topic) && self.deleted.contains(topic)
+    }
+
+    /// The topics touched since the last call.
+    pub fn take_touched(&mut self) -> BTreeSet<Identity> {
+        std::mem::take(&mut self.touched)
+    }
+
+    /// The most an event's body may be: a topic whose events may leave the node leaves room
+    /// for the pubsub message that carries them.
+    pub fn event_limit(topic: &Topic, max_body: usize) -> usize {
+        match topic.scope {
+            Scope::Any => max_body.saturating_sub(PEER_EVENT_OVERHEAD),
+            _ => max_body,
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Topic> {
@@ -111,6 +141,7 @@ impl Topics {
             self.subscriptions.entry(*engine).or_default().insert(topic);
         }
         let topic = Topic { advert, creator, scope, policy, last_seq: 0, subscribers, events_cut: 0 };
+        self.touched.insert(topic.advert.topic);
         self.topics.insert(topic.advert.topic, topic);
         Ok(())
     }
@@ -122,6 +153,11 @@ impl Topics {
             return Err(TopicRefused::new(TopicRefusal::Denied, format!("topic {topic} was created by engine {}, not by {requester}", found.creator)));
         }
         let removed = self.topics.remove(&topic).expect("found above");
+        self.touched.insert(topic);
+        if self.deleted.len() == DELETED_KEPT {
+            self.deleted.pop_front();
+        }
+        self.deleted.push_back(topic);
         for subscriber in &removed.subscribers {
             self.forget_subscription(*subscriber, topic);
         }
@@ -148,6 +184,7 @@ impl Topics {
         };
         found.subscribers.insert(engine);
         self.subscriptions.entry(engine).or_default().insert(topic);
+        self.touched.insert(topic);
         Ok(Subscribed::Here(found.last_seq))
     }
 
@@ -160,6 +197,7 @@ impl Topics {
                 if !found.subscribers.remove(&engine) {
                     return Err(not_subscribed());
                 }
+                self.touched.insert(topic);
                 (found.last_seq, found.subscribers.is_empty())
             }
             (None, Some(wanting)) => {
@@ -184,7 +222,10 @@ impl Topics {
         let mut left = Vec::new();
         for topic in topics {
             let empty = match (self.topics.get_mut(&topic), self.wanted.get_mut(&topic)) {
-                (Some(found), _) => found.subscribers.remove(&engine) && found.subscribers.is_empty(),
+                (Some(found), _) => {
+                    self.touched.insert(topic);
+                    found.subscribers.remove(&engine) && found.subscribers.is_empty()
+                }
                 (None, Some(wanting)) => wanting.remove(&engine) && wanting.is_empty(),
                 (None, None) => false,
             };
@@ -210,9 +251,9 @@ impl Topics {
     pub fn check_event(&self, topic: Identity, message: &EngineMessage, max_body: usize) -> Result<&Topic, Refused> {
         let found = self.topics.get(&topic).ok_or_else(|| Refused::no_route(format!("topic {topic} is not on this node")))?;
         // Carried to other nodes inside a pubsub message, it must leave room for that.
-        let carried_max = max_body.saturating_sub(PEER_EVENT_OVERHEAD);
-        if found.scope == Scope::Any && message.body.len() > carried_max {
-            return Err(Refused::over_limit(message.body.len(), carried_max));
+        let limit = Topics::event_limit(found, max_body);
+        if message.body.len() > limit {
+            return Err(Refused::over_limit(message.body.len(), limit));
         }
         if message.src != found.advert.publisher {
             let detail = format!("engine {} is not the publisher of topic {topic}; its advert names {}", message.src, found.advert.publisher);
