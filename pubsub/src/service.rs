@@ -277,9 +277,9 @@ fn received(shared: &Shared, message: EngineMessage, max_body: usize) -> Vec<Inp
     if let Destination::Topic(_) = message.dst {
         return vec![Input::Published(message)];
     }
-    let decoded = match message.protocol.as_str() {
-        PUBSUB_PROTOCOL => PeerMessage::decode(&message.body, max_body).map(|one| vec![one]),
-        PUBSUB_BATCH_PROTOCOL => PeerMessage::decode_batch(&message.body, max_body),
+    let (decoded, batch) = match message.protocol.as_str() {
+        PUBSUB_PROTOCOL => (PeerMessage::decode(&message.body, max_body).map(|one| vec![one]), false),
+        PUBSUB_BATCH_PROTOCOL => (PeerMessage::decode_batch(&message.body, max_body), true),
         _ => {
             count(&shared.counters.messages_unreadable);
             tracing::debug!(from = %message.src, protocol = %message.protocol, "dropped a message in another protocol");
@@ -287,15 +287,15 @@ fn received(shared: &Shared, message: EngineMessage, max_body: usize) -> Vec<Inp
         }
     };
     match decoded {
-        Ok(peer) => peer
-            .into_iter()
-            .map(|peer| {
-                if !matches!(peer.says, Says::Event(_)) {
-                    tracing::debug!(from = %message.src, says = ?peer.says, "from a peer");
-                }
-                Input::Peer { from: message.src, message: peer }
-            })
-            .collect(),
+        Ok(peer) => {
+            for said in peer.iter().filter(|p| !matches!(p.says, Says::Event(_))) {
+                tracing::debug!(from = %message.src, says = ?said.says, "from a peer");
+            }
+            match batch {
+                true => vec![Input::Peers { from: message.src, messages: peer }],
+                false => peer.into_iter().map(|peer| Input::Peer { from: message.src, message: peer }).collect(),
+            }
+        }
         Err(error) => {
             count(&shared.counters.messages_unreadable);
             tracing::debug!(from = %message.src, %error, "dropped an unreadable pubsub message");

@@ -28,16 +28,29 @@ impl Identity {
     /// Checks `signature` over `payload` against this identity's key (strict verification:
     /// no small-order keys, no malleable signatures).
     pub fn verify(&self, payload: &[u8], signature: &[u8]) -> Result<(), IdentityError> {
-        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| IdentityError::NotAKey)?;
-        let signature: &SignatureBytes =
-            signature.try_into().map_err(|_| IdentityError::SignatureLength(signature.len()))?;
-        key.verify_strict(payload, &ed25519_dalek::Signature::from_bytes(signature))
-            .map_err(|_| IdentityError::BadSignature)
+        self.key()?.verify(payload, signature)
+    }
+
+    /// This identity's key, decompressed once for checking many signatures by it.
+    pub fn key(&self) -> Result<Key, IdentityError> {
+        VerifyingKey::from_bytes(&self.0).map(Key).map_err(|_| IdentityError::NotAKey)
     }
 
     /// The first 8 hex digits, for logs where the whole identity would be noise.
     pub fn short(&self) -> String {
         hex::encode(&self.0[..4])
+    }
+}
+
+/// An identity's public key, ready to check signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key(VerifyingKey);
+
+impl Key {
+    /// Checks `signature` over `payload` (strict verification, as [`Identity::verify`]).
+    pub fn verify(&self, payload: &[u8], signature: &[u8]) -> Result<(), IdentityError> {
+        let signature: &SignatureBytes = signature.try_into().map_err(|_| IdentityError::SignatureLength(signature.len()))?;
+        self.0.verify_strict(payload, &ed25519_dalek::Signature::from_bytes(signature)).map_err(|_| IdentityError::BadSignature)
     }
 }
 

@@ -26,6 +26,7 @@ generated!(
     storage_capnp
 );
 
+pub mod batch;
 pub mod digest;
 pub mod identity;
 pub mod location;

@@ -68,6 +68,9 @@ pub enum Input {
     /// A pubsub message from engine `from`: another node's pubsub service, or this node's
     /// router (Want, Unwant).
     Peer { from: Identity, message: PeerMessage },
+    /// Several from one service, in order (a batch): the events' signatures are checked
+    /// together, as one ed25519 batch.
+    Peers { from: Identity, messages: Vec<PeerMessage> },
     /// The topic's advert and the node its publisher is attached to.
     Located { advert: TopicAdvert, node: Identity },
     /// The router subscribed the service to its topic.
@@ -216,7 +219,13 @@ impl PubSub {
     pub fn handle(&mut self, input: Input, now: Millis) {
         let (config, counters, out) = (&self.config, &mut self.counters, &mut self.outputs);
         match input {
-            Input::Peer { from, message } => self.peer(from, message, now),
+            Input::Peer { from, message } => self.peer(from, message, false, now),
+            Input::Peers { from, messages } => {
+                let signed = self.batch_signed(from, &messages);
+                for message in messages {
+                    self.peer(from, message, signed, now);
+                }
+            }
             Input::Located { advert, node } => {
                 if let Some(subscription) = self.subscriptions.get_mut(&advert.topic) {
                     subscription.located(advert, node, counters, now, out);
@@ -262,7 +271,19 @@ impl PubSub {
         }
     }
 
-    fn peer(&mut self, from: Identity, message: PeerMessage, now: Millis) {
+    /// Whether every event in `messages` that a subscription here takes from `from` carries a
+    /// good signature by its publisher, checked as one batch (else each is checked alone).
+    fn batch_signed(&self, from: Identity, messages: &[PeerMessage]) -> bool {
+        let expected = messages.iter().filter_map(|m| match &m.says {
+            Says::Event(event) => self.subscriptions.get(&m.topic).filter(|s| s.expects(from, event)).map(|_| event),
+            _ => None,
+        });
+        let expected: Vec<&EngineMessage> = expected.collect();
+        expected.len() > 1 && netmachine_schema::batch::all_verify(expected.into_iter())
+    }
+
+    /// `signed`: every event in it that a subscription here expects from `from` was verified.
+    fn peer(&mut self, from: Identity, message: PeerMessage, signed: bool, now: Millis) {
         let (config, counters, out) = (&self.config, &mut self.counters, &mut self.outputs);
         let topic = message.topic;
         let from_router = from == self.node;
@@ -309,7 +330,7 @@ impl PubSub {
             }
             Says::Unsubscribed => {}
             Says::Event(event) => match self.subscriptions.get_mut(&topic) {
-                Some(subscription) => subscription.event(from, event, config, counters, now, out),
+                Some(subscription) => subscription.event(from, event, signed, config, counters, now, out),
                 None => counters.events_unexpected += 1,
             },
             Says::Missing { from: first, to } => {
@@ -591,6 +612,32 @@ mod tests {
         pair.b.handle(Input::Peer { from: pair.a_engine, message }, pair.now);
         pair.run();
         assert_eq!((pair.b.counters().events_forged, pair.delivered.len()), (1, 5), "a forged event is dropped");
+    }
+
+    #[test]
+    fn a_batch_of_events_is_verified_as_one_and_a_forged_event_in_it_is_still_dropped() {
+        let mut pair = Pair::new(Config::default());
+        pair.subscribe();
+        let topic = pair.topic();
+        let publisher = pair.publisher.clone();
+        let events = |pair: &mut Pair, forge: Option<u64>| -> Vec<PeerMessage> {
+            (0..8).map(|_| {
+                let signer = match forge == Some(pair.seq + 1) { true => Keypair::generate(), false => publisher.clone() };
+                PeerMessage::new(topic, Says::Event(pair.event(&signer)))
+            }).collect()
+        };
+        let good = events(&mut pair, None);
+        pair.b.handle(Input::Peers { from: pair.a_engine, messages: good }, pair.now);
+        pair.run();
+        assert_eq!(pair.delivered, (1..=8).collect::<Vec<_>>(), "a good batch is taken whole");
+        let forged = events(&mut pair, Some(12));
+        pair.b.handle(Input::Peers { from: pair.a_engine, messages: forged }, pair.now);
+        pair.run();
+        assert_eq!(pair.b.counters().events_forged, 1, "the forged one is found and dropped");
+        assert_eq!(pair.delivered, (1..=11).collect::<Vec<_>>(), "those before it are taken; after it, they wait for it");
+        let from_elsewhere = events(&mut pair, None);
+        pair.b.handle(Input::Peers { from: Keypair::generate().identity(), messages: from_elsewhere }, pair.now);
+        assert_eq!(pair.b.counters().events_unexpected, 8, "a batch from an engine that does not feed the topic is dropped");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use super::notice::Notice;
 use super::{Config, Counters, Millis, Output};
 use netmachine_schema::peer::PeerRefusal;
 use netmachine_schema::router_capnp::TopicPolicy;
+use netmachine_schema::identity::Key;
 use netmachine_schema::{gap_marker, signing, Destination, EngineMessage, Identity, PeerMessage, Says, TopicAdvert};
 use super::history::event_size;
 use std::collections::{BTreeMap, VecDeque};
@@ -55,6 +56,8 @@ pub struct Subscription {
     last_heard: Millis,
     /// Whether the router holds the topic for this node's engines yet.
     mirrored: bool,
+    /// The publisher's key (from the advert), decompressed once.
+    publisher_key: Option<Key>,
     /// The refusal last told to watchers, so that retries refused alike are told once.
     refusal_told: Option<PeerRefusal>,
 }
@@ -80,6 +83,7 @@ impl Subscription {
             last_heard: now,
             mirrored: from != 0,
             refusal_told: None,
+            publisher_key: None,
         }
     }
 
@@ -108,6 +112,7 @@ impl Subscription {
             counters.adverts_refused += 1;
             return;
         }
+        self.publisher_key = advert.publisher.key().ok();
         self.advert = Some(advert);
         if matches!(self.stage, Stage::Locating { .. }) {
             self.subscribe_at(node, counters, now, out);
@@ -159,19 +164,27 @@ impl Subscription {
         }
     }
 
+    /// Whether events of this topic from `from` are taken, and `message` claims to be one:
+    /// its publisher's signature is all that is left to check (`batch_verified`).
+    pub fn expects(&self, from: Identity, message: &EngineMessage) -> bool {
+        self.peer() == Some(from) && self.advert.as_ref().is_some_and(|a| a.publisher == message.src) && message.dst == Destination::Topic(self.topic)
+    }
+
     /// Whether `message` is a genuine event of this topic: from its advertised publisher,
-    /// signed by it.
-    fn genuine(&self, message: &EngineMessage) -> bool {
+    /// signed by it (`signed`: its signature was verified already, in a batch).
+    fn genuine(&self, message: &EngineMessage, signed: bool) -> bool {
         let Some(advert) = &self.advert else { return false };
+        if message.src != advert.publisher || message.dst != Destination::Topic(self.topic) {
+            return false;
+        }
         let Some(sig) = &message.sig else { return false };
-        message.src == advert.publisher
-            && message.dst == Destination::Topic(self.topic)
-            && message.src.verify(&signing::engine_message(message), sig).is_ok()
+        signed || self.publisher_key.is_some_and(|key| key.verify(&signing::engine_message(message), sig).is_ok())
     }
 
     /// An event from `from`: handed on if it is the next one (with the kept ones it lets
     /// follow); a later one means something was lost: it is kept, and the lost ones asked for.
-    pub fn event(&mut self, from: Identity, message: EngineMessage, config: &Config, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
+    /// `signed`: its signature was verified already.
+    pub fn event(&mut self, from: Identity, message: EngineMessage, signed: bool, config: &Config, counters: &mut Counters, now: Millis, out: &mut VecDeque<Output>) {
         if self.peer() != Some(from) {
             counters.events_unexpected += 1;
             return;
@@ -182,7 +195,7 @@ impl Subscription {
             counters.events_duplicate += 1;
             return;
         }
-        if !self.genuine(&message) {
+        if !self.genuine(&message, signed) {
             counters.events_forged += 1;
             return;
         }

@@ -1,8 +1,7 @@
-//! Engine signatures on messages from other nodes, verified as one ed25519 batch (much cheaper
-//! per signature than one by one); when a batch fails, one by one to find the bad ones.
+//! Engine signatures on messages from other nodes, verified as one ed25519 batch
+//! (`netmachine_schema::batch`); when a batch fails, one by one to find the bad ones.
 
-use netmachine_schema::{signing, EngineMessage, Identity};
-use std::collections::hash_map::{Entry, HashMap};
+use netmachine_schema::{batch, signing, EngineMessage};
 
 /// What checking a frame's engine signatures kept and dropped.
 #[derive(Debug)]
@@ -18,7 +17,7 @@ pub struct Verified {
 /// Keeps, in their order, the messages whose signature verifies, and the unsigned ones unless
 /// `require_signatures`.
 pub fn verify_all(messages: Vec<EngineMessage>, require_signatures: bool) -> Verified {
-    let all_verify = batch_verifies(messages.iter().filter(|m| m.sig.is_some()));
+    let all_verify = batch::all_verify(messages.iter().filter(|m| m.sig.is_some()));
     let mut verified = Verified { kept: Vec::with_capacity(messages.len()), forged: 0, unsigned: 0 };
     for message in messages {
         match &message.sig {
@@ -28,30 +27,6 @@ pub fn verify_all(messages: Vec<EngineMessage>, require_signatures: bool) -> Ver
         }
     }
     verified
-}
-
-/// Whether every signature of `signed` verifies, checked as one batch. Each sender's key is
-/// decompressed once per batch, not once per message: decompressing a point is a square root,
-/// and cost as much as the rest of a message's share of the batch.
-fn batch_verifies<'a>(signed: impl Iterator<Item = &'a EngineMessage>) -> bool {
-    let mut payloads = Vec::new();
-    let (mut keys, mut sigs) = (Vec::new(), Vec::new());
-    let mut senders: HashMap<Identity, ed25519_dalek::VerifyingKey> = HashMap::new();
-    for message in signed {
-        let key = match senders.entry(message.src) {
-            Entry::Occupied(known) => *known.get(),
-            Entry::Vacant(new) => match ed25519_dalek::VerifyingKey::from_bytes(&message.src.0) {
-                Ok(key) => *new.insert(key),
-                Err(_) => return false,
-            },
-        };
-        let Some(sig) = message.sig.as_ref() else { return false };
-        payloads.push(signing::engine_message(message));
-        keys.push(key);
-        sigs.push(ed25519_dalek::Signature::from_bytes(sig));
-    }
-    let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
-    ed25519_dalek::verify_batch(&refs, &sigs, &keys).is_ok()
 }
 
 #[cfg(test)]
