@@ -126,7 +126,9 @@ interface EngineSession {
   # events; only the creator may delete the topic. Subscribers receive events as messages.
   createTopic @4 (advert :Id.TopicAdvert, scope :Msg.Scope, policy :TopicPolicy) -> (result :TopicResult);
   deleteTopic @5 (topic :Id.Identity) -> (result :TopicResult);
-  subscribe @6 (topic :Id.Identity, scope :Msg.Scope) -> (result :TopicResult);
+  # `from`: the sequence the engine expects next, when it subscribes again (0: the next); for a
+  # topic on another node, the pubsub service subscribes from there, repairing what was missed.
+  subscribe @6 (topic :Id.Identity, scope :Msg.Scope, from :UInt64) -> (result :TopicResult);
   unsubscribe @7 (topic :Id.Identity) -> (result :TopicResult);
   # Where the topic's sequence stands: a publisher continues after `lastSeq`.
   lastSeq @8 (topic :Id.Identity) -> (result :TopicResult);

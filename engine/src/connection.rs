@@ -3,7 +3,7 @@
 //! router's deliveries, which either answer a waiting request or go to the engine's inbox.
 
 use crate::fast_path::EngineRing;
-use crate::topics::{RouterRequest, TopicAnswer, TopicBook};
+use crate::topics::{Event, RouterRequest, Sequences, TopicAnswer, TopicBook};
 use crate::ring::records::Refusal;
 use crate::{EngineError, EngineOptions};
 use netmachine_schema::router_capnp::{engine_session, inbox, router, SendRefusal, TopicRefusal};
@@ -66,6 +66,9 @@ pub(crate) struct Shared {
     pub sequences_stale: std::sync::atomic::AtomicBool,
     /// The engine's topics, asked again after it attaches again.
     pub topics: std::sync::Mutex<TopicBook>,
+    /// Where each publisher's sequence stands, for `recv_event` (and for subscribing again
+    /// from there); and an event held back while the gap before it is reported.
+    pub sequences: std::sync::Mutex<(Sequences, Option<Event>)>,
 }
 
 impl Shared {
@@ -288,10 +291,11 @@ fn router_request(session: &engine_session::Client, request: &RouterRequest) -> 
             call.get().set_topic(&topic.0);
             answer!(call)
         }
-        RouterRequest::Subscribe { topic, scope } => {
+        RouterRequest::Subscribe { topic, scope, from } => {
             let mut call = session.subscribe_request();
             call.get().set_topic(&topic.0);
             call.get().set_scope(*scope);
+            call.get().set_from(*from);
             answer!(call)
         }
         RouterRequest::Unsubscribe(topic) => {
@@ -397,7 +401,10 @@ async fn keep_attached(
     };
     loop {
         // What the engine created and subscribed to goes back before anything else is sent.
-        let replay = shared.topics.lock().unwrap_or_else(|e| e.into_inner()).replay();
+        let replay = {
+            let sequences = shared.sequences.lock().unwrap_or_else(|e| e.into_inner());
+            shared.topics.lock().unwrap_or_else(|e| e.into_inner()).replay(|topic| sequences.0.next_expected(topic))
+        };
         let mut not_there_yet = Vec::new();
         for request in replay {
             match router_request(&current, &request).await {

@@ -31,7 +31,7 @@ pub use netmachine_schema::{Destination, EngineMessage, Identity, Keypair, Topic
 pub use topics::{Event, Gap, Received, TopicAnswer};
 
 use connection::{Command, Shared};
-use topics::{Fit, Sequences, RouterRequest};
+use topics::{Fit, RouterRequest};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -118,9 +118,6 @@ pub struct Engine {
     /// Per topic this engine publishes on, the sequence of its next event; held while an
     /// event is handed over, so that events leave in sequence.
     publishing: Mutex<HashMap<Identity, u64>>,
-    /// Where each publisher's sequence stands, for `recv_event`; and an event held back while
-    /// the gap before it is reported.
-    sequences: std::sync::Mutex<(Sequences, Option<topics::Event>)>,
 }
 
 /// Yields before a blocking receive blocks on the queue.
@@ -202,7 +199,6 @@ impl Engine {
             inbox_capacity: options.inbox_capacity.max(1),
             runtime,
             publishing: Mutex::new(HashMap::new()),
-            sequences: std::sync::Mutex::new((Sequences::default(), None)),
         })
     }
 
@@ -556,9 +552,9 @@ impl Engine {
     /// messages to [`Destination::Topic`] through [`Engine::recv`]). The answer says where the
     /// topic's sequence stood (`SEQ_NOT_KNOWN` for a topic on another node) and its policy.
     pub async fn subscribe(&self, topic: Identity, scope: Scope) -> Result<TopicAnswer, EngineError> {
-        let answer = self.router_request(RouterRequest::Subscribe { topic, scope }).await?;
+        let answer = self.router_request(RouterRequest::Subscribe { topic, scope, from: 0 }).await?;
         self.topic_book().subscribed.insert(topic, scope);
-        self.sequences.lock().unwrap_or_else(|e| e.into_inner()).0.subscribed(topic, answer.last_seq);
+        self.shared.sequences.lock().unwrap_or_else(|e| e.into_inner()).0.subscribed(topic, answer.last_seq);
         Ok(answer)
     }
 
@@ -566,7 +562,7 @@ impl Engine {
     /// with no gap reported for the events in between.
     pub async fn unsubscribe(&self, topic: Identity) -> Result<(), EngineError> {
         self.topic_book().subscribed.remove(&topic);
-        self.sequences.lock().unwrap_or_else(|e| e.into_inner()).0.unsubscribed(topic);
+        self.shared.sequences.lock().unwrap_or_else(|e| e.into_inner()).0.unsubscribed(topic);
         self.router_request(RouterRequest::Unsubscribe(topic)).await.map(|_| ())
     }
 
@@ -693,21 +689,21 @@ impl Engine {
     /// `None` once the engine is closed.
     pub async fn recv_event(&self) -> Option<Received> {
         loop {
-            if let Some(event) = self.sequences.lock().unwrap_or_else(|e| e.into_inner()).1.take() {
+            if let Some(event) = self.shared.sequences.lock().unwrap_or_else(|e| e.into_inner()).1.take() {
                 return Some(Received::Event(event));
             }
             let message = self.recv().await?;
             let event = match topics::topic_message(&message) {
                 None => return Some(Received::Message(message)),
                 Some(topics::TopicMessage::Gap { topic, publisher, to }) => {
-                    match self.sequences.lock().unwrap_or_else(|e| e.into_inner()).0.skip(topic, publisher, to) {
+                    match self.shared.sequences.lock().unwrap_or_else(|e| e.into_inner()).0.skip(topic, publisher, to) {
                         Some(gap) => return Some(Received::Gap(gap)),
                         None => continue,
                     }
                 }
                 Some(topics::TopicMessage::Event(event)) => event,
             };
-            let mut sequences = self.sequences.lock().unwrap_or_else(|e| e.into_inner());
+            let mut sequences = self.shared.sequences.lock().unwrap_or_else(|e| e.into_inner());
             match sequences.0.take(event.topic, event.publisher, event.seq) {
                 Fit::Next => return Some(Received::Event(event)),
                 Fit::After(gap) => {
@@ -721,7 +717,7 @@ impl Engine {
 
     /// Events `recv_event` skipped as repeats, and events it reported missing.
     pub fn event_counts(&self) -> (u64, u64) {
-        self.sequences.lock().unwrap_or_else(|e| e.into_inner()).0.counts()
+        self.shared.sequences.lock().unwrap_or_else(|e| e.into_inner()).0.counts()
     }
 
     /// Detaches from the router, delivering what was already accepted, and stops.

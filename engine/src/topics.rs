@@ -13,7 +13,8 @@ pub(crate) enum RouterRequest {
     Serve(String),
     Create { advert: TopicAdvert, scope: Scope, policy: TopicPolicy },
     Delete(Identity),
-    Subscribe { topic: Identity, scope: Scope },
+    /// `from`: the sequence the engine expects next, when it subscribes again (0: the next).
+    Subscribe { topic: Identity, scope: Scope, from: u64 },
     Unsubscribe(Identity),
     LastSeq(Identity),
 }
@@ -38,11 +39,11 @@ pub(crate) struct TopicBook {
 
 impl TopicBook {
     /// The requests that put the engine's services and topics back: services, creations, then
-    /// subscriptions.
-    pub fn replay(&self) -> Vec<RouterRequest> {
+    /// subscriptions, each from the sequence `resume` says the engine expects next.
+    pub fn replay(&self, resume: impl Fn(Identity) -> u64) -> Vec<RouterRequest> {
         let served = self.served.iter().map(|protocol| RouterRequest::Serve(protocol.clone()));
         let created = self.created.values().map(|(advert, scope, policy)| RouterRequest::Create { advert: advert.clone(), scope: *scope, policy: *policy });
-        let subscribed = self.subscribed.iter().map(|(topic, scope)| RouterRequest::Subscribe { topic: *topic, scope: *scope });
+        let subscribed = self.subscribed.iter().map(|(topic, scope)| RouterRequest::Subscribe { topic: *topic, scope: *scope, from: resume(*topic) });
         served.chain(created).chain(subscribed).collect()
     }
 }
@@ -101,6 +102,12 @@ impl Sequences {
     /// its place (the router restarted and forgot the sequence, the engine did not).
     pub fn subscribed(&mut self, topic: Identity, last_seq: u64) {
         self.start.insert(topic, last_seq);
+    }
+
+    /// The lowest sequence expected next on `topic` from a publisher already seen (0: none seen):
+    /// where a subscription made again resumes, so that what was missed meanwhile is repaired.
+    pub fn next_expected(&self, topic: Identity) -> u64 {
+        self.expected.iter().filter(|((t, _), _)| *t == topic).map(|(_, next)| *next).min().unwrap_or(0)
     }
 
     /// The engine left `topic`: where its publishers stood is forgotten.
@@ -207,12 +214,17 @@ mod tests {
     }
 
     #[test]
-    fn the_replay_creates_before_it_subscribes() {
+    fn the_replay_creates_before_it_subscribes_from_where_the_engine_stands() {
         let mut book = TopicBook::default();
         let advert = TopicAdvert::sign(&Keypair::generate(), Keypair::generate().identity(), vec![], 1);
-        book.subscribed.insert(advert.topic, Scope::Local);
-        book.created.insert(advert.topic, (advert, Scope::Any, TopicPolicy::Block));
-        let replay = book.replay();
-        assert!(matches!(&replay[..], [RouterRequest::Create { .. }, RouterRequest::Subscribe { .. }]));
+        let topic = advert.topic;
+        book.subscribed.insert(topic, Scope::Local);
+        book.created.insert(topic, (advert.clone(), Scope::Any, TopicPolicy::Block));
+        let mut sequences = Sequences::default();
+        sequences.subscribed(topic, SEQ_NOT_KNOWN);
+        assert_eq!(sequences.next_expected(topic), 0, "nothing taken yet: from the next event");
+        sequences.take(topic, advert.publisher, 41);
+        let replay = book.replay(|t| sequences.next_expected(t));
+        assert!(matches!(&replay[..], [RouterRequest::Create { .. }, RouterRequest::Subscribe { from: 42, .. }]), "{replay:?}");
     }
 }

@@ -312,8 +312,8 @@ impl engine_session::Server for Session {
 
     async fn subscribe(self: Rc<Self>, params: engine_session::SubscribeParams, mut results: engine_session::SubscribeResults) -> capnp::Result<()> {
         let params = params.get()?;
-        let (topic, scope) = (topic_id(params.get_topic())?, params.get_scope()?);
-        let outcome = self.state.change_topic(topic, |core, now| core.subscribe(self.engine, topic, scope, now));
+        let (topic, scope, from) = (topic_id(params.get_topic())?, params.get_scope()?, params.get_from());
+        let outcome = self.state.change_topic(topic, |core, now| core.subscribe(self.engine, topic, scope, from, now));
         let policy = self.state.core().topics().find(|t| t.advert.topic == topic).map_or(TopicPolicy::Block, |t| t.policy);
         write_topic_result(outcome, results.get().init_result());
         if let Ok(topic_result::Done(mut done)) = results.get().get_result()?.which() {

@@ -99,7 +99,7 @@ impl World {
     /// The engine `engine` on `node` subscribes to `topic`.
     pub fn subscribe(&mut self, node: usize, engine: Identity, topic: Identity) {
         let now = self.now;
-        self.router_core(node).subscribe(engine, topic, Scope::Any, now).expect("the subscription is taken");
+        self.router_core(node).subscribe(engine, topic, Scope::Any, 0, now).expect("the subscription is taken");
         self.topics.received.entry(engine).or_default();
         self.carry_out_router(node);
     }
@@ -183,7 +183,7 @@ impl World {
                     }
                 }
                 Output::SubscribeLocal(topic) => {
-                    let answer = self.router_core(node).subscribe(engine, topic, Scope::Any, now);
+                    let answer = self.router_core(node).subscribe(engine, topic, Scope::Any, 0, now);
                     let input = match answer {
                         Ok(last_seq) => {
                             let policy = self.router_core(node).topics().find(|t| t.advert.topic == topic).map_or(TopicPolicy::Block, |t| t.policy);

@@ -231,6 +231,14 @@ impl Node {
         self.local.stop()
     }
 
+    /// Starts the stopped node again in its home, with `set`, and waits until it is up (from
+    /// async code, as engines of the test keep running meanwhile).
+    pub async fn start_again(&mut self, set: &[&str]) {
+        let set: Vec<String> = std::iter::once("transport.listen=[\"127.0.0.1:0\"]").chain(set.iter().copied()).map(str::to_string).collect();
+        self.local = netmachine::local_node::LocalNode::start(&bin_dir().join("netmachine"), &self.home.0, &set).expect("start netmachine up again");
+        self.local.wait_ready(Duration::from_secs(30)).await.expect("the node comes up again");
+    }
+
     /// Writes this node's advert (`netmachine advert`) to a file and returns its path.
     pub fn advert_file(&self) -> PathBuf {
         let output = self.cli(&["advert"]);

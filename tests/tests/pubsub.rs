@@ -205,6 +205,36 @@ fn forged_and_unreadable_pubsub_messages_are_dropped_and_counted() {
     });
 }
 
+#[test]
+fn a_subscriber_node_restarted_whole_resumes_and_gets_what_it_missed_from_the_publishers_history() {
+    let (a, mut b) = (Node::up(), Node::up());
+    link(&a, &b);
+    with_rpc(async {
+        let publisher = attach_engine(&a, |_| {}).await;
+        let advert = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
+        let topic = advert.topic;
+        publisher.create_topic(advert, Scope::Any, TopicPolicy::Block).await.expect("create the topic");
+        // An engine of its own process, on the socket: it outlives its node and attaches again.
+        let subscriber = attach_engine(&b, |o| o.ring = false).await;
+        subscriber.subscribe(topic, Scope::Any).await.expect("subscribe");
+        wait_readers(&a, 1);
+        let last = Cell::new(1_000);
+        let ((), taken) = tokio::join!(publish(&publisher, topic, 1, 1_000), take_until(&subscriber, &last));
+        let taken = taken.expect("the first thousand");
+        assert_eq!((taken.seqs, taken.gaps), ((1..=1_000).collect::<Vec<_>>(), vec![]));
+
+        // B stops, every service of it, and the topic goes on without it; then B starts again.
+        assert!(b.stop().success(), "B stops cleanly");
+        publish(&publisher, topic, 1_001, 2_000).await;
+        b.start_again(&[]).await;
+        last.set(3_000);
+        let ((), taken) = tokio::join!(publish(&publisher, topic, 2_001, 3_000), take_until(&subscriber, &last));
+        let [taken, _, _] = all_taken([&a, &b, &a], [taken, Ok(Taken::default()), Ok(Taken::default())]);
+        assert!(taken.gaps.is_empty(), "what B missed came from A's history: gaps {:?}", taken.gaps);
+        assert_eq!(taken.seqs, (1_001..=3_000).collect::<Vec<_>>(), "every event after the restart, in order, once");
+    });
+}
+
 /// The resident memory of `node`'s service `kind`, in kB.
 fn rss_kb(node: &Node, kind: ServiceKind) -> u64 {
     let pid = node.pid(kind).expect("a pid");

@@ -63,7 +63,9 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Engines here want `topic`, from `from` (0: the next event).
+    /// Engines here want `topic`, from `from` (0: the next event): the router's mirror after a
+    /// restart of the service, or engines that subscribe again after a restart of the node.
+    /// The mirror is put on the router either way (again, if it is there: that changes nothing).
     pub fn wanted(topic: Identity, from: u64, now: Millis, out: &mut VecDeque<Output>) -> Self {
         out.push_back(Output::Locate(topic));
         Subscription {
@@ -81,7 +83,7 @@ impl Subscription {
             resends: BTreeMap::new(),
             repairing_since: None,
             last_heard: now,
-            mirrored: from != 0,
+            mirrored: false,
             refusal_told: None,
             publisher_key: None,
         }

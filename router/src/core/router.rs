@@ -171,6 +171,9 @@ pub struct Router {
     services: Services,
     /// Messages the router sent the pubsub service (numbering them).
     pubsub_notes: u64,
+    /// For topics wanted from other nodes, the sequence the first engine asked to start from,
+    /// told again to a pubsub service that attaches later.
+    wanted_from: BTreeMap<Identity, u64>,
     /// Per destination, the messages waiting for it, in order.
     waiting: BTreeMap<Identity, VecDeque<Waiting>>,
     waiting_count: usize,
@@ -204,6 +207,7 @@ impl Router {
             topics: Topics::default(),
             services: Services::default(),
             pubsub_notes: 0,
+            wanted_from: BTreeMap::new(),
             waiting: BTreeMap::new(),
             waiting_count: 0,
             lookups: HashMap::new(),
@@ -282,11 +286,11 @@ impl Router {
     pub fn serve(&mut self, engine: Identity, protocol: &str, now: Millis) -> Result<(), ServeRefused> {
         self.services.serve(engine, protocol)?;
         if protocol == PUBSUB_PROTOCOL {
-            let wanted: Vec<Identity> = self.topics.wanted().map(|(topic, _)| *topic).collect();
+            let wanted: Vec<(Identity, u64)> = self.topics.wanted().map(|(topic, _)| (*topic, self.wanted_from.get(topic).copied().unwrap_or(0))).collect();
             // A mirror is wanted from the event after its last (the service may have restarted).
             let mirrors = self.topics.iter().filter(|t| t.creator == engine && !t.subscribers.is_empty());
             let mirrors: Vec<(Identity, u64)> = mirrors.map(|t| (t.advert.topic, if t.last_seq == 0 { 0 } else { t.last_seq + 1 })).collect();
-            for (topic, from) in wanted.into_iter().map(|t| (t, 0)).chain(mirrors) {
+            for (topic, from) in wanted.into_iter().chain(mirrors) {
                 self.tell_pubsub(topic, Says::Want(from), now);
             }
         }
@@ -310,6 +314,7 @@ impl Router {
     /// No engine here receives `topic` any more: if it came from another node, the pubsub
     /// service stops receiving it.
     fn no_longer_wanted(&mut self, topic: Identity, now: Millis) {
+        self.wanted_from.remove(&topic);
         let pubsub = self.pubsub();
         if self.topics.get(&topic).is_none_or(|t| Some(t.creator) == pubsub) {
             self.tell_pubsub(topic, Says::Unwant, now);
@@ -319,6 +324,7 @@ impl Router {
     /// TopicCreate from the attached engine `creator`.
     pub fn create_topic(&mut self, creator: Identity, advert: TopicAdvert, scope: Scope, policy: TopicPolicy, now: Millis) -> Result<u64, TopicRefused> {
         self.topics.create(creator, advert.clone(), scope, policy)?;
+        self.wanted_from.remove(&advert.topic);
         self.retry(advert.topic, now, None);
         // A mirror is not announced: other nodes find a topic at the node that holds it.
         if scope == Scope::Any && Some(creator) != self.pubsub() {
@@ -342,9 +348,10 @@ impl Router {
     }
 
     /// TopicSub: the sequence of the topic's last event, after which events come
-    /// (`SEQ_NOT_KNOWN` for a topic on another node, which the pubsub service is asked for).
+    /// (`SEQ_NOT_KNOWN` for a topic on another node, which the pubsub service is asked for,
+    /// from `from` if the engine subscribes again after a restart: 0 for the next event).
     /// The pubsub service may not carry a topic of scope Local off the node.
-    pub fn subscribe(&mut self, engine: Identity, topic: Identity, scope: Scope, now: Millis) -> Result<u64, TopicRefused> {
+    pub fn subscribe(&mut self, engine: Identity, topic: Identity, scope: Scope, from: u64, now: Millis) -> Result<u64, TopicRefused> {
         let pubsub = self.pubsub();
         if pubsub == Some(engine) && self.topics.get(&topic).is_some_and(|t| t.scope == Scope::Local) {
             let detail = format!("topic {topic} has scope local: its events do not leave this node");
@@ -356,7 +363,8 @@ impl Router {
             Subscribed::Here(last_seq) => Ok(last_seq),
             Subscribed::Wanted { first } => {
                 if first {
-                    self.tell_pubsub(topic, Says::Want(0), now);
+                    self.wanted_from.insert(topic, from);
+                    self.tell_pubsub(topic, Says::Want(from), now);
                 }
                 Ok(SEQ_NOT_KNOWN)
             }
@@ -1279,7 +1287,7 @@ mod tests {
         let (publisher, fast, slow) = (bench.attach(false), bench.attach(false), bench.attach(false));
         let topic = topic(&mut bench, &publisher, &publisher, TopicPolicy::Block);
         for subscriber in [&fast, &slow] {
-            assert_eq!(bench.router.subscribe(subscriber.identity(), topic, Scope::Local, 0), Ok(0));
+            assert_eq!(bench.router.subscribe(subscriber.identity(), topic, Scope::Local, 0, 0), Ok(0));
         }
         // Queues of two: two events reach both, the third waits for the slow one.
         let tickets: Vec<Ticket> = (1..=3).map(|seq| publish(&mut bench, &publisher, topic, seq, true, 0)).collect();
@@ -1309,8 +1317,8 @@ mod tests {
         let mut bench = Bench::new();
         let (publisher, fast, slow) = (bench.attach(false), bench.attach(false), bench.attach(false));
         let topic = topic(&mut bench, &publisher, &publisher, TopicPolicy::CutSlow);
-        bench.router.subscribe(fast.identity(), topic, Scope::Local, 0).unwrap();
-        bench.router.subscribe(slow.identity(), topic, Scope::Local, 0).unwrap();
+        bench.router.subscribe(fast.identity(), topic, Scope::Local, 0, 0).unwrap();
+        bench.router.subscribe(slow.identity(), topic, Scope::Local, 0, 0).unwrap();
         let fast_generation = bench.router.attachment(&fast.identity()).unwrap().generation;
         for seq in 1..=4 {
             publish(&mut bench, &publisher, topic, seq, false, 0);
@@ -1329,7 +1337,7 @@ mod tests {
         let mut bench = Bench::new();
         let (creator, publisher, subscriber) = (bench.attach(false), bench.attach(false), bench.attach(false));
         let topic = topic(&mut bench, &creator, &publisher, TopicPolicy::Block);
-        bench.router.subscribe(subscriber.identity(), topic, Scope::Local, 0).unwrap();
+        bench.router.subscribe(subscriber.identity(), topic, Scope::Local, 0, 0).unwrap();
         let denied = publish(&mut bench, &creator, topic, 1, true, 0);
         let first = publish(&mut bench, &publisher, topic, 7, true, 0);
         let replayed = publish(&mut bench, &publisher, topic, 7, true, 0);
@@ -1337,7 +1345,7 @@ mod tests {
         assert_eq!(settled(&out), vec![(denied, Err(SendRefusal::Denied)), (first, Ok(())), (replayed, Err(SendRefusal::Malformed))]);
         assert_eq!(delivered_to(&out), vec![(subscriber.identity(), 7)]);
         assert_eq!(bench.drops(DropReason::Denied), 1);
-        assert_eq!(bench.router.subscribe(creator.identity(), topic, Scope::Local, 0), Ok(7), "a new subscriber learns the last sequence");
+        assert_eq!(bench.router.subscribe(creator.identity(), topic, Scope::Local, 0, 0), Ok(7), "a new subscriber learns the last sequence");
     }
 
     #[test]
@@ -1353,7 +1361,7 @@ mod tests {
         let tried = publish(&mut bench, &publisher, topic, 9, false, 0);
         assert_eq!(settled(&bench.outputs()), vec![(tried, Err(SendRefusal::BackPressured))], "nor goes before those waiting");
         bench.router.create_topic(publisher.identity(), advert, Scope::Local, TopicPolicy::Block, 10).unwrap();
-        bench.router.subscribe(subscriber.identity(), topic, Scope::Local, 10).unwrap();
+        bench.router.subscribe(subscriber.identity(), topic, Scope::Local, 0, 10).unwrap();
         let outputs = bench.outputs();
         assert_eq!(settled(&outputs), vec![(early[0], Ok(())), (early[1], Ok(()))], "taken once the topic is there");
         bench.router.delete_topic(publisher.identity(), topic, 20).unwrap();
@@ -1373,7 +1381,7 @@ mod tests {
         let (publisher, subscriber) = (bench.attach(false), bench.attach(false));
         let topic = topic(&mut bench, &publisher, &publisher, TopicPolicy::Block);
         let held = publish(&mut bench, &publisher, topic, 41, true, 10);
-        bench.router.subscribe(subscriber.identity(), topic, Scope::Local, 500).unwrap();
+        bench.router.subscribe(subscriber.identity(), topic, Scope::Local, 0, 500).unwrap();
         assert!(bench.outputs().is_empty(), "held until the grace ends");
         assert_eq!(bench.router.poll_timeout(), Some(1_000));
         bench.router.handle(Input::Timer, 1_000);
@@ -1386,12 +1394,12 @@ mod tests {
         let mut bench = Bench::new();
         let (publisher, slow) = (bench.attach(false), bench.attach(false));
         let topic = topic(&mut bench, &publisher, &publisher, TopicPolicy::Block);
-        bench.router.subscribe(slow.identity(), topic, Scope::Local, 0).unwrap();
+        bench.router.subscribe(slow.identity(), topic, Scope::Local, 0, 0).unwrap();
         let tickets: Vec<Ticket> = (1..=4).map(|seq| publish(&mut bench, &publisher, topic, seq, true, 0)).collect();
         bench.outputs();
         bench.router.unsubscribe(slow.identity(), topic, 1).unwrap();
         assert_eq!(settled(&bench.outputs()), vec![(tickets[2], Ok(())), (tickets[3], Ok(()))], "no subscribers: nothing holds them");
-        bench.router.subscribe(slow.identity(), topic, Scope::Local, 0).unwrap();
+        bench.router.subscribe(slow.identity(), topic, Scope::Local, 0, 0).unwrap();
         let waiting = publish(&mut bench, &publisher, topic, 5, true, 2);
         assert!(bench.outputs().is_empty());
         assert_eq!(bench.router.delete_topic(slow.identity(), topic, 1).map_err(|e| e.reason), Err(netmachine_schema::router_capnp::TopicRefusal::Denied));
@@ -1414,7 +1422,7 @@ mod tests {
         let publisher = Keypair::generate();
         let advert = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
         let topic = advert.topic;
-        let refused = bench.router.subscribe(subscriber.identity(), topic, Scope::Any, 0).map_err(|e| e.reason);
+        let refused = bench.router.subscribe(subscriber.identity(), topic, Scope::Any, 0, 0).map_err(|e| e.reason);
         assert_eq!(refused, Err(TopicRefusal::Unknown), "no pubsub service: a topic elsewhere is unknown");
 
         // A peer's pubsub message to this node reaches the service once it serves the protocol.
@@ -1427,7 +1435,7 @@ mod tests {
         assert_eq!(told_pubsub(&bench.outputs(), service.identity()), vec![Says::Subscribe(0)]);
 
         // The first engine wanting the topic makes the router ask the service for it.
-        assert_eq!(bench.router.subscribe(subscriber.identity(), topic, Scope::Any, 0), Ok(SEQ_NOT_KNOWN));
+        assert_eq!(bench.router.subscribe(subscriber.identity(), topic, Scope::Any, 0, 0), Ok(SEQ_NOT_KNOWN));
         assert_eq!(told_pubsub(&bench.outputs(), service.identity()), vec![Says::Want(0)]);
         // The service mirrors it; the events it hands over keep their publisher as source.
         bench.router.create_topic(service.identity(), advert.clone(), Scope::Any, TopicPolicy::Block, 0).unwrap();
@@ -1452,13 +1460,30 @@ mod tests {
         assert_eq!(told_pubsub(&bench.outputs(), service.identity()), vec![Says::Unwant]);
 
         // The service is refused a topic not here, rather than asked to find it elsewhere.
-        let refused = bench.router.subscribe(service.identity(), Keypair::generate().identity(), Scope::Any, 5).map_err(|e| e.reason);
+        let refused = bench.router.subscribe(service.identity(), Keypair::generate().identity(), Scope::Any, 0, 5).map_err(|e| e.reason);
         assert_eq!(refused, Err(TopicRefusal::Unknown));
         assert!(told_pubsub(&bench.outputs(), service.identity()).is_empty());
         // The service never carries a local topic off the node.
         let local = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
         bench.router.create_topic(subscriber.identity(), local.clone(), Scope::Local, TopicPolicy::Block, 0).unwrap();
-        let refused = bench.router.subscribe(service.identity(), local.topic, Scope::Any, 5).map_err(|e| e.reason);
+        let refused = bench.router.subscribe(service.identity(), local.topic, Scope::Any, 0, 5).map_err(|e| e.reason);
         assert_eq!(refused, Err(TopicRefusal::Denied));
+
+        // A node restarted whole: an engine subscribing again asks from where it stands, and a
+        // service that attaches after it is told so too.
+        let elsewhere = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1).topic;
+        let generation = bench.router.attachment(&service.identity()).unwrap().generation;
+        bench.router.detach(service.identity(), generation, 6);
+        bench.outputs();
+        bench.router.attach(EngineLocation::sign(&service, bench.router.node(), 7), 100, false, 7).unwrap();
+        assert_eq!(bench.router.subscribe(subscriber.identity(), elsewhere, Scope::Any, 1001, 7).map_err(|e| e.reason), Err(TopicRefusal::Unknown), "no service yet");
+        bench.router.serve(service.identity(), PUBSUB_PROTOCOL, 8).unwrap();
+        let other = bench.attach(false);
+        assert_eq!(bench.router.subscribe(other.identity(), elsewhere, Scope::Any, 1001, 8), Ok(SEQ_NOT_KNOWN));
+        assert_eq!(told_pubsub(&bench.outputs(), service.identity()), vec![Says::Want(1001)]);
+        bench.router.detach(service.identity(), 100, 9);
+        bench.router.attach(EngineLocation::sign(&service, bench.router.node(), 10), 101, false, 10).unwrap();
+        bench.router.serve(service.identity(), PUBSUB_PROTOCOL, 10).unwrap();
+        assert_eq!(told_pubsub(&bench.outputs(), service.identity()), vec![Says::Want(1001)], "a restarted service is told from where");
     }
 }
