@@ -617,20 +617,19 @@ impl Engine {
             return Ok(seq);
         }
         let (done, accepted) = oneshot::channel();
-        let seq = {
-            let mut next = self.publishing.lock().await;
-            self.outbox_drained(topic, self.send_timeout).await?;
-            let message = self.event(&mut next, topic, body).await?;
-            let seq = message.id;
-            self.commands.send(Command::Send { message, done }).await.map_err(|_| EngineError::Closed)?;
-            // Taken now: a refused event is a gap its subscribers see, and its publisher is told.
-            next.insert(topic, seq + 1);
-            seq
-        };
-        tokio::time::timeout(self.send_timeout, accepted)
-            .await
-            .map_err(|_| EngineError::RouterUnavailable(self.send_timeout))?
-            .map_err(|_| EngineError::Closed)??;
+        let mut next = self.publishing.lock().await;
+        self.outbox_drained(topic, self.send_timeout).await?;
+        let message = self.event(&mut next, topic, body).await?;
+        let seq = message.id;
+        self.commands.send(Command::Send { message, done }).await.map_err(|_| EngineError::Closed)?;
+        // Taken now: a refused event is a gap its subscribers see, and its publisher is told.
+        next.insert(topic, seq + 1);
+        // An engine on the rings publishes its next events there: they must not pass this one,
+        // so it is answered before they are written.
+        let next = if self.shared.ring().is_some() { Some(next) } else { None };
+        let answer = tokio::time::timeout(self.send_timeout, accepted).await;
+        drop(next);
+        answer.map_err(|_| EngineError::RouterUnavailable(self.send_timeout))?.map_err(|_| EngineError::Closed)??;
         Ok(seq)
     }
 

@@ -8,7 +8,7 @@ use crate::core::{Challenge, Refused, TopicRefused};
 use crate::shell::RouterState;
 use netmachine_schema::router_capnp::{attachment, engine_session, router, topic_result, TopicPolicy, TopicRefusal};
 use netmachine_schema::service_capnp::service;
-use netmachine_schema::{EngineLocation, EngineMessage, Identity, MessageError, TopicAdvert};
+use netmachine_schema::{Destination, EngineLocation, EngineMessage, Identity, MessageError, TopicAdvert};
 use netmachine_service::home::ServiceKind;
 use netmachine_service::status::StatusReport;
 use std::cell::RefCell;
@@ -243,7 +243,12 @@ fn topic_id(topic: capnp::Result<&[u8]>) -> capnp::Result<Identity> {
 impl engine_session::Server for Session {
     async fn send(self: Rc<Self>, params: engine_session::SendParams, mut results: engine_session::SendResults) -> capnp::Result<()> {
         let outcome = match self.read(params.get()?.get_message()?) {
-            Ok(message) => self.state.submit(self.engine, message, true).outcome().await,
+            Ok(message) => {
+                if matches!(message.dst, Destination::Topic(_)) {
+                    self.state.ring_settled(&self.engine).await;
+                }
+                self.state.submit(self.engine, message, true).outcome().await
+            }
             Err(refused) => Err(refused),
         };
         write_outcome(outcome, results.get().init_result());
@@ -254,6 +259,9 @@ impl engine_session::Server for Session {
     /// wait does not hold up the others, and each destination's messages keep their order.
     async fn send_batch(self: Rc<Self>, params: engine_session::SendBatchParams, mut results: engine_session::SendBatchResults) -> capnp::Result<()> {
         let messages = params.get()?.get_messages()?;
+        if messages.iter().any(|m| m.get_dst().is_ok_and(|d| matches!(d.which(), Ok(netmachine_schema::message_capnp::destination::Topic(_))))) {
+            self.state.ring_settled(&self.engine).await;
+        }
         let mut outcomes = Vec::with_capacity(messages.len() as usize);
         for message in messages.iter() {
             outcomes.push(match self.read(message) {
@@ -324,6 +332,8 @@ impl engine_session::Server for Session {
 
     async fn last_seq(self: Rc<Self>, params: engine_session::LastSeqParams, mut results: engine_session::LastSeqResults) -> capnp::Result<()> {
         let topic = topic_id(params.get()?.get_topic())?;
+        // After what the engine's rings still have at the main thread has moved the sequence on.
+        self.state.ring_settled(&self.engine).await;
         let outcome = self.state.change_topic(topic, |core, _| core.last_seq(self.engine, topic));
         write_topic_result(outcome, results.get().init_result());
         Ok(())

@@ -175,6 +175,17 @@ impl RouterState {
         settled
     }
 
+    /// Waits (up to the send wait) until the main thread holds no message `engine` wrote to its
+    /// rings: what it sends over the socket after them about a topic (an event, LastSeq) must
+    /// not go before them.
+    pub(crate) async fn ring_settled(&self, engine: &Identity) {
+        let Some(ring) = self.rings.as_ref().and_then(|rings| rings.endpoint(engine)) else { return };
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(self.core().limits().send_wait);
+        while ring.has_slow_in_flight() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
     /// Runs `work`, which may route events of `topic` or change it, with the topic's lane
     /// locked, after giving the core what the lane routed, and brings the lane up to date after.
     pub(crate) fn with_topic<T>(self: &Rc<Self>, topic: Identity, work: impl FnOnce() -> T) -> T {
@@ -185,6 +196,12 @@ impl RouterState {
         let answer = work();
         self.lane_held.set(None);
         lane.update(&self.core.borrow(), &topic);
+        drop(lane);
+        if self.core().topic(&topic).is_none() {
+            if let Some(rings) = &self.rings {
+                rings.remove_lane(&topic);
+            }
+        }
         answer
     }
 
@@ -214,8 +231,12 @@ impl RouterState {
             match core.topic(&topic) {
                 Some(_) => crate::rings::lock(&rings.lane(topic)).update(&core, &topic),
                 None => {
+                    drop(core);
                     if let Some(lane) = rings.existing_lane(&topic) {
-                        crate::rings::lock(&lane).update(&core, &topic);
+                        let mut lane = crate::rings::lock(&lane);
+                        lane.report(&mut self.core.borrow_mut(), topic);
+                        lane.update(&self.core.borrow(), &topic);
+                        drop(lane);
                         rings.remove_lane(&topic);
                     }
                 }
@@ -241,7 +262,6 @@ impl RouterState {
     }
 
     fn carry_out(self: &Rc<Self>) {
-        self.update_lanes();
         loop {
             let Some(output) = self.core.borrow_mut().poll_output() else { break };
             match output {
@@ -269,6 +289,9 @@ impl RouterState {
                 }
             }
         }
+        // After the deliveries are queued: a lane passes a subscriber with some queued, so an
+        // event the lane may now take cannot reach it before them.
+        self.update_lanes();
         let wanted = self.core.borrow().poll_timeout();
         if wanted.is_some_and(|at| self.timer_armed.get().is_none_or(|armed| at < armed)) {
             self.timer.notify_one();

@@ -51,12 +51,18 @@ impl Lane {
         Arc::new(Mutex::new(lane))
     }
 
-    /// Takes the core's view of `topic` (or closes the lane if the topic is gone).
+    /// Takes the core's view of `topic` (or closes the lane if the topic is gone, or while the
+    /// core holds engines' events).
     pub fn update(&mut self, core: &Router, topic: &Identity) {
         let Some(found) = core.topic(topic) else {
             self.gone = true;
             return;
         };
+        // The core holds engines' events after a restart: the lane takes none meanwhile.
+        if core.events_held() {
+            self.gone = true;
+            return;
+        }
         self.publisher = found.advert.publisher;
         self.subscribers.clear();
         self.subscribers.extend(found.subscribers.iter().copied());

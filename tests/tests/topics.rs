@@ -146,6 +146,39 @@ fn between_ring_engines_events_go_ring_to_ring_in_order_while_a_socket_subscribe
 }
 
 #[test]
+fn large_events_over_the_socket_and_small_ones_on_the_rings_keep_their_order() {
+    // Events up to 64 KiB: one too large to leave the node still fits a subscriber's ring.
+    let node = Node::up_with(&["limits.max_message_bytes=65536"]);
+    with_rpc(async {
+        let publisher = attach_engine(&node, |_| {}).await;
+        let subscriber = attach_engine(&node, |_| {}).await;
+        // Scope Local: an event too large to leave the node is still an event here.
+        let advert = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
+        let topic = advert.topic;
+        publisher.create_topic(advert, Scope::Local, TopicPolicy::Block).await.expect("create");
+        subscriber.subscribe(topic, Scope::Local).await.expect("subscribe");
+        let large = publisher.max_message_bytes() - netmachine_schema::PEER_EVENT_OVERHEAD + 1;
+        const SMALL: u64 = 5_000;
+        const LARGE: u64 = 20;
+        // Two tasks of one engine publish at once: the large events go over the socket, the
+        // small ones on the rings.
+        let smalls = async {
+            for _ in 0..SMALL {
+                publisher.publish(topic, vec![1; 16]).await.expect("publish small");
+            }
+        };
+        let larges = async {
+            for _ in 0..LARGE {
+                publisher.publish(topic, vec![2; large]).await.expect("publish large");
+                tokio::task::yield_now().await;
+            }
+        };
+        let ((), (), (events, missed)) = tokio::join!(smalls, larges, take_or_miss(&subscriber, SMALL + LARGE, None));
+        assert_eq!((events, missed), (SMALL + LARGE, 0), "every event, in sequence, none refused: {}", node.status()["drops"]);
+    });
+}
+
+#[test]
 fn by_the_lane_a_slow_ring_subscriber_sets_the_pace_under_block_and_is_cut_under_cut_slow() {
     let node = Node::up_with(&["router.ring_bytes=65536"]);
     with_rpc(async {

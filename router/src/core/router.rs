@@ -381,6 +381,11 @@ impl Router {
         Ok(last_seq)
     }
 
+    /// Whether engines' events are held (`hold_events_until`).
+    pub fn events_held(&self) -> bool {
+        self.events_held_until.is_some()
+    }
+
     /// Engines' events wait until `until` (then go in order): a router that restarted under
     /// engines still running gives them that long to attach again and subscribe again, so that
     /// the events they wrote to their rings meanwhile reach the subscribers they had.
@@ -421,15 +426,15 @@ impl Router {
     /// Events of `topic` routed without the core, ring to ring (the shell's topic lane): the
     /// sequence is at least `last_seq` now, and the counts grow by what the lane did.
     pub fn lane_advanced(&mut self, topic: Identity, last_seq: u64, published: u64, deliveries: u64, cut: u64) {
+        self.events_published += published;
+        self.event_deliveries += deliveries;
         let Some(found) = self.topics.get(&topic) else { return };
-        if last_seq <= found.last_seq && published == 0 && cut == 0 {
+        if last_seq <= found.last_seq && cut == 0 {
             return;
         }
         let found = self.topics.get_mut(&topic).expect("found above");
         found.last_seq = found.last_seq.max(last_seq);
         found.events_cut += cut;
-        self.events_published += published;
-        self.event_deliveries += deliveries;
     }
 
     /// The subscribers of `topic` with no room for another event now.
@@ -911,6 +916,7 @@ impl Router {
     fn timer(&mut self, now: Millis) {
         if self.events_held_until.is_some_and(|until| until <= now) {
             self.events_held_until = None;
+            self.topics.touch_all();
             let held: Vec<Identity> = self.waiting.keys().copied().filter(|key| self.topics.get(key).is_some()).collect();
             for topic in held {
                 self.retry(topic, now, None);

@@ -87,6 +87,11 @@ impl Topics {
         !self.topics.contains_key(topic) && self.deleted.contains(topic)
     }
 
+    /// Counts every topic as touched (what the lanes may do changed for all).
+    pub fn touch_all(&mut self) {
+        self.touched.extend(self.topics.keys().copied());
+    }
+
     /// The topics touched since the last call.
     pub fn take_touched(&mut self) -> BTreeSet<Identity> {
         std::mem::take(&mut self.touched)
