@@ -40,6 +40,8 @@ struct TopicResult {
     done :group {
       lastSeq @0 :UInt64;    # the sequence of the topic's last event (0: none yet)
       policy @3 :TopicPolicy; # subscribe to a topic here: what its events do when a subscriber has no room
+      replay @4 :List(Msg.EngineMessage);  # subscribe from a sequence to a topic here that the
+                              # router keeps for the pubsub service: its kept events from there
     }
     refused :group {
       reason @1 :TopicRefusal;

@@ -268,7 +268,10 @@ fn router_request(session: &engine_session::Client, request: &RouterRequest) -> 
                 let answer = promise.await?;
                 let result = answer.get()?.get_result()?;
                 match result.which()? {
-                    topic_result::Done(done) => Ok(TopicAnswer { last_seq: done.get_last_seq(), policy: done.get_policy()? }),
+                    topic_result::Done(done) => {
+                        let replay = done.get_replay()?.iter().map(|m| EngineMessage::read(m)).collect::<Result<Vec<_>, _>>().map_err(|e| capnp::Error::failed(e.to_string()))?;
+                        Ok(TopicAnswer { last_seq: done.get_last_seq(), policy: done.get_policy()?, replay })
+                    }
                     topic_result::Refused(refused) => Err(EngineError::TopicRefused {
                         reason: refused.get_reason()?,
                         detail: refused.get_detail()?.to_string().unwrap_or_default(),

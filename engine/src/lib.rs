@@ -552,7 +552,14 @@ impl Engine {
     /// messages to [`Destination::Topic`] through [`Engine::recv`]). The answer says where the
     /// topic's sequence stood (`SEQ_NOT_KNOWN` for a topic on another node) and its policy.
     pub async fn subscribe(&self, topic: Identity, scope: Scope) -> Result<TopicAnswer, EngineError> {
-        let answer = self.router_request(RouterRequest::Subscribe { topic, scope, from: 0 }).await?;
+        self.subscribe_from(topic, scope, 0).await
+    }
+
+    /// `subscribe`, for a service that keeps a copy of a topic's events (the pubsub service):
+    /// the answer also carries the events of a topic here that the router kept for it, from
+    /// sequence `from` on (none for `from` 0).
+    pub async fn subscribe_from(&self, topic: Identity, scope: Scope, from: u64) -> Result<TopicAnswer, EngineError> {
+        let answer = self.router_request(RouterRequest::Subscribe { topic, scope, from }).await?;
         self.topic_book().subscribed.insert(topic, scope);
         self.shared.sequences.lock().unwrap_or_else(|e| e.into_inner()).0.subscribed(topic, answer.last_seq);
         Ok(answer)

@@ -21,10 +21,12 @@ pub(crate) enum RouterRequest {
 
 /// The router's answer to a topic request: the sequence of the topic's last event, and (for a
 /// subscription to a topic on this node) what its events do when a subscriber has no room.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicAnswer {
     pub last_seq: u64,
     pub policy: TopicPolicy,
+    /// For [`crate::Engine::subscribe_from`]: the events the router kept from there, in order.
+    pub replay: Vec<EngineMessage>,
 }
 
 /// What the engine serves, created and subscribes to: asked of the router again when the engine

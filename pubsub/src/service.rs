@@ -391,8 +391,9 @@ async fn do_topics_work(topics: Rc<Engine>, mut work: mpsc::Receiver<TopicsWork>
                 }
                 continue;
             }
-            TopicsWork::Subscribe(topic) => Some(match topics.subscribe(topic, Scope::Any).await {
-                Ok(answer) => Input::SubscribedLocally { topic, policy: answer.policy, last_seq: answer.last_seq },
+            // With every event the router kept of the topic for this service (from sequence 1).
+            TopicsWork::Subscribe(topic) => Some(match topics.subscribe_from(topic, Scope::Any, 1).await {
+                Ok(answer) => Input::SubscribedLocally { topic, policy: answer.policy, last_seq: answer.last_seq, kept: answer.replay },
                 Err(error) => {
                     let (reason, detail) = match error {
                         EngineError::TopicRefused { reason: TopicRefusal::Unknown, detail } => (PeerRefusal::Unknown, detail),

@@ -58,8 +58,9 @@ impl Lane {
             self.gone = true;
             return;
         };
-        // The core holds engines' events after a restart: the lane takes none meanwhile.
-        if core.events_held() {
+        // The core holds engines' events after a restart, or keeps the topic's events for the
+        // pubsub service: the lane takes none.
+        if core.events_held() || found.carried {
             self.gone = true;
             return;
         }

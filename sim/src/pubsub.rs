@@ -187,7 +187,8 @@ impl World {
                     let input = match answer {
                         Ok(last_seq) => {
                             let policy = self.router_core(node).topics().find(|t| t.advert.topic == topic).map_or(TopicPolicy::Block, |t| t.policy);
-                            Input::SubscribedLocally { topic, policy, last_seq }
+                            let kept = self.router_core(node).kept_from(&topic, 1);
+                            Input::SubscribedLocally { topic, policy, last_seq, kept }
                         }
                         Err(refused) => {
                             let reason = match refused.reason {

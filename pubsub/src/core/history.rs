@@ -97,6 +97,20 @@ impl History {
         }
     }
 
+    /// Takes in events older than every one kept (`older`, ascending: what the router kept of
+    /// the topic for a service that restarted), the newest first, while the limits allow.
+    pub fn fill_older(&mut self, older: Vec<EngineMessage>, now: Millis) {
+        let first = self.kept.front().map_or(u64::MAX, |k| k.seq);
+        for message in older.into_iter().rev().filter(|m| m.id < first) {
+            let kept = Kept { seq: message.id, at: now, message };
+            if self.kept.len() >= self.limits.events || self.bytes + kept.size() > self.limits.bytes {
+                return;
+            }
+            self.bytes += kept.size();
+            self.kept.push_front(kept);
+        }
+    }
+
     /// Drops what is older than the age limit.
     pub fn expire(&mut self, now: Millis) {
         while self.kept.front().is_some_and(|k| k.at + self.limits.age <= now) {
@@ -168,5 +182,15 @@ mod tests {
         }
         assert_eq!((history.len(), history.bytes()), (3, 3 * 228), "by bytes");
         assert_eq!(history.at_or_after(3).unwrap().seq, 4, "a hole is skipped to the next event kept");
+    }
+
+    #[test]
+    fn older_events_kept_elsewhere_fill_the_history_in_front_within_its_limits() {
+        let mut history = History::new(HistoryLimits { events: 4, bytes: 1 << 20, age: 1_000 });
+        history.push(7, event(7, 10), 0);
+        // What the router kept: some the history holds already, some older.
+        history.fill_older((3..=8).map(|seq| event(seq, 10)).collect(), 0);
+        let seqs: Vec<u64> = history.read(1, 8).filter_map(|r| match r { Read::Event(k) => Some(k.seq), _ => None }).collect();
+        assert_eq!(seqs, vec![4, 5, 6, 7], "the newest older ones, up to the count, in order");
     }
 }

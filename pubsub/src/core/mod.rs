@@ -73,8 +73,9 @@ pub enum Input {
     Peers { from: Identity, messages: Vec<PeerMessage> },
     /// The topic's advert and the node its publisher is attached to.
     Located { advert: TopicAdvert, node: Identity },
-    /// The router subscribed the service to its topic.
-    SubscribedLocally { topic: Identity, policy: TopicPolicy, last_seq: u64 },
+    /// The router subscribed the service to its topic, with what it kept of the topic's events
+    /// for the service (a service that restarted loses nothing its readers had not taken).
+    SubscribedLocally { topic: Identity, policy: TopicPolicy, last_seq: u64, kept: Vec<EngineMessage> },
     /// The router refused to subscribe the service to its topic.
     RefusedLocally { topic: Identity, reason: PeerRefusal, detail: String },
     /// An event of a topic on this node, from the service's subscription.
@@ -231,9 +232,9 @@ impl PubSub {
                     subscription.located(advert, node, counters, now, out);
                 }
             }
-            Input::SubscribedLocally { topic, policy, last_seq } => {
+            Input::SubscribedLocally { topic, policy, last_seq, kept } => {
                 if let Some(publication) = self.publications.get_mut(&topic) {
-                    publication.subscribed_locally(policy, last_seq, config, now, out);
+                    publication.subscribed_locally(policy, last_seq, kept, config, now, out);
                 }
             }
             Input::RefusedLocally { topic, reason, detail } => {
@@ -453,7 +454,7 @@ mod tests {
                     any = true;
                     match output {
                         Output::SubscribeLocal(topic) => {
-                            self.a.handle(Input::SubscribedLocally { topic, policy: TopicPolicy::Block, last_seq: self.seq }, self.now)
+                            self.a.handle(Input::SubscribedLocally { topic, policy: TopicPolicy::Block, last_seq: self.seq, kept: Vec::new() }, self.now)
                         }
                         Output::Send { message, .. } if !(self.lose)(&message.says) => {
                             self.b.handle(Input::Peer { from: self.a_engine, message }, self.now)

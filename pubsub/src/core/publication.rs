@@ -82,10 +82,12 @@ impl Publication {
         out.push_back(Output::Send { to: Destination::Engine(to), message: PeerMessage::new(self.topic, says) });
     }
 
-    /// The router subscribed the service: the waiting readers are answered.
-    pub fn subscribed_locally(&mut self, policy: TopicPolicy, last_seq: u64, config: &Config, now: Millis, out: &mut VecDeque<Output>) {
+    /// The router subscribed the service, with the events it kept of the topic: they join the
+    /// history, and the waiting readers are answered.
+    pub fn subscribed_locally(&mut self, policy: TopicPolicy, last_seq: u64, kept: Vec<EngineMessage>, config: &Config, now: Millis, out: &mut VecDeque<Output>) {
         self.policy = policy;
         self.last_seq = self.last_seq.max(last_seq);
+        self.history.fill_older(kept, now);
         if let Local::Asked(waiting) = std::mem::replace(&mut self.local, Local::Subscribed) {
             for (reader, from) in waiting {
                 self.add_reader(reader, from, config, now, out);

@@ -17,7 +17,7 @@ use super::table::{Known, Route, RoutingTable};
 use super::topics::{Subscribed, Topic, TopicRefused, Topics};
 use netmachine_schema::message_capnp::Scope;
 use netmachine_schema::router_capnp::{TopicPolicy, TopicRefusal};
-use netmachine_schema::{signing, Destination, EngineLocation, EngineMessage, Identity, Keypair, PeerMessage, Says, TopicAdvert, PUBSUB_PROTOCOL, SEQ_NOT_KNOWN};
+use netmachine_schema::{signing, Destination, EngineLocation, EngineMessage, Identity, Keypair, PeerMessage, Says, TopicAdvert, PEER_EVENT_OVERHEAD, PUBSUB_PROTOCOL, SEQ_NOT_KNOWN};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 /// Milliseconds since the Unix epoch (virtual in the simulation).
@@ -357,8 +357,14 @@ impl Router {
             let detail = format!("topic {topic} has scope local: its events do not leave this node");
             return Err(TopicRefused { reason: TopicRefusal::Denied, detail });
         }
-        // The service subscribes only to topics here: it never wants one from itself.
+        // The service subscribes only to topics here: it never wants one from itself. Those
+        // topics' events are kept for it from then on.
         let remote = pubsub.is_some_and(|service| service != engine);
+        if pubsub == Some(engine) {
+            if let Some(found) = self.topics.get_mut(&topic) {
+                found.carried = true;
+            }
+        }
         match self.topics.subscribe(engine, topic, scope, remote)? {
             Subscribed::Here(last_seq) => Ok(last_seq),
             Subscribed::Wanted { first } => {
@@ -411,6 +417,25 @@ impl Router {
 
     pub fn topic(&self, topic: &Identity) -> Option<&Topic> {
         self.topics.get(topic)
+    }
+
+    /// The events of `topic` kept for the pubsub service, from sequence `from` on (none for 0),
+    /// the newest that fit in one answer (`max_message_bytes`, each event counted with its
+    /// envelope).
+    pub fn kept_from(&self, topic: &Identity, from: u64) -> Vec<EngineMessage> {
+        let Some(found) = self.topics.get(topic).filter(|_| from > 0) else { return Vec::new() };
+        let mut room = self.limits.max_message_bytes;
+        let mut newest: Vec<EngineMessage> = Vec::new();
+        for event in found.kept_from(from).rev() {
+            let size = event.body.len() + PEER_EVENT_OVERHEAD / 4;
+            if size > room {
+                break;
+            }
+            room -= size;
+            newest.push(event.clone());
+        }
+        newest.reverse();
+        newest
     }
 
     /// The most an event's body on `topic` may be.
@@ -711,6 +736,7 @@ impl Router {
         let found = self.topics.get_mut(&topic).expect("checked above");
         found.last_seq = waiting.message.id;
         found.events_cut += slow.len() as u64;
+        found.keep(&waiting.message);
         self.events_published += 1;
         self.event_deliveries += subscribers.len() as u64;
         for engine in subscribers {
@@ -1393,6 +1419,31 @@ mod tests {
         bench.router.handle(Input::Timer, 1_000);
         let outputs = bench.outputs();
         assert_eq!((settled(&outputs), delivered_to(&outputs)), (vec![(held, Ok(()))], vec![(subscriber.identity(), 41)]), "the subscriber that came back gets it");
+    }
+
+    #[test]
+    fn the_latest_events_of_a_topic_the_pubsub_service_reads_are_kept_for_it() {
+        let mut bench = Bench::new();
+        let (publisher, service) = (bench.attach(false), bench.attach(false));
+        bench.router.serve(service.identity(), PUBSUB_PROTOCOL, 0).unwrap();
+        // CutSlow: a service that takes nothing (as here) holds no event back, and misses none
+        // of those kept for it.
+        let topic = topic(&mut bench, &publisher, &publisher, TopicPolicy::CutSlow);
+        publish(&mut bench, &publisher, topic, 1, true, 0);
+        assert!(bench.router.kept_from(&topic, 1).is_empty(), "nothing kept before the service reads it");
+        bench.router.subscribe(service.identity(), topic, Scope::Any, 1, 0).unwrap();
+        for seq in 2..=6 {
+            publish(&mut bench, &publisher, topic, seq, true, 0);
+        }
+        let kept = |bench: &Bench, from| bench.router.kept_from(&topic, from).iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(kept(&bench, 1), vec![2, 3, 4, 5, 6]);
+        assert_eq!(kept(&bench, 4), vec![4, 5, 6], "from the sequence asked");
+        assert!(kept(&bench, 0).is_empty(), "0 asks for none");
+        // The service gone, events are still kept for the one that comes back.
+        let generation = bench.router.attachment(&service.identity()).unwrap().generation;
+        bench.router.detach(service.identity(), generation, 1);
+        publish(&mut bench, &publisher, topic, 7, true, 1);
+        assert_eq!(kept(&bench, 6), vec![6, 7]);
     }
 
     #[test]

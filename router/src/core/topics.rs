@@ -24,6 +24,37 @@ pub struct Topic {
     pub subscribers: BTreeSet<Identity>,
     /// Deliveries skipped because a subscriber had no room (policy CutSlow).
     pub events_cut: u64,
+    /// The pubsub service reads the topic (or did): its latest events are kept for it.
+    pub carried: bool,
+    /// The latest events, kept for the pubsub service (`KEPT_EVENTS`, `KEPT_BYTES` at most),
+    /// so that a service that restarted, or its readers, lose nothing it had not passed on.
+    pub kept: VecDeque<EngineMessage>,
+    kept_bytes: usize,
+}
+
+/// Events kept per topic the pubsub service reads, at most, and their bytes.
+const KEPT_EVENTS: usize = 16_384;
+const KEPT_BYTES: usize = 16 << 20;
+
+impl Topic {
+    /// Keeps `event` for the pubsub service, if it reads the topic; the oldest go past the bounds.
+    pub fn keep(&mut self, event: &EngineMessage) {
+        if !self.carried {
+            return;
+        }
+        self.kept_bytes += event.body.len();
+        self.kept.push_back(event.clone());
+        while self.kept.len() > KEPT_EVENTS || self.kept_bytes > KEPT_BYTES {
+            let Some(old) = self.kept.pop_front() else { break };
+            self.kept_bytes -= old.body.len();
+        }
+    }
+
+    /// The kept events from sequence `from` on, in order.
+    pub fn kept_from(&self, from: u64) -> impl DoubleEndedIterator<Item = &EngineMessage> {
+        let start = self.kept.partition_point(|e| e.id < from);
+        self.kept.range(start..)
+    }
 }
 
 /// A topic request refused, with what the engine is told.
@@ -145,7 +176,7 @@ impl Topics {
         for engine in &subscribers {
             self.subscriptions.entry(*engine).or_default().insert(topic);
         }
-        let topic = Topic { advert, creator, scope, policy, last_seq: 0, subscribers, events_cut: 0 };
+        let topic = Topic { advert, creator, scope, policy, last_seq: 0, subscribers, events_cut: 0, carried: false, kept: VecDeque::new(), kept_bytes: 0 };
         self.touched.insert(topic.advert.topic);
         self.topics.insert(topic.advert.topic, topic);
         Ok(())
