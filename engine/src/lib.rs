@@ -559,7 +559,17 @@ impl Engine {
     /// the answer also carries the events of a topic here that the router kept for it, from
     /// sequence `from` on (none for `from` 0).
     pub async fn subscribe_from(&self, topic: Identity, scope: Scope, from: u64) -> Result<TopicAnswer, EngineError> {
-        let answer = self.router_request(RouterRequest::Subscribe { topic, scope, from }).await?;
+        // Events may come before the answer does.
+        self.shared.sequences.lock().unwrap_or_else(|e| e.into_inner()).0.subscribing(topic);
+        let answer = match self.router_request(RouterRequest::Subscribe { topic, scope, from }).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                if !self.topic_book().subscribed.contains_key(&topic) {
+                    self.shared.sequences.lock().unwrap_or_else(|e| e.into_inner()).0.unsubscribed(topic);
+                }
+                return Err(error);
+            }
+        };
         self.topic_book().subscribed.insert(topic, scope);
         self.shared.sequences.lock().unwrap_or_else(|e| e.into_inner()).0.subscribed(topic, answer.last_seq);
         Ok(answer)
@@ -716,7 +726,7 @@ impl Engine {
                     sequences.1 = Some(event);
                     return Some(Received::Gap(gap));
                 }
-                Fit::Repeat => continue,
+                Fit::Repeat | Fit::Left => continue,
             }
         }
     }

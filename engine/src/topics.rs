@@ -86,6 +86,8 @@ pub enum Fit {
     After(Gap),
     /// Its sequence was taken already: a repeat, never handed to the engine twice.
     Repeat,
+    /// Of a topic the engine left (it was in the inbox when it unsubscribed): dropped.
+    Left,
 }
 
 /// The sequence expected next from each publisher on each topic, advanced only as events are
@@ -118,9 +120,15 @@ impl Sequences {
         self.expected.retain(|(t, _), _| *t != topic);
     }
 
+    /// The engine asks the router for `topic`: an event that comes before the answer starts
+    /// the sequence, as on a topic whose sequence is not known.
+    pub fn subscribing(&mut self, topic: Identity) {
+        self.start.entry(topic).or_insert(SEQ_NOT_KNOWN);
+    }
+
     /// Where `seq` from `publisher` on `topic` fits; advances the sequence past it.
     pub fn take(&mut self, topic: Identity, publisher: Identity, seq: u64) -> Fit {
-        let start = self.start.get(&topic).copied().unwrap_or(0);
+        let Some(&start) = self.start.get(&topic) else { return Fit::Left };
         // A topic on another node starts wherever its first event does.
         let first = if start == SEQ_NOT_KNOWN { seq } else { start + 1 };
         let expected = self.expected.entry((topic, publisher)).or_insert(first);
@@ -142,7 +150,7 @@ impl Sequences {
     /// A gap marker: `publisher`'s events on `topic` up to `to` will never come. The gap from the
     /// next expected, if any is left.
     pub fn skip(&mut self, topic: Identity, publisher: Identity, to: u64) -> Option<Gap> {
-        let start = self.start.get(&topic).copied().unwrap_or(0);
+        let start = *self.start.get(&topic)?;
         let first = if start == SEQ_NOT_KNOWN { to + 1 } else { start + 1 };
         let expected = self.expected.entry((topic, publisher)).or_insert(first);
         if to < *expected {
@@ -201,6 +209,15 @@ mod tests {
         sequences.subscribed(remote, SEQ_NOT_KNOWN);
         assert_eq!(sequences.take(remote, publisher, 900), Fit::Next, "a topic on another node starts at its first event");
         assert_eq!(sequences.take(remote, publisher, 901), Fit::Next);
+        sequences.unsubscribed(topic);
+        assert_eq!(sequences.take(topic, publisher, 42), Fit::Left, "an event of a topic left is no gap, and is dropped");
+        assert_eq!(sequences.skip(topic, publisher, 50), None);
+        let early = Keypair::generate().identity();
+        sequences.subscribing(early);
+        assert_eq!(sequences.take(early, publisher, 77), Fit::Next, "an event before the router's answer starts the sequence");
+        sequences.subscribed(early, 75);
+        assert_eq!(sequences.take(early, publisher, 78), Fit::Next, "and the answer does not move it back");
+        assert_eq!(sequences.counts(), (2, 3));
     }
 
     #[test]
