@@ -18,7 +18,8 @@ use std::rc::{Rc, Weak};
 /// Watchers at once.
 pub const MAX_SUBSCRIBERS: usize = 64;
 
-/// Who is told, and the adverts told already: (node, created) by topic.
+/// Who is told, and the adverts told already: (node, created) by topic, as many as the
+/// identity store holds (a record deleted there is forgotten here).
 pub struct Events {
     pub watchers: Rc<Fanout<pub_sub_events::Client>>,
     adverts_told: RefCell<HashMap<Identity, (Identity, u64)>>,
@@ -104,6 +105,10 @@ impl identity_watcher::Server for AdvertWatcher {
     async fn identity_updated(self: Rc<Self>, params: identity_watcher::IdentityUpdatedParams, _: identity_watcher::IdentityUpdatedResults) -> capnp::Result<()> {
         let params = params.get()?;
         if params.get_deleted() {
+            let id = Identity::from_slice("id", params.get_id()?).map_err(|e| capnp::Error::failed(e.to_string()))?;
+            if let Some(events) = self.events.upgrade() {
+                events.adverts_told.borrow_mut().remove(&id);
+            }
             return Ok(());
         }
         let identity_record::Topic(topic) = params.get_record()?.which()? else { return Ok(()) };

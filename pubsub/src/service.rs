@@ -217,7 +217,7 @@ fn carry_out(shared: &Rc<Shared>, inputs: &mpsc::UnboundedSender<Input>, work: &
             Output::Unmirror(topic) => work.push(TopicsWork::Unmirror(topic)),
             Output::Deliver(message) => work.push(TopicsWork::Deliver(message)),
             Output::Notify(notice) => {
-                tracing::info!(?notice, "pubsub notice");
+                tracing::debug!(?notice, "told the watchers");
                 shared.events.notice(&notice);
             }
         }

@@ -322,7 +322,7 @@ impl engine_session::Server for Session {
         let params = params.get()?;
         let (topic, scope, from) = (topic_id(params.get_topic())?, params.get_scope()?, params.get_from());
         let outcome = self.state.change_topic(topic, |core, now| core.subscribe(self.engine, topic, scope, from, now));
-        let policy = self.state.core().topics().find(|t| t.advert.topic == topic).map_or(TopicPolicy::Block, |t| t.policy);
+        let policy = self.state.core().topic(&topic).map_or(TopicPolicy::Block, |t| t.policy);
         let replay = if outcome.is_ok() { self.state.core().kept_from(&topic, from) } else { Vec::new() };
         write_topic_result(outcome, results.get().init_result());
         if let Ok(topic_result::Done(mut done)) = results.get().get_result()?.which() {
