@@ -32,7 +32,7 @@ pub use topics::{Event, Gap, Received, TopicAnswer};
 
 use connection::{Command, Shared};
 use topics::{Fit, RouterRequest};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -117,7 +117,7 @@ pub struct Engine {
     runtime: tokio::runtime::Handle,
     /// Per topic this engine publishes on, the sequence of its next event; held while an
     /// event is handed over, so that events leave in sequence.
-    publishing: Mutex<HashMap<Identity, u64>>,
+    publishing: Mutex<FxHashMap<Identity, u64>>,
 }
 
 /// Yields before a blocking receive blocks on the queue.
@@ -198,7 +198,7 @@ impl Engine {
             kept: AtomicU64::new(0),
             inbox_capacity: options.inbox_capacity.max(1),
             runtime,
-            publishing: Mutex::new(HashMap::new()),
+            publishing: Mutex::new(FxHashMap::default()),
         })
     }
 
@@ -586,7 +586,7 @@ impl Engine {
     /// The next event on `topic` from this engine, its sequence set.
     /// The router's answer to LastSeq says whether this engine may publish on the topic: on the
     /// rings, the first event's refusal is answered here, as over the socket.
-    async fn event(&self, next: &mut HashMap<Identity, u64>, topic: Identity, body: Vec<u8>) -> Result<EngineMessage, EngineError> {
+    async fn event(&self, next: &mut FxHashMap<Identity, u64>, topic: Identity, body: Vec<u8>) -> Result<EngineMessage, EngineError> {
         if self.shared.sequences_stale.swap(false, Ordering::AcqRel) {
             next.clear();
         }
@@ -709,15 +709,15 @@ impl Engine {
                 return Some(Received::Event(event));
             }
             let message = self.recv().await?;
-            let event = match topics::topic_message(&message) {
-                None => return Some(Received::Message(message)),
-                Some(topics::TopicMessage::Gap { topic, publisher, to }) => {
+            let event = match topics::topic_message(message) {
+                Err(message) => return Some(Received::Message(message)),
+                Ok(topics::TopicMessage::Gap { topic, publisher, to }) => {
                     match self.shared.sequences.lock().unwrap_or_else(|e| e.into_inner()).0.skip(topic, publisher, to) {
                         Some(gap) => return Some(Received::Gap(gap)),
                         None => continue,
                     }
                 }
-                Some(topics::TopicMessage::Event(event)) => event,
+                Ok(topics::TopicMessage::Event(event)) => event,
             };
             let mut sequences = self.shared.sequences.lock().unwrap_or_else(|e| e.into_inner());
             match sequences.0.take(event.topic, event.publisher, event.seq) {

@@ -5,7 +5,8 @@
 use netmachine_schema::message_capnp::Scope;
 use netmachine_schema::router_capnp::TopicPolicy;
 use netmachine_schema::{Destination, EngineMessage, Identity, TopicAdvert, GAP_PROTOCOL, SEQ_NOT_KNOWN};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use rustc_hash::FxHashMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A topic request (or a service), as the engine thread sends it.
 #[derive(Debug, Clone)]
@@ -95,8 +96,10 @@ pub enum Fit {
 #[derive(Debug, Default)]
 pub struct Sequences {
     /// Per topic, the last sequence when the engine subscribed: where an unseen publisher starts.
-    start: HashMap<Identity, u64>,
-    expected: HashMap<(Identity, Identity), u64>,
+    /// Looked up for every event taken: hashed with Fx, as the keys are the engine's own
+    /// subscriptions and their one publisher each, not chosen by another party.
+    start: FxHashMap<Identity, u64>,
+    expected: FxHashMap<(Identity, Identity), u64>,
     repeats: u64,
     missed: u64,
 }
@@ -175,13 +178,13 @@ pub enum TopicMessage {
     Gap { topic: Identity, publisher: Identity, to: u64 },
 }
 
-/// What a topic message carries, if it is one.
-pub fn topic_message(message: &EngineMessage) -> Option<TopicMessage> {
-    let Destination::Topic(topic) = message.dst else { return None };
+/// What a topic message carries, if it is one (else the message, given back).
+pub fn topic_message(message: EngineMessage) -> Result<TopicMessage, EngineMessage> {
+    let Destination::Topic(topic) = message.dst else { return Err(message) };
     if message.protocol == GAP_PROTOCOL {
-        return Some(TopicMessage::Gap { topic, publisher: message.src, to: message.id });
+        return Ok(TopicMessage::Gap { topic, publisher: message.src, to: message.id });
     }
-    Some(TopicMessage::Event(Event { topic, publisher: message.src, seq: message.id, body: message.body.clone() }))
+    Ok(TopicMessage::Event(Event { topic, publisher: message.src, seq: message.id, body: message.body }))
 }
 
 #[cfg(test)]

@@ -99,28 +99,26 @@ pub fn offer(lane: &Mutex<Lane>, from: &RingEndpoint, envelope: &Envelope, recor
     if !fits_lane || from.has_slow_in_flight() || check_envelope(from.engine, envelope.src, envelope.body_len, envelope.expiry, max_body, now_ms()).is_err() {
         return Offered::Elsewhere;
     }
+    // Every inbox at once (always in the subscribers' order): under Block, all take it or none.
     let mut to = Vec::with_capacity(lane.subscribers.len());
     for subscriber in &lane.subscribers {
         match by_engine.get(subscriber) {
-            Some(endpoint) if !endpoint.is_closed() && record.len() <= endpoint.largest_record && !endpoint.has_queued() => to.push(endpoint),
+            Some(endpoint) if !endpoint.is_closed() && record.len() <= endpoint.largest_record && !endpoint.has_queued() => to.push((endpoint, endpoint.inbox())),
             _ => return Offered::Elsewhere,
         }
     }
-    // Every inbox at once (always in the subscribers' order): under Block, all take it or none.
-    let mut inboxes: Vec<_> = to.iter().map(|endpoint| endpoint.inbox()).collect();
-    let room: Vec<bool> = inboxes.iter_mut().map(|inbox| inbox.fits(record.len())).collect();
-    if lane.policy == TopicPolicy::Block && room.contains(&false) {
+    if lane.policy == TopicPolicy::Block && to.iter_mut().any(|(_, inbox)| !inbox.fits(record.len())) {
         return Offered::Blocked;
     }
-    for (inbox, has_room) in inboxes.iter_mut().zip(&room) {
-        if *has_room && records::forward(inbox, record, envelope).is_ok() {
+    for (_, inbox) in to.iter_mut() {
+        if inbox.fits(record.len()) && records::forward(inbox, record, envelope).is_ok() {
             lane.deliveries += 1;
         } else {
             lane.cut += 1;
         }
     }
-    drop(inboxes);
-    for endpoint in to {
+    for (endpoint, inbox) in to {
+        drop(inbox);
         endpoint.wake();
     }
     lane.last_seq = envelope.id;

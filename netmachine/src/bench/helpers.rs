@@ -109,12 +109,16 @@ fn subscribe(args: &EngineArgs, topic: &str, count: u64) -> Result<()> {
         // Scope Any: a topic on another node too (its events come through the pubsub services).
         engine.subscribe(topic, netmachine_engine::Scope::Any).await?;
         ready()?;
-        let (mut latencies, mut missed, mut publisher) = (crate::latency::Latencies::default(), 0, None);
-        while (latencies.len() as u64) + missed < count {
+        let (mut latencies, mut received, mut missed, mut publisher) = (crate::latency::Latencies::default(), 0, 0, None);
+        while received + missed < count {
             match engine.recv_event().await.context("closed")? {
                 netmachine_engine::Received::Event(event) => {
+                    received += 1;
+                    // Only sampled events carry their publish time (0 in the others).
                     let sent = event.body.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
-                    latencies.add(std::time::Duration::from_nanos(wall_nanos().saturating_sub(sent)));
+                    if sent != 0 {
+                        latencies.add(std::time::Duration::from_nanos(wall_nanos().saturating_sub(sent)));
+                    }
                     publisher = Some(event.publisher);
                 }
                 netmachine_engine::Received::Gap(gap) => missed += gap.to - gap.from + 1,
@@ -122,7 +126,7 @@ fn subscribe(args: &EngineArgs, topic: &str, count: u64) -> Result<()> {
             }
         }
         let report = serde_json::json!({
-            "received": latencies.len(),
+            "received": received,
             "missed": missed,
             "p50_ns": latencies.percentile(50.0).as_nanos() as u64,
             "p99_ns": latencies.percentile(99.0).as_nanos() as u64,
