@@ -27,6 +27,7 @@ generated!(
 );
 
 pub mod batch;
+pub mod content;
 pub mod digest;
 pub mod identity;
 pub mod location;
@@ -36,6 +37,7 @@ pub mod signing;
 pub mod time;
 pub mod topic;
 
+pub use content::{ContentId, ContentIdError};
 pub use identity::{Identity, KeyError, Keypair, SignatureBytes};
 pub use location::{EngineLocation, LocationError};
 pub use message::{Destination, EngineMessage, MessageError};

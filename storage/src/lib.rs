@@ -1,0 +1,4 @@
+//! The storage service: content-addressed blocks, held under a lease and a disk budget.
+
+pub mod core;
+pub mod store;
