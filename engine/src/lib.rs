@@ -16,6 +16,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod blocks;
 mod connection;
 mod error;
 mod fast_path;
@@ -27,7 +28,7 @@ pub use fast_path::Receiver;
 pub use ring::wait::WaitMode;
 pub use netmachine_schema::message_capnp::Scope;
 pub use netmachine_schema::router_capnp::{SendRefusal, TopicPolicy, TopicRefusal};
-pub use netmachine_schema::{Destination, EngineMessage, Identity, Keypair, TopicAdvert};
+pub use netmachine_schema::{ContentId, Destination, EngineMessage, Identity, Keypair, TopicAdvert};
 pub use topics::{Event, Gap, Received, TopicAnswer};
 
 use connection::{Command, Shared};
@@ -118,6 +119,10 @@ pub struct Engine {
     /// Per topic this engine publishes on, the sequence of its next event; held while an
     /// event is handed over, so that events leave in sequence.
     publishing: Mutex<FxHashMap<Identity, u64>>,
+    /// The node's storage service (`storage.sock` beside the router's socket), connected on
+    /// first use and again after it went away.
+    storage_socket: std::path::PathBuf,
+    blocks: std::sync::Mutex<Option<Arc<blocks::Blocks>>>,
 }
 
 /// Yields before a blocking receive blocks on the queue.
@@ -199,6 +204,8 @@ impl Engine {
             inbox_capacity: options.inbox_capacity.max(1),
             runtime,
             publishing: Mutex::new(FxHashMap::default()),
+            storage_socket: options.socket.with_file_name("storage.sock"),
+            blocks: std::sync::Mutex::new(None),
         })
     }
 
@@ -729,6 +736,41 @@ impl Engine {
                 Fit::Repeat | Fit::Left => continue,
             }
         }
+    }
+
+    fn blocks(&self) -> Result<Arc<blocks::Blocks>, blocks::BlockError> {
+        let mut cached = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        match cached.as_ref() {
+            Some(connected) if !connected.is_closed() => Ok(connected.clone()),
+            _ => {
+                let connected = Arc::new(blocks::Blocks::connect(&self.storage_socket, netmachine_rpc::word_limit(self.max_message_bytes))?);
+                *cached = Some(connected.clone());
+                Ok(connected)
+            }
+        }
+    }
+
+    /// Stores `content` as a block in the node's storage, kept under `prefs`; its id is the
+    /// BLAKE3 hash of the content.
+    pub async fn put_block(&self, content: Vec<u8>, prefs: blocks::BlockPrefs) -> Result<blocks::BlockInfo, blocks::BlockError> {
+        self.blocks()?.put(content, prefs).await
+    }
+
+    /// The content of block `id`, from the node's storage.
+    pub async fn get_block(&self, id: ContentId) -> Result<Vec<u8>, blocks::BlockError> {
+        self.blocks()?.get(id).await
+    }
+
+    /// Writes the content of block `id` into `sink` piece by piece, for blocks too large to
+    /// hold in memory at once.
+    pub async fn read_block(&self, id: ContentId, sink: blocks::Sink) -> Result<blocks::BlockInfo, blocks::BlockError> {
+        self.blocks()?.get_into(id, sink, Box::new(|_, _| {})).await
+    }
+
+    /// Extends block `id`'s lease to `expiry` (ms since the Unix epoch); a lease is never
+    /// shortened.
+    pub async fn extend_block(&self, id: ContentId, expiry: u64) -> Result<blocks::BlockInfo, blocks::BlockError> {
+        self.blocks()?.extend(id, expiry).await
     }
 
     /// Events `recv_event` skipped as repeats, and events it reported missing.

@@ -3,6 +3,7 @@
 //! services).
 
 pub mod bench;
+pub mod blocks;
 pub mod demo;
 pub mod events;
 pub mod key;

@@ -3,7 +3,7 @@
 //! `subscribe`, `topics`).
 
 use clap::{Parser, Subcommand};
-use netmachine::{bench, demo, events, key, messaging, peers, status, topics, up};
+use netmachine::{bench, blocks, demo, events, key, messaging, peers, status, topics, up};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -119,6 +119,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Store a file as a block; prints its id (the BLAKE3 hash of the content)
+    Put {
+        /// The file; `-` reads standard input
+        file: PathBuf,
+        /// How long to keep it: a number with s, m, h or d (default: storage.default_lease_ms)
+        #[arg(long, value_parser = blocks::parse_duration)]
+        expiry: Option<u64>,
+        /// The trust another node needs to be served the block
+        #[arg(long, default_value_t = 0)]
+        min_trust: u8,
+    },
+    /// Write a block's content to a file or standard output
+    Get {
+        /// The block's id (64 hex digits)
+        id: String,
+        /// The file to write (default: standard output)
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// List the blocks this node holds: id, size, expiry, complete or partial
+    Blocks {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Collect expired blocks, or extend a block's lease
+    #[command(subcommand)]
+    Storage(blocks::StorageCommand),
 }
 
 #[derive(Subcommand)]
@@ -183,6 +210,10 @@ fn main() -> ExitCode {
         Command::Publish { key, topic, body } => topics::publish(&root, &cli.set, &key, &topic, body),
         Command::Subscribe { key, topic, local } => topics::subscribe(&root, &cli.set, &key, &topic, local),
         Command::Topics { json } => topics::topics(&root, &cli.set, json),
+        Command::Put { file, expiry, min_trust } => blocks::put(&root, &cli.set, &file, expiry, min_trust),
+        Command::Get { id, output } => blocks::get(&root, &cli.set, &id, output),
+        Command::Blocks { json } => blocks::list(&root, &cli.set, json),
+        Command::Storage(command) => blocks::storage(&root, &cli.set, command),
         Command::Listen { key, json, echo } => messaging::listen(&root, &cli.set, &key, json, echo),
         Command::Send { key, to, body } => messaging::send(&root, &cli.set, &key, &to, body),
         Command::Request { key, to, timeout_ms, body } => {

@@ -22,6 +22,12 @@ pub fn reader_options(word_limit: usize) -> capnp::message::ReaderOptions {
     options
 }
 
+/// The word limit for a node whose largest message body is `max_message_bytes`: room for two
+/// such bodies (a request and what it carries) and the structure around them.
+pub fn word_limit(max_message_bytes: usize) -> usize {
+    (max_message_bytes / 8) * 2 + (64 << 10)
+}
+
 /// Counts of what happened to a service's RPC connections, for its status report.
 #[derive(Debug, Default)]
 pub struct ConnectionStats {

@@ -14,6 +14,7 @@ pub struct Config {
     pub router: RouterConfig,
     pub transport: TransportConfig,
     pub pubsub: PubSubConfig,
+    pub storage: StorageConfig,
     pub supervisor: SupervisorConfig,
 }
 
@@ -94,6 +95,25 @@ pub struct PubSubConfig {
 impl Default for PubSubConfig {
     fn default() -> Self {
         PubSubConfig { window_bytes: 1 << 20, history_events: 100_000, history_bytes: 64 << 20, history_age_ms: 600_000, heartbeat_ms: 1_000, max_readers: 1024 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Bytes of block content the node holds at most (puts in progress included).
+    pub max_bytes: u64,
+    /// The largest block the node accepts.
+    pub max_block_bytes: u64,
+    /// The lifetime of a block put with no expiry.
+    pub default_lease_ms: u64,
+    /// Blocks whose lease ended are collected this often.
+    pub collect_every_ms: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig { max_bytes: 8 << 30, max_block_bytes: 1 << 30, default_lease_ms: 7 * 24 * 3_600_000, collect_every_ms: 60_000 }
     }
 }
 
@@ -239,7 +259,7 @@ impl Config {
     }
 
     fn validate(&self, file: &Path, overrides: &[Override]) -> Result<(), ConfigError> {
-        let checks: [(&str, u64, u64, u64); 23] = [
+        let checks: [(&str, u64, u64, u64); 27] = [
             // At least 4 KiB: an event carried to other nodes needs 1 KiB of it for its wrapping.
             ("limits.max_message_bytes", self.limits.max_message_bytes.into(), 4096, 64 << 20),
             ("limits.engine_queue", self.limits.engine_queue.into(), 1, 1 << 20),
@@ -266,6 +286,11 @@ impl Config {
             ("pubsub.history_age_ms", self.pubsub.history_age_ms, 1_000, 86_400_000),
             ("pubsub.heartbeat_ms", self.pubsub.heartbeat_ms, 10, 600_000),
             ("pubsub.max_readers", self.pubsub.max_readers, 1, 1 << 16),
+            ("storage.max_bytes", self.storage.max_bytes, 0, u64::MAX),
+            // A block larger than the budget could never be held.
+            ("storage.max_block_bytes", self.storage.max_block_bytes, 1, self.storage.max_bytes.max(1)),
+            ("storage.default_lease_ms", self.storage.default_lease_ms, 1_000, 100 * 365 * 86_400_000),
+            ("storage.collect_every_ms", self.storage.collect_every_ms, 100, 86_400_000),
         ];
         for (field, value, min, max) in checks {
             if value < min || value > max {
@@ -314,7 +339,7 @@ impl Config {
     /// The largest RPC message a service reads, in 8-byte words: room for one maximal message
     /// body twice over plus its envelope. Anything larger closes the connection that sent it.
     pub fn rpc_word_limit(&self) -> usize {
-        (self.limits.max_message_bytes as usize / 8) * 2 + (64 << 10)
+        netmachine_rpc::word_limit(self.limits.max_message_bytes as usize)
     }
 }
 
@@ -394,6 +419,15 @@ mod tests {
         assert_eq!((config.pubsub.window_bytes, config.pubsub.heartbeat_ms, config.pubsub.max_readers), (2 << 20, 250, PubSubConfig::default().max_readers));
         let err = Config::load(&path, &[Override::from_flag("pubsub.window_bytes=100").unwrap()]).unwrap_err().to_string();
         assert!(err.contains("`pubsub.window_bytes`") && err.contains("got 100"), "{err}");
+    }
+
+    #[test]
+    fn the_storage_section_is_read_and_a_block_larger_than_the_budget_is_refused() {
+        let (path, _guard) = file_with("[storage]\nmax_bytes = 1000000\nmax_block_bytes = 4096\n");
+        let config = Config::load(&path, &[]).unwrap();
+        assert_eq!((config.storage.max_bytes, config.storage.max_block_bytes, config.storage.collect_every_ms), (1_000_000, 4096, StorageConfig::default().collect_every_ms));
+        let err = Config::load(&path, &[Override::from_flag("storage.max_block_bytes=2000000").unwrap()]).unwrap_err().to_string();
+        assert!(err.contains("`storage.max_block_bytes`") && err.contains("got 2000000"), "{err}");
     }
 
     #[test]

@@ -8,7 +8,6 @@ pub mod fanout;
 pub mod home;
 pub mod link;
 pub mod process;
-pub mod standby;
 pub mod status;
 
 pub use netmachine_rpc::{self as rpc, Backoff};

@@ -246,6 +246,13 @@ impl Pending {
         Ok(())
     }
 
+    /// Gives up the put, leaving no file.
+    pub fn abandon(self) {
+        if let Body::File { path, .. } = self.body {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
     /// Checks the size and the id (`expected`, if the put named one), computes the outboard
     /// of a large block and syncs its file. Reads the whole file again: run it off the
     /// service's thread.

@@ -1,0 +1,473 @@
+//! The storage service's RPC face: put and get whole, write in pieces, open and read by
+//! ranges, extend, list and collect; status with its counters. Decisions are the catalog's; the
+//! bytes are the store's. Hashing a large put runs on a blocking thread, off the service's.
+
+use crate::core::catalog::{Catalog, Entry, Refusal, Reservation};
+use crate::core::Millis;
+use crate::store::{Content, Pending, PutError, Store, StoreError};
+use capnp::capability::Rc as CapRc;
+use netmachine_schema::service_capnp::service;
+use netmachine_schema::storage_capnp::{block_info, block_reader, block_writer, refused, storage, StorageRefusal};
+use netmachine_schema::time::now_ms;
+use netmachine_schema::ContentId;
+use netmachine_service::home::{NodeHome, ServiceKind};
+use netmachine_service::rpc::ConnectionStats;
+use netmachine_service::status::StatusReport;
+use std::cell::{Cell, RefCell};
+use std::os::unix::fs::FileExt;
+use std::rc::Rc;
+
+/// What one refused call says: a reason the caller can act on, and a sentence.
+struct Refused(StorageRefusal, String);
+
+impl From<Refusal> for Refused {
+    fn from(refusal: Refusal) -> Self {
+        let reason = match refusal {
+            Refusal::TooLarge { .. } => StorageRefusal::TooLarge,
+            Refusal::OverBudget { .. } => StorageRefusal::OverBudget,
+            Refusal::Expired { .. } => StorageRefusal::Expired,
+            Refusal::Unknown(_) => StorageRefusal::Unknown,
+        };
+        Refused(reason, refusal.to_string())
+    }
+}
+
+impl From<StoreError> for Refused {
+    fn from(error: StoreError) -> Self {
+        let reason = match &error {
+            StoreError::Put(PutError::WrongId { .. }) => StorageRefusal::WrongId,
+            StoreError::Put(PutError::SizeMismatch { .. }) => StorageRefusal::SizeMismatch,
+            StoreError::Db(_) | StoreError::Io(_) => {
+                tracing::error!(%error, "the block store failed");
+                StorageRefusal::Failed
+            }
+        };
+        Refused(reason, error.to_string())
+    }
+}
+
+impl Refused {
+    fn write(&self, mut out: refused::Builder<'_>) {
+        out.set_reason(self.0);
+        out.set_detail(self.1.as_str());
+    }
+}
+
+fn write_info(mut out: block_info::Builder<'_>, id: &ContentId, entry: &Entry) {
+    out.set_id(&id.0);
+    out.set_size(entry.size);
+    out.set_expiry(entry.expiry);
+    out.set_min_trust(entry.min_trust);
+    out.set_complete(true);
+}
+
+/// An id as the caller sent it: exactly 32 bytes (or none, where an id is optional).
+fn read_id(bytes: &[u8]) -> Result<ContentId, Refused> {
+    ContentId::from_slice("id", bytes).map_err(|e| Refused(StorageRefusal::Malformed, e.to_string()))
+}
+
+fn optional_id(bytes: &[u8]) -> Result<Option<ContentId>, Refused> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    read_id(bytes).map(Some)
+}
+
+/// What the service counts, for status.
+#[derive(Default)]
+struct Counters {
+    puts: Cell<u64>,
+    puts_existing: Cell<u64>,
+    puts_refused: Cell<u64>,
+    gets: Cell<u64>,
+    gets_missed: Cell<u64>,
+    bytes_read: Cell<u64>,
+    extended: Cell<u64>,
+}
+
+fn bump(counter: &Cell<u64>) {
+    counter.set(counter.get() + 1);
+}
+
+/// The state the service and its writers and readers share.
+struct Shared {
+    catalog: RefCell<Catalog>,
+    store: Store,
+    counters: Counters,
+    /// The largest block `get` answers whole.
+    max_message_bytes: u64,
+}
+
+impl Shared {
+    /// Reserves room for a put of `size` bytes expiring at `expiry` (0: the default lease).
+    fn begin(&self, size: u64, expiry: Millis, min_trust: u8) -> Result<(Reservation, Entry, Pending), Refused> {
+        let mut catalog = self.catalog.borrow_mut();
+        let expiry = catalog.lease(expiry, now_ms())?;
+        let reservation = catalog.reserve(size)?;
+        match self.store.pending(size) {
+            Ok(pending) => Ok((reservation, Entry { size, expiry, min_trust }, pending)),
+            Err(error) => {
+                catalog.release(reservation);
+                Err(StoreError::Io(error).into())
+            }
+        }
+    }
+
+    /// Checks a written put and keeps it (or, if the block was held already, extends its lease).
+    async fn complete(&self, reservation: Reservation, entry: Entry, pending: Pending, expected: Option<ContentId>) -> Result<(ContentId, Entry), Refused> {
+        let finished = tokio::task::spawn_blocking(move || pending.finish(expected)).await;
+        let finished = match finished {
+            Ok(Ok(finished)) => finished,
+            Ok(Err(error)) => {
+                self.catalog.borrow_mut().release(reservation);
+                return Err(error.into());
+            }
+            Err(join) => {
+                self.catalog.borrow_mut().release(reservation);
+                return Err(Refused(StorageRefusal::Failed, format!("hashing the block failed: {join}")));
+            }
+        };
+        let id = finished.id;
+        let mut catalog = self.catalog.borrow_mut();
+        if let Some(held) = catalog.get(&id).copied() {
+            self.store.discard(finished);
+            let kept = match catalog.commit(reservation, id, entry) {
+                crate::core::catalog::Committed::Existing(kept) | crate::core::catalog::Committed::New(kept) => kept,
+            };
+            if kept != held {
+                self.store.update(&id, &kept).map_err(Refused::from)?;
+            }
+            bump(&self.counters.puts_existing);
+            return Ok((id, kept));
+        }
+        if let Err(error) = self.store.keep(finished, &entry) {
+            catalog.release(reservation);
+            return Err(error.into());
+        }
+        catalog.commit(reservation, id, entry);
+        bump(&self.counters.puts);
+        tracing::debug!(%id, size = entry.size, "block stored");
+        Ok((id, entry))
+    }
+
+    fn refused(&self, refusal: Refused) -> Refused {
+        bump(&self.counters.puts_refused);
+        tracing::info!(detail = %refusal.1, "a put was refused");
+        refusal
+    }
+
+    /// Collects the blocks whose lease ended: removed from the catalog, then from disk.
+    fn collect(&self, dry_run: bool) -> Result<crate::core::catalog::Collection, StoreError> {
+        let collection = self.catalog.borrow_mut().collect(now_ms(), dry_run);
+        if !dry_run && !collection.reclaimed.is_empty() {
+            let ids: Vec<ContentId> = collection.reclaimed.iter().map(|(id, _)| *id).collect();
+            self.store.remove(&ids)?;
+            tracing::info!(blocks = ids.len(), bytes = collection.bytes, "collected expired blocks");
+        }
+        Ok(collection)
+    }
+}
+
+/// The storage service.
+pub struct StorageService {
+    shared: Rc<Shared>,
+    home: NodeHome,
+    stats: Rc<ConnectionStats>,
+}
+
+impl StorageService {
+    /// Opens the block store in `$DATA/storage` and collects expired blocks every
+    /// `storage.collect_every_ms`. Must run inside a `LocalSet`.
+    pub fn open(home: NodeHome, stats: Rc<ConnectionStats>) -> Result<Self, StoreError> {
+        let settings = &home.config.storage;
+        let config = crate::core::Config { max_bytes: settings.max_bytes, max_block_bytes: settings.max_block_bytes, default_lease: settings.default_lease_ms };
+        let (store, held) = Store::open(&home.data_dir().join("storage"))?;
+        let mut catalog = Catalog::new(config);
+        for (id, entry) in held {
+            catalog.load(id, entry);
+        }
+        tracing::info!(blocks = catalog.len(), bytes = catalog.usage().0, "block store open");
+        let shared = Rc::new(Shared { catalog: RefCell::new(catalog), store, counters: Counters::default(), max_message_bytes: home.config.limits.max_message_bytes.into() });
+        let every = std::time::Duration::from_millis(settings.collect_every_ms);
+        let collector = Rc::downgrade(&shared);
+        tokio::task::spawn_local(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(shared) = collector.upgrade() else { return };
+                if let Err(error) = shared.collect(false) {
+                    tracing::error!(%error, "collection failed");
+                }
+            }
+        });
+        Ok(StorageService { shared, home, stats })
+    }
+}
+
+impl service::Server for StorageService {
+    async fn status(self: CapRc<Self>, _: service::StatusParams, mut results: service::StatusResults) -> capnp::Result<()> {
+        let catalog = self.shared.catalog.borrow();
+        let counters = &self.shared.counters;
+        let (used, reserved) = catalog.usage();
+        let mut all = vec![
+            ("blocks", catalog.len() as u64),
+            ("bytes_held", used),
+            ("bytes_reserved", reserved),
+            ("puts", counters.puts.get()),
+            ("puts_existing", counters.puts_existing.get()),
+            ("puts_refused", counters.puts_refused.get()),
+            ("gets", counters.gets.get()),
+            ("gets_missed", counters.gets_missed.get()),
+            ("bytes_read", counters.bytes_read.get()),
+            ("leases_extended", counters.extended.get()),
+            ("collected_blocks", catalog.collected.0),
+            ("collected_bytes", catalog.collected.1),
+        ];
+        all.extend(self.stats.counters());
+        StatusReport { kind: ServiceKind::Storage, node: self.home.node_identity().ok().flatten(), note: "", links: vec![], counters: all, engines: vec![] }
+            .write(results.get().init_status());
+        Ok(())
+    }
+}
+
+impl storage::Server for StorageService {
+    async fn put(self: CapRc<Self>, params: storage::PutParams, mut results: storage::PutResults) -> capnp::Result<()> {
+        let block = params.get()?.get_block()?;
+        let prefs = block.get_prefs()?;
+        let content = block.get_content()?;
+        let id = block.get_id()?;
+        let shared = &self.shared;
+        let outcome = async {
+            let expected = optional_id(id)?;
+            let (reservation, entry, mut pending) = shared.begin(content.len() as u64, prefs.get_expiry(), prefs.get_min_trust())?;
+            if let Err(error) = pending.write(content) {
+                pending.abandon();
+                shared.catalog.borrow_mut().release(reservation);
+                return Err(error.into());
+            }
+            shared.complete(reservation, entry, pending, expected).await
+        };
+        let outcome = outcome.await.map_err(|refused| shared.refused(refused));
+        let out = results.get().init_result();
+        match outcome {
+            Ok((id, entry)) => write_info(out.init_stored(), &id, &entry),
+            Err(refused) => refused.write(out.init_refused()),
+        }
+        Ok(())
+    }
+
+    async fn get(self: CapRc<Self>, params: storage::GetParams, mut results: storage::GetResults) -> capnp::Result<()> {
+        let shared = &self.shared;
+        bump(&shared.counters.gets);
+        let found = read_id(params.get()?.get_request()?.get_id()?).and_then(|id| {
+            let entry = shared.catalog.borrow().get(&id).copied().ok_or(Refusal::Unknown(id))?;
+            if entry.size > shared.max_message_bytes {
+                let detail = format!("block {id} is {} bytes, more than one message carries ({}): open it and read it by ranges", entry.size, shared.max_message_bytes);
+                return Err(Refused(StorageRefusal::TooLarge, detail));
+            }
+            let content = match shared.store.content(&id, &entry)? {
+                Content::Inline(bytes) => bytes,
+                Content::File(file) => {
+                    let mut bytes = vec![0; entry.size as usize];
+                    file.read_exact_at(&mut bytes, 0).map_err(StoreError::Io)?;
+                    bytes
+                }
+            };
+            Ok((id, content))
+        });
+        let out = results.get().init_result();
+        match found {
+            Ok((id, content)) => {
+                shared.counters.bytes_read.set(shared.counters.bytes_read.get() + content.len() as u64);
+                let mut response = out.init_found();
+                response.set_id(&id.0);
+                response.set_content(&content);
+            }
+            Err(refused) => {
+                bump(&shared.counters.gets_missed);
+                refused.write(out.init_refused());
+            }
+        }
+        Ok(())
+    }
+
+    async fn extend(self: CapRc<Self>, params: storage::ExtendParams, mut results: storage::ExtendResults) -> capnp::Result<()> {
+        let params = params.get()?;
+        let shared = &self.shared;
+        let extended = read_id(params.get_id()?).and_then(|id| {
+            let before = shared.catalog.borrow().get(&id).copied();
+            let entry = shared.catalog.borrow_mut().extend(id, params.get_expiry(), now_ms())?;
+            if before != Some(entry) {
+                shared.store.update(&id, &entry)?;
+            }
+            Ok((id, entry))
+        });
+        let out = results.get().init_result();
+        match extended {
+            Ok((id, entry)) => {
+                bump(&shared.counters.extended);
+                write_info(out.init_extended(), &id, &entry);
+            }
+            Err(refused) => refused.write(out.init_refused()),
+        }
+        Ok(())
+    }
+
+    async fn write(self: CapRc<Self>, params: storage::WriteParams, mut results: storage::WriteResults) -> capnp::Result<()> {
+        let params = params.get()?;
+        let prefs = params.get_prefs()?;
+        let shared = &self.shared;
+        let begun = optional_id(params.get_id()?).and_then(|expected| Ok((expected, shared.begin(params.get_size(), prefs.get_expiry(), prefs.get_min_trust())?)));
+        let mut out = results.get().init_result();
+        match begun {
+            Ok((expected, (reservation, entry, pending))) => {
+                let writer = BlockWriter { shared: shared.clone(), put: RefCell::new(Some((reservation, entry, pending))), expected, failed: RefCell::new(None) };
+                out.set_writer(capnp_rpc::new_client(writer));
+            }
+            Err(refused) => shared.refused(refused).write(out.init_refused()),
+        }
+        Ok(())
+    }
+
+    async fn open(self: CapRc<Self>, params: storage::OpenParams, mut results: storage::OpenResults) -> capnp::Result<()> {
+        let shared = &self.shared;
+        bump(&shared.counters.gets);
+        let opened = read_id(params.get()?.get_id()?).and_then(|id| {
+            let entry = shared.catalog.borrow().get(&id).copied().ok_or(Refusal::Unknown(id))?;
+            let content = shared.store.content(&id, &entry)?;
+            shared.catalog.borrow_mut().hold(id);
+            Ok((id, entry, content))
+        });
+        let out = results.get().init_result();
+        match opened {
+            Ok((id, entry, content)) => {
+                let reader = BlockReader { shared: shared.clone(), id, size: entry.size, content };
+                let mut opened = out.init_opened();
+                opened.set_reader(capnp_rpc::new_client(reader));
+                write_info(opened.init_info(), &id, &entry);
+            }
+            Err(refused) => {
+                bump(&shared.counters.gets_missed);
+                refused.write(out.init_refused());
+            }
+        }
+        Ok(())
+    }
+
+    async fn blocks(self: CapRc<Self>, _: storage::BlocksParams, mut results: storage::BlocksResults) -> capnp::Result<()> {
+        let catalog = self.shared.catalog.borrow();
+        let mut out = results.get().init_blocks(catalog.len() as u32);
+        for (i, (id, entry)) in catalog.iter().enumerate() {
+            write_info(out.reborrow().get(i as u32), id, entry);
+        }
+        Ok(())
+    }
+
+    async fn collect(self: CapRc<Self>, params: storage::CollectParams, mut results: storage::CollectResults) -> capnp::Result<()> {
+        let collection = self.shared.collect(params.get()?.get_dry_run()).map_err(|e| capnp::Error::failed(e.to_string()))?;
+        let mut out = results.get();
+        out.set_bytes(collection.bytes);
+        out.set_held(collection.held);
+        let mut reclaimed = out.init_reclaimed(collection.reclaimed.len() as u32);
+        for (i, (id, size)) in collection.reclaimed.iter().enumerate() {
+            let mut info = reclaimed.reborrow().get(i as u32);
+            info.set_id(&id.0);
+            info.set_size(*size);
+        }
+        Ok(())
+    }
+}
+
+/// A put being written in pieces. Dropped unfinished, it gives its room back and leaves no file.
+struct BlockWriter {
+    shared: Rc<Shared>,
+    put: RefCell<Option<(Reservation, Entry, Pending)>>,
+    expected: Option<ContentId>,
+    /// The first refusal, said again by `finish`.
+    failed: RefCell<Option<String>>,
+}
+
+impl BlockWriter {
+    fn fail(&self, refused: Refused) -> capnp::Error {
+        let detail = refused.1.clone();
+        self.failed.borrow_mut().get_or_insert(detail.clone());
+        if let Some((reservation, _, pending)) = self.put.borrow_mut().take() {
+            pending.abandon();
+            self.shared.catalog.borrow_mut().release(reservation);
+        }
+        capnp::Error::failed(detail)
+    }
+}
+
+impl block_writer::Server for BlockWriter {
+    async fn write(self: CapRc<Self>, params: block_writer::WriteParams) -> capnp::Result<()> {
+        let bytes = params.get()?.get_bytes()?;
+        let written = match self.put.borrow_mut().as_mut() {
+            Some((_, _, pending)) => pending.write(bytes),
+            None => return Err(capnp::Error::failed(self.failed.borrow().clone().unwrap_or_else(|| "the put is already finished".into()))),
+        };
+        written.map_err(|error| self.fail(error.into()))
+    }
+
+    async fn finish(self: CapRc<Self>, _: block_writer::FinishParams, mut results: block_writer::FinishResults) -> capnp::Result<()> {
+        let put = self.put.borrow_mut().take();
+        let outcome = match (put, self.failed.borrow().clone()) {
+            (Some((reservation, entry, pending)), _) => self.shared.complete(reservation, entry, pending, self.expected).await,
+            (None, Some(detail)) => Err(Refused(StorageRefusal::SizeMismatch, detail)),
+            (None, None) => Err(Refused(StorageRefusal::Malformed, "the put is already finished".into())),
+        };
+        let out = results.get().init_result();
+        match outcome.map_err(|refused| self.shared.refused(refused)) {
+            Ok((id, entry)) => write_info(out.init_stored(), &id, &entry),
+            Err(refused) => refused.write(out.init_refused()),
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BlockWriter {
+    fn drop(&mut self) {
+        if let Some((reservation, _, pending)) = self.put.get_mut().take() {
+            pending.abandon();
+            self.shared.catalog.borrow_mut().release(reservation);
+        }
+    }
+}
+
+/// An open block: held, so not collected, until the reader is dropped.
+struct BlockReader {
+    shared: Rc<Shared>,
+    id: ContentId,
+    size: u64,
+    content: Content,
+}
+
+/// The largest piece one read returns.
+pub const MAX_READ: u32 = 1 << 20;
+
+impl block_reader::Server for BlockReader {
+    async fn read(self: CapRc<Self>, params: block_reader::ReadParams, mut results: block_reader::ReadResults) -> capnp::Result<()> {
+        let params = params.get()?;
+        let offset = params.get_offset();
+        if offset > self.size {
+            return Err(capnp::Error::failed(format!("offset {offset} is past the end of block {} ({} bytes)", self.id, self.size)));
+        }
+        let length = params.get_length().min(MAX_READ) as u64;
+        let end = self.size.min(offset + length);
+        let out = results.get().init_bytes((end - offset) as u32);
+        match &self.content {
+            Content::Inline(bytes) => out.copy_from_slice(&bytes[offset as usize..end as usize]),
+            Content::File(file) => file.read_exact_at(out, offset).map_err(|e| capnp::Error::failed(format!("reading block {}: {e}", self.id)))?,
+        }
+        let counter = &self.shared.counters.bytes_read;
+        counter.set(counter.get() + end - offset);
+        Ok(())
+    }
+}
+
+impl Drop for BlockReader {
+    fn drop(&mut self) {
+        self.shared.catalog.borrow_mut().let_go(self.id);
+    }
+}
