@@ -7,6 +7,7 @@
 pub mod pubsub;
 pub mod rng;
 pub mod routing;
+pub mod storage;
 pub mod world;
 
 pub use routing::Traffic;

@@ -9,17 +9,16 @@
 use crate::core::catalog::Entry;
 use bao_tree::io::outboard::PreOrderOutboard;
 use bao_tree::io::sync::CreateOutboard;
-use bao_tree::{BaoTree, BlockSize};
+use crate::core::verify::{GROUP, GROUP_BYTES};
+use bao_tree::BaoTree;
 use netmachine_schema::ContentId;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-/// Blocks up to this size are kept in the database, whole; larger ones as files.
-pub const INLINE_MAX: u64 = 16 * 1024;
-/// Chunk groups of 16 KiB (2^4 BLAKE3 chunks of 1 KiB): the unit of verification.
-pub const GROUP: BlockSize = BlockSize::from_chunk_log(4);
+/// Blocks up to one chunk group are kept in the database, whole; larger ones as files.
+pub const INLINE_MAX: u64 = GROUP_BYTES;
 
 const ENTRIES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("entries");
 const INLINE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("inline");

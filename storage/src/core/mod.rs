@@ -4,6 +4,8 @@
 //! catalog decides.
 
 pub mod catalog;
+pub mod fetch;
+pub mod verify;
 
 /// Milliseconds since the Unix epoch (the wire's `Time`).
 pub type Millis = u64;

@@ -1,0 +1,195 @@
+//! Checking a block's bytes as they stream from a peer. A response to a range request is the
+//! BLAKE3 tree's parent hashes and the requested 16 KiB chunk groups, in pre-order (as
+//! `bao-tree` encodes it); each item is checked against the hash its parent vouched for the
+//! moment its last byte arrives, so a peer that sends a bad byte is caught within one group.
+//! Bytes may arrive in pieces of any size.
+
+use bao_tree::iter::BaoChunk;
+use bao_tree::{BaoTree, ChunkNum, ChunkRanges};
+use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode};
+use netmachine_schema::ContentId;
+
+/// 16 KiB chunk groups: 2^4 BLAKE3 chunks.
+pub const GROUP_BYTES: u64 = 16 * 1024;
+pub const GROUP: bao_tree::BlockSize = bao_tree::BlockSize::from_chunk_log(4);
+const CHUNKS_PER_GROUP: u64 = 16;
+
+/// Groups in a block of `size` bytes (at least one: an empty block is one empty group).
+pub fn groups(size: u64) -> u64 {
+    size.div_ceil(GROUP_BYTES).max(1)
+}
+
+/// The chunk ranges of groups `first..end`.
+pub fn group_ranges(first: u64, end: u64) -> ChunkRanges {
+    ChunkRanges::from(ChunkNum(first * CHUNKS_PER_GROUP)..ChunkNum(end * CHUNKS_PER_GROUP))
+}
+
+/// Bytes a peer sent that its hashes do not vouch for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the bytes at offset {offset} of block {id} do not match its hash")]
+pub struct Corrupt {
+    pub id: ContentId,
+    pub offset: u64,
+}
+
+/// A group checked: its offset in the block, and its bytes.
+pub type Group = (u64, Vec<u8>);
+
+/// Checks one response to a request for some groups of one block.
+pub struct Verifier {
+    id: ContentId,
+    /// What the response holds, in order.
+    items: std::vec::IntoIter<BaoChunk>,
+    current: Option<BaoChunk>,
+    /// The hashes vouched for and not yet matched, the next on top.
+    expected: Vec<[u8; 32]>,
+    buffer: Vec<u8>,
+}
+
+impl Verifier {
+    /// Expects the groups `ranges` of block `id`, of `size` bytes.
+    pub fn new(id: ContentId, size: u64, ranges: &ChunkRanges) -> Self {
+        let tree = BaoTree::new(size, GROUP);
+        let items: Vec<BaoChunk> = tree.ranges_pre_order_chunks_iter_ref(ranges, 0).map(|item| item.without_ranges()).collect();
+        let mut items = items.into_iter();
+        let current = items.next();
+        Verifier { id, items, current, expected: vec![id.0], buffer: Vec::new() }
+    }
+
+    /// True once every item of the response arrived and was checked.
+    pub fn finished(&self) -> bool {
+        self.current.is_none()
+    }
+
+    /// Takes the next bytes of the response: the groups they completed, checked; the first bad
+    /// item is an error (and nothing after it is read). Bytes past the end are refused too.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<Vec<Group>, Corrupt> {
+        let mut groups = Vec::new();
+        while let Some(item) = self.current.clone() {
+            let want = match item {
+                BaoChunk::Parent { .. } => 64,
+                BaoChunk::Leaf { size, .. } => size,
+            };
+            let take = (want - self.buffer.len()).min(bytes.len());
+            self.buffer.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.buffer.len() < want {
+                break;
+            }
+            let item_bytes = std::mem::take(&mut self.buffer);
+            let expected = self.expected.pop().unwrap_or_default();
+            match item {
+                BaoChunk::Parent { is_root, left, right, node, .. } => {
+                    let (l, r): (ChainingValue, ChainingValue) = (item_bytes[..32].try_into().unwrap_or_default(), item_bytes[32..].try_into().unwrap_or_default());
+                    let actual = if is_root { *merge_subtrees_root(&l, &r, Mode::Hash).as_bytes() } else { merge_subtrees_non_root(&l, &r, Mode::Hash) };
+                    if actual != expected {
+                        return Err(Corrupt { id: self.id, offset: node.chunk_range().start.to_bytes() });
+                    }
+                    if right {
+                        self.expected.push(r);
+                    }
+                    if left {
+                        self.expected.push(l);
+                    }
+                }
+                BaoChunk::Leaf { start_chunk, is_root, .. } => {
+                    let actual = if is_root {
+                        *blake3::hash(&item_bytes).as_bytes()
+                    } else {
+                        blake3::Hasher::new().set_input_offset(start_chunk.to_bytes()).update(&item_bytes).finalize_non_root()
+                    };
+                    if actual != expected {
+                        return Err(Corrupt { id: self.id, offset: start_chunk.to_bytes() });
+                    }
+                    groups.push((start_chunk.to_bytes(), item_bytes));
+                }
+            }
+            self.current = self.items.next();
+        }
+        if !bytes.is_empty() {
+            return Err(Corrupt { id: self.id, offset: u64::MAX });
+        }
+        Ok(groups)
+    }
+}
+
+/// Encodes groups `ranges` of `content` as a provider answers a request (the tree's parents
+/// and the groups, in pre-order), from the block's pre-order outboard.
+pub fn encode(content: &[u8], outboard: &[u8], ranges: &ChunkRanges) -> std::io::Result<Vec<u8>> {
+    let outboard = bao_tree::io::outboard::PreOrderOutboard { root: blake3::hash(content), tree: BaoTree::new(content.len() as u64, GROUP), data: outboard };
+    let mut encoded = Vec::new();
+    bao_tree::io::sync::encode_ranges_validated(content, outboard, ranges, &mut encoded).map_err(std::io::Error::other)?;
+    Ok(encoded)
+}
+
+/// The pre-order outboard of `content`, as the store keeps it.
+pub fn outboard(content: &[u8]) -> Vec<u8> {
+    bao_tree::io::outboard::PreOrderMemOutboard::create(content, GROUP).data
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn content(size: usize) -> Vec<u8> {
+        (0..size).map(|i| (i * 31 % 253) as u8).collect()
+    }
+
+    fn check(content: &[u8], ranges: &ChunkRanges, piece: usize) -> Result<Vec<Group>, Corrupt> {
+        let encoded = encode(content, &outboard(content), ranges).unwrap();
+        let mut verifier = Verifier::new(ContentId::of(content), content.len() as u64, ranges);
+        let mut groups = Vec::new();
+        for bytes in encoded.chunks(piece) {
+            groups.extend(verifier.feed(bytes)?);
+        }
+        // The end of the stream (an empty block's one group is empty).
+        groups.extend(verifier.feed(&[])?);
+        assert!(verifier.finished());
+        Ok(groups)
+    }
+
+    #[test]
+    fn every_group_of_a_response_checks_out_whatever_the_pieces_it_arrives_in() {
+        for size in [0, 1, 16_384, 16_385, 100_000, 1_000_003] {
+            let block = content(size);
+            let all = groups(size as u64);
+            for piece in [1, 77, 16_384, 1 << 20] {
+                let got = check(&block, &group_ranges(0, all), piece).unwrap();
+                let joined: Vec<u8> = got.iter().flat_map(|(_, bytes)| bytes.clone()).collect();
+                assert_eq!(joined, block, "size {size}, pieces of {piece}");
+            }
+            // The last group alone proves the size.
+            let last = check(&block, &group_ranges(all - 1, all), 1000).unwrap();
+            assert_eq!(last.len(), 1);
+            assert_eq!(last[0].0, (all - 1) * GROUP_BYTES);
+        }
+    }
+
+    #[test]
+    fn a_bad_byte_is_caught_in_its_own_group_and_a_wrong_size_is_caught() {
+        let block = content(200_000);
+        let ranges = group_ranges(2, 6);
+        let mut encoded = encode(&block, &outboard(&block), &ranges).unwrap();
+        let len = encoded.len();
+        encoded[len - 100] ^= 1;
+        let mut verifier = Verifier::new(ContentId::of(&block), block.len() as u64, &ranges);
+        let mut good = Vec::new();
+        let mut caught = None;
+        for bytes in encoded.chunks(4096) {
+            match verifier.feed(bytes) {
+                Ok(groups) => good.extend(groups.into_iter().map(|(offset, _)| offset)),
+                Err(corrupt) => {
+                    caught = Some(corrupt.offset);
+                    break;
+                }
+            }
+        }
+        assert_eq!(good, vec![2 * GROUP_BYTES, 3 * GROUP_BYTES, 4 * GROUP_BYTES], "the groups before the bad one check out");
+        assert_eq!(caught, Some(5 * GROUP_BYTES));
+        // A provider that claims another size: its last group does not check out.
+        let last = groups(200_000);
+        let honest = encode(&block, &outboard(&block), &group_ranges(last - 1, last)).unwrap();
+        let mut lied = Verifier::new(ContentId::of(&block), 200_000 + GROUP_BYTES, &group_ranges(last, last + 1));
+        assert!(lied.feed(&honest).is_err());
+    }
+}
