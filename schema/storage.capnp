@@ -16,13 +16,40 @@ interface Storage extends(Svc.Service) {
   extend @2 (id :Id.ContentId, expiry :Id.Time) -> (result :ExtendResult);
   # Starts a put of `size` bytes, written in pieces. `id` as in put.
   write @3 (size :UInt64, prefs :Msg.BlockPrefs, id :Id.ContentId) -> (result :WriteResult);
-  # Opens a held block for reading by ranges; it is not collected while the reader is held.
-  open @4 (id :Id.ContentId) -> (result :OpenResult);
+  # Opens a block for reading by ranges; it is not collected while the reader is held. A block
+  # not held here is fetched first from the nodes `from` (none: the connected nodes), unless
+  # `localOnly`.
+  open @4 (id :Id.ContentId, from :List(Id.Identity), localOnly :Bool) -> (result :OpenResult);
   # Every block held.
   blocks @5 () -> (blocks :List(BlockInfo));
   # Collects the blocks whose lease ended (a dry run only says which).
   collect @6 (dryRun :Bool) -> (reclaimed :List(BlockInfo), bytes :UInt64, held :UInt64);
+  # Another node's request for groups of a block (the transport calls this for each block
+  # stream it accepts, with the trust this node gives the asking one): the answer goes into
+  # `sink` (see below); `bytes`: how many it wrote, for the transport to wait for before it
+  # ends the stream.
+  serve @7 (node :Id.Identity, trust :UInt8, request :Data, sink :Svc.ByteSink) -> (bytes :UInt64);
 }
+
+# What a node asks another for, on a block stream (serialized: the `request` of openStream and
+# serve).
+struct BlockRequest {
+  id @0 :Id.ContentId;
+  union {
+    last @1 :Void;                   # the size and the last group, which proves it
+    groups :group {                  # groups first..end (16 KiB each; 64 at most)
+      first @2 :UInt64;
+      end @3 :UInt64;
+    }
+  }
+}
+
+# A block stream's answer starts with one byte:
+#   0: served; then the block's size (8 bytes, little endian) and the groups asked for,
+#      encoded for verified streaming (pre-order parents and groups, as bao-tree encodes them)
+#   1: the block is not held here
+#   2: denied: the block's minTrust is more than this node gives the asking one
+#   3: malformed request
 
 interface BlockWriter {
   write @0 (bytes :Data) -> stream;

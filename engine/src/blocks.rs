@@ -5,7 +5,7 @@
 
 use netmachine_schema::storage_capnp::{block_info, block_writer, refused, storage};
 pub use netmachine_schema::storage_capnp::StorageRefusal;
-use netmachine_schema::ContentId;
+use netmachine_schema::{ContentId, Identity};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use tokio::sync::{mpsc, oneshot};
@@ -80,7 +80,7 @@ pub type Progress = Box<dyn FnMut(u64, u64) + Send>;
 
 enum Call {
     Put { source: Source, size: u64, prefs: BlockPrefs, id: Option<ContentId>, done: Reply<BlockInfo> },
-    Get { id: ContentId, sink: Sink, progress: Progress, done: Reply<BlockInfo> },
+    Get { id: ContentId, from: Vec<Identity>, sink: Sink, progress: Progress, done: Reply<BlockInfo> },
     Extend { id: ContentId, expiry: u64, done: Reply<BlockInfo> },
     List { done: Reply<Vec<BlockInfo>> },
     Collect { dry_run: bool, done: Reply<Collected> },
@@ -125,17 +125,19 @@ impl Blocks {
         self.call(|done| Call::Put { source, size, prefs, id, done }).await
     }
 
-    /// The content of block `id`.
+    /// The content of block `id`; if the node does not hold it, fetched first from the nodes
+    /// it is connected to.
     pub async fn get(&self, id: ContentId) -> Result<Vec<u8>, BlockError> {
         let (sink, content) = SharedBuffer::new();
-        self.get_into(id, Box::new(sink), Box::new(|_, _| {})).await?;
+        self.get_into(id, Vec::new(), Box::new(sink), Box::new(|_, _| {})).await?;
         Ok(content.take())
     }
 
     /// Writes the content of block `id` into `sink`, telling `progress` (bytes done, size) as
-    /// pieces arrive.
-    pub async fn get_into(&self, id: ContentId, sink: Sink, progress: Progress) -> Result<BlockInfo, BlockError> {
-        self.call(|done| Call::Get { id, sink, progress, done }).await
+    /// pieces arrive. A block the node does not hold is fetched first from the nodes `from`
+    /// (none: every node it is connected to).
+    pub async fn get_into(&self, id: ContentId, from: Vec<Identity>, sink: Sink, progress: Progress) -> Result<BlockInfo, BlockError> {
+        self.call(|done| Call::Get { id, from, sink, progress, done }).await
     }
 
     /// Extends block `id`'s lease to `expiry` (ms since the epoch; never shortened).
@@ -209,8 +211,8 @@ fn serve(socket: PathBuf, word_limit: usize, mut calls: mpsc::Receiver<Call>, co
                 Call::Put { source, size, prefs, id, done } => {
                     let _ = done.send(put(&service, source, size, prefs, id).await);
                 }
-                Call::Get { id, sink, progress, done } => {
-                    let _ = done.send(get(&service, id, sink, progress).await);
+                Call::Get { id, from, sink, progress, done } => {
+                    let _ = done.send(get(&service, id, &from, sink, progress).await);
                 }
                 Call::Extend { id, expiry, done } => {
                     let _ = done.send(extend(&service, id, expiry).await);
@@ -268,9 +270,13 @@ async fn put(service: &storage::Client, mut source: Source, size: u64, prefs: Bl
     }
 }
 
-async fn get(service: &storage::Client, id: ContentId, mut sink: Sink, mut progress: Progress) -> Result<BlockInfo, BlockError> {
+async fn get(service: &storage::Client, id: ContentId, from: &[Identity], mut sink: Sink, mut progress: Progress) -> Result<BlockInfo, BlockError> {
     let mut request = service.open_request();
     request.get().set_id(&id.0);
+    let mut nodes = request.get().init_from(from.len() as u32);
+    for (i, node) in from.iter().enumerate() {
+        nodes.set(i as u32, &node.0);
+    }
     let answer = request.send().promise.await?;
     let (reader, info) = match answer.get()?.get_result()?.which()? {
         netmachine_schema::storage_capnp::open_result::Opened(opened) => (opened.get_reader()?, read_info(opened.get_info()?)?),

@@ -756,7 +756,8 @@ impl Engine {
         self.blocks()?.put(content, prefs).await
     }
 
-    /// The content of block `id`, from the node's storage.
+    /// The content of block `id`, from the node's storage, which fetches it first from the
+    /// nodes it is connected to if it does not hold it.
     pub async fn get_block(&self, id: ContentId) -> Result<Vec<u8>, blocks::BlockError> {
         self.blocks()?.get(id).await
     }
@@ -764,7 +765,7 @@ impl Engine {
     /// Writes the content of block `id` into `sink` piece by piece, for blocks too large to
     /// hold in memory at once.
     pub async fn read_block(&self, id: ContentId, sink: blocks::Sink) -> Result<blocks::BlockInfo, blocks::BlockError> {
-        self.blocks()?.get_into(id, sink, Box::new(|_, _| {})).await
+        self.blocks()?.get_into(id, Vec::new(), sink, Box::new(|_, _| {})).await
     }
 
     /// Extends block `id`'s lease to `expiry` (ms since the Unix epoch); a lease is never

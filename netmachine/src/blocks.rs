@@ -4,7 +4,7 @@
 use crate::node_client::run_local;
 use anyhow::{Context, Result};
 use netmachine_engine::blocks::{BlockInfo, BlockPrefs, Blocks};
-use netmachine_engine::ContentId;
+use netmachine_engine::{ContentId, Identity};
 use netmachine_schema::time::now_ms;
 use netmachine_service::{NodeHome, ServiceKind};
 use std::io::IsTerminal;
@@ -74,9 +74,11 @@ pub fn put(root: &Path, set: &[String], file: &Path, lifetime: Option<u64>, min_
     Ok(())
 }
 
-/// Writes block ID to FILE (or standard output), with a progress bar on a terminal.
-pub fn get(root: &Path, set: &[String], id: &str, output: Option<PathBuf>) -> Result<()> {
+/// Writes block ID to FILE (or standard output), with a progress bar on a terminal; a block the
+/// node does not hold is fetched from the nodes `from` (none: the connected ones).
+pub fn get(root: &Path, set: &[String], id: &str, output: Option<PathBuf>, from: &[String]) -> Result<()> {
     let id = block_id(id)?;
+    let from = from.iter().map(|node| node.parse().with_context(|| format!("--from {node}"))).collect::<Result<Vec<Identity>>>()?;
     let blocks = connect(root, set)?;
     let sink: Box<dyn std::io::Write + Send> = match &output {
         Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?)),
@@ -94,7 +96,7 @@ pub fn get(root: &Path, set: &[String], id: &str, output: Option<PathBuf>) -> Re
             bar.set_position(done);
         }
     });
-    let fetched = run_local(async { Ok(blocks.get_into(id, sink, progress).await?) });
+    let fetched = run_local(async { Ok(blocks.get_into(id, from, sink, progress).await?) });
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

@@ -137,6 +137,10 @@ enum Command {
         /// The file to write (default: standard output)
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// A node to fetch it from if this node does not hold it (repeatable; default: every
+        /// connected node)
+        #[arg(long)]
+        from: Vec<String>,
     },
     /// List the blocks this node holds: id, size, expiry, complete or partial
     Blocks {
@@ -211,7 +215,7 @@ fn main() -> ExitCode {
         Command::Subscribe { key, topic, local } => topics::subscribe(&root, &cli.set, &key, &topic, local),
         Command::Topics { json } => topics::topics(&root, &cli.set, json),
         Command::Put { file, expiry, min_trust } => blocks::put(&root, &cli.set, &file, expiry, min_trust),
-        Command::Get { id, output } => blocks::get(&root, &cli.set, &id, output),
+        Command::Get { id, output, from } => blocks::get(&root, &cli.set, &id, output, &from),
         Command::Blocks { json } => blocks::list(&root, &cli.set, json),
         Command::Storage(command) => blocks::storage(&root, &cli.set, command),
         Command::Listen { key, json, echo } => messaging::listen(&root, &cli.set, &key, json, echo),

@@ -2,4 +2,6 @@
 
 pub mod core;
 pub mod store;
+pub mod fetching;
 pub mod server;
+pub mod serving;

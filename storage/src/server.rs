@@ -4,7 +4,11 @@
 
 use crate::core::catalog::{Catalog, Entry, Refusal, Reservation};
 use crate::core::Millis;
-use crate::store::{Content, Pending, PutError, Store, StoreError};
+use crate::store::{Content, Finished, Partial, Pending, PutError, Store, StoreError};
+use netmachine_schema::transport_capnp::transport;
+use netmachine_schema::Identity;
+use netmachine_service::Link;
+use std::collections::BTreeMap;
 use capnp::capability::Rc as CapRc;
 use netmachine_schema::service_capnp::service;
 use netmachine_schema::storage_capnp::{block_info, block_reader, block_writer, refused, storage, StorageRefusal};
@@ -18,7 +22,7 @@ use std::os::unix::fs::FileExt;
 use std::rc::Rc;
 
 /// What one refused call says: a reason the caller can act on, and a sentence.
-struct Refused(StorageRefusal, String);
+pub(crate) struct Refused(pub StorageRefusal, pub String);
 
 impl From<Refusal> for Refused {
     fn from(refusal: Refusal) -> Self {
@@ -75,7 +79,7 @@ fn optional_id(bytes: &[u8]) -> Result<Option<ContentId>, Refused> {
 
 /// What the service counts, for status.
 #[derive(Default)]
-struct Counters {
+pub(crate) struct Counters {
     puts: Cell<u64>,
     puts_existing: Cell<u64>,
     puts_refused: Cell<u64>,
@@ -83,19 +87,38 @@ struct Counters {
     gets_missed: Cell<u64>,
     bytes_read: Cell<u64>,
     extended: Cell<u64>,
+    pub fetches: Cell<u64>,
+    pub fetches_failed: Cell<u64>,
+    pub bytes_fetched: Cell<u64>,
+    pub peers_cut: Cell<u64>,
+    pub streams_served: Cell<u64>,
+    pub bytes_served: Cell<u64>,
+    pub serves_refused: Cell<u64>,
 }
 
-fn bump(counter: &Cell<u64>) {
-    counter.set(counter.get() + 1);
+pub(crate) fn bump(counter: &Cell<u64>) {
+    add(counter, 1);
 }
 
-/// The state the service and its writers and readers share.
-struct Shared {
-    catalog: RefCell<Catalog>,
-    store: Store,
-    counters: Counters,
+pub(crate) fn add(counter: &Cell<u64>, n: u64) {
+    counter.set(counter.get() + n);
+}
+
+/// The state the service and its writers, readers and fetches share.
+pub(crate) struct Shared {
+    pub catalog: RefCell<Catalog>,
+    pub store: Store,
+    pub counters: Counters,
     /// The largest block `get` answers whole.
     max_message_bytes: u64,
+    /// Bulk streams to other nodes' storage services.
+    pub transport: Link<transport::Client>,
+    /// Blocks being fetched (a second asker waits for the first fetch), and the partial blocks
+    /// left by fetches that did not finish, to resume.
+    pub fetching: RefCell<BTreeMap<ContentId, tokio::sync::watch::Receiver<bool>>>,
+    pub partials: RefCell<BTreeMap<ContentId, Partial>>,
+    /// Per node, how its answers went: lowered for each cut, raised for each block it gave.
+    pub reputation: RefCell<BTreeMap<Identity, i64>>,
 }
 
 impl Shared {
@@ -116,6 +139,11 @@ impl Shared {
     /// Checks a written put and keeps it (or, if the block was held already, extends its lease).
     async fn complete(&self, reservation: Reservation, entry: Entry, pending: Pending, expected: Option<ContentId>) -> Result<(ContentId, Entry), Refused> {
         let finished = tokio::task::spawn_blocking(move || pending.finish(expected)).await;
+        self.keep(reservation, entry, finished)
+    }
+
+    /// Keeps a checked block (a put, or a fetch), or, if it was held already, extends its lease.
+    pub fn keep(&self, reservation: Reservation, entry: Entry, finished: Result<Result<Finished, StoreError>, tokio::task::JoinError>) -> Result<(ContentId, Entry), Refused> {
         let finished = match finished {
             Ok(Ok(finished)) => finished,
             Ok(Err(error)) => {
@@ -181,13 +209,23 @@ impl StorageService {
     pub fn open(home: NodeHome, stats: Rc<ConnectionStats>) -> Result<Self, StoreError> {
         let settings = &home.config.storage;
         let config = crate::core::Config { max_bytes: settings.max_bytes, max_block_bytes: settings.max_block_bytes, default_lease: settings.default_lease_ms };
-        let (store, held) = Store::open(&home.data_dir().join("storage"))?;
+        let (store, found) = Store::open(&home.data_dir().join("storage"))?;
         let mut catalog = Catalog::new(config);
-        for (id, entry) in held {
+        for (id, entry) in found.blocks {
             catalog.load(id, entry);
         }
-        tracing::info!(blocks = catalog.len(), bytes = catalog.usage().0, "block store open");
-        let shared = Rc::new(Shared { catalog: RefCell::new(catalog), store, counters: Counters::default(), max_message_bytes: home.config.limits.max_message_bytes.into() });
+        tracing::info!(blocks = catalog.len(), bytes = catalog.usage().0, partial = found.partials.len(), "block store open");
+        let transport = Link::start(ServiceKind::Transport, home.socket(ServiceKind::Transport), home.config.rpc_word_limit(), |_| async { Ok(()) });
+        let shared = Rc::new(Shared {
+            catalog: RefCell::new(catalog),
+            store,
+            counters: Counters::default(),
+            max_message_bytes: home.config.limits.max_message_bytes.into(),
+            transport,
+            fetching: RefCell::new(BTreeMap::new()),
+            partials: RefCell::new(found.partials.into_iter().map(|p| (p.id, p)).collect()),
+            reputation: RefCell::new(BTreeMap::new()),
+        });
         let every = std::time::Duration::from_millis(settings.collect_every_ms);
         let collector = Rc::downgrade(&shared);
         tokio::task::spawn_local(async move {
@@ -223,9 +261,18 @@ impl service::Server for StorageService {
             ("leases_extended", counters.extended.get()),
             ("collected_blocks", catalog.collected.0),
             ("collected_bytes", catalog.collected.1),
+            ("partial_blocks", self.shared.partials.borrow().len() as u64),
+            ("fetches", counters.fetches.get()),
+            ("fetches_failed", counters.fetches_failed.get()),
+            ("bytes_fetched", counters.bytes_fetched.get()),
+            ("peers_cut", counters.peers_cut.get()),
+            ("streams_served", counters.streams_served.get()),
+            ("bytes_served", counters.bytes_served.get()),
+            ("serves_refused", counters.serves_refused.get()),
         ];
         all.extend(self.stats.counters());
-        StatusReport { kind: ServiceKind::Storage, node: self.home.node_identity().ok().flatten(), note: "", links: vec![], counters: all, engines: vec![] }
+        let links = vec![self.shared.transport.state()];
+        StatusReport { kind: ServiceKind::Storage, node: self.home.node_identity().ok().flatten(), note: "", links, counters: all, engines: vec![] }
             .write(results.get().init_status());
         Ok(())
     }
@@ -331,9 +378,17 @@ impl storage::Server for StorageService {
     }
 
     async fn open(self: CapRc<Self>, params: storage::OpenParams, mut results: storage::OpenResults) -> capnp::Result<()> {
+        let params = params.get()?;
         let shared = &self.shared;
         bump(&shared.counters.gets);
-        let opened = read_id(params.get()?.get_id()?).and_then(|id| {
+        let from = params.get_from()?.iter().map(|node| Identity::from_slice("from", node?).map_err(|e| capnp::Error::failed(e.to_string()))).collect::<capnp::Result<Vec<_>>>()?;
+        let wanted = read_id(params.get_id()?);
+        let fetched = match wanted {
+            Ok(id) if shared.catalog.borrow().get(&id).is_none() && !params.get_local_only() => crate::fetching::fetch(shared.clone(), id, from).await,
+            _ => Ok(()),
+        };
+        let opened = wanted.and_then(|id| {
+            fetched?;
             let entry = shared.catalog.borrow().get(&id).copied().ok_or(Refusal::Unknown(id))?;
             let content = shared.store.content(&id, &entry)?;
             shared.catalog.borrow_mut().hold(id);
@@ -352,6 +407,14 @@ impl storage::Server for StorageService {
                 refused.write(out.init_refused());
             }
         }
+        Ok(())
+    }
+
+    async fn serve(self: CapRc<Self>, params: storage::ServeParams, mut results: storage::ServeResults) -> capnp::Result<()> {
+        let params = params.get()?;
+        let node = Identity::from_slice("node", params.get_node()?).map_err(|e| capnp::Error::failed(e.to_string()))?;
+        let bytes = crate::serving::serve(&self.shared, node, params.get_trust(), params.get_request()?, params.get_sink()?).await?;
+        results.get().set_bytes(bytes);
         Ok(())
     }
 

@@ -5,6 +5,10 @@
 //! `tmp/`, checked, synced, renamed into `data/`, and only then committed with its entry and
 //! outboard in one transaction: a kill -9 at any point leaves either the whole block or none.
 //! What a crash left behind (files in `tmp/`, content with no entry) is removed at start.
+//!
+//! A block being fetched from other nodes is `partial/<id>`, sized once its size is proven,
+//! each group written where it belongs as it checks out; the `partials` table holds its size
+//! and which groups are written, so a fetch cut short by a crash resumes from there.
 
 use crate::core::catalog::Entry;
 use bao_tree::io::outboard::PreOrderOutboard;
@@ -23,6 +27,8 @@ pub const INLINE_MAX: u64 = GROUP_BYTES;
 const ENTRIES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("entries");
 const INLINE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("inline");
 const OUTBOARDS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("outboards");
+/// A partial block's size (8 bytes, little endian) and a bitmap of its groups written.
+const PARTIALS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("partials");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -67,8 +73,23 @@ fn decode(bytes: &[u8]) -> Option<Entry> {
 pub struct Store {
     db: redb::Database,
     data: PathBuf,
+    partial: PathBuf,
     tmp: PathBuf,
     next_tmp: std::cell::Cell<u64>,
+}
+
+/// What the store holds at start.
+pub struct Found {
+    pub blocks: Vec<(ContentId, Entry)>,
+    pub partials: Vec<Partial>,
+}
+
+/// A block being fetched: its proven size and the groups written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partial {
+    pub id: ContentId,
+    pub size: u64,
+    pub written: Vec<u64>,
 }
 
 /// A put being written: in memory if small, else to a file in `tmp/`.
@@ -104,19 +125,20 @@ pub enum Content {
 impl Store {
     /// Opens the store in `dir` (creating it): the blocks whose entry and content are both
     /// there, after removing what a crash left half-done.
-    pub fn open(dir: &Path) -> Result<(Store, Vec<(ContentId, Entry)>), StoreError> {
-        let (data, tmp) = (dir.join("data"), dir.join("tmp"));
+    pub fn open(dir: &Path) -> Result<(Store, Found), StoreError> {
+        let (data, tmp, partial) = (dir.join("data"), dir.join("tmp"), dir.join("partial"));
         std::fs::create_dir_all(&data)?;
+        std::fs::create_dir_all(&partial)?;
         // Puts in progress when the service stopped never completed.
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
         let db = redb::Database::create(dir.join("blocks.redb")).map_err(db_error)?;
         let txn = db.begin_write().map_err(db_error)?;
-        for table in [ENTRIES, INLINE, OUTBOARDS] {
+        for table in [ENTRIES, INLINE, OUTBOARDS, PARTIALS] {
             txn.open_table(table).map_err(db_error)?;
         }
         txn.commit().map_err(db_error)?;
-        let store = Store { db, data, tmp, next_tmp: std::cell::Cell::new(0) };
+        let store = Store { db, data, partial, tmp, next_tmp: std::cell::Cell::new(0) };
         let mut held = Vec::new();
         let mut lost = Vec::new();
         {
@@ -144,7 +166,94 @@ impl Store {
                 std::fs::remove_file(file.path())?;
             }
         }
-        Ok((store, held))
+        let partials = store.partials()?;
+        Ok((store, Found { blocks: held, partials }))
+    }
+
+    /// The partial blocks whose file is there (the others are forgotten, and files with no
+    /// row removed).
+    fn partials(&self) -> Result<Vec<Partial>, StoreError> {
+        let mut found = Vec::new();
+        let mut lost = Vec::new();
+        {
+            let read = self.db.begin_read().map_err(db_error)?;
+            let table = read.open_table(PARTIALS).map_err(db_error)?;
+            for row in table.iter().map_err(db_error)? {
+                let (id, bytes) = row.map_err(db_error)?;
+                let id = ContentId(*id.value());
+                let bytes = bytes.value();
+                let size = bytes.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+                match size {
+                    Some(size) if self.partial_file(&id).exists() => {
+                        let written = bytes[8..].iter().enumerate().flat_map(|(i, byte)| (0..8).filter(move |bit| byte & (1 << bit) != 0).map(move |bit| (i * 8 + bit) as u64)).collect();
+                        found.push(Partial { id, size, written });
+                    }
+                    _ => lost.push(id),
+                }
+            }
+        }
+        let txn = self.db.begin_write().map_err(db_error)?;
+        {
+            let mut table = txn.open_table(PARTIALS).map_err(db_error)?;
+            for id in &lost {
+                table.remove(&id.0).map_err(db_error)?;
+            }
+        }
+        txn.commit().map_err(db_error)?;
+        let known: std::collections::BTreeSet<String> = found.iter().map(|p| p.id.to_string()).collect();
+        for file in std::fs::read_dir(&self.partial)? {
+            let file = file?;
+            if !known.contains(file.file_name().to_string_lossy().as_ref()) {
+                std::fs::remove_file(file.path())?;
+            }
+        }
+        Ok(found)
+    }
+
+    /// Starts (or reopens) the partial file of block `id`, `size` bytes.
+    pub fn open_partial(&self, id: &ContentId, size: u64) -> Result<File, StoreError> {
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(self.partial_file(id))?;
+        file.set_len(size)?;
+        Ok(file)
+    }
+
+    /// Records which groups of partial block `id` are written (they are in its file already).
+    /// `durable`: synced to disk (else it survives a crash of the service, not of the machine).
+    pub fn record_partial(&self, id: &ContentId, size: u64, written: &std::collections::BTreeSet<u64>, durable: bool) -> Result<(), StoreError> {
+        let mut row = size.to_le_bytes().to_vec();
+        row.resize(8 + crate::core::verify::groups(size).div_ceil(8) as usize, 0);
+        for group in written {
+            row[8 + (group / 8) as usize] |= 1 << (group % 8);
+        }
+        let mut txn = self.db.begin_write().map_err(db_error)?;
+        if !durable {
+            txn.set_durability(redb::Durability::None).map_err(db_error)?;
+        }
+        txn.open_table(PARTIALS).map_err(db_error)?.insert(&id.0, row.as_slice()).map_err(db_error)?;
+        txn.commit().map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Forgets partial block `id` (its fetch failed for good, or completed).
+    pub fn drop_partial(&self, id: &ContentId) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(db_error)?;
+        txn.open_table(PARTIALS).map_err(db_error)?.remove(&id.0).map_err(db_error)?;
+        txn.commit().map_err(db_error)?;
+        let _ = std::fs::remove_file(self.partial_file(id));
+        Ok(())
+    }
+
+    /// Where partial block `id` is written.
+    pub fn partial_file(&self, id: &ContentId) -> PathBuf {
+        self.partial.join(id.to_string())
+    }
+
+    /// A held block's outboard (empty for a block of one group).
+    pub fn outboard(&self, id: &ContentId) -> Result<Vec<u8>, StoreError> {
+        let read = self.db.begin_read().map_err(db_error)?;
+        let table = read.open_table(OUTBOARDS).map_err(db_error)?;
+        let outboard = table.get(&id.0).map_err(db_error)?.map(|bytes| bytes.value().to_vec());
+        Ok(outboard.unwrap_or_default())
     }
 
     fn file(&self, id: &ContentId) -> PathBuf {
@@ -180,6 +289,8 @@ impl Store {
             }
         }
         txn.open_table(ENTRIES).map_err(db_error)?.insert(&id.0, encode(entry).as_slice()).map_err(db_error)?;
+        // A fetched block was partial until now.
+        txn.open_table(PARTIALS).map_err(db_error)?.remove(&id.0).map_err(db_error)?;
         txn.commit().map_err(db_error)?;
         Ok(())
     }
@@ -202,7 +313,7 @@ impl Store {
     /// Removes blocks: their entries first (durably), then their content.
     pub fn remove(&self, ids: &[ContentId]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(db_error)?;
-        for table in [ENTRIES, INLINE, OUTBOARDS] {
+        for table in [ENTRIES, INLINE, OUTBOARDS, PARTIALS] {
             let mut table = txn.open_table(table).map_err(db_error)?;
             for id in ids {
                 table.remove(&id.0).map_err(db_error)?;
@@ -291,6 +402,22 @@ impl Pending {
     }
 }
 
+/// A completed partial block at `path`, `size` bytes, made ready to keep as a put is: its
+/// content read (one group or less) or its outboard computed and its file synced. Reads the
+/// whole file: run it off the service's thread.
+pub fn finish_file(path: PathBuf, size: u64) -> Result<Finished, StoreError> {
+    let file = File::open(&path)?;
+    if size <= INLINE_MAX {
+        let mut content = Vec::new();
+        (&file).read_to_end(&mut content)?;
+        let _ = std::fs::remove_file(&path);
+        return Ok(Finished { id: ContentId::of(&content), size, body: FinishedBody::Inline(content) });
+    }
+    let (id, outboard) = outboard_of(&file, size)?;
+    file.sync_data()?;
+    Ok(Finished { id, size, body: FinishedBody::File { path, outboard } })
+}
+
 /// The BLAKE3 hash of `size` bytes of `file` and their pre-order outboard.
 fn outboard_of(file: &File, size: u64) -> io::Result<(ContentId, Vec<u8>)> {
     let mut reader = io::BufReader::with_capacity(1 << 20, file);
@@ -355,12 +482,13 @@ mod tests {
         let small = b"a small block".to_vec();
         let large: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
         {
-            let (store, held) = Store::open(dir.path()).unwrap();
-            assert!(held.is_empty());
+            let (store, found) = Store::open(dir.path()).unwrap();
+            assert!(found.blocks.is_empty());
             assert_eq!(put(&store, &small, 5), ContentId::of(&small));
             assert_eq!(put(&store, &large, 6), ContentId::of(&large), "the bao root is the BLAKE3 hash");
         }
-        let (store, mut held) = Store::open(dir.path()).unwrap();
+        let (store, found) = Store::open(dir.path()).unwrap();
+        let mut held = found.blocks;
         held.sort_by_key(|(_, entry)| entry.size);
         assert_eq!(held.iter().map(|(_, e)| (e.size, e.expiry)).collect::<Vec<_>>(), vec![(small.len() as u64, 5), (large.len() as u64, 6)]);
         assert_eq!(read(&store, &held[0].0, &held[0].1), small);
@@ -397,8 +525,8 @@ mod tests {
             std::fs::write(dir.path().join("tmp").join("put-7"), b"half").unwrap();
             kept
         };
-        let (_, held) = Store::open(dir.path()).unwrap();
-        assert_eq!(held.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![kept]);
+        let (_, found) = Store::open(dir.path()).unwrap();
+        assert_eq!(found.blocks.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![kept]);
         let files: Vec<_> = std::fs::read_dir(dir.path().join("data")).unwrap().map(|f| f.unwrap().file_name()).collect();
         assert_eq!(files, vec![std::ffi::OsString::from(kept.to_string())]);
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);

@@ -18,6 +18,7 @@ use crate::core::tls::{node_of_certificate, NodeTls};
 use futures::stream::{FuturesOrdered, StreamExt};
 use netmachine_schema::identity_store_capnp::identity_store;
 use netmachine_schema::router_capnp::router;
+use netmachine_schema::storage_capnp::storage;
 use netmachine_schema::service_capnp::subscription;
 use netmachine_schema::time::now_ms;
 use netmachine_schema::transport_capnp::{transport_events, ConnectRefusal};
@@ -54,6 +55,10 @@ pub struct Counters {
     pub connect_failures: Cell<u64>,
     /// Connections closed because another one to the same node stayed or replaced them.
     pub connections_replaced: Cell<u64>,
+    /// Bulk streams this node opened and finished reading, served to others, and refused.
+    pub streams_opened: Cell<u64>,
+    pub streams_served: Cell<u64>,
+    pub streams_refused: Cell<u64>,
 }
 
 fn bump(counter: &Cell<u64>, n: u64) {
@@ -104,6 +109,8 @@ pub struct Transport {
     pub advert: watch::Sender<Option<Vec<u8>>>,
     pub router: Link<router::Client>,
     pub identity_store: Link<identity_store::Client>,
+    /// Answers the block requests of other nodes' bulk streams.
+    pub storage: Link<storage::Client>,
     pub identity_watch: RefCell<Option<subscription::Client>>,
     pub events: Rc<Fanout<transport_events::Client>>,
     pub stats: Rc<ConnectionStats>,
@@ -126,6 +133,7 @@ impl Transport {
         stats: Rc<ConnectionStats>,
         router: impl FnOnce(std::rc::Weak<Transport>) -> Link<router::Client>,
         identity_store: impl FnOnce(std::rc::Weak<Transport>) -> Link<identity_store::Client>,
+        storage: Link<storage::Client>,
     ) -> Result<Rc<Self>, String> {
         let server = tls.server_config().map_err(|e| e.to_string())?;
         let mut endpoints = Vec::new();
@@ -165,6 +173,7 @@ impl Transport {
             advert: watch::channel(None).0,
             router: router(weak.clone()),
             identity_store: identity_store(weak.clone()),
+            storage,
             identity_watch: RefCell::new(None),
             events: Fanout::new("transport events", crate::events::MAX_SUBSCRIBERS),
             stats,
@@ -225,6 +234,11 @@ impl Transport {
 
     pub fn pool_counters(&self) -> crate::core::Counters {
         self.pool.borrow().counters()
+    }
+
+    /// The trust the identity store gives `node` (0 for a node it does not know).
+    pub fn trust(&self, node: &Identity) -> u8 {
+        self.pool.borrow().book().get(node).map_or(0, |peer| peer.trust)
     }
 
     /// The connection `node`'s frames go on.
@@ -518,6 +532,7 @@ impl Transport {
         let connection = PeerConnection { connection: quic, admission, dialed: direction == Direction::Dialed };
         self.conns.borrow_mut().insert(conn, connection.clone());
         let span = tracing::info_span!("peer", node = %node.short(), conn = conn.0);
+        tokio::task::spawn_local(self.clone().accept_streams(node, connection.connection.clone()).instrument(span.clone()));
         tokio::task::spawn_local(self.clone().read_connection(node, conn, connection).instrument(span));
         self.handle(Input::Established { node, conn, direction, incarnation });
     }

@@ -14,6 +14,7 @@ fn main() -> std::process::ExitCode {
         let words = context.home.config.rpc_word_limit();
         let router_socket = context.home.socket(ServiceKind::Router);
         let store_socket = context.home.socket(ServiceKind::IdentityStore);
+        let storage = Link::start(ServiceKind::Storage, context.home.socket(ServiceKind::Storage), words, |_| async { Ok(()) });
         let transport = Transport::bind(
             context.home,
             tls,
@@ -21,6 +22,7 @@ fn main() -> std::process::ExitCode {
             context.stats,
             |weak| Link::start(ServiceKind::Router, router_socket, words, peer_sync::on_router_connect(weak)),
             |weak| Link::start(ServiceKind::IdentityStore, store_socket, words, peer_sync::on_identity_store_connect(weak)),
+            storage,
         )?;
         transport.start();
         tracing::info!(addrs = ?transport.local_addrs(), "QUIC endpoint bound");

@@ -1,5 +1,6 @@
 //! The transport's RPC face: the router's sendFrame, the operator's connect, disconnect,
-//! connected nodes, add and remove peer, the event stream, and this node's advert.
+//! connected nodes, add and remove peer, the event stream, this node's advert, and bulk
+//! streams to other nodes (for the storage service).
 
 use crate::connections::Transport;
 use crate::peer_sync;
@@ -33,6 +34,9 @@ impl service::Server for TransportServer {
             ("connections_replaced", c.connections_replaced.get()),
             ("connections_refused", c.connections_refused.get()),
             ("connect_failures", c.connect_failures.get()),
+            ("streams_opened", c.streams_opened.get()),
+            ("streams_served", c.streams_served.get()),
+            ("streams_refused", c.streams_refused.get()),
             ("event_subscribers", t.events.len() as u64),
         ];
         counters.extend(t.stats.counters());
@@ -41,7 +45,7 @@ impl service::Server for TransportServer {
             kind: ServiceKind::Transport,
             node: Some(t.node),
             note: &note,
-            links: vec![t.router.state(), t.identity_store.state()],
+            links: vec![t.router.state(), t.identity_store.state(), t.storage.state()],
             counters,
             engines: vec![],
         }
@@ -128,6 +132,18 @@ impl transport::Server for TransportServer {
         })?;
         let message = capnp::serialize::read_message(&mut &advert[..], netmachine_service::rpc::reader_options(64 << 10))?;
         results.get().set_advert(message.get_root()?)?;
+        Ok(())
+    }
+
+    async fn open_stream(self: Rc<Self>, params: transport::OpenStreamParams, mut results: transport::OpenStreamResults) -> capnp::Result<()> {
+        let params = params.get()?;
+        let node = identity("node", params.get_node()?)?;
+        let opened = self.0.open_stream(node, params.get_kind()?, params.get_request()?, params.get_sink()?).await;
+        let mut out = results.get().init_result();
+        match opened {
+            Ok(bytes) => out.set_ended(bytes),
+            Err(reason) => out.set_failed(reason.as_str()),
+        }
         Ok(())
     }
 }

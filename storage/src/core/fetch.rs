@@ -349,7 +349,7 @@ mod tests {
         assert_eq!(fetch.poll_action(), None, "one ask for the size at a time");
         let last = groups(50_000) - 1;
         let mut answer = 50_001u64.to_le_bytes().to_vec();
-        answer.extend(encode(&content, &outboard(&content), &group_ranges(last, last + 1)).unwrap());
+        answer.extend(encode(&content[..], ContentId::of(&content), 50_000, &outboard(&content), &group_ranges(last, last + 1)).unwrap());
         fetch.answered(1, &answer, 10);
         assert_eq!(fetch.poll_action(), None, "the claimed last group is one byte longer: not checked yet");
         fetch.ended(1, 11);

@@ -7,6 +7,7 @@
 use bao_tree::iter::BaoChunk;
 use bao_tree::{BaoTree, ChunkNum, ChunkRanges};
 use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode};
+use bao_tree::io::sync::{ReadAt, Size};
 use netmachine_schema::ContentId;
 
 /// 16 KiB chunk groups: 2^4 BLAKE3 chunks.
@@ -113,12 +114,14 @@ impl Verifier {
     }
 }
 
-/// Encodes groups `ranges` of `content` as a provider answers a request (the tree's parents
-/// and the groups, in pre-order), from the block's pre-order outboard.
-pub fn encode(content: &[u8], outboard: &[u8], ranges: &ChunkRanges) -> std::io::Result<Vec<u8>> {
-    let outboard = bao_tree::io::outboard::PreOrderOutboard { root: blake3::hash(content), tree: BaoTree::new(content.len() as u64, GROUP), data: outboard };
+/// Encodes groups `ranges` of block `id` (`size` bytes of `data`) as a provider answers a
+/// request: the tree's parents and the groups, in pre-order, from the block's pre-order
+/// outboard. Not checked on the way out: the asking node checks every byte, and cuts a
+/// provider whose disk returned bad ones.
+pub fn encode(data: impl ReadAt + Size, id: ContentId, size: u64, outboard: &[u8], ranges: &ChunkRanges) -> std::io::Result<Vec<u8>> {
+    let outboard = bao_tree::io::outboard::PreOrderOutboard { root: blake3::Hash::from_bytes(id.0), tree: BaoTree::new(size, GROUP), data: outboard };
     let mut encoded = Vec::new();
-    bao_tree::io::sync::encode_ranges_validated(content, outboard, ranges, &mut encoded).map_err(std::io::Error::other)?;
+    bao_tree::io::sync::encode_ranges(data, outboard, ranges, &mut encoded).map_err(std::io::Error::other)?;
     Ok(encoded)
 }
 
@@ -136,7 +139,7 @@ mod tests {
     }
 
     fn check(content: &[u8], ranges: &ChunkRanges, piece: usize) -> Result<Vec<Group>, Corrupt> {
-        let encoded = encode(content, &outboard(content), ranges).unwrap();
+        let encoded = encode(content, ContentId::of(content), content.len() as u64, &outboard(content), ranges).unwrap();
         let mut verifier = Verifier::new(ContentId::of(content), content.len() as u64, ranges);
         let mut groups = Vec::new();
         for bytes in encoded.chunks(piece) {
@@ -169,7 +172,7 @@ mod tests {
     fn a_bad_byte_is_caught_in_its_own_group_and_a_wrong_size_is_caught() {
         let block = content(200_000);
         let ranges = group_ranges(2, 6);
-        let mut encoded = encode(&block, &outboard(&block), &ranges).unwrap();
+        let mut encoded = encode(&block[..], ContentId::of(&block), block.len() as u64, &outboard(&block), &ranges).unwrap();
         let len = encoded.len();
         encoded[len - 100] ^= 1;
         let mut verifier = Verifier::new(ContentId::of(&block), block.len() as u64, &ranges);
@@ -188,7 +191,7 @@ mod tests {
         assert_eq!(caught, Some(5 * GROUP_BYTES));
         // A provider that claims another size: its last group does not check out.
         let last = groups(200_000);
-        let honest = encode(&block, &outboard(&block), &group_ranges(last - 1, last)).unwrap();
+        let honest = encode(&block[..], ContentId::of(&block), block.len() as u64, &outboard(&block), &group_ranges(last - 1, last)).unwrap();
         let mut lied = Verifier::new(ContentId::of(&block), 200_000 + GROUP_BYTES, &group_ranges(last, last + 1));
         assert!(lied.feed(&honest).is_err());
     }

@@ -1,0 +1,283 @@
+//! Fetching a block this node does not hold from other nodes: the storage core's `Fetch`
+//! driven over the transport's bulk streams (one per request, to each peer's storage
+//! service). Checked groups go into `partial/<id>` as they arrive and are recorded, so a fetch
+//! cut short (kill -9 included) resumes from them when the block is asked for again. The disk
+//! budget is reserved once the size is proven; the block is held under the default lease once
+//! complete. Peers are asked in the order of their reputation here, which every cut lowers.
+
+use crate::core::fetch::{Action, Ask, CutReason, Fetch, FetchConfig};
+use crate::core::verify::GROUP_BYTES;
+use crate::core::catalog::{Entry, Reservation};
+use crate::server::{add, bump, Refused, Shared};
+use crate::serving::{write_request, Status};
+use crate::store::{finish_file, Partial};
+use netmachine_schema::service_capnp::byte_sink;
+use netmachine_schema::storage_capnp::StorageRefusal;
+use netmachine_schema::time::now_ms;
+use netmachine_schema::transport_capnp::{stream_result, StreamKind};
+use netmachine_schema::{ContentId, Identity};
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::FileExt;
+use std::rc::Rc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Written groups recorded durably every this many (the others survive a crash of the service,
+/// not of the machine).
+const DURABLE_EVERY: usize = 64;
+
+/// What a request's stream says, in order.
+enum StreamEvent {
+    Piece(u64, Vec<u8>),
+    /// The other side finished, after this many bytes.
+    Ended(u64, u64),
+    Failed(u64, String),
+}
+
+/// Fetches `id` from `from` (none: every connected node), unless another call is fetching it
+/// already, in which case this waits for that one.
+pub(crate) async fn fetch(shared: Rc<Shared>, id: ContentId, from: Vec<Identity>) -> Result<(), Refused> {
+    let running = shared.fetching.borrow().get(&id).cloned();
+    if let Some(mut running) = running {
+        let _ = running.wait_for(|done| *done).await;
+        return match shared.catalog.borrow().get(&id) {
+            Some(_) => Ok(()),
+            None => Err(Refused(StorageRefusal::Unknown, format!("block {id} could not be fetched (another request tried)"))),
+        };
+    }
+    let (done, watch) = tokio::sync::watch::channel(false);
+    shared.fetching.borrow_mut().insert(id, watch);
+    bump(&shared.counters.fetches);
+    let fetched = run(&shared, id, from).await;
+    shared.fetching.borrow_mut().remove(&id);
+    let _ = done.send(true);
+    if let Err(Refused(_, detail)) = &fetched {
+        bump(&shared.counters.fetches_failed);
+        tracing::info!(%id, %detail, "a fetch failed");
+    }
+    fetched
+}
+
+async fn run(shared: &Rc<Shared>, id: ContentId, from: Vec<Identity>) -> Result<(), Refused> {
+    let failed = |detail: String| Refused(StorageRefusal::Failed, detail);
+    let transport = shared.transport.client_within(Duration::from_secs(5)).await.ok_or_else(|| failed("the transport is unreachable, so no other node can be asked".into()))?;
+    let mut peers = from;
+    if peers.is_empty() {
+        let answer = transport.connected_nodes_request().send().promise.await.map_err(|e| failed(e.to_string()))?;
+        for node in answer.get().map_err(|e| failed(e.to_string()))?.get_nodes().map_err(|e| failed(e.to_string()))? {
+            peers.push(Identity::from_slice("node", node.get_node().map_err(|e| failed(e.to_string()))?).map_err(|e| failed(e.to_string()))?);
+        }
+    }
+    if peers.is_empty() {
+        return Err(Refused(StorageRefusal::Unknown, format!("no block {id} is held here, and no other node is connected to ask")));
+    }
+    let reputation = shared.reputation.borrow().clone();
+    peers.sort_by_key(|peer| std::cmp::Reverse(reputation.get(peer).copied().unwrap_or(0)));
+    let start = tokio::time::Instant::now();
+    let now = || start.elapsed().as_millis() as u64;
+    let config = FetchConfig::default();
+    let resumed = shared.partials.borrow_mut().remove(&id);
+    let mut driver = Driver { shared: shared.clone(), id, file: None, reservation: None, written: BTreeSet::new(), unrecorded: 0, size: 0 };
+    let mut fetch = match resumed {
+        Some(Partial { size, written, .. }) => {
+            driver.sized(size)?;
+            driver.written.extend(written.iter().copied());
+            tracing::info!(%id, size, groups = written.len(), "resuming a fetch");
+            Fetch::resume(id, config, size, written)
+        }
+        None => Fetch::new(id, config),
+    };
+    fetch.add_peers(peers, now());
+    let (events_in, mut events) = mpsc::channel(64);
+    let mut streams: BTreeMap<u64, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    // Per request: bytes received, the status byte seen, and the end once every byte is in.
+    let mut received: BTreeMap<u64, (u64, bool, Option<u64>)> = BTreeMap::new();
+    let outcome = 'fetching: loop {
+        while let Some(action) = fetch.poll_action() {
+            match action {
+                Action::Request { request, peer, ask } => {
+                    let groups = match ask {
+                        Ask::Last => None,
+                        Ask::Groups { first, end } => Some((first, end)),
+                    };
+                    let asked = write_request(&id, groups);
+                    streams.insert(request, tokio::task::spawn_local(open(transport.clone(), peer, request, asked, events_in.clone())));
+                    received.insert(request, (0, false, None));
+                }
+                Action::Cancel { request } => {
+                    if let Some(stream) = streams.remove(&request) {
+                        stream.abort();
+                    }
+                    received.remove(&request);
+                }
+                Action::Sized { size } => {
+                    if let Err(refused) = driver.sized(size) {
+                        break 'fetching Err(refused);
+                    }
+                }
+                Action::Store { offset, bytes } => {
+                    if let Err(refused) = driver.store(offset, &bytes) {
+                        break 'fetching Err(refused);
+                    }
+                }
+                Action::Cut { peer, reason } => {
+                    bump(&shared.counters.peers_cut);
+                    let lowered = match &reason {
+                        CutReason::Corrupt(_) => 10,
+                        CutReason::Unresponsive(_) => 1,
+                    };
+                    *shared.reputation.borrow_mut().entry(peer).or_default() -= lowered;
+                    tracing::warn!(%id, %peer, ?reason, "cut a peer from a fetch");
+                }
+                Action::Complete { .. } => break 'fetching driver.complete(),
+                Action::Failed { missing } => {
+                    let missing = if missing == u64::MAX { "its size".to_string() } else { format!("{missing} of its 16 KiB groups") };
+                    break 'fetching Err(Refused(StorageRefusal::Unknown, format!("block {id} is not held here and no node asked gave {missing}")));
+                }
+            }
+        }
+        let deadline = fetch.next_deadline().map(|at| start + Duration::from_millis(at));
+        let event = match deadline {
+            Some(at) => tokio::time::timeout_at(at, events.recv()).await.ok().flatten(),
+            None => events.recv().await,
+        };
+        match event {
+            None => fetch.tick(now()),
+            Some(StreamEvent::Piece(request, bytes)) => {
+                let Some(state) = received.get_mut(&request) else { continue };
+                state.0 += bytes.len() as u64;
+                let mut bytes = &bytes[..];
+                if !state.1 {
+                    state.1 = true;
+                    match bytes.first().copied().and_then(Status::from_byte) {
+                        Some(Status::Served) => bytes = &bytes[1..],
+                        status => {
+                            tracing::info!(%id, ?status, "a peer did not serve the block");
+                            received.remove(&request);
+                            fetch.failed(request, now());
+                            continue;
+                        }
+                    }
+                }
+                fetch.answered(request, bytes, now());
+                if let Some((got, _, Some(total))) = received.get(&request).copied() {
+                    if got >= total {
+                        received.remove(&request);
+                        fetch.ended(request, now());
+                    }
+                }
+            }
+            Some(StreamEvent::Ended(request, total)) => {
+                let Some(state) = received.get_mut(&request) else { continue };
+                // Pieces may still be on their way: the end counts once they are all in.
+                if state.0 >= total {
+                    received.remove(&request);
+                    fetch.ended(request, now());
+                } else {
+                    state.2 = Some(total);
+                }
+            }
+            Some(StreamEvent::Failed(request, reason)) => {
+                tracing::info!(%id, %reason, "a block stream failed");
+                received.remove(&request);
+                fetch.failed(request, now());
+            }
+        }
+    };
+    for (_, stream) in streams {
+        stream.abort();
+    }
+    if outcome.is_err() {
+        driver.give_up();
+    }
+    outcome
+}
+
+/// What the fetch of one block keeps on this node.
+struct Driver {
+    shared: Rc<Shared>,
+    id: ContentId,
+    size: u64,
+    file: Option<std::fs::File>,
+    reservation: Option<Reservation>,
+    written: BTreeSet<u64>,
+    unrecorded: usize,
+}
+
+impl Driver {
+    /// The size is proven: room is reserved and the partial file made.
+    fn sized(&mut self, size: u64) -> Result<(), Refused> {
+        self.size = size;
+        self.reservation = Some(self.shared.catalog.borrow_mut().reserve(size)?);
+        self.file = Some(self.shared.store.open_partial(&self.id, size)?);
+        self.shared.store.record_partial(&self.id, size, &self.written, true)?;
+        Ok(())
+    }
+
+    fn store(&mut self, offset: u64, bytes: &[u8]) -> Result<(), Refused> {
+        let file = self.file.as_ref().ok_or_else(|| Refused(StorageRefusal::Failed, "a group came before the size".into()))?;
+        file.write_all_at(bytes, offset).map_err(|e| Refused(StorageRefusal::Failed, format!("writing a fetched block: {e}")))?;
+        self.written.insert(offset / GROUP_BYTES);
+        add(&self.shared.counters.bytes_fetched, bytes.len() as u64);
+        self.unrecorded += 1;
+        self.shared.store.record_partial(&self.id, self.size, &self.written, self.unrecorded >= DURABLE_EVERY)?;
+        if self.unrecorded >= DURABLE_EVERY {
+            self.unrecorded = 0;
+        }
+        Ok(())
+    }
+
+    /// Every group is in: the block is kept as a put is, under the default lease.
+    fn complete(&mut self) -> Result<(), Refused> {
+        let reservation = self.reservation.take().ok_or_else(|| Refused(StorageRefusal::Failed, "complete before the size".into()))?;
+        self.file = None;
+        let finished = finish_file(self.shared.store.partial_file(&self.id), self.size);
+        let expiry = self.shared.catalog.borrow().lease(0, now_ms())?;
+        let entry = Entry { size: self.size, expiry, min_trust: 0 };
+        self.shared.keep(reservation, entry, Ok(finished))?;
+        tracing::info!(id = %self.id, size = self.size, "fetched a block");
+        Ok(())
+    }
+
+    /// The fetch failed: its room goes back; what it wrote stays, to resume from.
+    fn give_up(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            self.shared.catalog.borrow_mut().release(reservation);
+        }
+        if self.file.take().is_some() {
+            let partial = Partial { id: self.id, size: self.size, written: self.written.iter().copied().collect() };
+            self.shared.partials.borrow_mut().insert(self.id, partial);
+        }
+    }
+}
+
+/// One request's stream: its pieces and its end go to the fetch, in order.
+async fn open(transport: netmachine_schema::transport_capnp::transport::Client, peer: Identity, request: u64, asked: Vec<u8>, events: mpsc::Sender<StreamEvent>) {
+    let mut call = transport.open_stream_request();
+    call.get().set_node(&peer.0);
+    call.get().set_kind(StreamKind::Block);
+    call.get().set_request(&asked);
+    call.get().set_sink(capnp_rpc::new_client(Pieces { request, events: events.clone() }));
+    let event = match call.send().promise.await {
+        Ok(answer) => match answer.get().and_then(|a| a.get_result()).map(|r| r.which()) {
+            Ok(Ok(stream_result::Ended(total))) => StreamEvent::Ended(request, total),
+            Ok(Ok(stream_result::Failed(reason))) => StreamEvent::Failed(request, reason.ok().and_then(|r| r.to_string().ok()).unwrap_or_default()),
+            other => StreamEvent::Failed(request, format!("{:?}", other.err())),
+        },
+        Err(error) => StreamEvent::Failed(request, error.to_string()),
+    };
+    let _ = events.send(event).await;
+}
+
+/// The transport writes a request's answer here; a full channel holds it (and the peer) back.
+struct Pieces {
+    request: u64,
+    events: mpsc::Sender<StreamEvent>,
+}
+
+impl byte_sink::Server for Pieces {
+    async fn write(self: Rc<Self>, params: byte_sink::WriteParams) -> capnp::Result<()> {
+        let bytes = params.get()?.get_bytes()?.to_vec();
+        self.events.send(StreamEvent::Piece(self.request, bytes)).await.map_err(|_| capnp::Error::failed("the fetch is over".into()))
+    }
+}

@@ -1,0 +1,122 @@
+//! Answering other nodes' block requests, which reach this service through the transport's
+//! bulk streams: one status byte, then (if served) the block's size and the groups asked for,
+//! encoded for verified streaming from the block's outboard, in pieces with flow control. A
+//! node trusted less than the block's `min_trust` is denied; a block being served is held, so
+//! collection waits.
+
+use crate::core::verify::{encode, group_ranges, groups};
+use crate::server::{add, bump, Shared};
+use crate::store::Content;
+use netmachine_schema::service_capnp::byte_sink;
+use netmachine_schema::storage_capnp::block_request;
+use netmachine_schema::{ContentId, Identity};
+use std::rc::Rc;
+
+/// Groups one request may ask for at most (1 MiB).
+pub const MAX_GROUPS: u64 = 64;
+/// The bytes of one write into the stream.
+const PIECE: usize = 256 * 1024;
+
+/// The first byte of an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Status {
+    Served = 0,
+    NotHeld = 1,
+    Denied = 2,
+    Malformed = 3,
+}
+
+impl Status {
+    pub fn from_byte(byte: u8) -> Option<Status> {
+        [Status::Served, Status::NotHeld, Status::Denied, Status::Malformed].into_iter().find(|s| *s as u8 == byte)
+    }
+}
+
+/// What a request asks: the block, and its groups `first..end` (`None`: the last group).
+pub fn read_request(bytes: &[u8]) -> Result<(ContentId, Option<(u64, u64)>), String> {
+    let message = capnp::serialize::read_message(&mut &bytes[..], netmachine_service::rpc::reader_options(1024)).map_err(|e| e.to_string())?;
+    let request = message.get_root::<block_request::Reader>().map_err(|e| e.to_string())?;
+    let id = ContentId::from_slice("id", request.get_id().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    match request.which().map_err(|e| e.to_string())? {
+        block_request::Last(()) => Ok((id, None)),
+        block_request::Groups(groups) => Ok((id, Some((groups.get_first(), groups.get_end())))),
+    }
+}
+
+/// The bytes of a request for `id`'s groups `first..end` (`None`: the last group).
+pub fn write_request(id: &ContentId, groups: Option<(u64, u64)>) -> Vec<u8> {
+    let mut message = capnp::message::Builder::new_default();
+    let mut request = message.init_root::<block_request::Builder>();
+    request.set_id(&id.0);
+    match groups {
+        None => request.set_last(()),
+        Some((first, end)) => {
+            let mut asked = request.init_groups();
+            asked.set_first(first);
+            asked.set_end(end);
+        }
+    }
+    capnp::serialize::write_message_to_words(&message)
+}
+
+/// Answers `node`'s `request` into `sink`; the bytes written.
+pub(crate) async fn serve(shared: &Rc<Shared>, node: Identity, trust: u8, request: &[u8], sink: byte_sink::Client) -> capnp::Result<u64> {
+    let answer = answer(shared, trust, request).await;
+    let status = match &answer {
+        Ok(_) => Status::Served,
+        Err(status) => *status,
+    };
+    if status != Status::Served {
+        bump(&shared.counters.serves_refused);
+        tracing::info!(peer = %node, ?status, "a block request was not served");
+    }
+    let body = answer.unwrap_or_default();
+    let mut whole = Vec::with_capacity(1 + body.len());
+    whole.push(status as u8);
+    whole.extend_from_slice(&body);
+    for piece in whole.chunks(PIECE) {
+        let mut write = sink.write_request();
+        write.get().set_bytes(piece);
+        write.send().await?;
+    }
+    if status == Status::Served {
+        bump(&shared.counters.streams_served);
+        add(&shared.counters.bytes_served, body.len() as u64);
+    }
+    Ok(whole.len() as u64)
+}
+
+/// The answer after the status byte: the size and the encoded groups.
+async fn answer(shared: &Rc<Shared>, trust: u8, request: &[u8]) -> Result<Vec<u8>, Status> {
+    let (id, asked) = read_request(request).map_err(|_| Status::Malformed)?;
+    let entry = shared.catalog.borrow().get(&id).copied().ok_or(Status::NotHeld)?;
+    if trust < entry.min_trust {
+        return Err(Status::Denied);
+    }
+    let all = groups(entry.size);
+    let (first, end) = asked.unwrap_or((all - 1, all));
+    if first >= end || end > all || end - first > MAX_GROUPS {
+        return Err(Status::Malformed);
+    }
+    let content = shared.store.content(&id, &entry).map_err(|_| Status::NotHeld)?;
+    let outboard = shared.store.outboard(&id).map_err(|_| Status::NotHeld)?;
+    shared.catalog.borrow_mut().hold(id);
+    let size = entry.size;
+    let encoded = tokio::task::spawn_blocking(move || {
+        let ranges = group_ranges(first, end);
+        match content {
+            Content::Inline(bytes) => encode(&bytes[..], id, size, &outboard, &ranges),
+            Content::File(file) => encode(file, id, size, &outboard, &ranges),
+        }
+    })
+    .await;
+    shared.catalog.borrow_mut().let_go(id);
+    let encoded = encoded.map_err(|_| Status::NotHeld)?.map_err(|error| {
+        tracing::error!(%id, %error, "cannot read a block to serve it");
+        Status::NotHeld
+    })?;
+    let mut answer = size.to_le_bytes().to_vec();
+    answer.extend(encoded);
+    Ok(answer)
+}
