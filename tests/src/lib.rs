@@ -25,6 +25,19 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// `size` bytes that differ from one `seed` to another and along their length (xorshift).
+pub fn pseudo_random(size: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
 /// Polls `condition` every 50 ms until it holds; panics with `what` after `limit`.
 pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
     let start = Instant::now();

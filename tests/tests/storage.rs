@@ -8,23 +8,10 @@ use netmachine_engine::ContentId;
 use netmachine_schema::storage_capnp::{open_result, storage};
 use netmachine_schema::time::now_ms;
 use netmachine_service::ServiceKind;
-use netmachine_tests::{attach_engine, connect, wait_until, with_rpc, Node};
+use netmachine_tests::{pseudo_random, attach_engine, connect, wait_until, with_rpc, Node};
 use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
-
-/// `size` bytes that differ from block to block (`seed`) and within one.
-fn content(size: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..size)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
-}
 
 fn stdout(output: &std::process::Output) -> String {
     assert!(output.status.success(), "failed: {}", String::from_utf8_lossy(&output.stderr));
@@ -67,8 +54,8 @@ fn files_in(dir: &Path) -> usize {
 #[test]
 fn a_file_put_reads_back_byte_equal_under_its_blake3_id_and_survives_kill9_of_storage() {
     let node = Node::up();
-    let large = content(3_000_000, 1);
-    let small = content(900, 2);
+    let large = pseudo_random(3_000_000, 1);
+    let small = pseudo_random(900, 2);
     let large_id = stdout(&put_file(&node, "large", &large, &["--expiry", "1h"]));
     let small_id = stdout(&put_file(&node, "small", &small, &[]));
     assert_eq!(large_id, ContentId::of(&large).to_string());
@@ -96,10 +83,10 @@ fn a_file_put_reads_back_byte_equal_under_its_blake3_id_and_survives_kill9_of_st
 #[test]
 fn a_put_over_the_block_limit_or_the_budget_is_refused_whole_and_leaves_nothing_behind() {
     let node = Node::up_with(&["storage.max_bytes=1000000", "storage.max_block_bytes=600000"]);
-    let error = stderr(&put_file(&node, "huge", &content(700_000, 3), &[]));
+    let error = stderr(&put_file(&node, "huge", &pseudo_random(700_000, 3), &[]));
     assert!(error.contains("700000 bytes, over the node's largest block of 600000 bytes (storage.max_block_bytes)"), "{error}");
-    let first = stdout(&put_file(&node, "first", &content(500_000, 4), &[]));
-    let error = stderr(&put_file(&node, "second", &content(500_001, 5), &[]));
+    let first = stdout(&put_file(&node, "first", &pseudo_random(500_000, 4), &[]));
+    let error = stderr(&put_file(&node, "second", &pseudo_random(500_001, 5), &[]));
     assert!(error.contains("only 500000 of the node's 1000000 bytes are free (storage.max_bytes)"), "{error}");
     assert_eq!(ids(&node), vec![first.clone()]);
     assert_eq!(files_in(&node.root().join("data/storage/data")), 1);
@@ -111,9 +98,9 @@ fn a_put_over_the_block_limit_or_the_budget_is_refused_whole_and_leaves_nothing_
 #[test]
 fn expired_blocks_are_collected_but_not_while_read_and_an_extended_lease_keeps_its_block() {
     let node = Node::up();
-    let short = |name: &str, seed: u64| stdout(&put_file(&node, name, &content(40_000, seed), &["--expiry", "2s"]));
+    let short = |name: &str, seed: u64| stdout(&put_file(&node, name, &pseudo_random(40_000, seed), &["--expiry", "2s"]));
     let (expired, extended, read) = (short("expired", 6), short("extended", 7), short("read", 8));
-    let kept = stdout(&put_file(&node, "kept", &content(100, 9), &[]));
+    let kept = stdout(&put_file(&node, "kept", &pseudo_random(100, 9), &[]));
     let info: Value = serde_json::from_str(&stdout(&node.cli(&["storage", "extend", &extended, "--expiry", "1h"]))).unwrap();
     assert!(info["expiry"].as_u64().unwrap() > now_ms() + 3_500_000, "{info}");
     // The last of the short leases to end (each put set its own, from its own now).
@@ -139,7 +126,7 @@ fn expired_blocks_are_collected_but_not_while_read_and_an_extended_lease_keeps_i
         read_request.get().set_offset(39_000);
         read_request.get().set_length(5_000);
         let tail = read_request.send().promise.await.unwrap();
-        assert_eq!(tail.get().unwrap().get_bytes().unwrap(), &content(40_000, 8)[39_000..], "the block is still read after collection passed it by");
+        assert_eq!(tail.get().unwrap().get_bytes().unwrap(), &pseudo_random(40_000, 8)[39_000..], "the block is still read after collection passed it by");
     });
     // The reader is dropped: the next collection takes the block.
     let collected = stdout(&node.cli(&["storage", "gc"]));
@@ -155,7 +142,7 @@ fn expired_blocks_are_collected_but_not_while_read_and_an_extended_lease_keeps_i
 #[test]
 fn the_node_collects_expired_blocks_on_its_own() {
     let node = Node::up_with(&["storage.collect_every_ms=200"]);
-    let id = stdout(&put_file(&node, "soon", &content(30_000, 10), &["--expiry", "1s"]));
+    let id = stdout(&put_file(&node, "soon", &pseudo_random(30_000, 10), &["--expiry", "1s"]));
     assert_eq!(ids(&node), vec![id]);
     wait_until("the expired block is collected", Duration::from_secs(15), || ids(&node).is_empty());
     assert_eq!(node.counter(ServiceKind::Storage, "collected_bytes"), 30_000);
@@ -182,7 +169,7 @@ fn an_engine_puts_gets_and_extends_blocks_through_the_sdk_and_goes_on_after_stor
     let node = Node::up();
     with_rpc(async {
         let engine = attach_engine(&node, |_| {}).await;
-        let large = content(1_500_000, 11);
+        let large = pseudo_random(1_500_000, 11);
         let info = engine.put_block(large.clone(), BlockPrefs::default()).await.unwrap();
         assert_eq!((info.id, info.size), (ContentId::of(&large), 1_500_000));
         assert_eq!(engine.get_block(info.id).await.unwrap(), large);
@@ -200,7 +187,7 @@ fn an_engine_puts_gets_and_extends_blocks_through_the_sdk_and_goes_on_after_stor
             assert!(start.elapsed() < Duration::from_secs(30), "storage is restarted");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let small = content(5_000, 12);
+        let small = pseudo_random(5_000, 12);
         let again = engine.put_block(small.clone(), BlockPrefs::default()).await.expect("the engine reaches the restarted storage");
         assert_eq!(engine.get_block(again.id).await.unwrap(), small);
         assert_eq!(engine.get_block(info.id).await.unwrap(), large);

@@ -1,0 +1,121 @@
+//! Blocks between nodes, through the real transports' bulk streams: a block put on one node is
+//! fetched byte-equal by another; a peer whose copy is corrupt on disk is cut and another gives
+//! the block; kill -9 of the fetching node's storage mid-fetch resumes from the groups it had;
+//! a block whose min_trust is above what its node gives the asking one is not served.
+
+use netmachine_engine::ContentId;
+use netmachine_service::ServiceKind;
+use netmachine_tests::{pseudo_random, link, wait_until, Node};
+use std::time::Duration;
+
+fn put(node: &Node, bytes: &[u8], extra: &[&str]) -> String {
+    let file = node.root().join("put.bin");
+    std::fs::write(&file, bytes).unwrap();
+    let mut args = vec!["put", file.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let output = node.cli(&args);
+    assert!(output.status.success(), "put: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+fn get(node: &Node, id: &str, extra: &[&str]) -> std::process::Output {
+    let out = node.root().join("got.bin");
+    let mut args = vec!["get", id, "-o", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    node.cli(&args)
+}
+
+fn got(node: &Node) -> Vec<u8> {
+    std::fs::read(node.root().join("got.bin")).unwrap_or_default()
+}
+
+#[test]
+fn a_block_put_on_one_node_is_fetched_byte_equal_by_another() {
+    let (a, b) = (Node::up(), Node::up());
+    link(&a, &b);
+    let large = pseudo_random(5_000_000, 1);
+    let small = pseudo_random(3_000, 2);
+    let (large_id, small_id) = (put(&a, &large, &[]), put(&a, &small, &[]));
+    assert_eq!(large_id, ContentId::of(&large).to_string());
+    let output = get(&b, &large_id, &[]);
+    assert!(output.status.success(), "get: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(got(&b), large, "the fetched block is byte-equal");
+    assert_eq!(b.counter(ServiceKind::Storage, "bytes_fetched"), 5_000_000);
+    let output = get(&b, &small_id, &["--from", &a.id()]);
+    assert!(output.status.success(), "get: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(got(&b), small);
+    assert!(a.counter(ServiceKind::Storage, "streams_served") >= 2);
+    assert!(a.counter(ServiceKind::Transport, "streams_served") >= 2);
+    // B holds both now, and answers without asking again.
+    let listed = String::from_utf8_lossy(&b.cli(&["blocks"]).stdout).to_string();
+    assert!(listed.contains(&large_id) && listed.contains(&small_id), "{listed}");
+    assert_eq!(get(&b, &large_id, &[]).status.code(), Some(0));
+    assert_eq!(b.counter(ServiceKind::Storage, "fetches"), 2);
+    let unknown = ContentId::of(b"nowhere").to_string();
+    let output = get(&b, &unknown, &[]);
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && error.contains(&format!("block {unknown} is not held here and no node asked gave its size")), "{error}");
+}
+
+#[test]
+fn a_peer_whose_copy_is_corrupt_is_cut_and_another_gives_the_block() {
+    let (a, b, c) = (Node::up(), Node::up(), Node::up());
+    link(&a, &b);
+    link(&c, &b);
+    let block = pseudo_random(2_000_000, 3);
+    let id = put(&a, &block, &[]);
+    assert_eq!(put(&c, &block, &[]), id);
+    // C's disk returns bad bytes near the start and near the end of the block, so whichever
+    // range C is asked for holds one.
+    let file = c.root().join("data/storage/data").join(&id);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[200_000] ^= 0x10;
+    bytes[1_800_000] ^= 0x10;
+    std::fs::write(&file, bytes).unwrap();
+    let output = get(&b, &id, &["--from", &c.id(), "--from", &a.id()]);
+    assert!(output.status.success(), "get: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(got(&b), block, "only checked bytes are kept");
+    assert_eq!(b.counter(ServiceKind::Storage, "peers_cut"), 1, "the corrupt peer is cut");
+}
+
+#[test]
+fn kill9_of_the_fetching_storage_mid_fetch_resumes_from_the_groups_it_had() {
+    let (a, b) = (Node::up(), Node::up());
+    link(&a, &b);
+    let size = 60_000_000;
+    let block = pseudo_random(size, 4);
+    let id = put(&a, &block, &[]);
+    let out = b.root().join("got.bin");
+    let mut fetching = std::process::Command::new(netmachine_tests::bin_dir().join("netmachine"))
+        .args(["get", &id, "-o", out.to_str().unwrap(), "--home"])
+        .arg(b.root())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("part of the block is fetched", Duration::from_secs(60), || b.counter(ServiceKind::Storage, "bytes_fetched") > 2_000_000);
+    let first_part = b.counter(ServiceKind::Storage, "bytes_fetched");
+    let killed = b.kill9(ServiceKind::Storage);
+    let _ = fetching.wait();
+    wait_until("storage is restarted", Duration::from_secs(30), || b.pid(ServiceKind::Storage).is_some_and(|pid| pid != killed) && b.all_up());
+    assert_eq!(b.counter(ServiceKind::Storage, "partial_blocks"), 1, "the fetch left a partial block");
+    let output = get(&b, &id, &[]);
+    assert!(output.status.success(), "get: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(got(&b), block);
+    let second_part = b.counter(ServiceKind::Storage, "bytes_fetched");
+    assert!(second_part < size as u64, "the fetch resumed instead of starting over: {second_part} bytes after the restart ({first_part} before)");
+    // At most the groups written since the last durable record (1 MiB) are fetched again.
+    assert!(second_part <= size as u64 - first_part + 2_000_000, "{second_part} bytes fetched after the restart; {first_part} were before");
+}
+
+#[test]
+fn a_block_is_not_served_to_a_node_trusted_less_than_its_min_trust() {
+    let (a, b) = (Node::up(), Node::up());
+    link(&a, &b);
+    let guarded = put(&a, &pseudo_random(100_000, 5), &["--min-trust", "200"]);
+    let open = put(&a, &pseudo_random(100_000, 6), &["--min-trust", "128"]);
+    let output = get(&b, &guarded, &[]);
+    assert!(!output.status.success(), "a node trusted 128 is not served a block of min_trust 200");
+    assert!(a.counter(ServiceKind::Storage, "serves_refused") >= 1);
+    let output = get(&b, &open, &[]);
+    assert!(output.status.success(), "get: {}", String::from_utf8_lossy(&output.stderr));
+}
