@@ -156,7 +156,7 @@ fn malformed_and_unknown_ids_and_bad_durations_are_refused_with_one_clear_senten
     assert_eq!(error, "netmachine: 'abc' is not a block id: expected 64 hex digits");
     let unknown = ContentId::of(b"never stored").to_string();
     let error = stderr(&node.cli(&["get", &unknown]));
-    assert_eq!(error, format!("netmachine: no block {unknown} is held here"));
+    assert_eq!(error, format!("netmachine: no block {unknown} is held here, and no other node is connected to ask"));
     let error = stderr(&node.cli(&["storage", "extend", &unknown, "--expiry", "1h"]));
     assert!(error.contains(&format!("no block {unknown} is held here")), "{error}");
     let error = stderr(&put_file(&node, "x", b"x", &["--expiry", "10"]));
