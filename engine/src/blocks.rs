@@ -3,7 +3,7 @@
 //! thread or runtime may call it. Large blocks go in pieces of [`PIECE`] bytes, with a few
 //! pieces in flight, so neither side holds a whole block in one message.
 
-use netmachine_schema::storage_capnp::{block_info, block_writer, refused, storage};
+use netmachine_schema::storage_capnp::{block_info, block_reader, block_writer, refused, storage};
 pub use netmachine_schema::storage_capnp::StorageRefusal;
 use netmachine_schema::{ContentId, Identity};
 use std::io::{Read, Write};
@@ -81,6 +81,7 @@ pub type Progress = Box<dyn FnMut(u64, u64) + Send>;
 enum Call {
     Put { source: Source, size: u64, prefs: BlockPrefs, id: Option<ContentId>, done: Reply<BlockInfo> },
     Get { id: ContentId, from: Vec<Identity>, sink: Sink, progress: Progress, done: Reply<BlockInfo> },
+    Fetch { id: ContentId, from: Vec<Identity>, done: Reply<BlockInfo> },
     Extend { id: ContentId, expiry: u64, done: Reply<BlockInfo> },
     List { done: Reply<Vec<BlockInfo>> },
     Collect { dry_run: bool, done: Reply<Collected> },
@@ -138,6 +139,12 @@ impl Blocks {
     /// (none: every node it is connected to).
     pub async fn get_into(&self, id: ContentId, from: Vec<Identity>, sink: Sink, progress: Progress) -> Result<BlockInfo, BlockError> {
         self.call(|done| Call::Get { id, from, sink, progress, done }).await
+    }
+
+    /// Makes the node hold block `id`, fetching it from the nodes `from` (none: every node it
+    /// is connected to) if it does not; its info. Nothing is read back.
+    pub async fn fetch(&self, id: ContentId, from: Vec<Identity>) -> Result<BlockInfo, BlockError> {
+        self.call(|done| Call::Fetch { id, from, done }).await
     }
 
     /// Extends block `id`'s lease to `expiry` (ms since the epoch; never shortened).
@@ -214,6 +221,9 @@ fn serve(socket: PathBuf, word_limit: usize, mut calls: mpsc::Receiver<Call>, co
                 Call::Get { id, from, sink, progress, done } => {
                     let _ = done.send(get(&service, id, &from, sink, progress).await);
                 }
+                Call::Fetch { id, from, done } => {
+                    let _ = done.send(open(&service, id, &from).await.map(|(_, info)| info));
+                }
                 Call::Extend { id, expiry, done } => {
                     let _ = done.send(extend(&service, id, expiry).await);
                 }
@@ -270,7 +280,9 @@ async fn put(service: &storage::Client, mut source: Source, size: u64, prefs: Bl
     }
 }
 
-async fn get(service: &storage::Client, id: ContentId, from: &[Identity], mut sink: Sink, mut progress: Progress) -> Result<BlockInfo, BlockError> {
+/// Opens block `id` (fetched first from `from` if the node does not hold it): its reader and
+/// info.
+async fn open(service: &storage::Client, id: ContentId, from: &[Identity]) -> Result<(block_reader::Client, BlockInfo), BlockError> {
     let mut request = service.open_request();
     request.get().set_id(&id.0);
     let mut nodes = request.get().init_from(from.len() as u32);
@@ -278,10 +290,14 @@ async fn get(service: &storage::Client, id: ContentId, from: &[Identity], mut si
         nodes.set(i as u32, &node.0);
     }
     let answer = request.send().promise.await?;
-    let (reader, info) = match answer.get()?.get_result()?.which()? {
-        netmachine_schema::storage_capnp::open_result::Opened(opened) => (opened.get_reader()?, read_info(opened.get_info()?)?),
-        netmachine_schema::storage_capnp::open_result::Refused(refused) => return Err(refusal(refused?)?),
-    };
+    match answer.get()?.get_result()?.which()? {
+        netmachine_schema::storage_capnp::open_result::Opened(opened) => Ok((opened.get_reader()?, read_info(opened.get_info()?)?)),
+        netmachine_schema::storage_capnp::open_result::Refused(refused) => Err(refusal(refused?)?),
+    }
+}
+
+async fn get(service: &storage::Client, id: ContentId, from: &[Identity], mut sink: Sink, mut progress: Progress) -> Result<BlockInfo, BlockError> {
+    let (reader, info) = open(service, id, from).await?;
     let read = |offset: u64| {
         let mut request = reader.read_request();
         request.get().set_offset(offset);

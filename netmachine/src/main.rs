@@ -174,6 +174,15 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Blocks: put and get against plain file writes and reads, a fetch between two nodes
+    /// against a raw quinn bulk stream, and checking a stream against BLAKE3 hashing
+    Storage {
+        /// The block's size in MiB
+        #[arg(long, default_value_t = 256)]
+        mib: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// The processes the local benchmark starts
     #[command(subcommand, hide = true)]
     Helper(bench::helpers::Helper),
@@ -209,6 +218,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Remote { messages, requests, json }) => bench::remote::run(messages, requests, json),
         Command::Bench(BenchCommand::Local { rounds, messages, json }) => bench::local::run(rounds, messages, json),
         Command::Bench(BenchCommand::Pubsub { events, json }) => bench::pubsub::run(events, json),
+        Command::Bench(BenchCommand::Storage { mib, json }) => bench::storage::run(mib, json),
         Command::Bench(BenchCommand::Helper(helper)) => bench::helpers::run(helper),
         Command::Topic(command) => topics::topic(&root, &cli.set, command),
         Command::Publish { key, topic, body } => topics::publish(&root, &cli.set, &key, &topic, body),

@@ -7,7 +7,7 @@ use netmachine_sim::storage::{fetch, Provider};
 use netmachine_storage::core::fetch::{CutReason, FetchConfig};
 
 const SIZE: usize = (1 << 20) + 12_345;
-const CONFIG: FetchConfig = FetchConfig { request_groups: 8, timeout: 2_000, strikes: 2 };
+const CONFIG: FetchConfig = FetchConfig { request_groups: 8, timeout: 2_000, strikes: 2, per_peer: 2 };
 
 #[test]
 fn a_fetch_from_three_peers_one_corrupt_one_partitioned_completes_with_verified_bytes() {

@@ -1,7 +1,8 @@
 //! Fetching a block this node does not hold from other nodes: the storage core's `Fetch`
-//! driven over the transport's bulk streams (one per request, to each peer's storage
-//! service). Checked groups go into `partial/<id>` as they arrive and are recorded, so a fetch
-//! cut short (kill -9 included) resumes from them when the block is asked for again. The disk
+//! driven over the transport's bulk streams (one per request, a few at once to each peer's
+//! storage service). Checked groups go into `partial/<id>` as they arrive and are recorded every
+//! 4 MiB, so a fetch cut short (kill -9 included) resumes from them when the block is asked for
+//! again. The disk
 //! budget is reserved once the size is proven; the block is held under the default lease once
 //! complete. Peers are asked in the order of their reputation here, which every cut lowers.
 
@@ -22,9 +23,9 @@ use std::rc::Rc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Written groups recorded durably every this many (the others survive a crash of the service,
-/// not of the machine).
-const DURABLE_EVERY: usize = 64;
+/// Written groups are recorded (after the file is synced) every this many: a crash costs at
+/// most this much of the fetch again (4 MiB).
+const RECORD_EVERY: usize = 256;
 
 /// What a request's stream says, in order.
 enum StreamEvent {
@@ -210,7 +211,7 @@ impl Driver {
         self.size = size;
         self.reservation = Some(self.shared.catalog.borrow_mut().reserve(size)?);
         self.file = Some(self.shared.store.open_partial(&self.id, size)?);
-        self.shared.store.record_partial(&self.id, size, &self.written, true)?;
+        self.shared.store.record_partial(&self.id, size, &self.written)?;
         Ok(())
     }
 
@@ -220,10 +221,19 @@ impl Driver {
         self.written.insert(offset / GROUP_BYTES);
         add(&self.shared.counters.bytes_fetched, bytes.len() as u64);
         self.unrecorded += 1;
-        self.shared.store.record_partial(&self.id, self.size, &self.written, self.unrecorded >= DURABLE_EVERY)?;
-        if self.unrecorded >= DURABLE_EVERY {
-            self.unrecorded = 0;
+        if self.unrecorded >= RECORD_EVERY {
+            self.record()?;
         }
+        Ok(())
+    }
+
+    /// Records the groups written so far, durably, once they are on disk.
+    fn record(&mut self) -> Result<(), Refused> {
+        if let Some(file) = &self.file {
+            file.sync_data().map_err(|e| Refused(StorageRefusal::Failed, format!("syncing a fetched block: {e}")))?;
+        }
+        self.shared.store.record_partial(&self.id, self.size, &self.written)?;
+        self.unrecorded = 0;
         Ok(())
     }
 
@@ -239,8 +249,13 @@ impl Driver {
         Ok(())
     }
 
-    /// The fetch failed: its room goes back; what it wrote stays, to resume from.
+    /// The fetch failed: its room goes back; what it wrote stays, recorded, to resume from.
     fn give_up(&mut self) {
+        if self.file.is_some() && self.unrecorded > 0 {
+            if let Err(Refused(_, detail)) = self.record() {
+                tracing::warn!(id = %self.id, %detail, "cannot record a fetch's progress");
+            }
+        }
         if let Some(reservation) = self.reservation.take() {
             self.shared.catalog.borrow_mut().release(reservation);
         }

@@ -119,6 +119,8 @@ pub(crate) struct Shared {
     pub partials: RefCell<BTreeMap<ContentId, Partial>>,
     /// Per node, how its answers went: lowered for each cut, raised for each block it gave.
     pub reputation: RefCell<BTreeMap<Identity, i64>>,
+    /// The outboard of the block served last (see `serving`).
+    pub last_outboard: RefCell<Option<(ContentId, std::sync::Arc<Vec<u8>>)>>,
 }
 
 impl Shared {
@@ -225,6 +227,7 @@ impl StorageService {
             fetching: RefCell::new(BTreeMap::new()),
             partials: RefCell::new(found.partials.into_iter().map(|p| (p.id, p)).collect()),
             reputation: RefCell::new(BTreeMap::new()),
+            last_outboard: RefCell::new(None),
         });
         let every = std::time::Duration::from_millis(settings.collect_every_ms);
         let collector = Rc::downgrade(&shared);

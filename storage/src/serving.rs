@@ -87,6 +87,21 @@ pub(crate) async fn serve(shared: &Rc<Shared>, node: Identity, trust: u8, reques
     Ok(whole.len() as u64)
 }
 
+/// The outboard of block `id`, from the one kept from the last request when it is the same
+/// block (a fetch asks for one block's ranges in turn; reading a 256 MiB block's 1 MiB outboard
+/// for each 1 MiB answer would double what is read).
+fn outboard_of(shared: &Shared, id: &ContentId) -> Result<std::sync::Arc<Vec<u8>>, crate::store::StoreError> {
+    let mut last = shared.last_outboard.borrow_mut();
+    if let Some((held, outboard)) = last.as_ref() {
+        if held == id {
+            return Ok(outboard.clone());
+        }
+    }
+    let outboard = std::sync::Arc::new(shared.store.outboard(id)?);
+    *last = Some((*id, outboard.clone()));
+    Ok(outboard)
+}
+
 /// The answer after the status byte: the size and the encoded groups.
 async fn answer(shared: &Rc<Shared>, trust: u8, request: &[u8]) -> Result<Vec<u8>, Status> {
     let (id, asked) = read_request(request).map_err(|_| Status::Malformed)?;
@@ -100,7 +115,7 @@ async fn answer(shared: &Rc<Shared>, trust: u8, request: &[u8]) -> Result<Vec<u8
         return Err(Status::Malformed);
     }
     let content = shared.store.content(&id, &entry).map_err(|_| Status::NotHeld)?;
-    let outboard = shared.store.outboard(&id).map_err(|_| Status::NotHeld)?;
+    let outboard = outboard_of(shared, &id).map_err(|_| Status::NotHeld)?;
     shared.catalog.borrow_mut().hold(id);
     let size = entry.size;
     let encoded = tokio::task::spawn_blocking(move || {

@@ -217,18 +217,14 @@ impl Store {
         Ok(file)
     }
 
-    /// Records which groups of partial block `id` are written (they are in its file already).
-    /// `durable`: synced to disk (else it survives a crash of the service, not of the machine).
-    pub fn record_partial(&self, id: &ContentId, size: u64, written: &std::collections::BTreeSet<u64>, durable: bool) -> Result<(), StoreError> {
+    /// Records which groups of partial block `id` are written (and synced in its file), durably.
+    pub fn record_partial(&self, id: &ContentId, size: u64, written: &std::collections::BTreeSet<u64>) -> Result<(), StoreError> {
         let mut row = size.to_le_bytes().to_vec();
         row.resize(8 + crate::core::verify::groups(size).div_ceil(8) as usize, 0);
         for group in written {
             row[8 + (group / 8) as usize] |= 1 << (group % 8);
         }
-        let mut txn = self.db.begin_write().map_err(db_error)?;
-        if !durable {
-            txn.set_durability(redb::Durability::None).map_err(db_error)?;
-        }
+        let txn = self.db.begin_write().map_err(db_error)?;
         txn.open_table(PARTIALS).map_err(db_error)?.insert(&id.0, row.as_slice()).map_err(db_error)?;
         txn.commit().map_err(db_error)?;
         Ok(())

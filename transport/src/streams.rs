@@ -39,10 +39,22 @@ impl Transport {
         write_frame(&mut send, &framed).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
         let mut answered = 0u64;
-        while let Some(chunk) = recv.read_chunk(PIECE, true).await.map_err(|e| format!("the answer broke off: {e}"))? {
-            answered += chunk.bytes.len() as u64;
+        let mut piece = vec![0u8; PIECE];
+        loop {
+            // Whole pieces (QUIC hands out a packet's worth at a time): fewer, larger calls.
+            let mut filled = 0;
+            while filled < PIECE {
+                match recv.read(&mut piece[filled..]).await.map_err(|e| format!("the answer broke off: {e}"))? {
+                    Some(n) => filled += n,
+                    None => break,
+                }
+            }
+            if filled == 0 {
+                break;
+            }
+            answered += filled as u64;
             let mut write = sink.write_request();
-            write.get().set_bytes(&chunk.bytes);
+            write.get().set_bytes(&piece[..filled]);
             write.send().await.map_err(|e| format!("the answer's reader failed: {e}"))?;
         }
         self.counters.streams_opened.set(self.counters.streams_opened.get() + 1);

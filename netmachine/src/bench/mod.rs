@@ -7,6 +7,7 @@ pub mod local;
 pub mod pubsub;
 mod receiving;
 pub mod remote;
+pub mod storage;
 
 /// A figure, its baseline and their ratio, as one line.
 pub fn ratio_line(what: &str, ours: f64, baseline_name: &str, baseline: f64, unit: &str) -> String {

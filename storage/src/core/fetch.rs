@@ -20,11 +20,13 @@ pub struct FetchConfig {
     pub timeout: Millis,
     /// Failed requests after which a peer is cut.
     pub strikes: u32,
+    /// Requests one peer is asked at once (more hide the round trip).
+    pub per_peer: usize,
 }
 
 impl Default for FetchConfig {
     fn default() -> Self {
-        FetchConfig { request_groups: 64, timeout: 5_000, strikes: 2 }
+        FetchConfig { request_groups: 64, timeout: 5_000, strikes: 2, per_peer: 16 }
     }
 }
 
@@ -69,7 +71,8 @@ struct Peer {
     id: Identity,
     strikes: u32,
     cut: bool,
-    busy: bool,
+    /// Requests it is asked and has not answered.
+    asked: usize,
 }
 
 struct Request {
@@ -88,6 +91,8 @@ pub struct Fetch {
     size: Option<u64>,
     verified: BTreeSet<u64>,
     in_flight: BTreeSet<u64>,
+    /// Every group below this one is verified or asked for.
+    unasked: u64,
     peers: Vec<Peer>,
     requests: BTreeMap<u64, Request>,
     next_request: u64,
@@ -105,6 +110,7 @@ impl Fetch {
             size: None,
             verified: BTreeSet::new(),
             in_flight: BTreeSet::new(),
+            unasked: 0,
             peers: Vec::new(),
             requests: BTreeMap::new(),
             next_request: 0,
@@ -139,7 +145,7 @@ impl Fetch {
     pub fn add_peers(&mut self, peers: impl IntoIterator<Item = Identity>, now: Millis) {
         for id in peers {
             if !self.peers.iter().any(|p| p.id == id) {
-                self.peers.push(Peer { id, strikes: 0, cut: false, busy: false });
+                self.peers.push(Peer { id, strikes: 0, cut: false, asked: 0 });
             }
         }
         self.schedule(now);
@@ -246,9 +252,10 @@ impl Fetch {
             for group in first..end {
                 self.in_flight.remove(&group);
             }
+            self.unasked = self.unasked.min(first);
         }
         if let Some(peer) = self.peers.iter_mut().find(|p| p.id == asked.peer) {
-            peer.busy = false;
+            peer.asked = peer.asked.saturating_sub(1);
         }
     }
 
@@ -290,34 +297,41 @@ impl Fetch {
         self.actions.push_back(Action::Complete { size });
     }
 
-    /// Gives each idle peer that is not cut the next missing range.
+    /// Gives the peers that are not cut the next missing ranges, in turn, up to `per_peer`
+    /// each (while the size is unknown, one ask for it at a time).
     fn schedule(&mut self, now: Millis) {
         self.finish_if_complete();
         if self.over {
             return;
         }
-        for index in 0..self.peers.len() {
-            if self.peers[index].cut || self.peers[index].busy {
-                continue;
+        'rounds: loop {
+            let mut asked_any = false;
+            for index in 0..self.peers.len() {
+                if self.peers[index].cut || self.peers[index].asked >= self.config.per_peer {
+                    continue;
+                }
+                let ask = match self.size {
+                    None if self.requests.values().any(|r| r.ask == Ask::Last) => break 'rounds,
+                    None => Ask::Last,
+                    Some(size) => match self.next_range(groups(size)) {
+                        Some((first, end)) => Ask::Groups { first, end },
+                        None => break 'rounds,
+                    },
+                };
+                if let Ask::Groups { first, end } = ask {
+                    self.in_flight.extend(first..end);
+                }
+                let peer = &mut self.peers[index];
+                peer.asked += 1;
+                self.next_request += 1;
+                let request = self.next_request;
+                self.requests.insert(request, Request { peer: peer.id, ask, deadline: now + self.config.timeout, header: Vec::new(), verifier: None });
+                self.actions.push_back(Action::Request { request, peer: peer.id, ask });
+                asked_any = true;
             }
-            let ask = match self.size {
-                // One ask for the size at a time.
-                None if self.requests.values().any(|r| r.ask == Ask::Last) => break,
-                None => Ask::Last,
-                Some(size) => match self.next_range(groups(size)) {
-                    Some((first, end)) => Ask::Groups { first, end },
-                    None => break,
-                },
-            };
-            if let Ask::Groups { first, end } = ask {
-                self.in_flight.extend(first..end);
+            if !asked_any {
+                break;
             }
-            let peer = &mut self.peers[index];
-            peer.busy = true;
-            self.next_request += 1;
-            let request = self.next_request;
-            self.requests.insert(request, Request { peer: peer.id, ask, deadline: now + self.config.timeout, header: Vec::new(), verifier: None });
-            self.actions.push_back(Action::Request { request, peer: peer.id, ask });
         }
         if self.requests.is_empty() && self.peers.iter().all(|p| p.cut) && !self.peers.is_empty() {
             self.over = true;
@@ -327,8 +341,14 @@ impl Fetch {
     }
 
     /// The first run of missing groups not asked for, up to `request_groups` long.
-    fn next_range(&self, all: u64) -> Option<(u64, u64)> {
-        let first = (0..all).find(|g| !self.verified.contains(g) && !self.in_flight.contains(g))?;
+    fn next_range(&mut self, all: u64) -> Option<(u64, u64)> {
+        while self.unasked < all && (self.verified.contains(&self.unasked) || self.in_flight.contains(&self.unasked)) {
+            self.unasked += 1;
+        }
+        let first = self.unasked;
+        if first >= all {
+            return None;
+        }
         let end = (first..all.min(first + self.config.request_groups)).find(|g| self.verified.contains(g) || self.in_flight.contains(g)).unwrap_or(all.min(first + self.config.request_groups));
         Some((first, end))
     }

@@ -1,0 +1,178 @@
+//! `netmachine bench storage`: blocks, each figure beside its baseline from the same run. On
+//! one node: a put of N MiB (hashed, its outboard computed, synced) against writing the same
+//! bytes to a plain file and syncing it, and a get against reading that file back. Between two
+//! nodes on loopback: a fetch of the block (bulk streams through both transports, every group
+//! checked) against one raw quinn stream carrying the same bytes with the same TLS. And checking
+//! a whole block's stream against BLAKE3 hashing the same bytes on one core.
+
+use crate::local_node::{LocalNode, ScratchDir};
+use crate::node_client::run_local;
+use crate::peers;
+use anyhow::{bail, Context, Result};
+use netmachine_engine::blocks::{BlockPrefs, Blocks};
+use netmachine_schema::{ContentId, Keypair};
+use netmachine_service::ServiceKind;
+use netmachine_storage::core::verify::{encode, group_ranges, groups, outboard, Verifier};
+use netmachine_transport::tls::NodeTls;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+fn mb_per_s(bytes: usize, elapsed: Duration) -> f64 {
+    bytes as f64 / elapsed.as_secs_f64().max(1e-9) / 1e6
+}
+
+/// `size` bytes that do not compress or repeat.
+fn block(size: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; size];
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for chunk in bytes.chunks_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+    }
+    bytes
+}
+
+pub fn run(mib: usize, json_output: bool) -> Result<()> {
+    let netmachine = std::env::current_exe().context("cannot find this executable")?;
+    let scratch = ScratchDir::new("netmachine-bench-storage")?;
+    let listen = "transport.listen=[\"127.0.0.1:0\"]".to_string();
+    let budget = format!("storage.max_bytes={}", 4 * (mib << 20) + (64 << 20));
+    let set = [listen, budget];
+    let mut a = LocalNode::start(&netmachine, &scratch.0.join("a"), &set)?;
+    let mut b = LocalNode::start(&netmachine, &scratch.0.join("b"), &set)?;
+    let report = measure(&mut a, &mut b, &scratch, mib << 20);
+    a.stop();
+    b.stop();
+    let report = report?;
+    if json_output {
+        println!("{report}");
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn measure(a: &mut LocalNode, b: &mut LocalNode, scratch: &ScratchDir, size: usize) -> Result<serde_json::Value> {
+    run_local(async {
+        a.wait_ready(Duration::from_secs(30)).await?;
+        b.wait_ready(Duration::from_secs(30)).await?;
+        let (advert_a, advert_b) = (peers::own_advert(&a.home).await?, peers::own_advert(&b.home).await?);
+        peers::add(&a.home, &advert_b, 128, true).await?;
+        peers::add(&b.home, &advert_a, 128, true).await?;
+        super::remote::wait_connected(a, b).await
+    })?;
+    let content = block(size);
+    let words = a.home.config.rpc_word_limit();
+    let at_a = Blocks::connect(&a.home.socket(ServiceKind::Storage), words)?;
+    let at_b = Blocks::connect(&b.home.socket(ServiceKind::Storage), words)?;
+
+    let plain = scratch.0.join("plain.bin");
+    let start = Instant::now();
+    let mut file = std::fs::File::create(&plain)?;
+    file.write_all(&content)?;
+    file.sync_data()?;
+    let file_write = mb_per_s(size, start.elapsed());
+    drop(file);
+    let start = Instant::now();
+    let mut read_back = Vec::with_capacity(size);
+    std::fs::File::open(&plain)?.read_to_end(&mut read_back)?;
+    let file_read = mb_per_s(size, start.elapsed());
+
+    let start = Instant::now();
+    let info = run_local(async { Ok(at_a.put(content.clone(), BlockPrefs::default()).await?) })?;
+    let put = mb_per_s(size, start.elapsed());
+    let start = Instant::now();
+    let got = run_local(async { Ok(at_a.get_into(info.id, Vec::new(), Box::new(std::io::sink()), Box::new(|_, _| {})).await?) })?;
+    let get = mb_per_s(size, start.elapsed());
+    if got.size != size as u64 {
+        bail!("the get returned {} of {size} bytes", got.size);
+    }
+
+    let start = Instant::now();
+    let fetched = run_local(async { Ok(at_b.fetch(info.id, Vec::new()).await?) })?;
+    let fetch = mb_per_s(size, start.elapsed());
+    if fetched.size != size as u64 {
+        bail!("the fetch returned {} of {size} bytes", fetched.size);
+    }
+    let raw = run_local(raw_quinn_bulk(&content))?;
+
+    let (verify, hash) = verify_against_hashing(&content)?;
+    Ok(json!({
+        "block_bytes": size,
+        "put_mb_per_s": put.round(),
+        "file_write_mb_per_s": file_write.round(),
+        "get_mb_per_s": get.round(),
+        "file_read_mb_per_s": file_read.round(),
+        "fetch_mb_per_s": fetch.round(),
+        "raw_quinn_bulk_mb_per_s": raw.round(),
+        "verify_mb_per_s": verify.round(),
+        "blake3_mb_per_s": hash.round(),
+    }))
+}
+
+/// The baseline of a fetch: the same bytes on one quinn stream over loopback, with the TLS
+/// configuration the nodes use; the clock runs until the last byte was read.
+async fn raw_quinn_bulk(content: &[u8]) -> Result<f64> {
+    let (server_key, client_key) = (Keypair::generate(), Keypair::generate());
+    let server = quinn::Endpoint::server(NodeTls::new(&server_key)?.server_config()?, "127.0.0.1:0".parse()?)?;
+    let address = server.local_addr()?;
+    let client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let size = content.len();
+    let receiving = tokio::task::spawn_local(async move {
+        let connection = server.accept().await.context("no connection")?.await?;
+        let mut stream = connection.accept_uni().await?;
+        let mut read = 0;
+        while let Some(chunk) = stream.read_chunk(1 << 20, true).await? {
+            read += chunk.bytes.len();
+        }
+        Ok::<_, anyhow::Error>((connection, read))
+    });
+    let connection = client.connect_with(NodeTls::new(&client_key)?.client_config(server_key.identity())?, address, "netmachine")?.await?;
+    let start = Instant::now();
+    let mut stream = connection.open_uni().await?;
+    for piece in content.chunks(1 << 20) {
+        stream.write_all(piece).await?;
+    }
+    stream.finish()?;
+    let (_server_side, read) = receiving.await??;
+    let elapsed = start.elapsed();
+    connection.close(0u32.into(), b"done");
+    if read != size {
+        bail!("raw quinn delivered {read} of {size} bytes");
+    }
+    Ok(mb_per_s(size, elapsed))
+}
+
+/// Checking a whole block's verified stream, and hashing the same bytes, on one core (MB/s).
+fn verify_against_hashing(content: &[u8]) -> Result<(f64, f64)> {
+    let id = ContentId::of(content);
+    let ranges = group_ranges(0, groups(content.len() as u64));
+    let encoded = encode(content, id, content.len() as u64, &outboard(content), &ranges)?;
+    let start = Instant::now();
+    let mut verifier = Verifier::new(id, content.len() as u64, &ranges);
+    for piece in encoded.chunks(256 * 1024) {
+        verifier.feed(piece).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    verifier.feed(&[]).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let verify = mb_per_s(content.len(), start.elapsed());
+    let start = Instant::now();
+    let hashed = blake3::hash(content);
+    let hash = mb_per_s(content.len(), start.elapsed());
+    if hashed.as_bytes() != &id.0 || !verifier.finished() {
+        bail!("the check did not finish");
+    }
+    Ok((verify, hash))
+}
+
+fn print_report(report: &serde_json::Value) {
+    let f = |key: &str| report[key].as_f64().unwrap_or(0.0);
+    let mib = report["block_bytes"].as_u64().unwrap_or(0) >> 20;
+    println!("netmachine bench storage: one block of {mib} MiB");
+    println!("{}", super::ratio_line("put (hashed, outboard, synced)", f("put_mb_per_s"), "plain file write + sync", f("file_write_mb_per_s"), "MB/s"));
+    println!("{}", super::ratio_line("get", f("get_mb_per_s"), "plain file read", f("file_read_mb_per_s"), "MB/s"));
+    println!("{}", super::ratio_line("fetch node to node (checked)", f("fetch_mb_per_s"), "raw quinn bulk stream", f("raw_quinn_bulk_mb_per_s"), "MB/s"));
+    println!("{}", super::ratio_line("verified stream check, one core", f("verify_mb_per_s"), "BLAKE3 hash, one core", f("blake3_mb_per_s"), "MB/s"));
+}
