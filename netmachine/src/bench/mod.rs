@@ -9,6 +9,33 @@ mod receiving;
 pub mod remote;
 pub mod storage;
 
+/// Starts two nodes on loopback in a scratch directory (with `set` besides a free port each),
+/// runs `measure` on them, stops them, and prints its report (as JSON with `json_output`).
+pub fn two_nodes(
+    scratch_name: &str,
+    set: &[String],
+    json_output: bool,
+    print_report: fn(&serde_json::Value),
+    measure: impl FnOnce(&mut crate::local_node::LocalNode, &mut crate::local_node::LocalNode, &crate::local_node::ScratchDir) -> anyhow::Result<serde_json::Value>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let netmachine = std::env::current_exe().context("cannot find this executable")?;
+    let scratch = crate::local_node::ScratchDir::new(scratch_name)?;
+    let set: Vec<String> = std::iter::once("transport.listen=[\"127.0.0.1:0\"]".to_string()).chain(set.iter().cloned()).collect();
+    let mut a = crate::local_node::LocalNode::start(&netmachine, &scratch.0.join("a"), &set)?;
+    let mut b = crate::local_node::LocalNode::start(&netmachine, &scratch.0.join("b"), &set)?;
+    let report = measure(&mut a, &mut b, &scratch);
+    a.stop();
+    b.stop();
+    let report = report?;
+    if json_output {
+        println!("{report}");
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
 /// A figure, its baseline and their ratio, as one line.
 pub fn ratio_line(what: &str, ours: f64, baseline_name: &str, baseline: f64, unit: &str) -> String {
     let ratio = if baseline > 0.0 { ours / baseline } else { 0.0 };

@@ -6,7 +6,7 @@
 //! verifies).
 
 use crate::latency::Latencies;
-use crate::local_node::{LocalNode, ScratchDir};
+use crate::local_node::LocalNode;
 use crate::node_client::{connect, run_local};
 use crate::peers;
 use crate::routable::probe_until_routable;
@@ -32,31 +32,11 @@ pub(super) struct Throughput {
 }
 
 pub fn run(messages: usize, requests: usize, json_output: bool) -> Result<()> {
-    let netmachine = std::env::current_exe().context("cannot find this executable")?;
-    let scratch = ScratchDir::new("netmachine-bench")?;
-    let listen = "transport.listen=[\"127.0.0.1:0\"]".to_string();
-    let mut a = LocalNode::start(&netmachine, &scratch.0.join("a"), std::slice::from_ref(&listen))?;
-    let mut b = LocalNode::start(&netmachine, &scratch.0.join("b"), &[listen])?;
-    let report = run_local(async { measure(&mut a, &mut b, messages, requests).await });
-    a.stop();
-    b.stop();
-    let report = report?;
-    if json_output {
-        println!("{report}");
-    } else {
-        print_report(&report);
-    }
-    Ok(())
+    super::two_nodes("netmachine-bench", &[], json_output, print_report, |a, b, _| run_local(async { measure(a, b, messages, requests).await }))
 }
 
 async fn measure(a: &mut LocalNode, b: &mut LocalNode, messages: usize, requests: usize) -> Result<serde_json::Value> {
-    a.wait_ready(Duration::from_secs(30)).await?;
-    b.wait_ready(Duration::from_secs(30)).await?;
-    let (advert_a, advert_b) = (peers::own_advert(&a.home).await?, peers::own_advert(&b.home).await?);
-    peers::add(&a.home, &advert_b, 128, true).await?;
-    peers::add(&b.home, &advert_a, 128, true).await?;
-    wait_connected(a, b).await?;
-
+    link_nodes(a, b).await?;
     let options = |node: &LocalNode| EngineOptions::new(node.home.socket(ServiceKind::Router), Keypair::generate());
     let receiver = ReceivingEngine::attach(b.home.socket(ServiceKind::Router))?;
     let sender = Engine::attach(options(a)).await?;
@@ -115,6 +95,17 @@ async fn where_messages_went(a: &LocalNode, b: &LocalNode) -> String {
         }
     }
     out
+}
+
+/// Waits until both nodes are up, makes each a peer of the other, and waits until they are
+/// connected.
+pub(super) async fn link_nodes(a: &mut LocalNode, b: &mut LocalNode) -> Result<()> {
+    a.wait_ready(Duration::from_secs(30)).await?;
+    b.wait_ready(Duration::from_secs(30)).await?;
+    let (advert_a, advert_b) = (peers::own_advert(&a.home).await?, peers::own_advert(&b.home).await?);
+    peers::add(&a.home, &advert_b, 128, true).await?;
+    peers::add(&b.home, &advert_a, 128, true).await?;
+    wait_connected(a, b).await
 }
 
 pub(super) async fn wait_connected(a: &LocalNode, b: &LocalNode) -> Result<()> {

@@ -7,7 +7,6 @@
 
 use crate::local_node::{LocalNode, ScratchDir};
 use crate::node_client::run_local;
-use crate::peers;
 use anyhow::{bail, Context, Result};
 use netmachine_engine::blocks::{BlockPrefs, Blocks};
 use netmachine_schema::{ContentId, Keypair};
@@ -36,34 +35,12 @@ fn block(size: usize) -> Vec<u8> {
 }
 
 pub fn run(mib: usize, json_output: bool) -> Result<()> {
-    let netmachine = std::env::current_exe().context("cannot find this executable")?;
-    let scratch = ScratchDir::new("netmachine-bench-storage")?;
-    let listen = "transport.listen=[\"127.0.0.1:0\"]".to_string();
     let budget = format!("storage.max_bytes={}", 4 * (mib << 20) + (64 << 20));
-    let set = [listen, budget];
-    let mut a = LocalNode::start(&netmachine, &scratch.0.join("a"), &set)?;
-    let mut b = LocalNode::start(&netmachine, &scratch.0.join("b"), &set)?;
-    let report = measure(&mut a, &mut b, &scratch, mib << 20);
-    a.stop();
-    b.stop();
-    let report = report?;
-    if json_output {
-        println!("{report}");
-    } else {
-        print_report(&report);
-    }
-    Ok(())
+    super::two_nodes("netmachine-bench-storage", &[budget], json_output, print_report, |a, b, scratch| measure(a, b, scratch, mib << 20))
 }
 
 fn measure(a: &mut LocalNode, b: &mut LocalNode, scratch: &ScratchDir, size: usize) -> Result<serde_json::Value> {
-    run_local(async {
-        a.wait_ready(Duration::from_secs(30)).await?;
-        b.wait_ready(Duration::from_secs(30)).await?;
-        let (advert_a, advert_b) = (peers::own_advert(&a.home).await?, peers::own_advert(&b.home).await?);
-        peers::add(&a.home, &advert_b, 128, true).await?;
-        peers::add(&b.home, &advert_a, 128, true).await?;
-        super::remote::wait_connected(a, b).await
-    })?;
+    run_local(super::remote::link_nodes(a, b))?;
     let content = block(size);
     let words = a.home.config.rpc_word_limit();
     let at_a = Blocks::connect(&a.home.socket(ServiceKind::Storage), words)?;
