@@ -17,9 +17,9 @@ interface Storage extends(Svc.Service) {
   # Starts a put of `size` bytes, written in pieces. `id` as in put.
   write @3 (size :UInt64, prefs :Msg.BlockPrefs, id :Id.ContentId) -> (result :WriteResult);
   # Opens a block for reading by ranges; it is not collected while the reader is held. A block
-  # not held here is fetched first from the nodes `from` (none: the connected nodes), unless
-  # `localOnly`.
-  open @4 (id :Id.ContentId, from :List(Id.Identity), localOnly :Bool) -> (result :OpenResult);
+  # not held here is fetched first, unless `localOnly`: from the node of `topic`'s publisher (if
+  # set), then from the nodes `from` (none: every connected node).
+  open @4 (id :Id.ContentId, from :List(Id.Identity), localOnly :Bool, topic :Id.Identity) -> (result :OpenResult);
   # Every block held.
   blocks @5 () -> (blocks :List(BlockInfo));
   # Collects the blocks whose lease ended (a dry run only says which).

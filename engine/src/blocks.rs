@@ -35,6 +35,14 @@ pub struct BlockPrefs {
     pub min_trust: u8,
 }
 
+/// Where a block the node does not hold is fetched from: the node of `topic`'s publisher
+/// first (if set), then `nodes` (none: every node the node is connected to).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sources {
+    pub topic: Option<Identity>,
+    pub nodes: Vec<Identity>,
+}
+
 /// What collection reclaimed (or would, in a dry run).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Collected {
@@ -80,8 +88,8 @@ pub type Progress = Box<dyn FnMut(u64, u64) + Send>;
 
 enum Call {
     Put { source: Source, size: u64, prefs: BlockPrefs, id: Option<ContentId>, done: Reply<BlockInfo> },
-    Get { id: ContentId, from: Vec<Identity>, sink: Sink, progress: Progress, done: Reply<BlockInfo> },
-    Fetch { id: ContentId, from: Vec<Identity>, done: Reply<BlockInfo> },
+    Get { id: ContentId, from: Sources, sink: Sink, progress: Progress, done: Reply<BlockInfo> },
+    Fetch { id: ContentId, from: Sources, done: Reply<BlockInfo> },
     Extend { id: ContentId, expiry: u64, done: Reply<BlockInfo> },
     List { done: Reply<Vec<BlockInfo>> },
     Collect { dry_run: bool, done: Reply<Collected> },
@@ -130,20 +138,19 @@ impl Blocks {
     /// it is connected to.
     pub async fn get(&self, id: ContentId) -> Result<Vec<u8>, BlockError> {
         let (sink, content) = SharedBuffer::new();
-        self.get_into(id, Vec::new(), Box::new(sink), Box::new(|_, _| {})).await?;
+        self.get_into(id, Sources::default(), Box::new(sink), Box::new(|_, _| {})).await?;
         Ok(content.take())
     }
 
     /// Writes the content of block `id` into `sink`, telling `progress` (bytes done, size) as
-    /// pieces arrive. A block the node does not hold is fetched first from the nodes `from`
-    /// (none: every node it is connected to).
-    pub async fn get_into(&self, id: ContentId, from: Vec<Identity>, sink: Sink, progress: Progress) -> Result<BlockInfo, BlockError> {
+    /// pieces arrive. A block the node does not hold is fetched first, from `from`.
+    pub async fn get_into(&self, id: ContentId, from: Sources, sink: Sink, progress: Progress) -> Result<BlockInfo, BlockError> {
         self.call(|done| Call::Get { id, from, sink, progress, done }).await
     }
 
-    /// Makes the node hold block `id`, fetching it from the nodes `from` (none: every node it
-    /// is connected to) if it does not; its info. Nothing is read back.
-    pub async fn fetch(&self, id: ContentId, from: Vec<Identity>) -> Result<BlockInfo, BlockError> {
+    /// Makes the node hold block `id`, fetching it from `from` if it does not; its info.
+    /// Nothing is read back.
+    pub async fn fetch(&self, id: ContentId, from: Sources) -> Result<BlockInfo, BlockError> {
         self.call(|done| Call::Fetch { id, from, done }).await
     }
 
@@ -282,11 +289,14 @@ async fn put(service: &storage::Client, mut source: Source, size: u64, prefs: Bl
 
 /// Opens block `id` (fetched first from `from` if the node does not hold it): its reader and
 /// info.
-async fn open(service: &storage::Client, id: ContentId, from: &[Identity]) -> Result<(block_reader::Client, BlockInfo), BlockError> {
+async fn open(service: &storage::Client, id: ContentId, from: &Sources) -> Result<(block_reader::Client, BlockInfo), BlockError> {
     let mut request = service.open_request();
     request.get().set_id(&id.0);
-    let mut nodes = request.get().init_from(from.len() as u32);
-    for (i, node) in from.iter().enumerate() {
+    if let Some(topic) = &from.topic {
+        request.get().set_topic(&topic.0);
+    }
+    let mut nodes = request.get().init_from(from.nodes.len() as u32);
+    for (i, node) in from.nodes.iter().enumerate() {
         nodes.set(i as u32, &node.0);
     }
     let answer = request.send().promise.await?;
@@ -296,7 +306,7 @@ async fn open(service: &storage::Client, id: ContentId, from: &[Identity]) -> Re
     }
 }
 
-async fn get(service: &storage::Client, id: ContentId, from: &[Identity], mut sink: Sink, mut progress: Progress) -> Result<BlockInfo, BlockError> {
+async fn get(service: &storage::Client, id: ContentId, from: &Sources, mut sink: Sink, mut progress: Progress) -> Result<BlockInfo, BlockError> {
     let (reader, info) = open(service, id, from).await?;
     let read = |offset: u64| {
         let mut request = reader.read_request();

@@ -765,7 +765,7 @@ impl Engine {
     /// Writes the content of block `id` into `sink` piece by piece, for blocks too large to
     /// hold in memory at once.
     pub async fn read_block(&self, id: ContentId, sink: blocks::Sink) -> Result<blocks::BlockInfo, blocks::BlockError> {
-        self.blocks()?.get_into(id, Vec::new(), sink, Box::new(|_, _| {})).await
+        self.blocks()?.get_into(id, blocks::Sources::default(), sink, Box::new(|_, _| {})).await
     }
 
     /// Extends block `id`'s lease to `expiry` (ms since the Unix epoch); a lease is never

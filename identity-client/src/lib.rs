@@ -1,5 +1,8 @@
-//! For the identity store's clients (router, transport): walking every record of a kind, a
-//! page at a time. A crate of its own, so that clients do not pull in the store's database.
+//! For the identity store's clients (router, transport, pubsub, storage): walking every record of
+//! a kind, a page at a time, and finding a topic's publisher node (`locate`). A crate of its
+//! own, so that clients do not pull in the store's database.
+
+pub mod locate;
 
 use netmachine_schema::identity_capnp::{identity_record, RecordKind};
 use netmachine_schema::identity_store_capnp::identity_store;

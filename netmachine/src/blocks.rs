@@ -3,7 +3,7 @@
 
 use crate::node_client::run_local;
 use anyhow::{Context, Result};
-use netmachine_engine::blocks::{BlockInfo, BlockPrefs, Blocks};
+use netmachine_engine::blocks::{BlockInfo, BlockPrefs, Blocks, Sources};
 use netmachine_engine::{ContentId, Identity};
 use netmachine_schema::time::now_ms;
 use netmachine_service::{NodeHome, ServiceKind};
@@ -75,10 +75,13 @@ pub fn put(root: &Path, set: &[String], file: &Path, lifetime: Option<u64>, min_
 }
 
 /// Writes block ID to FILE (or standard output), with a progress bar on a terminal; a block the
-/// node does not hold is fetched from the nodes `from` (none: the connected ones).
-pub fn get(root: &Path, set: &[String], id: &str, output: Option<PathBuf>, from: &[String]) -> Result<()> {
+/// node does not hold is fetched from the node of `topic`'s publisher, then the nodes `from`
+/// (none: the connected ones).
+pub fn get(root: &Path, set: &[String], id: &str, output: Option<PathBuf>, from: &[String], topic: Option<&str>) -> Result<()> {
     let id = block_id(id)?;
-    let from = from.iter().map(|node| node.parse().with_context(|| format!("--from {node}"))).collect::<Result<Vec<Identity>>>()?;
+    let nodes = from.iter().map(|node| node.parse().with_context(|| format!("--from {node}"))).collect::<Result<Vec<Identity>>>()?;
+    let topic = topic.map(|topic| topic.parse().with_context(|| format!("--topic {topic}"))).transpose()?;
+    let from = Sources { topic, nodes };
     let blocks = connect(root, set)?;
     let sink: Box<dyn std::io::Write + Send> = match &output {
         Some(path) => Box::new(std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?)),
@@ -126,9 +129,12 @@ pub fn list(root: &Path, set: &[String], json: bool) -> Result<()> {
     }
     let now = now_ms();
     for info in held {
+        if !info.complete {
+            println!("{}  {:>12} bytes  partial: being fetched, or resumed by the next get", info.id, info.size);
+            continue;
+        }
         let left = info.expiry.saturating_sub(now) / 1000;
-        let state = if info.complete { "complete" } else { "partial" };
-        println!("{}  {:>12} bytes  expires in {}h{:02}m  {state}", info.id, info.size, left / 3600, left / 60 % 60);
+        println!("{}  {:>12} bytes  expires in {}h{:02}m  complete", info.id, info.size, left / 3600, left / 60 % 60);
     }
     Ok(())
 }

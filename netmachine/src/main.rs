@@ -141,6 +141,9 @@ enum Command {
         /// connected node)
         #[arg(long)]
         from: Vec<String>,
+        /// Ask the node of this topic's publisher first (the topic's identity, hex)
+        #[arg(long)]
+        topic: Option<String>,
     },
     /// List the blocks this node holds: id, size, expiry, complete or partial
     Blocks {
@@ -225,7 +228,7 @@ fn main() -> ExitCode {
         Command::Subscribe { key, topic, local } => topics::subscribe(&root, &cli.set, &key, &topic, local),
         Command::Topics { json } => topics::topics(&root, &cli.set, json),
         Command::Put { file, expiry, min_trust } => blocks::put(&root, &cli.set, &file, expiry, min_trust),
-        Command::Get { id, output, from } => blocks::get(&root, &cli.set, &id, output, &from),
+        Command::Get { id, output, from, topic } => blocks::get(&root, &cli.set, &id, output, &from, topic.as_deref()),
         Command::Blocks { json } => blocks::list(&root, &cli.set, json),
         Command::Storage(command) => blocks::storage(&root, &cli.set, command),
         Command::Listen { key, json, echo } => messaging::listen(&root, &cli.set, &key, json, echo),

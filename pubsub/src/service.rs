@@ -17,7 +17,7 @@
 
 use crate::core::{self, Config, Input, Output, PubSub};
 use crate::events::Events;
-use crate::locate;
+use netmachine_identity_client::locate;
 use futures::stream::{FuturesOrdered, StreamExt};
 use futures::FutureExt;
 use netmachine_engine::{Engine, EngineError, EngineOptions, PendingSend, Scope, SendRefusal, TopicPolicy, TopicRefusal};

@@ -15,7 +15,8 @@ use crate::store::{finish_file, Partial};
 use netmachine_schema::service_capnp::byte_sink;
 use netmachine_schema::storage_capnp::StorageRefusal;
 use netmachine_schema::time::now_ms;
-use netmachine_schema::transport_capnp::{stream_result, StreamKind};
+use netmachine_identity_client::locate::locate;
+use netmachine_schema::transport_capnp::{stream_result, transport, StreamKind};
 use netmachine_schema::{ContentId, Identity};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::FileExt;
@@ -35,9 +36,10 @@ enum StreamEvent {
     Failed(u64, String),
 }
 
-/// Fetches `id` from `from` (none: every connected node), unless another call is fetching it
-/// already, in which case this waits for that one.
-pub(crate) async fn fetch(shared: Rc<Shared>, id: ContentId, from: Vec<Identity>) -> Result<(), Refused> {
+/// Fetches `id` from the node of `topic`'s publisher (if given) and from `from` (none: every
+/// connected node), unless another call is fetching it already, in which case this waits for
+/// that one.
+pub(crate) async fn fetch(shared: Rc<Shared>, id: ContentId, from: Vec<Identity>, topic: Option<Identity>) -> Result<(), Refused> {
     let running = shared.fetching.borrow().get(&id).cloned();
     if let Some(mut running) = running {
         let _ = running.wait_for(|done| *done).await;
@@ -49,7 +51,7 @@ pub(crate) async fn fetch(shared: Rc<Shared>, id: ContentId, from: Vec<Identity>
     let (done, watch) = tokio::sync::watch::channel(false);
     shared.fetching.borrow_mut().insert(id, watch);
     bump(&shared.counters.fetches);
-    let fetched = run(&shared, id, from).await;
+    let fetched = run(&shared, id, from, topic).await;
     shared.fetching.borrow_mut().remove(&id);
     let _ = done.send(true);
     if let Err(Refused(_, detail)) = &fetched {
@@ -59,25 +61,41 @@ pub(crate) async fn fetch(shared: Rc<Shared>, id: ContentId, from: Vec<Identity>
     fetched
 }
 
-async fn run(shared: &Rc<Shared>, id: ContentId, from: Vec<Identity>) -> Result<(), Refused> {
-    let failed = |detail: String| Refused(StorageRefusal::Failed, detail);
-    let transport = shared.transport.client_within(Duration::from_secs(5)).await.ok_or_else(|| failed("the transport is unreachable, so no other node can be asked".into()))?;
-    let mut peers = from;
-    if peers.is_empty() {
-        let answer = transport.connected_nodes_request().send().promise.await.map_err(|e| failed(e.to_string()))?;
-        for node in answer.get().map_err(|e| failed(e.to_string()))?.get_nodes().map_err(|e| failed(e.to_string()))? {
-            peers.push(Identity::from_slice("node", node.get_node().map_err(|e| failed(e.to_string()))?).map_err(|e| failed(e.to_string()))?);
+/// The nodes to ask, best first: the publisher's node of `topic` (if found), then `from` (or
+/// every connected node) by reputation.
+async fn peers(shared: &Shared, transport: &transport::Client, from: Vec<Identity>, topic: Option<Identity>) -> Result<Vec<Identity>, String> {
+    let mut publisher = None;
+    if let Some(topic) = topic {
+        let store = shared.identity_store.client_within(Duration::from_secs(5)).await.ok_or("the identity store is unreachable, so the topic cannot be found")?;
+        match locate(&store, topic).await? {
+            Some((_, node)) => publisher = Some(node),
+            None => tracing::info!(%topic, "the topic's publisher is not known here; asking the other nodes"),
         }
     }
+    let mut others = from;
+    if others.is_empty() {
+        let answer = transport.connected_nodes_request().send().promise.await.map_err(|e| e.to_string())?;
+        for node in answer.get().map_err(|e| e.to_string())?.get_nodes().map_err(|e| e.to_string())? {
+            others.push(Identity::from_slice("node", node.get_node().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?);
+        }
+    }
+    let reputation = shared.reputation.borrow();
+    others.sort_by_key(|peer| std::cmp::Reverse(reputation.get(peer).copied().unwrap_or(0)));
+    let mut seen = BTreeSet::new();
+    Ok(publisher.into_iter().chain(others).filter(|peer| seen.insert(*peer)).collect())
+}
+
+async fn run(shared: &Rc<Shared>, id: ContentId, from: Vec<Identity>, topic: Option<Identity>) -> Result<(), Refused> {
+    let failed = |detail: String| Refused(StorageRefusal::Failed, detail);
+    let transport = shared.transport.client_within(Duration::from_secs(5)).await.ok_or_else(|| failed("the transport is unreachable, so no other node can be asked".into()))?;
+    let peers = peers(shared, &transport, from, topic).await.map_err(failed)?;
     if peers.is_empty() {
         return Err(Refused(StorageRefusal::Unknown, format!("no block {id} is held here, and no other node is connected to ask")));
     }
-    let reputation = shared.reputation.borrow().clone();
-    peers.sort_by_key(|peer| std::cmp::Reverse(reputation.get(peer).copied().unwrap_or(0)));
     let start = tokio::time::Instant::now();
     let now = || start.elapsed().as_millis() as u64;
     let config = FetchConfig::default();
-    let resumed = shared.partials.borrow_mut().remove(&id);
+    let resumed = shared.partials.borrow().get(&id).cloned();
     let mut driver = Driver { shared: shared.clone(), id, file: None, reservation: None, written: BTreeSet::new(), unrecorded: 0, size: 0 };
     let mut fetch = match resumed {
         Some(Partial { size, written, .. }) => {
@@ -211,8 +229,7 @@ impl Driver {
         self.size = size;
         self.reservation = Some(self.shared.catalog.borrow_mut().reserve(size)?);
         self.file = Some(self.shared.store.open_partial(&self.id, size)?);
-        self.shared.store.record_partial(&self.id, size, &self.written)?;
-        Ok(())
+        self.record()
     }
 
     fn store(&mut self, offset: u64, bytes: &[u8]) -> Result<(), Refused> {
@@ -234,6 +251,8 @@ impl Driver {
         }
         self.shared.store.record_partial(&self.id, self.size, &self.written)?;
         self.unrecorded = 0;
+        let partial = Partial { id: self.id, size: self.size, written: self.written.iter().copied().collect() };
+        self.shared.partials.borrow_mut().insert(self.id, partial);
         Ok(())
     }
 
@@ -245,6 +264,7 @@ impl Driver {
         let expiry = self.shared.catalog.borrow().lease(0, now_ms())?;
         let entry = Entry { size: self.size, expiry, min_trust: 0 };
         self.shared.keep(reservation, entry, Ok(finished))?;
+        self.shared.partials.borrow_mut().remove(&self.id);
         tracing::info!(id = %self.id, size = self.size, "fetched a block");
         Ok(())
     }
@@ -259,15 +279,11 @@ impl Driver {
         if let Some(reservation) = self.reservation.take() {
             self.shared.catalog.borrow_mut().release(reservation);
         }
-        if self.file.take().is_some() {
-            let partial = Partial { id: self.id, size: self.size, written: self.written.iter().copied().collect() };
-            self.shared.partials.borrow_mut().insert(self.id, partial);
-        }
     }
 }
 
 /// One request's stream: its pieces and its end go to the fetch, in order.
-async fn open(transport: netmachine_schema::transport_capnp::transport::Client, peer: Identity, request: u64, asked: Vec<u8>, events: mpsc::Sender<StreamEvent>) {
+async fn open(transport: transport::Client, peer: Identity, request: u64, asked: Vec<u8>, events: mpsc::Sender<StreamEvent>) {
     let mut call = transport.open_stream_request();
     call.get().set_node(&peer.0);
     call.get().set_kind(StreamKind::Block);

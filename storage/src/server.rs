@@ -5,6 +5,7 @@
 use crate::core::catalog::{Catalog, Entry, Refusal, Reservation};
 use crate::core::Millis;
 use crate::store::{Content, Finished, Partial, Pending, PutError, Store, StoreError};
+use netmachine_schema::identity_store_capnp::identity_store;
 use netmachine_schema::transport_capnp::transport;
 use netmachine_schema::Identity;
 use netmachine_service::Link;
@@ -113,6 +114,8 @@ pub(crate) struct Shared {
     max_message_bytes: u64,
     /// Bulk streams to other nodes' storage services.
     pub transport: Link<transport::Client>,
+    /// Where a topic's publisher is, to fetch from its node first.
+    pub identity_store: Link<identity_store::Client>,
     /// Blocks being fetched (a second asker waits for the first fetch), and the partial blocks
     /// left by fetches that did not finish, to resume.
     pub fetching: RefCell<BTreeMap<ContentId, tokio::sync::watch::Receiver<bool>>>,
@@ -217,13 +220,16 @@ impl StorageService {
             catalog.load(id, entry);
         }
         tracing::info!(blocks = catalog.len(), bytes = catalog.usage().0, partial = found.partials.len(), "block store open");
-        let transport = Link::start(ServiceKind::Transport, home.socket(ServiceKind::Transport), home.config.rpc_word_limit(), |_| async { Ok(()) });
+        let words = home.config.rpc_word_limit();
+        let transport = Link::start(ServiceKind::Transport, home.socket(ServiceKind::Transport), words, |_| async { Ok(()) });
+        let identity_store = Link::start(ServiceKind::IdentityStore, home.socket(ServiceKind::IdentityStore), words, |_| async { Ok(()) });
         let shared = Rc::new(Shared {
             catalog: RefCell::new(catalog),
             store,
             counters: Counters::default(),
             max_message_bytes: home.config.limits.max_message_bytes.into(),
             transport,
+            identity_store,
             fetching: RefCell::new(BTreeMap::new()),
             partials: RefCell::new(found.partials.into_iter().map(|p| (p.id, p)).collect()),
             reputation: RefCell::new(BTreeMap::new()),
@@ -274,7 +280,7 @@ impl service::Server for StorageService {
             ("serves_refused", counters.serves_refused.get()),
         ];
         all.extend(self.stats.counters());
-        let links = vec![self.shared.transport.state()];
+        let links = vec![self.shared.transport.state(), self.shared.identity_store.state()];
         StatusReport { kind: ServiceKind::Storage, node: self.home.node_identity().ok().flatten(), note: "", links, counters: all, engines: vec![] }
             .write(results.get().init_status());
         Ok(())
@@ -385,9 +391,13 @@ impl storage::Server for StorageService {
         let shared = &self.shared;
         bump(&shared.counters.gets);
         let from = params.get_from()?.iter().map(|node| Identity::from_slice("from", node?).map_err(|e| capnp::Error::failed(e.to_string()))).collect::<capnp::Result<Vec<_>>>()?;
+        let topic = match params.get_topic()? {
+            [] => None,
+            bytes => Some(Identity::from_slice("topic", bytes).map_err(|e| capnp::Error::failed(e.to_string()))?),
+        };
         let wanted = read_id(params.get_id()?);
         let fetched = match wanted {
-            Ok(id) if shared.catalog.borrow().get(&id).is_none() && !params.get_local_only() => crate::fetching::fetch(shared.clone(), id, from).await,
+            Ok(id) if shared.catalog.borrow().get(&id).is_none() && !params.get_local_only() => crate::fetching::fetch(shared.clone(), id, from, topic).await,
             _ => Ok(()),
         };
         let opened = wanted.and_then(|id| {
@@ -423,9 +433,17 @@ impl storage::Server for StorageService {
 
     async fn blocks(self: CapRc<Self>, _: storage::BlocksParams, mut results: storage::BlocksResults) -> capnp::Result<()> {
         let catalog = self.shared.catalog.borrow();
-        let mut out = results.get().init_blocks(catalog.len() as u32);
+        let partials = self.shared.partials.borrow();
+        let mut out = results.get().init_blocks((catalog.len() + partials.len()) as u32);
         for (i, (id, entry)) in catalog.iter().enumerate() {
             write_info(out.reborrow().get(i as u32), id, entry);
+        }
+        // Blocks being fetched, or whose fetch stopped: what they will be once complete.
+        for (i, partial) in partials.values().enumerate() {
+            let mut info = out.reborrow().get((catalog.len() + i) as u32);
+            info.set_id(&partial.id.0);
+            info.set_size(partial.size);
+            info.set_complete(false);
         }
         Ok(())
     }

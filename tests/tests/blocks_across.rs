@@ -82,7 +82,7 @@ fn a_peer_whose_copy_is_corrupt_is_cut_and_another_gives_the_block() {
 fn kill9_of_the_fetching_storage_mid_fetch_resumes_from_the_groups_it_had() {
     let (a, b) = (Node::up(), Node::up());
     link(&a, &b);
-    let size = 60_000_000;
+    let size = 150_000_000;
     let block = pseudo_random(size, 4);
     let id = put(&a, &block, &[]);
     let out = b.root().join("got.bin");
@@ -92,12 +92,17 @@ fn kill9_of_the_fetching_storage_mid_fetch_resumes_from_the_groups_it_had() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_until("part of the block is fetched", Duration::from_secs(60), || b.counter(ServiceKind::Storage, "bytes_fetched") > 2_000_000);
+    // Past a few progress records (every 4 MiB), well before the end.
+    wait_until("part of the block is fetched", Duration::from_secs(60), || b.counter(ServiceKind::Storage, "bytes_fetched") > 12_000_000);
     let first_part = b.counter(ServiceKind::Storage, "bytes_fetched");
     let killed = b.kill9(ServiceKind::Storage);
     let _ = fetching.wait();
     wait_until("storage is restarted", Duration::from_secs(30), || b.pid(ServiceKind::Storage).is_some_and(|pid| pid != killed) && b.all_up());
     assert_eq!(b.counter(ServiceKind::Storage, "partial_blocks"), 1, "the fetch left a partial block");
+    let listed = String::from_utf8_lossy(&b.cli(&["blocks"]).stdout).to_string();
+    assert!(listed.contains(&id) && listed.contains(&format!("{size} bytes  partial")), "{listed}");
+    // Collection passes a partial block by.
+    assert!(b.cli(&["storage", "gc"]).status.success());
     let output = get(&b, &id, &[]);
     assert!(output.status.success(), "get: {}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(got(&b), block);
@@ -118,4 +123,31 @@ fn a_block_is_not_served_to_a_node_trusted_less_than_its_min_trust() {
     assert!(a.counter(ServiceKind::Storage, "serves_refused") >= 1);
     let output = get(&b, &open, &[]);
     assert!(output.status.success(), "get: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn a_get_naming_a_topic_asks_its_publishers_node_first() {
+    let (a, b, c) = (Node::up(), Node::up(), Node::up());
+    link(&a, &b);
+    link(&c, &b);
+    let (alice, _) = a.engine_key("alice");
+    let created = a.cli(&["topic", "create", "--key", alice.to_str().unwrap()]);
+    assert!(created.status.success(), "{created:?}");
+    let topic = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    let topic_id: netmachine_schema::Identity = topic.parse().unwrap();
+    let store = b.socket(ServiceKind::IdentityStore);
+    wait_until("B knows the topic", Duration::from_secs(30), || netmachine_tests::with_rpc(netmachine_tests::identity_exists(&store, &topic_id)));
+    let block = pseudo_random(1_000_000, 7);
+    let id = put(&a, &block, &[]);
+    assert_eq!(put(&c, &block, &[]), id);
+    // C's copy is bad in its last group, the one asked first (for the size).
+    let file = c.root().join("data/storage/data").join(&id);
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[999_000] ^= 0x10;
+    std::fs::write(&file, bytes).unwrap();
+    let output = get(&b, &id, &["--from", &c.id(), "--topic", &topic]);
+    assert!(output.status.success(), "get: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(got(&b), block);
+    assert_eq!(b.counter(ServiceKind::Storage, "peers_cut"), 0, "the publisher's node was asked for the size, not C");
+    assert!(a.counter(ServiceKind::Storage, "streams_served") >= 1);
 }

@@ -8,7 +8,7 @@
 use crate::local_node::{LocalNode, ScratchDir};
 use crate::node_client::run_local;
 use anyhow::{bail, Context, Result};
-use netmachine_engine::blocks::{BlockPrefs, Blocks};
+use netmachine_engine::blocks::{BlockPrefs, Blocks, Sources};
 use netmachine_schema::{ContentId, Keypair};
 use netmachine_service::ServiceKind;
 use netmachine_storage::core::verify::{encode, group_ranges, groups, outboard, Verifier};
@@ -62,14 +62,14 @@ fn measure(a: &mut LocalNode, b: &mut LocalNode, scratch: &ScratchDir, size: usi
     let info = run_local(async { Ok(at_a.put(content.clone(), BlockPrefs::default()).await?) })?;
     let put = mb_per_s(size, start.elapsed());
     let start = Instant::now();
-    let got = run_local(async { Ok(at_a.get_into(info.id, Vec::new(), Box::new(std::io::sink()), Box::new(|_, _| {})).await?) })?;
+    let got = run_local(async { Ok(at_a.get_into(info.id, Sources::default(), Box::new(std::io::sink()), Box::new(|_, _| {})).await?) })?;
     let get = mb_per_s(size, start.elapsed());
     if got.size != size as u64 {
         bail!("the get returned {} of {size} bytes", got.size);
     }
 
     let start = Instant::now();
-    let fetched = run_local(async { Ok(at_b.fetch(info.id, Vec::new()).await?) })?;
+    let fetched = run_local(async { Ok(at_b.fetch(info.id, Sources::default()).await?) })?;
     let fetch = mb_per_s(size, start.elapsed());
     if fetched.size != size as u64 {
         bail!("the fetch returned {} of {size} bytes", fetched.size);
