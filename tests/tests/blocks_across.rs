@@ -25,6 +25,16 @@ fn get(node: &Node, id: &str, extra: &[&str]) -> std::process::Output {
     node.cli(&args)
 }
 
+/// Flips a bit at each of `offsets` in `node`'s copy of block `id`, as a failing disk would.
+fn corrupt(node: &Node, id: &str, offsets: &[usize]) {
+    let file = node.root().join("data/storage/data").join(id);
+    let mut bytes = std::fs::read(&file).unwrap();
+    for offset in offsets {
+        bytes[*offset] ^= 0x10;
+    }
+    std::fs::write(&file, bytes).unwrap();
+}
+
 fn got(node: &Node) -> Vec<u8> {
     std::fs::read(node.root().join("got.bin")).unwrap_or_default()
 }
@@ -67,11 +77,7 @@ fn a_peer_whose_copy_is_corrupt_is_cut_and_another_gives_the_block() {
     assert_eq!(put(&c, &block, &[]), id);
     // C's disk returns bad bytes near the start and near the end of the block, so whichever
     // range C is asked for holds one.
-    let file = c.root().join("data/storage/data").join(&id);
-    let mut bytes = std::fs::read(&file).unwrap();
-    bytes[200_000] ^= 0x10;
-    bytes[1_800_000] ^= 0x10;
-    std::fs::write(&file, bytes).unwrap();
+    corrupt(&c, &id, &[200_000, 1_800_000]);
     let output = get(&b, &id, &["--from", &c.id(), "--from", &a.id()]);
     assert!(output.status.success(), "get: {}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(got(&b), block, "only checked bytes are kept");
@@ -141,10 +147,7 @@ fn a_get_naming_a_topic_asks_its_publishers_node_first() {
     let id = put(&a, &block, &[]);
     assert_eq!(put(&c, &block, &[]), id);
     // C's copy is bad in its last group, the one asked first (for the size).
-    let file = c.root().join("data/storage/data").join(&id);
-    let mut bytes = std::fs::read(&file).unwrap();
-    bytes[999_000] ^= 0x10;
-    std::fs::write(&file, bytes).unwrap();
+    corrupt(&c, &id, &[999_000]);
     let output = get(&b, &id, &["--from", &c.id(), "--topic", &topic]);
     assert!(output.status.success(), "get: {}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(got(&b), block);
