@@ -15,11 +15,6 @@ use std::rc::Rc;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
-/// Bytes of streaming calls (`-> stream`) in flight on one capability before the caller waits:
-/// enough for a few 256 KiB pieces, so a bulk stream between two processes is not stop-and-go
-/// (Cap'n Proto's default of 64 KiB holds one piece at a time).
-pub const STREAM_WINDOW: usize = 4 << 20;
-
 /// The limits every RPC read obeys.
 pub fn reader_options(word_limit: usize) -> capnp::message::ReaderOptions {
     let mut options = capnp::message::ReaderOptions::new();
@@ -131,12 +126,11 @@ fn rpc_system(
     bootstrap: Option<capnp::capability::Client>,
 ) -> RpcSystem<Side> {
     let (reader, writer) = stream.into_split();
-    let mut network = twoparty::VatNetwork::new(
+    let network = twoparty::VatNetwork::new(
         futures::io::BufReader::new(reader.compat()),
         futures::io::BufWriter::new(writer.compat_write()),
         side,
         reader_options(word_limit),
     );
-    network.set_window_size(STREAM_WINDOW);
     RpcSystem::new(Box::new(network), bootstrap)
 }
