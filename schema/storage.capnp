@@ -18,8 +18,9 @@ interface Storage extends(Svc.Service) {
   write @3 (size :UInt64, prefs :Msg.BlockPrefs, id :Id.ContentId) -> (result :WriteResult);
   # Opens a block for reading by ranges; it is not collected while the reader is held. A block
   # not held here is fetched first, unless `localOnly`: from the node of `topic`'s publisher (if
-  # set), then from the nodes `from` (none: every connected node).
-  open @4 (id :Id.ContentId, from :List(Id.Identity), localOnly :Bool, topic :Id.Identity) -> (result :OpenResult);
+  # set), then from the nodes `from` (none: every connected node); `progress`, if set, hears
+  # how far the fetch is.
+  open @4 (id :Id.ContentId, from :List(Id.Identity), localOnly :Bool, topic :Id.Identity, progress :FetchProgress) -> (result :OpenResult);
   # Every block held.
   blocks @5 () -> (blocks :List(BlockInfo));
   # Collects the blocks whose lease ended (a dry run only says which).
@@ -55,6 +56,11 @@ interface BlockWriter {
   write @0 (bytes :Data) -> stream;
   # Checks the size and the id, and keeps the block.
   finish @1 () -> (result :PutResult);
+}
+
+interface FetchProgress {
+  # Bytes of the block checked and written so far, of `size`.
+  fetched @0 (done :UInt64, size :UInt64) -> ();
 }
 
 interface BlockReader {

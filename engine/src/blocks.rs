@@ -3,7 +3,7 @@
 //! thread or runtime may call it. Large blocks go in pieces of [`PIECE`] bytes, with a few
 //! pieces in flight, so neither side holds a whole block in one message.
 
-use netmachine_schema::storage_capnp::{block_info, block_reader, block_writer, refused, storage};
+use netmachine_schema::storage_capnp::{block_info, block_reader, block_writer, fetch_progress, refused, storage};
 pub use netmachine_schema::storage_capnp::StorageRefusal;
 use netmachine_schema::{ContentId, Identity};
 use std::io::{Read, Write};
@@ -143,7 +143,8 @@ impl Blocks {
     }
 
     /// Writes the content of block `id` into `sink`, telling `progress` (bytes done, size) as
-    /// pieces arrive. A block the node does not hold is fetched first, from `from`.
+    /// pieces arrive. A block the node does not hold is fetched first, from `from`; `progress`
+    /// hears of the fetch too (then of the reading, from 0 again).
     pub async fn get_into(&self, id: ContentId, from: Sources, sink: Sink, progress: Progress) -> Result<BlockInfo, BlockError> {
         self.call(|done| Call::Get { id, from, sink, progress, done }).await
     }
@@ -229,7 +230,7 @@ fn serve(socket: PathBuf, word_limit: usize, mut calls: mpsc::Receiver<Call>, co
                     let _ = done.send(get(&service, id, &from, sink, progress).await);
                 }
                 Call::Fetch { id, from, done } => {
-                    let _ = done.send(open(&service, id, &from).await.map(|(_, info)| info));
+                    let _ = done.send(open(&service, id, &from, None).await.map(|(_, info)| info));
                 }
                 Call::Extend { id, expiry, done } => {
                     let _ = done.send(extend(&service, id, expiry).await);
@@ -289,9 +290,12 @@ async fn put(service: &storage::Client, mut source: Source, size: u64, prefs: Bl
 
 /// Opens block `id` (fetched first from `from` if the node does not hold it): its reader and
 /// info.
-async fn open(service: &storage::Client, id: ContentId, from: &Sources) -> Result<(block_reader::Client, BlockInfo), BlockError> {
+async fn open(service: &storage::Client, id: ContentId, from: &Sources, progress: Option<fetch_progress::Client>) -> Result<(block_reader::Client, BlockInfo), BlockError> {
     let mut request = service.open_request();
     request.get().set_id(&id.0);
+    if let Some(progress) = progress {
+        request.get().set_progress(progress);
+    }
     if let Some(topic) = &from.topic {
         request.get().set_topic(&topic.0);
     }
@@ -306,8 +310,22 @@ async fn open(service: &storage::Client, id: ContentId, from: &Sources) -> Resul
     }
 }
 
-async fn get(service: &storage::Client, id: ContentId, from: &Sources, mut sink: Sink, mut progress: Progress) -> Result<BlockInfo, BlockError> {
-    let (reader, info) = open(service, id, from).await?;
+/// Hands the storage service's reports of a fetch to the caller's progress.
+struct Fetched(std::rc::Rc<std::cell::RefCell<Progress>>);
+
+impl fetch_progress::Server for Fetched {
+    async fn fetched(self: std::rc::Rc<Self>, params: fetch_progress::FetchedParams, _: fetch_progress::FetchedResults) -> capnp::Result<()> {
+        let params = params.get()?;
+        (self.0.borrow_mut())(params.get_done(), params.get_size());
+        Ok(())
+    }
+}
+
+/// Reads block `id` into `sink`. `progress` hears of the fetch first, if the block is fetched,
+/// then of the reading.
+async fn get(service: &storage::Client, id: ContentId, from: &Sources, mut sink: Sink, progress: Progress) -> Result<BlockInfo, BlockError> {
+    let progress = std::rc::Rc::new(std::cell::RefCell::new(progress));
+    let (reader, info) = open(service, id, from, Some(capnp_rpc::new_client(Fetched(progress.clone())))).await?;
     let read = |offset: u64| {
         let mut request = reader.read_request();
         request.get().set_offset(offset);
@@ -330,7 +348,7 @@ async fn get(service: &storage::Client, id: ContentId, from: &Sources, mut sink:
         }
         sink.write_all(bytes)?;
         done += bytes.len() as u64;
-        progress(done, info.size);
+        (progress.borrow_mut())(done, info.size);
     }
     sink.flush()?;
     Ok(info)

@@ -93,10 +93,13 @@ pub fn get(root: &Path, set: &[String], id: &str, output: Option<PathBuf>, from:
         bar
     });
     let shown = bar.clone();
+    // A fetched block is reported twice (fetched, then read back): the bar only moves forward.
     let progress = Box::new(move |done: u64, size: u64| {
         if let Some(bar) = &shown {
             bar.set_length(size);
-            bar.set_position(done);
+            if done > bar.position() {
+                bar.set_position(done);
+            }
         }
     });
     let fetched = run_local(async { Ok(blocks.get_into(id, from, sink, progress).await?) });

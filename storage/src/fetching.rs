@@ -13,7 +13,7 @@ use crate::server::{add, bump, Refused, Shared};
 use crate::serving::{write_request, Status};
 use crate::store::{finish_file, Partial};
 use netmachine_schema::service_capnp::byte_sink;
-use netmachine_schema::storage_capnp::StorageRefusal;
+use netmachine_schema::storage_capnp::{fetch_progress, StorageRefusal};
 use netmachine_schema::time::now_ms;
 use netmachine_identity_client::locate::locate;
 use netmachine_schema::transport_capnp::{stream_result, transport, StreamKind};
@@ -27,6 +27,8 @@ use tokio::sync::mpsc;
 /// Written groups are recorded (after the file is synced) every this many: a crash costs at
 /// most this much of the fetch again (4 MiB).
 const RECORD_EVERY: usize = 256;
+/// Groups between two progress reports (1 MiB).
+const PROGRESS_EVERY: usize = 64;
 
 /// What a request's stream says, in order.
 enum StreamEvent {
@@ -37,9 +39,9 @@ enum StreamEvent {
 }
 
 /// Fetches `id` from the node of `topic`'s publisher (if given) and from `from` (none: every
-/// connected node), unless another call is fetching it already, in which case this waits for
-/// that one.
-pub(crate) async fn fetch(shared: Rc<Shared>, id: ContentId, from: Vec<Identity>, topic: Option<Identity>) -> Result<(), Refused> {
+/// connected node), telling `progress` how far it is, unless another call is fetching it
+/// already, in which case this waits for that one.
+pub(crate) async fn fetch(shared: Rc<Shared>, id: ContentId, from: Vec<Identity>, topic: Option<Identity>, progress: Option<fetch_progress::Client>) -> Result<(), Refused> {
     let running = shared.fetching.borrow().get(&id).cloned();
     if let Some(mut running) = running {
         let _ = running.wait_for(|done| *done).await;
@@ -51,7 +53,7 @@ pub(crate) async fn fetch(shared: Rc<Shared>, id: ContentId, from: Vec<Identity>
     let (done, watch) = tokio::sync::watch::channel(false);
     shared.fetching.borrow_mut().insert(id, watch);
     bump(&shared.counters.fetches);
-    let fetched = run(&shared, id, from, topic).await;
+    let fetched = run(&shared, id, from, topic, progress).await;
     shared.fetching.borrow_mut().remove(&id);
     let _ = done.send(true);
     if let Err(Refused(_, detail)) = &fetched {
@@ -85,7 +87,7 @@ async fn peers(shared: &Shared, transport: &transport::Client, from: Vec<Identit
     Ok(publisher.into_iter().chain(others).filter(|peer| seen.insert(*peer)).collect())
 }
 
-async fn run(shared: &Rc<Shared>, id: ContentId, from: Vec<Identity>, topic: Option<Identity>) -> Result<(), Refused> {
+async fn run(shared: &Rc<Shared>, id: ContentId, from: Vec<Identity>, topic: Option<Identity>, progress: Option<fetch_progress::Client>) -> Result<(), Refused> {
     let failed = |detail: String| Refused(StorageRefusal::Failed, detail);
     let transport = shared.transport.client_within(Duration::from_secs(5)).await.ok_or_else(|| failed("the transport is unreachable, so no other node can be asked".into()))?;
     let peers = peers(shared, &transport, from, topic).await.map_err(failed)?;
@@ -96,7 +98,7 @@ async fn run(shared: &Rc<Shared>, id: ContentId, from: Vec<Identity>, topic: Opt
     let now = || start.elapsed().as_millis() as u64;
     let config = FetchConfig::default();
     let resumed = shared.partials.borrow().get(&id).cloned();
-    let mut driver = Driver { shared: shared.clone(), id, file: None, reservation: None, written: BTreeSet::new(), unrecorded: 0, size: 0 };
+    let mut driver = Driver { shared: shared.clone(), id, file: None, reservation: None, written: BTreeSet::new(), unrecorded: 0, size: 0, progress, telling: Rc::default() };
     let mut fetch = match resumed {
         Some(Partial { size, written, .. }) => {
             driver.sized(size)?;
@@ -221,9 +223,30 @@ struct Driver {
     reservation: Option<Reservation>,
     written: BTreeSet<u64>,
     unrecorded: usize,
+    /// Told how far the fetch is, every 1 MiB; one call at a time (a slow listener misses
+    /// steps, never holds the fetch back).
+    progress: Option<fetch_progress::Client>,
+    telling: Rc<std::cell::Cell<bool>>,
 }
 
 impl Driver {
+    fn tell_progress(&self) {
+        let Some(progress) = &self.progress else { return };
+        if self.telling.get() {
+            return;
+        }
+        let done = (self.written.len() as u64 * GROUP_BYTES).min(self.size);
+        let mut call = progress.fetched_request();
+        call.get().set_done(done);
+        call.get().set_size(self.size);
+        self.telling.set(true);
+        let telling = self.telling.clone();
+        tokio::task::spawn_local(async move {
+            let _ = call.send().promise.await;
+            telling.set(false);
+        });
+    }
+
     /// The size is proven: room is reserved and the partial file made.
     fn sized(&mut self, size: u64) -> Result<(), Refused> {
         self.size = size;
@@ -237,6 +260,9 @@ impl Driver {
         file.write_all_at(bytes, offset).map_err(|e| Refused(StorageRefusal::Failed, format!("writing a fetched block: {e}")))?;
         self.written.insert(offset / GROUP_BYTES);
         add(&self.shared.counters.bytes_fetched, bytes.len() as u64);
+        if self.written.len() % PROGRESS_EVERY == 0 {
+            self.tell_progress();
+        }
         self.unrecorded += 1;
         if self.unrecorded >= RECORD_EVERY {
             self.record()?;

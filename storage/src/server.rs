@@ -395,9 +395,10 @@ impl storage::Server for StorageService {
             [] => None,
             bytes => Some(Identity::from_slice("topic", bytes).map_err(|e| capnp::Error::failed(e.to_string()))?),
         };
+        let progress = params.has_progress().then(|| params.get_progress()).transpose()?;
         let wanted = read_id(params.get_id()?);
         let fetched = match wanted {
-            Ok(id) if shared.catalog.borrow().get(&id).is_none() && !params.get_local_only() => crate::fetching::fetch(shared.clone(), id, from, topic).await,
+            Ok(id) if shared.catalog.borrow().get(&id).is_none() && !params.get_local_only() => crate::fetching::fetch(shared.clone(), id, from, topic, progress).await,
             _ => Ok(()),
         };
         let opened = wanted.and_then(|id| {

@@ -154,3 +154,23 @@ fn a_get_naming_a_topic_asks_its_publishers_node_first() {
     assert_eq!(b.counter(ServiceKind::Storage, "peers_cut"), 0, "the publisher's node was asked for the size, not C");
     assert!(a.counter(ServiceKind::Storage, "streams_served") >= 1);
 }
+
+#[test]
+fn a_get_hears_how_far_the_fetch_is_before_the_block_is_read() {
+    let (a, b) = (Node::up(), Node::up());
+    link(&a, &b);
+    let size = 8_000_000;
+    let id: netmachine_engine::ContentId = put(&a, &pseudo_random(size, 8), &[]).parse().unwrap();
+    let blocks = netmachine_engine::blocks::Blocks::connect(&b.socket(ServiceKind::Storage), b.node_home().config.rpc_word_limit()).unwrap();
+    let reports = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let heard = reports.clone();
+    let progress = Box::new(move |done: u64, total: u64| heard.lock().unwrap().push((done, total)));
+    let info = netmachine_tests::with_rpc(blocks.get_into(id, Default::default(), Box::new(std::io::sink()), progress)).unwrap();
+    assert_eq!(info.size, size as u64);
+    let reports = reports.lock().unwrap().clone();
+    assert!(reports.iter().all(|(_, total)| *total == size as u64), "{reports:?}");
+    // The fetch reports whole MiBs; reading back starts again from its first 256 KiB piece.
+    let first_read = reports.iter().position(|(done, _)| *done == 256 * 1024).expect("the reading is reported");
+    assert!(reports[..first_read].iter().any(|(done, _)| *done >= 1 << 20 && done % (1 << 20) == 0), "the fetch was reported before the reading: {reports:?}");
+    assert_eq!(reports.last(), Some(&(size as u64, size as u64)));
+}
