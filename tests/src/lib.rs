@@ -222,9 +222,21 @@ impl Node {
         });
     }
 
-    /// The engines attached to the router other than the node's own services' (pubsub's two).
+    /// The engines attached to the router other than the node's own services' (pubsub's two),
+    /// from a status in which every service answered (a service that did not, say under load,
+    /// would leave its engines looking like anyone's).
     pub fn engines(&self) -> Vec<String> {
-        let status = self.status();
+        let mut status = self.status();
+        let start = Instant::now();
+        // Pubsub lists its two engines once both are attached; the router, as each attaches.
+        let settled = |status: &Value| {
+            let services = status["services"].as_array().cloned().unwrap_or_default();
+            services.iter().all(|s| s["state"] == "up") && services.iter().filter(|s| s["name"] == "pubsub").all(|s| s["engines"].as_array().is_some_and(|e| e.len() == 2))
+        };
+        while !settled(&status) && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(50));
+            status = self.status();
+        }
         let services = status["services"].as_array().cloned().unwrap_or_default();
         let of_services: Vec<Value> = services.iter().filter(|s| s["name"] != "router").flat_map(|s| s["engines"].as_array().cloned().unwrap_or_default()).collect();
         let attached = status["engines"].as_array().cloned().unwrap_or_default();
