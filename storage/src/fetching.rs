@@ -287,6 +287,16 @@ impl Driver {
         let reservation = self.reservation.take().ok_or_else(|| Refused(StorageRefusal::Failed, "complete before the size".into()))?;
         self.file = None;
         let finished = finish_file(self.shared.store.partial_file(&self.id), self.size);
+        // Every group was checked as it came; a file damaged on disk since (a crash of the
+        // machine before the data was synced) is fetched again rather than kept under another id.
+        if let Ok(finished) = &finished {
+            if finished.id != self.id {
+                self.shared.catalog.borrow_mut().release(reservation);
+                self.shared.partials.borrow_mut().remove(&self.id);
+                self.shared.store.drop_partial(&self.id)?;
+                return Err(Refused(StorageRefusal::Failed, format!("the fetched copy of block {} changed on disk (it hashes to {}): it was dropped; ask again", self.id, finished.id)));
+            }
+        }
         let expiry = self.shared.catalog.borrow().lease(0, now_ms())?;
         let entry = Entry { size: self.size, expiry, min_trust: 0 };
         self.shared.keep(reservation, entry, Ok(finished))?;

@@ -84,13 +84,12 @@ fn a_peer_whose_copy_is_corrupt_is_cut_and_another_gives_the_block() {
     assert_eq!(b.counter(ServiceKind::Storage, "peers_cut"), 1, "the corrupt peer is cut");
 }
 
-#[test]
-fn kill9_of_the_fetching_storage_mid_fetch_resumes_from_the_groups_it_had() {
-    let (a, b) = (Node::up(), Node::up());
-    link(&a, &b);
-    let size = 150_000_000;
-    let block = pseudo_random(size, 4);
-    let id = put(&a, &block, &[]);
+/// Starts B fetching a 150 MB block put on A, and kills B's storage with kill -9 once a few
+/// progress records (every 4 MiB) are behind it, well before the end; waits until it is back.
+/// The block's id, its bytes, and the bytes fetched before the kill.
+fn interrupted_fetch(a: &Node, b: &Node, seed: u64) -> (String, Vec<u8>, u64) {
+    let block = pseudo_random(150_000_000, seed);
+    let id = put(a, &block, &[]);
     let out = b.root().join("got.bin");
     let mut fetching = std::process::Command::new(netmachine_tests::bin_dir().join("netmachine"))
         .args(["get", &id, "-o", out.to_str().unwrap(), "--home"])
@@ -98,12 +97,20 @@ fn kill9_of_the_fetching_storage_mid_fetch_resumes_from_the_groups_it_had() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Past a few progress records (every 4 MiB), well before the end.
     wait_until("part of the block is fetched", Duration::from_secs(60), || b.counter(ServiceKind::Storage, "bytes_fetched") > 12_000_000);
-    let first_part = b.counter(ServiceKind::Storage, "bytes_fetched");
+    let before = b.counter(ServiceKind::Storage, "bytes_fetched");
     let killed = b.kill9(ServiceKind::Storage);
     let _ = fetching.wait();
     wait_until("storage is restarted", Duration::from_secs(30), || b.pid(ServiceKind::Storage).is_some_and(|pid| pid != killed) && b.all_up());
+    (id, block, before)
+}
+
+#[test]
+fn kill9_of_the_fetching_storage_mid_fetch_resumes_from_the_groups_it_had() {
+    let (a, b) = (Node::up(), Node::up());
+    link(&a, &b);
+    let (id, block, first_part) = interrupted_fetch(&a, &b, 4);
+    let size = block.len();
     assert_eq!(b.counter(ServiceKind::Storage, "partial_blocks"), 1, "the fetch left a partial block");
     let listed = String::from_utf8_lossy(&b.cli(&["blocks"]).stdout).to_string();
     assert!(listed.contains(&id) && listed.contains(&format!("{size} bytes  partial")), "{listed}");
@@ -116,6 +123,25 @@ fn kill9_of_the_fetching_storage_mid_fetch_resumes_from_the_groups_it_had() {
     assert!(second_part < size as u64, "the fetch resumed instead of starting over: {second_part} bytes after the restart ({first_part} before)");
     // At most the groups written since the last record (4 MiB) are fetched again.
     assert!(second_part <= size as u64 - first_part + 5_000_000, "{second_part} bytes fetched after the restart; {first_part} were before");
+}
+
+#[test]
+fn a_partial_block_damaged_on_disk_is_not_kept_and_the_next_get_fetches_it_whole() {
+    let (a, b) = (Node::up(), Node::up());
+    link(&a, &b);
+    let (id, block, _) = interrupted_fetch(&a, &b, 9);
+    // The first groups were recorded as written; a byte of them changes on disk.
+    let partial = b.root().join("data/storage/partial").join(&id);
+    let mut bytes = std::fs::read(&partial).unwrap();
+    bytes[100] ^= 0x01;
+    std::fs::write(&partial, bytes).unwrap();
+    let output = get(&b, &id, &[]);
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && error.contains(&format!("the fetched copy of block {id} changed on disk")), "{error}");
+    assert!(!String::from_utf8_lossy(&b.cli(&["blocks"]).stdout).contains(&id), "the damaged copy is dropped");
+    let output = get(&b, &id, &[]);
+    assert!(output.status.success(), "get: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(got(&b), block);
 }
 
 #[test]
