@@ -325,13 +325,17 @@ async fn open(transport: transport::Client, peer: Identity, request: u64, asked:
     call.get().set_kind(StreamKind::Block);
     call.get().set_request(&asked);
     call.get().set_sink(capnp_rpc::new_client(Pieces { request, events: events.clone() }));
-    let event = match call.send().promise.await {
-        Ok(answer) => match answer.get().and_then(|a| a.get_result()).map(|r| r.which()) {
-            Ok(Ok(stream_result::Ended(total))) => StreamEvent::Ended(request, total),
-            Ok(Ok(stream_result::Failed(reason))) => StreamEvent::Failed(request, reason.ok().and_then(|r| r.to_string().ok()).unwrap_or_default()),
-            other => StreamEvent::Failed(request, format!("{:?}", other.err())),
-        },
-        Err(error) => StreamEvent::Failed(request, error.to_string()),
+    let answered = async {
+        let answer = call.send().promise.await.map_err(|e| format!("the transport failed: {e}"))?;
+        let result = answer.get().and_then(|a| a.get_result()).map_err(|e| format!("the transport's answer is unreadable: {e}"))?;
+        match result.which().map_err(|e| format!("the transport answered with {e}"))? {
+            stream_result::Ended(total) => Ok(total),
+            stream_result::Failed(reason) => Err(reason.ok().and_then(|r| r.to_string().ok()).unwrap_or_else(|| "the stream failed (no reason given)".into())),
+        }
+    };
+    let event = match answered.await {
+        Ok(total) => StreamEvent::Ended(request, total),
+        Err(reason) => StreamEvent::Failed(request, reason),
     };
     let _ = events.send(event).await;
 }
