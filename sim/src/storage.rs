@@ -33,6 +33,8 @@ pub struct FetchRun {
     pub failed_missing: Option<u64>,
     /// The assembled bytes equal the block's.
     pub content_ok: bool,
+    /// Whether the outboard the fetch put together is the block's (`None`: it gave none).
+    pub outboard_ok: Option<bool>,
     pub cut: Vec<(usize, CutReason)>,
     /// Checked bytes each provider gave.
     pub from: Vec<u64>,
@@ -111,8 +113,9 @@ pub fn fetch(seed: u64, size: usize, providers: &[Provider], config: FetchConfig
                 }
                 Action::Sized { size: proven } => assert_eq!(proven, size as u64, "the proven size is the block's"),
                 Action::Cut { peer, reason } => run.cut.push((index(&peer), reason)),
-                Action::Complete { .. } => {
+                Action::Complete { outboard, .. } => {
                     run.completed_at = Some(now);
+                    run.outboard_ok = outboard.map(|outboard| outboard == tree_outboard);
                     run.content_ok = assembled == content;
                     for (peer, bytes) in &fetch.received {
                         run.from[index(peer)] += bytes;

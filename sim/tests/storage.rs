@@ -14,6 +14,7 @@ fn a_fetch_from_three_peers_one_corrupt_one_partitioned_completes_with_verified_
     for_each_seed(&[1, 2, 3], |seed| {
         let run = fetch(seed, SIZE, &[Provider::Corrupt, Provider::Partitioned, Provider::Honest], CONFIG, None);
         assert!(run.completed_at.is_some() && run.content_ok, "seed {seed}: {run:?}");
+        assert_eq!(run.outboard_ok, Some(true), "the outboard is put together from the parents checked, the corrupt peer's left out");
         assert!(run.cut.iter().any(|(peer, reason)| *peer == 0 && matches!(reason, CutReason::Corrupt(_))), "the corrupt peer is cut: {:?}", run.cut);
         assert!(run.cut.contains(&(1, CutReason::Unresponsive(2))), "the partitioned peer is cut after two timeouts: {:?}", run.cut);
         assert!(run.from[0] < 8 * 16_384, "the corrupt peer gave less than one request before it was cut ({} bytes)", run.from[0]);
@@ -43,6 +44,7 @@ fn a_crash_of_the_fetching_node_resumes_where_it_stopped() {
         let groups = (SIZE as u64).div_ceil(16_384);
         assert!(run.after_crash <= (groups - 30) * 16_384, "only what was missing is fetched after the crash ({} bytes)", run.after_crash);
         assert!(run.after_crash > 0);
+        assert_eq!(run.outboard_ok, None, "a resumed fetch did not see every parent: the block is hashed again to keep it");
     });
 }
 

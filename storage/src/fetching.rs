@@ -1,17 +1,17 @@
 //! Fetching a block this node does not hold from other nodes: the storage core's `Fetch`
 //! driven over the transport's bulk streams (one per request, a few at once to each peer's
-//! storage service). Checked groups go into `partial/<id>` as they arrive and are recorded every
-//! 4 MiB, so a fetch cut short (kill -9 included) resumes from them when the block is asked for
-//! again. The disk
-//! budget is reserved once the size is proven; the block is held under the default lease once
-//! complete. Peers are asked in the order of their reputation here, which every cut lowers.
+//! storage service). Checked groups go to `partial/<id>` as they arrive (written on a thread of
+//! the fetch's own, see `partial`) and are recorded every 4 MiB, so a fetch cut short (kill -9
+//! included) resumes from them when the block is asked for again. The disk budget is reserved
+//! once the size is proven; the block is held under the default lease once complete. Peers are asked in the order of their reputation here, which every cut lowers.
 
 use crate::core::fetch::{Action, Ask, CutReason, Fetch, FetchConfig};
 use crate::core::verify::GROUP_BYTES;
 use crate::core::catalog::{Entry, Reservation};
 use crate::server::{add, bump, Refused, Shared};
 use crate::serving::{write_request, Status};
-use crate::store::{finish_file, Partial};
+use crate::partial::PartialWriter;
+use crate::store::Partial;
 use netmachine_schema::service_capnp::byte_sink;
 use netmachine_schema::storage_capnp::{fetch_progress, StorageRefusal};
 use netmachine_schema::time::now_ms;
@@ -19,7 +19,6 @@ use netmachine_identity_client::locate::locate;
 use netmachine_schema::transport_capnp::{stream_result, transport, StreamKind};
 use netmachine_schema::{ContentId, Identity};
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::FileExt;
 use std::rc::Rc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -32,7 +31,8 @@ const PROGRESS_EVERY: usize = 64;
 
 /// What a request's stream says, in order.
 enum StreamEvent {
-    Piece(u64, Vec<u8>),
+    /// A piece, as the transport wrote it (read in place: no copy).
+    Piece(u64, byte_sink::WriteParams),
     /// The other side finished, after this many bytes.
     Ended(u64, u64),
     Failed(u64, String),
@@ -88,7 +88,6 @@ async fn peers(shared: &Shared, transport: &transport::Client, from: Vec<Identit
 }
 
 async fn run(shared: &Rc<Shared>, id: ContentId, from: Vec<Identity>, topic: Option<Identity>, progress: Option<fetch_progress::Client>) -> Result<(), Refused> {
-    let failed = |detail: String| Refused(StorageRefusal::Failed, detail);
     let transport = shared.transport.client_within(Duration::from_secs(5)).await.ok_or_else(|| failed("the transport is unreachable, so no other node can be asked".into()))?;
     let peers = peers(shared, &transport, from, topic).await.map_err(failed)?;
     if peers.is_empty() {
@@ -98,11 +97,11 @@ async fn run(shared: &Rc<Shared>, id: ContentId, from: Vec<Identity>, topic: Opt
     let now = || start.elapsed().as_millis() as u64;
     let config = FetchConfig::default();
     let resumed = shared.partials.borrow().get(&id).cloned();
-    let mut driver = Driver { shared: shared.clone(), id, file: None, reservation: None, written: BTreeSet::new(), unrecorded: 0, size: 0, progress, telling: Rc::default() };
+    let mut driver = Driver { shared: shared.clone(), id, writer: None, reservation: None, written: BTreeSet::new(), unrecorded: 0, size: 0, progress, telling: Rc::default() };
     let mut fetch = match resumed {
         Some(Partial { size, written, .. }) => {
-            driver.sized(size)?;
             driver.written.extend(written.iter().copied());
+            driver.sized(size)?;
             tracing::info!(%id, size, groups = written.len(), "resuming a fetch");
             Fetch::resume(id, config, size, written)
         }
@@ -137,7 +136,7 @@ async fn run(shared: &Rc<Shared>, id: ContentId, from: Vec<Identity>, topic: Opt
                     }
                 }
                 Action::Store { offset, bytes } => {
-                    if let Err(refused) = driver.store(offset, &bytes) {
+                    if let Err(refused) = driver.store(offset, bytes).await {
                         break 'fetching Err(refused);
                     }
                 }
@@ -150,7 +149,7 @@ async fn run(shared: &Rc<Shared>, id: ContentId, from: Vec<Identity>, topic: Opt
                     *shared.reputation.borrow_mut().entry(peer).or_default() -= lowered;
                     tracing::warn!(%id, %peer, ?reason, "cut a peer from a fetch");
                 }
-                Action::Complete { .. } => break 'fetching driver.complete(),
+                Action::Complete { outboard, .. } => break 'fetching driver.complete(outboard).await,
                 Action::Failed { missing } => {
                     let missing = if missing == u64::MAX { "its size".to_string() } else { format!("{missing} of its 16 KiB groups") };
                     break 'fetching Err(Refused(StorageRefusal::Unknown, format!("block {id} is not held here and no node asked gave {missing}")));
@@ -164,10 +163,14 @@ async fn run(shared: &Rc<Shared>, id: ContentId, from: Vec<Identity>, topic: Opt
         };
         match event {
             None => fetch.tick(now()),
-            Some(StreamEvent::Piece(request, bytes)) => {
+            Some(StreamEvent::Piece(request, piece)) => {
                 let Some(state) = received.get_mut(&request) else { continue };
+                let Ok(mut bytes) = piece.get().and_then(|piece| piece.get_bytes()) else {
+                    received.remove(&request);
+                    fetch.failed(request, now());
+                    continue;
+                };
                 state.0 += bytes.len() as u64;
-                let mut bytes = &bytes[..];
                 if !state.1 {
                     state.1 = true;
                     match bytes.first().copied().and_then(Status::from_byte) {
@@ -209,7 +212,7 @@ async fn run(shared: &Rc<Shared>, id: ContentId, from: Vec<Identity>, topic: Opt
         stream.abort();
     }
     if outcome.is_err() {
-        driver.give_up();
+        driver.give_up().await;
     }
     outcome
 }
@@ -219,14 +222,19 @@ struct Driver {
     shared: Rc<Shared>,
     id: ContentId,
     size: u64,
-    file: Option<std::fs::File>,
+    writer: Option<PartialWriter>,
     reservation: Option<Reservation>,
+    /// The groups checked and handed to the writer.
     written: BTreeSet<u64>,
     unrecorded: usize,
     /// Told how far the fetch is, every 1 MiB; one call at a time (a slow listener misses
     /// steps, never holds the fetch back).
     progress: Option<fetch_progress::Client>,
     telling: Rc<std::cell::Cell<bool>>,
+}
+
+fn failed(detail: String) -> Refused {
+    Refused(StorageRefusal::Failed, detail)
 }
 
 impl Driver {
@@ -247,69 +255,107 @@ impl Driver {
         });
     }
 
-    /// The size is proven: room is reserved and the partial file made.
+    /// The size is proven: room is reserved, and the partial file made and recorded (with the
+    /// groups written before, when resuming).
     fn sized(&mut self, size: u64) -> Result<(), Refused> {
         self.size = size;
         self.reservation = Some(self.shared.catalog.borrow_mut().reserve(size)?);
-        self.file = Some(self.shared.store.open_partial(&self.id, size)?);
-        self.record()
+        let partial = self.shared.store.open_partial(&self.id, size)?;
+        partial.record(&self.written)?;
+        self.writer = Some(PartialWriter::start(partial)?);
+        self.remember();
+        Ok(())
     }
 
-    fn store(&mut self, offset: u64, bytes: &[u8]) -> Result<(), Refused> {
-        let file = self.file.as_ref().ok_or_else(|| Refused(StorageRefusal::Failed, "a group came before the size".into()))?;
-        file.write_all_at(bytes, offset).map_err(|e| Refused(StorageRefusal::Failed, format!("writing a fetched block: {e}")))?;
-        self.written.insert(offset / GROUP_BYTES);
+    async fn store(&mut self, offset: u64, bytes: Vec<u8>) -> Result<(), Refused> {
+        let writer = self.writer.as_ref().ok_or_else(|| failed("a group came before the size".into()))?;
         add(&self.shared.counters.bytes_fetched, bytes.len() as u64);
-        if self.written.len() % PROGRESS_EVERY == 0 {
+        if writer.write(offset, bytes).await.is_err() {
+            return Err(self.writer_failed().await);
+        }
+        self.written.insert(offset / GROUP_BYTES);
+        if self.written.len().is_multiple_of(PROGRESS_EVERY) {
             self.tell_progress();
         }
         self.unrecorded += 1;
         if self.unrecorded >= RECORD_EVERY {
-            self.record()?;
+            self.record().await?;
         }
         Ok(())
     }
 
-    /// Records the groups written so far, durably, once they are on disk.
-    fn record(&mut self) -> Result<(), Refused> {
-        if let Some(file) = &self.file {
-            file.sync_data().map_err(|e| Refused(StorageRefusal::Failed, format!("syncing a fetched block: {e}")))?;
+    /// Has the groups written so far recorded, once they are on disk.
+    async fn record(&mut self) -> Result<(), Refused> {
+        let Some(writer) = &self.writer else { return Ok(()) };
+        if writer.record(self.written.clone()).await.is_err() {
+            return Err(self.writer_failed().await);
         }
-        self.shared.store.record_partial(&self.id, self.size, &self.written)?;
         self.unrecorded = 0;
+        self.remember();
+        Ok(())
+    }
+
+    /// Lists the partial block as it stands (for `blocks`, and to resume from in this run).
+    fn remember(&self) {
         let partial = Partial { id: self.id, size: self.size, written: self.written.iter().copied().collect() };
         self.shared.partials.borrow_mut().insert(self.id, partial);
-        Ok(())
+    }
+
+    /// Why the writer stopped.
+    async fn writer_failed(&mut self) -> Refused {
+        match self.writer.take().map(PartialWriter::close) {
+            Some(closed) => match closed.await {
+                Err(error) => failed(format!("writing the fetched block: {error}")),
+                Ok(_) => failed("the fetched block's writer stopped".into()),
+            },
+            None => failed("the fetched block's writer stopped".into()),
+        }
     }
 
     /// Every group is in: the block is kept as a put is, under the default lease.
-    fn complete(&mut self) -> Result<(), Refused> {
-        let reservation = self.reservation.take().ok_or_else(|| Refused(StorageRefusal::Failed, "complete before the size".into()))?;
-        self.file = None;
-        let finished = finish_file(self.shared.store.partial_file(&self.id), self.size);
-        // Every group was checked as it came; a file damaged on disk since (a crash of the
-        // machine before the data was synced) is fetched again rather than kept under another id.
-        if let Ok(finished) = &finished {
+    async fn complete(&mut self, outboard: Option<Vec<u8>>) -> Result<(), Refused> {
+        let reservation = self.reservation.take().ok_or_else(|| failed("complete before the size".into()))?;
+        let closed = match self.writer.take() {
+            Some(writer) => writer.close().await,
+            None => Err(std::io::Error::other("complete before the size").into()),
+        };
+        let partial = match closed {
+            Ok(partial) => partial,
+            Err(error) => {
+                self.shared.catalog.borrow_mut().release(reservation);
+                return Err(failed(format!("writing the fetched block: {error}")));
+            }
+        };
+        let finished = tokio::task::spawn_blocking(move || partial.finish(outboard)).await;
+        // Every group was checked as it came; a file hashed again after a resume that differs
+        // (damaged on disk by a crash of the machine) is fetched again, not kept under another id.
+        if let Ok(Ok(finished)) = &finished {
             if finished.id != self.id {
                 self.shared.catalog.borrow_mut().release(reservation);
                 self.shared.partials.borrow_mut().remove(&self.id);
                 self.shared.store.drop_partial(&self.id)?;
-                return Err(Refused(StorageRefusal::Failed, format!("the fetched copy of block {} changed on disk (it hashes to {}): it was dropped; ask again", self.id, finished.id)));
+                return Err(failed(format!("the fetched copy of block {} changed on disk (it hashes to {}): it was dropped; ask again", self.id, finished.id)));
             }
         }
         let expiry = self.shared.catalog.borrow().lease(0, now_ms())?;
         let entry = Entry { size: self.size, expiry, min_trust: 0 };
-        self.shared.keep(reservation, entry, Ok(finished))?;
+        self.shared.keep(reservation, entry, finished)?;
+        bump(&self.shared.counters.fetches_completed);
         self.shared.partials.borrow_mut().remove(&self.id);
         tracing::info!(id = %self.id, size = self.size, "fetched a block");
         Ok(())
     }
 
     /// The fetch failed: its room goes back; what it wrote stays, recorded, to resume from.
-    fn give_up(&mut self) {
-        if self.file.is_some() && self.unrecorded > 0 {
-            if let Err(Refused(_, detail)) = self.record() {
+    async fn give_up(&mut self) {
+        if self.unrecorded > 0 {
+            if let Err(Refused(_, detail)) = self.record().await {
                 tracing::warn!(id = %self.id, %detail, "cannot record a fetch's progress");
+            }
+        }
+        if let Some(writer) = self.writer.take() {
+            if let Err(error) = writer.close().await {
+                tracing::warn!(id = %self.id, %error, "cannot write a fetch's progress");
             }
         }
         if let Some(reservation) = self.reservation.take() {
@@ -348,7 +394,6 @@ struct Pieces {
 
 impl byte_sink::Server for Pieces {
     async fn write(self: Rc<Self>, params: byte_sink::WriteParams) -> capnp::Result<()> {
-        let bytes = params.get()?.get_bytes()?.to_vec();
-        self.events.send(StreamEvent::Piece(self.request, bytes)).await.map_err(|_| capnp::Error::failed("the fetch is over".into()))
+        self.events.send(StreamEvent::Piece(self.request, params)).await.map_err(|_| capnp::Error::failed("the fetch is over".into()))
     }
 }

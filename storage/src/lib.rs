@@ -2,6 +2,7 @@
 
 pub mod core;
 pub mod store;
+pub mod partial;
 pub mod fetching;
 pub mod server;
 pub mod serving;

@@ -89,6 +89,7 @@ pub(crate) struct Counters {
     bytes_read: Cell<u64>,
     extended: Cell<u64>,
     pub fetches: Cell<u64>,
+    pub fetches_completed: Cell<u64>,
     pub fetches_failed: Cell<u64>,
     pub bytes_fetched: Cell<u64>,
     pub peers_cut: Cell<u64>,
@@ -103,6 +104,14 @@ pub(crate) fn bump(counter: &Cell<u64>) {
 
 pub(crate) fn add(counter: &Cell<u64>, n: u64) {
     counter.set(counter.get() + n);
+}
+
+/// A block kept: its id and entry, and whether it is new here (else it was held already and
+/// its lease is extended).
+pub(crate) struct Kept {
+    pub id: ContentId,
+    pub entry: Entry,
+    pub new: bool,
 }
 
 /// The state the service and its writers, readers and fetches share.
@@ -144,11 +153,13 @@ impl Shared {
     /// Checks a written put and keeps it (or, if the block was held already, extends its lease).
     async fn complete(&self, reservation: Reservation, entry: Entry, pending: Pending, expected: Option<ContentId>) -> Result<(ContentId, Entry), Refused> {
         let finished = tokio::task::spawn_blocking(move || pending.finish(expected)).await;
-        self.keep(reservation, entry, finished)
+        let kept = self.keep(reservation, entry, finished)?;
+        bump(if kept.new { &self.counters.puts } else { &self.counters.puts_existing });
+        Ok((kept.id, kept.entry))
     }
 
     /// Keeps a checked block (a put, or a fetch), or, if it was held already, extends its lease.
-    pub fn keep(&self, reservation: Reservation, entry: Entry, finished: Result<Result<Finished, StoreError>, tokio::task::JoinError>) -> Result<(ContentId, Entry), Refused> {
+    pub fn keep(&self, reservation: Reservation, entry: Entry, finished: Result<Result<Finished, StoreError>, tokio::task::JoinError>) -> Result<Kept, Refused> {
         let finished = match finished {
             Ok(Ok(finished)) => finished,
             Ok(Err(error)) => {
@@ -170,17 +181,15 @@ impl Shared {
             if kept != held {
                 self.store.update(&id, &kept).map_err(Refused::from)?;
             }
-            bump(&self.counters.puts_existing);
-            return Ok((id, kept));
+            return Ok(Kept { id, entry: kept, new: false });
         }
         if let Err(error) = self.store.keep(finished, &entry) {
             catalog.release(reservation);
             return Err(error.into());
         }
         catalog.commit(reservation, id, entry);
-        bump(&self.counters.puts);
         tracing::debug!(%id, size = entry.size, "block stored");
-        Ok((id, entry))
+        Ok(Kept { id, entry, new: true })
     }
 
     fn refused(&self, refusal: Refused) -> Refused {
@@ -272,6 +281,7 @@ impl service::Server for StorageService {
             ("collected_bytes", catalog.collected.1),
             ("partial_blocks", self.shared.partials.borrow().len() as u64),
             ("fetches", counters.fetches.get()),
+            ("fetches_completed", counters.fetches_completed.get()),
             ("fetches_failed", counters.fetches_failed.get()),
             ("bytes_fetched", counters.bytes_fetched.get()),
             ("peers_cut", counters.peers_cut.get()),
@@ -497,7 +507,8 @@ impl block_writer::Server for BlockWriter {
 
     async fn finish(self: CapRc<Self>, _: block_writer::FinishParams, mut results: block_writer::FinishResults) -> capnp::Result<()> {
         let put = self.put.borrow_mut().take();
-        let outcome = match (put, self.failed.borrow().clone()) {
+        let failed = self.failed.borrow().clone();
+        let outcome = match (put, failed) {
             (Some((reservation, entry, pending)), _) => self.shared.complete(reservation, entry, pending, self.expected).await,
             (None, Some(detail)) => Err(Refused(StorageRefusal::SizeMismatch, detail)),
             (None, None) => Err(Refused(StorageRefusal::Malformed, "the put is already finished".into())),

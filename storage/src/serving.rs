@@ -4,7 +4,7 @@
 //! node trusted less than the block's `min_trust` is denied; a block being served is held, so
 //! collection waits.
 
-use crate::core::verify::{encode, group_ranges, groups};
+use crate::core::verify::{encode_onto, group_ranges, groups};
 use crate::server::{add, bump, Shared};
 use crate::store::Content;
 use netmachine_schema::service_capnp::byte_sink;
@@ -62,27 +62,22 @@ pub fn write_request(id: &ContentId, groups: Option<(u64, u64)>) -> Vec<u8> {
 
 /// Answers `node`'s `request` into `sink`; the bytes written.
 pub(crate) async fn serve(shared: &Rc<Shared>, node: Identity, trust: u8, request: &[u8], sink: byte_sink::Client) -> capnp::Result<u64> {
-    let answer = answer(shared, trust, request).await;
-    let status = match &answer {
-        Ok(_) => Status::Served,
-        Err(status) => *status,
+    let whole = match answer(shared, trust, request).await {
+        Ok(answer) => answer,
+        Err(status) => {
+            bump(&shared.counters.serves_refused);
+            tracing::info!(peer = %node, ?status, "a block request was not served");
+            vec![status as u8]
+        }
     };
-    if status != Status::Served {
-        bump(&shared.counters.serves_refused);
-        tracing::info!(peer = %node, ?status, "a block request was not served");
-    }
-    let body = answer.unwrap_or_default();
-    let mut whole = Vec::with_capacity(1 + body.len());
-    whole.push(status as u8);
-    whole.extend_from_slice(&body);
     for piece in whole.chunks(PIECE) {
         let mut write = sink.write_request();
         write.get().set_bytes(piece);
         write.send().await?;
     }
-    if status == Status::Served {
+    if whole[0] == Status::Served as u8 {
         bump(&shared.counters.streams_served);
-        add(&shared.counters.bytes_served, body.len() as u64);
+        add(&shared.counters.bytes_served, whole.len() as u64 - 1);
     }
     Ok(whole.len() as u64)
 }
@@ -102,7 +97,7 @@ fn outboard_of(shared: &Shared, id: &ContentId) -> Result<std::sync::Arc<Vec<u8>
     Ok(outboard)
 }
 
-/// The answer after the status byte: the size and the encoded groups.
+/// A served answer: the status byte, the size and the encoded groups.
 async fn answer(shared: &Rc<Shared>, trust: u8, request: &[u8]) -> Result<Vec<u8>, Status> {
     let (id, asked) = read_request(request).map_err(|_| Status::Malformed)?;
     let entry = shared.catalog.borrow().get(&id).copied().ok_or(Status::NotHeld)?;
@@ -118,20 +113,20 @@ async fn answer(shared: &Rc<Shared>, trust: u8, request: &[u8]) -> Result<Vec<u8
     let outboard = outboard_of(shared, &id).map_err(|_| Status::NotHeld)?;
     shared.catalog.borrow_mut().hold(id);
     let size = entry.size;
-    let encoded = tokio::task::spawn_blocking(move || {
+    let answer = tokio::task::spawn_blocking(move || {
         let ranges = group_ranges(first, end);
+        let mut answer = vec![Status::Served as u8];
+        answer.extend_from_slice(&size.to_le_bytes());
         match content {
-            Content::Inline(bytes) => encode(&bytes[..], id, size, &outboard, &ranges),
-            Content::File(file) => encode(file, id, size, &outboard, &ranges),
+            Content::Inline(bytes) => encode_onto(&bytes[..], id, size, &outboard, &ranges, &mut answer),
+            Content::File(file) => encode_onto(file, id, size, &outboard, &ranges, &mut answer),
         }
+        .map(|()| answer)
     })
     .await;
     shared.catalog.borrow_mut().let_go(id);
-    let encoded = encoded.map_err(|_| Status::NotHeld)?.map_err(|error| {
+    answer.map_err(|_| Status::NotHeld)?.map_err(|error| {
         tracing::error!(%id, %error, "cannot read a block to serve it");
         Status::NotHeld
-    })?;
-    let mut answer = size.to_le_bytes().to_vec();
-    answer.extend(encoded);
-    Ok(answer)
+    })
 }

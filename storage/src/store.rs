@@ -11,6 +11,7 @@
 //! and which groups are written, so a fetch cut short by a crash resumes from there.
 
 use crate::core::catalog::Entry;
+use crate::partial::PartialFile;
 use bao_tree::io::outboard::PreOrderOutboard;
 use bao_tree::io::sync::CreateOutboard;
 use crate::core::verify::{GROUP, GROUP_BYTES};
@@ -28,7 +29,7 @@ const ENTRIES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("entries
 const INLINE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("inline");
 const OUTBOARDS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("outboards");
 /// A partial block's size (8 bytes, little endian) and a bitmap of its groups written.
-const PARTIALS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("partials");
+pub(crate) const PARTIALS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("partials");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -49,7 +50,7 @@ pub enum PutError {
     WrongId { expected: ContentId, actual: ContentId },
 }
 
-fn db_error(error: impl Into<redb::Error>) -> StoreError {
+pub(crate) fn db_error(error: impl Into<redb::Error>) -> StoreError {
     StoreError::Db(error.into())
 }
 
@@ -71,7 +72,7 @@ fn decode(bytes: &[u8]) -> Option<Entry> {
 
 /// The block store's files.
 pub struct Store {
-    db: redb::Database,
+    db: std::sync::Arc<redb::Database>,
     data: PathBuf,
     partial: PathBuf,
     tmp: PathBuf,
@@ -138,7 +139,7 @@ impl Store {
             txn.open_table(table).map_err(db_error)?;
         }
         txn.commit().map_err(db_error)?;
-        let store = Store { db, data, partial, tmp, next_tmp: std::cell::Cell::new(0) };
+        let store = Store { db: std::sync::Arc::new(db), data, partial, tmp, next_tmp: std::cell::Cell::new(0) };
         let mut held = Vec::new();
         let mut lost = Vec::new();
         {
@@ -211,23 +212,8 @@ impl Store {
     }
 
     /// Starts (or reopens) the partial file of block `id`, `size` bytes.
-    pub fn open_partial(&self, id: &ContentId, size: u64) -> Result<File, StoreError> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(self.partial_file(id))?;
-        file.set_len(size)?;
-        Ok(file)
-    }
-
-    /// Records which groups of partial block `id` are written (and synced in its file), durably.
-    pub fn record_partial(&self, id: &ContentId, size: u64, written: &std::collections::BTreeSet<u64>) -> Result<(), StoreError> {
-        let mut row = size.to_le_bytes().to_vec();
-        row.resize(8 + crate::core::verify::groups(size).div_ceil(8) as usize, 0);
-        for group in written {
-            row[8 + (group / 8) as usize] |= 1 << (group % 8);
-        }
-        let txn = self.db.begin_write().map_err(db_error)?;
-        txn.open_table(PARTIALS).map_err(db_error)?.insert(&id.0, row.as_slice()).map_err(db_error)?;
-        txn.commit().map_err(db_error)?;
-        Ok(())
+    pub fn open_partial(&self, id: &ContentId, size: u64) -> Result<PartialFile, StoreError> {
+        PartialFile::open(self.db.clone(), self.partial_file(id), *id, size)
     }
 
     /// Forgets partial block `id` (its fetch failed for good, or completed).
@@ -395,6 +381,14 @@ impl Pending {
             }
             _ => Ok(finished),
         }
+    }
+}
+
+impl Finished {
+    /// A fetched block's file (synced), every group checked as it came, with the outboard put
+    /// together from the parents checked.
+    pub(crate) fn fetched(id: ContentId, size: u64, path: PathBuf, outboard: Vec<u8>) -> Finished {
+        Finished { id, size, body: FinishedBody::File { path, outboard } }
     }
 }
 

@@ -61,6 +61,8 @@ fn a_block_put_on_one_node_is_fetched_byte_equal_by_another() {
     assert!(listed.contains(&large_id) && listed.contains(&small_id), "{listed}");
     assert_eq!(get(&b, &large_id, &[]).status.code(), Some(0));
     assert_eq!(b.counter(ServiceKind::Storage, "fetches"), 2);
+    assert_eq!(b.counter(ServiceKind::Storage, "fetches_completed"), 2);
+    assert_eq!(b.counter(ServiceKind::Storage, "puts"), 0, "a fetched block is not counted as a put");
     let unknown = ContentId::of(b"nowhere").to_string();
     let output = get(&b, &unknown, &[]);
     let error = String::from_utf8_lossy(&output.stderr);

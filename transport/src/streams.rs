@@ -39,9 +39,11 @@ impl Transport {
         write_frame(&mut send, &framed).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
         let mut answered = 0u64;
-        let mut piece = vec![0u8; PIECE];
         loop {
-            // Whole pieces (QUIC hands out a packet's worth at a time): fewer, larger calls.
+            // Whole pieces (QUIC hands out a packet's worth at a time): fewer, larger calls,
+            // read straight into the call's message.
+            let mut write = sink.write_request();
+            let piece = write.get().init_bytes(PIECE as u32);
             let mut filled = 0;
             while filled < PIECE {
                 match recv.read(&mut piece[filled..]).await.map_err(|e| format!("the answer broke off: {e}"))? {
@@ -53,8 +55,12 @@ impl Transport {
                 break;
             }
             answered += filled as u64;
-            let mut write = sink.write_request();
-            write.get().set_bytes(&piece[..filled]);
+            if filled < PIECE {
+                // The last piece: a call of its own size.
+                let last = piece[..filled].to_vec();
+                write = sink.write_request();
+                write.get().set_bytes(&last);
+            }
             write.send().await.map_err(|e| format!("the answer's reader failed: {e}"))?;
         }
         self.counters.streams_opened.set(self.counters.streams_opened.get() + 1);

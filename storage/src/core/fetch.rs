@@ -7,7 +7,7 @@
 //! fails or stalls past the timeout (measured from its last byte) earns a strike, and is cut at
 //! the limit. What a cut peer was asked for goes to the others.
 
-use super::verify::{group_ranges, groups, Corrupt, Verifier, GROUP_BYTES};
+use super::verify::{group_ranges, groups, Assembled, Corrupt, Verifier, GROUP_BYTES};
 use super::Millis;
 use netmachine_schema::{ContentId, Identity};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -61,7 +61,9 @@ pub enum Action {
     Sized { size: u64 },
     /// A peer cut from this fetch: its reputation goes down.
     Cut { peer: Identity, reason: CutReason },
-    Complete { size: u64 },
+    /// Every group is checked and stored. The block's outboard, put together from the parents
+    /// checked (`None` for a fetch resumed after a restart, which did not see them all).
+    Complete { size: u64, outboard: Option<Vec<u8>> },
     /// No peer is left that could give the missing groups.
     Failed { missing: u64 },
 }
@@ -90,6 +92,9 @@ pub struct Fetch {
     config: FetchConfig,
     size: Option<u64>,
     verified: BTreeSet<u64>,
+    /// The outboard so far (from the size on, unless resumed).
+    outboard: Option<Assembled>,
+    resumed: bool,
     in_flight: BTreeSet<u64>,
     /// Every group below this one is verified or asked for.
     unasked: u64,
@@ -109,6 +114,8 @@ impl Fetch {
             config,
             size: None,
             verified: BTreeSet::new(),
+            outboard: None,
+            resumed: false,
             in_flight: BTreeSet::new(),
             unasked: 0,
             peers: Vec::new(),
@@ -124,6 +131,7 @@ impl Fetch {
     pub fn resume(id: ContentId, config: FetchConfig, size: u64, verified: impl IntoIterator<Item = u64>) -> Self {
         let mut fetch = Fetch::new(id, config);
         fetch.size = Some(size);
+        fetch.resumed = true;
         fetch.verified.extend(verified.into_iter().filter(|group| *group < groups(size)));
         fetch
     }
@@ -189,6 +197,7 @@ impl Fetch {
         let peer = asked.peer;
         let claimed = u64::from_le_bytes(asked.header.as_slice().try_into().unwrap_or_default());
         let checked = asked.verifier.as_mut().map_or(Ok(Vec::new()), |verifier| verifier.feed(bytes));
+        let vouched = asked.verifier.as_mut().map(Verifier::take_vouched).unwrap_or_default();
         match checked {
             Err(corrupt) => self.cut(peer, CutReason::Corrupt(corrupt), now),
             Ok(checked) => {
@@ -197,6 +206,7 @@ impl Fetch {
                     if self.size.is_none() {
                         // The last group checked out under the claimed size: the size is proven.
                         self.size = Some(claimed);
+                        self.outboard = (!self.resumed).then(|| Assembled::new(claimed));
                         self.actions.push_back(Action::Sized { size: claimed });
                     }
                     let group = offset / GROUP_BYTES;
@@ -205,6 +215,10 @@ impl Fetch {
                     if self.verified.insert(group) {
                         self.actions.push_back(Action::Store { offset, bytes: group_bytes });
                     }
+                }
+                // Parents are placed by the tree's shape: only under the proven size.
+                if let Some(outboard) = self.outboard.as_mut().filter(|_| self.size == Some(claimed)) {
+                    vouched.iter().for_each(|parent| outboard.add(parent));
                 }
                 if unsized_before && self.size.is_some() {
                     // The other peers can be given ranges now.
@@ -294,7 +308,8 @@ impl Fetch {
         for request in std::mem::take(&mut self.requests).into_keys() {
             self.actions.push_back(Action::Cancel { request });
         }
-        self.actions.push_back(Action::Complete { size });
+        let outboard = self.outboard.take().map(Assembled::into_bytes);
+        self.actions.push_back(Action::Complete { size, outboard });
     }
 
     /// Gives the peers that are not cut the next missing ranges, in turn, up to `per_peer`

@@ -5,7 +5,7 @@
 //! Bytes may arrive in pieces of any size.
 
 use bao_tree::iter::BaoChunk;
-use bao_tree::{BaoTree, ChunkNum, ChunkRanges};
+use bao_tree::{BaoTree, ChunkNum, ChunkRanges, TreeNode};
 use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode};
 use bao_tree::io::sync::{ReadAt, Size};
 use netmachine_schema::ContentId;
@@ -36,6 +36,9 @@ pub struct Corrupt {
 /// A group checked: its offset in the block, and its bytes.
 pub type Group = (u64, Vec<u8>);
 
+/// A parent checked: its node in the tree, and its children's two hashes.
+pub type Vouched = (TreeNode, [u8; 64]);
+
 /// Checks one response to a request for some groups of one block.
 pub struct Verifier {
     id: ContentId,
@@ -45,6 +48,8 @@ pub struct Verifier {
     /// The hashes vouched for and not yet matched, the next on top.
     expected: Vec<[u8; 32]>,
     buffer: Vec<u8>,
+    /// The parents checked since the last `take_vouched`.
+    vouched: Vec<Vouched>,
 }
 
 impl Verifier {
@@ -54,7 +59,12 @@ impl Verifier {
         let items: Vec<BaoChunk> = tree.ranges_pre_order_chunks_iter_ref(ranges, 0).map(|item| item.without_ranges()).collect();
         let mut items = items.into_iter();
         let current = items.next();
-        Verifier { id, items, current, expected: vec![id.0], buffer: Vec::new() }
+        Verifier { id, items, current, expected: vec![id.0], buffer: Vec::new(), vouched: Vec::new() }
+    }
+
+    /// The parents checked since the last call, for the block's outboard.
+    pub fn take_vouched(&mut self) -> Vec<Vouched> {
+        std::mem::take(&mut self.vouched)
     }
 
     /// True once every item of the response arrived and was checked.
@@ -66,7 +76,7 @@ impl Verifier {
     /// item is an error (and nothing after it is read). Bytes past the end are refused too.
     pub fn feed(&mut self, mut bytes: &[u8]) -> Result<Vec<Group>, Corrupt> {
         let mut groups = Vec::new();
-        while let Some(item) = self.current.clone() {
+        while let Some(item) = self.current {
             let want = match item {
                 BaoChunk::Parent { .. } => 64,
                 BaoChunk::Leaf { size, .. } => size,
@@ -92,6 +102,7 @@ impl Verifier {
                     if left {
                         self.expected.push(l);
                     }
+                    self.vouched.push((node, item_bytes.try_into().unwrap_or([0; 64])));
                 }
                 BaoChunk::Leaf { start_chunk, is_root, .. } => {
                     let actual = if is_root {
@@ -119,10 +130,42 @@ impl Verifier {
 /// outboard. Not checked on the way out: the asking node checks every byte, and cuts a
 /// provider whose disk returned bad ones.
 pub fn encode(data: impl ReadAt + Size, id: ContentId, size: u64, outboard: &[u8], ranges: &ChunkRanges) -> std::io::Result<Vec<u8>> {
-    let outboard = bao_tree::io::outboard::PreOrderOutboard { root: blake3::Hash::from_bytes(id.0), tree: BaoTree::new(size, GROUP), data: outboard };
     let mut encoded = Vec::new();
-    bao_tree::io::sync::encode_ranges(data, outboard, ranges, &mut encoded).map_err(std::io::Error::other)?;
+    encode_onto(data, id, size, outboard, ranges, &mut encoded)?;
     Ok(encoded)
+}
+
+/// `encode`, after what `encoded` holds already.
+pub fn encode_onto(data: impl ReadAt + Size, id: ContentId, size: u64, outboard: &[u8], ranges: &ChunkRanges, encoded: &mut Vec<u8>) -> std::io::Result<()> {
+    let outboard = bao_tree::io::outboard::PreOrderOutboard { root: blake3::Hash::from_bytes(id.0), tree: BaoTree::new(size, GROUP), data: outboard };
+    bao_tree::io::sync::encode_ranges(data, outboard, ranges, encoded).map_err(std::io::Error::other)
+}
+
+/// A block's pre-order outboard, put together from the parents a fetch checked: once every
+/// group is checked, every parent was (each group's path to the root), so the fetched block
+/// need not be read and hashed again to keep it.
+pub struct Assembled {
+    tree: BaoTree,
+    data: Vec<u8>,
+}
+
+impl Assembled {
+    /// For a block of `size` bytes (the proven size: the tree's shape depends on it).
+    pub fn new(size: u64) -> Self {
+        let tree = BaoTree::new(size, GROUP);
+        Assembled { tree, data: vec![0; tree.outboard_size() as usize] }
+    }
+
+    pub fn add(&mut self, (node, pair): &Vouched) {
+        if let Some(at) = self.tree.pre_order_offset(*node) {
+            let at = at as usize * 64;
+            self.data[at..at + 64].copy_from_slice(pair);
+        }
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.data
+    }
 }
 
 /// The pre-order outboard of `content`, as the store keeps it.
@@ -165,6 +208,26 @@ mod tests {
             let last = check(&block, &group_ranges(all - 1, all), 1000).unwrap();
             assert_eq!(last.len(), 1);
             assert_eq!(last[0].0, (all - 1) * GROUP_BYTES);
+        }
+    }
+
+    #[test]
+    fn the_parents_checked_over_every_group_make_the_blocks_outboard() {
+        for size in [16_385usize, 100_000, 1_000_003] {
+            let block = content(size);
+            let (id, all) = (ContentId::of(&block), groups(size as u64));
+            let mut assembled = Assembled::new(size as u64);
+            // In ranges of three groups, last first, as a fetch asks.
+            let mut asked = vec![(all - 1, all)];
+            asked.extend((0..all - 1).step_by(3).map(|first| (first, (first + 3).min(all - 1))));
+            for (first, end) in asked {
+                let ranges = group_ranges(first, end);
+                let encoded = encode(&block[..], id, size as u64, &outboard(&block), &ranges).unwrap();
+                let mut verifier = Verifier::new(id, size as u64, &ranges);
+                verifier.feed(&encoded).unwrap();
+                verifier.take_vouched().iter().for_each(|vouched| assembled.add(vouched));
+            }
+            assert!(assembled.into_bytes() == outboard(&block), "size {size}");
         }
     }
 
