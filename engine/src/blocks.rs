@@ -46,7 +46,9 @@ pub struct Sources {
 /// What collection reclaimed (or would, in a dry run).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Collected {
-    pub reclaimed: Vec<(ContentId, u64)>,
+    /// Blocks whose lease ended, and partial blocks (`complete` false) left idle past the
+    /// partial lease.
+    pub reclaimed: Vec<BlockInfo>,
     pub bytes: u64,
     /// Expired blocks passed by because they are being read.
     pub held: u64,
@@ -375,6 +377,6 @@ async fn collect(service: &storage::Client, dry_run: bool) -> Result<Collected, 
     request.get().set_dry_run(dry_run);
     let answer = request.send().promise.await?;
     let answer = answer.get()?;
-    let reclaimed = answer.get_reclaimed()?.iter().map(|info| read_info(info).map(|info| (info.id, info.size))).collect::<Result<_, _>>()?;
+    let reclaimed = answer.get_reclaimed()?.iter().map(read_info).collect::<Result<_, _>>()?;
     Ok(Collected { reclaimed, bytes: answer.get_bytes(), held: answer.get_held() })
 }

@@ -148,8 +148,8 @@ pub fn storage(root: &Path, set: &[String], command: StorageCommand) -> Result<(
         StorageCommand::Gc { dry_run } => {
             let collected = run_local(async { Ok(blocks.collect(dry_run).await?) })?;
             let verb = if dry_run { "would collect" } else { "collected" };
-            for (id, size) in &collected.reclaimed {
-                println!("{id}  {size} bytes");
+            for block in &collected.reclaimed {
+                println!("{}  {} bytes{}", block.id, block.size, if block.complete { "" } else { "  partial" });
             }
             println!("{verb} {} blocks, {} bytes; {} expired blocks are being read and were kept", collected.reclaimed.len(), collected.bytes, collected.held);
         }

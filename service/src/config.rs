@@ -109,11 +109,13 @@ pub struct StorageConfig {
     pub default_lease_ms: u64,
     /// Blocks whose lease ended are collected this often.
     pub collect_every_ms: u64,
+    /// A partial block left by a stopped fetch is kept this long for a later get to resume.
+    pub partial_lease_ms: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { max_bytes: 8 << 30, max_block_bytes: 1 << 30, default_lease_ms: 7 * 24 * 3_600_000, collect_every_ms: 60_000 }
+        StorageConfig { max_bytes: 8 << 30, max_block_bytes: 1 << 30, default_lease_ms: 7 * 24 * 3_600_000, collect_every_ms: 60_000, partial_lease_ms: 86_400_000 }
     }
 }
 
@@ -259,7 +261,7 @@ impl Config {
     }
 
     fn validate(&self, file: &Path, overrides: &[Override]) -> Result<(), ConfigError> {
-        let checks: [(&str, u64, u64, u64); 27] = [
+        let checks: [(&str, u64, u64, u64); 28] = [
             // At least 4 KiB: an event carried to other nodes needs 1 KiB of it for its wrapping.
             ("limits.max_message_bytes", self.limits.max_message_bytes.into(), 4096, 64 << 20),
             ("limits.engine_queue", self.limits.engine_queue.into(), 1, 1 << 20),
@@ -291,6 +293,7 @@ impl Config {
             ("storage.max_block_bytes", self.storage.max_block_bytes, 1, self.storage.max_bytes.max(1)),
             ("storage.default_lease_ms", self.storage.default_lease_ms, 1_000, 100 * 365 * 86_400_000),
             ("storage.collect_every_ms", self.storage.collect_every_ms, 100, 86_400_000),
+            ("storage.partial_lease_ms", self.storage.partial_lease_ms, 100, 100 * 365 * 86_400_000),
         ];
         for (field, value, min, max) in checks {
             if value < min || value > max {

@@ -7,7 +7,7 @@
 
 use crate::core::fetch::{Action, Ask, CutReason, Fetch, FetchConfig};
 use crate::core::verify::GROUP_BYTES;
-use crate::core::catalog::{Entry, Reservation};
+use crate::core::catalog::Entry;
 use crate::server::{add, bump, Refused, Shared};
 use crate::serving::{write_request, Status};
 use crate::partial::PartialWriter;
@@ -97,7 +97,7 @@ async fn run(shared: &Rc<Shared>, id: ContentId, from: Vec<Identity>, topic: Opt
     let now = || start.elapsed().as_millis() as u64;
     let config = FetchConfig::default();
     let resumed = shared.partials.borrow().get(&id).cloned();
-    let mut driver = Driver { shared: shared.clone(), id, writer: None, reservation: None, written: BTreeSet::new(), unrecorded: 0, size: 0, progress, telling: Rc::default() };
+    let mut driver = Driver { shared: shared.clone(), id, writer: None, written: BTreeSet::new(), unrecorded: 0, size: 0, progress, telling: Rc::default() };
     let mut fetch = match resumed {
         Some(Partial { size, written, .. }) => {
             driver.written.extend(written.iter().copied());
@@ -223,7 +223,6 @@ struct Driver {
     id: ContentId,
     size: u64,
     writer: Option<PartialWriter>,
-    reservation: Option<Reservation>,
     /// The groups checked and handed to the writer.
     written: BTreeSet<u64>,
     unrecorded: usize,
@@ -255,14 +254,22 @@ impl Driver {
         });
     }
 
-    /// The size is proven: room is reserved, and the partial file made and recorded (with the
-    /// groups written before, when resuming).
+    /// The size is proven: room is set aside (unless it was, when resuming), and the partial
+    /// file made and recorded (with the groups written before, when resuming).
     fn sized(&mut self, size: u64) -> Result<(), Refused> {
         self.size = size;
-        self.reservation = Some(self.shared.catalog.borrow_mut().reserve(size)?);
-        let partial = self.shared.store.open_partial(&self.id, size)?;
-        partial.record(&self.written)?;
-        self.writer = Some(PartialWriter::start(partial)?);
+        self.shared.catalog.borrow_mut().fetch_partial(self.id, size)?;
+        let started = self.shared.store.open_partial(&self.id, size).and_then(|partial| {
+            partial.record(&self.written)?;
+            PartialWriter::start(partial)
+        });
+        match started {
+            Ok(writer) => self.writer = Some(writer),
+            Err(error) => {
+                self.shared.catalog.borrow_mut().drop_partial(self.id);
+                return Err(error.into());
+            }
+        }
         self.remember();
         Ok(())
     }
@@ -314,24 +321,14 @@ impl Driver {
 
     /// Every group is in: the block is kept as a put is, under the default lease.
     async fn complete(&mut self, outboard: Option<Vec<u8>>) -> Result<(), Refused> {
-        let reservation = self.reservation.take().ok_or_else(|| failed("complete before the size".into()))?;
-        let closed = match self.writer.take() {
-            Some(writer) => writer.close().await,
-            None => Err(std::io::Error::other("complete before the size").into()),
-        };
-        let partial = match closed {
-            Ok(partial) => partial,
-            Err(error) => {
-                self.shared.catalog.borrow_mut().release(reservation);
-                return Err(failed(format!("writing the fetched block: {error}")));
-            }
-        };
+        let writer = self.writer.take().ok_or_else(|| failed("complete before the size".into()))?;
+        let partial = writer.close().await.map_err(|error| failed(format!("writing the fetched block: {error}")))?;
         let finished = tokio::task::spawn_blocking(move || partial.finish(outboard)).await;
         // Every group was checked as it came; a file hashed again after a resume that differs
         // (damaged on disk by a crash of the machine) is fetched again, not kept under another id.
         if let Ok(Ok(finished)) = &finished {
             if finished.id != self.id {
-                self.shared.catalog.borrow_mut().release(reservation);
+                self.shared.catalog.borrow_mut().drop_partial(self.id);
                 self.shared.partials.borrow_mut().remove(&self.id);
                 self.shared.store.drop_partial(&self.id)?;
                 return Err(failed(format!("the fetched copy of block {} changed on disk (it hashes to {}): it was dropped; ask again", self.id, finished.id)));
@@ -339,6 +336,7 @@ impl Driver {
         }
         let expiry = self.shared.catalog.borrow().lease(0, now_ms())?;
         let entry = Entry { size: self.size, expiry, min_trust: 0 };
+        let reservation = self.shared.catalog.borrow_mut().complete_partial(self.id).ok_or_else(|| failed("the partial block's room is gone".into()))?;
         self.shared.keep(reservation, entry, finished)?;
         bump(&self.shared.counters.fetches_completed);
         self.shared.partials.borrow_mut().remove(&self.id);
@@ -346,7 +344,8 @@ impl Driver {
         Ok(())
     }
 
-    /// The fetch failed: its room goes back; what it wrote stays, recorded, to resume from.
+    /// The fetch failed: what it wrote stays, recorded, with its room, to resume from until
+    /// the partial lease ends.
     async fn give_up(&mut self) {
         if self.unrecorded > 0 {
             if let Err(Refused(_, detail)) = self.record().await {
@@ -358,9 +357,7 @@ impl Driver {
                 tracing::warn!(id = %self.id, %error, "cannot write a fetch's progress");
             }
         }
-        if let Some(reservation) = self.reservation.take() {
-            self.shared.catalog.borrow_mut().release(reservation);
-        }
+        self.shared.catalog.borrow_mut().stop_partial(self.id, now_ms());
     }
 }
 

@@ -206,6 +206,13 @@ impl Shared {
             self.store.remove(&ids)?;
             tracing::info!(blocks = ids.len(), bytes = collection.bytes, "collected expired blocks");
         }
+        if !dry_run {
+            for (id, _) in &collection.partials {
+                self.partials.borrow_mut().remove(id);
+                self.store.drop_partial(id)?;
+                tracing::info!(%id, "collected a partial block left idle past storage.partial_lease_ms");
+            }
+        }
         Ok(collection)
     }
 }
@@ -222,11 +229,14 @@ impl StorageService {
     /// `storage.collect_every_ms`. Must run inside a `LocalSet`.
     pub fn open(home: NodeHome, stats: Rc<ConnectionStats>) -> Result<Self, StoreError> {
         let settings = &home.config.storage;
-        let config = crate::core::Config { max_bytes: settings.max_bytes, max_block_bytes: settings.max_block_bytes, default_lease: settings.default_lease_ms };
+        let config = crate::core::Config { max_bytes: settings.max_bytes, max_block_bytes: settings.max_block_bytes, default_lease: settings.default_lease_ms, partial_lease: settings.partial_lease_ms };
         let (store, found) = Store::open(&home.data_dir().join("storage"))?;
         let mut catalog = Catalog::new(config);
         for (id, entry) in found.blocks {
             catalog.load(id, entry);
+        }
+        for partial in &found.partials {
+            catalog.load_partial(partial.id, partial.size, now_ms());
         }
         tracing::info!(blocks = catalog.len(), bytes = catalog.usage().0, partial = found.partials.len(), "block store open");
         let words = home.config.rpc_word_limit();
@@ -464,11 +474,14 @@ impl storage::Server for StorageService {
         let mut out = results.get();
         out.set_bytes(collection.bytes);
         out.set_held(collection.held);
-        let mut reclaimed = out.init_reclaimed(collection.reclaimed.len() as u32);
-        for (i, (id, size)) in collection.reclaimed.iter().enumerate() {
+        let blocks = collection.reclaimed.iter().map(|(id, size)| (id, size, true));
+        let partials = collection.partials.iter().map(|(id, size)| (id, size, false));
+        let mut reclaimed = out.init_reclaimed((collection.reclaimed.len() + collection.partials.len()) as u32);
+        for (i, (id, size, complete)) in blocks.chain(partials).enumerate() {
             let mut info = reclaimed.reborrow().get(i as u32);
             info.set_id(&id.0);
             info.set_size(*size);
+            info.set_complete(complete);
         }
         Ok(())
     }

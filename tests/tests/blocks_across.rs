@@ -128,6 +128,30 @@ fn kill9_of_the_fetching_storage_mid_fetch_resumes_from_the_groups_it_had() {
 }
 
 #[test]
+fn a_partial_block_holds_its_room_and_is_collected_once_idle_past_the_partial_lease() {
+    let (a, b) = (Node::up(), Node::up_with(&["storage.partial_lease_ms=1000", "storage.collect_every_ms=3600000"]));
+    link(&a, &b);
+    let (id, block, _) = interrupted_fetch(&a, &b, 11);
+    let size = block.len() as u64;
+    assert_eq!(b.counter(ServiceKind::Storage, "bytes_reserved"), size, "the partial block's whole size is set aside");
+    let partial = b.root().join("data/storage/partial").join(&id);
+    // Idle past the partial lease, a dry run lists it and leaves it; collection removes it.
+    let due = format!("{id}  {size} bytes  partial");
+    wait_until("the partial block is due", Duration::from_secs(30), || String::from_utf8_lossy(&b.cli(&["storage", "gc", "--dry-run"]).stdout).contains(&due));
+    assert!(partial.exists() && b.counter(ServiceKind::Storage, "partial_blocks") == 1);
+    let collected = String::from_utf8_lossy(&b.cli(&["storage", "gc"]).stdout).to_string();
+    assert!(collected.contains(&due) && collected.contains(&format!("collected 1 blocks, {size} bytes")), "{collected}");
+    assert!(!partial.exists(), "its file is gone");
+    assert_eq!((b.counter(ServiceKind::Storage, "partial_blocks"), b.counter(ServiceKind::Storage, "bytes_reserved")), (0, 0));
+    assert!(!String::from_utf8_lossy(&b.cli(&["blocks"]).stdout).contains(&id));
+    // Asked for again, it is fetched whole.
+    let output = get(&b, &id, &[]);
+    assert!(output.status.success(), "get: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(got(&b), block);
+    assert_eq!(b.counter(ServiceKind::Storage, "bytes_fetched"), size);
+}
+
+#[test]
 fn a_partial_block_damaged_on_disk_is_not_kept_and_the_next_get_fetches_it_whole() {
     let (a, b) = (Node::up(), Node::up());
     link(&a, &b);

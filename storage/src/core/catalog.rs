@@ -1,7 +1,9 @@
 //! The catalog: every block the node holds, its size and lease, and the disk budget. A put
 //! reserves its size before a byte is written (refused over the block limit or the budget, so
 //! no block is ever half-written for lack of room); a lease is only ever extended; a block
-//! being read or fetched is held, and collection passes it by until it is let go.
+//! being read or fetched is held, and collection passes it by until it is let go. A partial
+//! block (being fetched, or left by a fetch that stopped) keeps its whole size set aside until
+//! it completes or, untouched for the partial lease, is collected.
 
 use super::{Config, Millis};
 use netmachine_schema::ContentId;
@@ -47,10 +49,19 @@ pub enum Committed {
     Existing(Entry),
 }
 
+/// A partial block's room, and whether a fetch is filling it (else since when it lies idle).
+#[derive(Debug)]
+struct PartialRoom {
+    reservation: Reservation,
+    idle_since: Option<Millis>,
+}
+
 /// What collection reclaimed (or, in a dry run, would reclaim).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Collection {
     pub reclaimed: Vec<(ContentId, u64)>,
+    /// Partial blocks idle past the partial lease (their files are the shell's to delete).
+    pub partials: Vec<(ContentId, u64)>,
     pub bytes: u64,
     /// Expired blocks passed by because they are being read or fetched.
     pub held: u64,
@@ -68,13 +79,52 @@ pub struct Catalog {
     next_ticket: u64,
     /// Readers and fetches of each block that must not be collected under them.
     holds: BTreeMap<ContentId, u32>,
+    partials: BTreeMap<ContentId, PartialRoom>,
     /// Blocks and bytes collection reclaimed since the start.
     pub collected: (u64, u64),
 }
 
 impl Catalog {
     pub fn new(config: Config) -> Self {
-        Catalog { config, entries: BTreeMap::new(), used: 0, reservations: BTreeMap::new(), next_ticket: 0, holds: BTreeMap::new(), collected: (0, 0) }
+        Catalog { config, entries: BTreeMap::new(), used: 0, reservations: BTreeMap::new(), next_ticket: 0, holds: BTreeMap::new(), partials: BTreeMap::new(), collected: (0, 0) }
+    }
+
+    /// Takes a partial block found on disk at start, idle from `now` (its room was taken before
+    /// the restart, so it is set aside whatever the budget says now).
+    pub fn load_partial(&mut self, id: ContentId, size: u64, now: Millis) {
+        let reservation = self.set_aside(size);
+        self.partials.insert(id, PartialRoom { reservation, idle_since: Some(now) });
+    }
+
+    /// A fetch of `id`, `size` bytes, fills it from now: room is set aside for it, unless it was
+    /// already (a fetch resumed).
+    pub fn fetch_partial(&mut self, id: ContentId, size: u64) -> Result<(), Refusal> {
+        if let Some(room) = self.partials.get_mut(&id) {
+            room.idle_since = None;
+            return Ok(());
+        }
+        let reservation = self.reserve(size)?;
+        self.partials.insert(id, PartialRoom { reservation, idle_since: None });
+        Ok(())
+    }
+
+    /// The fetch of partial block `id` stopped: it lies idle from `now`, to resume.
+    pub fn stop_partial(&mut self, id: ContentId, now: Millis) {
+        if let Some(room) = self.partials.get_mut(&id) {
+            room.idle_since = Some(now);
+        }
+    }
+
+    /// Partial block `id` is complete: its room, to commit as a put's.
+    pub fn complete_partial(&mut self, id: ContentId) -> Option<Reservation> {
+        self.partials.remove(&id).map(|room| room.reservation)
+    }
+
+    /// Partial block `id` is dropped: its room is free.
+    pub fn drop_partial(&mut self, id: ContentId) {
+        if let Some(room) = self.partials.remove(&id) {
+            self.release(room.reservation);
+        }
     }
 
     /// Takes a block found on disk at start.
@@ -125,9 +175,13 @@ impl Catalog {
         if size > free {
             return Err(Refusal::OverBudget { size, free, budget: self.config.max_bytes });
         }
+        Ok(self.set_aside(size))
+    }
+
+    fn set_aside(&mut self, size: u64) -> Reservation {
         self.next_ticket += 1;
         self.reservations.insert(self.next_ticket, size);
-        Ok(Reservation { ticket: self.next_ticket, size })
+        Reservation { ticket: self.next_ticket, size }
     }
 
     /// A put that did not complete gives its room back.
@@ -194,12 +248,21 @@ impl Catalog {
             collection.reclaimed.push((*id, entry.size));
             collection.bytes += entry.size;
         }
+        for (id, room) in &self.partials {
+            if room.idle_since.is_some_and(|since| since.saturating_add(self.config.partial_lease) <= now) {
+                collection.partials.push((*id, room.reservation.size));
+                collection.bytes += room.reservation.size;
+            }
+        }
         if !dry_run {
             for (id, size) in &collection.reclaimed {
                 self.entries.remove(id);
                 self.used -= size;
             }
-            self.collected.0 += collection.reclaimed.len() as u64;
+            for (id, _) in &collection.partials {
+                self.drop_partial(*id);
+            }
+            self.collected.0 += (collection.reclaimed.len() + collection.partials.len()) as u64;
             self.collected.1 += collection.bytes;
         }
         collection
@@ -213,7 +276,7 @@ mod tests {
     const NOW: Millis = 1_000_000;
 
     fn catalog(max_bytes: u64) -> Catalog {
-        Catalog::new(Config { max_bytes, max_block_bytes: 600, default_lease: 5_000 })
+        Catalog::new(Config { max_bytes, max_block_bytes: 600, default_lease: 5_000, partial_lease: 2_000 })
     }
 
     fn entry(size: u64, expiry: Millis) -> Entry {
@@ -279,5 +342,35 @@ mod tests {
         assert_eq!((catalog.len(), catalog.usage(), catalog.collected), (1, (300, 0), (2, 300)));
         assert!(catalog.get(&live).is_some());
         assert!(!catalog.hold(old), "a block gone cannot be held");
+    }
+
+    #[test]
+    fn a_partial_block_keeps_its_room_until_it_completes_or_lies_idle_past_the_partial_lease() {
+        let mut catalog = catalog(1000);
+        let id = ContentId::of(b"partial");
+        catalog.fetch_partial(id, 600).unwrap();
+        assert!(matches!(catalog.reserve(500), Err(Refusal::OverBudget { free: 400, .. })), "its room is taken");
+        assert!(catalog.collect(NOW + 10_000, false).partials.is_empty(), "a partial block being fetched is never collected");
+        catalog.stop_partial(id, NOW);
+        assert!(catalog.collect(NOW + 1_999, false).partials.is_empty(), "idle within the partial lease, it is kept");
+        // Resumed, it takes no second room.
+        catalog.fetch_partial(id, 600).unwrap();
+        assert_eq!(catalog.usage(), (0, 600));
+        catalog.stop_partial(id, NOW);
+        assert_eq!(catalog.collect(NOW + 2_000, true).partials, vec![(id, 600)], "a dry run lists it");
+        assert_eq!(catalog.usage(), (0, 600), "and keeps it");
+        let collection = catalog.collect(NOW + 2_000, false);
+        assert_eq!((collection.partials, collection.bytes), (vec![(id, 600)], 600));
+        assert_eq!(catalog.usage(), (0, 0));
+        // Completed, its room becomes the block's.
+        catalog.fetch_partial(id, 600).unwrap();
+        let reservation = catalog.complete_partial(id).unwrap();
+        catalog.commit(reservation, id, entry(600, NOW + 5_000));
+        assert_eq!(catalog.usage(), (600, 0));
+        // One found at start had its room before: it is set aside whatever the budget is now.
+        let mut smaller = self::catalog(100);
+        smaller.load_partial(id, 600, NOW);
+        assert_eq!(smaller.usage(), (0, 600));
+        assert!(smaller.collect(NOW + 2_000, false).partials == vec![(id, 600)]);
     }
 }

@@ -19,10 +19,12 @@ pub struct Config {
     pub max_block_bytes: u64,
     /// The lifetime of a block put with no expiry (expiry 0).
     pub default_lease: Millis,
+    /// How long a partial block left by a stopped fetch is kept for a later fetch to resume.
+    pub partial_lease: Millis,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { max_bytes: 8 << 30, max_block_bytes: 1 << 30, default_lease: 7 * 24 * 3600 * 1000 }
+        Config { max_bytes: 8 << 30, max_block_bytes: 1 << 30, default_lease: 7 * 24 * 3600 * 1000, partial_lease: 24 * 3600 * 1000 }
     }
 }
