@@ -126,7 +126,9 @@ interface EngineSession {
   # Topics (SPEC.md "Router"). An event is a message to Destination.topic whose id is its
   # sequence: each event's is higher than the last one's. Only the advert's publisher may send
   # events; only the creator may delete the topic. Subscribers receive events as messages.
-  createTopic @4 (advert :Id.TopicAdvert, scope :Msg.Scope, policy :TopicPolicy) -> (result :TopicResult);
+  # `after`: for the pubsub service's mirror of a topic on another node, the sequence of the last
+  # event before its subscription began (a restarted service resumes after it); 0 otherwise.
+  createTopic @4 (advert :Id.TopicAdvert, scope :Msg.Scope, policy :TopicPolicy, after :UInt64) -> (result :TopicResult);
   deleteTopic @5 (topic :Id.Identity) -> (result :TopicResult);
   # `from`: the sequence the engine expects next, when it subscribes again (0: the next); for a
   # topic on another node, the pubsub service subscribes from there, repairing what was missed.

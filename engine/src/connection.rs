@@ -282,11 +282,12 @@ fn router_request(session: &engine_session::Client, request: &RouterRequest) -> 
         }};
     }
     match request {
-        RouterRequest::Create { advert, scope, policy } => {
+        RouterRequest::Create(creation) => {
             let mut call = session.create_topic_request();
-            advert.write(call.get().init_advert());
-            call.get().set_scope(*scope);
-            call.get().set_policy(*policy);
+            creation.advert.write(call.get().init_advert());
+            call.get().set_scope(creation.scope);
+            call.get().set_policy(creation.policy);
+            call.get().set_after(creation.after);
             answer!(call)
         }
         RouterRequest::Delete(topic) => {

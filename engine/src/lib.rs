@@ -531,10 +531,19 @@ impl Engine {
     /// does when a subscriber has no room. The topic stays after this engine detaches, until
     /// it deletes it; the engine puts it back if the router restarts.
     pub async fn create_topic(&self, advert: TopicAdvert, scope: Scope, policy: TopicPolicy) -> Result<(), EngineError> {
-        let topic = advert.topic;
-        let request = RouterRequest::Create { advert: advert.clone(), scope, policy };
-        let last_seq = self.router_request(request).await?.last_seq;
-        self.topic_book().created.insert(topic, (advert, scope, policy));
+        self.create(topics::Creation { advert, scope, policy, after: 0 }).await
+    }
+
+    /// Puts a mirror of a topic on another node on this node, taking events after `after` (the
+    /// last event before its subscription began). For the node's pubsub service.
+    pub async fn create_mirror(&self, advert: TopicAdvert, policy: TopicPolicy, after: u64) -> Result<(), EngineError> {
+        self.create(topics::Creation { advert, scope: Scope::Any, policy, after }).await
+    }
+
+    async fn create(&self, creation: topics::Creation) -> Result<(), EngineError> {
+        let topic = creation.advert.topic;
+        let last_seq = self.router_request(RouterRequest::Create(creation.clone())).await?.last_seq;
+        self.topic_book().created.insert(topic, creation);
         self.publishing.lock().await.insert(topic, last_seq + 1);
         Ok(())
     }
@@ -615,7 +624,7 @@ impl Engine {
         let mut message = self.prepare(EngineMessage::new(self.identity, Destination::Topic(topic), seq, body))?;
         // Other nodes' pubsub services take only events their publisher signed; an event of a
         // topic this engine created with scope Local never leaves the node, and goes unsigned.
-        let local = self.topic_book().created.get(&topic).is_some_and(|(_, scope, _)| *scope == Scope::Local);
+        let local = self.topic_book().created.get(&topic).is_some_and(|creation| creation.scope == Scope::Local);
         if message.sig.is_none() && !local {
             message.sig = Some(self.key.sign(&netmachine_schema::signing::engine_message(&message)));
         }

@@ -8,11 +8,21 @@ use netmachine_schema::{Destination, EngineMessage, Identity, TopicAdvert, GAP_P
 use rustc_hash::FxHashMap;
 use std::collections::{BTreeMap, BTreeSet};
 
+/// A topic the engine creates: `after` is where its events continue (0 but for the pubsub
+/// service's mirrors of topics on other nodes).
+#[derive(Debug, Clone)]
+pub(crate) struct Creation {
+    pub advert: TopicAdvert,
+    pub scope: Scope,
+    pub policy: TopicPolicy,
+    pub after: u64,
+}
+
 /// A topic request (or a service), as the engine thread sends it.
 #[derive(Debug, Clone)]
 pub(crate) enum RouterRequest {
     Serve(String),
-    Create { advert: TopicAdvert, scope: Scope, policy: TopicPolicy },
+    Create(Creation),
     Delete(Identity),
     /// `from`: the sequence the engine expects next, when it subscribes again (0: the next).
     Subscribe { topic: Identity, scope: Scope, from: u64 },
@@ -36,7 +46,7 @@ pub struct TopicAnswer {
 pub(crate) struct TopicBook {
     /// The protocols the engine serves for the node.
     pub served: BTreeSet<String>,
-    pub created: BTreeMap<Identity, (TopicAdvert, Scope, TopicPolicy)>,
+    pub created: BTreeMap<Identity, Creation>,
     pub subscribed: BTreeMap<Identity, Scope>,
 }
 
@@ -45,7 +55,7 @@ impl TopicBook {
     /// subscriptions, each from the sequence `resume` says the engine expects next.
     pub fn replay(&self, resume: impl Fn(Identity) -> u64) -> Vec<RouterRequest> {
         let served = self.served.iter().map(|protocol| RouterRequest::Serve(protocol.clone()));
-        let created = self.created.values().map(|(advert, scope, policy)| RouterRequest::Create { advert: advert.clone(), scope: *scope, policy: *policy });
+        let created = self.created.values().map(|creation| RouterRequest::Create(creation.clone()));
         let subscribed = self.subscribed.iter().map(|(topic, scope)| RouterRequest::Subscribe { topic: *topic, scope: *scope, from: resume(*topic) });
         served.chain(created).chain(subscribed).collect()
     }
@@ -241,12 +251,12 @@ mod tests {
         let advert = TopicAdvert::sign(&Keypair::generate(), Keypair::generate().identity(), vec![], 1);
         let topic = advert.topic;
         book.subscribed.insert(topic, Scope::Local);
-        book.created.insert(topic, (advert.clone(), Scope::Any, TopicPolicy::Block));
+        book.created.insert(topic, Creation { advert: advert.clone(), scope: Scope::Any, policy: TopicPolicy::Block, after: 0 });
         let mut sequences = Sequences::default();
         sequences.subscribed(topic, SEQ_NOT_KNOWN);
         assert_eq!(sequences.next_expected(topic), 0, "nothing taken yet: from the next event");
         sequences.take(topic, advert.publisher, 41);
         let replay = book.replay(|t| sequences.next_expected(t));
-        assert!(matches!(&replay[..], [RouterRequest::Create { .. }, RouterRequest::Subscribe { from: 42, .. }]), "{replay:?}");
+        assert!(matches!(&replay[..], [RouterRequest::Create(_), RouterRequest::Subscribe { from: 42, .. }]), "{replay:?}");
     }
 }

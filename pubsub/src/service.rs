@@ -63,7 +63,8 @@ pub struct Shared {
 enum TopicsWork {
     Subscribe(Identity),
     Unsubscribe(Identity),
-    Mirror(TopicAdvert, TopicPolicy),
+    /// A topic on another node, mirrored here after the given sequence.
+    Mirror(TopicAdvert, TopicPolicy, u64),
     Unmirror(Identity),
     Deliver(EngineMessage),
 }
@@ -213,7 +214,7 @@ fn carry_out(shared: &Rc<Shared>, inputs: &mpsc::UnboundedSender<Input>, work: &
             }
             Output::SubscribeLocal(topic) => work.push(TopicsWork::Subscribe(topic)),
             Output::UnsubscribeLocal(topic) => work.push(TopicsWork::Unsubscribe(topic)),
-            Output::Mirror { advert, policy } => work.push(TopicsWork::Mirror(advert, policy)),
+            Output::Mirror { advert, policy, after } => work.push(TopicsWork::Mirror(advert, policy, after)),
             Output::Unmirror(topic) => work.push(TopicsWork::Unmirror(topic)),
             Output::Deliver(message) => work.push(TopicsWork::Deliver(message)),
             Output::Notify(notice) => {
@@ -409,9 +410,9 @@ async fn do_topics_work(topics: Rc<Engine>, mut work: mpsc::Receiver<TopicsWork>
                 }
                 None
             }
-            TopicsWork::Mirror(advert, policy) => {
+            TopicsWork::Mirror(advert, policy, after) => {
                 let topic = advert.topic;
-                if let Err(error) = topics.create_topic(advert, Scope::Any, policy).await {
+                if let Err(error) = topics.create_mirror(advert, policy, after).await {
                     tracing::warn!(%topic, %error, "cannot mirror topic");
                 }
                 None

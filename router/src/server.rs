@@ -296,11 +296,11 @@ impl engine_session::Server for Session {
 
     async fn create_topic(self: Rc<Self>, params: engine_session::CreateTopicParams, mut results: engine_session::CreateTopicResults) -> capnp::Result<()> {
         let params = params.get()?;
-        let (scope, policy) = (params.get_scope()?, params.get_policy()?);
+        let (scope, policy, after) = (params.get_scope()?, params.get_policy()?, params.get_after());
         let outcome = match TopicAdvert::read(params.get_advert()?) {
             Ok(advert) => {
                 let topic = advert.topic;
-                self.state.change_topic(topic, |core, now| core.create_topic(self.engine, advert, scope, policy, now))
+                self.state.change_topic(topic, |core, now| core.create_topic(self.engine, advert, scope, policy, after, now))
             }
             Err(error) => Err(TopicRefused { reason: TopicRefusal::BadAdvert, detail: error.to_string() }),
         };

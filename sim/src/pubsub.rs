@@ -91,7 +91,7 @@ impl World {
         let advert = TopicAdvert::sign(&Keypair::from_seed(self.rng.bytes32()), publisher.identity(), vec![], self.now);
         let topic = advert.topic;
         let now = self.now;
-        self.router_core(node).create_topic(publisher.identity(), advert.clone(), Scope::Any, policy, now).expect("the topic is created");
+        self.router_core(node).create_topic(publisher.identity(), advert.clone(), Scope::Any, policy, 0, now).expect("the topic is created");
         self.carry_out_router(node);
         topic
     }
@@ -205,8 +205,8 @@ impl World {
                     let _ = self.router_core(node).unsubscribe(engine, topic, now);
                     self.carry_out_router(node);
                 }
-                Output::Mirror { advert, policy } => {
-                    self.router_core(node).create_topic(engine, advert, Scope::Any, policy, now).expect("the mirror is created");
+                Output::Mirror { advert, policy, after } => {
+                    self.router_core(node).create_topic(engine, advert, Scope::Any, policy, after, now).expect("the mirror is created");
                     self.carry_out_router(node);
                 }
                 Output::Unmirror(topic) => {

@@ -82,6 +82,12 @@ fn wait_readers(node: &Node, readers: u64) {
     wait_until("the subscriber nodes subscribe at the publisher's node", WAIT, || node.counter(ServiceKind::PubSub, "readers") == readers);
 }
 
+/// Waits until the subscriber nodes hold the topic's mirror: their subscriptions began (a pubsub
+/// service killed before that subscribes afresh, from the publisher's next event).
+fn wait_mirrors(nodes: &[&Node]) {
+    wait_until("the subscriber nodes mirror the topic", WAIT, || nodes.iter().all(|node| node.counter(ServiceKind::Router, "topics") == 1));
+}
+
 /// Publishes events `from..=to`, each body its sequence repeated.
 async fn publish(publisher: &Engine, topic: Identity, from: u64, to: u64) {
     for n in from..=to {
@@ -105,6 +111,7 @@ fn subscribers_on_three_nodes_get_every_event_through_kills_of_the_pubsub_servic
             subscriber.subscribe(topic, Scope::Any).await.expect("subscribe");
         }
         wait_readers(&a, 2);
+        wait_mirrors(&[&b, &c]);
 
         // B's pubsub is killed while events flow: it subscribes again from where B's router
         // stands and the rest comes from the publisher's history.

@@ -100,7 +100,7 @@ pub enum Output {
     /// Put the topic on this node's router for the engines that want it, with the policy it
     /// has at its publisher's node (a slow engine here is cut, or holds the rest, as there);
     /// events follow.
-    Mirror { advert: TopicAdvert, policy: TopicPolicy },
+    Mirror { advert: TopicAdvert, policy: TopicPolicy, after: u64 },
     Unmirror(Identity),
     /// Hand an event of a topic from another node to this node's router.
     Deliver(EngineMessage),

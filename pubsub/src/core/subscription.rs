@@ -137,7 +137,8 @@ impl Subscription {
         }
         if !self.mirrored {
             self.mirrored = true;
-            out.push_back(Output::Mirror { advert: self.advert.clone().expect("located before subscribing"), policy });
+            let after = self.next.saturating_sub(1);
+            out.push_back(Output::Mirror { advert: self.advert.clone().expect("located before subscribing"), policy, after });
         }
     }
 

@@ -287,9 +287,10 @@ impl Router {
         self.services.serve(engine, protocol)?;
         if protocol == PUBSUB_PROTOCOL {
             let wanted: Vec<(Identity, u64)> = self.topics.wanted().map(|(topic, _)| (*topic, self.wanted_from.get(topic).copied().unwrap_or(0))).collect();
-            // A mirror is wanted from the event after its last (the service may have restarted).
+            // A mirror is wanted from the event after its last, or after where its subscription
+            // began if none came yet (the service may have restarted).
             let mirrors = self.topics.iter().filter(|t| t.creator == engine && !t.subscribers.is_empty());
-            let mirrors: Vec<(Identity, u64)> = mirrors.map(|t| (t.advert.topic, if t.last_seq == 0 { 0 } else { t.last_seq + 1 })).collect();
+            let mirrors: Vec<(Identity, u64)> = mirrors.map(|t| (t.advert.topic, t.last_seq + 1)).collect();
             for (topic, from) in wanted.into_iter().chain(mirrors) {
                 self.tell_pubsub(topic, Says::Want(from), now);
             }
@@ -321,9 +322,11 @@ impl Router {
         }
     }
 
-    /// TopicCreate from the attached engine `creator`.
-    pub fn create_topic(&mut self, creator: Identity, advert: TopicAdvert, scope: Scope, policy: TopicPolicy, now: Millis) -> Result<u64, TopicRefused> {
-        self.topics.create(creator, advert.clone(), scope, policy)?;
+    /// TopicCreate from the attached engine `creator`. A mirror (created by the pubsub service)
+    /// takes events after `after`, where its subscription began.
+    pub fn create_topic(&mut self, creator: Identity, advert: TopicAdvert, scope: Scope, policy: TopicPolicy, after: u64, now: Millis) -> Result<u64, TopicRefused> {
+        let after = if Some(creator) == self.pubsub() { after } else { 0 };
+        self.topics.create(creator, advert.clone(), scope, policy, after)?;
         self.wanted_from.remove(&advert.topic);
         self.retry(advert.topic, now, None);
         // A mirror is not announced: other nodes find a topic at the node that holds it.
@@ -1210,8 +1213,8 @@ mod tests {
         bench.outputs();
         let shared = TopicAdvert::sign(&Keypair::generate(), creator.identity(), vec![], 1);
         let local = TopicAdvert::sign(&Keypair::generate(), creator.identity(), vec![], 1);
-        bench.router.create_topic(creator.identity(), shared.clone(), Scope::Any, TopicPolicy::Block, 1).unwrap();
-        bench.router.create_topic(creator.identity(), local, Scope::Local, TopicPolicy::Block, 1).unwrap();
+        bench.router.create_topic(creator.identity(), shared.clone(), Scope::Any, TopicPolicy::Block, 0, 1).unwrap();
+        bench.router.create_topic(creator.identity(), local, Scope::Local, TopicPolicy::Block, 0, 1).unwrap();
         let announced_topics = |out: &[Output]| -> Vec<TopicAdvert> {
             let batches = out.iter().filter_map(|o| match o { Output::Transmit { batch, .. } => Some(batch), _ => None });
             batches.flatten().filter_map(|item| match item { Outgoing::Engines(a) => Some(a.topics.clone()), _ => None }).flatten().collect()
@@ -1294,7 +1297,7 @@ mod tests {
     fn topic(bench: &mut Bench, creator: &Keypair, publisher: &Keypair, policy: TopicPolicy) -> Identity {
         let advert = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
         let topic = advert.topic;
-        bench.router.create_topic(creator.identity(), advert, Scope::Any, policy, 0).unwrap();
+        bench.router.create_topic(creator.identity(), advert, Scope::Any, policy, 0, 0).unwrap();
         topic
     }
 
@@ -1392,7 +1395,7 @@ mod tests {
         let early: Vec<Ticket> = (7..=8).map(|seq| publish(&mut bench, &publisher, topic, seq, true, 0)).collect();
         let tried = publish(&mut bench, &publisher, topic, 9, false, 0);
         assert_eq!(settled(&bench.outputs()), vec![(tried, Err(SendRefusal::BackPressured))], "nor goes before those waiting");
-        bench.router.create_topic(publisher.identity(), advert, Scope::Local, TopicPolicy::Block, 10).unwrap();
+        bench.router.create_topic(publisher.identity(), advert, Scope::Local, TopicPolicy::Block, 0, 10).unwrap();
         bench.router.subscribe(subscriber.identity(), topic, Scope::Local, 0, 10).unwrap();
         let outputs = bench.outputs();
         assert_eq!(settled(&outputs), vec![(early[0], Ok(())), (early[1], Ok(()))], "taken once the topic is there");
@@ -1495,7 +1498,7 @@ mod tests {
         assert_eq!(bench.router.subscribe(subscriber.identity(), topic, Scope::Any, 0, 0), Ok(SEQ_NOT_KNOWN));
         assert_eq!(told_pubsub(&bench.outputs(), service.identity()), vec![Says::Want(0)]);
         // The service mirrors it; the events it hands over keep their publisher as source.
-        bench.router.create_topic(service.identity(), advert.clone(), Scope::Any, TopicPolicy::Block, 0).unwrap();
+        bench.router.create_topic(service.identity(), advert.clone(), Scope::Any, TopicPolicy::Block, 0, 0).unwrap();
         let mut event = EngineMessage::new(publisher.identity(), Destination::Topic(topic), 41, b"e".to_vec());
         event.sig = Some(publisher.sign(&signing::engine_message(&event)));
         bench.router.handle(Input::Send { ticket: Ticket(51), sender: service.identity(), message: event.clone(), wait: true }, 1);
@@ -1522,7 +1525,7 @@ mod tests {
         assert!(told_pubsub(&bench.outputs(), service.identity()).is_empty());
         // The service never carries a local topic off the node.
         let local = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
-        bench.router.create_topic(subscriber.identity(), local.clone(), Scope::Local, TopicPolicy::Block, 0).unwrap();
+        bench.router.create_topic(subscriber.identity(), local.clone(), Scope::Local, TopicPolicy::Block, 0, 0).unwrap();
         let refused = bench.router.subscribe(service.identity(), local.topic, Scope::Any, 0, 5).map_err(|e| e.reason);
         assert_eq!(refused, Err(TopicRefusal::Denied));
 
@@ -1542,5 +1545,28 @@ mod tests {
         bench.router.attach(EngineLocation::sign(&service, bench.router.node(), 10), 101, false, 10).unwrap();
         bench.router.serve(service.identity(), PUBSUB_PROTOCOL, 10).unwrap();
         assert_eq!(told_pubsub(&bench.outputs(), service.identity()), vec![Says::Want(1001)], "a restarted service is told from where");
+    }
+
+    #[test]
+    fn a_mirror_with_no_event_yet_is_wanted_again_from_where_its_subscription_began() {
+        let mut bench = Bench::new();
+        let (subscriber, service) = (bench.attach(false), bench.attach(false));
+        let advert = TopicAdvert::sign(&Keypair::generate(), Keypair::generate().identity(), vec![], 1);
+        bench.router.serve(service.identity(), PUBSUB_PROTOCOL, 0).unwrap();
+        bench.router.subscribe(subscriber.identity(), advert.topic, Scope::Any, 0, 0).unwrap();
+        bench.outputs();
+        // The subscription began after event 40 at the publisher's node; the service dies
+        // before any event reached the mirror. Its successor resumes after 40, not at the next.
+        bench.router.create_topic(service.identity(), advert.clone(), Scope::Any, TopicPolicy::Block, 40, 1).unwrap();
+        let generation = bench.router.attachment(&service.identity()).unwrap().generation;
+        bench.router.detach(service.identity(), generation, 2);
+        bench.router.attach(EngineLocation::sign(&service, bench.router.node(), 3), 99, false, 3).unwrap();
+        bench.outputs();
+        bench.router.serve(service.identity(), PUBSUB_PROTOCOL, 3).unwrap();
+        assert_eq!(told_pubsub(&bench.outputs(), service.identity()), vec![Says::Want(41)]);
+        // Only the service's mirrors start elsewhere than at the beginning.
+        let own = TopicAdvert::sign(&Keypair::generate(), subscriber.identity(), vec![], 1);
+        bench.router.create_topic(subscriber.identity(), own.clone(), Scope::Any, TopicPolicy::Block, 40, 4).unwrap();
+        assert_eq!(bench.router.subscribe(service.identity(), own.topic, Scope::Any, 0, 4), Ok(0));
     }
 }

@@ -163,7 +163,7 @@ impl Topics {
     /// it subscribe to it. Refused if another engine's topic is here already or the advert is
     /// not signed by the topic key; the creator's own topic is created again as it is (an
     /// engine that attached again after a restart of the router asks once more).
-    pub fn create(&mut self, creator: Identity, advert: TopicAdvert, scope: Scope, policy: TopicPolicy) -> Result<(), TopicRefused> {
+    pub fn create(&mut self, creator: Identity, advert: TopicAdvert, scope: Scope, policy: TopicPolicy, after: u64) -> Result<(), TopicRefused> {
         let topic = advert.topic;
         if let Some(found) = self.topics.get(&topic) {
             if found.creator == creator && found.advert == advert {
@@ -176,7 +176,7 @@ impl Topics {
         for engine in &subscribers {
             self.subscriptions.entry(*engine).or_default().insert(topic);
         }
-        let topic = Topic { advert, creator, scope, policy, last_seq: 0, subscribers, events_cut: 0, carried: false, kept: VecDeque::new(), kept_bytes: 0 };
+        let topic = Topic { advert, creator, scope, policy, last_seq: after, subscribers, events_cut: 0, carried: false, kept: VecDeque::new(), kept_bytes: 0 };
         self.touched.insert(topic.advert.topic);
         self.topics.insert(topic.advert.topic, topic);
         Ok(())
@@ -328,9 +328,9 @@ mod tests {
         fn refusal<T>(result: Result<T, TopicRefused>) -> Result<(), TopicRefusal> {
             result.map(|_| ()).map_err(|e| e.reason)
         }
-        assert_eq!(refusal(topics.create(creator, forged, Scope::Any, TopicPolicy::Block)), Err(TopicRefusal::BadAdvert));
-        assert_eq!(refusal(topics.create(creator, advert.clone(), Scope::Any, TopicPolicy::Block)), Ok(()));
-        assert_eq!(refusal(topics.create(other, advert.clone(), Scope::Any, TopicPolicy::Block)), Err(TopicRefusal::Exists));
+        assert_eq!(refusal(topics.create(creator, forged, Scope::Any, TopicPolicy::Block, 0)), Err(TopicRefusal::BadAdvert));
+        assert_eq!(refusal(topics.create(creator, advert.clone(), Scope::Any, TopicPolicy::Block, 0)), Ok(()));
+        assert_eq!(refusal(topics.create(other, advert.clone(), Scope::Any, TopicPolicy::Block, 0)), Err(TopicRefusal::Exists));
         topics.subscribe(other, advert.topic, Scope::Local, false).unwrap();
         assert_eq!(refusal(topics.delete(other, advert.topic)), Err(TopicRefusal::Denied));
         assert_eq!(refusal(topics.delete(creator, advert.topic)), Ok(()));
@@ -347,7 +347,7 @@ mod tests {
         for (scope, remote) in [(Scope::Local, true), (Scope::Any, false)] {
             assert_eq!(topics.subscribe(engine, elsewhere, scope, remote).map_err(|e| e.reason), Err(TopicRefusal::Unknown));
         }
-        topics.create(publisher, advert.clone(), Scope::Any, TopicPolicy::CutSlow).unwrap();
+        topics.create(publisher, advert.clone(), Scope::Any, TopicPolicy::CutSlow, 0).unwrap();
         assert_eq!(topics.unsubscribe(engine, advert.topic).map_err(|e| e.reason), Err(TopicRefusal::NotSubscribed));
         assert_eq!(topics.subscribe(engine, advert.topic, Scope::Local, false), Ok(Subscribed::Here(0)));
         assert_eq!(topics.detached(engine), vec![(advert.topic, true)]);
@@ -360,7 +360,7 @@ mod tests {
         let (publisher, intruder) = (Keypair::generate().identity(), Keypair::generate().identity());
         let (_, advert) = topic(publisher);
         let id = advert.topic;
-        topics.create(intruder, advert, Scope::Any, TopicPolicy::Block).unwrap();
+        topics.create(intruder, advert, Scope::Any, TopicPolicy::Block, 0).unwrap();
         let refusal = |topics: &Topics, message: EngineMessage| topics.check_event(id, &message, 1 << 20).map(|_| ()).map_err(|r| r.refusal);
         assert_eq!(refusal(&topics, event(intruder, id, 1)), Err(SendRefusal::Denied), "the creator is not the publisher");
         assert_eq!(refusal(&topics, event(publisher, id, 1)), Ok(()));
@@ -385,9 +385,9 @@ mod tests {
         assert_eq!(topics.subscribe(a, id, Scope::Any, true), Ok(Subscribed::Wanted { first: true }));
         assert_eq!(topics.subscribe(b, id, Scope::Any, true), Ok(Subscribed::Wanted { first: false }));
         assert_eq!(topics.unsubscribe(b, id), Ok((SEQ_NOT_KNOWN, false)));
-        topics.create(service, advert.clone(), Scope::Any, TopicPolicy::Block).unwrap();
-        topics.create(service, advert.clone(), Scope::Any, TopicPolicy::Block).expect("the creator creates its topic again");
-        assert_eq!(topics.create(a, advert, Scope::Any, TopicPolicy::Block).map_err(|e| e.reason), Err(TopicRefusal::Exists));
+        topics.create(service, advert.clone(), Scope::Any, TopicPolicy::Block, 0).unwrap();
+        topics.create(service, advert.clone(), Scope::Any, TopicPolicy::Block, 0).expect("the creator creates its topic again");
+        assert_eq!(topics.create(a, advert, Scope::Any, TopicPolicy::Block, 0).map_err(|e| e.reason), Err(TopicRefusal::Exists));
         assert_eq!(topics.get(&id).unwrap().subscribers.iter().collect::<Vec<_>>(), vec![&a], "the wanting engine moved onto the mirror");
         assert_eq!(topics.wanted().count(), 0);
         assert_eq!(topics.detached(a), vec![(id, true)], "the last subscriber left");
