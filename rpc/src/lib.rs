@@ -15,6 +15,12 @@ use std::rc::Rc;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
+/// Bytes of streaming calls (`-> stream`: block bytes between storage, transport and the SDK) in
+/// flight on one capability before the caller waits: a few 256 KiB pieces, so a bulk stream
+/// between two processes is not stop-and-go (Cap'n Proto's default of 64 KiB holds one piece at
+/// a time). Other calls are not windowed.
+pub const STREAM_WINDOW: usize = 4 << 20;
+
 /// The limits every RPC read obeys.
 pub fn reader_options(word_limit: usize) -> capnp::message::ReaderOptions {
     let mut options = capnp::message::ReaderOptions::new();
@@ -126,11 +132,12 @@ fn rpc_system(
     bootstrap: Option<capnp::capability::Client>,
 ) -> RpcSystem<Side> {
     let (reader, writer) = stream.into_split();
-    let network = twoparty::VatNetwork::new(
+    let mut network = twoparty::VatNetwork::new(
         futures::io::BufReader::new(reader.compat()),
         futures::io::BufWriter::new(writer.compat_write()),
         side,
         reader_options(word_limit),
     );
+    network.set_window_size(STREAM_WINDOW);
     RpcSystem::new(Box::new(network), bootstrap)
 }

@@ -1,15 +1,16 @@
 //! A block being fetched, on disk: its file `partial/<id>` and the record of which of its
 //! groups are written (the store's `partials` table). A fetch hands its checked groups to a
-//! thread of its own, which writes them, and every so often syncs the file and records them,
+//! thread of its own, which writes them (with direct I/O: `direct`), and every so often syncs
+//! the file and records them,
 //! so the service's thread (receiving and checking the next groups) never waits for the disk.
 //! A group is recorded only once its bytes are synced: after a crash of the machine, every
 //! recorded group is on disk.
 
+use crate::direct::DirectWriter;
 use crate::store::{db_error, finish_file, Finished, StoreError, INLINE_MAX, PARTIALS};
 use netmachine_schema::ContentId;
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
@@ -80,19 +81,20 @@ impl PartialWriter {
         std::thread::Builder::new()
             .name("partial-writer".into())
             .spawn(move || {
+                let mut direct = DirectWriter::open(&partial.path, partial.size);
                 // The first failure ends the thread: the fetch's next order fails, and `close`
                 // tells why.
                 while let Some(order) = waiting.blocking_recv() {
                     let done = match order {
-                        Order::Write { offset, bytes } => partial.file.write_all_at(&bytes, offset).map_err(StoreError::from),
-                        Order::Record(written) => partial.record(&written),
+                        Order::Write { offset, bytes } => direct.write(offset, &bytes, &partial.file).map_err(StoreError::from),
+                        Order::Record(written) => direct.flush(&partial.file).map_err(StoreError::from).and_then(|()| partial.record(&written)),
                     };
                     if let Err(error) = done {
                         let _ = close.send(Err(error));
                         return;
                     }
                 }
-                let _ = close.send(Ok(partial));
+                let _ = close.send(direct.flush(&partial.file).map(|()| partial).map_err(StoreError::from));
             })?;
         Ok(PartialWriter { orders, closed })
     }
