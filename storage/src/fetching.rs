@@ -3,9 +3,10 @@
 //! storage service). Checked groups go to `partial/<id>` as they arrive (written on a thread of
 //! the fetch's own, see `partial`) and are recorded every 4 MiB, so a fetch cut short (kill -9
 //! included) resumes from them when the block is asked for again. The disk budget is reserved
-//! once the size is proven; the block is held under the default lease once complete. Peers are asked in the order of their reputation here, which every cut lowers.
+//! once the size is proven; the block is held under the default lease once complete. Peers are
+//! asked in the order of their reputation here (`reputation`).
 
-use crate::core::fetch::{Action, Ask, CutReason, Fetch, FetchConfig};
+use crate::core::fetch::{Action, Ask, Fetch, FetchConfig};
 use crate::core::verify::GROUP_BYTES;
 use crate::core::catalog::Entry;
 use crate::server::{add, bump, Refused, Shared};
@@ -82,7 +83,7 @@ async fn peers(shared: &Shared, transport: &transport::Client, from: Vec<Identit
         }
     }
     let reputation = shared.reputation.borrow();
-    others.sort_by_key(|peer| std::cmp::Reverse(reputation.get(peer).copied().unwrap_or(0)));
+    others.sort_by_key(|peer| std::cmp::Reverse(reputation.of(peer)));
     let mut seen = BTreeSet::new();
     Ok(publisher.into_iter().chain(others).filter(|peer| seen.insert(*peer)).collect())
 }
@@ -142,14 +143,15 @@ async fn run(shared: &Rc<Shared>, id: ContentId, from: Vec<Identity>, topic: Opt
                 }
                 Action::Cut { peer, reason } => {
                     bump(&shared.counters.peers_cut);
-                    let lowered = match &reason {
-                        CutReason::Corrupt(_) => 10,
-                        CutReason::Unresponsive(_) => 1,
-                    };
-                    *shared.reputation.borrow_mut().entry(peer).or_default() -= lowered;
+                    shared.reputation.borrow_mut().cut(peer, &reason);
                     tracing::warn!(%id, %peer, ?reason, "cut a peer from a fetch");
                 }
-                Action::Complete { outboard, .. } => break 'fetching driver.complete(outboard).await,
+                Action::Complete { outboard, .. } => {
+                    let mut reputation = shared.reputation.borrow_mut();
+                    fetch.received.iter().filter(|(_, bytes)| **bytes > 0).for_each(|(peer, _)| reputation.gave(*peer));
+                    drop(reputation);
+                    break 'fetching driver.complete(outboard).await;
+                }
                 Action::Failed { missing } => {
                     let missing = if missing == u64::MAX { "its size".to_string() } else { format!("{missing} of its 16 KiB groups") };
                     break 'fetching Err(Refused(StorageRefusal::Unknown, format!("block {id} is not held here and no node asked gave {missing}")));

@@ -4,6 +4,7 @@ pub mod core;
 pub mod store;
 pub mod partial;
 pub mod direct;
+pub mod reputation;
 pub mod fetching;
 pub mod server;
 pub mod serving;

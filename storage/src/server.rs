@@ -4,6 +4,7 @@
 
 use crate::core::catalog::{Catalog, Entry, Refusal, Reservation};
 use crate::core::Millis;
+use crate::reputation::Reputation;
 use crate::store::{Content, Finished, Partial, Pending, PutError, Store, StoreError};
 use netmachine_schema::identity_store_capnp::identity_store;
 use netmachine_schema::transport_capnp::transport;
@@ -130,7 +131,7 @@ pub(crate) struct Shared {
     pub fetching: RefCell<BTreeMap<ContentId, tokio::sync::watch::Receiver<bool>>>,
     pub partials: RefCell<BTreeMap<ContentId, Partial>>,
     /// Per node, how its answers went: lowered for each cut, raised for each block it gave.
-    pub reputation: RefCell<BTreeMap<Identity, i64>>,
+    pub reputation: RefCell<Reputation>,
     /// The outboard of the block served last (see `serving`).
     pub last_outboard: RefCell<Option<(ContentId, std::sync::Arc<Vec<u8>>)>>,
 }
@@ -251,7 +252,7 @@ impl StorageService {
             identity_store,
             fetching: RefCell::new(BTreeMap::new()),
             partials: RefCell::new(found.partials.into_iter().map(|p| (p.id, p)).collect()),
-            reputation: RefCell::new(BTreeMap::new()),
+            reputation: RefCell::new(Reputation::default()),
             last_outboard: RefCell::new(None),
         });
         let every = std::time::Duration::from_millis(settings.collect_every_ms);
@@ -301,7 +302,8 @@ impl service::Server for StorageService {
         ];
         all.extend(self.stats.counters());
         let links = vec![self.shared.transport.state(), self.shared.identity_store.state()];
-        StatusReport { kind: ServiceKind::Storage, node: self.home.node_identity().ok().flatten(), note: "", links, counters: all, engines: vec![] }
+        let note = self.shared.reputation.borrow().note();
+        StatusReport { kind: ServiceKind::Storage, node: self.home.node_identity().ok().flatten(), note: &note, links, counters: all, engines: vec![] }
             .write(results.get().init_status());
         Ok(())
     }

@@ -84,6 +84,8 @@ fn a_peer_whose_copy_is_corrupt_is_cut_and_another_gives_the_block() {
     assert!(output.status.success(), "get: {}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(got(&b), block, "only checked bytes are kept");
     assert_eq!(b.counter(ServiceKind::Storage, "peers_cut"), 1, "the corrupt peer is cut");
+    let note = b.service(ServiceKind::Storage)["note"].as_str().unwrap_or_default().to_string();
+    assert!(note.contains(&c.id()) && note.contains("bad bytes at offset") && !note.contains(&a.id()), "status names the corrupt peer alone: {note}");
 }
 
 /// Starts B fetching a 150 MB block put on A, and kills B's storage with kill -9 once a few
