@@ -147,9 +147,9 @@ async fn run(shared: &Rc<Shared>, id: ContentId, from: Vec<Identity>, topic: Opt
                     tracing::warn!(%id, %peer, ?reason, "cut a peer from a fetch");
                 }
                 Action::Complete { outboard, .. } => {
-                    let mut reputation = shared.reputation.borrow_mut();
-                    fetch.received.iter().filter(|(_, bytes)| **bytes > 0).for_each(|(peer, _)| reputation.gave(*peer));
-                    drop(reputation);
+                    for (peer, _) in fetch.received.iter().filter(|(_, bytes)| **bytes > 0) {
+                        shared.reputation.borrow_mut().gave(*peer);
+                    }
                     break 'fetching driver.complete(outboard).await;
                 }
                 Action::Failed { missing } => {
