@@ -565,6 +565,13 @@ impl Router {
             Input::IdentityStoreLinked => self.table.forget_known(),
             Input::TransportLinked(nodes) => {
                 self.connected = nodes.into_iter().collect();
+                // Nodes the transport connected before this router linked to it (after a start
+                // or a restart of either) heard no announcement from it: each is told the whole
+                // of what is here, as a node that connects now is.
+                let whole = whole_announcement(&self.table, &self.topics, self.pubsub());
+                for node in self.connected.iter().copied().collect::<Vec<_>>() {
+                    self.enqueue_announcement(node, whole.clone(), now);
+                }
                 let nodes: Vec<Identity> = self.outboxes.keys().copied().collect();
                 for node in nodes {
                     if let Some(outbox) = self.outboxes.get_mut(&node) {
@@ -1568,5 +1575,22 @@ mod tests {
         let own = TopicAdvert::sign(&Keypair::generate(), subscriber.identity(), vec![], 1);
         bench.router.create_topic(subscriber.identity(), own.clone(), Scope::Any, TopicPolicy::Block, 40, 4).unwrap();
         assert_eq!(bench.router.subscribe(service.identity(), own.topic, Scope::Any, 0, 4), Ok(0));
+    }
+
+    #[test]
+    fn a_node_the_transport_connected_before_the_router_linked_hears_what_is_attached_here() {
+        let mut bench = Bench::new();
+        let engine = bench.attach(false);
+        bench.outputs();
+        // The transport (re)started and connected to `early` before this router linked to it.
+        let early = Keypair::generate().identity();
+        bench.router.handle(Input::TransportLinked(vec![early]), 1);
+        let out = bench.outputs();
+        let attached = out.iter().filter_map(|o| match o {
+            Output::Transmit { node, batch } if *node == early => Some(batch),
+            _ => None,
+        });
+        let attached: Vec<Identity> = attached.flatten().filter_map(|item| match item { Outgoing::Engines(a) if a.full => Some(a.attached.iter().map(|l| l.engine).collect::<Vec<_>>()), _ => None }).flatten().collect();
+        assert_eq!(attached, vec![engine.identity()], "{out:?}");
     }
 }
