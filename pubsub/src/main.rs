@@ -32,6 +32,7 @@ impl status::Server for PubSubServer {
             ("messages_unreadable", shell.messages_unreadable.get()),
             ("sends_refused", shell.sends_refused.get()),
             ("locates_failed", shell.locates_failed.get()),
+            ("events_dropped_injected", shell.events_dropped_injected.get()),
             ("event_subscribers", self.shared.events.watchers.len() as u64),
             ("event_subscribers_dropped", self.shared.events.watchers.dropped()),
         ];

@@ -42,6 +42,33 @@ pub struct ShellCounters {
     pub sends_refused: Cell<u64>,
     /// Locates the identity store could not answer.
     pub locates_failed: Cell<u64>,
+    /// Events dropped on arrival by `pubsub.drop_received_permille`.
+    pub events_dropped_injected: Cell<u64>,
+}
+
+/// `pubsub.drop_received_permille`: drops that share of the events from other nodes, spread
+/// evenly (a fixed pseudo-random sequence), as a lossy link would.
+pub struct Lossy {
+    permille: u64,
+    state: Cell<u64>,
+}
+
+impl Lossy {
+    pub fn new(permille: u64) -> Self {
+        Lossy { permille, state: Cell::new(0x9e37_79b9_7f4a_7c15) }
+    }
+
+    fn drops(&self) -> bool {
+        if self.permille == 0 {
+            return false;
+        }
+        let mut x = self.state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.state.set(x);
+        x % 1000 < self.permille
+    }
 }
 
 fn count(counter: &Cell<u64>) {
@@ -57,6 +84,7 @@ pub struct Shared {
     pub store: Link<identity_store::Client>,
     pub events: Rc<Events>,
     pub stop: Notify,
+    pub lossy: Lossy,
 }
 
 /// Work the topics engine does, in order.
@@ -87,6 +115,7 @@ pub fn start(home: &NodeHome, config: Config) -> Result<Rc<Shared>, Box<dyn std:
         store,
         events,
         stop: Notify::new(),
+        lossy: Lossy::new(home.config.pubsub.drop_received_permille),
     });
     let socket = home.socket(ServiceKind::Router);
     tokio::task::spawn_local(run(shared.clone(), socket, topics_key, peers_key));
@@ -288,7 +317,14 @@ fn received(shared: &Shared, message: EngineMessage, max_body: usize) -> Vec<Inp
         }
     };
     match decoded {
-        Ok(peer) => {
+        Ok(mut peer) => {
+            peer.retain(|said| {
+                let dropped = matches!(said.says, Says::Event(_)) && shared.lossy.drops();
+                if dropped {
+                    count(&shared.counters.events_dropped_injected);
+                }
+                !dropped
+            });
             for said in peer.iter().filter(|p| !matches!(p.says, Says::Event(_))) {
                 tracing::debug!(from = %message.src, says = ?said.says, "from a peer");
             }

@@ -90,11 +90,14 @@ pub struct PubSubConfig {
     pub heartbeat_ms: u64,
     /// Subscriber nodes one topic is fed to at most.
     pub max_readers: u64,
+    /// Fault injection, for `bench pubsub` and tests: the share (per mille) of the events from
+    /// other nodes that the service drops on arrival, as a lossy link would. 0 in production.
+    pub drop_received_permille: u64,
 }
 
 impl Default for PubSubConfig {
     fn default() -> Self {
-        PubSubConfig { window_bytes: 1 << 20, history_events: 100_000, history_bytes: 64 << 20, history_age_ms: 600_000, heartbeat_ms: 1_000, max_readers: 1024 }
+        PubSubConfig { window_bytes: 1 << 20, history_events: 100_000, history_bytes: 64 << 20, history_age_ms: 600_000, heartbeat_ms: 1_000, max_readers: 1024, drop_received_permille: 0 }
     }
 }
 
@@ -261,7 +264,7 @@ impl Config {
     }
 
     fn validate(&self, file: &Path, overrides: &[Override]) -> Result<(), ConfigError> {
-        let checks: [(&str, u64, u64, u64); 28] = [
+        let checks: [(&str, u64, u64, u64); 29] = [
             // At least 4 KiB: an event carried to other nodes needs 1 KiB of it for its wrapping.
             ("limits.max_message_bytes", self.limits.max_message_bytes.into(), 4096, 64 << 20),
             ("limits.engine_queue", self.limits.engine_queue.into(), 1, 1 << 20),
@@ -288,6 +291,7 @@ impl Config {
             ("pubsub.history_age_ms", self.pubsub.history_age_ms, 1_000, 86_400_000),
             ("pubsub.heartbeat_ms", self.pubsub.heartbeat_ms, 10, 600_000),
             ("pubsub.max_readers", self.pubsub.max_readers, 1, 1 << 16),
+            ("pubsub.drop_received_permille", self.pubsub.drop_received_permille, 0, 1000),
             ("storage.max_bytes", self.storage.max_bytes, 0, u64::MAX),
             // A block larger than the budget could never be held.
             ("storage.max_block_bytes", self.storage.max_block_bytes, 1, self.storage.max_bytes.max(1)),

@@ -88,6 +88,15 @@ fn wait_mirrors(nodes: &[&Node]) {
     wait_until("the subscriber nodes mirror the topic", WAIT, || nodes.iter().all(|node| node.counter(ServiceKind::Router, "topics") == 1));
 }
 
+/// An engine on `node` and the topic it publishes (scope Any, `policy`).
+async fn publisher_of_a_topic(node: &Node, policy: TopicPolicy) -> (Engine, Identity) {
+    let publisher = attach_engine(node, |_| {}).await;
+    let advert = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
+    let topic = advert.topic;
+    publisher.create_topic(advert, Scope::Any, policy).await.expect("create the topic");
+    (publisher, topic)
+}
+
 /// Publishes events `from..=to`, each body its sequence repeated.
 async fn publish(publisher: &Engine, topic: Identity, from: u64, to: u64) {
     for n in from..=to {
@@ -161,14 +170,32 @@ fn subscribers_on_three_nodes_get_every_event_through_kills_of_the_pubsub_servic
 }
 
 #[test]
+fn events_lost_on_the_way_to_another_node_are_repaired_in_order() {
+    // B's pubsub service drops 2% of the events that reach it, as a lossy link would.
+    let (a, b) = (Node::up(), Node::up_with(&["pubsub.drop_received_permille=20"]));
+    link(&a, &b);
+    with_rpc(async {
+        let (publisher, topic) = publisher_of_a_topic(&a, TopicPolicy::Block).await;
+        let subscriber = attach_engine(&b, |_| {}).await;
+        subscriber.subscribe(topic, Scope::Any).await.expect("subscribe");
+        wait_readers(&a, 1);
+        wait_mirrors(&[&b]);
+        const EVENTS: u64 = 3_000;
+        let last = Cell::new(EVENTS);
+        let ((), taken) = tokio::join!(publish(&publisher, topic, 1, EVENTS), take_until(&subscriber, &last));
+        let taken = taken.unwrap_or_else(|t| panic!("stalled after {:?} (B: {})", t.seqs.last(), b.service(ServiceKind::PubSub)["counters"]));
+        assert!(taken.gaps.is_empty() && taken.seqs == (1..=EVENTS).collect::<Vec<_>>(), "{} events, gaps {:?}", taken.seqs.len(), taken.gaps);
+        let (dropped, asked) = (b.counter(ServiceKind::PubSub, "events_dropped_injected"), b.counter(ServiceKind::PubSub, "resends_asked"));
+        assert!(dropped > 0 && asked > 0, "events were lost on the way ({dropped}) and asked for again ({asked})");
+    });
+}
+
+#[test]
 fn forged_and_unreadable_pubsub_messages_are_dropped_and_counted() {
     let (a, b) = (Node::up(), Node::up());
     link(&a, &b);
     with_rpc(async {
-        let publisher = attach_engine(&a, |_| {}).await;
-        let advert = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
-        let topic = advert.topic;
-        publisher.create_topic(advert, Scope::Any, TopicPolicy::Block).await.expect("create the topic");
+        let (publisher, topic) = publisher_of_a_topic(&a, TopicPolicy::Block).await;
         let subscriber = attach_engine(&b, |_| {}).await;
         subscriber.subscribe(topic, Scope::Any).await.expect("subscribe");
         wait_readers(&a, 1);
@@ -218,10 +245,7 @@ fn a_subscriber_node_restarted_whole_resumes_and_gets_what_it_missed_from_the_pu
     let (a, mut b) = (Node::up(), Node::up());
     link(&a, &b);
     with_rpc(async {
-        let publisher = attach_engine(&a, |_| {}).await;
-        let advert = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
-        let topic = advert.topic;
-        publisher.create_topic(advert, Scope::Any, TopicPolicy::Block).await.expect("create the topic");
+        let (publisher, topic) = publisher_of_a_topic(&a, TopicPolicy::Block).await;
         // An engine of its own process, on the socket: it outlives its node and attaches again.
         let subscriber = attach_engine(&b, |o| o.ring = false).await;
         subscriber.subscribe(topic, Scope::Any).await.expect("subscribe");
@@ -262,10 +286,7 @@ fn watchers_hear_of_adverts_subscriptions_and_readers_across_nodes() {
     let (a_events, b_events) = (a.events(), b.events());
     link(&a, &b);
     with_rpc(async {
-        let publisher = attach_engine(&a, |_| {}).await;
-        let advert = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
-        let topic = advert.topic;
-        publisher.create_topic(advert, Scope::Any, TopicPolicy::Block).await.expect("create the topic");
+        let (publisher, topic) = publisher_of_a_topic(&a, TopicPolicy::Block).await;
         let about = |kind: &'static str| {
             let topic = topic.to_string();
             move |event: &serde_json::Value| event["event"] == kind && event["topic"] == topic.as_str()
@@ -294,10 +315,7 @@ fn a_subscriber_on_another_node_that_never_reads_back_pressures_the_publisher() 
     let a_events = a.events();
     link(&a, &b);
     with_rpc(async {
-        let publisher = attach_engine(&a, |_| {}).await;
-        let advert = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
-        let topic = advert.topic;
-        publisher.create_topic(advert, Scope::Any, TopicPolicy::Block).await.expect("create the topic");
+        let (publisher, topic) = publisher_of_a_topic(&a, TopicPolicy::Block).await;
         let stuck = attach_engine(&b, |o| o.inbox_capacity = 1).await;
         stuck.subscribe(topic, Scope::Any).await.expect("subscribe");
         wait_readers(&a, 1);
@@ -363,10 +381,7 @@ fn under_cut_slow_a_slow_subscriber_on_another_node_misses_events_and_holds_no_o
     let (a, b) = (Node::up(), Node::up_with(&["router.ring_bytes=65536"]));
     link(&a, &b);
     with_rpc(async {
-        let publisher = attach_engine(&a, |_| {}).await;
-        let advert = TopicAdvert::sign(&Keypair::generate(), publisher.identity(), vec![], 1);
-        let topic = advert.topic;
-        publisher.create_topic(advert, Scope::Any, TopicPolicy::CutSlow).await.expect("create the topic");
+        let (publisher, topic) = publisher_of_a_topic(&a, TopicPolicy::CutSlow).await;
         let reading = attach_engine(&b, |_| {}).await;
         let stuck = attach_engine(&b, |o| o.inbox_capacity = 1).await;
         for subscriber in [&reading, &stuck] {

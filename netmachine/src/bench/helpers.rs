@@ -101,7 +101,7 @@ pub fn wall_nanos() -> u64 {
 }
 
 /// Takes `count` events of `topic`: how many came, how many were reported missing, and the
-/// p50 and p99 of their publish-to-take latency, for the publisher.
+/// p50, p99, p99.9 and largest of their publish-to-take latency, for the publisher.
 fn subscribe(args: &EngineArgs, topic: &str, count: u64) -> Result<()> {
     let engine = attach_quietly(args)?;
     let topic: netmachine_engine::Identity = topic.parse().context("--topic")?;
@@ -130,6 +130,8 @@ fn subscribe(args: &EngineArgs, topic: &str, count: u64) -> Result<()> {
             "missed": missed,
             "p50_ns": latencies.percentile(50.0).as_nanos() as u64,
             "p99_ns": latencies.percentile(99.0).as_nanos() as u64,
+            "p999_ns": latencies.percentile(99.9).as_nanos() as u64,
+            "max_ns": latencies.percentile(100.0).as_nanos() as u64,
         });
         if let Some(publisher) = publisher {
             engine.send(publisher, report.to_string().into_bytes()).await?;

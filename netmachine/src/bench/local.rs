@@ -54,7 +54,13 @@ impl Bench {
 
     /// Another node in the scratch home, its transport on a free loopback port.
     pub(super) fn second_node(&self) -> Result<LocalNode> {
-        let mut node = LocalNode::start(&self.netmachine, &self.scratch.0.join("second"), &[LISTEN_ANY_PORT.to_string()])?;
+        self.another_node("second", &[])
+    }
+
+    /// Another node, in `dir` under the bench's scratch directory, with `set` overrides.
+    pub(super) fn another_node(&self, dir: &str, set: &[&str]) -> Result<LocalNode> {
+        let set: Vec<String> = std::iter::once(LISTEN_ANY_PORT.to_string()).chain(set.iter().map(|s| s.to_string())).collect();
+        let mut node = LocalNode::start(&self.netmachine, &self.scratch.0.join(dir), &set)?;
         run_local(node.wait_ready(Duration::from_secs(30)))?;
         Ok(node)
     }
