@@ -14,7 +14,7 @@ use crate::core::catalog::Entry;
 use crate::partial::PartialFile;
 use bao_tree::io::outboard::PreOrderOutboard;
 use bao_tree::io::sync::CreateOutboard;
-use crate::core::verify::{GROUP, GROUP_BYTES};
+use crate::core::verify::{Hashing, GROUP, GROUP_BYTES};
 use bao_tree::BaoTree;
 use netmachine_schema::ContentId;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
@@ -102,7 +102,8 @@ pub struct Pending {
 
 enum Body {
     Inline(Vec<u8>),
-    File { path: PathBuf, file: File },
+    /// Hashed as it is written.
+    File { path: PathBuf, file: File, hashing: Box<Hashing> },
 }
 
 /// A put written and checked, its id known; not yet kept.
@@ -251,7 +252,7 @@ impl Store {
             self.next_tmp.set(n);
             let path = self.tmp.join(format!("put-{n}"));
             let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-            Body::File { file, path }
+            Body::File { file, path, hashing: Box::new(Hashing::new(declared)) }
         };
         Ok(Pending { declared, written: 0, body })
     }
@@ -332,7 +333,10 @@ impl Pending {
         }
         match &mut self.body {
             Body::Inline(content) => content.extend_from_slice(bytes),
-            Body::File { file, .. } => file.write_all(bytes)?,
+            Body::File { file, hashing, .. } => {
+                file.write_all(bytes)?;
+                hashing.update(bytes);
+            }
         }
         self.written = sent;
         Ok(())
@@ -345,9 +349,9 @@ impl Pending {
         }
     }
 
-    /// Checks the size and the id (`expected`, if the put named one), computes the outboard
-    /// of a large block and syncs its file. Reads the whole file again: run it off the
-    /// service's thread.
+    /// Checks the size and the id (`expected`, if the put named one), and syncs a large block's
+    /// file (its id and outboard were computed as it was written). Syncing waits for the disk:
+    /// run it off the service's thread.
     pub fn finish(self, expected: Option<ContentId>) -> Result<Finished, StoreError> {
         if self.written != self.declared {
             if let Body::File { path, .. } = &self.body {
@@ -357,8 +361,9 @@ impl Pending {
         }
         let (id, body) = match self.body {
             Body::Inline(content) => (ContentId::of(&content), FinishedBody::Inline(content)),
-            Body::File { path, file } => {
-                let checked = outboard_of(&file, self.declared).and_then(|(id, outboard)| {
+            Body::File { path, file, hashing } => {
+                let hashed = hashing.finish().ok_or_else(|| io::Error::other("the put's bytes were not all hashed"));
+                let checked = hashed.and_then(|(id, outboard)| {
                     file.sync_data()?;
                     Ok((id, outboard))
                 });

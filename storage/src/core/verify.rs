@@ -2,7 +2,8 @@
 //! BLAKE3 tree's parent hashes and the requested 16 KiB chunk groups, in pre-order (as
 //! `bao-tree` encodes it); each item is checked against the hash its parent vouched for the
 //! moment its last byte arrives, so a peer that sends a bad byte is caught within one group.
-//! Bytes may arrive in pieces of any size.
+//! Bytes may arrive in pieces of any size. A put is hashed the same way as it streams in
+//! (`Hashing`), its outboard made on the way.
 
 use bao_tree::iter::BaoChunk;
 use bao_tree::{BaoTree, ChunkNum, ChunkRanges, TreeNode};
@@ -168,6 +169,72 @@ impl Assembled {
     }
 }
 
+/// A block's id and pre-order outboard, computed as its bytes stream in, in order (a put of
+/// known size): each 16 KiB group is hashed as it completes, and each parent as soon as its
+/// two children are, so keeping the block needs no second pass over its bytes.
+pub struct Hashing {
+    /// The tree's items in post-order: groups in order, each parent after its children.
+    items: std::iter::Peekable<bao_tree::iter::PostOrderChunkIter>,
+    /// Hashes of the subtrees done and not yet merged.
+    stack: Vec<[u8; 32]>,
+    outboard: Assembled,
+    group: Vec<u8>,
+}
+
+impl Hashing {
+    /// For `size` bytes to come.
+    pub fn new(size: u64) -> Self {
+        let tree = BaoTree::new(size, GROUP);
+        Hashing { items: tree.post_order_chunks_iter().peekable(), stack: Vec::new(), outboard: Assembled::new(size), group: Vec::with_capacity(GROUP_BYTES as usize) }
+    }
+
+    /// The next bytes, in order; bytes past the size are left out (the put's size check says
+    /// so).
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        while let Some(BaoChunk::Leaf { size, .. }) = self.items.peek().copied() {
+            let take = (size - self.group.len()).min(bytes.len());
+            self.group.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.group.len() < size {
+                return;
+            }
+            self.close_group();
+        }
+    }
+
+    fn close_group(&mut self) {
+        let Some(BaoChunk::Leaf { start_chunk, is_root, .. }) = self.items.next() else { return };
+        let hash = if is_root {
+            *blake3::hash(&self.group).as_bytes()
+        } else {
+            blake3::Hasher::new().set_input_offset(start_chunk.to_bytes()).update(&self.group).finalize_non_root()
+        };
+        self.group.clear();
+        self.stack.push(hash);
+        while let Some(BaoChunk::Parent { node, is_root, .. }) = self.items.peek().copied() {
+            self.items.next();
+            let (Some(right), Some(left)) = (self.stack.pop(), self.stack.pop()) else { return };
+            let mut pair = [0; 64];
+            pair[..32].copy_from_slice(&left);
+            pair[32..].copy_from_slice(&right);
+            self.outboard.add(&(node, pair));
+            self.stack.push(if is_root { *merge_subtrees_root(&left, &right, Mode::Hash).as_bytes() } else { merge_subtrees_non_root(&left, &right, Mode::Hash) });
+        }
+    }
+
+    /// The id and the outboard, once every byte came (`None` if some are missing).
+    pub fn finish(mut self) -> Option<(ContentId, Vec<u8>)> {
+        // An empty block's one group is empty, and complete before any byte.
+        if matches!(self.items.peek(), Some(BaoChunk::Leaf { size: 0, .. })) {
+            self.close_group();
+        }
+        match (self.items.next(), self.stack.as_slice()) {
+            (None, [root]) => Some((ContentId(*root), self.outboard.into_bytes())),
+            _ => None,
+        }
+    }
+}
+
 /// The pre-order outboard of `content`, as the store keeps it.
 pub fn outboard(content: &[u8]) -> Vec<u8> {
     bao_tree::io::outboard::PreOrderMemOutboard::create(content, GROUP).data
@@ -228,6 +295,25 @@ mod tests {
                 verifier.take_vouched().iter().for_each(|vouched| assembled.add(vouched));
             }
             assert!(assembled.into_bytes() == outboard(&block), "size {size}");
+        }
+    }
+
+    #[test]
+    fn hashing_as_the_bytes_stream_in_gives_the_id_and_outboard_of_hashing_them_whole() {
+        for size in [0usize, 1, 16_384, 16_385, 100_000, 1_000_003] {
+            let block = content(size);
+            for piece in [1, 5_000, 16_384, 1 << 20] {
+                let mut hashing = Hashing::new(size as u64);
+                block.chunks(piece).for_each(|bytes| hashing.update(bytes));
+                let (id, outboard) = hashing.finish().expect("every byte came");
+                assert_eq!(id, ContentId::of(&block), "size {size}, pieces of {piece}");
+                assert!(outboard == self::outboard(&block), "size {size}, pieces of {piece}");
+            }
+            if size > 0 {
+                let mut short = Hashing::new(size as u64);
+                short.update(&block[..size - 1]);
+                assert!(short.finish().is_none(), "a byte short, no id");
+            }
         }
     }
 
