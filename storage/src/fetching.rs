@@ -167,10 +167,14 @@ async fn run(shared: &Rc<Shared>, id: ContentId, from: Vec<Identity>, topic: Opt
             None => fetch.tick(now()),
             Some(StreamEvent::Piece(request, piece)) => {
                 let Some(state) = received.get_mut(&request) else { continue };
-                let Ok(mut bytes) = piece.get().and_then(|piece| piece.get_bytes()) else {
-                    received.remove(&request);
-                    fetch.failed(request, now());
-                    continue;
+                let mut bytes = match piece.get().and_then(|piece| piece.get_bytes()) {
+                    Ok(bytes) => bytes,
+                    Err(error) => {
+                        tracing::info!(%id, %error, "a piece of a block stream is unreadable");
+                        received.remove(&request);
+                        fetch.failed(request, now());
+                        continue;
+                    }
                 };
                 state.0 += bytes.len() as u64;
                 if !state.1 {
