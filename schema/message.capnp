@@ -53,8 +53,30 @@ struct P2PFrame {
   sig @3 :Id.Signature;      # by the src node
 }
 
+# Delivery between nodes is acknowledged. Each router numbers the frames it sends each other
+# node (`seq`, from 1, within `session`: its run, later runs larger); the receiving router takes
+# them in order, drops what it has taken already, and acknowledges each frame once every message
+# in it is placed or counted as dropped. The sender keeps what is unacknowledged and sends it
+# again, in order, after a connection is lost or the receiver restarts.
 struct P2PBatch {
   payloads @0 :List(P2PPayload);
+  session @1 :UInt64;        # the sending router's run; 0: frames are not numbered
+  seq @2 :UInt64;            # this frame's number; 0: it carries only an acknowledgement
+  keptFrom @3 :UInt64;       # the sender keeps frames from this number on: the earlier ones were acknowledged
+  ack @4 :Acknowledgement;   # of the frames the receiver of this one sent
+}
+
+# Which of a node's frames the router acknowledging them has accepted.
+struct Acknowledgement {
+  session @0 :UInt64;        # the run of the node whose frames these are; 0: no acknowledgement
+  through @1 :UInt64;        # every frame up to this one
+  ranges @2 :List(SeqRange); # and these, beyond `through`
+  received @3 :UInt64;       # the highest frame taken in, whose messages may still wait for room
+}
+
+struct SeqRange {
+  first @0 :UInt64;
+  last @1 :UInt64;
 }
 
 struct P2PPayload {

@@ -1,22 +1,23 @@
 //! Frames to other nodes: the core cuts a batch from a node's outbox (`Output::Transmit`); this
 //! seals it with the node key, hands it to transport, and tells the core what became of it.
-//! While transport is down the batch goes back to the core, which tries again.
+//! While transport is down the core sends what it kept again once transport is back.
 
-use crate::core::{frame, HandOver, Input, Outgoing};
+use crate::core::{frame, HandOver, Header, Input, Outgoing};
 use crate::shell::RouterState;
 use netmachine_schema::transport_capnp::send_outcome;
 use netmachine_schema::Identity;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 impl RouterState {
-    /// Seals `batch` for `node` and gives it to transport.
-    pub(crate) async fn hand_over(self: Rc<Self>, node: Identity, batch: Vec<Outgoing>) {
+    /// Seals `batch` for `node`, numbered by `header`, and gives it to transport.
+    pub(crate) async fn hand_over(self: Rc<Self>, node: Identity, header: Header, batch: Arc<Vec<Outgoing>>) {
         let outcome = match self.transport.client_within(Duration::from_secs(1)).await {
-            None => HandOver::Unavailable(batch),
+            None => HandOver::Unavailable,
             Some(transport) => {
                 // Sealed only once transport is there: a batch that goes back is not signed twice.
-                let sealed = frame::seal(&self.key, node, &batch);
+                let sealed = frame::seal(&self.key, node, &header, &batch);
                 let mut request = transport.send_frame_request();
                 request.get().set_dst(&node.0);
                 request.get().set_frame(&sealed.bytes);
@@ -24,7 +25,7 @@ impl RouterState {
                 match request.send().promise.await {
                     Err(error) => {
                         tracing::info!(%error, "transport did not take a frame; trying again");
-                        HandOver::Unavailable(batch)
+                        HandOver::Unavailable
                     }
                     Ok(answer) => {
                         let which = answer.get().and_then(|a| a.get_outcome()).and_then(|o| Ok(o.which()?));

@@ -88,7 +88,7 @@ impl RouterState {
             }
         };
         let state = Rc::new_cyclic(|weak| RouterState {
-            core: RefCell::new(Router::new(key.clone(), Limits::from_config(&home.config))),
+            core: RefCell::new(Router::new(key.clone(), Limits::from_config(&home.config), session())),
             key,
             stats,
             waiters: RefCell::new(HashMap::new()),
@@ -279,9 +279,9 @@ impl RouterState {
                 Output::Lookup(id) => {
                     tokio::task::spawn_local(self.clone().lookup(id));
                 }
-                Output::Transmit { node, batch } => {
-                    let span = tracing::debug_span!("peer", node = %node.short(), messages = batch.len());
-                    tokio::task::spawn_local(self.clone().hand_over(node, batch).instrument(span));
+                Output::Transmit { node, header, batch } => {
+                    let span = tracing::debug_span!("peer", node = %node.short(), seq = header.seq, messages = batch.len());
+                    tokio::task::spawn_local(self.clone().hand_over(node, header, batch).instrument(span));
                 }
                 Output::Record { node, announcement } => {
                     let span = tracing::info_span!("peer", node = %node.short());
@@ -326,6 +326,12 @@ impl RouterState {
             self.carry_out();
         }
     }
+}
+
+/// This run's session for the frames it sends other nodes: the time it started, in
+/// nanoseconds, larger than any earlier run's.
+fn session() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
 }
 
 /// Feeds the core its timer: sleeps until the time it asked for, or until told it asks sooner.

@@ -64,6 +64,9 @@ pub struct RouterConfig {
     pub cache_entries: u32,
     /// Messages waiting to be sent to one other node before senders to it wait.
     pub node_queue: u32,
+    /// Bytes sent to one other node and kept until it acknowledges them; while that many are
+    /// kept, what waits for that node waits longer.
+    pub unacked_bytes: u64,
     /// Drop messages from other nodes that carry no engine signature.
     pub require_engine_signatures: bool,
     /// Bytes of each shared-memory ring (power of two); 0 turns the rings off.
@@ -72,7 +75,7 @@ pub struct RouterConfig {
 
 impl Default for RouterConfig {
     fn default() -> Self {
-        RouterConfig { cache_entries: 65_536, node_queue: 4096, require_engine_signatures: false, ring_bytes: 1 << 20 }
+        RouterConfig { cache_entries: 65_536, node_queue: 4096, unacked_bytes: 16 << 20, require_engine_signatures: false, ring_bytes: 1 << 20 }
     }
 }
 
@@ -264,7 +267,7 @@ impl Config {
     }
 
     fn validate(&self, file: &Path, overrides: &[Override]) -> Result<(), ConfigError> {
-        let checks: [(&str, u64, u64, u64); 29] = [
+        let checks: [(&str, u64, u64, u64); 30] = [
             // At least 4 KiB: an event carried to other nodes needs 1 KiB of it for its wrapping.
             ("limits.max_message_bytes", self.limits.max_message_bytes.into(), 4096, 64 << 20),
             ("limits.engine_queue", self.limits.engine_queue.into(), 1, 1 << 20),
@@ -274,6 +277,7 @@ impl Config {
             ("limits.max_records", self.limits.max_records, 1, 1 << 32),
             ("router.cache_entries", self.router.cache_entries.into(), 16, 1 << 24),
             ("router.node_queue", self.router.node_queue.into(), 1, 1 << 20),
+            ("router.unacked_bytes", self.router.unacked_bytes, 64 << 10, 1 << 32),
             ("transport.max_peers", self.transport.max_peers.into(), 1, 1 << 16),
             ("transport.peer_queue", self.transport.peer_queue.into(), 1, 1 << 20),
             ("transport.idle_timeout_ms", self.transport.idle_timeout_ms, 100, 86_400_000),
@@ -514,6 +518,7 @@ pub const TEMPLATE: &str = r#"# netmachine node configuration. Every setting is 
 [router]
 # cache_entries = 65536       # identity records cached by the router
 # node_queue = 4096           # messages waiting for one other node before senders wait
+# unacked_bytes = 16777216    # bytes sent to one other node and kept until it acknowledges them
 # require_engine_signatures = false  # drop messages from other nodes without an engine signature
 # ring_bytes = 1048576        # bytes of each shared-memory ring (power of two); 0: rings off
 

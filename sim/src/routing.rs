@@ -2,11 +2,12 @@
 //! with engines attached, an identity store that knows every node, and a minimal shell that
 //! seals the core's batches into real signed frames for the node's transport pool and opens
 //! what arrives. Engines number their messages per destination, so loss, duplicates and
-//! reordering show in `Traffic`; a thief node can announce an engine it does not host; an
+//! reordering show in `Traffic`, and what the simulated transport loses shows the routers'
+//! acknowledgements at work; a thief node can announce an engine it does not host; an
 //! engine can move from one node to another.
 
 use crate::world::{Event, World};
-use netmachine_router::core::{frame, Announcement, HandOver, Input, Known, Limits, Output, Outgoing, Router, Ticket};
+use netmachine_router::core::{frame, Announcement, HandOver, Header, Input, Known, Limits, Output, Outgoing, Router, Ticket};
 use netmachine_schema::{signing, Destination, EngineLocation, EngineMessage, Identity, Keypair, TopicAdvert};
 use netmachine_service::config::Config;
 use netmachine_transport::core::Millis;
@@ -25,9 +26,8 @@ pub struct Traffic {
     /// Arrived after a later message between the same two engines.
     pub out_of_order: u64,
     /// Inside frames the simulated transport lost (written to a connection that died, or queued
-    /// in a transport that crashed): the loss no router can count until deliveries are
-    /// acknowledged between nodes.
-    pub lost_in_transport: u64,
+    /// in a transport that crashed): the sending router sends them again, unacknowledged.
+    pub in_lost_frames: u64,
 }
 
 /// A node's router and what its shell keeps.
@@ -41,6 +41,10 @@ pub struct NodeRouter {
     next_ticket: u64,
     next_generation: u64,
     timer_at: Option<Millis>,
+    /// Inputs that wait while the router's outputs are carried out (a shell feeds one at a
+    /// time; a chain of frames handed over would otherwise nest without bound).
+    inputs: std::collections::VecDeque<Input>,
+    feeding: bool,
 }
 
 impl World {
@@ -51,8 +55,8 @@ impl World {
         let nodes: Vec<Identity> = world.nodes.iter().map(|n| n.key).collect();
         for node in 0..n {
             let store = nodes.iter().map(|id| (*id, Known::Node { trust: 128 })).collect();
-            let core = Router::new(world.nodes[node].keypair.clone(), limits.clone());
-            world.nodes[node].router = Some(NodeRouter { core, store, adverts: BTreeMap::new(), engines: BTreeMap::new(), next_ticket: 0, next_generation: 0, timer_at: None });
+            let core = Router::new(world.nodes[node].keypair.clone(), limits.clone(), 1);
+            world.nodes[node].router = Some(NodeRouter { core, store, adverts: BTreeMap::new(), engines: BTreeMap::new(), next_ticket: 0, next_generation: 0, timer_at: None, inputs: Default::default(), feeding: false });
             for _ in 0..engines {
                 let key = Keypair::from_seed(world.rng.bytes32());
                 world.attach(node, key);
@@ -146,7 +150,7 @@ impl World {
         let location = EngineLocation { engine: victim, node: keypair.identity(), at, sig: keypair.sign(&signing::engine_location(&victim, &keypair.identity(), at)) };
         let batch = vec![Outgoing::Engines(Announcement { attached: vec![location], ..Announcement::default() })];
         for node in (0..self.len()).filter(|n| *n != thief) {
-            let sealed = frame::seal(&keypair, self.nodes[node].key, &batch);
+            let sealed = frame::seal(&keypair, self.nodes[node].key, &Header::default(), &batch);
             self.send_bytes(thief, node, Some(Rc::new(sealed.bytes)));
         }
     }
@@ -189,7 +193,7 @@ impl World {
         let Some(bytes) = &lost.bytes else { return };
         let (node, peer) = (self.nodes[lost.dst].key, self.nodes[lost.src].key);
         let opened = frame::open(node, peer, bytes, 1 << 24).expect("frames between simulated nodes open");
-        self.traffic.lost_in_transport += opened.messages.len() as u64;
+        self.traffic.in_lost_frames += opened.messages.len() as u64;
     }
 
     pub(crate) fn answer_lookup(&mut self, node: usize, id: Identity) {
@@ -208,8 +212,15 @@ impl World {
 
     pub(crate) fn router_input(&mut self, node: usize, input: Input) {
         let now = self.now;
-        self.router(node).core.handle(input, now);
-        self.carry_out_router(node);
+        self.router(node).inputs.push_back(input);
+        if std::mem::replace(&mut self.router(node).feeding, true) {
+            return;
+        }
+        while let Some(input) = self.router(node).inputs.pop_front() {
+            self.router(node).core.handle(input, now);
+            self.carry_out_router(node);
+        }
+        self.router(node).feeding = false;
     }
 
     pub(crate) fn carry_out_router(&mut self, node: usize) {
@@ -229,10 +240,10 @@ impl World {
                     let at = self.now + 1;
                     self.schedule(at, Event::Lookup { node, id });
                 }
-                Output::Transmit { node: peer, batch } => {
-                    let sealed = frame::seal(&self.nodes[node].keypair, peer, &batch);
+                Output::Transmit { node: peer, header, batch } => {
+                    let sealed = frame::seal(&self.nodes[node].keypair, peer, &header, &batch);
                     let taken = self.index_of(&peer).is_some_and(|to| self.send_bytes(node, to, Some(Rc::new(sealed.bytes))));
-                    let outcome = if taken { HandOver::Queued { messages: sealed.messages } } else { HandOver::Unavailable(batch) };
+                    let outcome = if taken { HandOver::Queued { messages: sealed.messages } } else { HandOver::Unavailable };
                     self.router_input(node, Input::HandedOver { node: peer, outcome });
                 }
                 Output::Record { node: from, announcement } => {

@@ -3,10 +3,11 @@
 //! and signed by it, then reads its payloads; `verify_signatures` checks the engine signatures
 //! of the messages inside (as one batch: run it off the event loop).
 
+use super::acks::{Ack, Header};
 use super::drops::DropReason;
 use super::outbox::{Announcement, Outgoing};
 use super::signatures;
-use netmachine_schema::message_capnp::{p2_p_batch, p2_p_frame, p2_p_payload};
+use netmachine_schema::message_capnp::{acknowledgement, p2_p_batch, p2_p_frame, p2_p_payload};
 use netmachine_schema::{signing, EngineLocation, EngineMessage, Identity, Keypair, TopicAdvert};
 
 /// A frame ready for transport, with what it carries for accounting.
@@ -17,10 +18,17 @@ pub struct Sealed {
     pub expiry: u64,
 }
 
-/// Encodes `batch` for `dst` and signs it with the node `key`.
-pub fn seal(key: &Keypair, dst: Identity, batch: &[Outgoing]) -> Sealed {
+/// Encodes `batch` for `dst`, numbered by `header`, and signs it with the node `key`.
+pub fn seal(key: &Keypair, dst: Identity, header: &Header, batch: &[Outgoing]) -> Sealed {
     let mut message = capnp::message::Builder::new_default();
-    let mut payloads = message.init_root::<p2_p_batch::Builder>().init_payloads(batch.len() as u32);
+    let mut root = message.init_root::<p2_p_batch::Builder>();
+    root.set_session(header.session);
+    root.set_seq(header.seq);
+    root.set_kept_from(header.kept_from);
+    if let Some(ack) = &header.ack {
+        write_ack(root.reborrow().init_ack(), ack);
+    }
+    let mut payloads = root.init_payloads(batch.len() as u32);
     let (mut messages, mut expiry) = (0, Some(0u64));
     for (i, item) in batch.iter().enumerate() {
         let payload = payloads.reborrow().get(i as u32);
@@ -60,6 +68,28 @@ pub fn seal(key: &Keypair, dst: Identity, batch: &[Outgoing]) -> Sealed {
     Sealed { bytes: capnp::serialize::write_message_to_words(&frame), messages, expiry: expiry.unwrap_or(0) }
 }
 
+fn write_ack(mut builder: acknowledgement::Builder<'_>, ack: &Ack) {
+    builder.set_session(ack.session);
+    builder.set_through(ack.through);
+    builder.set_received(ack.received);
+    let mut ranges = builder.init_ranges(ack.ranges.len() as u32);
+    for (i, (first, last)) in ack.ranges.iter().enumerate() {
+        let mut range = ranges.reborrow().get(i as u32);
+        range.set_first(*first);
+        range.set_last(*last);
+    }
+}
+
+/// An acknowledgement as a frame carries it: none if its session is 0; at most `MAX_RANGES`
+/// ranges are read.
+fn read_ack(reader: acknowledgement::Reader<'_>) -> capnp::Result<Option<Ack>> {
+    if reader.get_session() == 0 {
+        return Ok(None);
+    }
+    let ranges = reader.get_ranges()?.iter().take(super::acks::MAX_RANGES).map(|r| (r.get_first(), r.get_last())).collect();
+    Ok(Some(Ack { session: reader.get_session(), through: reader.get_through(), ranges, received: reader.get_received() }))
+}
+
 /// Why a whole frame was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{detail}")]
@@ -77,6 +107,7 @@ fn refused(reason: DropReason, detail: impl Into<String>, disconnect: bool) -> F
 /// What a frame carried.
 #[derive(Debug, Default)]
 pub struct Opened {
+    pub header: Header,
     pub messages: Vec<EngineMessage>,
     pub announcements: Vec<Announcement>,
     /// Payloads that could not be read, or of a kind this version does not take.
@@ -107,8 +138,14 @@ pub fn open(node: Identity, src: Identity, bytes: &[u8], word_limit: usize) -> R
     src.verify(&signing::p2p_frame(&src, &dst, batch), frame.get_sig().map_err(malformed)?)
         .map_err(|e| refused(DropReason::BadSignature, format!("frame signature by {src}: {e}"), true))?;
     let batch = capnp::serialize::read_message(&mut &batch[..], options).map_err(malformed)?;
-    let payloads = batch.get_root::<p2_p_batch::Reader>().and_then(|b| b.get_payloads()).map_err(malformed)?;
-    let mut opened = Opened::default();
+    let batch = batch.get_root::<p2_p_batch::Reader>().map_err(malformed)?;
+    let payloads = batch.get_payloads().map_err(malformed)?;
+    let ack = match batch.has_ack() {
+        true => read_ack(batch.get_ack().map_err(malformed)?).map_err(malformed)?,
+        false => None,
+    };
+    let header = Header { session: batch.get_session(), seq: batch.get_seq(), kept_from: batch.get_kept_from(), ack };
+    let mut opened = Opened { header, ..Opened::default() };
     for payload in payloads.iter() {
         match payload.which() {
             Ok(p2_p_payload::Engine(Ok(engine))) => match EngineMessage::read(engine) {
@@ -173,9 +210,12 @@ mod tests {
         let advert = TopicAdvert::sign(&Keypair::generate(), engine.identity(), vec!["news".into()], 5);
         let announcement = Announcement { full: true, attached: vec![location.clone()], detached: vec![], topics: vec![advert.clone()] };
         let batch = vec![Outgoing::Engines(announcement), Outgoing::Message(message.clone())];
-        let sealed = seal(&a, b.identity(), &batch);
+        let ack = Ack { session: 3, through: 10, ranges: vec![(12, 14)], received: 15 };
+        let header = Header { session: 7, seq: 2, kept_from: 1, ack: Some(ack) };
+        let sealed = seal(&a, b.identity(), &header, &batch);
         assert_eq!(sealed.messages, 1);
         let opened = open(b.identity(), a.identity(), &sealed.bytes, 1 << 20).unwrap();
+        assert_eq!(opened.header, header);
         assert_eq!((opened.messages, opened.announcements[0].attached.clone()), (vec![message], vec![location]));
         assert_eq!(opened.announcements[0].topics, vec![advert]);
         let impostor = Keypair::generate().identity();
@@ -190,7 +230,7 @@ mod tests {
     #[test]
     fn a_frame_signed_by_another_key_is_refused() {
         let (a, b, forger) = (Keypair::generate(), Keypair::generate(), Keypair::generate());
-        let mut sealed = seal(&forger, b.identity(), &[]);
+        let mut sealed = seal(&forger, b.identity(), &Header::default(), &[]);
         // Re-seal under a's name with the forger's signature.
         let message = capnp::serialize::read_message(&mut &sealed.bytes[..], Default::default()).unwrap();
         let root = message.get_root::<p2_p_frame::Reader>().unwrap();

@@ -1,6 +1,7 @@
 //! What waits to go to one other node: engine messages and announcements of this node's
-//! engines and topics, in order. A batch is cut from the front when the previous one has been handed to
-//! transport, so batches grow with load and latency stays low when idle.
+//! engines and topics, in order. A batch is cut from the front when the previous frame has been
+//! handed to transport, so batches grow with load and latency stays low when idle; once cut, a
+//! batch is kept until acknowledged (`acks`).
 
 use netmachine_schema::{EngineLocation, EngineMessage, Identity, TopicAdvert};
 use std::collections::VecDeque;
@@ -29,7 +30,7 @@ impl Outgoing {
     }
 
     /// A generous estimate of its encoded size, for cutting batches to the frame limit.
-    fn size(&self) -> usize {
+    pub fn size(&self) -> usize {
         match self {
             Outgoing::Message(m) => m.body.len() + m.protocol.len() + 256,
             Outgoing::Engines(a) => a.attached.len() * 160 + a.detached.len() * 40 + a.topics.len() * 200 + 64,
@@ -46,8 +47,9 @@ pub struct Outbox {
     items: VecDeque<Outgoing>,
     /// Messages in `items` (announcements do not count against the node's queue).
     messages: usize,
-    /// A batch is with transport: the next waits for its answer.
-    pub busy: bool,
+    /// A frame is with transport, numbered so (0: an acknowledgement alone): the next waits
+    /// for its answer.
+    pub handed: Option<u64>,
     /// Transport was unavailable: try again at this time.
     pub retry_at: Option<u64>,
 }
@@ -78,12 +80,8 @@ impl Outbox {
         self.items.push_back(item);
     }
 
-    /// Puts a batch transport could not take back in front, in its order.
-    pub fn put_back(&mut self, batch: Vec<Outgoing>) {
-        for item in batch.into_iter().rev() {
-            self.messages += usize::from(matches!(item, Outgoing::Message(_)));
-            self.items.push_front(item);
-        }
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
     }
 
     /// Cuts a batch of at most `budget` estimated bytes (at least one item) from the front;
@@ -123,7 +121,7 @@ mod tests {
     }
 
     #[test]
-    fn batches_are_cut_to_the_budget_expired_messages_dropped_and_put_back_in_order() {
+    fn batches_are_cut_to_the_budget_and_expired_messages_dropped() {
         let mut outbox = Outbox::default();
         outbox.push(message(1000, Some(5)));
         outbox.push(message(1000, None));
@@ -133,13 +131,10 @@ mod tests {
         let (batch, expired) = outbox.take_batch(10, 2000);
         assert_eq!((batch.len(), expired), (2, 1), "the expired one is dropped, the third message waits");
         assert_eq!(outbox.messages(), 1);
-        outbox.put_back(batch.clone());
-        assert_eq!(outbox.messages(), 2);
-        let (again, _) = outbox.take_batch(10, 2000);
-        assert_eq!(again, batch);
         // One item over the budget still goes, alone.
         let (alone, _) = outbox.take_batch(10, 10);
         assert_eq!(alone.len(), 1);
+        assert!(outbox.is_empty());
         assert_eq!(outbox.take_batch(10, 2000).0, vec![], "nothing is left");
     }
 
@@ -150,11 +145,6 @@ mod tests {
         let whole = || Announcement { full: true, detached: vec![engine], ..Announcement::default() };
         outbox.announce(Announcement { detached: vec![engine], ..Announcement::default() }, whole);
         outbox.push(message(10, None));
-        // A batch transport could not take comes back with its announcement, behind which
-        // another was queued meanwhile.
-        let (batch, _) = outbox.take_batch(0, 1 << 20);
-        outbox.announce(Announcement::default(), whole);
-        outbox.put_back(batch);
         for _ in 0..1000 {
             outbox.announce(Announcement { detached: vec![engine], ..Announcement::default() }, whole);
         }

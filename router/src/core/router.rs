@@ -8,6 +8,7 @@
 //! full) waits in its destination's line until it can, or until its deadline: one stuck
 //! destination never delays another, and a destination's messages keep their order.
 
+use super::acks::{Arrival, Header, Receiving, Sending, PROBE_AFTER};
 use super::attach::AttachRefused;
 use super::drops::{DropCounters, DropReason, Refused};
 use super::frame::Opened;
@@ -19,12 +20,20 @@ use netmachine_schema::message_capnp::Scope;
 use netmachine_schema::router_capnp::{TopicPolicy, TopicRefusal};
 use netmachine_schema::{signing, Destination, EngineLocation, EngineMessage, Identity, Keypair, PeerMessage, Says, TopicAdvert, PEER_EVENT_OVERHEAD, PUBSUB_PROTOCOL, SEQ_NOT_KNOWN};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 
 /// Milliseconds since the Unix epoch (virtual in the simulation).
 pub type Millis = u64;
 
 /// How long a transport that could not take a batch is given before the next try.
 const RETRY_HANDOVER: Millis = 100;
+
+/// How long an acknowledgement may wait for a frame to the same node to carry it before it
+/// goes alone.
+const ACK_DELAY: Millis = 10;
+
+/// Nodes whose frames this router remembers taking in, past which the idle ones are forgotten.
+const MAX_RECEIVING: usize = 4096;
 
 /// The router's limits, from the node's configuration.
 #[derive(Debug, Clone)]
@@ -44,6 +53,9 @@ pub struct Limits {
     pub lookup_wait: Millis,
     /// Messages waiting for room or a lookup, across every destination.
     pub max_waiting: usize,
+    /// Estimated bytes sent to one other node and kept until it acknowledges them; while that
+    /// many are kept, the node's queue waits.
+    pub unacked_bytes: usize,
 }
 
 impl Limits {
@@ -58,6 +70,7 @@ impl Limits {
             frame_budget: config.max_frame_bytes() - (4 << 10),
             lookup_wait: 2_000,
             max_waiting: 16 * config.limits.engine_queue as usize,
+            unacked_bytes: config.router.unacked_bytes as usize,
         }
     }
 }
@@ -86,7 +99,7 @@ pub enum Input {
     Disconnected(Identity),
     /// The shell took `n` messages off an engine's queue.
     Taken { engine: Identity, generation: u64, n: usize },
-    /// Transport's answer to the batch of a `Transmit`.
+    /// Transport's answer to the frame of a `Transmit`.
     HandedOver { node: Identity, outcome: HandOver },
     Timer,
 }
@@ -96,8 +109,8 @@ pub enum Input {
 pub enum HandOver {
     Queued { messages: u64 },
     Refused { messages: u64, detail: String },
-    /// Transport is down: the batch comes back, to be tried again.
-    Unavailable(Vec<Outgoing>),
+    /// Transport is down: the frame is sent again once it is back.
+    Unavailable,
 }
 
 /// What the router asks the shell to do.
@@ -109,8 +122,9 @@ pub enum Output {
     Settled { ticket: Ticket, outcome: Result<(), Refused> },
     /// Ask the identity store for `id`'s record, and answer with `LookupAnswer`.
     Lookup(Identity),
-    /// Seal `batch` for `node` and hand it to transport; answer with `HandedOver`.
-    Transmit { node: Identity, batch: Vec<Outgoing> },
+    /// Seal `batch` for `node`, numbered by `header`, and hand it to transport; answer with
+    /// `HandedOver`.
+    Transmit { node: Identity, header: Header, batch: Arc<Vec<Outgoing>> },
     /// Record what node `node` announced (its locations verified) in the identity store.
     Record { node: Identity, announcement: Announcement },
 }
@@ -158,6 +172,8 @@ enum Placement {
 struct Open {
     left: usize,
     send: bool,
+    /// A frame's sender, session and number, acknowledged once the frame settles.
+    frame: Option<(Identity, u64, u64)>,
 }
 
 /// The router of one node.
@@ -167,6 +183,13 @@ pub struct Router {
     table: RoutingTable<Attached>,
     connected: BTreeSet<Identity>,
     outboxes: BTreeMap<Identity, Outbox>,
+    /// This run's session: the frames it sends are numbered within it.
+    session: u64,
+    /// Per other node, the frames sent and kept until acknowledged, and what was taken in.
+    sending: BTreeMap<Identity, Sending>,
+    receiving: BTreeMap<Identity, Receiving>,
+    /// The time of the input being handled.
+    clock: Millis,
     topics: Topics,
     services: Services,
     /// Messages the router sent the pubsub service (numbering them).
@@ -191,19 +214,30 @@ pub struct Router {
     accepted: u64,
     remote_sent: u64,
     remote_received: u64,
+    frames_resent: u64,
+    /// Messages in frames taken already, dropped.
+    duplicates_suppressed: u64,
+    /// Frames past a gap, dropped to come again in order.
+    frames_out_of_order: u64,
     announcements_refused: u64,
     events_published: u64,
     event_deliveries: u64,
 }
 
 impl Router {
-    pub fn new(key: Keypair, limits: Limits) -> Self {
+    /// A router whose frames to other nodes are numbered in `session`, larger than any earlier
+    /// run's (the shell takes the time it starts).
+    pub fn new(key: Keypair, limits: Limits, session: u64) -> Self {
         Router {
             table: RoutingTable::new(key.identity(), limits.cache_entries),
             key,
             limits,
             connected: BTreeSet::new(),
             outboxes: BTreeMap::new(),
+            session,
+            sending: BTreeMap::new(),
+            receiving: BTreeMap::new(),
+            clock: 0,
             topics: Topics::default(),
             services: Services::default(),
             pubsub_notes: 0,
@@ -220,6 +254,9 @@ impl Router {
             accepted: 0,
             remote_sent: 0,
             remote_received: 0,
+            frames_resent: 0,
+            duplicates_suppressed: 0,
+            frames_out_of_order: 0,
             announcements_refused: 0,
             events_published: 0,
             event_deliveries: 0,
@@ -400,7 +437,7 @@ impl Router {
     /// the events they wrote to their rings meanwhile reach the subscribers they had.
     pub fn hold_events_until(&mut self, until: Millis) {
         self.events_held_until = Some(until);
-        self.next_deadline = Some(self.next_deadline.map_or(until, |d| d.min(until)));
+        self.wake_at(until);
     }
 
     /// The sequence of the last event on `topic`, for its publisher `engine` (about to publish):
@@ -498,6 +535,10 @@ impl Router {
             ("identities_cached", self.table.known_count() as u64),
             ("remote_messages_sent", self.remote_sent),
             ("remote_messages_received", self.remote_received),
+            ("remote_frames_resent", self.frames_resent),
+            ("remote_duplicates_suppressed", self.duplicates_suppressed),
+            ("remote_frames_out_of_order", self.frames_out_of_order),
+            ("remote_unacked_bytes", self.sending.values().map(|s| s.bytes() as u64).sum()),
             ("nodes_connected", self.connected.len() as u64),
             ("announcements_refused", self.announcements_refused),
             ("topics", self.topics.len() as u64),
@@ -519,6 +560,7 @@ impl Router {
     }
 
     pub fn handle(&mut self, input: Input, now: Millis) {
+        self.clock = now;
         self.apply(input, now);
         while std::mem::take(&mut self.room_freed) {
             for key in self.waiting.keys().copied().collect::<Vec<_>>() {
@@ -530,7 +572,7 @@ impl Router {
     fn apply(&mut self, input: Input, now: Millis) {
         match input {
             Input::Send { ticket, sender, message, wait } => {
-                self.tickets.insert(ticket, Open { left: 1, send: true });
+                self.tickets.insert(ticket, Open { left: 1, send: true, frame: None });
                 // The pubsub service hands over its mirrors' events as their publisher sent them.
                 let mirrored = matches!(message.dst, Destination::Topic(topic) if self.pubsub() == Some(sender) && self.topics.get(&topic).is_some_and(|t| t.creator == sender));
                 let signer = if mirrored { message.src } else { sender };
@@ -572,7 +614,11 @@ impl Router {
                 for node in self.connected.iter().copied().collect::<Vec<_>>() {
                     self.enqueue_announcement(node, whole.clone(), now);
                 }
-                let nodes: Vec<Identity> = self.outboxes.keys().copied().collect();
+                // What the old transport held may be lost: everything kept goes again.
+                for sending in self.sending.values_mut() {
+                    sending.go_back(now);
+                }
+                let nodes: BTreeSet<Identity> = self.outboxes.keys().chain(self.sending.keys()).copied().collect();
                 for node in nodes {
                     if let Some(outbox) = self.outboxes.get_mut(&node) {
                         outbox.retry_at = None;
@@ -582,6 +628,10 @@ impl Router {
             }
             Input::Connected(node) => {
                 self.connected.insert(node);
+                // What went on the connection before may be lost with it.
+                if let Some(sending) = self.sending.get_mut(&node) {
+                    sending.go_back(now);
+                }
                 let whole = whole_announcement(&self.table, &self.topics, self.pubsub());
                 self.enqueue_announcement(node, whole, now);
             }
@@ -629,7 +679,7 @@ impl Router {
                 self.settle(waiting.ticket, origin, Err(Refused::queue_full(detail)));
             }
             Placement::Wait(waiting) => {
-                self.next_deadline = Some(self.next_deadline.map_or(waiting.deadline, |d| d.min(waiting.deadline)));
+                self.wake_at(waiting.deadline);
                 self.waiting_count += 1;
                 self.waiting.entry(key).or_default().push_back(waiting);
             }
@@ -710,7 +760,7 @@ impl Router {
                     if !self.lookups.contains_key(&id) {
                         let deadline = now + self.limits.lookup_wait;
                         self.lookups.insert(id, deadline);
-                        self.next_deadline = Some(self.next_deadline.map_or(deadline, |d| d.min(deadline)));
+                        self.wake_at(deadline);
                         self.outputs.push_back(Output::Lookup(id));
                     }
                     Placement::Wait(waiting)
@@ -808,8 +858,11 @@ impl Router {
         if open.left > 0 {
             return;
         }
-        let send = open.send;
+        let (send, frame) = (open.send, open.frame);
         self.tickets.remove(&ticket);
+        if let Some((src, session, seq)) = frame {
+            self.frame_settled(src, session, seq);
+        }
         let outcome = if send { outcome } else { Ok(()) };
         self.outputs.push_back(Output::Settled { ticket, outcome });
     }
@@ -835,6 +888,38 @@ impl Router {
     }
 
     fn frame(&mut self, ticket: Ticket, src: Identity, public: bool, frame: Opened, now: Millis) {
+        if let Some(ack) = frame.header.ack.as_ref().filter(|ack| ack.session == self.session) {
+            if self.sending.get_mut(&src).is_some_and(|sending| sending.acknowledged(ack, now)) {
+                self.room_freed = !self.waiting.is_empty();
+                self.transmit(src, now);
+            }
+        }
+        if self.receiving.len() >= MAX_RECEIVING && !self.receiving.contains_key(&src) {
+            // Many nodes sent frames: forget what is idle, as a restarted router would.
+            self.receiving.retain(|_, receiving| !receiving.is_idle());
+        }
+        let (arrival, restarted) = self.receiving.entry(src).or_default().arrive(&frame.header, now);
+        if restarted {
+            // A new run of the sender's router knows nothing this one sent the last: all of
+            // it goes again.
+            if let Some(sending) = self.sending.get_mut(&src) {
+                sending.go_back(now);
+                self.transmit(src, now);
+            }
+        }
+        let numbered = match arrival {
+            Arrival::Take => Some((src, frame.header.session, frame.header.seq)),
+            Arrival::Unnumbered => None,
+            Arrival::Duplicate | Arrival::Gap => {
+                match arrival {
+                    Arrival::Duplicate => self.duplicates_suppressed += frame.messages.len() as u64,
+                    _ => self.frames_out_of_order += 1,
+                }
+                self.wake_at(now + ACK_DELAY);
+                self.outputs.push_back(Output::Settled { ticket, outcome: Ok(()) });
+                return;
+            }
+        };
         self.drops.count(DropReason::Malformed, frame.unreadable);
         self.drops.count(DropReason::BadSignature, frame.forged + frame.unsigned);
         if frame.forged > 0 {
@@ -845,10 +930,13 @@ impl Router {
         }
         self.remote_received += frame.messages.len() as u64;
         if frame.messages.is_empty() {
+            if let Some((src, session, seq)) = numbered {
+                self.frame_settled(src, session, seq);
+            }
             self.outputs.push_back(Output::Settled { ticket, outcome: Ok(()) });
             return;
         }
-        self.tickets.insert(ticket, Open { left: frame.messages.len(), send: false });
+        self.tickets.insert(ticket, Open { left: frame.messages.len(), send: false, frame: numbered });
         for message in frame.messages {
             self.admit(Some(ticket), Origin::Node { public }, message, true, now);
         }
@@ -911,38 +999,87 @@ impl Router {
         self.transmit(node, now);
     }
 
-    /// Hands `node`'s next batch to transport, unless one is with it already.
+    /// Every message of frame `seq` from `src` is placed or dropped: it is acknowledged soon.
+    fn frame_settled(&mut self, src: Identity, session: u64, seq: u64) {
+        if let Some(receiving) = self.receiving.get_mut(&src) {
+            receiving.settled(session, seq, self.clock);
+            self.wake_at(self.clock + ACK_DELAY);
+        }
+    }
+
+    /// Asks for the timer at `at`, unless it is asked for sooner already.
+    fn wake_at(&mut self, at: Millis) {
+        self.next_deadline = Some(self.next_deadline.map_or(at, |d| d.min(at)));
+    }
+
+    /// Hands `node`'s next frame to transport, unless one is with it already: what is kept for
+    /// it to go again first, then a new batch while the kept bytes leave room, else an
+    /// acknowledgement alone once it has waited `ACK_DELAY` for a frame to carry it.
     fn transmit(&mut self, node: Identity, now: Millis) {
-        let Some(outbox) = self.outboxes.get_mut(&node) else { return };
-        if outbox.busy || outbox.retry_at.is_some_and(|at| at > now) {
+        let outbox = self.outboxes.entry(node).or_default();
+        if outbox.handed.is_some() || outbox.retry_at.is_some_and(|at| at > now) {
             return;
         }
         outbox.retry_at = None;
-        let (batch, expired) = outbox.take_batch(now, self.limits.frame_budget);
-        self.drops.count(DropReason::Expired, expired);
-        if batch.is_empty() {
-            self.outboxes.remove(&node);
-            return;
+        let sending = self.sending.entry(node).or_insert_with(|| Sending::new(now));
+        let ack_due = self.receiving.get(&node).and_then(Receiving::owed_since).is_some_and(|since| since + ACK_DELAY <= now);
+        let mut frame = None;
+        if let Some(resend) = sending.next_resend(now) {
+            self.drops.count(DropReason::Expired, resend.expired);
+            self.frames_resent += 1;
+            frame = Some((resend.seq, resend.batch));
+        } else if sending.bytes() < self.limits.unacked_bytes {
+            let (batch, expired) = outbox.take_batch(now, self.limits.frame_budget);
+            self.drops.count(DropReason::Expired, expired);
+            if !batch.is_empty() {
+                let bytes = batch.iter().map(Outgoing::size).sum();
+                let batch = Arc::new(batch);
+                frame = Some((sending.keep(batch.clone(), bytes, now), batch));
+            }
         }
-        outbox.busy = true;
-        self.outputs.push_back(Output::Transmit { node, batch });
+        let (seq, batch) = match frame {
+            Some(frame) => frame,
+            None if ack_due => (0, Arc::new(Vec::new())),
+            None => {
+                if outbox.is_empty() {
+                    self.outboxes.remove(&node);
+                }
+                return;
+            }
+        };
+        outbox.handed = Some(seq);
+        let kept_from = sending.kept_from();
+        let ack = self.receiving.get_mut(&node).and_then(Receiving::take_ack);
+        let header = Header { session: self.session, seq, kept_from, ack };
+        self.outputs.push_back(Output::Transmit { node, header, batch });
         self.room_freed = !self.waiting.is_empty();
+        if seq != 0 {
+            self.wake_at(now + PROBE_AFTER);
+        }
     }
 
     fn handed_over(&mut self, node: Identity, outcome: HandOver, now: Millis) {
         let outbox = self.outboxes.entry(node).or_default();
-        outbox.busy = false;
+        let seq = outbox.handed.take().unwrap_or(0);
         match outcome {
-            HandOver::Queued { messages } => self.remote_sent += messages,
-            HandOver::Refused { messages, detail } => {
+            HandOver::Queued { messages } => {
+                if self.sending.get_mut(&node).is_some_and(|s| s.queued(seq)) {
+                    self.remote_sent += messages;
+                }
+            }
+            HandOver::Refused { detail, .. } => {
+                let messages = self.sending.get_mut(&node).map_or(0, |s| s.refused(seq));
                 tracing::warn!(peer = %node, %detail, messages, "transport refused a frame");
                 self.drops.count(DropReason::Unreachable, messages);
             }
-            HandOver::Unavailable(batch) => {
-                outbox.put_back(batch);
+            HandOver::Unavailable => {
                 let at = now + RETRY_HANDOVER;
                 outbox.retry_at = Some(at);
-                self.next_deadline = Some(self.next_deadline.map_or(at, |d| d.min(at)));
+                match seq {
+                    0 => self.receiving.entry(node).or_default().owe(now),
+                    _ => self.sending.entry(node).or_insert_with(|| Sending::new(now)).go_back(now),
+                }
+                self.wake_at(at);
                 return;
             }
         }
@@ -984,13 +1121,25 @@ impl Router {
                 self.settle(waiting.ticket, waiting.origin, Err(refused));
             }
         }
-        let retries: Vec<Identity> = self.outboxes.iter().filter(|(_, o)| o.retry_at.is_some_and(|at| at <= now)).map(|(n, _)| *n).collect();
-        for node in retries {
+        for (node, sending) in self.sending.iter_mut() {
+            if sending.probe(now) {
+                tracing::info!(peer = %node, "a frame that node has not taken in goes again");
+            }
+        }
+        let retries = self.outboxes.iter().filter(|(_, o)| o.retry_at.is_some_and(|at| at <= now)).map(|(n, _)| *n);
+        let resends = self.sending.iter().filter(|(_, s)| s.resending()).map(|(n, _)| *n);
+        let acks = self.receiving.iter().filter(|(_, r)| r.owed_since().is_some_and(|since| since + ACK_DELAY <= now)).map(|(n, _)| *n);
+        let due: BTreeSet<Identity> = retries.chain(resends).chain(acks).collect();
+        for node in due {
             self.transmit(node, now);
         }
         let deadlines = self.waiting.values().flatten().map(|w| w.deadline);
         let deadlines = deadlines.chain(self.lookups.values().copied()).chain(self.outboxes.values().filter_map(|o| o.retry_at)).chain(self.events_held_until);
-        self.next_deadline = deadlines.min();
+        // An acknowledgement owed to a node whose frame is with transport goes with the next.
+        let free = |node: &Identity| self.outboxes.get(node).is_none_or(|o| o.handed.is_none() && o.retry_at.is_none());
+        let acks = self.receiving.iter().filter(|(node, _)| free(node)).filter_map(|(_, r)| r.owed_since()).map(|since| since + ACK_DELAY);
+        let stalls = self.sending.values().filter_map(Sending::probe_at);
+        self.next_deadline = deadlines.chain(acks).chain(stalls).min();
     }
 }
 
@@ -1028,7 +1177,10 @@ fn whole_announcement(table: &RoutingTable<Attached>, topics: &Topics, pubsub: O
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::acks::Ack;
     use netmachine_schema::router_capnp::SendRefusal;
+
+    const SESSION: u64 = 1_000;
 
     fn limits() -> Limits {
         Limits {
@@ -1041,6 +1193,7 @@ mod tests {
             frame_budget: 1 << 20,
             lookup_wait: 2_000,
             max_waiting: 64,
+            unacked_bytes: 1 << 20,
         }
     }
 
@@ -1051,7 +1204,7 @@ mod tests {
 
     impl Bench {
         fn new() -> Self {
-            Bench { router: Router::new(Keypair::generate(), limits()), next: 0 }
+            Bench { router: Router::new(Keypair::generate(), limits(), SESSION), next: 0 }
         }
 
         /// Attaches a fresh engine; its key.
@@ -1160,14 +1313,121 @@ mod tests {
         let out = bench.outputs();
         let batch = out.iter().find_map(|o| match o { Output::Transmit { batch, .. } => Some(batch.len()), _ => None });
         assert_eq!((batch, settled(&out)), (Some(2), vec![(waiting[2], Ok(()))]), "the next batch takes both, and the waiting one gets room");
-        // Transport down: the batch comes back and goes again after a pause.
-        let Some(Output::Transmit { batch, .. }) = out.into_iter().find(|o| matches!(o, Output::Transmit { .. })) else { unreachable!() };
-        bench.router.handle(Input::HandedOver { node, outcome: HandOver::Unavailable(batch) }, 3);
+        // Transport down: after a pause, every frame not acknowledged goes again, in order,
+        // before the batch queued since.
+        bench.router.handle(Input::HandedOver { node, outcome: HandOver::Unavailable }, 3);
         assert!(bench.outputs().is_empty());
         assert_eq!(bench.router.poll_timeout(), Some(3 + RETRY_HANDOVER));
         bench.router.handle(Input::Timer, 3 + RETRY_HANDOVER);
-        let again = bench.outputs().into_iter().find_map(|o| match o { Output::Transmit { batch, .. } => Some(batch.len()), _ => None });
-        assert_eq!(again, Some(3), "the returned batch and the one queued since");
+        let mut sent = Vec::new();
+        for _ in 0..3 {
+            let [(_, header, batch)] = &transmits(&bench.outputs())[..] else { panic!("one frame at a time") };
+            sent.push((header.seq, batch.len()));
+            bench.router.handle(Input::HandedOver { node, outcome: HandOver::Queued { messages: batch.len() as u64 } }, 4);
+        }
+        assert_eq!(sent, vec![(1, 1), (2, 2), (3, 1)], "frames 1 and 2 again, then the batch queued since");
+        assert_eq!(counter(&bench.router, "remote_frames_resent"), 2);
+        assert_eq!(counter(&bench.router, "remote_messages_sent"), 1 + 2 + 1, "each message counted once");
+    }
+
+    fn counter(router: &Router, name: &str) -> u64 {
+        router.counters().into_iter().find(|(n, _)| *n == name).map(|(_, v)| v).unwrap_or_else(|| panic!("no counter {name}"))
+    }
+
+    /// The transmits in `out`: their node, header and batch.
+    fn transmits(out: &[Output]) -> Vec<(Identity, Header, Arc<Vec<Outgoing>>)> {
+        out.iter().filter_map(|o| match o { Output::Transmit { node, header, batch } => Some((*node, header.clone(), batch.clone())), _ => None }).collect()
+    }
+
+    /// An engine attached to the bench's router that a peer node writes to: the peer and a
+    /// frame maker for numbered frames with one message each.
+    fn peer_writing_to(bench: &mut Bench) -> (Identity, impl Fn(u64, u64) -> Opened) {
+        let receiver = bench.attach(false);
+        let peer = Keypair::generate().identity();
+        let dst = receiver.identity();
+        let numbered = move |session: u64, seq: u64| {
+            let message = EngineMessage::new(peer, Destination::Engine(dst), seq, vec![seq as u8]);
+            Opened { header: Header { session, seq, kept_from: 1, ack: None }, ..frame(vec![], vec![message]) }
+        };
+        (peer, numbered)
+    }
+
+    #[test]
+    fn frames_from_a_node_are_taken_once_in_order_and_acknowledged_soon() {
+        let mut bench = Bench::new();
+        let (peer, numbered) = peer_writing_to(&mut bench);
+        let mut delivered = Vec::new();
+        for (ticket, seq) in [(1, 1), (2, 1), (3, 3), (4, 2), (5, 3)] {
+            bench.router.handle(Input::Frame { ticket: Ticket(ticket), src: peer, public: false, frame: numbered(9, seq) }, 10);
+            let out = bench.outputs();
+            delivered.extend(out.iter().filter_map(|o| match o { Output::Deliver { message, .. } => Some(message.id), _ => None }));
+            let settled = out.iter().any(|o| matches!(o, Output::Settled { ticket: t, outcome: Ok(()) } if t.0 == ticket));
+            assert_eq!(settled, ticket != 5, "every frame settles but the last, whose message waits for room");
+        }
+        assert_eq!(delivered, vec![1, 2], "frame 1 once, frame 3 only after 2 (its engine queue holds two)");
+        assert_eq!((counter(&bench.router, "remote_duplicates_suppressed"), counter(&bench.router, "remote_frames_out_of_order")), (1, 1));
+        assert!(transmits(&bench.outputs()).is_empty(), "the acknowledgement waits a little for a frame to carry it");
+        assert_eq!(bench.router.poll_timeout(), Some(10 + ACK_DELAY));
+        bench.router.handle(Input::Timer, 10 + ACK_DELAY);
+        let sent = transmits(&bench.outputs());
+        let [(node, header, batch)] = &sent[..] else { panic!("{sent:?}") };
+        assert_eq!((*node, header.seq, batch.len()), (peer, 0, 0), "an acknowledgement alone");
+        // Frame 3's message waits for room in the engine's queue: taken in, not acknowledged.
+        assert_eq!(header.ack, Some(Ack { session: 9, through: 2, ranges: vec![], received: 3 }));
+    }
+
+    #[test]
+    fn frames_to_another_node_are_kept_until_acknowledged_and_go_again_on_a_new_connection() {
+        let mut bench = Bench::new();
+        let sender = bench.attach(false);
+        let node = Keypair::generate().identity();
+        bench.router.handle(Input::LookupAnswer { id: node, answer: Ok(Some(Known::Node { trust: 128 })) }, 0);
+        bench.send_to(&sender, Destination::Node(node), 0);
+        let sent = transmits(&bench.outputs());
+        assert_eq!(sent.iter().map(|(_, h, _)| (h.session, h.seq, h.kept_from)).collect::<Vec<_>>(), vec![(SESSION, 1, 1)]);
+        bench.router.handle(Input::HandedOver { node, outcome: HandOver::Queued { messages: 1 } }, 1);
+        assert!(counter(&bench.router, "remote_unacked_bytes") > 0);
+        // The connection breaks and comes back: frame 1 goes again.
+        bench.router.handle(Input::Disconnected(node), 2);
+        bench.router.handle(Input::Connected(node), 3);
+        let again = transmits(&bench.outputs());
+        assert_eq!(again.iter().map(|(_, h, b)| (h.seq, b.len())).collect::<Vec<_>>(), vec![(1, 1)]);
+        bench.router.handle(Input::HandedOver { node, outcome: HandOver::Queued { messages: 1 } }, 3);
+        let announced = transmits(&bench.outputs());
+        assert_eq!(announced.iter().map(|(_, h, _)| h.seq).collect::<Vec<_>>(), vec![2], "then this node's engines, as to every new connection");
+        bench.router.handle(Input::HandedOver { node, outcome: HandOver::Queued { messages: 0 } }, 3);
+        // The node acknowledges both, on a frame of its own.
+        let ack = Ack { session: SESSION, through: 2, ranges: vec![], received: 2 };
+        let carrier = Opened { header: Header { session: 77, seq: 0, kept_from: 0, ack: Some(ack) }, ..frame(vec![], vec![]) };
+        bench.router.handle(Input::Frame { ticket: Ticket(50), src: node, public: false, frame: carrier }, 4);
+        assert_eq!(counter(&bench.router, "remote_unacked_bytes"), 0);
+        bench.router.handle(Input::Connected(node), 5);
+        let after = transmits(&bench.outputs());
+        assert_eq!(after.iter().map(|(_, h, _)| h.seq).collect::<Vec<_>>(), vec![3], "nothing acknowledged goes again, only the announcement");
+    }
+
+    #[test]
+    fn a_node_that_does_not_acknowledge_holds_back_what_waits_for_it() {
+        let mut bench = Bench::new();
+        bench.router.limits.unacked_bytes = 1;
+        let sender = bench.attach(false);
+        let node = Keypair::generate().identity();
+        bench.router.handle(Input::LookupAnswer { id: node, answer: Ok(Some(Known::Node { trust: 128 })) }, 0);
+        bench.send_to(&sender, Destination::Node(node), 0);
+        assert_eq!(transmits(&bench.outputs()).len(), 1);
+        bench.router.handle(Input::HandedOver { node, outcome: HandOver::Queued { messages: 1 } }, 1);
+        bench.send_to(&sender, Destination::Node(node), 1);
+        assert!(transmits(&bench.outputs()).is_empty(), "the window is full");
+        // Not taken in within PROBE_AFTER: it goes again, alone.
+        bench.router.handle(Input::Timer, 1 + PROBE_AFTER);
+        let again = transmits(&bench.outputs());
+        assert_eq!(again.iter().map(|(_, h, _)| h.seq).collect::<Vec<_>>(), vec![1]);
+        bench.router.handle(Input::HandedOver { node, outcome: HandOver::Queued { messages: 1 } }, 1 + PROBE_AFTER);
+        let ack = Ack { session: SESSION, through: 1, ranges: vec![], received: 1 };
+        let carrier = Opened { header: Header { session: 77, seq: 0, kept_from: 0, ack: Some(ack) }, ..frame(vec![], vec![]) };
+        bench.router.handle(Input::Frame { ticket: Ticket(50), src: node, public: false, frame: carrier }, 2 + PROBE_AFTER);
+        let next = transmits(&bench.outputs());
+        assert_eq!(next.iter().map(|(_, h, b)| (h.seq, b.len())).collect::<Vec<_>>(), vec![(2, 1)], "the acknowledgement opens the window");
     }
 
     fn frame(announcements: Vec<Announcement>, messages: Vec<EngineMessage>) -> Opened {
@@ -1223,7 +1483,7 @@ mod tests {
         bench.router.create_topic(creator.identity(), shared.clone(), Scope::Any, TopicPolicy::Block, 0, 1).unwrap();
         bench.router.create_topic(creator.identity(), local, Scope::Local, TopicPolicy::Block, 0, 1).unwrap();
         let announced_topics = |out: &[Output]| -> Vec<TopicAdvert> {
-            let batches = out.iter().filter_map(|o| match o { Output::Transmit { batch, .. } => Some(batch), _ => None });
+            let batches = out.iter().filter_map(|o| match o { Output::Transmit { batch, .. } => Some(batch.iter()), _ => None });
             batches.flatten().filter_map(|item| match item { Outgoing::Engines(a) => Some(a.topics.clone()), _ => None }).flatten().collect()
         };
         assert_eq!(announced_topics(&bench.outputs()), vec![shared.clone()], "scope Local stays on the node");
@@ -1587,7 +1847,7 @@ mod tests {
         bench.router.handle(Input::TransportLinked(vec![early]), 1);
         let out = bench.outputs();
         let attached = out.iter().filter_map(|o| match o {
-            Output::Transmit { node, batch } if *node == early => Some(batch),
+            Output::Transmit { node, batch, .. } if *node == early => Some(batch.iter()),
             _ => None,
         });
         let attached: Vec<Identity> = attached.flatten().filter_map(|item| match item { Outgoing::Engines(a) if a.full => Some(a.attached.iter().map(|l| l.engine).collect::<Vec<_>>()), _ => None }).flatten().collect();
