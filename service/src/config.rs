@@ -229,14 +229,19 @@ impl Override {
 impl Config {
     /// Loads the config: defaults, then `file` if it exists, then each override in order.
     pub fn load(file: &Path, overrides: &[Override]) -> Result<Config, ConfigError> {
-        let mut table = match std::fs::read_to_string(file) {
-            Ok(text) => text.parse::<toml::Table>().map_err(|e| ConfigError::File {
-                path: file.to_path_buf(),
-                detail: e.to_string().trim().to_string(),
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => toml::Table::new(),
-            Err(e) => return Err(ConfigError::File { path: file.to_path_buf(), detail: e.to_string() }),
-        };
+        match std::fs::read_to_string(file) {
+            Ok(text) => Config::parse(&text, file, overrides),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Config::parse("", file, overrides),
+            Err(e) => Err(ConfigError::File { path: file.to_path_buf(), detail: e.to_string() }),
+        }
+    }
+
+    /// The config of `text`, the contents of `file`, with each override applied in order.
+    pub fn parse(text: &str, file: &Path, overrides: &[Override]) -> Result<Config, ConfigError> {
+        let mut table = text.parse::<toml::Table>().map_err(|e| ConfigError::File {
+            path: file.to_path_buf(),
+            detail: e.to_string().trim().to_string(),
+        })?;
         for o in overrides {
             let (section, key) = o.field.split_once('.').ok_or_else(|| ConfigError::Field {
                 field: o.field.clone(),
