@@ -23,6 +23,9 @@ use tokio::sync::{oneshot, Notify};
 /// How long after a restart under live ring engines their events wait for them to attach and
 /// subscribe again (they do within tens of milliseconds).
 const ADOPTED_ENGINES_GRACE: Millis = 1_000;
+/// How long after it starts the router tells other nodes only of the engines attached so far,
+/// never that they are all (`Router::announce_partially_until`).
+const ENGINES_RETURN: Millis = 5_000;
 
 /// A message's outcome, once the core has placed or refused it.
 pub(crate) struct Settled(oneshot::Receiver<Result<(), Refused>>);
@@ -119,6 +122,8 @@ impl RouterState {
             lane_held: Cell::new(None),
             home,
         });
+        // Engines attached to the previous run attach again meanwhile.
+        state.core.borrow_mut().announce_partially_until(now_ms() + ENGINES_RETURN);
         if state.rings.as_ref().is_some_and(|rings| rings.counters().0 > 0) {
             // Engines outlived the previous router: their events wait for them to subscribe again.
             state.core.borrow_mut().hold_events_until(now_ms() + ADOPTED_ENGINES_GRACE);

@@ -1,7 +1,10 @@
 //! Delivery between nodes is acknowledged: an engine on node A writes numbered messages to an
-//! engine on node B at a steady 500 a second while one node's transport is killed with SIGKILL.
-//! Every message A accepted arrives exactly once and in order: what the dead transport held or
-//! had on the wire goes again from A's router, and what arrives twice is dropped by B's.
+//! engine on node B at a steady 500 a second while a service is killed with SIGKILL. When it is
+//! either node's transport, every message A accepted arrives exactly once and in order: what the
+//! dead transport held or had on the wire goes again from A's router, and what arrives twice is
+//! dropped by B's. When it is B's router, every message arrives, in order, and its engine waits
+//! for it to attach again; what B's router placed in the moments before the kill, unacknowledged,
+//! may arrive twice.
 
 use netmachine_engine::Engine;
 use netmachine_service::ServiceKind;
@@ -29,7 +32,15 @@ async fn until_routable(sender: &Engine, receiver: &Engine) {
     panic!("the engine on B never received a greeting from A");
 }
 
-fn nothing_accepted_is_lost_or_doubled_when_a_transport_is_killed(killed_node: usize) {
+/// What the test allows to arrive twice.
+#[derive(Clone, Copy)]
+enum Twice {
+    Never,
+    /// Placed by a router killed before it acknowledged: at most this many.
+    AtMost(usize),
+}
+
+fn nothing_accepted_is_lost_when_killed(killed_node: usize, kind: ServiceKind, twice: Twice) {
     let nodes = [Node::up(), Node::up()];
     link(&nodes[0], &nodes[1]);
     with_rpc(async {
@@ -51,7 +62,7 @@ fn nothing_accepted_is_lost_or_doubled_when_a_transport_is_killed(killed_node: u
         for n in 0..MESSAGES {
             tick.tick().await;
             if n == KILL_AT {
-                killed = Some((nodes[killed_node].kill9(ServiceKind::Transport), Instant::now()));
+                killed = Some((nodes[killed_node].kill9(kind), Instant::now()));
             }
             match sender.send(receiver.identity(), n.to_le_bytes().to_vec()).await {
                 Ok(_) => accepted.push(n),
@@ -60,7 +71,8 @@ fn nothing_accepted_is_lost_or_doubled_when_a_transport_is_killed(killed_node: u
         }
         let (old_pid, killed_at) = killed.expect("the kill happened");
         let sent_at = Instant::now();
-        while received.borrow().len() < accepted.len() && sent_at.elapsed() < SETTLE {
+        let arrived = |received: &Vec<u32>| received.iter().collect::<std::collections::BTreeSet<_>>().len();
+        while arrived(&received.borrow()) < accepted.len() && sent_at.elapsed() < SETTLE {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let complete_after = killed_at.elapsed();
@@ -70,7 +82,8 @@ fn nothing_accepted_is_lost_or_doubled_when_a_transport_is_killed(killed_node: u
         let missing: Vec<u32> = accepted.iter().copied().filter(|n| !seen.contains(n)).collect();
         let (a, b) = (&nodes[0], &nodes[1]);
         eprintln!(
-            "node {killed_node}'s transport killed after {KILL_AT} of {MESSAGES}: {} accepted, {refused} refused, {} received, {} missing, {duplicates} duplicates; all in {complete_after:?} from the kill; A resent {} frames, B suppressed {} duplicate messages and {} frames out of order",
+            "node {killed_node}'s {} killed after {KILL_AT} of {MESSAGES}: {} accepted, {refused} refused, {} received, {} missing, {duplicates} duplicates; all in {complete_after:?} from the kill; A resent {} frames, B suppressed {} duplicate messages and {} frames out of order",
+            kind.name(),
             accepted.len(),
             received.len(),
             missing.len(),
@@ -78,20 +91,35 @@ fn nothing_accepted_is_lost_or_doubled_when_a_transport_is_killed(killed_node: u
             b.router_counter("remote_duplicates_suppressed"),
             b.router_counter("remote_frames_out_of_order"),
         );
-        assert_ne!(nodes[killed_node].pid(ServiceKind::Transport), Some(old_pid), "the transport was restarted");
+        let reasons = ["expired", "no_route", "queue_full", "engine_gone", "malformed", "bad_signature", "unreachable"];
+        let drops: Vec<String> = reasons.iter().map(|r| format!("{r} {}/{}", a.router_counter(&format!("dropped_{r}")), b.router_counter(&format!("dropped_{r}")))).collect();
+        eprintln!("drops counted on A/B: {}", drops.join(", "));
+        assert_ne!(nodes[killed_node].pid(kind), Some(old_pid), "the service was restarted");
         assert!(missing.is_empty(), "{} accepted messages never arrived, the first {:?}", missing.len(), &missing[..missing.len().min(10)]);
-        assert_eq!(duplicates, 0, "messages arrived twice");
-        assert_eq!(received, accepted, "in the order they were sent");
+        let mut first = std::collections::BTreeSet::new();
+        let once: Vec<u32> = received.iter().copied().filter(|n| first.insert(*n)).collect();
+        assert_eq!(once, accepted, "in the order they were sent");
+        match twice {
+            Twice::Never => assert_eq!(duplicates, 0, "messages arrived twice"),
+            Twice::AtMost(bound) => assert!(duplicates <= bound, "{duplicates} messages arrived twice, over {bound}"),
+        }
         assert!(accepted.len() as u32 > MESSAGES * 9 / 10, "A accepted most of what its engine sent ({refused} refused)");
     });
 }
 
 #[test]
 fn nothing_accepted_is_lost_or_doubled_when_the_receiving_nodes_transport_is_killed() {
-    nothing_accepted_is_lost_or_doubled_when_a_transport_is_killed(1);
+    nothing_accepted_is_lost_when_killed(1, ServiceKind::Transport, Twice::Never);
 }
 
 #[test]
 fn nothing_accepted_is_lost_or_doubled_when_the_sending_nodes_transport_is_killed() {
-    nothing_accepted_is_lost_or_doubled_when_a_transport_is_killed(0);
+    nothing_accepted_is_lost_when_killed(0, ServiceKind::Transport, Twice::Never);
+}
+
+/// At 500 messages a second, what is placed in the 10 ms an acknowledgement waits, and the
+/// frame whose acknowledgement was on the way.
+#[test]
+fn nothing_accepted_is_lost_when_the_receiving_nodes_router_is_killed() {
+    nothing_accepted_is_lost_when_killed(1, ServiceKind::Router, Twice::AtMost(50));
 }

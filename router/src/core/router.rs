@@ -207,6 +207,8 @@ pub struct Router {
     /// Until when engines' events wait (`hold_events_until`): after a restart, the events ring
     /// engines wrote meanwhile wait for their subscribers to subscribe again.
     events_held_until: Option<Millis>,
+    /// Until when announcements to other nodes are partial (`announce_partially_until`).
+    partial_until: Option<Millis>,
     /// A batch left some node's queue: what waits for room may go (once the input is handled).
     room_freed: bool,
     outputs: VecDeque<Output>,
@@ -248,6 +250,7 @@ impl Router {
             tickets: HashMap::new(),
             next_deadline: None,
             events_held_until: None,
+            partial_until: None,
             room_freed: false,
             outputs: VecDeque::new(),
             drops: DropCounters::default(),
@@ -425,6 +428,20 @@ impl Router {
             self.no_longer_wanted(topic, now);
         }
         Ok(last_seq)
+    }
+
+    /// Until `until`, what this node tells other nodes of its engines is never whole: after a
+    /// restart its engines are attaching again, and a whole list without them would make the
+    /// other nodes forget them (and drop what they send them as having no route). Then the
+    /// whole list goes to every connected node.
+    pub fn announce_partially_until(&mut self, until: Millis) {
+        self.partial_until = Some(until);
+        self.wake_at(until);
+    }
+
+    /// What this node tells a node of its engines and topics when it connects.
+    fn whole(&self) -> Announcement {
+        whole_announcement(&self.table, &self.topics, self.pubsub(), self.partial_until.is_none())
     }
 
     /// Whether engines' events are held (`hold_events_until`).
@@ -610,7 +627,7 @@ impl Router {
                 // Nodes the transport connected before this router linked to it (after a start
                 // or a restart of either) heard no announcement from it: each is told the whole
                 // of what is here, as a node that connects now is.
-                let whole = whole_announcement(&self.table, &self.topics, self.pubsub());
+                let whole = self.whole();
                 for node in self.connected.iter().copied().collect::<Vec<_>>() {
                     self.enqueue_announcement(node, whole.clone(), now);
                 }
@@ -632,7 +649,7 @@ impl Router {
                 if let Some(sending) = self.sending.get_mut(&node) {
                     sending.go_back(now);
                 }
-                let whole = whole_announcement(&self.table, &self.topics, self.pubsub());
+                let whole = self.whole();
                 self.enqueue_announcement(node, whole, now);
             }
             Input::Disconnected(node) => {
@@ -766,6 +783,9 @@ impl Router {
                     Placement::Wait(waiting)
                 }
             },
+            // Its sending node cannot be told: it waits for the engine until its deadline
+            // (`limits.send_wait_ms`), as engines attach again after this router restarts.
+            Route::Absent(_) => Placement::Wait(waiting),
             Route::Drop(refused) => Placement::Done(Err(refused)),
         }
     }
@@ -823,7 +843,7 @@ impl Router {
                     Route::Drop(Refused::no_route(format!("engine {engine} takes no messages from the public network")))
                 }
                 Some(_) => Route::Local(engine),
-                None => Route::Drop(Refused::no_route(format!("engine {engine} is not attached here"))),
+                None => Route::Absent(engine),
             },
             Destination::Node(node) if node == self.node() => Route::Node,
             _ => Route::Drop(Refused::no_route("a message for another node or a topic arrived here")),
@@ -994,8 +1014,8 @@ impl Router {
     }
 
     fn enqueue_announcement(&mut self, node: Identity, announcement: Announcement, now: Millis) {
-        let (table, topics, pubsub) = (&self.table, &self.topics, self.services.engine(PUBSUB_PROTOCOL));
-        self.outboxes.entry(node).or_default().announce(announcement, || whole_announcement(table, topics, pubsub));
+        let (table, topics, pubsub, full) = (&self.table, &self.topics, self.services.engine(PUBSUB_PROTOCOL), self.partial_until.is_none());
+        self.outboxes.entry(node).or_default().announce(announcement, || whole_announcement(table, topics, pubsub, full));
         self.transmit(node, now);
     }
 
@@ -1087,6 +1107,11 @@ impl Router {
     }
 
     fn timer(&mut self, now: Millis) {
+        if self.partial_until.is_some_and(|until| until <= now) {
+            self.partial_until = None;
+            let whole = self.whole();
+            self.announce_to_all(whole, now);
+        }
         if self.events_held_until.is_some_and(|until| until <= now) {
             self.events_held_until = None;
             self.topics.touch_all();
@@ -1113,6 +1138,8 @@ impl Router {
                     Refused::expired("the message expired while waiting for its destination")
                 } else if self.lookups.contains_key(&key) {
                     Refused::no_route(format!("the identity store had not said where {key} is within {} ms", self.limits.send_wait))
+                } else if matches!(waiting.message.dst, Destination::Engine(_)) && self.table.attachment(&key).is_none() {
+                    Refused::no_route(format!("engine {key} was not attached here within {} ms", self.limits.send_wait))
                 } else if matches!(waiting.message.dst, Destination::Topic(_)) && self.topics.get(&key).is_none() {
                     Refused::no_route(format!("topic {key} was not created on this node within {} ms", self.limits.send_wait))
                 } else {
@@ -1134,7 +1161,7 @@ impl Router {
             self.transmit(node, now);
         }
         let deadlines = self.waiting.values().flatten().map(|w| w.deadline);
-        let deadlines = deadlines.chain(self.lookups.values().copied()).chain(self.outboxes.values().filter_map(|o| o.retry_at)).chain(self.events_held_until);
+        let deadlines = deadlines.chain(self.lookups.values().copied()).chain(self.outboxes.values().filter_map(|o| o.retry_at)).chain(self.events_held_until).chain(self.partial_until);
         // An acknowledgement owed to a node whose frame is with transport goes with the next.
         let free = |node: &Identity| self.outboxes.get(node).is_none_or(|o| o.handed.is_none() && o.retry_at.is_none());
         let acks = self.receiving.iter().filter(|(node, _)| free(node)).filter_map(|(_, r)| r.owed_since()).map(|since| since + ACK_DELAY);
@@ -1168,10 +1195,10 @@ pub fn check_envelope(sender: Identity, src: Identity, body: usize, expiry: Opti
 
 /// Every engine attached here and every topic held here that other nodes may subscribe to (not
 /// the mirrors `pubsub` created).
-fn whole_announcement(table: &RoutingTable<Attached>, topics: &Topics, pubsub: Option<Identity>) -> Announcement {
+fn whole_announcement(table: &RoutingTable<Attached>, topics: &Topics, pubsub: Option<Identity>, full: bool) -> Announcement {
     let attached = table.attachments().map(|a| a.location.clone()).collect();
     let topics = topics.iter().filter(|t| t.scope == Scope::Any && Some(t.creator) != pubsub).map(|t| t.advert.clone()).collect();
-    Announcement { full: true, attached, detached: vec![], topics }
+    Announcement { full, attached, detached: vec![], topics }
 }
 
 #[cfg(test)]
@@ -1210,11 +1237,16 @@ mod tests {
         /// Attaches a fresh engine; its key.
         fn attach(&mut self, public: bool) -> Keypair {
             let key = Keypair::generate();
-            let location = EngineLocation::sign(&key, self.router.node(), 1);
-            self.router.attach(location, self.next, public, 0).unwrap();
-            self.next += 1;
-            self.outputs();
+            self.attach_key(&key, public, 0);
             key
+        }
+
+        /// Attaches `key`'s engine at `now`; the outputs that follow.
+        fn attach_key(&mut self, key: &Keypair, public: bool, now: Millis) -> Vec<Output> {
+            let location = EngineLocation::sign(key, self.router.node(), 1);
+            self.router.attach(location, self.next, public, now).unwrap();
+            self.next += 1;
+            self.outputs()
         }
 
         fn send(&mut self, from: &Keypair, dst: Identity, now: Millis) -> Ticket {
@@ -1500,18 +1532,45 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_router_tells_other_nodes_its_whole_list_of_engines_only_once_they_had_time_to_attach_again() {
+        let mut bench = Bench::new();
+        bench.router.announce_partially_until(100);
+        bench.attach(false);
+        let peer = Keypair::generate().identity();
+        bench.router.handle(Input::Connected(peer), 0);
+        let announced = |out: &[Output]| -> Vec<(bool, usize)> {
+            let items = transmits(out).into_iter().flat_map(|(_, _, batch)| batch.iter().cloned().collect::<Vec<_>>());
+            items.filter_map(|item| match item { Outgoing::Engines(a) => Some((a.full, a.attached.len())), _ => None }).collect()
+        };
+        assert_eq!(announced(&bench.outputs()), vec![(false, 1)], "the engines attached so far, not as the whole list");
+        bench.router.handle(Input::HandedOver { node: peer, outcome: HandOver::Queued { messages: 0 } }, 1);
+        bench.router.handle(Input::Timer, 100);
+        assert_eq!(announced(&bench.outputs()), vec![(true, 1)], "then the whole list");
+    }
+
+    #[test]
     fn messages_from_other_nodes_reach_only_engines_attached_here_that_take_them() {
         let mut bench = Bench::new();
         let (private, public) = (bench.attach(false), bench.attach(true));
         let src = Keypair::generate().identity();
         let to = |dst: Identity| EngineMessage::new(src, Destination::Engine(dst), 1, b"x".to_vec());
-        let messages = vec![to(private.identity()), to(public.identity()), to(Keypair::generate().identity())];
+        let (late, never) = (Keypair::generate(), Keypair::generate());
+        let messages = vec![to(private.identity()), to(public.identity()), to(late.identity())];
         bench.router.handle(Input::Frame { ticket: Ticket(7), src, public: true, frame: frame(vec![], messages) }, 0);
         let out = bench.outputs();
         assert_eq!(delivered(&out), 1, "only the engine that takes public traffic");
-        assert_eq!(settled(&out), vec![(Ticket(7), Ok(()))], "a frame is settled once each message is placed or dropped");
-        assert_eq!(bench.drops(DropReason::NoRoute), 2);
+        assert_eq!(bench.drops(DropReason::NoRoute), 1);
         assert!(out.iter().all(|o| !matches!(o, Output::Lookup(_) | Output::Transmit { .. })), "never looked up or sent on");
+        // The third waits for its engine, which attaches (again, after a restart of the router).
+        assert_eq!(settled(&out), vec![], "the frame waits for its last message");
+        let out = bench.attach_key(&late, true, 100);
+        assert_eq!((delivered(&out), settled(&out)), (1, vec![(Ticket(7), Ok(()))]), "a frame is settled once each message is placed or dropped");
+        // One whose engine never attaches is dropped once its wait is over, saying why.
+        bench.router.handle(Input::Frame { ticket: Ticket(8), src, public: false, frame: frame(vec![], vec![to(never.identity())]) }, 200);
+        assert_eq!(settled(&bench.outputs()), vec![]);
+        bench.router.handle(Input::Timer, 200 + limits().send_wait);
+        assert_eq!(settled(&bench.outputs()), vec![(Ticket(8), Ok(()))]);
+        assert_eq!(bench.drops(DropReason::NoRoute), 2);
     }
 
     #[test]

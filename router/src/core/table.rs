@@ -49,6 +49,9 @@ pub enum Route {
     Topic(Identity),
     /// The table knows nothing of the destination: ask the identity store, then route again.
     Lookup(Identity),
+    /// An engine not attached here that a message from another node is for: it may be
+    /// attaching again (this router restarted), so the message waits for it.
+    Absent(Identity),
     Drop(Refused),
 }
 
