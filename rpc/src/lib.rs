@@ -40,15 +40,21 @@ pub struct ConnectionStats {
     pub open: Cell<u64>,
     pub accepted: Cell<u64>,
     pub refused_over_limit: Cell<u64>,
+    /// Refused because the connecting process held its share already.
+    pub refused_over_process_share: Cell<u64>,
+    /// Closed because nothing was sent on them within the limit.
+    pub closed_silent: Cell<u64>,
     pub closed_on_error: Cell<u64>,
 }
 
 impl ConnectionStats {
-    pub fn counters(&self) -> [(&'static str, u64); 4] {
+    pub fn counters(&self) -> [(&'static str, u64); 6] {
         [
             ("rpc_connections_open", self.open.get()),
             ("rpc_connections_accepted", self.accepted.get()),
             ("rpc_connections_refused_over_limit", self.refused_over_limit.get()),
+            ("rpc_connections_refused_over_process_share", self.refused_over_process_share.get()),
+            ("rpc_connections_closed_silent", self.closed_silent.get()),
             ("rpc_connections_closed_on_error", self.closed_on_error.get()),
         ]
     }
@@ -68,6 +74,18 @@ pub async fn bind(path: &Path) -> io::Result<UnixListener> {
     UnixListener::bind(path)
 }
 
+/// How many connections a service takes, and for how long a silent one is kept.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Open at once, from every process.
+    pub max: u64,
+    /// Open at once from one process (by its pid, as the kernel tells it): one process holding
+    /// connections open cannot keep the others out.
+    pub per_process: u64,
+    /// A connection on which nothing arrives within this long after it is accepted is closed.
+    pub silent: std::time::Duration,
+}
+
 /// Serves `bootstrap` on every connection to `listener` until `shutdown` resolves, then removes
 /// the socket file. Must run inside a `LocalSet`.
 pub async fn serve(
@@ -75,13 +93,14 @@ pub async fn serve(
     path: &Path,
     bootstrap: capnp::capability::Client,
     word_limit: usize,
-    max_connections: u64,
+    limits: ConnectionLimits,
     stats: Rc<ConnectionStats>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let per_process: Rc<std::cell::RefCell<std::collections::HashMap<i32, u64>>> = Rc::default();
     loop {
-        let stream = tokio::select! {
+        let mut stream = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -92,21 +111,49 @@ pub async fn serve(
                 }
             },
         };
-        if stats.open.get() >= max_connections {
+        if stats.open.get() >= limits.max {
             stats.refused_over_limit.set(stats.refused_over_limit.get() + 1);
-            tracing::warn!(max_connections, "refused a connection: limits.max_connections reached");
+            tracing::warn!(max_connections = limits.max, "refused a connection: limits.max_connections reached");
             continue;
         }
+        let pid = stream.peer_cred().ok().and_then(|cred| cred.pid()).unwrap_or(0);
+        if per_process.borrow().get(&pid).is_some_and(|open| *open >= limits.per_process) {
+            let refused = stats.refused_over_process_share.get() + 1;
+            stats.refused_over_process_share.set(refused);
+            if refused.is_power_of_two() {
+                tracing::warn!(pid, share = limits.per_process, refused, "refused a connection: that process holds its share of limits.max_connections");
+            }
+            continue;
+        }
+        *per_process.borrow_mut().entry(pid).or_default() += 1;
         stats.accepted.set(stats.accepted.get() + 1);
         stats.open.set(stats.open.get() + 1);
-        let rpc = rpc_system(stream, Side::Server, word_limit, Some(bootstrap.clone()));
-        let stats = stats.clone();
+        let (stats, per_process, bootstrap) = (stats.clone(), per_process.clone(), bootstrap.clone());
         tokio::task::spawn_local(async move {
-            if let Err(error) = rpc.await {
-                stats.closed_on_error.set(stats.closed_on_error.get() + 1);
-                tracing::info!(%error, "closed an RPC connection");
+            let mut first = vec![0u8; 1024];
+            match tokio::time::timeout(limits.silent, tokio::io::AsyncReadExt::read(&mut stream, &mut first)).await {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => {
+                    first.truncate(n);
+                    if let Err(error) = rpc_system(stream, first, Side::Server, word_limit, Some(bootstrap)).await {
+                        stats.closed_on_error.set(stats.closed_on_error.get() + 1);
+                        tracing::info!(%error, "closed an RPC connection");
+                    }
+                }
+                Ok(Err(error)) => {
+                    stats.closed_on_error.set(stats.closed_on_error.get() + 1);
+                    tracing::info!(%error, "closed an RPC connection");
+                }
+                Err(_) => stats.closed_silent.set(stats.closed_silent.get() + 1),
             }
             stats.open.set(stats.open.get() - 1);
+            let mut per_process = per_process.borrow_mut();
+            if let Some(open) = per_process.get_mut(&pid) {
+                *open -= 1;
+                if *open == 0 {
+                    per_process.remove(&pid);
+                }
+            }
         });
     }
     drop(listener);
@@ -120,20 +167,22 @@ pub async fn connect<C: capnp::capability::FromClientHook>(
     word_limit: usize,
 ) -> io::Result<(C, tokio::task::JoinHandle<Result<(), capnp::Error>>)> {
     let stream = UnixStream::connect(path).await?;
-    let mut rpc = rpc_system(stream, Side::Client, word_limit, None);
+    let mut rpc = rpc_system(stream, Vec::new(), Side::Client, word_limit, None);
     let client: C = rpc.bootstrap(Side::Server);
     Ok((client, tokio::task::spawn_local(rpc)))
 }
 
+/// The RPC system on `stream`, whose first bytes `read` were read from it already.
 fn rpc_system(
     stream: UnixStream,
+    read: Vec<u8>,
     side: Side,
     word_limit: usize,
     bootstrap: Option<capnp::capability::Client>,
 ) -> RpcSystem<Side> {
     let (reader, writer) = stream.into_split();
     let mut network = twoparty::VatNetwork::new(
-        futures::io::BufReader::new(reader.compat()),
+        futures::io::BufReader::new(futures::io::AsyncReadExt::chain(futures::io::Cursor::new(read), reader.compat())),
         futures::io::BufWriter::new(writer.compat_write()),
         side,
         reader_options(word_limit),

@@ -36,8 +36,10 @@ pub struct Limits {
     pub engine_queue: u32,
     /// Engines attached at once.
     pub max_engines: u32,
-    /// RPC connections one service accepts at once.
+    /// RPC connections one service accepts at once (one process may hold a quarter of them).
     pub max_connections: u32,
+    /// An RPC connection on which nothing arrives this long after it is accepted is closed.
+    pub silent_connection_ms: u64,
     /// How long a send waits for room in a full destination queue before it is refused.
     pub send_wait_ms: u64,
     /// Identity records the identity store keeps.
@@ -51,6 +53,7 @@ impl Default for Limits {
             engine_queue: 1024,
             max_engines: 1024,
             max_connections: 256,
+            silent_connection_ms: 10_000,
             send_wait_ms: 5_000,
             max_records: 1_000_000,
         }
@@ -272,12 +275,13 @@ impl Config {
     }
 
     fn validate(&self, file: &Path, overrides: &[Override]) -> Result<(), ConfigError> {
-        let checks: [(&str, u64, u64, u64); 30] = [
+        let checks: [(&str, u64, u64, u64); 31] = [
             // At least 4 KiB: an event carried to other nodes needs 1 KiB of it for its wrapping.
             ("limits.max_message_bytes", self.limits.max_message_bytes.into(), 4096, 64 << 20),
             ("limits.engine_queue", self.limits.engine_queue.into(), 1, 1 << 20),
             ("limits.max_engines", self.limits.max_engines.into(), 1, 1 << 20),
             ("limits.max_connections", self.limits.max_connections.into(), 1, 1 << 16),
+            ("limits.silent_connection_ms", self.limits.silent_connection_ms, 100, 3_600_000),
             ("limits.send_wait_ms", self.limits.send_wait_ms, 0, 600_000),
             ("limits.max_records", self.limits.max_records, 1, 1 << 32),
             ("router.cache_entries", self.router.cache_entries.into(), 16, 1 << 24),
@@ -348,6 +352,12 @@ impl Config {
 
     /// The largest P2P frame a node sends or accepts: one maximal message plus its envelope.
     /// Batches are cut to fit it.
+    /// How many RPC connections a service takes, and how long a silent one is kept.
+    pub fn connection_limits(&self) -> netmachine_rpc::ConnectionLimits {
+        let max = u64::from(self.limits.max_connections);
+        netmachine_rpc::ConnectionLimits { max, per_process: (max / 4).max(1), silent: std::time::Duration::from_millis(self.limits.silent_connection_ms) }
+    }
+
     pub fn max_frame_bytes(&self) -> usize {
         self.limits.max_message_bytes as usize + (16 << 10)
     }
@@ -516,7 +526,8 @@ pub const TEMPLATE: &str = r#"# netmachine node configuration. Every setting is 
 # max_message_bytes = 1048576 # largest message body accepted or sent
 # engine_queue = 1024         # messages queued for one engine before senders wait
 # max_engines = 1024          # engines attached at once
-# max_connections = 256       # RPC connections one service accepts at once
+# max_connections = 256       # RPC connections one service accepts at once (a quarter per process)
+# silent_connection_ms = 10000 # an RPC connection silent this long after it is accepted is closed
 # send_wait_ms = 5000         # how long a send waits for room in a full queue
 # max_records = 1000000       # identity records the identity store keeps
 

@@ -111,13 +111,13 @@ where
         home.prepare_dirs()?;
         let socket = home.socket(kind);
         let word_limit = home.config.rpc_word_limit();
-        let max_connections = home.config.limits.max_connections.into();
+        let limits = home.config.connection_limits();
         let stats = Rc::new(ConnectionStats::default());
         let context = ServiceContext { kind, home, stats: stats.clone() };
         let running = setup(context).await?;
         let listener = rpc::bind(&socket).await.map_err(|e| format!("{}: {e}", socket.display()))?;
         tracing::info!(socket = %socket.display(), pid = std::process::id(), "serving");
-        rpc::serve(listener, &socket, running.bootstrap, word_limit, max_connections, stats, stop_requested()).await;
+        rpc::serve(listener, &socket, running.bootstrap, word_limit, limits, stats, stop_requested()).await;
         if let Some(on_stop) = running.on_stop {
             on_stop.await;
         }

@@ -136,3 +136,53 @@ fn a_second_attach_of_an_attached_engine_is_refused() {
         assert_eq!(first.recv().await.expect("message").body, b"still here");
     });
 }
+
+/// Another process opens 500 connections to every service socket and holds them, silent: it
+/// gets a quarter of each service's connections, the node stays up for `status`, an engine of
+/// this process still attaches and sends, and the silent connections are closed once
+/// `limits.silent_connection_ms` passes.
+#[test]
+fn a_process_holding_hundreds_of_silent_connections_keeps_no_one_else_out() {
+    let node = Node::up_with(&["limits.silent_connection_ms=3000"]);
+    let sockets: Vec<String> = ServiceKind::ALL.iter().map(|kind| node.socket(*kind).display().to_string()).collect();
+    let hog = "import socket, sys, time\n\
+        held = []\n\
+        for path in sys.argv[1:]:\n\
+        \x20   for _ in range(500):\n\
+        \x20       s = socket.socket(socket.AF_UNIX)\n\
+        \x20       s.connect(path)\n\
+        \x20       held.append(s)\n\
+        print('held', flush=True)\n\
+        time.sleep(60)\n";
+    let mut hog = std::process::Command::new("python3").arg("-c").arg(hog).args(&sockets).stdout(std::process::Stdio::piped()).spawn().expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(hog.stdout.take().unwrap()), &mut line).expect("the hog's line");
+    assert_eq!(line.trim(), "held");
+    let share = 256 / 4;
+    for kind in ServiceKind::ALL {
+        let service = node.service(kind);
+        assert_eq!(service["state"], "up", "{service}");
+        assert!(service["counters"]["rpc_connections_refused_over_process_share"].as_u64() >= Some(500 - share), "{service}");
+    }
+    with_rpc(async {
+        let (sender, receiver) = (attach_engine(&node, |_| {}).await, attach_engine(&node, |_| {}).await);
+        sender.send(receiver.identity(), b"through".to_vec()).await.expect("the router takes the message");
+        let got = tokio::time::timeout(Duration::from_secs(10), receiver.recv()).await.expect("delivered in time");
+        assert_eq!(got.map(|m| m.body), Some(b"through".to_vec()));
+    });
+    wait_until("the silent connections are closed", Duration::from_secs(30), || {
+        ServiceKind::ALL.iter().all(|kind| node.service(*kind)["counters"]["rpc_connections_closed_silent"].as_u64() >= Some(share))
+    });
+    for kind in ServiceKind::ALL {
+        let counters = &node.service(kind)["counters"];
+        eprintln!(
+            "{}: 500 connections from one process: {} refused over its share, {} closed silent, {} open now",
+            kind.name(),
+            counters["rpc_connections_refused_over_process_share"],
+            counters["rpc_connections_closed_silent"],
+            counters["rpc_connections_open"]
+        );
+    }
+    let _ = hog.kill();
+    let _ = hog.wait();
+}
