@@ -149,6 +149,9 @@ pub struct TransportConfig {
     pub reconnect_max_ms: u64,
     /// How long a connection attempt may take.
     pub connect_timeout_ms: u64,
+    /// How long a frame's bytes may take to arrive once its length has: a peer that stalls
+    /// mid-frame has that stream stopped.
+    pub frame_read_ms: u64,
 }
 
 impl Default for TransportConfig {
@@ -163,6 +166,7 @@ impl Default for TransportConfig {
             reconnect_initial_ms: 200,
             reconnect_max_ms: 30_000,
             connect_timeout_ms: 5_000,
+            frame_read_ms: 30_000,
         }
     }
 }
@@ -275,7 +279,7 @@ impl Config {
     }
 
     fn validate(&self, file: &Path, overrides: &[Override]) -> Result<(), ConfigError> {
-        let checks: [(&str, u64, u64, u64); 31] = [
+        let checks: [(&str, u64, u64, u64); 32] = [
             // At least 4 KiB: an event carried to other nodes needs 1 KiB of it for its wrapping.
             ("limits.max_message_bytes", self.limits.max_message_bytes.into(), 4096, 64 << 20),
             ("limits.engine_queue", self.limits.engine_queue.into(), 1, 1 << 20),
@@ -290,6 +294,7 @@ impl Config {
             ("transport.max_peers", self.transport.max_peers.into(), 1, 1 << 16),
             ("transport.peer_queue", self.transport.peer_queue.into(), 1, 1 << 20),
             ("transport.idle_timeout_ms", self.transport.idle_timeout_ms, 100, 86_400_000),
+            ("transport.frame_read_ms", self.transport.frame_read_ms, 100, 600_000),
             // A first delay of 0 would double to 0 forever: a redial or restart loop.
             ("transport.reconnect_initial_ms", self.transport.reconnect_initial_ms, 1, 3_600_000),
             ("supervisor.restart_initial_ms", self.supervisor.restart_initial_ms, 1, 3_600_000),
@@ -545,6 +550,7 @@ pub const TEMPLATE: &str = r#"# netmachine node configuration. Every setting is 
 # max_peers = 256             # connections to other nodes at once
 # peer_queue = 1024           # frames waiting for one peer before senders wait
 # idle_timeout_ms = 30000     # idle ephemeral connections close after this
+# frame_read_ms = 30000       # a frame's bytes must arrive this soon after its length
 # reconnect_initial_ms = 200  # first delay before reconnecting a permanent peer
 # reconnect_max_ms = 30000    # cap of the reconnect delay
 # connect_timeout_ms = 5000   # how long a connection attempt may take

@@ -387,8 +387,19 @@ pub async fn attach_raw(
     locate: impl FnOnce(netmachine_schema::Identity) -> netmachine_schema::EngineLocation,
     inbox: netmachine_schema::router_capnp::inbox::Client,
 ) -> Result<netmachine_schema::router_capnp::engine_session::Client, String> {
-    use netmachine_schema::{router_capnp::router, signing, Identity};
-    let router: router::Client = connect(&node.socket(ServiceKind::Router)).await;
+    let router: netmachine_schema::router_capnp::router::Client = connect(&node.socket(ServiceKind::Router)).await;
+    attach_raw_on(&router, claimed, signer, locate, inbox).await
+}
+
+/// `attach_raw` on a router connection the caller holds (many attempts on one connection).
+pub async fn attach_raw_on(
+    router: &netmachine_schema::router_capnp::router::Client,
+    claimed: netmachine_schema::Identity,
+    signer: &netmachine_schema::Keypair,
+    locate: impl FnOnce(netmachine_schema::Identity) -> netmachine_schema::EngineLocation,
+    inbox: netmachine_schema::router_capnp::inbox::Client,
+) -> Result<netmachine_schema::router_capnp::engine_session::Client, String> {
+    use netmachine_schema::{signing, Identity};
     let mut request = router.attach_request();
     request.get().set_engine(&claimed.0);
     let answer = request.send().promise.await.map_err(|e| e.to_string())?;

@@ -186,3 +186,31 @@ fn a_process_holding_hundreds_of_silent_connections_keeps_no_one_else_out() {
     let _ = hog.kill();
     let _ = hog.wait();
 }
+
+/// 1000 attach attempts on one connection claiming one engine's identity, 16 at a time, each
+/// answering the challenge with another key: each is refused with its reason and counted, and
+/// the engine's real owner attaches after them.
+#[test]
+fn a_flood_of_attach_attempts_with_bad_signatures_is_refused_counted_and_the_owner_still_attaches() {
+    use futures::stream::{self, StreamExt};
+    const ATTEMPTS: usize = 1000;
+    let node = Node::up();
+    let (owner, forger) = (Keypair::generate(), Keypair::generate());
+    let start = std::time::Instant::now();
+    let refusals: Vec<Result<(), String>> = with_rpc(async {
+        let router: router::Client = connect(&node.socket(ServiceKind::Router)).await;
+        let attempt = |_| {
+            let locate = |node| EngineLocation::sign(&forger, node, now_ms());
+            let inbox = capnp_rpc::new_future_client(std::future::pending());
+            netmachine_tests::attach_raw_on(&router, owner.identity(), &forger, locate, inbox)
+        };
+        stream::iter(0..ATTEMPTS).map(attempt).buffer_unordered(16).map(|r| r.map(drop)).collect().await
+    });
+    let took = start.elapsed();
+    let proven_wrong = refusals.iter().filter(|r| r.as_ref().is_err_and(|e| e.contains("does not prove the key of engine"))).count();
+    eprintln!("{ATTEMPTS} forged attach attempts refused in {took:?} ({:.0}/s); {proven_wrong} with the reason", ATTEMPTS as f64 / took.as_secs_f64());
+    assert_eq!(proven_wrong, ATTEMPTS, "every attempt is refused as not proving the key");
+    assert_eq!(node.router_counter("attach_refused"), ATTEMPTS as u64);
+    with_rpc(attach_as(&node, owner.identity(), &owner)).expect("the owner of the key attaches");
+    assert!(node.all_up());
+}

@@ -211,7 +211,7 @@ impl HandmadePeer {
         let connection = endpoint.connect_with(tls.client_config(self.a_id).unwrap(), self.a_addr, "netmachine").unwrap().await.unwrap();
         let (mut send, mut recv) = connection.open_bi().await.unwrap();
         framing::write_frame(&mut send, &netmachine_transport::handshake::hello(&self.advert, 0, 1).unwrap()).await.unwrap();
-        let answer = framing::read_frame(&mut recv, 1 << 16).await.unwrap().unwrap();
+        let answer = framing::read_frame(&mut recv, 1 << 16, std::time::Duration::from_secs(10)).await.unwrap().unwrap();
         assert!(matches!(handshake::read_answer(&answer).unwrap(), handshake::Answer::Accepted { .. }));
         (endpoint, connection)
     }
@@ -247,6 +247,32 @@ fn a_frame_with_a_forged_signature_is_dropped_counted_and_the_peer_disconnected(
     let reason = closed.expect("A closes the connection to the forger").to_string();
     assert!(reason.contains("signature"), "{reason}");
     assert_eq!(a.router_counter("dropped_bad_signature"), 1);
+}
+
+#[test]
+fn a_peer_that_stalls_mid_frame_has_that_stream_stopped_and_counted_while_its_other_frames_go_on() {
+    let a = Node::up_with(&["transport.frame_read_ms=1000"]);
+    let staller = HandmadePeer::admitted_by(&a);
+    with_rpc(async {
+        let (_endpoint, connection) = staller.connect().await;
+        // A frame's length, then a tenth of its bytes, then nothing.
+        let mut stalled = connection.open_uni().await.unwrap();
+        stalled.write_all(&100_000u32.to_le_bytes()).await.unwrap();
+        stalled.write_all(&[0; 10_000]).await.unwrap();
+        let stopped = tokio::time::timeout(WAIT, stalled.stopped()).await.expect("A stops the stalled stream in time");
+        assert!(matches!(stopped, Ok(Some(_))), "stopped with a code: {stopped:?}");
+        assert_eq!(a.counter(ServiceKind::Transport, "frames_stalled"), 1);
+        // The connection carries the peer's next frame.
+        let received = a.counter(ServiceKind::Transport, "frames_received");
+        let message = netmachine_schema::EngineMessage::new(staller.key.identity(), Destination::Node(staller.a_id), 1, b"after".to_vec());
+        staller.send_frame(&connection, &staller.key, |payload| message.write(payload.init_engine())).await;
+        // Waited for here, not by blocking: this runtime drives the peer's QUIC endpoint.
+        let start = std::time::Instant::now();
+        while a.counter(ServiceKind::Transport, "frames_received") == received {
+            assert!(start.elapsed() < WAIT, "the next frame never arrived");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
 }
 
 #[test]

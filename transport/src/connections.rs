@@ -43,6 +43,8 @@ const CLOSE_REFUSED: u32 = 1;
 const CLOSE_FRAME_OVER_LIMIT: u32 = 2;
 const CLOSE_STOPPING: u32 = 0;
 const CLOSE_WRITE_FAILED: u32 = 7;
+/// The QUIC stop code of a stream whose frame stalled.
+const STOP_STALLED: u32 = 1;
 
 /// Counters for the status report.
 #[derive(Default)]
@@ -51,6 +53,8 @@ pub struct Counters {
     pub frames_received: Cell<u64>,
     pub frames_refused: Cell<u64>,
     pub frames_over_limit: Cell<u64>,
+    /// Streams stopped because a frame's bytes did not arrive in time.
+    pub frames_stalled: Cell<u64>,
     pub connections_refused: Cell<u64>,
     pub connect_failures: Cell<u64>,
     /// Connections closed because another one to the same node stayed or replaced them.
@@ -446,7 +450,7 @@ impl Transport {
             let hello = handshake::hello(&advert, 0, incarnation).map_err(|e| e.to_string())?;
             write_frame(&mut send, &hello).await.map_err(|e| e.to_string())?;
             let _ = send.finish();
-            let bytes = read_frame(&mut recv, MAX_HANDSHAKE).await.map_err(|e| e.to_string())?;
+            let bytes = read_frame(&mut recv, MAX_HANDSHAKE, timeout).await.map_err(|e| e.to_string())?;
             handshake::read_answer(&bytes.ok_or("the peer closed the handshake")?).map_err(|e| e.to_string())
         })
         .await
@@ -478,7 +482,7 @@ impl Transport {
         let Ok(Ok((mut send, mut recv))) = tokio::time::timeout(timeout, quic.accept_bi()).await else {
             return quic.close(CLOSE_REFUSED.into(), b"no handshake");
         };
-        let hello = match tokio::time::timeout(timeout, read_frame(&mut recv, MAX_HANDSHAKE)).await {
+        let hello = match tokio::time::timeout(timeout, read_frame(&mut recv, MAX_HANDSHAKE, timeout)).await {
             Ok(Ok(Some(bytes))) => handshake::check_hello(node, &bytes),
             Ok(Ok(None)) => Err((ConnectRefusal::Incompatible, "the handshake stream ended".to_string())),
             Ok(Err(e)) => Err((ConnectRefusal::Incompatible, e.to_string())),
@@ -602,7 +606,7 @@ impl Transport {
             while in_flight.len() >= ROUTER_WINDOW {
                 in_flight.next().await;
             }
-            let read = read_frame(&mut stream, self.max_frame()).await;
+            let read = read_frame(&mut stream, self.max_frame(), Duration::from_millis(self.home.config.transport.frame_read_ms)).await;
             let frame = match read {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -610,6 +614,12 @@ impl Transport {
                     bump(&self.counters.frames_over_limit, 1);
                     tracing::warn!(peer = %node, len, max, "frame over the limit; disconnecting");
                     connection.connection.close(CLOSE_FRAME_OVER_LIMIT.into(), b"frame over the limit");
+                    break;
+                }
+                Err(error @ FrameError::Stalled { .. }) => {
+                    bump(&self.counters.frames_stalled, 1);
+                    tracing::warn!(peer = %node, %error, "a frame stalled; its stream is stopped");
+                    let _ = stream.stop(STOP_STALLED.into());
                     break;
                 }
                 Err(error) => {

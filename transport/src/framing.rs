@@ -1,5 +1,6 @@
 //! Frames on a QUIC stream: a 4-byte little-endian length, then that many bytes. A length over
-//! the limit is refused before anything is read or allocated.
+//! the limit is refused before anything is read or allocated; the bytes must then arrive
+//! within a deadline, and memory grows with what arrives, not with what the length claims.
 
 /// Why a frame could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -8,6 +9,8 @@ pub enum FrameError {
     TooLarge { len: usize, max: usize },
     #[error("the stream ended inside a frame")]
     Truncated,
+    #[error("{got} of a frame's {len} bytes arrived in {} ms", within.as_millis())]
+    Stalled { len: usize, got: usize, within: std::time::Duration },
     #[error("reading the stream failed: {0}")]
     Read(#[from] quinn::ReadError),
 }
@@ -18,8 +21,12 @@ pub async fn write_frame(stream: &mut quinn::SendStream, bytes: &[u8]) -> Result
     stream.write_all(bytes).await
 }
 
-/// Reads one frame of at most `max` bytes; `None` when the stream ended cleanly between frames.
-pub async fn read_frame(stream: &mut quinn::RecvStream, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
+/// What a frame's bytes are reserved for up front, at most: more grows as it arrives.
+const RESERVE: usize = 64 << 10;
+
+/// Reads one frame of at most `max` bytes, whose bytes arrive `within` its length;
+/// `None` when the stream ended cleanly between frames.
+pub async fn read_frame(stream: &mut quinn::RecvStream, max: usize, within: std::time::Duration) -> Result<Option<Vec<u8>>, FrameError> {
     let mut length = [0u8; 4];
     if !read_exact_or_end(stream, &mut length).await? {
         return Ok(None);
@@ -29,14 +36,20 @@ pub async fn read_frame(stream: &mut quinn::RecvStream, max: usize) -> Result<Op
         return Err(FrameError::TooLarge { len, max });
     }
     // Filled from quinn's own buffers as they arrive: no zeroing first, one copy.
-    let mut bytes = Vec::with_capacity(len);
-    while bytes.len() < len {
-        match stream.read_chunk(len - bytes.len(), true).await? {
-            Some(chunk) => bytes.extend_from_slice(&chunk.bytes),
-            None => return Err(FrameError::Truncated),
+    let mut bytes = Vec::with_capacity(len.min(RESERVE));
+    let body = async {
+        while bytes.len() < len {
+            match stream.read_chunk(len - bytes.len(), true).await? {
+                Some(chunk) => bytes.extend_from_slice(&chunk.bytes),
+                None => return Err(FrameError::Truncated),
+            }
         }
+        Ok(())
+    };
+    match tokio::time::timeout(within, body).await {
+        Ok(read) => read.map(|()| Some(bytes)),
+        Err(_) => Err(FrameError::Stalled { len, got: bytes.len(), within }),
     }
-    Ok(Some(bytes))
 }
 
 /// Fills `buf`; false if the stream ended before the first byte, an error if it ended after.

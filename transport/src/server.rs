@@ -30,6 +30,7 @@ impl service::Server for TransportServer {
             ("frames_expired", pool.frames_expired),
             ("frames_refused", c.frames_refused.get()),
             ("frames_over_limit", c.frames_over_limit.get()),
+            ("frames_stalled", c.frames_stalled.get()),
             ("frames_unreachable", pool.frames_unreachable),
             ("connections_replaced", c.connections_replaced.get()),
             ("connections_refused", c.connections_refused.get()),

@@ -75,7 +75,7 @@ impl Transport {
     }
 
     async fn serve_stream(self: Rc<Self>, node: Identity, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        let request = match tokio::time::timeout(REQUEST_WAIT, read_frame(&mut recv, MAX_REQUEST)).await {
+        let request = match tokio::time::timeout(REQUEST_WAIT, read_frame(&mut recv, MAX_REQUEST, REQUEST_WAIT)).await {
             Ok(Ok(Some(request))) if request.first() == Some(&(StreamKind::Block as u8)) => request,
             refused => {
                 tracing::info!(peer = %node, ?refused, "refused a stream with no block request");

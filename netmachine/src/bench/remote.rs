@@ -177,7 +177,7 @@ pub(super) async fn raw_quinn(size: usize, count: usize) -> Result<Throughput> {
         let connection = server.accept().await.context("no connection")?.await?;
         let mut stream = connection.accept_uni().await?;
         for _ in 0..count {
-            framing::read_frame(&mut stream, size + 16).await?.context("stream ended early")?;
+            framing::read_frame(&mut stream, size + 16, Duration::from_secs(30)).await?.context("stream ended early")?;
         }
         Ok::<_, anyhow::Error>(connection)
     });
