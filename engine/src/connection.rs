@@ -69,6 +69,10 @@ pub(crate) struct Shared {
     /// Where each publisher's sequence stands, for `recv_event` (and for subscribing again
     /// from there); and an event held back while the gap before it is reported.
     pub sequences: std::sync::Mutex<(Sequences, Option<Event>)>,
+    /// The rings the router granted could not be mapped once (another IPC namespace): later
+    /// attaches ask for none. Each refused grant is an attachment the router delivers to
+    /// before it is undone, and what it writes into rings nobody maps is lost.
+    rings_unusable: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -472,10 +476,12 @@ type Attached = (engine_session::Client, tokio::task::JoinHandle<Result<(), capn
 /// Attaches, over the rings if asked and possible, else (or if the granted rings cannot be
 /// mapped, as from another container without shared IPC) over the socket.
 async fn attach_once(options: &EngineOptions, incoming: &mpsc::Sender<EngineMessage>, shared: &Arc<Shared>) -> Result<Attached, EngineError> {
-    match attach_with(options, incoming, shared, options.ring).await? {
+    let ring = options.ring && !shared.rings_unusable.load(std::sync::atomic::Ordering::Relaxed);
+    match attach_with(options, incoming, shared, ring).await? {
         Ok(attached) => Ok(attached),
         Err(reason) => {
             tracing::warn!(%reason, "the granted rings cannot be used; falling back to the socket path");
+            shared.rings_unusable.store(true, std::sync::atomic::Ordering::Relaxed);
             attach_with(options, incoming, shared, false).await?.map_err(EngineError::AttachRefused)
         }
     }

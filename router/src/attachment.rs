@@ -1,7 +1,8 @@
 //! One attached engine's delivery queue and the pump that delivers it in order, to the engine's
 //! inbox ring, or over the socket to its Inbox capability (keeping a window of deliveries in
-//! flight). The core counts the queue's room: the pump tells it what it took (`Input::Taken`),
-//! and when the engine is gone, what was still queued is counted as dropped.
+//! flight). The core counts the queue's room: the pump tells it what it took (`Input::Taken`)
+//! and what reached the engine (`Input::Delivered`: written to its ring, or answered over the
+//! socket), and when the engine is gone, what was still queued is counted as dropped.
 
 use tracing::Instrument;
 use crate::core::delivery::{self, DELIVERY_BATCH};
@@ -87,6 +88,12 @@ impl Pump {
         }
     }
 
+    fn delivered(&self, n: u64) {
+        if let (Some(state), true) = (self.state.upgrade(), n > 0) {
+            state.feed(Input::Delivered { engine: self.engine, generation: self.generation, n });
+        }
+    }
+
     fn dropped(&self, reason: DropReason, n: u64) {
         if let (Some(state), true) = (self.state.upgrade(), n > 0) {
             state.count(reason, n);
@@ -113,17 +120,21 @@ impl Pump {
             tokio::select! {
                 biased;
                 Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
-                    if let Err((error, carried)) = answer {
-                        break (error, carried);
+                    match answer {
+                        Ok(carried) => self.delivered(carried),
+                        Err((error, carried)) => break (error, carried),
                     }
                 }
                 next = pending.recv(), if in_flight.len() < DELIVERY_WINDOW => {
                     let Some(first) = next else {
                         // Detached and drained: wait for the last answers.
                         while let Some(answer) = in_flight.next().await {
-                            if let Err((error, carried)) = answer {
-                                self.dropped(DropReason::EngineGone, carried);
-                                tracing::info!(engine = %self.engine.short(), %error, "engine gone");
+                            match answer {
+                                Ok(carried) => self.delivered(carried),
+                                Err((error, carried)) => {
+                                    self.dropped(DropReason::EngineGone, carried);
+                                    tracing::info!(engine = %self.engine.short(), %error, "engine gone");
+                                }
                             }
                         }
                         return;
@@ -199,6 +210,8 @@ impl Pump {
                 }
             }
             if pending.is_empty() || taken == DELIVERY_BATCH {
+                // Written to the ring, or dropped and counted: each one went, in order.
+                self.delivered(taken as u64);
                 self.taken(std::mem::take(&mut taken));
             }
         }

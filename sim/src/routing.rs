@@ -230,6 +230,7 @@ impl World {
                     self.delivered(&message);
                     self.delivered_to(node, engine, &message);
                     self.router_input(node, Input::Taken { engine, generation, n: 1 });
+                    self.router_input(node, Input::Delivered { engine, generation, n: 1 });
                 }
                 Output::Settled { ticket, outcome } => {
                     if !self.pubsub_settled(node, ticket, outcome.is_ok()) {

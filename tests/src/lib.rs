@@ -5,6 +5,8 @@
 //! The binaries are taken from the target directory this test was built into; `scripts/test`
 //! builds them first.
 
+pub mod containers;
+
 use netmachine_service::{NodeHome, ServiceKind};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};

@@ -40,12 +40,19 @@ enum Twice {
     AtMost(usize),
 }
 
-fn nothing_accepted_is_lost_when_killed(killed_node: usize, kind: ServiceKind, twice: Twice) {
+/// How the receiving engine takes its messages.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Rings,
+    Socket,
+}
+
+fn nothing_accepted_is_lost_when_killed(killed_node: usize, kind: ServiceKind, twice: Twice, path: Path) {
     let nodes = [Node::up(), Node::up()];
     link(&nodes[0], &nodes[1]);
     with_rpc(async {
         let sender = attach_engine(&nodes[0], |_| {}).await;
-        let receiver = Rc::new(attach_engine(&nodes[1], |_| {}).await);
+        let receiver = Rc::new(attach_engine(&nodes[1], |options| options.ring = path == Path::Rings).await);
         until_routable(&sender, &receiver).await;
         let received = Rc::new(RefCell::new(Vec::new()));
         let (collect, into) = (receiver.clone(), received.clone());
@@ -109,17 +116,24 @@ fn nothing_accepted_is_lost_when_killed(killed_node: usize, kind: ServiceKind, t
 
 #[test]
 fn nothing_accepted_is_lost_or_doubled_when_the_receiving_nodes_transport_is_killed() {
-    nothing_accepted_is_lost_when_killed(1, ServiceKind::Transport, Twice::Never);
+    nothing_accepted_is_lost_when_killed(1, ServiceKind::Transport, Twice::Never, Path::Rings);
 }
 
 #[test]
 fn nothing_accepted_is_lost_or_doubled_when_the_sending_nodes_transport_is_killed() {
-    nothing_accepted_is_lost_when_killed(0, ServiceKind::Transport, Twice::Never);
+    nothing_accepted_is_lost_when_killed(0, ServiceKind::Transport, Twice::Never, Path::Rings);
 }
 
 /// At 500 messages a second, what is placed in the 10 ms an acknowledgement waits, and the
 /// frame whose acknowledgement was on the way.
 #[test]
 fn nothing_accepted_is_lost_when_the_receiving_nodes_router_is_killed() {
-    nothing_accepted_is_lost_when_killed(1, ServiceKind::Router, Twice::AtMost(50));
+    nothing_accepted_is_lost_when_killed(1, ServiceKind::Router, Twice::AtMost(50), Path::Rings);
+}
+
+/// The same, the receiving engine on the socket path: a message counts as delivered once the
+/// engine answered its delivery.
+#[test]
+fn nothing_accepted_is_lost_when_the_receiving_nodes_router_is_killed_under_a_socket_engine() {
+    nothing_accepted_is_lost_when_killed(1, ServiceKind::Router, Twice::AtMost(50), Path::Socket);
 }

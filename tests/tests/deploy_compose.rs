@@ -2,79 +2,19 @@
 //! host's `netmachine` sees the node through that directory; restarting one container leaves
 //! the other four running, and routing resumes.
 
-use netmachine_tests::{bin_dir, wait_until, TempHome};
+use netmachine_tests::containers::{build_image, docker_present, ComposeNode, SERVICES};
+use netmachine_tests::{bin_dir, wait_until};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
-
-const SERVICES: [&str; 5] = ["identity-store", "router", "transport", "pubsub", "storage"];
-
-fn repository() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repository root").to_path_buf()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
-struct Deployment {
-    project: String,
-    home: TempHome,
-    quic_port: u16,
-}
-
-impl Deployment {
-    fn compose(&self, args: &[&str]) -> Output {
-        Command::new("docker-compose")
-            .arg("-f")
-            .arg(repository().join("deploy/compose/docker-compose.yml"))
-            .args(["-p", &self.project])
-            .args(args)
-            .env("NETMACHINE_NODE_DIR", &self.home.0)
-            .env("NETMACHINE_QUIC_PORT", self.quic_port.to_string())
-            .output()
-            .expect("docker-compose runs")
-    }
-
-    fn started_at(&self, service: &str) -> String {
-        let id = self.compose(&["ps", "-q", service]);
-        let id = String::from_utf8_lossy(&id.stdout).trim().to_string();
-        let inspect = Command::new("docker").args(["inspect", "-f", "{{.State.StartedAt}}", &id]).output().expect("docker inspect");
-        String::from_utf8_lossy(&inspect.stdout).trim().to_string()
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(bin_dir().join("netmachine")).args(args).arg("--home").arg(&self.home.0).output().expect("netmachine")
-    }
-
-    fn all_up(&self) -> bool {
-        let status: serde_json::Value = serde_json::from_slice(&self.cli(&["status", "--json"]).stdout).unwrap_or_default();
-        status["services"].as_array().is_some_and(|s| s.len() == 5 && s.iter().all(|s| s["state"] == "up"))
-    }
-}
-
-impl Drop for Deployment {
-    fn drop(&mut self) {
-        let _ = self.compose(&["down", "--timeout", "5"]);
-        // The containers wrote the home as root; it is removed with the TempHome.
-    }
-}
 
 #[test]
 fn compose_runs_a_node_and_restarts_one_service_alone() {
-    let present = |tool: &str| Command::new(tool).arg("version").output().is_ok_and(|o| o.status.success());
-    if !present("docker") || !present("docker-compose") {
-        eprintln!("skipped: this test needs Docker and docker-compose, and this machine lacks them");
+    if !docker_present() {
         return;
     }
-    let built = Command::new(repository().join("deploy/compose/build-image")).output().expect("build-image");
-    assert!(built.status.success(), "build-image failed: {}", String::from_utf8_lossy(&built.stderr));
-
-    let home = TempHome::new();
-    std::fs::create_dir_all(&home.0).expect("node dir");
-    let project = format!("nm{}", home.0.file_name().unwrap().to_string_lossy().trim_start_matches("nm-"));
-    let node = Deployment { project, home, quic_port: free_udp_port() };
+    build_image();
+    let node = ComposeNode::new();
     let up = node.compose(&["up", "-d"]);
     assert!(up.status.success(), "compose up: {}", String::from_utf8_lossy(&up.stderr));
     wait_until("the five containers' services are up", Duration::from_secs(60), || node.all_up());

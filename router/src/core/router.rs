@@ -99,6 +99,9 @@ pub enum Input {
     Disconnected(Identity),
     /// The shell took `n` messages off an engine's queue.
     Taken { engine: Identity, generation: u64, n: usize },
+    /// The next `n` messages delivered to an engine reached it: written to its inbox ring, or
+    /// answered by it over the socket.
+    Delivered { engine: Identity, generation: u64, n: u64 },
     /// Transport's answer to the frame of a `Transmit`.
     HandedOver { node: Identity, outcome: HandOver },
     Timer,
@@ -139,6 +142,13 @@ pub struct Attached {
     pub location: EngineLocation,
     /// Room left on its queue.
     credit: usize,
+    /// Deliveries to it so far, and how many of them its pump confirmed (`Input::Delivered`).
+    delivered: u64,
+    confirmed: u64,
+    /// Messages from other nodes delivered and not yet confirmed: each one's place among the
+    /// deliveries, and the frame ticket it settles once confirmed (so a frame is acknowledged
+    /// only once its messages reached the engine, not while they wait in this router's memory).
+    unconfirmed: VecDeque<(u64, Ticket, Origin)>,
 }
 
 /// Where a message came from.
@@ -163,6 +173,8 @@ struct Waiting {
 
 enum Placement {
     Done(Result<(), Refused>),
+    /// Delivered; settled once the engine's pump confirms it.
+    Confirming,
     Wait(Waiting),
 }
 
@@ -289,7 +301,7 @@ impl Router {
         }
         location.verify()?;
         let credit = self.limits.engine_queue;
-        self.table.attach(engine, Attached { generation, public, location: location.clone(), credit });
+        self.table.attach(engine, Attached { generation, public, location: location.clone(), credit, delivered: 0, confirmed: 0, unconfirmed: VecDeque::new() });
         self.announce_to_all(Announcement { attached: vec![location], ..Announcement::default() }, now);
         self.retry(engine, now, None);
         Ok(())
@@ -298,8 +310,13 @@ impl Router {
     /// Detaches `engine` if `generation` is its current attachment: what waits for it is
     /// refused, and every connected node is told. Whether it was attached.
     pub fn detach(&mut self, engine: Identity, generation: u64, now: Millis) -> bool {
-        if self.table.detach(&engine, |a| a.generation == generation).is_none() {
+        let Some(gone) = self.table.detach(&engine, |a| a.generation == generation) else {
             return false;
+        };
+        // What its pump had not confirmed was lost with it (and counted by the pump): the
+        // frames it came in are settled.
+        for (_, ticket, origin) in gone.unconfirmed {
+            self.settle(Some(ticket), origin, Ok(()));
         }
         self.refuse_waiting(engine, || Refused::engine_gone("the destination engine detached"));
         self.services.detached(engine);
@@ -665,6 +682,18 @@ impl Router {
                     }
                 }
             }
+            Input::Delivered { engine, generation, n } => {
+                let Some(attached) = self.table.attachment_mut(&engine).filter(|a| a.generation == generation) else { return };
+                attached.confirmed += n;
+                let confirmed = attached.confirmed;
+                let mut settled = Vec::new();
+                while attached.unconfirmed.front().is_some_and(|(at, _, _)| *at <= confirmed) {
+                    settled.extend(attached.unconfirmed.pop_front());
+                }
+                for (_, ticket, origin) in settled {
+                    self.settle(Some(ticket), origin, Ok(()));
+                }
+            }
             Input::HandedOver { node, outcome } => self.handed_over(node, outcome, now),
             Input::Timer => self.timer(now),
         }
@@ -687,6 +716,7 @@ impl Router {
         };
         match placement {
             Placement::Done(outcome) => self.settle(ticket, origin, outcome),
+            Placement::Confirming => {}
             Placement::Wait(waiting) if !waiting.wait && !self.lookups.contains_key(&key) => {
                 let refused = self.back_pressure(key);
                 self.settle(waiting.ticket, origin, Err(refused));
@@ -723,6 +753,7 @@ impl Router {
             let (ticket, origin) = (waiting.ticket, waiting.origin);
             match self.place(waiting, now, failed) {
                 Placement::Done(outcome) => self.settle(ticket, origin, outcome),
+                Placement::Confirming => {}
                 Placement::Wait(waiting) => {
                     self.waiting_count += 1;
                     self.waiting.entry(key).or_default().push_front(waiting);
@@ -753,9 +784,16 @@ impl Router {
                     return Placement::Wait(waiting);
                 }
                 attached.credit -= 1;
+                attached.delivered += 1;
                 let generation = attached.generation;
                 self.outputs.push_back(Output::Deliver { engine, generation, message: waiting.message });
-                Placement::Done(Ok(()))
+                match (waiting.origin, waiting.ticket) {
+                    (Origin::Node { .. }, Some(ticket)) => {
+                        attached.unconfirmed.push_back((attached.delivered, ticket, waiting.origin));
+                        Placement::Confirming
+                    }
+                    _ => Placement::Done(Ok(())),
+                }
             }
             Route::Remote(node) => {
                 let outbox = self.outboxes.entry(node).or_default();
@@ -822,6 +860,7 @@ impl Router {
         for engine in subscribers {
             let attached = self.table.attachment_mut(&engine).expect("subscribers are attached");
             attached.credit -= 1;
+            attached.delivered += 1;
             let generation = attached.generation;
             self.outputs.push_back(Output::Deliver { engine, generation, message: waiting.message.clone() });
         }
@@ -1241,6 +1280,16 @@ mod tests {
             key
         }
 
+        /// `out` and what follows once every delivery in it is confirmed by its pump.
+        fn confirmed(&mut self, mut out: Vec<Output>, now: Millis) -> Vec<Output> {
+            let deliveries: Vec<(Identity, u64)> = out.iter().filter_map(|o| match o { Output::Deliver { engine, generation, .. } => Some((*engine, *generation)), _ => None }).collect();
+            for (engine, generation) in deliveries {
+                self.router.handle(Input::Delivered { engine, generation, n: 1 }, now);
+                out.extend(self.outputs());
+            }
+            out
+        }
+
         /// Attaches `key`'s engine at `now`; the outputs that follow.
         fn attach_key(&mut self, key: &Keypair, public: bool, now: Millis) -> Vec<Output> {
             let location = EngineLocation::sign(key, self.router.node(), 1);
@@ -1392,6 +1441,10 @@ mod tests {
         for (ticket, seq) in [(1, 1), (2, 1), (3, 3), (4, 2), (5, 3)] {
             bench.router.handle(Input::Frame { ticket: Ticket(ticket), src: peer, public: false, frame: numbered(9, seq) }, 10);
             let out = bench.outputs();
+            if ticket == 1 {
+                assert!(settled(&out).is_empty(), "a frame settles once its message reached the engine, not before");
+            }
+            let out = bench.confirmed(out, 10);
             delivered.extend(out.iter().filter_map(|o| match o { Output::Deliver { message, .. } => Some(message.id), _ => None }));
             let settled = out.iter().any(|o| matches!(o, Output::Settled { ticket: t, outcome: Ok(()) } if t.0 == ticket));
             assert_eq!(settled, ticket != 5, "every frame settles but the last, whose message waits for room");
@@ -1558,12 +1611,14 @@ mod tests {
         let messages = vec![to(private.identity()), to(public.identity()), to(late.identity())];
         bench.router.handle(Input::Frame { ticket: Ticket(7), src, public: true, frame: frame(vec![], messages) }, 0);
         let out = bench.outputs();
+        let out = bench.confirmed(out, 0);
         assert_eq!(delivered(&out), 1, "only the engine that takes public traffic");
         assert_eq!(bench.drops(DropReason::NoRoute), 1);
         assert!(out.iter().all(|o| !matches!(o, Output::Lookup(_) | Output::Transmit { .. })), "never looked up or sent on");
         // The third waits for its engine, which attaches (again, after a restart of the router).
         assert_eq!(settled(&out), vec![], "the frame waits for its last message");
         let out = bench.attach_key(&late, true, 100);
+        let out = bench.confirmed(out, 100);
         assert_eq!((delivered(&out), settled(&out)), (1, vec![(Ticket(7), Ok(()))]), "a frame is settled once each message is placed or dropped");
         // One whose engine never attaches is dropped once its wait is over, saying why.
         bench.router.handle(Input::Frame { ticket: Ticket(8), src, public: false, frame: frame(vec![], vec![to(never.identity())]) }, 200);
