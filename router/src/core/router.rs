@@ -146,9 +146,9 @@ pub struct Attached {
     delivered: u64,
     confirmed: u64,
     /// Messages from other nodes delivered and not yet confirmed: each one's place among the
-    /// deliveries, and the frame ticket it settles once confirmed (so a frame is acknowledged
-    /// only once its messages reached the engine, not while they wait in this router's memory).
-    unconfirmed: VecDeque<(u64, Ticket, Origin)>,
+    /// deliveries, and its frame's ticket (a frame is acknowledged only once its messages
+    /// reached their engines, not while they wait in this router's memory).
+    unconfirmed: VecDeque<(u64, Ticket)>,
 }
 
 /// Where a message came from.
@@ -173,8 +173,6 @@ struct Waiting {
 
 enum Placement {
     Done(Result<(), Refused>),
-    /// Delivered; settled once the engine's pump confirms it.
-    Confirming,
     Wait(Waiting),
 }
 
@@ -184,8 +182,11 @@ enum Placement {
 struct Open {
     left: usize,
     send: bool,
-    /// A frame's sender, session and number, acknowledged once the frame settles.
+    /// A frame's sender, session and number, acknowledged once the frame settles and each of
+    /// its messages placed on an engine's queue reached the engine.
     frame: Option<(Identity, u64, u64)>,
+    /// Its messages placed on an engine's queue and not yet confirmed as delivered.
+    unconfirmed: usize,
 }
 
 /// The router of one node.
@@ -314,9 +315,9 @@ impl Router {
             return false;
         };
         // What its pump had not confirmed was lost with it (and counted by the pump): the
-        // frames it came in are settled.
-        for (_, ticket, origin) in gone.unconfirmed {
-            self.settle(Some(ticket), origin, Ok(()));
+        // frames it came in are acknowledged.
+        for (_, ticket) in gone.unconfirmed {
+            self.confirmed(ticket);
         }
         self.refuse_waiting(engine, || Refused::engine_gone("the destination engine detached"));
         self.services.detached(engine);
@@ -606,7 +607,7 @@ impl Router {
     fn apply(&mut self, input: Input, now: Millis) {
         match input {
             Input::Send { ticket, sender, message, wait } => {
-                self.tickets.insert(ticket, Open { left: 1, send: true, frame: None });
+                self.tickets.insert(ticket, Open { left: 1, send: true, frame: None, unconfirmed: 0 });
                 // The pubsub service hands over its mirrors' events as their publisher sent them.
                 let mirrored = matches!(message.dst, Destination::Topic(topic) if self.pubsub() == Some(sender) && self.topics.get(&topic).is_some_and(|t| t.creator == sender));
                 let signer = if mirrored { message.src } else { sender };
@@ -686,12 +687,12 @@ impl Router {
                 let Some(attached) = self.table.attachment_mut(&engine).filter(|a| a.generation == generation) else { return };
                 attached.confirmed += n;
                 let confirmed = attached.confirmed;
-                let mut settled = Vec::new();
-                while attached.unconfirmed.front().is_some_and(|(at, _, _)| *at <= confirmed) {
-                    settled.extend(attached.unconfirmed.pop_front());
+                let mut reached = Vec::new();
+                while attached.unconfirmed.front().is_some_and(|(at, _)| *at <= confirmed) {
+                    reached.extend(attached.unconfirmed.pop_front());
                 }
-                for (_, ticket, origin) in settled {
-                    self.settle(Some(ticket), origin, Ok(()));
+                for (_, ticket) in reached {
+                    self.confirmed(ticket);
                 }
             }
             Input::HandedOver { node, outcome } => self.handed_over(node, outcome, now),
@@ -716,7 +717,6 @@ impl Router {
         };
         match placement {
             Placement::Done(outcome) => self.settle(ticket, origin, outcome),
-            Placement::Confirming => {}
             Placement::Wait(waiting) if !waiting.wait && !self.lookups.contains_key(&key) => {
                 let refused = self.back_pressure(key);
                 self.settle(waiting.ticket, origin, Err(refused));
@@ -753,8 +753,7 @@ impl Router {
             let (ticket, origin) = (waiting.ticket, waiting.origin);
             match self.place(waiting, now, failed) {
                 Placement::Done(outcome) => self.settle(ticket, origin, outcome),
-                Placement::Confirming => {}
-                Placement::Wait(waiting) => {
+                    Placement::Wait(waiting) => {
                     self.waiting_count += 1;
                     self.waiting.entry(key).or_default().push_front(waiting);
                     return;
@@ -787,13 +786,13 @@ impl Router {
                 attached.delivered += 1;
                 let generation = attached.generation;
                 self.outputs.push_back(Output::Deliver { engine, generation, message: waiting.message });
-                match (waiting.origin, waiting.ticket) {
-                    (Origin::Node { .. }, Some(ticket)) => {
-                        attached.unconfirmed.push_back((attached.delivered, ticket, waiting.origin));
-                        Placement::Confirming
+                if let (Origin::Node { .. }, Some(ticket)) = (waiting.origin, waiting.ticket) {
+                    attached.unconfirmed.push_back((attached.delivered, ticket));
+                    if let Some(open) = self.tickets.get_mut(&ticket) {
+                        open.unconfirmed += 1;
                     }
-                    _ => Placement::Done(Ok(())),
                 }
+                Placement::Done(Ok(()))
             }
             Route::Remote(node) => {
                 let outbox = self.outboxes.entry(node).or_default();
@@ -917,13 +916,31 @@ impl Router {
         if open.left > 0 {
             return;
         }
-        let (send, frame) = (open.send, open.frame);
+        let send = open.send;
+        // The shell's waiter hears now (the frame's sender may go on); its acknowledgement waits
+        // for the deliveries to be confirmed.
+        self.finish(ticket);
+        let outcome = if send { outcome } else { Ok(()) };
+        self.outputs.push_back(Output::Settled { ticket, outcome });
+    }
+
+    /// Forgets `ticket` once every message is placed and every delivery confirmed; a frame is
+    /// then acknowledged.
+    fn finish(&mut self, ticket: Ticket) {
+        let Some(open) = self.tickets.get(&ticket).filter(|open| open.left == 0 && open.unconfirmed == 0) else { return };
+        let frame = open.frame;
         self.tickets.remove(&ticket);
         if let Some((src, session, seq)) = frame {
             self.frame_settled(src, session, seq);
         }
-        let outcome = if send { outcome } else { Ok(()) };
-        self.outputs.push_back(Output::Settled { ticket, outcome });
+    }
+
+    /// A delivery of `ticket`'s frame reached its engine (or the engine is gone).
+    fn confirmed(&mut self, ticket: Ticket) {
+        if let Some(open) = self.tickets.get_mut(&ticket) {
+            open.unconfirmed -= 1;
+            self.finish(ticket);
+        }
     }
 
     /// The router answers a message to the node with the node's information, signed.
@@ -995,7 +1012,7 @@ impl Router {
             self.outputs.push_back(Output::Settled { ticket, outcome: Ok(()) });
             return;
         }
-        self.tickets.insert(ticket, Open { left: frame.messages.len(), send: false, frame: numbered });
+        self.tickets.insert(ticket, Open { left: frame.messages.len(), send: false, frame: numbered, unconfirmed: 0 });
         for message in frame.messages {
             self.admit(Some(ticket), Origin::Node { public }, message, true, now);
         }
@@ -1442,7 +1459,9 @@ mod tests {
             bench.router.handle(Input::Frame { ticket: Ticket(ticket), src: peer, public: false, frame: numbered(9, seq) }, 10);
             let out = bench.outputs();
             if ticket == 1 {
-                assert!(settled(&out).is_empty(), "a frame settles once its message reached the engine, not before");
+                // Placed on the engine's queue, not yet delivered: not acknowledged.
+                bench.router.handle(Input::Timer, 10 + ACK_DELAY);
+                assert!(transmits(&bench.outputs()).is_empty(), "a frame is acknowledged once its message reached the engine, not before");
             }
             let out = bench.confirmed(out, 10);
             delivered.extend(out.iter().filter_map(|o| match o { Output::Deliver { message, .. } => Some(message.id), _ => None }));
