@@ -21,14 +21,14 @@ fn main() {
     let header = Header { session: 9, seq: 3, kept_from: 2, ack: Some(Ack { session: 4, through: 10, ranges: vec![(12, 13)], received: 14 }) };
     let sealed = frame::seal(&a, b.identity(), &header, &batch);
     let batch_bytes = {
-        let reader = capnp::serialize::read_message(&mut &sealed.bytes[..], Default::default()).unwrap();
-        let root = reader.get_root::<netmachine_schema::message_capnp::p2_p_frame::Reader>().unwrap();
-        root.get_batch().unwrap().to_vec()
+        let reader = capnp::serialize::read_message(&mut &sealed.bytes[..], Default::default()).expect("a frame just sealed reads back");
+        let root = reader.get_root::<netmachine_schema::message_capnp::p2_p_frame::Reader>().expect("a frame just sealed reads back");
+        root.get_batch().expect("a frame just sealed has its batch").to_vec()
     };
     let record = ring_record(&message);
     let node_advert = node_advert(&a);
-    let hello = netmachine_transport::core::handshake::hello(&node_advert, 0, 1).unwrap();
-    let accepted = netmachine_transport::core::handshake::accepted(1, &node_advert, 2).unwrap();
+    let hello = netmachine_transport::core::handshake::hello(&node_advert, 0, 1).expect("a hello from a signed advert");
+    let accepted = netmachine_transport::core::handshake::accepted(1, &node_advert, 2).expect("an answer from a signed advert");
     let mut topic_advert = capnp::message::Builder::new_default();
     advert.write(topic_advert.init_root());
     let peer = |says| PeerMessage { topic: advert.topic, says };
@@ -49,9 +49,10 @@ fn main() {
     ];
     for (name, inputs) in seeds {
         let dir = root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot make {}: {e}", dir.display()));
         for (i, input) in inputs.iter().enumerate() {
-            std::fs::write(dir.join(format!("seed-{i}")), input).unwrap();
+            let file = dir.join(format!("seed-{i}"));
+            std::fs::write(&file, input).unwrap_or_else(|e| panic!("cannot write {}: {e}", file.display()));
         }
     }
     println!("seeds written under {}", root.display());
@@ -79,7 +80,7 @@ fn node_advert(key: &Keypair) -> Vec<u8> {
     let mut advert = message.init_root::<netmachine_schema::identity_capnp::node_advert::Builder>();
     advert.set_id(&key.identity().0);
     advert.set_version(1);
-    let signature = key.sign(&netmachine_schema::signing::node_advert(advert.reborrow_as_reader()).unwrap());
+    let signature = key.sign(&netmachine_schema::signing::node_advert(advert.reborrow_as_reader()).expect("an advert just built reads back"));
     advert.set_sig(&signature);
     capnp::serialize::write_message_to_words(&message)
 }

@@ -112,10 +112,6 @@ impl Sending {
         self.bytes
     }
 
-    pub fn is_idle(&self) -> bool {
-        self.kept.is_empty()
-    }
-
     /// The first frame kept; every earlier one was acknowledged.
     pub fn kept_from(&self) -> u64 {
         self.kept.keys().next().copied().unwrap_or(self.next)
@@ -175,12 +171,13 @@ impl Sending {
         let before = self.bytes;
         let answered = ack.received > self.received;
         self.received = self.received.max(ack.received);
-        let through: Vec<u64> = self.kept.range(..=ack.through).map(|(seq, _)| *seq).collect();
-        let ranges = ack.ranges.iter().flat_map(|&(first, last)| self.kept.range(first..=last.max(first)).map(|(seq, _)| *seq));
-        let acked: Vec<u64> = through.into_iter().chain(ranges.collect::<Vec<_>>()).collect();
-        for seq in acked {
-            if let Some(kept) = self.kept.remove(&seq) {
-                self.bytes -= kept.bytes;
+        let later = self.kept.split_off(&ack.through.saturating_add(1));
+        let through = std::mem::replace(&mut self.kept, later);
+        self.bytes -= through.values().map(|kept| kept.bytes).sum::<usize>();
+        for &(first, last) in &ack.ranges {
+            let acked: Vec<u64> = self.kept.range(first..=last.max(first)).map(|(seq, _)| *seq).collect();
+            for seq in acked {
+                self.bytes -= self.kept.remove(&seq).map_or(0, |kept| kept.bytes);
             }
         }
         if answered || self.bytes < before {
@@ -432,7 +429,7 @@ mod tests {
         let last = sending.next_resend(61).unwrap();
         assert_eq!((last.seq, last.expired, last.batch.len()), (4, 1, 1), "the message expired at 50 is not sent again");
         assert!(sending.acknowledged(&Ack { session: 1, through: 4, ranges: vec![], received: 4 }, 62));
-        assert!(sending.is_idle() && sending.bytes() == 0);
+        assert_eq!(sending.bytes(), 0);
         assert_eq!(sending.kept_from(), 5);
     }
 

@@ -199,6 +199,8 @@ pub struct Router {
     /// This run's session: the frames it sends are numbered within it.
     session: u64,
     /// Per other node, the frames sent and kept until acknowledged, and what was taken in.
+    /// A node's `Sending` stays for the run even when nothing is kept (a few dozen bytes):
+    /// its numbering must go on where it was, or the node would take new frames for old ones.
     sending: BTreeMap<Identity, Sending>,
     receiving: BTreeMap<Identity, Receiving>,
     /// The time of the input being handled.
@@ -753,7 +755,7 @@ impl Router {
             let (ticket, origin) = (waiting.ticket, waiting.origin);
             match self.place(waiting, now, failed) {
                 Placement::Done(outcome) => self.settle(ticket, origin, outcome),
-                    Placement::Wait(waiting) => {
+                Placement::Wait(waiting) => {
                     self.waiting_count += 1;
                     self.waiting.entry(key).or_default().push_front(waiting);
                     return;
