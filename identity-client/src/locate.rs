@@ -1,6 +1,7 @@
 //! Finding a topic on other nodes: its advert, which routers record in the identity store when a
 //! connected node announces it, with the node that announced it (else the node its publisher is
-//! attached to, from the publisher's signed location in the same store).
+//! attached to, from the publisher's signed location in the same store). And telling a node's
+//! identity from an engine's.
 
 use netmachine_schema::identity_capnp::identity_record;
 use netmachine_schema::identity_store_capnp::identity_store;
@@ -35,6 +36,12 @@ pub async fn locate(store: &identity_store::Client, topic: Identity) -> Result<O
     })
     .await?;
     Ok(node.map(|node| (advert, node)))
+}
+
+/// Whether the store holds `id` as a node (a node record, with its advert).
+pub async fn is_node(store: &identity_store::Client, id: Identity) -> Result<bool, String> {
+    let node = lookup(store, id, |record| Ok(matches!(record, identity_record::Node(_)).then_some(())));
+    Ok(node.await?.is_some())
 }
 
 /// The store's record of `id`, read by `read` if it is of the kind it wants.

@@ -90,19 +90,21 @@ fn identity(field: &'static str, bytes: &[u8]) -> capnp::Result<Identity> {
 impl service::Server for IdentityStore {
     async fn status(self: Rc<Self>, _: service::StatusParams, mut results: service::StatusResults) -> capnp::Result<()> {
         let mut counters = vec![
-            ("records", self.records.borrow().len()),
             ("updates_accepted", self.accepted.get()),
             ("updates_refused", self.refused.get()),
-            ("watchers", self.watchers.len() as u64),
             ("watchers_dropped", self.watchers.dropped()),
         ];
         counters.extend(self.stats.counters());
+        let mut gauges = vec![("records", self.records.borrow().len()), ("watchers", self.watchers.len() as u64)];
+        gauges.extend(self.stats.gauges());
         StatusReport {
             kind: ServiceKind::IdentityStore,
             node: self.home.node_identity().ok().flatten(),
             note: "",
             links: vec![],
             counters,
+            gauges,
+            labelled: vec![],
             engines: vec![],
         }
         .write(results.get().init_status());

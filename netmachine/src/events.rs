@@ -95,7 +95,7 @@ pub fn run(root: &Path, set: &[String], json_output: bool) -> Result<()> {
                 Some(answer.get()?.get_subscription()?)
             }
             Err(error) => {
-                eprintln!("netmachine: no pubsub events: {error:#}");
+                eprintln!("netmachine: no pubsub events: {}", crate::one_sentence(&error));
                 None
             }
         };

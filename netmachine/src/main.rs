@@ -3,7 +3,7 @@
 //! `subscribe`, `topics`).
 
 use clap::{Parser, Subcommand};
-use netmachine::{bench, blocks, demo, events, key, messaging, peers, status, topics, up};
+use netmachine::{bench, blocks, configuration, demo, events, key, messaging, peers, status, topics, up};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -29,7 +29,19 @@ enum Command {
         /// One JSON object instead of text
         #[arg(long)]
         json: bool,
+        /// Redraw every SECONDS with each counter and what it gained since, until Ctrl-C
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "1", value_parser = seconds)]
+        watch: Option<std::time::Duration>,
+        /// Wait up to SECONDS for every service to be up and linked; exit 3 if they are not
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "30", value_parser = seconds, conflicts_with = "watch")]
+        wait: Option<std::time::Duration>,
+        /// Only this service (a container's health check): exit 0 if it is up, 3 if not
+        #[arg(long, value_parser = service_kind)]
+        service: Option<netmachine_service::ServiceKind>,
     },
+    /// Check the node's configuration, or show every setting and where it came from
+    #[command(subcommand)]
+    Config(configuration::ConfigCommand),
     /// Engine keys
     #[command(subcommand)]
     Key(key::KeyCommand),
@@ -203,13 +215,32 @@ enum BenchCommand {
     },
 }
 
+fn service_kind(name: &str) -> Result<netmachine_service::ServiceKind, String> {
+    netmachine_service::ServiceKind::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
+        let names: Vec<&str> = netmachine_service::ServiceKind::ALL.iter().map(|k| k.name()).collect();
+        format!("'{name}' is not a service; the services are {}", names.join(", "))
+    })
+}
+
+/// A number of seconds (fractions allowed) as a duration.
+fn seconds(text: &str) -> Result<std::time::Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+        .map(std::time::Duration::from_secs_f64)
+        .ok_or_else(|| format!("'{text}' is not a number of seconds"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     netmachine_service::process::init_logging_quiet();
     let root = cli.home.unwrap_or_else(netmachine_service::home::default_home);
     let outcome = match cli.command {
         Command::Up => return up::run(&root, &cli.set),
-        Command::Status { json } => return status::run(&root, &cli.set, json),
+        Command::Status { json, watch, wait, service } => {
+            return status::run(&root, &cli.set, status::StatusArgs { json, watch, wait, service })
+        }
+        Command::Config(command) => return configuration::run(&root, &cli.set, command),
         Command::Key(command) => key::run(command),
         Command::Advert => peers::advert(&root, &cli.set),
         Command::Peer(command) => peers::peer(&root, &cli.set, command),
@@ -240,7 +271,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("netmachine: {error:#}");
+            eprintln!("netmachine: {}", netmachine::one_sentence(&error));
             ExitCode::FAILURE
         }
     }

@@ -1,7 +1,7 @@
 //! `netmachine listen`, `send` and `request`: an engine attached from the shell.
 
 use anyhow::{Context, Result};
-use netmachine_engine::{Engine, EngineMessage, EngineOptions, Identity, Keypair};
+use netmachine_engine::{Destination, Engine, EngineMessage, EngineOptions, Identity, Keypair};
 use crate::node_client::run_local;
 use netmachine_service::{NodeHome, ServiceKind};
 use std::path::Path;
@@ -27,8 +27,20 @@ fn body_bytes(body: String) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn destination(to: &str) -> Result<Identity> {
+fn identity(to: &str) -> Result<Identity> {
     to.parse().with_context(|| format!("--to {to}"))
+}
+
+/// Where `to` is: this node or another node the identity store knows (its router answers), else
+/// an engine.
+async fn destination(root: &Path, set: &[String], engine: &Engine, to: Identity) -> Result<Destination> {
+    if to == engine.node() {
+        return Ok(Destination::Node(to));
+    }
+    let home = NodeHome::load(root, set)?;
+    let store = crate::node_client::connect(&home, ServiceKind::IdentityStore).await?;
+    let is_node = netmachine_identity_client::locate::is_node(&store, to).await.map_err(anyhow::Error::msg)?;
+    Ok(if is_node { Destination::Node(to) } else { Destination::Engine(to) })
 }
 
 pub fn listen(root: &Path, set: &[String], key: &Path, json: bool, echo: bool) -> Result<()> {
@@ -72,20 +84,22 @@ fn print_message(message: &EngineMessage, json: bool) {
 }
 
 pub fn send(root: &Path, set: &[String], key: &Path, to: &str, body: String) -> Result<()> {
-    let dst = destination(to)?;
+    let to = identity(to)?;
     run_local(async {
         let engine = attach(root, set, key, false).await?;
+        let dst = destination(root, set, &engine, to).await?;
         let id = engine.send(dst, body_bytes(body)?).await?;
-        eprintln!("accepted: message {id} to {dst}");
+        eprintln!("accepted: message {id} to {to}");
         engine.detach().await;
         Ok(())
     })
 }
 
 pub fn request(root: &Path, set: &[String], key: &Path, to: &str, body: String, timeout_ms: u64) -> Result<()> {
-    let dst = destination(to)?;
+    let to = identity(to)?;
     run_local(async {
         let engine = attach(root, set, key, false).await?;
+        let dst = destination(root, set, &engine, to).await?;
         let started = std::time::Instant::now();
         let reply = engine.request(dst, body_bytes(body)?, Duration::from_millis(timeout_ms)).await?;
         println!("{}", String::from_utf8_lossy(&reply.body));

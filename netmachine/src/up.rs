@@ -1,6 +1,7 @@
 //! `netmachine up`: runs a whole node. Makes the home if it is missing, starts the five
 //! services as child processes (each in its own process group, told to stop if `up` dies),
-//! restarts one that exits with capped backoff while the others run on, and on Ctrl-C or
+//! restarts one that exits with capped backoff while the others run on (but not one that exits
+//! with code 2, whose configuration must change: then the node stops), and on Ctrl-C or
 //! SIGTERM stops them all, one at a time in reverse start order: SIGTERM, then SIGKILL after
 //! `supervisor.stop_timeout_ms`.
 
@@ -24,12 +25,21 @@ pub fn run(root: &Path, set: &[String]) -> ExitCode {
         }
     };
     match supervise(home, set) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Stopped::Asked) => ExitCode::SUCCESS,
+        Ok(Stopped::Misconfigured) => ExitCode::from(2),
         Err(error) => {
-            eprintln!("netmachine: {error:#}");
+            eprintln!("netmachine: {}", crate::one_sentence(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Why the node stopped.
+enum Stopped {
+    /// Ctrl-C or SIGTERM.
+    Asked,
+    /// A service exited with code 2: it cannot run with this configuration.
+    Misconfigured,
 }
 
 /// Where the service binaries are: `$NETMACHINE_BIN_DIR`, else beside this executable.
@@ -41,7 +51,7 @@ fn binary_dir() -> Result<PathBuf> {
     Ok(exe.parent().map(Path::to_path_buf).unwrap_or_default())
 }
 
-fn supervise(home: NodeHome, set: &[String]) -> Result<()> {
+fn supervise(home: NodeHome, set: &[String]) -> Result<Stopped> {
     home.prepare_dirs()?;
     let config_file = home.root.join("config.toml");
     if !config_file.exists() {
@@ -64,29 +74,31 @@ fn supervise(home: NodeHome, set: &[String]) -> Result<()> {
     crate::node_client::run_local(async {
         // Each service is told to stop on its own, in reverse start order: those that attach to
         // the router as engines (pubsub) leave before it does.
+        let (misconfigured, mut refused) = tokio::sync::mpsc::unbounded_channel();
         let keepers: Vec<_> = ServiceKind::ALL
             .into_iter()
             .map(|kind| {
                 let (stop, stopping) = watch::channel(false);
-                (stop, tokio::task::spawn_local(keep_running(kind, bin_dir.clone(), home.clone(), set.to_vec(), stopping)))
+                let keeper = keep_running(kind, bin_dir.clone(), home.clone(), set.to_vec(), stopping, misconfigured.clone());
+                (stop, tokio::task::spawn_local(keeper))
             })
             .collect();
         eprintln!("netmachine: node {node} starting; home {}", home.root.display());
-        // Announcing ends only if it gives up waiting; the node runs on until asked to stop.
-        let stop_asked = tokio::select! {
-            _ = announce_when_ready(&home) => false,
-            _ = netmachine_service::process::stop_requested() => true,
+        let stopped = tokio::select! {
+            _ = announce_when_ready(&home) => unreachable!("announcing never ends"),
+            _ = netmachine_service::process::stop_requested() => Stopped::Asked,
+            Some(name) = refused.recv() => {
+                eprintln!("netmachine: {name} cannot run with this configuration (its error is above); stopping the node");
+                Stopped::Misconfigured
+            }
         };
-        if !stop_asked {
-            netmachine_service::process::stop_requested().await;
-        }
         eprintln!("netmachine: stopping");
         for (stop, keeper) in keepers.into_iter().rev() {
             let _ = stop.send(true);
             let _ = keeper.await;
         }
         eprintln!("netmachine: stopped");
-        Ok(())
+        Ok(stopped)
     })
 }
 
@@ -122,8 +134,16 @@ fn command(kind: ServiceKind, bin_dir: &Path, home: &NodeHome, set: &[String]) -
     command
 }
 
-/// Runs one service until the node stops, restarting it whenever it exits.
-async fn keep_running(kind: ServiceKind, bin_dir: PathBuf, home: NodeHome, set: Vec<String>, mut stopping: watch::Receiver<bool>) {
+/// Runs one service until the node stops, restarting it whenever it exits, except with code
+/// 2: then it says so on `misconfigured` and waits to be stopped.
+async fn keep_running(
+    kind: ServiceKind,
+    bin_dir: PathBuf,
+    home: NodeHome,
+    set: Vec<String>,
+    mut stopping: watch::Receiver<bool>,
+    misconfigured: tokio::sync::mpsc::UnboundedSender<&'static str>,
+) {
     let supervisor = &home.config.supervisor;
     let mut backoff = Backoff::new(
         Duration::from_millis(supervisor.restart_initial_ms),
@@ -141,6 +161,10 @@ async fn keep_running(kind: ServiceKind, bin_dir: PathBuf, home: NodeHome, set: 
                 };
                 match exited {
                     Some(_) if *stopping.borrow() => return,
+                    Some(Ok(status)) if status.code() == Some(2) => {
+                        let _ = misconfigured.send(name);
+                        return;
+                    }
                     Some(status) => eprintln!("netmachine: {name} exited ({}); restarting", describe(status)),
                     None => {
                         stop(name, child, Duration::from_millis(supervisor.stop_timeout_ms)).await;

@@ -25,15 +25,18 @@ impl status::Server for PubSubServer {
         let core = self.shared.core.borrow();
         let shell = &self.shared.counters;
         let publications = || core.publications().map(|(_, p)| p);
-        let mut counters: Vec<(&'static str, u64)> = vec![
+        let mut gauges: Vec<(&'static str, u64)> = vec![
             ("subscriptions", core.subscriptions().count() as u64),
             ("publications", core.publications().count() as u64),
             ("readers", publications().map(|p| p.readers.len() as u64).sum()),
+            ("event_subscribers", self.shared.events.watchers.len() as u64),
+        ];
+        gauges.extend(self.stats.gauges());
+        let mut counters: Vec<(&'static str, u64)> = vec![
             ("messages_unreadable", shell.messages_unreadable.get()),
             ("sends_refused", shell.sends_refused.get()),
             ("locates_failed", shell.locates_failed.get()),
             ("events_dropped_injected", shell.events_dropped_injected.get()),
-            ("event_subscribers", self.shared.events.watchers.len() as u64),
             ("event_subscribers_dropped", self.shared.events.watchers.dropped()),
         ];
         counters.extend(core.counters().report());
@@ -51,6 +54,8 @@ impl status::Server for PubSubServer {
             note: &note,
             links: vec![self.shared.store.state(), ("router", engines.len() == 2)],
             counters,
+            gauges,
+            labelled: vec![],
             engines,
         }
         .write(results.get().init_status());

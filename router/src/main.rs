@@ -1,7 +1,9 @@
 //! `netmachine-router`: routes every message of the node; engines attach on `$RUN/router.sock`.
+//! It also serves the node's metrics endpoint when `metrics.listen` is set.
 
 use netmachine_router::shell::RouterState;
-use netmachine_service::{process, ServiceKind};
+use netmachine_service::process::Misconfigured;
+use netmachine_service::{metrics, process, ServiceKind};
 
 fn main() -> std::process::ExitCode {
     process::run(
@@ -10,6 +12,13 @@ fn main() -> std::process::ExitCode {
         |context| async move {
             let key = context.home.node_key()?;
             tracing::info!(node = %key.identity(), "node key loaded");
+            if let Some(addr) = context.home.config.metrics.listen {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| Misconfigured(format!("metrics.listen {addr}: {}", process::io_reason(&e))))?;
+                tracing::info!(%addr, "metrics at /metrics");
+                tokio::task::spawn_local(metrics::serve(listener, context.home.clone()));
+            }
             let state = RouterState::new(context.home, key, context.stats);
             Ok(state.client().client.into())
         },

@@ -31,10 +31,12 @@ impl service::Server for RouterServer {
         let engines = core.attached();
         let mut counters = core.counters();
         counters.push(("attach_refused", state.attach_refused.get()));
+        let mut gauges = core.gauges();
+        gauges.extend(state.stats.gauges());
         if let Some(rings) = &state.rings {
             let (on_rings, forwarded, events_forwarded, handed_over) = rings.counters();
+            gauges.push(("engines_on_rings", on_rings));
             counters.extend([
-                ("engines_on_rings", on_rings),
                 ("ring_messages_forwarded", forwarded),
                 ("ring_topic_events_forwarded", events_forwarded),
                 ("ring_messages_handed_over", handed_over),
@@ -48,11 +50,24 @@ impl service::Server for RouterServer {
             note: "",
             links: vec![state.identity_store.state(), state.transport.state()],
             counters,
+            gauges,
+            labelled: labelled(core.engine_queues(), "engine_queue_depth", "engine")
+                .chain(labelled(core.peer_unacked_bytes(), "peer_unacked_bytes", "node"))
+                .collect(),
             engines,
         }
         .write(results.get().init_status());
         Ok(())
     }
+}
+
+/// `values` as gauges named `name`, each labelled `label` = its identity.
+fn labelled(
+    values: Vec<(Identity, u64)>,
+    name: &'static str,
+    label: &'static str,
+) -> impl Iterator<Item = netmachine_service::status::Labelled> {
+    values.into_iter().map(move |(id, value)| (name, label, id.to_string(), value))
 }
 
 impl router::Server for RouterServer {

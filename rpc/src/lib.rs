@@ -48,9 +48,12 @@ pub struct ConnectionStats {
 }
 
 impl ConnectionStats {
-    pub fn counters(&self) -> [(&'static str, u64); 6] {
+    pub fn gauges(&self) -> [(&'static str, u64); 1] {
+        [("rpc_connections_open", self.open.get())]
+    }
+
+    pub fn counters(&self) -> [(&'static str, u64); 5] {
         [
-            ("rpc_connections_open", self.open.get()),
             ("rpc_connections_accepted", self.accepted.get()),
             ("rpc_connections_refused_over_limit", self.refused_over_limit.get()),
             ("rpc_connections_refused_over_process_share", self.refused_over_process_share.get()),
@@ -189,4 +192,35 @@ fn rpc_system(
     );
     network.set_window_size(STREAM_WINDOW);
     RpcSystem::new(Box::new(network), bootstrap)
+}
+
+/// What went wrong in a call, in the words of whoever refused it: the text a service gave,
+/// without Cap'n Proto's framing ("Failed: remote exception: ..."), or what happened to the
+/// connection.
+pub fn reason(error: &capnp::Error) -> String {
+    let text = error.extra.trim();
+    let text = text.strip_prefix("remote exception:").map(str::trim).unwrap_or(text);
+    match error.kind {
+        capnp::ErrorKind::Disconnected if text.is_empty() || text.contains("Peer disconnected") => {
+            "the service closed the connection (it stopped or restarted)".into()
+        }
+        capnp::ErrorKind::Disconnected => format!("the connection was lost: {text}"),
+        capnp::ErrorKind::Overloaded => format!("the service is overloaded: {text}"),
+        capnp::ErrorKind::Unimplemented => format!("the service does not support this call: {text}"),
+        capnp::ErrorKind::Failed if !text.is_empty() => text.to_string(),
+        _ => error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::*;
+
+    #[test]
+    fn a_remote_refusal_reads_as_the_services_own_words() {
+        let refused = capnp::Error::failed("remote exception: topic abc is not on this node".into());
+        assert_eq!(reason(&refused), "topic abc is not on this node");
+        let gone = capnp::Error::disconnected("Peer disconnected.".into());
+        assert_eq!(reason(&gone), "the service closed the connection (it stopped or restarted)");
+    }
 }

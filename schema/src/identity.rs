@@ -156,7 +156,10 @@ impl Keypair {
             std::fs::hard_link(&staged, path)
         })();
         let _ = std::fs::remove_file(&staged);
-        written.map_err(io)
+        written.map_err(|source| match source.kind() {
+            std::io::ErrorKind::AlreadyExists => KeyError::Exists { path: path.to_path_buf() },
+            _ => io(source),
+        })
     }
 }
 
@@ -165,6 +168,8 @@ impl Keypair {
 pub enum KeyError {
     #[error("key file {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("key file {path} exists already, and a new key never replaces one: `netmachine key show {path}` prints its identity")]
+    Exists { path: PathBuf },
     #[error("key file {path} must hold 64 hex digits (a 32-byte ed25519 seed)")]
     Format { path: PathBuf },
     #[error("key file {path} has mode {mode:o}, readable by others: run `chmod 600 {path}`")]
@@ -209,7 +214,7 @@ mod tests {
         let key = Keypair::generate();
         key.write_new_file(&path).unwrap();
         assert_eq!(Keypair::read_file(&path).unwrap().identity(), key.identity());
-        assert!(matches!(key.write_new_file(&path), Err(KeyError::Io { .. })));
+        assert!(matches!(key.write_new_file(&path), Err(KeyError::Exists { .. })));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(Keypair::read_file(&path), Err(KeyError::Exposed { mode: 0o644, .. })));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -2,11 +2,11 @@
 //! then by `NETMACHINE_<SECTION>__<KEY>` environment variables, then by `--set section.key=value`
 //! flags. A bad setting is reported with its dotted field name and what is wrong with it.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Every setting of a node. See the README's config reference for each field.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub node: NodeConfig,
@@ -16,9 +16,18 @@ pub struct Config {
     pub pubsub: PubSubConfig,
     pub storage: StorageConfig,
     pub supervisor: SupervisorConfig,
+    pub metrics: MetricsConfig,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// The TCP address (`ip:port`) where the router serves every service's metrics in the
+    /// Prometheus text format at `/metrics`; off unless set.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct NodeConfig {
     /// Runtime directory for the service sockets (`$RUN`); default `<home>/run`.
@@ -27,7 +36,7 @@ pub struct NodeConfig {
     pub data_dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest message body a node accepts or sends, in bytes.
@@ -60,7 +69,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RouterConfig {
     /// Identity records the router keeps cached from the identity store.
@@ -82,7 +91,7 @@ impl Default for RouterConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct PubSubConfig {
     /// Bytes of events each subscriber node may have unacknowledged (the backpressure window).
@@ -107,7 +116,7 @@ impl Default for PubSubConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// Bytes of block content the node holds at most (puts in progress included).
@@ -128,7 +137,7 @@ impl Default for StorageConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TransportConfig {
     /// UDP addresses the QUIC endpoint binds (`ip:port`; port 0 picks a free one).
@@ -171,7 +180,7 @@ impl Default for TransportConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct SupervisorConfig {
     /// First delay before `netmachine up` restarts a service that died.
@@ -217,23 +226,50 @@ impl Override {
         Ok(Override { field: field.trim().into(), value: value.into(), origin: format!("--set {flag}") })
     }
 
-    /// The `NETMACHINE_<SECTION>__<KEY>` variables of an environment (NETMACHINE_HOME excepted).
+    /// The `NETMACHINE_<SECTION>__<KEY>` variables of an environment. Only names with the
+    /// double underscore are settings: `NETMACHINE_HOME`, `NETMACHINE_BIN_DIR` and whatever a
+    /// deployment names `NETMACHINE_SOMETHING` for itself are left alone.
     pub fn from_env(vars: impl Iterator<Item = (String, String)>) -> Vec<Self> {
-        // The node home and where `up` finds the service binaries: not config settings.
-        const NOT_SETTINGS: [&str; 2] = ["HOME", "BIN_DIR"];
         vars.filter_map(|(name, value)| {
-            let rest = name.strip_prefix("NETMACHINE_")?;
-            if NOT_SETTINGS.contains(&rest) {
-                return None;
-            }
-            let field = rest.to_ascii_lowercase().replace("__", ".");
+            let (section, key) = name.strip_prefix("NETMACHINE_")?.split_once("__")?;
+            let field = format!("{}.{}", section.to_ascii_lowercase(), key.to_ascii_lowercase());
             Some(Override { field, value, origin: format!("environment variable {name}") })
         })
         .collect()
     }
 }
 
+/// One effective setting: its dotted name, its value as TOML, and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setting {
+    pub field: String,
+    pub value: String,
+    /// `default`, `file <path>`, `environment variable <NAME>` or `--set <flag>`.
+    pub origin: String,
+}
+
 impl Config {
+    /// Every setting of `self` (loaded from `file` and `overrides`) with where its value came
+    /// from, section by section. Settings without a value (off unless set) are left out.
+    pub fn settings(&self, file: &Path, overrides: &[Override]) -> Vec<Setting> {
+        let in_file: toml::Table = std::fs::read_to_string(file).ok().and_then(|t| t.parse().ok()).unwrap_or_default();
+        let Ok(toml::Value::Table(effective)) = toml::Value::try_from(self) else { return vec![] };
+        let mut settings = Vec::new();
+        for (section, keys) in effective {
+            let toml::Value::Table(keys) = keys else { continue };
+            for (key, value) in keys {
+                let field = format!("{section}.{key}");
+                let origin = match overrides.iter().rev().find(|o| o.field == field) {
+                    Some(o) => o.origin.clone(),
+                    None if in_file.get(&section).and_then(|s| s.get(&key)).is_some() => format!("file {}", file.display()),
+                    None => "default".to_string(),
+                };
+                settings.push(Setting { field, value: value.to_string(), origin });
+            }
+        }
+        settings
+    }
+
     /// Loads the config: defaults, then `file` if it exists, then each override in order.
     pub fn load(file: &Path, overrides: &[Override]) -> Result<Config, ConfigError> {
         match std::fs::read_to_string(file) {
@@ -268,11 +304,12 @@ impl Config {
             section.insert(key.to_string(), parse_value(&o.value));
         }
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            ConfigError::Field {
-                field: e.path().to_string(),
-                source_name: origin_of(&e.path().to_string(), file, overrides),
-                problem: e.inner().to_string(),
+            let field = e.path().to_string();
+            let mut problem = e.inner().to_string();
+            if problem.contains("expected a sequence") {
+                problem.push_str(&format!("; this setting is a list: {field}=[\"127.0.0.1:4010\"]"));
             }
+            ConfigError::Field { source_name: origin_of(&field, file, overrides), field, problem }
         })?;
         config.validate(file, overrides)?;
         Ok(config)
@@ -429,6 +466,8 @@ mod tests {
                 ("NETMACHINE_LIMITS__SEND_WAIT_MS".to_string(), "31".to_string()),
                 ("NETMACHINE_HOME".to_string(), "/x".to_string()),
                 ("NETMACHINE_BIN_DIR".to_string(), "/opt/netmachine/bin".to_string()),
+                // A deployment's own variable (the Compose files have these) is not a setting.
+                ("NETMACHINE_QUIC_PORT".to_string(), "4011".to_string()),
                 ("PATH".to_string(), "/bin".to_string()),
             ]
             .into_iter(),
@@ -512,6 +551,28 @@ mod tests {
     }
 
     #[test]
+    fn each_setting_says_where_its_value_came_from() {
+        let (path, _guard) = file_with("[limits]\nengine_queue = 7\nmax_engines = 9\n");
+        let overrides = [set("limits.max_engines", "11", "environment variable NETMACHINE_LIMITS__MAX_ENGINES"), set("metrics.listen", "127.0.0.1:9464", "flag")];
+        let config = Config::load(&path, &overrides).unwrap();
+        let settings = config.settings(&path, &overrides);
+        let find = |field: &str| settings.iter().find(|s| s.field == field).cloned().unwrap_or_else(|| panic!("no {field}"));
+        assert_eq!((find("limits.engine_queue").value, find("limits.engine_queue").origin), ("7".into(), format!("file {}", path.display())));
+        assert_eq!(find("limits.max_engines").origin, "environment variable NETMACHINE_LIMITS__MAX_ENGINES");
+        assert_eq!(find("limits.max_engines").value, "11");
+        assert_eq!((find("limits.send_wait_ms").value, find("limits.send_wait_ms").origin), ("5000".into(), "default".into()));
+        assert_eq!(find("metrics.listen").value, "\"127.0.0.1:9464\"");
+        // Off unless set: not listed.
+        assert!(Config::default().settings(&path, &[]).iter().all(|s| s.field != "metrics.listen"));
+    }
+
+    #[test]
+    fn a_single_address_where_a_list_is_expected_says_so() {
+        let err = Config::load(Path::new("/none"), &[set("transport.listen", "127.0.0.1:0", "--set transport.listen=127.0.0.1:0")]).unwrap_err();
+        assert!(err.to_string().contains("this setting is a list: transport.listen=[\"127.0.0.1:4010\"]"), "{err}");
+    }
+
+    #[test]
     fn a_string_override_for_a_path_field_is_taken_as_text() {
         let config = Config::load(Path::new("/none"), &[set("node.run_dir", "/tmp/run", "flag")]).unwrap();
         assert_eq!(config.node.run_dir, Some(PathBuf::from("/tmp/run")));
@@ -559,6 +620,10 @@ pub const TEMPLATE: &str = r#"# netmachine node configuration. Every setting is 
 # restart_initial_ms = 100    # first delay before restarting a service that died
 # restart_max_ms = 10000      # longest delay between restarts
 # stop_timeout_ms = 5000      # time a service gets to stop before it is killed
+
+[metrics]
+# Off unless set: where the router serves every service's metrics (Prometheus, at /metrics).
+## listen = "127.0.0.1:9464"
 "#;
 
 #[cfg(test)]

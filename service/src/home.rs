@@ -74,11 +74,7 @@ pub enum HomeError {
 impl NodeHome {
     /// The home at `root` with its config: defaults < `root/config.toml` < environment < flags.
     pub fn load(root: &Path, flags: &[String]) -> Result<Self, HomeError> {
-        let mut overrides = Override::from_env(std::env::vars());
-        for flag in flags {
-            overrides.push(Override::from_flag(flag)?);
-        }
-        let config = Config::load(&root.join("config.toml"), &overrides)?;
+        let config = Config::load(&root.join("config.toml"), &Self::overrides(flags)?)?;
         let home = NodeHome { root: root.to_path_buf(), config };
         for kind in ServiceKind::ALL {
             let path = home.socket(kind);
@@ -88,6 +84,20 @@ impl NodeHome {
             }
         }
         Ok(home)
+    }
+
+    /// The overrides of the config file: this process's `NETMACHINE_<SECTION>__<KEY>`
+    /// variables, then `flags` (`section.key=value`), in order of precedence.
+    pub fn overrides(flags: &[String]) -> Result<Vec<Override>, ConfigError> {
+        let mut overrides = Override::from_env(std::env::vars());
+        for flag in flags {
+            overrides.push(Override::from_flag(flag)?);
+        }
+        Ok(overrides)
+    }
+
+    pub fn config_file(&self) -> PathBuf {
+        self.root.join("config.toml")
     }
 
     pub fn run_dir(&self) -> PathBuf {
@@ -130,7 +140,7 @@ impl NodeHome {
             match key.write_new_file(&path) {
                 Ok(()) => {}
                 // Another process made it first: use theirs.
-                Err(KeyError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(KeyError::Exists { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }

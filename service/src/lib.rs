@@ -7,8 +7,12 @@ pub mod config;
 pub mod fanout;
 pub mod home;
 pub mod link;
+pub mod metrics;
 pub mod process;
+pub mod snapshot;
 pub mod status;
+pub mod systemd;
+pub mod tally;
 
 pub use netmachine_rpc::{self as rpc, Backoff};
 pub use config::{Config, ConfigError};

@@ -155,9 +155,10 @@ impl World {
         }
     }
 
-    /// A router counter summed over every node.
+    /// A router counter or gauge summed over every node.
     pub fn router_counter(&self, name: &str) -> u64 {
-        let counters = self.nodes.iter().filter_map(|n| n.router.as_ref()).flat_map(|r| r.core.counters());
+        let routers = self.nodes.iter().filter_map(|n| n.router.as_ref());
+        let counters = routers.flat_map(|r| r.core.counters().into_iter().chain(r.core.gauges()));
         counters.filter(|(n, _)| *n == name).map(|(_, v)| v).sum()
     }
 

@@ -277,10 +277,14 @@ impl service::Server for StorageService {
         let catalog = self.shared.catalog.borrow();
         let counters = &self.shared.counters;
         let (used, reserved) = catalog.usage();
-        let mut all = vec![
+        let mut gauges = vec![
             ("blocks", catalog.len() as u64),
             ("bytes_held", used),
             ("bytes_reserved", reserved),
+            ("partial_blocks", self.shared.partials.borrow().len() as u64),
+        ];
+        gauges.extend(self.stats.gauges());
+        let mut counters = vec![
             ("puts", counters.puts.get()),
             ("puts_existing", counters.puts_existing.get()),
             ("puts_refused", counters.puts_refused.get()),
@@ -290,7 +294,6 @@ impl service::Server for StorageService {
             ("leases_extended", counters.extended.get()),
             ("collected_blocks", catalog.collected.0),
             ("collected_bytes", catalog.collected.1),
-            ("partial_blocks", self.shared.partials.borrow().len() as u64),
             ("fetches", counters.fetches.get()),
             ("fetches_completed", counters.fetches_completed.get()),
             ("fetches_failed", counters.fetches_failed.get()),
@@ -300,10 +303,10 @@ impl service::Server for StorageService {
             ("bytes_served", counters.bytes_served.get()),
             ("serves_refused", counters.serves_refused.get()),
         ];
-        all.extend(self.stats.counters());
+        counters.extend(self.stats.counters());
         let links = vec![self.shared.transport.state(), self.shared.identity_store.state()];
         let note = self.shared.reputation.borrow().note();
-        StatusReport { kind: ServiceKind::Storage, node: self.home.node_identity().ok().flatten(), note: &note, links, counters: all, engines: vec![] }
+        StatusReport { kind: ServiceKind::Storage, node: self.home.node_identity().ok().flatten(), note: &note, links, counters, gauges, labelled: vec![], engines: vec![] }
             .write(results.get().init_status());
         Ok(())
     }

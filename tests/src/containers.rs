@@ -1,8 +1,10 @@
 //! Nodes run as the shipped Compose deployment (`deploy/compose/`): five containers per node
 //! sharing one node home, which the host's `netmachine` and the test's engines reach through
-//! the bind mount. Each node is a Compose project of its own, taken down when dropped; a node
-//! may be joined to a Docker network the test made (`FaultNetwork`), at a fixed address it
-//! advertises, so that nodes reach each other and the test can cut one off.
+//! the bind mount. Each test builds an image under a tag of its own (`TestImage`, removed when
+//! dropped), each node is a Compose project of its own, taken down with its volumes when
+//! dropped; a node may be joined to a Docker network the test made (`FaultNetwork`) with the
+//! shipped `cluster.yml`, at a fixed address it advertises, so that nodes reach each other and
+//! the test can cut one off.
 
 use crate::{bin_dir, TempHome};
 use std::path::{Path, PathBuf};
@@ -24,10 +26,27 @@ pub fn docker_present() -> bool {
     both
 }
 
-/// Builds the image the Compose file runs (`deploy/compose/build-image`).
-pub fn build_image() {
-    let built = Command::new(repository().join("deploy/compose/build-image")).output().expect("build-image");
-    assert!(built.status.success(), "build-image failed: {}", String::from_utf8_lossy(&built.stderr));
+/// The image a test's nodes run, built by `deploy/compose/build-image` under a tag of the
+/// test's own (another checkout's or test's image is never used or replaced); removed when
+/// dropped.
+pub struct TestImage(pub String);
+
+impl TestImage {
+    pub fn build() -> TestImage {
+        let tag = format!("netmachine-test:{}-{}", std::process::id(), crate::TempHome::new().0.file_name().unwrap().to_string_lossy());
+        let built = Command::new(repository().join("deploy/compose/build-image"))
+            .env("NETMACHINE_IMAGE", &tag)
+            .output()
+            .expect("build-image");
+        assert!(built.status.success(), "build-image failed: {}", String::from_utf8_lossy(&built.stderr));
+        TestImage(tag)
+    }
+}
+
+impl Drop for TestImage {
+    fn drop(&mut self) {
+        let _ = docker(&["rmi", "--force", &self.0]);
+    }
 }
 
 fn free_udp_port() -> u16 {
@@ -58,6 +77,11 @@ impl FaultNetwork {
         panic!("no free subnet for a Docker network");
     }
 
+    /// The first three octets of its /24, e.g. `172.30.7`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The address of host `n` on it.
     pub fn address(&self, n: usize) -> String {
         format!("{}.{}", self.prefix, 10 + n)
@@ -74,42 +98,39 @@ impl Drop for FaultNetwork {
 pub struct ComposeNode {
     pub project: String,
     pub home: TempHome,
+    image: String,
     quic_port: u16,
-    /// A Compose file joining the transport to a fault network, if the node is on one.
-    joined: Option<PathBuf>,
+    /// The network and address of the transport, if the node is on a fault network.
+    joined: Option<(String, String)>,
 }
 
 impl ComposeNode {
-    /// A node whose transport listens on a free port of the host's loopback.
-    pub fn new() -> ComposeNode {
+    /// A node running `image` whose transport listens on a free port of the host's loopback.
+    pub fn new(image: &TestImage) -> ComposeNode {
         let home = TempHome::new();
         std::fs::create_dir_all(&home.0).expect("node dir");
         let project = format!("nm{}", home.0.file_name().unwrap().to_string_lossy().trim_start_matches("nm-"));
-        ComposeNode { project, home, quic_port: free_udp_port(), joined: None }
+        ComposeNode { project, home, image: image.0.clone(), quic_port: free_udp_port(), joined: None }
     }
 
     /// A node whose transport is on `network` at `address`, which it advertises.
-    pub fn on(network: &FaultNetwork, address: &str) -> ComposeNode {
-        let mut node = ComposeNode::new();
-        let file = node.home.0.with_extension("compose.yml");
-        let joined = format!(
-            "services:\n  transport:\n    networks:\n      fault:\n        ipv4_address: {address}\n    environment:\n      NETMACHINE_TRANSPORT__ADVERTISE: '[\"{address}:4010\"]'\nnetworks:\n  fault:\n    external: true\n    name: {}\n",
-            network.name
-        );
-        std::fs::write(&file, joined).expect("the compose file of the network");
-        node.joined = Some(file);
+    pub fn on(image: &TestImage, network: &FaultNetwork, address: &str) -> ComposeNode {
+        let mut node = ComposeNode::new(image);
+        node.joined = Some((network.name.clone(), address.to_string()));
         node
     }
 
     pub fn compose(&self, args: &[&str]) -> Output {
         let mut command = Command::new("docker-compose");
         command.arg("-f").arg(repository().join("deploy/compose/docker-compose.yml"));
-        if let Some(file) = &self.joined {
-            command.arg("-f").arg(file);
+        if let Some((network, address)) = &self.joined {
+            command.arg("-f").arg(repository().join("deploy/compose/cluster.yml"));
+            command.env("NETMACHINE_NETWORK", network).env("NETMACHINE_ADDRESS", address);
         }
         command
             .args(["-p", &self.project])
             .args(args)
+            .env("NETMACHINE_IMAGE", &self.image)
             .env("NETMACHINE_NODE_DIR", &self.home.0)
             .env("NETMACHINE_QUIC_PORT", self.quic_port.to_string())
             .output()
@@ -144,23 +165,26 @@ impl ComposeNode {
         serde_json::from_slice(&self.cli(&["status", "--json"]).stdout).unwrap_or_default()
     }
 
+    /// Whether `service` answers on its socket.
+    pub fn service_up(&self, service: &str) -> bool {
+        self.status()["services"].as_array().is_some_and(|s| s.iter().any(|s| s["name"] == service && s["state"] == "up"))
+    }
+
+    /// A counter or gauge of `service` (0 if it does not answer).
+    pub fn service_value(&self, service: &str, name: &str) -> u64 {
+        let status = self.status();
+        let services = status["services"].as_array().cloned().unwrap_or_default();
+        services.iter().find(|s| s["name"] == service).map_or(0, |s| crate::value_of(s, name))
+    }
+
     pub fn all_up(&self) -> bool {
         self.status()["services"].as_array().is_some_and(|s| s.len() == 5 && s.iter().all(|s| s["state"] == "up"))
     }
 }
 
-impl Default for ComposeNode {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Drop for ComposeNode {
     fn drop(&mut self) {
-        let _ = self.compose(&["down", "--timeout", "5"]);
-        if let Some(file) = &self.joined {
-            let _ = std::fs::remove_file(file);
-        }
+        let _ = self.compose(&["down", "--volumes", "--timeout", "5"]);
         // The containers wrote the home as root; it is removed with the TempHome.
     }
 }

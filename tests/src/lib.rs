@@ -40,6 +40,11 @@ pub fn pseudo_random(size: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// Counter or gauge `name` of one service's entry in `status --json` (0 if absent).
+pub fn value_of(service: &Value, name: &str) -> u64 {
+    service["counters"][name].as_u64().or_else(|| service["gauges"][name].as_u64()).unwrap_or(0)
+}
+
 /// Polls `condition` every 50 ms until it holds; panics with `what` after `limit`.
 pub fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -163,9 +168,9 @@ impl Node {
         self.service(kind)["pid"].as_u64()
     }
 
-    /// A counter of one service, such as the router's `dropped_no_route`.
+    /// A counter or gauge of one service, such as the router's `dropped_no_route`.
     pub fn counter(&self, kind: ServiceKind, name: &str) -> u64 {
-        self.service(kind)["counters"][name].as_u64().unwrap_or(0)
+        value_of(&self.service(kind), name)
     }
 
     /// A router counter, such as `dropped_no_route`.

@@ -180,7 +180,7 @@ fn a_process_holding_hundreds_of_silent_connections_keeps_no_one_else_out() {
             kind.name(),
             counters["rpc_connections_refused_over_process_share"],
             counters["rpc_connections_closed_silent"],
-            counters["rpc_connections_open"]
+            node.service(kind)["gauges"]["rpc_connections_open"]
         );
     }
     let _ = hog.kill();

@@ -11,7 +11,7 @@
 
 use netmachine_engine::{Engine, EngineOptions, Identity, Keypair};
 use netmachine_service::{NodeHome, ServiceKind};
-use netmachine_tests::containers::{build_image, docker_present, ComposeNode, FaultNetwork, SERVICES};
+use netmachine_tests::containers::{docker_present, ComposeNode, FaultNetwork, TestImage, SERVICES};
 use netmachine_tests::{wait_until, with_rpc};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -176,9 +176,9 @@ fn three_nodes_in_containers_lose_nothing_through_partitions_loss_kills_and_rest
     if !docker_present() {
         return;
     }
-    build_image();
+    let image = TestImage::build();
     let network = FaultNetwork::new(&format!("nmfault{}", std::process::id()));
-    let nodes: Vec<ComposeNode> = (0..NODES).map(|n| ComposeNode::on(&network, &network.address(n))).collect();
+    let nodes: Vec<ComposeNode> = (0..NODES).map(|n| ComposeNode::on(&image, &network, &network.address(n))).collect();
     for node in &nodes {
         let up = node.compose(&["up", "-d"]);
         assert!(up.status.success(), "compose up: {}", String::from_utf8_lossy(&up.stderr));

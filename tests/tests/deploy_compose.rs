@@ -1,57 +1,145 @@
-//! deploy/compose: a node as five containers built from scratch, sharing one node home. The
-//! host's `netmachine` sees the node through that directory; restarting one container leaves
-//! the other four running, and routing resumes.
+//! deploy/compose as an operator runs it: a node as five containers from a scratch image comes
+//! up healthy; a service killed with `docker kill` leaves the other four running and comes
+//! back; an engine in a container of its own attaches through the node's shared memory; and
+//! `deploy/compose/cluster up 2` brings up two nodes on a network of their own that carry
+//! messages between them.
 
-use netmachine_tests::containers::{build_image, docker_present, ComposeNode, SERVICES};
-use netmachine_tests::{bin_dir, wait_until};
+use netmachine_tests::containers::{docker_present, ComposeNode, FaultNetwork, TestImage, SERVICES};
+use netmachine_tests::{bin_dir, wait_until, TempHome};
 use std::collections::HashMap;
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker").args(args).output().expect("docker runs")
+}
+
+fn inspect(container: &str, format: &str) -> String {
+    String::from_utf8_lossy(&docker(&["inspect", "-f", format, container]).stdout).trim().to_string()
+}
+
+fn all_healthy(node: &ComposeNode) -> bool {
+    SERVICES.iter().all(|s| inspect(&node.container(s), "{{.State.Health.Status}}") == "healthy")
+}
+
+fn new_key(home: &std::path::Path, name: &str) -> (std::path::PathBuf, String) {
+    let file = home.join(format!("{name}.key"));
+    let out = Command::new(bin_dir().join("netmachine")).args(["key", "new"]).arg(&file).output().expect("key new");
+    assert!(out.status.success(), "key new: {}", String::from_utf8_lossy(&out.stderr));
+    (file, String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 #[test]
-fn compose_runs_a_node_and_restarts_one_service_alone() {
+fn a_compose_node_is_healthy_survives_docker_kill_and_serves_engines_in_other_containers() {
     if !docker_present() {
         return;
     }
-    build_image();
-    let node = ComposeNode::new();
+    let image = TestImage::build();
+    let node = ComposeNode::new(&image);
     let up = node.compose(&["up", "-d"]);
     assert!(up.status.success(), "compose up: {}", String::from_utf8_lossy(&up.stderr));
-    wait_until("the five containers' services are up", Duration::from_secs(60), || node.all_up());
+    wait_until("the five containers are healthy", Duration::from_secs(120), || all_healthy(&node));
 
-    let before: HashMap<&str, String> = SERVICES.iter().map(|s| (*s, node.started_at(s))).collect();
-    let restarted = node.compose(&["restart", "router"]);
-    assert!(restarted.status.success(), "compose restart: {}", String::from_utf8_lossy(&restarted.stderr));
-    wait_until("the router container restarted", Duration::from_secs(60), || {
-        node.started_at("router") != before["router"] && node.all_up()
+    // An engine in a container of its own, with the node's home and /dev/shm mounted.
+    let (bob_key, bob) = new_key(&node.home.0, "bob");
+    let on_rings = |node: &ComposeNode| node.service_value("router", "engines_on_rings");
+    let rings_before = on_rings(&node);
+    let shm = format!("type=volume,src={}_shm,dst=/dev/shm", node.project);
+    let home_mount = format!("{}:/node", node.home.0.display());
+    let bob_key_inside = format!("/node/{}", bob_key.file_name().unwrap().to_string_lossy());
+    let engine = docker(&[
+        "run", "-d", "--rm", "-v", &home_mount, "--mount", &shm, &image.0,
+        "/usr/local/bin/netmachine", "--home", "/node", "listen", "--echo", "--key", &bob_key_inside,
+    ]);
+    assert!(engine.status.success(), "docker run: {}", String::from_utf8_lossy(&engine.stderr));
+    let engine = String::from_utf8_lossy(&engine.stdout).trim().to_string();
+    wait_until("bob, in its own container, is attached on the rings", Duration::from_secs(30), || {
+        node.status()["engines"].as_array().is_some_and(|e| e.iter().any(|e| e == bob.as_str())) && on_rings(&node) == rings_before + 1
     });
-    for service in SERVICES.iter().filter(|s| **s != "router") {
-        assert_eq!(node.started_at(service), before[service], "{service} was restarted with the router");
-    }
+    let (alice_key, _) = new_key(&node.home.0, "alice");
+    let ask = |body: &str| node.cli(&["request", "--key", alice_key.to_str().unwrap(), "--to", &bob, body]);
+    let asked = ask("into a container");
+    assert!(asked.status.success(), "request: {asked:?}");
+    assert_eq!(String::from_utf8_lossy(&asked.stdout).trim(), "into a container");
 
-    // Engines on the host attach through the shared home and exchange a request.
-    let key = |name: &str| {
-        let file = node.home.0.join(format!("{name}.key"));
-        let out = node.cli(&["key", "new", file.to_str().unwrap()]);
-        (file, String::from_utf8_lossy(&out.stdout).trim().to_string())
+    // docker kill of each service: the other four run on untouched; up -d brings it back.
+    for victim in SERVICES {
+        let before: HashMap<&str, String> = SERVICES.iter().map(|s| (*s, node.started_at(s))).collect();
+        let killed = docker(&["kill", &node.container(victim)]);
+        assert!(killed.status.success(), "docker kill {victim}");
+        wait_until(&format!("{victim} is down"), Duration::from_secs(30), || !node.service_up(victim));
+        let back = node.compose(&["up", "-d"]);
+        assert!(back.status.success(), "compose up: {}", String::from_utf8_lossy(&back.stderr));
+        wait_until(&format!("{victim} is back and every container healthy"), Duration::from_secs(120), || {
+            node.started_at(victim) != before[victim] && all_healthy(&node)
+        });
+        for other in SERVICES.iter().filter(|s| **s != victim) {
+            assert_eq!(node.started_at(other), before[other], "{other} was restarted when {victim} was killed");
+        }
+        let asked = ask(&format!("after {victim}"));
+        assert!(asked.status.success(), "request after killing {victim}: {asked:?}");
+        assert_eq!(String::from_utf8_lossy(&asked.stdout).trim(), format!("after {victim}"));
+    }
+    let _ = docker(&["kill", &engine]);
+}
+
+#[test]
+fn the_cluster_script_brings_up_two_linked_nodes_that_carry_messages() {
+    if !docker_present() {
+        return;
+    }
+    let image = TestImage::build();
+    let network = FaultNetwork::new(&format!("nmcluster{}", std::process::id()));
+    let dir = TempHome::new();
+    let name = format!("nmc{}", std::process::id());
+    let port_base = 20_000 + (std::process::id() % 20_000) as u16 * 2;
+    let cluster = |args: &[&str]| {
+        Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/compose/cluster"))
+            .args(args)
+            .env("NETMACHINE_IMAGE", &image.0)
+            .env("NETMACHINE_CLUSTER_DIR", &dir.0)
+            .env("NETMACHINE_CLUSTER", &name)
+            .env("NETMACHINE_NETWORK", &network.name)
+            .env("NETMACHINE_SUBNET", network.prefix())
+            .env("NETMACHINE_QUIC_PORT_BASE", port_base.to_string())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run deploy/compose/cluster")
     };
-    let (bob_key, bob) = key("bob");
-    let (alice_key, _) = key("alice");
+    let up = cluster(&["up", "2"]);
+    let said = String::from_utf8_lossy(&up.stdout).to_string();
+    let down = || cluster(&["down"]);
+    if !up.status.success() {
+        down();
+        panic!("cluster up: {said}{}", String::from_utf8_lossy(&up.stderr));
+    }
+    assert!(said.contains("node1 ") && said.contains("node2 ") && said.matches("linked to 1 nodes").count() == 2, "{said}");
+
+    let cli = |i: u32, args: &[&str]| {
+        Command::new(bin_dir().join("netmachine")).args(args).arg("--home").arg(dir.0.join(format!("node{i}"))).output().expect("netmachine")
+    };
+    let (bob_key, bob) = new_key(&dir.0.join("node2"), "bob");
     let mut listener = Command::new(bin_dir().join("netmachine"))
         .args(["listen", "--echo", "--key"])
         .arg(&bob_key)
         .arg("--home")
-        .arg(&node.home.0)
-        .stdout(std::process::Stdio::null())
+        .arg(dir.0.join("node2"))
+        .stdout(Stdio::null())
         .spawn()
         .expect("listen");
-    wait_until("bob is attached", Duration::from_secs(20), || {
-        let status: serde_json::Value = serde_json::from_slice(&node.cli(&["status", "--json"]).stdout).unwrap_or_default();
-        status["engines"].as_array().is_some_and(|e| e.iter().any(|e| e == bob.as_str()))
-    });
-    let asked = node.cli(&["request", "--key", alice_key.to_str().unwrap(), "--to", &bob, "through containers"]);
+    let (alice_key, _) = new_key(&dir.0.join("node1"), "alice");
+    let mut answer = None;
+    for _ in 0..100 {
+        let asked = cli(1, &["request", "--key", alice_key.to_str().unwrap(), "--to", &bob, "across the cluster"]);
+        if asked.status.success() {
+            answer = Some(String::from_utf8_lossy(&asked.stdout).trim().to_string());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let _ = listener.kill();
     let _ = listener.wait();
-    assert!(asked.status.success(), "request: {asked:?}");
-    assert_eq!(String::from_utf8_lossy(&asked.stdout).trim(), "through containers");
+    let stopped = down();
+    assert_eq!(answer.as_deref(), Some("across the cluster"));
+    assert!(stopped.status.success(), "cluster down: {}", String::from_utf8_lossy(&stopped.stderr));
 }

@@ -138,13 +138,15 @@ impl Transport {
         router: impl FnOnce(std::rc::Weak<Transport>) -> Link<router::Client>,
         identity_store: impl FnOnce(std::rc::Weak<Transport>) -> Link<identity_store::Client>,
         storage: Link<storage::Client>,
-    ) -> Result<Rc<Self>, String> {
+    ) -> Result<Rc<Self>, Box<dyn std::error::Error>> {
         let server = tls.server_config().map_err(|e| e.to_string())?;
         let mut endpoints = Vec::new();
         for addr in &home.config.transport.listen {
             let addr: SocketAddr = addr.parse().map_err(|_| format!("transport.listen: '{addr}' is not ip:port"))?;
-            let endpoint = quinn::Endpoint::server(server.clone(), addr)
-                .map_err(|e| format!("cannot bind {addr} (transport.listen): {e}"))?;
+            let endpoint = quinn::Endpoint::server(server.clone(), addr).map_err(|e| {
+                let reason = netmachine_service::process::io_reason(&e);
+                netmachine_service::process::Misconfigured(format!("transport.listen {addr}: {reason}"))
+            })?;
             endpoints.push(endpoint);
         }
         let bound: Vec<SocketAddr> = endpoints.iter().filter_map(|e| e.local_addr().ok()).collect();
@@ -234,6 +236,12 @@ impl Transport {
     /// Frames waiting for any peer.
     pub fn queued(&self) -> usize {
         self.pool.borrow().queued()
+    }
+
+    /// Each peer's frames waiting, as gauges labelled with the node.
+    pub fn peer_queues(&self) -> Vec<netmachine_service::status::Labelled> {
+        let queued = self.pool.borrow().queued_by_peer();
+        queued.into_iter().map(|(node, n)| ("peer_frames_queued", "node", node.to_string(), n as u64)).collect()
     }
 
     pub fn pool_counters(&self) -> crate::core::Counters {

@@ -22,11 +22,15 @@ impl service::Server for TransportServer {
     async fn status(self: Rc<Self>, _: service::StatusParams, mut results: service::StatusResults) -> capnp::Result<()> {
         let t = &self.0;
         let (c, pool) = (&t.counters, t.pool_counters());
-        let mut counters = vec![
+        let mut gauges = vec![
             ("nodes_connected", t.connected_count() as u64),
+            ("frames_queued", t.queued() as u64),
+            ("event_subscribers", t.events.len() as u64),
+        ];
+        gauges.extend(t.stats.gauges());
+        let mut counters = vec![
             ("frames_sent", c.frames_sent.get()),
             ("frames_received", c.frames_received.get()),
-            ("frames_queued", t.queued() as u64),
             ("frames_expired", pool.frames_expired),
             ("frames_refused", c.frames_refused.get()),
             ("frames_over_limit", c.frames_over_limit.get()),
@@ -38,7 +42,6 @@ impl service::Server for TransportServer {
             ("streams_opened", c.streams_opened.get()),
             ("streams_served", c.streams_served.get()),
             ("streams_refused", c.streams_refused.get()),
-            ("event_subscribers", t.events.len() as u64),
         ];
         counters.extend(t.stats.counters());
         let note = format!("QUIC on {:?}", t.local_addrs());
@@ -48,6 +51,8 @@ impl service::Server for TransportServer {
             note: &note,
             links: vec![t.router.state(), t.identity_store.state(), t.storage.state()],
             counters,
+            gauges,
+            labelled: t.peer_queues(),
             engines: vec![],
         }
         .write(results.get().init_status());

@@ -123,7 +123,7 @@ async fn subscribed_across(publisher_node: &LocalNode) -> Result<()> {
     while start.elapsed() < std::time::Duration::from_secs(30) {
         let status = crate::status::node_status(&publisher_node.home).await;
         let services = status["services"].as_array().cloned().unwrap_or_default();
-        if services.iter().any(|s| s["name"] == "pubsub" && s["counters"]["readers"].as_u64().unwrap_or(0) >= 1) {
+        if services.iter().any(|s| s["name"] == "pubsub" && s["gauges"]["readers"].as_u64().unwrap_or(0) >= 1) {
             return Ok(());
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -563,28 +563,54 @@ impl Router {
         &self.drops
     }
 
-    /// The router's counters, for status reports.
+    /// The router's counts, which only grow, for status reports.
     pub fn counters(&self) -> Vec<(&'static str, u64)> {
         let mut counters = vec![
-            ("engines_attached", self.table.attached_count() as u64),
             ("messages_accepted", self.accepted),
-            ("messages_waiting", self.waiting_count as u64),
-            ("identities_cached", self.table.known_count() as u64),
             ("remote_messages_sent", self.remote_sent),
             ("remote_messages_received", self.remote_received),
             ("remote_frames_resent", self.frames_resent),
             ("remote_duplicates_suppressed", self.duplicates_suppressed),
             ("remote_frames_out_of_order", self.frames_out_of_order),
-            ("remote_unacked_bytes", self.sending.values().map(|s| s.bytes() as u64).sum()),
-            ("nodes_connected", self.connected.len() as u64),
             ("announcements_refused", self.announcements_refused),
-            ("topics", self.topics.len() as u64),
             ("topic_events_published", self.events_published),
             ("topic_event_deliveries", self.event_deliveries),
             ("topic_events_cut", self.topics.iter().map(|t| t.events_cut).sum()),
         ];
         counters.extend(self.drops.report());
         counters
+    }
+
+    /// What the router holds now, for status reports.
+    pub fn gauges(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("engines_attached", self.table.attached_count() as u64),
+            ("messages_waiting", self.waiting_count as u64),
+            ("identities_cached", self.table.known_count() as u64),
+            ("remote_unacked_bytes", self.sending.values().map(|s| s.bytes() as u64).sum()),
+            ("nodes_connected", self.connected.len() as u64),
+            ("topics", self.topics.len() as u64),
+        ]
+    }
+
+    /// Each attached engine's queue depth: messages given to it that have not reached it yet
+    /// (its pump has not written them to its ring or had them answered).
+    pub fn engine_queues(&self) -> Vec<(Identity, u64)> {
+        let mut queues: Vec<(Identity, u64)> = self
+            .table
+            .attached()
+            .filter_map(|engine| {
+                let attached = self.attachment(engine)?;
+                Some((*engine, attached.delivered.saturating_sub(attached.confirmed)))
+            })
+            .collect();
+        queues.sort();
+        queues
+    }
+
+    /// Each node's bytes kept for it until it acknowledges them.
+    pub fn peer_unacked_bytes(&self) -> Vec<(Identity, u64)> {
+        self.sending.iter().filter(|(_, s)| s.bytes() > 0).map(|(node, s)| (*node, s.bytes() as u64)).collect()
     }
 
     pub fn poll_output(&mut self) -> Option<Output> {
@@ -1431,7 +1457,7 @@ mod tests {
     }
 
     fn counter(router: &Router, name: &str) -> u64 {
-        router.counters().into_iter().find(|(n, _)| *n == name).map(|(_, v)| v).unwrap_or_else(|| panic!("no counter {name}"))
+        router.counters().into_iter().chain(router.gauges()).find(|(n, _)| *n == name).map(|(_, v)| v).unwrap_or_else(|| panic!("no counter {name}"))
     }
 
     /// The transmits in `out`: their node, header and batch.

@@ -334,6 +334,11 @@ impl<F: Expiring> Pool<F> {
         self.peers.values().map(|p| p.queue.len()).sum()
     }
 
+    /// Each peer with frames waiting, and how many.
+    pub fn queued_by_peer(&self) -> Vec<(Identity, usize)> {
+        self.peers.iter().filter(|(_, p)| p.queue.len() > 0).map(|(node, p)| (*node, p.queue.len())).collect()
+    }
+
     /// Takes every queued frame (the node is stopping): they will not be sent.
     pub fn take_queued(&mut self) -> Vec<F> {
         self.peers.values_mut().flat_map(|p| p.queue.take_all()).collect()
