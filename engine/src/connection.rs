@@ -507,7 +507,7 @@ async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<EngineMess
     prove.get().set_inbox(capnp_rpc::new_client(InboxServer { incoming: incoming.clone(), shared: shared.clone(), in_order: tokio::sync::Mutex::new(()) }));
     // Where this engine is now, signed by it: other nodes route to it here on this proof alone.
     EngineLocation::sign(&options.keypair, node, now_ms()).write(prove.get().init_location());
-    let proven = prove.send().promise.await.map_err(|e| EngineError::AttachRefused(e.extra.clone()))?;
+    let proven = prove.send().promise.await.map_err(|e| EngineError::AttachRefused(netmachine_rpc::reason(&e)))?;
     let proven = proven.get()?;
     let limits = proven.get_limits()?;
     let limits = AttachLimits { node, max_message_bytes: limits.get_max_message_bytes() as usize };

@@ -31,13 +31,13 @@ pub enum EngineError {
     Full,
     #[error("the engine is closed")]
     Closed,
-    #[error("RPC with the router failed: {0}")]
+    #[error("the call to the router failed: {0}")]
     Rpc(String),
 }
 
 impl From<capnp::Error> for EngineError {
     fn from(e: capnp::Error) -> Self {
-        EngineError::Rpc(e.to_string())
+        EngineError::Rpc(netmachine_rpc::reason(&e))
     }
 }
 

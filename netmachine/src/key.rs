@@ -7,9 +7,15 @@ use std::path::PathBuf;
 #[derive(clap::Subcommand)]
 pub enum KeyCommand {
     /// Write a new engine key to FILE (mode 0600; never overwrites) and print its identity
-    New { file: PathBuf },
+    New {
+        /// Where to write the key
+        file: PathBuf,
+    },
     /// Print the identity of the key in FILE
-    Show { file: PathBuf },
+    Show {
+        /// The key file
+        file: PathBuf,
+    },
 }
 
 pub fn run(command: KeyCommand) -> Result<()> {

@@ -52,16 +52,24 @@ enum Command {
     Peer(peers::PeerCommand),
     /// List the connected nodes
     Peers {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
     /// Connect to a known node now
-    Connect { node: String },
+    Connect {
+        /// The node's identity (hex)
+        node: String,
+    },
     /// Close the connections to a node
-    Disconnect { node: String },
+    Disconnect {
+        /// The node's identity (hex)
+        node: String,
+    },
     /// Print the node's events: transport (connected, connect failed, disconnected, refused,
     /// counts) and pubsub (topic advert received, subscribed, unsubscribed, readers)
     Events {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -84,9 +92,10 @@ enum Command {
     },
     /// Attach as an engine and send one message; exits 0 once the router accepted it
     Send {
+        /// The engine's key file (`key new` makes one)
         #[arg(long)]
         key: PathBuf,
-        /// The destination engine's identity (hex)
+        /// The destination: an engine's identity, or a node's (hex)
         #[arg(long)]
         to: String,
         /// The message body; `-` reads it from standard input
@@ -94,8 +103,10 @@ enum Command {
     },
     /// Attach as an engine, send a request and print the reply's body
     Request {
+        /// The engine's key file (`key new` makes one)
         #[arg(long)]
         key: PathBuf,
+        /// The destination: an engine's identity, or a node's, whose router answers (hex)
         #[arg(long)]
         to: String,
         /// Give up after this many milliseconds
@@ -109,17 +120,21 @@ enum Command {
     Topic(topics::TopicCommand),
     /// Attach as a topic's publisher and publish one event; `-` publishes each line of standard input
     Publish {
+        /// The engine's key file (`key new` makes one)
         #[arg(long)]
         key: PathBuf,
         /// The topic's identity (hex), from `topic create`
         #[arg(long)]
         topic: String,
+        /// The event's body; `-` publishes each line of standard input as an event
         body: String,
     },
     /// Subscribe to a topic and print each event body, one per line (gaps go to standard error)
     Subscribe {
+        /// The engine's key file (`key new` makes one)
         #[arg(long)]
         key: PathBuf,
+        /// The topic's identity (hex)
         #[arg(long)]
         topic: String,
         /// Only a topic on this node
@@ -128,6 +143,7 @@ enum Command {
     },
     /// List the topics on this node, their publishers and subscribers
     Topics {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -159,6 +175,7 @@ enum Command {
     },
     /// List the blocks this node holds: id, size, expiry, complete or partial
     Blocks {
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -178,6 +195,7 @@ enum BenchCommand {
         /// Messages for each throughput figure
         #[arg(long, default_value_t = 2_000_000)]
         messages: u64,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -186,6 +204,7 @@ enum BenchCommand {
         /// Events per figure
         #[arg(long, default_value_t = 50_000)]
         events: u64,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -195,6 +214,7 @@ enum BenchCommand {
         /// The block's size in MiB
         #[arg(long, default_value_t = 256)]
         mib: usize,
+        /// Print JSON instead of text
         #[arg(long)]
         json: bool,
     },
@@ -274,5 +294,33 @@ fn main() -> ExitCode {
             eprintln!("netmachine: {}", netmachine::one_sentence(&error));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every argument of every command, and every command, says what it is for.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            if command.get_about().is_none() && !command.is_hide_set() {
+                missing.push(path.clone());
+            }
+            for arg in command.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() && !arg.is_hide_set() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:#?}");
     }
 }

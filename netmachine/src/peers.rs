@@ -15,6 +15,7 @@ use std::path::Path;
 pub enum PeerCommand {
     /// Trust a node: put the advert in FILE (from its `netmachine advert`) into the identity store
     Add {
+        /// The node's advert file
         file: std::path::PathBuf,
         /// 1..=255; 0 bans the node
         #[arg(long, default_value_t = 128)]
@@ -24,7 +25,10 @@ pub enum PeerCommand {
         ephemeral: bool,
     },
     /// Forget a node and disconnect from it
-    Remove { node: String },
+    Remove {
+        /// The node's identity (hex)
+        node: String,
+    },
 }
 
 fn options() -> capnp::message::ReaderOptions {

@@ -33,8 +33,10 @@ pub enum TopicCommand {
     },
     /// Delete a topic the engine of --key created
     Delete {
+        /// The key file of the topic's publisher
         #[arg(long)]
         key: PathBuf,
+        /// The topic's identity (hex)
         #[arg(long)]
         topic: String,
     },

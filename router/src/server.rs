@@ -73,7 +73,7 @@ fn labelled(
 impl router::Server for RouterServer {
     async fn attach(self: Rc<Self>, params: router::AttachParams, mut results: router::AttachResults) -> capnp::Result<()> {
         let engine = Identity::from_slice("engine", params.get()?.get_engine()?)
-            .map_err(|e| capnp::Error::failed(format!("attach refused: {e}")))?;
+            .map_err(|e| capnp::Error::failed(e.to_string()))?;
         let mut nonce = [0u8; 32];
         getrandom::fill(&mut nonce).map_err(|e| capnp::Error::failed(format!("no randomness: {e}")))?;
         let challenge = Challenge::new(self.0.key.identity(), engine, nonce);
@@ -183,7 +183,7 @@ impl attachment::Server for Attaching {
         let generation = attached.map_err(|refused| {
             state.attach_refused.set(state.attach_refused.get() + 1);
             tracing::warn!(engine = %engine, %refused, "attach refused");
-            capnp::Error::failed(format!("attach refused: {refused}"))
+            capnp::Error::failed(refused.to_string())
         })?;
         let session: engine_session::Client = capnp_rpc::new_client(Session { state: state.clone(), engine, generation });
         out.set_session(session);

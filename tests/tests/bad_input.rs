@@ -130,7 +130,7 @@ fn a_second_attach_of_an_attached_engine_is_refused() {
         ))
         .await;
         let Err(err) = second else { panic!("a second attach of the same key was accepted") };
-        assert!(err.to_string().contains("already attached"), "{err}");
+        assert!(err.to_string().contains("attached already"), "{err}");
         // The first attachment still receives.
         engine.send(first.identity(), b"still here".to_vec()).await.expect("send");
         assert_eq!(first.recv().await.expect("message").body, b"still here");

@@ -13,7 +13,7 @@ pub enum AttachRefused {
     KeyNotProven { engine: Identity, detail: String },
     #[error("the location record is for engine {location}, not {engine}")]
     OtherEngine { engine: Identity, location: Identity },
-    #[error("engine {0} is already attached (another process holds its key)")]
+    #[error("engine {0} is attached already, by another process with its key: a key attaches once at a time, so `send` and `request` beside a `listen` need a key of their own")]
     AlreadyAttached(Identity),
     #[error("{0} engines are attached (limits.max_engines)")]
     Full(usize),

@@ -20,6 +20,18 @@ pub enum Known {
 }
 
 impl Known {
+    /// What the record is, in words.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Known::Engine { .. } => "an engine",
+            Known::Node { .. } => "a node",
+            Known::Topic => "a topic",
+            Known::Domain => "a domain",
+        }
+    }
+}
+
+impl Known {
     /// The routing-relevant part of an identity record.
     pub fn from_record(record: identity_record::Reader<'_>) -> capnp::Result<Known> {
         Ok(match record.which()? {
@@ -205,7 +217,7 @@ impl<A> RoutingTable<A> {
                         "engine {engine} belongs to this node but is not attached"
                     ))),
                     Some(Known::Engine { node, .. }) => remote(*node),
-                    Some(other) => Route::Drop(Refused::no_route(format!("{engine} is a {other:?} record, not an engine"))),
+                    Some(other) => Route::Drop(Refused::no_route(format!("{engine} is {}, not an engine", other.kind()))),
                 }
             }
             Destination::Node(node) if node == self.node => Route::Node,
@@ -213,7 +225,7 @@ impl<A> RoutingTable<A> {
                 None => Route::Lookup(node),
                 Some(Known::Node { trust: 0 }) => Route::Drop(Refused::no_route(format!("node {node} is banned (trust 0)"))),
                 Some(Known::Node { .. }) => remote(node),
-                Some(other) => Route::Drop(Refused::no_route(format!("{node} is a {other:?} record, not a node"))),
+                Some(other) => Route::Drop(Refused::no_route(format!("{node} is {}, not a node", other.kind()))),
             },
             Destination::Topic(topic) => Route::Topic(topic),
         }
@@ -279,7 +291,7 @@ mod tests {
         let (engine, node, other, topic) = (id(), id(), id(), id());
         table.learn(topic, Known::Topic);
         assert!(!table.learn_engine(topic, other, 5));
-        assert_eq!(dropped(table.route(&to(Destination::Engine(topic)), 0)), Some((DropReason::NoRoute, format!("{topic} is a Topic record, not an engine"))));
+        assert_eq!(dropped(table.route(&to(Destination::Engine(topic)), 0)), Some((DropReason::NoRoute, format!("{topic} is a topic, not an engine"))));
         assert!(table.learn_engine(engine, node, 10));
         assert!(!table.learn_engine(engine, other, 9), "an older location does not move the engine");
         assert_eq!(table.engines_on(node), vec![engine]);
