@@ -252,6 +252,10 @@ fn seconds(text: &str) -> Result<std::time::Duration, String> {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` that closes early ends the command quietly, as with any Unix
+    // tool, instead of a panic on the failed write.
+    // SAFETY: called before any other thread exists; SIG_DFL is a valid disposition.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     netmachine_service::process::init_logging_quiet();
     let root = cli.home.unwrap_or_else(netmachine_service::home::default_home);
