@@ -128,18 +128,40 @@ fn the_cluster_script_brings_up_two_linked_nodes_that_carry_messages() {
         .spawn()
         .expect("listen");
     let (alice_key, _) = new_key(&dir.0.join("node1"), "alice");
-    let mut answer = None;
-    for _ in 0..100 {
-        let asked = cli(1, &["request", "--key", alice_key.to_str().unwrap(), "--to", &bob, "across the cluster"]);
-        if asked.status.success() {
-            answer = Some(String::from_utf8_lossy(&asked.stdout).trim().to_string());
-            break;
+    let ask = |body: &str| {
+        for _ in 0..100 {
+            let asked = cli(1, &["request", "--key", alice_key.to_str().unwrap(), "--to", &bob, body]);
+            if asked.status.success() {
+                return Some(String::from_utf8_lossy(&asked.stdout).trim().to_string());
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        None
+    };
+    let across = ask("across the cluster");
+    // Every container of both nodes is healthy; node 2's transport killed with `docker kill`
+    // comes back with `cluster start`, and the nodes carry messages again.
+    let container = |i: u32, service: &str| format!("{name}-node{i}_{service}_1");
+    let healthy = || (1..=2).all(|i| SERVICES.iter().all(|s| inspect(&container(i, s), "{{.State.Health.Status}}") == "healthy"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let all_healthy_at_first = loop {
+        if healthy() {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let killed = docker(&["kill", &container(2, "transport")]);
+    let started = cluster(&["start"]);
+    let after_kill = ask("after docker kill");
     let _ = listener.kill();
     let _ = listener.wait();
     let stopped = down();
-    assert_eq!(answer.as_deref(), Some("across the cluster"));
+    assert_eq!(across.as_deref(), Some("across the cluster"));
+    assert!(all_healthy_at_first, "every container of both nodes is healthy");
+    assert!(killed.status.success() && started.status.success(), "cluster start: {}", String::from_utf8_lossy(&started.stderr));
+    assert_eq!(after_kill.as_deref(), Some("after docker kill"));
     assert!(stopped.status.success(), "cluster down: {}", String::from_utf8_lossy(&stopped.stderr));
 }
