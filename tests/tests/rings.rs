@@ -249,3 +249,33 @@ fn a_message_longer_than_the_receivers_ring_can_take_is_dropped_and_counted_and_
     });
     assert_eq!(node.router_counter("dropped_over_limit"), 1);
 }
+
+#[test]
+fn ring_memory_another_user_planted_under_an_engines_name_is_never_adopted() {
+    use netmachine_engine::ring::RingSegment;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert!(nix::unistd::geteuid().is_root(), "planting a file as another user needs root (CI runs as root)");
+    let node = Node::up();
+    let node_id: netmachine_engine::Identity = node.id().parse().unwrap();
+    let key = netmachine_engine::Keypair::generate();
+    let engine_id = key.identity();
+    let name = RingSegment::name_for(&node_id, &engine_id);
+    let path = format!("/dev/shm{name}");
+    // User 65534 made a valid segment under the engine's name, open to everyone, and keeps it
+    // mapped to read the engine's messages and write records as the engine.
+    let _planted = RingSegment::create(&name, &engine_id, 1 << 20).expect("plant a segment");
+    std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let body = with_rpc(async {
+        let mut options = netmachine_engine::EngineOptions::new(node.socket(ServiceKind::Router), key);
+        options.ring = true;
+        let engine = netmachine_engine::Engine::attach(options).await.expect("attach");
+        let sender = attach_engine(&node, |_| {}).await;
+        assert!(engine.on_ring(), "the engine is on rings of its own");
+        sender.send(engine_id, b"for the engine only".to_vec()).await.expect("send");
+        tokio::time::timeout(WAIT, engine.recv()).await.expect("a message in time").expect("a message").body
+    });
+    assert_eq!(body, b"for the engine only");
+    let made = std::fs::metadata(&path).expect("the engine's segment");
+    assert_eq!((made.uid(), made.mode() & 0o777), (0, 0o600), "the router made the rings afresh, owned by its own user and closed to others");
+}

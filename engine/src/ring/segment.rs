@@ -20,6 +20,22 @@ pub enum SegmentError {
     Invalid { name: String, problem: String },
 }
 
+/// Refuses an object that another user could have made or can write: the rings carry an
+/// engine's messages and its identity as their source, so only this process's own user may
+/// own them, with no access for anyone else (a file another user planted under the expected
+/// name would otherwise be adopted, read and written by that user).
+fn check_owner(name: &str, stat: &nix::sys::stat::FileStat) -> Result<(), SegmentError> {
+    let me = nix::unistd::geteuid().as_raw();
+    let problem = if stat.st_uid != me {
+        format!("it is owned by user {}, not by this process's user {me}", stat.st_uid)
+    } else if stat.st_mode & 0o077 != 0 {
+        format!("its mode {:o} lets other users in", stat.st_mode & 0o777)
+    } else {
+        return Ok(());
+    };
+    Err(SegmentError::Invalid { name: name.to_string(), problem })
+}
+
 /// A mapping of a whole shared-memory object, unmapped on drop.
 struct Mapping {
     base: NonNull<u8>,
@@ -39,6 +55,9 @@ impl Mapping {
             None => OFlag::O_RDWR,
         };
         let fd = shm_open(name, flags, Mode::S_IRUSR | Mode::S_IWUSR).map_err(system)?;
+        if create_len.is_none() {
+            check_owner(name, &nix::sys::stat::fstat(&fd).map_err(system)?)?;
+        }
         let len = match create_len {
             Some(len) => {
                 nix::unistd::ftruncate(&fd, len as i64).map_err(system)?;
@@ -279,11 +298,19 @@ impl Doorbell {
                 mapping.u64_at(MAGIC_AT).store(DOORBELL_MAGIC, Ordering::Release);
                 Ok(Doorbell { mapping, name: name.to_string() })
             }
-            Err(SegmentError::System { source: nix::Error::EEXIST, .. }) => {
-                let doorbell = Doorbell::open(name)?;
-                doorbell.mapping.u32_at(DOORBELL_ROUTER_PID_AT).store(std::process::id(), Ordering::Relaxed);
-                Ok(doorbell)
-            }
+            Err(SegmentError::System { source: nix::Error::EEXIST, .. }) => match Doorbell::open(name) {
+                Ok(doorbell) => {
+                    doorbell.mapping.u32_at(DOORBELL_ROUTER_PID_AT).store(std::process::id(), Ordering::Relaxed);
+                    Ok(doorbell)
+                }
+                // Not a doorbell this router may use (another user's, or not a doorbell at
+                // all): removed and made afresh, or the error says why it cannot be.
+                Err(unusable @ SegmentError::Invalid { .. }) => {
+                    RingSegment::unlink(name).map_err(|_| unusable)?;
+                    Doorbell::open_or_create(name)
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         }
     }
