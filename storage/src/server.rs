@@ -252,7 +252,7 @@ impl StorageService {
             identity_store,
             fetching: RefCell::new(BTreeMap::new()),
             partials: RefCell::new(found.partials.into_iter().map(|p| (p.id, p)).collect()),
-            reputation: RefCell::new(Reputation::default()),
+            reputation: RefCell::new(Reputation::load(home.data_dir().join("storage").join("reputation"))),
             last_outboard: RefCell::new(None),
         });
         let every = std::time::Duration::from_millis(settings.collect_every_ms);
