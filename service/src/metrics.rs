@@ -23,6 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 /// The longest request head read, and how long a client gets to send it.
 const MAX_REQUEST_BYTES: usize = 8 << 10;
 const REQUEST_WAIT: Duration = Duration::from_secs(5);
+/// Requests answered at once; a connection beyond them is closed unanswered.
+const MAX_REQUESTS: usize = 16;
 
 /// The text a scrape of `services` returns.
 pub fn render(services: Vec<ServiceSnapshot>) -> String {
@@ -143,6 +145,7 @@ fn now_ms() -> u64 {
 
 /// Serves `/metrics` on `listener` for as long as the returned future runs.
 pub async fn serve(listener: TcpListener, home: NodeHome) {
+    let answering = std::rc::Rc::new(std::cell::Cell::new(0usize));
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -152,11 +155,17 @@ pub async fn serve(listener: TcpListener, home: NodeHome) {
                 continue;
             }
         };
-        let home = home.clone();
+        if answering.get() >= MAX_REQUESTS {
+            tracing::debug!("metrics endpoint: {MAX_REQUESTS} requests in progress; a connection closed unanswered");
+            continue;
+        }
+        answering.set(answering.get() + 1);
+        let (home, answering) = (home.clone(), answering.clone());
         tokio::task::spawn_local(async move {
             if let Err(error) = answer(stream, &home).await {
                 tracing::debug!(%error, "metrics endpoint: request not answered");
             }
+            answering.set(answering.get() - 1);
         });
     }
 }

@@ -77,6 +77,22 @@ fn metrics_show_every_service_and_counters_survive_a_restart() {
     assert!(body.contains("# TYPE netmachine_router_engines_attached gauge"), "{body}");
     assert!(body.trim_end().ends_with("# EOF"), "OpenMetrics text ends with # EOF");
     assert_eq!(http_get(port, "/elsewhere").0, "HTTP/1.1 404 Not Found");
+    // What is not an HTTP GET is refused, however much or little of it comes.
+    let refused = |request: &[u8]| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = stream.write_all(request);
+        let mut reply = String::new();
+        let _ = stream.read_to_string(&mut reply);
+        reply.lines().next().unwrap_or_default().to_string()
+    };
+    assert_eq!(refused(b"POST /metrics HTTP/1.1\r\n\r\n"), "HTTP/1.1 405 Method Not Allowed");
+    assert_eq!(refused(&[b'x'; 20_000]), "HTTP/1.1 400 Bad Request", "a head past 8 KiB");
+    // Many connections at once (past the 16 answered at a time) leave the endpoint serving.
+    let holders: Vec<std::net::TcpStream> = (0..64).filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok()).collect();
+    assert_eq!(holders.len(), 64);
+    drop(holders);
+    assert_eq!(http_get(port, "/metrics").0, "HTTP/1.1 200 OK");
 
     // The router's counts reach its tally file within a save interval; then it is killed.
     let tally = node.root().join("data/counters/router");
