@@ -118,7 +118,7 @@ impl EngineRing {
                 return Err(EngineError::Closed);
             }
             if Instant::now() >= deadline {
-                return Err(EngineError::RouterUnavailable(timeout));
+                return Err(self.outbox_stayed_full(timeout));
             }
             wait_a_while(self.mode, word, || {
                 sent = self.try_send(message);
@@ -126,6 +126,22 @@ impl EngineRing {
             });
         }
         sent
+    }
+
+    /// Why the outbox stayed full for `timeout`: a router that runs but takes nothing from it
+    /// is holding this engine's messages while their destinations' queues are full, which the
+    /// socket path reports as `QueueFull` too; a router that is gone is unavailable.
+    fn outbox_stayed_full(&self, timeout: Duration) -> EngineError {
+        if !crate::ring::process_alive(self.segment.router_pid()) {
+            return EngineError::RouterUnavailable(timeout);
+        }
+        EngineError::Refused {
+            reason: crate::SendRefusal::QueueFull,
+            detail: format!(
+                "the outbox stayed full for {} ms: the router is up but holds this engine's messages while their destinations' queues are full",
+                timeout.as_millis()
+            ),
+        }
     }
 
     /// Whether the router has taken everything written to the outbox.

@@ -149,7 +149,8 @@ fn a_ring_engine_sending_to_a_stuck_destination_does_not_hold_up_another_ring_en
         let deliveries = std::rc::Rc::new(std::cell::Cell::new(0));
         let inbox = capnp_rpc::new_client(StuckInbox(deliveries.clone()));
         let _session = attach_raw(&node, stuck, &stuck_key, locate, inbox).await.expect("attach");
-        let (blocked, flowing) = (attach_engine(&node, |_| {}).await, attach_engine(&node, |_| {}).await);
+        let blocked = attach_engine(&node, |o| o.send_timeout = Duration::from_secs(1)).await;
+        let flowing = attach_engine(&node, |_| {}).await;
         let receiver = attach_engine(&node, |o| o.ring = false).await;
         assert!(blocked.on_ring() && flowing.on_ring() && !receiver.on_ring());
         // Write until the stuck destination's delivery window is full (from then on nothing
@@ -175,6 +176,14 @@ fn a_ring_engine_sending_to_a_stuck_destination_does_not_hold_up_another_ring_en
         }
         assert!(node.router_counter("messages_waiting") > 0, "the stuck messages were still waiting meanwhile");
         assert_eq!(deliveries.get(), DELIVERY_WINDOW, "nothing more went to the stuck destination");
+        // A send that waits out its timeout on the full outbox is told what the socket path
+        // says: the destination's queue is full, not that the router is gone.
+        match blocked.send(stuck, vec![0; 64]).await {
+            Err(netmachine_engine::EngineError::Refused { reason: netmachine_engine::SendRefusal::QueueFull, detail }) => {
+                assert!(detail.contains("the router is up"), "{detail}")
+            }
+            other => panic!("a send held by full destinations is refused QueueFull, not {other:?}"),
+        }
     });
 }
 
