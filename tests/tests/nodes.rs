@@ -472,7 +472,7 @@ async fn flood(peer: HandmadePeer, rounds: usize, streams: usize, len: usize) {
             let _ = stream.finish();
             open.push(stream);
         }
-        for mut stream in open {
+        for stream in open {
             let _ = tokio::time::timeout(WAIT, stream.stopped()).await;
         }
         connection.close(0u32.into(), b"again");
