@@ -20,7 +20,10 @@ fn main() -> std::process::ExitCode {
                 tokio::task::spawn_local(metrics::serve(listener, context.home.clone()));
             }
             let state = RouterState::new(context.home, key, context.stats);
-            Ok(state.client().client.into())
+            let bootstrap = state.client().client;
+            // Stopping, the router leaves its engines' rings for the next one, as a kill -9 does.
+            let on_stop = Box::pin(async move { state.keep_rings_for_next_router() });
+            Ok(process::Running { bootstrap, on_stop: Some(on_stop) })
         },
     )
 }

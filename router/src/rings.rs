@@ -132,6 +132,8 @@ struct Shared {
     events_forwarded: AtomicU64,
     handed_over: AtomicU64,
     max_body: usize,
+    /// The router is stopping: every segment stays for the next router to adopt.
+    kept_for_next_router: AtomicBool,
 }
 
 /// The router's rings: the endpoints, and the thread that forwards between them.
@@ -156,6 +158,7 @@ impl Rings {
             events_forwarded: AtomicU64::new(0),
             handed_over: AtomicU64::new(0),
             max_body,
+            kept_for_next_router: AtomicBool::new(false),
         });
         let rings = Rings { node, capacity, shared };
         rings.adopt_or_reclaim();
@@ -257,9 +260,19 @@ impl Rings {
         Ok(self.insert(segment, generation))
     }
 
+    /// The router is stopping: from now on no segment is removed, so that the engines, which
+    /// live on, keep the rings the next router adopts (as after a kill -9). Removing them here
+    /// stranded an engine on a deleted segment that a new one of the same name replaced.
+    pub fn keep_for_next_router(&self) {
+        self.shared.kept_for_next_router.store(true, Ordering::Release);
+    }
+
     /// Detaches the engine's rings (if `generation` is current): nothing more is delivered to
     /// it, what it already wrote is still forwarded, then the segment is removed.
     pub fn close(&self, engine: &Identity, generation: u64) {
+        if self.shared.kept_for_next_router.load(Ordering::Acquire) {
+            return;
+        }
         let removed = {
             let mut endpoints = self.shared.endpoints.write().unwrap_or_else(|p| p.into_inner());
             match endpoints.get(engine) {
@@ -366,7 +379,7 @@ fn forward(shared: &Shared, slow: &mpsc::Sender<Slow>) {
             let mut draining = lock(&shared.draining);
             draining.retain(|e| {
                 let done = e.is_closed() && drained.iter().any(|d| Arc::ptr_eq(d, e));
-                if done {
+                if done && !shared.kept_for_next_router.load(Ordering::Acquire) {
                     let _ = RingSegment::unlink(&e.segment.name);
                 }
                 !done
@@ -551,5 +564,39 @@ impl RouterState {
             // The engine's inbox is full: the drop is counted; the refusal cannot be told.
             self.refusals_lost.set(self.refusals_lost.get() + 1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment_exists(node: &Identity, engine: &Identity) -> bool {
+        std::path::Path::new(&format!("/dev/shm{}", RingSegment::name_for(node, engine))).exists()
+    }
+
+    #[test]
+    fn a_detached_engines_rings_are_removed_but_a_stopping_router_leaves_them_for_the_next() {
+        let node = netmachine_schema::Keypair::generate().identity();
+        let (slow, _slow) = mpsc::channel(16);
+        let rings = Rings::start(node, 4096, 1024, slow).expect("rings");
+        let (gone, staying) = (netmachine_schema::Keypair::generate().identity(), netmachine_schema::Keypair::generate().identity());
+        rings.open(gone, 1).expect("rings of the engine that detaches");
+        rings.open(staying, 1).expect("rings of the engine that stays");
+        // An engine that detaches while the router runs: its drained rings are removed.
+        rings.close(&gone, 1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while segment_exists(&node, &gone) {
+            assert!(std::time::Instant::now() < deadline, "the detached engine's segment was never removed");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // Stopping, the router drops every session: the rings stay, where the engine still
+        // maps them and the next router adopts them.
+        rings.keep_for_next_router();
+        rings.close(&staying, 1);
+        assert!(lock(&rings.shared.draining).is_empty(), "nothing is set to be removed");
+        assert!(segment_exists(&node, &staying));
+        let _ = RingSegment::unlink(&RingSegment::name_for(&node, &staying));
+        let _ = RingSegment::unlink(&Doorbell::name_for(&node));
     }
 }

@@ -316,6 +316,13 @@ impl RouterState {
         Ok(generation)
     }
 
+    /// The router is stopping: its engines' rings stay for the next router to adopt.
+    pub fn keep_rings_for_next_router(&self) {
+        if let Some(rings) = &self.rings {
+            rings.keep_for_next_router();
+        }
+    }
+
     /// Detaches `engine` if `generation` is its current attachment, and tells the other nodes.
     pub(crate) fn detach(self: &Rc<Self>, engine: Identity, generation: u64) {
         if let Some(rings) = &self.rings {

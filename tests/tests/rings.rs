@@ -99,23 +99,39 @@ fn a_killed_engine_leaves_nothing_in_shared_memory() {
     });
 }
 
-#[test]
-fn a_router_killed_under_traffic_loses_nothing_engines_had_written() {
+/// Sends `count` messages between two ring engines while the router is stopped with `signal`
+/// `times` times (`up` starts it again each time); every message arrives, in order.
+fn router_stopped_under_traffic(signal: nix::sys::signal::Signal, times: usize, count: u64) {
     let node = Node::up();
     let (receiver_key, receiver) = node.engine_key("receiver");
     let (sender_key, _) = node.engine_key("sender");
-    let count = "300000";
+    let count = count.to_string();
+    let count = count.as_str();
     let receiving = sequence(&node, &["receive", receiver_key.to_str().unwrap(), count]);
     node.wait_attached(&receiver);
     let mut sending = sequence(&node, &["send", sender_key.to_str().unwrap(), &receiver, count]);
-    wait_until("traffic flows", Duration::from_secs(20), || node.router_counter("ring_messages_forwarded") > 20_000);
-    assert!(sending.try_wait().expect("the sender's state").is_none(), "the sender finished before the kill: nothing was in flight");
-    let killed = node.kill9(ServiceKind::Router);
-    wait_until("the router is back", Duration::from_secs(30), || node.pid(ServiceKind::Router).is_some_and(|p| p != killed));
-    assert_eq!(outcome(sending)["sent"], 300_000);
+    for round in 1..=times {
+        let forwarded = node.router_counter("ring_messages_forwarded");
+        wait_until("traffic flows", Duration::from_secs(20), || node.router_counter("ring_messages_forwarded") > forwarded + 5_000);
+        assert!(sending.try_wait().expect("the sender's state").is_none(), "the sender finished before stop {round}: nothing was in flight");
+        let stopped = node.pid(ServiceKind::Router).expect("the router's pid");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(stopped as i32), signal).expect("signal the router");
+        wait_until("the router is back", Duration::from_secs(30), || node.pid(ServiceKind::Router).is_some_and(|p| p != stopped));
+    }
+    assert_eq!(outcome(sending)["sent"].to_string(), count);
     let received = outcome(receiving);
-    assert_eq!(received["received"], 300_000, "every message written was delivered");
+    assert_eq!(received["received"].to_string(), count, "every message written was delivered");
     assert_eq!(received["in_order"], true);
+}
+
+#[test]
+fn a_router_killed_under_traffic_loses_nothing_engines_had_written() {
+    router_stopped_under_traffic(nix::sys::signal::Signal::SIGKILL, 1, 300_000);
+}
+
+#[test]
+fn a_router_stopped_cleanly_under_traffic_again_and_again_loses_nothing() {
+    router_stopped_under_traffic(nix::sys::signal::Signal::SIGTERM, 6, 3_000_000);
 }
 
 /// An engine inbox that takes deliveries and never answers one, counting them.
