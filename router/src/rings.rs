@@ -117,6 +117,9 @@ pub enum Slow {
     Unreadable { from: Arc<RingEndpoint>, id: u64, detail: String },
     /// The engine's ring is corrupt: detach it.
     Corrupt { engine: Identity, generation: u64, problem: String },
+    /// A detached engine's segment was removed with `unread` messages in its inbox, which it
+    /// never took: count them as lost with it.
+    Unread { engine: Identity, unread: u64 },
 }
 
 struct Shared {
@@ -380,6 +383,10 @@ fn forward(shared: &Shared, slow: &mpsc::Sender<Slow>) {
             draining.retain(|e| {
                 let done = e.is_closed() && drained.iter().any(|d| Arc::ptr_eq(d, e));
                 if done && !shared.kept_for_next_router.load(Ordering::Acquire) {
+                    let unread = lock(&e.inbox).unread_messages();
+                    if unread > 0 {
+                        let _ = slow.try_send(Slow::Unread { engine: e.engine, unread });
+                    }
                     let _ = RingSegment::unlink(&e.segment.name);
                 }
                 !done
@@ -549,6 +556,10 @@ pub async fn serve_slow(state: Weak<RouterState>, mut slow: mpsc::Receiver<Slow>
             Slow::Corrupt { engine, generation, problem } => {
                 tracing::warn!(engine = %engine, %problem, "detaching an engine whose ring is corrupt");
                 state.detach(engine, generation);
+            }
+            Slow::Unread { engine, unread } => {
+                tracing::info!(engine = %engine, unread, "a detached engine's inbox ring held messages it never read");
+                state.count(crate::core::DropReason::EngineGone, unread);
             }
         }
     }

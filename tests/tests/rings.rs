@@ -304,3 +304,32 @@ fn ring_memory_another_user_planted_under_an_engines_name_is_never_adopted() {
     let made = std::fs::metadata(&path).expect("the engine's segment");
     assert_eq!((made.uid(), made.mode() & 0o777), (0, 0o600), "the router made the rings afresh, owned by its own user and closed to others");
 }
+
+#[test]
+fn messages_left_unread_in_a_dead_engines_ring_are_counted_as_lost_with_it() {
+    const SENT: u64 = 300;
+    let node = Node::up();
+    let (key, identity) = node.engine_key("frozen");
+    let mut frozen = Command::new(bin_dir().join("netmachine"))
+        .args(["listen", "--key", key.to_str().unwrap(), "--home", node.root().to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("listen");
+    node.wait_attached(&identity);
+    let pid = nix::unistd::Pid::from_raw(frozen.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("stop the engine");
+    let before = node.router_counter("dropped_engine_gone");
+    with_rpc(async {
+        let sender = attach_engine(&node, |o| o.ring = false).await;
+        for n in 0..SENT {
+            sender.send(identity.parse::<netmachine_engine::Identity>().unwrap(), n.to_le_bytes().to_vec()).await.expect("accepted");
+        }
+    });
+    wait_until("the router has written every message into the frozen engine's ring", WAIT, || {
+        node.router_counter("messages_waiting") == 0
+    });
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill the engine");
+    let _ = frozen.wait();
+    wait_until("what the dead engine never read is counted", WAIT, || node.router_counter("dropped_engine_gone") - before == SENT);
+}

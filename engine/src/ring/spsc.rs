@@ -139,6 +139,30 @@ impl Producer {
         unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), self.memory.data.add(at), RECORD_HEADER) };
     }
 
+    /// How many message records the consumer has not taken yet (what is lost with a consumer
+    /// that is gone). The walk stops at anything a consumer could have scribbled over.
+    pub fn unread_messages(&self) -> u64 {
+        let mut at = self.memory.head().load(Ordering::Acquire);
+        let mut unread = 0;
+        while at < self.tail && self.tail - at <= self.memory.capacity {
+            let offset = self.memory.offset(at);
+            let mut header = [0u8; RECORD_HEADER];
+            // SAFETY: `offset + 8 <= capacity` (a multiple of 8 below it); the bytes are plain
+            // shared memory, read as a copy.
+            unsafe { std::ptr::copy_nonoverlapping(self.memory.data.add(offset), header.as_mut_ptr(), RECORD_HEADER) };
+            let length = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+            let size = record_size(length) as u64;
+            if offset as u64 + size > self.memory.capacity {
+                break;
+            }
+            if Kind::from_u32(u32::from_le_bytes(header[4..].try_into().expect("4 bytes"))) == Some(Kind::Message) {
+                unread += 1;
+            }
+            at += size;
+        }
+        unread
+    }
+
     /// Whether the consumer has taken everything written.
     pub fn is_drained(&self) -> bool {
         self.memory.head().load(Ordering::Acquire) == self.tail
@@ -333,6 +357,26 @@ pub(crate) mod tests {
         assert_eq!(consumer.peek().unwrap().unwrap().body[0], 0);
         consumer.consume();
         assert!(producer.try_write(Kind::Message, 1000, |b| b.fill(9)).is_ok());
+    }
+
+    #[test]
+    fn the_producer_counts_the_messages_not_yet_taken_across_padding_and_wrap() {
+        let mut ring = HeapRing::new(4096);
+        let (mut producer, mut consumer) = (Producer::new(ring.memory()), Consumer::new(ring.memory()));
+        for _ in 0..3 {
+            producer.try_write(Kind::Message, 1000, |_| {}).unwrap();
+        }
+        for _ in 0..2 {
+            consumer.peek().unwrap().unwrap();
+            consumer.consume();
+        }
+        // The next record does not fit before the end: padding, then the record at the start.
+        producer.try_write(Kind::Message, 1500, |_| {}).unwrap();
+        producer.try_write(Kind::Refusal, 10, |_| {}).unwrap();
+        assert_eq!(producer.unread_messages(), 2, "two messages unread; padding and a refusal are not messages");
+        consumer.peek().unwrap().unwrap();
+        consumer.consume();
+        assert_eq!(producer.unread_messages(), 1);
     }
 
     #[test]
