@@ -28,10 +28,7 @@ pub fn one_sentence(error: &anyhow::Error) -> String {
             // Errors of the SDK carry a call's failure as text.
             None => cause.to_string().replace("Failed: remote exception: ", "").replace("remote exception: ", ""),
         };
-        let text = match text.find(" (os error ") {
-            Some(at) => text[..at].to_string() + &text[at..].split_once(')').map(|(_, rest)| rest).unwrap_or_default(),
-            None => text,
-        };
+        let text = netmachine_service::process::without_os_error_number(&text);
         if text.is_empty() || sentence.contains(&text) {
             continue;
         }

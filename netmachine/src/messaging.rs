@@ -10,7 +10,11 @@ use std::time::Duration;
 /// Attaches as the engine whose key is in `key`. One-shot commands (`send`, `request`) use the
 /// socket path, whose sends answer with the router's verdict; `listen` uses the rings.
 pub(crate) async fn attach(root: &Path, set: &[String], key: &Path, ring: bool) -> Result<Engine> {
-    let home = NodeHome::load(root, set)?;
+    attach_in(&NodeHome::load(root, set)?, key, ring).await
+}
+
+/// `attach` in a home already loaded.
+async fn attach_in(home: &NodeHome, key: &Path, ring: bool) -> Result<Engine> {
     let keypair = Keypair::read_file(key)?;
     let mut options = EngineOptions::new(home.socket(ServiceKind::Router), keypair);
     options.ring = ring;
@@ -33,12 +37,11 @@ fn identity(to: &str) -> Result<Identity> {
 
 /// Where `to` is: this node or another node the identity store knows (its router answers), else
 /// an engine.
-async fn destination(root: &Path, set: &[String], engine: &Engine, to: Identity) -> Result<Destination> {
+async fn destination(home: &NodeHome, engine: &Engine, to: Identity) -> Result<Destination> {
     if to == engine.node() {
         return Ok(Destination::Node(to));
     }
-    let home = NodeHome::load(root, set)?;
-    let store = crate::node_client::connect(&home, ServiceKind::IdentityStore).await?;
+    let store = crate::node_client::connect(home, ServiceKind::IdentityStore).await?;
     let is_node = netmachine_identity_client::locate::is_node(&store, to).await.map_err(anyhow::Error::msg)?;
     Ok(if is_node { Destination::Node(to) } else { Destination::Engine(to) })
 }
@@ -86,8 +89,9 @@ fn print_message(message: &EngineMessage, json: bool) {
 pub fn send(root: &Path, set: &[String], key: &Path, to: &str, body: String) -> Result<()> {
     let to = identity(to)?;
     run_local(async {
-        let engine = attach(root, set, key, false).await?;
-        let dst = destination(root, set, &engine, to).await?;
+        let home = NodeHome::load(root, set)?;
+        let engine = attach_in(&home, key, false).await?;
+        let dst = destination(&home, &engine, to).await?;
         let id = engine.send(dst, body_bytes(body)?).await?;
         eprintln!("accepted: message {id} to {to}");
         engine.detach().await;
@@ -98,8 +102,9 @@ pub fn send(root: &Path, set: &[String], key: &Path, to: &str, body: String) -> 
 pub fn request(root: &Path, set: &[String], key: &Path, to: &str, body: String, timeout_ms: u64) -> Result<()> {
     let to = identity(to)?;
     run_local(async {
-        let engine = attach(root, set, key, false).await?;
-        let dst = destination(root, set, &engine, to).await?;
+        let home = NodeHome::load(root, set)?;
+        let engine = attach_in(&home, key, false).await?;
+        let dst = destination(&home, &engine, to).await?;
         let started = std::time::Instant::now();
         let reply = engine.request(dst, body_bytes(body)?, Duration::from_millis(timeout_ms)).await?;
         println!("{}", String::from_utf8_lossy(&reply.body));

@@ -3,6 +3,7 @@
 //! text or JSON; `--watch` redraws every interval with what changed since the last reading,
 //! as AeronStat does; `--wait` waits until every service is up and linked.
 
+use netmachine_schema::time::now_ms;
 use netmachine_service::snapshot::{self, ServiceSnapshot};
 use netmachine_service::{NodeHome, ServiceKind};
 use serde_json::{json, Map, Value};
@@ -42,10 +43,6 @@ fn service_json(s: &ServiceSnapshot, now_ms: u64) -> Value {
             "engines": s.engines.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
         }),
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The whole node's status as one JSON object.

@@ -74,7 +74,8 @@ fn supervise(home: NodeHome, set: &[String]) -> Result<Stopped> {
     crate::node_client::run_local(async {
         // Each service is told to stop on its own, in reverse start order: those that attach to
         // the router as engines (pubsub) leave before it does.
-        let (misconfigured, mut refused) = tokio::sync::mpsc::unbounded_channel();
+        // Each service says it once at most, then its keeper ends.
+        let (misconfigured, mut refused) = tokio::sync::mpsc::channel(ServiceKind::ALL.len());
         let keepers: Vec<_> = ServiceKind::ALL
             .into_iter()
             .map(|kind| {
@@ -135,14 +136,14 @@ fn command(kind: ServiceKind, bin_dir: &Path, home: &NodeHome, set: &[String]) -
 }
 
 /// Runs one service until the node stops, restarting it whenever it exits, except with code
-/// 2: then it says so on `misconfigured` and waits to be stopped.
+/// 2: then it says so on `misconfigured` and ends (the node is stopped by `supervise`).
 async fn keep_running(
     kind: ServiceKind,
     bin_dir: PathBuf,
     home: NodeHome,
     set: Vec<String>,
     mut stopping: watch::Receiver<bool>,
-    misconfigured: tokio::sync::mpsc::UnboundedSender<&'static str>,
+    misconfigured: tokio::sync::mpsc::Sender<&'static str>,
 ) {
     let supervisor = &home.config.supervisor;
     let mut backoff = Backoff::new(
@@ -162,7 +163,7 @@ async fn keep_running(
                 match exited {
                     Some(_) if *stopping.borrow() => return,
                     Some(Ok(status)) if status.code() == Some(2) => {
-                        let _ = misconfigured.send(name);
+                        let _ = misconfigured.try_send(name);
                         return;
                     }
                     Some(status) => eprintln!("netmachine: {name} exited ({}); restarting", describe(status)),

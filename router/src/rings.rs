@@ -379,19 +379,23 @@ fn forward(shared: &Shared, slow: &mpsc::Sender<Slow>) {
         }
         if !drained.is_empty() {
             // Under the lock `open` takes to reactivate: only rings still detached are removed.
-            let mut draining = lock(&shared.draining);
-            draining.retain(|e| {
+            let mut unread_at_removal = Vec::new();
+            lock(&shared.draining).retain(|e| {
                 let done = e.is_closed() && drained.iter().any(|d| Arc::ptr_eq(d, e));
                 if done && !shared.kept_for_next_router.load(Ordering::Acquire) {
-                    let unread = lock(&e.inbox).unread_messages();
-                    if unread > 0 {
-                        let _ = slow.try_send(Slow::Unread { engine: e.engine, unread });
-                    }
+                    unread_at_removal.push((e.engine, lock(&e.inbox).unread_messages()));
                     let _ = RingSegment::unlink(&e.segment.name);
                 }
                 !done
             });
             shared.version.fetch_add(1, Ordering::Release);
+            // Sent once the lock is released: the router thread takes it to reactivate rings,
+            // and it is the one that empties this channel.
+            for (engine, unread) in unread_at_removal.into_iter().filter(|(_, unread)| *unread > 0) {
+                if slow.blocking_send(Slow::Unread { engine, unread }).is_err() {
+                    return;
+                }
+            }
         }
         let round = match (progressed, blocked) {
             (true, _) => Round::Progressed,

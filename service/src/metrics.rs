@@ -10,6 +10,7 @@
 
 use crate::home::NodeHome;
 use crate::snapshot::{self, ServiceSnapshot};
+use netmachine_schema::time::now_ms;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -137,10 +138,6 @@ impl Collector for Node {
         }
         Ok(())
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Serves `/metrics` on `listener` for as long as the returned future runs.

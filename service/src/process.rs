@@ -83,10 +83,15 @@ pub fn io_reason(error: &std::io::Error) -> String {
         std::io::ErrorKind::AddrInUse => "the address is in use (another node or program holds it); choose another".into(),
         std::io::ErrorKind::AddrNotAvailable => "the address is not one of this host's".into(),
         std::io::ErrorKind::PermissionDenied => "permission denied".into(),
-        _ => {
-            let text = error.to_string();
-            text.split(" (os error").next().unwrap_or(&text).to_string()
-        }
+        _ => without_os_error_number(&error.to_string()),
+    }
+}
+
+/// `text` without the " (os error N)" that Rust's I/O errors append: the words say it.
+pub fn without_os_error_number(text: &str) -> String {
+    match text.find(" (os error ") {
+        Some(at) => text[..at].to_string() + text[at..].split_once(')').map_or("", |(_, rest)| rest),
+        None => text.to_string(),
     }
 }
 

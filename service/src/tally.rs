@@ -51,9 +51,7 @@ impl Tally {
             }
         };
         let starts = carried.remove(STARTS).unwrap_or(0) + 1;
-        let started_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_millis() as u64);
+        let started_ms = netmachine_schema::time::now_ms();
         let tally = Tally { file, carried, starts, started_ms, latest: RefCell::new((Vec::new(), true)) };
         tally.save();
         tally
