@@ -60,15 +60,16 @@ struct P2PFrame {
 # again, in order, after a connection is lost or the receiver restarts.
 struct P2PBatch {
   payloads @0 :List(P2PPayload);
-  session @1 :UInt64;        # the sending router's run; 0: frames are not numbered
+  session @1 :UInt64;        # the sending router's numbering, kept across its restarts while its log of unacknowledged frames is; 0: frames are not numbered
   seq @2 :UInt64;            # this frame's number; 0: it carries only an acknowledgement
   keptFrom @3 :UInt64;       # the sender keeps frames from this number on: the earlier ones were acknowledged
   ack @4 :Acknowledgement;   # of the frames the receiver of this one sent
+  run @5 :UInt64;            # when the sending router started (ns): a later run lost what it had taken in, so the receiver sends its unacknowledged frames again
 }
 
 # Which of a node's frames the router acknowledging them has accepted.
 struct Acknowledgement {
-  session @0 :UInt64;        # the run of the node whose frames these are; 0: no acknowledgement
+  session @0 :UInt64;        # the numbering of the node whose frames these are; 0: no acknowledgement
   through @1 :UInt64;        # every frame up to this one
   ranges @2 :List(SeqRange); # and these, beyond `through`
   received @3 :UInt64;       # the highest frame taken in, whose messages may still wait for room

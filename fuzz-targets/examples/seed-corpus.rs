@@ -18,7 +18,7 @@ fn main() {
     let location = EngineLocation::sign(&engine, a.identity(), 5);
     let announcement = Announcement { full: true, attached: vec![location], detached: vec![b.identity()], topics: vec![advert.clone()] };
     let batch = vec![Outgoing::Engines(announcement), Outgoing::Message(message.clone())];
-    let header = Header { session: 9, seq: 3, kept_from: 2, ack: Some(Ack { session: 4, through: 10, ranges: vec![(12, 13)], received: 14 }) };
+    let header = Header { session: 9, run: 11, seq: 3, kept_from: 2, ack: Some(Ack { session: 4, through: 10, ranges: vec![(12, 13)], received: 14 }) };
     let sealed = frame::seal(&a, b.identity(), &header, &batch);
     let batch_bytes = {
         let reader = capnp::serialize::read_message(&mut &sealed.bytes[..], Default::default()).expect("a frame just sealed reads back");

@@ -7,6 +7,7 @@
 pub mod advert;
 pub mod attachment;
 pub mod core;
+pub mod delivery_log;
 pub mod inbound;
 pub mod remote;
 pub mod rings;

@@ -6,6 +6,7 @@
 
 use tracing::Instrument;
 use crate::attachment::{Attachment, Sink};
+use crate::delivery_log::DeliveryLog;
 use crate::core::{AttachRefused, DropReason, Input, Limits, Millis, Output, Refused, Router, Ticket};
 use crate::rings::Rings;
 use netmachine_schema::identity_store_capnp::identity_store;
@@ -65,6 +66,11 @@ pub struct RouterState {
     /// The shared-memory rings; `None` when turned off (`router.ring_bytes = 0`) or unavailable.
     pub(crate) rings: Option<Rings>,
     pub(crate) refusals_lost: Cell<u64>,
+    /// The log of frames sent other nodes and of theirs taken in (`None` if it cannot be
+    /// written: delivery between nodes then outlives transport and peers, not this process).
+    delivery: RefCell<Option<DeliveryLog>>,
+    /// The log failed the last time it was written (said once, until it works again).
+    delivery_failing: Cell<bool>,
     timer: Rc<Notify>,
     /// The time the timer task sleeps until (`None`: until it is told).
     timer_armed: Cell<Option<Millis>>,
@@ -90,8 +96,16 @@ impl RouterState {
                 }
             }
         };
+        let run = run_started();
+        let (delivery, resumed) = match DeliveryLog::open(&home.data_dir().join("router").join("delivery"), run, words) {
+            Ok((log, resumed)) => (Some(log), resumed),
+            Err(error) => {
+                tracing::error!(%error, "cannot keep a log of frames sent to other nodes: a router killed loses what they had not acknowledged");
+                (None, crate::delivery_log::Resumed { session: run, ..Default::default() })
+            }
+        };
         let state = Rc::new_cyclic(|weak| RouterState {
-            core: RefCell::new(Router::new(key.clone(), Limits::from_config(&home.config), session())),
+            core: RefCell::new(Router::new(key.clone(), Limits::from_config(&home.config), resumed.session, run)),
             key,
             stats,
             waiters: RefCell::new(HashMap::new()),
@@ -117,6 +131,8 @@ impl RouterState {
             attach_refused: Cell::new(0),
             rings,
             refusals_lost: Cell::new(0),
+            delivery: RefCell::new(delivery),
+            delivery_failing: Cell::new(false),
             timer: Rc::new(Notify::new()),
             timer_armed: Cell::new(None),
             lane_held: Cell::new(None),
@@ -128,9 +144,35 @@ impl RouterState {
             // Engines outlived the previous router: their events wait for them to subscribe again.
             state.core.borrow_mut().hold_events_until(now_ms() + ADOPTED_ENGINES_GRACE);
         }
+        {
+            let mut core = state.core.borrow_mut();
+            for (node, session, through) in resumed.receiving {
+                core.resume_receiving(node, session, through);
+            }
+            for (node, next, frames) in resumed.sending {
+                if !frames.is_empty() {
+                    tracing::info!(peer = %node.short(), frames = frames.len(), "frames the last run did not have acknowledged go again");
+                }
+                core.resume_sending(node, next, frames, now_ms());
+            }
+            core.count(DropReason::Malformed, resumed.unreadable);
+        }
         tokio::task::spawn_local(crate::rings::serve_slow(Rc::downgrade(&state), slow));
         tokio::task::spawn_local(run_timer(Rc::downgrade(&state), state.timer.clone()));
+        state.carry_out();
         state
+    }
+
+    /// Writes to the delivery log; a failure is said once, until a write works again.
+    fn log_delivery(&self, write: impl FnOnce(&mut DeliveryLog) -> std::io::Result<()>) {
+        let Some(log) = self.delivery.borrow_mut().as_mut().map(write) else { return };
+        match log {
+            Ok(()) => self.delivery_failing.set(false),
+            Err(error) if !self.delivery_failing.replace(true) => {
+                tracing::error!(%error, "cannot write the log of frames to other nodes: a router killed now may lose what they had not acknowledged");
+            }
+            Err(_) => {}
+        }
     }
 
     /// Tells the core what happened, and carries out what it answers.
@@ -285,9 +327,14 @@ impl RouterState {
                     tokio::task::spawn_local(self.clone().lookup(id));
                 }
                 Output::Transmit { node, header, batch } => {
+                    if header.seq != 0 {
+                        self.log_delivery(|log| log.sent(node, header.seq, &batch));
+                    }
                     let span = tracing::debug_span!("peer", node = %node.short(), seq = header.seq, messages = batch.len());
                     tokio::task::spawn_local(self.clone().hand_over(node, header, batch).instrument(span));
                 }
+                Output::Acknowledged { node, kept_from } => self.log_delivery(|log| log.acknowledged(node, kept_from)),
+                Output::Taken { node, session, through } => self.log_delivery(|log| log.taken(node, session, through)),
                 Output::Record { node, announcement } => {
                     let span = tracing::info_span!("peer", node = %node.short());
                     tokio::task::spawn_local(self.clone().record_announcement(node, announcement).instrument(span));
@@ -340,9 +387,9 @@ impl RouterState {
     }
 }
 
-/// This run's session for the frames it sends other nodes: the time it started, in
-/// nanoseconds, larger than any earlier run's.
-fn session() -> u64 {
+/// This run (and the session for the frames it sends other nodes, when no earlier one was
+/// logged): the time it started, in nanoseconds, larger than any earlier run's.
+fn run_started() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
 }
 

@@ -55,7 +55,7 @@ impl World {
         let nodes: Vec<Identity> = world.nodes.iter().map(|n| n.key).collect();
         for node in 0..n {
             let store = nodes.iter().map(|id| (*id, Known::Node { trust: 128 })).collect();
-            let core = Router::new(world.nodes[node].keypair.clone(), limits.clone(), 1);
+            let core = Router::new(world.nodes[node].keypair.clone(), limits.clone(), 1, 1);
             world.nodes[node].router = Some(NodeRouter { core, store, adverts: BTreeMap::new(), engines: BTreeMap::new(), next_ticket: 0, next_generation: 0, timer_at: None, inputs: Default::default(), feeding: false });
             for _ in 0..engines {
                 let key = Keypair::from_seed(world.rng.bytes32());
@@ -248,6 +248,8 @@ impl World {
                     let outcome = if taken { HandOver::Queued { messages: sealed.messages } } else { HandOver::Unavailable };
                     self.router_input(node, Input::HandedOver { node: peer, outcome });
                 }
+                // Routers are not killed in the simulation: their delivery log is not modelled.
+                Output::Acknowledged { .. } | Output::Taken { .. } => {}
                 Output::Record { node: from, announcement } => {
                     let store = &mut self.router(node).store;
                     for location in announcement.attached {

@@ -148,11 +148,16 @@ impl ComposeNode {
         String::from_utf8_lossy(&inspect.stdout).trim().to_string()
     }
 
+    /// The host's pid of `service`'s process.
+    pub fn pid(&self, service: &str) -> String {
+        let inspect = docker(&["inspect", "-f", "{{.State.Pid}}", &self.container(service)]);
+        String::from_utf8_lossy(&inspect.stdout).trim().to_string()
+    }
+
     /// Kills `service`'s process with SIGKILL from the host, as a crash would (not through
     /// Docker, which would count it as stopped on purpose): its restart policy brings it back.
     pub fn kill9(&self, service: &str) {
-        let inspect = docker(&["inspect", "-f", "{{.State.Pid}}", &self.container(service)]);
-        let pid: i32 = String::from_utf8_lossy(&inspect.stdout).trim().parse().expect("the container's pid");
+        let pid: i32 = self.pid(service).parse().expect("the container's pid");
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).expect("kill -9");
     }
 

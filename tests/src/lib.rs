@@ -6,6 +6,7 @@
 //! builds them first.
 
 pub mod containers;
+pub mod link_delay;
 
 use netmachine_service::{NodeHome, ServiceKind};
 use serde_json::Value;
@@ -252,9 +253,14 @@ impl Node {
 
     /// Kills one service with SIGKILL; returns its pid.
     pub fn kill9(&self, kind: ServiceKind) -> u64 {
+        self.signal(kind, nix::sys::signal::Signal::SIGKILL)
+    }
+
+    /// Sends `signal` to one service's process (SIGSTOP: it stalls, as a hung process would);
+    /// returns its pid.
+    pub fn signal(&self, kind: ServiceKind, signal: nix::sys::signal::Signal) -> u64 {
         let pid = self.pid(kind).unwrap_or_else(|| panic!("{} has no pid", kind.name()));
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)
-            .expect("kill -9");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap_or_else(|e| panic!("{signal}: {e}"));
         pid
     }
 

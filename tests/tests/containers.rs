@@ -12,6 +12,7 @@
 use netmachine_engine::{Engine, EngineOptions, Identity, Keypair};
 use netmachine_service::{NodeHome, ServiceKind};
 use netmachine_tests::containers::{docker_present, ComposeNode, FaultNetwork, TestImage, SERVICES};
+use netmachine_tests::link_delay::{link_delay_possible, LinkDelay};
 use netmachine_tests::{wait_until, with_rpc};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -261,7 +262,7 @@ fn three_nodes_in_containers_lose_nothing_through_partitions_loss_kills_and_rest
         // Loss on a link: nftables in the transport container's network namespace drops a share
         // of its UDP packets both ways (this machine's kernel has no netem for delay).
         let nft = |node: &ComposeNode, rules: &[&str]| {
-            let pid = String::from_utf8_lossy(&std::process::Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", &node.container("transport")]).output().unwrap().stdout).trim().to_string();
+            let pid = node.pid("transport");
             for rule in rules {
                 let out = std::process::Command::new("nsenter").args(["-t", &pid, "-n", "nft", rule]).output().expect("nsenter runs");
                 assert!(out.status.success(), "nft {rule}: {}", String::from_utf8_lossy(&out.stderr));
@@ -283,6 +284,19 @@ fn three_nodes_in_containers_lose_nothing_through_partitions_loss_kills_and_rest
                 .await
             }
             false => eprintln!("skipped the loss scenario: this machine has no `nft` (nftables)"),
+        }
+        match link_delay_possible() {
+            true => {
+                scenario("node 1's link delayed 40-80 ms each way (packets reordered) for 5 s", &traffic, &nodes, async {
+                    let delay = LinkDelay::start(&nodes[1].pid("transport"), Duration::from_millis(40), Duration::from_millis(40));
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    let figures = delay.stop();
+                    eprintln!("node 1's link: {} packets delayed, {} of them overtaken", figures.packets, figures.reordered);
+                    assert!(figures.packets > 0, "no packet of node 1's went through the delay");
+                })
+                .await
+            }
+            false => eprintln!("skipped the delay scenario: this machine has no `iptables-legacy` or `nsenter`"),
         }
         for (n, node) in nodes.iter().enumerate() {
             for service in SERVICES {

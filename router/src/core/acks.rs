@@ -1,12 +1,14 @@
 //! Acknowledged delivery between nodes, without I/O. Each router numbers the frames it sends
-//! another node within its session (its run: later runs have larger sessions) and keeps each
-//! one (`Sending`) until the receiving router acknowledges it. The receiver (`Receiving`) takes
+//! another node within its session and keeps each one (`Sending`) until the receiving router
+//! acknowledges it. The shell logs each frame before transport gets it, so a router killed with
+//! SIGKILL goes on in the same session where it was (`Sending::resumed`); a session changes only
+//! when that log is gone, and frames carry the run (when their router started) as well. The receiver (`Receiving`) takes
 //! frames strictly in order: one it has taken already is a duplicate, dropped; one past a gap is
 //! dropped too, to come again in order. It acknowledges a frame once every message in it is
 //! placed or counted as dropped, cumulatively with ranges for frames settled out of order, and
 //! says which it has taken in, so that a frame whose messages wait for room is not sent again.
-//! After a lost connection, a restarted transport or a restarted receiver, the sender goes back
-//! to its first unacknowledged frame and sends everything kept again, in order. A frame the
+//! After a lost connection, a restarted transport or a restarted receiver (a later run), the
+//! sender goes back to its first unacknowledged frame and sends everything kept again, in order. A frame the
 //! receiver has not taken in after `PROBE_AFTER` (its router did not take it from transport, or
 //! the connection is silently gone) is sent again alone, as a probe, backing off up to
 //! `PROBE_AFTER_MAX`; once the receiver answers, everything after it goes again.
@@ -45,8 +47,10 @@ pub struct Ack {
 /// The numbering of a frame, and the acknowledgement it carries back.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Header {
-    /// The sender's session; 0: not numbered (a frame from a node of an earlier version).
+    /// The sender's numbering; 0: not numbered (a frame from a node of an earlier version).
     pub session: u64,
+    /// When the sender's router started: a later run took in nothing of what was sent before.
+    pub run: u64,
     /// 0: the frame carries only an acknowledgement.
     pub seq: u64,
     /// The sender keeps frames from this number on: every earlier one was acknowledged.
@@ -94,17 +98,33 @@ pub struct Sending {
 
 impl Sending {
     pub fn new(now: Millis) -> Self {
-        Sending {
-            next: 1,
-            kept: BTreeMap::new(),
-            bytes: 0,
+        Sending::resumed(1, Vec::new(), now)
+    }
+
+    /// What an earlier run of this router numbered up to `next` and logged, kept again: every
+    /// frame goes again, in order, before anything new.
+    pub fn resumed(next: u64, frames: Vec<(u64, Arc<Vec<Outgoing>>, usize)>, now: Millis) -> Self {
+        let bytes = frames.iter().map(|(_, _, bytes)| bytes).sum();
+        let kept: BTreeMap<u64, Kept> = frames.into_iter().map(|(seq, batch, bytes)| (seq, Kept { batch, bytes, sent_at: now, queued: false })).collect();
+        let next = next.max(kept.keys().next_back().map_or(1, |last| last + 1));
+        let mut sending = Sending {
+            next,
+            kept,
+            bytes,
             resend_from: None,
             resend_through: None,
             probing: false,
             probe_after: PROBE_AFTER,
             received: 0,
             progress_at: now,
-        }
+        };
+        sending.go_back(now);
+        sending
+    }
+
+    /// The number the next new frame gets.
+    pub fn next(&self) -> u64 {
+        self.next
     }
 
     /// Bytes kept (estimated as the outbox cuts batches).
@@ -250,6 +270,8 @@ pub enum Arrival {
 #[derive(Debug, Default)]
 pub struct Receiving {
     session: u64,
+    /// The sender's latest run seen.
+    run: u64,
     /// The highest frame taken in; all before it were.
     taken: u64,
     /// Every frame up to this one settled.
@@ -261,16 +283,29 @@ pub struct Receiving {
 }
 
 impl Receiving {
+    /// What an earlier run of this router took in from a node and settled, up to `through` of
+    /// `session`: frames up to it are duplicates.
+    pub fn resumed(session: u64, through: u64) -> Self {
+        Receiving { session, taken: through, through, ..Receiving::default() }
+    }
+
+    /// Frames settled so far: every one up to this, of this session.
+    pub fn through(&self) -> (u64, u64) {
+        (self.session, self.through)
+    }
+
     /// A frame numbered by `header` arrived: whether to take it. `restarted` is set when it
-    /// comes from a later session of the sender than the frames before.
+    /// comes from a later run of the sender than the frames before (which took in nothing this
+    /// router sent the earlier one), or numbers frames afresh.
     pub fn arrive(&mut self, header: &Header, now: Millis) -> (Arrival, bool) {
         if header.session == 0 || header.seq == 0 || header.session < self.session {
             return (Arrival::Unnumbered, false);
         }
-        let restarted = header.session > self.session;
-        if restarted {
+        let restarted = header.session > self.session || header.run > self.run;
+        if header.session > self.session {
             *self = Receiving { session: header.session, ..Receiving::default() };
         }
+        self.run = self.run.max(header.run);
         // The sender had every frame before `kept_from` acknowledged.
         let acknowledged = header.kept_from.saturating_sub(1);
         if acknowledged > self.taken {
@@ -357,7 +392,7 @@ mod tests {
     }
 
     fn header(session: u64, seq: u64, kept_from: u64) -> Header {
-        Header { session, seq, kept_from, ack: None }
+        Header { session, run: 1, seq, kept_from, ack: None }
     }
 
     #[test]
@@ -391,6 +426,30 @@ mod tests {
         assert_eq!(receiving.arrive(&header(9, 1, 1), 0), (Arrival::Take, true));
         assert_eq!(receiving.arrive(&header(7, 42, 41), 0).0, Arrival::Unnumbered);
         assert_eq!(receiving.arrive(&header(0, 0, 0), 0).0, Arrival::Unnumbered);
+    }
+
+    #[test]
+    fn a_sender_resumed_from_its_log_goes_on_numbering_and_its_receiver_takes_nothing_twice() {
+        let mut receiving = Receiving::default();
+        for seq in 1..=3 {
+            assert_eq!(receiving.arrive(&header(7, seq, 1), 0).0, Arrival::Take);
+            receiving.settled(7, seq, 0);
+        }
+        // The sender was killed before frames 2 and 3 were acknowledged; its next run resumes
+        // them from its log, in the same session, and the receiver sees a later run.
+        let mut sending = Sending::resumed(4, vec![(2, batch(&[None]), 10), (3, batch(&[None]), 10)], 5);
+        assert_eq!((sending.kept_from(), sending.next(), sending.bytes()), (2, 4, 20));
+        let resent: Vec<u64> = std::iter::from_fn(|| sending.next_resend(5)).map(|r| r.seq).collect();
+        assert_eq!(resent, vec![2, 3]);
+        let again = |seq| Header { run: 2, ..header(7, seq, 2) };
+        assert_eq!(receiving.arrive(&again(2), 6), (Arrival::Duplicate, true), "the receiver learns of the new run and sends its own frames again");
+        assert_eq!(receiving.arrive(&again(3), 6), (Arrival::Duplicate, false));
+        assert_eq!(sending.keep(batch(&[None]), 10, 7), 4, "new frames go on from the logged numbering");
+        assert_eq!(receiving.arrive(&again(4), 7).0, Arrival::Take);
+        // A receiver resumed from what it recorded settled takes nothing up to it again.
+        let mut resumed = Receiving::resumed(7, 3);
+        assert_eq!(resumed.arrive(&header(7, 3, 2), 8).0, Arrival::Duplicate);
+        assert_eq!(resumed.arrive(&header(7, 4, 2), 8).0, Arrival::Take);
     }
 
     #[test]

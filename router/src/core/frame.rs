@@ -1,7 +1,8 @@
 //! P2P frames, both ways, without I/O: `seal` encodes a batch for another node and signs it with
 //! the node key; `open` checks that a frame is from the node TLS authenticated, for this node,
 //! and signed by it, then reads its payloads; `verify_signatures` checks the engine signatures
-//! of the messages inside (as one batch: run it off the event loop).
+//! of the messages inside (as one batch: run it off the event loop). `unsealed` and
+//! `read_unsealed` are a batch alone, unsigned and unnumbered, as the log of frames sent keeps it.
 
 use super::acks::{Ack, Header};
 use super::drops::DropReason;
@@ -20,9 +21,42 @@ pub struct Sealed {
 
 /// Encodes `batch` for `dst`, numbered by `header`, and signs it with the node `key`.
 pub fn seal(key: &Keypair, dst: Identity, header: &Header, batch: &[Outgoing]) -> Sealed {
+    let (batch_bytes, messages, expiry) = encode(header, batch);
+    let src = key.identity();
+    let signature = key.sign(&signing::p2p_frame(&src, &dst, &batch_bytes));
+    let mut frame = capnp::message::Builder::new_default();
+    let mut root = frame.init_root::<p2_p_frame::Builder>();
+    root.set_src(&src.0);
+    root.set_dst(&dst.0);
+    root.set_batch(&batch_bytes);
+    root.set_sig(&signature);
+    Sealed { bytes: capnp::serialize::write_message_to_words(&frame), messages, expiry }
+}
+
+/// `batch` alone, unsigned and unnumbered.
+pub fn unsealed(batch: &[Outgoing]) -> Vec<u8> {
+    encode(&Header::default(), batch).0
+}
+
+/// A batch `unsealed` wrote: its items, or why it cannot be read.
+pub fn read_unsealed(bytes: &[u8], word_limit: usize) -> Result<Vec<Outgoing>, String> {
+    let options = netmachine_service::rpc::reader_options(word_limit);
+    let message = capnp::serialize::read_message(&mut &bytes[..], options).map_err(|e| e.to_string())?;
+    let batch = message.get_root::<p2_p_batch::Reader>().map_err(|e| e.to_string())?;
+    let (items, unreadable) = read_items(batch.get_payloads().map_err(|e| e.to_string())?);
+    match unreadable {
+        0 => Ok(items),
+        n => Err(format!("{n} items cannot be read")),
+    }
+}
+
+/// The batch numbered by `header`, encoded, with its messages and their latest expiry (0: some
+/// never expire, or it carries none).
+fn encode(header: &Header, batch: &[Outgoing]) -> (Vec<u8>, u64, u64) {
     let mut message = capnp::message::Builder::new_default();
     let mut root = message.init_root::<p2_p_batch::Builder>();
     root.set_session(header.session);
+    root.set_run(header.run);
     root.set_seq(header.seq);
     root.set_kept_from(header.kept_from);
     if let Some(ack) = &header.ack {
@@ -56,16 +90,7 @@ pub fn seal(key: &Keypair, dst: Identity, header: &Header, batch: &[Outgoing]) -
             }
         }
     }
-    let batch_bytes = capnp::serialize::write_message_to_words(&message);
-    let src = key.identity();
-    let signature = key.sign(&signing::p2p_frame(&src, &dst, &batch_bytes));
-    let mut frame = capnp::message::Builder::new_default();
-    let mut root = frame.init_root::<p2_p_frame::Builder>();
-    root.set_src(&src.0);
-    root.set_dst(&dst.0);
-    root.set_batch(&batch_bytes);
-    root.set_sig(&signature);
-    Sealed { bytes: capnp::serialize::write_message_to_words(&frame), messages, expiry: expiry.unwrap_or(0) }
+    (capnp::serialize::write_message_to_words(&message), messages, expiry.unwrap_or(0))
 }
 
 fn write_ack(mut builder: acknowledgement::Builder<'_>, ack: &Ack) {
@@ -144,22 +169,34 @@ pub fn open(node: Identity, src: Identity, bytes: &[u8], word_limit: usize) -> R
         true => read_ack(batch.get_ack().map_err(malformed)?).map_err(malformed)?,
         false => None,
     };
-    let header = Header { session: batch.get_session(), seq: batch.get_seq(), kept_from: batch.get_kept_from(), ack };
-    let mut opened = Opened { header, ..Opened::default() };
-    for payload in payloads.iter() {
-        match payload.which() {
-            Ok(p2_p_payload::Engine(Ok(engine))) => match EngineMessage::read(engine) {
-                Ok(message) => opened.messages.push(message),
-                Err(_) => opened.unreadable += 1,
-            },
-            Ok(p2_p_payload::Engines(Ok(engines))) => match read_announcement(engines) {
-                Ok(announcement) => opened.announcements.push(announcement),
-                Err(_) => opened.unreadable += 1,
-            },
-            _ => opened.unreadable += 1,
+    let header = Header { session: batch.get_session(), run: batch.get_run(), seq: batch.get_seq(), kept_from: batch.get_kept_from(), ack };
+    let (items, unreadable) = read_items(payloads);
+    let mut opened = Opened { header, unreadable, ..Opened::default() };
+    for item in items {
+        match item {
+            Outgoing::Message(message) => opened.messages.push(message),
+            Outgoing::Engines(announcement) => opened.announcements.push(announcement),
         }
     }
     Ok(opened)
+}
+
+/// A batch's items in order, and how many could not be read (or are of a kind this version
+/// does not take).
+fn read_items(payloads: capnp::struct_list::Reader<'_, p2_p_payload::Owned>) -> (Vec<Outgoing>, u64) {
+    let (mut items, mut unreadable) = (Vec::with_capacity(payloads.len() as usize), 0);
+    for payload in payloads.iter() {
+        let item = match payload.which() {
+            Ok(p2_p_payload::Engine(Ok(engine))) => EngineMessage::read(engine).ok().map(Outgoing::Message),
+            Ok(p2_p_payload::Engines(Ok(engines))) => read_announcement(engines).ok().map(Outgoing::Engines),
+            _ => None,
+        };
+        match item {
+            Some(item) => items.push(item),
+            None => unreadable += 1,
+        }
+    }
+    (items, unreadable)
 }
 
 fn read_announcement(engines: netmachine_schema::message_capnp::engine_announcement::Reader<'_>) -> Result<Announcement, String> {
@@ -211,8 +248,10 @@ mod tests {
         let announcement = Announcement { full: true, attached: vec![location.clone()], detached: vec![], topics: vec![advert.clone()] };
         let batch = vec![Outgoing::Engines(announcement), Outgoing::Message(message.clone())];
         let ack = Ack { session: 3, through: 10, ranges: vec![(12, 14)], received: 15 };
-        let header = Header { session: 7, seq: 2, kept_from: 1, ack: Some(ack) };
+        let header = Header { session: 7, run: 9, seq: 2, kept_from: 1, ack: Some(ack) };
         let sealed = seal(&a, b.identity(), &header, &batch);
+        assert_eq!(read_unsealed(&unsealed(&batch), 1 << 20), Ok(batch.clone()), "the log's form of a batch reads back the same");
+        assert!(read_unsealed(&sealed.bytes[..40], 1 << 20).is_err());
         assert_eq!(sealed.messages, 1);
         let opened = open(b.identity(), a.identity(), &sealed.bytes, 1 << 20).unwrap();
         assert_eq!(opened.header, header);

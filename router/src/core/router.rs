@@ -130,6 +130,12 @@ pub enum Output {
     Transmit { node: Identity, header: Header, batch: Arc<Vec<Outgoing>> },
     /// Record what node `node` announced (its locations verified) in the identity store.
     Record { node: Identity, announcement: Announcement },
+    /// `node` acknowledged every frame before `kept_from`: the log of frames sent may let
+    /// them go.
+    Acknowledged { node: Identity, kept_from: u64 },
+    /// Every frame of `node`'s `session` up to `through` is settled here: recorded before the
+    /// acknowledgement leaves, so that a restarted router takes none of them again.
+    Taken { node: Identity, session: u64, through: u64 },
 }
 
 /// An engine attached here.
@@ -196,8 +202,10 @@ pub struct Router {
     table: RoutingTable<Attached>,
     connected: BTreeSet<Identity>,
     outboxes: BTreeMap<Identity, Outbox>,
-    /// This run's session: the frames it sends are numbered within it.
+    /// The numbering of the frames it sends, kept across restarts with the log of them.
     session: u64,
+    /// When this run started.
+    run: u64,
     /// Per other node, the frames sent and kept until acknowledged, and what was taken in.
     /// A node's `Sending` stays for the run even when nothing is kept (a few dozen bytes):
     /// its numbering must go on where it was, or the node would take new frames for old ones.
@@ -232,6 +240,8 @@ pub struct Router {
     remote_sent: u64,
     remote_received: u64,
     frames_resent: u64,
+    /// Frames an earlier run logged and did not have acknowledged, kept again.
+    frames_resumed: u64,
     /// Messages in frames taken already, dropped.
     duplicates_suppressed: u64,
     /// Frames past a gap, dropped to come again in order.
@@ -242,9 +252,10 @@ pub struct Router {
 }
 
 impl Router {
-    /// A router whose frames to other nodes are numbered in `session`, larger than any earlier
-    /// run's (the shell takes the time it starts).
-    pub fn new(key: Keypair, limits: Limits, session: u64) -> Self {
+    /// A router whose frames to other nodes are numbered in `session` (an earlier run's, resumed
+    /// with `resume_sending`, or one larger than any earlier), in its `run` (larger than any
+    /// earlier run's: the shell takes the time it starts).
+    pub fn new(key: Keypair, limits: Limits, session: u64, run: u64) -> Self {
         Router {
             table: RoutingTable::new(key.identity(), limits.cache_entries),
             key,
@@ -252,6 +263,7 @@ impl Router {
             connected: BTreeSet::new(),
             outboxes: BTreeMap::new(),
             session,
+            run,
             sending: BTreeMap::new(),
             receiving: BTreeMap::new(),
             clock: 0,
@@ -273,12 +285,32 @@ impl Router {
             remote_sent: 0,
             remote_received: 0,
             frames_resent: 0,
+            frames_resumed: 0,
             duplicates_suppressed: 0,
             frames_out_of_order: 0,
             announcements_refused: 0,
             events_published: 0,
             event_deliveries: 0,
         }
+    }
+
+    /// Frames of this session an earlier run sent `node` and logged, numbered up to `next`:
+    /// kept again, to go again before anything new (messages in them that expired meanwhile
+    /// are counted as such when they would go).
+    pub fn resume_sending(&mut self, node: Identity, next: u64, frames: Vec<(u64, Arc<Vec<Outgoing>>)>, now: Millis) {
+        let frames = frames.into_iter().map(|(seq, batch)| {
+            let bytes = batch.iter().map(Outgoing::size).sum();
+            (seq, batch, bytes)
+        });
+        let frames: Vec<_> = frames.collect();
+        self.frames_resumed += frames.len() as u64;
+        self.sending.insert(node, Sending::resumed(next, frames, now));
+        self.transmit(node, now);
+    }
+
+    /// What an earlier run took in from `node` and settled: frames of `session` up to `through`.
+    pub fn resume_receiving(&mut self, node: Identity, session: u64, through: u64) {
+        self.receiving.insert(node, Receiving::resumed(session, through));
     }
 
     pub fn node(&self) -> Identity {
@@ -570,6 +602,7 @@ impl Router {
             ("remote_messages_sent", self.remote_sent),
             ("remote_messages_received", self.remote_received),
             ("remote_frames_resent", self.frames_resent),
+            ("remote_frames_resumed", self.frames_resumed),
             ("remote_duplicates_suppressed", self.duplicates_suppressed),
             ("remote_frames_out_of_order", self.frames_out_of_order),
             ("announcements_refused", self.announcements_refused),
@@ -993,7 +1026,9 @@ impl Router {
 
     fn frame(&mut self, ticket: Ticket, src: Identity, public: bool, frame: Opened, now: Millis) {
         if let Some(ack) = frame.header.ack.as_ref().filter(|ack| ack.session == self.session) {
-            if self.sending.get_mut(&src).is_some_and(|sending| sending.acknowledged(ack, now)) {
+            let freed = self.sending.get_mut(&src).and_then(|sending| sending.acknowledged(ack, now).then(|| sending.kept_from()));
+            if let Some(kept_from) = freed {
+                self.outputs.push_back(Output::Acknowledged { node: src, kept_from });
                 self.room_freed = !self.waiting.is_empty();
                 self.transmit(src, now);
             }
@@ -1106,7 +1141,12 @@ impl Router {
     /// Every message of frame `seq` from `src` is placed or dropped: it is acknowledged soon.
     fn frame_settled(&mut self, src: Identity, session: u64, seq: u64) {
         if let Some(receiving) = self.receiving.get_mut(&src) {
+            let before = receiving.through();
             receiving.settled(session, seq, self.clock);
+            let (session, through) = receiving.through();
+            if (session, through) != before {
+                self.outputs.push_back(Output::Taken { node: src, session, through });
+            }
             self.wake_at(self.clock + ACK_DELAY);
         }
     }
@@ -1154,7 +1194,7 @@ impl Router {
         outbox.handed = Some(seq);
         let kept_from = sending.kept_from();
         let ack = self.receiving.get_mut(&node).and_then(Receiving::take_ack);
-        let header = Header { session: self.session, seq, kept_from, ack };
+        let header = Header { session: self.session, run: self.run, seq, kept_from, ack };
         self.outputs.push_back(Output::Transmit { node, header, batch });
         self.room_freed = !self.waiting.is_empty();
         if seq != 0 {
@@ -1315,7 +1355,7 @@ mod tests {
 
     impl Bench {
         fn new() -> Self {
-            Bench { router: Router::new(Keypair::generate(), limits(), SESSION), next: 0 }
+            Bench { router: Router::new(Keypair::generate(), limits(), SESSION, 1), next: 0 }
         }
 
         /// Attaches a fresh engine; its key.
@@ -1473,7 +1513,7 @@ mod tests {
         let dst = receiver.identity();
         let numbered = move |session: u64, seq: u64| {
             let message = EngineMessage::new(peer, Destination::Engine(dst), seq, vec![seq as u8]);
-            Opened { header: Header { session, seq, kept_from: 1, ack: None }, ..frame(vec![], vec![message]) }
+            Opened { header: Header { session, run: 1, seq, kept_from: 1, ack: None }, ..frame(vec![], vec![message]) }
         };
         (peer, numbered)
     }
@@ -1530,7 +1570,7 @@ mod tests {
         bench.router.handle(Input::HandedOver { node, outcome: HandOver::Queued { messages: 0 } }, 3);
         // The node acknowledges both, on a frame of its own.
         let ack = Ack { session: SESSION, through: 2, ranges: vec![], received: 2 };
-        let carrier = Opened { header: Header { session: 77, seq: 0, kept_from: 0, ack: Some(ack) }, ..frame(vec![], vec![]) };
+        let carrier = Opened { header: Header { session: 77, run: 1, seq: 0, kept_from: 0, ack: Some(ack) }, ..frame(vec![], vec![]) };
         bench.router.handle(Input::Frame { ticket: Ticket(50), src: node, public: false, frame: carrier }, 4);
         assert_eq!(counter(&bench.router, "remote_unacked_bytes"), 0);
         bench.router.handle(Input::Connected(node), 5);
@@ -1556,7 +1596,7 @@ mod tests {
         assert_eq!(again.iter().map(|(_, h, _)| h.seq).collect::<Vec<_>>(), vec![1]);
         bench.router.handle(Input::HandedOver { node, outcome: HandOver::Queued { messages: 1 } }, 1 + PROBE_AFTER);
         let ack = Ack { session: SESSION, through: 1, ranges: vec![], received: 1 };
-        let carrier = Opened { header: Header { session: 77, seq: 0, kept_from: 0, ack: Some(ack) }, ..frame(vec![], vec![]) };
+        let carrier = Opened { header: Header { session: 77, run: 1, seq: 0, kept_from: 0, ack: Some(ack) }, ..frame(vec![], vec![]) };
         bench.router.handle(Input::Frame { ticket: Ticket(50), src: node, public: false, frame: carrier }, 2 + PROBE_AFTER);
         let next = transmits(&bench.outputs());
         assert_eq!(next.iter().map(|(_, h, b)| (h.seq, b.len())).collect::<Vec<_>>(), vec![(2, 1)], "the acknowledgement opens the window");
