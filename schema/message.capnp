@@ -41,6 +41,7 @@ struct EngineMessage {
   protocol @9 :Text;
   body @10 :Data;
   sig @11 :Id.Signature;     # by src over every field above; empty when unsigned
+  stamp @12 :DeliveryStamp;  # written by the router that took this message from another node's frame; never signed
 }
 
 # What one node sends another: a batch of payloads under one node signature. The signature
@@ -73,6 +74,16 @@ struct Acknowledgement {
   through @1 :UInt64;        # every frame up to this one
   ranges @2 :List(SeqRange); # and these, beyond `through`
   received @3 :UInt64;       # the highest frame taken in, whose messages may still wait for room
+}
+
+# Where a message from another node came in: its frame and place in it. Per sending engine and
+# node, an engine's deliveries come in increasing (session, seq, index); one that does not was
+# delivered already, by a router that was killed before its frame was acknowledged.
+struct DeliveryStamp {
+  node @0 :Id.Identity;      # the node whose frame carried it
+  session @1 :UInt64;
+  seq @2 :UInt64;
+  index @3 :UInt32;          # among the frame's messages
 }
 
 struct SeqRange {

@@ -73,6 +73,10 @@ pub(crate) struct Shared {
     /// attaches ask for none. Each refused grant is an attachment the router delivers to
     /// before it is undone, and what it writes into rings nobody maps is lost.
     rings_unusable: std::sync::atomic::AtomicBool,
+    /// Stamps of messages from other nodes taken, to drop a second copy of one.
+    delivered: std::sync::Mutex<crate::delivered::Delivered>,
+    /// Second copies dropped.
+    pub duplicates: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -88,7 +92,12 @@ impl Shared {
     }
 
     /// Hands `message` to the request it answers; gives it back if it answers none.
+    /// A second copy of a message from another node (`delivered`) is dropped here.
     pub fn route_reply(&self, message: EngineMessage) -> Option<EngineMessage> {
+        if message.stamp.is_some() && !self.delivered.lock().unwrap_or_else(|e| e.into_inner()).fresh(&message) {
+            self.duplicates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return None;
+        }
         match self.take_reply(&message) {
             Some(waiter) => {
                 let _ = waiter.send(Ok(message));

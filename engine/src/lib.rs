@@ -18,6 +18,7 @@
 
 pub mod blocks;
 mod connection;
+mod delivered;
 mod error;
 mod fast_path;
 pub mod ring;
@@ -217,6 +218,12 @@ impl Engine {
     /// Messages written to the rings that the router then refused.
     pub fn refused(&self) -> u64 {
         self.shared.refusals.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Messages from other nodes dropped as second copies: placed again by a router restarted
+    /// before the frame that carried them was settled.
+    pub fn duplicates_dropped(&self) -> u64 {
+        self.shared.duplicates.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This engine's identity.

@@ -40,6 +40,6 @@ pub mod topic;
 pub use content::{ContentId, ContentIdError};
 pub use identity::{Identity, KeyError, Keypair, SignatureBytes};
 pub use location::{EngineLocation, LocationError};
-pub use message::{Destination, EngineMessage, MessageError};
+pub use message::{Destination, EngineMessage, MessageError, Stamp};
 pub use peer::{PeerMessage, Says, PEER_EVENT_OVERHEAD, PUBSUB_BATCH_PROTOCOL, PUBSUB_PROTOCOL};
 pub use topic::{gap_marker, AdvertError, TopicAdvert, GAP_PROTOCOL, SEQ_NOT_KNOWN};

@@ -42,6 +42,26 @@ pub struct EngineMessage {
     pub protocol: String,
     pub body: Vec<u8>,
     pub sig: Option<SignatureBytes>,
+    /// Where it came in from another node; written by the router that took it, never by an
+    /// engine, and not signed.
+    pub stamp: Option<Stamp>,
+}
+
+/// A message's frame from another node and place in it (`DeliveryStamp` in the schema): an
+/// engine drops a delivery whose stamp is not past the last one from the same sender and node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Stamp {
+    pub node: Identity,
+    pub session: u64,
+    pub seq: u64,
+    pub index: u32,
+}
+
+impl Stamp {
+    /// Where it stands among the stamps of its node: later frames, and later in a frame.
+    pub fn position(&self) -> (u64, u64, u32) {
+        (self.session, self.seq, self.index)
+    }
 }
 
 /// Why a wire EngineMessage could not be read.
@@ -75,6 +95,7 @@ impl EngineMessage {
             protocol: String::new(),
             body,
             sig: None,
+            stamp: None,
         }
     }
 
@@ -95,6 +116,7 @@ impl EngineMessage {
         message.encrypted = true;
         message.protocol = "chat/1".into();
         message.sig = Some([9; 64]);
+        message.stamp = Some(Stamp { node: crate::Keypair::generate().identity(), session: 5, seq: 6, index: 7 });
         message
     }
 
@@ -143,6 +165,13 @@ impl EngineMessage {
                 .map_err(|_| MessageError::ProtocolNotUtf8)?,
             body: reader.get_body()?.to_vec(),
             sig,
+            stamp: match reader.has_stamp() {
+                true => {
+                    let stamp = reader.get_stamp()?;
+                    Some(Stamp { node: Identity::from_slice("stamp", stamp.get_node()?)?, session: stamp.get_session(), seq: stamp.get_seq(), index: stamp.get_index() })
+                }
+                false => None,
+            },
         })
     }
 
@@ -176,6 +205,13 @@ impl EngineMessage {
         builder.set_protocol(self.protocol.as_str());
         builder.set_body(&self.body);
         builder.set_sig(self.sig.as_ref().map_or(&[][..], |s| &s[..]));
+        if let Some(stamp) = &self.stamp {
+            let mut into = builder.init_stamp();
+            into.set_node(&stamp.node.0);
+            into.set_session(stamp.session);
+            into.set_seq(stamp.seq);
+            into.set_index(stamp.index);
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use super::layout::Kind;
 use super::spsc::{Full, Producer};
 use netmachine_schema::message_capnp::Scope;
 use netmachine_schema::router_capnp::SendRefusal;
-use netmachine_schema::{Destination, EngineMessage, Identity};
+use netmachine_schema::{Destination, EngineMessage, Identity, Stamp};
 
 /// A message the router could not route, as it tells the sending engine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +40,13 @@ pub const HAS_EXPIRY: u16 = 2;
 pub const ORDERED: u16 = 4;
 pub const RELIABLE: u16 = 8;
 pub const ENCRYPTED: u16 = 16;
-const KNOWN_FLAGS: u16 = HAS_REPLY_TO | HAS_EXPIRY | ORDERED | RELIABLE | ENCRYPTED;
+/// The record ends with a delivery stamp (inbox only: the router writes it).
+pub const STAMPED: u16 = 32;
+const KNOWN_FLAGS: u16 = HAS_REPLY_TO | HAS_EXPIRY | ORDERED | RELIABLE | ENCRYPTED | STAMPED;
+
+/// A delivery stamp after the signature: node (32 bytes), session (u64), seq (u64), index (u32),
+/// then 4 zero bytes.
+pub const STAMP_LENGTH: usize = 56;
 
 /// `dst_kind` values.
 pub const DST_ENGINE: u8 = 1;
@@ -63,7 +69,7 @@ fn u32_at(from: &[u8], at: usize) -> usize {
 
 /// Bytes of the record body that carries `message`.
 pub fn message_length(message: &EngineMessage) -> usize {
-    MESSAGE_HEAD + message.protocol.len() + message.body.len() + message.sig.map_or(0, |s| s.len())
+    MESSAGE_HEAD + message.protocol.len() + message.body.len() + message.sig.map_or(0, |s| s.len()) + message.stamp.map_or(0, |_| STAMP_LENGTH)
 }
 
 /// Writes `message` as one record, straight into the ring.
@@ -89,6 +95,7 @@ fn encode(message: &EngineMessage, signature: &[u8], record: &mut [u8]) {
         (message.ordered, ORDERED),
         (message.reliable, RELIABLE),
         (message.encrypted, ENCRYPTED),
+        (message.stamp.is_some(), STAMPED),
     ] {
         if set {
             flags |= flag;
@@ -107,9 +114,17 @@ fn encode(message: &EngineMessage, signature: &[u8], record: &mut [u8]) {
     head[SIGNATURE_LENGTH_AT..MESSAGE_HEAD].copy_from_slice(&(signature.len() as u32).to_le_bytes());
     let (protocol, rest) = rest.split_at_mut(message.protocol.len());
     protocol.copy_from_slice(message.protocol.as_bytes());
-    let (body, sig) = rest.split_at_mut(message.body.len());
+    let (body, rest) = rest.split_at_mut(message.body.len());
     body.copy_from_slice(&message.body);
+    let (sig, stamp) = rest.split_at_mut(signature.len());
     sig.copy_from_slice(signature);
+    if let Some(from) = &message.stamp {
+        stamp[..32].copy_from_slice(&from.node.0);
+        stamp[32..40].copy_from_slice(&from.session.to_le_bytes());
+        stamp[40..48].copy_from_slice(&from.seq.to_le_bytes());
+        stamp[48..52].copy_from_slice(&from.index.to_le_bytes());
+        stamp[52..].fill(0);
+    }
 }
 
 /// A message record's body, checked: every length adds up, every field holds a known value.
@@ -121,6 +136,7 @@ struct Fields<'a> {
     protocol: &'a str,
     body: &'a [u8],
     sig: Option<[u8; 64]>,
+    stamp: Option<Stamp>,
 }
 
 impl<'a> Fields<'a> {
@@ -133,15 +149,16 @@ impl<'a> Fields<'a> {
         if signature_length != 0 && signature_length != 64 {
             return Err(format!("a signature of {signature_length} bytes (0 or 64)"));
         }
-        if protocol_length + body_length + signature_length != rest.len() {
-            return Err(format!(
-                "protocol {protocol_length}, body {body_length} and signature {signature_length} bytes do not add up to the record's {}",
-                rest.len()
-            ));
-        }
         let flags = u16::from_le_bytes(bytes(head, FLAGS_AT));
         if flags & !KNOWN_FLAGS != 0 {
             return Err(format!("unknown flags {:#x}", flags & !KNOWN_FLAGS));
+        }
+        let stamp_length = if flags & STAMPED != 0 { STAMP_LENGTH } else { 0 };
+        if protocol_length + body_length + signature_length + stamp_length != rest.len() {
+            return Err(format!(
+                "protocol {protocol_length}, body {body_length}, signature {signature_length} and stamp {stamp_length} bytes do not add up to the record's {}",
+                rest.len()
+            ));
         }
         let dst = Identity(bytes(head, DST_AT));
         let dst = match head[DST_KIND_AT] {
@@ -153,8 +170,10 @@ impl<'a> Fields<'a> {
         let scope = Scope::try_from(u16::from(head[SCOPE_AT])).map_err(|_| format!("unknown scope {}", head[SCOPE_AT]))?;
         let (protocol, rest) = rest.split_at(protocol_length);
         let protocol = std::str::from_utf8(protocol).map_err(|_| "the protocol is not UTF-8".to_string())?;
-        let (body, sig) = rest.split_at(body_length);
-        Ok(Fields { head, dst, scope, flags, protocol, body, sig: (!sig.is_empty()).then(|| bytes(sig, 0)) })
+        let (body, rest) = rest.split_at(body_length);
+        let (sig, stamp) = rest.split_at(signature_length);
+        let stamp = (stamp_length > 0).then(|| Stamp { node: Identity(bytes(stamp, 0)), session: u64_at(stamp, 32), seq: u64_at(stamp, 40), index: u32_at(stamp, 48) as u32 });
+        Ok(Fields { head, dst, scope, flags, protocol, body, sig: (!sig.is_empty()).then(|| bytes(sig, 0)), stamp })
     }
 
     fn flag(&self, flag: u16) -> bool {
@@ -192,6 +211,7 @@ pub fn read_message(record: &[u8]) -> Result<EngineMessage, String> {
         protocol: fields.protocol.to_string(),
         body: fields.body.to_vec(),
         sig: fields.sig,
+        stamp: fields.stamp,
     })
 }
 
@@ -206,10 +226,13 @@ pub struct Envelope {
     pub body_len: usize,
 }
 
-/// Reads and checks a message record in place: a record that passes is one any reader can
-/// read whole.
+/// Reads and checks a message record an engine wrote, in place: a record that passes is one any
+/// reader can read whole. A delivery stamp is the router's to write, never an engine's.
 pub fn read_envelope(record: &[u8]) -> Result<Envelope, String> {
     let fields = Fields::check(record)?;
+    if fields.stamp.is_some() {
+        return Err("a delivery stamp, which only the router writes".into());
+    }
     Ok(Envelope { src: fields.src(), dst: fields.dst, id: u64_at(fields.head, ID_AT), expiry: fields.optional(HAS_EXPIRY, EXPIRY_AT), body_len: fields.body.len() })
 }
 
@@ -304,6 +327,9 @@ mod tests {
         assert_eq!(read_refusal(record.body), Some(refusal));
         assert_eq!(read_refusal(b"short"), None);
 
+        // A delivery stamp is the router's to write: an engine's record with one is refused.
+        assert_eq!(read_envelope(&record_of(&message)), Err("a delivery stamp, which only the router writes".to_string()));
+        let message = EngineMessage { stamp: None, ..message };
         // The envelope is read in place, and a record forwards as it is.
         let record = record_of(&message);
         let envelope = read_envelope(&record).unwrap();

@@ -68,12 +68,12 @@ struct Kept {
     queued: bool,
 }
 
-/// A frame to send again, with what expired in it since it was first sent.
+/// A frame to send again, as it was first sent: each message keeps its place in it, which its
+/// receiver stamps it with (a message that expired meanwhile is dropped and counted there).
 #[derive(Debug)]
 pub struct Resend {
     pub seq: u64,
     pub batch: Arc<Vec<Outgoing>>,
-    pub expired: u64,
 }
 
 /// What this router sent one node and keeps until it is acknowledged.
@@ -167,8 +167,7 @@ impl Sending {
         self.resend_from.is_some()
     }
 
-    /// The next kept frame to send again, its expired messages taken out (`now` on the
-    /// messages' clock).
+    /// The next kept frame to send again.
     pub fn next_resend(&mut self, now: Millis) -> Option<Resend> {
         let from = self.resend_from?;
         let next = self.kept.range_mut(from..).next().filter(|(seq, _)| self.resend_through.is_none_or(|last| **seq <= last));
@@ -177,13 +176,8 @@ impl Sending {
             return None;
         };
         self.resend_from = Some(seq + 1);
-        let live = |item: &Outgoing| !matches!(item, Outgoing::Message(m) if m.is_expired(now));
-        let expired = kept.batch.iter().filter(|item| !live(item)).count() as u64;
-        if expired > 0 {
-            kept.batch = Arc::new(kept.batch.iter().filter(|item| live(item)).cloned().collect());
-        }
         kept.sent_at = now;
-        Some(Resend { seq, batch: kept.batch.clone(), expired })
+        Some(Resend { seq, batch: kept.batch.clone() })
     }
 
     /// Takes in what the receiver acknowledged: whether it freed room.
@@ -466,7 +460,7 @@ mod tests {
     }
 
     #[test]
-    fn the_sender_keeps_frames_until_acknowledged_and_resends_them_in_order_without_what_expired() {
+    fn the_sender_keeps_frames_until_acknowledged_and_resends_them_in_order_as_first_sent() {
         let mut sending = Sending::new(0);
         let sizes = [100, 200, 300];
         for (i, bytes) in sizes.iter().enumerate() {
@@ -478,15 +472,15 @@ mod tests {
         assert_eq!((sending.bytes(), sending.kept_from()), (400, 1));
         assert!(!sending.acknowledged(&Ack { session: 1, through: 0, ranges: vec![(2, 2)], received: 3 }, 20), "nothing more");
         sending.go_back(30);
-        let resent: Vec<(u64, u64, usize)> = std::iter::from_fn(|| sending.next_resend(60)).map(|r| (r.seq, r.expired, r.batch.len())).collect();
-        assert_eq!(resent, vec![(1, 0, 2), (3, 0, 2)]);
+        let resent: Vec<(u64, usize)> = std::iter::from_fn(|| sending.next_resend(60)).map(|r| (r.seq, r.batch.len())).collect();
+        assert_eq!(resent, vec![(1, 2), (3, 2)]);
         assert!(!sending.resending());
         sending.keep(batch(&[Some(50), Some(70)]), 10, 60);
         sending.go_back(61);
         sending.next_resend(61);
         sending.next_resend(61);
         let last = sending.next_resend(61).unwrap();
-        assert_eq!((last.seq, last.expired, last.batch.len()), (4, 1, 1), "the message expired at 50 is not sent again");
+        assert_eq!((last.seq, last.batch.len()), (4, 2), "the message expired at 50 goes too, keeping the places of those after it");
         assert!(sending.acknowledged(&Ack { session: 1, through: 4, ranges: vec![], received: 4 }, 62));
         assert_eq!(sending.bytes(), 0);
         assert_eq!(sending.kept_from(), 5);

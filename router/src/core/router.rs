@@ -18,7 +18,7 @@ use super::table::{Known, Route, RoutingTable};
 use super::topics::{Subscribed, Topic, TopicRefused, Topics};
 use netmachine_schema::message_capnp::Scope;
 use netmachine_schema::router_capnp::{TopicPolicy, TopicRefusal};
-use netmachine_schema::{signing, Destination, EngineLocation, EngineMessage, Identity, Keypair, PeerMessage, Says, TopicAdvert, PEER_EVENT_OVERHEAD, PUBSUB_PROTOCOL, SEQ_NOT_KNOWN};
+use netmachine_schema::{signing, Destination, EngineLocation, EngineMessage, Identity, Keypair, PeerMessage, Says, Stamp, TopicAdvert, PEER_EVENT_OVERHEAD, PUBSUB_PROTOCOL, SEQ_NOT_KNOWN};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -1076,7 +1076,10 @@ impl Router {
             return;
         }
         self.tickets.insert(ticket, Open { left: frame.messages.len(), send: false, frame: numbered, unconfirmed: 0 });
-        for message in frame.messages {
+        for (index, mut message) in frame.messages.into_iter().enumerate() {
+            // Where it came in, for its engine to drop it should a later run of this router
+            // place it again; whatever the sending node wrote there is not taken.
+            message.stamp = numbered.map(|(node, session, seq)| Stamp { node, session, seq, index: index as u32 });
             self.admit(Some(ticket), Origin::Node { public }, message, true, now);
         }
     }
@@ -1169,7 +1172,6 @@ impl Router {
         let ack_due = self.receiving.get(&node).and_then(Receiving::owed_since).is_some_and(|since| since + ACK_DELAY <= now);
         let mut frame = None;
         if let Some(resend) = sending.next_resend(now) {
-            self.drops.count(DropReason::Expired, resend.expired);
             self.frames_resent += 1;
             frame = Some((resend.seq, resend.batch));
         } else if sending.bytes() < self.limits.unacked_bytes {
@@ -1300,6 +1302,9 @@ const MIRROR_WAIT: Millis = 24 * 3600 * 1000;
 /// What every message from an engine must be, whichever way it came: from the engine that sent
 /// it, within the node's size limit, not expired. The ring fast lane asks the same.
 pub fn check_send(sender: Identity, message: &EngineMessage, max_body: usize, now: Millis) -> Result<(), Refused> {
+    if message.stamp.is_some() {
+        return Err(Refused::malformed("a delivery stamp, which only the router writes"));
+    }
     check_envelope(sender, message.src, message.body.len(), message.expiry, max_body, now)
 }
 
@@ -1512,7 +1517,9 @@ mod tests {
         let peer = Keypair::generate().identity();
         let dst = receiver.identity();
         let numbered = move |session: u64, seq: u64| {
-            let message = EngineMessage::new(peer, Destination::Engine(dst), seq, vec![seq as u8]);
+            let mut message = EngineMessage::new(peer, Destination::Engine(dst), seq, vec![seq as u8]);
+            // What the sending node writes here is not taken: the receiver stamps it.
+            message.stamp = Some(Stamp { node: dst, session: 1, seq: 1, index: 1 });
             Opened { header: Header { session, run: 1, seq, kept_from: 1, ack: None }, ..frame(vec![], vec![message]) }
         };
         (peer, numbered)
@@ -1532,7 +1539,10 @@ mod tests {
                 assert!(transmits(&bench.outputs()).is_empty(), "a frame is acknowledged once its message reached the engine, not before");
             }
             let out = bench.confirmed(out, 10);
-            delivered.extend(out.iter().filter_map(|o| match o { Output::Deliver { message, .. } => Some(message.id), _ => None }));
+            for message in out.iter().filter_map(|o| match o { Output::Deliver { message, .. } => Some(message), _ => None }) {
+                assert_eq!(message.stamp, Some(Stamp { node: peer, session: 9, seq: message.id, index: 0 }), "stamped where it came in");
+                delivered.push(message.id);
+            }
             let settled = out.iter().any(|o| matches!(o, Output::Settled { ticket: t, outcome: Ok(()) } if t.0 == ticket));
             assert_eq!(settled, ticket != 5, "every frame settles but the last, whose message waits for room");
         }
@@ -1723,9 +1733,13 @@ mod tests {
         bench.router.handle(Input::Send { ticket: Ticket(1), sender: sender.identity(), message: forged.clone(), wait: true }, 0);
         forged.src = sender.identity();
         forged.body = vec![0; 4001];
-        bench.router.handle(Input::Send { ticket: Ticket(2), sender: sender.identity(), message: forged, wait: true }, 0);
+        bench.router.handle(Input::Send { ticket: Ticket(2), sender: sender.identity(), message: forged.clone(), wait: true }, 0);
+        forged.body = vec![];
+        forged.stamp = Some(Stamp { node: receiver.identity(), session: 1, seq: 1, index: 0 });
+        bench.router.handle(Input::Send { ticket: Ticket(3), sender: sender.identity(), message: forged, wait: true }, 0);
         let out = bench.outputs();
-        assert_eq!(settled(&out), vec![(Ticket(1), Err(SendRefusal::BadSource)), (Ticket(2), Err(SendRefusal::OverLimit))]);
+        let refused = vec![(Ticket(1), Err(SendRefusal::BadSource)), (Ticket(2), Err(SendRefusal::OverLimit)), (Ticket(3), Err(SendRefusal::Malformed))];
+        assert_eq!(settled(&out), refused, "a delivery stamp is the router's to write");
         assert_eq!(delivered(&out), 0);
     }
 
