@@ -26,6 +26,8 @@ fn main() {
         root.get_batch().expect("a frame just sealed has its batch").to_vec()
     };
     let record = ring_record(&message);
+    let stamp = netmachine_schema::Stamp { node: a.identity(), session: 9, seq: 3, index: 1 };
+    let stamped = ring_record(&EngineMessage { stamp: Some(stamp), ..message.clone() });
     let node_advert = node_advert(&a);
     let hello = netmachine_transport::core::handshake::hello(&node_advert, 0, 1).expect("a hello from a signed advert");
     let accepted = netmachine_transport::core::handshake::accepted(1, &node_advert, 2).expect("an answer from a signed advert");
@@ -36,7 +38,7 @@ fn main() {
     let request = netmachine_storage::serving::write_request(&netmachine_schema::ContentId::of(b"block"), Some((0, 2)));
     let block_stream = [vec![0x00, 0x50, 1], vec![0x10, 0x00, 0], vec![0x00, 0x50, 2, 0, 0, 7]];
     let seeds: Vec<(&str, Vec<Vec<u8>>)> = vec![
-        ("ring_record", vec![record, vec![0; 64]]),
+        ("ring_record", vec![record, vec![0; 64], stamped]),
         ("p2p_frame", vec![sealed.bytes.clone(), frame::seal(&a, b.identity(), &Header::default(), &[]).bytes]),
         ("p2p_batch", vec![batch_bytes, vec![0; 16]]),
         ("handshake", vec![hello, accepted]),

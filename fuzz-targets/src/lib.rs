@@ -50,6 +50,8 @@ pub fn ring_record(data: &[u8]) {
             assert_eq!(envelope.body_len, message.body.len());
         }
         (Err(_), Err(_)) => {}
+        // A delivery stamp: read in an inbox, refused from an engine's outbox.
+        (Err(_), Ok(message)) if message.stamp.is_some() => {}
         _ => panic!("the envelope check and the full read disagree: {envelope:?} / {message:?}"),
     }
     let _ = records::message_id(data);
