@@ -102,6 +102,7 @@ enum SendRefusal {
   unsupported @6;            # a destination kind this node does not route yet
   denied @7;                 # an event on a topic from an engine that is not its publisher
   backPressured @8;          # trySend: the destination has no room now (`slowest` names who)
+  badSignature @9;           # the message carries a signature that is not src's over it
 }
 
 struct SendResult {

@@ -465,7 +465,10 @@ fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<I
                     Offered::Elsewhere => {}
                 }
             }
-            let lane = envelope.and_then(|e| Some((fast_lane(from, &e, record.body.len(), by_engine, shared.max_body)?, e)));
+            // A signed message goes straight to its engine only once its signature verifies;
+            // else the main thread refuses it.
+            let verified = |e: &records::Envelope| !e.signed || records::read_message(record.body).is_ok_and(|m| m.signature_holds());
+            let lane = envelope.and_then(|e| Some((fast_lane(from, &e, record.body.len(), by_engine, shared.max_body)?, e))).filter(|(_, e)| verified(e));
             if let Some((to, envelope)) = lane {
                 match to.forward(record.body, &envelope) {
                     Ok(()) => {

@@ -120,6 +120,11 @@ impl EngineMessage {
         message
     }
 
+    /// Whether the message is unsigned, or signed by `src` over it.
+    pub fn signature_holds(&self) -> bool {
+        self.sig.is_none_or(|sig| self.src.verify(&crate::signing::engine_message(self), &sig).is_ok())
+    }
+
     /// True when the message's expiry is at or before `now_ms`.
     pub fn is_expired(&self, now_ms: u64) -> bool {
         self.expiry.is_some_and(|at| at <= now_ms)

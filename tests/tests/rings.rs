@@ -333,3 +333,33 @@ fn messages_left_unread_in_a_dead_engines_ring_are_counted_as_lost_with_it() {
     let _ = frozen.wait();
     wait_until("what the dead engine never read is counted", WAIT, || node.router_counter("dropped_engine_gone") - before == SENT);
 }
+
+#[test]
+fn a_local_message_whose_signature_is_not_its_senders_is_refused_on_either_path_and_a_true_one_arrives() {
+    let node = Node::up();
+    with_rpc(async {
+        let receiver = attach_engine(&node, |_| {}).await;
+        for ring in [true, false] {
+            let signer = netmachine_schema::Keypair::generate();
+            let sender = attach_engine(&node, |o| {
+                o.ring = ring;
+                o.keypair = signer.clone();
+            })
+            .await;
+            assert_eq!(sender.on_ring(), ring);
+            let mut forged = sender.message(receiver.identity(), b"forged".to_vec());
+            forged.sig = Some([7; 64]);
+            let refused = sender.request_message(forged, WAIT).await;
+            assert!(
+                matches!(&refused, Err(netmachine_engine::EngineError::Refused { reason: netmachine_schema::router_capnp::SendRefusal::BadSignature, .. })),
+                "ring {ring}: {refused:?}"
+            );
+            let mut signed = sender.message(receiver.identity(), b"signed".to_vec());
+            signed.sig = Some(signer.sign(&netmachine_schema::signing::engine_message(&signed)));
+            sender.send_message(signed).await.expect("a true signature goes");
+            let arrived = tokio::time::timeout(WAIT, receiver.recv()).await.expect("it arrives").expect("attached");
+            assert_eq!((arrived.signature_holds(), arrived.body), (true, b"signed".to_vec()), "ring {ring}: the forged one never arrived");
+        }
+    });
+    assert_eq!(node.router_counter("dropped_bad_signature"), 2);
+}

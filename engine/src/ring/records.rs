@@ -224,6 +224,8 @@ pub struct Envelope {
     pub id: u64,
     pub expiry: Option<u64>,
     pub body_len: usize,
+    /// It carries a signature.
+    pub signed: bool,
 }
 
 /// Reads and checks a message record an engine wrote, in place: a record that passes is one any
@@ -233,7 +235,8 @@ pub fn read_envelope(record: &[u8]) -> Result<Envelope, String> {
     if fields.stamp.is_some() {
         return Err("a delivery stamp, which only the router writes".into());
     }
-    Ok(Envelope { src: fields.src(), dst: fields.dst, id: u64_at(fields.head, ID_AT), expiry: fields.optional(HAS_EXPIRY, EXPIRY_AT), body_len: fields.body.len() })
+    let (src, id, expiry, body_len) = (fields.src(), u64_at(fields.head, ID_AT), fields.optional(HAS_EXPIRY, EXPIRY_AT), fields.body.len());
+    Ok(Envelope { src, dst: fields.dst, id, expiry, body_len, signed: fields.sig.is_some() })
 }
 
 /// Copies a message record into another ring, with the `src`, `dst` and id its envelope was
@@ -259,6 +262,7 @@ fn reason_code(reason: SendRefusal) -> u32 {
         SendRefusal::Unsupported => 7,
         SendRefusal::Denied => 8,
         SendRefusal::BackPressured => 9,
+        SendRefusal::BadSignature => 10,
     }
 }
 
@@ -273,6 +277,7 @@ fn reason_of(code: u32) -> Option<SendRefusal> {
         7 => SendRefusal::Unsupported,
         8 => SendRefusal::Denied,
         9 => SendRefusal::BackPressured,
+        10 => SendRefusal::BadSignature,
         _ => return None,
     })
 }
@@ -333,7 +338,7 @@ mod tests {
         // The envelope is read in place, and a record forwards as it is.
         let record = record_of(&message);
         let envelope = read_envelope(&record).unwrap();
-        assert_eq!(envelope, Envelope { src: message.src, dst: message.dst, id: message.id, expiry: message.expiry, body_len: 4 });
+        assert_eq!(envelope, Envelope { src: message.src, dst: message.dst, id: message.id, expiry: message.expiry, body_len: 4, signed: true });
         let mut other = HeapRing::new(8192);
         let (mut into, mut out) = (Producer::new(other.memory()), Consumer::new(other.memory()));
         forward(&mut into, &record, &envelope).unwrap();

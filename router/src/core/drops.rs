@@ -110,6 +110,10 @@ impl Refused {
     pub fn back_pressured(slowest: Identity, detail: impl Into<String>) -> Self {
         Refused { slowest: Some(slowest), ..Refused::new(DropReason::BackPressured, SendRefusal::BackPressured, detail) }
     }
+    /// The message carries a signature that is not its source's.
+    pub fn bad_signature(detail: impl Into<String>) -> Self {
+        Refused::new(DropReason::BadSignature, SendRefusal::BadSignature, detail)
+    }
     /// The message claims a source other than the engine that sent it.
     pub fn bad_source(detail: impl Into<String>) -> Self {
         Refused::new(DropReason::Malformed, SendRefusal::BadSource, detail)

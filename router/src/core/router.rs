@@ -843,6 +843,11 @@ impl Router {
                 if attached.credit == 0 {
                     return Placement::Wait(waiting);
                 }
+                // A signature is verified before an engine here gets it (one from another node
+                // was, with its frame; another node's router verifies what goes there).
+                if matches!(waiting.origin, Origin::Engine) && !waiting.message.signature_holds() {
+                    return Placement::Done(Err(Refused::bad_signature(format!("the signature is not {}'s over the message", waiting.message.src))));
+                }
                 attached.credit -= 1;
                 attached.delivered += 1;
                 let generation = attached.generation;

@@ -5450,6 +5450,7 @@ pub enum SendRefusal {
     Unsupported = 6,
     Denied = 7,
     BackPressured = 8,
+    BadSignature = 9,
 }
 
 impl ::capnp::introspect::Introspect for SendRefusal {
@@ -5471,6 +5472,7 @@ impl ::core::convert::TryFrom<u16> for SendRefusal {
             6 => ::core::result::Result::Ok(Self::Unsupported),
             7 => ::core::result::Result::Ok(Self::Denied),
             8 => ::core::result::Result::Ok(Self::BackPressured),
+            9 => ::core::result::Result::Ok(Self::BadSignature),
             n => ::core::result::Result::Err(::capnp::NotInSchema(n)),
         }
     }
@@ -5483,7 +5485,7 @@ impl ::capnp::traits::HasTypeId for SendRefusal {
     const TYPE_ID: u64 = 0xc908_cf92_18c8_f020u64;
 }
 mod send_refusal {
-pub(crate) static ENCODED_NODE: [::capnp::Word; 60] = [
+pub(crate) static ENCODED_NODE: [::capnp::Word; 65] = [
     ::capnp::word(0, 0, 0, 0, 5, 0, 6, 0),
     ::capnp::word(32, 240, 200, 24, 146, 207, 8, 201),
     ::capnp::word(13, 0, 0, 0, 2, 0, 0, 0),
@@ -5493,7 +5495,7 @@ pub(crate) static ENCODED_NODE: [::capnp::Word; 60] = [
     ::capnp::word(21, 0, 0, 0, 202, 0, 0, 0),
     ::capnp::word(33, 0, 0, 0, 7, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-    ::capnp::word(29, 0, 0, 0, 223, 0, 0, 0),
+    ::capnp::word(29, 0, 0, 0, 247, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(114, 111, 117, 116, 101, 114, 46, 99),
@@ -5501,33 +5503,36 @@ pub(crate) static ENCODED_NODE: [::capnp::Word; 60] = [
     ::capnp::word(100, 82, 101, 102, 117, 115, 97, 108),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 1, 0, 1, 0),
-    ::capnp::word(36, 0, 0, 0, 1, 0, 2, 0),
+    ::capnp::word(40, 0, 0, 0, 1, 0, 2, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
-    ::capnp::word(101, 0, 0, 0, 82, 0, 0, 0),
+    ::capnp::word(113, 0, 0, 0, 82, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(1, 0, 0, 0, 0, 0, 0, 0),
-    ::capnp::word(97, 0, 0, 0, 66, 0, 0, 0),
+    ::capnp::word(109, 0, 0, 0, 66, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(2, 0, 0, 0, 0, 0, 0, 0),
-    ::capnp::word(89, 0, 0, 0, 66, 0, 0, 0),
+    ::capnp::word(101, 0, 0, 0, 66, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(3, 0, 0, 0, 0, 0, 0, 0),
-    ::capnp::word(81, 0, 0, 0, 82, 0, 0, 0),
+    ::capnp::word(93, 0, 0, 0, 82, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(4, 0, 0, 0, 0, 0, 0, 0),
-    ::capnp::word(77, 0, 0, 0, 82, 0, 0, 0),
+    ::capnp::word(89, 0, 0, 0, 82, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(5, 0, 0, 0, 0, 0, 0, 0),
-    ::capnp::word(73, 0, 0, 0, 82, 0, 0, 0),
+    ::capnp::word(85, 0, 0, 0, 82, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(6, 0, 0, 0, 0, 0, 0, 0),
-    ::capnp::word(69, 0, 0, 0, 98, 0, 0, 0),
+    ::capnp::word(81, 0, 0, 0, 98, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(7, 0, 0, 0, 0, 0, 0, 0),
-    ::capnp::word(65, 0, 0, 0, 58, 0, 0, 0),
+    ::capnp::word(77, 0, 0, 0, 58, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(8, 0, 0, 0, 0, 0, 0, 0),
-    ::capnp::word(57, 0, 0, 0, 114, 0, 0, 0),
+    ::capnp::word(69, 0, 0, 0, 114, 0, 0, 0),
+    ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
+    ::capnp::word(9, 0, 0, 0, 0, 0, 0, 0),
+    ::capnp::word(65, 0, 0, 0, 106, 0, 0, 0),
     ::capnp::word(0, 0, 0, 0, 0, 0, 0, 0),
     ::capnp::word(111, 118, 101, 114, 76, 105, 109, 105),
     ::capnp::word(116, 0, 0, 0, 0, 0, 0, 0),
@@ -5544,6 +5549,8 @@ pub(crate) static ENCODED_NODE: [::capnp::Word; 60] = [
     ::capnp::word(100, 101, 110, 105, 101, 100, 0, 0),
     ::capnp::word(98, 97, 99, 107, 80, 114, 101, 115),
     ::capnp::word(115, 117, 114, 101, 100, 0, 0, 0),
+    ::capnp::word(98, 97, 100, 83, 105, 103, 110, 97),
+    ::capnp::word(116, 117, 114, 101, 0, 0, 0, 0),
 ];
 pub(crate) fn get_annotation_types(child_index: Option<u16>, index: u32) -> ::capnp::introspect::Type {
     ::capnp::introspect::panic_invalid_annotation_indices(child_index, index)
