@@ -90,6 +90,9 @@ interface Inbox {
   deliver @0 (message :Msg.EngineMessage) -> ();
   # Several messages in one call, in order: what the router does when more than one waits.
   deliverBatch @1 (messages :List(Msg.EngineMessage)) -> ();
+  # The router detached this engine, and says why (its ring was corrupt, say): nothing more is
+  # delivered, and what it sends is refused. Told once, as the last call.
+  detached @2 (reason :Text) -> ();
 }
 
 enum SendRefusal {

@@ -77,6 +77,10 @@ pub(crate) struct Shared {
     delivered: std::sync::Mutex<crate::delivered::Delivered>,
     /// Second copies dropped.
     pub duplicates: std::sync::atomic::AtomicU64,
+    /// Why the router detached this engine, when it did.
+    pub detached_because: std::sync::Mutex<Option<String>>,
+    /// Wakes receivers when the router detaches this engine.
+    pub detached: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -573,6 +577,17 @@ impl inbox::Server for InboxServer {
         for message in params.get()?.get_messages()?.iter() {
             self.take(message).await?;
         }
+        Ok(())
+    }
+
+    async fn detached(self: Rc<Self>, params: inbox::DetachedParams, _: inbox::DetachedResults) -> capnp::Result<()> {
+        let reason = params.get()?.get_reason()?.to_string().unwrap_or_else(|_| "a reason that is not UTF-8".into());
+        tracing::warn!(%reason, "the router detached this engine");
+        if let Some(ring) = self.shared.ring() {
+            ring.stop();
+        }
+        *self.shared.detached_because.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        self.shared.detached.notify_waiters();
         Ok(())
     }
 }

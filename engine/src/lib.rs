@@ -226,6 +226,12 @@ impl Engine {
         self.shared.duplicates.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Why the router detached this engine, if it did (its ring was corrupt, say); `recv` then
+    /// returns `None`.
+    pub fn detached_because(&self) -> Option<String> {
+        self.shared.detached_because.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// This engine's identity.
     pub fn identity(&self) -> Identity {
         self.identity
@@ -504,7 +510,21 @@ impl Engine {
     /// [`Engine::request`] go to their caller, or here if they arrive after it gave up).
     /// `None` once the engine is closed.
     pub async fn recv(&self) -> Option<EngineMessage> {
-        let Some(ring) = self.own_ring() else { return self.incoming.lock().await.recv().await };
+        let Some(ring) = self.own_ring() else {
+            let mut incoming = self.incoming.lock().await;
+            // What was delivered before the router detached this engine is still received.
+            let detached = self.shared.detached.notified();
+            tokio::pin!(detached);
+            detached.as_mut().enable();
+            if self.detached_because().is_some() {
+                return incoming.try_recv().ok();
+            }
+            return tokio::select! {
+                biased;
+                message = incoming.recv() => message,
+                () = detached => incoming.try_recv().ok(),
+            };
+        };
         let mut idle = IdleWait::default();
         loop {
             if let Some(message) = self.take_kept() {

@@ -29,6 +29,8 @@ type Delivery = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, (
 pub struct Attachment {
     /// Tells this attachment from a later one of the same engine.
     pub generation: u64,
+    /// The engine's Inbox capability (on either path): where it is told why it was detached.
+    pub inbox: inbox::Client,
     queue: mpsc::UnboundedSender<EngineMessage>,
     /// The engine's rings, which count what waits in the queue for them (topic lanes pass an
     /// engine by while it has some, so that no event overtakes one queued here).
@@ -37,7 +39,7 @@ pub struct Attachment {
 
 impl Attachment {
     /// Starts delivering to `sink`.
-    pub fn start(engine: Identity, generation: u64, sink: Sink, state: Weak<RouterState>) -> Self {
+    pub fn start(engine: Identity, generation: u64, sink: Sink, inbox: inbox::Client, state: Weak<RouterState>) -> Self {
         // Bounded by the core, which delivers only against `limits.engine_queue` credits.
         let (queue, pending) = mpsc::unbounded_channel();
         let pump = Pump { engine, generation, state };
@@ -52,7 +54,7 @@ impl Attachment {
                 Some(endpoint)
             }
         };
-        Attachment { generation, queue, ring }
+        Attachment { generation, inbox, queue, ring }
     }
 
     /// Queues `message` (the core made sure there is room); false if the pump has stopped.

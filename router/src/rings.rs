@@ -562,7 +562,7 @@ pub async fn serve_slow(state: Weak<RouterState>, mut slow: mpsc::Receiver<Slow>
             }
             Slow::Corrupt { engine, generation, problem } => {
                 tracing::warn!(engine = %engine, %problem, "detaching an engine whose ring is corrupt");
-                state.detach(engine, generation);
+                state.detach_because(engine, generation, format!("its outbox ring is corrupt ({problem})"));
             }
             Slow::Unread { engine, unread } => {
                 tracing::info!(engine = %engine, unread, "a detached engine's inbox ring held messages it never read");

@@ -158,7 +158,7 @@ impl attachment::Server for Attaching {
         let mut grant = out.reborrow().init_ring();
         let location = self.challenge.borrow_mut().answer(params.get_signature()?, EngineLocation::read(params.get_location()?));
         let attached = location.and_then(|location| {
-            state.attach(location, params.get_public(), |generation| match (&state.rings, want_ring) {
+            state.attach(location, params.get_public(), inbox.clone(), |generation| match (&state.rings, want_ring) {
                 (Some(rings), true) => match rings.open(engine, generation) {
                     Ok(endpoint) => {
                         grant.set_granted(true);

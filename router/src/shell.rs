@@ -10,6 +10,7 @@ use crate::delivery_log::DeliveryLog;
 use crate::core::{AttachRefused, DropReason, Input, Limits, Millis, Output, Refused, Router, Ticket};
 use crate::rings::Rings;
 use netmachine_schema::identity_store_capnp::identity_store;
+use netmachine_schema::router_capnp::inbox;
 use netmachine_schema::service_capnp::subscription;
 use netmachine_schema::transport_capnp::transport;
 use netmachine_schema::{time::now_ms, Destination, EngineLocation, EngineMessage, Identity, Keypair};
@@ -350,13 +351,14 @@ impl RouterState {
         }
     }
 
-    /// Attaches the engine whose signed `location` is on this node, delivering to `sink`.
-    pub(crate) fn attach(self: &Rc<Self>, location: EngineLocation, public: bool, sink: impl FnOnce(u64) -> Sink) -> Result<u64, AttachRefused> {
+    /// Attaches the engine whose signed `location` is on this node, delivering to `sink`; its
+    /// `inbox` is told if the router detaches it.
+    pub(crate) fn attach(self: &Rc<Self>, location: EngineLocation, public: bool, inbox: inbox::Client, sink: impl FnOnce(u64) -> Sink) -> Result<u64, AttachRefused> {
         let generation = self.generations.get() + 1;
         self.generations.set(generation);
         let engine = location.engine;
         self.core.borrow_mut().attach(location, generation, public, now_ms())?;
-        let attachment = Attachment::start(engine, generation, sink(generation), Rc::downgrade(self));
+        let attachment = Attachment::start(engine, generation, sink(generation), inbox, Rc::downgrade(self));
         self.attachments.borrow_mut().insert(engine, attachment);
         tracing::info!(engine = %engine, public, "engine attached");
         self.carry_out();
@@ -367,6 +369,20 @@ impl RouterState {
     pub fn keep_rings_for_next_router(&self) {
         if let Some(rings) = &self.rings {
             rings.keep_for_next_router();
+        }
+    }
+
+    /// Detaches `engine` for `reason` (the router's decision, not the engine's), and tells the
+    /// engine why, within a second, if it still listens.
+    pub(crate) fn detach_because(self: &Rc<Self>, engine: Identity, generation: u64, reason: String) {
+        let inbox = self.attachments.borrow().get(&engine).filter(|a| a.generation == generation).map(|a| a.inbox.clone());
+        self.detach(engine, generation);
+        if let Some(inbox) = inbox {
+            let mut told = inbox.detached_request();
+            told.get().set_reason(reason.as_str());
+            tokio::task::spawn_local(async move {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), told.send().promise).await;
+            });
         }
     }
 

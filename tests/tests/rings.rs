@@ -226,6 +226,16 @@ fn a_corrupt_ring_detaches_only_its_engine() {
         wait_until("the router detaches the engine with the corrupt ring", Duration::from_secs(10), || {
             !node.status()["engines"].as_array().is_some_and(|e| e.iter().any(|e| e == victim_id.as_str()))
         });
+        // The engine is told why, and hears nothing more.
+        let start = std::time::Instant::now();
+        while victim.detached_because().is_none() {
+            assert!(start.elapsed() < Duration::from_secs(10), "the engine was never told why it was detached");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let reason = victim.detached_because().unwrap();
+        assert!(reason.contains("outbox ring is corrupt"), "{reason}");
+        let after = tokio::time::timeout(Duration::from_secs(10), victim.recv()).await.expect("recv ends at once");
+        assert!(after.is_none(), "a detached engine receives nothing more: {after:?}");
         // Everyone else is still served.
         sender.send(bystander.identity(), b"still here".to_vec()).await.unwrap();
         let message = tokio::time::timeout(Duration::from_secs(10), async {
