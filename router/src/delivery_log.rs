@@ -304,6 +304,14 @@ mod tests {
     }
 
     #[test]
+    fn a_log_that_cannot_be_made_is_an_error_not_a_panic() {
+        let file = std::env::temp_dir().join(format!("nm-delivery-log-file-{}", std::process::id()));
+        std::fs::write(&file, b"not a directory").unwrap();
+        assert!(DeliveryLog::open(&file, 1, 1 << 20).is_err());
+        std::fs::remove_file(&file).unwrap();
+    }
+
+    #[test]
     fn without_its_session_a_log_is_not_resumed() {
         let dir = std::env::temp_dir().join(format!("nm-delivery-log-lost-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

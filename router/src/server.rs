@@ -31,7 +31,9 @@ impl service::Server for RouterServer {
         let engines = core.attached();
         let mut counters = core.counters();
         counters.push(("attach_refused", state.attach_refused.get()));
+        counters.push(("delivery_log_failures", state.delivery_log_failures.get()));
         let mut gauges = core.gauges();
+        gauges.push(("delivery_logged", u64::from(state.delivery_logged())));
         gauges.extend(state.stats.gauges());
         if let Some(rings) = &state.rings {
             let (on_rings, forwarded, events_forwarded, handed_over) = rings.counters();

@@ -72,6 +72,8 @@ pub struct RouterState {
     delivery: RefCell<Option<DeliveryLog>>,
     /// The log failed the last time it was written (said once, until it works again).
     delivery_failing: Cell<bool>,
+    /// Writes to the log that failed (each one a frame or a record not kept for a restart).
+    pub(crate) delivery_log_failures: Cell<u64>,
     timer: Rc<Notify>,
     /// The time the timer task sleeps until (`None`: until it is told).
     timer_armed: Cell<Option<Millis>>,
@@ -134,6 +136,7 @@ impl RouterState {
             refusals_lost: Cell::new(0),
             delivery: RefCell::new(delivery),
             delivery_failing: Cell::new(false),
+            delivery_log_failures: Cell::new(0),
             timer: Rc::new(Notify::new()),
             timer_armed: Cell::new(None),
             lane_held: Cell::new(None),
@@ -164,15 +167,22 @@ impl RouterState {
         state
     }
 
-    /// Writes to the delivery log; a failure is said once, until a write works again.
+    /// Whether frames to other nodes are logged (the log could be opened).
+    pub(crate) fn delivery_logged(&self) -> bool {
+        self.delivery.borrow().is_some()
+    }
+
+    /// Writes to the delivery log; a failure is counted, and said once until a write works again.
     fn log_delivery(&self, write: impl FnOnce(&mut DeliveryLog) -> std::io::Result<()>) {
         let Some(log) = self.delivery.borrow_mut().as_mut().map(write) else { return };
         match log {
             Ok(()) => self.delivery_failing.set(false),
-            Err(error) if !self.delivery_failing.replace(true) => {
-                tracing::error!(%error, "cannot write the log of frames to other nodes: a router killed now may lose what they had not acknowledged");
+            Err(error) => {
+                self.delivery_log_failures.set(self.delivery_log_failures.get() + 1);
+                if !self.delivery_failing.replace(true) {
+                    tracing::error!(%error, "cannot write the log of frames to other nodes: a router killed now may lose what they had not acknowledged");
+                }
             }
-            Err(_) => {}
         }
     }
 
