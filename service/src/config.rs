@@ -161,6 +161,9 @@ pub struct TransportConfig {
     /// How long a frame's bytes may take to arrive once its length has: a peer that stalls
     /// mid-frame has that stream stopped.
     pub frame_read_ms: u64,
+    /// Receive and send buffer of each UDP socket (the kernel's default of about 200 KiB
+    /// drops datagrams of a bulk stream whenever the transport is descheduled for a moment).
+    pub udp_buffer_bytes: u64,
 }
 
 impl Default for TransportConfig {
@@ -176,6 +179,7 @@ impl Default for TransportConfig {
             reconnect_max_ms: 30_000,
             connect_timeout_ms: 5_000,
             frame_read_ms: 30_000,
+            udp_buffer_bytes: 8 << 20,
         }
     }
 }
@@ -316,7 +320,7 @@ impl Config {
     }
 
     fn validate(&self, file: &Path, overrides: &[Override]) -> Result<(), ConfigError> {
-        let checks: [(&str, u64, u64, u64); 32] = [
+        let checks: [(&str, u64, u64, u64); 33] = [
             // At least 4 KiB: an event carried to other nodes needs 1 KiB of it for its wrapping.
             ("limits.max_message_bytes", self.limits.max_message_bytes.into(), 4096, 64 << 20),
             ("limits.engine_queue", self.limits.engine_queue.into(), 1, 1 << 20),
@@ -337,6 +341,7 @@ impl Config {
             ("supervisor.restart_initial_ms", self.supervisor.restart_initial_ms, 1, 3_600_000),
             ("transport.reconnect_max_ms", self.transport.reconnect_max_ms, self.transport.reconnect_initial_ms.max(1), 3_600_000),
             ("transport.connect_timeout_ms", self.transport.connect_timeout_ms, 100, 600_000),
+            ("transport.udp_buffer_bytes", self.transport.udp_buffer_bytes, 64 << 10, 1 << 30),
             ("supervisor.restart_max_ms", self.supervisor.restart_max_ms, self.supervisor.restart_initial_ms.max(1), 3_600_000),
             ("supervisor.stop_timeout_ms", self.supervisor.stop_timeout_ms, 100, 600_000),
             // A window smaller than one largest event would never let it go.

@@ -97,6 +97,8 @@ pub struct Transport {
     pub node: Identity,
     tls: NodeTls,
     endpoints: Vec<quinn::Endpoint>,
+    /// The buffers of the endpoints' sockets, in the same order.
+    pub sockets: Vec<crate::udp_socket::SocketBuffers>,
     pool: RefCell<Pool>,
     conns: RefCell<HashMap<ConnId, PeerConnection>>,
     next_conn: Cell<u64>,
@@ -141,13 +143,18 @@ impl Transport {
     ) -> Result<Rc<Self>, Box<dyn std::error::Error>> {
         let server = tls.server_config().map_err(|e| e.to_string())?;
         let mut endpoints = Vec::new();
+        let mut sockets = Vec::new();
         for addr in &home.config.transport.listen {
             let addr: SocketAddr = addr.parse().map_err(|_| format!("transport.listen: '{addr}' is not ip:port"))?;
-            let endpoint = quinn::Endpoint::server(server.clone(), addr).map_err(|e| {
+            let misconfigured = |e: std::io::Error| {
                 let reason = netmachine_service::process::io_reason(&e);
                 netmachine_service::process::Misconfigured(format!("transport.listen {addr}: {reason}"))
-            })?;
+            };
+            let (socket, buffers) = crate::udp_socket::bind(addr, home.config.transport.udp_buffer_bytes as usize).map_err(misconfigured)?;
+            let runtime = quinn::default_runtime().ok_or("no async runtime for QUIC")?;
+            let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server.clone()), socket, runtime).map_err(misconfigured)?;
             endpoints.push(endpoint);
+            sockets.push(buffers);
         }
         let bound: Vec<SocketAddr> = endpoints.iter().filter_map(|e| e.local_addr().ok()).collect();
         let config = &home.config.transport;
@@ -168,6 +175,7 @@ impl Transport {
             node,
             tls,
             endpoints,
+            sockets,
             pool: RefCell::new(pool),
             conns: RefCell::new(HashMap::new()),
             next_conn: Cell::new(0),

@@ -9,5 +9,6 @@ pub mod framing;
 pub mod peer_sync;
 pub mod server;
 pub mod streams;
+pub mod udp_socket;
 
 pub use core::{handshake, tls};

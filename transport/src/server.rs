@@ -26,6 +26,7 @@ impl service::Server for TransportServer {
             ("nodes_connected", t.connected_count() as u64),
             ("frames_queued", t.queued() as u64),
             ("event_subscribers", t.events.len() as u64),
+            ("udp_receive_buffer_bytes", t.sockets.iter().map(|s| s.receive as u64).min().unwrap_or(0)),
         ];
         gauges.extend(t.stats.gauges());
         let mut counters = vec![
@@ -42,6 +43,7 @@ impl service::Server for TransportServer {
             ("streams_opened", c.streams_opened.get()),
             ("streams_served", c.streams_served.get()),
             ("streams_refused", c.streams_refused.get()),
+            ("udp_receive_drops", t.sockets.iter().filter_map(|s| s.receive_drops()).sum()),
         ];
         counters.extend(t.stats.counters());
         let note = format!("QUIC on {:?}", t.local_addrs());

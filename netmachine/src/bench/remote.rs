@@ -170,9 +170,8 @@ pub(super) async fn raw_quinn(size: usize, count: usize) -> Result<Throughput> {
     let (server_key, client_key) = (Keypair::generate(), Keypair::generate());
     let server_tls = NodeTls::new(&server_key)?;
     let client_tls = NodeTls::new(&client_key)?;
-    let server = quinn::Endpoint::server(server_tls.server_config()?, "127.0.0.1:0".parse()?)?;
+    let (server, client) = raw_endpoints(server_tls.server_config()?)?;
     let address = server.local_addr()?;
-    let client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     let receiving = tokio::task::spawn_local(async move {
         let connection = server.accept().await.context("no connection")?.await?;
         let mut stream = connection.accept_uni().await?;
@@ -192,6 +191,18 @@ pub(super) async fn raw_quinn(size: usize, count: usize) -> Result<Throughput> {
     let elapsed = start.elapsed();
     connection.close(0u32.into(), b"done");
     Ok(rate(count, size, elapsed))
+}
+
+/// The two ends of a raw quinn baseline on loopback, on sockets bound as a node's transport
+/// binds its own (the same UDP buffers).
+pub(super) fn raw_endpoints(server_config: quinn::ServerConfig) -> Result<(quinn::Endpoint, quinn::Endpoint)> {
+    let buffer = netmachine_service::config::TransportConfig::default().udp_buffer_bytes as usize;
+    let endpoint = |server_config: Option<quinn::ServerConfig>| -> Result<quinn::Endpoint> {
+        let (socket, _) = netmachine_transport::udp_socket::bind("127.0.0.1:0".parse()?, buffer)?;
+        let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+        Ok(quinn::Endpoint::new(quinn::EndpointConfig::default(), server_config, socket, runtime)?)
+    };
+    Ok((endpoint(Some(server_config))?, endpoint(None)?))
 }
 
 /// Messages per batch the verifier checks at once (a frame carries from one to over a thousand).

@@ -96,9 +96,8 @@ fn measure(a: &mut LocalNode, b: &mut LocalNode, scratch: &ScratchDir, size: usi
 /// configuration the nodes use; the clock runs until the last byte was read.
 async fn raw_quinn_bulk(content: &[u8]) -> Result<f64> {
     let (server_key, client_key) = (Keypair::generate(), Keypair::generate());
-    let server = quinn::Endpoint::server(NodeTls::new(&server_key)?.server_config()?, "127.0.0.1:0".parse()?)?;
+    let (server, client) = super::remote::raw_endpoints(NodeTls::new(&server_key)?.server_config()?)?;
     let address = server.local_addr()?;
-    let client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     let size = content.len();
     let receiving = tokio::task::spawn_local(async move {
         let connection = server.accept().await.context("no connection")?.await?;
