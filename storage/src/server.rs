@@ -121,7 +121,7 @@ pub(crate) struct Shared {
     pub store: Store,
     pub counters: Counters,
     /// The largest block `get` answers whole.
-    max_message_bytes: u64,
+    pub(crate) max_message_bytes: u64,
     /// Bulk streams to other nodes' storage services.
     pub transport: Link<transport::Client>,
     /// Where a topic's publisher is, to fetch from its node first.

@@ -14,8 +14,6 @@ use std::rc::Rc;
 
 /// Groups one request may ask for at most (1 MiB).
 pub const MAX_GROUPS: u64 = 64;
-/// The bytes of one write into the stream.
-const PIECE: usize = 256 * 1024;
 
 /// The first byte of an answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +68,8 @@ pub(crate) async fn serve(shared: &Rc<Shared>, node: Identity, trust: u8, reques
             vec![status as u8]
         }
     };
-    for piece in whole.chunks(PIECE) {
+    let piece_bytes = netmachine_service::rpc::bulk_piece(netmachine_service::rpc::word_limit(shared.max_message_bytes as usize));
+    for piece in whole.chunks(piece_bytes) {
         let mut write = sink.write_request();
         write.get().set_bytes(piece);
         write.send().await?;

@@ -15,8 +15,6 @@ use std::time::Duration;
 
 /// The largest request on a stream (the kind byte included).
 pub const MAX_REQUEST: usize = 4096;
-/// The largest piece handed on at once.
-const PIECE: usize = 256 * 1024;
 /// How long the opening side has to send its request.
 const REQUEST_WAIT: Duration = Duration::from_secs(10);
 /// QUIC error code of a stream the serving side gave up.
@@ -39,13 +37,14 @@ impl Transport {
         write_frame(&mut send, &framed).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
         let mut answered = 0u64;
+        let piece_bytes = netmachine_service::rpc::bulk_piece(self.home.config.rpc_word_limit());
         loop {
             // Whole pieces (QUIC hands out a packet's worth at a time): fewer, larger calls,
             // read straight into the call's message.
             let mut write = sink.write_request();
-            let piece = write.get().init_bytes(PIECE as u32);
+            let piece = write.get().init_bytes(piece_bytes as u32);
             let mut filled = 0;
-            while filled < PIECE {
+            while filled < piece_bytes {
                 match recv.read(&mut piece[filled..]).await.map_err(|e| format!("the answer broke off: {e}"))? {
                     Some(n) => filled += n,
                     None => break,
@@ -55,7 +54,7 @@ impl Transport {
                 break;
             }
             answered += filled as u64;
-            if filled < PIECE {
+            if filled < piece_bytes {
                 // The last piece: a call of its own size.
                 let last = piece[..filled].to_vec();
                 write = sink.write_request();
