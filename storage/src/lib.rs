@@ -3,6 +3,7 @@
 pub mod core;
 pub mod store;
 pub mod partial;
+pub mod put_file;
 pub mod direct;
 pub mod reputation;
 pub mod fetching;

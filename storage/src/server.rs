@@ -322,7 +322,12 @@ impl storage::Server for StorageService {
         let outcome = async {
             let expected = optional_id(id)?;
             let (reservation, entry, mut pending) = shared.begin(content.len() as u64, prefs.get_expiry(), prefs.get_min_trust())?;
-            if let Err(error) = pending.write(content) {
+            let written = match pending.write(content) {
+                Ok(Some(handoff)) => handoff.send().await.map_err(StoreError::from),
+                Ok(None) => Ok(()),
+                Err(error) => Err(error),
+            };
+            if let Err(error) = written {
                 pending.abandon();
                 shared.catalog.borrow_mut().release(reservation);
                 return Err(error.into());
@@ -516,9 +521,14 @@ impl BlockWriter {
 impl block_writer::Server for BlockWriter {
     async fn write(self: CapRc<Self>, params: block_writer::WriteParams) -> capnp::Result<()> {
         let bytes = params.get()?.get_bytes()?;
-        let written = match self.put.borrow_mut().as_mut() {
+        let taken = match self.put.borrow_mut().as_mut() {
             Some((_, _, pending)) => pending.write(bytes),
             None => return Err(capnp::Error::failed(self.failed.borrow().clone().unwrap_or_else(|| "the put is already finished".into()))),
+        };
+        let written = match taken {
+            Ok(Some(handoff)) => handoff.send().await.map_err(StoreError::from),
+            Ok(None) => Ok(()),
+            Err(error) => Err(error),
         };
         written.map_err(|error| self.fail(error.into()))
     }

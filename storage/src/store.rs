@@ -14,12 +14,13 @@ use crate::core::catalog::Entry;
 use crate::partial::PartialFile;
 use bao_tree::io::outboard::PreOrderOutboard;
 use bao_tree::io::sync::CreateOutboard;
-use crate::core::verify::{Hashing, GROUP, GROUP_BYTES};
+use crate::core::verify::{GROUP, GROUP_BYTES};
+use crate::put_file::{Handoff, PutFile};
 use bao_tree::BaoTree;
 use netmachine_schema::ContentId;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 /// Blocks up to one chunk group are kept in the database, whole; larger ones as files.
@@ -102,9 +103,10 @@ pub struct Pending {
 
 enum Body {
     Inline(Vec<u8>),
-    /// Hashed as it is written.
-    File { path: PathBuf, file: File, hashing: Box<Hashing> },
+    /// Written and hashed as the bytes come, on a thread of its own.
+    File { path: PathBuf, writing: PutFile },
 }
+
 
 /// A put written and checked, its id known; not yet kept.
 pub struct Finished {
@@ -252,7 +254,7 @@ impl Store {
             self.next_tmp.set(n);
             let path = self.tmp.join(format!("put-{n}"));
             let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-            Body::File { file, path, hashing: Box::new(Hashing::new(declared)) }
+            Body::File { writing: PutFile::start(file, declared)?, path }
         };
         Ok(Pending { declared, written: 0, body })
     }
@@ -325,21 +327,21 @@ impl Store {
 }
 
 impl Pending {
-    /// Appends bytes; more than were declared is refused.
-    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+    /// Appends bytes; more than were declared is refused. A large block's bytes come back as
+    /// a handoff to its file's thread, to send once the put is no longer borrowed.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<Option<Handoff>, StoreError> {
         let sent = self.written + bytes.len() as u64;
         if sent > self.declared {
             return Err(PutError::SizeMismatch { declared: self.declared, sent }.into());
         }
-        match &mut self.body {
-            Body::Inline(content) => content.extend_from_slice(bytes),
-            Body::File { file, hashing, .. } => {
-                file.write_all(bytes)?;
-                hashing.update(bytes);
-            }
-        }
         self.written = sent;
-        Ok(())
+        match &mut self.body {
+            Body::Inline(content) => {
+                content.extend_from_slice(bytes);
+                Ok(None)
+            }
+            Body::File { writing, .. } => Ok(Some(writing.handoff(bytes))),
+        }
     }
 
     /// Gives up the put, leaving no file.
@@ -361,9 +363,10 @@ impl Pending {
         }
         let (id, body) = match self.body {
             Body::Inline(content) => (ContentId::of(&content), FinishedBody::Inline(content)),
-            Body::File { path, file, hashing } => {
-                let hashed = hashing.finish().ok_or_else(|| io::Error::other("the put's bytes were not all hashed"));
-                let checked = hashed.and_then(|(id, outboard)| {
+            Body::File { path, writing } => {
+                let written = writing.finish();
+                let checked = written.and_then(|(file, hashing)| {
+                    let (id, outboard) = hashing.finish().ok_or_else(|| io::Error::other("the put's bytes were not all hashed"))?;
                     file.sync_data()?;
                     Ok((id, outboard))
                 });
@@ -449,10 +452,17 @@ mod tests {
         }
     }
 
+    /// Writes `bytes`, handing a large block's to its file's thread as the service does.
+    fn write(pending: &mut Pending, bytes: &[u8]) {
+        if let Some(handoff) = pending.write(bytes).unwrap() {
+            handoff.blocking_send().unwrap();
+        }
+    }
+
     fn put(store: &Store, content: &[u8], expiry: u64) -> ContentId {
         let mut pending = store.pending(content.len() as u64).unwrap();
         for piece in content.chunks(7_000) {
-            pending.write(piece).unwrap();
+            write(&mut pending, piece);
         }
         let finished = pending.finish(None).unwrap();
         let id = finished.id;
@@ -498,13 +508,13 @@ mod tests {
         let (store, _) = Store::open(dir.path()).unwrap();
         let large = vec![9u8; 100_000];
         let mut pending = store.pending(large.len() as u64).unwrap();
-        pending.write(&large).unwrap();
+        write(&mut pending, &large);
         let wrong = ContentId::of(b"something else");
         assert!(matches!(pending.finish(Some(wrong)), Err(StoreError::Put(PutError::WrongId { .. }))));
         let mut short = store.pending(10).unwrap();
         assert!(matches!(short.write(&[0; 11]), Err(StoreError::Put(PutError::SizeMismatch { declared: 10, sent: 11 }))));
         let mut unfinished = store.pending(100_000).unwrap();
-        unfinished.write(&[1; 10]).unwrap();
+        write(&mut unfinished, &[1; 10]);
         assert!(matches!(unfinished.finish(None), Err(StoreError::Put(PutError::SizeMismatch { declared: 100_000, sent: 10 }))));
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
