@@ -273,12 +273,11 @@ async fn put(service: &storage::Client, mut source: Source, size: u64, prefs: Bl
         netmachine_schema::storage_capnp::write_result::Refused(refused) => return Err(refusal(refused?)?),
     };
     let mut left = size;
-    let mut piece = vec![0; PIECE];
     while left > 0 {
         let n = (left as usize).min(PIECE);
-        source.read_exact(&mut piece[..n])?;
         let mut write = writer.write_request();
-        write.get().set_bytes(&piece[..n]);
+        // Read straight into the call's message: no copy of our own.
+        source.read_exact(write.get().init_bytes(n as u32))?;
         // Resolves once flow control lets the next piece go; a failure shows here or at finish.
         write.send().await?;
         left -= n as u64;
