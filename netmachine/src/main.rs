@@ -214,6 +214,9 @@ enum BenchCommand {
         /// The block's size in MiB
         #[arg(long, default_value_t = 256)]
         mib: usize,
+        /// Rounds, each with a block of its own; every figure is the median of the rounds
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
+        rounds: u32,
         /// Print JSON instead of text
         #[arg(long)]
         json: bool,
@@ -276,7 +279,7 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Remote { messages, requests, json }) => bench::remote::run(messages, requests, json),
         Command::Bench(BenchCommand::Local { rounds, messages, json }) => bench::local::run(rounds, messages, json),
         Command::Bench(BenchCommand::Pubsub { events, json }) => bench::pubsub::run(events, json),
-        Command::Bench(BenchCommand::Storage { mib, json }) => bench::storage::run(mib, json),
+        Command::Bench(BenchCommand::Storage { mib, rounds, json }) => bench::storage::run(mib, rounds as usize, json),
         Command::Bench(BenchCommand::Helper(helper)) => bench::helpers::run(helper),
         Command::Topic(command) => topics::topic(&root, &cli.set, command),
         Command::Publish { key, topic, body } => topics::publish(&root, &cli.set, &key, &topic, body),

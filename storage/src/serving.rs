@@ -4,7 +4,7 @@
 //! node trusted less than the block's `min_trust` is denied; a block being served is held, so
 //! collection waits.
 
-use crate::core::verify::{encode_onto, group_ranges, groups};
+use crate::core::verify::{encode_onto, group_ranges, groups, GROUP_BYTES};
 use crate::server::{add, bump, Shared};
 use crate::store::Content;
 use netmachine_schema::service_capnp::byte_sink;
@@ -114,7 +114,11 @@ async fn answer(shared: &Rc<Shared>, trust: u8, request: &[u8]) -> Result<Vec<u8
     let size = entry.size;
     let answer = tokio::task::spawn_blocking(move || {
         let ranges = group_ranges(first, end);
-        let mut answer = vec![Status::Served as u8];
+        // Sized once, so the encoding is never copied to a larger buffer as it grows: the
+        // groups' bytes and, at most, a parent pair for each group and two per tree level.
+        let bytes = (end * GROUP_BYTES).min(size) - first * GROUP_BYTES;
+        let mut answer = Vec::with_capacity(9 + bytes as usize + 64 * (end - first + 2 * 64) as usize);
+        answer.push(Status::Served as u8);
         answer.extend_from_slice(&size.to_le_bytes());
         match content {
             Content::Inline(bytes) => encode_onto(&bytes[..], id, size, &outboard, &ranges, &mut answer),

@@ -3,7 +3,9 @@
 //! bytes to a plain file and syncing it, and a get against reading that file back. Between two
 //! nodes on loopback: a fetch of the block (bulk streams through both transports, every group
 //! checked) against one raw quinn stream carrying the same bytes with the same TLS. And checking
-//! a whole block's stream against BLAKE3 hashing the same bytes on one core.
+//! a whole block's stream against BLAKE3 hashing the same bytes on one core. The machine is
+//! shared and noisy, so this runs in rounds (each with a block of its own, its baselines
+//! measured beside it) and reports the median of each figure, and each round's ratios.
 
 use crate::local_node::{LocalNode, ScratchDir};
 use crate::node_client::run_local;
@@ -13,7 +15,6 @@ use netmachine_schema::{ContentId, Keypair};
 use netmachine_service::ServiceKind;
 use netmachine_storage::core::verify::{encode, group_ranges, groups, outboard, Verifier};
 use netmachine_transport::tls::NodeTls;
-use serde_json::json;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
@@ -21,10 +22,10 @@ fn mb_per_s(bytes: usize, elapsed: Duration) -> f64 {
     bytes as f64 / elapsed.as_secs_f64().max(1e-9) / 1e6
 }
 
-/// `size` bytes that do not compress or repeat.
-fn block(size: usize) -> Vec<u8> {
+/// `size` bytes that do not compress or repeat, different for each `round`.
+fn block(size: usize, round: usize) -> Vec<u8> {
     let mut bytes = vec![0u8; size];
-    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut state = 0x2545_f491_4f6c_dd1du64 ^ (round as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     for chunk in bytes.chunks_mut(8) {
         state ^= state << 13;
         state ^= state >> 7;
@@ -34,17 +35,48 @@ fn block(size: usize) -> Vec<u8> {
     bytes
 }
 
-pub fn run(mib: usize, json_output: bool) -> Result<()> {
-    let budget = format!("storage.max_bytes={}", 4 * (mib << 20) + (64 << 20));
-    super::two_nodes("netmachine-bench-storage", &[budget], json_output, print_report, |a, b, scratch| measure(a, b, scratch, mib << 20))
+pub fn run(mib: usize, rounds: usize, json_output: bool) -> Result<()> {
+    // Each node keeps every round's block.
+    let budget = format!("storage.max_bytes={}", (rounds + 1) * (mib << 20) + (64 << 20));
+    let largest = format!("storage.max_block_bytes={}", mib << 20);
+    super::two_nodes("netmachine-bench-storage", &[budget, largest], json_output, print_report, |a, b, scratch| measure(a, b, scratch, mib << 20, rounds))
 }
 
-fn measure(a: &mut LocalNode, b: &mut LocalNode, scratch: &ScratchDir, size: usize) -> Result<serde_json::Value> {
+/// Figures measured in every round, each beside its baseline.
+const PAIRS: [(&str, &str); 4] = [
+    ("put_mb_per_s", "file_write_mb_per_s"),
+    ("get_mb_per_s", "file_read_mb_per_s"),
+    ("fetch_mb_per_s", "raw_quinn_bulk_mb_per_s"),
+    ("verify_mb_per_s", "blake3_mb_per_s"),
+];
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn measure(a: &mut LocalNode, b: &mut LocalNode, scratch: &ScratchDir, size: usize, rounds: usize) -> Result<serde_json::Value> {
     run_local(super::remote::link_nodes(a, b))?;
-    let content = block(size);
     let words = a.home.config.rpc_word_limit();
     let at_a = Blocks::connect(&a.home.socket(ServiceKind::Storage), words)?;
     let at_b = Blocks::connect(&b.home.socket(ServiceKind::Storage), words)?;
+    let measured = (0..rounds).map(|round| measure_round(&at_a, &at_b, scratch, block(size, round))).collect::<Result<Vec<_>>>()?;
+    let mut report = serde_json::Map::new();
+    report.insert("block_bytes".into(), size.into());
+    report.insert("rounds".into(), rounds.into());
+    for (figure, baseline) in PAIRS {
+        for key in [figure, baseline] {
+            report.insert(key.into(), median(measured.iter().map(|round| round[key]).collect()).round().into());
+        }
+        let ratios: Vec<f64> = measured.iter().map(|round| (round[figure] / round[baseline] * 100.0).round() / 100.0).collect();
+        report.insert(format!("{}_ratio_per_round", figure.trim_end_matches("_mb_per_s")), ratios.into());
+    }
+    Ok(report.into())
+}
+
+/// One round with block `content`: each figure of `PAIRS`, in MB/s.
+fn measure_round(at_a: &Blocks, at_b: &Blocks, scratch: &ScratchDir, content: Vec<u8>) -> Result<std::collections::BTreeMap<&'static str, f64>> {
+    let size = content.len();
 
     let plain = scratch.0.join("plain.bin");
     let start = Instant::now();
@@ -79,17 +111,18 @@ fn measure(a: &mut LocalNode, b: &mut LocalNode, scratch: &ScratchDir, size: usi
     let raw = run_local(raw_quinn_bulk(&content))?;
 
     let (verify, hash) = verify_against_hashing(&content)?;
-    Ok(json!({
-        "block_bytes": size,
-        "put_mb_per_s": put.round(),
-        "file_write_mb_per_s": file_write.round(),
-        "get_mb_per_s": get.round(),
-        "file_read_mb_per_s": file_read.round(),
-        "fetch_mb_per_s": fetch.round(),
-        "raw_quinn_bulk_mb_per_s": raw.round(),
-        "verify_mb_per_s": verify.round(),
-        "blake3_mb_per_s": hash.round(),
-    }))
+    Ok([
+        ("put_mb_per_s", put),
+        ("file_write_mb_per_s", file_write),
+        ("get_mb_per_s", get),
+        ("file_read_mb_per_s", file_read),
+        ("fetch_mb_per_s", fetch),
+        ("raw_quinn_bulk_mb_per_s", raw),
+        ("verify_mb_per_s", verify),
+        ("blake3_mb_per_s", hash),
+    ]
+    .into_iter()
+    .collect())
 }
 
 /// The baseline of a fetch: the same bytes on one quinn stream over loopback, with the TLS
@@ -148,9 +181,13 @@ fn verify_against_hashing(content: &[u8]) -> Result<(f64, f64)> {
 fn print_report(report: &serde_json::Value) {
     let f = |key: &str| report[key].as_f64().unwrap_or(0.0);
     let mib = report["block_bytes"].as_u64().unwrap_or(0) >> 20;
-    println!("netmachine bench storage: one block of {mib} MiB");
+    println!("netmachine bench storage: blocks of {mib} MiB, the median of {} rounds", report["rounds"]);
     println!("{}", super::ratio_line("put (hashed, outboard, synced)", f("put_mb_per_s"), "plain file write + sync", f("file_write_mb_per_s"), "MB/s"));
     println!("{}", super::ratio_line("get", f("get_mb_per_s"), "plain file read", f("file_read_mb_per_s"), "MB/s"));
     println!("{}", super::ratio_line("fetch node to node (checked)", f("fetch_mb_per_s"), "raw quinn bulk stream", f("raw_quinn_bulk_mb_per_s"), "MB/s"));
     println!("{}", super::ratio_line("verified stream check, one core", f("verify_mb_per_s"), "BLAKE3 hash, one core", f("blake3_mb_per_s"), "MB/s"));
+    for figure in ["put", "get", "fetch", "verify"] {
+        let ratios = report[format!("{figure}_ratio_per_round")].as_array().map(|r| r.iter().map(|v| format!("{}", v.as_f64().unwrap_or(0.0))).collect::<Vec<_>>().join(" ")).unwrap_or_default();
+        println!("{figure} ratio in each round: {ratios}");
+    }
 }
