@@ -1,7 +1,7 @@
-//! Writing a fetched block's groups to its file with direct I/O (`O_DIRECT`), past the page
-//! cache. Copying every byte into fresh page cache cost the fetching node about as much CPU as
-//! one of the transports, and a fetched block need not sit in memory: it is kept, and read when
-//! asked for. Direct I/O wants aligned memory, offsets and lengths, and large writes, so groups
+//! Writing a block's groups to its file with direct I/O (`O_DIRECT`), past the page cache, as
+//! it is fetched or put. Copying every byte into fresh page cache cost the fetching node about as
+//! much CPU as one of the transports, and a block need not sit in memory: it is kept, and read
+//! when asked for. Direct I/O wants aligned memory, offsets and lengths, and large writes, so groups
 //! are gathered into 1 MiB regions of the file, each in a buffer aligned to 4 KiB (buffers are
 //! reused, so their memory stays mapped), and a region goes out in one write once every group of
 //! it is in, or, at a flush, in runs of the groups it has. A run that ends the block off the
@@ -127,7 +127,7 @@ impl DirectWriter {
                 Ok(()) => return Ok(()),
                 // The file system takes the file but not direct writes to it.
                 Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
-                    tracing::info!("direct I/O refused for a fetched block; writing through the page cache");
+                    tracing::info!("direct I/O refused for a block; writing through the page cache");
                     self.direct = None;
                 }
                 Err(error) => return Err(error),

@@ -570,6 +570,9 @@ struct BlockReader {
 /// The largest piece one read returns.
 pub const MAX_READ: u32 = 1 << 20;
 
+/// How far past a read of a block's file the kernel is asked to read ahead (8 MiB).
+const READ_AHEAD: i64 = 8 << 20;
+
 impl block_reader::Server for BlockReader {
     async fn read(self: CapRc<Self>, params: block_reader::ReadParams, mut results: block_reader::ReadResults) -> capnp::Result<()> {
         let params = params.get()?;
@@ -579,10 +582,24 @@ impl block_reader::Server for BlockReader {
         }
         let length = params.get_length().min(MAX_READ) as u64;
         let end = self.size.min(offset + length);
-        let out = results.get().init_bytes((end - offset) as u32);
         match &self.content {
-            Content::Inline(bytes) => out.copy_from_slice(&bytes[offset as usize..end as usize]),
-            Content::File(file) => file.read_exact_at(out, offset).map_err(|e| capnp::Error::failed(format!("reading block {}: {e}", self.id)))?,
+            Content::Inline(bytes) => results.get().set_bytes(&bytes[offset as usize..end as usize]),
+            Content::File(file) => {
+                // Off the service's thread: a block is written past the page cache, so reading
+                // it back waits for the disk, and the reads the SDK keeps in flight go at once.
+                let failed = |e: std::io::Error| capnp::Error::failed(format!("reading block {}: {e}", self.id));
+                let file = file.try_clone().map_err(failed)?;
+                let read = tokio::task::spawn_blocking(move || {
+                    // The reads in flight come in any order, which the kernel's readahead takes
+                    // for random reads: ask for what follows (a hint; cold gets went from about
+                    // 600 to 1300 MB/s here).
+                    let _ = nix::fcntl::posix_fadvise(&file, (offset + length) as i64, READ_AHEAD, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED);
+                    let mut bytes = vec![0; (end - offset) as usize];
+                    file.read_exact_at(&mut bytes, offset).map(|()| bytes)
+                });
+                let bytes = read.await.map_err(|e| failed(std::io::Error::other(e)))?.map_err(failed)?;
+                results.get().set_bytes(&bytes);
+            }
         }
         let counter = &self.shared.counters.bytes_read;
         counter.set(counter.get() + end - offset);

@@ -254,7 +254,8 @@ impl Store {
             self.next_tmp.set(n);
             let path = self.tmp.join(format!("put-{n}"));
             let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-            Body::File { writing: PutFile::start(file, declared)?, path }
+            file.set_len(declared)?;
+            Body::File { writing: PutFile::start(file, &path, declared)?, path }
         };
         Ok(Pending { declared, written: 0, body })
     }

@@ -1,6 +1,7 @@
 //! `netmachine bench storage`: blocks, each figure beside its baseline from the same run. On
 //! one node: a put of N MiB (hashed, its outboard computed, synced) against writing the same
-//! bytes to a plain file and syncing it, and a get against reading that file back. Between two
+//! bytes to a plain file and syncing it, and a get against reading that file back from the disk
+//! (a put writes past the page cache, so its get reads the disk too). Between two
 //! nodes on loopback: a fetch of the block (bulk streams through both transports, every group
 //! checked) against one raw quinn stream carrying the same bytes with the same TLS. And checking
 //! a whole block's stream against BLAKE3 hashing the same bytes on one core. The machine is
@@ -84,6 +85,9 @@ fn measure_round(at_a: &Blocks, at_b: &Blocks, scratch: &ScratchDir, content: Ve
     file.write_all(&content)?;
     file.sync_data()?;
     let file_write = mb_per_s(size, start.elapsed());
+    // A block is written past the page cache (direct I/O), so its get reads the disk: the plain
+    // file is read from the disk too.
+    nix::fcntl::posix_fadvise(&file, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED)?;
     drop(file);
     let start = Instant::now();
     let mut read_back = Vec::with_capacity(size);
