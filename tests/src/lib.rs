@@ -269,6 +269,18 @@ impl Node {
         self.local.stop()
     }
 
+    /// Sends `signal` to `up` itself (SIGKILL: its services then get SIGTERM from the kernel)
+    /// and waits until it and its router have exited.
+    pub fn signal_up(&mut self, signal: nix::sys::signal::Signal) {
+        let router = self.pid(ServiceKind::Router);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.local.pid() as i32), signal).unwrap_or_else(|e| panic!("{signal} to up: {e}"));
+        wait_until("up has exited", Duration::from_secs(30), || self.local.exited().is_some());
+        if let Some(router) = router {
+            let pid = nix::unistd::Pid::from_raw(router as i32);
+            wait_until("the router has exited", Duration::from_secs(30), || nix::sys::signal::kill(pid, None).is_err());
+        }
+    }
+
     /// Starts the stopped node again in its home, with `set`, and waits until it is up (from
     /// async code, as engines of the test keep running meanwhile).
     pub async fn start_again(&mut self, set: &[&str]) {
