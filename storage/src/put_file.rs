@@ -3,8 +3,8 @@
 //! file's speed). The bytes go to disk with direct I/O, as a fetched block's do (`direct`):
 //! through the page cache, a put's copy into fresh pages cost this machine up to three times
 //! the whole put once the cache had grown over a few blocks, and the sync at the end waited for
-//! all of it. The bytes wait for the thread in a bounded queue, so a slow disk holds the writer
-//! (and, by flow control, the engine putting) back.
+//! all of it. The bytes wait for the thread in a queue bounded in bytes, so a slow disk holds
+//! the writer (and, by flow control, the engine putting) back.
 
 use crate::core::verify::{Hashing, GROUP_BYTES};
 use crate::direct::DirectWriter;
@@ -12,14 +12,19 @@ use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
-/// Pieces that may wait for the thread (4 MiB at the SDK's 256 KiB pieces).
-const WAITING_PIECES: usize = 16;
+/// Bytes that may wait for the thread (a piece larger than this waits for an empty queue).
+const WAITING_BYTES: usize = 16 << 20;
+
+/// A piece and the room it takes in the queue, given back once it is written.
+type Piece = (Vec<u8>, OwnedSemaphorePermit);
 
 /// The file being written and the thread writing it.
 pub struct PutFile {
-    pieces: mpsc::Sender<Vec<u8>>,
+    pieces: mpsc::UnboundedSender<Piece>,
+    /// Room in the queue, in bytes; closed when the thread stops early.
+    room: Arc<Semaphore>,
     thread: std::thread::JoinHandle<io::Result<(File, Hashing)>>,
     /// Why the thread stopped early, for the piece that finds it gone.
     failure: Arc<OnceLock<String>>,
@@ -27,7 +32,8 @@ pub struct PutFile {
 
 /// Bytes of a put on their way to its file's thread: sent once the put is no longer borrowed.
 pub struct Handoff {
-    pieces: mpsc::Sender<Vec<u8>>,
+    pieces: mpsc::UnboundedSender<Piece>,
+    room: Arc<Semaphore>,
     bytes: Vec<u8>,
     failure: Arc<OnceLock<String>>,
 }
@@ -35,15 +41,15 @@ pub struct Handoff {
 impl Handoff {
     /// Waits for room in the queue; fails, saying why, if the thread stopped.
     pub async fn send(self) -> io::Result<()> {
-        let failure = self.failure;
-        self.pieces.send(self.bytes).await.map_err(|_| {
-            io::Error::other(format!("writing the put's file: {}", failure.get().map_or("its writer stopped", String::as_str)))
-        })
+        let stopped = || io::Error::other(format!("writing the put's file: {}", self.failure.get().map_or("its writer stopped", String::as_str)));
+        let taken = self.bytes.len().clamp(1, WAITING_BYTES) as u32;
+        let permit = self.room.clone().acquire_many_owned(taken).await.map_err(|_| stopped())?;
+        self.pieces.send((self.bytes, permit)).map_err(|_| stopped())
     }
 
     #[cfg(test)]
     pub fn blocking_send(self) -> io::Result<()> {
-        self.pieces.blocking_send(self.bytes).map_err(|_| io::Error::other("the put's writer stopped"))
+        tokio::runtime::Builder::new_current_thread().build()?.block_on(self.send())
     }
 }
 
@@ -94,15 +100,16 @@ impl PutFile {
     /// Starts the thread writing `file` (at `path`, sized already), a block of `declared` bytes.
     pub fn start(file: File, path: &Path, declared: u64) -> io::Result<PutFile> {
         let direct = DirectWriter::open(path, declared);
-        let (pieces, mut waiting) = mpsc::channel::<Vec<u8>>(WAITING_PIECES);
+        let (pieces, mut waiting) = mpsc::unbounded_channel::<Piece>();
+        let room = Arc::new(Semaphore::new(WAITING_BYTES));
         let failure = Arc::new(OnceLock::new());
-        let failed = failure.clone();
+        let (failed, closing) = (failure.clone(), room.clone());
         let thread = std::thread::Builder::new().name("put-writer".into()).spawn(move || {
             let mut hashing = Hashing::new(declared);
             let mut groups = Groups { direct, partial: Vec::with_capacity(GROUP_BYTES as usize), offset: 0 };
             // The first failure ends the thread: the next piece finds it gone, and `finish` says why.
             let mut written = || {
-                while let Some(piece) = waiting.blocking_recv() {
+                while let Some((piece, _room)) = waiting.blocking_recv() {
                     groups.take(&piece, &file)?;
                     hashing.update(&piece);
                 }
@@ -112,16 +119,17 @@ impl PutFile {
                 Ok(()) => Ok((file, hashing)),
                 Err(error) => {
                     let _ = failed.set(error.to_string());
+                    closing.close();
                     Err(error)
                 }
             }
         })?;
-        Ok(PutFile { pieces, thread, failure })
+        Ok(PutFile { pieces, room, thread, failure })
     }
 
     /// `bytes` on their way to the thread (sent outside any borrow of the put).
     pub fn handoff(&self, bytes: &[u8]) -> Handoff {
-        Handoff { pieces: self.pieces.clone(), bytes: bytes.to_vec(), failure: self.failure.clone() }
+        Handoff { pieces: self.pieces.clone(), room: self.room.clone(), bytes: bytes.to_vec(), failure: self.failure.clone() }
     }
 
     /// Waits for every piece to be written and hashed: the file and its hashing, or the
@@ -167,7 +175,7 @@ mod tests {
         // Groups are written a 1 MiB region at a time: the 16th piece completes the first.
         let piece = vec![1; 64 << 10];
         let refused = runtime.block_on(async {
-            for _ in 0..(WAITING_PIECES + 2) * 4 {
+            for _ in 0..(WAITING_BYTES / piece.len() + 2) * 4 {
                 if let Err(error) = writing.handoff(&piece).send().await {
                     return Some(error);
                 }

@@ -352,16 +352,24 @@ impl storage::Server for StorageService {
                 let detail = format!("block {id} is {} bytes, more than one message carries ({}): open it and read it by ranges", entry.size, shared.max_message_bytes);
                 return Err(Refused(StorageRefusal::TooLarge, detail));
             }
-            let content = match shared.store.content(&id, &entry)? {
-                Content::Inline(bytes) => bytes,
-                Content::File(file) => {
-                    let mut bytes = vec![0; entry.size as usize];
-                    file.read_exact_at(&mut bytes, 0).map_err(StoreError::Io)?;
-                    bytes
-                }
-            };
-            Ok((id, content))
+            Ok((id, entry.size, shared.store.content(&id, &entry)?))
         });
+        // A file is read off the service's thread: a block is written past the page cache.
+        let found = match found {
+            Ok((id, _, Content::Inline(bytes))) => Ok((id, bytes)),
+            Ok((id, size, Content::File(file))) => {
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut bytes = vec![0; size as usize];
+                    file.read_exact_at(&mut bytes, 0).map(|()| bytes)
+                });
+                match read.await {
+                    Ok(Ok(bytes)) => Ok((id, bytes)),
+                    Ok(Err(error)) => Err(StoreError::Io(error).into()),
+                    Err(join) => Err(StoreError::Io(std::io::Error::other(join)).into()),
+                }
+            }
+            Err(refused) => Err(refused),
+        };
         let out = results.get().init_result();
         match found {
             Ok((id, content)) => {
@@ -588,7 +596,7 @@ impl block_reader::Server for BlockReader {
                 // Off the service's thread: a block is written past the page cache, so reading
                 // it back waits for the disk, and the reads the SDK keeps in flight go at once.
                 let failed = |e: std::io::Error| capnp::Error::failed(format!("reading block {}: {e}", self.id));
-                let file = file.try_clone().map_err(failed)?;
+                let file = file.clone();
                 let read = tokio::task::spawn_blocking(move || {
                     // The reads in flight come in any order, which the kernel's readahead takes
                     // for random reads: ask for what follows (a hint; cold gets went from about

@@ -126,7 +126,7 @@ async fn answer(shared: &Rc<Shared>, trust: u8, request: &[u8]) -> Result<Vec<u8
                 // The groups are read 16 KiB at a time: have the kernel read the whole range at
                 // once (a hint; a block is written past the page cache, so it is often cold).
                 let _ = nix::fcntl::posix_fadvise(&file, (first * GROUP_BYTES) as i64, bytes as i64, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED);
-                encode_onto(file, id, size, &outboard, &ranges, &mut answer)
+                encode_onto(&*file, id, size, &outboard, &ranges, &mut answer)
             }
         }
         .map(|()| answer)

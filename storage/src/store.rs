@@ -123,7 +123,8 @@ enum FinishedBody {
 /// A held block's content, to read from.
 pub enum Content {
     Inline(Vec<u8>),
-    File(File),
+    /// Shared by the reads of it in flight.
+    File(std::sync::Arc<File>),
 }
 
 impl Store {
@@ -254,8 +255,14 @@ impl Store {
             self.next_tmp.set(n);
             let path = self.tmp.join(format!("put-{n}"));
             let file = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
-            file.set_len(declared)?;
-            Body::File { writing: PutFile::start(file, &path, declared)?, path }
+            let writing = file.set_len(declared).and_then(|()| PutFile::start(file, &path, declared));
+            match writing {
+                Ok(writing) => Body::File { writing, path },
+                Err(error) => {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(error);
+                }
+            }
         };
         Ok(Pending { declared, written: 0, body })
     }
@@ -318,7 +325,7 @@ impl Store {
     /// The content of a held block.
     pub fn content(&self, id: &ContentId, entry: &Entry) -> Result<Content, StoreError> {
         if entry.size > INLINE_MAX {
-            return Ok(Content::File(File::open(self.file(id))?));
+            return Ok(Content::File(std::sync::Arc::new(File::open(self.file(id))?)));
         }
         let read = self.db.begin_read().map_err(db_error)?;
         let table = read.open_table(INLINE).map_err(db_error)?;
@@ -474,9 +481,9 @@ mod tests {
     fn read(store: &Store, id: &ContentId, entry: &Entry) -> Vec<u8> {
         match store.content(id, entry).unwrap() {
             Content::Inline(bytes) => bytes,
-            Content::File(mut file) => {
+            Content::File(file) => {
                 let mut bytes = Vec::new();
-                file.read_to_end(&mut bytes).unwrap();
+                (&*file).read_to_end(&mut bytes).unwrap();
                 bytes
             }
         }

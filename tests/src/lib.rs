@@ -270,14 +270,15 @@ impl Node {
     }
 
     /// Sends `signal` to `up` itself (SIGKILL: its services then get SIGTERM from the kernel)
-    /// and waits until it and its router have exited.
+    /// and waits until it and every service have exited (one still stopping could remove the
+    /// socket a service of the next `up` has just bound).
     pub fn signal_up(&mut self, signal: nix::sys::signal::Signal) {
-        let router = self.pid(ServiceKind::Router);
+        let services: Vec<u64> = ServiceKind::ALL.iter().filter_map(|kind| self.pid(*kind)).collect();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.local.pid() as i32), signal).unwrap_or_else(|e| panic!("{signal} to up: {e}"));
         wait_until("up has exited", Duration::from_secs(30), || self.local.exited().is_some());
-        if let Some(router) = router {
-            let pid = nix::unistd::Pid::from_raw(router as i32);
-            wait_until("the router has exited", Duration::from_secs(30), || nix::sys::signal::kill(pid, None).is_err());
+        for service in services {
+            let pid = nix::unistd::Pid::from_raw(service as i32);
+            wait_until("the services have exited", Duration::from_secs(30), || nix::sys::signal::kill(pid, None).is_err());
         }
     }
 
