@@ -7,7 +7,7 @@ use std::time::Duration;
 /// An engine operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("cannot reach the router at {socket}: {source} (is the node running? `netmachine up`)")]
+    #[error("cannot reach the router at {}: {} (is the node running? `netmachine up`)", .socket.display(), netmachine_rpc::without_os_error_number(&.source.to_string()))]
     RouterUnreachable { socket: PathBuf, source: std::io::Error },
     #[error("the router refused to attach this engine: {0}")]
     AttachRefused(String),
@@ -44,5 +44,16 @@ impl From<capnp::Error> for EngineError {
 impl From<capnp::NotInSchema> for EngineError {
     fn from(e: capnp::NotInSchema) -> Self {
         EngineError::Rpc(format!("the router answered with {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_router_is_said_in_words_without_the_os_error_number() {
+        let error = EngineError::RouterUnreachable { socket: PathBuf::from("/run/nm/router.sock"), source: std::io::Error::from_raw_os_error(2) };
+        assert_eq!(error.to_string(), "cannot reach the router at /run/nm/router.sock: No such file or directory (is the node running? `netmachine up`)");
     }
 }

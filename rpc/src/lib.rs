@@ -30,6 +30,14 @@ pub fn bulk_piece(word_limit: usize) -> usize {
     (word_limit * 8 / 2).min((1 << 20) + (64 << 10))
 }
 
+/// `text` without the " (os error N)" that Rust's I/O errors append: the words say it.
+pub fn without_os_error_number(text: &str) -> String {
+    match text.find(" (os error ") {
+        Some(at) => text[..at].to_string() + text[at..].split_once(')').map_or("", |(_, rest)| rest),
+        None => text.to_string(),
+    }
+}
+
 /// The limits every RPC read obeys.
 pub fn reader_options(word_limit: usize) -> capnp::message::ReaderOptions {
     let mut options = capnp::message::ReaderOptions::new();

@@ -87,13 +87,7 @@ pub fn io_reason(error: &std::io::Error) -> String {
     }
 }
 
-/// `text` without the " (os error N)" that Rust's I/O errors append: the words say it.
-pub fn without_os_error_number(text: &str) -> String {
-    match text.find(" (os error ") {
-        Some(at) => text[..at].to_string() + text[at..].split_once(')').map_or("", |(_, rest)| rest),
-        None => text.to_string(),
-    }
-}
+pub use netmachine_rpc::without_os_error_number;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`): text in colour only on a terminal
 /// (a log file, journald or `docker logs` gets plain text), or JSON.
