@@ -89,7 +89,6 @@ impl Groups {
     fn flush(&mut self, file: &File) -> io::Result<()> {
         if !self.partial.is_empty() {
             self.direct.write(self.offset, &self.partial, file)?;
-            self.offset += self.partial.len() as u64;
             self.partial.clear();
         }
         self.direct.flush(file)
@@ -100,6 +99,7 @@ impl PutFile {
     /// Starts the thread writing `file` (at `path`, sized already), a block of `declared` bytes.
     pub fn start(file: File, path: &Path, declared: u64) -> io::Result<PutFile> {
         let direct = DirectWriter::open(path, declared);
+        // Bounded by `room`: a piece is queued only with its bytes' permits.
         let (pieces, mut waiting) = mpsc::unbounded_channel::<Piece>();
         let room = Arc::new(Semaphore::new(WAITING_BYTES));
         let failure = Arc::new(OnceLock::new());

@@ -357,17 +357,10 @@ impl storage::Server for StorageService {
         // A file is read off the service's thread: a block is written past the page cache.
         let found = match found {
             Ok((id, _, Content::Inline(bytes))) => Ok((id, bytes)),
-            Ok((id, size, Content::File(file))) => {
-                let read = tokio::task::spawn_blocking(move || {
-                    let mut bytes = vec![0; size as usize];
-                    file.read_exact_at(&mut bytes, 0).map(|()| bytes)
-                });
-                match read.await {
-                    Ok(Ok(bytes)) => Ok((id, bytes)),
-                    Ok(Err(error)) => Err(StoreError::Io(error).into()),
-                    Err(join) => Err(StoreError::Io(std::io::Error::other(join)).into()),
-                }
-            }
+            Ok((id, size, Content::File(file))) => match read_file(file, 0, size).await {
+                Ok(bytes) => Ok((id, bytes)),
+                Err(error) => Err(StoreError::Io(error).into()),
+            },
             Err(refused) => Err(refused),
         };
         let out = results.get().init_result();
@@ -581,6 +574,19 @@ pub const MAX_READ: u32 = 1 << 20;
 /// How far past a read of a block's file the kernel is asked to read ahead (8 MiB).
 const READ_AHEAD: i64 = 8 << 20;
 
+/// Reads `len` bytes of a block's file at `offset`, off the service's thread: a block is written
+/// past the page cache, so reading it waits for the disk, and the reads the SDK keeps in flight
+/// go at once. They come in any order, which the kernel's readahead takes for random reads, so
+/// each asks for what follows (a hint; cold gets went from about 600 to 1300 MB/s here).
+async fn read_file(file: std::sync::Arc<std::fs::File>, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    let read = tokio::task::spawn_blocking(move || {
+        let _ = nix::fcntl::posix_fadvise(&*file, (offset + len) as i64, READ_AHEAD, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED);
+        let mut bytes = vec![0; len as usize];
+        file.read_exact_at(&mut bytes, offset).map(|()| bytes)
+    });
+    read.await.map_err(std::io::Error::other)?
+}
+
 impl block_reader::Server for BlockReader {
     async fn read(self: CapRc<Self>, params: block_reader::ReadParams, mut results: block_reader::ReadResults) -> capnp::Result<()> {
         let params = params.get()?;
@@ -593,19 +599,7 @@ impl block_reader::Server for BlockReader {
         match &self.content {
             Content::Inline(bytes) => results.get().set_bytes(&bytes[offset as usize..end as usize]),
             Content::File(file) => {
-                // Off the service's thread: a block is written past the page cache, so reading
-                // it back waits for the disk, and the reads the SDK keeps in flight go at once.
-                let failed = |e: std::io::Error| capnp::Error::failed(format!("reading block {}: {e}", self.id));
-                let file = file.clone();
-                let read = tokio::task::spawn_blocking(move || {
-                    // The reads in flight come in any order, which the kernel's readahead takes
-                    // for random reads: ask for what follows (a hint; cold gets went from about
-                    // 600 to 1300 MB/s here).
-                    let _ = nix::fcntl::posix_fadvise(&file, (offset + length) as i64, READ_AHEAD, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED);
-                    let mut bytes = vec![0; (end - offset) as usize];
-                    file.read_exact_at(&mut bytes, offset).map(|()| bytes)
-                });
-                let bytes = read.await.map_err(|e| failed(std::io::Error::other(e)))?.map_err(failed)?;
+                let bytes = read_file(file.clone(), offset, end - offset).await.map_err(|e| capnp::Error::failed(format!("reading block {}: {e}", self.id)))?;
                 results.get().set_bytes(&bytes);
             }
         }

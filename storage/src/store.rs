@@ -107,7 +107,6 @@ enum Body {
     File { path: PathBuf, writing: PutFile },
 }
 
-
 /// A put written and checked, its id known; not yet kept.
 pub struct Finished {
     pub id: ContentId,
