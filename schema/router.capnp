@@ -63,7 +63,7 @@ struct TopicInfo {
 
 interface Attachment {
   # `public`: messages from nodes connected under the public network rules may reach this engine.
-  # `ring`: the engine asks for the shared-memory rings (engine/RING.md); `inbox` is still
+  # `ring`: the engine asks for the shared-memory rings (ring/RING.md); `inbox` is still
   # needed, for the socket path when the ring is not granted.
   # `location`: the engine's signed record of attaching to this node (node = this node), which
   # the router announces to other nodes so that they route to it here.
@@ -71,7 +71,7 @@ interface Attachment {
       -> (session :EngineSession, limits :AttachLimits, ring :RingGrant);
 }
 
-# The shared-memory rings, when granted (engine/RING.md).
+# The shared-memory rings, when granted (ring/RING.md).
 struct RingGrant {
   granted @0 :Bool;
   segment @1 :Text;          # the shared-memory object's name, e.g. /netmachine-<node>-<engine>

@@ -1,4 +1,4 @@
-//! The engine's side of the shared-memory rings (engine/RING.md): the outbox it writes from
+//! The engine's side of the shared-memory rings (ring/RING.md): the outbox it writes from
 //! any thread, and the inbox, read either by a reader thread of its own (the default: it sleeps
 //! on the inbox futex when idle and hands messages to the engine's inbox queue, which, when
 //! full, stops it: the ring fills and the router holds further messages back) or by the
@@ -67,10 +67,10 @@ impl EngineRing {
         mode: WaitMode,
         reader: Option<(Arc<Shared>, mpsc::Sender<EngineMessage>)>,
     ) -> Result<Arc<EngineRing>, SegmentError> {
-        let segment = RingSegment::open(segment, Some(&engine))?;
+        let segment = RingSegment::open(segment, Some(&engine.0))?;
         let doorbell = Doorbell::open(doorbell)?;
         segment.set_engine_pid(std::process::id());
-        let (outbox, inbox) = segment.engine_side();
+        let (outbox, inbox) = segment.engine_side()?;
         let ring = Arc::new(EngineRing {
             segment,
             outbox: Mutex::new(outbox),

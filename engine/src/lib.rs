@@ -60,7 +60,7 @@ pub struct EngineOptions {
     pub sign_messages: bool,
     /// Accept messages from nodes connected under the public network rules.
     pub public: bool,
-    /// Use the shared-memory rings when the router grants them (engine/RING.md), else the
+    /// Use the shared-memory rings when the router grants them (ring/RING.md), else the
     /// socket. On the rings a send returns once the message is in the outbox; a refusal comes
     /// back later, fails the request it belongs to and is counted in [`Engine::refused`].
     pub ring: bool,

@@ -62,16 +62,8 @@ fn main() {
 
 /// `message` as an engine writes it to its ring.
 fn ring_record(message: &EngineMessage) -> Vec<u8> {
-    use netmachine_engine::ring::spsc::{Consumer, Producer, RingMemory};
-    let capacity = 4096;
-    let mut words = vec![0u64; 2 + capacity / 8];
-    let base = words.as_mut_ptr();
-    // SAFETY: two counters then `capacity` bytes, aligned, alive while both sides are used;
-    // one producer and one consumer.
-    let memory = || unsafe { RingMemory::new(base.add(2) as *mut u8, capacity, base, base.add(1)) };
-    let mut producer = Producer::new(memory());
+    let (mut producer, mut consumer) = netmachine_engine::ring::heap_ring(4096);
     netmachine_engine::ring::records::write_message(&mut producer, message).expect("room in an empty ring");
-    let mut consumer = Consumer::new(memory());
     let record = consumer.peek().expect("a sound ring").expect("the record written").body.to_vec();
     record
 }

@@ -1,4 +1,4 @@
-//! The router's side of the shared-memory rings (engine/RING.md). A thread of its own forwards
+//! The router's side of the shared-memory rings (ring/RING.md). A thread of its own forwards
 //! what ring engines write to other ring engines on this node, straight from one ring to the
 //! other, and releases a record from the sender's outbox only once it is in the receiver's
 //! inbox: a router killed at any moment loses nothing one ring engine wrote to another, and the
@@ -11,7 +11,7 @@
 use netmachine_engine::ring::layout::{Kind, INBOX_CONSUMER_SLEEPING_AT, OUTBOX_PRODUCER_WAITING_AT};
 use netmachine_engine::ring::records::{self, Envelope, Refusal};
 use netmachine_engine::ring::wait::wake_if_sleeping;
-use netmachine_engine::ring::{futex, Consumer, Doorbell, Full, Producer, RingSegment, SegmentError};
+use netmachine_engine::ring::{self, futex, Consumer, Doorbell, Full, Producer, RingSegment, SegmentError};
 use crate::core::pacing::{Pacer, Pause, Round};
 use crate::core::{check_envelope, Refused};
 use crate::shell::RouterState;
@@ -150,7 +150,7 @@ impl Rings {
     /// Opens the doorbell, removes the segments of engines that died while no router ran, and
     /// starts the ring thread.
     pub fn start(node: Identity, capacity: usize, max_body: usize, slow: mpsc::Sender<Slow>) -> Result<Rings, SegmentError> {
-        let doorbell = Doorbell::open_or_create(&Doorbell::name_for(&node))?;
+        let doorbell = Doorbell::open_or_create(&ring::doorbell_name(&node.0))?;
         let shared = Arc::new(Shared {
             endpoints: RwLock::new(HashMap::new()),
             draining: Mutex::new(Vec::new()),
@@ -177,7 +177,7 @@ impl Rings {
     /// forwarded, and messages for them delivered, before they attach again), removes those of
     /// engines that are gone, and sweeps what stopped nodes left behind.
     fn adopt_or_reclaim(&self) {
-        let swept = netmachine_engine::ring::sweep_orphans(netmachine_engine::ring::SEGMENT_PREFIX);
+        let swept = ring::sweep_orphans(ring::SEGMENT_PREFIX);
         if swept > 0 {
             tracing::info!(swept, "removed shared memory that stopped nodes and engines left behind");
         }
@@ -189,11 +189,13 @@ impl Rings {
                 continue;
             }
             let name = format!("/{file}");
-            let segment = RingSegment::open(&name, None).ok().filter(|segment| netmachine_engine::ring::process_alive(segment.engine_pid()));
+            let segment = RingSegment::open(&name, None).ok().filter(|segment| ring::process_alive(segment.engine_pid()));
             match segment {
                 Some(segment) => {
-                    tracing::info!(segment = %name, engine = %segment.engine(), "adopted the rings of a live engine");
-                    self.insert(segment, 0);
+                    tracing::info!(segment = %name, engine = %Identity(segment.engine()), "adopted the rings of a live engine");
+                    if let Err(error) = self.insert(segment, 0) {
+                        tracing::warn!(segment = %name, %error, "cannot adopt these rings");
+                    }
                 }
                 None => {
                     tracing::info!(segment = %name, "removed the rings of an engine that is gone");
@@ -203,12 +205,12 @@ impl Rings {
         }
     }
 
-    fn insert(&self, segment: RingSegment, generation: u64) -> Arc<RingEndpoint> {
+    fn insert(&self, segment: RingSegment, generation: u64) -> Result<Arc<RingEndpoint>, SegmentError> {
         segment.set_router_pid(std::process::id());
-        let (outbox, inbox) = segment.router_side();
+        let (outbox, inbox) = segment.router_side()?;
         let largest_record = inbox.max_body();
         let endpoint = Arc::new(RingEndpoint {
-            engine: segment.engine(),
+            engine: Identity(segment.engine()),
             generation: AtomicU64::new(generation),
             segment,
             outbox: Mutex::new(outbox),
@@ -221,7 +223,7 @@ impl Rings {
         });
         self.shared.endpoints.write().unwrap_or_else(|p| p.into_inner()).insert(endpoint.engine, endpoint.clone());
         self.changed();
-        endpoint
+        Ok(endpoint)
     }
 
     /// The engine's rings: a fresh segment, or the one it already has (after a router restart).
@@ -246,21 +248,21 @@ impl Rings {
                 return Ok(endpoint);
             }
         }
-        let name = RingSegment::name_for(&self.node, &engine);
-        let segment = match RingSegment::open(&name, Some(&engine)) {
+        let name = ring::segment_name(&self.node.0, &engine.0);
+        let segment = match RingSegment::open(&name, Some(&engine.0)) {
             Ok(segment) => {
                 tracing::info!(engine = %engine, "adopting the engine's existing rings");
                 segment
             }
-            Err(SegmentError::System { source: nix::Error::ENOENT, .. }) => RingSegment::create(&name, &engine, self.capacity)?,
+            Err(SegmentError::System { source: nix::Error::ENOENT, .. }) => RingSegment::create(&name, &engine.0, self.capacity)?,
             Err(error) => {
                 // A segment we cannot use stands in the way: replace it.
                 tracing::warn!(engine = %engine, %error, "replacing an unusable ring segment");
                 let _ = RingSegment::unlink(&name);
-                RingSegment::create(&name, &engine, self.capacity)?
+                RingSegment::create(&name, &engine.0, self.capacity)?
             }
         };
-        Ok(self.insert(segment, generation))
+        self.insert(segment, generation)
     }
 
     /// The router is stopping: from now on no segment is removed, so that the engines, which
@@ -590,7 +592,7 @@ mod tests {
     use super::*;
 
     fn segment_exists(node: &Identity, engine: &Identity) -> bool {
-        std::path::Path::new(&format!("/dev/shm{}", RingSegment::name_for(node, engine))).exists()
+        std::path::Path::new(&format!("/dev/shm{}", ring::segment_name(&node.0, &engine.0))).exists()
     }
 
     #[test]
@@ -614,7 +616,7 @@ mod tests {
         rings.close(&staying, 1);
         assert!(lock(&rings.shared.draining).is_empty(), "nothing is set to be removed");
         assert!(segment_exists(&node, &staying));
-        let _ = RingSegment::unlink(&RingSegment::name_for(&node, &staying));
-        let _ = RingSegment::unlink(&Doorbell::name_for(&node));
+        let _ = RingSegment::unlink(&ring::segment_name(&node.0, &staying.0));
+        let _ = RingSegment::unlink(&ring::doorbell_name(&node.0));
     }
 }

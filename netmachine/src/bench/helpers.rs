@@ -178,7 +178,7 @@ pub fn run(helper: Helper) -> Result<()> {
         }
         Helper::RingSink { segment, count } => {
             let segment = RingSegment::open(&segment, None)?;
-            let (mut outbox, _) = segment.router_side();
+            let (mut outbox, _) = segment.router_side()?;
             let mut taken = 0;
             while taken < count {
                 match outbox.peek()? {

@@ -163,7 +163,7 @@ impl Bench {
         let mut suffix = [0u8; 6];
         getrandom::fill(&mut suffix).map_err(|e| anyhow::anyhow!("{e}"))?;
         let name = format!("/netmachine-bench-{}-{label}", hex::encode(suffix));
-        let segment = RingSegment::create(&name, &Keypair::generate().identity(), capacity)?;
+        let segment = RingSegment::create(&name, &Keypair::generate().identity().0, capacity)?;
         Ok((name, segment))
     }
 
@@ -192,10 +192,11 @@ impl Bench {
     fn bare_ring(&self, size: usize, count: u64) -> Result<f64> {
         let (name, segment) = self.segment("ring", 1 << 20)?;
         let mut far = self.helper(&["ring-sink", "--segment", &name, "--count", &count.to_string()], false)?;
-        let (mut outbox, _) = segment.engine_side();
+        let (mut outbox, _) = segment.engine_side()?;
+        let body = vec![0x5a; size];
         let start = Instant::now();
         for _ in 0..count {
-            while outbox.try_write(Kind::Message, size, |body| body.fill(0x5a)).is_err() {
+            while outbox.try_write(Kind::Message, &[&body]).is_err() {
                 std::hint::spin_loop();
             }
         }

@@ -2,48 +2,68 @@
 //! and body, padded to 8 bytes, never wrapping (a padding record fills the end instead), with
 //! `head` and `tail` counters that only grow (RING.md, "Records" and "Memory ordering").
 //!
-//! This is the only module with unsafe code for the ring's data: every access goes through
-//! `RingMemory`, whose constructor's contract is what makes the rest sound.
+//! The other side may rewrite the ring at any time. The producer copies a record in from the
+//! caller's slices; the consumer checks a record's header, then copies its body into a buffer
+//! of its own before the caller sees it: a body checked is the body used.
 
-use super::layout::{record_size, Kind, RECORD_HEADER};
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::layout::{record_size, Kind, RECORD_HEADER};
+use crate::region::Region;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-/// One ring's shared memory: its data area and its two counters.
-#[derive(Clone, Copy)]
-pub struct RingMemory {
-    data: *mut u8,
+/// One ring within a region: where its data area and its two counters are.
+pub(crate) struct RingMemory {
+    region: Arc<Region>,
+    data: usize,
     capacity: u64,
-    head: *const AtomicU64,
-    tail: *const AtomicU64,
+    head: usize,
+    tail: usize,
 }
 
-// SAFETY: the pointers refer to shared memory that every side accesses only through atomics
-// (the counters) or under the ring protocol (the data), from whichever thread holds the
-// Producer or the Consumer.
-unsafe impl Send for RingMemory {}
-
 impl RingMemory {
-    /// # Safety
-    /// `data` must point to `capacity` bytes and `head`/`tail` to 8-aligned u64s, all valid for
-    /// as long as any Producer or Consumer made from this exists; `capacity` must be a power of
-    /// two and a multiple of 8; there must be at most one Producer and one Consumer per ring.
-    pub unsafe fn new(data: *mut u8, capacity: usize, head: *mut u64, tail: *mut u64) -> Self {
-        RingMemory { data, capacity: capacity as u64, head: head as *const AtomicU64, tail: tail as *const AtomicU64 }
+    /// A ring of `capacity` bytes (a power of two, at least 16) at `data` in `region`, with its
+    /// counters at `head` and `tail`; panics if any of it lies outside the region.
+    pub(crate) fn new(region: Arc<Region>, data: usize, capacity: usize, head: usize, tail: usize) -> Self {
+        assert!(capacity.is_power_of_two() && capacity >= 16 && data % 8 == 0);
+        assert!(data + capacity <= region.len() && head.max(tail) + 8 <= region.len());
+        RingMemory { region, data, capacity: capacity as u64, head, tail }
     }
 
-    fn head(&self) -> &AtomicU64 {
-        // SAFETY: valid and aligned by the constructor's contract; AtomicU64 has u64's layout.
-        unsafe { &*self.head }
+    fn head(&self) -> &crate::region::Atomic64 {
+        self.region.u64_at(self.head)
     }
 
-    fn tail(&self) -> &AtomicU64 {
-        // SAFETY: as for `head`.
-        unsafe { &*self.tail }
+    fn tail(&self) -> &crate::region::Atomic64 {
+        self.region.u64_at(self.tail)
     }
 
     fn offset(&self, position: u64) -> usize {
         (position & (self.capacity - 1)) as usize
     }
+
+    /// Copies bytes out of the data area at `offset`, which the caller keeps within it.
+    fn read(&self, offset: usize, into: &mut [u8]) {
+        debug_assert!(offset + into.len() <= self.capacity as usize);
+        self.region.read(self.data + offset, into);
+    }
+
+    fn write(&self, offset: usize, from: &[u8]) {
+        debug_assert!(offset + from.len() <= self.capacity as usize);
+        self.region.write(self.data + offset, from);
+    }
+}
+
+/// Where `heap_ring` puts a lone ring's counters and data (each counter on a line of its own).
+const HEAP_HEAD_AT: usize = 0;
+const HEAP_TAIL_AT: usize = 128;
+const HEAP_DATA_AT: usize = 256;
+
+/// A lone ring on the heap, for a ring within one process (tests, fuzzing, model checking):
+/// its producer and its consumer. `capacity` is a power of two, at least 16.
+pub fn heap_ring(capacity: usize) -> (Producer, Consumer) {
+    let region = Arc::new(Region::heap(HEAP_DATA_AT + capacity));
+    let memory = || RingMemory::new(region.clone(), HEAP_DATA_AT, capacity, HEAP_HEAD_AT, HEAP_TAIL_AT);
+    (Producer::new(memory()), Consumer::new(memory()))
 }
 
 /// The ring has no room for the record now.
@@ -67,7 +87,7 @@ pub struct Producer {
 
 impl Producer {
     /// Takes up writing where the ring's `tail` stands (a fresh ring, or one being adopted).
-    pub fn new(memory: RingMemory) -> Self {
+    pub(crate) fn new(memory: RingMemory) -> Self {
         let tail = memory.tail().load(Ordering::Acquire);
         let cached_head = memory.head().load(Ordering::Acquire);
         Producer { memory, tail, cached_head }
@@ -104,9 +124,10 @@ impl Producer {
         length <= self.max_body() && self.room(padding + size)
     }
 
-    /// Writes one record whose `length`-byte body `fill` writes, and publishes it; `Full` if
+    /// Writes one record whose body is `parts`, one after another, and publishes it; `Full` if
     /// there is no room now. Bodies over [`Producer::max_body`] never fit.
-    pub fn try_write(&mut self, kind: Kind, length: usize, fill: impl FnOnce(&mut [u8])) -> Result<(), Full> {
+    pub fn try_write(&mut self, kind: Kind, parts: &[&[u8]]) -> Result<(), Full> {
+        let length: usize = parts.iter().map(|part| part.len()).sum();
         if length > self.max_body() {
             return Err(Full);
         }
@@ -118,13 +139,15 @@ impl Producer {
             self.write_header(self.memory.offset(self.tail), (padding as usize - RECORD_HEADER) as u32, Kind::Padding);
             self.tail += padding;
         }
-        let at = self.memory.offset(self.tail);
+        // A record never crosses the end (padding was written otherwise), and the bytes between
+        // tail and head + capacity are the producer's until `tail` is published.
+        let mut at = self.memory.offset(self.tail);
         self.write_header(at, length as u32, kind);
-        // SAFETY: `at + size <= capacity` (a record never crosses the end: padding was written
-        // otherwise), and the bytes between tail and head + capacity belong to the producer
-        // until `tail` is published.
-        let body = unsafe { std::slice::from_raw_parts_mut(self.memory.data.add(at + RECORD_HEADER), length) };
-        fill(body);
+        at += RECORD_HEADER;
+        for part in parts {
+            self.memory.write(at, part);
+            at += part.len();
+        }
         self.tail += size;
         self.memory.tail().store(self.tail, Ordering::Release);
         Ok(())
@@ -134,9 +157,7 @@ impl Producer {
         let mut header = [0u8; RECORD_HEADER];
         header[..4].copy_from_slice(&length.to_le_bytes());
         header[4..].copy_from_slice(&(kind as u32).to_le_bytes());
-        // SAFETY: `at + 8 <= capacity` since `at` is a multiple of 8 below the capacity, and the
-        // bytes are the producer's until `tail` is published.
-        unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), self.memory.data.add(at), RECORD_HEADER) };
+        self.memory.write(at, &header);
     }
 
     /// How many message records the consumer has not taken yet (what is lost with a consumer
@@ -146,16 +167,12 @@ impl Producer {
         let mut unread = 0;
         while at < self.tail && self.tail - at <= self.memory.capacity {
             let offset = self.memory.offset(at);
-            let mut header = [0u8; RECORD_HEADER];
-            // SAFETY: `offset + 8 <= capacity` (a multiple of 8 below it); the bytes are plain
-            // shared memory, read as a copy.
-            unsafe { std::ptr::copy_nonoverlapping(self.memory.data.add(offset), header.as_mut_ptr(), RECORD_HEADER) };
-            let length = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+            let (length, kind) = read_header(&self.memory, offset);
             let size = record_size(length) as u64;
             if offset as u64 + size > self.memory.capacity {
                 break;
             }
-            if Kind::from_u32(u32::from_le_bytes(header[4..].try_into().expect("4 bytes"))) == Some(Kind::Message) {
+            if Kind::from_u32(kind) == Some(Kind::Message) {
                 unread += 1;
             }
             at += size;
@@ -169,7 +186,15 @@ impl Producer {
     }
 }
 
-/// A record read in place.
+/// The length and kind of the record at `offset` (a multiple of 8 below the capacity), copied.
+fn read_header(memory: &RingMemory, offset: usize) -> (usize, u32) {
+    let mut header = [0u8; RECORD_HEADER];
+    memory.read(offset, &mut header);
+    let length = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+    (length, u32::from_le_bytes(header[4..].try_into().expect("4 bytes")))
+}
+
+/// A record, copied out of the ring: the producer cannot change it any more.
 pub struct Record<'a> {
     pub kind: Kind,
     pub body: &'a [u8],
@@ -183,13 +208,15 @@ pub struct Consumer {
     /// The size of the record the last `peek` returned: `consume` advances by it rather than
     /// read the length again from memory the producer shares.
     peeked: u64,
+    /// Where the last record's body was copied (as long as the longest body seen).
+    copy: Vec<u8>,
 }
 
 impl Consumer {
     /// Takes up reading where the ring's `head` stands (a fresh ring, or one being adopted).
-    pub fn new(memory: RingMemory) -> Self {
+    pub(crate) fn new(memory: RingMemory) -> Self {
         let head = memory.head().load(Ordering::Acquire);
-        Consumer { memory, head, cached_tail: head, peeked: 0 }
+        Consumer { memory, head, cached_tail: head, peeked: 0, copy: Vec::new() }
     }
 
     /// Whether a record may be waiting.
@@ -201,8 +228,8 @@ impl Consumer {
         self.head != self.cached_tail
     }
 
-    /// The next record, read in place and left in the ring until [`Consumer::consume`];
-    /// padding is skipped. `Ok(None)` when the ring is empty.
+    /// The next record, its header checked and its body copied out, left in the ring until
+    /// [`Consumer::consume`]; padding is skipped. `Ok(None)` when the ring is empty.
     pub fn peek(&mut self) -> Result<Option<Record<'_>>, Corrupt> {
         loop {
             if !self.has_data() {
@@ -212,13 +239,10 @@ impl Consumer {
             if available > self.memory.capacity || available < RECORD_HEADER as u64 {
                 return Err(self.corrupt(format!("tail is {} bytes past head", available)));
             }
+            // `at` is a multiple of 8 below the capacity: the header lies within the data, and
+            // the bytes between head and tail were published by the producer.
             let at = self.memory.offset(self.head);
-            let mut header = [0u8; RECORD_HEADER];
-            // SAFETY: `at + 8 <= capacity` (`at` is a multiple of 8 below it) and the bytes
-            // between head and tail were published by the producer.
-            unsafe { std::ptr::copy_nonoverlapping(self.memory.data.add(at), header.as_mut_ptr(), RECORD_HEADER) };
-            let length = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-            let kind = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+            let (length, kind) = read_header(&self.memory, at);
             let size = record_size(length) as u64;
             if at as u64 + size > self.memory.capacity {
                 return Err(self.corrupt(format!("a {length}-byte record runs past the end of the ring")));
@@ -233,11 +257,12 @@ impl Consumer {
                 self.advance(size);
                 continue;
             }
-            // SAFETY: checked above to lie within the data area and before tail; the producer
-            // does not touch published bytes until head passes them.
-            let body = unsafe { std::slice::from_raw_parts(self.memory.data.add(at + RECORD_HEADER), length) };
+            if self.copy.len() < length {
+                self.copy.resize(length, 0);
+            }
+            self.memory.read(at + RECORD_HEADER, &mut self.copy[..length]);
             self.peeked = size;
-            return Ok(Some(Record { kind, body }));
+            return Ok(Some(Record { kind, body: &self.copy[..length] }));
         }
     }
 
@@ -257,50 +282,52 @@ impl Consumer {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(netmachine_loom)))]
 pub(crate) mod tests {
     use super::*;
 
-    /// Ring memory on the heap, for tests: the counters and the data in one aligned buffer.
+    /// A lone ring on the heap whose memory a test can scribble over.
     pub struct HeapRing {
-        words: Vec<u64>,
+        region: Arc<Region>,
         capacity: usize,
     }
 
     impl HeapRing {
         pub fn new(capacity: usize) -> Self {
-            HeapRing { words: vec![0; 2 + capacity / 8], capacity }
+            HeapRing { region: Arc::new(Region::heap(HEAP_DATA_AT + capacity)), capacity }
         }
 
-        pub fn memory(&mut self) -> RingMemory {
-            let base = self.words.as_mut_ptr();
-            // SAFETY: the buffer holds two counters then `capacity` bytes, all aligned, and
-            // outlives the test's producer and consumer.
-            unsafe { RingMemory::new(base.add(2) as *mut u8, self.capacity, base, base.add(1)) }
+        fn memory(&self) -> RingMemory {
+            RingMemory::new(self.region.clone(), HEAP_DATA_AT, self.capacity, HEAP_HEAD_AT, HEAP_TAIL_AT)
+        }
+
+        pub fn producer(&self) -> Producer {
+            Producer::new(self.memory())
+        }
+
+        pub fn consumer(&self) -> Consumer {
+            Consumer::new(self.memory())
         }
 
         /// Writes raw bytes into the data area, to make corrupt rings.
-        pub fn poke(&mut self, at: usize, bytes: &[u8]) {
-            let data = &mut self.words[2..];
-            // SAFETY: `data` is `capacity` bytes of u64s; the test writes within it.
-            let data = unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr() as *mut u8, self.capacity) };
-            data[at..at + bytes.len()].copy_from_slice(bytes);
+        pub fn poke(&self, at: usize, bytes: &[u8]) {
+            self.region.write(HEAP_DATA_AT + at, bytes);
         }
 
-        pub fn set_tail(&mut self, tail: u64) {
-            self.words[1] = tail;
+        pub fn set_tail(&self, tail: u64) {
+            self.region.u64_at(HEAP_TAIL_AT).store(tail, Ordering::Relaxed);
         }
 
-        pub fn set_head(&mut self, head: u64) {
-            self.words[0] = head;
+        pub fn set_head(&self, head: u64) {
+            self.region.u64_at(HEAP_HEAD_AT).store(head, Ordering::Relaxed);
         }
     }
 
     /// A small deterministic generator, so failures replay.
-    pub struct XorShift(pub u64);
+    struct XorShift(u64);
 
     impl XorShift {
-        pub fn next(&mut self) -> u64 {
+        fn next(&mut self) -> u64 {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;
@@ -315,8 +342,8 @@ pub(crate) mod tests {
     #[test]
     fn records_of_random_sizes_survive_wrap_around_in_order() {
         for seed in 1..=20u64 {
-            let mut ring = HeapRing::new(4096);
-            let (mut producer, mut consumer) = (Producer::new(ring.memory()), Consumer::new(ring.memory()));
+            let ring = HeapRing::new(4096);
+            let (mut producer, mut consumer) = (ring.producer(), ring.consumer());
             let mut random = XorShift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
             let (mut written, mut read) = (0u64, 0u64);
             let mut lengths = std::collections::VecDeque::new();
@@ -325,7 +352,7 @@ pub(crate) mod tests {
                 for _ in 0..random.next() % 8 {
                     let length = (random.next() % 700) as usize;
                     let body = body_for(written, length);
-                    if producer.try_write(Kind::Message, length, |b| b.copy_from_slice(&body)).is_err() {
+                    if producer.try_write(Kind::Message, &[&body]).is_err() {
                         break;
                     }
                     lengths.push_back(length);
@@ -345,34 +372,34 @@ pub(crate) mod tests {
 
     #[test]
     fn a_full_ring_refuses_and_takes_again_once_read() {
-        let mut ring = HeapRing::new(4096);
-        let (mut producer, mut consumer) = (Producer::new(ring.memory()), Consumer::new(ring.memory()));
+        let ring = HeapRing::new(4096);
+        let (mut producer, mut consumer) = (ring.producer(), ring.consumer());
         let mut n = 0;
-        while producer.try_write(Kind::Message, 1000, |b| b.fill(n)).is_ok() {
+        while producer.try_write(Kind::Message, &[&[n; 1000]]).is_ok() {
             n += 1;
         }
         assert_eq!(n, 4, "four 1008-byte records leave 64 of 4096 bytes");
-        assert_eq!(producer.try_write(Kind::Message, 100, |_| {}), Err(Full));
-        assert!(producer.try_write(Kind::Message, producer.max_body() + 1, |_| {}).is_err());
+        assert_eq!(producer.try_write(Kind::Message, &[&[0; 100]]), Err(Full));
+        assert!(producer.try_write(Kind::Message, &[&vec![0; producer.max_body() + 1]]).is_err());
         assert_eq!(consumer.peek().unwrap().unwrap().body[0], 0);
         consumer.consume();
-        assert!(producer.try_write(Kind::Message, 1000, |b| b.fill(9)).is_ok());
+        assert!(producer.try_write(Kind::Message, &[&[9; 1000]]).is_ok());
     }
 
     #[test]
     fn the_producer_counts_the_messages_not_yet_taken_across_padding_and_wrap() {
-        let mut ring = HeapRing::new(4096);
-        let (mut producer, mut consumer) = (Producer::new(ring.memory()), Consumer::new(ring.memory()));
+        let ring = HeapRing::new(4096);
+        let (mut producer, mut consumer) = (ring.producer(), ring.consumer());
         for _ in 0..3 {
-            producer.try_write(Kind::Message, 1000, |_| {}).unwrap();
+            producer.try_write(Kind::Message, &[&[0; 1000]]).unwrap();
         }
         for _ in 0..2 {
             consumer.peek().unwrap().unwrap();
             consumer.consume();
         }
         // The next record does not fit before the end: padding, then the record at the start.
-        producer.try_write(Kind::Message, 1500, |_| {}).unwrap();
-        producer.try_write(Kind::Refusal, 10, |_| {}).unwrap();
+        producer.try_write(Kind::Message, &[&[0; 1500]]).unwrap();
+        producer.try_write(Kind::Refusal, &[&[0; 10]]).unwrap();
         assert_eq!(producer.unread_messages(), 2, "two messages unread; padding and a refusal are not messages");
         consumer.peek().unwrap().unwrap();
         consumer.consume();
@@ -381,45 +408,42 @@ pub(crate) mod tests {
 
     #[test]
     fn a_head_past_tail_reads_as_no_room_not_as_room() {
-        let mut ring = HeapRing::new(4096);
+        let ring = HeapRing::new(4096);
         ring.set_head(1 << 40);
-        let mut producer = Producer::new(ring.memory());
-        assert_eq!(producer.try_write(Kind::Message, 8, |_| {}), Err(Full));
+        let mut producer = ring.producer();
+        assert_eq!(producer.try_write(Kind::Message, &[&[0; 8]]), Err(Full));
     }
 
     #[test]
     fn impossible_lengths_and_kinds_are_reported_not_followed() {
-        let mut ring = HeapRing::new(4096);
+        let ring = HeapRing::new(4096);
         ring.poke(0, &[0xff, 0xff, 0, 0, 1, 0, 0, 0]);
         ring.set_tail(64);
-        let err = Consumer::new(ring.memory()).peek().err().expect("corrupt");
+        let err = ring.consumer().peek().err().expect("corrupt");
         assert!(err.problem.contains("runs past"), "{err}");
 
-        let mut ring = HeapRing::new(4096);
+        let ring = HeapRing::new(4096);
         ring.poke(0, &[8, 0, 0, 0, 77, 0, 0, 0]);
         ring.set_tail(16);
-        let err = Consumer::new(ring.memory()).peek().err().expect("corrupt");
+        let err = ring.consumer().peek().err().expect("corrupt");
         assert!(err.problem.contains("unknown record kind 77"), "{err}");
 
-        let mut ring = HeapRing::new(4096);
+        let ring = HeapRing::new(4096);
         ring.set_tail(1 << 40);
-        assert!(Consumer::new(ring.memory()).peek().is_err());
+        assert!(ring.consumer().peek().is_err());
     }
 
     #[test]
     fn a_million_messages_cross_threads_in_order() {
-        let mut ring = HeapRing::new(1 << 16);
-        let memory = ring.memory();
+        let (mut producer, mut consumer) = heap_ring(1 << 16);
         let count = 1_000_000u64;
         let producer = std::thread::spawn(move || {
-            let mut producer = Producer::new(memory);
             for n in 0..count {
-                while producer.try_write(Kind::Message, 8, |b| b.copy_from_slice(&n.to_le_bytes())).is_err() {
+                while producer.try_write(Kind::Message, &[&n.to_le_bytes()]).is_err() {
                     std::hint::spin_loop();
                 }
             }
         });
-        let mut consumer = Consumer::new(ring.memory());
         let mut expected = 0;
         while expected < count {
             let Some(record) = consumer.peek().expect("not corrupt") else {
@@ -431,6 +455,57 @@ pub(crate) mod tests {
             expected += 1;
         }
         producer.join().unwrap();
-        drop(ring);
+    }
+
+    #[test]
+    fn a_record_read_does_not_change_when_the_producer_rewrites_the_ring() {
+        let ring = HeapRing::new(4096);
+        let (mut producer, mut consumer) = (ring.producer(), ring.consumer());
+        producer.try_write(Kind::Message, &[b"checked", b" body"]).unwrap();
+        let record = consumer.peek().unwrap().unwrap();
+        // A hostile producer rewrites the record's body and length after it was peeked.
+        ring.poke(0, &[200, 0, 0, 0, 1, 0, 0, 0]);
+        ring.poke(8, b"swapped body");
+        assert_eq!(record.body, b"checked body", "the consumer holds the bytes it checked");
+    }
+}
+
+/// Head and tail publication under loom: every interleaving of a producer and a consumer, with
+/// the ring's bytes as relaxed atomics. A tail published before its record's bytes shows up as
+/// a consumer reading a stale record (a corrupt ring, or the wrong body); a head published
+/// before the consumer's copy as a body the producer already overwrote.
+#[cfg(all(test, netmachine_loom))]
+mod model {
+    use super::*;
+
+    #[test]
+    fn every_record_published_is_read_whole_across_padding_and_reused_room() {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound = Some(3);
+        model.check(|| {
+            // Three 24-byte records in a 64-byte ring: the third needs padding at the end and
+            // the room the first one's consumption released.
+            let (mut producer, mut consumer) = heap_ring(64);
+            let body = |n: u64| [n.to_le_bytes(), (n * 7).to_le_bytes()].concat();
+            let writer = loom::thread::spawn(move || {
+                for n in 1..=3 {
+                    while producer.try_write(Kind::Message, &[&body(n)]).is_err() {
+                        loom::thread::yield_now();
+                    }
+                }
+            });
+            let mut expected = 1;
+            while expected <= 3 {
+                match consumer.peek().expect("a conforming producer's ring is never corrupt") {
+                    Some(record) => {
+                        assert_eq!(record.body, body(expected));
+                        consumer.consume();
+                        expected += 1;
+                    }
+                    None => loom::thread::yield_now(),
+                }
+            }
+            writer.join().unwrap();
+        });
     }
 }

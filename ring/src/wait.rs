@@ -70,10 +70,10 @@ impl FutexWord for AtomicU32 {
         std::sync::atomic::fence(Ordering::SeqCst);
     }
     fn sleep(&self, expected: u32) {
-        super::futex::wait(self, expected, SLEEP);
+        crate::futex::wait(self, expected, SLEEP);
     }
     fn wake(&self) {
-        super::futex::wake(self, 1);
+        crate::futex::wake(self, 1);
     }
     fn yield_now(&self) {
         std::thread::yield_now();
@@ -159,9 +159,8 @@ pub fn sleep_on_doorbell(router_sleeping: &impl FutexWord, rings: &impl FutexWor
 #[cfg(all(test, not(netmachine_loom)))]
 mod tests {
     use super::*;
-    use crate::ring::layout::Kind;
-    use crate::ring::spsc::tests::HeapRing;
-    use crate::ring::spsc::{Consumer, Producer};
+    use crate::layout::Kind;
+    use crate::spsc::heap_ring;
     use std::sync::Arc;
 
     /// A futex word whose sleep lasts a minute instead of `SLEEP`: a lost wake-up is not
@@ -185,7 +184,7 @@ mod tests {
             self.0.fence()
         }
         fn sleep(&self, expected: u32) {
-            crate::ring::futex::wait(&self.0, expected, Duration::from_secs(60));
+            crate::futex::wait(&self.0, expected, Duration::from_secs(60));
         }
         fn wake(&self) {
             self.0.wake()
@@ -197,14 +196,12 @@ mod tests {
 
     #[test]
     fn a_sleeping_consumer_is_woken_for_every_burst_and_misses_nothing() {
-        let mut ring = HeapRing::new(4096);
-        let memory = ring.memory();
+        let (mut producer, mut consumer) = heap_ring(4096);
         let sleeping = Arc::new(Patient(AtomicU32::new(0)));
         let bursts = 20u64;
         let producer = {
             let sleeping = sleeping.clone();
             std::thread::spawn(move || {
-                let mut producer = Producer::new(memory);
                 for n in 0..bursts * 10 {
                     if n % 10 == 0 {
                         // Until the consumer has said it sleeps (in the word) and then a little
@@ -214,7 +211,7 @@ mod tests {
                         }
                         std::thread::sleep(Duration::from_millis(1));
                     }
-                    while producer.try_write(Kind::Message, 8, |b| b.copy_from_slice(&n.to_le_bytes())).is_err() {
+                    while producer.try_write(Kind::Message, &[&n.to_le_bytes()]).is_err() {
                         std::thread::yield_now();
                     }
                     wake_if_sleeping(&*sleeping);
@@ -223,9 +220,8 @@ mod tests {
         };
         let (done, finished) = std::sync::mpsc::channel();
         let consumer = std::thread::spawn({
-            let (sleeping, memory) = (sleeping.clone(), ring.memory());
+            let sleeping = sleeping.clone();
             move || {
-                let mut consumer = Consumer::new(memory);
                 for expected in 0..bursts * 10 {
                     wait_for(WaitMode::Adaptive, &*sleeping, || consumer.has_data());
                     let record = consumer.peek().unwrap().unwrap();
@@ -240,7 +236,6 @@ mod tests {
         // Had the consumer failed (a record missing or out of order), it shows here.
         consumer.join().expect("the consumer read every record, in order");
         producer.join().unwrap();
-        drop(ring);
     }
 }
 

@@ -1,0 +1,25 @@
+//! The netmachine ring (`RING.md`, the language-neutral contract): two single-producer,
+//! single-consumer byte rings per shared-memory segment, the doorbell, and the futex wake-up
+//! protocol that lets either side sleep without the other paying a system call per message.
+//!
+//! The other side of a ring is another process, which may be broken or hostile: it can rewrite
+//! any byte of the segment at any time. The safe API holds against that. Each ring has one
+//! [`Producer`] and one [`Consumer`] per mapping, taken once from the segment and keeping its
+//! mapping alive; no Rust reference into the shared bytes is ever handed out: records are
+//! copied in from the caller's slices and copied out (after their header is checked) into the
+//! consumer's own buffer, so what the caller reads cannot change under it.
+//!
+//! Under `--cfg netmachine_loom` (`scripts/loom`) only the ring protocol and the wake-up
+//! protocol are built, over memory the model checker tracks.
+
+pub mod futex;
+pub mod layout;
+mod region;
+#[cfg(not(netmachine_loom))]
+pub mod segment;
+pub mod spsc;
+pub mod wait;
+
+#[cfg(not(netmachine_loom))]
+pub use segment::{doorbell_name, process_alive, segment_name, sweep_orphans, Doorbell, EngineKey, RingSegment, SegmentError, SideTaken, SEGMENT_PREFIX};
+pub use spsc::{heap_ring, Consumer, Corrupt, Full, Producer, Record};
