@@ -532,7 +532,7 @@ async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<EngineMess
         if shared.ring().as_ref().is_none_or(|ring| ring.segment.name != name) {
             let doorbell = grant.get_doorbell()?.to_string().map_err(|e| EngineError::Rpc(e.to_string()))?;
             let reader = (options.receiver == crate::Receiver::ReaderThread).then(|| (shared.clone(), incoming.clone()));
-            match EngineRing::open(engine, &name, &doorbell, options.wait, reader) {
+            match EngineRing::open(node, engine, &name, &doorbell, options.wait, reader) {
                 Ok(ring) => {
                     if let Some(old) = shared.ring.swap(Some(ring)) {
                         old.stop();

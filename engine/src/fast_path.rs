@@ -1,16 +1,22 @@
-//! The engine's side of the shared-memory rings (ring/RING.md): the outbox it writes from
-//! any thread, and the inbox, read either by a reader thread of its own (the default: it sleeps
-//! on the inbox futex when idle and hands messages to the engine's inbox queue, which, when
-//! full, stops it: the ring fills and the router holds further messages back) or by the
-//! caller's own thread in `recv_blocking` (no thread hop: the lowest latency).
+//! The engine's side of the shared-memory rings (ring/RING.md): the outbox it writes from any
+//! thread (or the direct channel to a message's destination, once granted), and the inbox and
+//! the channels other engines write to it, read in turn either by a reader thread of its own
+//! (the default: it sleeps on the engine's doorbell when idle and hands messages to the
+//! engine's inbox queue, which, when full, stops it: the rings fill and the router holds
+//! further messages back) or by the caller's own thread in `recv_blocking` (no thread hop: the
+//! lowest latency).
 
+use crate::channels::{FromChannel, InChannel, OutChannel};
 use crate::connection::Shared;
-use crate::ring::layout::{Kind, INBOX_CONSUMER_SLEEPING_AT, OUTBOX_PRODUCER_WAITING_AT};
+use crate::ring::layout::{Kind, OUTBOX_PRODUCER_WAITING_AT};
 use crate::ring::records;
+use crate::ring::segment::BELL_SUFFIX;
 use crate::ring::wait::{wait_a_while, WaitMode};
 use crate::ring::{Consumer, Doorbell, Full, Producer, RingSegment, SegmentError};
 use crate::EngineError;
-use netmachine_schema::{EngineMessage, Identity};
+use netmachine_schema::time::now_ms;
+use netmachine_schema::{Destination, EngineMessage, Identity};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,19 +37,50 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// An engine's mapped rings.
+/// An engine's mapped rings, and its direct channels.
 pub(crate) struct EngineRing {
+    node: Identity,
+    engine: Identity,
     pub segment: RingSegment,
-    outbox: Mutex<Producer>,
+    outbox: Mutex<Outbox>,
     inbox: Mutex<Inbox>,
+    /// The router's doorbell.
     doorbell: Doorbell,
+    /// This engine's own: it sleeps on it when all its inbound rings are empty.
+    bell: Doorbell,
     stop: AtomicBool,
     mode: WaitMode,
 }
 
+/// Where messages leave: the outbox, or a direct channel to their destination. The channels
+/// are switched to under the outbox's lock, so that a message sent before a switch is in the
+/// outbox before the switch record, and one sent after goes by the channel.
+struct Outbox {
+    producer: Producer,
+    channels: HashMap<Identity, Arc<OutChannel>>,
+    /// The segment's `grants` when its channel table was last taken up.
+    grants_seen: u32,
+}
+
+/// Where messages arrive: the inbox, then the channels it opened, read in turn.
 struct Inbox {
     consumer: Consumer,
     last: LastFrom,
+    channels: Vec<InChannel>,
+    /// The source to read first next time: 0 the inbox, then each channel.
+    turn: usize,
+}
+
+impl Inbox {
+    fn has_data(&mut self) -> bool {
+        self.consumer.has_data() || self.channels.iter_mut().any(InChannel::has_data)
+    }
+}
+
+/// Which way a message to a destination leaves now.
+enum Route {
+    Outbox,
+    Channel(Arc<OutChannel>),
 }
 
 /// What the next inbox record was.
@@ -59,23 +96,29 @@ pub(crate) enum Taken {
 }
 
 impl EngineRing {
-    /// Maps the granted segment and doorbell; with `reader`, starts the reader thread.
+    /// Maps the granted segment, the router's doorbell and the engine's own; with `reader`,
+    /// starts the reader thread.
     pub fn open(
+        node: Identity,
         engine: Identity,
         segment: &str,
         doorbell: &str,
         mode: WaitMode,
         reader: Option<(Arc<Shared>, mpsc::Sender<EngineMessage>)>,
     ) -> Result<Arc<EngineRing>, SegmentError> {
+        let bell = Doorbell::open(&format!("{segment}{BELL_SUFFIX}"))?;
         let segment = RingSegment::open(segment, Some(&engine.0))?;
         let doorbell = Doorbell::open(doorbell)?;
         segment.set_engine_pid(std::process::id());
         let (outbox, inbox) = segment.engine_side()?;
         let ring = Arc::new(EngineRing {
+            node,
+            engine,
             segment,
-            outbox: Mutex::new(outbox),
-            inbox: Mutex::new(Inbox { consumer: inbox, last: LastFrom::default() }),
+            outbox: Mutex::new(Outbox { producer: outbox, channels: HashMap::new(), grants_seen: 0 }),
+            inbox: Mutex::new(Inbox { consumer: inbox, last: LastFrom::default(), channels: Vec::new(), turn: 0 }),
             doorbell,
+            bell,
             stop: AtomicBool::new(false),
             mode,
         });
@@ -89,22 +132,46 @@ impl EngineRing {
         Ok(ring)
     }
 
-    /// Writes `message` into the outbox and rings the router if it sleeps: `Full` if there is
-    /// no room now, `TooLargeForRing` if there never will be.
+    /// Writes `message` into its destination's direct channel, or else into the outbox and
+    /// rings the router if it sleeps: `Full` if there is no room now, `TooLargeForRing` if
+    /// there never will be.
     pub fn try_send(&self, message: &EngineMessage) -> Result<(), EngineError> {
         let mut outbox = lock(&self.outbox);
-        let (len, max) = (records::message_length(message), outbox.max_body());
+        if let Route::Channel(channel) = self.route(&mut outbox, message) {
+            drop(outbox);
+            return channel.try_send(message);
+        }
+        let (len, max) = (records::message_length(message), outbox.producer.max_body());
         if len > max {
             return Err(EngineError::TooLargeForRing { len, max });
         }
-        records::write_message(&mut outbox, message).map_err(|Full| EngineError::Full)?;
+        records::write_message(&mut outbox.producer, message).map_err(|Full| EngineError::Full)?;
         drop(outbox);
         self.doorbell.ring();
         Ok(())
     }
 
+    /// The way `message` leaves now: channels the router granted since the last send are
+    /// switched to first, and a channel the router revoked is forgotten.
+    fn route(&self, outbox: &mut Outbox, message: &EngineMessage) -> Route {
+        let grants = self.segment.grants();
+        if grants != outbox.grants_seen {
+            self.switch_to_granted(outbox, grants);
+        }
+        let Destination::Engine(dst) = message.dst else { return Route::Outbox };
+        match outbox.channels.get(&dst) {
+            Some(channel) if channel.is_closed() => {
+                outbox.channels.remove(&dst);
+                Route::Outbox
+            }
+            Some(channel) => Route::Channel(channel.clone()),
+            None => Route::Outbox,
+        }
+    }
+
     /// Like `try_send`, waiting for room as the RING.md waking protocol says, for at most
-    /// `timeout` (the router may be gone and not drain the outbox).
+    /// `timeout` (the router may be gone and not drain the outbox, or the receiver not read
+    /// its channel).
     pub fn send_blocking(&self, message: &EngineMessage, timeout: Duration) -> Result<(), EngineError> {
         let mut sent = self.try_send(message);
         if !matches!(sent, Err(EngineError::Full)) {
@@ -112,14 +179,18 @@ impl EngineRing {
             return sent;
         }
         let deadline = Instant::now() + timeout;
-        let word = self.segment.word(OUTBOX_PRODUCER_WAITING_AT);
         while matches!(sent, Err(EngineError::Full)) {
             if self.stopped() {
                 return Err(EngineError::Closed);
             }
+            let route = self.route(&mut lock(&self.outbox), message);
             if Instant::now() >= deadline {
-                return Err(self.outbox_stayed_full(timeout));
+                return Err(self.stayed_full(&route, timeout));
             }
+            let word = match &route {
+                Route::Outbox => self.segment.word(OUTBOX_PRODUCER_WAITING_AT),
+                Route::Channel(channel) => channel.room_word(),
+            };
             wait_a_while(self.mode, word, || {
                 sent = self.try_send(message);
                 !matches!(sent, Err(EngineError::Full)) || self.stopped()
@@ -128,79 +199,147 @@ impl EngineRing {
         sent
     }
 
-    /// Why the outbox stayed full for `timeout`: a router that runs but takes nothing from it
-    /// is holding this engine's messages while their destinations' queues are full, which the
-    /// socket path reports as `QueueFull` too; a router that is gone is unavailable.
-    fn outbox_stayed_full(&self, timeout: Duration) -> EngineError {
-        if !crate::ring::process_alive(self.segment.router_pid()) {
-            return EngineError::RouterUnavailable(timeout);
-        }
-        EngineError::Refused {
-            reason: crate::SendRefusal::QueueFull,
-            detail: format!(
-                "the outbox stayed full for {} ms: the router is up but holds this engine's messages while their destinations' queues are full",
-                timeout.as_millis()
-            ),
-        }
+    /// Why a send found no room for `timeout`: a router that runs but takes nothing from the
+    /// outbox is holding this engine's messages while their destinations' queues are full, and
+    /// a channel that stays full is a receiver that does not read, which the socket path
+    /// reports as `QueueFull` too; a router that is gone is unavailable.
+    fn stayed_full(&self, route: &Route, timeout: Duration) -> EngineError {
+        let detail = match route {
+            Route::Outbox if !crate::ring::process_alive(self.segment.router_pid()) => return EngineError::RouterUnavailable(timeout),
+            Route::Outbox => "the outbox stayed full for {} ms: the router is up but holds this engine's messages while their destinations' queues are full",
+            Route::Channel(_) => "the direct channel to the destination stayed full for {} ms: the destination does not read",
+        };
+        EngineError::Refused { reason: crate::SendRefusal::QueueFull, detail: detail.replace("{}", &timeout.as_millis().to_string()) }
     }
 
-    /// Whether the router has taken everything written to the outbox.
+    /// Whether everything written has been taken: by the router from the outbox, and by the
+    /// receivers from the channels.
     pub fn is_drained(&self) -> bool {
-        lock(&self.outbox).is_drained()
+        let outbox = lock(&self.outbox);
+        outbox.producer.is_drained() && outbox.channels.values().all(|channel| channel.is_closed() || channel.is_drained())
     }
 
     pub fn stopped(&self) -> bool {
         self.stop.load(Ordering::Acquire)
     }
 
-    /// Stops reading (and wakes whoever sleeps on the inbox).
+    /// Stops reading (and wakes whoever sleeps on the engine's doorbell).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Release);
-        crate::ring::futex::wake(self.segment.word(INBOX_CONSUMER_SLEEPING_AT), i32::MAX);
+        crate::ring::futex::wake(self.bell.sleeping(), i32::MAX);
     }
 
-    /// Waits (as the engine's wait mode says) until the inbox may hold a record, or for at
-    /// most one sleep, so that callers keep their deadlines.
+    /// Waits (as the engine's wait mode says) until an inbound ring may hold a record, or for
+    /// at most one sleep, so that callers keep their deadlines.
     pub fn wait_for_records(&self) {
-        let sleeping = self.segment.word(INBOX_CONSUMER_SLEEPING_AT);
-        wait_a_while(self.mode, sleeping, || self.stopped() || lock(&self.inbox).consumer.has_data());
+        wait_a_while(self.mode, self.bell.sleeping(), || self.stopped() || lock(&self.inbox).has_data());
     }
 
-    /// Takes the next inbox record: replies and refusals go to their requests here.
+    /// Takes the next record of the inbox or a channel, in turn: replies and refusals go to
+    /// their requests here, and channel records are acted on.
     pub fn take(&self, shared: &Shared) -> Taken {
         if self.stopped() {
             return Taken::Done;
         }
         let mut inbox = lock(&self.inbox);
+        let sources = 1 + inbox.channels.len();
+        for step in 0..sources {
+            let source = (inbox.turn + step) % sources;
+            let taken = match source {
+                0 => self.take_from_inbox(&mut inbox, shared),
+                channel => self.take_from_channel(&mut inbox, channel - 1, shared),
+            };
+            if !matches!(taken, Taken::Empty) {
+                inbox.turn = source + 1;
+                return taken;
+            }
+        }
+        Taken::Empty
+    }
+
+    fn take_from_channel(&self, inbox: &mut Inbox, at: usize, shared: &Shared) -> Taken {
+        match inbox.channels[at].take(now_ms()) {
+            FromChannel::Message(message) => shared.route_reply(message).map_or(Taken::Handled, Taken::Message),
+            FromChannel::Dropped => Taken::Handled,
+            FromChannel::Empty => Taken::Empty,
+            FromChannel::Ended => {
+                inbox.channels.remove(at);
+                Taken::Handled
+            }
+        }
+    }
+
+    fn take_from_inbox(&self, inbox: &mut Inbox, shared: &Shared) -> Taken {
         let read = match inbox.consumer.peek() {
             Ok(None) => return Taken::Empty,
             Ok(Some(record)) => match record.kind {
-                Kind::Message => records::read_message(record.body).map(Ok),
-                Kind::Refusal => records::read_refusal(record.body).map(Err).ok_or_else(|| "an unreadable refusal".to_string()),
-                Kind::Padding => Err("padding surfaced".to_string()),
+                Kind::Message => records::read_message(record.body).map(Inbound::Message),
+                Kind::Refusal => records::read_refusal(record.body).map(Inbound::Refusal).ok_or_else(|| "an unreadable refusal".to_string()),
+                Kind::ChannelOpen => records::read_channel_open(record.body).map(Inbound::Open).ok_or_else(|| "an unreadable channel opening".to_string()),
+                other => Err(format!("a {other:?} record, which the router does not write")),
             },
             Err(corrupt) => {
                 tracing::error!(%corrupt, "the inbox ring is corrupt; no more messages will be read from it");
-                drop(inbox);
                 // Said once: every later read, and the reader thread, sees a stopped ring.
                 self.stop();
                 return Taken::Done;
             }
         };
         inbox.consumer.consume();
-        let repeated = matches!(&read, Ok(Ok(message)) if inbox.last.repeats(message));
-        drop(inbox);
         match read {
-            Ok(Ok(_)) if repeated => Taken::Handled,
-            Ok(Ok(message)) => shared.route_reply(message).map_or(Taken::Handled, Taken::Message),
-            Ok(Err(refusal)) => {
+            Ok(Inbound::Message(message)) if inbox.last.repeats(&message) => Taken::Handled,
+            Ok(Inbound::Message(message)) => shared.route_reply(message).map_or(Taken::Handled, Taken::Message),
+            Ok(Inbound::Refusal(refusal)) => {
                 shared.refused(refusal);
+                Taken::Handled
+            }
+            Ok(Inbound::Open(open)) => {
+                if !inbox.channels.iter().any(|channel| channel.name() == open.channel) {
+                    match InChannel::open(self.engine, &open) {
+                        Ok(channel) => inbox.channels.push(channel),
+                        Err(error) => tracing::warn!(%error, from = %open.peer, "cannot read the direct channel the router opened; its messages will not arrive"),
+                    }
+                }
                 Taken::Handled
             }
             Err(problem) => {
                 tracing::warn!(%problem, "skipped an unreadable inbox record");
                 Taken::Handled
             }
+        }
+    }
+
+    /// Takes up the channels the router added to the engine's table: maps each and tells the
+    /// router, in the outbox, that messages to its peer go by it from here on. A channel that
+    /// cannot be used is left (messages to its peer keep going through the router); one whose
+    /// switch finds the outbox full is taken up at a later send.
+    fn switch_to_granted(&self, outbox: &mut Outbox, grants: u32) {
+        let mut switched = false;
+        let mut done = true;
+        for peer in self.segment.granted().into_iter().map(Identity) {
+            if outbox.channels.get(&peer).is_some_and(|channel| !channel.is_closed()) {
+                continue;
+            }
+            let channel = match OutChannel::open(self.node, self.engine, peer) {
+                Ok(channel) => Arc::new(channel),
+                Err(error) => {
+                    tracing::debug!(%error, to = %peer, "cannot use a direct channel the router granted; messages go through the router");
+                    continue;
+                }
+            };
+            if records::write_channel_switch(&mut outbox.producer, &peer).is_err() {
+                done = false;
+                break;
+            }
+            outbox.channels.insert(peer, channel);
+            switched = true;
+        }
+        // A table the router changed while it was read is read again at the next send.
+        if done && self.segment.grants() == grants {
+            outbox.grants_seen = grants;
+        }
+        if switched {
+            self.doorbell.ring();
         }
     }
 
@@ -219,6 +358,13 @@ impl EngineRing {
             }
         }
     }
+}
+
+/// An inbox record, read.
+enum Inbound {
+    Message(EngineMessage),
+    Refusal(records::Refusal),
+    Open(records::ChannelOpen),
 }
 
 /// The last message id seen from each sender. A router killed between delivering a record and

@@ -17,6 +17,7 @@
 //! ```
 
 pub mod blocks;
+mod channels;
 mod connection;
 mod delivered;
 mod error;

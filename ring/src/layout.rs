@@ -1,11 +1,12 @@
-//! Every offset and constant of the ring segment and the doorbell (RING.md, layout version 2).
+//! Every offset and constant of the ring segment, the direct channel and the doorbell (RING.md,
+//! layout version 3).
 
 /// `NMRING\0\0`, little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"NMRING\0\0");
 /// `NMBELL\0\0`, little-endian.
 pub const DOORBELL_MAGIC: u64 = u64::from_le_bytes(*b"NMBELL\0\0");
-pub const VERSION: u32 = 2;
-/// The doorbell's own layout version, which ring layout 2 left unchanged.
+pub const VERSION: u32 = 3;
+/// The doorbell's own layout version, which ring layouts 2 and 3 left unchanged.
 pub const DOORBELL_VERSION: u32 = 1;
 pub const HEADER_SIZE: usize = 4096;
 pub const DOORBELL_SIZE: usize = 4096;
@@ -24,10 +25,31 @@ pub const OUTBOX_HEAD_AT: usize = 384;
 pub const OUTBOX_PRODUCER_WAITING_AT: usize = 512;
 pub const INBOX_TAIL_AT: usize = 768;
 pub const INBOX_HEAD_AT: usize = 896;
-pub const INBOX_CONSUMER_SLEEPING_AT: usize = 1024;
+/// How many times the router changed the engine's channel table.
+pub const GRANTS_AT: usize = 1024;
+/// The engines this one may write to by direct channel: `CHANNEL_SLOTS` identities, zero
+/// where the slot is free.
+pub const CHANNEL_TABLE_AT: usize = 2048;
+pub const CHANNEL_SLOTS: usize = 16;
+
+/// `NMCHAN\0\0`, little-endian.
+pub const CHANNEL_MAGIC: u64 = u64::from_le_bytes(*b"NMCHAN\0\0");
+pub const CHANNEL_PRODUCER_AT: usize = 24;
+pub const CHANNEL_CONSUMER_AT: usize = 56;
+pub const CHANNEL_PRODUCER_PID_AT: usize = 88;
+pub const CHANNEL_CONSUMER_PID_AT: usize = 92;
+pub const CHANNEL_ROUTER_PID_AT: usize = 96;
+pub const CHANNEL_MAX_BODY_AT: usize = 100;
+pub const CHANNEL_TAIL_AT: usize = 256;
+pub const CHANNEL_HEAD_AT: usize = 384;
+pub const CHANNEL_PRODUCER_WAITING_AT: usize = 512;
+pub const CHANNEL_CLOSED_AT: usize = 640;
+pub const CHANNEL_WRITTEN_AT: usize = 768;
+pub const CHANNEL_READ_AT: usize = 896;
+pub const CHANNEL_DROPPED_AT: usize = 1024;
 
 pub const DOORBELL_ROUTER_PID_AT: usize = 64;
-pub const DOORBELL_ROUTER_SLEEPING_AT: usize = 128;
+pub const DOORBELL_SLEEPING_AT: usize = 128;
 pub const DOORBELL_RINGS_AT: usize = 256;
 
 /// A record's header: length (u32) and kind (u32).
@@ -43,6 +65,10 @@ pub enum Kind {
     Padding = 2,
     /// The router could not route a message the engine wrote (inbox only).
     Refusal = 3,
+    /// The engine's messages to an engine go by their direct channel from here on (outbox only).
+    ChannelSwitch = 4,
+    /// Another engine's messages come by a direct channel from here on (inbox only).
+    ChannelOpen = 5,
 }
 
 impl Kind {
@@ -51,6 +77,8 @@ impl Kind {
             1 => Some(Kind::Message),
             2 => Some(Kind::Padding),
             3 => Some(Kind::Refusal),
+            4 => Some(Kind::ChannelSwitch),
+            5 => Some(Kind::ChannelOpen),
             _ => None,
         }
     }
@@ -64,6 +92,11 @@ pub fn record_size(length: usize) -> usize {
 /// Bytes of a segment whose rings hold `capacity` bytes each.
 pub fn segment_size(capacity: usize) -> usize {
     HEADER_SIZE + 2 * capacity
+}
+
+/// Bytes of a direct channel whose ring holds `capacity` bytes.
+pub fn channel_size(capacity: usize) -> usize {
+    HEADER_SIZE + capacity
 }
 
 /// Where a ring's data starts.
@@ -112,35 +145,47 @@ mod tests {
             (OUTBOX_PRODUCER_WAITING_AT, "outbox `producer_waiting`"),
             (INBOX_TAIL_AT, "inbox `tail`"),
             (INBOX_HEAD_AT, "inbox `head`"),
-            (INBOX_CONSUMER_SLEEPING_AT, "inbox `consumer_sleeping`"),
+            (GRANTS_AT, "`grants`"),
+            (CHANNEL_TABLE_AT, "the channel table"),
+            (CHANNEL_PRODUCER_AT, "the producer's identity"),
+            (CHANNEL_CONSUMER_AT, "the consumer's identity"),
+            (CHANNEL_PRODUCER_PID_AT, "the producer's process id"),
+            (CHANNEL_CONSUMER_PID_AT, "the consumer's process id"),
+            (CHANNEL_ROUTER_PID_AT, "the granting router's process id"),
+            (CHANNEL_MAX_BODY_AT, "the largest message body"),
+            (CHANNEL_TAIL_AT, "`tail`"),
+            (CHANNEL_HEAD_AT, "`head`"),
+            (CHANNEL_PRODUCER_WAITING_AT, "`producer_waiting`"),
+            (CHANNEL_CLOSED_AT, "`closed`"),
+            (CHANNEL_WRITTEN_AT, "`written`"),
+            (CHANNEL_READ_AT, "`read`"),
+            (CHANNEL_DROPPED_AT, "`dropped`"),
             (VERSION_AT, doorbell_version.as_str()),
-            (DOORBELL_ROUTER_PID_AT, "the router's process id"),
-            (DOORBELL_ROUTER_SLEEPING_AT, "`router_sleeping`"),
+            (DOORBELL_ROUTER_PID_AT, "the process id of the router that made it"),
+            (DOORBELL_SLEEPING_AT, "`sleeping`"),
             (DOORBELL_RINGS_AT, "`rings`"),
         ];
         assert_eq!(rows_missing_from_ring_md(&rows), [], "RING.md has no row for these");
         assert_eq!(MAGIC, 0x0000_474e_4952_4d4e);
         assert_eq!(DOORBELL_MAGIC, 0x0000_4c4c_4542_4d4e);
-        assert!(doc.contains("# The netmachine ring, layout version 2"));
-        for kind in [Kind::Message, Kind::Padding, Kind::Refusal] {
+        assert_eq!(CHANNEL_MAGIC, 0x0000_4e41_4843_4d4e);
+        assert!(doc.contains("# The netmachine ring, layout version 3"));
+        for kind in [Kind::Message, Kind::Padding, Kind::Refusal, Kind::ChannelSwitch, Kind::ChannelOpen] {
             assert!(doc.contains(&format!("- `{}` ", kind as u32)), "RING.md does not describe kind {kind:?}");
         }
     }
 
     #[test]
     fn every_control_word_has_a_cache_line_pair_of_its_own() {
-        let words = [
-            OUTBOX_TAIL_AT,
-            OUTBOX_HEAD_AT,
-            OUTBOX_PRODUCER_WAITING_AT,
-            INBOX_TAIL_AT,
-            INBOX_HEAD_AT,
-            INBOX_CONSUMER_SLEEPING_AT,
-        ];
-        for pair in words.windows(2) {
-            assert!(pair[1] - pair[0] >= 128 && pair[0] % 128 == 0);
+        let segment = [OUTBOX_TAIL_AT, OUTBOX_HEAD_AT, OUTBOX_PRODUCER_WAITING_AT, INBOX_TAIL_AT, INBOX_HEAD_AT, GRANTS_AT, CHANNEL_TABLE_AT];
+        let channel = [CHANNEL_TAIL_AT, CHANNEL_HEAD_AT, CHANNEL_PRODUCER_WAITING_AT, CHANNEL_CLOSED_AT, CHANNEL_WRITTEN_AT, CHANNEL_READ_AT, CHANNEL_DROPPED_AT];
+        for words in [&segment[..], &channel[..]] {
+            for pair in words.windows(2) {
+                assert!(pair[1] - pair[0] >= 128 && pair[0] % 128 == 0);
+            }
+            assert!(*words.last().unwrap() + 128 <= HEADER_SIZE);
         }
-        assert!(*words.last().unwrap() + 128 <= HEADER_SIZE);
+        assert!(CHANNEL_TABLE_AT + 32 * CHANNEL_SLOTS <= HEADER_SIZE);
     }
 
     #[test]

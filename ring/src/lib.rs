@@ -12,14 +12,34 @@
 //! Under `--cfg netmachine_loom` (`scripts/loom`) only the ring protocol and the wake-up
 //! protocol are built, over memory the model checker tracks.
 
+#[cfg(not(netmachine_loom))]
+pub mod channel;
+#[cfg(not(netmachine_loom))]
+pub mod doorbell;
 pub mod futex;
 pub mod layout;
 mod region;
 #[cfg(not(netmachine_loom))]
 pub mod segment;
 pub mod spsc;
+#[cfg(not(netmachine_loom))]
+pub mod sweep;
 pub mod wait;
 
 #[cfg(not(netmachine_loom))]
-pub use segment::{doorbell_name, process_alive, segment_name, sweep_orphans, Doorbell, EngineKey, RingSegment, SegmentError, SideTaken, SEGMENT_PREFIX};
+pub use channel::ChannelSegment;
+#[cfg(not(netmachine_loom))]
+pub use doorbell::Doorbell;
+#[cfg(not(netmachine_loom))]
+pub use segment::{bell_name, channel_name, doorbell_name, segment_name, EngineKey, RingSegment, SegmentError, SideTaken, SEGMENT_PREFIX};
 pub use spsc::{heap_ring, Consumer, Corrupt, Full, Producer, Record};
+#[cfg(not(netmachine_loom))]
+pub use sweep::{process_alive, sweep_orphans};
+
+/// A fresh random key, for tests: an engine's or a node's identity.
+#[cfg(all(test, not(netmachine_loom)))]
+pub(crate) fn random_key() -> EngineKey {
+    let mut key = [0; 32];
+    getrandom::fill(&mut key).expect("randomness");
+    key
+}

@@ -1,6 +1,6 @@
-//! The shared-memory objects of the fast path: one ring segment per attached engine, and the
-//! router's doorbell (RING.md, "The segment" and "Waking"). POSIX shared memory, mode 0600.
-//! A segment hands out each side's ends once, each keeping the mapping alive.
+//! An engine's ring segment (RING.md, "The segment"), what every shared-memory object of the
+//! fast path shares (mapping, with the owner checked; the header every segment with rings
+//! starts with; taking a side once), and the objects' names. POSIX shared memory, mode 0600.
 
 use crate::layout::*;
 use crate::region::Region;
@@ -52,7 +52,7 @@ fn check_owner(name: &str, stat: &nix::sys::stat::FileStat) -> Result<(), Segmen
 
 /// Maps a whole shared-memory object: created `create_len` bytes long (and new), or existing
 /// and checked for its owner.
-fn map(name: &str, create_len: Option<usize>) -> Result<Region, SegmentError> {
+pub(crate) fn map(name: &str, create_len: Option<usize>) -> Result<Region, SegmentError> {
     let system = |source| SegmentError::System { name: name.to_string(), source };
     let flags = match create_len {
         Some(_) => OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL,
@@ -78,6 +78,71 @@ fn map(name: &str, create_len: Option<usize>) -> Result<Region, SegmentError> {
     Ok(unsafe { Region::mapped(base.cast(), len) })
 }
 
+/// Creates a segment with rings of `capacity` bytes, `size` bytes in all, whose header starts
+/// with `magic`: the common fields, then what `fill` writes, then the magic last, so that
+/// whoever sees the magic sees the rest.
+pub(crate) fn create_segment(name: &str, magic: u64, capacity: usize, size: usize, fill: impl FnOnce(&Region)) -> Result<Region, SegmentError> {
+    if !valid_capacity(capacity) {
+        return Err(SegmentError::Invalid { name: name.into(), problem: format!("capacity {capacity} is not a power of two >= 4096") });
+    }
+    let region = map(name, Some(size))?;
+    region.u64_at(CAPACITY_AT).store(capacity as u64, Ordering::Relaxed);
+    region.u32_at(HEADER_SIZE_AT).store(HEADER_SIZE as u32, Ordering::Relaxed);
+    region.u32_at(VERSION_AT).store(VERSION, Ordering::Relaxed);
+    fill(&region);
+    region.u64_at(MAGIC_AT).store(magic, Ordering::Release);
+    Ok(region)
+}
+
+/// Opens a segment whose header starts with `magic` and checks the common fields; returns it
+/// and its capacity (read once: its ends use that value, whatever the header says later).
+pub(crate) fn open_segment(name: &str, magic: u64, size: fn(usize) -> usize) -> Result<(Region, usize), SegmentError> {
+    let region = map(name, None)?;
+    let invalid = |problem: String| SegmentError::Invalid { name: name.to_string(), problem };
+    if region.len() < HEADER_SIZE {
+        return Err(invalid(format!("{} bytes is smaller than the header", region.len())));
+    }
+    if region.u64_at(MAGIC_AT).load(Ordering::Acquire) != magic {
+        return Err(invalid("bad magic".into()));
+    }
+    let version = region.u32_at(VERSION_AT).load(Ordering::Relaxed);
+    if version != VERSION {
+        return Err(invalid(format!("layout version {version}, this side speaks {VERSION}")));
+    }
+    let header = region.u32_at(HEADER_SIZE_AT).load(Ordering::Relaxed) as usize;
+    let capacity = region.u64_at(CAPACITY_AT).load(Ordering::Relaxed) as usize;
+    if header != HEADER_SIZE || !valid_capacity(capacity) || region.len() != size(capacity) {
+        return Err(invalid(format!("header size {header}, capacity {capacity} and {} bytes do not agree", region.len())));
+    }
+    Ok((region, capacity))
+}
+
+/// Marks a side of the segment `name` taken; `SideTaken` if it already was.
+pub(crate) fn take_once(taken: &AtomicBool, side: &'static str, name: &str) -> Result<(), SideTaken> {
+    match taken.swap(true, Ordering::AcqRel) {
+        false => Ok(()),
+        true => Err(SideTaken { side, name: name.to_string() }),
+    }
+}
+
+/// The 32-byte key at `at` of a segment's header.
+pub(crate) fn key_at(region: &Region, at: usize) -> EngineKey {
+    let mut key = [0; 32];
+    region.read(at, &mut key);
+    key
+}
+
+/// Refuses a segment whose key at `at` is not `expected`.
+pub(crate) fn check_key(region: &Region, name: &str, at: usize, role: &str, expected: Option<&EngineKey>) -> Result<(), SegmentError> {
+    match expected {
+        Some(expected) if key_at(region, at) != *expected => Err(SegmentError::Invalid {
+            name: name.to_string(),
+            problem: format!("its {role} is {}, not {}", hex(&key_at(region, at)), hex(expected)),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// One engine's pair of rings.
 pub struct RingSegment {
     region: Arc<Region>,
@@ -90,16 +155,10 @@ pub struct RingSegment {
 impl RingSegment {
     /// Creates the segment (the router does), empty, for `engine`.
     pub fn create(name: &str, engine: &EngineKey, capacity: usize) -> Result<RingSegment, SegmentError> {
-        if !valid_capacity(capacity) {
-            return Err(SegmentError::Invalid { name: name.into(), problem: format!("capacity {capacity} is not a power of two >= 4096") });
-        }
-        let region = map(name, Some(segment_size(capacity)))?;
-        region.write(ENGINE_AT, engine);
-        region.u64_at(CAPACITY_AT).store(capacity as u64, Ordering::Relaxed);
-        region.u32_at(HEADER_SIZE_AT).store(HEADER_SIZE as u32, Ordering::Relaxed);
-        region.u32_at(VERSION_AT).store(VERSION, Ordering::Relaxed);
-        region.u32_at(ROUTER_PID_AT).store(std::process::id(), Ordering::Relaxed);
-        region.u64_at(MAGIC_AT).store(MAGIC, Ordering::Release);
+        let region = create_segment(name, MAGIC, capacity, segment_size(capacity), |region| {
+            region.write(ENGINE_AT, engine);
+            region.u32_at(ROUTER_PID_AT).store(std::process::id(), Ordering::Relaxed);
+        })?;
         Ok(RingSegment::new(region, name, capacity))
     }
 
@@ -108,45 +167,21 @@ impl RingSegment {
         RingSegment { region: Arc::new(region), name: name.to_string(), capacity, engine_side_taken, router_side_taken }
     }
 
-    /// Opens an existing segment, checking its owner, its header (the capacity is read once:
-    /// the ends use that value, whatever the header says later) and that it is `engine`'s, if
+    /// Opens an existing segment, checking its owner, its header and that it is `engine`'s, if
     /// given.
     pub fn open(name: &str, engine: Option<&EngineKey>) -> Result<RingSegment, SegmentError> {
-        let region = map(name, None)?;
-        let invalid = |problem: String| SegmentError::Invalid { name: name.to_string(), problem };
-        if region.len() < HEADER_SIZE {
-            return Err(invalid(format!("{} bytes is smaller than the header", region.len())));
-        }
-        if region.u64_at(MAGIC_AT).load(Ordering::Acquire) != MAGIC {
-            return Err(invalid("bad magic".into()));
-        }
-        let version = region.u32_at(VERSION_AT).load(Ordering::Relaxed);
-        if version != VERSION {
-            return Err(invalid(format!("layout version {version}, this side speaks {VERSION}")));
-        }
-        let header = region.u32_at(HEADER_SIZE_AT).load(Ordering::Relaxed) as usize;
-        let capacity = region.u64_at(CAPACITY_AT).load(Ordering::Relaxed) as usize;
-        if header != HEADER_SIZE || !valid_capacity(capacity) || region.len() != segment_size(capacity) {
-            return Err(invalid(format!("header size {header}, capacity {capacity} and {} bytes do not agree", region.len())));
-        }
-        let segment = RingSegment::new(region, name, capacity);
-        if let Some(engine) = engine {
-            if segment.engine() != *engine {
-                return Err(invalid(format!("it belongs to engine {}, not {}", hex(&segment.engine()), hex(engine))));
-            }
-        }
-        Ok(segment)
+        let (region, capacity) = open_segment(name, MAGIC, segment_size)?;
+        check_key(&region, name, ENGINE_AT, "engine", engine)?;
+        Ok(RingSegment::new(region, name, capacity))
     }
 
-    /// Removes the segment's name; mappings stay valid until dropped.
+    /// Removes a shared-memory object's name; mappings stay valid until dropped.
     pub fn unlink(name: &str) -> Result<(), SegmentError> {
         shm_unlink(name).map_err(|source| SegmentError::System { name: name.to_string(), source })
     }
 
     pub fn engine(&self) -> EngineKey {
-        let mut engine = [0; 32];
-        self.region.read(ENGINE_AT, &mut engine);
-        engine
+        key_at(&self.region, ENGINE_AT)
     }
 
     pub fn engine_pid(&self) -> u32 {
@@ -169,16 +204,9 @@ impl RingSegment {
         RingMemory::new(self.region.clone(), data_at, self.capacity, head_at, tail_at)
     }
 
-    fn take(&self, taken: &AtomicBool, side: &'static str) -> Result<(), SideTaken> {
-        match taken.swap(true, Ordering::AcqRel) {
-            false => Ok(()),
-            true => Err(SideTaken { side, name: self.name.clone() }),
-        }
-    }
-
     /// The engine's ends, once per mapping: it produces into the outbox and consumes the inbox.
     pub fn engine_side(&self) -> Result<(Producer, Consumer), SideTaken> {
-        self.take(&self.engine_side_taken, "engine")?;
+        take_once(&self.engine_side_taken, "engine", &self.name)?;
         Ok((
             Producer::new(self.ring(outbox_data_at(), OUTBOX_HEAD_AT, OUTBOX_TAIL_AT)),
             Consumer::new(self.ring(inbox_data_at(self.capacity), INBOX_HEAD_AT, INBOX_TAIL_AT)),
@@ -187,14 +215,47 @@ impl RingSegment {
 
     /// The router's ends, once per mapping: it consumes the outbox and produces into the inbox.
     pub fn router_side(&self) -> Result<(Consumer, Producer), SideTaken> {
-        self.take(&self.router_side_taken, "router")?;
+        take_once(&self.router_side_taken, "router", &self.name)?;
         Ok((
             Consumer::new(self.ring(outbox_data_at(), OUTBOX_HEAD_AT, OUTBOX_TAIL_AT)),
             Producer::new(self.ring(inbox_data_at(self.capacity), INBOX_HEAD_AT, INBOX_TAIL_AT)),
         ))
     }
 
-    /// A futex word of the header (`*_WAITING_AT` or `*_SLEEPING_AT`).
+    /// The router: lets the engine write to `peer` by direct channel, in a free slot of its
+    /// channel table; false if the table is full.
+    pub fn grant(&self, peer: &EngineKey) -> bool {
+        let Some(slot) = (0..CHANNEL_SLOTS).find(|&slot| self.slot(slot) == [0; 32]) else { return false };
+        self.region.write(slot_at(slot), peer);
+        self.region.u32_at(GRANTS_AT).fetch_add(1, Ordering::Release);
+        true
+    }
+
+    /// The router: takes `peer` out of the engine's channel table.
+    pub fn withdraw(&self, peer: &EngineKey) {
+        for slot in (0..CHANNEL_SLOTS).filter(|&slot| self.slot(slot) == *peer) {
+            self.region.write(slot_at(slot), &[0; 32]);
+            self.region.u32_at(GRANTS_AT).fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// How many times the router changed the channel table: the engine reads the table again
+    /// when this moves.
+    pub fn grants(&self) -> u32 {
+        self.region.u32_at(GRANTS_AT).load(Ordering::Acquire)
+    }
+
+    /// The engines this one may write to by direct channel (as the table holds them now: read
+    /// `grants` before and after, and again if it moved).
+    pub fn granted(&self) -> Vec<EngineKey> {
+        (0..CHANNEL_SLOTS).map(|slot| self.slot(slot)).filter(|peer| *peer != [0; 32]).collect()
+    }
+
+    fn slot(&self, slot: usize) -> EngineKey {
+        key_at(&self.region, slot_at(slot))
+    }
+
+    /// A futex word of the header (`OUTBOX_PRODUCER_WAITING_AT`).
     pub fn word(&self, at: usize) -> &AtomicU32 {
         self.region.u32_at(at)
     }
@@ -205,156 +266,49 @@ impl RingSegment {
     }
 }
 
-fn hex(key: &EngineKey) -> String {
+fn slot_at(slot: usize) -> usize {
+    CHANNEL_TABLE_AT + 32 * slot
+}
+
+pub(crate) fn hex(key: &EngineKey) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// What every netmachine shared-memory object's name (in /dev/shm) starts with.
+pub const SEGMENT_PREFIX: &str = "netmachine-";
 
 /// The ring segment's name for `engine` attached to `node` (RING.md, "The segment").
 pub fn segment_name(node: &EngineKey, engine: &EngineKey) -> String {
     format!("/{SEGMENT_PREFIX}{}-{}", &hex(node)[..16], hex(engine))
 }
 
-/// The name of `node`'s doorbell.
+/// The name of `node`'s doorbell, the router's.
 pub fn doorbell_name(node: &EngineKey) -> String {
     format!("/{SEGMENT_PREFIX}{}-doorbell", &hex(node)[..16])
 }
 
-/// Whether process `pid` exists (0: no process was recorded).
-pub fn process_alive(pid: u32) -> bool {
-    pid != 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+/// The name of `engine`'s own doorbell, which whoever writes into its rings rings.
+pub fn bell_name(node: &EngineKey, engine: &EngineKey) -> String {
+    format!("{}{BELL_SUFFIX}", segment_name(node, engine))
 }
 
-/// What every netmachine segment's name (in /dev/shm) starts with.
-pub const SEGMENT_PREFIX: &str = "netmachine-";
+/// What an engine's doorbell's name ends with.
+pub const BELL_SUFFIX: &str = "-bell";
 
-/// Removes the netmachine segments whose names start with `prefix` (`SEGMENT_PREFIX`: of any
-/// node) that nobody can use any more: ring segments whose router and engine are both gone, and
-/// doorbells whose router is gone and for whose node no ring segment is left (RING.md, "The
-/// segment"). Returns how many it removed.
-pub fn sweep_orphans(prefix: &str) -> usize {
-    let Ok(entries) = std::fs::read_dir("/dev/shm") else { return 0 };
-    let names: Vec<String> = entries
-        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .filter(|f| f.starts_with(SEGMENT_PREFIX) && f.starts_with(prefix))
-        .collect();
-    // Something unreadable may be in the middle of being made by a router starting right now:
-    // it is left alone until it is old enough to be sure.
-    let settled = |file: &str| {
-        std::fs::metadata(format!("/dev/shm/{file}"))
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(60)))
-    };
-    let mut removed = 0;
-    let mut rings_left = std::collections::HashSet::new();
-    for file in names.iter().filter(|f| !f.ends_with("-doorbell")) {
-        let name = format!("/{file}");
-        let orphan = match RingSegment::open(&name, None) {
-            Ok(segment) => !process_alive(segment.router_pid()) && !process_alive(segment.engine_pid()),
-            Err(_) => settled(file),
-        };
-        if orphan && RingSegment::unlink(&name).is_ok() {
-            removed += 1;
-        } else if !orphan {
-            rings_left.insert(file.rsplit_once('-').map(|(node, _)| node.to_string()).unwrap_or_default());
-        }
-    }
-    for file in names.iter().filter(|f| f.ends_with("-doorbell")) {
-        let node = file.trim_end_matches("-doorbell");
-        let name = format!("/{file}");
-        let orphan = match Doorbell::open(&name) {
-            Ok(doorbell) => !process_alive(doorbell.router_pid()),
-            Err(_) => settled(file),
-        };
-        if orphan && !rings_left.contains(node) && RingSegment::unlink(&name).is_ok() {
-            removed += 1;
-        }
-    }
-    removed
+/// The name of the direct channel from `producer` to `consumer` (RING.md, "Direct channels").
+pub fn channel_name(node: &EngineKey, producer: &EngineKey, consumer: &EngineKey) -> String {
+    format!("/{SEGMENT_PREFIX}{}{CHANNEL_INFIX}{}-{}", &hex(node)[..16], hex(producer), hex(consumer))
 }
 
-/// The router's doorbell: engines ring it after writing to an outbox while the router sleeps.
-pub struct Doorbell {
-    region: Region,
-    pub name: String,
-}
-
-impl Doorbell {
-    /// Opens the doorbell, creating it if it does not exist (the router does).
-    pub fn open_or_create(name: &str) -> Result<Doorbell, SegmentError> {
-        match map(name, Some(DOORBELL_SIZE)) {
-            Ok(region) => {
-                // The owner first: a sweep never sees a valid doorbell without one.
-                region.u32_at(DOORBELL_ROUTER_PID_AT).store(std::process::id(), Ordering::Relaxed);
-                region.u32_at(VERSION_AT).store(DOORBELL_VERSION, Ordering::Relaxed);
-                region.u64_at(MAGIC_AT).store(DOORBELL_MAGIC, Ordering::Release);
-                Ok(Doorbell { region, name: name.to_string() })
-            }
-            Err(SegmentError::System { source: nix::Error::EEXIST, .. }) => match Doorbell::open(name) {
-                Ok(doorbell) => {
-                    doorbell.region.u32_at(DOORBELL_ROUTER_PID_AT).store(std::process::id(), Ordering::Relaxed);
-                    Ok(doorbell)
-                }
-                // Not a doorbell this router may use (another user's, or not a doorbell at
-                // all): removed and made afresh, or the error says why it cannot be.
-                Err(unusable @ SegmentError::Invalid { .. }) => {
-                    RingSegment::unlink(name).map_err(|_| unusable)?;
-                    Doorbell::open_or_create(name)
-                }
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The process id of the router that last opened it.
-    pub fn router_pid(&self) -> u32 {
-        self.region.u32_at(DOORBELL_ROUTER_PID_AT).load(Ordering::Relaxed)
-    }
-
-    /// Opens an existing doorbell (engines do).
-    pub fn open(name: &str) -> Result<Doorbell, SegmentError> {
-        let region = map(name, None)?;
-        if region.len() < DOORBELL_SIZE || region.u64_at(MAGIC_AT).load(Ordering::Acquire) != DOORBELL_MAGIC {
-            return Err(SegmentError::Invalid { name: name.to_string(), problem: "not a netmachine doorbell".into() });
-        }
-        let version = region.u32_at(VERSION_AT).load(Ordering::Relaxed);
-        if version != DOORBELL_VERSION {
-            return Err(SegmentError::Invalid { name: name.to_string(), problem: format!("doorbell layout version {version}, this side speaks {DOORBELL_VERSION}") });
-        }
-        Ok(Doorbell { region, name: name.to_string() })
-    }
-
-    pub fn router_sleeping(&self) -> &AtomicU32 {
-        self.region.u32_at(DOORBELL_ROUTER_SLEEPING_AT)
-    }
-
-    pub fn rings(&self) -> &AtomicU32 {
-        self.region.u32_at(DOORBELL_RINGS_AT)
-    }
-
-    /// An engine, after writing to its outbox: rings if the router sleeps.
-    pub fn ring(&self) {
-        crate::wait::ring_doorbell(self.router_sleeping(), self.rings());
-    }
-
-    /// The router, with nothing to do: sleeps until an engine rings (or for a while).
-    pub fn sleep(&self, anything_waiting: impl FnMut() -> bool) {
-        crate::wait::sleep_on_doorbell(self.router_sleeping(), self.rings(), anything_waiting);
-    }
-}
+/// What follows the node in a channel's name.
+pub const CHANNEL_INFIX: &str = "-chan-";
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    /// A fresh random key, as an engine's or a node's identity.
-    fn key() -> EngineKey {
-        let mut key = [0; 32];
-        getrandom::fill(&mut key).expect("randomness");
-        key
-    }
-
+    use crate::random_key as key;
 
     #[test]
     fn a_created_segment_is_private_opens_checked_and_carries_records() {
@@ -379,6 +333,15 @@ mod tests {
         from_engine.consume();
         inbox.try_write(Kind::Message, &[b"hey"]).unwrap();
         assert_eq!(engine_inbox.peek().unwrap().unwrap().body, b"hey");
+        // The router grants channels in the engine's table, which the engine reads.
+        let (peer, other) = (key(), key());
+        let before = opened.grants();
+        assert!(created.grant(&peer) && created.grant(&other));
+        assert_eq!((opened.granted(), opened.grants()), (vec![peer, other], before + 2));
+        created.withdraw(&peer);
+        assert_eq!(opened.granted(), vec![other]);
+        let more = (0..CHANNEL_SLOTS).filter(|_| created.grant(&key())).count();
+        assert_eq!(more, CHANNEL_SLOTS - 1, "the table holds {CHANNEL_SLOTS}");
         // Each side's ends are taken once per mapping: a second producer is never handed out.
         assert!(opened.engine_side().is_err() && created.router_side().is_err());
         // The ends keep the mapping: they work after the segment is dropped.
@@ -401,47 +364,6 @@ mod tests {
         assert!(err.contains("layout version 99"), "{err}");
         created.region.u64_at(MAGIC_AT).store(0, Ordering::Relaxed);
         assert!(RingSegment::open(&name, None).err().unwrap().to_string().contains("bad magic"));
-        RingSegment::unlink(&name).unwrap();
-    }
-
-    #[test]
-    fn orphans_are_swept_and_what_a_live_process_holds_is_kept() {
-        let node = key();
-        let (live, dead) = (key(), key());
-        let live_name = segment_name(&node, &live);
-        let dead_name = segment_name(&node, &dead);
-        let kept = RingSegment::create(&live_name, &live, 4096).unwrap();
-        kept.set_engine_pid(std::process::id());
-        kept.set_router_pid(0);
-        let orphan = RingSegment::create(&dead_name, &dead, 4096).unwrap();
-        orphan.set_router_pid(0);
-        orphan.set_engine_pid(0);
-        let bell_name = doorbell_name(&node);
-        let bell = Doorbell::open_or_create(&bell_name).unwrap();
-        bell.region.u32_at(DOORBELL_ROUTER_PID_AT).store(0, Ordering::Relaxed);
-        // Only this test's node: other tests' (and other nodes') segments are left alone.
-        let this_node = format!("netmachine-{}-", &hex(&node)[..16]);
-        assert_eq!(sweep_orphans(&this_node), 1);
-        assert!(RingSegment::open(&dead_name, None).is_err(), "the orphan is removed");
-        assert!(RingSegment::open(&live_name, None).is_ok(), "a live engine's rings stay");
-        assert!(Doorbell::open(&bell_name).is_ok(), "the doorbell stays while its node has rings");
-        RingSegment::unlink(&live_name).unwrap();
-        assert_eq!(sweep_orphans(&this_node), 1);
-        assert!(Doorbell::open(&bell_name).is_err(), "then it goes too");
-    }
-
-    #[test]
-    fn the_doorbell_is_shared_by_name() {
-        let name = doorbell_name(&key());
-        let router = Doorbell::open_or_create(&name).unwrap();
-        let engine = Doorbell::open(&name).unwrap();
-        engine.ring();
-        assert_eq!(router.rings().load(Ordering::SeqCst), 0, "no ring while the router is awake");
-        router.router_sleeping().store(1, Ordering::SeqCst);
-        engine.ring();
-        assert_eq!(router.rings().load(Ordering::SeqCst), 1);
-        let again = Doorbell::open_or_create(&name).unwrap();
-        assert_eq!(again.rings().load(Ordering::SeqCst), 1, "reopening keeps the doorbell");
         RingSegment::unlink(&name).unwrap();
     }
 }

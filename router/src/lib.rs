@@ -6,6 +6,7 @@
 
 pub mod advert;
 pub mod attachment;
+pub mod channels;
 pub mod core;
 pub mod delivery_log;
 pub mod inbound;

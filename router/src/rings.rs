@@ -8,9 +8,11 @@
 //! (`serve_slow`). The thread spins briefly, yields, then sleeps on the doorbell, which engines
 //! ring only while it sleeps.
 
-use netmachine_engine::ring::layout::{Kind, INBOX_CONSUMER_SLEEPING_AT, OUTBOX_PRODUCER_WAITING_AT};
+use crate::channels::Channels;
+use netmachine_engine::ring::layout::{Kind, OUTBOX_PRODUCER_WAITING_AT};
 use netmachine_engine::ring::records::{self, Envelope, Refusal};
 use netmachine_engine::ring::wait::wake_if_sleeping;
+use netmachine_engine::ring::segment::{BELL_SUFFIX, CHANNEL_INFIX};
 use netmachine_engine::ring::{self, futex, Consumer, Doorbell, Full, Producer, RingSegment, SegmentError};
 use crate::core::pacing::{Pacer, Pause, Round};
 use crate::core::{check_envelope, Refused};
@@ -32,6 +34,8 @@ pub struct RingEndpoint {
     pub engine: Identity,
     generation: AtomicU64,
     pub segment: RingSegment,
+    /// The engine's own doorbell, rung after writing its inbox.
+    pub bell: Doorbell,
     outbox: Mutex<Consumer>,
     inbox: Mutex<Producer>,
     /// The longest record its inbox can ever take (half the ring, less a record's head).
@@ -55,7 +59,7 @@ impl RingEndpoint {
     /// Writes `message` into the engine's inbox and wakes the engine if it sleeps.
     pub fn deliver(&self, message: &EngineMessage) -> Result<(), Full> {
         records::write_message(&mut lock(&self.inbox), message)?;
-        wake_if_sleeping(self.segment.word(INBOX_CONSUMER_SLEEPING_AT));
+        self.wake();
         Ok(())
     }
 
@@ -66,7 +70,7 @@ impl RingEndpoint {
     }
 
     pub(crate) fn wake(&self) {
-        wake_if_sleeping(self.segment.word(INBOX_CONSUMER_SLEEPING_AT));
+        wake_if_sleeping(self.bell.sleeping());
     }
 
     /// Its inbox, to write into.
@@ -94,7 +98,7 @@ impl RingEndpoint {
     /// Tells the engine a message it wrote was not routed.
     pub fn refuse(&self, refusal: &Refusal) -> Result<(), Full> {
         records::write_refusal(&mut lock(&self.inbox), refusal)?;
-        wake_if_sleeping(self.segment.word(INBOX_CONSUMER_SLEEPING_AT));
+        self.wake();
         Ok(())
     }
 
@@ -137,6 +141,7 @@ struct Shared {
     max_body: usize,
     /// The router is stopping: every segment stays for the next router to adopt.
     kept_for_next_router: AtomicBool,
+    channels: Channels,
 }
 
 /// The router's rings: the endpoints, and the thread that forwards between them.
@@ -149,7 +154,7 @@ pub struct Rings {
 impl Rings {
     /// Opens the doorbell, removes the segments of engines that died while no router ran, and
     /// starts the ring thread.
-    pub fn start(node: Identity, capacity: usize, max_body: usize, slow: mpsc::Sender<Slow>) -> Result<Rings, SegmentError> {
+    pub fn start(node: Identity, capacity: usize, max_body: usize, direct_channels: bool, slow: mpsc::Sender<Slow>) -> Result<Rings, SegmentError> {
         let doorbell = Doorbell::open_or_create(&ring::doorbell_name(&node.0))?;
         let shared = Arc::new(Shared {
             endpoints: RwLock::new(HashMap::new()),
@@ -162,6 +167,7 @@ impl Rings {
             handed_over: AtomicU64::new(0),
             max_body,
             kept_for_next_router: AtomicBool::new(false),
+            channels: Channels::new(node, capacity, max_body, direct_channels),
         });
         let rings = Rings { node, capacity, shared };
         rings.adopt_or_reclaim();
@@ -183,9 +189,15 @@ impl Rings {
         }
         let prefix = format!("netmachine-{}-", &self.node.to_string()[..16]);
         let Ok(entries) = std::fs::read_dir("/dev/shm") else { return };
+        // Channels after the rings: one is adopted with its producer's.
+        let mut channels = Vec::new();
         for entry in entries.filter_map(Result::ok) {
             let file = entry.file_name().to_string_lossy().into_owned();
-            if !file.starts_with(&prefix) || file.ends_with("-doorbell") {
+            if !file.starts_with(&prefix) || file.ends_with("-doorbell") || file.ends_with(BELL_SUFFIX) {
+                continue;
+            }
+            if file.contains(CHANNEL_INFIX) {
+                channels.push(file);
                 continue;
             }
             let name = format!("/{file}");
@@ -200,19 +212,25 @@ impl Rings {
                 None => {
                     tracing::info!(segment = %name, "removed the rings of an engine that is gone");
                     let _ = RingSegment::unlink(&name);
+                    let _ = RingSegment::unlink(&format!("{name}{BELL_SUFFIX}"));
                 }
             }
+        }
+        for file in channels {
+            self.shared.channels.adopt(&file, |producer| self.endpoint(producer));
         }
     }
 
     fn insert(&self, segment: RingSegment, generation: u64) -> Result<Arc<RingEndpoint>, SegmentError> {
         segment.set_router_pid(std::process::id());
+        let bell = Doorbell::open_or_create(&format!("{}{BELL_SUFFIX}", segment.name))?;
         let (outbox, inbox) = segment.router_side()?;
         let largest_record = inbox.max_body();
         let endpoint = Arc::new(RingEndpoint {
             engine: Identity(segment.engine()),
             generation: AtomicU64::new(generation),
             segment,
+            bell,
             outbox: Mutex::new(outbox),
             inbox: Mutex::new(inbox),
             largest_record,
@@ -273,10 +291,11 @@ impl Rings {
     }
 
     /// Detaches the engine's rings (if `generation` is current): nothing more is delivered to
-    /// it, what it already wrote is still forwarded, then the segment is removed.
-    pub fn close(&self, engine: &Identity, generation: u64) {
+    /// it, what it already wrote is still forwarded, then the segment is removed; its direct
+    /// channels are revoked. Returns the messages lost with it in channels it never read.
+    pub fn close(&self, engine: &Identity, generation: u64) -> u64 {
         if self.shared.kept_for_next_router.load(Ordering::Acquire) {
-            return;
+            return 0;
         }
         let removed = {
             let mut endpoints = self.shared.endpoints.write().unwrap_or_else(|p| p.into_inner());
@@ -285,11 +304,11 @@ impl Rings {
                 _ => None,
             }
         };
-        if let Some(endpoint) = removed {
-            endpoint.closed.store(true, Ordering::Release);
-            lock(&self.shared.draining).push(endpoint);
-            self.changed();
-        }
+        let Some(endpoint) = removed else { return 0 };
+        endpoint.closed.store(true, Ordering::Release);
+        lock(&self.shared.draining).push(endpoint);
+        self.changed();
+        self.shared.channels.revoke(engine)
     }
 
     /// The doorbell's name, for engines.
@@ -299,6 +318,11 @@ impl Rings {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// (direct channels open, messages their receivers read, messages their receivers dropped)
+    pub fn channel_counters(&self) -> (u64, u64, u64) {
+        self.shared.channels.counters()
     }
 
     /// (engines on rings, messages forwarded ring to ring, events forwarded by topic lanes,
@@ -387,6 +411,7 @@ fn forward(shared: &Shared, slow: &mpsc::Sender<Slow>) {
                 if done && !shared.kept_for_next_router.load(Ordering::Acquire) {
                     unread_at_removal.push((e.engine, lock(&e.inbox).unread_messages()));
                     let _ = RingSegment::unlink(&e.segment.name);
+                    let _ = RingSegment::unlink(&e.bell.name);
                 }
                 !done
             });
@@ -475,6 +500,7 @@ fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<I
                 match to.forward(record.body, &envelope) {
                     Ok(()) => {
                         shared.forwarded.fetch_add(1, Ordering::Relaxed);
+                        shared.channels.forwarded(from, to);
                         outbox.consume();
                         moved += 1;
                         if let Some(previous) = unwoken.replace(to).filter(|previous| !Arc::ptr_eq(previous, to)) {
@@ -484,6 +510,20 @@ fn forward_from(shared: &Shared, from: &Arc<RingEndpoint>, by_engine: &HashMap<I
                     }
                     Err(Full) => break Turn::Blocked(moved > 0),
                 }
+            }
+        }
+        if record.kind == Kind::ChannelSwitch {
+            let switched = match records::read_channel_switch(record.body) {
+                Some(peer) => shared.channels.switched(from, peer, by_engine.get(&peer)),
+                None => Ok(tracing::warn!(engine = %from.engine, "skipped an unreadable channel switch")),
+            };
+            match switched {
+                Ok(()) => {
+                    outbox.consume();
+                    moved += 1;
+                    continue;
+                }
+                Err(Full) => break Turn::Blocked(moved > 0),
             }
         }
         if from.slow_in_flight.load(Ordering::Acquire) >= SLOW_PER_ENGINE {
@@ -599,7 +639,7 @@ mod tests {
     fn a_detached_engines_rings_are_removed_but_a_stopping_router_leaves_them_for_the_next() {
         let node = netmachine_schema::Keypair::generate().identity();
         let (slow, _slow) = mpsc::channel(16);
-        let rings = Rings::start(node, 4096, 1024, slow).expect("rings");
+        let rings = Rings::start(node, 4096, 1024, true, slow).expect("rings");
         let (gone, staying) = (netmachine_schema::Keypair::generate().identity(), netmachine_schema::Keypair::generate().identity());
         rings.open(gone, 1).expect("rings of the engine that detaches");
         rings.open(staying, 1).expect("rings of the engine that stays");

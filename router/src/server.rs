@@ -37,8 +37,12 @@ impl service::Server for RouterServer {
         gauges.extend(state.stats.gauges());
         if let Some(rings) = &state.rings {
             let (on_rings, forwarded, events_forwarded, handed_over) = rings.counters();
+            let (channels, channel_messages, channel_drops) = rings.channel_counters();
             gauges.push(("engines_on_rings", on_rings));
+            gauges.push(("direct_channels", channels));
             counters.extend([
+                ("channel_messages", channel_messages),
+                ("channel_messages_dropped", channel_drops),
                 ("ring_messages_forwarded", forwarded),
                 ("ring_topic_events_forwarded", events_forwarded),
                 ("ring_messages_handed_over", handed_over),

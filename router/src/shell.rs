@@ -90,7 +90,7 @@ impl RouterState {
             0 => None,
             bytes => {
                 let max_body = home.config.limits.max_message_bytes as usize;
-                match Rings::start(key.identity(), bytes as usize, max_body, slow_tx) {
+                match Rings::start(key.identity(), bytes as usize, max_body, home.config.router.direct_channels, slow_tx) {
                     Ok(rings) => Some(rings),
                     Err(error) => {
                         tracing::warn!(%error, "shared-memory rings unavailable; engines use the socket path");
@@ -399,7 +399,11 @@ impl RouterState {
     /// Detaches `engine` if `generation` is its current attachment, and tells the other nodes.
     pub(crate) fn detach(self: &Rc<Self>, engine: Identity, generation: u64) {
         if let Some(rings) = &self.rings {
-            rings.close(&engine, generation);
+            let lost = rings.close(&engine, generation);
+            if lost > 0 {
+                tracing::info!(engine = %engine, lost, "the engine's direct channels held messages it never read");
+                self.count(crate::core::DropReason::EngineGone, lost);
+            }
         }
         if self.core.borrow_mut().detach(engine, generation, now_ms()) {
             let mut attachments = self.attachments.borrow_mut();

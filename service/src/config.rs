@@ -83,11 +83,14 @@ pub struct RouterConfig {
     pub require_engine_signatures: bool,
     /// Bytes of each shared-memory ring (power of two); 0 turns the rings off.
     pub ring_bytes: u32,
+    /// Grant two ring engines that talk steadily a ring of their own (a direct channel), so
+    /// that their messages skip the router; false: every local message goes through it.
+    pub direct_channels: bool,
 }
 
 impl Default for RouterConfig {
     fn default() -> Self {
-        RouterConfig { cache_entries: 65_536, node_queue: 4096, unacked_bytes: 16 << 20, require_engine_signatures: false, ring_bytes: 1 << 20 }
+        RouterConfig { cache_entries: 65_536, node_queue: 4096, unacked_bytes: 16 << 20, require_engine_signatures: false, ring_bytes: 1 << 20, direct_channels: true }
     }
 }
 
@@ -608,6 +611,7 @@ pub const TEMPLATE: &str = r#"# netmachine node configuration. Every setting is 
 # unacked_bytes = 16777216    # bytes sent to one other node and kept until it acknowledges them
 # require_engine_signatures = false  # drop messages from other nodes without an engine signature
 # ring_bytes = 1048576        # bytes of each shared-memory ring (power of two); 0: rings off
+# direct_channels = true      # two ring engines that talk steadily get a ring of their own
 
 [transport]
 # listen = ["127.0.0.1:4010"] # UDP addresses of the QUIC endpoint (port 0: any free port)

@@ -388,6 +388,27 @@ impl Drop for Listener {
     }
 }
 
+/// Starts the `sequence` example (`engine/examples/sequence.rs`) on `node` with `args`: it
+/// sends or receives numbered messages and prints what it saw as JSON.
+pub fn sequence(node: &Node, args: &[&str]) -> Child {
+    Command::new(bin_dir().join("examples/sequence"))
+        .args(args)
+        .env("NETMACHINE_HOME", node.root())
+        // Closing it ends a sequence sent with COUNT `-`.
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the sequence example")
+}
+
+/// What a `sequence` process printed when it finished.
+pub fn outcome(child: Child) -> Value {
+    let output = child.wait_with_output().expect("sequence finishes");
+    assert!(output.status.success(), "sequence failed: {output:?}");
+    serde_json::from_slice(&output.stdout).expect("sequence prints JSON")
+}
+
 /// Runs `work` on a current-thread runtime inside a `LocalSet`, as Cap'n Proto RPC needs.
 pub fn with_rpc<T>(work: impl std::future::Future<Output = T>) -> T {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");

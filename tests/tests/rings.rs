@@ -1,38 +1,21 @@
 //! The shared-memory fast path across processes: engines attach through the rings by default,
 //! exchange a million messages with none lost or reordered, leave nothing in /dev/shm when
 //! killed, lose nothing when the router or the whole node is stopped (cleanly or with SIGKILL)
-//! twenty times in a row under traffic, and a corrupt ring costs only
-//! its own engine.
+//! twenty times in a row under traffic, by direct channel or through the router, and a corrupt
+//! ring costs only its own engine. `channels.rs` tests the direct channels themselves.
 
 use netmachine_service::ServiceKind;
 use nix::sys::signal::Signal;
-use netmachine_tests::{attach_engine, attach_raw, bin_dir, wait_until, with_rpc, Node};
-use std::process::{Child, Command, Stdio};
+use netmachine_tests::{attach_engine, attach_raw, bin_dir, outcome, sequence, wait_until, with_rpc, Node};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
 /// Messages of one ring engine the router's main thread holds at once (`router/src/rings.rs`).
 const SLOW_PER_ENGINE: u64 = 256;
 
-fn sequence(node: &Node, args: &[&str]) -> Child {
-    Command::new(bin_dir().join("examples/sequence"))
-        .args(args)
-        .env("NETMACHINE_HOME", node.root())
-        // Closing it ends a sequence sent with COUNT `-`.
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the sequence example")
-}
-
-fn outcome(child: Child) -> serde_json::Value {
-    let output = child.wait_with_output().expect("sequence finishes");
-    assert!(output.status.success(), "sequence failed: {output:?}");
-    serde_json::from_slice(&output.stdout).expect("sequence prints JSON")
-}
-
-/// The ring segments this node has in /dev/shm (not its doorbell).
+/// The shared-memory objects of this node's engines in /dev/shm: rings, engines' doorbells and
+/// direct channels (not the node's doorbell).
 fn segments(node: &Node) -> Vec<String> {
     let prefix = format!("netmachine-{}-", &node.id()[..16]);
     std::fs::read_dir("/dev/shm")
@@ -55,8 +38,9 @@ fn engines_in_separate_processes_exchange_a_million_messages_in_order() {
     let received = outcome(receiving);
     assert_eq!(received["received"], 1_000_000);
     assert_eq!(received["in_order"], true);
-    let router = node.service(ServiceKind::Router);
-    assert!(router["counters"]["ring_messages_forwarded"].as_u64().unwrap() >= 1_000_000, "{router}");
+    // A steady conversation: after the first few through the router, by direct channel.
+    assert_eq!(local_messages(&node), 1_000_000);
+    assert!(node.router_counter("channel_messages") > 990_000, "{}", node.service(ServiceKind::Router));
     assert_eq!(node.status()["drops"]["no_route"], 0);
 }
 
@@ -97,7 +81,7 @@ fn a_killed_engine_leaves_nothing_in_shared_memory() {
     let (key, engine) = node.engine_key("doomed");
     let mut doomed = sequence(&node, &["receive", key.to_str().unwrap(), "10"]);
     node.wait_attached(&engine);
-    assert_eq!(segments(&node).len(), 1, "an attached engine has its rings");
+    assert_eq!(segments(&node).len(), 2, "an attached engine has its rings and its doorbell: {:?}", segments(&node));
     doomed.kill().unwrap();
     doomed.wait().unwrap();
     wait_until("the router detaches the killed engine and removes its rings", Duration::from_secs(10), || {
@@ -114,12 +98,27 @@ enum Stop {
     Up(Signal),
 }
 
+/// Which way the messages between the two ring engines go.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    /// Their direct channel, once the router grants it (the default).
+    Channel,
+    /// Through the router, ring to ring (`router.direct_channels = false`).
+    Router,
+}
+
+/// Messages the router has seen arrive between ring engines: forwarded ring to ring, and read
+/// from direct channels.
+fn local_messages(node: &Node) -> u64 {
+    node.router_counter("ring_messages_forwarded") + node.router_counter("channel_messages")
+}
+
 /// Sends messages between two ring engines, as many as it takes, while the router is stopped
 /// `times` times in a row; every message arrives, in order.
-fn router_stopped_under_traffic(stop: Stop, times: usize) {
+fn router_stopped_under_traffic(stop: Stop, path: Path, times: usize) {
     // `up` restarts a service that keeps exiting with a growing delay, up to 10 s by default:
     // what is tested here is what arrives, not how long the supervisor waits.
-    let quick = ["supervisor.restart_max_ms=200"];
+    let quick = ["supervisor.restart_max_ms=200", if path == Path::Router { "router.direct_channels=false" } else { "router.direct_channels=true" }];
     let mut node = Node::up_with(&quick);
     let (receiver_key, receiver) = node.engine_key("receiver");
     let (sender_key, _) = node.engine_key("sender");
@@ -129,9 +128,13 @@ fn router_stopped_under_traffic(stop: Stop, times: usize) {
     node.wait_attached(&receiver);
     let mut sending = sequence(&node, &["send", sender_key.to_str().unwrap(), &receiver, count]);
     for round in 1..=times {
-        let forwarded = node.router_counter("ring_messages_forwarded");
-        wait_until("traffic flows", Duration::from_secs(20), || node.router_counter("ring_messages_forwarded") > forwarded + 5_000);
+        let arrived = local_messages(&node);
+        wait_until("traffic flows", Duration::from_secs(20), || local_messages(&node) > arrived + 5_000);
         assert!(sending.try_wait().expect("the sender's state").is_none(), "the sender finished before stop {round}: nothing was in flight");
+        if round == 1 {
+            let by_channel = node.router_counter("channel_messages");
+            assert_eq!(by_channel > 0, path == Path::Channel, "{by_channel} messages went by direct channel");
+        }
         let stopped = node.pid(ServiceKind::Router).expect("the router's pid");
         match stop {
             Stop::Router(signal) => {
@@ -159,22 +162,32 @@ const STOPS: usize = 20;
 
 #[test]
 fn a_router_killed_under_traffic_again_and_again_loses_nothing_engines_had_written() {
-    router_stopped_under_traffic(Stop::Router(Signal::SIGKILL), STOPS);
+    router_stopped_under_traffic(Stop::Router(Signal::SIGKILL), Path::Channel, STOPS);
 }
 
 #[test]
 fn a_router_stopped_cleanly_under_traffic_again_and_again_loses_nothing() {
-    router_stopped_under_traffic(Stop::Router(Signal::SIGTERM), STOPS);
+    router_stopped_under_traffic(Stop::Router(Signal::SIGTERM), Path::Channel, STOPS);
 }
 
 #[test]
 fn a_whole_node_killed_under_traffic_and_started_again_and_again_loses_nothing() {
-    router_stopped_under_traffic(Stop::Up(Signal::SIGKILL), STOPS);
+    router_stopped_under_traffic(Stop::Up(Signal::SIGKILL), Path::Channel, STOPS);
 }
 
 #[test]
 fn a_whole_node_stopped_cleanly_under_traffic_and_started_again_and_again_loses_nothing() {
-    router_stopped_under_traffic(Stop::Up(Signal::SIGTERM), STOPS);
+    router_stopped_under_traffic(Stop::Up(Signal::SIGTERM), Path::Channel, STOPS);
+}
+
+#[test]
+fn a_router_killed_while_it_relays_ring_to_ring_again_and_again_loses_nothing() {
+    router_stopped_under_traffic(Stop::Router(Signal::SIGKILL), Path::Router, STOPS);
+}
+
+#[test]
+fn a_router_stopped_cleanly_while_it_relays_ring_to_ring_again_and_again_loses_nothing() {
+    router_stopped_under_traffic(Stop::Router(Signal::SIGTERM), Path::Router, STOPS);
 }
 
 /// An engine inbox that takes deliveries and never answers one, counting them.

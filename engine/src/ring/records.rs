@@ -288,6 +288,32 @@ pub fn read_refusal(body: &[u8]) -> Option<Refusal> {
     Some(Refusal { id, reason, detail: String::from_utf8_lossy(&body[12..]).into_owned() })
 }
 
+/// The router tells an engine that `peer`'s messages come by a direct channel from here on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelOpen {
+    pub peer: Identity,
+    pub channel: String,
+}
+
+/// An open's body: the peer (32 bytes), then the channel's name.
+pub fn write_channel_open(producer: &mut Producer, open: &ChannelOpen) -> Result<(), Full> {
+    producer.try_write(Kind::ChannelOpen, &[&open.peer.0, open.channel.as_bytes()])
+}
+
+pub fn read_channel_open(body: &[u8]) -> Option<ChannelOpen> {
+    let (peer, channel) = body.split_at_checked(32)?;
+    Some(ChannelOpen { peer: Identity(peer.try_into().ok()?), channel: String::from_utf8(channel.to_vec()).ok()? })
+}
+
+/// A switch's body: the peer the engine's messages go to by channel from here on (32 bytes).
+pub fn write_channel_switch(producer: &mut Producer, peer: &Identity) -> Result<(), Full> {
+    producer.try_write(Kind::ChannelSwitch, &[&peer.0])
+}
+
+pub fn read_channel_switch(body: &[u8]) -> Option<Identity> {
+    Some(Identity(body.try_into().ok()?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,6 +345,24 @@ mod tests {
         assert_eq!(record.kind, Kind::Refusal);
         assert_eq!(read_refusal(record.body), Some(refusal));
         assert_eq!(read_refusal(b"short"), None);
+        consumer.consume();
+
+        let peer = message.src;
+        let open = ChannelOpen { peer, channel: "/netmachine-x-chan-a-b".into() };
+        write_channel_open(&mut producer, &open).unwrap();
+        write_channel_switch(&mut producer, &peer).unwrap();
+        let mut next = |kind| {
+            let record = consumer.peek().unwrap().unwrap();
+            assert_eq!(record.kind, kind);
+            let body = record.body.to_vec();
+            consumer.consume();
+            body
+        };
+        assert_eq!(read_channel_open(&next(Kind::ChannelOpen)), Some(open));
+        assert_eq!(read_channel_switch(&next(Kind::ChannelSwitch)), Some(peer));
+        assert_eq!(read_channel_open(&[0; 31]), None);
+        assert_eq!(read_channel_open(&[[0; 32].as_slice(), &[0xff]].concat()), None, "a name that is not UTF-8");
+        assert_eq!(read_channel_switch(&[0; 31]), None);
 
         // A delivery stamp is the router's to write: an engine's record with one is refused.
         assert_eq!(read_envelope(&record_of(&message)), Err("a delivery stamp, which only the router writes".to_string()));

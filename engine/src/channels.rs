@@ -1,0 +1,153 @@
+//! The engine's direct channels (RING.md, "Direct channels"): rings of their own to and from
+//! other engines on the node, which the router grants so that a steady conversation skips it.
+//! Writing, the engine is the router's stand-in: it checks what the router would (the body's
+//! length) and wakes the receiver. Reading, it checks what the router would have checked for
+//! it: that the record is from the channel's producer, not expired, and, when signed, signed
+//! by it; anything else is dropped and counted in the channel, for the router's status.
+
+use crate::ring::layout::{Kind, CHANNEL_DROPPED_AT, CHANNEL_PRODUCER_WAITING_AT, CHANNEL_READ_AT, CHANNEL_WRITTEN_AT};
+use crate::ring::records;
+use crate::ring::wait::wake_if_sleeping;
+use crate::ring::{bell_name, channel_name, ChannelSegment, Consumer, Doorbell, Full, Producer, SegmentError};
+use crate::EngineError;
+use netmachine_schema::{EngineMessage, Identity};
+use std::sync::atomic::AtomicU32;
+use std::sync::Mutex;
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A channel this engine writes to another engine.
+pub(crate) struct OutChannel {
+    segment: ChannelSegment,
+    producer: Mutex<Producer>,
+    /// The receiving engine's doorbell.
+    bell: Doorbell,
+}
+
+impl OutChannel {
+    /// Maps the channel the router granted from `engine` to `peer` on `node`, and the
+    /// receiver's doorbell.
+    pub fn open(node: Identity, engine: Identity, peer: Identity) -> Result<OutChannel, SegmentError> {
+        let segment = ChannelSegment::open(&channel_name(&node.0, &engine.0, &peer.0), Some(&engine.0), Some(&peer.0))?;
+        let bell = Doorbell::open(&bell_name(&node.0, &peer.0))?;
+        let producer = Mutex::new(segment.producer_side()?);
+        Ok(OutChannel { segment, producer, bell })
+    }
+
+    /// The router revoked it: messages go through the router again.
+    pub fn is_closed(&self) -> bool {
+        self.segment.is_closed()
+    }
+
+    /// Writes `message` and wakes the receiver if it sleeps: `Full` if there is no room now.
+    pub fn try_send(&self, message: &EngineMessage) -> Result<(), EngineError> {
+        let max_body = self.segment.max_body();
+        if message.body.len() > max_body {
+            return Err(EngineError::Refused {
+                reason: crate::SendRefusal::OverLimit,
+                detail: format!("a body of {} bytes is over the node's limit of {max_body}", message.body.len()),
+            });
+        }
+        let mut producer = lock(&self.producer);
+        let (len, max) = (records::message_length(message), producer.max_body());
+        if len > max {
+            return Err(EngineError::TooLargeForRing { len, max });
+        }
+        records::write_message(&mut producer, message).map_err(|Full| EngineError::Full)?;
+        self.segment.count(CHANNEL_WRITTEN_AT, 1);
+        drop(producer);
+        wake_if_sleeping(self.bell.sleeping());
+        Ok(())
+    }
+
+    /// The word to wait on for room.
+    pub fn room_word(&self) -> &AtomicU32 {
+        self.segment.word(CHANNEL_PRODUCER_WAITING_AT)
+    }
+
+    pub fn is_drained(&self) -> bool {
+        lock(&self.producer).is_drained()
+    }
+}
+
+/// A channel another engine writes to this one.
+pub(crate) struct InChannel {
+    segment: ChannelSegment,
+    consumer: Consumer,
+    producer: Identity,
+}
+
+/// What the next record of a channel was.
+pub(crate) enum FromChannel {
+    Message(EngineMessage),
+    /// A record that was dropped (and counted).
+    Dropped,
+    Empty,
+    /// Closed by the router and read to the end, or corrupt: nothing more comes from it.
+    Ended,
+}
+
+impl InChannel {
+    /// Maps the channel the router opened to this engine.
+    pub fn open(engine: Identity, open: &records::ChannelOpen) -> Result<InChannel, SegmentError> {
+        let segment = ChannelSegment::open(&open.channel, Some(&open.peer.0), Some(&engine.0))?;
+        let consumer = segment.consumer_side()?;
+        Ok(InChannel { segment, consumer, producer: open.peer })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.segment.name
+    }
+
+    pub fn has_data(&mut self) -> bool {
+        self.consumer.has_data()
+    }
+
+    /// Takes the next record.
+    pub fn take(&mut self, now_ms: u64) -> FromChannel {
+        // Closed before the ring is found empty: nothing more can come.
+        let closed = self.segment.is_closed();
+        let checked = match self.consumer.peek() {
+            Ok(None) if closed => return FromChannel::Ended,
+            Ok(None) => return FromChannel::Empty,
+            Ok(Some(record)) if record.kind == Kind::Message => records::read_message(record.body).and_then(|message| self.check(message, now_ms)),
+            Ok(Some(record)) => Err(format!("a {:?} record, which no engine writes to a channel", record.kind)),
+            Err(corrupt) => {
+                tracing::error!(channel = %self.segment.name, %corrupt, "a direct channel is corrupt; nothing more is read from it");
+                return FromChannel::Ended;
+            }
+        };
+        self.consumer.consume();
+        wake_if_sleeping(self.segment.word(CHANNEL_PRODUCER_WAITING_AT));
+        match checked {
+            Ok(message) => {
+                self.segment.count(CHANNEL_READ_AT, 1);
+                FromChannel::Message(message)
+            }
+            Err(problem) => {
+                tracing::warn!(channel = %self.segment.name, from = %self.producer, %problem, "dropped a message from a direct channel");
+                self.segment.count(CHANNEL_DROPPED_AT, 1);
+                FromChannel::Dropped
+            }
+        }
+    }
+
+    /// What the router checks of a message from an engine on its rings.
+    fn check(&self, message: EngineMessage, now_ms: u64) -> Result<EngineMessage, String> {
+        if message.src != self.producer {
+            return Err(format!("its source is {}, not the channel's producer", message.src));
+        }
+        if message.expiry.is_some_and(|expiry| expiry <= now_ms) {
+            return Err("it expired".into());
+        }
+        if message.stamp.is_some() {
+            return Err("a delivery stamp, which only the router writes".into());
+        }
+        if message.sig.is_some() && !message.signature_holds() {
+            return Err("its signature is not its sender's".into());
+        }
+        Ok(message)
+    }
+}

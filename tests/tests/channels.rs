@@ -1,0 +1,135 @@
+//! Direct channels between ring engines, across processes: a steady conversation moves to a
+//! ring of its own without losing its order, keeps flowing while the router is frozen or
+//! killed (and the next router adopts the channel), is revoked when the receiver dies (the
+//! sender is told no route through the router again), and a record forged into a channel is
+//! dropped by the receiver and counted.
+
+use netmachine_engine::ring::{self, ChannelSegment, Doorbell};
+use netmachine_engine::{Destination, Engine, EngineError, EngineMessage, Identity, Keypair, SendRefusal};
+use netmachine_service::ServiceKind;
+use netmachine_tests::{attach_engine, sequence, wait_until, with_rpc, Node};
+use nix::sys::signal::Signal;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Sends numbered messages from `from` to `to` until the router reports that some went by
+/// their direct channel; returns how many it sent.
+async fn send_until_on_channel(node: &Node, from: &Engine, to: Identity) -> u32 {
+    let mut sent = 0u32;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while node.router_counter("channel_messages") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no channel after {sent} messages: {}", node.service(ServiceKind::Router));
+        for _ in 0..20 {
+            from.send(to, sent.to_le_bytes().to_vec()).await.expect("sent");
+            sent += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sent
+}
+
+/// Receives `count` messages and checks they are numbered from `first` on, in order.
+async fn receive_in_order(engine: &Engine, first: u32, count: u32) {
+    for n in first..first + count {
+        let message = tokio::time::timeout(WAIT, engine.recv()).await.unwrap_or_else(|_| panic!("message {n} never arrived")).expect("attached");
+        assert_eq!(message.body, n.to_le_bytes(), "message {n} out of order");
+    }
+}
+
+#[test]
+fn a_steady_conversation_moves_to_a_direct_channel_in_order_and_the_router_counts_it() {
+    let node = Node::up();
+    with_rpc(async {
+        let (a, b) = (attach_engine(&node, |_| {}).await, attach_engine(&node, |_| {}).await);
+        let before = send_until_on_channel(&node, &a, b.identity()).await;
+        for n in before..before + 1000 {
+            a.send(b.identity(), n.to_le_bytes().to_vec()).await.expect("sent");
+        }
+        // Everything, through the router first and then by channel, in one order.
+        receive_in_order(&b, 0, before + 1000).await;
+        let router = node.service(ServiceKind::Router);
+        let (forwarded, by_channel) = (router["counters"]["ring_messages_forwarded"].as_u64().unwrap(), router["counters"]["channel_messages"].as_u64().unwrap());
+        assert_eq!(forwarded + by_channel, u64::from(before) + 1000, "each message went one way: {router}");
+        assert!(by_channel >= 1000, "{router}");
+        assert_eq!(router["gauges"]["direct_channels"], 1);
+    });
+}
+
+#[test]
+fn a_direct_channel_carries_messages_while_the_router_is_frozen_and_after_it_is_killed() {
+    let node = Node::up_with(&["supervisor.restart_max_ms=200"]);
+    with_rpc(async {
+        let (a, b) = (attach_engine(&node, |_| {}).await, attach_engine(&node, |_| {}).await);
+        let mut next = send_until_on_channel(&node, &a, b.identity()).await;
+        receive_in_order(&b, 0, next).await;
+        // The router can do nothing while it is stopped: the channel needs no third party.
+        let router = node.signal(ServiceKind::Router, Signal::SIGSTOP);
+        for n in next..next + 500 {
+            a.send(b.identity(), n.to_le_bytes().to_vec()).await.expect("sent by channel");
+        }
+        receive_in_order(&b, next, 500).await;
+        next += 500;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(router as i32), Signal::SIGCONT).expect("continue the router");
+        // Killed, the router is started again and adopts the channel of the two live engines.
+        node.kill9(ServiceKind::Router);
+        for n in next..next + 500 {
+            a.send(b.identity(), n.to_le_bytes().to_vec()).await.expect("sent by channel");
+        }
+        receive_in_order(&b, next, 500).await;
+        wait_until("the new router adopts the channel", WAIT, || {
+            node.pid(ServiceKind::Router).is_some_and(|p| p != router) && node.service(ServiceKind::Router)["gauges"]["direct_channels"] == 1
+        });
+        assert!(node.router_counter("channel_messages") >= u64::from(next) + 500 - 16, "the adopted channel's count");
+    });
+}
+
+#[test]
+fn a_receiver_killed_on_a_channel_revokes_it_and_the_sender_is_told_no_route() {
+    let node = Node::up();
+    let (key, receiver) = node.engine_key("receiver");
+    let mut receiving = sequence(&node, &["receive", key.to_str().unwrap(), "1000000"]);
+    node.wait_attached(&receiver);
+    let receiver: Identity = receiver.parse().unwrap();
+    with_rpc(async {
+        let sender = attach_engine(&node, |_| {}).await;
+        send_until_on_channel(&node, &sender, receiver).await;
+        receiving.kill().unwrap();
+        receiving.wait().unwrap();
+        wait_until("the router revokes the dead receiver's channel", WAIT, || node.service(ServiceKind::Router)["gauges"]["direct_channels"] == 0);
+        // The sender goes back to the router, which knows the receiver is gone.
+        match sender.request(receiver, b"anyone?".to_vec(), WAIT).await {
+            Err(EngineError::Refused { reason: SendRefusal::NoRoute, .. }) => {}
+            other => panic!("a message to a dead receiver is refused with no route, not {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn records_forged_into_a_channel_are_dropped_and_counted_and_a_true_one_arrives() {
+    let node = Node::up();
+    let node_id: Identity = node.id().parse().unwrap();
+    with_rpc(async {
+        let (a, b) = (attach_engine(&node, |_| {}).await, attach_engine(&node, |_| {}).await);
+        let sent = send_until_on_channel(&node, &a, b.identity()).await;
+        receive_in_order(&b, 0, sent).await;
+        // Another process of the node's user maps the channel and writes into it: a record in
+        // a third engine's name, one in A's name with a signature that is not A's, then one
+        // A could have written.
+        let channel = ChannelSegment::open(&ring::channel_name(&node_id.0, &a.identity().0, &b.identity().0), None, None).expect("the channel");
+        let mut forger = channel.producer_side().expect("a producer of its own mapping");
+        let to = Destination::Engine(b.identity());
+        let stranger = EngineMessage::new(Keypair::generate().identity(), to, 1, b"not from a".to_vec());
+        let mut unsigned_by_a = EngineMessage::new(a.identity(), to, 2, b"forged signature".to_vec());
+        unsigned_by_a.sig = Some([7; 64]);
+        let true_one = EngineMessage::new(a.identity(), to, 3, b"true".to_vec());
+        for message in [&stranger, &unsigned_by_a, &true_one] {
+            ring::records::write_message(&mut forger, message).expect("room");
+        }
+        let bell = Doorbell::open(&ring::bell_name(&node_id.0, &b.identity().0)).expect("B's doorbell");
+        ring::wait::wake_if_sleeping(bell.sleeping());
+        let message = tokio::time::timeout(WAIT, b.recv()).await.expect("the true one arrives").expect("attached");
+        assert_eq!(message.body, b"true");
+        wait_until("both forged records are counted", WAIT, || node.router_counter("channel_messages_dropped") == 2);
+    });
+}
