@@ -10,18 +10,20 @@ use crate::ring::records;
 use crate::ring::wait::wake_if_sleeping;
 use crate::ring::{bell_name, channel_name, ChannelSegment, Consumer, Doorbell, Full, Producer, SegmentError};
 use crate::EngineError;
+use netmachine_schema::time::now_ms;
 use netmachine_schema::{EngineMessage, Identity};
-use std::sync::atomic::AtomicU32;
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
+/// Records a receiver takes between two full checks for a sender waiting for room (a fence
+/// each); between them it looks at the sender's word without one, and it always checks fully
+/// when it finds the channel empty (RING.md, "Waking").
+const FULL_CHECK_EVERY: u32 = 64;
 
-/// A channel this engine writes to another engine.
+/// A channel this engine writes to another engine (under the engine's outbox lock).
 pub(crate) struct OutChannel {
-    segment: ChannelSegment,
-    producer: Mutex<Producer>,
+    segment: Arc<ChannelSegment>,
+    producer: Producer,
     /// The receiving engine's doorbell.
     bell: Doorbell,
 }
@@ -32,8 +34,8 @@ impl OutChannel {
     pub fn open(node: Identity, engine: Identity, peer: Identity) -> Result<OutChannel, SegmentError> {
         let segment = ChannelSegment::open(&channel_name(&node.0, &engine.0, &peer.0), Some(&engine.0), Some(&peer.0))?;
         let bell = Doorbell::open(&bell_name(&node.0, &peer.0))?;
-        let producer = Mutex::new(segment.producer_side()?);
-        Ok(OutChannel { segment, producer, bell })
+        let producer = segment.producer_side()?;
+        Ok(OutChannel { segment: Arc::new(segment), producer, bell })
     }
 
     /// The router revoked it: messages go through the router again.
@@ -42,7 +44,7 @@ impl OutChannel {
     }
 
     /// Writes `message` and wakes the receiver if it sleeps: `Full` if there is no room now.
-    pub fn try_send(&self, message: &EngineMessage) -> Result<(), EngineError> {
+    pub fn try_send(&mut self, message: &EngineMessage) -> Result<(), EngineError> {
         let max_body = self.segment.max_body();
         if message.body.len() > max_body {
             return Err(EngineError::Refused {
@@ -50,25 +52,23 @@ impl OutChannel {
                 detail: format!("a body of {} bytes is over the node's limit of {max_body}", message.body.len()),
             });
         }
-        let mut producer = lock(&self.producer);
-        let (len, max) = (records::message_length(message), producer.max_body());
+        let (len, max) = (records::message_length(message), self.producer.max_body());
         if len > max {
             return Err(EngineError::TooLargeForRing { len, max });
         }
-        records::write_message(&mut producer, message).map_err(|Full| EngineError::Full)?;
+        records::write_message(&mut self.producer, message).map_err(|Full| EngineError::Full)?;
         self.segment.count(CHANNEL_WRITTEN_AT, 1);
-        drop(producer);
         wake_if_sleeping(self.bell.sleeping());
         Ok(())
     }
 
-    /// The word to wait on for room.
-    pub fn room_word(&self) -> &AtomicU32 {
-        self.segment.word(CHANNEL_PRODUCER_WAITING_AT)
+    /// The channel, to wait on its `producer_waiting` for room without the outbox lock.
+    pub fn segment(&self) -> Arc<ChannelSegment> {
+        self.segment.clone()
     }
 
     pub fn is_drained(&self) -> bool {
-        lock(&self.producer).is_drained()
+        self.producer.is_drained()
     }
 }
 
@@ -77,6 +77,8 @@ pub(crate) struct InChannel {
     segment: ChannelSegment,
     consumer: Consumer,
     producer: Identity,
+    /// Records taken since the last full check for a waiting sender.
+    unchecked: u32,
 }
 
 /// What the next record of a channel was.
@@ -94,7 +96,7 @@ impl InChannel {
     pub fn open(engine: Identity, open: &records::ChannelOpen) -> Result<InChannel, SegmentError> {
         let segment = ChannelSegment::open(&open.channel, Some(&open.peer.0), Some(&engine.0))?;
         let consumer = segment.consumer_side()?;
-        Ok(InChannel { segment, consumer, producer: open.peer })
+        Ok(InChannel { segment, consumer, producer: open.peer, unchecked: 0 })
     }
 
     pub fn name(&self) -> &str {
@@ -106,13 +108,18 @@ impl InChannel {
     }
 
     /// Takes the next record.
-    pub fn take(&mut self, now_ms: u64) -> FromChannel {
+    pub fn take(&mut self) -> FromChannel {
         // Closed before the ring is found empty: nothing more can come.
         let closed = self.segment.is_closed();
         let checked = match self.consumer.peek() {
-            Ok(None) if closed => return FromChannel::Ended,
-            Ok(None) => return FromChannel::Empty,
-            Ok(Some(record)) if record.kind == Kind::Message => records::read_message(record.body).and_then(|message| self.check(message, now_ms)),
+            Ok(None) => {
+                self.wake_sender(true);
+                return if closed { FromChannel::Ended } else { FromChannel::Empty };
+            }
+            Ok(Some(record)) if record.kind == Kind::Message => records::read_message(record.body).and_then(|message| match self.check(&message) {
+                Ok(()) => Ok(message),
+                Err(problem) => Err(problem),
+            }),
             Ok(Some(record)) => Err(format!("a {:?} record, which no engine writes to a channel", record.kind)),
             Err(corrupt) => {
                 tracing::error!(channel = %self.segment.name, %corrupt, "a direct channel is corrupt; nothing more is read from it");
@@ -120,7 +127,8 @@ impl InChannel {
             }
         };
         self.consumer.consume();
-        wake_if_sleeping(self.segment.word(CHANNEL_PRODUCER_WAITING_AT));
+        self.unchecked += 1;
+        self.wake_sender(self.unchecked == FULL_CHECK_EVERY);
         match checked {
             Ok(message) => {
                 self.segment.count(CHANNEL_READ_AT, 1);
@@ -134,12 +142,24 @@ impl InChannel {
         }
     }
 
+    /// Wakes the sender if it waits for room: with `full`, after a fence (as RING.md says);
+    /// else only if its word already shows it waiting.
+    fn wake_sender(&mut self, full: bool) {
+        let waiting = self.segment.word(CHANNEL_PRODUCER_WAITING_AT);
+        if full {
+            self.unchecked = 0;
+            wake_if_sleeping(waiting);
+        } else if waiting.load(Ordering::Relaxed) == 1 {
+            wake_if_sleeping(waiting);
+        }
+    }
+
     /// What the router checks of a message from an engine on its rings.
-    fn check(&self, message: EngineMessage, now_ms: u64) -> Result<EngineMessage, String> {
+    fn check(&self, message: &EngineMessage) -> Result<(), String> {
         if message.src != self.producer {
             return Err(format!("its source is {}, not the channel's producer", message.src));
         }
-        if message.expiry.is_some_and(|expiry| expiry <= now_ms) {
+        if message.expiry.is_some_and(|expiry| expiry <= now_ms()) {
             return Err("it expired".into());
         }
         if message.stamp.is_some() {
@@ -148,6 +168,7 @@ impl InChannel {
         if message.sig.is_some() && !message.signature_holds() {
             return Err("its signature is not its sender's".into());
         }
-        Ok(message)
+        Ok(())
     }
 }
+

@@ -98,6 +98,10 @@ impl Shared {
     /// Hands `message` to the request it answers; gives it back if it answers none.
     /// A second copy of a message from another node (`delivered`) is dropped here.
     pub fn route_reply(&self, message: EngineMessage) -> Option<EngineMessage> {
+        if message.stamp.is_none() && message.reply_to.is_none() {
+            // Neither a copy to drop nor a reply: the usual case, without a look at either.
+            return Some(message);
+        }
         if message.stamp.is_some() && !self.delivered.lock().unwrap_or_else(|e| e.into_inner()).fresh(&message) {
             self.duplicates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return None;

@@ -8,15 +8,14 @@
 
 use crate::channels::{FromChannel, InChannel, OutChannel};
 use crate::connection::Shared;
-use crate::ring::layout::{Kind, OUTBOX_PRODUCER_WAITING_AT};
+use crate::ring::layout::{Kind, CHANNEL_PRODUCER_WAITING_AT, OUTBOX_PRODUCER_WAITING_AT};
 use crate::ring::records;
 use crate::ring::segment::BELL_SUFFIX;
 use crate::ring::wait::{wait_a_while, WaitMode};
 use crate::ring::{Consumer, Doorbell, Full, Producer, RingSegment, SegmentError};
 use crate::EngineError;
-use netmachine_schema::time::now_ms;
 use netmachine_schema::{Destination, EngineMessage, Identity};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,7 +56,7 @@ pub(crate) struct EngineRing {
 /// outbox before the switch record, and one sent after goes by the channel.
 struct Outbox {
     producer: Producer,
-    channels: HashMap<Identity, Arc<OutChannel>>,
+    channels: FxHashMap<Identity, OutChannel>,
     /// The segment's `grants` when its channel table was last taken up.
     grants_seen: u32,
 }
@@ -80,7 +79,7 @@ impl Inbox {
 /// Which way a message to a destination leaves now.
 enum Route {
     Outbox,
-    Channel(Arc<OutChannel>),
+    Channel(Identity),
 }
 
 /// What the next inbox record was.
@@ -115,7 +114,7 @@ impl EngineRing {
             node,
             engine,
             segment,
-            outbox: Mutex::new(Outbox { producer: outbox, channels: HashMap::new(), grants_seen: 0 }),
+            outbox: Mutex::new(Outbox { producer: outbox, channels: FxHashMap::default(), grants_seen: 0 }),
             inbox: Mutex::new(Inbox { consumer: inbox, last: LastFrom::default(), channels: Vec::new(), turn: 0 }),
             doorbell,
             bell,
@@ -137,9 +136,8 @@ impl EngineRing {
     /// there never will be.
     pub fn try_send(&self, message: &EngineMessage) -> Result<(), EngineError> {
         let mut outbox = lock(&self.outbox);
-        if let Route::Channel(channel) = self.route(&mut outbox, message) {
-            drop(outbox);
-            return channel.try_send(message);
+        if let Route::Channel(peer) = self.route(&mut outbox, message) {
+            return outbox.channels.get_mut(&peer).expect("routed to a channel it has").try_send(message);
         }
         let (len, max) = (records::message_length(message), outbox.producer.max_body());
         if len > max {
@@ -164,7 +162,7 @@ impl EngineRing {
                 outbox.channels.remove(&dst);
                 Route::Outbox
             }
-            Some(channel) => Route::Channel(channel.clone()),
+            Some(_) => Route::Channel(dst),
             None => Route::Outbox,
         }
     }
@@ -183,13 +181,20 @@ impl EngineRing {
             if self.stopped() {
                 return Err(EngineError::Closed);
             }
-            let route = self.route(&mut lock(&self.outbox), message);
+            // The channel (kept, to wait on its word without the outbox lock), or the outbox.
+            let channel = {
+                let mut outbox = lock(&self.outbox);
+                match self.route(&mut outbox, message) {
+                    Route::Channel(peer) => outbox.channels.get(&peer).map(OutChannel::segment),
+                    Route::Outbox => None,
+                }
+            };
             if Instant::now() >= deadline {
-                return Err(self.stayed_full(&route, timeout));
+                return Err(self.stayed_full(channel.is_some(), timeout));
             }
-            let word = match &route {
-                Route::Outbox => self.segment.word(OUTBOX_PRODUCER_WAITING_AT),
-                Route::Channel(channel) => channel.room_word(),
+            let word = match &channel {
+                Some(channel) => channel.word(CHANNEL_PRODUCER_WAITING_AT),
+                None => self.segment.word(OUTBOX_PRODUCER_WAITING_AT),
             };
             wait_a_while(self.mode, word, || {
                 sent = self.try_send(message);
@@ -203,11 +208,11 @@ impl EngineRing {
     /// outbox is holding this engine's messages while their destinations' queues are full, and
     /// a channel that stays full is a receiver that does not read, which the socket path
     /// reports as `QueueFull` too; a router that is gone is unavailable.
-    fn stayed_full(&self, route: &Route, timeout: Duration) -> EngineError {
-        let detail = match route {
-            Route::Outbox if !crate::ring::process_alive(self.segment.router_pid()) => return EngineError::RouterUnavailable(timeout),
-            Route::Outbox => "the outbox stayed full for {} ms: the router is up but holds this engine's messages while their destinations' queues are full",
-            Route::Channel(_) => "the direct channel to the destination stayed full for {} ms: the destination does not read",
+    fn stayed_full(&self, on_channel: bool, timeout: Duration) -> EngineError {
+        let detail = match on_channel {
+            false if !crate::ring::process_alive(self.segment.router_pid()) => return EngineError::RouterUnavailable(timeout),
+            false => "the outbox stayed full for {} ms: the router is up but holds this engine's messages while their destinations' queues are full",
+            true => "the direct channel to the destination stayed full for {} ms: the destination does not read",
         };
         EngineError::Refused { reason: crate::SendRefusal::QueueFull, detail: detail.replace("{}", &timeout.as_millis().to_string()) }
     }
@@ -258,7 +263,7 @@ impl EngineRing {
     }
 
     fn take_from_channel(&self, inbox: &mut Inbox, at: usize, shared: &Shared) -> Taken {
-        match inbox.channels[at].take(now_ms()) {
+        match inbox.channels[at].take() {
             FromChannel::Message(message) => shared.route_reply(message).map_or(Taken::Handled, Taken::Message),
             FromChannel::Dropped => Taken::Handled,
             FromChannel::Empty => Taken::Empty,
@@ -321,9 +326,9 @@ impl EngineRing {
                 continue;
             }
             let channel = match OutChannel::open(self.node, self.engine, peer) {
-                Ok(channel) => Arc::new(channel),
+                Ok(channel) => channel,
                 Err(error) => {
-                    tracing::debug!(%error, to = %peer, "cannot use a direct channel the router granted; messages go through the router");
+                    tracing::warn!(%error, to = %peer, "cannot use a direct channel the router granted; messages go through the router");
                     continue;
                 }
             };

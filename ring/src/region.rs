@@ -78,6 +78,16 @@ mod real {
             unsafe { std::ptr::copy_nonoverlapping(self.base.as_ptr().add(at), into.as_mut_ptr(), into.len()) }
         }
 
+        /// Asks the CPU to start loading the cache line holding byte `at` (a hint: no access is
+        /// made, nothing happens out of bounds or on other targets).
+        pub fn prefetch(&self, at: usize) {
+            #[cfg(target_arch = "x86_64")]
+            if at < self.len {
+                // SAFETY: in bounds (checked); a prefetch reads nothing the program can see.
+                unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(self.base.as_ptr().add(at) as *const i8) }
+            }
+        }
+
         /// Copies `from` into the region at `at`.
         pub fn write(&self, at: usize, from: &[u8]) {
             assert!(at.checked_add(from.len()).is_some_and(|end| end <= self.len), "write past the region");
@@ -137,6 +147,9 @@ mod model {
                 done += n;
             }
         }
+
+        /// Prefetching means nothing to the model.
+        pub fn prefetch(&self, _at: usize) {}
 
         /// Copies bytes in a word at a time, each word a relaxed load and store (the region's
         /// writer is the only one writing those bytes).

@@ -3,7 +3,7 @@
 
 use crate::channel::ChannelSegment;
 use crate::doorbell::Doorbell;
-use crate::layout::{CHANNEL_CONSUMER_PID_AT, CHANNEL_PRODUCER_PID_AT};
+use crate::layout::{CHANNEL_CONSUMER_PID_AT, CHANNEL_PRODUCER_PID_AT, CHANNEL_ROUTER_PID_AT};
 use crate::segment::{RingSegment, BELL_SUFFIX, CHANNEL_INFIX, SEGMENT_PREFIX};
 use std::sync::atomic::Ordering;
 
@@ -14,8 +14,8 @@ pub fn process_alive(pid: u32) -> bool {
 
 /// Removes the netmachine objects whose names start with `prefix` (`SEGMENT_PREFIX`: of any
 /// node) that nobody can use any more: ring segments whose router and engine are both gone,
-/// engines' doorbells whose ring segment is gone, direct channels whose two engines are both
-/// gone, and nodes' doorbells whose router is gone and for whose node no ring segment is left.
+/// engines' doorbells whose ring segment is gone, direct channels whose router and two engines
+/// are all gone, and nodes' doorbells whose router is gone and for whose node no ring segment is left.
 /// Returns how many it removed.
 pub fn sweep_orphans(prefix: &str) -> usize {
     let Ok(entries) = std::fs::read_dir("/dev/shm") else { return 0 };
@@ -53,7 +53,8 @@ pub fn sweep_orphans(prefix: &str) -> usize {
     }
     for file in channels {
         let orphan = match ChannelSegment::open(&format!("/{file}"), None, None) {
-            Ok(channel) => [CHANNEL_PRODUCER_PID_AT, CHANNEL_CONSUMER_PID_AT].iter().all(|&at| !process_alive(channel.word(at).load(Ordering::Relaxed))),
+            // Before its engines map it, only the router that made it is there to keep it.
+            Ok(channel) => [CHANNEL_ROUTER_PID_AT, CHANNEL_PRODUCER_PID_AT, CHANNEL_CONSUMER_PID_AT].iter().all(|&at| !process_alive(channel.word(at).load(Ordering::Relaxed))),
             Err(_) => settled(file),
         };
         if orphan {
@@ -105,10 +106,14 @@ mod tests {
         for name in &engine_bells {
             Doorbell::open_or_create(name).unwrap().set_router_pid(0);
         }
-        let (to_dead, from_dead) = (channel_name(&node, &live, &dead), channel_name(&node, &dead, &dead));
+        let (to_dead, from_dead, unmapped) = (channel_name(&node, &live, &dead), channel_name(&node, &dead, &dead), channel_name(&node, &dead, &live));
         let live_channel = ChannelSegment::create(&to_dead, &live, &dead, 4096, 100).unwrap();
+        live_channel.word(CHANNEL_ROUTER_PID_AT).store(0, Ordering::Relaxed);
         live_channel.word(CHANNEL_PRODUCER_PID_AT).store(std::process::id(), Ordering::Relaxed);
-        ChannelSegment::create(&from_dead, &dead, &dead, 4096, 100).unwrap();
+        ChannelSegment::create(&from_dead, &dead, &dead, 4096, 100).unwrap().word(CHANNEL_ROUTER_PID_AT).store(0, Ordering::Relaxed);
+        // Just made by a live router, not yet mapped by either engine: kept (another node's
+        // router starting at that moment once removed it under a granted engine's feet).
+        ChannelSegment::create(&unmapped, &dead, &live, 4096, 100).unwrap();
         // Only this test's node: other tests' (and other nodes') segments are left alone.
         let this_node = format!("netmachine-{}-", &hex(&node)[..16]);
         assert_eq!(sweep_orphans(&this_node), 3, "the dead engine's rings, its doorbell and the channel of no live engine");
@@ -117,9 +122,11 @@ mod tests {
         assert!(RingSegment::open(&live_name, None).is_ok(), "a live engine's rings stay");
         assert!(Doorbell::open(&engine_bells[0]).is_ok(), "and its doorbell");
         assert!(ChannelSegment::open(&to_dead, None, None).is_ok(), "and a channel it writes");
+        assert!(ChannelSegment::open(&unmapped, None, None).is_ok(), "and a channel its router just made");
         assert!(Doorbell::open(&bell_name).is_ok(), "the doorbell stays while its node has rings");
         RingSegment::unlink(&live_name).unwrap();
         RingSegment::unlink(&to_dead).unwrap();
+        RingSegment::unlink(&unmapped).unwrap();
         assert_eq!(sweep_orphans(&this_node), 2);
         assert!(Doorbell::open(&bell_name).is_err(), "then it goes too, with the engine's");
     }

@@ -80,7 +80,8 @@ fn a_direct_channel_carries_messages_while_the_router_is_frozen_and_after_it_is_
         wait_until("the new router adopts the channel", WAIT, || {
             node.pid(ServiceKind::Router).is_some_and(|p| p != router) && node.service(ServiceKind::Router)["gauges"]["direct_channels"] == 1
         });
-        assert!(node.router_counter("channel_messages") >= u64::from(next) + 500 - 16, "the adopted channel's count");
+        // The adopted channel's count has at least the thousand sent by channel meanwhile.
+        assert!(node.router_counter("channel_messages") >= 1000, "{}", node.service(ServiceKind::Router));
     });
 }
 

@@ -1,8 +1,9 @@
 //! `netmachine bench local`: engines in separate processes on one node. One-way latency
-//! engine -> router -> engine (half a round trip) with adaptive waiting and with busy-spin,
-//! throughput for 64 B and 1 KiB bodies, the same over the socket path, and the CPU an idle node
-//! with 4 engines uses; against, from the same run, two processes ping-ponging one shared cache
-//! line (the floor), the bare ring with no routing, and a Unix socket ping-pong.
+//! engine -> engine (half a round trip; past the first messages, by the pair's direct channels)
+//! with adaptive waiting and with busy-spin, throughput for 64 B and 1 KiB bodies, the same over
+//! the socket path (engine -> router -> engine), and the CPU an idle node with 4 engines uses;
+//! against, from the same run, two processes ping-ponging one shared cache line (the floor), the
+//! bare ring with no messages or checks, and a Unix socket ping-pong.
 
 use super::helpers::cache_line;
 use crate::latency::Latencies;
@@ -305,9 +306,9 @@ pub fn run(rounds: usize, messages: u64, json_output: bool) -> Result<()> {
     println!("{}", super::ratio_line("one-way latency p50, busy-spin", f("spin_latency_ns_p50"), "floor: shared cache line p50", f("floor_ns_p50"), "ns"));
     println!("{}", super::ratio_line("one-way latency p99, busy-spin", f("spin_latency_ns_p99"), "floor: shared cache line p50", f("floor_ns_p50"), "ns"));
     println!("{}", super::ratio_line("one-way latency p50, socket path", f("socket_latency_ns_p50"), "Unix socket ping-pong p50", f("unix_socket_ns_p50"), "ns"));
-    println!("{}", super::ratio_line("throughput 64 B through the router", f("msgs_per_s_64"), "bare ring, no routing, 64 B", f("bare_ring_msgs_per_s_64"), "msg/s"));
-    println!("{}", super::ratio_line("throughput 1 KiB through the router", f("msgs_per_s_1024"), "bare ring, no routing, 1 KiB", f("bare_ring_msgs_per_s_1024"), "msg/s"));
-    println!("{}", super::ratio_line("throughput 64 B, socket path", f("socket_msgs_per_s_64"), "through the router, rings", f("msgs_per_s_64"), "msg/s"));
+    println!("{}", super::ratio_line("throughput 64 B, engine to engine", f("msgs_per_s_64"), "bare ring, no messages, 64 B", f("bare_ring_msgs_per_s_64"), "msg/s"));
+    println!("{}", super::ratio_line("throughput 1 KiB, engine to engine", f("msgs_per_s_1024"), "bare ring, no messages, 1 KiB", f("bare_ring_msgs_per_s_1024"), "msg/s"));
+    println!("{}", super::ratio_line("throughput 64 B, socket path", f("socket_msgs_per_s_64"), "engine to engine, rings", f("msgs_per_s_64"), "msg/s"));
     println!("idle node with 4 engines attached, 10 s: {:.2}% of one core", f("idle_cpu_percent"));
     Ok(())
 }
