@@ -1,8 +1,9 @@
 //! Direct channels between ring engines, across processes: a steady conversation moves to a
 //! ring of its own without losing its order, keeps flowing while the router is frozen or
 //! killed (and the next router adopts the channel), is revoked when the receiver dies (the
-//! sender is told no route through the router again), and a record forged into a channel is
-//! dropped by the receiver and counted.
+//! sender is told no route through the router again), fills when the receiver stops reading
+//! (the sender is refused QueueFull, saying so), and a record forged into a channel is dropped
+//! by the receiver and counted.
 
 use netmachine_engine::ring::{self, ChannelSegment, Doorbell};
 use netmachine_engine::{Destination, Engine, EngineError, EngineMessage, Identity, Keypair, SendRefusal};
@@ -132,5 +133,36 @@ fn records_forged_into_a_channel_are_dropped_and_counted_and_a_true_one_arrives(
         let message = tokio::time::timeout(WAIT, b.recv()).await.expect("the true one arrives").expect("attached");
         assert_eq!(message.body, b"true");
         wait_until("both forged records are counted", WAIT, || node.router_counter("channel_messages_dropped") == 2);
+    });
+}
+
+#[test]
+fn a_sender_whose_receiver_stops_reading_its_channel_is_refused_queue_full_with_the_reason() {
+    let node = Node::up();
+    with_rpc(async {
+        let sender = attach_engine(&node, |o| o.send_timeout = Duration::from_millis(500)).await;
+        // Reads only when asked to, on the calling thread: once it stops, nothing drains its rings.
+        let receiver = attach_engine(&node, |o| o.receiver = netmachine_engine::Receiver::CallingThread).await;
+        let (to, mut sent) = (receiver.identity(), 0u32);
+        let mut receiving = tokio::task::spawn_blocking(move || {
+            while receiver.recv_blocking().is_some_and(|m| m.body != b"stop") {}
+            receiver
+        });
+        send_until_on_channel(&node, &sender, to).await;
+        sender.send(to, b"stop".to_vec()).await.expect("sent");
+        let receiver = tokio::time::timeout(WAIT, &mut receiving).await.expect("the receiver stops").expect("its thread");
+        // Its channel fills; then a send waits out its timeout and is told why.
+        let refused = loop {
+            match sender.send(to, sent.to_le_bytes().to_vec()).await {
+                Ok(_) => sent += 1,
+                Err(error) => break error,
+            }
+            assert!(sent < 1_000_000, "a channel that nobody reads never filled");
+        };
+        match refused {
+            EngineError::Refused { reason: SendRefusal::QueueFull, detail } => assert!(detail.contains("direct channel"), "{detail}"),
+            other => panic!("a send to a receiver that does not read is refused QueueFull, not {other:?}"),
+        }
+        drop(receiver);
     });
 }
