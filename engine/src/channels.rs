@@ -67,9 +67,6 @@ impl OutChannel {
         self.segment.clone()
     }
 
-    pub fn is_drained(&self) -> bool {
-        self.producer.is_drained()
-    }
 }
 
 /// A channel another engine writes to this one.
@@ -77,6 +74,8 @@ pub(crate) struct InChannel {
     segment: ChannelSegment,
     consumer: Consumer,
     producer: Identity,
+    /// This engine: what the messages must be for.
+    engine: Identity,
     /// Records taken since the last full check for a waiting sender.
     unchecked: u32,
 }
@@ -96,7 +95,7 @@ impl InChannel {
     pub fn open(engine: Identity, open: &records::ChannelOpen) -> Result<InChannel, SegmentError> {
         let segment = ChannelSegment::open(&open.channel, Some(&open.peer.0), Some(&engine.0))?;
         let consumer = segment.consumer_side()?;
-        Ok(InChannel { segment, consumer, producer: open.peer, unchecked: 0 })
+        Ok(InChannel { segment, consumer, producer: open.peer, engine, unchecked: 0 })
     }
 
     pub fn name(&self) -> &str {
@@ -105,6 +104,11 @@ impl InChannel {
 
     pub fn has_data(&mut self) -> bool {
         self.consumer.has_data()
+    }
+
+    /// Revoked by the router (what is left in it is still read, before anything newer).
+    pub fn is_closed(&self) -> bool {
+        self.segment.is_closed()
     }
 
     /// Takes the next record.
@@ -126,17 +130,15 @@ impl InChannel {
                 return FromChannel::Ended;
             }
         };
+        // Counted before the record is released, so that a drained channel's counts are whole.
+        self.segment.count(if checked.is_ok() { CHANNEL_READ_AT } else { CHANNEL_DROPPED_AT }, 1);
         self.consumer.consume();
         self.unchecked += 1;
         self.wake_sender(self.unchecked == FULL_CHECK_EVERY);
         match checked {
-            Ok(message) => {
-                self.segment.count(CHANNEL_READ_AT, 1);
-                FromChannel::Message(message)
-            }
+            Ok(message) => FromChannel::Message(message),
             Err(problem) => {
                 tracing::warn!(channel = %self.segment.name, from = %self.producer, %problem, "dropped a message from a direct channel");
-                self.segment.count(CHANNEL_DROPPED_AT, 1);
                 FromChannel::Dropped
             }
         }
@@ -158,6 +160,9 @@ impl InChannel {
     fn check(&self, message: &EngineMessage) -> Result<(), String> {
         if message.src != self.producer {
             return Err(format!("its source is {}, not the channel's producer", message.src));
+        }
+        if message.dst != netmachine_schema::Destination::Engine(self.engine) {
+            return Err("it is not for this engine".into());
         }
         if message.expiry.is_some_and(|expiry| expiry <= now_ms()) {
             return Err("it expired".into());

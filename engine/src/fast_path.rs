@@ -217,11 +217,10 @@ impl EngineRing {
         EngineError::Refused { reason: crate::SendRefusal::QueueFull, detail: detail.replace("{}", &timeout.as_millis().to_string()) }
     }
 
-    /// Whether everything written has been taken: by the router from the outbox, and by the
-    /// receivers from the channels.
+    /// Whether the router has taken everything written to the outbox (what went by channel is
+    /// the receivers' to take, whoever else comes or goes).
     pub fn is_drained(&self) -> bool {
-        let outbox = lock(&self.outbox);
-        outbox.producer.is_drained() && outbox.channels.values().all(|channel| channel.is_closed() || channel.is_drained())
+        lock(&self.outbox).producer.is_drained()
     }
 
     pub fn stopped(&self) -> bool {
@@ -275,6 +274,12 @@ impl EngineRing {
     }
 
     fn take_from_inbox(&self, inbox: &mut Inbox, shared: &Shared) -> Taken {
+        // A revoked channel is read to the end before any inbox record seen after its closing
+        // (its producer's later messages come through the router): the inbox's `tail` is
+        // loaded first, then the channels' `closed`.
+        if inbox.consumer.has_data() && inbox.channels.iter_mut().any(|channel| channel.is_closed() && channel.has_data()) {
+            return Taken::Empty;
+        }
         let read = match inbox.consumer.peek() {
             Ok(None) => return Taken::Empty,
             Ok(Some(record)) => match record.kind {
@@ -299,7 +304,9 @@ impl EngineRing {
                 Taken::Handled
             }
             Ok(Inbound::Open(open)) => {
-                if !inbox.channels.iter().any(|channel| channel.name() == open.channel) {
+                // Again for a channel it reads: a repeat after a router restart. A closed one of
+                // that name is an earlier channel, still read to its end beside the new one.
+                if !inbox.channels.iter().any(|channel| channel.name() == open.channel && !channel.is_closed()) {
                     match InChannel::open(self.engine, &open) {
                         Ok(channel) => inbox.channels.push(channel),
                         Err(error) => tracing::warn!(%error, from = %open.peer, "cannot read the direct channel the router opened; its messages will not arrive"),

@@ -99,7 +99,7 @@ impl ChannelSegment {
     /// Adds one to a counter only this side writes (no read-modify-write across processes).
     pub fn count(&self, at: usize, by: u64) {
         let counter = self.counter(at);
-        counter.store(counter.load(Ordering::Relaxed) + by, Ordering::Relaxed);
+        counter.store(counter.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);
     }
 }
 

@@ -132,7 +132,9 @@ impl Producer {
     /// there is no room now. Bodies over [`Producer::max_body`] never fit.
     pub fn try_write(&mut self, kind: Kind, parts: &[&[u8]]) -> Result<(), Full> {
         let length: usize = parts.iter().map(|part| part.len()).sum();
-        if length > self.max_body() {
+        // A `tail` taken over that is not a multiple of 8 (a broken or hostile peer wrote it)
+        // places nothing: the ring stays full.
+        if length > self.max_body() || self.tail % 8 != 0 {
             return Err(Full);
         }
         let (padding, size) = self.placement(length);
@@ -169,7 +171,7 @@ impl Producer {
     pub fn unread_messages(&self) -> u64 {
         let mut at = self.memory.head().load(Ordering::Acquire);
         let mut unread = 0;
-        while at < self.tail && self.tail - at <= self.memory.capacity {
+        while at < self.tail && self.tail - at <= self.memory.capacity && at % 8 == 0 {
             let offset = self.memory.offset(at);
             let (length, kind) = read_header(&self.memory, offset);
             let size = record_size(length) as u64;
@@ -241,6 +243,9 @@ impl Consumer {
         loop {
             if !self.has_data() {
                 return Ok(None);
+            }
+            if self.head % 8 != 0 {
+                return Err(self.corrupt(format!("head {} is not a multiple of 8", self.head)));
             }
             let available = self.cached_tail.wrapping_sub(self.head);
             if available > self.memory.capacity || available < RECORD_HEADER as u64 {
@@ -422,6 +427,22 @@ pub(crate) mod tests {
         consumer.peek().unwrap().unwrap();
         consumer.consume();
         assert_eq!(producer.unread_messages(), 1);
+    }
+
+    #[test]
+    fn counters_a_peer_set_off_the_8_byte_grid_are_refused_not_followed() {
+        let ring = HeapRing::new(4096);
+        // A consumer's head three bytes short of the producer's tail, at the end of the data:
+        // the producer's walk stops there instead of reading past the ring.
+        ring.set_tail(4096);
+        ring.set_head(4093);
+        assert_eq!(ring.producer().unread_messages(), 0);
+        // A tail taken over off the grid.
+        ring.set_tail(4093);
+        assert_eq!(ring.producer().try_write(Kind::Message, &[&[0; 8]]), Err(Full), "a tail off the grid places nothing");
+        ring.set_tail(4093 + 64);
+        let err = ring.consumer().peek().err().expect("corrupt");
+        assert!(err.problem.contains("not a multiple of 8"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! restart never interrupts one: the engines do not need the router to use it).
 
 use crate::rings::RingEndpoint;
-use netmachine_engine::ring::layout::{CHANNEL_CONSUMER_PID_AT, CHANNEL_DROPPED_AT, CHANNEL_HEAD_AT, CHANNEL_PRODUCER_PID_AT, CHANNEL_READ_AT, CHANNEL_TAIL_AT, CHANNEL_WRITTEN_AT};
+use netmachine_engine::ring::layout::{CHANNEL_CONSUMER_PID_AT, CHANNEL_DROPPED_AT, CHANNEL_HEAD_AT, CHANNEL_READ_AT, CHANNEL_TAIL_AT, CHANNEL_WRITTEN_AT};
 use netmachine_engine::ring::layout::CHANNEL_SLOTS;
 use netmachine_engine::ring::records::{self, ChannelOpen};
 use netmachine_engine::ring::{self, ChannelSegment, Full, RingSegment};
@@ -35,9 +35,16 @@ pub struct Channels {
     open: Mutex<HashMap<(Identity, Identity), Granted>>,
     /// Messages forwarded from one engine to another that has no channel from it yet.
     forwarded: Mutex<HashMap<(Identity, Identity), u32>>,
-    /// Revoked channels their receivers may still be reading, and what the channels revoked
-    /// and read to the end carried: (read, dropped).
-    retired: Mutex<(Vec<ChannelSegment>, u64, u64)>,
+    retired: Mutex<Retired>,
+}
+
+/// Revoked channels their consumers may still be reading (with the consumer), and what the
+/// revoked channels let go of carried.
+#[derive(Default)]
+struct Retired {
+    closing: Vec<(Identity, ChannelSegment)>,
+    read: u64,
+    dropped: u64,
 }
 
 /// A channel, and the engine that writes it (whose table lists it).
@@ -53,7 +60,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Channels {
     pub fn new(node: Identity, capacity: usize, max_body: usize, granting: bool) -> Channels {
         let max_body = u32::try_from(max_body).unwrap_or(u32::MAX);
-        Channels { granting, node, capacity, max_body, open: Mutex::new(HashMap::new()), forwarded: Mutex::new(HashMap::new()), retired: Mutex::new((Vec::new(), 0, 0)) }
+        Channels { granting, node, capacity, max_body, open: Mutex::new(HashMap::new()), forwarded: Mutex::new(HashMap::new()), retired: Mutex::new(Retired::default()) }
     }
 
     /// The ring thread forwarded a message from `from` to `to`: past `GRANT_AFTER`, grants
@@ -61,7 +68,8 @@ impl Channels {
     /// holds a ring's worth of shared memory; its messages to further engines keep going
     /// through the router).
     pub fn forwarded(&self, from: &Arc<RingEndpoint>, to: &RingEndpoint) {
-        if !self.granting {
+        // A detached engine's outbox is still forwarded: it gets no new channel.
+        if !self.granting || from.is_closed() || to.is_closed() {
             return;
         }
         let pair = (from.engine, to.engine);
@@ -106,14 +114,16 @@ impl Channels {
         let Some(channel) = lock(&self.open).get(&(from.engine, peer)).map(|granted| granted.segment.name.clone()) else {
             // Not granted by this router (nor adopted): closed, so the engine goes back to it.
             tracing::debug!(from = %from.engine.short(), to = %peer.short(), "a switch to a channel this router does not know; closed");
-            if let Ok(channel) = ChannelSegment::open(&ring::channel_name(&self.node.0, &from.engine.0, &peer.0), Some(&from.engine.0), Some(&peer.0)) {
+            let name = ring::channel_name(&self.node.0, &from.engine.0, &peer.0);
+            if let Ok(channel) = ChannelSegment::open(&name, Some(&from.engine.0), Some(&peer.0)) {
                 channel.close();
+                let _ = RingSegment::unlink(&name);
             }
             from.segment.withdraw(&peer.0);
             return Ok(());
         };
         let Some(to) = to.filter(|to| !to.is_closed()) else {
-            self.revoke_pair(from.engine, peer);
+            Self::revoke_pair(&mut lock(&self.open), (from.engine, peer), &self.retired, &self.forwarded);
             return Ok(());
         };
         records::write_channel_open(&mut to.inbox(), &ChannelOpen { peer: from.engine, channel })?;
@@ -125,38 +135,69 @@ impl Channels {
     /// go back to the router, and removes their names. Returns the messages written to it that
     /// it never read, lost with it.
     pub fn revoke(&self, engine: &Identity) -> u64 {
-        let pairs: Vec<(Identity, Identity)> = lock(&self.open).keys().filter(|(producer, consumer)| producer == engine || consumer == engine).copied().collect();
-        pairs.into_iter().map(|(producer, consumer)| self.revoke_pair(producer, consumer).filter(|_| consumer == *engine).unwrap_or(0)).sum()
+        let mut open = lock(&self.open);
+        let pairs: Vec<(Identity, Identity)> = open.keys().filter(|(producer, consumer)| producer == engine || consumer == engine).copied().collect();
+        let unread = pairs.into_iter().map(|pair| Self::revoke_pair(&mut open, pair, &self.retired, &self.forwarded)).filter(|(consumer, _)| consumer == engine).map(|(_, unread)| unread).sum();
+        drop(open);
+        self.prune(Some(engine));
+        unread
     }
 
-    /// Closes one channel and takes it out of its producer's table; returns what was written
-    /// to it and never read.
-    fn revoke_pair(&self, producer: Identity, consumer: Identity) -> Option<u64> {
-        let Granted { segment: channel, producer } = lock(&self.open).remove(&(producer, consumer))?;
+    /// Closes one channel (under the `open` lock, so no grant to the same pair comes between),
+    /// takes it out of its producer's table and removes its name; returns its consumer and what
+    /// was written to it and never read.
+    fn revoke_pair(open: &mut HashMap<(Identity, Identity), Granted>, pair: (Identity, Identity), retired: &Mutex<Retired>, forwarded: &Mutex<HashMap<(Identity, Identity), u32>>) -> (Identity, u64) {
+        let Some(Granted { segment: channel, producer }) = open.remove(&pair) else { return (pair.1, 0) };
         channel.close();
-        producer.segment.withdraw(&consumer.0);
+        producer.segment.withdraw(&pair.1 .0);
         let _ = RingSegment::unlink(&channel.name);
+        lock(forwarded).remove(&pair);
         let count = |at| channel.counter(at).load(Ordering::Relaxed);
-        let unread = count(CHANNEL_WRITTEN_AT).saturating_sub(count(CHANNEL_READ_AT) + count(CHANNEL_DROPPED_AT));
-        lock(&self.retired).0.push(channel);
-        Some(unread)
+        let unread = count(CHANNEL_WRITTEN_AT).saturating_sub(count(CHANNEL_READ_AT).saturating_add(count(CHANNEL_DROPPED_AT)));
+        lock(retired).closing.push((pair.1, channel));
+        (pair.1, unread)
     }
 
-    /// After a restart: takes over a channel of this node whose two engines are alive (they go
-    /// on using it) and whose producer's rings were adopted (`producer_of` finds them), and
-    /// removes the others.
-    pub fn adopt(&self, file: &str, producer_of: impl Fn(&Identity) -> Option<Arc<RingEndpoint>>) {
-        let name = format!("/{file}");
-        let alive = |channel: &ChannelSegment| [CHANNEL_PRODUCER_PID_AT, CHANNEL_CONSUMER_PID_AT].iter().all(|&at| ring::process_alive(channel.word(at).load(Ordering::Relaxed)));
-        let adopted = ChannelSegment::open(&name, None, None).ok().filter(|channel| alive(channel) && !channel.is_closed());
-        match adopted.and_then(|channel| Some((producer_of(&Identity(channel.producer()))?, channel))) {
-            Some((producer, channel)) => {
-                tracing::info!(channel = %name, "adopted a direct channel between live engines");
-                let pair = (producer.engine, Identity(channel.consumer()));
-                lock(&self.open).insert(pair, Granted { segment: channel, producer });
+    /// Lets go of revoked channels no one reads any more (read to the end, or their consumer
+    /// left: `gone`, or its process is gone), keeping what they carried in the counts.
+    fn prune(&self, gone: Option<&Identity>) {
+        let count = |channel: &ChannelSegment, at| channel.counter(at).load(Ordering::Relaxed);
+        let mut retired = lock(&self.retired);
+        let Retired { closing, read, dropped } = &mut *retired;
+        closing.retain(|(consumer, channel)| {
+            let done = Some(consumer) == gone
+                || count(channel, CHANNEL_HEAD_AT) == count(channel, CHANNEL_TAIL_AT)
+                || !ring::process_alive(channel.word(CHANNEL_CONSUMER_PID_AT).load(Ordering::Relaxed));
+            if done {
+                *read = read.saturating_add(count(channel, CHANNEL_READ_AT));
+                *dropped = dropped.saturating_add(count(channel, CHANNEL_DROPPED_AT));
             }
-            _ => {
+            !done
+        });
+    }
+
+    /// After a restart: takes over a channel of this node whose two engines' rings were
+    /// adopted (`endpoint_of` finds them: their processes live on), and revokes the others:
+    /// closed (so a producer that lives on goes back to the router), out of the producer's
+    /// table, and removed.
+    pub fn adopt(&self, file: &str, endpoint_of: impl Fn(&Identity) -> Option<Arc<RingEndpoint>>) {
+        let name = format!("/{file}");
+        let Ok(channel) = ChannelSegment::open(&name, None, None) else {
+            let _ = RingSegment::unlink(&name);
+            return;
+        };
+        let (producer, consumer) = (endpoint_of(&Identity(channel.producer())), endpoint_of(&Identity(channel.consumer())));
+        match (producer, consumer) {
+            (Some(producer), Some(consumer)) if !channel.is_closed() => {
+                tracing::info!(channel = %name, "adopted a direct channel between live engines");
+                lock(&self.open).insert((producer.engine, consumer.engine), Granted { segment: channel, producer });
+            }
+            (producer, _) => {
                 tracing::info!(channel = %name, "removed a direct channel of an engine that is gone");
+                channel.close();
+                if let Some(producer) = producer {
+                    producer.segment.withdraw(&channel.consumer());
+                }
                 let _ = RingSegment::unlink(&name);
             }
         }
@@ -165,21 +206,12 @@ impl Channels {
     /// (channels open, messages their receivers read, messages their receivers dropped), the
     /// counts since this router started, revoked channels included.
     pub fn counters(&self) -> (u64, u64, u64) {
+        self.prune(None);
         let count = |channel: &ChannelSegment, at| channel.counter(at).load(Ordering::Relaxed);
-        let mut retired = lock(&self.retired);
-        let (closing, read, dropped) = &mut *retired;
-        // A revoked channel is done with once read to the end, or once its receiver is gone.
-        closing.retain(|channel| {
-            let done = count(channel, CHANNEL_HEAD_AT) == count(channel, CHANNEL_TAIL_AT) || !ring::process_alive(channel.word(CHANNEL_CONSUMER_PID_AT).load(Ordering::Relaxed));
-            if done {
-                *read += count(channel, CHANNEL_READ_AT);
-                *dropped += count(channel, CHANNEL_DROPPED_AT);
-            }
-            !done
-        });
+        let retired = lock(&self.retired);
         let open = lock(&self.open);
-        let channels = || open.values().map(|granted| &granted.segment).chain(closing.iter());
-        let sum = |at| channels().map(|channel| count(channel, at)).sum::<u64>();
-        (open.len() as u64, *read + sum(CHANNEL_READ_AT), *dropped + sum(CHANNEL_DROPPED_AT))
+        let channels = || open.values().map(|granted| &granted.segment).chain(retired.closing.iter().map(|(_, channel)| channel));
+        let sum = |at| channels().fold(0u64, |sum, channel| sum.saturating_add(count(channel, at)));
+        (open.len() as u64, retired.read.saturating_add(sum(CHANNEL_READ_AT)), retired.dropped.saturating_add(sum(CHANNEL_DROPPED_AT)))
     }
 }

@@ -217,7 +217,7 @@ impl Rings {
             }
         }
         for file in channels {
-            self.shared.channels.adopt(&file, |producer| self.endpoint(producer));
+            self.shared.channels.adopt(&file, |engine| self.endpoint(engine));
         }
     }
 
