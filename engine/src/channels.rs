@@ -43,6 +43,11 @@ impl OutChannel {
         self.segment.is_closed()
     }
 
+    /// Says so in the channel: the receiver can let it go once it has read it to the end.
+    pub fn leave(&self) {
+        self.segment.leave();
+    }
+
     /// Writes `message` and wakes the receiver if it sleeps: `Full` if there is no room now.
     pub fn try_send(&mut self, message: &EngineMessage) -> Result<(), EngineError> {
         let max_body = self.segment.max_body();
@@ -86,7 +91,8 @@ pub(crate) enum FromChannel {
     /// A record that was dropped (and counted).
     Dropped,
     Empty,
-    /// Closed by the router and read to the end, or corrupt: nothing more comes from it.
+    /// Closed by the router, left by its producer and read to the end, or corrupt: nothing more
+    /// comes from it.
     Ended,
 }
 
@@ -113,12 +119,13 @@ impl InChannel {
 
     /// Takes the next record.
     pub fn take(&mut self) -> FromChannel {
-        // Closed before the ring is found empty: nothing more can come.
-        let closed = self.segment.is_closed();
+        // Finished (closed, its producer gone from it) before the ring is found empty: nothing
+        // more can come.
+        let finished = self.segment.is_finished();
         let checked = match self.consumer.peek() {
             Ok(None) => {
                 self.wake_sender(true);
-                return if closed { FromChannel::Ended } else { FromChannel::Empty };
+                return if finished { FromChannel::Ended } else { FromChannel::Empty };
             }
             Ok(Some(record)) if record.kind == Kind::Message => records::read_message(record.body).and_then(|message| match self.check(&message) {
                 Ok(()) => Ok(message),

@@ -159,6 +159,7 @@ impl EngineRing {
         let Destination::Engine(dst) = message.dst else { return Route::Outbox };
         match outbox.channels.get(&dst) {
             Some(channel) if channel.is_closed() => {
+                channel.leave();
                 outbox.channels.remove(&dst);
                 Route::Outbox
             }
@@ -227,8 +228,12 @@ impl EngineRing {
         self.stop.load(Ordering::Acquire)
     }
 
-    /// Stops reading (and wakes whoever sleeps on the engine's doorbell).
+    /// Stops reading (and wakes whoever sleeps on the engine's doorbell), and leaves the
+    /// channels it writes: their receivers let them go once read to the end.
     pub fn stop(&self) {
+        for channel in lock(&self.outbox).channels.values() {
+            channel.leave();
+        }
         self.stop.store(true, Ordering::Release);
         crate::ring::futex::wake(self.bell.sleeping(), i32::MAX);
     }

@@ -53,6 +53,8 @@ impl ChannelSegment {
     pub fn producer_side(&self) -> Result<Producer, SideTaken> {
         take_once(&self.producer_taken, "producer", &self.name)?;
         self.word(CHANNEL_PRODUCER_PID_AT).store(std::process::id(), Ordering::Relaxed);
+        // A producer (again, after its engine attached anew) has not left.
+        self.word(CHANNEL_LEFT_AT).store(0, Ordering::Release);
         Ok(Producer::new(self.ring()))
     }
 
@@ -84,6 +86,18 @@ impl ChannelSegment {
 
     pub fn is_closed(&self) -> bool {
         self.word(CHANNEL_CLOSED_AT).load(Ordering::Acquire) != 0
+    }
+
+    /// The producer, having seen `closed`: it writes no more.
+    pub fn leave(&self) {
+        self.word(CHANNEL_LEFT_AT).store(1, Ordering::Release);
+    }
+
+    /// Whether nothing more can be written: closed, and the producer has left (or is gone). A
+    /// producer that read `closed` as 0 just before the router closed it may still publish one
+    /// record; it leaves only after.
+    pub fn is_finished(&self) -> bool {
+        self.is_closed() && (self.word(CHANNEL_LEFT_AT).load(Ordering::Acquire) != 0 || !crate::process_alive(self.word(CHANNEL_PRODUCER_PID_AT).load(Ordering::Relaxed)))
     }
 
     /// A u32 of the header (a process id, `producer_waiting`, `closed`).
@@ -128,6 +142,9 @@ mod tests {
         assert!(!at_a.is_closed());
         router.close();
         assert!(at_a.is_closed() && at_b.is_closed());
+        assert!(!at_b.is_finished(), "closed, but its producer (alive) has not left");
+        at_a.leave();
+        assert!(at_b.is_finished());
         RingSegment::unlink(&name).unwrap();
     }
 }

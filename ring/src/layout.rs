@@ -47,6 +47,7 @@ pub const CHANNEL_CLOSED_AT: usize = 640;
 pub const CHANNEL_WRITTEN_AT: usize = 768;
 pub const CHANNEL_READ_AT: usize = 896;
 pub const CHANNEL_DROPPED_AT: usize = 1024;
+pub const CHANNEL_LEFT_AT: usize = 1152;
 
 pub const DOORBELL_ROUTER_PID_AT: usize = 64;
 pub const DOORBELL_SLEEPING_AT: usize = 128;
@@ -160,6 +161,7 @@ mod tests {
             (CHANNEL_WRITTEN_AT, "`written`"),
             (CHANNEL_READ_AT, "`read`"),
             (CHANNEL_DROPPED_AT, "`dropped`"),
+            (CHANNEL_LEFT_AT, "`left`"),
             (VERSION_AT, doorbell_version.as_str()),
             (DOORBELL_ROUTER_PID_AT, "the process id of the router that made it"),
             (DOORBELL_SLEEPING_AT, "`sleeping`"),
@@ -178,7 +180,7 @@ mod tests {
     #[test]
     fn every_control_word_has_a_cache_line_pair_of_its_own() {
         let segment = [OUTBOX_TAIL_AT, OUTBOX_HEAD_AT, OUTBOX_PRODUCER_WAITING_AT, INBOX_TAIL_AT, INBOX_HEAD_AT, GRANTS_AT, CHANNEL_TABLE_AT];
-        let channel = [CHANNEL_TAIL_AT, CHANNEL_HEAD_AT, CHANNEL_PRODUCER_WAITING_AT, CHANNEL_CLOSED_AT, CHANNEL_WRITTEN_AT, CHANNEL_READ_AT, CHANNEL_DROPPED_AT];
+        let channel = [CHANNEL_TAIL_AT, CHANNEL_HEAD_AT, CHANNEL_PRODUCER_WAITING_AT, CHANNEL_CLOSED_AT, CHANNEL_WRITTEN_AT, CHANNEL_READ_AT, CHANNEL_DROPPED_AT, CHANNEL_LEFT_AT];
         for words in [&segment[..], &channel[..]] {
             for pair in words.windows(2) {
                 assert!(pair[1] - pair[0] >= 128 && pair[0] % 128 == 0);

@@ -9,7 +9,8 @@
 //! restart never interrupts one: the engines do not need the router to use it).
 
 use crate::rings::RingEndpoint;
-use netmachine_engine::ring::layout::{CHANNEL_CONSUMER_PID_AT, CHANNEL_DROPPED_AT, CHANNEL_HEAD_AT, CHANNEL_READ_AT, CHANNEL_TAIL_AT, CHANNEL_WRITTEN_AT};
+use netmachine_engine::ring::layout::{CHANNEL_CONSUMER_PID_AT, CHANNEL_DROPPED_AT, CHANNEL_HEAD_AT, CHANNEL_PRODUCER_WAITING_AT, CHANNEL_READ_AT, CHANNEL_TAIL_AT, CHANNEL_WRITTEN_AT};
+use netmachine_engine::ring::wait::wake_if_sleeping;
 use netmachine_engine::ring::layout::CHANNEL_SLOTS;
 use netmachine_engine::ring::records::{self, ChannelOpen};
 use netmachine_engine::ring::{self, ChannelSegment, Full, RingSegment};
@@ -149,6 +150,8 @@ impl Channels {
     fn revoke_pair(open: &mut HashMap<(Identity, Identity), Granted>, pair: (Identity, Identity), retired: &Mutex<Retired>, forwarded: &Mutex<HashMap<(Identity, Identity), u32>>) -> (Identity, u64) {
         let Some(Granted { segment: channel, producer }) = open.remove(&pair) else { return (pair.1, 0) };
         channel.close();
+        // A producer waiting for room goes back to the router now, not at its next wake-up.
+        wake_if_sleeping(channel.word(CHANNEL_PRODUCER_WAITING_AT));
         producer.segment.withdraw(&pair.1 .0);
         let _ = RingSegment::unlink(&channel.name);
         lock(forwarded).remove(&pair);
