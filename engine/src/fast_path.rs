@@ -210,12 +210,13 @@ impl EngineRing {
     /// a channel that stays full is a receiver that does not read, which the socket path
     /// reports as `QueueFull` too; a router that is gone is unavailable.
     fn stayed_full(&self, on_channel: bool, timeout: Duration) -> EngineError {
+        let ms = timeout.as_millis();
         let detail = match on_channel {
             false if !crate::ring::process_alive(self.segment.router_pid()) => return EngineError::RouterUnavailable(timeout),
-            false => "the outbox stayed full for {} ms: the router is up but holds this engine's messages while their destinations' queues are full",
-            true => "the direct channel to the destination stayed full for {} ms: the destination does not read",
+            false => format!("the outbox stayed full for {ms} ms: the router is up but holds this engine's messages while their destinations' queues are full"),
+            true => format!("the direct channel to the destination stayed full for {ms} ms: the destination does not read"),
         };
-        EngineError::Refused { reason: crate::SendRefusal::QueueFull, detail: detail.replace("{}", &timeout.as_millis().to_string()) }
+        EngineError::Refused { reason: crate::SendRefusal::QueueFull, detail }
     }
 
     /// Whether the router has taken everything written to the outbox (what went by channel is

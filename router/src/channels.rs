@@ -84,6 +84,10 @@ impl Channels {
             if *count < GRANT_AFTER {
                 return;
             }
+            // Counted afresh from here, whatever comes of it: a pair that has its channel (the
+            // messages it sent before switching), or whose sender's table is full, is looked at
+            // once in GRANT_AFTER messages, not at every one.
+            forwarded.remove(&pair);
         }
         let mut open = lock(&self.open);
         if open.contains_key(&pair) || open.keys().filter(|(producer, _)| *producer == from.engine).count() >= CHANNEL_SLOTS {
@@ -103,7 +107,6 @@ impl Channels {
             return;
         }
         tracing::debug!(from = %from.engine.short(), to = %to.engine.short(), "granted a direct channel");
-        lock(&self.forwarded).remove(&pair);
         open.insert(pair, Granted { segment, producer: from.clone() });
     }
 
