@@ -74,10 +74,11 @@ interface Attachment {
 # The shared-memory rings, when granted (ring/RING.md).
 struct RingGrant {
   granted @0 :Bool;
-  segment @1 :Text;          # the shared-memory object's name, e.g. /netmachine-<node>-<engine>
-  doorbell @2 :Text;         # the router's doorbell
+  segment @1 :Text;          # the segment's name, e.g. /netmachine-<node>-<engine> (ring/RING.md)
+  doorbell @2 :Text;         # the router's doorbell's name
   capacity @3 :UInt32;       # bytes per ring
   reason @4 :Text;           # why not granted
+  ticket @5 :Data;           # presented on the handoff socket to take the rings (ring/RING.md)
 }
 
 struct AttachLimits {

@@ -8,7 +8,7 @@
 use crate::ring::layout::{Kind, CHANNEL_DROPPED_AT, CHANNEL_PRODUCER_WAITING_AT, CHANNEL_READ_AT, CHANNEL_WRITTEN_AT};
 use crate::ring::records;
 use crate::ring::wait::wake_if_sleeping;
-use crate::ring::{bell_name, channel_name, ChannelSegment, Consumer, Doorbell, Full, Producer, SegmentError};
+use crate::ring::{ChannelSegment, Claim, Consumer, Doorbell, Full, Producer, Request, SegmentError};
 use crate::EngineError;
 use netmachine_schema::time::now_ms;
 use netmachine_schema::{EngineMessage, Identity};
@@ -29,11 +29,13 @@ pub(crate) struct OutChannel {
 }
 
 impl OutChannel {
-    /// Maps the channel the router granted from `engine` to `peer` on `node`, and the
-    /// receiver's doorbell.
-    pub fn open(node: Identity, engine: Identity, peer: Identity) -> Result<OutChannel, SegmentError> {
-        let segment = ChannelSegment::open(&channel_name(&node.0, &engine.0, &peer.0), Some(&engine.0), Some(&peer.0))?;
-        let bell = Doorbell::open(&bell_name(&node.0, &peer.0))?;
+    /// Takes the channel the router granted from `engine` to `peer`, and the receiver's
+    /// doorbell, from the handoff socket, and maps them.
+    pub fn open(claim: &Claim, engine: Identity, peer: Identity) -> Result<OutChannel, SegmentError> {
+        let mut handed = claim.take(Request::ChannelTo(peer.0))?.into_iter();
+        let (channel, bell) = (handed.next().expect("two objects"), handed.next().expect("two objects"));
+        let segment = ChannelSegment::handed(channel, &engine.0, &peer.0)?;
+        let bell = Doorbell::handed(bell)?;
         let producer = segment.producer_side()?;
         Ok(OutChannel { segment: Arc::new(segment), producer, bell })
     }
@@ -97,9 +99,10 @@ pub(crate) enum FromChannel {
 }
 
 impl InChannel {
-    /// Maps the channel the router opened to this engine.
-    pub fn open(engine: Identity, open: &records::ChannelOpen) -> Result<InChannel, SegmentError> {
-        let segment = ChannelSegment::open(&open.channel, Some(&open.peer.0), Some(&engine.0))?;
+    /// Takes the channel the router opened to this engine from the handoff socket, and maps it.
+    pub fn open(claim: &Claim, engine: Identity, open: &records::ChannelOpen) -> Result<InChannel, SegmentError> {
+        let channel = claim.take(Request::ChannelFrom(open.peer.0))?.remove(0);
+        let segment = ChannelSegment::handed(channel, &open.peer.0, &engine.0)?;
         let consumer = segment.consumer_side()?;
         Ok(InChannel { segment, consumer, producer: open.peer, engine, unchecked: 0 })
     }

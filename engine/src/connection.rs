@@ -5,6 +5,7 @@
 use crate::fast_path::EngineRing;
 use crate::topics::{Event, RouterRequest, Sequences, TopicAnswer, TopicBook};
 use crate::ring::records::Refusal;
+use crate::ring::{handoff_socket, Claim, Ticket};
 use crate::{EngineError, EngineOptions};
 use netmachine_schema::router_capnp::{engine_session, inbox, router, SendRefusal, TopicRefusal};
 use netmachine_schema::{signing, time::now_ms, Destination, EngineLocation, EngineMessage, Identity};
@@ -532,19 +533,23 @@ async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<EngineMess
     let session = proven.get_session()?;
     if grant.get_granted() {
         let name = grant.get_segment()?.to_string().map_err(|e| EngineError::Rpc(e.to_string()))?;
-        // After a router restart the new router adopts the same segment: keep the mapping.
-        if shared.ring().as_ref().is_none_or(|ring| ring.segment.name != name) {
-            let doorbell = grant.get_doorbell()?.to_string().map_err(|e| EngineError::Rpc(e.to_string()))?;
-            let reader = (options.receiver == crate::Receiver::ReaderThread).then(|| (shared.clone(), incoming.clone()));
-            match EngineRing::open(node, engine, &name, &doorbell, options.wait, reader) {
-                Ok(ring) => {
-                    if let Some(old) = shared.ring.swap(Some(ring)) {
-                        old.stop();
+        let ticket: Ticket = grant.get_ticket()?.try_into().map_err(|_| EngineError::Rpc("a ring grant without a 32-byte ticket".into()))?;
+        match shared.ring() {
+            // After a router restart the new router adopts the same segment: keep the mapping.
+            Some(ring) if ring.segment.name == name => ring.renew(ticket),
+            _ => {
+                let claim = Claim { socket: handoff_socket(&options.socket), ticket };
+                let reader = (options.receiver == crate::Receiver::ReaderThread).then(|| (shared.clone(), incoming.clone()));
+                match EngineRing::open(engine, claim, options.wait, reader) {
+                    Ok(ring) => {
+                        if let Some(old) = shared.ring.swap(Some(ring)) {
+                            old.stop();
+                        }
                     }
-                }
-                Err(error) => {
-                    let _ = session.detach_request().send().promise.await;
-                    return Ok(Err(format!("cannot map {name}: {error}")));
+                    Err(error) => {
+                        let _ = session.detach_request().send().promise.await;
+                        return Ok(Err(format!("cannot map {name}: {error}")));
+                    }
                 }
             }
         }

@@ -10,9 +10,8 @@ use crate::channels::{FromChannel, InChannel, OutChannel};
 use crate::connection::Shared;
 use crate::ring::layout::{Kind, CHANNEL_PRODUCER_WAITING_AT, OUTBOX_PRODUCER_WAITING_AT};
 use crate::ring::records;
-use crate::ring::segment::BELL_SUFFIX;
 use crate::ring::wait::{wait_a_while, WaitMode};
-use crate::ring::{Consumer, Doorbell, Full, Producer, RingSegment, SegmentError};
+use crate::ring::{Claim, Consumer, Doorbell, Full, Producer, Request, RingSegment, SegmentError, Ticket};
 use crate::EngineError;
 use netmachine_schema::{Destination, EngineMessage, Identity};
 use rustc_hash::FxHashMap;
@@ -38,8 +37,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// An engine's mapped rings, and its direct channels.
 pub(crate) struct EngineRing {
-    node: Identity,
     engine: Identity,
+    /// Where and under which ticket the engine takes its channels (renewed at each attach).
+    claim: Mutex<Claim>,
     pub segment: RingSegment,
     outbox: Mutex<Outbox>,
     inbox: Mutex<Inbox>,
@@ -95,24 +95,24 @@ pub(crate) enum Taken {
 }
 
 impl EngineRing {
-    /// Maps the granted segment, the router's doorbell and the engine's own; with `reader`,
-    /// starts the reader thread.
+    /// Takes the granted segment, the engine's own doorbell and the router's from the handoff
+    /// socket under `claim`, and maps them; with `reader`, starts the reader thread.
     pub fn open(
-        node: Identity,
         engine: Identity,
-        segment: &str,
-        doorbell: &str,
+        claim: Claim,
         mode: WaitMode,
         reader: Option<(Arc<Shared>, mpsc::Sender<EngineMessage>)>,
     ) -> Result<Arc<EngineRing>, SegmentError> {
-        let bell = Doorbell::open(&format!("{segment}{BELL_SUFFIX}"))?;
-        let segment = RingSegment::open(segment, Some(&engine.0))?;
-        let doorbell = Doorbell::open(doorbell)?;
+        let mut handed = claim.take(Request::Rings)?.into_iter();
+        let mut next = || handed.next().expect("three objects");
+        let (segment, bell, doorbell) = (next(), next(), next());
+        let segment = RingSegment::handed(segment, &engine.0)?;
+        let (bell, doorbell) = (Doorbell::handed(bell)?, Doorbell::handed(doorbell)?);
         segment.set_engine_pid(std::process::id());
         let (outbox, inbox) = segment.engine_side()?;
         let ring = Arc::new(EngineRing {
-            node,
             engine,
+            claim: Mutex::new(claim),
             segment,
             outbox: Mutex::new(Outbox { producer: outbox, channels: FxHashMap::default(), grants_seen: 0 }),
             inbox: Mutex::new(Inbox { consumer: inbox, last: LastFrom::default(), channels: Vec::new(), turn: 0 }),
@@ -129,6 +129,16 @@ impl EngineRing {
                 .map_err(|e| SegmentError::Invalid { name: "reader".into(), problem: e.to_string() })?;
         }
         Ok(ring)
+    }
+
+    fn claim(&self) -> Claim {
+        lock(&self.claim).clone()
+    }
+
+    /// Attached again (the router restarted, and adopted these rings): channels are taken
+    /// under the new attachment's ticket.
+    pub fn renew(&self, ticket: Ticket) {
+        lock(&self.claim).ticket = ticket;
     }
 
     /// Writes `message` into its destination's direct channel, or else into the outbox and
@@ -313,7 +323,7 @@ impl EngineRing {
                 // Again for a channel it reads: a repeat after a router restart. A closed one of
                 // that name is an earlier channel, still read to its end beside the new one.
                 if !inbox.channels.iter().any(|channel| channel.name() == open.channel && !channel.is_closed()) {
-                    match InChannel::open(self.engine, &open) {
+                    match InChannel::open(&self.claim(), self.engine, &open) {
                         Ok(channel) => inbox.channels.push(channel),
                         Err(error) => tracing::warn!(%error, from = %open.peer, "cannot read the direct channel the router opened; its messages will not arrive"),
                     }
@@ -338,7 +348,7 @@ impl EngineRing {
             if outbox.channels.get(&peer).is_some_and(|channel| !channel.is_closed()) {
                 continue;
             }
-            let channel = match OutChannel::open(self.node, self.engine, peer) {
+            let channel = match OutChannel::open(&self.claim(), self.engine, peer) {
                 Ok(channel) => channel,
                 Err(error) => {
                     tracing::warn!(%error, to = %peer, "cannot use a direct channel the router granted; messages go through the router");

@@ -82,7 +82,6 @@ fn main() -> std::process::ExitCode {
         let shared = service::start(&context.home, core_config(&context.home.config.pubsub))?;
         let server = PubSubServer { home: context.home, stats: context.stats, shared: shared.clone() };
         let bootstrap = capnp_rpc::new_client::<pub_sub::Client, _>(server).client;
-        let on_stop = Box::pin(async move { shared.stop.notify_one() });
-        Ok(Running { bootstrap, on_stop: Some(on_stop) })
+        Ok(Running::stopping_with(bootstrap, async move { shared.stop.notify_one() }))
     })
 }

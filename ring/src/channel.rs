@@ -5,7 +5,8 @@
 
 use crate::layout::*;
 use crate::region::Region;
-use crate::segment::{check_key, create_segment, key_at, open_segment, take_once, EngineKey, SegmentError, SideTaken};
+use crate::handoff::Handed;
+use crate::segment::{check_key, check_segment, create_segment, key_at, map, map_handed, take_once, EngineKey, SegmentError, SideTaken};
 use crate::spsc::{Consumer, Producer, RingMemory};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,9 +33,20 @@ impl ChannelSegment {
         Ok(ChannelSegment::new(region, name, capacity))
     }
 
-    /// Opens a channel, checking its owner, its header and, where given, its two ends.
+    /// Opens a channel by name (the router does, after its restart), checking its owner, its
+    /// header and, where given, its two ends.
     pub fn open(name: &str, producer: Option<&EngineKey>, consumer: Option<&EngineKey>) -> Result<ChannelSegment, SegmentError> {
-        let (region, capacity) = open_segment(name, CHANNEL_MAGIC, channel_size)?;
+        ChannelSegment::checked(map(name, None)?, name, producer, consumer)
+    }
+
+    /// Maps the channel the router handed over (its engines do), checking it likewise.
+    pub fn handed(handed: Handed, producer: &EngineKey, consumer: &EngineKey) -> Result<ChannelSegment, SegmentError> {
+        let name = handed.name.clone();
+        ChannelSegment::checked(map_handed(handed)?, &name, Some(producer), Some(consumer))
+    }
+
+    fn checked(region: Region, name: &str, producer: Option<&EngineKey>, consumer: Option<&EngineKey>) -> Result<ChannelSegment, SegmentError> {
+        let capacity = check_segment(&region, name, CHANNEL_MAGIC, channel_size)?;
         check_key(&region, name, CHANNEL_PRODUCER_AT, "producer", producer)?;
         check_key(&region, name, CHANNEL_CONSUMER_AT, "consumer", consumer)?;
         Ok(ChannelSegment::new(region, name, capacity))

@@ -3,7 +3,8 @@
 
 use crate::layout::*;
 use crate::region::Region;
-use crate::segment::{map, RingSegment, SegmentError};
+use crate::handoff::Handed;
+use crate::segment::{map, map_handed, RingSegment, SegmentError};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// A doorbell: a futex page a side sleeps on and the sides writing to its rings ring (RING.md,
@@ -53,9 +54,18 @@ impl Doorbell {
         self.region.u32_at(DOORBELL_ROUTER_PID_AT).load(Ordering::Relaxed)
     }
 
-    /// Opens an existing doorbell (engines do).
+    /// Opens an existing doorbell by name (a router does, to take it over).
     pub fn open(name: &str) -> Result<Doorbell, SegmentError> {
-        let region = map(name, None)?;
+        Doorbell::checked(map(name, None)?, name)
+    }
+
+    /// Maps a doorbell the router handed over (engines do).
+    pub fn handed(handed: Handed) -> Result<Doorbell, SegmentError> {
+        let name = handed.name.clone();
+        Doorbell::checked(map_handed(handed)?, &name)
+    }
+
+    fn checked(region: Region, name: &str) -> Result<Doorbell, SegmentError> {
         if region.len() < DOORBELL_SIZE || region.u64_at(MAGIC_AT).load(Ordering::Acquire) != DOORBELL_MAGIC {
             return Err(SegmentError::Invalid { name: name.to_string(), problem: "not a netmachine doorbell".into() });
         }

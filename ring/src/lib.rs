@@ -17,6 +17,7 @@ pub mod channel;
 #[cfg(not(netmachine_loom))]
 pub mod doorbell;
 pub mod futex;
+pub mod handoff;
 pub mod layout;
 mod region;
 #[cfg(not(netmachine_loom))]
@@ -30,8 +31,9 @@ pub mod wait;
 pub use channel::ChannelSegment;
 #[cfg(not(netmachine_loom))]
 pub use doorbell::Doorbell;
+pub use handoff::{handoff_socket, Claim, Handed, HandoffError, Request, Ticket};
 #[cfg(not(netmachine_loom))]
-pub use segment::{bell_name, channel_name, doorbell_name, segment_name, EngineKey, RingSegment, SegmentError, SideTaken, SEGMENT_PREFIX};
+pub use segment::{bell_name, channel_name, doorbell_name, open_to_hand_over, segment_name, EngineKey, RingSegment, SegmentError, SideTaken, SEGMENT_PREFIX};
 pub use spsc::{heap_ring, Consumer, Corrupt, Full, Producer, Record};
 #[cfg(not(netmachine_loom))]
 pub use sweep::{process_alive, sweep_orphans};

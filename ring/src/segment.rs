@@ -3,6 +3,7 @@
 //! starts with; taking a side once), and the objects' names. POSIX shared memory, mode 0600.
 
 use crate::layout::*;
+use crate::handoff::Handed;
 use crate::region::Region;
 use crate::spsc::{Consumer, Producer, RingMemory};
 use nix::fcntl::OFlag;
@@ -35,13 +36,12 @@ pub struct SideTaken {
 }
 
 /// Refuses an object that another user could have made or can write: the rings carry an
-/// engine's messages and its identity as their source, so only this process's own user may
-/// own them, with no access for anyone else (a file another user planted under the expected
-/// name would otherwise be adopted, read and written by that user).
-fn check_owner(name: &str, stat: &nix::sys::stat::FileStat) -> Result<(), SegmentError> {
-    let me = nix::unistd::geteuid().as_raw();
-    let problem = if stat.st_uid != me {
-        format!("it is owned by user {}, not by this process's user {me}", stat.st_uid)
+/// engine's messages and its identity as their source, so only the router's user (`owner`)
+/// may own them, with no access for anyone else (a file another user planted under the
+/// expected name would otherwise be adopted, read and written by that user).
+fn check_owner(name: &str, stat: &nix::sys::stat::FileStat, owner: u32) -> Result<(), SegmentError> {
+    let problem = if stat.st_uid != owner {
+        format!("it is owned by user {}, not by the router's user {owner}", stat.st_uid)
     } else if stat.st_mode & 0o077 != 0 {
         format!("its mode {:o} lets other users in", stat.st_mode & 0o777)
     } else {
@@ -50,8 +50,8 @@ fn check_owner(name: &str, stat: &nix::sys::stat::FileStat) -> Result<(), Segmen
     Err(SegmentError::Invalid { name: name.to_string(), problem })
 }
 
-/// Maps a whole shared-memory object: created `create_len` bytes long (and new), or existing
-/// and checked for its owner.
+/// Maps a whole shared-memory object by name: created `create_len` bytes long (and new), or
+/// existing and checked to be this process's user's alone.
 pub(crate) fn map(name: &str, create_len: Option<usize>) -> Result<Region, SegmentError> {
     let system = |source| SegmentError::System { name: name.to_string(), source };
     let flags = match create_len {
@@ -59,21 +59,34 @@ pub(crate) fn map(name: &str, create_len: Option<usize>) -> Result<Region, Segme
         None => OFlag::O_RDWR,
     };
     let fd = shm_open(name, flags, Mode::S_IRUSR | Mode::S_IWUSR).map_err(system)?;
-    let len = match create_len {
+    match create_len {
         Some(len) => {
             nix::unistd::ftruncate(&fd, len as i64).map_err(system)?;
-            len
+            map_whole(&fd, name, len)
         }
-        None => {
-            let stat = nix::sys::stat::fstat(&fd).map_err(system)?;
-            check_owner(name, &stat)?;
-            stat.st_size as usize
-        }
-    };
+        None => map_handed(Handed { fd, name: name.to_string(), owner: nix::unistd::geteuid().as_raw() }),
+    }
+}
+
+/// Opens an existing object by name to hand its descriptor over (the router does, to the
+/// engines that may use it).
+pub fn open_to_hand_over(name: &str) -> Result<std::os::fd::OwnedFd, SegmentError> {
+    shm_open(name, OFlag::O_RDWR, Mode::empty()).map_err(|source| SegmentError::System { name: name.to_string(), source })
+}
+
+/// Maps a whole object the router handed over, checked to be the router's user's alone.
+pub(crate) fn map_handed(handed: Handed) -> Result<Region, SegmentError> {
+    let stat = nix::sys::stat::fstat(&handed.fd).map_err(|source| SegmentError::System { name: handed.name.clone(), source })?;
+    check_owner(&handed.name, &stat, handed.owner)?;
+    map_whole(&handed.fd, &handed.name, stat.st_size as usize)
+}
+
+fn map_whole(fd: &std::os::fd::OwnedFd, name: &str, len: usize) -> Result<Region, SegmentError> {
+    let system = |source| SegmentError::System { name: name.to_string(), source };
     let length = NonZeroUsize::new(len).ok_or_else(|| SegmentError::Invalid { name: name.to_string(), problem: "it is empty".into() })?;
     // SAFETY: a fresh shared mapping of the whole object; nothing else in this process refers
     // to that address range.
-    let base = unsafe { mmap(None, length, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, &fd, 0) }.map_err(system)?;
+    let base = unsafe { mmap(None, length, ProtFlags::PROT_READ | ProtFlags::PROT_WRITE, MapFlags::MAP_SHARED, fd, 0) }.map_err(system)?;
     // SAFETY: the mapping just made, `len` bytes, handed over whole.
     Ok(unsafe { Region::mapped(base.cast(), len) })
 }
@@ -94,10 +107,10 @@ pub(crate) fn create_segment(name: &str, magic: u64, capacity: usize, size: usiz
     Ok(region)
 }
 
-/// Opens a segment whose header starts with `magic` and checks the common fields; returns it
-/// and its capacity (read once: its ends use that value, whatever the header says later).
-pub(crate) fn open_segment(name: &str, magic: u64, size: fn(usize) -> usize) -> Result<(Region, usize), SegmentError> {
-    let region = map(name, None)?;
+/// Checks that the mapped `region` is a segment whose header starts with `magic`, with sound
+/// common fields; returns its capacity (read once: its ends use that value, whatever the
+/// header says later).
+pub(crate) fn check_segment(region: &Region, name: &str, magic: u64, size: fn(usize) -> usize) -> Result<usize, SegmentError> {
     let invalid = |problem: String| SegmentError::Invalid { name: name.to_string(), problem };
     if region.len() < HEADER_SIZE {
         return Err(invalid(format!("{} bytes is smaller than the header", region.len())));
@@ -114,7 +127,7 @@ pub(crate) fn open_segment(name: &str, magic: u64, size: fn(usize) -> usize) -> 
     if header != HEADER_SIZE || !valid_capacity(capacity) || region.len() != size(capacity) {
         return Err(invalid(format!("header size {header}, capacity {capacity} and {} bytes do not agree", region.len())));
     }
-    Ok((region, capacity))
+    Ok(capacity)
 }
 
 /// Marks a side of the segment `name` taken; `SideTaken` if it already was.
@@ -167,10 +180,20 @@ impl RingSegment {
         RingSegment { region: Arc::new(region), name: name.to_string(), capacity, engine_side_taken, router_side_taken }
     }
 
-    /// Opens an existing segment, checking its owner, its header and that it is `engine`'s, if
-    /// given.
+    /// Opens an existing segment by name (the router does, after its restart), checking its
+    /// owner, its header and that it is `engine`'s, if given.
     pub fn open(name: &str, engine: Option<&EngineKey>) -> Result<RingSegment, SegmentError> {
-        let (region, capacity) = open_segment(name, MAGIC, segment_size)?;
+        RingSegment::checked(map(name, None)?, name, engine)
+    }
+
+    /// Maps the segment the router handed over (the engine does), checking it likewise.
+    pub fn handed(handed: Handed, engine: &EngineKey) -> Result<RingSegment, SegmentError> {
+        let name = handed.name.clone();
+        RingSegment::checked(map_handed(handed)?, &name, Some(engine))
+    }
+
+    fn checked(region: Region, name: &str, engine: Option<&EngineKey>) -> Result<RingSegment, SegmentError> {
+        let capacity = check_segment(&region, name, MAGIC, segment_size)?;
         check_key(&region, name, ENGINE_AT, "engine", engine)?;
         Ok(RingSegment::new(region, name, capacity))
     }

@@ -9,7 +9,9 @@ use std::sync::atomic::Ordering;
 
 /// Whether process `pid` exists (0: no process was recorded).
 pub fn process_alive(pid: u32) -> bool {
-    pid != 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+    // EPERM: it exists, as another user's process (an engine of another user, or a router an
+    // engine of another user attached to).
+    pid != 0 && matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None), Ok(()) | Err(nix::Error::EPERM))
 }
 
 /// Removes the netmachine objects whose names start with `prefix` (`SEGMENT_PREFIX`: of any

@@ -9,6 +9,7 @@ pub mod attachment;
 pub mod channels;
 pub mod core;
 pub mod delivery_log;
+pub mod handoff;
 pub mod inbound;
 pub mod remote;
 pub mod rings;

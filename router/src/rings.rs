@@ -9,6 +9,10 @@
 //! ring only while it sleeps.
 
 use crate::channels::Channels;
+use crate::handoff::Handoff;
+use netmachine_engine::ring::handoff::Ticket;
+use netmachine_service::engine_access::EngineAccess;
+use std::path::{Path, PathBuf};
 use netmachine_engine::ring::layout::{Kind, OUTBOX_PRODUCER_WAITING_AT};
 use netmachine_engine::ring::records::{self, Envelope, Refusal};
 use netmachine_engine::ring::wait::wake_if_sleeping;
@@ -144,17 +148,22 @@ struct Shared {
     channels: Channels,
 }
 
-/// The router's rings: the endpoints, and the thread that forwards between them.
+/// The router's rings: the endpoints, the thread that forwards between them, and the handoff
+/// socket that gives each engine its own.
 pub struct Rings {
     node: Identity,
     capacity: usize,
     shared: Arc<Shared>,
+    handoff: Arc<Handoff>,
+    handoff_socket: PathBuf,
 }
 
 impl Rings {
-    /// Opens the doorbell, removes the segments of engines that died while no router ran, and
-    /// starts the ring thread.
-    pub fn start(node: Identity, capacity: usize, max_body: usize, direct_channels: bool, slow: mpsc::Sender<Slow>) -> Result<Rings, SegmentError> {
+    /// Opens the doorbell, removes the segments of engines that died while no router ran,
+    /// starts the ring thread, and hands rings over at `handoff_socket` to the users `access`
+    /// lets in.
+    pub fn start(node: Identity, capacity: usize, max_body: usize, direct_channels: bool, slow: mpsc::Sender<Slow>, handoff_socket: &Path, access: EngineAccess) -> Result<Rings, SegmentError> {
+        let handoff = Handoff::start(handoff_socket, node, access)?;
         let doorbell = Doorbell::open_or_create(&ring::doorbell_name(&node.0))?;
         let shared = Arc::new(Shared {
             endpoints: RwLock::new(HashMap::new()),
@@ -169,7 +178,7 @@ impl Rings {
             kept_for_next_router: AtomicBool::new(false),
             channels: Channels::new(node, capacity, max_body, direct_channels),
         });
-        let rings = Rings { node, capacity, shared };
+        let rings = Rings { node, capacity, shared, handoff, handoff_socket: handoff_socket.to_path_buf() };
         rings.adopt_or_reclaim();
         let thread_shared = rings.shared.clone();
         std::thread::Builder::new()
@@ -288,6 +297,18 @@ impl Rings {
     /// stranded an engine on a deleted segment that a new one of the same name replaced.
     pub fn keep_for_next_router(&self) {
         self.shared.kept_for_next_router.store(true, Ordering::Release);
+        let _ = std::fs::remove_file(&self.handoff_socket);
+    }
+
+    /// The ticket under which `engine`'s attachment takes its rings and channels from the
+    /// handoff socket; its earlier one is void.
+    pub fn ticket(&self, engine: Identity) -> Ticket {
+        self.handoff.issue(engine)
+    }
+
+    /// Handoff requests refused.
+    pub fn handoffs_refused(&self) -> u64 {
+        self.handoff.refused.load(Ordering::Relaxed)
     }
 
     /// Detaches the engine's rings (if `generation` is current): nothing more is delivered to
@@ -305,6 +326,7 @@ impl Rings {
             }
         };
         let Some(endpoint) = removed else { return 0 };
+        self.handoff.withdraw(engine);
         endpoint.closed.store(true, Ordering::Release);
         lock(&self.shared.draining).push(endpoint);
         self.changed();
@@ -639,7 +661,8 @@ mod tests {
     fn a_detached_engines_rings_are_removed_but_a_stopping_router_leaves_them_for_the_next() {
         let node = netmachine_schema::Keypair::generate().identity();
         let (slow, _slow) = mpsc::channel(16);
-        let rings = Rings::start(node, 4096, 1024, true, slow).expect("rings");
+        let socket = std::env::temp_dir().join(format!("nm-rings-{}.sock", node.short()));
+        let rings = Rings::start(node, 4096, 1024, true, slow, &socket, EngineAccess::default()).expect("rings");
         let (gone, staying) = (netmachine_schema::Keypair::generate().identity(), netmachine_schema::Keypair::generate().identity());
         rings.open(gone, 1).expect("rings of the engine that detaches");
         rings.open(staying, 1).expect("rings of the engine that stays");

@@ -9,23 +9,47 @@ use crate::shell::RouterState;
 use netmachine_schema::router_capnp::{attachment, engine_session, router, topic_result, TopicPolicy, TopicRefusal};
 use netmachine_schema::service_capnp::service;
 use netmachine_schema::{Destination, EngineLocation, EngineMessage, Identity, MessageError, TopicAdvert};
+use netmachine_service::engine_access::{is_node_user, Peer};
 use netmachine_service::home::ServiceKind;
 use netmachine_service::status::StatusReport;
 use std::cell::RefCell;
 use std::rc::Rc;
 
 impl RouterState {
-    /// The router's bootstrap interface.
-    pub fn client(self: &Rc<Self>) -> router::Client {
-        capnp_rpc::new_client(RouterServer(self.clone()))
+    /// The router's bootstrap interface, for a connection from `peer`.
+    pub fn client(self: &Rc<Self>, peer: Peer) -> router::Client {
+        capnp_rpc::new_client(RouterServer { state: self.clone(), peer })
     }
 }
 
-struct RouterServer(Rc<RouterState>);
+/// The router, as one connection's peer sees it: engines of the users `router.engine_users`
+/// and `router.engine_groups` name may attach and read the status; what the node's own
+/// services call (frames from other nodes, signing adverts) is for the node's user alone.
+struct RouterServer {
+    state: Rc<RouterState>,
+    peer: Peer,
+}
+
+impl RouterServer {
+    fn admitted(&self) -> capnp::Result<()> {
+        self.state.engine_access.admits(&self.peer).map_err(|refused| {
+            tracing::warn!(uid = self.peer.uid, pid = self.peer.pid, %refused, "refused a connection's user");
+            capnp::Error::failed(refused)
+        })
+    }
+
+    fn node_user_only(&self, what: &str) -> capnp::Result<()> {
+        match is_node_user(&self.peer) {
+            true => Ok(()),
+            false => Err(capnp::Error::failed(format!("{what} is for the node's own services; user {} may only attach engines", self.peer.uid))),
+        }
+    }
+}
 
 impl service::Server for RouterServer {
     async fn status(self: Rc<Self>, _: service::StatusParams, mut results: service::StatusResults) -> capnp::Result<()> {
-        let state = &self.0;
+        self.admitted()?;
+        let state = &self.state;
         state.report_lanes();
         let core = state.core();
         let engines = core.attached();
@@ -47,6 +71,7 @@ impl service::Server for RouterServer {
                 ("ring_topic_events_forwarded", events_forwarded),
                 ("ring_messages_handed_over", handed_over),
                 ("ring_refusals_lost", state.refusals_lost.get()),
+                ("ring_handoffs_refused", rings.handoffs_refused()),
             ]);
         }
         counters.extend(state.stats.counters());
@@ -78,22 +103,24 @@ fn labelled(
 
 impl router::Server for RouterServer {
     async fn attach(self: Rc<Self>, params: router::AttachParams, mut results: router::AttachResults) -> capnp::Result<()> {
+        self.admitted().inspect_err(|_| self.state.attach_refused.set(self.state.attach_refused.get() + 1))?;
         let engine = Identity::from_slice("engine", params.get()?.get_engine()?)
             .map_err(|e| capnp::Error::failed(e.to_string()))?;
         let mut nonce = [0u8; 32];
         getrandom::fill(&mut nonce).map_err(|e| capnp::Error::failed(format!("no randomness: {e}")))?;
-        let challenge = Challenge::new(self.0.key.identity(), engine, nonce);
+        let challenge = Challenge::new(self.state.key.identity(), engine, nonce);
         let mut out = results.get();
         out.set_challenge(challenge.nonce());
-        out.set_node(&self.0.key.identity().0);
-        out.set_attachment(capnp_rpc::new_client(Attaching { state: self.0.clone(), challenge: RefCell::new(challenge) }));
+        out.set_node(&self.state.key.identity().0);
+        out.set_attachment(capnp_rpc::new_client(Attaching { state: self.state.clone(), challenge: RefCell::new(challenge) }));
         Ok(())
     }
 
     async fn receive_frame(self: Rc<Self>, params: router::ReceiveFrameParams, _: router::ReceiveFrameResults) -> capnp::Result<()> {
+        self.node_user_only("handing over frames")?;
         let params = params.get()?;
         let src = Identity::from_slice("src", params.get_src()?).map_err(|e| capnp::Error::failed(e.to_string()))?;
-        let state = &self.0;
+        let state = &self.state;
         let frame = params.get_frame()?;
         let span = tracing::debug_span!("frame", peer = %src.short(), bytes = frame.len());
         match state.receive_frame(src, frame, params.get_public()).instrument(span).await {
@@ -115,8 +142,9 @@ impl router::Server for RouterServer {
     }
 
     async fn topics(self: Rc<Self>, _: router::TopicsParams, mut results: router::TopicsResults) -> capnp::Result<()> {
-        self.0.report_lanes();
-        let core = self.0.core();
+        self.node_user_only("listing topics")?;
+        self.state.report_lanes();
+        let core = self.state.core();
         let topics: Vec<_> = core.topics().collect();
         let mut list = results.get().init_topics(topics.len() as u32);
         for (i, topic) in topics.into_iter().enumerate() {
@@ -135,8 +163,9 @@ impl router::Server for RouterServer {
     }
 
     async fn sign_advert(self: Rc<Self>, params: router::SignAdvertParams, mut results: router::SignAdvertResults) -> capnp::Result<()> {
+        self.node_user_only("signing adverts")?;
         let params = params.get()?;
-        let advert = self.0.sign_advert(params.get_addrs()?, params.get_protocols()?).await?;
+        let advert = self.state.sign_advert(params.get_addrs()?, params.get_protocols()?).await?;
         results.get().set_advert(advert.get_root_as_reader()?)?;
         Ok(())
     }
@@ -171,6 +200,7 @@ impl attachment::Server for Attaching {
                         grant.set_segment(endpoint.segment.name.as_str());
                         grant.set_doorbell(rings.doorbell_name());
                         grant.set_capacity(rings.capacity() as u32);
+                        grant.set_ticket(&rings.ticket(engine));
                         Sink::Ring(endpoint)
                     }
                     Err(error) => {

@@ -14,6 +14,7 @@ use netmachine_schema::router_capnp::inbox;
 use netmachine_schema::service_capnp::subscription;
 use netmachine_schema::transport_capnp::transport;
 use netmachine_schema::{time::now_ms, Destination, EngineLocation, EngineMessage, Identity, Keypair};
+use netmachine_service::engine_access::EngineAccess;
 use netmachine_service::home::{NodeHome, ServiceKind};
 use netmachine_service::rpc::ConnectionStats;
 use netmachine_service::Link;
@@ -64,6 +65,8 @@ pub struct RouterState {
     pub(crate) records_in_order: tokio::sync::Mutex<()>,
     generations: Cell<u64>,
     pub(crate) attach_refused: Cell<u64>,
+    /// Which Unix users may attach engines.
+    pub(crate) engine_access: EngineAccess,
     /// The shared-memory rings; `None` when turned off (`router.ring_bytes = 0`) or unavailable.
     pub(crate) rings: Option<Rings>,
     pub(crate) refusals_lost: Cell<u64>,
@@ -90,7 +93,9 @@ impl RouterState {
             0 => None,
             bytes => {
                 let max_body = home.config.limits.max_message_bytes as usize;
-                match Rings::start(key.identity(), bytes as usize, max_body, home.config.router.direct_channels, slow_tx) {
+                let handoff = netmachine_engine::ring::handoff_socket(&home.socket(ServiceKind::Router));
+                let access = home.config.engine_access().unwrap_or_default();
+                match Rings::start(key.identity(), bytes as usize, max_body, home.config.router.direct_channels, slow_tx, &handoff, access) {
                     Ok(rings) => Some(rings),
                     Err(error) => {
                         tracing::warn!(%error, "shared-memory rings unavailable; engines use the socket path");
@@ -132,6 +137,7 @@ impl RouterState {
             records_in_order: tokio::sync::Mutex::new(()),
             generations: Cell::new(0),
             attach_refused: Cell::new(0),
+            engine_access: home.config.engine_access().unwrap_or_default(),
             rings,
             refusals_lost: Cell::new(0),
             delivery: RefCell::new(delivery),

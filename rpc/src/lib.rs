@@ -106,12 +106,22 @@ pub struct ConnectionLimits {
     pub silent: std::time::Duration,
 }
 
-/// Serves `bootstrap` on every connection to `listener` until `shutdown` resolves, then removes
-/// the socket file. Must run inside a `LocalSet`.
+/// The process at the other end of a connection, as the kernel tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    /// 0 when the kernel cannot tell it (another PID namespace).
+    pub pid: i32,
+}
+
+/// Serves the interface `bootstrap` gives for each connection's peer on every connection to
+/// `listener` until `shutdown` resolves, then removes the socket file. Must run inside a
+/// `LocalSet`.
 pub async fn serve(
     listener: UnixListener,
     path: &Path,
-    bootstrap: capnp::capability::Client,
+    bootstrap: impl Fn(Peer) -> capnp::capability::Client,
     word_limit: usize,
     limits: ConnectionLimits,
     stats: Rc<ConnectionStats>,
@@ -136,7 +146,9 @@ pub async fn serve(
             tracing::warn!(max_connections = limits.max, "refused a connection: limits.max_connections reached");
             continue;
         }
-        let pid = stream.peer_cred().ok().and_then(|cred| cred.pid()).unwrap_or(0);
+        // Unknown credentials are nobody's (65534): never the node's own user.
+        let peer = stream.peer_cred().map_or(Peer { uid: 65534, gid: 65534, pid: 0 }, |cred| Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid().unwrap_or(0) });
+        let pid = peer.pid;
         if per_process.borrow().get(&pid).is_some_and(|open| *open >= limits.per_process) {
             let refused = stats.refused_over_process_share.get() + 1;
             stats.refused_over_process_share.set(refused);
@@ -148,7 +160,7 @@ pub async fn serve(
         *per_process.borrow_mut().entry(pid).or_default() += 1;
         stats.accepted.set(stats.accepted.get() + 1);
         stats.open.set(stats.open.get() + 1);
-        let (stats, per_process, bootstrap) = (stats.clone(), per_process.clone(), bootstrap.clone());
+        let (stats, per_process, bootstrap) = (stats.clone(), per_process.clone(), bootstrap(peer));
         tokio::task::spawn_local(async move {
             let mut first = vec![0u8; 1024];
             match tokio::time::timeout(limits.silent, tokio::io::AsyncReadExt::read(&mut stream, &mut first)).await {

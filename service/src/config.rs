@@ -86,11 +86,17 @@ pub struct RouterConfig {
     /// Grant two ring engines that talk steadily a ring of their own (a direct channel), so
     /// that their messages skip the router; false: every local message goes through it.
     pub direct_channels: bool,
+    /// Unix users (names or numeric ids), besides the node's own, whose engines may attach
+    /// (rings included): the home and run directories become searchable by others, the
+    /// router's sockets open to them, and each connection's user is checked.
+    pub engine_users: Vec<String>,
+    /// Unix groups (names or ids) whose members' engines may attach, likewise.
+    pub engine_groups: Vec<String>,
 }
 
 impl Default for RouterConfig {
     fn default() -> Self {
-        RouterConfig { cache_entries: 65_536, node_queue: 4096, unacked_bytes: 16 << 20, require_engine_signatures: false, ring_bytes: 1 << 20, direct_channels: true }
+        RouterConfig { cache_entries: 65_536, node_queue: 4096, unacked_bytes: 16 << 20, require_engine_signatures: false, ring_bytes: 1 << 20, direct_channels: true, engine_users: vec![], engine_groups: vec![] }
     }
 }
 
@@ -390,6 +396,10 @@ impl Config {
                 }
             }
         }
+        if let Err(problem) = self.engine_access() {
+            let field = if problem.contains("group") { "router.engine_groups" } else { "router.engine_users" };
+            return Err(ConfigError::Field { field: field.into(), source_name: origin_of(field, file, overrides), problem });
+        }
         if self.transport.listen.is_empty() {
             return Err(ConfigError::Field {
                 field: "transport.listen".into(),
@@ -398,6 +408,12 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// Which Unix users may attach engines (resolved from `router.engine_users` and
+    /// `router.engine_groups`).
+    pub fn engine_access(&self) -> Result<crate::engine_access::EngineAccess, String> {
+        crate::engine_access::EngineAccess::resolve(&self.router.engine_users, &self.router.engine_groups)
     }
 
     /// The largest P2P frame a node sends or accepts: one maximal message plus its envelope.
@@ -543,6 +559,16 @@ mod tests {
     }
 
     #[test]
+    fn an_engine_user_or_group_the_system_does_not_know_is_refused_naming_it() {
+        let err = Config::load(Path::new("/none"), &[set("router.engine_users", "[\"nobody-here-at-all\"]", "flag")]).unwrap_err().to_string();
+        assert!(err.contains("`router.engine_users`") && err.contains("no user 'nobody-here-at-all'"), "{err}");
+        let err = Config::load(Path::new("/none"), &[set("router.engine_groups", "[\"no-group-here\"]", "flag")]).unwrap_err().to_string();
+        assert!(err.contains("`router.engine_groups`"), "{err}");
+        let config = Config::load(Path::new("/none"), &[set("router.engine_users", "[\"root\", \"65534\"]", "flag")]).unwrap();
+        assert_eq!(config.engine_access().unwrap().uids, [0, 65534]);
+    }
+
+    #[test]
     fn broken_toml_and_bad_flags_are_reported() {
         let (path, _guard) = file_with("[limits\n");
         assert!(matches!(Config::load(&path, &[]), Err(ConfigError::File { .. })));
@@ -612,6 +638,8 @@ pub const TEMPLATE: &str = r#"# netmachine node configuration. Every setting is 
 # require_engine_signatures = false  # drop messages from other nodes without an engine signature
 # ring_bytes = 1048576        # bytes of each shared-memory ring (power of two); 0: rings off
 # direct_channels = true      # two ring engines that talk steadily get a ring of their own
+# engine_users = []           # other Unix users (names or ids) whose engines may attach
+# engine_groups = []          # Unix groups whose members' engines may attach
 
 [transport]
 # listen = ["127.0.0.1:4010"] # UDP addresses of the QUIC endpoint (port 0: any free port)

@@ -121,13 +121,17 @@ impl NodeHome {
         self.run_dir().join(format!("{}.sock", kind.name()))
     }
 
-    /// Creates the home, `$RUN` and `$DATA` (mode 0700) where missing, and tightens their modes
-    /// where they exist.
+    /// Creates the home, `$RUN` and `$DATA` (mode 0700) where missing, and sets their modes
+    /// where they exist: when engines of other users may attach (`router.engine_users`,
+    /// `router.engine_groups`), the home and `$RUN` are searchable (0711, not listable) so that
+    /// they reach the router's socket.
     pub fn prepare_dirs(&self) -> Result<(), HomeError> {
-        for dir in [self.root.clone(), self.run_dir(), self.data_dir()] {
+        let open = self.config.engine_access().is_ok_and(|access| access.open_to_others());
+        let reached = if open { 0o711 } else { 0o700 };
+        for (dir, mode) in [(self.root.clone(), reached), (self.run_dir(), reached), (self.data_dir(), 0o700)] {
             let io = |source| HomeError::Io { path: dir.clone(), source };
             std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io)?;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).map_err(io)?;
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 
 pub mod allocator;
 pub mod config;
+pub mod engine_access;
 pub mod fanout;
 pub mod home;
 pub mod link;

@@ -4,6 +4,7 @@
 //! counters saved to its tally), and exit codes (0 after a clean stop, 2 for bad
 //! configuration, 1 for other failures).
 
+use crate::engine_access::{this_process, Peer};
 use crate::home::{NodeHome, ServiceKind};
 use crate::rpc::{self, ConnectionStats};
 use crate::snapshot::ServiceSnapshot;
@@ -14,6 +15,7 @@ use capnp::capability::FromClientHook;
 use clap::{CommandFactory, FromArgMatches};
 use std::error::Error;
 use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
@@ -42,16 +44,25 @@ pub enum LogFormat {
     Json,
 }
 
-/// What a service's set-up returns: the interface it serves, and what to do when asked to
-/// stop, after it stopped accepting RPC connections.
+/// What a service's set-up returns: the interface it serves to each connection's peer, what to
+/// do when asked to stop (after it stopped accepting RPC connections), and whether users other
+/// than the node's may connect to its socket (they are then checked per connection).
 pub struct Running {
-    pub bootstrap: capnp::capability::Client,
+    pub bootstrap: Box<dyn Fn(Peer) -> capnp::capability::Client>,
     pub on_stop: Option<std::pin::Pin<Box<dyn Future<Output = ()>>>>,
+    pub open_to_others: bool,
 }
 
 impl From<capnp::capability::Client> for Running {
     fn from(bootstrap: capnp::capability::Client) -> Self {
-        Running { bootstrap, on_stop: None }
+        Running { bootstrap: Box::new(move |_| bootstrap.clone()), on_stop: None, open_to_others: false }
+    }
+}
+
+impl Running {
+    /// Serves `bootstrap` to the node's user alone, and runs `on_stop` when asked to stop.
+    pub fn stopping_with(bootstrap: capnp::capability::Client, on_stop: impl Future<Output = ()> + 'static) -> Running {
+        Running { on_stop: Some(Box::pin(on_stop)), ..Running::from(bootstrap) }
     }
 }
 
@@ -173,8 +184,11 @@ where
         let context = ServiceContext { kind, home, stats: stats.clone() };
         let running = setup(context).await?;
         let listener = rpc::bind(&socket).await.map_err(|e| format!("{}: {e}", socket.display()))?;
+        // Connecting takes write access: the node's user only, unless others are let in.
+        let mode = if running.open_to_others { 0o666 } else { 0o600 };
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("{}: {e}", socket.display()))?;
         tracing::info!(socket = %socket.display(), pid = std::process::id(), "serving");
-        let own: service::Client = running.bootstrap.clone().cast_to();
+        let own: service::Client = (running.bootstrap)(this_process()).cast_to();
         let watching = tokio::task::spawn_local(watch_self(kind, own.clone(), tally.clone()));
         let watchdog = tokio::task::spawn_local(systemd::feed_watchdog());
         rpc::serve(listener, &socket, running.bootstrap, word_limit, limits, stats, stop_requested()).await;

@@ -391,15 +391,19 @@ impl Drop for Listener {
 /// Starts the `sequence` example (`engine/examples/sequence.rs`) on `node` with `args`: it
 /// sends or receives numbered messages and prints what it saw as JSON.
 pub fn sequence(node: &Node, args: &[&str]) -> Child {
-    Command::new(bin_dir().join("examples/sequence"))
+    sequence_command(node, args).stderr(Stdio::null()).spawn().expect("start the sequence example")
+}
+
+/// The command `sequence` runs, to start otherwise (as another user, with its errors).
+pub fn sequence_command(node: &Node, args: &[&str]) -> Command {
+    let mut command = Command::new(bin_dir().join("examples/sequence"));
+    command
         .args(args)
         .env("NETMACHINE_HOME", node.root())
         // Closing it ends a sequence sent with COUNT `-`.
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the sequence example")
+        .stdout(Stdio::piped());
+    command
 }
 
 /// What a `sequence` process printed when it finished.

@@ -28,9 +28,6 @@ fn main() -> std::process::ExitCode {
         tracing::info!(addrs = ?transport.local_addrs(), "QUIC endpoint bound");
         tokio::task::spawn_local(transport.clone().report_counts());
         let client: transport::Client = capnp_rpc::new_client(TransportServer(transport.clone()));
-        Ok(process::Running {
-            bootstrap: client.client,
-            on_stop: Some(Box::pin(async move { transport.shut_down().await })),
-        })
+        Ok(process::Running::stopping_with(client.client, async move { transport.shut_down().await }))
     })
 }

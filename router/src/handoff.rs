@@ -1,0 +1,80 @@
+//! The router's end of the handoff socket (ring/RING.md, "Handing over the rings"): a thread
+//! of its own answers each engine that presents the ticket of its attachment with the
+//! descriptors of its rings, its doorbells and the direct channels it writes or reads, and
+//! nothing of any other engine. Who asks is checked against `router.engine_users` and
+//! `router.engine_groups` first.
+
+use netmachine_engine::ring::handoff::{Asker, HandoffListener, Request, Ticket};
+use netmachine_engine::ring::{self, HandoffError};
+use netmachine_schema::Identity;
+use netmachine_service::engine_access::{EngineAccess, Peer};
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The tickets of the attachments that hold rings, and what was refused on the socket.
+pub struct Handoff {
+    node: Identity,
+    access: EngineAccess,
+    tickets: Mutex<HashMap<Ticket, Identity>>,
+    /// Requests refused (unknown ticket, a user not let in, an object that is not there).
+    pub refused: AtomicU64,
+}
+
+impl Handoff {
+    /// Listens at `path` and starts the thread that answers there.
+    pub fn start(path: &Path, node: Identity, access: EngineAccess) -> Result<Arc<Handoff>, HandoffError> {
+        let mode = if access.open_to_others() { 0o666 } else { 0o600 };
+        let listener = HandoffListener::bind(path, mode)?;
+        let handoff = Arc::new(Handoff { node, access, tickets: Mutex::new(HashMap::new()), refused: AtomicU64::new(0) });
+        let serving = handoff.clone();
+        std::thread::Builder::new()
+            .name("handoff".into())
+            .spawn(move || {
+                let error = listener.serve(|asker, request, ticket| serving.answer(asker, request, ticket));
+                tracing::error!(socket = %listener.path.display(), %error, "the handoff socket failed: engines attaching from now on use the socket path");
+            })
+            .map_err(|e| HandoffError::Malformed { socket: path.to_path_buf(), problem: format!("cannot start its thread: {e}") })?;
+        Ok(handoff)
+    }
+
+    /// A new ticket for `engine`'s attachment; any earlier one of it is void.
+    pub fn issue(&self, engine: Identity) -> Ticket {
+        let mut ticket = [0; 32];
+        getrandom::fill(&mut ticket).expect("the system's randomness");
+        let mut tickets = crate::rings::lock(&self.tickets);
+        tickets.retain(|_, holder| *holder != engine);
+        tickets.insert(ticket, engine);
+        ticket
+    }
+
+    /// `engine` detached: its ticket is void.
+    pub fn withdraw(&self, engine: &Identity) {
+        crate::rings::lock(&self.tickets).retain(|_, holder| holder != engine);
+    }
+
+    fn answer(&self, asker: Asker, request: Request, ticket: &Ticket) -> Result<Vec<(String, OwnedFd)>, String> {
+        let answer = self.objects(asker, request, ticket).and_then(|names| {
+            names.into_iter().map(|name| ring::open_to_hand_over(&name).map(|fd| (name, fd)).map_err(|e| e.to_string())).collect()
+        });
+        if let Err(refused) = &answer {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(uid = asker.uid, pid = asker.pid, ?request, %refused, "refused a handoff");
+        }
+        answer
+    }
+
+    /// The names of the objects `request` asks for, if the asker may have them.
+    fn objects(&self, asker: Asker, request: Request, ticket: &Ticket) -> Result<Vec<String>, String> {
+        self.access.admits(&Peer { uid: asker.uid, gid: asker.gid, pid: asker.pid })?;
+        let engine = crate::rings::lock(&self.tickets).get(ticket).copied().ok_or("no attachment holds this ticket: attach again")?;
+        let node = &self.node.0;
+        Ok(match request {
+            Request::Rings => vec![ring::segment_name(node, &engine.0), ring::bell_name(node, &engine.0), ring::doorbell_name(node)],
+            Request::ChannelTo(peer) => vec![ring::channel_name(node, &engine.0, &peer), ring::bell_name(node, &peer)],
+            Request::ChannelFrom(peer) => vec![ring::channel_name(node, &peer, &engine.0)],
+        })
+    }
+}
