@@ -89,7 +89,7 @@ pub(crate) struct InChannel {
 
 /// What the next record of a channel was.
 pub(crate) enum FromChannel {
-    Message(EngineMessage),
+    Message(Box<EngineMessage>),
     /// A record that was dropped (and counted).
     Dropped,
     Empty,
@@ -130,7 +130,7 @@ impl InChannel {
                 self.wake_sender(true);
                 return if finished { FromChannel::Ended } else { FromChannel::Empty };
             }
-            Ok(Some(record)) if record.kind == Kind::Message => records::read_message(record.body).and_then(|message| self.check(&message).map(|()| message)),
+            Ok(Some(record)) if record.kind == Kind::Message => records::read_message(record.body).and_then(|message| self.check(&message).map(|()| Box::new(message))),
             Ok(Some(record)) => Err(format!("a {:?} record, which no engine writes to a channel", record.kind)),
             Err(corrupt) => {
                 tracing::error!(channel = %self.segment.name, %corrupt, "a direct channel is corrupt; nothing more is read from it");

@@ -98,7 +98,7 @@ impl Shared {
 
     /// Hands `message` to the request it answers; gives it back if it answers none.
     /// A second copy of a message from another node (`delivered`) is dropped here.
-    pub fn route_reply(&self, message: EngineMessage) -> Option<EngineMessage> {
+    pub fn route_reply(&self, message: Box<EngineMessage>) -> Option<Box<EngineMessage>> {
         if message.stamp.is_none() && message.reply_to.is_none() {
             // Neither a copy to drop nor a reply: the usual case, without a look at either.
             return Some(message);
@@ -109,7 +109,7 @@ impl Shared {
         }
         match self.take_reply(&message) {
             Some(waiter) => {
-                let _ = waiter.send(Ok(message));
+                let _ = waiter.send(Ok(*message));
                 None
             }
             None => Some(message),
@@ -160,7 +160,7 @@ impl Shared {
 
 pub(crate) type Started = (
     mpsc::Sender<Command>,
-    mpsc::Receiver<EngineMessage>,
+    mpsc::Receiver<Box<EngineMessage>>,
     Arc<Shared>,
     oneshot::Receiver<Result<(AttachLimits, tokio::runtime::Handle), EngineError>>,
 );
@@ -192,7 +192,7 @@ pub(crate) fn start(options: EngineOptions) -> Result<Started, EngineError> {
 async fn run(
     options: EngineOptions,
     mut commands: mpsc::Receiver<Command>,
-    incoming: mpsc::Sender<EngineMessage>,
+    incoming: mpsc::Sender<Box<EngineMessage>>,
     shared: Arc<Shared>,
     attached: oneshot::Sender<Result<(AttachLimits, tokio::runtime::Handle), EngineError>>,
 ) {
@@ -410,7 +410,7 @@ fn send_outcome(result: netmachine_schema::router_capnp::send_result::Reader<'_>
 /// capped backoff (if the options say so).
 async fn keep_attached(
     options: EngineOptions,
-    incoming: mpsc::Sender<EngineMessage>,
+    incoming: mpsc::Sender<Box<EngineMessage>>,
     shared: Arc<Shared>,
     attached: oneshot::Sender<Result<(AttachLimits, tokio::runtime::Handle), EngineError>>,
     session: watch::Sender<Option<engine_session::Client>>,
@@ -493,7 +493,7 @@ type Attached = (engine_session::Client, tokio::task::JoinHandle<Result<(), capn
 
 /// Attaches, over the rings if asked and possible, else (or if the granted rings cannot be
 /// mapped, as from another container without shared IPC) over the socket.
-async fn attach_once(options: &EngineOptions, incoming: &mpsc::Sender<EngineMessage>, shared: &Arc<Shared>) -> Result<Attached, EngineError> {
+async fn attach_once(options: &EngineOptions, incoming: &mpsc::Sender<Box<EngineMessage>>, shared: &Arc<Shared>) -> Result<Attached, EngineError> {
     let ring = options.ring && !shared.rings_unusable.load(std::sync::atomic::Ordering::Relaxed);
     match attach_with(options, incoming, shared, ring).await? {
         Ok(attached) => Ok(attached),
@@ -507,7 +507,7 @@ async fn attach_once(options: &EngineOptions, incoming: &mpsc::Sender<EngineMess
 
 /// One attach; the inner error says the rings were granted but could not be mapped (the
 /// attachment was undone).
-async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<EngineMessage>, shared: &Arc<Shared>, ring: bool) -> Result<Result<Attached, String>, EngineError> {
+async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<Box<EngineMessage>>, shared: &Arc<Shared>, ring: bool) -> Result<Result<Attached, String>, EngineError> {
     let (router, driver) = rpc::connect::<router::Client>(&options.socket, WORD_LIMIT)
         .await
         .map_err(|source| EngineError::RouterUnreachable { socket: options.socket.clone(), source })?;
@@ -567,7 +567,7 @@ async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<EngineMess
 
 /// Where the router delivers this engine's messages.
 struct InboxServer {
-    incoming: mpsc::Sender<EngineMessage>,
+    incoming: mpsc::Sender<Box<EngineMessage>>,
     shared: Arc<Shared>,
     /// The router keeps several deliveries in flight: while the inbox is full they all wait,
     /// and each takes its turn whole, in the order they came (the lock is fair), so messages
@@ -606,7 +606,7 @@ impl InboxServer {
     async fn take(&self, message: netmachine_schema::message_capnp::engine_message::Reader<'_>) -> capnp::Result<()> {
         let message = EngineMessage::read(message)
             .map_err(|e| capnp::Error::failed(format!("undeliverable message: {e}")))?;
-        let Some(message) = self.shared.route_reply(message) else { return Ok(()) };
+        let Some(message) = self.shared.route_reply(Box::new(message)) else { return Ok(()) };
         // Waiting here is the backpressure: the router holds further deliveries back.
         self.incoming
             .send(message)

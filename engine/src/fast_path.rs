@@ -84,8 +84,8 @@ enum Route {
 
 /// What the next inbox record was.
 pub(crate) enum Taken {
-    /// A message for the engine.
-    Message(EngineMessage),
+    /// A message for the engine (boxed: it is handed on several times).
+    Message(Box<EngineMessage>),
     /// A reply or refusal, handed to the request it belongs to, or a record skipped.
     Handled,
     /// Nothing is waiting.
@@ -101,7 +101,7 @@ impl EngineRing {
         engine: Identity,
         claim: Claim,
         mode: WaitMode,
-        reader: Option<(Arc<Shared>, mpsc::Sender<EngineMessage>)>,
+        reader: Option<(Arc<Shared>, mpsc::Sender<Box<EngineMessage>>)>,
     ) -> Result<Arc<EngineRing>, SegmentError> {
         let mut handed = claim.take(Request::Rings)?.into_iter();
         let mut next = || handed.next().expect("three objects");
@@ -299,7 +299,7 @@ impl EngineRing {
         let read = match inbox.consumer.peek() {
             Ok(None) => return Taken::Empty,
             Ok(Some(record)) => match record.kind {
-                Kind::Message => records::read_message(record.body).map(Inbound::Message),
+                Kind::Message => records::read_message(record.body).map(|message| Inbound::Message(Box::new(message))),
                 Kind::Refusal => records::read_refusal(record.body).map(Inbound::Refusal).ok_or_else(|| "an unreadable refusal".to_string()),
                 Kind::ChannelOpen => records::read_channel_open(record.body).map(Inbound::Open).ok_or_else(|| "an unreadable channel opening".to_string()),
                 other => Err(format!("a {other:?} record, which the router does not write")),
@@ -372,7 +372,7 @@ impl EngineRing {
     }
 
     /// The reader thread.
-    fn read(&self, shared: &Shared, incoming: &mpsc::Sender<EngineMessage>) {
+    fn read(&self, shared: &Shared, incoming: &mpsc::Sender<Box<EngineMessage>>) {
         loop {
             match self.take(shared) {
                 Taken::Message(message) => {
@@ -390,7 +390,7 @@ impl EngineRing {
 
 /// An inbox record, read.
 enum Inbound {
-    Message(EngineMessage),
+    Message(Box<EngineMessage>),
     Refusal(records::Refusal),
     Open(records::ChannelOpen),
 }

@@ -106,13 +106,13 @@ pub struct Engine {
     send_timeout: Duration,
     next_id: AtomicU64,
     commands: mpsc::Sender<Command>,
-    incoming: Mutex<mpsc::Receiver<EngineMessage>>,
+    incoming: Mutex<mpsc::Receiver<Box<EngineMessage>>>,
     shared: Arc<Shared>,
     /// Held by the one sender waiting for room in a full outbox ring.
     room_wait: Mutex<()>,
     receiver: Receiver,
     /// Messages a calling-thread engine took from its ring while waiting for a reply.
-    taken: std::sync::Mutex<std::collections::VecDeque<EngineMessage>>,
+    taken: std::sync::Mutex<std::collections::VecDeque<Box<EngineMessage>>>,
     /// How many `taken` holds, so that `recv_blocking` looks without locking.
     kept: AtomicU64,
     inbox_capacity: usize,
@@ -309,7 +309,7 @@ impl Engine {
         let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
         let message = taken.pop_front();
         self.kept.store(taken.len() as u64, Ordering::Release);
-        message
+        message.map(|message| *message)
     }
 
     /// Takes one inbox record on this thread, keeping a message for `recv` when `keep`; `None`
@@ -338,7 +338,7 @@ impl Engine {
         }
         loop {
             match self.pump(&ring, false) {
-                Some(fast_path::Taken::Message(message)) => return Some(message),
+                Some(fast_path::Taken::Message(message)) => return Some(*message),
                 Some(fast_path::Taken::Handled) => {}
                 Some(fast_path::Taken::Done) => return None,
                 Some(fast_path::Taken::Empty) | None => ring.wait_for_records(),
@@ -354,7 +354,7 @@ impl Engine {
         for _ in 0..QUEUE_YIELDS {
             if let Ok(mut incoming) = self.incoming.try_lock() {
                 match incoming.try_recv() {
-                    Ok(message) => return Some(message),
+                    Ok(message) => return Some(*message),
                     Err(mpsc::error::TryRecvError::Disconnected) => return None,
                     Err(mpsc::error::TryRecvError::Empty) => {}
                 }
@@ -518,12 +518,12 @@ impl Engine {
             tokio::pin!(detached);
             detached.as_mut().enable();
             if self.detached_because().is_some() {
-                return incoming.try_recv().ok();
+                return incoming.try_recv().ok().map(|message| *message);
             }
             return tokio::select! {
                 biased;
-                message = incoming.recv() => message,
-                () = detached => incoming.try_recv().ok(),
+                message = incoming.recv() => message.map(|message| *message),
+                () = detached => incoming.try_recv().ok().map(|message| *message),
             };
         };
         let mut idle = IdleWait::default();
@@ -532,7 +532,7 @@ impl Engine {
                 return Some(message);
             }
             match self.pump(&ring, false) {
-                Some(fast_path::Taken::Message(message)) => return Some(message),
+                Some(fast_path::Taken::Message(message)) => return Some(*message),
                 Some(fast_path::Taken::Done) => return None,
                 Some(_) => idle.reset(),
                 None => idle.wait().await,
