@@ -375,11 +375,16 @@ impl EngineRing {
     fn read(&self, shared: &Shared, incoming: &mpsc::Sender<Box<EngineMessage>>) {
         loop {
             match self.take(shared) {
-                Taken::Message(message) => {
-                    if incoming.blocking_send(message).is_err() {
-                        return;
+                // Queued at once while there is room (blocking_send enters a runtime each time).
+                Taken::Message(message) => match incoming.try_send(message) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(message)) => {
+                        if incoming.blocking_send(message).is_err() {
+                            return;
+                        }
                     }
-                }
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                },
                 Taken::Handled => {}
                 Taken::Empty => self.wait_for_records(),
                 Taken::Done => return,

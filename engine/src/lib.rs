@@ -257,26 +257,43 @@ impl Engine {
 
     /// Sends `body` to `dst`; returns the message id once the router has accepted it.
     pub async fn send(&self, dst: impl Into<Destination>, body: Vec<u8>) -> Result<u64, EngineError> {
-        let message = self.message(dst, body);
+        let mut message = self.message(dst, body);
         let id = message.id;
-        self.send_message(message).await?;
+        self.prepare(&mut message)?;
+        // Written in place when the ring has room: the message is not moved into the futures
+        // that wait (288 bytes each time).
+        if let Some(sent) = self.try_ring(&message) {
+            return sent.map(|()| id);
+        }
+        self.send_prepared(message).await?;
         Ok(id)
     }
 
-    fn prepare(&self, mut message: EngineMessage) -> Result<EngineMessage, EngineError> {
+    /// Checks `message` and signs it, if the engine signs its messages.
+    fn prepare(&self, message: &mut EngineMessage) -> Result<(), EngineError> {
         if message.body.len() > self.max_message_bytes {
             return Err(EngineError::TooLarge { len: message.body.len(), max: self.max_message_bytes });
         }
         if let Some(signer) = &self.signer {
-            message.sig = Some(signer.sign(&netmachine_schema::signing::engine_message(&message)));
+            message.sig = Some(signer.sign(&netmachine_schema::signing::engine_message(message)));
         }
-        Ok(message)
+        Ok(())
+    }
+
+    /// Writes a prepared message into the rings if they have room now; `None` if it must wait
+    /// for room or go over the socket.
+    fn try_ring(&self, message: &EngineMessage) -> Option<Result<(), EngineError>> {
+        match self.shared.ring()?.try_send(message) {
+            Err(EngineError::Full) => None,
+            sent => Some(sent),
+        }
     }
 
     /// Sends a message without waiting: `Full` when the outbox ring has no room now. Engines
     /// on the socket path wait as [`Engine::send`] does.
     pub async fn try_send(&self, dst: impl Into<Destination>, body: Vec<u8>) -> Result<u64, EngineError> {
-        let message = self.prepare(self.message(dst, body))?;
+        let mut message = self.message(dst, body);
+        self.prepare(&mut message)?;
         let id = message.id;
         match self.shared.ring() {
             Some(ring) => ring.try_send(&message)?,
@@ -288,7 +305,8 @@ impl Engine {
     /// Sends from a thread that is not running async code, waiting (without burning CPU, unless
     /// the engine busy-spins) while the outbox is full. Do not call it from async code.
     pub fn send_blocking(&self, dst: impl Into<Destination>, body: Vec<u8>) -> Result<u64, EngineError> {
-        let message = self.prepare(self.message(dst, body))?;
+        let mut message = self.message(dst, body);
+        self.prepare(&mut message)?;
         let id = message.id;
         match self.shared.ring() {
             Some(ring) => ring.send_blocking(&message, self.send_timeout)?,
@@ -368,7 +386,7 @@ impl Engine {
     pub fn reply_blocking(&self, request: &EngineMessage, body: Vec<u8>) -> Result<(), EngineError> {
         let mut message = self.message(Destination::Engine(request.src), body);
         message.reply_to = Some(request.id);
-        let message = self.prepare(message)?;
+        self.prepare(&mut message)?;
         match self.shared.ring() {
             Some(ring) => ring.send_blocking(&message, self.send_timeout),
             None => self.runtime.block_on(self.send_prepared(message)),
@@ -402,23 +420,24 @@ impl Engine {
     fn start_request(&self, mut message: EngineMessage, timeout: Duration) -> Result<(EngineMessage, Answer), EngineError> {
         message.expiry = Some(netmachine_schema::time::now_ms() + timeout.as_millis() as u64);
         // Checked and signed before the answer is awaited, so a refused message leaves no waiter.
-        let message = self.prepare(message)?;
+        self.prepare(&mut message)?;
         let answer = self.shared.expect_reply(message.id, message.dst.identity())?;
         Ok((message, answer))
     }
 
     /// Sends a message built by [`Engine::message`] (or by hand, with this engine as `src`),
     /// signing it first if the engine signs its messages.
-    pub async fn send_message(&self, message: EngineMessage) -> Result<(), EngineError> {
-        self.send_prepared(self.prepare(message)?).await
+    pub async fn send_message(&self, mut message: EngineMessage) -> Result<(), EngineError> {
+        self.prepare(&mut message)?;
+        self.send_prepared(message).await
     }
 
     /// Hands `message` over to be sent and returns once it is queued, in order behind what was
     /// handed over before; the returned future says whether the router took it. Lets a caller
     /// keep many sends in flight on the socket path, in order (on the rings a send is queued
     /// when it returns anyway).
-    pub async fn send_pipelined(&self, message: EngineMessage) -> Result<PendingSend, EngineError> {
-        let message = self.prepare(message)?;
+    pub async fn send_pipelined(&self, mut message: EngineMessage) -> Result<PendingSend, EngineError> {
+        self.prepare(&mut message)?;
         if self.shared.ring().is_some() {
             let outcome = self.send_prepared(message).await;
             return Ok(Box::pin(async move { outcome }));
@@ -433,15 +452,13 @@ impl Engine {
 
     /// Sends a message [`Engine::prepare`] already checked and signed.
     async fn send_prepared(&self, message: EngineMessage) -> Result<(), EngineError> {
-        if let Some(ring) = self.shared.ring() {
-            match ring.try_send(&message) {
-                Err(EngineError::Full) => {}
-                sent => return sent,
-            }
-            drop(ring);
-            return self.send_when_room(message).await;
+        if self.shared.ring().is_none() {
+            return self.send_over_socket(message).await;
         }
-        self.send_over_socket(message).await
+        match self.try_ring(&message) {
+            Some(sent) => sent,
+            None => self.send_when_room(message).await,
+        }
     }
 
     async fn send_over_socket(&self, message: EngineMessage) -> Result<(), EngineError> {
@@ -513,6 +530,10 @@ impl Engine {
     pub async fn recv(&self) -> Option<EngineMessage> {
         let Some(ring) = self.own_ring() else {
             let mut incoming = self.incoming.lock().await;
+            // One waiting already: taken without setting up the wait below.
+            if let Ok(message) = incoming.try_recv() {
+                return Some(*message);
+            }
             // What was delivered before the router detached this engine is still received.
             let detached = self.shared.detached.notified();
             tokio::pin!(detached);
@@ -649,7 +670,8 @@ impl Engine {
                 }
             }
         };
-        let mut message = self.prepare(EngineMessage::new(self.identity, Destination::Topic(topic), seq, body))?;
+        let mut message = EngineMessage::new(self.identity, Destination::Topic(topic), seq, body);
+        self.prepare(&mut message)?;
         // Other nodes' pubsub services take only events their publisher signed; an event of a
         // topic this engine created with scope Local never leaves the node, and goes unsigned.
         let local = self.topic_book().created.get(&topic).is_some_and(|creation| creation.scope == Scope::Local);
