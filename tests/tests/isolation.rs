@@ -1,7 +1,9 @@
-//! Engines of other Unix users: with `router.engine_users` (or `router.engine_groups`) naming
-//! them, they attach, take their rings from the handoff socket and talk by direct channel with
-//! engines of the node's own user; a user not named is refused with the reason, and takes
-//! nothing. Running a process as another user needs root (CI runs as root).
+//! Isolation between engines and between users: the router hands each engine only its own
+//! rings, under the ticket of its attachment. Engines of other Unix users: with
+//! `router.engine_users` (or `router.engine_groups`) naming them, they attach, take their rings
+//! from the handoff socket and talk by direct channel with engines of the node's own user; a
+//! user not named is refused with the reason, and takes nothing. Running a process as another
+//! user needs root (CI runs as root).
 
 use netmachine_service::ServiceKind;
 use netmachine_tests::{bin_dir, outcome, sequence, sequence_command, Node};
@@ -98,4 +100,22 @@ fn without_engine_users_another_users_engine_cannot_reach_the_node() {
     let socket = node.socket(ServiceKind::Router);
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
+#[test]
+fn the_handoff_socket_gives_nothing_to_a_ticket_no_attachment_holds_and_counts_it() {
+    use netmachine_engine::ring::{handoff_socket, Claim, Request};
+    let node = Node::up();
+    let (key, identity) = node.engine_key("attached");
+    let _listening = node.listen(&key, &identity, &[]);
+    let engine: netmachine_engine::Identity = identity.parse().unwrap();
+    let guess = Claim { socket: handoff_socket(&node.socket(ServiceKind::Router)), ticket: [7; 32] };
+    for request in [Request::Rings, Request::ChannelTo(engine.0), Request::ChannelFrom(engine.0)] {
+        let refused = guess.take(request).expect_err("a guessed ticket takes nothing").to_string();
+        assert!(refused.contains("no attachment holds this ticket"), "{refused}");
+    }
+    assert_eq!(node.router_counter("ring_handoffs_refused"), 3);
+    // The socket is the node's user's alone.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&guess.socket).unwrap().permissions().mode() & 0o777, 0o600);
 }
