@@ -17,6 +17,7 @@ pub mod channel;
 #[cfg(not(netmachine_loom))]
 pub mod doorbell;
 pub mod futex;
+#[cfg(not(netmachine_loom))]
 pub mod handoff;
 pub mod layout;
 mod region;
@@ -31,6 +32,7 @@ pub mod wait;
 pub use channel::ChannelSegment;
 #[cfg(not(netmachine_loom))]
 pub use doorbell::Doorbell;
+#[cfg(not(netmachine_loom))]
 pub use handoff::{handoff_socket, Claim, Handed, HandoffError, Request, Ticket};
 #[cfg(not(netmachine_loom))]
 pub use segment::{bell_name, channel_name, doorbell_name, open_to_hand_over, segment_name, EngineKey, RingSegment, SegmentError, SideTaken, SEGMENT_PREFIX};
