@@ -5,7 +5,7 @@
 use crate::fast_path::EngineRing;
 use crate::topics::{Event, RouterRequest, Sequences, TopicAnswer, TopicBook};
 use crate::ring::records::Refusal;
-use crate::ring::{handoff_socket, Claim, Ticket};
+use crate::ring::{handoff_socket, Claim, Request, SegmentError, Ticket};
 use crate::{EngineError, EngineOptions};
 use netmachine_schema::router_capnp::{engine_session, inbox, router, SendRefusal, TopicRefusal};
 use netmachine_schema::{signing, time::now_ms, Destination, EngineLocation, EngineMessage, Identity};
@@ -534,13 +534,15 @@ async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<Box<Engine
     if grant.get_granted() {
         let name = grant.get_segment()?.to_string().map_err(|e| EngineError::Rpc(e.to_string()))?;
         let ticket: Ticket = grant.get_ticket()?.try_into().map_err(|_| EngineError::Rpc("a ring grant without a 32-byte ticket".into()))?;
-        match shared.ring() {
-            // After a router restart the new router adopts the same segment: keep the mapping.
-            Some(ring) if ring.segment.name == name => ring.renew(ticket),
-            _ => {
-                let claim = Claim { socket: handoff_socket(&options.socket), ticket };
+        let claim = Claim { socket: handoff_socket(&options.socket), ticket };
+        let handed = claim.take(Request::Rings).map_err(SegmentError::from);
+        match (shared.ring(), handed) {
+            // After a router restart the new router adopts the same segment: keep the mapping
+            // (a segment made afresh under the same name is another object, mapped anew).
+            (Some(ring), Ok(handed)) if ring.maps(&handed[0]) => ring.renew(ticket),
+            (_, handed) => {
                 let reader = (options.receiver == crate::Receiver::ReaderThread).then(|| (shared.clone(), incoming.clone()));
-                match EngineRing::open(engine, claim, options.wait, reader) {
+                match handed.and_then(|handed| EngineRing::open(engine, claim, handed, options.wait, reader)) {
                     Ok(ring) => {
                         if let Some(old) = shared.ring.swap(Some(ring)) {
                             old.stop();

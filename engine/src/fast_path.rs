@@ -11,7 +11,7 @@ use crate::connection::Shared;
 use crate::ring::layout::{Kind, CHANNEL_PRODUCER_WAITING_AT, OUTBOX_PRODUCER_WAITING_AT};
 use crate::ring::records;
 use crate::ring::wait::{wait_a_while, WaitMode};
-use crate::ring::{Claim, Consumer, Doorbell, Full, Producer, Request, RingSegment, SegmentError, Ticket};
+use crate::ring::{Claim, Consumer, Doorbell, Full, Handed, Producer, RingSegment, SegmentError, Ticket};
 use crate::EngineError;
 use netmachine_schema::{Destination, EngineMessage, Identity};
 use rustc_hash::FxHashMap;
@@ -38,6 +38,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// An engine's mapped rings, and its direct channels.
 pub(crate) struct EngineRing {
     engine: Identity,
+    /// The segment's device and inode: a router that made a new segment under the same name
+    /// (it took the engine for gone) hands over another object.
+    object: (u64, u64),
     /// Where and under which ticket the engine takes its channels (renewed at each attach).
     claim: Mutex<Claim>,
     pub segment: RingSegment,
@@ -95,23 +98,26 @@ pub(crate) enum Taken {
 }
 
 impl EngineRing {
-    /// Takes the granted segment, the engine's own doorbell and the router's from the handoff
-    /// socket under `claim`, and maps them; with `reader`, starts the reader thread.
+    /// Maps the granted segment, the engine's own doorbell and the router's, as the handoff
+    /// socket handed them over under `claim` (`Request::Rings`); with `reader`, starts the
+    /// reader thread.
     pub fn open(
         engine: Identity,
         claim: Claim,
+        handed: Vec<Handed>,
         mode: WaitMode,
         reader: Option<(Arc<Shared>, mpsc::Sender<Box<EngineMessage>>)>,
     ) -> Result<Arc<EngineRing>, SegmentError> {
-        let mut handed = claim.take(Request::Rings)?.into_iter();
+        let mut handed = handed.into_iter();
         let mut next = || handed.next().expect("three objects");
         let (segment, bell, doorbell) = (next(), next(), next());
+        let object = segment.object().map_err(|source| SegmentError::System { name: segment.name.clone(), source })?;
         let segment = RingSegment::handed(segment, &engine.0)?;
         let (bell, doorbell) = (Doorbell::handed(bell)?, Doorbell::handed(doorbell)?);
-        segment.set_engine_pid(std::process::id());
         let (outbox, inbox) = segment.engine_side()?;
         let ring = Arc::new(EngineRing {
             engine,
+            object,
             claim: Mutex::new(claim),
             segment,
             outbox: Mutex::new(Outbox { producer: outbox, channels: FxHashMap::default(), grants_seen: 0 }),
@@ -133,6 +139,11 @@ impl EngineRing {
 
     fn claim(&self) -> Claim {
         lock(&self.claim).clone()
+    }
+
+    /// Whether `segment`, handed over at a later attach, is the segment this ring maps.
+    pub fn maps(&self, segment: &Handed) -> bool {
+        segment.object().is_ok_and(|object| object == self.object)
     }
 
     /// Attached again (the router restarted, and adopted these rings): channels are taken

@@ -61,19 +61,18 @@ impl ChannelSegment {
         RingMemory::new(self.region.clone(), HEADER_SIZE, self.capacity, CHANNEL_HEAD_AT, CHANNEL_TAIL_AT)
     }
 
-    /// The writing end, once per mapping; records the producer's process id.
+    /// The writing end, once per mapping. (The router records the producer's process id, as
+    /// it sees it, when it hands the channel over.)
     pub fn producer_side(&self) -> Result<Producer, SideTaken> {
         take_once(&self.producer_taken, "producer", &self.name)?;
-        self.word(CHANNEL_PRODUCER_PID_AT).store(std::process::id(), Ordering::Relaxed);
         // A producer (again, after its engine attached anew) has not left.
         self.word(CHANNEL_LEFT_AT).store(0, Ordering::Release);
         Ok(Producer::new(self.ring()))
     }
 
-    /// The reading end, once per mapping; records the consumer's process id.
+    /// The reading end, once per mapping.
     pub fn consumer_side(&self) -> Result<Consumer, SideTaken> {
         take_once(&self.consumer_taken, "consumer", &self.name)?;
-        self.word(CHANNEL_CONSUMER_PID_AT).store(std::process::id(), Ordering::Relaxed);
         Ok(Consumer::new(self.ring()))
     }
 
@@ -144,6 +143,8 @@ mod tests {
         let (at_a, at_b) = (ChannelSegment::open(&name, Some(&a), Some(&b)).unwrap(), ChannelSegment::open(&name, Some(&a), Some(&b)).unwrap());
         let mut producer = at_a.producer_side().unwrap();
         let mut consumer = at_b.consumer_side().unwrap();
+        // What the router records when it hands the channel to its producer.
+        router.word(CHANNEL_PRODUCER_PID_AT).store(std::process::id(), Ordering::Relaxed);
         assert!(at_a.producer_side().is_err(), "one producer per mapping");
         producer.try_write(Kind::Message, &[b"direct"]).unwrap();
         at_a.count(CHANNEL_WRITTEN_AT, 1);

@@ -83,6 +83,15 @@ pub struct Handed {
     pub owner: u32,
 }
 
+impl Handed {
+    /// Which object it is (device and inode): two descriptors of one object agree, and an
+    /// object made afresh under the same name does not.
+    pub fn object(&self) -> Result<(u64, u64), nix::Error> {
+        let stat = nix::sys::stat::fstat(&self.fd)?;
+        Ok((stat.st_dev as u64, stat.st_ino as u64))
+    }
+}
+
 /// Why a handoff failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HandoffError {

@@ -5,7 +5,8 @@
 //! `router.engine_groups` first.
 
 use netmachine_engine::ring::handoff::{Asker, HandoffListener, Request, Ticket};
-use netmachine_engine::ring::{self, HandoffError};
+use netmachine_engine::ring::layout::{CHANNEL_CONSUMER_PID_AT, CHANNEL_PRODUCER_PID_AT};
+use netmachine_engine::ring::{self, ChannelSegment, HandoffError, RingSegment, SegmentError};
 use netmachine_schema::Identity;
 use netmachine_service::engine_access::{EngineAccess, Peer};
 use std::collections::HashMap;
@@ -56,7 +57,8 @@ impl Handoff {
     }
 
     fn answer(&self, asker: Asker, request: Request, ticket: &Ticket) -> Result<Vec<(String, OwnedFd)>, String> {
-        let answer = self.objects(asker, request, ticket).and_then(|names| {
+        let answer = self.objects(asker, request, ticket).and_then(|(engine, names)| {
+            record_pid(&engine, request, &names[0], asker.pid as u32).map_err(|e| e.to_string())?;
             names.into_iter().map(|name| ring::open_to_hand_over(&name).map(|fd| (name, fd)).map_err(|e| e.to_string())).collect()
         });
         if let Err(refused) = &answer {
@@ -66,15 +68,35 @@ impl Handoff {
         answer
     }
 
-    /// The names of the objects `request` asks for, if the asker may have them.
-    fn objects(&self, asker: Asker, request: Request, ticket: &Ticket) -> Result<Vec<String>, String> {
+    /// The engine whose ticket it is and the names of the objects `request` asks for, if the
+    /// asker may have them.
+    fn objects(&self, asker: Asker, request: Request, ticket: &Ticket) -> Result<(Identity, Vec<String>), String> {
         self.access.admits(&Peer { uid: asker.uid, gid: asker.gid, pid: asker.pid })?;
+        if asker.pid <= 0 {
+            return Err(NOT_VISIBLE.into());
+        }
         let engine = crate::rings::lock(&self.tickets).get(ticket).copied().ok_or("no attachment holds this ticket: attach again")?;
         let node = &self.node.0;
-        Ok(match request {
+        let names = match request {
             Request::Rings => vec![ring::segment_name(node, &engine.0), ring::bell_name(node, &engine.0), ring::doorbell_name(node)],
             Request::ChannelTo(peer) => vec![ring::channel_name(node, &engine.0, &peer), ring::bell_name(node, &peer)],
             Request::ChannelFrom(peer) => vec![ring::channel_name(node, &peer, &engine.0)],
-        })
+        };
+        Ok((engine, names))
     }
+}
+
+/// Why an engine whose process the router cannot see gets no rings.
+const NOT_VISIBLE: &str = "the router cannot see this engine's process (it runs in a PID namespace the router's does not contain), so it could not tell when the engine is gone: run it in the router's PID namespace (for example `docker run --pid container:<router>`) to use the rings; it uses the socket path";
+
+/// Records the asker's process id, as the router sees it, in the object it is handed (the
+/// segment's engine, or the channel's producer or consumer): liveness is checked in the
+/// router's PID namespace.
+fn record_pid(engine: &Identity, request: Request, name: &str, pid: u32) -> Result<(), SegmentError> {
+    match request {
+        Request::Rings => RingSegment::open(name, Some(&engine.0))?.set_engine_pid(pid),
+        Request::ChannelTo(peer) => ChannelSegment::open(name, Some(&engine.0), Some(&peer))?.word(CHANNEL_PRODUCER_PID_AT).store(pid, Ordering::Relaxed),
+        Request::ChannelFrom(peer) => ChannelSegment::open(name, Some(&peer), Some(&engine.0))?.word(CHANNEL_CONSUMER_PID_AT).store(pid, Ordering::Relaxed),
+    }
+    Ok(())
 }

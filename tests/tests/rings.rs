@@ -438,3 +438,28 @@ fn a_local_message_whose_signature_is_not_its_senders_is_refused_on_either_path_
     });
     assert_eq!(node.router_counter("dropped_bad_signature"), 2);
 }
+
+#[test]
+fn an_engine_whose_segment_a_router_made_afresh_under_the_same_name_maps_the_new_one() {
+    let node = Node::up();
+    let (key, identity) = node.engine_key("listener");
+    let listener = node.listen(&key, &identity, &[]);
+    let node_id: netmachine_engine::Identity = node.id().parse().unwrap();
+    let engine: netmachine_engine::Identity = identity.parse().unwrap();
+    // As if a router had taken the engine for gone: the segment's name is removed while the
+    // engine still maps it, so the next router makes a new segment under the same name.
+    let name = netmachine_engine::ring::segment_name(&node_id.0, &engine.0);
+    netmachine_engine::ring::RingSegment::unlink(&name).expect("remove the segment's name");
+    let router = node.kill9(ServiceKind::Router);
+    wait_until("the router is back and the engine attached again", WAIT, || {
+        node.pid(ServiceKind::Router).is_some_and(|pid| pid != router) && node.engines().contains(&identity)
+    });
+    with_rpc(async {
+        let sender = attach_engine(&node, |_| {}).await;
+        sender.send(engine, b"into the new segment".to_vec()).await.expect("sent");
+    });
+    // Kept on the old mapping, the engine would never see it: nobody writes that ring now.
+    let message = listener.next_message(WAIT);
+    assert_eq!(message["body"], "into the new segment", "{message}");
+    assert_eq!(node.router_counter("engines_on_rings"), 1, "the listener, on its new rings: {}", node.service(ServiceKind::Router));
+}
