@@ -116,10 +116,15 @@ pub fn handoff_socket(router_socket: &Path) -> PathBuf {
 
 fn seqpacket() -> nix::Result<OwnedFd> {
     let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)?;
-    let timeout = TimeVal::new(HANDOFF_TIMEOUT.as_secs() as i64, 0);
-    setsockopt(&fd, sockopt::ReceiveTimeout, &timeout)?;
-    setsockopt(&fd, sockopt::SendTimeout, &timeout)?;
+    give_up_after_timeout(&fd)?;
     Ok(fd)
+}
+
+/// Reads and writes on `fd` fail after `HANDOFF_TIMEOUT` instead of waiting for ever.
+fn give_up_after_timeout(fd: &OwnedFd) -> nix::Result<()> {
+    let timeout = TimeVal::new(HANDOFF_TIMEOUT.as_secs() as i64, 0);
+    setsockopt(fd, sockopt::ReceiveTimeout, &timeout)?;
+    setsockopt(fd, sockopt::SendTimeout, &timeout)
 }
 
 /// An engine's claim on its attachment's rings: the handoff socket, and the ticket the router
@@ -204,7 +209,7 @@ impl HandoffListener {
     pub fn bind(path: &Path, mode: u32) -> Result<HandoffListener, HandoffError> {
         let system = |source| HandoffError::System { socket: path.to_path_buf(), source };
         if path.exists() {
-            std::fs::remove_file(path).map_err(|e| system(nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))))?;
+            nix::unistd::unlink(path).map_err(system)?;
         }
         let fd = socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).map_err(system)?;
         bind(fd.as_raw_fd(), &UnixAddr::new(path).map_err(system)?).map_err(system)?;
@@ -231,9 +236,7 @@ impl HandoffListener {
 
 /// One request on `connection`, answered.
 fn serve_one(connection: &OwnedFd, answer: &mut impl FnMut(Asker, Request, &Ticket) -> Result<Vec<(String, OwnedFd)>, String>) -> nix::Result<()> {
-    let timeout = TimeVal::new(HANDOFF_TIMEOUT.as_secs() as i64, 0);
-    setsockopt(connection, sockopt::ReceiveTimeout, &timeout)?;
-    setsockopt(connection, sockopt::SendTimeout, &timeout)?;
+    give_up_after_timeout(connection)?;
     let credentials = getsockopt(connection, sockopt::PeerCredentials)?;
     let asker = Asker { uid: credentials.uid(), gid: credentials.gid(), pid: credentials.pid() };
     let mut bytes = [0u8; REQUEST_LEN + 1];

@@ -87,7 +87,7 @@ impl Handoff {
 }
 
 /// Why an engine whose process the router cannot see gets no rings.
-const NOT_VISIBLE: &str = "the router cannot see this engine's process (it runs in a PID namespace the router's does not contain), so it could not tell when the engine is gone: run it in the router's PID namespace (for example `docker run --pid container:<router>`) to use the rings; it uses the socket path";
+const NOT_VISIBLE: &str = "the router cannot see this engine's process (it runs in a PID namespace the router's does not contain, such as another container), so it could not tell when the engine is gone and reclaim its rings: it uses the socket path; rings need an engine in the router's PID namespace or one nested in it";
 
 /// Records the asker's process id, as the router sees it, in the object it is handed (the
 /// segment's engine, or the channel's producer or consumer): liveness is checked in the

@@ -19,8 +19,8 @@ fn main() -> std::process::ExitCode {
                 tracing::info!(%addr, "metrics at /metrics");
                 tokio::task::spawn_local(metrics::serve(listener, context.home.clone()));
             }
-            let open_to_others = context.home.config.engine_access().is_ok_and(|access| access.open_to_others());
             let state = RouterState::new(context.home, key, context.stats);
+            let open_to_others = state.open_to_other_users();
             let serving = state.clone();
             let bootstrap = Box::new(move |peer| serving.client(peer).client);
             // Stopping, the router leaves its engines' rings for the next one, as a kill -9 does.

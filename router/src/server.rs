@@ -16,6 +16,12 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 impl RouterState {
+    /// Whether engines of users other than the node's may attach (its socket is then open to
+    /// them, and each connection's user checked).
+    pub fn open_to_other_users(&self) -> bool {
+        self.engine_access.open_to_others()
+    }
+
     /// The router's bootstrap interface, for a connection from `peer`.
     pub fn client(self: &Rc<Self>, peer: Peer) -> router::Client {
         capnp_rpc::new_client(RouterServer { state: self.clone(), peer })

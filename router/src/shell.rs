@@ -89,13 +89,13 @@ impl RouterState {
     pub fn new(home: NodeHome, key: Keypair, stats: Rc<ConnectionStats>) -> Rc<Self> {
         let words = home.config.rpc_word_limit();
         let (slow_tx, slow) = tokio::sync::mpsc::channel(1024);
+        let engine_access = home.config.engine_access().unwrap_or_default();
         let rings = match home.config.router.ring_bytes {
             0 => None,
             bytes => {
                 let max_body = home.config.limits.max_message_bytes as usize;
                 let handoff = netmachine_engine::ring::handoff_socket(&home.socket(ServiceKind::Router));
-                let access = home.config.engine_access().unwrap_or_default();
-                match Rings::start(key.identity(), bytes as usize, max_body, home.config.router.direct_channels, slow_tx, &handoff, access) {
+                match Rings::start(key.identity(), bytes as usize, max_body, home.config.router.direct_channels, slow_tx, &handoff, engine_access.clone()) {
                     Ok(rings) => Some(rings),
                     Err(error) => {
                         tracing::warn!(%error, "shared-memory rings unavailable; engines use the socket path");
@@ -137,7 +137,7 @@ impl RouterState {
             records_in_order: tokio::sync::Mutex::new(()),
             generations: Cell::new(0),
             attach_refused: Cell::new(0),
-            engine_access: home.config.engine_access().unwrap_or_default(),
+            engine_access,
             rings,
             refusals_lost: Cell::new(0),
             delivery: RefCell::new(delivery),

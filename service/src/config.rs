@@ -396,8 +396,7 @@ impl Config {
                 }
             }
         }
-        if let Err(problem) = self.engine_access() {
-            let field = if problem.contains("group") { "router.engine_groups" } else { "router.engine_users" };
+        if let Err((field, problem)) = self.engine_access() {
             return Err(ConfigError::Field { field: field.into(), source_name: origin_of(field, file, overrides), problem });
         }
         if self.transport.listen.is_empty() {
@@ -412,7 +411,7 @@ impl Config {
 
     /// Which Unix users may attach engines (resolved from `router.engine_users` and
     /// `router.engine_groups`).
-    pub fn engine_access(&self) -> Result<crate::engine_access::EngineAccess, String> {
+    pub fn engine_access(&self) -> Result<crate::engine_access::EngineAccess, (&'static str, String)> {
         crate::engine_access::EngineAccess::resolve(&self.router.engine_users, &self.router.engine_groups)
     }
 

@@ -14,8 +14,8 @@ pub struct EngineAccess {
 
 impl EngineAccess {
     /// Resolves the configured names (or numeric ids); an entry that names no user or group on
-    /// this system is the error, saying which.
-    pub fn resolve(users: &[String], groups: &[String]) -> Result<EngineAccess, String> {
+    /// this system is the error: the setting it is in, and which entry.
+    pub fn resolve(users: &[String], groups: &[String]) -> Result<EngineAccess, (&'static str, String)> {
         let uids = users.iter().map(|user| match user.parse::<u32>() {
             Ok(uid) => Ok(uid),
             Err(_) => match User::from_name(user) {
@@ -30,7 +30,9 @@ impl EngineAccess {
                 _ => Err(format!("there is no group '{group}' on this system")),
             },
         });
-        Ok(EngineAccess { uids: uids.collect::<Result<_, _>>()?, gids: gids.collect::<Result<_, _>>()? })
+        let uids = uids.collect::<Result<_, _>>().map_err(|problem| ("router.engine_users", problem))?;
+        let gids = gids.collect::<Result<_, _>>().map_err(|problem| ("router.engine_groups", problem))?;
+        Ok(EngineAccess { uids, gids })
     }
 
     /// Whether users other than the node's own may attach: the node's directories and the
@@ -106,8 +108,8 @@ mod tests {
 
         let root = EngineAccess::resolve(&["root".into()], &["root".into()]).unwrap();
         assert_eq!((root.uids.as_slice(), root.gids.as_slice()), (&[0][..], &[Gid::from_raw(0).as_raw()][..]));
-        let unknown = EngineAccess::resolve(&["no-such-user-here".into()], &[]).unwrap_err();
-        assert!(unknown.contains("no user 'no-such-user-here'"), "{unknown}");
-        assert!(EngineAccess::resolve(&[], &["no-such-group-here".into()]).is_err());
+        let (field, unknown) = EngineAccess::resolve(&["no-such-group-either".into()], &[]).unwrap_err();
+        assert!(field == "router.engine_users" && unknown.contains("no user 'no-such-group-either'"), "{field}: {unknown}");
+        assert_eq!(EngineAccess::resolve(&[], &["no-such-group-here".into()]).unwrap_err().0, "router.engine_groups");
     }
 }
