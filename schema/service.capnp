@@ -45,9 +45,3 @@ interface Service {
 # Held by whoever subscribed to something; dropping it (or the connection) ends the
 # subscription.
 interface Subscription {}
-
-# Where a stream of bytes goes, piece by piece, with Cap'n Proto's flow control: a slow
-# reader holds the writer back.
-interface ByteSink {
-  write @0 (bytes :Data) -> stream;
-}

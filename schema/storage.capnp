@@ -25,15 +25,12 @@ interface Storage extends(Svc.Service) {
   blocks @5 () -> (blocks :List(BlockInfo));
   # Collects the blocks whose lease ended (a dry run only says which).
   collect @6 (dryRun :Bool) -> (reclaimed :List(BlockInfo), bytes :UInt64, held :UInt64);
-  # Another node's request for groups of a block (the transport calls this for each block
-  # stream it accepts, with the trust this node gives the asking one): the answer goes into
-  # `sink` (see below); `bytes`: how many it wrote, for the transport to wait for before it
-  # ends the stream.
-  serve @7 (node :Id.Identity, trust :UInt8, request :Data, sink :Svc.ByteSink) -> (bytes :UInt64);
+  # Other nodes' block requests are not served here but on `$RUN/storage.bulk.sock`, where
+  # the transport relays each block stream it accepts (see `netmachine_service::bulk`).
 }
 
-# What a node asks another for, on a block stream (serialized: the `request` of openStream and
-# serve).
+# What a node asks another for, on a block stream (serialized: the request a bulk socket's
+# opening carries, and the QUIC stream's first frame after its kind).
 struct BlockRequest {
   id @0 :Id.ContentId;
   union {

@@ -72,21 +72,11 @@ interface Transport extends(Svc.Service) {
   events @6 (sink :TransportEvents) -> (subscription :Svc.Subscription);
   # This node's current signed advert.
   advert @7 () -> (advert :Id.NodeAdvert);
-  # Opens a QUIC stream of its own to `node` (connecting first if need be), sends `request`
-  # (for the service `kind` serves there) and writes the answer into `sink` as it arrives.
-  openStream @8 (node :Id.Identity, kind :StreamKind, request :Data, sink :Svc.ByteSink) -> (result :StreamResult);
 }
 
 # What a bulk stream between two nodes is for; the first byte on it.
 enum StreamKind {
   block @0;          # a block request, answered by the storage service
-}
-
-struct StreamResult {
-  union {
-    ended @0 :UInt64;                # the answer's bytes, all written to the sink
-    failed @1 :Text;                 # no connection, a refused or reset stream
-  }
 }
 
 struct ConnectedNode {

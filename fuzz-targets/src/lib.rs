@@ -131,7 +131,7 @@ pub fn block_stream(data: &[u8]) {
     let (id, groups) = (ContentId::of(&block), verify::groups(size as u64));
     let first = u64::from(*g) % groups;
     let ranges = verify::group_ranges(first, groups);
-    let mut encoded = verify::encode(&block[..], id, size as u64, &verify::outboard(&block), &ranges).expect("an honest response encodes");
+    let mut encoded = verify::encode(&block[..], size as u64, &verify::outboard(&block), &ranges).expect("an honest response encodes");
     let mut changed = false;
     for (byte, flip) in encoded.iter_mut().zip(rest) {
         changed |= *flip != 0;

@@ -15,20 +15,11 @@ use std::rc::Rc;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::compat::{TokioAsyncReadCompatExt, TokioAsyncWriteCompatExt};
 
-/// Bytes of streaming calls (`-> stream`: block bytes between storage, transport and the SDK) in
+/// Bytes of streaming calls (`-> stream`: block bytes between the SDK and storage) in
 /// flight on one capability before the caller waits: a few pieces, so a bulk stream between two
 /// processes is not stop-and-go (Cap'n Proto's default of 64 KiB holds one piece at a time).
 /// Other calls are not windowed.
 pub const STREAM_WINDOW: usize = 4 << 20;
-
-/// The bytes a bulk stream between two nodes hands on in one streaming call, between a
-/// storage service and its transport: 1 MiB and 64 KiB (a whole answer to a block request, its
-/// 1 MiB of groups with their parents; fewer calls left more of the two cores to QUIC: a fetch
-/// went from 0.72 to 0.74 of raw quinn, median of four, with 1 MiB pieces against 256 KiB, and
-/// 0.59 with 64 KiB), or half the largest message a service reads, if that is smaller.
-pub fn bulk_piece(word_limit: usize) -> usize {
-    (word_limit * 8 / 2).min((1 << 20) + (64 << 10))
-}
 
 /// `text` without the " (os error N)" that Rust's I/O errors append: the words say it.
 pub fn without_os_error_number(text: &str) -> String {

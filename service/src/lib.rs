@@ -3,6 +3,7 @@
 //! capped backoff, status reports, logging and clean shutdown on SIGTERM.
 
 pub mod allocator;
+pub mod bulk;
 pub mod config;
 pub mod engine_access;
 pub mod fanout;

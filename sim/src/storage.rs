@@ -82,7 +82,7 @@ pub fn fetch(seed: u64, size: usize, providers: &[Provider], config: FetchConfig
                         Ask::Groups { first, end } => group_ranges(first, end),
                     };
                     let mut answer = (size as u64).to_le_bytes().to_vec();
-                    answer.extend(encode(&content[..], id, size as u64, &tree_outboard, &ranges).expect("an honest encoding"));
+                    answer.extend(encode(&content[..], size as u64, &tree_outboard, &ranges).expect("an honest encoding"));
                     if provider == Provider::Corrupt {
                         let middle = answer.len() / 2;
                         answer[middle] ^= 0x40;

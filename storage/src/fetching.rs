@@ -13,15 +13,17 @@ use crate::server::{add, bump, Refused, Shared};
 use crate::serving::{write_request, Status};
 use crate::partial::PartialWriter;
 use crate::store::Partial;
-use netmachine_schema::service_capnp::byte_sink;
 use netmachine_schema::storage_capnp::{fetch_progress, StorageRefusal};
 use netmachine_schema::time::now_ms;
 use netmachine_identity_client::locate::locate;
-use netmachine_schema::transport_capnp::{stream_result, transport, StreamKind};
+use netmachine_schema::transport_capnp::{transport, StreamKind};
+use netmachine_service::bulk::{self, Frame, Opening};
 use netmachine_schema::{ContentId, Identity};
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
+use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 /// Written groups are recorded (after the file is synced) every this many: a crash costs at
@@ -32,10 +34,10 @@ const PROGRESS_EVERY: usize = 64;
 
 /// What a request's stream says, in order.
 enum StreamEvent {
-    /// A piece, as the transport wrote it (read in place: no copy).
-    Piece(u64, byte_sink::WriteParams),
-    /// The other side finished, after this many bytes.
-    Ended(u64, u64),
+    /// A piece, as the transport relayed it.
+    Piece(u64, bytes::Bytes),
+    /// The other side finished its answer.
+    Ended(u64),
     Failed(u64, String),
 }
 
@@ -111,8 +113,8 @@ async fn run(shared: &Rc<Shared>, id: ContentId, from: Vec<Identity>, topic: Opt
     fetch.add_peers(peers, now());
     let (events_in, mut events) = mpsc::channel(64);
     let mut streams: BTreeMap<u64, tokio::task::JoinHandle<()>> = BTreeMap::new();
-    // Per request: bytes received, the status byte seen, and the end once every byte is in.
-    let mut received: BTreeMap<u64, (u64, bool, Option<u64>)> = BTreeMap::new();
+    // Per request under way: whether its status byte was seen.
+    let mut received: BTreeMap<u64, bool> = BTreeMap::new();
     let outcome = 'fetching: loop {
         while let Some(action) = fetch.poll_action() {
             match action {
@@ -122,8 +124,8 @@ async fn run(shared: &Rc<Shared>, id: ContentId, from: Vec<Identity>, topic: Opt
                         Ask::Groups { first, end } => Some((first, end)),
                     };
                     let asked = write_request(&id, groups);
-                    streams.insert(request, tokio::task::spawn_local(open(transport.clone(), peer, request, asked, events_in.clone())));
-                    received.insert(request, (0, false, None));
+                    streams.insert(request, tokio::task::spawn_local(open(shared.transport_bulk.clone(), peer, request, asked, events_in.clone())));
+                    received.insert(request, false);
                 }
                 Action::Cancel { request } => {
                     if let Some(stream) = streams.remove(&request) {
@@ -166,19 +168,10 @@ async fn run(shared: &Rc<Shared>, id: ContentId, from: Vec<Identity>, topic: Opt
         match event {
             None => fetch.tick(now()),
             Some(StreamEvent::Piece(request, piece)) => {
-                let Some(state) = received.get_mut(&request) else { continue };
-                let mut bytes = match piece.get().and_then(|piece| piece.get_bytes()) {
-                    Ok(bytes) => bytes,
-                    Err(error) => {
-                        tracing::info!(%id, %error, "a piece of a block stream is unreadable");
-                        received.remove(&request);
-                        fetch.failed(request, now());
-                        continue;
-                    }
-                };
-                state.0 += bytes.len() as u64;
-                if !state.1 {
-                    state.1 = true;
+                let Some(status_seen) = received.get_mut(&request) else { continue };
+                let mut bytes = &piece[..];
+                if !*status_seen {
+                    *status_seen = true;
                     match bytes.first().copied().and_then(Status::from_byte) {
                         Some(Status::Served) => bytes = &bytes[1..],
                         status => {
@@ -190,27 +183,18 @@ async fn run(shared: &Rc<Shared>, id: ContentId, from: Vec<Identity>, topic: Opt
                     }
                 }
                 fetch.answered(request, bytes, now());
-                if let Some((got, _, Some(total))) = received.get(&request).copied() {
-                    if got >= total {
-                        received.remove(&request);
-                        fetch.ended(request, now());
-                    }
-                }
             }
-            Some(StreamEvent::Ended(request, total)) => {
-                let Some(state) = received.get_mut(&request) else { continue };
-                // Pieces may still be on their way: the end counts once they are all in.
-                if state.0 >= total {
-                    received.remove(&request);
+            // A stream's pieces come before its end, on one connection and one channel.
+            Some(StreamEvent::Ended(request)) => {
+                if received.remove(&request).is_some() {
                     fetch.ended(request, now());
-                } else {
-                    state.2 = Some(total);
                 }
             }
             Some(StreamEvent::Failed(request, reason)) => {
                 tracing::info!(%id, %reason, "a block stream failed");
-                received.remove(&request);
-                fetch.failed(request, now());
+                if received.remove(&request).is_some() {
+                    fetch.failed(request, now());
+                }
             }
         }
     };
@@ -367,36 +351,25 @@ impl Driver {
     }
 }
 
-/// One request's stream: its pieces and its end go to the fetch, in order.
-async fn open(transport: transport::Client, peer: Identity, request: u64, asked: Vec<u8>, events: mpsc::Sender<StreamEvent>) {
-    let mut call = transport.open_stream_request();
-    call.get().set_node(&peer.0);
-    call.get().set_kind(StreamKind::Block);
-    call.get().set_request(&asked);
-    call.get().set_sink(capnp_rpc::new_client(Pieces { request, events: events.clone() }));
-    let answered = async {
-        let answer = call.send().promise.await.map_err(|e| format!("the transport failed: {e}"))?;
-        let result = answer.get().and_then(|a| a.get_result()).map_err(|e| format!("the transport's answer is unreadable: {e}"))?;
-        match result.which().map_err(|e| format!("the transport answered with {e}"))? {
-            stream_result::Ended(total) => Ok(total),
-            stream_result::Failed(reason) => Err(reason.ok().and_then(|r| r.to_string().ok()).unwrap_or_else(|| "the stream failed (no reason given)".into())),
-        }
-    };
-    let event = match answered.await {
-        Ok(total) => StreamEvent::Ended(request, total),
+/// One request's stream, through the transport's bulk socket at `socket`: its pieces and its
+/// end go to the fetch, in order. A full channel holds the stream (and the peer) back.
+async fn open(socket: Rc<Path>, peer: Identity, request: u64, asked: Vec<u8>, events: mpsc::Sender<StreamEvent>) {
+    let event = match relay(&socket, peer, request, asked, &events).await {
+        Ok(()) => StreamEvent::Ended(request),
         Err(reason) => StreamEvent::Failed(request, reason),
     };
     let _ = events.send(event).await;
 }
 
-/// The transport writes a request's answer here; a full channel holds it (and the peer) back.
-struct Pieces {
-    request: u64,
-    events: mpsc::Sender<StreamEvent>,
-}
-
-impl byte_sink::Server for Pieces {
-    async fn write(self: Rc<Self>, params: byte_sink::WriteParams) -> capnp::Result<()> {
-        self.events.send(StreamEvent::Piece(self.request, params)).await.map_err(|_| capnp::Error::failed("the fetch is over".into()))
+async fn relay(socket: &Path, peer: Identity, request: u64, asked: Vec<u8>, events: &mpsc::Sender<StreamEvent>) -> Result<(), String> {
+    let mut transport = UnixStream::connect(socket).await.map_err(|e| format!("the transport's bulk socket {}: {e}", socket.display()))?;
+    let opening = Opening { kind: StreamKind::Block as u8, node: peer, trust: 0, request: asked };
+    opening.write_to(&mut transport).await.map_err(|e| e.to_string())?;
+    loop {
+        match bulk::read_frame(&mut transport).await.map_err(|e| format!("the transport's relay: {e}"))? {
+            Frame::Bytes(bytes) => events.send(StreamEvent::Piece(request, bytes)).await.map_err(|_| "the fetch is over".to_string())?,
+            Frame::Complete => return Ok(()),
+            Frame::Failed(reason) => return Err(reason),
+        }
     }
 }

@@ -122,8 +122,10 @@ pub(crate) struct Shared {
     pub counters: Counters,
     /// The largest block `get` answers whole.
     pub(crate) max_message_bytes: u64,
-    /// Bulk streams to other nodes' storage services.
+    /// The nodes connected, to ask for a block.
     pub transport: Link<transport::Client>,
+    /// Where the transport takes this service's bulk streams to other nodes' storage services.
+    pub transport_bulk: Rc<std::path::Path>,
     /// Where a topic's publisher is, to fetch from its node first.
     pub identity_store: Link<identity_store::Client>,
     /// Blocks being fetched (a second asker waits for the first fetch), and the partial blocks
@@ -249,6 +251,7 @@ impl StorageService {
             counters: Counters::default(),
             max_message_bytes: home.config.limits.max_message_bytes.into(),
             transport,
+            transport_bulk: netmachine_service::bulk::socket(&home, ServiceKind::Transport).into(),
             identity_store,
             fetching: RefCell::new(BTreeMap::new()),
             partials: RefCell::new(found.partials.into_iter().map(|p| (p.id, p)).collect()),
@@ -269,6 +272,11 @@ impl StorageService {
             }
         });
         Ok(StorageService { shared, home, stats })
+    }
+
+    /// Answers other nodes' block requests, which the transport relays to `listener`.
+    pub fn serve_bulk(&self, listener: netmachine_service::bulk::BulkListener) {
+        tokio::task::spawn_local(crate::serving::serve_bulk(self.shared.clone(), listener));
     }
 }
 
@@ -452,14 +460,6 @@ impl storage::Server for StorageService {
                 refused.write(out.init_refused());
             }
         }
-        Ok(())
-    }
-
-    async fn serve(self: CapRc<Self>, params: storage::ServeParams, mut results: storage::ServeResults) -> capnp::Result<()> {
-        let params = params.get()?;
-        let node = Identity::from_slice("node", params.get_node()?).map_err(|e| capnp::Error::failed(e.to_string()))?;
-        let bytes = crate::serving::serve(&self.shared, node, params.get_trust(), params.get_request()?, params.get_sink()?).await?;
-        results.get().set_bytes(bytes);
         Ok(())
     }
 

@@ -1,16 +1,17 @@
-//! Answering other nodes' block requests, which reach this service through the transport's
-//! bulk streams: one status byte, then (if served) the block's size and the groups asked for,
-//! encoded for verified streaming from the block's outboard, in pieces with flow control. A
-//! node trusted less than the block's `min_trust` is denied; a block being served is held, so
-//! collection waits.
+//! Answering other nodes' block requests, which the transport relays to this service's bulk
+//! socket (`$RUN/storage.bulk.sock`, one connection per request): one status byte, then (if
+//! served) the block's size and the groups asked for, encoded for verified streaming from the
+//! block's outboard. A node trusted less than the block's `min_trust` is denied; a block being
+//! served is held, so collection waits.
 
 use crate::core::verify::{encode_onto, group_ranges, groups, GROUP_BYTES};
 use crate::server::{add, bump, Shared};
 use crate::store::Content;
-use netmachine_schema::service_capnp::byte_sink;
 use netmachine_schema::storage_capnp::block_request;
-use netmachine_schema::{ContentId, Identity};
+use netmachine_schema::ContentId;
+use netmachine_service::bulk::{self, BulkListener, Opening};
 use std::rc::Rc;
+use tokio::net::UnixStream;
 
 /// Groups one request may ask for at most (1 MiB).
 pub const MAX_GROUPS: u64 = 64;
@@ -58,9 +59,33 @@ pub fn write_request(id: &ContentId, groups: Option<(u64, u64)>) -> Vec<u8> {
     capnp::serialize::write_message_to_words(&message)
 }
 
-/// Answers `node`'s `request` into `sink`; the bytes written.
-pub(crate) async fn serve(shared: &Rc<Shared>, node: Identity, trust: u8, request: &[u8], sink: byte_sink::Client) -> capnp::Result<u64> {
-    let whole = match answer(shared, trust, request).await {
+/// Answers the requests the transport relays to `listener`, until the process stops.
+pub(crate) async fn serve_bulk(shared: Rc<Shared>, listener: BulkListener) {
+    loop {
+        match listener.accept().await {
+            Ok(transport) => {
+                tokio::task::spawn_local(serve(shared.clone(), transport));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "accepting on the bulk socket failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Answers the request opening `transport`'s connection: the answer in frames, then its end.
+async fn serve(shared: Rc<Shared>, mut transport: UnixStream) {
+    let opening = match Opening::read_from(&mut transport, bulk::OPENING_WAIT).await {
+        Ok(opening) => opening,
+        Err(error) => {
+            bump(&shared.counters.serves_refused);
+            tracing::info!(%error, "refused a bulk connection without a valid opening");
+            return;
+        }
+    };
+    let node = opening.node;
+    let whole = match answer(&shared, opening.trust, &opening.request).await {
         Ok(answer) => answer,
         Err(status) => {
             bump(&shared.counters.serves_refused);
@@ -68,17 +93,20 @@ pub(crate) async fn serve(shared: &Rc<Shared>, node: Identity, trust: u8, reques
             vec![status as u8]
         }
     };
-    let piece_bytes = netmachine_service::rpc::bulk_piece(netmachine_service::rpc::word_limit(shared.max_message_bytes as usize));
-    for piece in whole.chunks(piece_bytes) {
-        let mut write = sink.write_request();
-        write.get().set_bytes(piece);
-        write.send().await?;
+    let sent = async {
+        for piece in whole.chunks(bulk::MAX_FRAME) {
+            bulk::write_frame(&mut transport, piece).await?;
+        }
+        bulk::write_end(&mut transport, Ok(())).await
+    };
+    if let Err(error) = sent.await {
+        tracing::info!(peer = %node, %error, "the transport stopped taking an answer");
+        return;
     }
     if whole[0] == Status::Served as u8 {
         bump(&shared.counters.streams_served);
         add(&shared.counters.bytes_served, whole.len() as u64 - 1);
     }
-    Ok(whole.len() as u64)
 }
 
 /// The outboard of block `id`, from the one kept from the last request when it is the same
@@ -121,12 +149,12 @@ async fn answer(shared: &Rc<Shared>, trust: u8, request: &[u8]) -> Result<Vec<u8
         answer.push(Status::Served as u8);
         answer.extend_from_slice(&size.to_le_bytes());
         match content {
-            Content::Inline(bytes) => encode_onto(&bytes[..], id, size, &outboard, &ranges, &mut answer),
+            Content::Inline(bytes) => encode_onto(&bytes[..], size, &outboard, &ranges, &mut answer),
             Content::File(file) => {
                 // The groups are read 16 KiB at a time: have the kernel read the whole range at
                 // once (a hint; a block is written past the page cache, so it is often cold).
                 let _ = nix::fcntl::posix_fadvise(&file, (first * GROUP_BYTES) as i64, bytes as i64, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED);
-                encode_onto(&*file, id, size, &outboard, &ranges, &mut answer)
+                encode_onto(&*file, size, &outboard, &ranges, &mut answer)
             }
         }
         .map(|()| answer)

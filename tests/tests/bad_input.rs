@@ -214,3 +214,63 @@ fn a_flood_of_attach_attempts_with_bad_signatures_is_refused_counted_and_the_own
     with_rpc(attach_as(&node, owner.identity(), &owner)).expect("the owner of the key attaches");
     assert!(node.all_up());
 }
+
+/// Reads what a bulk socket answers, until it closes the connection (within 10 s).
+fn bulk_answer(stream: &mut UnixStream) -> Vec<u8> {
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => answer,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => answer,
+        Err(e) => panic!("the bulk socket neither answered nor closed: {e}"),
+    }
+}
+
+/// A bulk socket's opening (see `netmachine_service::bulk`): magic, kind, node, trust, request.
+fn bulk_opening(kind: u8, request: &[u8]) -> Vec<u8> {
+    let mut opening = b"NMB1".to_vec();
+    opening.push(kind);
+    opening.extend_from_slice(&Keypair::generate().identity().0);
+    opening.push(0);
+    opening.extend_from_slice(&(request.len() as u16).to_le_bytes());
+    opening.extend_from_slice(request);
+    opening
+}
+
+#[test]
+fn garbage_on_the_bulk_sockets_is_refused_and_counted_and_the_next_opening_is_answered() {
+    use std::os::unix::fs::PermissionsExt;
+    let node = Node::up();
+    let mut noise = vec![0u8; 4096];
+    std::fs::File::open("/dev/urandom").unwrap().read_exact(&mut noise).unwrap();
+    for (kind, counter) in [(ServiceKind::Storage, "serves_refused"), (ServiceKind::Transport, "streams_refused")] {
+        let socket = node.socket(kind).with_file_name(format!("{}.bulk.sock", kind.name()));
+        let mode = std::fs::metadata(&socket).unwrap_or_else(|e| panic!("{}: {e}", socket.display())).permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{} is for the node's user alone", socket.display());
+        let (pid, before) = (node.pid(kind), node.counter(kind, counter));
+        let mut stream = UnixStream::connect(&socket).unwrap();
+        let _ = stream.write_all(&noise);
+        assert_eq!(bulk_answer(&mut stream), b"", "{}: garbage gets no answer", kind.name());
+        wait_until("the garbage is counted", Duration::from_secs(10), || node.counter(kind, counter) == before + 1);
+        assert_eq!(node.pid(kind), pid, "{} restarted or died", kind.name());
+    }
+
+    // Storage answers a block request for a block it does not hold: one frame holding status
+    // 1 (not held), then a complete end.
+    let request = capnp::serialize::write_message_to_words(&{
+        let mut message = capnp::message::Builder::new_default();
+        message.init_root::<netmachine_schema::storage_capnp::block_request::Builder>().set_id(&[9; 32]);
+        message
+    });
+    let mut storage = UnixStream::connect(node.socket(ServiceKind::Storage).with_file_name("storage.bulk.sock")).unwrap();
+    storage.write_all(&bulk_opening(0, &request)).unwrap();
+    assert_eq!(bulk_answer(&mut storage), [1, 0, 0, 0, 1, 0, 0, 0, 0, 0]);
+
+    // The transport refuses a stream of a kind it does not know, and says so in a failed end.
+    let mut transport = UnixStream::connect(node.socket(ServiceKind::Transport).with_file_name("transport.bulk.sock")).unwrap();
+    transport.write_all(&bulk_opening(9, b"")).unwrap();
+    let answer = bulk_answer(&mut transport);
+    assert_eq!(answer[..5], [0, 0, 0, 0, 1], "a failed end: {answer:?}");
+    assert_eq!(String::from_utf8_lossy(&answer[7..]), "no stream of kind 9 is known");
+    assert!(node.all_up());
+}

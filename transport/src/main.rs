@@ -24,7 +24,9 @@ fn main() -> std::process::ExitCode {
             |weak| Link::start(ServiceKind::IdentityStore, store_socket, words, peer_sync::on_identity_store_connect(weak)),
             storage,
         )?;
+        let bulk = netmachine_service::bulk::bind(&transport.home, ServiceKind::Transport).await?;
         transport.start();
+        tokio::task::spawn_local(transport.clone().serve_bulk(bulk));
         tracing::info!(addrs = ?transport.local_addrs(), "QUIC endpoint bound");
         tokio::task::spawn_local(transport.clone().report_counts());
         let client: transport::Client = capnp_rpc::new_client(TransportServer(transport.clone()));

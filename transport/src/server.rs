@@ -142,16 +142,4 @@ impl transport::Server for TransportServer {
         results.get().set_advert(message.get_root()?)?;
         Ok(())
     }
-
-    async fn open_stream(self: Rc<Self>, params: transport::OpenStreamParams, mut results: transport::OpenStreamResults) -> capnp::Result<()> {
-        let params = params.get()?;
-        let node = identity("node", params.get_node()?)?;
-        let opened = self.0.open_stream(node, params.get_kind()?, params.get_request()?, params.get_sink()?).await;
-        let mut out = results.get().init_result();
-        match opened {
-            Ok(bytes) => out.set_ended(bytes),
-            Err(reason) => out.set_failed(reason.as_str()),
-        }
-        Ok(())
-    }
 }

@@ -2,16 +2,19 @@
 //! services (a block request today), so that bulk bytes travel with QUIC's per-stream flow
 //! control, beside the frames and never inside them. The opening side writes one frame (the
 //! stream's kind, then the request) and finishes its half; the answer flows back until the
-//! other side finishes. Both ends hand the bytes on through Cap'n Proto streaming calls
-//! (`ByteSink`), so a slow reader at either end holds the writer at the other back.
+//! other side finishes. On this node the bytes go to and from the storage service over the
+//! bulk sockets (`netmachine_service::bulk`), one connection per stream: a slow reader at
+//! either end holds the writer at the other back, through the socket and QUIC's windows.
 
 use crate::connections::Transport;
 use crate::framing::{read_frame, write_frame};
-use netmachine_schema::service_capnp::byte_sink;
 use netmachine_schema::transport_capnp::StreamKind;
 use netmachine_schema::Identity;
+use netmachine_service::bulk::{self, BulkListener, Frame, FrameBuffer, Opening};
+use netmachine_service::ServiceKind;
 use std::rc::Rc;
 use std::time::Duration;
+use tokio::net::UnixStream;
 
 /// The largest request on a stream (the kind byte included).
 pub const MAX_REQUEST: usize = 4096;
@@ -19,11 +22,50 @@ pub const MAX_REQUEST: usize = 4096;
 const REQUEST_WAIT: Duration = Duration::from_secs(10);
 /// QUIC error code of a stream the serving side gave up.
 const STREAM_FAILED: u32 = 0x51;
+/// What the answer is relayed to the storage service in (as QUIC hands bytes out a packet's
+/// worth at a time, they are gathered into frames this large).
+const RELAY_FRAME: usize = 256 << 10;
 
 impl Transport {
+    /// Takes the storage service's streams on this transport's bulk socket until the process
+    /// stops: each connection opens one stream to another node and carries its answer back.
+    pub async fn serve_bulk(self: Rc<Self>, listener: BulkListener) {
+        loop {
+            match listener.accept().await {
+                Ok(local) => {
+                    tokio::task::spawn_local(self.clone().relay_opened(local));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accepting on the bulk socket failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn relay_opened(self: Rc<Self>, mut local: UnixStream) {
+        let refused = |why: &dyn std::fmt::Display| {
+            tracing::info!(%why, "refused a bulk connection");
+            self.counters.streams_refused.set(self.counters.streams_refused.get() + 1);
+        };
+        let opening = match Opening::read_from(&mut local, bulk::OPENING_WAIT).await {
+            Ok(opening) if opening.kind == StreamKind::Block as u8 => opening,
+            Ok(opening) => {
+                let why = format!("no stream of kind {} is known", opening.kind);
+                refused(&why);
+                let _ = bulk::write_end(&mut local, Err(&why)).await;
+                return;
+            }
+            Err(error) => return refused(&error),
+        };
+        let outcome = self.open_stream(opening.node, StreamKind::Block, &opening.request, &mut local).await;
+        let _ = bulk::write_end(&mut local, outcome.as_ref().map(|_| ()).map_err(String::as_str)).await;
+    }
+
     /// Opens a stream of `kind` to `node` (connecting first if need be), sends `request`, and
-    /// writes the answer into `sink`; the answer's length once the other side finished it.
-    pub async fn open_stream(self: &Rc<Self>, node: Identity, kind: StreamKind, request: &[u8], sink: byte_sink::Client) -> Result<u64, String> {
+    /// relays the answer to `local` in frames; the answer's length once the other side
+    /// finished it.
+    pub async fn open_stream(self: &Rc<Self>, node: Identity, kind: StreamKind, request: &[u8], local: &mut UnixStream) -> Result<u64, String> {
         if request.len() + 1 > MAX_REQUEST {
             return Err(format!("a stream request of {} bytes is over the limit of {MAX_REQUEST}", request.len()));
         }
@@ -37,31 +79,22 @@ impl Transport {
         write_frame(&mut send, &framed).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
         let mut answered = 0u64;
-        let piece_bytes = netmachine_service::rpc::bulk_piece(self.home.config.rpc_word_limit());
+        let mut frame = FrameBuffer::new(RELAY_FRAME);
         loop {
-            // Whole pieces (QUIC hands out a packet's worth at a time): fewer, larger calls,
-            // read straight into the call's message.
-            let mut write = sink.write_request();
-            let piece = write.get().init_bytes(piece_bytes as u32);
-            let mut filled = 0;
-            while filled < piece_bytes {
-                match recv.read(&mut piece[filled..]).await.map_err(|e| format!("the answer broke off: {e}"))? {
-                    Some(n) => filled += n,
-                    None => break,
+            // Read straight into the frame, and send it once full or at the end.
+            let read = recv.read(frame.room()).await.map_err(|e| format!("the answer broke off: {e}"))?;
+            match read {
+                Some(n) => {
+                    answered += n as u64;
+                    frame.filled(n);
+                    if frame.room().is_empty() {
+                        frame.send(local).await.map_err(|e| format!("the answer's reader stopped: {e}"))?;
+                    }
                 }
+                None => break,
             }
-            if filled == 0 {
-                break;
-            }
-            answered += filled as u64;
-            if filled < piece_bytes {
-                // The last piece: a call of its own size.
-                let last = piece[..filled].to_vec();
-                write = sink.write_request();
-                write.get().set_bytes(&last);
-            }
-            write.send().await.map_err(|e| format!("the answer's reader failed: {e}"))?;
         }
+        frame.send(local).await.map_err(|e| format!("the answer's reader stopped: {e}"))?;
         self.counters.streams_opened.set(self.counters.streams_opened.get() + 1);
         Ok(answered)
     }
@@ -83,62 +116,31 @@ impl Transport {
                 return;
             }
         };
-        let Some(storage) = self.storage.client_within(Duration::from_secs(5)).await else {
-            tracing::info!(peer = %node, "no storage service to answer a block request");
-            let _ = send.reset(STREAM_FAILED.into());
-            return;
-        };
-        let trust = self.trust(&node);
-        let sink = Rc::new(QuicSink { send: tokio::sync::Mutex::new(send), written: tokio::sync::watch::channel(0).0 });
-        let mut call = storage.serve_request();
-        call.get().set_node(&node.0);
-        call.get().set_trust(trust);
-        call.get().set_request(&request[1..]);
-        call.get().set_sink(capnp_rpc::new_client(QuicSinkRef(sink.clone())));
-        let served = call.send().promise.await;
-        let served = match served {
-            Ok(answer) => answer.get().map(|answer| answer.get_bytes()),
-            Err(error) => Err(error),
-        };
-        match served {
-            Ok(bytes) => {
-                // Every piece the service wrote goes out before the stream ends.
-                let mut written = sink.written.subscribe();
-                let all_out = tokio::time::timeout(REQUEST_WAIT, written.wait_for(|n| *n >= bytes)).await;
-                let mut send = sink.send.lock().await;
-                match all_out {
-                    Ok(Ok(_)) => {
-                        self.counters.streams_served.set(self.counters.streams_served.get() + 1);
-                        let _ = send.finish();
-                    }
-                    _ => {
-                        let _ = send.reset(STREAM_FAILED.into());
-                    }
-                }
+        match self.relay_served(node, &request[1..], &mut send).await {
+            Ok(()) => {
+                self.counters.streams_served.set(self.counters.streams_served.get() + 1);
+                let _ = send.finish();
             }
-            Err(error) => {
-                tracing::info!(peer = %node, %error, "the storage service did not answer a block request");
-                let _ = sink.send.lock().await.reset(STREAM_FAILED.into());
+            Err(reason) => {
+                tracing::info!(peer = %node, %reason, "a block request was not answered");
+                let _ = send.reset(STREAM_FAILED.into());
             }
         }
     }
-}
 
-/// The answering half of a stream. Writes take the lock in the order they were called, so
-/// pieces go out in order; `written` counts the bytes out.
-struct QuicSink {
-    send: tokio::sync::Mutex<quinn::SendStream>,
-    written: tokio::sync::watch::Sender<u64>,
-}
-
-struct QuicSinkRef(Rc<QuicSink>);
-
-impl byte_sink::Server for QuicSinkRef {
-    async fn write(self: Rc<Self>, params: byte_sink::WriteParams) -> capnp::Result<()> {
-        let bytes = params.get()?.get_bytes()?;
-        let mut send = self.0.send.lock().await;
-        send.write_all(bytes).await.map_err(|e| capnp::Error::failed(format!("the asking node stopped reading: {e}")))?;
-        self.0.written.send_modify(|n| *n += bytes.len() as u64);
-        Ok(())
+    /// Has the storage service answer `node`'s `request`, and sends the answer on `send`.
+    async fn relay_served(&self, node: Identity, request: &[u8], send: &mut quinn::SendStream) -> Result<(), String> {
+        let socket = bulk::socket(&self.home, ServiceKind::Storage);
+        let mut local = UnixStream::connect(&socket).await.map_err(|e| format!("no storage service to answer at {}: {e}", socket.display()))?;
+        let opening = Opening { kind: StreamKind::Block as u8, node, trust: self.trust(&node), request: request.to_vec() };
+        opening.write_to(&mut local).await.map_err(|e| e.to_string())?;
+        loop {
+            match bulk::read_frame(&mut local).await.map_err(|e| format!("the storage service's answer: {e}"))? {
+                // Handed to QUIC as it is: no copy.
+                Frame::Bytes(bytes) => send.write_chunk(bytes).await.map_err(|e| format!("the asking node stopped reading: {e}"))?,
+                Frame::Complete => return Ok(()),
+                Frame::Failed(reason) => return Err(format!("the storage service failed: {reason}")),
+            }
+        }
     }
 }

@@ -165,7 +165,7 @@ async fn raw_quinn_bulk(content: &[u8]) -> Result<f64> {
 fn verify_against_hashing(content: &[u8]) -> Result<(f64, f64)> {
     let id = ContentId::of(content);
     let ranges = group_ranges(0, groups(content.len() as u64));
-    let encoded = encode(content, id, content.len() as u64, &outboard(content), &ranges)?;
+    let encoded = encode(content, content.len() as u64, &outboard(content), &ranges)?;
     let start = Instant::now();
     let mut verifier = Verifier::new(id, content.len() as u64, &ranges);
     for piece in encoded.chunks(256 * 1024) {

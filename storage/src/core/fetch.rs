@@ -265,8 +265,12 @@ impl Fetch {
         if let Ask::Groups { first, end } = asked.ask {
             for group in first..end {
                 self.in_flight.remove(&group);
+                // Only a group still missing is asked again: an answer that came whole does not
+                // send the next ask back over every group checked since.
+                if !self.verified.contains(&group) {
+                    self.unasked = self.unasked.min(group);
+                }
             }
-            self.unasked = self.unasked.min(first);
         }
         if let Some(peer) = self.peers.iter_mut().find(|p| p.id == asked.peer) {
             peer.asked = peer.asked.saturating_sub(1);
@@ -384,7 +388,7 @@ mod tests {
         assert_eq!(fetch.poll_action(), None, "one ask for the size at a time");
         let last = groups(50_000) - 1;
         let mut answer = 50_001u64.to_le_bytes().to_vec();
-        answer.extend(encode(&content[..], ContentId::of(&content), 50_000, &outboard(&content), &group_ranges(last, last + 1)).unwrap());
+        answer.extend(encode(&content[..], 50_000, &outboard(&content), &group_ranges(last, last + 1)).unwrap());
         fetch.answered(1, &answer, 10);
         assert_eq!(fetch.poll_action(), None, "the claimed last group is one byte longer: not checked yet");
         fetch.ended(1, 11);

@@ -8,7 +8,7 @@
 use bao_tree::iter::BaoChunk;
 use bao_tree::{BaoTree, ChunkNum, ChunkRanges, TreeNode};
 use blake3::hazmat::{merge_subtrees_non_root, merge_subtrees_root, ChainingValue, HasherExt, Mode};
-use bao_tree::io::sync::{ReadAt, Size};
+use bao_tree::io::sync::ReadAt;
 use netmachine_schema::ContentId;
 
 /// 16 KiB chunk groups: 2^4 BLAKE3 chunks.
@@ -130,16 +130,32 @@ impl Verifier {
 /// request: the tree's parents and the groups, in pre-order, from the block's pre-order
 /// outboard. Not checked on the way out: the asking node checks every byte, and cuts a
 /// provider whose disk returned bad ones.
-pub fn encode(data: impl ReadAt + Size, id: ContentId, size: u64, outboard: &[u8], ranges: &ChunkRanges) -> std::io::Result<Vec<u8>> {
+pub fn encode(data: impl ReadAt, size: u64, outboard: &[u8], ranges: &ChunkRanges) -> std::io::Result<Vec<u8>> {
     let mut encoded = Vec::new();
-    encode_onto(data, id, size, outboard, ranges, &mut encoded)?;
+    encode_onto(data, size, outboard, ranges, &mut encoded)?;
     Ok(encoded)
 }
 
-/// `encode`, after what `encoded` holds already.
-pub fn encode_onto(data: impl ReadAt + Size, id: ContentId, size: u64, outboard: &[u8], ranges: &ChunkRanges, encoded: &mut Vec<u8>) -> std::io::Result<()> {
-    let outboard = bao_tree::io::outboard::PreOrderOutboard { root: blake3::Hash::from_bytes(id.0), tree: BaoTree::new(size, GROUP), data: outboard };
-    bao_tree::io::sync::encode_ranges(data, outboard, ranges, encoded).map_err(std::io::Error::other)
+/// `encode`, after what `encoded` holds already. Each group is read straight into `encoded`
+/// (`bao-tree`'s own encoder reads it into a buffer of its own first: a second copy of every
+/// byte served).
+pub fn encode_onto(data: impl ReadAt, size: u64, outboard: &[u8], ranges: &ChunkRanges, encoded: &mut Vec<u8>) -> std::io::Result<()> {
+    let tree = BaoTree::new(size, GROUP);
+    for item in tree.ranges_pre_order_chunks_iter_ref(ranges, 0) {
+        match item {
+            BaoChunk::Parent { node, .. } => {
+                let pair = tree.pre_order_offset(node).and_then(|at| outboard.get(at as usize * 64..at as usize * 64 + 64));
+                let pair = pair.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("the outboard of {} bytes lacks parent {node:?}", outboard.len())))?;
+                encoded.extend_from_slice(pair);
+            }
+            BaoChunk::Leaf { start_chunk, size, .. } => {
+                let at = encoded.len();
+                encoded.resize(at + size, 0);
+                data.read_exact_at(start_chunk.to_bytes(), &mut encoded[at..])?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A block's pre-order outboard, put together from the parents a fetch checked: once every
@@ -249,7 +265,7 @@ mod tests {
     }
 
     fn check(content: &[u8], ranges: &ChunkRanges, piece: usize) -> Result<Vec<Group>, Corrupt> {
-        let encoded = encode(content, ContentId::of(content), content.len() as u64, &outboard(content), ranges).unwrap();
+        let encoded = encode(content, content.len() as u64, &outboard(content), ranges).unwrap();
         let mut verifier = Verifier::new(ContentId::of(content), content.len() as u64, ranges);
         let mut groups = Vec::new();
         for bytes in encoded.chunks(piece) {
@@ -279,6 +295,26 @@ mod tests {
     }
 
     #[test]
+    fn the_encoding_is_bao_trees_byte_for_byte_and_a_short_outboard_is_an_error() {
+        for size in [0usize, 1, 16_384, 16_385, 100_000, 1_000_003] {
+            let block = content(size);
+            let (id, all) = (ContentId::of(&block), groups(size as u64));
+            let outboard = outboard(&block);
+            for (first, end) in [(0, all), (all - 1, all), (0, 1), (all / 2, all)] {
+                let ranges = group_ranges(first, end);
+                let theirs = bao_tree::io::outboard::PreOrderOutboard { root: blake3::Hash::from_bytes(id.0), tree: BaoTree::new(size as u64, GROUP), data: &outboard[..] };
+                let mut expected = Vec::new();
+                bao_tree::io::sync::encode_ranges(&block[..], theirs, &ranges, &mut expected).unwrap();
+                assert!(encode(&block[..], size as u64, &outboard, &ranges).unwrap() == expected, "size {size}, groups {first}..{end}");
+            }
+            if !outboard.is_empty() {
+                let short = encode(&block[..], size as u64, &outboard[..outboard.len() - 64], &group_ranges(0, all));
+                assert_eq!(short.unwrap_err().kind(), std::io::ErrorKind::UnexpectedEof, "size {size}");
+            }
+        }
+    }
+
+    #[test]
     fn the_parents_checked_over_every_group_make_the_blocks_outboard() {
         for size in [16_385usize, 100_000, 1_000_003] {
             let block = content(size);
@@ -289,7 +325,7 @@ mod tests {
             asked.extend((0..all - 1).step_by(3).map(|first| (first, (first + 3).min(all - 1))));
             for (first, end) in asked {
                 let ranges = group_ranges(first, end);
-                let encoded = encode(&block[..], id, size as u64, &outboard(&block), &ranges).unwrap();
+                let encoded = encode(&block[..], size as u64, &outboard(&block), &ranges).unwrap();
                 let mut verifier = Verifier::new(id, size as u64, &ranges);
                 verifier.feed(&encoded).unwrap();
                 verifier.take_vouched().iter().for_each(|vouched| assembled.add(vouched));
@@ -321,7 +357,7 @@ mod tests {
     fn a_bad_byte_is_caught_in_its_own_group_and_a_wrong_size_is_caught() {
         let block = content(200_000);
         let ranges = group_ranges(2, 6);
-        let mut encoded = encode(&block[..], ContentId::of(&block), block.len() as u64, &outboard(&block), &ranges).unwrap();
+        let mut encoded = encode(&block[..], block.len() as u64, &outboard(&block), &ranges).unwrap();
         let len = encoded.len();
         encoded[len - 100] ^= 1;
         let mut verifier = Verifier::new(ContentId::of(&block), block.len() as u64, &ranges);
@@ -340,7 +376,7 @@ mod tests {
         assert_eq!(caught, Some(5 * GROUP_BYTES));
         // A provider that claims another size: its last group does not check out.
         let last = groups(200_000);
-        let honest = encode(&block[..], ContentId::of(&block), block.len() as u64, &outboard(&block), &group_ranges(last - 1, last)).unwrap();
+        let honest = encode(&block[..], block.len() as u64, &outboard(&block), &group_ranges(last - 1, last)).unwrap();
         let mut lied = Verifier::new(ContentId::of(&block), 200_000 + GROUP_BYTES, &group_ranges(last, last + 1));
         assert!(lied.feed(&honest).is_err());
     }
