@@ -214,8 +214,9 @@ enum BenchCommand {
         /// The block's size in MiB
         #[arg(long, default_value_t = 256)]
         mib: usize,
-        /// Rounds, each with a block of its own; every figure is the median of the rounds
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
+        /// Rounds, each with a block of its own; every figure is the median of the rounds, and
+        /// every ratio the median of the rounds' ratios
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=9))]
         rounds: u32,
         /// Print JSON instead of text
         #[arg(long)]

@@ -21,7 +21,7 @@
 use crate::home::{NodeHome, ServiceKind};
 use bytes::{Bytes, BytesMut};
 use netmachine_schema::Identity;
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -193,42 +193,25 @@ pub async fn write_frame(stream: &mut UnixStream, bytes: &[u8]) -> Result<(), Bu
     Ok(stream.write_all(bytes).await?)
 }
 
-/// A buffer for relaying an answer as frames without copying it once more: bytes go in after
-/// room for the frame's length, and the whole goes out in one write.
-pub struct FrameBuffer {
-    buffer: Vec<u8>,
-    filled: usize,
-}
-
-impl FrameBuffer {
-    /// Room for frames of `size` bytes (at most `MAX_FRAME`).
-    pub fn new(size: usize) -> FrameBuffer {
-        FrameBuffer { buffer: vec![0u8; 4 + size.clamp(1, MAX_FRAME)], filled: 0 }
+/// Writes `pieces` as one frame (1 to `MAX_FRAME` bytes in all), in place: a relay need not
+/// gather what it received into one buffer first.
+pub async fn write_frame_of(stream: &mut UnixStream, pieces: &[impl AsRef<[u8]>]) -> Result<(), BulkError> {
+    let total: usize = pieces.iter().map(|piece| piece.as_ref().len()).sum();
+    if total == 0 || total > MAX_FRAME {
+        return Err(BulkError::Malformed(format!("a frame of {total} bytes (1 to {MAX_FRAME})")));
     }
-
-    /// Where the next bytes go; empty once the frame is full.
-    pub fn room(&mut self) -> &mut [u8] {
-        &mut self.buffer[4 + self.filled..]
-    }
-
-    /// `n` more bytes were written into `room`.
-    pub fn filled(&mut self, n: usize) {
-        self.filled += n;
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.filled == 0
-    }
-
-    /// Sends what was filled as one frame (nothing if empty), and starts the next.
-    pub async fn send(&mut self, stream: &mut UnixStream) -> Result<(), BulkError> {
-        if self.filled > 0 {
-            self.buffer[..4].copy_from_slice(&(self.filled as u32).to_le_bytes());
-            stream.write_all(&self.buffer[..4 + self.filled]).await?;
-            self.filled = 0;
+    let length = (total as u32).to_le_bytes();
+    let mut slices: Vec<IoSlice> = std::iter::once(IoSlice::new(&length)).chain(pieces.iter().map(|piece| IoSlice::new(piece.as_ref()))).collect();
+    let mut unwritten = &mut slices[..];
+    while !unwritten.is_empty() {
+        // Within the kernel's limit of 1024 slices per call.
+        let written = stream.write_vectored(&unwritten[..unwritten.len().min(512)]).await?;
+        if written == 0 {
+            return Err(BulkError::Io(io::ErrorKind::WriteZero.into()));
         }
-        Ok(())
+        IoSlice::advance_slices(&mut unwritten, written);
     }
+    Ok(())
 }
 
 /// Ends an answer: complete, or failed with `reason` (cut to `MAX_REASON` bytes).
@@ -263,11 +246,7 @@ mod tests {
         let (mut a, mut b) = UnixStream::pair().unwrap();
         opening().write_to(&mut a).await.unwrap();
         write_frame(&mut a, b"first").await.unwrap();
-        let mut buffer = FrameBuffer::new(8);
-        buffer.room()[..6].copy_from_slice(b"second");
-        buffer.filled(6);
-        buffer.send(&mut a).await.unwrap();
-        assert!(buffer.is_empty());
+        write_frame_of(&mut a, &[&b"sec"[..], b"", b"ond"]).await.unwrap();
         write_end(&mut a, Err("the peer reset the stream")).await.unwrap();
         write_end(&mut a, Ok(())).await.unwrap();
         assert_eq!(Opening::read_from(&mut b, OPENING_WAIT).await.unwrap(), opening());
@@ -275,6 +254,17 @@ mod tests {
         assert_eq!(read_frame(&mut b).await.unwrap(), Frame::Bytes(Bytes::from_static(b"second")));
         assert_eq!(read_frame(&mut b).await.unwrap(), Frame::Failed("the peer reset the stream".into()));
         assert_eq!(read_frame(&mut b).await.unwrap(), Frame::Complete);
+    }
+
+    #[tokio::test]
+    async fn a_frame_of_thousands_of_pieces_arrives_whole() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let pieces: Vec<Vec<u8>> = (0..3000u32).map(|i| vec![(i % 251) as u8; 1 + (i as usize % 300)]).collect();
+        let expected: Vec<u8> = pieces.concat();
+        let writer = tokio::spawn(async move { write_frame_of(&mut a, &pieces).await.map(|_| a) });
+        assert_eq!(read_frame(&mut b).await.unwrap(), Frame::Bytes(Bytes::from(expected)));
+        let mut a = writer.await.unwrap().unwrap();
+        assert!(matches!(write_frame_of(&mut a, &[&b""[..]]).await, Err(BulkError::Malformed(_))));
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use crate::connections::Transport;
 use crate::framing::{read_frame, write_frame};
 use netmachine_schema::transport_capnp::StreamKind;
 use netmachine_schema::Identity;
-use netmachine_service::bulk::{self, BulkListener, Frame, FrameBuffer, Opening};
+use netmachine_service::bulk::{self, BulkListener, Frame, Opening};
 use netmachine_service::ServiceKind;
 use std::rc::Rc;
 use std::time::Duration;
@@ -78,23 +78,23 @@ impl Transport {
         framed.extend_from_slice(request);
         write_frame(&mut send, &framed).await.map_err(|e| e.to_string())?;
         send.finish().map_err(|e| e.to_string())?;
-        let mut answered = 0u64;
-        let mut frame = FrameBuffer::new(RELAY_FRAME);
-        loop {
-            // Read straight into the frame, and send it once full or at the end.
-            let read = recv.read(frame.room()).await.map_err(|e| format!("the answer broke off: {e}"))?;
-            match read {
-                Some(n) => {
-                    answered += n as u64;
-                    frame.filled(n);
-                    if frame.room().is_empty() {
-                        frame.send(local).await.map_err(|e| format!("the answer's reader stopped: {e}"))?;
-                    }
-                }
-                None => break,
+        let (mut answered, mut gathered) = (0u64, 0);
+        let mut pieces = Vec::new();
+        let stopped = |e: bulk::BulkError| format!("the answer's reader stopped: {e}");
+        // QUIC's own buffers, as they arrived, sent on as frames of about `RELAY_FRAME`.
+        while let Some(chunk) = recv.read_chunk(RELAY_FRAME - gathered, true).await.map_err(|e| format!("the answer broke off: {e}"))? {
+            answered += chunk.bytes.len() as u64;
+            gathered += chunk.bytes.len();
+            pieces.push(chunk.bytes);
+            if gathered == RELAY_FRAME {
+                bulk::write_frame_of(local, &pieces).await.map_err(stopped)?;
+                pieces.clear();
+                gathered = 0;
             }
         }
-        frame.send(local).await.map_err(|e| format!("the answer's reader stopped: {e}"))?;
+        if gathered > 0 {
+            bulk::write_frame_of(local, &pieces).await.map_err(stopped)?;
+        }
         self.counters.streams_opened.set(self.counters.streams_opened.get() + 1);
         Ok(answered)
     }

@@ -39,5 +39,10 @@ pub fn two_nodes(
 /// A figure, its baseline and their ratio, as one line.
 pub fn ratio_line(what: &str, ours: f64, baseline_name: &str, baseline: f64, unit: &str) -> String {
     let ratio = if baseline > 0.0 { ours / baseline } else { 0.0 };
+    line_with_ratio(what, ours, baseline_name, baseline, unit, ratio)
+}
+
+/// As `ratio_line`, with the ratio given (the median of paired rounds' ratios, say).
+pub fn line_with_ratio(what: &str, ours: f64, baseline_name: &str, baseline: f64, unit: &str, ratio: f64) -> String {
     format!("{what:<44} {ours:>12.0} {unit:<8} vs {baseline_name:<34} {baseline:>12.0} {unit:<8} ratio {ratio:.2}")
 }

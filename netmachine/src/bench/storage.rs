@@ -6,7 +6,9 @@
 //! checked) against one raw quinn stream carrying the same bytes with the same TLS. And checking
 //! a whole block's stream against BLAKE3 hashing the same bytes on one core. The machine is
 //! shared and noisy, so this runs in rounds (each with a block of its own, its baselines
-//! measured beside it) and reports the median of each figure, and each round's ratios.
+//! measured beside it) and reports the median of each figure, each round's ratios, and as the
+//! ratio the median of the rounds' ratios: a figure is compared with the baseline measured
+//! beside it, not with one from a quieter or busier moment of the run.
 
 use crate::local_node::{LocalNode, ScratchDir};
 use crate::node_client::run_local;
@@ -70,7 +72,9 @@ fn measure(a: &mut LocalNode, b: &mut LocalNode, scratch: &ScratchDir, size: usi
             report.insert(key.into(), median(measured.iter().map(|round| round[key]).collect()).round().into());
         }
         let ratios: Vec<f64> = measured.iter().map(|round| (round[figure] / round[baseline] * 100.0).round() / 100.0).collect();
-        report.insert(format!("{}_ratio_per_round", figure.trim_end_matches("_mb_per_s")), ratios.into());
+        let name = figure.trim_end_matches("_mb_per_s");
+        report.insert(format!("{name}_ratio"), median(ratios.clone()).into());
+        report.insert(format!("{name}_ratio_per_round"), ratios.into());
     }
     Ok(report.into())
 }
@@ -185,11 +189,15 @@ fn verify_against_hashing(content: &[u8]) -> Result<(f64, f64)> {
 fn print_report(report: &serde_json::Value) {
     let f = |key: &str| report[key].as_f64().unwrap_or(0.0);
     let mib = report["block_bytes"].as_u64().unwrap_or(0) >> 20;
-    println!("netmachine bench storage: blocks of {mib} MiB, the median of {} rounds", report["rounds"]);
-    println!("{}", super::ratio_line("put (hashed, outboard, synced)", f("put_mb_per_s"), "plain file write + sync", f("file_write_mb_per_s"), "MB/s"));
-    println!("{}", super::ratio_line("get", f("get_mb_per_s"), "plain file read", f("file_read_mb_per_s"), "MB/s"));
-    println!("{}", super::ratio_line("fetch node to node (checked)", f("fetch_mb_per_s"), "raw quinn bulk stream", f("raw_quinn_bulk_mb_per_s"), "MB/s"));
-    println!("{}", super::ratio_line("verified stream check, one core", f("verify_mb_per_s"), "BLAKE3 hash, one core", f("blake3_mb_per_s"), "MB/s"));
+    println!("netmachine bench storage: blocks of {mib} MiB, the median of {} rounds (ratio: the median of the rounds' ratios)", report["rounds"]);
+    let line = |what, figure: &str, baseline_name, baseline: &str| {
+        let ratio = f(&format!("{}_ratio", figure.trim_end_matches("_mb_per_s")));
+        println!("{}", super::line_with_ratio(what, f(figure), baseline_name, f(baseline), "MB/s", ratio));
+    };
+    line("put (hashed, outboard, synced)", "put_mb_per_s", "plain file write + sync", "file_write_mb_per_s");
+    line("get", "get_mb_per_s", "plain file read", "file_read_mb_per_s");
+    line("fetch node to node (checked)", "fetch_mb_per_s", "raw quinn bulk stream", "raw_quinn_bulk_mb_per_s");
+    line("verified stream check, one core", "verify_mb_per_s", "BLAKE3 hash, one core", "blake3_mb_per_s");
     for figure in ["put", "get", "fetch", "verify"] {
         let ratios = report[format!("{figure}_ratio_per_round")].as_array().map(|r| r.iter().map(|v| format!("{}", v.as_f64().unwrap_or(0.0))).collect::<Vec<_>>().join(" ")).unwrap_or_default();
         println!("{figure} ratio in each round: {ratios}");
