@@ -93,10 +93,10 @@ fn a_peer_whose_copy_is_corrupt_is_cut_and_another_gives_the_block() {
     assert_eq!(again, note, "the restarted storage still knows who sent bad bytes");
 }
 
-/// Starts B fetching a 150 MB block put on A, and kills B's storage with kill -9 once a few
+/// Starts B fetching a 150 MB block put on A, and kills B's `service` with kill -9 once a few
 /// progress records (every 4 MiB) are behind it, well before the end; waits until it is back.
 /// The block's id, its bytes, and the bytes fetched before the kill.
-fn interrupted_fetch(a: &Node, b: &Node, seed: u64) -> (String, Vec<u8>, u64) {
+fn interrupted_fetch(a: &Node, b: &Node, seed: u64, service: ServiceKind) -> (String, Vec<u8>, u64) {
     let block = pseudo_random(150_000_000, seed);
     let id = put(a, &block, &[]);
     let out = b.root().join("got.bin");
@@ -108,9 +108,9 @@ fn interrupted_fetch(a: &Node, b: &Node, seed: u64) -> (String, Vec<u8>, u64) {
         .unwrap();
     wait_until("part of the block is fetched", Duration::from_secs(60), || b.counter(ServiceKind::Storage, "bytes_fetched") > 12_000_000);
     let before = b.counter(ServiceKind::Storage, "bytes_fetched");
-    let killed = b.kill9(ServiceKind::Storage);
-    let _ = fetching.wait();
-    wait_until("storage is restarted", Duration::from_secs(30), || b.pid(ServiceKind::Storage).is_some_and(|pid| pid != killed) && b.all_up());
+    let killed = b.kill9(service);
+    wait_until("the interrupted get exits", Duration::from_secs(60), || fetching.try_wait().unwrap().is_some());
+    wait_until("the service is restarted", Duration::from_secs(30), || b.pid(service).is_some_and(|pid| pid != killed) && b.all_up());
     (id, block, before)
 }
 
@@ -118,7 +118,7 @@ fn interrupted_fetch(a: &Node, b: &Node, seed: u64) -> (String, Vec<u8>, u64) {
 fn kill9_of_the_fetching_storage_mid_fetch_resumes_from_the_groups_it_had() {
     let (a, b) = (Node::up(), Node::up());
     link(&a, &b);
-    let (id, block, first_part) = interrupted_fetch(&a, &b, 4);
+    let (id, block, first_part) = interrupted_fetch(&a, &b, 4, ServiceKind::Storage);
     let size = block.len();
     assert_eq!(b.counter(ServiceKind::Storage, "partial_blocks"), 1, "the fetch left a partial block");
     let listed = String::from_utf8_lossy(&b.cli(&["blocks"]).stdout).to_string();
@@ -137,10 +137,30 @@ fn kill9_of_the_fetching_storage_mid_fetch_resumes_from_the_groups_it_had() {
 }
 
 #[test]
+fn kill9_of_the_fetching_transport_mid_fetch_fails_that_fetch_and_the_next_resumes() {
+    let (a, b) = (Node::up(), Node::up());
+    link(&a, &b);
+    // The block streams through B's transport to its storage when the transport dies: every
+    // stream breaks off, A is given up, and what was checked stays, recorded.
+    let (id, block, first_part) = interrupted_fetch(&a, &b, 12, ServiceKind::Transport);
+    let size = block.len();
+    assert_eq!(b.counter(ServiceKind::Storage, "fetches_failed"), 1, "the fetch failed, and said so");
+    assert_eq!(b.counter(ServiceKind::Storage, "partial_blocks"), 1, "what it had is kept");
+    let a_id = a.id();
+    wait_until("B's new transport is connected to A", Duration::from_secs(30), || b.connected().contains(&a_id));
+    let carried = b.counter(ServiceKind::Storage, "bytes_fetched");
+    let output = get(&b, &id, &[]);
+    assert!(output.status.success(), "get: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(got(&b), block);
+    let second_part = b.counter(ServiceKind::Storage, "bytes_fetched") - carried;
+    assert!(second_part <= size as u64 - first_part + 5_000_000, "{second_part} bytes fetched after the transport's restart; {first_part} were before");
+}
+
+#[test]
 fn a_partial_block_holds_its_room_and_is_collected_once_idle_past_the_partial_lease() {
     let (a, b) = (Node::up(), Node::up_with(&["storage.partial_lease_ms=1000", "storage.collect_every_ms=3600000"]));
     link(&a, &b);
-    let (id, block, _) = interrupted_fetch(&a, &b, 11);
+    let (id, block, _) = interrupted_fetch(&a, &b, 11, ServiceKind::Storage);
     let size = block.len() as u64;
     assert_eq!(b.counter(ServiceKind::Storage, "bytes_reserved"), size, "the partial block's whole size is set aside");
     let partial = b.root().join("data/storage/partial").join(&id);
@@ -165,7 +185,7 @@ fn a_partial_block_holds_its_room_and_is_collected_once_idle_past_the_partial_le
 fn a_partial_block_damaged_on_disk_is_not_kept_and_the_next_get_fetches_it_whole() {
     let (a, b) = (Node::up(), Node::up());
     link(&a, &b);
-    let (id, block, _) = interrupted_fetch(&a, &b, 9);
+    let (id, block, _) = interrupted_fetch(&a, &b, 9, ServiceKind::Storage);
     // The first groups were recorded as written; a byte of them changes on disk.
     let partial = b.root().join("data/storage/partial").join(&id);
     let mut bytes = std::fs::read(&partial).unwrap();
