@@ -61,8 +61,20 @@ pub struct BulkListener {
 }
 
 impl BulkListener {
-    pub async fn accept(&self) -> io::Result<UnixStream> {
-        Ok(self.listener.accept().await?.0)
+    /// Hands each connection to `handle`, on a task of its own, until the process stops. Must
+    /// run inside a `LocalSet`.
+    pub async fn serve<F: std::future::Future<Output = ()> + 'static>(self, handle: impl Fn(UnixStream) -> F) {
+        loop {
+            match self.listener.accept().await {
+                Ok((connection, _)) => {
+                    tokio::task::spawn_local(handle(connection));
+                }
+                Err(error) => {
+                    tracing::warn!(socket = %self.path.display(), %error, "accepting on a bulk socket failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
     }
 }
 

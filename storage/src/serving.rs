@@ -61,17 +61,7 @@ pub fn write_request(id: &ContentId, groups: Option<(u64, u64)>) -> Vec<u8> {
 
 /// Answers the requests the transport relays to `listener`, until the process stops.
 pub(crate) async fn serve_bulk(shared: Rc<Shared>, listener: BulkListener) {
-    loop {
-        match listener.accept().await {
-            Ok(transport) => {
-                tokio::task::spawn_local(serve(shared.clone(), transport));
-            }
-            Err(error) => {
-                tracing::warn!(%error, "accepting on the bulk socket failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
+    listener.serve(|transport| serve(shared.clone(), transport)).await
 }
 
 /// Answers the request opening `transport`'s connection: the answer in frames, then its end.

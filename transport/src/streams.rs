@@ -30,17 +30,7 @@ impl Transport {
     /// Takes the storage service's streams on this transport's bulk socket until the process
     /// stops: each connection opens one stream to another node and carries its answer back.
     pub async fn serve_bulk(self: Rc<Self>, listener: BulkListener) {
-        loop {
-            match listener.accept().await {
-                Ok(local) => {
-                    tokio::task::spawn_local(self.clone().relay_opened(local));
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "accepting on the bulk socket failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+        listener.serve(|local| self.clone().relay_opened(local)).await
     }
 
     async fn relay_opened(self: Rc<Self>, mut local: UnixStream) {
