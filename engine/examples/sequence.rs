@@ -34,6 +34,7 @@ fn count_of(arg: &str) -> Result<u64, std::num::ParseIntError> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    netmachine_service::process::init_logging(netmachine_service::process::LogFormat::Text);
     let args: Vec<String> = std::env::args().collect();
     let home = NodeHome::load(&default_home(), &[])?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

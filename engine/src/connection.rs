@@ -5,7 +5,7 @@
 use crate::fast_path::EngineRing;
 use crate::topics::{Event, RouterRequest, Sequences, TopicAnswer, TopicBook};
 use crate::ring::records::Refusal;
-use crate::ring::{handoff_socket, Claim, Request, SegmentError, Ticket};
+use crate::ring::{handoff_socket, Claim, HandoffError, Request, SegmentError, Ticket};
 use crate::{EngineError, EngineOptions};
 use netmachine_schema::router_capnp::{engine_session, inbox, router, SendRefusal, TopicRefusal};
 use netmachine_schema::{signing, time::now_ms, Destination, EngineLocation, EngineMessage, Identity};
@@ -24,6 +24,9 @@ const MAX_PENDING_REPLIES: usize = 65_536;
 const COMMAND_QUEUE: usize = 1024;
 /// Sends in one call at most.
 const SEND_BATCH: usize = 256;
+/// Attaches again in a row, after the router was lost, that may find its handoff socket gone
+/// (the router granting the rings was stopping) before one attachment takes the socket path.
+const HANDOFF_PATIENCE: u32 = 5;
 
 pub(crate) enum Command {
     Send { message: EngineMessage, done: oneshot::Sender<Result<(), EngineError>> },
@@ -415,7 +418,7 @@ async fn keep_attached(
     attached: oneshot::Sender<Result<(AttachLimits, tokio::runtime::Handle), EngineError>>,
     session: watch::Sender<Option<engine_session::Client>>,
 ) {
-    let (mut current, mut driver) = match attach_once(&options, &incoming, &shared).await {
+    let (mut current, mut driver) = match attach_once(&options, &incoming, &shared, false).await.map_err(AttachFailed::into_error) {
         Ok((current, driver, limits)) => {
             let _ = attached.send(Ok((limits, tokio::runtime::Handle::current())));
             (current, driver)
@@ -451,15 +454,20 @@ async fn keep_attached(
         }
         tracing::warn!("lost the router; attaching again");
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+        let mut handoff_misses = 0;
         loop {
             tokio::time::sleep(backoff.next_delay()).await;
-            match attach_once(&options, &incoming, &shared).await {
+            match attach_once(&options, &incoming, &shared, handoff_misses < HANDOFF_PATIENCE).await {
                 Ok((fresh, fresh_driver, _)) => {
                     tracing::info!("attached again");
                     (current, driver) = (fresh, fresh_driver);
                     break;
                 }
-                Err(error) => tracing::debug!(%error, "attach failed; retrying"),
+                Err(AttachFailed::HandoffMissed(reason)) => {
+                    handoff_misses += 1;
+                    tracing::info!(%reason, "the router granted rings it could not hand over (it was stopping?); attaching again");
+                }
+                Err(AttachFailed::Error(error)) => tracing::debug!(%error, "attach failed; retrying"),
             }
         }
     }
@@ -491,23 +499,62 @@ async fn subscribe_when_there(session: engine_session::Client, shared: Arc<Share
 
 type Attached = (engine_session::Client, tokio::task::JoinHandle<Result<(), capnp::Error>>, AttachLimits);
 
-/// Attaches, over the rings if asked and possible, else (or if the granted rings cannot be
-/// mapped, as from another container without shared IPC) over the socket.
-async fn attach_once(options: &EngineOptions, incoming: &mpsc::Sender<Box<EngineMessage>>, shared: &Arc<Shared>) -> Result<Attached, EngineError> {
-    let ring = options.ring && !shared.rings_unusable.load(std::sync::atomic::Ordering::Relaxed);
-    match attach_with(options, incoming, shared, ring).await? {
-        Ok(attached) => Ok(attached),
-        Err(reason) => {
-            tracing::warn!(%reason, "the granted rings cannot be used; falling back to the socket path");
-            shared.rings_unusable.store(true, std::sync::atomic::Ordering::Relaxed);
-            attach_with(options, incoming, shared, false).await?.map_err(EngineError::AttachRefused)
+/// Why granted rings were not taken up (the attachment was undone).
+enum RingsNotTaken {
+    /// The handoff socket could not be reached, or broke off: the router is stopping, as a
+    /// rule (it removes the socket first), and the next router hands the same rings over.
+    HandoffUnreachable(String),
+    /// What was handed over cannot be mapped as this engine's rings: they never will be.
+    Unmappable(String),
+}
+
+/// Why an attach failed.
+enum AttachFailed {
+    /// The router granted rings and could not hand them over (`RingsNotTaken::HandoffUnreachable`).
+    HandoffMissed(String),
+    Error(EngineError),
+}
+
+impl AttachFailed {
+    fn into_error(self) -> EngineError {
+        match self {
+            AttachFailed::HandoffMissed(reason) => EngineError::AttachRefused(reason),
+            AttachFailed::Error(error) => error,
         }
     }
 }
 
-/// One attach; the inner error says the rings were granted but could not be mapped (the
-/// attachment was undone).
-async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<Box<EngineMessage>>, shared: &Arc<Shared>, ring: bool) -> Result<Result<Attached, String>, EngineError> {
+impl From<EngineError> for AttachFailed {
+    fn from(error: EngineError) -> Self {
+        AttachFailed::Error(error)
+    }
+}
+
+/// Attaches, over the rings if asked and possible, else over the socket: from now on if the
+/// granted rings cannot be mapped, and for this attachment only if the router could not hand
+/// them over, unless `patient`, when that attach fails (to be made again later, to the next
+/// router, which hands over the same rings: the engine's channels then go on undisturbed).
+async fn attach_once(options: &EngineOptions, incoming: &mpsc::Sender<Box<EngineMessage>>, shared: &Arc<Shared>, patient: bool) -> Result<Attached, AttachFailed> {
+    let ring = options.ring && !shared.rings_unusable.load(std::sync::atomic::Ordering::Relaxed);
+    let reason = match attach_with(options, incoming, shared, ring).await? {
+        Ok(attached) => return Ok(attached),
+        Err(RingsNotTaken::HandoffUnreachable(reason)) if patient => return Err(AttachFailed::HandoffMissed(reason)),
+        Err(RingsNotTaken::HandoffUnreachable(reason)) => {
+            tracing::warn!(%reason, "the router's handoff socket cannot be reached; this attachment uses the socket path");
+            reason
+        }
+        Err(RingsNotTaken::Unmappable(reason)) => {
+            tracing::warn!(%reason, "the granted rings cannot be used; falling back to the socket path");
+            shared.rings_unusable.store(true, std::sync::atomic::Ordering::Relaxed);
+            reason
+        }
+    };
+    attach_with(options, incoming, shared, false).await?.map_err(|_| AttachFailed::Error(EngineError::AttachRefused(format!("rings granted on an attach that asked for none, after: {reason}"))))
+}
+
+/// One attach; the inner error says the rings were granted but not taken up (the attachment
+/// was undone).
+async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<Box<EngineMessage>>, shared: &Arc<Shared>, ring: bool) -> Result<Result<Attached, RingsNotTaken>, EngineError> {
     let (router, driver) = rpc::connect::<router::Client>(&options.socket, WORD_LIMIT)
         .await
         .map_err(|source| EngineError::RouterUnreachable { socket: options.socket.clone(), source })?;
@@ -535,7 +582,13 @@ async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<Box<Engine
         let name = grant.get_segment()?.to_string().map_err(|e| EngineError::Rpc(e.to_string()))?;
         let ticket: Ticket = grant.get_ticket()?.try_into().map_err(|_| EngineError::Rpc("a ring grant without a 32-byte ticket".into()))?;
         let claim = Claim { socket: handoff_socket(&options.socket), ticket };
-        let handed = claim.take(Request::Rings).map_err(SegmentError::from);
+        let handed = match claim.take(Request::Rings) {
+            Err(error @ HandoffError::System { .. }) => {
+                let _ = session.detach_request().send().promise.await;
+                return Ok(Err(RingsNotTaken::HandoffUnreachable(format!("rings {name}: {error}"))));
+            }
+            handed => handed.map_err(SegmentError::from),
+        };
         match (shared.ring(), handed) {
             // After a router restart the new router adopts the same segment: keep the mapping
             // (a segment made afresh under the same name is another object, mapped anew).
@@ -550,7 +603,7 @@ async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<Box<Engine
                     }
                     Err(error) => {
                         let _ = session.detach_request().send().promise.await;
-                        return Ok(Err(format!("cannot map {name}: {error}")));
+                        return Ok(Err(RingsNotTaken::Unmappable(format!("cannot map {name}: {error}"))));
                     }
                 }
             }

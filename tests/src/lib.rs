@@ -391,7 +391,11 @@ impl Drop for Listener {
 /// Starts the `sequence` example (`engine/examples/sequence.rs`) on `node` with `args`: it
 /// sends or receives numbered messages and prints what it saw as JSON.
 pub fn sequence(node: &Node, args: &[&str]) -> Child {
-    sequence_command(node, args).stderr(Stdio::null()).spawn().expect("start the sequence example")
+    // Its log goes to the node's root, kept with the home when a test fails (NM_TEST_KEEP=1).
+    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log = std::fs::File::create(node.root().join(format!("sequence-{n}-{}.log", args.first().unwrap_or(&"")))).expect("the sequence's log file");
+    sequence_command(node, args).stderr(log).spawn().expect("start the sequence example")
 }
 
 /// The command `sequence` runs, to start otherwise (as another user, with its errors).

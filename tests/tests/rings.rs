@@ -318,6 +318,31 @@ fn a_corrupt_ring_detaches_only_its_engine() {
 }
 
 #[test]
+fn an_engine_whose_rings_could_not_be_handed_over_takes_them_at_its_next_attach() {
+    // A stopping router removes its handoff socket first: an engine attaching to it in that
+    // moment is granted rings it cannot take. Here the socket is removed under a running router.
+    let node = Node::up_with(&["supervisor.restart_max_ms=200"]);
+    let handoff = netmachine_engine::ring::handoff_socket(&node.socket(ServiceKind::Router));
+    std::fs::remove_file(&handoff).expect("remove the handoff socket");
+    with_rpc(async {
+        let engine = attach_engine(&node, |_| {}).await;
+        assert!(!engine.on_ring(), "with no handoff socket the engine attaches over the socket");
+        let to_itself = |body: &[u8]| engine.send(engine.identity(), body.to_vec());
+        to_itself(b"by socket").await.expect("sent over the socket");
+        let got = tokio::time::timeout(WAIT, engine.recv()).await.expect("in time").expect("attached");
+        assert_eq!(got.body, b"by socket");
+        // The next router binds the socket again, and the engine, attaching again, takes rings.
+        let stopped = node.kill9(ServiceKind::Router);
+        wait_until("the engine attached again over the rings", Duration::from_secs(30), || {
+            node.pid(ServiceKind::Router).is_some_and(|pid| pid != stopped) && engine.on_ring()
+        });
+        to_itself(b"by ring").await.expect("written to the ring");
+        let got = tokio::time::timeout(WAIT, engine.recv()).await.expect("in time").expect("attached");
+        assert_eq!(got.body, b"by ring");
+    });
+}
+
+#[test]
 fn a_message_too_large_for_the_ring_fails_at_once_instead_of_waiting_for_room() {
     // 4 KiB rings take records of at most 2040 bytes; the node takes bodies of up to 1 MiB.
     let node = Node::up_with(&["router.ring_bytes=4096"]);
