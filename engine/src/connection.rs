@@ -24,8 +24,9 @@ const MAX_PENDING_REPLIES: usize = 65_536;
 const COMMAND_QUEUE: usize = 1024;
 /// Sends in one call at most.
 const SEND_BATCH: usize = 256;
-/// Attaches again in a row, after the router was lost, that may find its handoff socket gone
-/// (the router granting the rings was stopping) before one attachment takes the socket path.
+/// Attaches in a row that may find the router's handoff socket unreachable (the router granting
+/// the rings was stopping) before the engine asks for no rings again: each is an attachment
+/// the router may deliver into before it is undone.
 const HANDOFF_PATIENCE: u32 = 5;
 
 pub(crate) enum Command {
@@ -77,6 +78,8 @@ pub(crate) struct Shared {
     /// attaches ask for none. Each refused grant is an attachment the router delivers to
     /// before it is undone, and what it writes into rings nobody maps is lost.
     rings_unusable: std::sync::atomic::AtomicBool,
+    /// Attaches in a row whose granted rings could not be handed over.
+    handoff_misses: std::sync::atomic::AtomicU32,
     /// Stamps of messages from other nodes taken, to drop a second copy of one.
     delivered: std::sync::Mutex<crate::delivered::Delivered>,
     /// Second copies dropped.
@@ -454,17 +457,15 @@ async fn keep_attached(
         }
         tracing::warn!("lost the router; attaching again");
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-        let mut handoff_misses = 0;
         loop {
             tokio::time::sleep(backoff.next_delay()).await;
-            match attach_once(&options, &incoming, &shared, handoff_misses < HANDOFF_PATIENCE).await {
+            match attach_once(&options, &incoming, &shared, true).await {
                 Ok((fresh, fresh_driver, _)) => {
                     tracing::info!("attached again");
                     (current, driver) = (fresh, fresh_driver);
                     break;
                 }
                 Err(AttachFailed::HandoffMissed(reason)) => {
-                    handoff_misses += 1;
                     tracing::info!(%reason, "the router granted rings it could not hand over (it was stopping?); attaching again");
                 }
                 Err(AttachFailed::Error(error)) => tracing::debug!(%error, "attach failed; retrying"),
@@ -531,21 +532,30 @@ impl From<EngineError> for AttachFailed {
 }
 
 /// Attaches, over the rings if asked and possible, else over the socket: from now on if the
-/// granted rings cannot be mapped, and for this attachment only if the router could not hand
-/// them over, unless `patient`, when that attach fails (to be made again later, to the next
-/// router, which hands over the same rings: the engine's channels then go on undisturbed).
+/// granted rings cannot be mapped, or could not be handed over `HANDOFF_PATIENCE` times in a
+/// row; for this attachment only if they could not be handed over, unless `patient`, when
+/// that attach fails (to be made again later, to the next router, which hands over the same
+/// rings: the engine's channels then go on undisturbed).
 async fn attach_once(options: &EngineOptions, incoming: &mpsc::Sender<Box<EngineMessage>>, shared: &Arc<Shared>, patient: bool) -> Result<Attached, AttachFailed> {
-    let ring = options.ring && !shared.rings_unusable.load(std::sync::atomic::Ordering::Relaxed);
+    use std::sync::atomic::Ordering::Relaxed;
+    let ring = options.ring && !shared.rings_unusable.load(Relaxed);
     let reason = match attach_with(options, incoming, shared, ring).await? {
         Ok(attached) => return Ok(attached),
-        Err(RingsNotTaken::HandoffUnreachable(reason)) if patient => return Err(AttachFailed::HandoffMissed(reason)),
         Err(RingsNotTaken::HandoffUnreachable(reason)) => {
-            tracing::warn!(%reason, "the router's handoff socket cannot be reached; this attachment uses the socket path");
+            let misses = shared.handoff_misses.fetch_add(1, Relaxed) + 1;
+            if misses >= HANDOFF_PATIENCE {
+                tracing::warn!(%reason, misses, "the router's handoff socket could not be reached at any of the last attaches; falling back to the socket path");
+                shared.rings_unusable.store(true, Relaxed);
+            } else if patient {
+                return Err(AttachFailed::HandoffMissed(reason));
+            } else {
+                tracing::warn!(%reason, "the router's handoff socket cannot be reached; this attachment uses the socket path");
+            }
             reason
         }
         Err(RingsNotTaken::Unmappable(reason)) => {
             tracing::warn!(%reason, "the granted rings cannot be used; falling back to the socket path");
-            shared.rings_unusable.store(true, std::sync::atomic::Ordering::Relaxed);
+            shared.rings_unusable.store(true, Relaxed);
             reason
         }
     };
@@ -587,7 +597,10 @@ async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<Box<Engine
                 let _ = session.detach_request().send().promise.await;
                 return Ok(Err(RingsNotTaken::HandoffUnreachable(format!("rings {name}: {error}"))));
             }
-            handed => handed.map_err(SegmentError::from),
+            handed => {
+                shared.handoff_misses.store(0, std::sync::atomic::Ordering::Relaxed);
+                handed.map_err(SegmentError::from)
+            }
         };
         match (shared.ring(), handed) {
             // After a router restart the new router adopts the same segment: keep the mapping
