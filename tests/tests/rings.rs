@@ -391,17 +391,18 @@ fn ring_memory_another_user_planted_under_an_engines_name_is_never_adopted() {
     let _planted = RingSegment::create(&name, &engine_id.0, 1 << 20).expect("plant a segment");
     std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let body = with_rpc(async {
+    let (body, made) = with_rpc(async {
         let mut options = netmachine_engine::EngineOptions::new(node.socket(ServiceKind::Router), key);
         options.ring = true;
         let engine = netmachine_engine::Engine::attach(options).await.expect("attach");
         let sender = attach_engine(&node, |_| {}).await;
         assert!(engine.on_ring(), "the engine is on rings of its own");
         sender.send(engine_id, b"for the engine only".to_vec()).await.expect("send");
-        tokio::time::timeout(WAIT, engine.recv()).await.expect("a message in time").expect("a message").body
+        let body = tokio::time::timeout(WAIT, engine.recv()).await.expect("a message in time").expect("a message").body;
+        // While the engine is attached: the router removes its segment once it detaches.
+        (body, std::fs::metadata(&path).expect("the engine's segment"))
     });
     assert_eq!(body, b"for the engine only");
-    let made = std::fs::metadata(&path).expect("the engine's segment");
     assert_eq!((made.uid(), made.mode() & 0o777), (0, 0o600), "the router made the rings afresh, owned by its own user and closed to others");
 }
 
