@@ -74,8 +74,8 @@ pub(crate) struct Shared {
     /// Where each publisher's sequence stands, for `recv_event` (and for subscribing again
     /// from there); and an event held back while the gap before it is reported.
     pub sequences: std::sync::Mutex<(Sequences, Option<Event>)>,
-    /// The rings the router granted could not be mapped once (another IPC namespace): later
-    /// attaches ask for none. Each refused grant is an attachment the router delivers to
+    /// The rings the router granted could not be mapped once (another IPC namespace), or
+    /// handed over at `HANDOFF_PATIENCE` attaches in a row: later attaches ask for none. Each refused grant is an attachment the router delivers to
     /// before it is undone, and what it writes into rings nobody maps is lost.
     rings_unusable: std::sync::atomic::AtomicBool,
     /// Attaches in a row whose granted rings could not be handed over.

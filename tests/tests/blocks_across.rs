@@ -109,9 +109,19 @@ fn interrupted_fetch(a: &Node, b: &Node, seed: u64, service: ServiceKind) -> (St
     wait_until("part of the block is fetched", Duration::from_secs(60), || b.counter(ServiceKind::Storage, "bytes_fetched") > 12_000_000);
     let before = b.counter(ServiceKind::Storage, "bytes_fetched");
     let killed = b.kill9(service);
-    wait_until("the interrupted get exits", Duration::from_secs(60), || fetching.try_wait().unwrap().is_some());
+    wait_until("the interrupted get exits", Duration::from_secs(60), || fetching.try_wait().expect("the get's state").is_some());
     wait_until("the service is restarted", Duration::from_secs(30), || b.pid(service).is_some_and(|pid| pid != killed) && b.all_up());
     (id, block, before)
+}
+
+/// Gets the block `id` on B again, after `interrupted_fetch`: it arrives byte-equal to `block`;
+/// the bytes fetched for it (storage's counters go on over a restart).
+fn get_again(b: &Node, id: &str, block: &[u8]) -> u64 {
+    let carried = b.counter(ServiceKind::Storage, "bytes_fetched");
+    let output = get(b, id, &[]);
+    assert!(output.status.success(), "get: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(got(b) == block, "the block arrives byte-equal");
+    b.counter(ServiceKind::Storage, "bytes_fetched") - carried
 }
 
 #[test]
@@ -125,12 +135,7 @@ fn kill9_of_the_fetching_storage_mid_fetch_resumes_from_the_groups_it_had() {
     assert!(listed.contains(&id) && listed.contains(&format!("{size} bytes  partial")), "{listed}");
     // Collection passes a partial block by.
     assert!(b.cli(&["storage", "gc"]).status.success());
-    // Counters go on over a restart: what this fetch takes is counted from here.
-    let carried = b.counter(ServiceKind::Storage, "bytes_fetched");
-    let output = get(&b, &id, &[]);
-    assert!(output.status.success(), "get: {}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(got(&b), block);
-    let second_part = b.counter(ServiceKind::Storage, "bytes_fetched") - carried;
+    let second_part = get_again(&b, &id, &block);
     assert!(second_part < size as u64, "the fetch resumed instead of starting over: {second_part} bytes after the restart ({first_part} before)");
     // At most the groups written since the last record (4 MiB) are fetched again.
     assert!(second_part <= size as u64 - first_part + 5_000_000, "{second_part} bytes fetched after the restart; {first_part} were before");
@@ -148,11 +153,7 @@ fn kill9_of_the_fetching_transport_mid_fetch_fails_that_fetch_and_the_next_resum
     assert_eq!(b.counter(ServiceKind::Storage, "partial_blocks"), 1, "what it had is kept");
     let a_id = a.id();
     wait_until("B's new transport is connected to A", Duration::from_secs(30), || b.connected().contains(&a_id));
-    let carried = b.counter(ServiceKind::Storage, "bytes_fetched");
-    let output = get(&b, &id, &[]);
-    assert!(output.status.success(), "get: {}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(got(&b), block);
-    let second_part = b.counter(ServiceKind::Storage, "bytes_fetched") - carried;
+    let second_part = get_again(&b, &id, &block);
     assert!(second_part <= size as u64 - first_part + 5_000_000, "{second_part} bytes fetched after the transport's restart; {first_part} were before");
 }
 
