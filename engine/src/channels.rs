@@ -9,7 +9,7 @@ use crate::ring::layout::{Kind, CHANNEL_DROPPED_AT, CHANNEL_PRODUCER_WAITING_AT,
 use crate::ring::records;
 use crate::ring::wait::wake_if_sleeping;
 use crate::ring::{ChannelSegment, Claim, Consumer, Doorbell, Full, Producer, Request, SegmentError};
-use crate::EngineError;
+use crate::{EngineError, MessageView};
 use netmachine_schema::time::now_ms;
 use netmachine_schema::{EngineMessage, Identity};
 use std::sync::atomic::Ordering;
@@ -52,21 +52,46 @@ impl OutChannel {
 
     /// Writes `message` and wakes the receiver if it sleeps: `Full` if there is no room now.
     pub fn try_send(&mut self, message: &EngineMessage) -> Result<(), EngineError> {
-        let max_body = self.segment.max_body();
-        if message.body.len() > max_body {
-            return Err(EngineError::Refused {
-                reason: crate::SendRefusal::OverLimit,
-                detail: format!("a body of {} bytes is over the node's limit of {max_body}", message.body.len()),
-            });
-        }
-        let (len, max) = (records::message_length(message), self.producer.max_body());
-        if len > max {
-            return Err(EngineError::TooLargeForRing { len, max });
-        }
+        self.admit(message.body.len(), records::message_length(message))?;
         records::write_message(&mut self.producer, message).map_err(|Full| EngineError::Full)?;
-        self.segment.count(CHANNEL_WRITTEN_AT, 1);
-        wake_if_sleeping(self.bell.sleeping());
+        self.written(1);
         Ok(())
+    }
+
+    /// Writes as many of `bodies` as there is room for now, each the message `template` with
+    /// that body (`records::write_bodies`), and wakes the receiver once: how many, or `Full`
+    /// if none.
+    pub fn try_send_bodies(&mut self, template: &EngineMessage, first_id: u64, bodies: &[&[u8]]) -> Result<usize, EngineError> {
+        for body in bodies {
+            self.admit(body.len(), records::message_length(template) + body.len())?;
+        }
+        match records::write_bodies(&mut self.producer, template, first_id, bodies) {
+            0 => Err(EngineError::Full),
+            written => {
+                self.written(written);
+                Ok(written)
+            }
+        }
+    }
+
+    /// What the router would check of a message of a `body`-byte body in a `record`-byte
+    /// record: the node's limit, and the channel's room for it ever.
+    fn admit(&self, body: usize, record: usize) -> Result<(), EngineError> {
+        let max_body = self.segment.max_body();
+        if body > max_body {
+            return Err(EngineError::Refused { reason: crate::SendRefusal::OverLimit, detail: format!("a body of {body} bytes is over the node's limit of {max_body}") });
+        }
+        let max = self.producer.max_body();
+        if record > max {
+            return Err(EngineError::TooLargeForRing { len: record, max });
+        }
+        Ok(())
+    }
+
+    /// Counts `written` records and wakes the receiver if it sleeps.
+    fn written(&self, written: usize) {
+        self.segment.count(CHANNEL_WRITTEN_AT, written as u64);
+        wake_if_sleeping(self.bell.sleeping());
     }
 
     /// The channel, to wait on its `producer_waiting` for room without the outbox lock.
@@ -130,7 +155,14 @@ impl InChannel {
                 self.wake_sender(true);
                 return if finished { FromChannel::Ended } else { FromChannel::Empty };
             }
-            Ok(Some(record)) if record.kind == Kind::Message => records::read_message(record.body).and_then(|message| self.check(&message).map(|()| Box::new(message))),
+            Ok(Some(record)) if record.kind == Kind::Message => records::read_view(record.body).and_then(|view| {
+                check(self.producer, self.engine, &view)?;
+                let message = view.to_message();
+                match message.sig.is_some() && !message.signature_holds() {
+                    true => Err("its signature is not its sender's".to_string()),
+                    false => Ok(Box::new(message)),
+                }
+            }),
             Ok(Some(record)) => Err(format!("a {:?} record, which no engine writes to a channel", record.kind)),
             Err(corrupt) => {
                 tracing::error!(channel = %self.segment.name, %corrupt, "a direct channel is corrupt; nothing more is read from it");
@@ -163,24 +195,47 @@ impl InChannel {
         }
     }
 
-    /// What the router checks of a message from an engine on its rings.
-    fn check(&self, message: &EngineMessage) -> Result<(), String> {
-        if message.src != self.producer {
-            return Err(format!("its source is {}, not the channel's producer", message.src));
+    /// Hands `handle` the messages at the front of the channel, up to `limit` of them, for as
+    /// long as they are plain ([`MessageView::is_plain`]) and pass the checks: each borrowed
+    /// from the consumer's copy of its record, with no allocation. How many; whatever stopped
+    /// it (another record, a check that fails, the channel's end) is left to [`InChannel::take`].
+    pub fn take_plain<F: FnMut(MessageView<'_>)>(&mut self, limit: usize, handle: &mut F) -> usize {
+        let mut handed = 0;
+        while handed < limit {
+            let Ok(Some(record)) = self.consumer.peek() else { break };
+            if record.kind != Kind::Message {
+                break;
+            }
+            match records::read_view(record.body) {
+                Ok(view) if view.is_plain() && check(self.producer, self.engine, &view).is_ok() => handle(view),
+                _ => break,
+            }
+            handed += 1;
+            self.segment.count(CHANNEL_READ_AT, 1);
+            self.consumer.consume();
+            self.unchecked += 1;
+            self.wake_sender(self.unchecked == FULL_CHECK_EVERY);
         }
-        if message.dst != netmachine_schema::Destination::Engine(self.engine) {
-            return Err("it is not for this engine".into());
-        }
-        if message.expiry.is_some_and(|expiry| expiry <= now_ms()) {
-            return Err("it expired".into());
-        }
-        if message.stamp.is_some() {
-            return Err("a delivery stamp, which only the router writes".into());
-        }
-        if message.sig.is_some() && !message.signature_holds() {
-            return Err("its signature is not its sender's".into());
-        }
-        Ok(())
+        handed
     }
+}
+
+/// What the router checks of a message from an engine on its rings, but its signature (which
+/// the caller checks on the message it then owns): from the channel's `producer`, for its
+/// consumer `engine`.
+fn check(producer: Identity, engine: Identity, message: &MessageView) -> Result<(), String> {
+    if message.src != producer {
+        return Err(format!("its source is {}, not the channel's producer", message.src));
+    }
+    if message.dst != netmachine_schema::Destination::Engine(engine) {
+        return Err("it is not for this engine".into());
+    }
+    if message.expiry.is_some_and(|expiry| expiry <= now_ms()) {
+        return Err("it expired".into());
+    }
+    if message.stamp.is_some() {
+        return Err("a delivery stamp, which only the router writes".into());
+    }
+    Ok(())
 }
 

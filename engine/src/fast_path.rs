@@ -12,7 +12,7 @@ use crate::ring::layout::{Kind, CHANNEL_PRODUCER_WAITING_AT, OUTBOX_PRODUCER_WAI
 use crate::ring::records;
 use crate::ring::wait::{wait_a_while, WaitMode};
 use crate::ring::{Claim, Consumer, Doorbell, Full, Handed, Producer, RingSegment, SegmentError, Ticket};
-use crate::EngineError;
+use crate::{EngineError, MessageView};
 use netmachine_schema::{Destination, EngineMessage, Identity};
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,6 +83,15 @@ impl Inbox {
 enum Route {
     Outbox,
     Channel(Identity),
+}
+
+/// What `poll` found.
+pub(crate) enum Polled {
+    /// This many messages were handed to the handler (0: only a reply, a refusal or a skipped
+    /// record was taken).
+    Handed(usize),
+    Empty,
+    Done,
 }
 
 /// What the next inbox record was.
@@ -170,6 +179,27 @@ impl EngineRing {
         Ok(())
     }
 
+    /// Writes as many of `bodies` as there is room for now, each the message `template` with
+    /// that body and its id counting up from `first_id`, into `template.dst`'s channel or
+    /// else the outbox, under one lock and with one wake-up: how many, `Full` if none.
+    pub fn try_send_bodies(&self, template: &EngineMessage, first_id: u64, bodies: &[&[u8]]) -> Result<usize, EngineError> {
+        let mut outbox = lock(&self.outbox);
+        if let Route::Channel(peer) = self.route(&mut outbox, template) {
+            return outbox.channels.get_mut(&peer).expect("routed to a channel it has").try_send_bodies(template, first_id, bodies);
+        }
+        let max = outbox.producer.max_body();
+        if let Some(len) = bodies.iter().map(|body| records::message_length(template) + body.len()).find(|len| *len > max) {
+            return Err(EngineError::TooLargeForRing { len, max });
+        }
+        let written = records::write_bodies(&mut outbox.producer, template, first_id, bodies);
+        drop(outbox);
+        if written == 0 {
+            return Err(EngineError::Full);
+        }
+        self.doorbell.ring();
+        Ok(written)
+    }
+
     /// The way `message` leaves now: channels the router granted since the last send are
     /// switched to first, and a channel the router revoked is forgotten.
     fn route(&self, outbox: &mut Outbox, message: &EngineMessage) -> Route {
@@ -193,7 +223,22 @@ impl EngineRing {
     /// `timeout` (the router may be gone and not drain the outbox, or the receiver not read
     /// its channel).
     pub fn send_blocking(&self, message: &EngineMessage, timeout: Duration) -> Result<(), EngineError> {
-        let mut sent = self.try_send(message);
+        self.until_sent(message, timeout, || self.try_send(message))
+    }
+
+    /// Like `try_send_bodies`, for all of `bodies`, waiting for room as `send_blocking` does.
+    pub fn send_bodies_blocking(&self, template: &EngineMessage, first_id: u64, bodies: &[&[u8]], timeout: Duration) -> Result<(), EngineError> {
+        let mut sent = 0;
+        self.until_sent(template, timeout, || {
+            sent += self.try_send_bodies(template, first_id + sent as u64, &bodies[sent..])?;
+            if sent < bodies.len() { Err(EngineError::Full) } else { Ok(()) }
+        })
+    }
+
+    /// Calls `send` until it is done or fails for another reason than `Full`, waiting for room
+    /// between calls where messages to `routed`'s destination leave.
+    fn until_sent(&self, routed: &EngineMessage, timeout: Duration, mut send: impl FnMut() -> Result<(), EngineError>) -> Result<(), EngineError> {
+        let mut sent = send();
         if !matches!(sent, Err(EngineError::Full)) {
             // The usual case, without reading the clock.
             return sent;
@@ -206,7 +251,7 @@ impl EngineRing {
             // The channel (kept, to wait on its word without the outbox lock), or the outbox.
             let channel = {
                 let mut outbox = lock(&self.outbox);
-                match self.route(&mut outbox, message) {
+                match self.route(&mut outbox, routed) {
                     Route::Channel(peer) => outbox.channels.get(&peer).map(OutChannel::segment),
                     Route::Outbox => None,
                 }
@@ -219,7 +264,7 @@ impl EngineRing {
                 None => self.segment.word(OUTBOX_PRODUCER_WAITING_AT),
             };
             wait_a_while(self.mode, word, || {
-                sent = self.try_send(message);
+                sent = send();
                 !matches!(sent, Err(EngineError::Full)) || self.stopped()
             });
         }
@@ -286,6 +331,42 @@ impl EngineRing {
             }
         }
         Taken::Empty
+    }
+
+    /// Like `take`, but hands the messages to `handle`: from the next source in turn that has
+    /// any, up to `limit` of the plain messages at the front of a channel, borrowed and with
+    /// no allocation, then at most one record the way `take` takes it. How many messages were
+    /// handed; `Handled` with 0 when only a reply, refusal or skipped record was taken.
+    pub fn poll<F: FnMut(MessageView<'_>)>(&self, shared: &Shared, limit: usize, handle: &mut F) -> Polled {
+        if self.stopped() {
+            return Polled::Done;
+        }
+        let mut inbox = lock(&self.inbox);
+        let sources = 1 + inbox.channels.len();
+        for step in 0..sources {
+            let source = (inbox.turn + step) % sources;
+            let mut handed = match source {
+                0 => 0,
+                channel => inbox.channels[channel - 1].take_plain(limit, handle),
+            };
+            let taken = match source {
+                _ if handed == limit => Taken::Handled,
+                0 => self.take_from_inbox(&mut inbox, shared),
+                channel => self.take_from_channel(&mut inbox, channel - 1, shared),
+            };
+            match taken {
+                Taken::Message(message) => {
+                    handle(MessageView::of(&message));
+                    handed += 1;
+                }
+                Taken::Done => return Polled::Done,
+                Taken::Empty if handed == 0 => continue,
+                Taken::Empty | Taken::Handled => {}
+            }
+            inbox.turn = source + 1;
+            return Polled::Handed(handed);
+        }
+        Polled::Empty
     }
 
     fn take_from_channel(&self, inbox: &mut Inbox, at: usize, shared: &Shared) -> Taken {

@@ -24,6 +24,7 @@ mod error;
 mod fast_path;
 pub mod ring;
 pub mod topics;
+mod view;
 
 pub use error::EngineError;
 pub use fast_path::Receiver;
@@ -32,6 +33,7 @@ pub use netmachine_schema::message_capnp::Scope;
 pub use netmachine_schema::router_capnp::{SendRefusal, TopicPolicy, TopicRefusal};
 pub use netmachine_schema::{ContentId, Destination, EngineMessage, Identity, Keypair, TopicAdvert};
 pub use topics::{Event, Gap, Received, TopicAnswer};
+pub use view::MessageView;
 
 use connection::{Command, Shared};
 use topics::{Fit, RouterRequest};
@@ -308,11 +310,40 @@ impl Engine {
         let mut message = self.message(dst, body);
         self.prepare(&mut message)?;
         let id = message.id;
-        match self.shared.ring() {
-            Some(ring) => ring.send_blocking(&message, self.send_timeout)?,
-            None => self.runtime.block_on(self.send_prepared(message))?,
-        }
+        self.send_prepared_blocking(message)?;
         Ok(id)
+    }
+
+    fn send_prepared_blocking(&self, message: EngineMessage) -> Result<(), EngineError> {
+        match self.shared.ring() {
+            Some(ring) => ring.send_blocking(&message, self.send_timeout),
+            None => self.runtime.block_on(self.send_prepared(message)),
+        }
+    }
+
+    /// Sends each of `bodies` to `dst` as a message of its own, in order, from a thread that is
+    /// not running async code: on the rings, as many at a time as there is room for, under one
+    /// lock and with one wake-up of the receiver (the way to stream many small messages); an
+    /// engine that signs its messages, or is on the socket path, sends them one by one. Their
+    /// ids are the one returned and those after it. A body over the node's limit refuses them
+    /// all, before any is sent.
+    pub fn send_all_blocking(&self, dst: impl Into<Destination>, bodies: &[&[u8]]) -> Result<u64, EngineError> {
+        if let Some(body) = bodies.iter().find(|body| body.len() > self.max_message_bytes) {
+            return Err(EngineError::TooLarge { len: body.len(), max: self.max_message_bytes });
+        }
+        let first = self.next_id.fetch_add(bodies.len() as u64, Ordering::Relaxed);
+        let template = EngineMessage::new(self.identity, dst.into(), first, Vec::new());
+        match self.shared.ring() {
+            Some(ring) if self.signer.is_none() => ring.send_bodies_blocking(&template, first, bodies, self.send_timeout)?,
+            _ => {
+                for (at, body) in bodies.iter().enumerate() {
+                    let mut message = EngineMessage { id: first + at as u64, body: body.to_vec(), ..template.clone() };
+                    self.prepare(&mut message)?;
+                    self.send_prepared_blocking(message)?;
+                }
+            }
+        }
+        Ok(first)
     }
 
     /// The inbox ring, when this engine reads it on the calling thread.
@@ -360,6 +391,38 @@ impl Engine {
                 Some(fast_path::Taken::Handled) => {}
                 Some(fast_path::Taken::Done) => return None,
                 Some(fast_path::Taken::Empty) | None => ring.wait_for_records(),
+            }
+        }
+    }
+
+    /// Hands up to `limit` received messages to `handle`, waiting (as the engine's wait mode
+    /// says) up to `timeout` for the first: how many (0 if none came), or `None` once the engine
+    /// is closed. An engine that reads its rings on the calling thread hands plain messages
+    /// (see [`MessageView::is_plain`]) from a direct channel straight from its copy of each
+    /// record, with no allocation: the way to take a stream of small messages. Replies go to
+    /// their requests, as with `recv`. Do not call it from async code.
+    pub fn poll_blocking(&self, limit: usize, timeout: Duration, mut handle: impl FnMut(MessageView<'_>)) -> Option<usize> {
+        let mut handed = |message: EngineMessage| {
+            handle(MessageView::of(&message));
+            Some(1)
+        };
+        let Some(ring) = self.own_ring() else {
+            return match self.runtime.block_on(tokio::time::timeout(timeout, self.recv())) {
+                Ok(message) => handed(message?),
+                Err(_) => Some(0),
+            };
+        };
+        if let Some(message) = self.take_kept() {
+            return handed(message);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match ring.poll(&self.shared, limit.max(1), &mut handle) {
+                fast_path::Polled::Handed(0) => {}
+                fast_path::Polled::Handed(count) => return Some(count),
+                fast_path::Polled::Empty if std::time::Instant::now() >= deadline => return Some(0),
+                fast_path::Polled::Empty => ring.wait_for_records(),
+                fast_path::Polled::Done => return None,
             }
         }
     }

@@ -166,3 +166,78 @@ fn a_sender_whose_receiver_stops_reading_its_channel_is_refused_queue_full_with_
         drop(receiver);
     });
 }
+
+#[test]
+fn batches_sent_with_send_all_and_taken_with_poll_arrive_whole_in_order_and_a_forged_record_after_them_is_dropped() {
+    let node = Node::up();
+    let node_id: Identity = node.id().parse().unwrap();
+    with_rpc(async {
+        let a = std::sync::Arc::new(attach_engine(&node, |_| {}).await);
+        let b = attach_engine(&node, |o| o.receiver = netmachine_engine::Receiver::CallingThread).await;
+        let (from, to) = (a.identity(), b.identity());
+        // B takes what comes with poll on a thread of its own, as a stream reader would, up to
+        // the last message.
+        let receiving = tokio::task::spawn_blocking(move || {
+            let (mut got, deadline) = (Vec::new(), std::time::Instant::now() + 3 * WAIT);
+            while got.last().is_none_or(|(_, _, body): &(Identity, u64, Vec<u8>)| body != b"true") && std::time::Instant::now() < deadline {
+                b.poll_blocking(100, WAIT, |m| got.push((m.src, m.id, m.body.to_vec()))).expect("attached");
+            }
+            got
+        });
+        let before = send_until_on_channel(&node, &a, to).await;
+        const BATCHES: u32 = 40;
+        let sender = a.clone();
+        let firsts = tokio::task::spawn_blocking(move || {
+            (0..BATCHES)
+                .map(|batch| {
+                    let bodies: Vec<[u8; 4]> = (batch * 64..(batch + 1) * 64).map(u32::to_le_bytes).collect();
+                    let bodies: Vec<&[u8]> = bodies.iter().map(|b| b.as_slice()).collect();
+                    sender.send_all_blocking(to, &bodies).expect("sent")
+                })
+                .collect::<Vec<u64>>()
+        });
+        let firsts = tokio::time::timeout(WAIT, firsts).await.expect("the batches are sent").expect("its thread");
+        // After them, another process of the node's user writes into the channel: a record in
+        // a stranger's name (dropped, counted), then one A could have written.
+        wait_until("the batches are read", WAIT, || {
+            node.router_counter("channel_messages") + node.router_counter("ring_messages_forwarded") == u64::from(before + BATCHES * 64)
+        });
+        let channel = ChannelSegment::open(&ring::channel_name(&node_id.0, &from.0, &to.0), None, None).expect("the channel");
+        let mut forger = channel.producer_side().expect("a producer of its own mapping");
+        let stranger = EngineMessage::new(Keypair::generate().identity(), Destination::Engine(to), 1, b"not from a".to_vec());
+        let true_one = EngineMessage::new(from, Destination::Engine(to), 2, b"true".to_vec());
+        for message in [&stranger, &true_one] {
+            ring::records::write_message(&mut forger, message).expect("room");
+        }
+        ring::wait::wake_if_sleeping(Doorbell::open(&ring::bell_name(&node_id.0, &to.0)).expect("B's doorbell").sleeping());
+        let got = tokio::time::timeout(WAIT, receiving).await.expect("the last message arrives").expect("its thread");
+        // What went before the channel (numbered from 0), then every body of the batches once,
+        // in order, each id one after its batch's first, then the true one.
+        let (early, got) = got.split_at(got.len().saturating_sub((BATCHES * 64) as usize + 1));
+        let early: Vec<&[u8]> = early.iter().map(|(_, _, body)| body.as_slice()).collect();
+        assert_eq!(early, (0..before).map(u32::to_le_bytes).collect::<Vec<_>>(), "the messages sent one by one, in order");
+        let mut want: Vec<_> = (0..BATCHES * 64).map(|n| (from, firsts[(n / 64) as usize] + u64::from(n % 64), n.to_le_bytes().to_vec())).collect();
+        want.push((from, 2, b"true".to_vec()));
+        assert_eq!(got.len(), want.len());
+        if let Some(at) = (0..want.len()).find(|&at| got[at] != want[at]) {
+            panic!("message {at} is {:?}, not {:?}", got[at], want[at]);
+        }
+        wait_until("the forged record is counted", WAIT, || node.router_counter("channel_messages_dropped") == 1);
+    });
+}
+
+#[test]
+fn a_batch_with_a_body_over_the_node_limit_is_refused_whole_and_nothing_of_it_arrives() {
+    let node = Node::up();
+    with_rpc(async {
+        let (a, b) = (attach_engine(&node, |_| {}).await, attach_engine(&node, |_| {}).await);
+        let over = vec![0; a.max_message_bytes() + 1];
+        match a.send_all_blocking(b.identity(), &[b"fits", &over]) {
+            Err(EngineError::TooLarge { len, max }) => assert_eq!((len, max), (over.len(), a.max_message_bytes())),
+            other => panic!("a batch with a body over the limit is refused TooLarge, not {other:?}"),
+        }
+        a.send(b.identity(), b"after".to_vec()).await.expect("sent");
+        let first = tokio::time::timeout(WAIT, b.recv()).await.expect("a message arrives").expect("attached");
+        assert_eq!(first.body, b"after", "nothing of the refused batch arrived before it");
+    });
+}

@@ -10,6 +10,7 @@ use super::layout::Kind;
 use super::spsc::{Full, Producer};
 use netmachine_schema::message_capnp::Scope;
 use netmachine_schema::router_capnp::SendRefusal;
+use crate::MessageView;
 use netmachine_schema::{Destination, EngineMessage, Identity, Stamp};
 
 /// A message the router could not route, as it tells the sending engine.
@@ -78,6 +79,22 @@ pub fn write_message(producer: &mut Producer, message: &EngineMessage) -> Result
     let stamp = message.stamp.as_ref().map(encode_stamp);
     let head = encode_head(message, signature);
     producer.try_write(Kind::Message, &[&head, message.protocol.as_bytes(), &message.body, signature, stamp.as_ref().map_or(&[][..], |s| &s[..])])
+}
+
+/// Writes a record for each of `bodies` in turn, each the message `template` (unsigned and
+/// unstamped) with that body, their ids counting up from `first_id`, for as long as the ring has
+/// room: how many were written.
+pub fn write_bodies(producer: &mut Producer, template: &EngineMessage, first_id: u64, bodies: &[&[u8]]) -> usize {
+    debug_assert!(template.sig.is_none() && template.stamp.is_none() && template.body.is_empty());
+    let mut head = encode_head(template, &[]);
+    for (written, body) in bodies.iter().enumerate() {
+        head[ID_AT..REPLY_TO_AT].copy_from_slice(&(first_id + written as u64).to_le_bytes());
+        head[BODY_LENGTH_AT..SIGNATURE_LENGTH_AT].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        if producer.try_write(Kind::Message, &[&head, template.protocol.as_bytes(), body]).is_err() {
+            return written;
+        }
+    }
+    bodies.len()
 }
 
 /// The fixed head of `message`'s record (lengths fit in u32: a ring's largest body is half its
@@ -195,8 +212,13 @@ pub fn message_id(record: &[u8]) -> Option<u64> {
 
 /// Reads a message record's body into a message (copying the body out of the ring).
 pub fn read_message(record: &[u8]) -> Result<EngineMessage, String> {
+    read_view(record).map(|view| view.to_message())
+}
+
+/// Reads a message record's body, borrowing its protocol and body from it.
+pub fn read_view(record: &[u8]) -> Result<MessageView<'_>, String> {
     let fields = Fields::check(record)?;
-    Ok(EngineMessage {
+    Ok(MessageView {
         src: fields.src(),
         dst: fields.dst,
         id: u64_at(fields.head, ID_AT),
@@ -206,8 +228,8 @@ pub fn read_message(record: &[u8]) -> Result<EngineMessage, String> {
         ordered: fields.flag(ORDERED),
         reliable: fields.flag(RELIABLE),
         encrypted: fields.flag(ENCRYPTED),
-        protocol: fields.protocol.to_string(),
-        body: fields.body.to_vec(),
+        protocol: fields.protocol,
+        body: fields.body,
         sig: fields.sig,
         stamp: fields.stamp,
     })
@@ -318,6 +340,7 @@ pub fn read_channel_switch(body: &[u8]) -> Option<Identity> {
 mod tests {
     use super::*;
     use crate::ring::heap_ring;
+    use netmachine_schema::Keypair;
 
     fn record_of(message: &EngineMessage) -> Vec<u8> {
         let (mut producer, mut consumer) = heap_ring(8192);
@@ -383,6 +406,31 @@ mod tests {
         forward(&mut into, &rewritten, &envelope).unwrap();
         let copied = read_message(out.peek().unwrap().unwrap().body).unwrap();
         assert_eq!((copied.src, copied.id), (message.src, message.id), "nor an id (an event's sequence)");
+    }
+
+    #[test]
+    fn bodies_written_as_a_batch_read_back_as_the_template_with_their_own_ids_as_room_allows() {
+        let (mut producer, mut consumer) = heap_ring(1024);
+        let (src, dst) = (Keypair::generate().identity(), Keypair::generate().identity());
+        let template = EngineMessage::new(src, Destination::Engine(dst), 0, vec![]);
+        let bodies: Vec<Vec<u8>> = (0..10u8).map(|n| vec![n; 100]).collect();
+        let bodies: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        // Records of 8 + 104 + 100 bytes, padded to 216: four fit in 1024 bytes.
+        let mut written = write_bodies(&mut producer, &template, 40, &bodies);
+        assert_eq!(written, 4);
+        let mut read = 0;
+        while read < bodies.len() {
+            while let Some(record) = consumer.peek().unwrap() {
+                let view = read_view(record.body).unwrap();
+                assert!(view.is_plain());
+                assert_eq!(view.to_message(), EngineMessage { id: 40 + read as u64, body: bodies[read].to_vec(), ..template.clone() });
+                consumer.consume();
+                read += 1;
+            }
+            assert_eq!(read, written, "every record written is read, no more");
+            written += write_bodies(&mut producer, &template, 40 + written as u64, &bodies[written..]);
+        }
+        assert_eq!(written, bodies.len());
     }
 
     #[test]

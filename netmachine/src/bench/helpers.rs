@@ -20,6 +20,9 @@ pub enum Helper {
         engine: EngineArgs,
         #[arg(long)]
         count: u64,
+        /// Take them with poll_blocking (borrowed) instead of recv_blocking
+        #[arg(long)]
+        poll: bool,
     },
     /// An engine that attaches and waits
     Idle(EngineArgs),
@@ -149,14 +152,19 @@ pub fn run(helper: Helper) -> Result<()> {
                 engine.send_blocking(message.src, message.body)?;
             }
         }
-        Helper::Sink { engine: args, count } => {
+        Helper::Sink { engine: args, count, poll } => {
             let engine = attach(&args)?;
-            let mut last = None;
-            for _ in 0..count {
-                last = Some(engine.recv_blocking().context("closed")?);
+            let (mut taken, mut last) = (0, None);
+            while taken < count {
+                if poll {
+                    taken += engine.poll_blocking(256, std::time::Duration::from_secs(60), |message| last = Some(message.src)).context("closed")? as u64;
+                } else {
+                    last = Some(engine.recv_blocking().context("closed")?.src);
+                    taken += 1;
+                }
             }
             if let Some(last) = last {
-                engine.send_blocking(last.src, b"done".to_vec())?;
+                engine.send_blocking(last, b"done".to_vec())?;
             }
             std::thread::sleep(std::time::Duration::from_millis(200));
         }

@@ -21,6 +21,20 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+/// How `throughput` sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sending {
+    /// Over the socket path, many sends in flight.
+    Socket,
+    /// On the rings, `send_blocking` and `recv_blocking`: a message each call.
+    OneByOne,
+    /// On the rings, `send_all_blocking` with `BATCH` bodies and `poll_blocking`.
+    Batched,
+}
+
+/// Bodies to a `send_all_blocking` call in the batched throughput figure.
+const BATCH: usize = 64;
+
 /// Benchmark nodes listen on a free loopback port: never on the default one a user's node has.
 const LISTEN_ANY_PORT: &str = "transport.listen=[\"127.0.0.1:0\"]";
 
@@ -138,14 +152,30 @@ impl Bench {
     }
 
     /// Messages per second from one engine to another, counted until the last arrived. On the
-    /// rings the sender writes as fast as the outbox takes; on the socket it keeps many sends
-    /// in flight, as an engine that cares about throughput would.
-    pub(super) fn throughput(&mut self, size: usize, ring: bool, count: u64) -> Result<f64> {
-        let (_sink, sink) = self.engine("sink", false, ring, &["--count", &count.to_string()])?;
+    /// rings the sender writes as fast as the outbox takes, one message per call (`Sending::
+    /// OneByOne`) or `BATCH` (`send_all_blocking`, and the receiver takes them with
+    /// `poll_blocking`); on the socket it keeps many sends in flight, as an engine that cares
+    /// about throughput would.
+    pub(super) fn throughput(&mut self, size: usize, sending: Sending, count: u64) -> Result<f64> {
+        let ring = sending != Sending::Socket;
+        let mut sink_args = vec!["--count".to_string(), count.to_string()];
+        if sending == Sending::Batched {
+            sink_args.push("--poll".into());
+        }
+        let sink_args: Vec<&str> = sink_args.iter().map(String::as_str).collect();
+        let (_sink, sink) = self.engine("sink", false, ring, &sink_args)?;
         let engine = self.attach(false, ring)?;
         let body = vec![0x5a; size];
         let start = Instant::now();
-        if ring {
+        if sending == Sending::Batched {
+            let batch = vec![body.as_slice(); BATCH];
+            let mut sent = 0;
+            while sent < count {
+                let now = BATCH.min((count - sent) as usize);
+                engine.send_all_blocking(sink, &batch[..now])?;
+                sent += now as u64;
+            }
+        } else if ring {
             for _ in 0..count {
                 engine.send_blocking(sink, body.clone())?;
             }
@@ -270,9 +300,11 @@ pub fn run(rounds: usize, messages: u64, json_output: bool) -> Result<()> {
     let mut socket = bench.latency(false, false, rounds / 4)?;
     let mut floor = bench.floor(rounds as u64 * 10)?;
     let mut unix = bench.unix_socket(rounds)?;
-    let msgs_64 = bench.throughput(64, true, messages)?;
-    let msgs_1024 = bench.throughput(1024, true, messages)?;
-    let socket_64 = bench.throughput(64, false, messages / 4)?;
+    let msgs_64 = bench.throughput(64, Sending::OneByOne, messages)?;
+    let msgs_1024 = bench.throughput(1024, Sending::OneByOne, messages)?;
+    let batched_64 = bench.throughput(64, Sending::Batched, messages)?;
+    let batched_1024 = bench.throughput(1024, Sending::Batched, messages)?;
+    let socket_64 = bench.throughput(64, Sending::Socket, messages / 4)?;
     let bare_64 = bench.bare_ring(64, messages * 4)?;
     let bare_1024 = bench.bare_ring(1024, messages * 4)?;
     let idle = bench.idle_cpu(&node)?;
@@ -288,6 +320,8 @@ pub fn run(rounds: usize, messages: u64, json_output: bool) -> Result<()> {
         "unix_socket_ns_p50": ns(unix.percentile(50.0)),
         "msgs_per_s_64": msgs_64.round(),
         "msgs_per_s_1024": msgs_1024.round(),
+        "batched_msgs_per_s_64": batched_64.round(),
+        "batched_msgs_per_s_1024": batched_1024.round(),
         "socket_msgs_per_s_64": socket_64.round(),
         "bare_ring_msgs_per_s_64": bare_64.round(),
         "bare_ring_msgs_per_s_1024": bare_1024.round(),
@@ -308,6 +342,8 @@ pub fn run(rounds: usize, messages: u64, json_output: bool) -> Result<()> {
     println!("{}", super::ratio_line("one-way latency p50, socket path", f("socket_latency_ns_p50"), "Unix socket ping-pong p50", f("unix_socket_ns_p50"), "ns"));
     println!("{}", super::ratio_line("throughput 64 B, engine to engine", f("msgs_per_s_64"), "bare ring, no messages, 64 B", f("bare_ring_msgs_per_s_64"), "msg/s"));
     println!("{}", super::ratio_line("throughput 1 KiB, engine to engine", f("msgs_per_s_1024"), "bare ring, no messages, 1 KiB", f("bare_ring_msgs_per_s_1024"), "msg/s"));
+    println!("{}", super::ratio_line("throughput 64 B, batched", f("batched_msgs_per_s_64"), "bare ring, no messages, 64 B", f("bare_ring_msgs_per_s_64"), "msg/s"));
+    println!("{}", super::ratio_line("throughput 1 KiB, batched", f("batched_msgs_per_s_1024"), "bare ring, no messages, 1 KiB", f("bare_ring_msgs_per_s_1024"), "msg/s"));
     println!("{}", super::ratio_line("throughput 64 B, socket path", f("socket_msgs_per_s_64"), "engine to engine, rings", f("msgs_per_s_64"), "msg/s"));
     println!("idle node with 4 engines attached, 10 s: {:.2}% of one core", f("idle_cpu_percent"));
     Ok(())

@@ -187,7 +187,7 @@ pub fn run(events: u64, json_output: bool) -> Result<()> {
     let mut report = serde_json::Map::new();
     measure(&mut bench, &Place::Here, "local", events, &mut report)?;
     for size in [64, 256] {
-        report.insert(format!("local_unicast_per_s_{size}"), bench.throughput(size, true, events * 4)?.round().into());
+        report.insert(format!("local_unicast_per_s_{size}"), bench.throughput(size, super::local::Sending::OneByOne, events * 4)?.round().into());
     }
     let mut second = bench.second_node()?;
     let across = run_local(link(&node, &second)).and_then(|()| measure(&mut bench, &Place::Across { publisher_node: &node, subscriber_node: &second }, "remote", events, &mut report));
