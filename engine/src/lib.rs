@@ -381,7 +381,7 @@ impl Engine {
 
     /// Receives from a thread that is not running async code. Do not call it from async code.
     pub fn recv_blocking(&self) -> Option<EngineMessage> {
-        let Some(ring) = self.own_ring() else { return self.recv_queued_blocking() };
+        let Some(ring) = self.own_ring() else { return self.recv_queued_blocking(None).unwrap_or(None) };
         if let Some(message) = self.take_kept() {
             return Some(message);
         }
@@ -407,9 +407,9 @@ impl Engine {
             Some(1)
         };
         let Some(ring) = self.own_ring() else {
-            return match self.runtime.block_on(tokio::time::timeout(timeout, self.recv())) {
-                Ok(message) => handed(message?),
-                Err(_) => Some(0),
+            return match self.recv_queued_blocking(Some(timeout)) {
+                Some(message) => handed(message?),
+                None => Some(0),
             };
         };
         if let Some(message) = self.take_kept() {
@@ -430,19 +430,24 @@ impl Engine {
     /// What the engine thread or the ring reader queued, for a thread that is not running async
     /// code: it yields a while before it blocks, since waking a blocked thread costs
     /// microseconds (measured, `bench local` socket path one-way p50: 2.9-3.1x a Unix socket
-    /// ping-pong blocking at once, 2.2-2.5x yielding first).
-    fn recv_queued_blocking(&self) -> Option<EngineMessage> {
+    /// ping-pong blocking at once, 2.2-2.5x yielding first). `None` if nothing came within
+    /// `timeout` (if given).
+    fn recv_queued_blocking(&self, timeout: Option<Duration>) -> Option<Option<EngineMessage>> {
         for _ in 0..QUEUE_YIELDS {
             if let Ok(mut incoming) = self.incoming.try_lock() {
                 match incoming.try_recv() {
-                    Ok(message) => return Some(*message),
-                    Err(mpsc::error::TryRecvError::Disconnected) => return None,
+                    Ok(message) => return Some(Some(*message)),
+                    Err(mpsc::error::TryRecvError::Disconnected) => return Some(None),
                     Err(mpsc::error::TryRecvError::Empty) => {}
                 }
             }
             std::thread::yield_now();
         }
-        self.runtime.block_on(self.recv())
+        match timeout {
+            // The timer is made within the runtime, whose clock it needs.
+            Some(timeout) => self.runtime.block_on(async { tokio::time::timeout(timeout, self.recv()).await.ok() }),
+            None => Some(self.runtime.block_on(self.recv())),
+        }
     }
 
     /// Answers `request` from a thread that is not running async code.

@@ -218,3 +218,30 @@ fn a_full_destination_pushes_back_on_the_sender_and_then_refuses() {
     });
     assert_eq!(node.router_counter("dropped_queue_full"), 1);
 }
+
+#[test]
+fn an_engine_on_the_socket_polls_what_it_is_sent_and_a_poll_with_nothing_for_it_ends_at_its_timeout() {
+    let node = Node::up();
+    with_rpc(async {
+        let receiver = attach_engine(&node, |o| o.ring = false).await;
+        let sender = attach_engine(&node, |o| o.ring = false).await;
+        let to = receiver.identity();
+        let (idled, idle_over) = tokio::sync::oneshot::channel();
+        let polling = tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
+            let idle = receiver.poll_blocking(10, Duration::from_millis(300), |_| panic!("nothing was sent yet"));
+            let waited = started.elapsed();
+            let _ = idled.send(());
+            let mut got = Vec::new();
+            while got.len() < 3 && receiver.poll_blocking(10, Duration::from_secs(10), |m| got.push(m.body.to_vec())).expect("attached") > 0 {}
+            (idle, waited, got)
+        });
+        tokio::time::timeout(Duration::from_secs(30), idle_over).await.expect("the idle poll ends").expect("its thread");
+        let sending = tokio::task::spawn_blocking(move || sender.send_all_blocking(to, &[b"one", b"two", b"three"]).expect("sent"));
+        tokio::time::timeout(Duration::from_secs(30), sending).await.expect("sent in time").expect("its thread");
+        let (idle, waited, got) = tokio::time::timeout(Duration::from_secs(30), polling).await.expect("the polls end").expect("its thread");
+        assert_eq!(idle, Some(0), "a poll that found nothing says so");
+        assert!(waited >= Duration::from_millis(300), "it waited its timeout out: {waited:?}");
+        assert_eq!(got, [b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]);
+    });
+}

@@ -13,7 +13,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(clap::Subcommand)]
 pub enum Helper {
     /// An engine that answers every message with its body
-    Echo(EngineArgs),
+    Echo {
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// Take them with poll_blocking and answer with send_all_blocking
+        #[arg(long)]
+        poll: bool,
+    },
     /// An engine that takes COUNT messages, then answers the last one's sender
     Sink {
         #[command(flatten)]
@@ -146,10 +152,23 @@ fn subscribe(args: &EngineArgs, topic: &str, count: u64) -> Result<()> {
 
 pub fn run(helper: Helper) -> Result<()> {
     match helper {
-        Helper::Echo(args) => {
+        Helper::Echo { engine: args, poll: false } => {
             let engine = attach(&args)?;
             while let Some(message) = engine.recv_blocking() {
                 engine.send_blocking(message.src, message.body)?;
+            }
+        }
+        Helper::Echo { engine: args, poll: true } => {
+            let engine = attach(&args)?;
+            let (mut body, mut from) = (Vec::new(), None);
+            while let Some(taken) = engine.poll_blocking(1, std::time::Duration::from_secs(60), |message| {
+                body.clear();
+                body.extend_from_slice(message.body);
+                from = Some(message.src);
+            }) {
+                if let (1, Some(to)) = (taken, from) {
+                    engine.send_all_blocking(to, &[&body])?;
+                }
             }
         }
         Helper::Sink { engine: args, count, poll } => {

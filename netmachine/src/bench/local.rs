@@ -28,9 +28,13 @@ pub(super) enum Sending {
     Socket,
     /// On the rings, `send_blocking` and `recv_blocking`: a message each call.
     OneByOne,
-    /// On the rings, `send_all_blocking` with `BATCH` bodies and `poll_blocking`.
+    /// On the rings, `send_all_blocking` with `BATCH` bodies (one, for latency) and
+    /// `poll_blocking`.
     Batched,
 }
+
+/// How long a latency round waits for the echo before it asks again.
+const ECHO_WAIT: Duration = Duration::from_secs(10);
 
 /// Bodies to a `send_all_blocking` call in the batched throughput figure.
 const BATCH: usize = 64;
@@ -134,16 +138,23 @@ impl Bench {
         crate::node_client::run_local(async { Ok(Engine::attach(options).await?) })
     }
 
-    /// Half the round trip to an echoing engine, in nanoseconds.
-    fn latency(&mut self, spin: bool, ring: bool, rounds: usize) -> Result<Latencies> {
-        let (_echo, echo) = self.engine("echo", spin, ring, &[])?;
+    /// Half the round trip to an echoing engine, in nanoseconds: `Sending::Batched` sends with
+    /// `send_all_blocking` (a batch of one) and takes with `poll_blocking`, both ends.
+    fn latency(&mut self, spin: bool, sending: Sending, rounds: usize) -> Result<Latencies> {
+        let (ring, borrowed) = (sending != Sending::Socket, sending == Sending::Batched);
+        let (_echo, echo) = self.engine("echo", spin, ring, if borrowed { &["--poll"] } else { &[] })?;
         let engine = self.attach(spin, ring)?;
         let body = vec![0x42; 64];
         let mut samples = Latencies::default();
         for round in 0..rounds + rounds / 10 {
             let start = Instant::now();
-            engine.send_blocking(echo, body.clone())?;
-            engine.recv_blocking().context("the echo engine closed")?;
+            if borrowed {
+                engine.send_all_blocking(echo, &[&body])?;
+                while engine.poll_blocking(1, ECHO_WAIT, |_| {}).context("the echo engine closed")? == 0 {}
+            } else {
+                engine.send_blocking(echo, body.clone())?;
+                engine.recv_blocking().context("the echo engine closed")?;
+            }
             if round >= rounds / 10 {
                 samples.add(start.elapsed() / 2);
             }
@@ -295,9 +306,10 @@ pub fn run(rounds: usize, messages: u64, json_output: bool) -> Result<()> {
     let (mut bench, mut node) = Bench::start("netmachine-bench-local")?;
     let ns = |d: Duration| d.as_nanos() as u64;
 
-    let mut adaptive = bench.latency(false, true, rounds)?;
-    let mut spin = bench.latency(true, true, rounds)?;
-    let mut socket = bench.latency(false, false, rounds / 4)?;
+    let mut adaptive = bench.latency(false, Sending::OneByOne, rounds)?;
+    let mut borrowed = bench.latency(false, Sending::Batched, rounds)?;
+    let mut spin = bench.latency(true, Sending::OneByOne, rounds)?;
+    let mut socket = bench.latency(false, Sending::Socket, rounds / 4)?;
     let mut floor = bench.floor(rounds as u64 * 10)?;
     let mut unix = bench.unix_socket(rounds)?;
     let msgs_64 = bench.throughput(64, Sending::OneByOne, messages)?;
@@ -313,6 +325,8 @@ pub fn run(rounds: usize, messages: u64, json_output: bool) -> Result<()> {
     let report = json!({
         "latency_ns_p50": ns(adaptive.percentile(50.0)),
         "latency_ns_p99": ns(adaptive.percentile(99.0)),
+        "borrowed_latency_ns_p50": ns(borrowed.percentile(50.0)),
+        "borrowed_latency_ns_p99": ns(borrowed.percentile(99.0)),
         "spin_latency_ns_p50": ns(spin.percentile(50.0)),
         "spin_latency_ns_p99": ns(spin.percentile(99.0)),
         "floor_ns_p50": ns(floor.percentile(50.0)),
@@ -337,6 +351,8 @@ pub fn run(rounds: usize, messages: u64, json_output: bool) -> Result<()> {
     println!("netmachine bench local: engines in separate processes on one node");
     println!("{}", super::ratio_line("one-way latency p50, adaptive", f("latency_ns_p50"), "floor: shared cache line p50", f("floor_ns_p50"), "ns"));
     println!("{}", super::ratio_line("one-way latency p99, adaptive", f("latency_ns_p99"), "floor: shared cache line p50", f("floor_ns_p50"), "ns"));
+    println!("{}", super::ratio_line("one-way latency p50, send_all/poll", f("borrowed_latency_ns_p50"), "floor: shared cache line p50", f("floor_ns_p50"), "ns"));
+    println!("{}", super::ratio_line("one-way latency p99, send_all/poll", f("borrowed_latency_ns_p99"), "floor: shared cache line p50", f("floor_ns_p50"), "ns"));
     println!("{}", super::ratio_line("one-way latency p50, busy-spin", f("spin_latency_ns_p50"), "floor: shared cache line p50", f("floor_ns_p50"), "ns"));
     println!("{}", super::ratio_line("one-way latency p99, busy-spin", f("spin_latency_ns_p99"), "floor: shared cache line p50", f("floor_ns_p50"), "ns"));
     println!("{}", super::ratio_line("one-way latency p50, socket path", f("socket_latency_ns_p50"), "Unix socket ping-pong p50", f("unix_socket_ns_p50"), "ns"));
