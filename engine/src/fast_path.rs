@@ -318,55 +318,62 @@ impl EngineRing {
             return Taken::Done;
         }
         let mut inbox = lock(&self.inbox);
-        let sources = 1 + inbox.channels.len();
-        for step in 0..sources {
-            let source = (inbox.turn + step) % sources;
-            let taken = match source {
-                0 => self.take_from_inbox(&mut inbox, shared),
-                channel => self.take_from_channel(&mut inbox, channel - 1, shared),
-            };
-            if !matches!(taken, Taken::Empty) {
-                inbox.turn = source + 1;
-                return taken;
-            }
-        }
-        Taken::Empty
+        let taken = self.in_turn(&mut inbox, |inbox, source| match self.take_from(inbox, source, shared) {
+            Taken::Empty => None,
+            taken => Some(taken),
+        });
+        taken.unwrap_or(Taken::Empty)
     }
 
     /// Like `take`, but hands the messages to `handle`: from the next source in turn that has
     /// any, up to `limit` of the plain messages at the front of a channel, borrowed and with
     /// no allocation, then at most one record the way `take` takes it. How many messages were
-    /// handed; `Handled` with 0 when only a reply, refusal or skipped record was taken.
+    /// handed; `Handed(0)` when only a reply, refusal or skipped record was taken.
     pub fn poll<F: FnMut(MessageView<'_>)>(&self, shared: &Shared, limit: usize, handle: &mut F) -> Polled {
         if self.stopped() {
             return Polled::Done;
         }
         let mut inbox = lock(&self.inbox);
-        let sources = 1 + inbox.channels.len();
-        for step in 0..sources {
-            let source = (inbox.turn + step) % sources;
+        let polled = self.in_turn(&mut inbox, |inbox, source| {
             let mut handed = match source {
                 0 => 0,
                 channel => inbox.channels[channel - 1].take_plain(limit, handle),
             };
-            let taken = match source {
-                _ if handed == limit => Taken::Handled,
-                0 => self.take_from_inbox(&mut inbox, shared),
-                channel => self.take_from_channel(&mut inbox, channel - 1, shared),
-            };
-            match taken {
-                Taken::Message(message) => {
-                    handle(MessageView::of(&message));
-                    handed += 1;
+            if handed < limit {
+                match self.take_from(inbox, source, shared) {
+                    Taken::Message(message) => {
+                        handle(MessageView::of(&message));
+                        handed += 1;
+                    }
+                    Taken::Done => return Some(Polled::Done),
+                    Taken::Empty if handed == 0 => return None,
+                    Taken::Empty | Taken::Handled => {}
                 }
-                Taken::Done => return Polled::Done,
-                Taken::Empty if handed == 0 => continue,
-                Taken::Empty | Taken::Handled => {}
             }
-            inbox.turn = source + 1;
-            return Polled::Handed(handed);
+            Some(Polled::Handed(handed))
+        });
+        polled.unwrap_or(Polled::Empty)
+    }
+
+    /// Visits the inbox (source 0) and each channel (source 1 on), starting where the last
+    /// visit that found something stopped, until `visit` finds something.
+    fn in_turn<R>(&self, inbox: &mut Inbox, mut visit: impl FnMut(&mut Inbox, usize) -> Option<R>) -> Option<R> {
+        let sources = 1 + inbox.channels.len();
+        for step in 0..sources {
+            let source = (inbox.turn + step) % sources;
+            if let Some(found) = visit(inbox, source) {
+                inbox.turn = source + 1;
+                return Some(found);
+            }
         }
-        Polled::Empty
+        None
+    }
+
+    fn take_from(&self, inbox: &mut Inbox, source: usize, shared: &Shared) -> Taken {
+        match source {
+            0 => self.take_from_inbox(inbox, shared),
+            channel => self.take_from_channel(inbox, channel - 1, shared),
+        }
     }
 
     fn take_from_channel(&self, inbox: &mut Inbox, at: usize, shared: &Shared) -> Taken {

@@ -2,6 +2,10 @@
 //! the router, then [`Engine::send`], [`Engine::request`], [`Engine::reply`] and
 //! [`Engine::recv`] move messages, with the same calls whatever node the destination is on.
 //!
+//! A thread that is not running async code has blocking forms, and for streams of small
+//! messages [`Engine::send_all_blocking`] and [`Engine::poll_blocking`] (no lock, wake-up or
+//! allocation per message on the rings).
+//!
 //! The connection to the router runs on a thread of its own (Cap'n Proto RPC is
 //! single-threaded), so an [`Engine`] is `Send + Sync` and works from any tokio runtime. If the
 //! router restarts, the engine attaches again on its own; sends made meanwhile wait for it.
