@@ -230,8 +230,10 @@ impl EngineRing {
     pub fn send_bodies_blocking(&self, template: &EngineMessage, first_id: u64, bodies: &[&[u8]], timeout: Duration) -> Result<(), EngineError> {
         let mut sent = 0;
         self.until_sent(template, timeout, || {
-            sent += self.try_send_bodies(template, first_id + sent as u64, &bodies[sent..])?;
-            if sent < bodies.len() { Err(EngineError::Full) } else { Ok(()) }
+            while sent < bodies.len() {
+                sent += self.try_send_bodies(template, first_id + sent as u64, &bodies[sent..])?;
+            }
+            Ok(())
         })
     }
 

@@ -404,7 +404,9 @@ impl Engine {
     /// is closed. An engine that reads its rings on the calling thread hands plain messages
     /// (see [`MessageView::is_plain`]) from a direct channel straight from its copy of each
     /// record, with no allocation: the way to take a stream of small messages. Replies go to
-    /// their requests, as with `recv`. Do not call it from async code.
+    /// their requests, as with `recv`. A `limit` of 0 is taken as 1. `handle` may send, but
+    /// must not receive on this engine (the inbox is held while it runs). Do not call it from
+    /// async code.
     pub fn poll_blocking(&self, limit: usize, timeout: Duration, mut handle: impl FnMut(MessageView<'_>)) -> Option<usize> {
         let mut handed = |message: EngineMessage| {
             handle(MessageView::of(&message));

@@ -236,6 +236,8 @@ fn a_batch_with_a_body_over_the_node_limit_is_refused_whole_and_nothing_of_it_ar
             Err(EngineError::TooLarge { len, max }) => assert_eq!((len, max), (over.len(), a.max_message_bytes())),
             other => panic!("a batch with a body over the limit is refused TooLarge, not {other:?}"),
         }
+        let none: &[&[u8]] = &[];
+        a.send_all_blocking(b.identity(), none).expect("an empty batch is sent at once");
         a.send(b.identity(), b"after".to_vec()).await.expect("sent");
         let first = tokio::time::timeout(WAIT, b.recv()).await.expect("a message arrives").expect("attached");
         assert_eq!(first.body, b"after", "nothing of the refused batch arrived before it");
