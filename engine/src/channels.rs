@@ -60,11 +60,10 @@ impl OutChannel {
 
     /// Writes as many of `bodies` as there is room for now, each the message `template` with
     /// that body (`records::write_bodies`), and wakes the receiver once: how many, or `Full`
-    /// if none.
+    /// if none. The longest body is the one checked: if it passes, all do.
     pub fn try_send_bodies(&mut self, template: &EngineMessage, first_id: u64, bodies: &[&[u8]]) -> Result<usize, EngineError> {
-        for body in bodies {
-            self.admit(body.len(), records::message_length(template) + body.len())?;
-        }
+        let longest = bodies.iter().map(|body| body.len()).max().unwrap_or(0);
+        self.admit(longest, records::message_length(template) + longest)?;
         match records::write_bodies(&mut self.producer, template, first_id, bodies) {
             0 => Err(EngineError::Full),
             written => {

@@ -187,8 +187,9 @@ impl EngineRing {
         if let Route::Channel(peer) = self.route(&mut outbox, template) {
             return outbox.channels.get_mut(&peer).expect("routed to a channel it has").try_send_bodies(template, first_id, bodies);
         }
-        let max = outbox.producer.max_body();
-        if let Some(len) = bodies.iter().map(|body| records::message_length(template) + body.len()).find(|len| *len > max) {
+        // The longest body is the one checked: if it fits, all do.
+        let (len, max) = (records::message_length(template) + bodies.iter().map(|body| body.len()).max().unwrap_or(0), outbox.producer.max_body());
+        if len > max {
             return Err(EngineError::TooLargeForRing { len, max });
         }
         let written = records::write_bodies(&mut outbox.producer, template, first_id, bodies);

@@ -385,7 +385,7 @@ impl Engine {
 
     /// Receives from a thread that is not running async code. Do not call it from async code.
     pub fn recv_blocking(&self) -> Option<EngineMessage> {
-        let Some(ring) = self.own_ring() else { return self.recv_queued_blocking(None).unwrap_or(None) };
+        let Some(ring) = self.own_ring() else { return self.recv_queued_blocking(None).ok().flatten() };
         if let Some(message) = self.take_kept() {
             return Some(message);
         }
@@ -414,8 +414,8 @@ impl Engine {
         };
         let Some(ring) = self.own_ring() else {
             return match self.recv_queued_blocking(Some(timeout)) {
-                Some(message) => handed(message?),
-                None => Some(0),
+                Ok(message) => handed(message?),
+                Err(_) => Some(0),
             };
         };
         if let Some(message) = self.take_kept() {
@@ -436,14 +436,14 @@ impl Engine {
     /// What the engine thread or the ring reader queued, for a thread that is not running async
     /// code: it yields a while before it blocks, since waking a blocked thread costs
     /// microseconds (measured, `bench local` socket path one-way p50: 2.9-3.1x a Unix socket
-    /// ping-pong blocking at once, 2.2-2.5x yielding first). `None` if nothing came within
-    /// `timeout` (if given).
-    fn recv_queued_blocking(&self, timeout: Option<Duration>) -> Option<Option<EngineMessage>> {
+    /// ping-pong blocking at once, 2.2-2.5x yielding first). `Elapsed` if nothing came within
+    /// `timeout` (if given); `None` once the engine is closed.
+    fn recv_queued_blocking(&self, timeout: Option<Duration>) -> Result<Option<EngineMessage>, tokio::time::error::Elapsed> {
         for _ in 0..QUEUE_YIELDS {
             if let Ok(mut incoming) = self.incoming.try_lock() {
                 match incoming.try_recv() {
-                    Ok(message) => return Some(Some(*message)),
-                    Err(mpsc::error::TryRecvError::Disconnected) => return Some(None),
+                    Ok(message) => return Ok(Some(*message)),
+                    Err(mpsc::error::TryRecvError::Disconnected) => return Ok(None),
                     Err(mpsc::error::TryRecvError::Empty) => {}
                 }
             }
@@ -451,8 +451,8 @@ impl Engine {
         }
         match timeout {
             // The timer is made within the runtime, whose clock it needs.
-            Some(timeout) => self.runtime.block_on(async { tokio::time::timeout(timeout, self.recv()).await.ok() }),
-            None => Some(self.runtime.block_on(self.recv())),
+            Some(timeout) => self.runtime.block_on(async { tokio::time::timeout(timeout, self.recv()).await }),
+            None => Ok(self.runtime.block_on(self.recv())),
         }
     }
 

@@ -8,9 +8,9 @@
 
 use super::layout::Kind;
 use super::spsc::{Full, Producer};
+use crate::MessageView;
 use netmachine_schema::message_capnp::Scope;
 use netmachine_schema::router_capnp::SendRefusal;
-use crate::MessageView;
 use netmachine_schema::{Destination, EngineMessage, Identity, Stamp};
 
 /// A message the router could not route, as it tells the sending engine.

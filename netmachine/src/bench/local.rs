@@ -169,11 +169,11 @@ impl Bench {
     /// about throughput would.
     pub(super) fn throughput(&mut self, size: usize, sending: Sending, count: u64) -> Result<f64> {
         let ring = sending != Sending::Socket;
-        let mut sink_args = vec!["--count".to_string(), count.to_string()];
+        let count_arg = count.to_string();
+        let mut sink_args = vec!["--count", count_arg.as_str()];
         if sending == Sending::Batched {
-            sink_args.push("--poll".into());
+            sink_args.push("--poll");
         }
-        let sink_args: Vec<&str> = sink_args.iter().map(String::as_str).collect();
         let (_sink, sink) = self.engine("sink", false, ring, &sink_args)?;
         let engine = self.attach(false, ring)?;
         let body = vec![0x5a; size];
