@@ -3,6 +3,7 @@
 //! router's deliveries, which either answer a waiting request or go to the engine's inbox.
 
 use crate::fast_path::EngineRing;
+use crate::send_stream::SendStream;
 use crate::topics::{Event, RouterRequest, Sequences, TopicAnswer, TopicBook};
 use crate::ring::records::Refusal;
 use crate::ring::{handoff_socket, Claim, HandoffError, Request, SegmentError, Ticket};
@@ -30,12 +31,40 @@ const SEND_BATCH: usize = 256;
 const HANDOFF_PATIENCE: u32 = 5;
 
 pub(crate) enum Command {
-    Send { message: EngineMessage, done: oneshot::Sender<Result<(), EngineError>> },
+    Send { message: EngineMessage, done: RpcAnswer },
     /// A send that must not wait for room at its destination.
-    TrySend { message: EngineMessage, done: oneshot::Sender<Result<(), EngineError>> },
+    TrySend { message: EngineMessage, done: RpcAnswer },
     /// A topic request; answered with the topic's last sequence.
     Topic { request: RouterRequest, done: oneshot::Sender<Result<TopicAnswer, EngineError>> },
     Detach { done: oneshot::Sender<()> },
+}
+
+/// A send's answer, owed over the RPC connection. While any is owed, new sends do not take the
+/// send stream, where they could pass it.
+pub(crate) struct RpcAnswer {
+    done: Option<oneshot::Sender<Result<(), EngineError>>>,
+    shared: Arc<Shared>,
+}
+
+impl RpcAnswer {
+    pub fn new(shared: &Arc<Shared>, done: oneshot::Sender<Result<(), EngineError>>) -> RpcAnswer {
+        shared.owed_over_rpc.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        RpcAnswer { done: Some(done), shared: shared.clone() }
+    }
+
+    fn send(mut self, outcome: Result<(), EngineError>) -> Result<(), Result<(), EngineError>> {
+        self.done.take().map_or(Ok(()), |done| done.send(outcome))
+    }
+
+    fn is_closed(&self) -> bool {
+        self.done.as_ref().is_none_or(|done| done.is_closed())
+    }
+}
+
+impl Drop for RpcAnswer {
+    fn drop(&mut self) {
+        self.shared.owed_over_rpc.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 pub(crate) struct AttachLimits {
@@ -65,6 +94,10 @@ pub(crate) struct Shared {
     /// touches no shared count (an `RwLock` and an `Arc` clone cost four atomic read-modify-writes
     /// per message).
     ring: arc_swap::ArcSwapOption<EngineRing>,
+    /// The send stream, when this engine is on the socket path and the router handed one over.
+    stream: arc_swap::ArcSwapOption<SendStream>,
+    /// Sends handed to the engine thread whose answers are still owed (see `RpcAnswer`).
+    owed_over_rpc: std::sync::atomic::AtomicU64,
     pub refusals: std::sync::atomic::AtomicU64,
     /// A message written to the ring was refused with no request waiting for it (perhaps an
     /// event): the next publish on each topic asks the router where its sequence stands.
@@ -95,6 +128,14 @@ impl Shared {
     pub fn ring(&self) -> Option<RingRef> {
         let loaded = self.ring.load();
         loaded.is_some().then(|| RingRef(loaded))
+    }
+
+    /// The send stream, when nothing sent over RPC is still unanswered (it could be passed).
+    pub fn stream(&self) -> Option<Arc<SendStream>> {
+        if self.owed_over_rpc.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            return None;
+        }
+        self.stream.load_full().filter(|stream| !stream.is_broken())
     }
 
     /// The rings, to keep beyond one call (a sender waiting for room in a blocking thread).
@@ -262,7 +303,7 @@ async fn run(
     attacher.abort();
 }
 
-type Pending = (EngineMessage, oneshot::Sender<Result<(), EngineError>>);
+type Pending = (EngineMessage, RpcAnswer);
 
 /// Makes a call other than a plain send, in order with the sends; its answer comes on its own.
 fn call(session: &engine_session::Client, command: Command) {
@@ -421,10 +462,10 @@ async fn keep_attached(
     attached: oneshot::Sender<Result<(AttachLimits, tokio::runtime::Handle), EngineError>>,
     session: watch::Sender<Option<engine_session::Client>>,
 ) {
-    let (mut current, mut driver) = match attach_once(&options, &incoming, &shared, false).await.map_err(AttachFailed::into_error) {
-        Ok((current, driver, limits)) => {
+    let (mut current, mut driver, mut stream) = match attach_once(&options, &incoming, &shared, false).await.map_err(AttachFailed::into_error) {
+        Ok((current, driver, limits, stream)) => {
             let _ = attached.send(Ok((limits, tokio::runtime::Handle::current())));
-            (current, driver)
+            (current, driver, stream)
         }
         Err(error) => {
             let _ = attached.send(Err(error));
@@ -449,9 +490,15 @@ async fn keep_attached(
         if !not_there_yet.is_empty() {
             tokio::task::spawn_local(subscribe_when_there(current.clone(), shared.clone(), not_there_yet));
         }
+        if let Some(claim) = stream.take() {
+            open_streams(&claim, &shared, &options, incoming.clone());
+        }
         session.send_replace(Some(current));
         let _ = driver.await;
         session.send_replace(None);
+        if let Some(stream) = shared.stream.swap(None) {
+            stream.close("the connection to the router was lost");
+        }
         if !options.reattach || incoming.is_closed() {
             return;
         }
@@ -460,9 +507,9 @@ async fn keep_attached(
         loop {
             tokio::time::sleep(backoff.next_delay()).await;
             match attach_once(&options, &incoming, &shared, true).await {
-                Ok((fresh, fresh_driver, _)) => {
+                Ok((fresh, fresh_driver, _, fresh_stream)) => {
                     tracing::info!("attached again");
-                    (current, driver) = (fresh, fresh_driver);
+                    (current, driver, stream) = (fresh, fresh_driver, fresh_stream);
                     break;
                 }
                 Err(AttachFailed::HandoffMissed(reason)) => {
@@ -498,7 +545,9 @@ async fn subscribe_when_there(session: engine_session::Client, shared: Arc<Share
     }
 }
 
-type Attached = (engine_session::Client, tokio::task::JoinHandle<Result<(), capnp::Error>>, AttachLimits);
+/// An attachment: its session, the RPC connection's driver, the limits, and for an engine on
+/// the socket path, its claim on a send stream (when the router has a handoff socket).
+type Attached = (engine_session::Client, tokio::task::JoinHandle<Result<(), capnp::Error>>, AttachLimits, Option<Claim>);
 
 /// Why granted rings were not taken up (the attachment was undone).
 enum RingsNotTaken {
@@ -621,6 +670,7 @@ async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<Box<Engine
                 }
             }
         }
+        Ok(Ok((session, driver, limits, None)))
     } else {
         if ring {
             let reason = grant.get_reason()?.to_string().unwrap_or_default();
@@ -629,8 +679,41 @@ async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<Box<Engine
         if let Some(old) = shared.ring.swap(None) {
             old.stop();
         }
+        // A router with a handoff socket hands an engine on the socket path its send stream.
+        let stream = <Ticket>::try_from(grant.get_ticket()?).ok().map(|ticket| Claim { socket: handoff_socket(&options.socket), ticket });
+        Ok(Ok((session, driver, limits, stream)))
     }
-    Ok(Ok((session, driver, limits)))
+}
+
+/// Takes the data streams `claim` names from the router's handoff socket: sends go over the
+/// send stream from now on, and the router delivers over the other; if the router cannot hand
+/// them over, both go as RPC calls, as before.
+fn open_streams(claim: &Claim, shared: &Arc<Shared>, options: &EngineOptions, incoming: mpsc::Sender<Box<EngineMessage>>) {
+    let (sends, deliveries) = match claim.take(Request::Streams) {
+        Ok(handed) => {
+            let mut handed = handed.into_iter();
+            match (handed.next(), handed.next()) {
+                (Some(sends), Some(deliveries)) => (sends.fd, deliveries.fd),
+                _ => return,
+            }
+        }
+        Err(error) => {
+            tracing::info!(%error, "no data streams; messages go as RPC calls");
+            return;
+        }
+    };
+    let forget = Arc::downgrade(shared);
+    let ended = move |stream: &Arc<SendStream>| {
+        if let Some(shared) = forget.upgrade() {
+            shared.stream.compare_and_swap(&Some(stream.clone()), None::<Arc<SendStream>>);
+        }
+    };
+    let max_frame = WORD_LIMIT * 8;
+    let started = crate::delivery_stream::start(deliveries, max_frame, shared.clone(), incoming).and_then(|()| SendStream::start(sends, options.send_timeout, ended));
+    match started {
+        Ok(stream) => shared.stream.store(Some(stream)),
+        Err(error) => tracing::warn!(%error, "cannot use the data streams; sends go as RPC calls"),
+    }
 }
 
 /// Where the router delivers this engine's messages.

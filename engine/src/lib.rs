@@ -24,9 +24,12 @@ pub mod blocks;
 mod channels;
 mod connection;
 mod delivered;
+pub mod delivery_stream;
 mod error;
 mod fast_path;
+pub mod frame_reader;
 pub mod ring;
+pub mod send_stream;
 pub mod topics;
 mod view;
 
@@ -39,7 +42,7 @@ pub use netmachine_schema::{ContentId, Destination, EngineMessage, Identity, Key
 pub use topics::{Event, Gap, Received, TopicAnswer};
 pub use view::MessageView;
 
-use connection::{Command, Shared};
+use connection::{Command, RpcAnswer, Shared};
 use topics::{Fit, RouterRequest};
 use rustc_hash::FxHashMap;
 use std::path::PathBuf;
@@ -133,8 +136,10 @@ pub struct Engine {
     blocks: std::sync::Mutex<Option<Arc<blocks::Blocks>>>,
 }
 
-/// Yields before a blocking receive blocks on the queue.
-const QUEUE_YIELDS: u32 = 100;
+/// How long a blocking call on the socket path looks for what it waits for (a message, the
+/// router's answer) without blocking, yielding between looks, before it blocks: about a round
+/// trip through the router on 2 cores. Waking a blocked thread costs tens of microseconds there.
+const LOOK_FOR: Duration = Duration::from_micros(200);
 
 /// Yields an event sent over the socket waits, at least, for the router to take the events
 /// in the outbox ring.
@@ -319,10 +324,21 @@ impl Engine {
     }
 
     fn send_prepared_blocking(&self, message: EngineMessage) -> Result<(), EngineError> {
-        match self.shared.ring() {
-            Some(ring) => ring.send_blocking(&message, self.send_timeout),
-            None => self.runtime.block_on(self.send_prepared(message)),
+        if let Some(ring) = self.shared.ring() {
+            return ring.send_blocking(&message, self.send_timeout);
         }
+        let timeout = self.send_timeout;
+        let unavailable = || EngineError::RouterUnavailable(timeout);
+        let mut answer = self.runtime.block_on(async { tokio::time::timeout(timeout, self.hand_over(message, true)).await }).map_err(|_| unavailable())??;
+        let until = std::time::Instant::now() + LOOK_FOR;
+        while std::time::Instant::now() < until {
+            match answer.try_recv() {
+                Ok(outcome) => return outcome,
+                Err(oneshot::error::TryRecvError::Closed) => return Err(EngineError::Closed),
+                Err(oneshot::error::TryRecvError::Empty) => std::thread::yield_now(),
+            }
+        }
+        self.runtime.block_on(async { tokio::time::timeout(timeout, answer).await }).map_err(|_| unavailable())?.map_err(|_| EngineError::Closed)?
     }
 
     /// Sends each of `bodies` to `dst` as a message of its own, in order, from a thread that is
@@ -439,7 +455,8 @@ impl Engine {
     /// ping-pong blocking at once, 2.2-2.5x yielding first). `Elapsed` if nothing came within
     /// `timeout` (if given); `None` once the engine is closed.
     fn recv_queued_blocking(&self, timeout: Option<Duration>) -> Result<Option<EngineMessage>, tokio::time::error::Elapsed> {
-        for _ in 0..QUEUE_YIELDS {
+        let until = std::time::Instant::now() + LOOK_FOR;
+        while std::time::Instant::now() < until {
             if let Ok(mut incoming) = self.incoming.try_lock() {
                 match incoming.try_recv() {
                     Ok(message) => return Ok(Some(*message)),
@@ -516,8 +533,7 @@ impl Engine {
             let outcome = self.send_prepared(message).await;
             return Ok(Box::pin(async move { outcome }));
         }
-        let (done, accepted) = oneshot::channel();
-        self.commands.send(Command::Send { message, done }).await.map_err(|_| EngineError::Closed)?;
+        let accepted = self.hand_over(message, true).await?;
         let timeout = self.send_timeout;
         Ok(Box::pin(async move {
             tokio::time::timeout(timeout, accepted).await.map_err(|_| EngineError::RouterUnavailable(timeout))?.map_err(|_| EngineError::Closed)?
@@ -536,14 +552,29 @@ impl Engine {
     }
 
     async fn send_over_socket(&self, message: EngineMessage) -> Result<(), EngineError> {
-        let (done, accepted) = oneshot::channel();
-        let work = async {
-            self.commands.send(Command::Send { message, done }).await.map_err(|_| EngineError::Closed)?;
-            accepted.await.map_err(|_| EngineError::Closed)?
-        };
+        let work = async { self.hand_over(message, true).await?.await.map_err(|_| EngineError::Closed)? };
         tokio::time::timeout(self.send_timeout, work)
             .await
             .map_err(|_| EngineError::RouterUnavailable(self.send_timeout))?
+    }
+
+    /// Hands a prepared message to the router on the socket path (`wait`: as `send`, else as
+    /// `trySend`): this thread writes it to the send stream when there is one (a write waits at
+    /// most the send timeout, for a router that stopped reading), else the engine thread makes
+    /// the RPC call. The router's answer comes on the returned receiver.
+    async fn hand_over(&self, message: EngineMessage, wait: bool) -> Result<oneshot::Receiver<Result<(), EngineError>>, EngineError> {
+        if let Some(stream) = self.shared.stream() {
+            match stream.send(&message, wait, self.send_timeout) {
+                // The stream had ended: nothing was written, the call goes instead.
+                Err(EngineError::Closed) => {}
+                handed => return handed,
+            }
+        }
+        let (done, accepted) = oneshot::channel();
+        let done = RpcAnswer::new(&self.shared, done);
+        let command = if wait { Command::Send { message, done } } else { Command::TrySend { message, done } };
+        self.commands.send(command).await.map_err(|_| EngineError::Closed)?;
+        Ok(accepted)
     }
 
     /// Waits for room in the full outbox ring without holding up the caller's runtime (nor
@@ -773,12 +804,11 @@ impl Engine {
             next.insert(topic, seq + 1);
             return Ok(seq);
         }
-        let (done, accepted) = oneshot::channel();
         let mut next = self.publishing.lock().await;
         self.outbox_drained(topic, self.send_timeout).await?;
         let message = self.event(&mut next, topic, body).await?;
         let seq = message.id;
-        self.commands.send(Command::Send { message, done }).await.map_err(|_| EngineError::Closed)?;
+        let accepted = self.hand_over(message, true).await?;
         // Taken now: a refused event is a gap its subscribers see, and its publisher is told.
         next.insert(topic, seq + 1);
         // An engine on the rings publishes its next events there: they must not pass this one,
@@ -799,8 +829,7 @@ impl Engine {
         self.outbox_drained(topic, TRY_PUBLISH_DRAIN).await?;
         let message = self.event(&mut next, topic, body).await?;
         let seq = message.id;
-        let (done, accepted) = oneshot::channel();
-        self.commands.send(Command::TrySend { message, done }).await.map_err(|_| EngineError::Closed)?;
+        let accepted = self.hand_over(message, false).await?;
         let outcome = tokio::time::timeout(self.send_timeout, accepted)
             .await
             .map_err(|_| EngineError::RouterUnavailable(self.send_timeout))?

@@ -41,6 +41,9 @@ pub enum Request {
     ChannelTo(EngineKey),
     /// The direct channel `peer` writes to it.
     ChannelFrom(EngineKey),
+    /// Its data streams, for an engine on the socket path: the send stream, then the delivery
+    /// stream (Unix stream sockets to the router).
+    Streams,
 }
 
 impl Request {
@@ -49,6 +52,7 @@ impl Request {
             Request::Rings => (1, [0; 32]),
             Request::ChannelTo(peer) => (2, *peer),
             Request::ChannelFrom(peer) => (3, *peer),
+            Request::Streams => (4, [0; 32]),
         };
         let mut bytes = [0; REQUEST_LEN];
         bytes[..4].copy_from_slice(&REQUEST_MAGIC);
@@ -68,6 +72,7 @@ impl Request {
             1 => Request::Rings,
             2 => Request::ChannelTo(peer),
             3 => Request::ChannelFrom(peer),
+            4 => Request::Streams,
             other => return Err(format!("unknown request kind {other}")),
         };
         Ok((request, ticket))
@@ -142,7 +147,7 @@ impl Claim {
         let handed = ask(&self.socket, &self.ticket, request)?;
         let wanted = match request {
             Request::Rings => 3,
-            Request::ChannelTo(_) => 2,
+            Request::ChannelTo(_) | Request::Streams => 2,
             Request::ChannelFrom(_) => 1,
         };
         match handed.len() == wanted {

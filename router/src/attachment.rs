@@ -11,13 +11,16 @@ use crate::rings::RingEndpoint;
 use crate::shell::RouterState;
 use futures::stream::{FuturesOrdered, StreamExt};
 use futures::FutureExt;
+use netmachine_engine::delivery_stream;
 use netmachine_engine::ring::records;
 use netmachine_schema::router_capnp::inbox;
 use netmachine_schema::{time::now_ms, EngineMessage, Identity};
 use std::rc::Weak;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, oneshot};
 
 /// Deliveries to one engine awaiting its answer at once.
 const DELIVERY_WINDOW: usize = 64;
@@ -35,6 +38,18 @@ pub struct Attachment {
     /// The engine's rings, which count what waits in the queue for them (topic lanes pass an
     /// engine by while it has some, so that no event overtakes one queued here).
     ring: Option<Arc<RingEndpoint>>,
+    /// The task serving the engine's send stream, ended with the attachment.
+    send_stream: std::cell::Cell<Option<tokio::task::AbortHandle>>,
+    /// Where the pump of an engine on the socket path takes its delivery stream, once.
+    delivery_stream: std::cell::Cell<Option<oneshot::Sender<UnixStream>>>,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        if let Some(serving) = self.send_stream.take() {
+            serving.abort();
+        }
+    }
 }
 
 impl Attachment {
@@ -44,9 +59,10 @@ impl Attachment {
         let (queue, pending) = mpsc::unbounded_channel();
         let pump = Pump { engine, generation, state };
         let span = tracing::info_span!("engine", id = %engine.short(), generation);
+        let (delivery_stream, stream) = oneshot::channel();
         let ring = match sink {
             Sink::Socket(inbox) => {
-                tokio::task::spawn_local(pump.to_socket(inbox, pending).instrument(span));
+                tokio::task::spawn_local(pump.to_socket(inbox, pending, stream).instrument(span));
                 None
             }
             Sink::Ring(endpoint) => {
@@ -54,7 +70,20 @@ impl Attachment {
                 Some(endpoint)
             }
         };
-        Attachment { generation, inbox, queue, ring }
+        let delivery_stream = std::cell::Cell::new(ring.is_none().then_some(delivery_stream));
+        Attachment { generation, inbox, queue, ring, send_stream: std::cell::Cell::new(None), delivery_stream }
+    }
+
+    /// The engine's send stream is served by `serving` (an earlier one of this attachment
+    /// ends), and its messages are delivered to `deliveries` from now on (the first time only:
+    /// a later one is closed).
+    pub fn set_streams(&self, serving: tokio::task::AbortHandle, deliveries: UnixStream) {
+        if let Some(earlier) = self.send_stream.replace(Some(serving)) {
+            earlier.abort();
+        }
+        if let Some(pump) = self.delivery_stream.take() {
+            let _ = pump.send(deliveries);
+        }
     }
 
     /// Queues `message` (the core made sure there is room); false if the pump has stopped.
@@ -115,10 +144,13 @@ impl Pump {
         }
     }
 
-    async fn to_socket(self, inbox: inbox::Client, mut pending: mpsc::UnboundedReceiver<EngineMessage>) {
+    /// Delivers over the socket, as calls to the engine's Inbox, until the engine hands over a
+    /// delivery stream: once every call in flight is answered, to the stream.
+    async fn to_socket(self, inbox: inbox::Client, mut pending: mpsc::UnboundedReceiver<EngineMessage>, mut stream: oneshot::Receiver<UnixStream>) {
         // Each delivery in flight resolves to the number of messages it carried.
         let mut in_flight: FuturesOrdered<Delivery> = FuturesOrdered::new();
-        let (failure, mut lost) = loop {
+        let mut stream_to_come = true;
+        let (failure, mut lost) = 'pumping: loop {
             tokio::select! {
                 biased;
                 Some(answer) = in_flight.next(), if !in_flight.is_empty() => {
@@ -127,6 +159,19 @@ impl Pump {
                         Err((error, carried)) => break (error, carried),
                     }
                 }
+                handed = &mut stream, if stream_to_come => match handed {
+                    Ok(stream) => {
+                        // What is in flight reaches the engine before anything on the stream.
+                        while let Some(answer) = in_flight.next().await {
+                            match answer {
+                                Ok(carried) => self.delivered(carried),
+                                Err((error, carried)) => break 'pumping (error, carried),
+                            }
+                        }
+                        return self.to_stream(stream, pending).await;
+                    }
+                    Err(_) => stream_to_come = false,
+                },
                 next = pending.recv(), if in_flight.len() < DELIVERY_WINDOW => {
                     let Some(first) = next else {
                         // Detached and drained: wait for the last answers.
@@ -177,6 +222,46 @@ impl Pump {
             }
         };
         Some(Box::pin(async move { answer.await.map(|()| carried).map_err(|e| (e, carried)) }))
+    }
+
+    /// Writes the queue to the engine's delivery stream, in order, flushing whenever the queue
+    /// is empty (or every `DELIVERY_BATCH` messages): what is flushed is delivered. The engine
+    /// reads it as it has room in its inbox, so a full inbox holds the pump here, and its
+    /// queue fills. A stream that fails means the engine is gone.
+    async fn to_stream(self, stream: UnixStream, mut pending: mpsc::UnboundedReceiver<EngineMessage>) {
+        let mut writer = BufWriter::new(stream);
+        let mut frame = Vec::new();
+        let mut taken = 0;
+        while let Some(message) = pending.recv().await {
+            taken += 1;
+            let written = match message.is_expired(now_ms()) {
+                true => {
+                    self.dropped(DropReason::Expired, 1);
+                    Ok(())
+                }
+                false => {
+                    frame.clear();
+                    delivery_stream::delivery_frame(&mut frame, &message);
+                    writer.write_all(&frame).await
+                }
+            };
+            let flushed = match written {
+                Ok(()) if pending.is_empty() || taken == DELIVERY_BATCH => writer.flush().await.map(|()| true),
+                Ok(()) => Ok(false),
+                Err(error) => Err(error),
+            };
+            match flushed {
+                Ok(false) => {}
+                Ok(true) => {
+                    self.delivered(taken as u64);
+                    self.taken(std::mem::take(&mut taken));
+                }
+                Err(error) => {
+                    self.taken(taken);
+                    return self.gone(pending, taken as u64, &format!("its delivery stream failed: {error}")).await;
+                }
+            }
+        }
     }
 
     /// Writes the queue into the engine's inbox ring; while the ring is full (a slow engine),

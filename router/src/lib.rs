@@ -13,6 +13,7 @@ pub mod handoff;
 pub mod inbound;
 pub mod remote;
 pub mod rings;
+pub mod send_stream;
 pub mod server;
 pub mod shell;
 pub mod topic_lane;

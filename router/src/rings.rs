@@ -9,7 +9,7 @@
 //! ring only while it sleeps.
 
 use crate::channels::Channels;
-use crate::handoff::Handoff;
+use crate::handoff::{Handoff, HandedStream};
 use netmachine_engine::ring::handoff::Ticket;
 use netmachine_service::engine_access::EngineAccess;
 use std::path::{Path, PathBuf};
@@ -148,6 +148,9 @@ struct Shared {
     channels: Channels,
 }
 
+/// Where the handoff thread sends the router's ends of send streams.
+pub type HandedStreams = tokio::sync::mpsc::UnboundedSender<HandedStream>;
+
 /// The router's rings: the endpoints, the thread that forwards between them, and the handoff
 /// socket that gives each engine its own.
 pub struct Rings {
@@ -162,8 +165,9 @@ impl Rings {
     /// Opens the doorbell, removes the segments of engines that died while no router ran,
     /// starts the ring thread, and hands rings over at `handoff_socket` to the users `access`
     /// lets in.
-    pub fn start(node: Identity, capacity: usize, max_body: usize, direct_channels: bool, slow: mpsc::Sender<Slow>, handoff_socket: &Path, access: EngineAccess) -> Result<Rings, SegmentError> {
-        let handoff = Handoff::start(handoff_socket, node, access)?;
+    pub fn start(node: Identity, capacity: usize, max_body: usize, direct_channels: bool, slow: mpsc::Sender<Slow>, handoff: (&Path, EngineAccess, HandedStreams)) -> Result<Rings, SegmentError> {
+        let (handoff_socket, access, streams) = handoff;
+        let handoff = Handoff::start(handoff_socket, node, access, streams)?;
         let doorbell = Doorbell::open_or_create(&ring::doorbell_name(&node.0))?;
         let shared = Arc::new(Shared {
             endpoints: RwLock::new(HashMap::new()),
@@ -304,6 +308,11 @@ impl Rings {
     /// handoff socket; its earlier one is void.
     pub fn ticket(&self, engine: Identity) -> Ticket {
         self.handoff.issue(engine)
+    }
+
+    /// `engine` detached: its ticket is void.
+    pub fn withdraw_ticket(&self, engine: &Identity) {
+        self.handoff.withdraw(engine);
     }
 
     /// Handoff requests refused.
@@ -662,7 +671,8 @@ mod tests {
         let node = netmachine_schema::Keypair::generate().identity();
         let (slow, _slow) = mpsc::channel(16);
         let socket = std::env::temp_dir().join(format!("nm-rings-{}.sock", node.short()));
-        let rings = Rings::start(node, 4096, 1024, true, slow, &socket, EngineAccess::default()).expect("rings");
+        let (streams, _handed) = tokio::sync::mpsc::unbounded_channel();
+        let rings = Rings::start(node, 4096, 1024, true, slow, (&socket, EngineAccess::default(), streams)).expect("rings");
         let (gone, staying) = (netmachine_schema::Keypair::generate().identity(), netmachine_schema::Keypair::generate().identity());
         rings.open(gone, 1).expect("rings of the engine that detaches");
         rings.open(staying, 1).expect("rings of the engine that stays");

@@ -212,6 +212,8 @@ impl attachment::Server for Attaching {
                     Err(error) => {
                         tracing::warn!(engine = %engine, %error, "no rings for this engine; it uses the socket path");
                         grant.set_reason(error.to_string().as_str());
+                        // Its send stream is taken under the ticket.
+                        grant.set_ticket(&rings.ticket(engine));
                         Sink::Socket(inbox)
                     }
                 },
@@ -219,7 +221,11 @@ impl attachment::Server for Attaching {
                     grant.set_reason("this router runs without shared-memory rings");
                     Sink::Socket(inbox)
                 }
-                (_, false) => Sink::Socket(inbox),
+                (Some(rings), false) => {
+                    grant.set_ticket(&rings.ticket(engine));
+                    Sink::Socket(inbox)
+                }
+                (None, false) => Sink::Socket(inbox),
             })
         });
         let generation = attached.map_err(|refused| {

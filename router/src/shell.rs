@@ -54,7 +54,7 @@ pub struct RouterState {
     waiters: RefCell<HashMap<Ticket, oneshot::Sender<Result<(), Refused>>>>,
     next_ticket: Cell<u64>,
     /// Each attached engine's delivery queue (its room is counted by the core).
-    attachments: RefCell<HashMap<Identity, Attachment>>,
+    pub(crate) attachments: RefCell<HashMap<Identity, Attachment>>,
     pub(crate) identity_store: Link<identity_store::Client>,
     pub(crate) store_watch: RefCell<Option<subscription::Client>>,
     pub(crate) transport: Link<transport::Client>,
@@ -89,13 +89,14 @@ impl RouterState {
     pub fn new(home: NodeHome, key: Keypair, stats: Rc<ConnectionStats>) -> Rc<Self> {
         let words = home.config.rpc_word_limit();
         let (slow_tx, slow) = tokio::sync::mpsc::channel(1024);
+        let (streams, handed_streams) = tokio::sync::mpsc::unbounded_channel();
         let engine_access = home.config.engine_access().unwrap_or_default();
         let rings = match home.config.router.ring_bytes {
             0 => None,
             bytes => {
                 let max_body = home.config.limits.max_message_bytes as usize;
                 let handoff = netmachine_engine::ring::handoff_socket(&home.socket(ServiceKind::Router));
-                match Rings::start(key.identity(), bytes as usize, max_body, home.config.router.direct_channels, slow_tx, &handoff, engine_access.clone()) {
+                match Rings::start(key.identity(), bytes as usize, max_body, home.config.router.direct_channels, slow_tx, (&handoff, engine_access.clone(), streams)) {
                     Ok(rings) => Some(rings),
                     Err(error) => {
                         tracing::warn!(%error, "shared-memory rings unavailable; engines use the socket path");
@@ -169,6 +170,7 @@ impl RouterState {
         }
         tokio::task::spawn_local(crate::rings::serve_slow(Rc::downgrade(&state), slow));
         tokio::task::spawn_local(run_timer(Rc::downgrade(&state), state.timer.clone()));
+        tokio::task::spawn_local(crate::send_stream::take_handed(Rc::downgrade(&state), handed_streams));
         state.carry_out();
         state
     }
@@ -415,6 +417,9 @@ impl RouterState {
             let mut attachments = self.attachments.borrow_mut();
             if attachments.get(&engine).is_some_and(|a| a.generation == generation) {
                 attachments.remove(&engine);
+                if let Some(rings) = &self.rings {
+                    rings.withdraw_ticket(&engine);
+                }
             }
             drop(attachments);
             tracing::info!(engine = %engine, "engine detached");

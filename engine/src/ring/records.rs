@@ -81,6 +81,18 @@ pub fn write_message(producer: &mut Producer, message: &EngineMessage) -> Result
     producer.try_write(Kind::Message, &[&head, message.protocol.as_bytes(), &message.body, signature, stamp.as_ref().map_or(&[][..], |s| &s[..])])
 }
 
+/// Appends the body of `message`'s record to `out` (for the socket path's send stream).
+pub fn append_message(out: &mut Vec<u8>, message: &EngineMessage) {
+    let signature = message.sig.as_ref().map_or(&[][..], |s| &s[..]);
+    out.extend_from_slice(&encode_head(message, signature));
+    out.extend_from_slice(message.protocol.as_bytes());
+    out.extend_from_slice(&message.body);
+    out.extend_from_slice(signature);
+    if let Some(stamp) = &message.stamp {
+        out.extend_from_slice(&encode_stamp(stamp));
+    }
+}
+
 /// Writes a record for each of `bodies` in turn, each the message `template` (unsigned and
 /// unstamped) with that body, their ids counting up from `first_id`, for as long as the ring has
 /// room: how many were written.
