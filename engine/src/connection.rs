@@ -3,6 +3,7 @@
 //! router's deliveries, which either answer a waiting request or go to the engine's inbox.
 
 use crate::fast_path::EngineRing;
+use crate::delivery_stream::DeliveryStream;
 use crate::send_stream::SendStream;
 use crate::topics::{Event, RouterRequest, Sequences, TopicAnswer, TopicBook};
 use crate::ring::records::Refusal;
@@ -96,6 +97,8 @@ pub(crate) struct Shared {
     ring: arc_swap::ArcSwapOption<EngineRing>,
     /// The send stream, when this engine is on the socket path and the router handed one over.
     stream: arc_swap::ArcSwapOption<SendStream>,
+    /// The delivery stream handed over with it.
+    delivery: arc_swap::ArcSwapOption<DeliveryStream>,
     /// Sends handed to the engine thread whose answers are still owed (see `RpcAnswer`).
     owed_over_rpc: std::sync::atomic::AtomicU64,
     pub refusals: std::sync::atomic::AtomicU64,
@@ -136,6 +139,11 @@ impl Shared {
             return None;
         }
         self.stream.load_full().filter(|stream| !stream.is_broken())
+    }
+
+    /// The delivery stream, when the router handed one over.
+    pub fn delivery(&self) -> Option<Arc<DeliveryStream>> {
+        self.delivery.load_full()
     }
 
     /// The rings, to keep beyond one call (a sender waiting for room in a blocking thread).
@@ -499,6 +507,7 @@ async fn keep_attached(
         if let Some(stream) = shared.stream.swap(None) {
             stream.close("the connection to the router was lost");
         }
+        shared.delivery.store(None);
         if !options.reattach || incoming.is_closed() {
             return;
         }
@@ -709,9 +718,12 @@ fn open_streams(claim: &Claim, shared: &Arc<Shared>, options: &EngineOptions, in
         }
     };
     let max_frame = WORD_LIMIT * 8;
-    let started = crate::delivery_stream::start(deliveries, max_frame, shared.clone(), incoming).and_then(|()| SendStream::start(sends, options.send_timeout, ended));
+    let started = DeliveryStream::start(deliveries, max_frame, shared.clone(), incoming).and_then(|delivery| Ok((delivery, SendStream::start(sends, options.send_timeout, ended)?)));
     match started {
-        Ok(stream) => shared.stream.store(Some(stream)),
+        Ok((delivery, stream)) => {
+            shared.delivery.store(Some(delivery));
+            shared.stream.store(Some(stream));
+        }
         Err(error) => tracing::warn!(%error, "cannot use the data streams; sends go as RPC calls"),
     }
 }

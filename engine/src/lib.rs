@@ -27,7 +27,7 @@ mod delivered;
 pub mod delivery_stream;
 mod error;
 mod fast_path;
-pub mod frame_reader;
+pub mod stream_reader;
 pub mod ring;
 pub mod send_stream;
 pub mod topics;
@@ -43,6 +43,7 @@ pub use topics::{Event, Gap, Received, TopicAnswer};
 pub use view::MessageView;
 
 use connection::{Command, RpcAnswer, Shared};
+use send_stream::SendStream;
 use topics::{Fit, RouterRequest};
 use rustc_hash::FxHashMap;
 use std::path::PathBuf;
@@ -149,8 +150,8 @@ const OUTBOX_DRAIN_YIELDS: u32 = 64;
 /// it does at once unless a subscriber has no room).
 const TRY_PUBLISH_DRAIN: Duration = Duration::from_millis(20);
 
-/// Where a request's answer arrives.
-type Answer = tokio::sync::oneshot::Receiver<Result<EngineMessage, EngineError>>;
+/// Where a request's answer, or the router's answer to a send, arrives.
+type Answer<T = EngineMessage> = tokio::sync::oneshot::Receiver<Result<T, EngineError>>;
 
 /// The answer, if it has come.
 fn answered(answer: &mut Answer) -> Option<Result<EngineMessage, EngineError>> {
@@ -329,14 +330,9 @@ impl Engine {
         }
         let timeout = self.send_timeout;
         let unavailable = || EngineError::RouterUnavailable(timeout);
-        let mut answer = self.runtime.block_on(async { tokio::time::timeout(timeout, self.hand_over(message, true)).await }).map_err(|_| unavailable())??;
-        let until = std::time::Instant::now() + LOOK_FOR;
-        while std::time::Instant::now() < until {
-            match answer.try_recv() {
-                Ok(outcome) => return outcome,
-                Err(oneshot::error::TryRecvError::Closed) => return Err(EngineError::Closed),
-                Err(oneshot::error::TryRecvError::Empty) => std::thread::yield_now(),
-            }
+        let (mut answer, stream) = self.runtime.block_on(async { tokio::time::timeout(timeout, self.hand_over_by(message, true)).await }).map_err(|_| unavailable())??;
+        if let Some(outcome) = stream.and_then(|stream| stream.answered(&mut answer, LOOK_FOR)) {
+            return outcome;
         }
         self.runtime.block_on(async { tokio::time::timeout(timeout, answer).await }).map_err(|_| unavailable())?.map_err(|_| EngineError::Closed)?
     }
@@ -449,22 +445,32 @@ impl Engine {
         }
     }
 
-    /// What the engine thread or the ring reader queued, for a thread that is not running async
-    /// code: it yields a while before it blocks, since waking a blocked thread costs
-    /// microseconds (measured, `bench local` socket path one-way p50: 2.9-3.1x a Unix socket
-    /// ping-pong blocking at once, 2.2-2.5x yielding first). `Elapsed` if nothing came within
+    /// The next message on the socket path, for a thread that is not running async code: for a
+    /// while it looks for one without blocking, yielding between looks, in what was queued and
+    /// (holding the reading turn) in the delivery stream itself, since waking a blocked thread
+    /// costs tens of microseconds; then it blocks on the queue. `Elapsed` if nothing came within
     /// `timeout` (if given); `None` once the engine is closed.
     fn recv_queued_blocking(&self, timeout: Option<Duration>) -> Result<Option<EngineMessage>, tokio::time::error::Elapsed> {
-        let until = std::time::Instant::now() + LOOK_FOR;
-        while std::time::Instant::now() < until {
-            if let Ok(mut incoming) = self.incoming.try_lock() {
-                match incoming.try_recv() {
-                    Ok(message) => return Ok(Some(*message)),
-                    Err(mpsc::error::TryRecvError::Disconnected) => return Ok(None),
-                    Err(mpsc::error::TryRecvError::Empty) => {}
-                }
-            }
-            std::thread::yield_now();
+        let delivery = self.shared.delivery();
+        let mut turn = delivery.as_ref().map(|delivery| delivery.reader.turn());
+        let found = stream_reader::look_a_while(LOOK_FOR, || {
+            let mut incoming = self.incoming.try_lock().ok()?;
+            let next = match &delivery {
+                Some(delivery) => delivery.next(&self.shared, &mut incoming).map(Some),
+                None => match incoming.try_recv() {
+                    Ok(message) => Some(Some(message)),
+                    Err(mpsc::error::TryRecvError::Disconnected) => Some(None),
+                    Err(mpsc::error::TryRecvError::Empty) => None,
+                },
+            };
+            next.map(|message| message.map(|message| *message))
+        });
+        if let Some(turn) = &mut turn {
+            turn.came = found.is_some();
+        }
+        drop(turn);
+        if let Some(found) = found {
+            return Ok(found);
         }
         match timeout {
             // The timer is made within the runtime, whose clock it needs.
@@ -559,22 +565,40 @@ impl Engine {
     }
 
     /// Hands a prepared message to the router on the socket path (`wait`: as `send`, else as
-    /// `trySend`): this thread writes it to the send stream when there is one (a write waits at
-    /// most the send timeout, for a router that stopped reading), else the engine thread makes
-    /// the RPC call. The router's answer comes on the returned receiver.
-    async fn hand_over(&self, message: EngineMessage, wait: bool) -> Result<oneshot::Receiver<Result<(), EngineError>>, EngineError> {
+    /// `trySend`): this thread writes it to the send stream when there is one (while the router
+    /// is not reading it, the caller waits without blocking its runtime, within the send
+    /// timeout), else the engine thread makes the RPC call. The router's answer comes on the
+    /// returned receiver.
+    async fn hand_over(&self, message: EngineMessage, wait: bool) -> Result<Answer<()>, EngineError> {
+        self.hand_over_by(message, wait).await.map(|(answer, _)| answer)
+    }
+
+    /// `hand_over`, saying which send stream the message went on, if it did.
+    async fn hand_over_by(&self, message: EngineMessage, wait: bool) -> Result<(Answer<()>, Option<Arc<SendStream>>), EngineError> {
         if let Some(stream) = self.shared.stream() {
-            match stream.send(&message, wait, self.send_timeout) {
-                // The stream had ended: nothing was written, the call goes instead.
-                Err(EngineError::Closed) => {}
-                handed => return handed,
+            let mut frame = Vec::with_capacity(stream_reader::FRAME_HEAD + 1 + ring::records::message_length(&message));
+            send_stream::send_frame(&mut frame, &message, wait);
+            let deadline = tokio::time::Instant::now() + self.send_timeout;
+            let mut pause = Duration::from_micros(50);
+            loop {
+                match stream.try_send(&frame, self.send_timeout) {
+                    Ok(Some(answer)) => return Ok((answer, Some(stream))),
+                    Ok(None) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(2));
+                    }
+                    Ok(None) => return Err(EngineError::RouterUnavailable(self.send_timeout)),
+                    // The stream had ended: nothing was written, the call goes instead.
+                    Err(EngineError::Closed) => break,
+                    Err(error) => return Err(error),
+                }
             }
         }
         let (done, accepted) = oneshot::channel();
         let done = RpcAnswer::new(&self.shared, done);
         let command = if wait { Command::Send { message, done } } else { Command::TrySend { message, done } };
         self.commands.send(command).await.map_err(|_| EngineError::Closed)?;
-        Ok(accepted)
+        Ok((accepted, None))
     }
 
     /// Waits for room in the full outbox ring without holding up the caller's runtime (nor

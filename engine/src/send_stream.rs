@@ -1,18 +1,18 @@
 //! The socket path's send stream (ring/RING.md, "The send stream"): a Unix stream socket the
 //! router hands an engine that has no rings, on which the calling thread writes each message
 //! itself, framed as a message record, instead of handing it to the engine thread for an RPC
-//! call; the router answers every frame with its outcome, in the order they came, and a thread
-//! of the stream's own reads those and tells each sender. The framing of both directions is
-//! here, for the router's end too.
+//! call; the router answers every frame with its outcome, in the order they came. A blocking
+//! send waiting for its answer reads them itself; otherwise a thread of the stream's own does,
+//! telling each sender. The framing of both directions is here, for the router's end too.
 
 use crate::ring::records;
 use crate::EngineError;
 use netmachine_schema::router_capnp::SendRefusal;
 use netmachine_schema::{EngineMessage, Identity};
 use std::collections::VecDeque;
-use crate::frame_reader::{FrameReader, FRAME_HEAD};
+use crate::stream_reader::{look_a_while, Next, StreamReader};
 use std::io::Write;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,9 +31,6 @@ pub const ACCEPTED: u8 = 0;
 pub const REFUSED: u8 = 1;
 /// The longest outcome frame either end writes or reads.
 pub const MAX_OUTCOME: usize = 4096;
-/// How long the reader looks for an owed answer without blocking, yielding between looks: about
-/// a round trip through the router on 2 cores.
-const LOOK_FOR: Duration = Duration::from_micros(200);
 /// Where a refused outcome's detail starts.
 const DETAIL_AT: usize = 1 + 2 + 32;
 
@@ -90,6 +87,8 @@ pub fn read_outcome(frame: &[u8]) -> Result<Result<(), EngineError>, String> {
 
 /// A sender's answer, owed by the router.
 type Owed = oneshot::Sender<Result<(), EngineError>>;
+/// Where it comes.
+pub(crate) type Answer = oneshot::Receiver<Result<(), EngineError>>;
 
 /// The engine's end of its send stream.
 pub(crate) struct SendStream {
@@ -99,6 +98,8 @@ pub(crate) struct SendStream {
     /// The answers owed, in the order their frames were written.
     owed: Mutex<VecDeque<Owed>>,
     broken: AtomicBool,
+    /// The router's answers, read by a blocking send waiting for its own, else by the thread.
+    outcomes: StreamReader,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -107,15 +108,15 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl SendStream {
     /// Takes the socket the router handed over, and starts the thread that reads its outcomes
-    /// until the router closes it; `on_end` is called then.
+    /// when no blocking send does, until the router closes it; `on_end` is called then.
     pub fn start(socket: OwnedFd, send_timeout: Duration, on_end: impl FnOnce(&Arc<SendStream>) + Send + 'static) -> std::io::Result<Arc<SendStream>> {
         let socket = UnixStream::from(socket);
         socket.set_write_timeout(Some(send_timeout))?;
-        let reader = socket.try_clone()?;
-        let stream = Arc::new(SendStream { socket: Mutex::new(socket), owed: Mutex::new(VecDeque::new()), broken: AtomicBool::new(false) });
+        let outcomes = StreamReader::new(socket.try_clone()?, MAX_OUTCOME)?;
+        let stream = Arc::new(SendStream { socket: Mutex::new(socket), owed: Mutex::new(VecDeque::new()), broken: AtomicBool::new(false), outcomes });
         let reading = stream.clone();
         std::thread::Builder::new().name("send-stream".into()).spawn(move || {
-            let why = reading.read_outcomes(reader);
+            let why = reading.outcomes.serve(|frame| reading.answer(frame));
             tracing::debug!(%why, "the send stream ended");
             reading.close(&why);
             on_end(&reading);
@@ -123,46 +124,76 @@ impl SendStream {
         Ok(stream)
     }
 
-    /// Writes `message` (`wait`: as `send`, else as `trySend`); the router's answer comes on
-    /// the returned receiver. `Closed` if the stream had ended: nothing was written.
-    pub fn send(&self, message: &EngineMessage, wait: bool, timeout: Duration) -> Result<oneshot::Receiver<Result<(), EngineError>>, EngineError> {
-        let mut frame = Vec::with_capacity(FRAME_HEAD + 1 + records::message_length(message));
-        send_frame(&mut frame, message, wait);
+    /// Writes `frame` (made by `send_frame`) if the socket has room for any of it, without
+    /// waiting for room: the router's answer comes on the returned receiver; `None` if nothing
+    /// could be written (the router is not reading: try again later). A frame the socket took
+    /// part of is finished blocking, for at most `timeout`. `Closed` if the stream had ended:
+    /// nothing was written.
+    pub fn try_send(&self, frame: &[u8], timeout: Duration) -> Result<Option<Answer>, EngineError> {
+        use nix::sys::socket::{send, MsgFlags};
         let (done, answer) = oneshot::channel();
         let mut socket = lock(&self.socket);
         if self.broken.load(Ordering::Acquire) {
             return Err(EngineError::Closed);
         }
+        // Owed before it is written: its answer may come at once.
         lock(&self.owed).push_back(done);
-        if let Err(error) = socket.write_all(&frame) {
-            // Part of a frame may have gone: nothing more can be written after it.
-            let _ = socket.shutdown(std::net::Shutdown::Both);
-            drop(socket);
-            let timed_out = matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
-            self.close(&format!("writing to the send stream failed: {error}"));
-            return Err(if timed_out { EngineError::RouterUnavailable(timeout) } else { EngineError::Rpc(format!("the send stream failed: {error}")) });
-        }
-        Ok(answer)
+        let written = loop {
+            match send(socket.as_raw_fd(), frame, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL) {
+                Err(nix::Error::EINTR) => {}
+                written => break written,
+            }
+        };
+        let failed = match written {
+            Ok(all) if all == frame.len() => return Ok(Some(answer)),
+            Err(nix::Error::EAGAIN) => {
+                // Nothing went: it is owed nothing (the last owed, under the socket's lock).
+                lock(&self.owed).pop_back();
+                return Ok(None);
+            }
+            Ok(part) => match socket.write_all(&frame[part..]) {
+                Ok(()) => return Ok(Some(answer)),
+                Err(error) => error,
+            },
+            Err(error) => error.into(),
+        };
+        // Part of a frame may have gone: nothing more can be written after it.
+        drop(socket);
+        let timed_out = matches!(failed.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut);
+        self.close(&format!("writing to the send stream failed: {failed}"));
+        Err(if timed_out { EngineError::RouterUnavailable(timeout) } else { EngineError::Rpc(format!("the send stream failed: {failed}")) })
     }
 
-    /// Reads outcomes until the stream ends: why it did. While answers are owed it looks for
-    /// them without blocking a while; with none owed it blocks at once.
-    fn read_outcomes(&self, socket: UnixStream) -> String {
-        let mut frames = FrameReader::new(socket, MAX_OUTCOME);
-        loop {
-            let look_for = if lock(&self.owed).is_empty() { Duration::ZERO } else { LOOK_FOR };
-            let frame = match frames.next(look_for) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => return "the router closed it".into(),
-                Err(e) => return format!("reading it failed: {e}"),
-            };
-            let outcome = match read_outcome(frame) {
-                Ok(outcome) => outcome,
-                Err(problem) => return format!("the router wrote {problem}"),
-            };
-            let Some(done) = lock(&self.owed).pop_front() else { return "the router answered a message never sent".into() };
-            let _ = done.send(outcome);
-        }
+    /// Tells the sender of the oldest frame unanswered the router's answer in `frame`.
+    fn answer(&self, frame: &[u8]) -> Result<(), String> {
+        let outcome = read_outcome(frame).map_err(|problem| format!("the router wrote {problem}"))?;
+        let done = lock(&self.owed).pop_front().ok_or("the router answered a message never sent")?;
+        let _ = done.send(outcome);
+        Ok(())
+    }
+
+    /// For a blocking send: its answer, looking for it (reading the stream itself) for up to
+    /// `look_for`; `None` if it has not come by then.
+    pub fn answered(&self, answer: &mut Answer, look_for: Duration) -> Option<Result<(), EngineError>> {
+        let mut turn = self.outcomes.turn();
+        let found = look_a_while(look_for, || {
+            match answer.try_recv() {
+                Ok(outcome) => return Some(outcome),
+                Err(oneshot::error::TryRecvError::Closed) => return Some(Err(EngineError::Closed)),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+            let mut frames = self.outcomes.try_frames()?;
+            while let Ok(Next::Frame(frame)) = frames.next() {
+                if let Err(why) = self.answer(frame) {
+                    drop(frames);
+                    self.close(&why);
+                    break;
+                }
+            }
+            None
+        });
+        turn.came = found.is_some();
+        found
     }
 
     /// Nothing more is written; every answer still owed fails: whether the router took those
@@ -185,6 +216,7 @@ impl SendStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stream_reader::FRAME_HEAD;
     use netmachine_schema::Destination;
 
     fn read_back(bytes: &[u8]) -> Vec<u8> {
@@ -219,6 +251,54 @@ mod tests {
             Err(EngineError::Refused { reason: SendRefusal::NoRoute, detail }) => assert!(detail.len() <= MAX_OUTCOME - DETAIL_AT && detail.chars().all(|c| c == 'é')),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// The router's end: reads one frame whole (blocking).
+    fn router_reads(router: &mut UnixStream) -> Vec<u8> {
+        use std::io::Read;
+        let mut head = [0u8; FRAME_HEAD];
+        router.read_exact(&mut head).unwrap();
+        let mut frame = vec![0; u32::from_le_bytes(head) as usize];
+        router.read_exact(&mut frame).unwrap();
+        frame
+    }
+
+    #[test]
+    fn a_stream_the_router_does_not_read_takes_frames_while_it_has_room_and_every_frame_taken_is_answered_in_order() {
+        let (engine, mut router) = UnixStream::pair().unwrap();
+        router.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let stream = SendStream::start(engine.into(), Duration::from_secs(10), |_| {}).unwrap();
+        let mut frame = Vec::new();
+        send_frame(&mut frame, &EngineMessage::new(Identity([1; 32]), Destination::Engine(Identity([2; 32])), 1, vec![7; 100]), true);
+        let mut answers = Vec::new();
+        while let Some(answer) = stream.try_send(&frame, Duration::from_secs(10)).unwrap() {
+            answers.push(answer);
+            assert!(answers.len() < 1_000_000, "the socket never filled");
+        }
+        // Nothing of the refused frame went: the router reads whole frames, one per answer owed,
+        // and answers them.
+        let mut outcomes = Vec::new();
+        for at in 0..answers.len() {
+            assert_eq!(router_reads(&mut router), frame[FRAME_HEAD..]);
+            outcome_frame(&mut outcomes, (at % 2 == 1).then_some((SendRefusal::QueueFull, None, "full")));
+        }
+        router.set_nonblocking(true).unwrap();
+        assert_eq!(std::io::Read::read(&mut router, &mut [0u8; 1]).unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+        router.write_all(&outcomes).unwrap();
+        for (at, answer) in answers.into_iter().enumerate() {
+            match answer.blocking_recv().unwrap() {
+                Ok(()) => assert_eq!(at % 2, 0),
+                Err(EngineError::Refused { reason: SendRefusal::QueueFull, .. }) => assert_eq!(at % 2, 1),
+                other => panic!("answer {at}: {other:?}"),
+            }
+        }
+        // A frame larger than the socket holds goes in part, then the rest as the router reads.
+        router.set_nonblocking(false).unwrap();
+        let mut large = Vec::new();
+        send_frame(&mut large, &EngineMessage::new(Identity([1; 32]), Destination::Engine(Identity([2; 32])), 2, vec![9; 4 << 20]), true);
+        let reading = std::thread::spawn(move || router_reads(&mut router));
+        assert!(stream.try_send(&large, Duration::from_secs(10)).unwrap().is_some());
+        assert_eq!(reading.join().unwrap(), large[FRAME_HEAD..]);
     }
 
     #[test]

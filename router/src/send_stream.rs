@@ -8,7 +8,7 @@ use crate::core::{DropReason, Refused};
 use crate::handoff::HandedStream;
 use crate::shell::{RouterState, Settled};
 use netmachine_engine::ring::records::{self, MESSAGE_HEAD};
-use netmachine_engine::frame_reader::FRAME_HEAD;
+use netmachine_engine::stream_reader::FRAME_HEAD;
 use netmachine_engine::send_stream;
 use netmachine_schema::Identity;
 use std::os::fd::OwnedFd;

@@ -454,6 +454,18 @@ pub async fn attach_raw_on(
     locate: impl FnOnce(netmachine_schema::Identity) -> netmachine_schema::EngineLocation,
     inbox: netmachine_schema::router_capnp::inbox::Client,
 ) -> Result<netmachine_schema::router_capnp::engine_session::Client, String> {
+    attach_raw_granted(router, claimed, signer, locate, inbox).await.map(|(session, _)| session)
+}
+
+/// `attach_raw_on`, asking for no rings, with the ticket the router granted (for the data
+/// streams) if it has a handoff socket.
+pub async fn attach_raw_granted(
+    router: &netmachine_schema::router_capnp::router::Client,
+    claimed: netmachine_schema::Identity,
+    signer: &netmachine_schema::Keypair,
+    locate: impl FnOnce(netmachine_schema::Identity) -> netmachine_schema::EngineLocation,
+    inbox: netmachine_schema::router_capnp::inbox::Client,
+) -> Result<(netmachine_schema::router_capnp::engine_session::Client, Option<[u8; 32]>), String> {
     use netmachine_schema::{signing, Identity};
     let mut request = router.attach_request();
     request.get().set_engine(&claimed.0);
@@ -466,7 +478,9 @@ pub async fn attach_raw_on(
     prove.get().set_inbox(inbox);
     locate(node_id).write(prove.get().init_location());
     let proven = prove.send().promise.await.map_err(|e| e.to_string())?;
-    proven.get().and_then(|p| p.get_session()).map_err(|e| e.to_string())
+    let proven = proven.get().map_err(|e| e.to_string())?;
+    let ticket = proven.get_ring().and_then(|grant| grant.get_ticket()).ok().and_then(|ticket| ticket.try_into().ok());
+    Ok((proven.get_session().map_err(|e| e.to_string())?, ticket))
 }
 
 /// Sends `body` to `dst` until the node knows where `dst` is (engine announcements travel

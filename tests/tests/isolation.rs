@@ -110,11 +110,11 @@ fn the_handoff_socket_gives_nothing_to_a_ticket_no_attachment_holds_and_counts_i
     let _listening = node.listen(&key, &identity, &[]);
     let engine: netmachine_engine::Identity = identity.parse().unwrap();
     let guess = Claim { socket: handoff_socket(&node.socket(ServiceKind::Router)), ticket: [7; 32] };
-    for request in [Request::Rings, Request::ChannelTo(engine.0), Request::ChannelFrom(engine.0)] {
+    for request in [Request::Rings, Request::ChannelTo(engine.0), Request::ChannelFrom(engine.0), Request::Streams] {
         let refused = guess.take(request).expect_err("a guessed ticket takes nothing").to_string();
         assert!(refused.contains("no attachment holds this ticket"), "{refused}");
     }
-    assert_eq!(node.router_counter("ring_handoffs_refused"), 3);
+    assert_eq!(node.router_counter("ring_handoffs_refused"), 4);
     // The socket is the node's user's alone.
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&guess.socket).unwrap().permissions().mode() & 0o777, 0o600);
