@@ -32,9 +32,11 @@ pub(crate) enum Next<'a> {
 /// One direction of a data stream, as its reader sees it: what was read and not yet taken.
 pub(crate) struct FrameReader {
     socket: UnixStream,
+    /// Room to read into, zeroed once (filling it again per read cost as much as the read).
     buffer: Vec<u8>,
-    /// Where the first frame not yet handed out starts.
+    /// Where the first frame not yet handed out starts, and where what was read ends.
     start: usize,
+    end: usize,
     max_frame: usize,
     ended: bool,
 }
@@ -42,7 +44,7 @@ pub(crate) struct FrameReader {
 impl FrameReader {
     /// Reads frames of at most `max_frame` bytes from `socket`.
     pub fn new(socket: UnixStream, max_frame: usize) -> FrameReader {
-        FrameReader { socket, buffer: Vec::new(), start: 0, max_frame, ended: false }
+        FrameReader { socket, buffer: Vec::new(), start: 0, end: 0, max_frame, ended: false }
     }
 
     /// The next frame, if it has come whole, reading what has come without blocking. A frame
@@ -53,15 +55,13 @@ impl FrameReader {
             return Ok(Next::Frame(&self.buffer[frame]));
         }
         if !self.ended {
-            self.buffer.drain(..self.start);
-            self.start = 0;
             self.ended = self.read_more()?;
             if let Some(frame) = self.whole_frame()? {
                 self.start = frame.end;
                 return Ok(Next::Frame(&self.buffer[frame]));
             }
         }
-        match (self.ended, self.buffer.len() - self.start) {
+        match (self.ended, self.end - self.start) {
             (false, _) => Ok(Next::Empty),
             (true, 0) => Ok(Next::End),
             (true, left) => Err(Error::new(ErrorKind::UnexpectedEof, format!("the stream ended {left} bytes into a frame"))),
@@ -70,30 +70,44 @@ impl FrameReader {
 
     /// Where the first frame not handed out lies in the buffer, if it is there whole.
     fn whole_frame(&self) -> std::io::Result<Option<Range<usize>>> {
-        let Some(head) = self.buffer.get(self.start..self.start + FRAME_HEAD) else { return Ok(None) };
+        let Some(head) = self.buffer[..self.end].get(self.start..self.start + FRAME_HEAD) else { return Ok(None) };
         let length = u32::from_le_bytes(head.try_into().expect("4 bytes")) as usize;
         if length > self.max_frame {
             return Err(Error::new(ErrorKind::InvalidData, format!("a {length}-byte frame, over the {}-byte limit", self.max_frame)));
         }
         let frame = self.start + FRAME_HEAD..self.start + FRAME_HEAD + length;
-        Ok((frame.end <= self.buffer.len()).then_some(frame))
+        Ok((frame.end <= self.end).then_some(frame))
     }
 
     /// Reads what has come without blocking: whether the stream has ended.
     fn read_more(&mut self) -> std::io::Result<bool> {
         use nix::sys::socket::{recv, MsgFlags};
-        let filled = self.buffer.len();
-        self.buffer.resize(filled + READ_AHEAD, 0);
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        }
+        if self.end == self.buffer.len() {
+            // Full: what is left moves to the front, or the buffer grows (up to a frame whole).
+            match self.start {
+                0 => self.buffer.resize((2 * self.buffer.len()).max(READ_AHEAD), 0),
+                start => {
+                    self.buffer.copy_within(start..self.end, 0);
+                    (self.start, self.end) = (0, self.end - start);
+                }
+            }
+        }
         let read = loop {
-            match recv(self.socket.as_raw_fd(), &mut self.buffer[filled..], MsgFlags::MSG_DONTWAIT) {
+            match recv(self.socket.as_raw_fd(), &mut self.buffer[self.end..], MsgFlags::MSG_DONTWAIT) {
                 Err(nix::Error::EINTR) => {}
                 read => break read,
             }
         };
-        self.buffer.truncate(filled + *read.as_ref().unwrap_or(&0));
         match read {
             Ok(0) => Ok(true),
-            Ok(_) | Err(nix::Error::EAGAIN) => Ok(false),
+            Ok(read) => {
+                self.end += read;
+                Ok(false)
+            }
+            Err(nix::Error::EAGAIN) => Ok(false),
             Err(error) => Err(error.into()),
         }
     }
@@ -274,6 +288,23 @@ mod tests {
         drop(writer);
         assert_eq!(next_frame(&mut frames).unwrap(), b"last");
         assert_eq!(next_frame(&mut frames), None);
+    }
+
+    #[test]
+    fn frames_larger_than_the_room_read_at_a_time_arrive_whole_among_small_ones() {
+        let (mut writer, reader) = UnixStream::pair().unwrap();
+        let mut frames = FrameReader::new(reader, 1 << 20);
+        let sizes = [40 << 10, 3, 300 << 10, 50 << 10, 7, 64 << 10, 1 << 20];
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for (n, size) in sizes.iter().enumerate() {
+                    writer.write_all(&frame(&vec![n as u8; *size])).unwrap();
+                }
+            });
+            for (n, size) in sizes.iter().enumerate() {
+                assert_eq!(next_frame(&mut frames).unwrap(), vec![n as u8; *size]);
+            }
+        });
     }
 
     #[test]
