@@ -49,6 +49,13 @@ pub enum Helper {
         #[arg(long)]
         rounds: u64,
     },
+    /// Answers each record in a bare ring's outbox with the same body in its inbox, ROUNDS times
+    RingEcho {
+        #[arg(long)]
+        segment: String,
+        #[arg(long)]
+        rounds: u64,
+    },
     /// Consumes COUNT records from a bare ring's outbox
     RingSink {
         #[arg(long)]
@@ -201,6 +208,22 @@ pub fn run(helper: Helper) -> Result<()> {
                     std::hint::spin_loop();
                 }
                 word.store(ping + 1, Ordering::Release);
+            }
+        }
+        Helper::RingEcho { segment, rounds } => {
+            let segment = RingSegment::open(&segment, None)?;
+            let (mut outbox, mut inbox) = segment.router_side()?;
+            let mut answered = 0;
+            while answered < rounds {
+                let Some(record) = outbox.peek()? else {
+                    std::hint::spin_loop();
+                    continue;
+                };
+                while inbox.try_write(record.kind, &[record.body]).is_err() {
+                    std::hint::spin_loop();
+                }
+                outbox.consume();
+                answered += 1;
             }
         }
         Helper::RingSink { segment, count } => {

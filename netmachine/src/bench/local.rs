@@ -3,7 +3,8 @@
 //! with adaptive waiting and with busy-spin, throughput for 64 B and 1 KiB bodies, the same over
 //! the socket path (engine -> router -> engine), and the CPU an idle node with 4 engines uses;
 //! against, from the same run, two processes ping-ponging one shared cache line (the floor), the
-//! bare ring with no messages or checks, and a Unix socket ping-pong.
+//! bare ring with no messages or checks (one way, and echoing records the size of a 64-byte
+//! message's), and a Unix socket ping-pong.
 
 use super::helpers::cache_line;
 use crate::latency::Latencies;
@@ -230,6 +231,31 @@ impl Bench {
         Ok(samples)
     }
 
+    /// The bare ring between two processes, both spinning: a record of a 64-byte message's size
+    /// (its 104-byte head and the body) each way, raw, no engine code; half a round trip.
+    fn ring_echo(&self, rounds: u64) -> Result<Latencies> {
+        let (name, segment) = self.segment("echo", 1 << 16)?;
+        let _far = self.helper(&["ring-echo", "--segment", &name, "--rounds", &rounds.to_string()], false)?;
+        let (mut outbox, mut inbox) = segment.engine_side()?;
+        let record = vec![0x42; netmachine_engine::ring::records::MESSAGE_HEAD + 64];
+        let mut samples = Latencies::default();
+        for round in 0..rounds {
+            let start = Instant::now();
+            while outbox.try_write(Kind::Message, &[&record]).is_err() {
+                std::hint::spin_loop();
+            }
+            while inbox.peek()?.is_none() {
+                std::hint::spin_loop();
+            }
+            inbox.consume();
+            if round >= rounds / 10 {
+                samples.add(start.elapsed() / 2);
+            }
+        }
+        let _ = RingSegment::unlink(&name);
+        Ok(samples)
+    }
+
     /// The bare ring between two processes, no router: messages per second.
     fn bare_ring(&self, size: usize, count: u64) -> Result<f64> {
         let (name, segment) = self.segment("ring", 1 << 20)?;
@@ -311,6 +337,7 @@ pub fn run(rounds: usize, messages: u64, json_output: bool) -> Result<()> {
     let mut spin = bench.latency(true, Sending::OneByOne, rounds)?;
     let mut socket = bench.latency(false, Sending::Socket, rounds / 4)?;
     let mut floor = bench.floor(rounds as u64 * 10)?;
+    let mut ring_echo = bench.ring_echo(rounds as u64 * 10)?;
     let mut unix = bench.unix_socket(rounds)?;
     let msgs_64 = bench.throughput(64, Sending::OneByOne, messages)?;
     let msgs_1024 = bench.throughput(1024, Sending::OneByOne, messages)?;
@@ -330,6 +357,7 @@ pub fn run(rounds: usize, messages: u64, json_output: bool) -> Result<()> {
         "spin_latency_ns_p50": ns(spin.percentile(50.0)),
         "spin_latency_ns_p99": ns(spin.percentile(99.0)),
         "floor_ns_p50": ns(floor.percentile(50.0)),
+        "ring_echo_ns_p50": ns(ring_echo.percentile(50.0)),
         "socket_latency_ns_p50": ns(socket.percentile(50.0)),
         "unix_socket_ns_p50": ns(unix.percentile(50.0)),
         "msgs_per_s_64": msgs_64.round(),
@@ -355,6 +383,7 @@ pub fn run(rounds: usize, messages: u64, json_output: bool) -> Result<()> {
     println!("{}", super::ratio_line("one-way latency p99, send_all/poll", f("borrowed_latency_ns_p99"), "floor: shared cache line p50", f("floor_ns_p50"), "ns"));
     println!("{}", super::ratio_line("one-way latency p50, busy-spin", f("spin_latency_ns_p50"), "floor: shared cache line p50", f("floor_ns_p50"), "ns"));
     println!("{}", super::ratio_line("one-way latency p99, busy-spin", f("spin_latency_ns_p99"), "floor: shared cache line p50", f("floor_ns_p50"), "ns"));
+    println!("{}", super::ratio_line("one-way latency p50, bare ring echo", f("ring_echo_ns_p50"), "floor: shared cache line p50", f("floor_ns_p50"), "ns"));
     println!("{}", super::ratio_line("one-way latency p50, socket path", f("socket_latency_ns_p50"), "Unix socket ping-pong p50", f("unix_socket_ns_p50"), "ns"));
     println!("{}", super::ratio_line("throughput 64 B, engine to engine", f("msgs_per_s_64"), "bare ring, no messages, 64 B", f("bare_ring_msgs_per_s_64"), "msg/s"));
     println!("{}", super::ratio_line("throughput 1 KiB, engine to engine", f("msgs_per_s_1024"), "bare ring, no messages, 1 KiB", f("bare_ring_msgs_per_s_1024"), "msg/s"));
