@@ -698,13 +698,12 @@ async fn attach_with(options: &EngineOptions, incoming: &mpsc::Sender<Box<Engine
 /// send stream from now on, and the router delivers over the other; if the router cannot hand
 /// them over, both go as RPC calls, as before.
 fn open_streams(claim: &Claim, shared: &Arc<Shared>, options: &EngineOptions, incoming: mpsc::Sender<Box<EngineMessage>>) {
-    let (sends, deliveries) = match claim.take(Request::Streams) {
-        Ok(handed) => {
-            let mut handed = handed.into_iter();
-            match (handed.next(), handed.next()) {
-                (Some(sends), Some(deliveries)) => (sends.fd, deliveries.fd),
-                _ => return,
-            }
+    let (sends, deliveries) = match claim.take(Request::Streams).map(<[_; 2]>::try_from) {
+        Ok(Ok([sends, deliveries])) => (sends.fd, deliveries.fd),
+        // `take` checks the count; nothing is lost if it did not.
+        Ok(Err(handed)) => {
+            tracing::warn!(handed = handed.len(), "not two data streams; messages go as RPC calls");
+            return;
         }
         Err(error) => {
             tracing::info!(%error, "no data streams; messages go as RPC calls");
@@ -717,6 +716,7 @@ fn open_streams(claim: &Claim, shared: &Arc<Shared>, options: &EngineOptions, in
             shared.stream.compare_and_swap(&Some(stream.clone()), None::<Arc<SendStream>>);
         }
     };
+    // The same bound as an RPC delivery: twice the largest body any node may configure.
     let max_frame = WORD_LIMIT * 8;
     let started = DeliveryStream::start(deliveries, max_frame, shared.clone(), incoming).and_then(|delivery| Ok((delivery, SendStream::start(sends, options.send_timeout, ended)?)));
     match started {

@@ -1,4 +1,4 @@
-//! The socket path's send stream (ring/RING.md, "The send stream"): a Unix stream socket the
+//! The socket path's send stream (ring/RING.md, "Data streams"): a Unix stream socket the
 //! router hands an engine that has no rings, on which the calling thread writes each message
 //! itself, framed as a message record, instead of handing it to the engine thread for an RPC
 //! call; the router answers every frame with its outcome, in the order they came. A blocking
@@ -6,11 +6,11 @@
 //! telling each sender. The framing of both directions is here, for the router's end too.
 
 use crate::ring::records;
+use crate::stream_reader::{look_a_while, Next, StreamReader};
 use crate::EngineError;
 use netmachine_schema::router_capnp::SendRefusal;
 use netmachine_schema::{EngineMessage, Identity};
 use std::collections::VecDeque;
-use crate::stream_reader::{look_a_while, Next, StreamReader};
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;

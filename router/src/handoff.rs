@@ -20,20 +20,27 @@ use std::sync::{Arc, Mutex};
 /// and the engine they were handed to.
 pub type HandedStream = (Identity, OwnedFd, OwnedFd);
 
+/// Where the handoff thread sends the router's ends of data streams, for the main thread.
+pub type HandedStreams = tokio::sync::mpsc::Sender<HandedStream>;
+
+/// Data streams made and not yet taken up by the main thread, at most: past that a request for
+/// more is refused (the router is too busy to serve them).
+pub const STREAMS_WAITING: usize = 64;
+
 /// The tickets of the attachments, and what was refused on the socket.
 pub struct Handoff {
     node: Identity,
     access: EngineAccess,
     tickets: Mutex<HashMap<Ticket, Identity>>,
-    streams: tokio::sync::mpsc::UnboundedSender<HandedStream>,
+    streams: HandedStreams,
     /// Requests refused (unknown ticket, a user not let in, an object that is not there).
     pub refused: AtomicU64,
 }
 
 impl Handoff {
-    /// Listens at `path` and starts the thread that answers there; the router's ends of send
+    /// Listens at `path` and starts the thread that answers there; the router's ends of data
     /// streams go to `streams`.
-    pub fn start(path: &Path, node: Identity, access: EngineAccess, streams: tokio::sync::mpsc::UnboundedSender<HandedStream>) -> Result<Arc<Handoff>, HandoffError> {
+    pub fn start(path: &Path, node: Identity, access: EngineAccess, streams: HandedStreams) -> Result<Arc<Handoff>, HandoffError> {
         let mode = if access.open_to_others() { 0o666 } else { 0o600 };
         let listener = HandoffListener::bind(path, mode)?;
         let handoff = Arc::new(Handoff { node, access, tickets: Mutex::new(HashMap::new()), streams, refused: AtomicU64::new(0) });
@@ -108,7 +115,10 @@ impl Handoff {
         let engine = self.holder(asker, ticket)?;
         let pair = || std::os::unix::net::UnixStream::pair().map_err(|e| format!("cannot make a data stream: {e}"));
         let ((router_sends, engine_sends), (router_delivers, engine_delivers)) = (pair()?, pair()?);
-        self.streams.send((engine, router_sends.into(), router_delivers.into())).map_err(|_| "the router is stopping".to_string())?;
+        self.streams.try_send((engine, router_sends.into(), router_delivers.into())).map_err(|refused| match refused {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => format!("{STREAMS_WAITING} data streams wait for the router already: ask again later"),
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => "the router is stopping".to_string(),
+        })?;
         Ok(vec![(SEND_STREAM.into(), engine_sends.into()), (DELIVERY_STREAM.into(), engine_delivers.into())])
     }
 }

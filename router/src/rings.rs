@@ -9,7 +9,7 @@
 //! ring only while it sleeps.
 
 use crate::channels::Channels;
-use crate::handoff::{Handoff, HandedStream};
+use crate::handoff::{Handoff, HandedStreams};
 use netmachine_engine::ring::handoff::Ticket;
 use netmachine_service::engine_access::EngineAccess;
 use std::path::{Path, PathBuf};
@@ -147,9 +147,6 @@ struct Shared {
     kept_for_next_router: AtomicBool,
     channels: Channels,
 }
-
-/// Where the handoff thread sends the router's ends of send streams.
-pub type HandedStreams = tokio::sync::mpsc::UnboundedSender<HandedStream>;
 
 /// The router's rings: the endpoints, the thread that forwards between them, and the handoff
 /// socket that gives each engine its own.
@@ -671,7 +668,7 @@ mod tests {
         let node = netmachine_schema::Keypair::generate().identity();
         let (slow, _slow) = mpsc::channel(16);
         let socket = std::env::temp_dir().join(format!("nm-rings-{}.sock", node.short()));
-        let (streams, _handed) = tokio::sync::mpsc::unbounded_channel();
+        let (streams, _handed) = tokio::sync::mpsc::channel(crate::handoff::STREAMS_WAITING);
         let rings = Rings::start(node, 4096, 1024, true, slow, (&socket, EngineAccess::default(), streams)).expect("rings");
         let (gone, staying) = (netmachine_schema::Keypair::generate().identity(), netmachine_schema::Keypair::generate().identity());
         rings.open(gone, 1).expect("rings of the engine that detaches");

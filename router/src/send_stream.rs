@@ -26,7 +26,7 @@ const OUTCOMES_IN_FLIGHT: usize = 1024;
 const FRAME_OVERHEAD: usize = 1 + MESSAGE_HEAD + (64 << 10);
 
 /// Starts serving each send stream the handoff thread hands over, for as long as the router runs.
-pub(crate) async fn take_handed(state: Weak<RouterState>, mut handed: mpsc::UnboundedReceiver<HandedStream>) {
+pub(crate) async fn take_handed(state: Weak<RouterState>, mut handed: mpsc::Receiver<HandedStream>) {
     while let Some((engine, sends, deliveries)) = handed.recv().await {
         let Some(state) = state.upgrade() else { return };
         state.serve_streams(engine, sends, deliveries);

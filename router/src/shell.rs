@@ -89,7 +89,7 @@ impl RouterState {
     pub fn new(home: NodeHome, key: Keypair, stats: Rc<ConnectionStats>) -> Rc<Self> {
         let words = home.config.rpc_word_limit();
         let (slow_tx, slow) = tokio::sync::mpsc::channel(1024);
-        let (streams, handed_streams) = tokio::sync::mpsc::unbounded_channel();
+        let (streams, handed_streams) = tokio::sync::mpsc::channel(crate::handoff::STREAMS_WAITING);
         let engine_access = home.config.engine_access().unwrap_or_default();
         let rings = match home.config.router.ring_bytes {
             0 => None,
