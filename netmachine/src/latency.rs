@@ -20,6 +20,11 @@ impl Latencies {
         self.0[rank.clamp(1, self.0.len()) - 1]
     }
 
+    /// Adds every sample of `other`.
+    pub fn extend(&mut self, other: Latencies) {
+        self.0.extend(other.0);
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

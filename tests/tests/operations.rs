@@ -282,3 +282,14 @@ fn the_cli_answers_as_the_readme_says() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("this setting is a list"));
 }
+
+#[test]
+fn a_benchmark_starts_its_node_with_the_overrides_given_and_refuses_a_bad_one() {
+    // `--set` reaches the benchmark's own node: an unknown field stops it before it measures
+    // anything, naming the field (it used to be ignored, and the benchmark ran on defaults).
+    let output = Command::new(bin_dir().join("netmachine")).args(["--set", "router.nonsense=1", "bench", "local", "--rounds", "10", "--messages", "10"]).output().unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(said.contains("router.nonsense") && said.contains("unknown field"), "{said}");
+    assert!(output.stdout.is_empty(), "nothing measured: {}", String::from_utf8_lossy(&output.stdout));
+}

@@ -4,7 +4,8 @@
 //! the socket path (engine -> router -> engine), and the CPU an idle node with 4 engines uses;
 //! against, from the same run, two processes ping-ponging one shared cache line (the floor), the
 //! bare ring with no messages or checks (one way, and echoing records the size of a 64-byte
-//! message's), and a Unix socket ping-pong.
+//! message's), and a Unix socket ping-pong. Each figure and its baseline are measured in turns,
+//! `CHUNKS` chunks each, and the median chunk is the figure (see `run`).
 
 use super::helpers::cache_line;
 use crate::latency::Latencies;
@@ -37,6 +38,9 @@ pub(super) enum Sending {
 /// How long a latency round waits for the echo before it asks again.
 const ECHO_WAIT: Duration = Duration::from_secs(10);
 
+/// Turns in which each figure and its baseline are measured (see `run`).
+const CHUNKS: usize = 10;
+
 /// Bodies to a `send_all_blocking` call in the batched throughput figure.
 const BATCH: usize = 64;
 
@@ -62,11 +66,13 @@ impl Drop for HelperProcess {
 }
 
 impl Bench {
-    /// A fresh node in a scratch home, running until the returned `LocalNode` stops.
-    pub(super) fn start(label: &str) -> Result<(Bench, LocalNode)> {
+    /// A fresh node in a scratch home (with `set` besides a free port), running until the
+    /// returned `LocalNode` stops.
+    pub(super) fn start(label: &str, set: &[String]) -> Result<(Bench, LocalNode)> {
         let netmachine = std::env::current_exe().context("cannot find this executable")?;
         let scratch = ScratchDir::new(label)?;
-        let mut node = LocalNode::start(&netmachine, &scratch.0.join("node"), &[LISTEN_ANY_PORT.to_string()])?;
+        let set: Vec<String> = std::iter::once(LISTEN_ANY_PORT.to_string()).chain(set.iter().cloned()).collect();
+        let mut node = LocalNode::start(&netmachine, &scratch.0.join("node"), &set)?;
         run_local(node.wait_ready(Duration::from_secs(30)))?;
         let router = node.home.socket(ServiceKind::Router);
         Ok((Bench { netmachine, scratch, router, keys: 0 }, node))
@@ -139,28 +145,13 @@ impl Bench {
         crate::node_client::run_local(async { Ok(Engine::attach(options).await?) })
     }
 
-    /// Half the round trip to an echoing engine, in nanoseconds: `Sending::Batched` sends with
-    /// `send_all_blocking` (a batch of one) and takes with `poll_blocking`, both ends.
-    fn latency(&mut self, spin: bool, sending: Sending, rounds: usize) -> Result<Latencies> {
-        let (ring, borrowed) = (sending != Sending::Socket, sending == Sending::Batched);
-        let (_echo, echo) = self.engine("echo", spin, ring, if borrowed { &["--poll"] } else { &[] })?;
+    /// An engine of this process and an echoing engine helper, both sending as `sending` says
+    /// and waiting as `spin` says; kept for the whole run (an adaptive echo sleeps in between).
+    fn echo_pair(&mut self, spin: bool, sending: Sending) -> Result<EchoPair> {
+        let ring = sending != Sending::Socket;
+        let (echo_process, echo) = self.engine("echo", spin, ring, if sending == Sending::Batched { &["--poll"] } else { &[] })?;
         let engine = self.attach(spin, ring)?;
-        let body = vec![0x42; 64];
-        let mut samples = Latencies::default();
-        for round in 0..rounds + rounds / 10 {
-            let start = Instant::now();
-            if borrowed {
-                engine.send_all_blocking(echo, &[&body])?;
-                while engine.poll_blocking(1, ECHO_WAIT, |_| {}).context("the echo engine closed")? == 0 {}
-            } else {
-                engine.send_blocking(echo, body.clone())?;
-                engine.recv_blocking().context("the echo engine closed")?;
-            }
-            if round >= rounds / 10 {
-                samples.add(start.elapsed() / 2);
-            }
-        }
-        Ok(samples)
+        Ok(EchoPair { _echo_process: echo_process, echo, engine, sending })
     }
 
     /// Messages per second from one engine to another, counted until the last arrived. On the
@@ -169,6 +160,11 @@ impl Bench {
     /// `poll_blocking`); on the socket it keeps many sends in flight, as an engine that cares
     /// about throughput would.
     pub(super) fn throughput(&mut self, size: usize, sending: Sending, count: u64) -> Result<f64> {
+        Ok(count as f64 / self.time_throughput(size, sending, count)?.as_secs_f64())
+    }
+
+    /// How long `count` messages took, as `throughput` sends them.
+    fn time_throughput(&mut self, size: usize, sending: Sending, count: u64) -> Result<Duration> {
         let ring = sending != Sending::Socket;
         let count_arg = count.to_string();
         let mut sink_args = vec!["--count", count_arg.as_str()];
@@ -199,7 +195,7 @@ impl Bench {
             })?;
         }
         engine.recv_blocking().context("the sink closed")?;
-        Ok(count as f64 / start.elapsed().as_secs_f64())
+        Ok(start.elapsed())
     }
 
     fn segment(&self, label: &str, capacity: usize) -> Result<(String, RingSegment)> {
@@ -210,12 +206,12 @@ impl Bench {
         Ok((name, segment))
     }
 
-    /// The floor: two processes ping-ponging one shared cache line, half a round trip.
-    fn floor(&self, rounds: u64) -> Result<Latencies> {
+    /// The floor: two processes ping-ponging one shared cache line, half a round trip, for
+    /// `rounds` (the first tenth not counted).
+    fn floor(&self, rounds: u64, samples: &mut Latencies) -> Result<()> {
         let (name, segment) = self.segment("floor", 4096)?;
         let _far = self.helper(&["floor", "--segment", &name, "--rounds", &rounds.to_string()], false)?;
         let word = cache_line(&segment);
-        let mut samples = Latencies::default();
         for round in 0..rounds {
             let ping = 2 * round + 1;
             let start = Instant::now();
@@ -228,17 +224,17 @@ impl Bench {
             }
         }
         let _ = RingSegment::unlink(&name);
-        Ok(samples)
+        Ok(())
     }
 
     /// The bare ring between two processes, both spinning: a record of a 64-byte message's size
-    /// (its 104-byte head and the body) each way, raw, no engine code; half a round trip.
-    fn ring_echo(&self, rounds: u64) -> Result<Latencies> {
+    /// (its 104-byte head and the body) each way, raw, no engine code; half a round trip, for
+    /// `rounds` (the first tenth not counted).
+    fn ring_echo(&self, rounds: u64, samples: &mut Latencies) -> Result<()> {
         let (name, segment) = self.segment("echo", 1 << 16)?;
         let _far = self.helper(&["ring-echo", "--segment", &name, "--rounds", &rounds.to_string()], false)?;
         let (mut outbox, mut inbox) = segment.engine_side()?;
         let record = vec![0x42; netmachine_engine::ring::records::MESSAGE_HEAD + 64];
-        let mut samples = Latencies::default();
         for round in 0..rounds {
             let start = Instant::now();
             while outbox.try_write(Kind::Message, &[&record]).is_err() {
@@ -253,11 +249,11 @@ impl Bench {
             }
         }
         let _ = RingSegment::unlink(&name);
-        Ok(samples)
+        Ok(())
     }
 
-    /// The bare ring between two processes, no router: messages per second.
-    fn bare_ring(&self, size: usize, count: u64) -> Result<f64> {
+    /// The bare ring between two processes, no router: how long `count` records took.
+    fn bare_ring(&self, size: usize, count: u64) -> Result<Duration> {
         let (name, segment) = self.segment("ring", 1 << 20)?;
         let mut far = self.helper(&["ring-sink", "--segment", &name, "--count", &count.to_string()], false)?;
         let (mut outbox, _) = segment.engine_side()?;
@@ -269,28 +265,18 @@ impl Bench {
             }
         }
         far.0.wait()?;
-        let rate = count as f64 / start.elapsed().as_secs_f64();
+        let took = start.elapsed();
         let _ = RingSegment::unlink(&name);
-        Ok(rate)
+        Ok(took)
     }
 
-    /// A Unix socket ping-pong of 64 bytes, half a round trip.
-    fn unix_socket(&self, rounds: usize) -> Result<Latencies> {
+    /// A Unix socket echo, for a ping-pong of 64 bytes.
+    fn unix_echo(&self) -> Result<UnixEcho> {
         let path = self.scratch.0.join("pingpong.sock");
         let listener = std::os::unix::net::UnixListener::bind(&path)?;
-        let _far = self.helper(&["unix-echo", "--path", path.to_str().unwrap_or("")], false)?;
-        let (mut stream, _) = listener.accept()?;
-        let mut buffer = [0x42u8; 64];
-        let mut samples = Latencies::default();
-        for round in 0..rounds + rounds / 10 {
-            let start = Instant::now();
-            stream.write_all(&buffer)?;
-            stream.read_exact(&mut buffer)?;
-            if round >= rounds / 10 {
-                samples.add(start.elapsed() / 2);
-            }
-        }
-        Ok(samples)
+        let far = self.helper(&["unix-echo", "--path", path.to_str().unwrap_or("")], false)?;
+        let (stream, _) = listener.accept()?;
+        Ok(UnixEcho { _far: far, stream })
     }
 
     /// Percent of one core used by the node's five services and 4 idle engines over 10 s.
@@ -311,6 +297,111 @@ impl Bench {
     }
 }
 
+/// An engine of this process and the echoing engine it measures round trips to.
+struct EchoPair {
+    _echo_process: HelperProcess,
+    echo: Identity,
+    engine: Engine,
+    sending: Sending,
+}
+
+impl EchoPair {
+    /// Half of each of `rounds` round trips, after a tenth more not counted: `Sending::Batched`
+    /// sends with `send_all_blocking` (a batch of one) and takes with `poll_blocking`, both ends.
+    fn measure(&self, rounds: usize, samples: &mut Latencies) -> Result<()> {
+        let body = vec![0x42; 64];
+        for round in 0..rounds + rounds / 10 {
+            let start = Instant::now();
+            if self.sending == Sending::Batched {
+                self.engine.send_all_blocking(self.echo, &[&body])?;
+                while self.engine.poll_blocking(1, ECHO_WAIT, |_| {}).context("the echo engine closed")? == 0 {}
+            } else {
+                self.engine.send_blocking(self.echo, body.clone())?;
+                self.engine.recv_blocking().context("the echo engine closed")?;
+            }
+            if round >= rounds / 10 {
+                samples.add(start.elapsed() / 2);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A Unix socket to an echoing helper process.
+struct UnixEcho {
+    _far: HelperProcess,
+    stream: std::os::unix::net::UnixStream,
+}
+
+impl UnixEcho {
+    /// Half of each of `rounds` round trips of 64 bytes, after a tenth more not counted.
+    fn measure(&mut self, rounds: usize, samples: &mut Latencies) -> Result<()> {
+        let mut buffer = [0x42u8; 64];
+        for round in 0..rounds + rounds / 10 {
+            let start = Instant::now();
+            self.stream.write_all(&buffer)?;
+            self.stream.read_exact(&mut buffer)?;
+            if round >= rounds / 10 {
+                samples.add(start.elapsed() / 2);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A latency figure measured in chunks: every sample, and each chunk's median.
+#[derive(Default)]
+struct Chunked {
+    samples: Latencies,
+    medians: Vec<Duration>,
+}
+
+impl Chunked {
+    /// Measures one more chunk.
+    fn chunk(&mut self, measure: impl FnOnce(&mut Latencies) -> Result<()>) -> Result<()> {
+        let mut chunk = Latencies::default();
+        measure(&mut chunk)?;
+        self.medians.push(chunk.percentile(50.0));
+        self.samples.extend(chunk);
+        Ok(())
+    }
+
+    /// The median of the chunks' medians: what the placement most chunks ran on gave, where a
+    /// median of all the samples would mix placements in their proportions.
+    fn p50(&self) -> Duration {
+        median(self.medians.clone())
+    }
+
+    /// Of all the samples: a tail is whatever caused it.
+    fn p99(&mut self) -> Duration {
+        self.samples.percentile(99.0)
+    }
+}
+
+/// Messages per second of each chunk of a throughput figure.
+#[derive(Default)]
+struct Rates(Vec<Duration>);
+
+impl Rates {
+    /// Measures one more chunk of `messages`, which `measure` says how long took.
+    fn chunk(&mut self, messages: u64, measure: impl FnOnce(u64) -> Result<Duration>) -> Result<()> {
+        let took = measure(messages)?;
+        // Kept as the time a million would take at this rate, to be ordered as durations.
+        self.0.push(took.mul_f64(1e6 / messages.max(1) as f64));
+        Ok(())
+    }
+
+    /// The median chunk's rate.
+    fn per_second(&self) -> f64 {
+        1e6 / median(self.0.clone()).as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+}
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort_unstable();
+    values.get(values.len() / 2).copied().unwrap_or_default()
+}
+
 /// User and system CPU ticks of `pids` (from /proc/PID/stat).
 fn cpu_ticks(pids: &[u32]) -> u64 {
     pids.iter()
@@ -328,45 +419,59 @@ fn clock_ticks_per_second() -> f64 {
     if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
-pub fn run(rounds: usize, messages: u64, json_output: bool) -> Result<()> {
-    let (mut bench, mut node) = Bench::start("netmachine-bench-local")?;
+pub fn run(rounds: usize, messages: u64, json_output: bool, set: &[String]) -> Result<()> {
+    let (mut bench, mut node) = Bench::start("netmachine-bench-local", set)?;
     let ns = |d: Duration| d.as_nanos() as u64;
 
-    let mut adaptive = bench.latency(false, Sending::OneByOne, rounds)?;
-    let mut borrowed = bench.latency(false, Sending::Batched, rounds)?;
-    let mut spin = bench.latency(true, Sending::OneByOne, rounds)?;
-    let mut socket = bench.latency(false, Sending::Socket, rounds / 4)?;
-    let mut floor = bench.floor(rounds as u64 * 10)?;
-    let mut ring_echo = bench.ring_echo(rounds as u64 * 10)?;
-    let mut unix = bench.unix_socket(rounds)?;
-    let msgs_64 = bench.throughput(64, Sending::OneByOne, messages)?;
-    let msgs_1024 = bench.throughput(1024, Sending::OneByOne, messages)?;
-    let batched_64 = bench.throughput(64, Sending::Batched, messages)?;
-    let batched_1024 = bench.throughput(1024, Sending::Batched, messages)?;
-    let socket_64 = bench.throughput(64, Sending::Socket, messages / 4)?;
-    let bare_64 = bench.bare_ring(64, messages * 4)?;
-    let bare_1024 = bench.bare_ring(1024, messages * 4)?;
+    // Each figure and its baseline are measured in turns, a chunk at a time: this machine's host
+    // moves its cores about (a shared line's ping-pong goes between about 40 and 240 ns from one
+    // second to the next), and a figure measured a phase apart from its baseline could be
+    // compared with another machine's.
+    let chunk = |total: usize| (total / CHUNKS).max(1);
+    let (adaptive_pair, poll_pair, socket_pair) =
+        (bench.echo_pair(false, Sending::OneByOne)?, bench.echo_pair(false, Sending::Batched)?, bench.echo_pair(false, Sending::Socket)?);
+    let mut unix_echo = bench.unix_echo()?;
+    let [mut adaptive, mut borrowed, mut spin, mut socket, mut floor, mut ring_echo, mut unix] = std::array::from_fn(|_| Chunked::default());
+    let [mut msgs_64, mut msgs_1024, mut batched_64, mut batched_1024, mut socket_64, mut bare_64, mut bare_1024] = std::array::from_fn(|_| Rates::default());
+    let per_chunk = chunk(messages as usize) as u64;
+    for _ in 0..CHUNKS {
+        floor.chunk(|samples| bench.floor(chunk(rounds * 10) as u64, samples))?;
+        adaptive.chunk(|samples| adaptive_pair.measure(chunk(rounds), samples))?;
+        borrowed.chunk(|samples| poll_pair.measure(chunk(rounds), samples))?;
+        // A busy-spinning echo takes a core even when idle: it lives for its chunk only.
+        spin.chunk(|samples| bench.echo_pair(true, Sending::OneByOne)?.measure(chunk(rounds), samples))?;
+        ring_echo.chunk(|samples| bench.ring_echo(chunk(rounds * 10) as u64, samples))?;
+        socket.chunk(|samples| socket_pair.measure(chunk(rounds / 4), samples))?;
+        unix.chunk(|samples| unix_echo.measure(chunk(rounds), samples))?;
+        for (size, bare, one_by_one, batched) in [(64, &mut bare_64, &mut msgs_64, &mut batched_64), (1024, &mut bare_1024, &mut msgs_1024, &mut batched_1024)] {
+            bare.chunk(per_chunk * 4, |count| bench.bare_ring(size, count))?;
+            one_by_one.chunk(per_chunk, |count| bench.time_throughput(size, Sending::OneByOne, count))?;
+            batched.chunk(per_chunk, |count| bench.time_throughput(size, Sending::Batched, count))?;
+        }
+        socket_64.chunk((per_chunk / 4).max(1), |count| bench.time_throughput(64, Sending::Socket, count))?;
+    }
+    drop((adaptive_pair, poll_pair, socket_pair, unix_echo));
     let idle = bench.idle_cpu(&node)?;
     node.stop();
 
     let report = json!({
-        "latency_ns_p50": ns(adaptive.percentile(50.0)),
-        "latency_ns_p99": ns(adaptive.percentile(99.0)),
-        "borrowed_latency_ns_p50": ns(borrowed.percentile(50.0)),
-        "borrowed_latency_ns_p99": ns(borrowed.percentile(99.0)),
-        "spin_latency_ns_p50": ns(spin.percentile(50.0)),
-        "spin_latency_ns_p99": ns(spin.percentile(99.0)),
-        "floor_ns_p50": ns(floor.percentile(50.0)),
-        "ring_echo_ns_p50": ns(ring_echo.percentile(50.0)),
-        "socket_latency_ns_p50": ns(socket.percentile(50.0)),
-        "unix_socket_ns_p50": ns(unix.percentile(50.0)),
-        "msgs_per_s_64": msgs_64.round(),
-        "msgs_per_s_1024": msgs_1024.round(),
-        "batched_msgs_per_s_64": batched_64.round(),
-        "batched_msgs_per_s_1024": batched_1024.round(),
-        "socket_msgs_per_s_64": socket_64.round(),
-        "bare_ring_msgs_per_s_64": bare_64.round(),
-        "bare_ring_msgs_per_s_1024": bare_1024.round(),
+        "latency_ns_p50": ns(adaptive.p50()),
+        "latency_ns_p99": ns(adaptive.p99()),
+        "borrowed_latency_ns_p50": ns(borrowed.p50()),
+        "borrowed_latency_ns_p99": ns(borrowed.p99()),
+        "spin_latency_ns_p50": ns(spin.p50()),
+        "spin_latency_ns_p99": ns(spin.p99()),
+        "floor_ns_p50": ns(floor.p50()),
+        "ring_echo_ns_p50": ns(ring_echo.p50()),
+        "socket_latency_ns_p50": ns(socket.p50()),
+        "unix_socket_ns_p50": ns(unix.p50()),
+        "msgs_per_s_64": msgs_64.per_second().round(),
+        "msgs_per_s_1024": msgs_1024.per_second().round(),
+        "batched_msgs_per_s_64": batched_64.per_second().round(),
+        "batched_msgs_per_s_1024": batched_1024.per_second().round(),
+        "socket_msgs_per_s_64": socket_64.per_second().round(),
+        "bare_ring_msgs_per_s_64": bare_64.per_second().round(),
+        "bare_ring_msgs_per_s_1024": bare_1024.per_second().round(),
         "idle_cpu_percent": (idle * 100.0).round() / 100.0,
         "rounds": rounds,
         "messages": messages,

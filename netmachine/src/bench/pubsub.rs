@@ -182,8 +182,8 @@ async fn link(a: &LocalNode, b: &LocalNode) -> Result<()> {
     super::remote::wait_connected(a, b).await
 }
 
-pub fn run(events: u64, json_output: bool) -> Result<()> {
-    let (mut bench, mut node) = Bench::start("netmachine-bench-pubsub")?;
+pub fn run(events: u64, json_output: bool, set: &[String]) -> Result<()> {
+    let (mut bench, mut node) = Bench::start("netmachine-bench-pubsub", set)?;
     let mut report = serde_json::Map::new();
     measure(&mut bench, &Place::Here, "local", events, &mut report)?;
     for size in [64, 256] {

@@ -31,8 +31,8 @@ pub(super) struct Throughput {
     mb_per_s: f64,
 }
 
-pub fn run(messages: usize, requests: usize, json_output: bool) -> Result<()> {
-    super::two_nodes("netmachine-bench", &[], json_output, print_report, |a, b, _| run_local(async { measure(a, b, messages, requests).await }))
+pub fn run(messages: usize, requests: usize, json_output: bool, set: &[String]) -> Result<()> {
+    super::two_nodes("netmachine-bench", set, json_output, print_report, |a, b, _| run_local(async { measure(a, b, messages, requests).await }))
 }
 
 async fn measure(a: &mut LocalNode, b: &mut LocalNode, messages: usize, requests: usize) -> Result<serde_json::Value> {

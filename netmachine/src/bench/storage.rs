@@ -38,11 +38,12 @@ fn block(size: usize, round: usize) -> Vec<u8> {
     bytes
 }
 
-pub fn run(mib: usize, rounds: usize, json_output: bool) -> Result<()> {
+pub fn run(mib: usize, rounds: usize, json_output: bool, set: &[String]) -> Result<()> {
     // Each node keeps every round's block.
     let budget = format!("storage.max_bytes={}", (rounds + 1) * (mib << 20) + (64 << 20));
     let largest = format!("storage.max_block_bytes={}", mib << 20);
-    super::two_nodes("netmachine-bench-storage", &[budget, largest], json_output, print_report, |a, b, scratch| measure(a, b, scratch, mib << 20, rounds))
+    let set: Vec<String> = [budget, largest].into_iter().chain(set.iter().cloned()).collect();
+    super::two_nodes("netmachine-bench-storage", &set, json_output, print_report, |a, b, scratch| measure(a, b, scratch, mib << 20, rounds))
 }
 
 /// Figures measured in every round, each beside its baseline.
