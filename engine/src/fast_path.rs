@@ -10,7 +10,7 @@ use crate::channels::{FromChannel, InChannel, OutChannel};
 use crate::connection::Shared;
 use crate::ring::layout::{Kind, CHANNEL_PRODUCER_WAITING_AT, OUTBOX_PRODUCER_WAITING_AT};
 use crate::ring::records;
-use crate::ring::wait::{wait_a_while, WaitMode};
+use crate::ring::wait::{WaitMode, Waiter};
 use crate::ring::{Claim, Consumer, Doorbell, Full, Handed, Producer, RingSegment, SegmentError, Ticket};
 use crate::{EngineError, MessageView};
 use netmachine_schema::{Destination, EngineMessage, Identity};
@@ -247,6 +247,7 @@ impl EngineRing {
             return sent;
         }
         let deadline = Instant::now() + timeout;
+        let mut waiter = Waiter::default();
         while matches!(sent, Err(EngineError::Full)) {
             if self.stopped() {
                 return Err(EngineError::Closed);
@@ -266,7 +267,7 @@ impl EngineRing {
                 Some(channel) => channel.word(CHANNEL_PRODUCER_WAITING_AT),
                 None => self.segment.word(OUTBOX_PRODUCER_WAITING_AT),
             };
-            wait_a_while(self.mode, word, || {
+            waiter.wait_a_while(self.mode, word, || {
                 sent = send();
                 !matches!(sent, Err(EngineError::Full)) || self.stopped()
             });
@@ -308,10 +309,10 @@ impl EngineRing {
         crate::ring::futex::wake(self.bell.sleeping(), i32::MAX);
     }
 
-    /// Waits (as the engine's wait mode says) until an inbound ring may hold a record, or for
-    /// at most one sleep, so that callers keep their deadlines.
-    pub fn wait_for_records(&self) {
-        wait_a_while(self.mode, self.bell.sleeping(), || self.stopped() || lock(&self.inbox).has_data());
+    /// Waits (as the engine's wait mode says, and `waiter` found the last time) until an inbound
+    /// ring may hold a record, or for at most one sleep, so that callers keep their deadlines.
+    pub fn wait_for_records(&self, waiter: &mut Waiter) {
+        waiter.wait_a_while(self.mode, self.bell.sleeping(), || self.stopped() || lock(&self.inbox).has_data());
     }
 
     /// Takes the next record of the inbox or a channel, in turn: replies and refusals go to
@@ -475,6 +476,7 @@ impl EngineRing {
 
     /// The reader thread.
     fn read(&self, shared: &Shared, incoming: &mpsc::Sender<Box<EngineMessage>>) {
+        let mut waiter = Waiter::default();
         loop {
             match self.take(shared) {
                 // Queued at once while there is room (blocking_send enters a runtime each time).
@@ -488,7 +490,7 @@ impl EngineRing {
                     Err(mpsc::error::TrySendError::Closed(_)) => return,
                 },
                 Taken::Handled => {}
-                Taken::Empty => self.wait_for_records(),
+                Taken::Empty => self.wait_for_records(&mut waiter),
                 Taken::Done => return,
             }
         }

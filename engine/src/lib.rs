@@ -36,6 +36,7 @@ mod view;
 pub use error::EngineError;
 pub use fast_path::Receiver;
 pub use ring::wait::WaitMode;
+use ring::wait::Waiter;
 pub use netmachine_schema::message_capnp::Scope;
 pub use netmachine_schema::router_capnp::{SendRefusal, TopicPolicy, TopicRefusal};
 pub use netmachine_schema::{ContentId, Destination, EngineMessage, Identity, Keypair, TopicAdvert};
@@ -401,12 +402,13 @@ impl Engine {
         if let Some(message) = self.take_kept() {
             return Some(message);
         }
+        let mut waiter = Waiter::default();
         loop {
             match self.pump(&ring, false) {
                 Some(fast_path::Taken::Message(message)) => return Some(*message),
                 Some(fast_path::Taken::Handled) => {}
                 Some(fast_path::Taken::Done) => return None,
-                Some(fast_path::Taken::Empty) | None => ring.wait_for_records(),
+                Some(fast_path::Taken::Empty) | None => ring.wait_for_records(&mut waiter),
             }
         }
     }
@@ -434,12 +436,13 @@ impl Engine {
             return handed(message);
         }
         let deadline = std::time::Instant::now() + timeout;
+        let mut waiter = Waiter::default();
         loop {
             match ring.poll(&self.shared, limit.max(1), &mut handle) {
                 fast_path::Polled::Handed(0) => {}
                 fast_path::Polled::Handed(count) => return Some(count),
                 fast_path::Polled::Empty if std::time::Instant::now() >= deadline => return Some(0),
-                fast_path::Polled::Empty => ring.wait_for_records(),
+                fast_path::Polled::Empty => ring.wait_for_records(&mut waiter),
                 fast_path::Polled::Done => return None,
             }
         }
@@ -496,6 +499,7 @@ impl Engine {
         let (message, mut answer) = self.start_request(self.message(dst, body), timeout)?;
         let id = message.id;
         let deadline = std::time::Instant::now() + timeout;
+        let mut waiter = Waiter::default();
         let outcome = ring.send_blocking(&message, self.send_timeout).and_then(|()| loop {
             if let Some(result) = answered(&mut answer) {
                 break result;
@@ -506,7 +510,7 @@ impl Engine {
             match self.pump(&ring, true) {
                 Some(fast_path::Taken::Done) => break Err(EngineError::Closed),
                 Some(_) => {}
-                None => ring.wait_for_records(),
+                None => ring.wait_for_records(&mut waiter),
             }
         });
         self.shared.forget_reply(id);

@@ -83,13 +83,33 @@ impl FutexWord for AtomicU32 {
 /// Returns once `ready()` holds, sleeping on `word` when it has waited a while.
 #[cfg(test)]
 pub fn wait_for(mode: WaitMode, word: &impl FutexWord, mut ready: impl FnMut() -> bool) {
-    while !wait_a_while(mode, word, &mut ready) {}
+    let mut waiter = Waiter::default();
+    while !waiter.wait_a_while(mode, word, &mut ready) {}
 }
 
-/// Like [`wait_for`], but returns after at most one sleep (`SLEEP`) even if `ready()` does not
-/// hold yet, so that callers can keep their own deadlines. Returns whether it holds.
-pub fn wait_a_while(mode: WaitMode, word: &impl FutexWord, mut ready: impl FnMut() -> bool) -> bool {
-    let mut round = 0u32;
+/// One side's waiting, over the waits of one call that waits for something: whether its last
+/// wait slept and still found nothing. Such a side is idle, and its next wait goes straight
+/// back to sleep, rather than spin and yield again each time a sleep ends (a yield is a system
+/// call: about a microsecond in a VM, and a hundred of them every `SLEEP` were most of what an
+/// idle engine cost).
+#[derive(Debug, Default)]
+pub struct Waiter {
+    idle: bool,
+}
+
+impl Waiter {
+    /// Waits until `ready()` holds (spinning, then yielding, then sleeping on `word`, unless the
+    /// last wait found it idle), but returns after at most one sleep (`SLEEP`) even if it does
+    /// not hold yet, so that callers can keep their own deadlines. Returns whether it holds.
+    pub fn wait_a_while(&mut self, mode: WaitMode, word: &impl FutexWord, ready: impl FnMut() -> bool) -> bool {
+        let held = wait_from(mode, word, if self.idle { SPINS + YIELDS } else { 0 }, ready);
+        self.idle = !held;
+        held
+    }
+}
+
+/// Waits as [`Waiter::wait_a_while`] says, as if `round` rounds had been waited already.
+fn wait_from(mode: WaitMode, word: &impl FutexWord, mut round: u32, mut ready: impl FnMut() -> bool) -> bool {
     // Busy-spinning never sleeps, but returns as often as a sleep would end, for deadlines.
     let started = (mode == WaitMode::BusySpin).then(std::time::Instant::now);
     loop {
@@ -192,6 +212,62 @@ mod tests {
         fn yield_now(&self) {
             self.0.yield_now()
         }
+    }
+
+    /// A futex word that counts its yields and sleeps, and whose sleep ends at once.
+    #[derive(Default)]
+    struct Counted {
+        word: AtomicU32,
+        yields: std::cell::Cell<u32>,
+        sleeps: std::cell::Cell<u32>,
+    }
+
+    impl FutexWord for Counted {
+        fn load(&self, order: Ordering) -> u32 {
+            self.word.load(order)
+        }
+        fn store(&self, value: u32, order: Ordering) {
+            self.word.store(value, order)
+        }
+        fn swap(&self, value: u32, order: Ordering) -> u32 {
+            self.word.swap(value, order)
+        }
+        fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
+            self.word.fetch_add(value, order)
+        }
+        fn fence(&self) {
+            self.word.fence()
+        }
+        fn sleep(&self, _expected: u32) {
+            self.sleeps.set(self.sleeps.get() + 1);
+        }
+        fn wake(&self) {}
+        fn yield_now(&self) {
+            self.yields.set(self.yields.get() + 1);
+        }
+    }
+
+    #[test]
+    fn a_waiter_whose_sleep_found_nothing_sleeps_again_at_once_until_something_comes() {
+        let (word, mut waiter) = (Counted::default(), Waiter::default());
+        let counts = |word: &Counted| (word.yields.replace(0), word.sleeps.replace(0));
+        assert!(!waiter.wait_a_while(WaitMode::Adaptive, &word, || false));
+        assert_eq!(counts(&word), (YIELDS, 1), "the first wait spins, yields, then sleeps once");
+        for _ in 0..3 {
+            assert!(!waiter.wait_a_while(WaitMode::Adaptive, &word, || false));
+            assert_eq!(counts(&word), (0, 1), "an idle waiter goes straight back to sleep");
+        }
+        // Something comes during its sleep (after a look before it says it sleeps, and one after):
+        // the next wait spins and yields first again.
+        let mut looks = 0;
+        assert!(waiter.wait_a_while(WaitMode::Adaptive, &word, || {
+            looks += 1;
+            looks > 2
+        }));
+        assert_eq!(counts(&word), (0, 1), "it found it after its sleep");
+        assert!(!waiter.wait_a_while(WaitMode::Adaptive, &word, || false));
+        assert_eq!(counts(&word), (YIELDS, 1));
+        assert_eq!(word.word.load(Ordering::SeqCst), 0, "it never leaves its word saying it sleeps");
     }
 
     #[test]
