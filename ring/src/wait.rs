@@ -176,6 +176,25 @@ pub fn sleep_on_doorbell(router_sleeping: &impl FutexWord, rings: &impl FutexWor
     router_sleeping.store(0, Ordering::SeqCst);
 }
 
+/// A test's futex word's own operations, on the atomic in its field `$field`.
+#[cfg(test)]
+macro_rules! word_operations {
+    ($field:tt) => {
+        fn load(&self, order: Ordering) -> u32 {
+            self.$field.load(order)
+        }
+        fn store(&self, value: u32, order: Ordering) {
+            self.$field.store(value, order)
+        }
+        fn swap(&self, value: u32, order: Ordering) -> u32 {
+            self.$field.swap(value, order)
+        }
+        fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
+            self.$field.fetch_add(value, order)
+        }
+    };
+}
+
 #[cfg(all(test, not(netmachine_loom)))]
 mod tests {
     use super::*;
@@ -188,18 +207,7 @@ mod tests {
     struct Patient(AtomicU32);
 
     impl FutexWord for Patient {
-        fn load(&self, order: Ordering) -> u32 {
-            self.0.load(order)
-        }
-        fn store(&self, value: u32, order: Ordering) {
-            self.0.store(value, order)
-        }
-        fn swap(&self, value: u32, order: Ordering) -> u32 {
-            self.0.swap(value, order)
-        }
-        fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
-            self.0.fetch_add(value, order)
-        }
+        word_operations!(0);
         fn fence(&self) {
             self.0.fence()
         }
@@ -223,18 +231,7 @@ mod tests {
     }
 
     impl FutexWord for Counted {
-        fn load(&self, order: Ordering) -> u32 {
-            self.word.load(order)
-        }
-        fn store(&self, value: u32, order: Ordering) {
-            self.word.store(value, order)
-        }
-        fn swap(&self, value: u32, order: Ordering) -> u32 {
-            self.word.swap(value, order)
-        }
-        fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
-            self.word.fetch_add(value, order)
-        }
+        word_operations!(word);
         fn fence(&self) {
             self.word.fence()
         }
@@ -333,18 +330,7 @@ mod model {
     }
 
     impl FutexWord for ModelWord {
-        fn load(&self, order: Ordering) -> u32 {
-            self.word.load(order)
-        }
-        fn store(&self, value: u32, order: Ordering) {
-            self.word.store(value, order)
-        }
-        fn swap(&self, value: u32, order: Ordering) -> u32 {
-            self.word.swap(value, order)
-        }
-        fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
-            self.word.fetch_add(value, order)
-        }
+        word_operations!(word);
         fn fence(&self) {
             loom::sync::atomic::fence(Ordering::SeqCst);
         }
