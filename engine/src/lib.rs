@@ -36,7 +36,6 @@ mod view;
 pub use error::EngineError;
 pub use fast_path::Receiver;
 pub use ring::wait::WaitMode;
-use ring::wait::Waiter;
 pub use netmachine_schema::message_capnp::Scope;
 pub use netmachine_schema::router_capnp::{SendRefusal, TopicPolicy, TopicRefusal};
 pub use netmachine_schema::{ContentId, Destination, EngineMessage, Identity, Keypair, TopicAdvert};
@@ -44,6 +43,7 @@ pub use topics::{Event, Gap, Received, TopicAnswer};
 pub use view::MessageView;
 
 use connection::{Command, RpcAnswer, Shared};
+use ring::wait::Waiter;
 use send_stream::SendStream;
 use topics::{Fit, RouterRequest};
 use rustc_hash::FxHashMap;

@@ -310,8 +310,7 @@ impl EchoPair {
     /// sends with `send_all_blocking` (a batch of one) and takes with `poll_blocking`, both ends.
     fn measure(&self, rounds: usize, samples: &mut Latencies) -> Result<()> {
         let body = vec![0x42; 64];
-        for round in 0..rounds + rounds / 10 {
-            let start = Instant::now();
+        round_trips(rounds, samples, || {
             if self.sending == Sending::Batched {
                 self.engine.send_all_blocking(self.echo, &[&body])?;
                 while self.engine.poll_blocking(1, ECHO_WAIT, |_| {}).context("the echo engine closed")? == 0 {}
@@ -319,11 +318,8 @@ impl EchoPair {
                 self.engine.send_blocking(self.echo, body.clone())?;
                 self.engine.recv_blocking().context("the echo engine closed")?;
             }
-            if round >= rounds / 10 {
-                samples.add(start.elapsed() / 2);
-            }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 
@@ -337,16 +333,24 @@ impl UnixEcho {
     /// Half of each of `rounds` round trips of 64 bytes, after a tenth more not counted.
     fn measure(&mut self, rounds: usize, samples: &mut Latencies) -> Result<()> {
         let mut buffer = [0x42u8; 64];
-        for round in 0..rounds + rounds / 10 {
-            let start = Instant::now();
+        round_trips(rounds, samples, || {
             self.stream.write_all(&buffer)?;
-            self.stream.read_exact(&mut buffer)?;
-            if round >= rounds / 10 {
-                samples.add(start.elapsed() / 2);
-            }
-        }
-        Ok(())
+            Ok(self.stream.read_exact(&mut buffer)?)
+        })
     }
+}
+
+/// Half of each of `rounds` round trips that `round_trip` makes, after a tenth more not counted
+/// (to warm up).
+fn round_trips(rounds: usize, samples: &mut Latencies, mut round_trip: impl FnMut() -> Result<()>) -> Result<()> {
+    for round in 0..rounds + rounds / 10 {
+        let start = Instant::now();
+        round_trip()?;
+        if round >= rounds / 10 {
+            samples.add(start.elapsed() / 2);
+        }
+    }
+    Ok(())
 }
 
 /// A latency figure measured in chunks: every sample, and each chunk's median.
@@ -380,25 +384,25 @@ impl Chunked {
 
 /// Messages per second of each chunk of a throughput figure.
 #[derive(Default)]
-struct Rates(Vec<Duration>);
+struct Rates(Vec<f64>);
 
 impl Rates {
     /// Measures one more chunk of `messages`, which `measure` says how long took.
     fn chunk(&mut self, messages: u64, measure: impl FnOnce(u64) -> Result<Duration>) -> Result<()> {
         let took = measure(messages)?;
-        // Kept as the time a million would take at this rate, to be ordered as durations.
-        self.0.push(took.mul_f64(1e6 / messages.max(1) as f64));
+        self.0.push(messages as f64 / took.as_secs_f64().max(f64::MIN_POSITIVE));
         Ok(())
     }
 
     /// The median chunk's rate.
     fn per_second(&self) -> f64 {
-        1e6 / median(self.0.clone()).as_secs_f64().max(f64::MIN_POSITIVE)
+        median(self.0.clone())
     }
 }
 
-fn median(mut values: Vec<Duration>) -> Duration {
-    values.sort_unstable();
+/// The middle one of `values` (the upper of the two middle ones of an even number).
+fn median<T: Copy + Default + PartialOrd>(mut values: Vec<T>) -> T {
+    values.sort_unstable_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     values.get(values.len() / 2).copied().unwrap_or_default()
 }
 
