@@ -63,6 +63,8 @@ struct SendOutcome {
 interface Transport extends(Svc.Service) {
   # Queues a serialized, signed P2PFrame for `dst`; waits while that peer's queue is full.
   # The frame is dropped (and counted) if it cannot be sent before `expiry` (0: never).
+  # Fails with `overloaded`, rather than refusing, while a newly started transport has not read
+  # its peers from the identity store yet: the caller keeps the frame and tries again.
   sendFrame @0 (dst :Id.Identity, frame :Data, expiry :Id.Time) -> (outcome :SendOutcome);
   connect @1 (node :Id.Identity) -> ();
   disconnect @2 (node :Id.Identity, reason :Text) -> ();

@@ -2,13 +2,14 @@
 //! engine on node B at a steady 500 a second while a service is killed with SIGKILL. When it is
 //! either node's transport, every message A accepted arrives exactly once and in order: what the
 //! dead transport held or had on the wire goes again from A's router, and what arrives twice is
-//! dropped by B's. When it is A's router, killed while B's transport is stalled (SIGSTOP) so that
-//! hundreds of frames wait unacknowledged, and B's transport killed next (so what A's transport
-//! held for it is lost with the connection), the next router reads them back from its log and
-//! sends them again. When it is B's router, every message arrives, once, in order, and its
-//! engine waits for it to attach again: what B's router placed before the kill in frames not yet
-//! settled is placed again by the next one, and B's engine drops that second copy by its stamp.
-
+//! dropped by B's; when A's transport comes back while A's identity store is stalled, it holds
+//! the frames it is handed until it has read its peers. When it is A's router, killed while B's
+//! transport is stalled (SIGSTOP) so that hundreds of frames wait unacknowledged, and B's
+//! transport killed next (so what A's transport held for it is lost with the connection), the
+//! next router reads them back from its log and sends them again. When it is B's router, every
+//! message arrives, once, in order, and its engine waits for it to attach again: what B's router
+//! placed before the kill in frames not yet settled is placed again by the next one, and B's
+//! engine drops that second copy by its stamp.
 use netmachine_engine::Engine;
 use nix::sys::signal::Signal;
 use netmachine_service::ServiceKind;
@@ -46,6 +47,21 @@ enum Path {
 /// Messages sent while B's transport is stalled, before the kill, when A's router is killed.
 const STALLED: u32 = 300;
 
+/// How long A's identity store stays stalled after A's next transport is up.
+const STORE_STALLED: Duration = Duration::from_millis(600);
+
+/// What is stalled (SIGSTOP, as a hung process would be) around the kill.
+#[derive(Clone, Copy, PartialEq)]
+enum Stall {
+    Nothing,
+    /// B's transport, `STALLED` messages before the kill, so that A's router holds frames B has
+    /// not acknowledged; it is killed right after the kill.
+    ReceiversTransport,
+    /// A's identity store, from the kill of A's transport until `STORE_STALLED` after the next
+    /// transport is up: that one is handed frames before it can read its peers.
+    SendersIdentityStore,
+}
+
 /// Messages B's engine leaves unread before the kill, sent in a burst, when B's router is killed
 /// with frames half placed (`Backlog::Unread`): its inbox ring (`RING_BYTES`) and the SDK's queue (16) hold about
 /// a hundred of them, the rest wait in frames not settled.
@@ -61,13 +77,17 @@ enum Backlog {
     Unread,
 }
 
-fn nothing_accepted_is_lost_or_doubled_when_killed(killed_node: usize, kind: ServiceKind, path: Path) {
-    nothing_accepted_is_lost_or_doubled(killed_node, kind, path, Backlog::None);
+fn signal(pid: u64, signal: Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).unwrap_or_else(|e| panic!("{signal} to {pid}: {e}"));
 }
 
-fn nothing_accepted_is_lost_or_doubled(killed_node: usize, kind: ServiceKind, path: Path, backlog: Backlog) {
+fn nothing_accepted_is_lost_or_doubled_when_killed(killed_node: usize, kind: ServiceKind, path: Path) {
     // Killing the sending router matters when it holds frames B has not acknowledged.
-    let stall = killed_node == 0 && kind == ServiceKind::Router;
+    let stall = if killed_node == 0 && kind == ServiceKind::Router { Stall::ReceiversTransport } else { Stall::Nothing };
+    nothing_accepted_is_lost_or_doubled(killed_node, kind, path, Backlog::None, stall);
+}
+
+fn nothing_accepted_is_lost_or_doubled(killed_node: usize, kind: ServiceKind, path: Path, backlog: Backlog, stall: Stall) {
     let ring = format!("router.ring_bytes={RING_BYTES}");
     let nodes = [Node::up(), if backlog == Backlog::Unread { Node::up_with(&[&ring]) } else { Node::up() }];
     link(&nodes[0], &nodes[1]);
@@ -100,8 +120,10 @@ fn nothing_accepted_is_lost_or_doubled(killed_node: usize, kind: ServiceKind, pa
         });
         let (mut accepted, mut refused) = (Vec::new(), 0);
         let mut tick = tokio::time::interval(EVERY);
-        let mut killed = None;
+        let mut killed: Option<(u64, Instant)> = None;
         let mut stalled = None;
+        let mut store_stalled = None;
+        let mut transport_up_at = None;
         for n in 0..MESSAGES {
             // The unread ones go in one burst, so that frames carry many messages each.
             if backlog == Backlog::None || !(KILL_AT - UNREAD..KILL_AT).contains(&n) {
@@ -110,8 +132,24 @@ fn nothing_accepted_is_lost_or_doubled(killed_node: usize, kind: ServiceKind, pa
             if backlog == Backlog::Unread && n == KILL_AT - UNREAD {
                 reading.set(false);
             }
-            if stall && n == KILL_AT - STALLED {
+            if stall == Stall::ReceiversTransport && n == KILL_AT - STALLED {
                 stalled = Some(nodes[1].signal(ServiceKind::Transport, Signal::SIGSTOP));
+            }
+            if let (Some(store), Some((old, at))) = (store_stalled, killed) {
+                // A's next transport is up once the old one is gone and the socket takes a
+                // connection.
+                let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(old as i32), None).is_err();
+                if transport_up_at.is_none() && gone && std::os::unix::net::UnixStream::connect(nodes[0].socket(ServiceKind::Transport)).is_ok() {
+                    transport_up_at = Some(Instant::now());
+                }
+                if transport_up_at.is_none() && at.elapsed() > Duration::from_secs(5) {
+                    signal(store, Signal::SIGCONT);
+                    panic!("A's transport was not started again within 5 s");
+                }
+                if transport_up_at.is_some_and(|up| up.elapsed() >= STORE_STALLED) {
+                    signal(store, Signal::SIGCONT);
+                    store_stalled = None;
+                }
             }
             if n == KILL_AT {
                 if backlog == Backlog::Unread {
@@ -127,11 +165,19 @@ fn nothing_accepted_is_lost_or_doubled(killed_node: usize, kind: ServiceKind, pa
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                 }
-                killed = Some((nodes[killed_node].kill9(kind), Instant::now()));
+                // The pids are read first: a status report waits for a stalled service.
+                let victim = nodes[killed_node].pid(kind).unwrap_or_else(|| panic!("{} has no pid", kind.name()));
+                if stall == Stall::SendersIdentityStore {
+                    let store = nodes[0].pid(ServiceKind::IdentityStore).expect("the identity store's pid");
+                    signal(store, Signal::SIGSTOP);
+                    store_stalled = Some(store);
+                }
+                signal(victim, Signal::SIGKILL);
+                killed = Some((victim, Instant::now()));
                 reading.set(true);
                 if let Some(pid) = stalled.take() {
                     // What A's transport held for B's stalled one dies with the connection.
-                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL).expect("kill -9");
+                    signal(pid, Signal::SIGKILL);
                 }
             }
             match sender.send(receiver.identity(), n.to_le_bytes().to_vec()).await {
@@ -154,7 +200,11 @@ fn nothing_accepted_is_lost_or_doubled(killed_node: usize, kind: ServiceKind, pa
         eprintln!(
             "node {killed_node}'s {} killed after {KILL_AT} of {MESSAGES}{}: {} accepted, {refused} refused, {} received, {} missing, {duplicates} duplicates; all in {complete_after:?} from the kill; A resumed {} frames from its log and resent {}, B suppressed {} duplicate messages and {} frames out of order, B's engine dropped {} second copies",
             kind.name(),
-            if stall { format!(", the last {STALLED} while B's transport was stalled") } else { String::new() },
+            match stall {
+                Stall::Nothing => String::new(),
+                Stall::ReceiversTransport => format!(", the last {STALLED} while B's transport was stalled"),
+                Stall::SendersIdentityStore => format!(", A's identity store stalled until {STORE_STALLED:?} after its next transport was up"),
+            },
             accepted.len(),
             received.len(),
             missing.len(),
@@ -174,8 +224,11 @@ fn nothing_accepted_is_lost_or_doubled(killed_node: usize, kind: ServiceKind, pa
         assert_eq!(once, accepted, "in the order they were sent");
         assert_eq!(duplicates, 0, "messages arrived twice");
         assert!(accepted.len() as u32 > MESSAGES * 9 / 10, "A accepted most of what its engine sent ({refused} refused)");
-        if stall {
+        if stall == Stall::ReceiversTransport {
             assert!(a.router_counter("remote_frames_resumed") > 0, "the restarted router sent frames again from its log");
+        }
+        if stall == Stall::SendersIdentityStore {
+            assert!(a.counter(ServiceKind::Transport, "frames_held_for_book") > 0, "A's next transport was handed frames before it read its peers");
         }
         if backlog == Backlog::Unread {
             assert!(receiver.duplicates_dropped() > 0, "the restarted router placed messages of frames not settled again");
@@ -191,6 +244,14 @@ fn nothing_accepted_is_lost_or_doubled_when_the_receiving_nodes_transport_is_kil
 #[test]
 fn nothing_accepted_is_lost_or_doubled_when_the_sending_nodes_transport_is_killed() {
     nothing_accepted_is_lost_or_doubled_when_killed(0, ServiceKind::Transport, Path::Rings);
+}
+
+/// A transport started again is handed the frames its router kept before it has read its peers
+/// from the identity store (stalled here, so that the reading waits): it holds them rather than
+/// refusing them as frames for an unknown node, which would drop them.
+#[test]
+fn nothing_accepted_is_lost_or_doubled_when_the_sending_nodes_transport_is_killed_and_comes_back_before_its_peers_are_read() {
+    nothing_accepted_is_lost_or_doubled(0, ServiceKind::Transport, Path::Rings, Backlog::None, Stall::SendersIdentityStore);
 }
 
 /// Frames a router numbered for another node are logged before transport gets them: the next
@@ -213,7 +274,7 @@ fn nothing_accepted_is_lost_or_doubled_when_the_receiving_nodes_router_is_killed
 /// the next router places them again whole, and the engine drops the copies by their stamps.
 #[test]
 fn nothing_accepted_is_lost_or_doubled_when_the_receiving_nodes_router_is_killed_with_frames_half_placed() {
-    nothing_accepted_is_lost_or_doubled(1, ServiceKind::Router, Path::Rings, Backlog::Unread);
+    nothing_accepted_is_lost_or_doubled(1, ServiceKind::Router, Path::Rings, Backlog::Unread, Stall::Nothing);
 }
 
 #[test]

@@ -53,6 +53,8 @@ pub struct Counters {
     pub frames_received: Cell<u64>,
     pub frames_refused: Cell<u64>,
     pub frames_over_limit: Cell<u64>,
+    /// Frames handed over before the peer book was read, that waited for it.
+    pub frames_held_for_book: Cell<u64>,
     /// Streams stopped because a frame's bytes did not arrive in time.
     pub frames_stalled: Cell<u64>,
     pub connections_refused: Cell<u64>,
@@ -108,6 +110,8 @@ pub struct Transport {
     timer: Notify,
     /// The time the timer task waits for.
     timer_armed: Cell<Option<Millis>>,
+    /// Rung when the peer book was read from the identity store.
+    book_loaded: Notify,
     /// Counts the pool's answers that `connect` callers wait for: a connection put to use, or
     /// a failed round of dials.
     answers: watch::Sender<u64>,
@@ -121,6 +125,15 @@ pub struct Transport {
     pub events: Rc<Fanout<transport_events::Client>>,
     pub stats: Rc<ConnectionStats>,
     pub counters: Counters,
+}
+
+/// Why `send_frame` did not queue a frame.
+#[derive(Debug)]
+pub enum NotQueued {
+    /// For good: the router drops the frame's messages and counts them.
+    Refused(String),
+    /// For now (the peer book is not read yet): the router hands the frame over again later.
+    NotReady(String),
 }
 
 /// Randomness for the incarnation (which must differ at every start) and the backoff jitter.
@@ -181,6 +194,7 @@ impl Transport {
             next_conn: Cell::new(0),
             started: tokio::time::Instant::now(),
             timer: Notify::new(),
+            book_loaded: Notify::new(),
             timer_armed: Cell::new(None),
             answers: watch::channel(0).0,
             peers: RefCell::new(HashMap::new()),
@@ -269,7 +283,11 @@ impl Transport {
 
     /// Tells the pool what happened, and carries out what it answers.
     pub fn handle(self: &Rc<Self>, input: Input) {
+        let book_loaded = matches!(input, Input::BookLoaded(_));
         self.pool.borrow_mut().handle(input, self.now());
+        if book_loaded {
+            self.book_loaded.notify_waiters();
+        }
         self.carry_out();
     }
 
@@ -674,15 +692,17 @@ impl Transport {
         }
     }
 
-    /// Queues a frame for `dst`, waiting while its queue is full, up to `limits.send_wait_ms`
-    /// or the frame's `expiry` (milliseconds since the epoch; 0: never).
-    pub async fn send_frame(self: &Rc<Self>, dst: Identity, bytes: Vec<u8>, expiry: u64) -> Result<(), String> {
+    /// Queues a frame for `dst`, waiting while its queue is full or the peer book is not loaded
+    /// yet, up to `limits.send_wait_ms` or the frame's `expiry` (milliseconds since the epoch;
+    /// 0: never).
+    pub async fn send_frame(self: &Rc<Self>, dst: Identity, bytes: Vec<u8>, expiry: u64) -> Result<(), NotQueued> {
         let send_wait = self.home.config.limits.send_wait_ms;
         let Outgoing { mut frame, wait } = queue::outgoing(bytes, expiry, self.max_frame(), send_wait, now_ms(), self.now()).map_err(|over| {
             bump(&self.counters.frames_over_limit, 1);
-            over.to_string()
+            NotQueued::Refused(over.to_string())
         })?;
         let deadline = Instant::now() + Duration::from_millis(wait);
+        let mut held_for_book = false;
         loop {
             let queued = self.pool.borrow_mut().queue(dst, frame, self.now());
             match queued {
@@ -703,12 +723,21 @@ impl Transport {
                     peer.waiting.set(peer.waiting.get() - 1);
                     if room.is_err() {
                         bump(&self.counters.frames_refused, 1);
-                        return Err(format!("the queue for node {dst} stayed full for {wait} ms"));
+                        return Err(NotQueued::Refused(format!("the queue for node {dst} stayed full for {wait} ms")));
+                    }
+                }
+                Err((Unsendable::BookNotLoaded, back)) => {
+                    frame = back;
+                    if !std::mem::replace(&mut held_for_book, true) {
+                        bump(&self.counters.frames_held_for_book, 1);
+                    }
+                    if tokio::time::timeout_at(deadline, self.book_loaded.notified()).await.is_err() {
+                        return Err(NotQueued::NotReady(format!("{} after {wait} ms", Unsendable::BookNotLoaded)));
                     }
                 }
                 Err((refusal, _)) => {
                     bump(&self.counters.frames_refused, 1);
-                    return Err(refusal.to_string());
+                    return Err(NotQueued::Refused(refusal.to_string()));
                 }
             }
         }

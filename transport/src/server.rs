@@ -2,7 +2,7 @@
 //! connected nodes, add and remove peer, the event stream, this node's advert, and bulk
 //! streams to other nodes (for the storage service).
 
-use crate::connections::Transport;
+use crate::connections::{NotQueued, Transport};
 use crate::peer_sync;
 use netmachine_schema::service_capnp::service;
 use netmachine_schema::transport_capnp::transport;
@@ -35,6 +35,7 @@ impl service::Server for TransportServer {
             ("frames_expired", pool.frames_expired),
             ("frames_refused", c.frames_refused.get()),
             ("frames_over_limit", c.frames_over_limit.get()),
+            ("frames_held_for_book", c.frames_held_for_book.get()),
             ("frames_stalled", c.frames_stalled.get()),
             ("frames_unreachable", pool.frames_unreachable),
             ("connections_replaced", c.connections_replaced.get()),
@@ -70,7 +71,9 @@ impl transport::Server for TransportServer {
         let mut out = results.get().init_outcome();
         match outcome {
             Ok(()) => out.set_queued(()),
-            Err(reason) => out.set_refused(reason.as_str()),
+            Err(NotQueued::Refused(reason)) => out.set_refused(reason.as_str()),
+            // An error, not a refusal: the router keeps the frame and tries again.
+            Err(NotQueued::NotReady(reason)) => return Err(capnp::Error::overloaded(reason)),
         }
         Ok(())
     }

@@ -87,6 +87,10 @@ pub enum Output {
 pub enum Unsendable {
     #[error("node {0} is not known here: add its advert (`netmachine peer add`)")]
     Unknown(Identity),
+    /// For now only: the book has not been read from the identity store since this transport
+    /// started, so a node it does not hold may yet be in it.
+    #[error("the peer book is not loaded from the identity store yet")]
+    BookNotLoaded,
     #[error("node {0} is banned (trust 0)")]
     Banned(Identity),
     #[error("the queue for node {0} is full")]
@@ -183,6 +187,8 @@ pub struct Pool<F = Queued> {
     incarnation: u64,
     policy: Policy,
     book: PeerBook,
+    /// Whether the book was read from the identity store (`Input::BookLoaded`) at least once.
+    book_loaded: bool,
     rtts: HashMap<SocketAddr, Duration>,
     /// Ordered, so that the same inputs give the same outputs in the same order.
     peers: BTreeMap<Identity, Peer<F>>,
@@ -201,6 +207,7 @@ impl<F: Expiring> Pool<F> {
             incarnation,
             policy,
             book: PeerBook::default(),
+            book_loaded: false,
             rtts: HashMap::new(),
             peers: BTreeMap::new(),
             conns: HashMap::new(),
@@ -263,6 +270,10 @@ impl<F: Expiring> Pool<F> {
 
     /// Whether `node` may connect to this node now.
     pub fn admit(&self, node: &Identity) -> Result<Admission, (ConnectRefusal, String)> {
+        if !self.book_loaded {
+            // Not yet known whether it is banned, or known at all: it may dial again soon.
+            return Err((ConnectRefusal::OverCapacity, Unsendable::BookNotLoaded.to_string()));
+        }
         let connected = self.connected_count() - usize::from(self.current(node).is_some());
         self.book.admit(node, self.policy.public, connected, self.policy.max_peers)
     }
@@ -270,6 +281,7 @@ impl<F: Expiring> Pool<F> {
     /// Whether the book lets this node reach `node`.
     fn reachable(&self, node: Identity) -> Result<(), Unsendable> {
         match self.book.get(&node) {
+            None if !self.book_loaded => Err(Unsendable::BookNotLoaded),
             None => Err(Unsendable::Unknown(node)),
             Some(info) if info.trust == 0 => Err(Unsendable::Banned(node)),
             Some(_) => Ok(()),
@@ -290,8 +302,8 @@ impl<F: Expiring> Pool<F> {
     }
 
     /// Queues `frame` for `node`, dialing it if it has no connection: refused (and given back)
-    /// for a node the book bans, or does not know and that is not connected (a public peer),
-    /// and while `node`'s queue is full.
+    /// for a node the book bans, or does not know and that is not connected (a public peer), or
+    /// before the book is loaded, and while `node`'s queue is full.
     pub fn queue(&mut self, node: Identity, frame: F, now: Millis) -> Result<(), (Unsendable, F)> {
         match self.reachable(node) {
             Err(Unsendable::Unknown(_)) if self.current(&node).is_some() => {}
@@ -358,6 +370,7 @@ impl<F: Expiring> Pool<F> {
                 self.step(node, now);
             }
             Input::BookLoaded(records) => {
+                self.book_loaded = true;
                 self.book.clear();
                 for (node, info) in records {
                     self.book.update(node, Some(info));
@@ -786,8 +799,27 @@ mod tests {
     }
 
     #[test]
+    fn until_the_book_is_loaded_no_node_is_refused_as_unknown_nor_admitted() {
+        let mut pool = Pool::new(Keypair::generate().identity(), 1, Policy { public: true, ..policy() }, 7);
+        let (peer, banned) = (Keypair::generate().identity(), Keypair::generate().identity());
+        // A restarted transport is handed frames, and dialed, before it has read the identity
+        // store: whether a node is known, or banned, is not known yet.
+        assert_eq!(pool.queue(peer, frame(1, None), 0), Err((Unsendable::BookNotLoaded, frame(1, None))));
+        assert_eq!(pool.connect(peer, 0), Err(Unsendable::BookNotLoaded));
+        assert!(matches!(pool.admit(&banned), Err((ConnectRefusal::OverCapacity, _))), "a public node admits no one yet");
+        assert!(outputs(&mut pool).is_empty());
+        let banned_info = PeerInfo { trust: 0, ..info(false, &[2]) };
+        pool.handle(Input::BookLoaded(vec![(peer, info(false, &[1])), (banned, banned_info)]), 1);
+        pool.queue(peer, frame(1, None), 2).unwrap();
+        assert_eq!(outputs(&mut pool), vec![Output::Dial { node: peer, addr: addr(1) }]);
+        assert!(matches!(pool.admit(&banned), Err((ConnectRefusal::Denied, _))));
+        assert_eq!(pool.admit(&Keypair::generate().identity()), Ok(Admission::Public));
+    }
+
+    #[test]
     fn unknown_nodes_cannot_be_connected_and_leave_nothing_behind() {
         let mut pool = Pool::new(Keypair::generate().identity(), 1, policy(), 7);
+        pool.handle(Input::BookLoaded(Vec::new()), 0);
         let stranger = Keypair::generate().identity();
         assert_eq!(pool.connect(stranger, 0), Err(Unsendable::Unknown(stranger)));
         assert_eq!(pool.queue(stranger, frame(1, None), 0), Err((Unsendable::Unknown(stranger), frame(1, None))));
