@@ -172,7 +172,7 @@ impl InChannel {
         self.segment.count(if checked.is_ok() { CHANNEL_READ_AT } else { CHANNEL_DROPPED_AT }, 1);
         self.consumer.consume();
         self.unchecked += 1;
-        self.wake_sender(self.unchecked == FULL_CHECK_EVERY);
+        self.wake_sender(self.unchecked >= FULL_CHECK_EVERY);
         match checked {
             Ok(message) => FromChannel::Message(message),
             Err(problem) => {
@@ -195,27 +195,32 @@ impl InChannel {
     }
 
     /// Hands `handle` the messages at the front of the channel, up to `limit` of them, for as
-    /// long as they are plain ([`MessageView::is_plain`]) and pass the checks: each borrowed
-    /// from the consumer's copy of its record, with no allocation. How many; whatever stopped
-    /// it (another record, a check that fails, the channel's end) is left to [`InChannel::take`].
+    /// long as they are plain ([`MessageView::is_plain`]) and from the channel's producer to
+    /// this engine: each borrowed from the consumer's copy of its record, with no allocation.
+    /// Their room goes back to the sender once, at the end of the run. How many; whatever
+    /// stopped it (another record, a check that fails, the channel's end) is left to
+    /// [`InChannel::take`].
     pub fn take_plain<F: FnMut(MessageView<'_>)>(&mut self, limit: usize, handle: &mut F) -> usize {
-        let mut handed = 0;
-        while handed < limit {
+        let mut taken = 0;
+        while taken < limit {
             let Ok(Some(record)) = self.consumer.peek() else { break };
             if record.kind != Kind::Message {
                 break;
             }
-            match records::read_view(record.body) {
-                Ok(view) if view.is_plain() && check(self.producer, self.engine, &view).is_ok() => handle(view),
-                _ => break,
-            }
-            handed += 1;
-            self.segment.count(CHANNEL_READ_AT, 1);
-            self.consumer.consume();
-            self.unchecked += 1;
-            self.wake_sender(self.unchecked == FULL_CHECK_EVERY);
+            let Some(view) = records::read_plain(record.body, &self.producer, &self.engine) else { break };
+            handle(view);
+            self.consumer.consume_held();
+            taken += 1;
         }
-        handed
+        if taken > 0 {
+            // A handler that panicked left the room of the run's records held: the next run,
+            // or the next record taken, releases it.
+            self.segment.count(CHANNEL_READ_AT, taken as u64);
+            self.consumer.release();
+            self.unchecked += taken as u32;
+            self.wake_sender(self.unchecked >= FULL_CHECK_EVERY);
+        }
+        taken
     }
 }
 

@@ -291,13 +291,26 @@ impl Consumer {
 
     /// Releases the record returned by the last [`Consumer::peek`] to the producer.
     pub fn consume(&mut self) {
-        let size = std::mem::take(&mut self.peeked);
-        self.advance(size);
+        self.consume_held();
+        self.release();
+    }
+
+    /// Moves past the record returned by the last [`Consumer::peek`], holding its bytes from
+    /// the producer until [`Consumer::release`]. A consumer taking a run of records releases
+    /// them once: a producer waiting for room reloads `head`, and a `head` stored per record
+    /// would send its cache line back and forth for every record.
+    pub fn consume_held(&mut self) {
+        self.head += std::mem::take(&mut self.peeked);
+    }
+
+    /// Gives the producer the room of every record consumed so far (stores `head`).
+    pub fn release(&mut self) {
+        self.memory.head().store(self.head, Ordering::Release);
     }
 
     fn advance(&mut self, size: u64) {
         self.head += size;
-        self.memory.head().store(self.head, Ordering::Release);
+        self.release();
     }
 
     fn corrupt(&self, problem: String) -> Corrupt {
@@ -407,6 +420,22 @@ pub(crate) mod tests {
         assert_eq!(consumer.peek().unwrap().unwrap().body[0], 0);
         consumer.consume();
         assert!(producer.try_write(Kind::Message, &[&[9; 1000]]).is_ok());
+    }
+
+    #[test]
+    fn records_consumed_and_held_give_room_only_once_released() {
+        let ring = HeapRing::new(4096);
+        let (mut producer, mut consumer) = (ring.producer(), ring.consumer());
+        while producer.try_write(Kind::Message, &[&[1; 1000]]).is_ok() {}
+        for _ in 0..2 {
+            assert_eq!(consumer.peek().unwrap().unwrap().body, [1; 1000]);
+            consumer.consume_held();
+        }
+        assert_eq!(producer.try_write(Kind::Message, &[&[2; 1000]]), Err(Full), "held: no room yet");
+        assert_eq!(consumer.peek().unwrap().unwrap().body, [1; 1000], "the consumer has moved past what it holds");
+        consumer.release();
+        assert!(producer.try_write(Kind::Message, &[&[2; 1000]]).is_ok());
+        assert!(producer.try_write(Kind::Message, &[&[3; 1000]]).is_ok());
     }
 
     #[test]
@@ -533,15 +562,23 @@ mod model {
                     }
                 }
             });
+            // The consumer holds the room of the first record until it has taken the second (a
+            // run), and releases whenever it finds the ring empty.
             let mut expected = 1;
             while expected <= 3 {
                 match consumer.peek().expect("a conforming producer's ring is never corrupt") {
                     Some(record) => {
                         assert_eq!(record.body, body(expected));
-                        consumer.consume();
+                        consumer.consume_held();
+                        if expected != 1 {
+                            consumer.release();
+                        }
                         expected += 1;
                     }
-                    None => loom::thread::yield_now(),
+                    None => {
+                        consumer.release();
+                        loom::thread::yield_now();
+                    }
                 }
             }
             writer.join().unwrap();

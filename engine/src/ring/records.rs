@@ -247,6 +247,37 @@ pub fn read_view(record: &[u8]) -> Result<MessageView<'_>, String> {
     })
 }
 
+/// Reads a message record from `src` to the engine `dst` that is plain (no reply_to, expiry,
+/// signature or stamp), borrowing its protocol and body: the fast path of a direct channel,
+/// which compares the head's raw bytes instead of parsing every field. `None` for any other
+/// record, well formed or not: [`read_view`] then reads it whole, or says what is wrong.
+pub fn read_plain<'a>(record: &'a [u8], src: &Identity, dst: &Identity) -> Option<MessageView<'a>> {
+    let (head, rest) = record.split_at_checked(MESSAGE_HEAD)?;
+    let flags = u16::from_le_bytes(bytes(head, FLAGS_AT));
+    let plain = head[SRC_AT..DST_AT] == src.0 && head[DST_AT..ID_AT] == dst.0 && head[DST_KIND_AT] == DST_ENGINE && flags & !(ORDERED | RELIABLE | ENCRYPTED) == 0;
+    let protocol_length = u32_at(head, PROTOCOL_LENGTH_AT);
+    if !plain || u32_at(head, SIGNATURE_LENGTH_AT) != 0 || protocol_length + u32_at(head, BODY_LENGTH_AT) != rest.len() {
+        return None;
+    }
+    let scope = Scope::try_from(u16::from(head[SCOPE_AT])).ok()?;
+    let (protocol, body) = rest.split_at(protocol_length);
+    Some(MessageView {
+        src: *src,
+        dst: Destination::Engine(*dst),
+        id: u64_at(head, ID_AT),
+        reply_to: None,
+        expiry: None,
+        scope,
+        ordered: flags & ORDERED != 0,
+        reliable: flags & RELIABLE != 0,
+        encrypted: flags & ENCRYPTED != 0,
+        protocol: std::str::from_utf8(protocol).ok()?,
+        body,
+        sig: None,
+        stamp: None,
+    })
+}
+
 /// What routing needs of a message record, read in place: no copy of the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
@@ -443,6 +474,39 @@ mod tests {
             written += write_bodies(&mut producer, &template, 40 + written as u64, &bodies[written..]);
         }
         assert_eq!(written, bodies.len());
+    }
+
+    #[test]
+    fn the_plain_reading_takes_only_a_plain_message_between_the_two_engines_and_reads_it_as_the_full_one() {
+        let (src, dst) = (Keypair::generate().identity(), Keypair::generate().identity());
+        let plain = EngineMessage { protocol: "chat".into(), ordered: true, encrypted: true, ..EngineMessage::new(src, Destination::Engine(dst), 9, b"hi".to_vec()) };
+        let record = record_of(&plain);
+        assert_eq!(read_plain(&record, &src, &dst), Some(read_view(&record).unwrap()));
+        assert_eq!(read_plain(&record, &src, &dst).unwrap().to_message(), plain);
+        // Anything else is left to the full reading, which takes it or says why not.
+        let other = Keypair::generate().identity();
+        let unplain = [
+            EngineMessage { reply_to: Some(1), ..plain.clone() },
+            EngineMessage { expiry: Some(u64::MAX), ..plain.clone() },
+            EngineMessage { sig: Some([1; 64]), ..plain.clone() },
+            EngineMessage { stamp: EngineMessage::with_every_field().stamp, ..plain.clone() },
+            EngineMessage { src: other, ..plain.clone() },
+            EngineMessage { dst: Destination::Engine(other), ..plain.clone() },
+            EngineMessage { dst: Destination::Topic(dst), ..plain.clone() },
+        ];
+        for message in unplain {
+            assert_eq!(read_plain(&record_of(&message), &src, &dst), None, "{message:?}");
+        }
+        let mut broken = record.clone();
+        broken[BODY_LENGTH_AT..SIGNATURE_LENGTH_AT].copy_from_slice(&3u32.to_le_bytes());
+        assert_eq!(read_plain(&broken, &src, &dst), None, "lengths that do not add up");
+        let mut broken = record.clone();
+        broken[MESSAGE_HEAD] = 0xff;
+        assert_eq!(read_plain(&broken, &src, &dst), None, "a protocol that is not UTF-8");
+        let mut broken = record.clone();
+        broken[SCOPE_AT] = 9;
+        assert_eq!(read_plain(&broken, &src, &dst), None, "an unknown scope");
+        assert_eq!(read_plain(&record[..MESSAGE_HEAD - 1], &src, &dst), None);
     }
 
     #[test]
