@@ -135,8 +135,14 @@ impl InChannel {
         &self.segment.name
     }
 
+    /// Whether a record may be waiting; the room of records taken and held is given back when
+    /// none is, so that a receiver about to sleep holds none from its sender.
     pub fn has_data(&mut self) -> bool {
-        self.consumer.has_data()
+        let has_data = self.consumer.has_data();
+        if !has_data {
+            self.consumer.release();
+        }
+        has_data
     }
 
     /// Revoked by the router (what is left in it is still read, before anything newer).
@@ -151,6 +157,7 @@ impl InChannel {
         let finished = self.segment.is_finished();
         let checked = match self.consumer.peek() {
             Ok(None) => {
+                self.consumer.release();
                 self.wake_sender(true);
                 return if finished { FromChannel::Ended } else { FromChannel::Empty };
             }
@@ -170,9 +177,14 @@ impl InChannel {
         };
         // Counted before the record is released, so that a drained channel's counts are whole.
         self.segment.count(if checked.is_ok() { CHANNEL_READ_AT } else { CHANNEL_DROPPED_AT }, 1);
-        self.consumer.consume();
+        // Its room goes back with the next run's, once `FULL_CHECK_EVERY` are held, or when the
+        // channel is found empty.
+        self.consumer.consume_held();
         self.unchecked += 1;
-        self.wake_sender(self.unchecked >= FULL_CHECK_EVERY);
+        if self.unchecked >= FULL_CHECK_EVERY {
+            self.consumer.release();
+            self.wake_sender(true);
+        }
         match checked {
             Ok(message) => FromChannel::Message(message),
             Err(problem) => {
