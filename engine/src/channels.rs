@@ -209,9 +209,10 @@ impl InChannel {
     /// Hands `handle` the messages at the front of the channel, up to `limit` of them, for as
     /// long as they are plain ([`MessageView::is_plain`]) and from the channel's producer to
     /// this engine: each borrowed from the consumer's copy of its record, with no allocation.
-    /// Their room goes back to the sender once, at the end of the run. How many; whatever
-    /// stopped it (another record, a check that fails, the channel's end) is left to
-    /// [`InChannel::take`].
+    /// Each is counted in `read` as it is handed on; their room goes back to the sender once,
+    /// at the end of the run (if a handler panics, with the next run or record taken). How
+    /// many; whatever stopped it (another record, a check that fails, the channel's end) is
+    /// left to [`InChannel::take`].
     pub fn take_plain<F: FnMut(MessageView<'_>)>(&mut self, limit: usize, handle: &mut F) -> usize {
         let mut taken = 0;
         while taken < limit {
@@ -221,13 +222,11 @@ impl InChannel {
             }
             let Some(view) = records::read_plain(record.body, &self.producer, &self.engine) else { break };
             handle(view);
+            self.segment.count(CHANNEL_READ_AT, 1);
             self.consumer.consume_held();
             taken += 1;
         }
         if taken > 0 {
-            // A handler that panicked left the room of the run's records held: the next run,
-            // or the next record taken, releases it.
-            self.segment.count(CHANNEL_READ_AT, taken as u64);
             self.consumer.release();
             self.unchecked += taken as u32;
             self.wake_sender(self.unchecked >= FULL_CHECK_EVERY);
