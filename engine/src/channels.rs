@@ -109,6 +109,8 @@ pub(crate) struct InChannel {
     engine: Identity,
     /// Records taken since the last full check for a waiting sender.
     unchecked: u32,
+    /// Reads the plain messages from `producer` to `engine`.
+    plain: records::PlainReader,
 }
 
 /// What the next record of a channel was.
@@ -128,7 +130,7 @@ impl InChannel {
         let channel = claim.take(Request::ChannelFrom(open.peer.0))?.remove(0);
         let segment = ChannelSegment::handed(channel, &open.peer.0, &engine.0)?;
         let consumer = segment.consumer_side()?;
-        Ok(InChannel { segment, consumer, producer: open.peer, engine, unchecked: 0 })
+        Ok(InChannel { segment, consumer, producer: open.peer, engine, unchecked: 0, plain: records::PlainReader::new(&open.peer, &engine) })
     }
 
     pub fn name(&self) -> &str {
@@ -220,7 +222,7 @@ impl InChannel {
             if record.kind != Kind::Message {
                 break;
             }
-            let Some(view) = records::read_plain(record.body, &self.producer, &self.engine) else { break };
+            let Some(view) = self.plain.read(record.body) else { break };
             handle(view);
             self.segment.count(CHANNEL_READ_AT, 1);
             self.consumer.consume_held();

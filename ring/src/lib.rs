@@ -36,7 +36,7 @@ pub use doorbell::Doorbell;
 pub use handoff::{handoff_socket, Claim, Handed, HandoffError, Request, Ticket};
 #[cfg(not(netmachine_loom))]
 pub use segment::{bell_name, channel_name, doorbell_name, open_to_hand_over, segment_name, EngineKey, RingSegment, SegmentError, SideTaken, SEGMENT_PREFIX};
-pub use spsc::{heap_ring, Consumer, Corrupt, Full, Producer, Record};
+pub use spsc::{heap_ring, Batch, Consumer, Corrupt, Full, Producer, Record};
 #[cfg(not(netmachine_loom))]
 pub use sweep::{process_alive, sweep_orphans};
 

@@ -85,6 +85,7 @@ pub struct Corrupt {
 /// The writing side of a ring.
 pub struct Producer {
     memory: RingMemory,
+    /// Where the next record goes: past the records written, published or not.
     tail: u64,
     cached_head: u64,
 }
@@ -131,32 +132,14 @@ impl Producer {
     /// Writes one record whose body is `parts`, one after another, and publishes it; `Full` if
     /// there is no room now. Bodies over [`Producer::max_body`] never fit.
     pub fn try_write(&mut self, kind: Kind, parts: &[&[u8]]) -> Result<(), Full> {
-        let length: usize = parts.iter().map(|part| part.len()).sum();
-        // A `tail` taken over that is not a multiple of 8 (a broken or hostile peer wrote it)
-        // places nothing: the ring stays full.
-        if length > self.max_body() || self.tail % 8 != 0 {
-            return Err(Full);
-        }
-        let (padding, size) = self.placement(length);
-        if !self.room(padding + size) {
-            return Err(Full);
-        }
-        if padding > 0 {
-            self.write_header(self.memory.offset(self.tail), (padding as usize - RECORD_HEADER) as u32, Kind::Padding);
-            self.tail += padding;
-        }
-        // A record never crosses the end (padding was written otherwise), and the bytes between
-        // tail and head + capacity are the producer's until `tail` is published.
-        let mut at = self.memory.offset(self.tail);
-        self.write_header(at, length as u32, kind);
-        at += RECORD_HEADER;
-        for part in parts {
-            self.memory.write(at, part);
-            at += part.len();
-        }
-        self.tail += size;
-        self.memory.tail().store(self.tail, Ordering::Release);
-        Ok(())
+        self.batch().try_write(kind, parts)
+    }
+
+    /// Writes records to be published together, when the batch is dropped: one store of `tail`
+    /// for all of them rather than one for each, which sends `tail`'s line to a consumer that
+    /// keeps up once per record.
+    pub fn batch(&mut self) -> Batch<'_> {
+        Batch { from: self.tail, producer: self }
     }
 
     fn write_header(&mut self, at: usize, length: u32, kind: Kind) {
@@ -189,6 +172,54 @@ impl Producer {
     /// Whether the consumer has taken everything written.
     pub fn is_drained(&self) -> bool {
         self.memory.head().load(Ordering::Acquire) == self.tail
+    }
+}
+
+/// Records written by [`Producer::batch`], published when it is dropped.
+pub struct Batch<'p> {
+    producer: &'p mut Producer,
+    /// `tail` when the batch began: a batch that wrote nothing stores nothing.
+    from: u64,
+}
+
+impl Batch<'_> {
+    /// Writes one record whose body is `parts`, one after another, to be published with the
+    /// batch; `Full` if there is no room now. Bodies over [`Producer::max_body`] never fit.
+    pub fn try_write(&mut self, kind: Kind, parts: &[&[u8]]) -> Result<(), Full> {
+        let producer = &mut *self.producer;
+        let length: usize = parts.iter().map(|part| part.len()).sum();
+        // A `tail` taken over that is not a multiple of 8 (a broken or hostile peer wrote it)
+        // places nothing: the ring stays full.
+        if length > producer.max_body() || producer.tail % 8 != 0 {
+            return Err(Full);
+        }
+        let (padding, size) = producer.placement(length);
+        if !producer.room(padding + size) {
+            return Err(Full);
+        }
+        if padding > 0 {
+            producer.write_header(producer.memory.offset(producer.tail), (padding as usize - RECORD_HEADER) as u32, Kind::Padding);
+            producer.tail += padding;
+        }
+        // A record never crosses the end (padding was written otherwise), and the bytes between
+        // tail and head + capacity are the producer's until `tail` is published.
+        let mut at = producer.memory.offset(producer.tail);
+        producer.write_header(at, length as u32, kind);
+        at += RECORD_HEADER;
+        for part in parts {
+            producer.memory.write(at, part);
+            at += part.len();
+        }
+        producer.tail += size;
+        Ok(())
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if self.producer.tail != self.from {
+            self.producer.memory.tail().store(self.producer.tail, Ordering::Release);
+        }
     }
 }
 
@@ -407,6 +438,41 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_batch_publishes_its_records_together_when_dropped_even_across_the_end() {
+        let ring = HeapRing::new(4096);
+        let (mut producer, mut consumer) = (ring.producer(), ring.consumer());
+        // 3 records of 1008 bytes leave 1072 bytes before the end: the batch's second record
+        // goes after padding, at the start.
+        for n in 0..3u8 {
+            producer.try_write(Kind::Message, &[&[n; 1000]]).unwrap();
+            consumer.peek().unwrap().unwrap();
+            consumer.consume();
+        }
+        let mut batch = producer.batch();
+        batch.try_write(Kind::Message, &[&[10; 600], &[11; 400]]).unwrap();
+        batch.try_write(Kind::Message, &[&[12; 1000]]).unwrap();
+        batch.try_write(Kind::Refusal, &[&[13; 8]]).unwrap();
+        assert!(consumer.peek().unwrap().is_none(), "nothing is published before the batch ends");
+        let mut more = 0;
+        while batch.try_write(Kind::Message, &[&[14; 1000]]).is_ok() {
+            more += 1;
+        }
+        assert_eq!(more, 1, "the ring fills within a batch as without one");
+        drop(batch);
+        let mut read = Vec::new();
+        while let Some(record) = consumer.peek().unwrap() {
+            read.push((record.kind, record.body.len(), record.body[0], record.body[record.body.len() - 1]));
+            consumer.consume();
+        }
+        let (message, refusal) = (Kind::Message, Kind::Refusal);
+        assert_eq!(read, [(message, 1000, 10, 11), (message, 1000, 12, 12), (refusal, 8, 13, 13), (message, 1000, 14, 14)]);
+        let empty = producer.batch();
+        drop(empty);
+        assert!(consumer.peek().unwrap().is_none());
+        assert!(producer.is_drained());
+    }
+
+    #[test]
     fn a_full_ring_refuses_and_takes_again_once_read() {
         let ring = HeapRing::new(4096);
         let (mut producer, mut consumer) = (ring.producer(), ring.consumer());
@@ -551,15 +617,18 @@ mod model {
         let mut model = loom::model::Builder::new();
         model.preemption_bound = Some(3);
         model.check(|| {
-            // Three 24-byte records in a 64-byte ring: the third needs padding at the end and
-            // the room the first one's consumption released.
+            // Three 24-byte records in a 64-byte ring: the first two published together by a
+            // batch, the third alone, which needs padding at the end and the room the first
+            // one's consumption released.
             let (mut producer, mut consumer) = heap_ring(64);
             let body = |n: u64| [n.to_le_bytes(), (n * 7).to_le_bytes()].concat();
             let writer = loom::thread::spawn(move || {
-                for n in 1..=3 {
-                    while producer.try_write(Kind::Message, &[&body(n)]).is_err() {
-                        loom::thread::yield_now();
-                    }
+                let mut batch = producer.batch();
+                batch.try_write(Kind::Message, &[&body(1)]).expect("an empty ring has room");
+                batch.try_write(Kind::Message, &[&body(2)]).expect("and room for a second");
+                drop(batch);
+                while producer.try_write(Kind::Message, &[&body(3)]).is_err() {
+                    loom::thread::yield_now();
                 }
             });
             // The consumer holds the room of the first record until it has taken the second (a
