@@ -285,7 +285,9 @@ impl PlainReader {
         let scope = Scope::try_from(u16::from(head[SCOPE_AT])).ok()?;
         let (protocol, body) = rest.split_at(protocol_length);
         if protocol != self.protocol.as_bytes() {
-            self.protocol = std::str::from_utf8(protocol).ok()?.to_owned();
+            // Into the same buffer: a channel whose protocols alternate allocates nothing.
+            self.protocol.clear();
+            self.protocol.push_str(std::str::from_utf8(protocol).ok()?);
         }
         let (src, dst) = (Identity(bytes(head, SRC_AT)), Identity(bytes(head, DST_AT)));
         Some(MessageView {
