@@ -59,12 +59,12 @@ impl OutChannel {
     }
 
     /// Writes as many of `bodies` as there is room for now, each the message `template` with
-    /// that body (`records::write_bodies`), and wakes the receiver once: how many, or `Full`
-    /// if none. The longest body is the one checked: if it passes, all do.
+    /// that body, as runs (`records::write_runs`), and wakes the receiver once: how many, or
+    /// `Full` if none. The longest body is the one checked: if it passes, all do.
     pub fn try_send_bodies(&mut self, template: &EngineMessage, first_id: u64, bodies: &[&[u8]]) -> Result<usize, EngineError> {
         let longest = bodies.iter().map(|body| body.len()).max().unwrap_or(0);
-        self.admit(longest, records::message_length(template) + longest)?;
-        match records::write_bodies(&mut self.producer, template, first_id, bodies) {
+        self.admit(longest, records::run_length(template, longest))?;
+        match records::write_runs(&mut self.producer, template, first_id, bodies) {
             0 => Err(EngineError::Full),
             written => {
                 self.written(written);
@@ -111,6 +111,9 @@ pub(crate) struct InChannel {
     unchecked: u32,
     /// Reads the plain messages from `producer` to `engine`.
     plain: records::PlainReader,
+    /// Messages of the run at the front already taken: a run is consumed once all of its
+    /// messages are.
+    run_taken: usize,
 }
 
 /// What the next record of a channel was.
@@ -130,7 +133,7 @@ impl InChannel {
         let channel = claim.take(Request::ChannelFrom(open.peer.0))?.remove(0);
         let segment = ChannelSegment::handed(channel, &open.peer.0, &engine.0)?;
         let consumer = segment.consumer_side()?;
-        Ok(InChannel { segment, consumer, producer: open.peer, engine, unchecked: 0, plain: records::PlainReader::new(&open.peer, &engine) })
+        Ok(InChannel { segment, consumer, producer: open.peer, engine, unchecked: 0, plain: records::PlainReader::new(&open.peer, &engine), run_taken: 0 })
     }
 
     pub fn name(&self) -> &str {
@@ -157,30 +160,45 @@ impl InChannel {
         // Finished (closed, its producer gone from it) before the ring is found empty: nothing
         // more can come.
         let finished = self.segment.is_finished();
-        let checked = match self.consumer.peek() {
+        // The message taken or why it was dropped, and how many messages that was.
+        let (checked, messages) = match self.consumer.peek() {
             Ok(None) => {
                 self.consumer.release();
                 self.wake_sender(true);
                 return if finished { FromChannel::Ended } else { FromChannel::Empty };
             }
-            Ok(Some(record)) if record.kind == Kind::Message => records::read_view(record.body).and_then(|view| {
-                check(self.producer, self.engine, &view)?;
-                let message = view.to_message();
-                match message.sig.is_some() && !message.signature_holds() {
-                    true => Err("its signature is not its sender's".to_string()),
-                    false => Ok(Box::new(message)),
+            Ok(Some(record)) if record.kind == Kind::Message => (
+                records::read_view(record.body).and_then(|view| {
+                    check(self.producer, self.engine, &view)?;
+                    let message = view.to_message();
+                    match message.sig.is_some() && !message.signature_holds() {
+                        true => Err("its signature is not its sender's".to_string()),
+                        false => Ok(Box::new(message)),
+                    }
+                }),
+                1,
+            ),
+            Ok(Some(record)) if record.kind == Kind::Run => match take_from_run(record.body, self.producer, self.engine, self.run_taken) {
+                Ok((message, false)) => {
+                    // The record stays until the run's last message is taken.
+                    self.run_taken += 1;
+                    self.segment.count(CHANNEL_READ_AT, 1);
+                    return FromChannel::Message(message);
                 }
-            }),
-            Ok(Some(record)) => Err(format!("a {:?} record, which no engine writes to a channel", record.kind)),
+                Ok((message, true)) => (Ok(message), 1),
+                Err((problem, dropped)) => (Err(problem), dropped),
+            },
+            Ok(Some(record)) => (Err(format!("a {:?} record, which no engine writes to a channel", record.kind)), 1),
             Err(corrupt) => {
                 tracing::error!(channel = %self.segment.name, %corrupt, "a direct channel is corrupt; nothing more is read from it");
                 return FromChannel::Ended;
             }
         };
         // Counted before the record is released, so that a drained channel's counts are whole.
-        self.segment.count(if checked.is_ok() { CHANNEL_READ_AT } else { CHANNEL_DROPPED_AT }, 1);
+        self.segment.count(if checked.is_ok() { CHANNEL_READ_AT } else { CHANNEL_DROPPED_AT }, messages as u64);
         // Its room goes back with the next run's, once `FULL_CHECK_EVERY` are held, or when the
         // channel is found empty.
+        self.run_taken = 0;
         self.consumer.consume_held();
         self.unchecked += 1;
         if self.unchecked >= FULL_CHECK_EVERY {
@@ -211,22 +229,43 @@ impl InChannel {
     /// Hands `handle` the messages at the front of the channel, up to `limit` of them, for as
     /// long as they are plain ([`MessageView::is_plain`]) and from the channel's producer to
     /// this engine: each borrowed from the consumer's copy of its record, with no allocation.
-    /// Each is counted in `read` as it is handed on; their room goes back to the sender once,
-    /// at the end of the run (if a handler panics, with the next run or record taken). How
-    /// many; whatever stopped it (another record, a check that fails, the channel's end) is
-    /// left to [`InChannel::take`].
+    /// A run's messages are handed one by one; a run the limit cuts stays at the front, its
+    /// rest for the next call. Each is counted in `read` once handed on (a run's, together,
+    /// unless a handler panics); their room goes back to the sender once, at the end of the
+    /// call (if a handler panics, with the next call or record taken). How many; whatever stopped it (another record, a check that
+    /// fails, the channel's end) is left to [`InChannel::take`].
     pub fn take_plain<F: FnMut(MessageView<'_>)>(&mut self, limit: usize, handle: &mut F) -> usize {
         let mut taken = 0;
         while taken < limit {
             let Ok(Some(record)) = self.consumer.peek() else { break };
-            if record.kind != Kind::Message {
-                break;
+            match record.kind {
+                Kind::Message => {
+                    let Some(view) = self.plain.read(record.body) else { break };
+                    handle(view);
+                    self.segment.count(CHANNEL_READ_AT, 1);
+                    taken += 1;
+                }
+                Kind::Run => {
+                    let Ok(run) = records::read_run(record.body) else { break };
+                    if check(self.producer, self.engine, run.first()).is_err() {
+                        break;
+                    }
+                    let from = self.run_taken;
+                    for view in run.messages().skip(from).take(limit - taken) {
+                        handle(view);
+                        self.run_taken += 1;
+                    }
+                    // Counted once for the part of the run handed on, not per message.
+                    self.segment.count(CHANNEL_READ_AT, (self.run_taken - from) as u64);
+                    taken += self.run_taken - from;
+                    if self.run_taken < run.count() {
+                        break;
+                    }
+                    self.run_taken = 0;
+                }
+                _ => break,
             }
-            let Some(view) = self.plain.read(record.body) else { break };
-            handle(view);
-            self.segment.count(CHANNEL_READ_AT, 1);
             self.consumer.consume_held();
-            taken += 1;
         }
         if taken > 0 {
             self.consumer.release();
@@ -235,6 +274,16 @@ impl InChannel {
         }
         taken
     }
+}
+
+/// The `taken`-th message of the run `body`, and whether it is the run's last; or why the
+/// rest of the run is dropped, and how many messages that is (one for a run that cannot be
+/// read, whose count means nothing).
+fn take_from_run(body: &[u8], producer: Identity, engine: Identity, taken: usize) -> Result<(Box<EngineMessage>, bool), (String, usize)> {
+    let run = records::read_run(body).map_err(|problem| (problem, 1))?;
+    check(producer, engine, run.first()).map_err(|problem| (problem, run.count().saturating_sub(taken).max(1)))?;
+    let Some(message) = run.messages().nth(taken) else { return Err((format!("a run of {} has no message {taken}", run.count()), 1)) };
+    Ok((Box::new(message.to_message()), taken + 1 >= run.count()))
 }
 
 /// What the router checks of a message from an engine on its rings, but its signature (which

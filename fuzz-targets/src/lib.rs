@@ -40,7 +40,8 @@ fn nodes() -> &'static (Keypair, Keypair) {
     NODES.get_or_init(|| (Keypair::from_seed([1; 32]), Keypair::from_seed([2; 32])))
 }
 
-/// A message record from an engine's ring: the in-place check and the full read agree.
+/// A message record from an engine's ring: the in-place check and the full read agree; as a
+/// run, it carries the messages it counts.
 pub fn ring_record(data: &[u8]) {
     let envelope = records::read_envelope(data);
     let message = records::read_message(data);
@@ -56,6 +57,10 @@ pub fn ring_record(data: &[u8]) {
     }
     let _ = records::message_id(data);
     let _ = records::read_refusal(data);
+    // The same bytes as a run's body: one that reads carries as many messages as it says.
+    if let Ok(run) = records::read_run(data) {
+        assert_eq!(run.messages().count(), run.count(), "a run read with {} messages", run.count());
+    }
 }
 
 /// A P2P frame as node `a`'s transport hands it to `b`'s router, signatures and all.

@@ -1,12 +1,12 @@
 //! Every offset and constant of the ring segment, the direct channel and the doorbell (RING.md,
-//! layout version 3).
+//! layout version 4).
 
 /// `NMRING\0\0`, little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"NMRING\0\0");
 /// `NMBELL\0\0`, little-endian.
 pub const DOORBELL_MAGIC: u64 = u64::from_le_bytes(*b"NMBELL\0\0");
-pub const VERSION: u32 = 3;
-/// The doorbell's own layout version, which ring layouts 2 and 3 left unchanged.
+pub const VERSION: u32 = 4;
+/// The doorbell's own layout version, which ring layouts 2 to 4 left unchanged.
 pub const DOORBELL_VERSION: u32 = 1;
 pub const HEADER_SIZE: usize = 4096;
 pub const DOORBELL_SIZE: usize = 4096;
@@ -70,6 +70,8 @@ pub enum Kind {
     ChannelSwitch = 4,
     /// Another engine's messages come by a direct channel from here on (inbox only).
     ChannelOpen = 5,
+    /// Messages alike but for their bodies, one after another (direct channels only).
+    Run = 6,
 }
 
 impl Kind {
@@ -80,6 +82,7 @@ impl Kind {
             3 => Some(Kind::Refusal),
             4 => Some(Kind::ChannelSwitch),
             5 => Some(Kind::ChannelOpen),
+            6 => Some(Kind::Run),
             _ => None,
         }
     }
@@ -171,8 +174,8 @@ mod tests {
         assert_eq!(MAGIC, 0x0000_474e_4952_4d4e);
         assert_eq!(DOORBELL_MAGIC, 0x0000_4c4c_4542_4d4e);
         assert_eq!(CHANNEL_MAGIC, 0x0000_4e41_4843_4d4e);
-        assert!(doc.contains("# The netmachine ring, layout version 3"));
-        for kind in [Kind::Message, Kind::Padding, Kind::Refusal, Kind::ChannelSwitch, Kind::ChannelOpen] {
+        assert!(doc.contains("# The netmachine ring, layout version 4"));
+        for kind in [Kind::Message, Kind::Padding, Kind::Refusal, Kind::ChannelSwitch, Kind::ChannelOpen, Kind::Run] {
             assert!(doc.contains(&format!("- `{}` ", kind as u32)), "RING.md does not describe kind {kind:?}");
         }
     }

@@ -129,6 +129,31 @@ impl Producer {
         length <= self.max_body() && self.room(padding + size)
     }
 
+    /// The longest body, up to `wanted` bytes, that a record written now can have (at most
+    /// [`Producer::max_body`]); `None` when not even an empty record fits. For a producer
+    /// that fills a record to the room there is. The consumer's `head` is loaded again only
+    /// when the one last seen leaves less than `wanted`.
+    pub fn longest_fit(&mut self, wanted: usize) -> Option<usize> {
+        if self.tail % 8 != 0 {
+            return None;
+        }
+        let longest = |producer: &Self| {
+            // A `head` past `tail` (broken or hostile) wraps to a huge distance: no room.
+            let free = producer.memory.capacity.saturating_sub(producer.tail.wrapping_sub(producer.cached_head));
+            let to_end = producer.memory.capacity - producer.memory.offset(producer.tail) as u64;
+            // Here, before the end, or from the start once padding fills the end.
+            let size = free.min(to_end).max(free.saturating_sub(to_end)) & !7;
+            (size >= RECORD_HEADER as u64).then(|| (size as usize - RECORD_HEADER).min(producer.max_body()).min(wanted))
+        };
+        match longest(self) {
+            Some(longest) if longest == wanted => Some(longest),
+            _ => {
+                self.cached_head = self.memory.head().load(Ordering::Acquire);
+                longest(self)
+            }
+        }
+    }
+
     /// Writes one record whose body is `parts`, one after another, and publishes it; `Full` if
     /// there is no room now. Bodies over [`Producer::max_body`] never fit.
     pub fn try_write(&mut self, kind: Kind, parts: &[&[u8]]) -> Result<(), Full> {
@@ -248,6 +273,9 @@ pub struct Consumer {
     /// The size of the record the last `peek` returned: `consume` advances by it rather than
     /// read the length again from memory the producer shares.
     peeked: u64,
+    /// Its kind and its body's length: a `peek` before it is consumed returns the same copy.
+    peeked_kind: Kind,
+    peeked_length: usize,
     /// Where the last record's body was copied (as long as the longest body seen).
     copy: Vec<u8>,
 }
@@ -256,7 +284,7 @@ impl Consumer {
     /// Takes up reading where the ring's `head` stands (a fresh ring, or one being adopted).
     pub(crate) fn new(memory: RingMemory) -> Self {
         let head = memory.head().load(Ordering::Acquire);
-        Consumer { memory, head, cached_tail: head, peeked: 0, copy: Vec::new() }
+        Consumer { memory, head, cached_tail: head, peeked: 0, peeked_kind: Kind::Padding, peeked_length: 0, copy: Vec::new() }
     }
 
     /// Whether a record may be waiting.
@@ -269,8 +297,13 @@ impl Consumer {
     }
 
     /// The next record, its header checked and its body copied out, left in the ring until
-    /// [`Consumer::consume`]; padding is skipped. `Ok(None)` when the ring is empty.
+    /// [`Consumer::consume`]; padding is skipped. `Ok(None)` when the ring is empty. Until it
+    /// is consumed, every `peek` returns the same copy, without reading the ring again: a
+    /// caller that takes a record in several visits reads what it checked the first time.
     pub fn peek(&mut self) -> Result<Option<Record<'_>>, Corrupt> {
+        if self.peeked > 0 {
+            return Ok(Some(Record { kind: self.peeked_kind, body: &self.copy[..self.peeked_length] }));
+        }
         loop {
             if !self.has_data() {
                 return Ok(None);
@@ -305,7 +338,7 @@ impl Consumer {
             }
             self.memory.read(at + RECORD_HEADER, &mut self.copy[..length]);
             self.prefetch_after(size);
-            self.peeked = size;
+            (self.peeked, self.peeked_kind, self.peeked_length) = (size, kind, length);
             return Ok(Some(Record { kind, body: &self.copy[..length] }));
         }
     }
@@ -489,6 +522,46 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_longest_fit_is_a_body_that_fits_now_and_one_byte_more_does_not() {
+        for seed in 1..=10u64 {
+            let ring = HeapRing::new(4096);
+            let (mut producer, mut consumer) = (ring.producer(), ring.consumer());
+            let mut random = XorShift(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut fills = 0;
+            for _ in 0..400 {
+                match producer.longest_fit(usize::MAX) {
+                    Some(longest) => {
+                        assert!(producer.fits(longest), "seed {seed}: the longest fit {longest} does not fit");
+                        assert!(longest == producer.max_body() || !producer.fits(longest + 1), "seed {seed}: {} fits too", longest + 1);
+                        assert_eq!(producer.longest_fit(100), Some(longest.min(100)), "seed {seed}: what is wanted, if there is room for it");
+                    }
+                    None => assert!(!producer.fits(0), "seed {seed}: no fit, yet an empty record fits"),
+                }
+                // Now and then fill the ring to the last byte the way a run is written.
+                if random.next() % 8 == 0 {
+                    if let Some(longest) = producer.longest_fit(usize::MAX) {
+                        producer.try_write(Kind::Message, &[&vec![7; longest]]).expect("the longest fit is written");
+                        fills += 1;
+                    }
+                }
+                for _ in 0..random.next() % 3 {
+                    let _ = producer.try_write(Kind::Message, &[&vec![1; (random.next() % 900) as usize]]);
+                }
+                for _ in 0..random.next() % 3 {
+                    if consumer.peek().unwrap().is_some() {
+                        consumer.consume();
+                    }
+                }
+            }
+            assert!(fills > 10, "seed {seed}: the ring was filled to the end {fills} times");
+        }
+        // A consumer's head past the producer's tail is no room at all.
+        let ring = HeapRing::new(4096);
+        ring.set_head(64);
+        assert_eq!(ring.producer().longest_fit(8), None);
+    }
+
+    #[test]
     fn records_consumed_and_held_give_room_only_once_released() {
         let ring = HeapRing::new(4096);
         let (mut producer, mut consumer) = (ring.producer(), ring.consumer());
@@ -601,6 +674,12 @@ pub(crate) mod tests {
         ring.poke(0, &[200, 0, 0, 0, 1, 0, 0, 0]);
         ring.poke(8, b"swapped body");
         assert_eq!(record.body, b"checked body", "the consumer holds the bytes it checked");
+        // Peeked again before it is consumed: the same copy, not the ring's bytes read anew.
+        assert_eq!(consumer.peek().unwrap().unwrap().body, b"checked body");
+        consumer.consume();
+        producer.try_write(Kind::Refusal, &[b"next"]).unwrap();
+        let next = consumer.peek().unwrap().unwrap();
+        assert_eq!((next.kind, next.body), (Kind::Refusal, &b"next"[..]), "once consumed, the next record is read");
     }
 }
 

@@ -108,16 +108,28 @@ fn a_receiver_killed_on_a_channel_revokes_it_and_the_sender_is_told_no_route() {
 }
 
 #[test]
-fn records_forged_into_a_channel_are_dropped_and_counted_and_a_true_one_arrives() {
+fn records_and_runs_forged_into_a_channel_are_dropped_and_counted_and_a_true_one_arrives() {
     let node = Node::up();
     let node_id: Identity = node.id().parse().unwrap();
     with_rpc(async {
-        let (a, b) = (attach_engine(&node, |_| {}).await, attach_engine(&node, |_| {}).await);
+        let (a, b) = (std::sync::Arc::new(attach_engine(&node, |_| {}).await), attach_engine(&node, |_| {}).await);
         let sent = send_until_on_channel(&node, &a, b.identity()).await;
         receive_in_order(&b, 0, sent).await;
+        // A batch goes by the channel as runs, which `recv` takes one message at a time.
+        let (sender, to_b) = (a.clone(), b.identity());
+        let first = tokio::task::spawn_blocking(move || {
+            let bodies: Vec<[u8; 4]> = (sent..sent + 150).map(u32::to_le_bytes).collect();
+            sender.send_all_blocking(to_b, &bodies.iter().map(|b| b.as_slice()).collect::<Vec<_>>()).expect("sent")
+        });
+        let first = tokio::time::timeout(WAIT, first).await.expect("the batch is sent").expect("its thread");
+        for n in 0..150 {
+            let message = tokio::time::timeout(WAIT, b.recv()).await.unwrap_or_else(|_| panic!("message {n} of the batch never arrived")).expect("attached");
+            assert_eq!((message.id, message.body), (first + u64::from(n), (sent + n).to_le_bytes().to_vec()), "message {n} of the batch");
+        }
         // Another process of the node's user maps the channel and writes into it: a record in
-        // a third engine's name, one in A's name with a signature that is not A's, then one
-        // A could have written.
+        // a third engine's name, one in A's name with a signature that is not A's, a run of
+        // three in a third engine's name, a run that cannot be read, then one A could have
+        // written.
         let channel = ChannelSegment::open(&ring::channel_name(&node_id.0, &a.identity().0, &b.identity().0), None, None).expect("the channel");
         let mut forger = channel.producer_side().expect("a producer of its own mapping");
         let to = Destination::Engine(b.identity());
@@ -125,14 +137,19 @@ fn records_forged_into_a_channel_are_dropped_and_counted_and_a_true_one_arrives(
         let mut unsigned_by_a = EngineMessage::new(a.identity(), to, 2, b"forged signature".to_vec());
         unsigned_by_a.sig = Some([7; 64]);
         let true_one = EngineMessage::new(a.identity(), to, 3, b"true".to_vec());
-        for message in [&stranger, &unsigned_by_a, &true_one] {
+        for message in [&stranger, &unsigned_by_a] {
             ring::records::write_message(&mut forger, message).expect("room");
         }
+        let bodies: [&[u8]; 3] = [b"x", b"y", b"z"];
+        assert_eq!(ring::records::write_runs(&mut forger, &EngineMessage { body: vec![], ..stranger.clone() }, 10, &bodies), 3);
+        forger.try_write(ring::layout::Kind::Run, &[&2u32.to_le_bytes(), &[0; 60]]).expect("room");
+        ring::records::write_message(&mut forger, &true_one).expect("room");
         let bell = Doorbell::open(&ring::bell_name(&node_id.0, &b.identity().0)).expect("B's doorbell");
         ring::wait::wake_if_sleeping(bell.sleeping());
         let message = tokio::time::timeout(WAIT, b.recv()).await.expect("the true one arrives").expect("attached");
         assert_eq!(message.body, b"true");
-        wait_until("both forged records are counted", WAIT, || node.router_counter("channel_messages_dropped") == 2);
+        // Two records, the run's three messages, and the unreadable run as one.
+        wait_until("every forged message is counted", WAIT, || node.router_counter("channel_messages_dropped") == 6);
     });
 }
 
