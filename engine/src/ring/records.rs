@@ -133,7 +133,13 @@ pub fn run_length(template: &EngineMessage, body: usize) -> usize {
 pub fn write_runs(producer: &mut Producer, template: &EngineMessage, first_id: u64, bodies: &[&[u8]]) -> usize {
     debug_assert!(MessageView::of(template).is_plain() && template.body.is_empty() && matches!(template.dst, Destination::Engine(_)));
     let head = encode_head(template, &[]);
-    let lengths: Vec<u8> = bodies.iter().flat_map(|body| (body.len() as u32).to_le_bytes()).collect();
+    // Every run's lengths, stored before any run is copied: a copy that loads bytes just
+    // stored by small stores waits for them, and for every store before them, to commit. None
+    // for a single body, which goes as a message record.
+    let lengths: Vec<u8> = match bodies.len() {
+        1 => Vec::new(),
+        _ => bodies.iter().flat_map(|body| (body.len() as u32).to_le_bytes()).collect(),
+    };
     let fixed = RUN_HEAD + MESSAGE_HEAD + template.protocol.len();
     let mut written = 0;
     while written < bodies.len() {
@@ -161,11 +167,12 @@ pub fn write_runs(producer: &mut Producer, template: &EngineMessage, first_id: u
             count => {
                 let mut run_head = [0; RUN_HEAD];
                 run_head[..4].copy_from_slice(&(count as u32).to_le_bytes());
-                let mut parts: Vec<&[u8]> = Vec::with_capacity(6 + count);
                 let lengths = &lengths[RUN_BODY_LENGTH * written..RUN_BODY_LENGTH * (written + count)];
-                parts.extend([&run_head[..], &head[..ID_AT], &id, &head[REPLY_TO_AT..], template.protocol.as_bytes(), lengths]);
-                parts.extend(&bodies[written..written + count]);
-                producer.try_write(Kind::Run, &parts).map(|()| count)
+                // On the stack: a run allocates nothing.
+                let mut parts: [&[u8]; 6 + RUN_MESSAGES] = [&[]; 6 + RUN_MESSAGES];
+                parts[..6].copy_from_slice(&[&run_head[..], &head[..ID_AT], &id, &head[REPLY_TO_AT..], template.protocol.as_bytes(), lengths]);
+                parts[6..6 + count].copy_from_slice(&bodies[written..written + count]);
+                producer.try_write(Kind::Run, &parts[..6 + count]).map(|()| count)
             }
         };
         match sent {

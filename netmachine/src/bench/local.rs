@@ -5,8 +5,10 @@
 //! against, from the same run, two processes ping-ponging one shared cache line (the floor), the
 //! bare ring with no messages or checks (one way, and echoing records the size of a 64-byte
 //! message's), and a Unix socket ping-pong. Each figure and its baseline are measured in turns,
-//! `CHUNKS` chunks each, and the median chunk is the figure (see `run`).
+//! `CHUNKS` chunks each, and the median chunk is the figure (see `run`). The two sides of every
+//! latency pair, figure and baseline alike, run one on each of two cores (`cores`).
 
+use super::cores::Cores;
 use super::helpers::cache_line;
 use crate::latency::Latencies;
 use crate::local_node::{LocalNode, ScratchDir};
@@ -53,6 +55,8 @@ pub(super) struct Bench {
     scratch: ScratchDir,
     pub(super) router: PathBuf,
     keys: usize,
+    /// Where the two sides of a latency pair run.
+    cores: Cores,
 }
 
 /// A helper process, killed on drop.
@@ -75,7 +79,7 @@ impl Bench {
         let mut node = LocalNode::start(&netmachine, &scratch.0.join("node"), &set)?;
         run_local(node.wait_ready(Duration::from_secs(30)))?;
         let router = node.home.socket(ServiceKind::Router);
-        Ok((Bench { netmachine, scratch, router, keys: 0 }, node))
+        Ok((Bench { netmachine, scratch, router, keys: 0, cores: Cores::find() }, node))
     }
 
     /// Another node in the scratch home, its transport on a free loopback port.
@@ -150,6 +154,7 @@ impl Bench {
     fn echo_pair(&mut self, spin: bool, sending: Sending) -> Result<EchoPair> {
         let ring = sending != Sending::Socket;
         let (echo_process, echo) = self.engine("echo", spin, ring, if sending == Sending::Batched { &["--poll"] } else { &[] })?;
+        self.cores.place_far(echo_process.0.id());
         let engine = self.attach(spin, ring)?;
         Ok(EchoPair { _echo_process: echo_process, echo, engine, sending })
     }
@@ -210,7 +215,8 @@ impl Bench {
     /// `rounds` (the first tenth not counted).
     fn floor(&self, rounds: u64, samples: &mut Latencies) -> Result<()> {
         let (name, segment) = self.segment("floor", 4096)?;
-        let _far = self.helper(&["floor", "--segment", &name, "--rounds", &rounds.to_string()], false)?;
+        let far = self.helper(&["floor", "--segment", &name, "--rounds", &rounds.to_string()], false)?;
+        self.cores.place_far(far.0.id());
         let word = cache_line(&segment);
         for round in 0..rounds {
             let ping = 2 * round + 1;
@@ -232,7 +238,8 @@ impl Bench {
     /// `rounds` (the first tenth not counted).
     fn ring_echo(&self, rounds: u64, samples: &mut Latencies) -> Result<()> {
         let (name, segment) = self.segment("echo", 1 << 16)?;
-        let _far = self.helper(&["ring-echo", "--segment", &name, "--rounds", &rounds.to_string()], false)?;
+        let far = self.helper(&["ring-echo", "--segment", &name, "--rounds", &rounds.to_string()], false)?;
+        self.cores.place_far(far.0.id());
         let (mut outbox, mut inbox) = segment.engine_side()?;
         let record = vec![0x42; netmachine_engine::ring::records::MESSAGE_HEAD + 64];
         for round in 0..rounds {
@@ -275,6 +282,7 @@ impl Bench {
         let path = self.scratch.0.join("pingpong.sock");
         let listener = std::os::unix::net::UnixListener::bind(&path)?;
         let far = self.helper(&["unix-echo", "--path", path.to_str().unwrap_or("")], false)?;
+        self.cores.place_far(far.0.id());
         let (stream, _) = listener.accept()?;
         Ok(UnixEcho { _far: far, stream })
     }
@@ -439,14 +447,19 @@ pub fn run(rounds: usize, messages: u64, json_output: bool, set: &[String]) -> R
     let [mut msgs_64, mut msgs_1024, mut batched_64, mut batched_1024, mut socket_64, mut bare_64, mut bare_1024] = std::array::from_fn(|_| Rates::default());
     let per_chunk = chunk(messages as usize) as u64;
     for _ in 0..CHUNKS {
-        floor.chunk(|samples| bench.floor(chunk(rounds * 10) as u64, samples))?;
-        adaptive.chunk(|samples| adaptive_pair.measure(chunk(rounds), samples))?;
-        borrowed.chunk(|samples| poll_pair.measure(chunk(rounds), samples))?;
-        // A busy-spinning echo takes a core even when idle: it lives for its chunk only.
-        spin.chunk(|samples| bench.echo_pair(true, Sending::OneByOne)?.measure(chunk(rounds), samples))?;
-        ring_echo.chunk(|samples| bench.ring_echo(chunk(rounds * 10) as u64, samples))?;
-        socket.chunk(|samples| socket_pair.measure(chunk(rounds / 4), samples))?;
-        unix.chunk(|samples| unix_echo.measure(chunk(rounds), samples))?;
+        // Each latency pair measured with this thread on one core and its far side on the other.
+        let near = |measure: &mut dyn FnMut() -> Result<()>| bench.cores.near(measure);
+        floor.chunk(|samples| near(&mut || bench.floor(chunk(rounds * 10) as u64, samples)))?;
+        adaptive.chunk(|samples| near(&mut || adaptive_pair.measure(chunk(rounds), samples)))?;
+        borrowed.chunk(|samples| near(&mut || poll_pair.measure(chunk(rounds), samples)))?;
+        ring_echo.chunk(|samples| near(&mut || bench.ring_echo(chunk(rounds * 10) as u64, samples)))?;
+        socket.chunk(|samples| near(&mut || socket_pair.measure(chunk(rounds / 4), samples)))?;
+        unix.chunk(|samples| near(&mut || unix_echo.measure(chunk(rounds), samples)))?;
+        // A busy-spinning echo takes a core even when idle: it lives for its chunk only (and is
+        // made before this thread is placed, so that no thread of its engine stays there).
+        let spin_pair = bench.echo_pair(true, Sending::OneByOne)?;
+        spin.chunk(|samples| bench.cores.near(|| spin_pair.measure(chunk(rounds), samples)))?;
+        drop(spin_pair);
         for (size, bare, one_by_one, batched) in [(64, &mut bare_64, &mut msgs_64, &mut batched_64), (1024, &mut bare_1024, &mut msgs_1024, &mut batched_1024)] {
             bare.chunk(per_chunk * 4, |count| bench.bare_ring(size, count))?;
             one_by_one.chunk(per_chunk, |count| bench.time_throughput(size, Sending::OneByOne, count))?;

@@ -2,6 +2,7 @@
 //! on the same machine, so the ratio can be read off however noisy the
 //! machine is. Build with `--release` for meaningful figures.
 
+mod cores;
 pub mod helpers;
 pub mod local;
 pub mod pubsub;
