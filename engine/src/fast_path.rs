@@ -476,7 +476,7 @@ impl EngineRing {
 
     /// The reader thread.
     fn read(&self, shared: &Shared, incoming: &mpsc::Sender<Box<EngineMessage>>) {
-        let mut waiter = Waiter::default();
+        let mut waiter = Waiter::without_deadline();
         loop {
             match self.take(shared) {
                 // Queued at once while there is room (blocking_send enters a runtime each time).

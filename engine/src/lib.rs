@@ -402,7 +402,7 @@ impl Engine {
         if let Some(message) = self.take_kept() {
             return Some(message);
         }
-        let mut waiter = Waiter::default();
+        let mut waiter = Waiter::without_deadline();
         loop {
             match self.pump(&ring, false) {
                 Some(fast_path::Taken::Message(message)) => return Some(*message),

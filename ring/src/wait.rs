@@ -34,8 +34,14 @@ const YIELDS: u32 = 0;
 /// Busy-spinning yields once in this many rounds, for the same reason (measured: every 1024
 /// rounds, p50 53-64 us on 2 cores; every 8, 1.8 us).
 const BUSY_SPIN_YIELD_EVERY: u32 = 8;
-/// The longest sleep; a lost wake-up costs at most this much latency.
+/// The longest sleep of a side that keeps a deadline; a lost wake-up costs it at most this much
+/// latency.
 pub const SLEEP: Duration = Duration::from_millis(100);
+/// The sleep of a side with no deadline to keep once a whole `SLEEP` found nothing (an engine
+/// waiting to receive, the router with nothing to forward): every wake-up of an idle process
+/// costs tens of microseconds in a VM, and a node's idle engines and router woke ten times a
+/// second each. Everything they wait for wakes them: the wait is a safety net, not a poll.
+pub const IDLE_SLEEP: Duration = Duration::from_secs(1);
 
 /// A shared word a side sleeps on: a futex word in shared memory.
 pub trait FutexWord {
@@ -45,8 +51,8 @@ pub trait FutexWord {
     fn fetch_add(&self, value: u32, order: Ordering) -> u32;
     /// A sequentially consistent fence.
     fn fence(&self);
-    /// Sleeps while the word holds `expected` (or until woken, or for a while).
-    fn sleep(&self, expected: u32);
+    /// Sleeps while the word holds `expected`, until woken or for at most `timeout`.
+    fn sleep(&self, expected: u32, timeout: Duration);
     /// Wakes a sleeper.
     fn wake(&self);
     /// Lets another thread run.
@@ -69,8 +75,8 @@ impl FutexWord for AtomicU32 {
     fn fence(&self) {
         std::sync::atomic::fence(Ordering::SeqCst);
     }
-    fn sleep(&self, expected: u32) {
-        crate::futex::wait(self, expected, SLEEP);
+    fn sleep(&self, expected: u32, timeout: Duration) {
+        crate::futex::wait(self, expected, timeout);
     }
     fn wake(&self) {
         crate::futex::wake(self, 1);
@@ -95,21 +101,34 @@ pub fn wait_for(mode: WaitMode, word: &impl FutexWord, mut ready: impl FnMut() -
 #[derive(Debug, Default)]
 pub struct Waiter {
     idle: bool,
+    /// Its caller keeps no deadline: once idle, it sleeps `IDLE_SLEEP` at a time.
+    without_deadline: bool,
 }
 
 impl Waiter {
+    /// A waiter for a caller with no deadline to keep.
+    pub fn without_deadline() -> Waiter {
+        Waiter { idle: false, without_deadline: true }
+    }
+
     /// Waits until `ready()` holds (spinning, then yielding, then sleeping on `word`, unless the
     /// last wait found it idle), but returns after at most one sleep (`SLEEP`) even if it does
     /// not hold yet, so that callers can keep their own deadlines. Returns whether it holds.
     pub fn wait_a_while(&mut self, mode: WaitMode, word: &impl FutexWord, ready: impl FnMut() -> bool) -> bool {
-        let held = wait_from(mode, word, if self.idle { SPINS + YIELDS } else { 0 }, ready);
+        let (round, sleep) = match (self.idle, self.without_deadline) {
+            (false, _) => (0, SLEEP),
+            (true, false) => (SPINS + YIELDS, SLEEP),
+            (true, true) => (SPINS + YIELDS, IDLE_SLEEP),
+        };
+        let held = wait_from(mode, word, round, sleep, ready);
         self.idle = !held;
         held
     }
 }
 
-/// Waits as [`Waiter::wait_a_while`] says, as if `round` rounds had been waited already.
-fn wait_from(mode: WaitMode, word: &impl FutexWord, mut round: u32, mut ready: impl FnMut() -> bool) -> bool {
+/// Waits as [`Waiter::wait_a_while`] says, as if `round` rounds had been waited already, and
+/// sleeping at most `sleep`.
+fn wait_from(mode: WaitMode, word: &impl FutexWord, mut round: u32, sleep: Duration, mut ready: impl FnMut() -> bool) -> bool {
     // Busy-spinning never sleeps, but returns as often as a sleep would end, for deadlines.
     let started = (mode == WaitMode::BusySpin).then(std::time::Instant::now);
     loop {
@@ -139,7 +158,7 @@ fn wait_from(mode: WaitMode, word: &impl FutexWord, mut round: u32, mut ready: i
                 word.store(0, Ordering::SeqCst);
                 return true;
             }
-            word.sleep(1);
+            word.sleep(1, sleep);
             word.store(0, Ordering::SeqCst);
             return ready();
         }
@@ -165,13 +184,14 @@ pub fn ring_doorbell(router_sleeping: &impl FutexWord, rings: &impl FutexWord) {
 }
 
 /// The router, with nothing to do: says it sleeps, looks once more, then sleeps on the doorbell
-/// until an engine rings it (or for a while). Returns after at most one sleep.
+/// until an engine rings it, or the router's own threads do (or for `IDLE_SLEEP`). Returns after
+/// at most one sleep.
 pub fn sleep_on_doorbell(router_sleeping: &impl FutexWord, rings: &impl FutexWord, mut anything_waiting: impl FnMut() -> bool) {
     let before = rings.load(Ordering::SeqCst);
     router_sleeping.store(1, Ordering::SeqCst);
     router_sleeping.fence();
     if !anything_waiting() {
-        rings.sleep(before);
+        rings.sleep(before, IDLE_SLEEP);
     }
     router_sleeping.store(0, Ordering::SeqCst);
 }
@@ -211,7 +231,7 @@ mod tests {
         fn fence(&self) {
             self.0.fence()
         }
-        fn sleep(&self, expected: u32) {
+        fn sleep(&self, expected: u32, _timeout: Duration) {
             crate::futex::wait(&self.0, expected, Duration::from_secs(60));
         }
         fn wake(&self) {
@@ -228,6 +248,8 @@ mod tests {
         word: AtomicU32,
         yields: std::cell::Cell<u32>,
         sleeps: std::cell::Cell<u32>,
+        /// How long the last sleep was to last at most.
+        slept: std::cell::Cell<Duration>,
     }
 
     impl FutexWord for Counted {
@@ -235,8 +257,9 @@ mod tests {
         fn fence(&self) {
             self.word.fence()
         }
-        fn sleep(&self, _expected: u32) {
+        fn sleep(&self, _expected: u32, timeout: Duration) {
             self.sleeps.set(self.sleeps.get() + 1);
+            self.slept.set(timeout);
         }
         fn wake(&self) {}
         fn yield_now(&self) {
@@ -265,6 +288,20 @@ mod tests {
         assert!(!waiter.wait_a_while(WaitMode::Adaptive, &word, || false));
         assert_eq!(counts(&word), (YIELDS, 1));
         assert_eq!(word.word.load(Ordering::SeqCst), 0, "it never leaves its word saying it sleeps");
+    }
+
+    #[test]
+    fn only_an_idle_waiter_without_a_deadline_sleeps_long() {
+        for (mut waiter, idle_sleep) in [(Waiter::default(), SLEEP), (Waiter::without_deadline(), IDLE_SLEEP)] {
+            let word = Counted::default();
+            assert!(!waiter.wait_a_while(WaitMode::Adaptive, &word, || false));
+            assert_eq!(word.slept.get(), SLEEP, "the first sleep after something came is a short one");
+            assert!(!waiter.wait_a_while(WaitMode::Adaptive, &word, || false));
+            assert_eq!(word.slept.get(), idle_sleep, "once idle");
+            assert!(waiter.wait_a_while(WaitMode::Adaptive, &word, || true));
+            assert!(!waiter.wait_a_while(WaitMode::Adaptive, &word, || false));
+            assert_eq!(word.slept.get(), SLEEP, "something came: short again");
+        }
     }
 
     #[test]
@@ -334,7 +371,7 @@ mod model {
         fn fence(&self) {
             loom::sync::atomic::fence(Ordering::SeqCst);
         }
-        fn sleep(&self, expected: u32) {
+        fn sleep(&self, expected: u32, _timeout: Duration) {
             let guard = self.lock.lock().unwrap();
             if self.word.load(Ordering::SeqCst) == expected {
                 drop(self.woken.wait(guard).unwrap());
