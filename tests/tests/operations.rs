@@ -103,7 +103,7 @@ fn metrics_show_every_service_and_counters_survive_a_restart() {
 
     // The router's counts reach its tally file within a save interval; then it is killed.
     let tally = node.root().join("data/counters/router");
-    wait_until("the router saved its counts", Duration::from_secs(10), || {
+    wait_until("the router saved its counts", 2 * netmachine_service::tally::SAVE_EVERY, || {
         std::fs::read_to_string(&tally).is_ok_and(|t| {
             t.lines().any(|l| l.strip_prefix("messages_accepted ").and_then(|v| v.parse::<u64>().ok()) >= Some(MESSAGES))
         })
