@@ -251,8 +251,8 @@ impl InChannel {
                         break;
                     }
                     let from = self.run_taken;
-                    for view in run.messages().skip(from).take(limit - taken) {
-                        handle(view);
+                    for body in run.bodies().skip(from).take(limit - taken) {
+                        handle(run.message(body));
                         self.run_taken += 1;
                     }
                     // Counted once for the part of the run handed on, not per message.

@@ -212,29 +212,42 @@ impl<'a> Run<'a> {
         &self.first
     }
 
+    /// Its messages' ids and bodies, in order: the fast path builds each message at the use
+    /// site (see [`Run::message`]), where what the caller does not read of it is never
+    /// written.
+    pub fn bodies(&self) -> RunBodies<'a> {
+        RunBodies { next_id: self.first.id, lengths: self.lengths.chunks_exact(RUN_BODY_LENGTH), bodies: self.bodies }
+    }
+
+    /// The message of the run with `id` and `body`.
+    #[inline]
+    pub fn message(&self, (id, body): (u64, &'a [u8])) -> MessageView<'a> {
+        MessageView { id, body, ..self.first }
+    }
+
     /// Its messages in order.
-    pub fn messages(&self) -> RunMessages<'a> {
-        RunMessages { first: self.first, next_id: self.first.id, lengths: self.lengths.chunks_exact(RUN_BODY_LENGTH), bodies: self.bodies }
+    pub fn messages(&self) -> impl Iterator<Item = MessageView<'a>> + '_ {
+        self.bodies().map(|body| self.message(body))
     }
 }
 
-/// The messages of a [`Run`], each borrowing its body from the run.
-pub struct RunMessages<'a> {
-    first: MessageView<'a>,
+/// The ids and bodies of a [`Run`]'s messages, each body borrowed from the run.
+pub struct RunBodies<'a> {
     next_id: u64,
     lengths: std::slice::ChunksExact<'a, u8>,
     bodies: &'a [u8],
 }
 
-impl<'a> Iterator for RunMessages<'a> {
-    type Item = MessageView<'a>;
+impl<'a> Iterator for RunBodies<'a> {
+    type Item = (u64, &'a [u8]);
 
-    fn next(&mut self) -> Option<MessageView<'a>> {
+    #[inline]
+    fn next(&mut self) -> Option<(u64, &'a [u8])> {
         let length = u32_at(self.lengths.next()?, 0);
         let (body, rest) = self.bodies.split_at_checked(length)?;
         let id = self.next_id;
         (self.bodies, self.next_id) = (rest, id.wrapping_add(1));
-        Some(MessageView { id, body, ..self.first })
+        Some((id, body))
     }
 }
 
