@@ -480,12 +480,15 @@ fn an_engine_whose_segment_a_router_made_afresh_under_the_same_name_maps_the_new
     wait_until("the router is back and the engine attached again", WAIT, || {
         node.pid(ServiceKind::Router).is_some_and(|pid| pid != router) && node.engines().contains(&identity)
     });
-    with_rpc(async {
+    let sender = with_rpc(async {
         let sender = attach_engine(&node, |_| {}).await;
         sender.send(engine, b"into the new segment".to_vec()).await.expect("sent");
+        sender.identity()
     });
     // Kept on the old mapping, the engine would never see it: nobody writes that ring now.
     let message = listener.next_message(WAIT);
     assert_eq!(message["body"], "into the new segment", "{message}");
+    // Once the router has seen the sender go, the listener alone is on rings.
+    wait_until("the router sees the sender detach", WAIT, || !node.engines().contains(&sender.to_string()));
     assert_eq!(node.router_counter("engines_on_rings"), 1, "the listener, on its new rings: {}", node.service(ServiceKind::Router));
 }
