@@ -232,8 +232,9 @@ impl InChannel {
     /// A run's messages are handed one by one; a run the limit cuts stays at the front, its
     /// rest for the next call. Each is counted in `read` once handed on (a run's, together,
     /// unless a handler panics); their room goes back to the sender once, at the end of the
-    /// call (if a handler panics, with the next call or record taken). How many; whatever stopped it (another record, a check that
-    /// fails, the channel's end) is left to [`InChannel::take`].
+    /// call (if a handler panics, with the next call or record taken). How many; whatever
+    /// stopped it (another record, a check that fails, the channel's end) is left to
+    /// [`InChannel::take`].
     pub fn take_plain<F: FnMut(MessageView<'_>)>(&mut self, limit: usize, handle: &mut F) -> usize {
         let mut taken = 0;
         while taken < limit {

@@ -110,7 +110,8 @@ pub fn write_bodies(producer: &mut Producer, template: &EngineMessage, first_id:
 }
 
 /// A run record's body (RING.md, "Runs"): the number of messages (u32) and 4 zero bytes, then
-/// a message head and protocol shared by every message, then each body after its length (u32).
+/// a message head and protocol shared by every message, then each body's length (u32), then
+/// the bodies.
 pub const RUN_HEAD: usize = 8;
 pub const RUN_BODY_LENGTH: usize = 4;
 /// A run carries at most this many messages, and is at most this long unless one body alone is

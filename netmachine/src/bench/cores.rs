@@ -45,11 +45,12 @@ impl Cores {
 
     /// Runs `measure` with this thread on the near core, then lets it run anywhere again.
     pub fn near<R>(&self, measure: impl FnOnce() -> R) -> R {
-        let placed = self.0.as_ref().filter(|placement| sched_setaffinity(Pid::from_raw(0), &placement.near).is_ok());
-        let result = measure();
-        if let Some(placement) = placed {
-            let _ = sched_setaffinity(Pid::from_raw(0), &placement.all);
+        let Some(placement) = &self.0 else { return measure() };
+        if sched_setaffinity(Pid::from_raw(0), &placement.near).is_err() {
+            return measure();
         }
+        let result = measure();
+        let _ = sched_setaffinity(Pid::from_raw(0), &placement.all);
         result
     }
 }
