@@ -22,6 +22,8 @@ const FULL_CHECK_EVERY: u32 = 64;
 
 /// A channel this engine writes to another engine (under the engine's outbox lock).
 pub(crate) struct OutChannel {
+    /// The receiving engine.
+    pub peer: Identity,
     segment: Arc<ChannelSegment>,
     producer: Producer,
     /// The receiving engine's doorbell.
@@ -37,7 +39,7 @@ impl OutChannel {
         let segment = ChannelSegment::handed(channel, &engine.0, &peer.0)?;
         let bell = Doorbell::handed(bell)?;
         let producer = segment.producer_side()?;
-        Ok(OutChannel { segment: Arc::new(segment), producer, bell })
+        Ok(OutChannel { peer, segment: Arc::new(segment), producer, bell })
     }
 
     /// The router revoked it: messages go through the router again.

@@ -14,7 +14,6 @@ use crate::ring::wait::{WaitMode, Waiter};
 use crate::ring::{Claim, Consumer, Doorbell, Full, Handed, Producer, RingSegment, SegmentError, Ticket};
 use crate::{EngineError, MessageView};
 use netmachine_schema::{Destination, EngineMessage, Identity};
-use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -59,7 +58,8 @@ pub(crate) struct EngineRing {
 /// outbox before the switch record, and one sent after goes by the channel.
 struct Outbox {
     producer: Producer,
-    channels: FxHashMap<Identity, OutChannel>,
+    /// At most one per slot of the channel table: a short list, looked through faster than hashed.
+    channels: Vec<OutChannel>,
     /// The segment's `grants` when its channel table was last taken up.
     grants_seen: u32,
 }
@@ -77,12 +77,6 @@ impl Inbox {
     fn has_data(&mut self) -> bool {
         self.consumer.has_data() || self.channels.iter_mut().any(InChannel::has_data)
     }
-}
-
-/// Which way a message to a destination leaves now.
-enum Route {
-    Outbox,
-    Channel(Identity),
 }
 
 /// What `poll` found.
@@ -129,7 +123,7 @@ impl EngineRing {
             object,
             claim: Mutex::new(claim),
             segment,
-            outbox: Mutex::new(Outbox { producer: outbox, channels: FxHashMap::default(), grants_seen: 0 }),
+            outbox: Mutex::new(Outbox { producer: outbox, channels: Vec::new(), grants_seen: 0 }),
             inbox: Mutex::new(Inbox { consumer: inbox, last: LastFrom::default(), channels: Vec::new(), turn: 0 }),
             doorbell,
             bell,
@@ -166,8 +160,8 @@ impl EngineRing {
     /// there never will be.
     pub fn try_send(&self, message: &EngineMessage) -> Result<(), EngineError> {
         let mut outbox = lock(&self.outbox);
-        if let Route::Channel(peer) = self.route(&mut outbox, message) {
-            return outbox.channels.get_mut(&peer).expect("routed to a channel it has").try_send(message);
+        if let Some(channel) = self.route(&mut outbox, message) {
+            return channel.try_send(message);
         }
         let (len, max) = (records::message_length(message), outbox.producer.max_body());
         if len > max {
@@ -184,8 +178,8 @@ impl EngineRing {
     /// else the outbox, under one lock and with one wake-up: how many, `Full` if none.
     pub fn try_send_bodies(&self, template: &EngineMessage, first_id: u64, bodies: &[&[u8]]) -> Result<usize, EngineError> {
         let mut outbox = lock(&self.outbox);
-        if let Route::Channel(peer) = self.route(&mut outbox, template) {
-            return outbox.channels.get_mut(&peer).expect("routed to a channel it has").try_send_bodies(template, first_id, bodies);
+        if let Some(channel) = self.route(&mut outbox, template) {
+            return channel.try_send_bodies(template, first_id, bodies);
         }
         // The longest body is the one checked: if it fits, all do.
         let (len, max) = (records::message_length(template) + bodies.iter().map(|body| body.len()).max().unwrap_or(0), outbox.producer.max_body());
@@ -201,23 +195,21 @@ impl EngineRing {
         Ok(written)
     }
 
-    /// The way `message` leaves now: channels the router granted since the last send are
-    /// switched to first, and a channel the router revoked is forgotten.
-    fn route(&self, outbox: &mut Outbox, message: &EngineMessage) -> Route {
+    /// The channel `message` leaves by now, or `None` for the outbox: channels the router
+    /// granted since the last send are switched to first, and a channel the router revoked is
+    /// forgotten.
+    fn route<'o>(&self, outbox: &'o mut Outbox, message: &EngineMessage) -> Option<&'o mut OutChannel> {
         let grants = self.segment.grants();
         if grants != outbox.grants_seen {
             self.switch_to_granted(outbox, grants);
         }
-        let Destination::Engine(dst) = message.dst else { return Route::Outbox };
-        match outbox.channels.get(&dst) {
-            Some(channel) if channel.is_closed() => {
-                channel.leave();
-                outbox.channels.remove(&dst);
-                Route::Outbox
-            }
-            Some(_) => Route::Channel(dst),
-            None => Route::Outbox,
+        let Destination::Engine(dst) = message.dst else { return None };
+        let at = outbox.channels.iter().position(|channel| channel.peer == dst)?;
+        if outbox.channels[at].is_closed() {
+            outbox.channels.swap_remove(at).leave();
+            return None;
         }
+        Some(&mut outbox.channels[at])
     }
 
     /// Like `try_send`, waiting for room as the RING.md waking protocol says, for at most
@@ -255,10 +247,7 @@ impl EngineRing {
             // The channel (kept, to wait on its word without the outbox lock), or the outbox.
             let channel = {
                 let mut outbox = lock(&self.outbox);
-                match self.route(&mut outbox, routed) {
-                    Route::Channel(peer) => outbox.channels.get(&peer).map(OutChannel::segment),
-                    Route::Outbox => None,
-                }
+                self.route(&mut outbox, routed).map(|channel| channel.segment())
             };
             if Instant::now() >= deadline {
                 return Err(self.stayed_full(channel.is_some(), timeout));
@@ -302,7 +291,7 @@ impl EngineRing {
     /// Stops reading (and wakes whoever sleeps on the engine's doorbell), and leaves the
     /// channels it writes: their receivers let them go once read to the end.
     pub fn stop(&self) {
-        for channel in lock(&self.outbox).channels.values() {
+        for channel in &lock(&self.outbox).channels {
             channel.leave();
         }
         self.stop.store(true, Ordering::Release);
@@ -448,7 +437,7 @@ impl EngineRing {
         let mut switched = false;
         let mut done = true;
         for peer in self.segment.granted().into_iter().map(Identity) {
-            if outbox.channels.get(&peer).is_some_and(|channel| !channel.is_closed()) {
+            if outbox.channels.iter().any(|channel| channel.peer == peer && !channel.is_closed()) {
                 continue;
             }
             let channel = match OutChannel::open(&self.claim(), self.engine, peer) {
@@ -462,7 +451,8 @@ impl EngineRing {
                 done = false;
                 break;
             }
-            outbox.channels.insert(peer, channel);
+            outbox.channels.retain(|channel| channel.peer != peer);
+            outbox.channels.push(channel);
             switched = true;
         }
         // A table the router changed while it was read is read again at the next send.

@@ -85,6 +85,7 @@ impl ChannelSegment {
     }
 
     /// The largest message body the node takes (its `limits.max_message_bytes`).
+    #[inline]
     pub fn max_body(&self) -> usize {
         self.word(CHANNEL_MAX_BODY_AT).load(Ordering::Relaxed) as usize
     }
@@ -95,6 +96,7 @@ impl ChannelSegment {
         self.word(CHANNEL_CLOSED_AT).store(1, Ordering::Release);
     }
 
+    #[inline]
     pub fn is_closed(&self) -> bool {
         self.word(CHANNEL_CLOSED_AT).load(Ordering::Acquire) != 0
     }
@@ -107,21 +109,25 @@ impl ChannelSegment {
     /// Whether nothing more can be written: closed, and the producer has left (or is gone). A
     /// producer that read `closed` as 0 just before the router closed it may still publish one
     /// record; it leaves only after.
+    #[inline]
     pub fn is_finished(&self) -> bool {
         self.is_closed() && (self.word(CHANNEL_LEFT_AT).load(Ordering::Acquire) != 0 || !crate::process_alive(self.word(CHANNEL_PRODUCER_PID_AT).load(Ordering::Relaxed)))
     }
 
     /// A u32 of the header (a process id, `producer_waiting`, `closed`).
+    #[inline]
     pub fn word(&self, at: usize) -> &AtomicU32 {
         self.region.u32_at(at)
     }
 
     /// A counter of the header (`written`, `read`, `dropped`, `head`, `tail`).
+    #[inline]
     pub fn counter(&self, at: usize) -> &AtomicU64 {
         self.region.u64_at(at)
     }
 
     /// Adds one to a counter only this side writes (no read-modify-write across processes).
+    #[inline]
     pub fn count(&self, at: usize, by: u64) {
         let counter = self.counter(at);
         counter.store(counter.load(Ordering::Relaxed).wrapping_add(by), Ordering::Relaxed);

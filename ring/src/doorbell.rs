@@ -76,15 +76,18 @@ impl Doorbell {
         Ok(Doorbell { region, name: name.to_string() })
     }
 
+    #[inline]
     pub fn sleeping(&self) -> &AtomicU32 {
         self.region.u32_at(DOORBELL_SLEEPING_AT)
     }
 
+    #[inline]
     pub fn rings(&self) -> &AtomicU32 {
         self.region.u32_at(DOORBELL_RINGS_AT)
     }
 
     /// The node's doorbell: an engine, after writing to its outbox, rings if the router sleeps.
+    #[inline]
     pub fn ring(&self) {
         crate::wait::ring_doorbell(self.sleeping(), self.rings());
     }

@@ -58,6 +58,7 @@ mod real {
             self.len
         }
 
+        #[inline]
         pub fn u32_at(&self, at: usize) -> &AtomicU32 {
             assert!(at + 4 <= self.len && at % 4 == 0, "u32 at {at} outside a {}-byte region", self.len);
             // SAFETY: in bounds and aligned (checked; the base is page- or 8-aligned); AtomicU32
@@ -65,6 +66,7 @@ mod real {
             unsafe { &*(self.base.as_ptr().add(at) as *const AtomicU32) }
         }
 
+        #[inline]
         pub fn u64_at(&self, at: usize) -> &AtomicU64 {
             assert!(at + 8 <= self.len && at % 8 == 0, "u64 at {at} outside a {}-byte region", self.len);
             // SAFETY: as for `u32_at`.
@@ -72,6 +74,7 @@ mod real {
         }
 
         /// Copies `into.len()` bytes at `at` out of the region.
+        #[inline]
         pub fn read(&self, at: usize, into: &mut [u8]) {
             assert!(at.checked_add(into.len()).is_some_and(|end| end <= self.len), "read past the region");
             // SAFETY: in bounds (checked); a raw copy, no reference into the shared bytes.
@@ -80,6 +83,7 @@ mod real {
 
         /// Asks the CPU to start loading the cache line holding byte `at` (a hint: no access is
         /// made, nothing happens out of bounds or on other targets).
+        #[inline]
         pub fn prefetch(&self, at: usize) {
             #[cfg(target_arch = "x86_64")]
             if at < self.len {
@@ -89,6 +93,7 @@ mod real {
         }
 
         /// Copies `from` into the region at `at`.
+        #[inline]
         pub fn write(&self, at: usize, from: &[u8]) {
             assert!(at.checked_add(from.len()).is_some_and(|end| end <= self.len), "write past the region");
             // SAFETY: in bounds (checked); a raw copy, no reference into the shared bytes.
@@ -131,12 +136,14 @@ mod model {
             self.words.len() * 8
         }
 
+        #[inline]
         pub fn u64_at(&self, at: usize) -> &AtomicU64 {
             assert!(at % 8 == 0);
             &self.words[at / 8]
         }
 
         /// Copies bytes out a word at a time, each word a relaxed load.
+        #[inline]
         pub fn read(&self, at: usize, into: &mut [u8]) {
             let mut done = 0;
             while done < into.len() {
@@ -149,10 +156,12 @@ mod model {
         }
 
         /// Prefetching means nothing to the model.
+        #[inline]
         pub fn prefetch(&self, _at: usize) {}
 
         /// Copies bytes in a word at a time, each word a relaxed load and store (the region's
         /// writer is the only one writing those bytes).
+        #[inline]
         pub fn write(&self, at: usize, from: &[u8]) {
             let mut done = 0;
             while done < from.len() {

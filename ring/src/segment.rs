@@ -264,6 +264,7 @@ impl RingSegment {
 
     /// How many times the router changed the channel table: the engine reads the table again
     /// when this moves.
+    #[inline]
     pub fn grants(&self) -> u32 {
         self.region.u32_at(GRANTS_AT).load(Ordering::Acquire)
     }
@@ -279,11 +280,13 @@ impl RingSegment {
     }
 
     /// A futex word of the header (`OUTBOX_PRODUCER_WAITING_AT`).
+    #[inline]
     pub fn word(&self, at: usize) -> &AtomicU32 {
         self.region.u32_at(at)
     }
 
     /// A counter of the header (`*_HEAD_AT` or `*_TAIL_AT`), for tools and benchmarks.
+    #[inline]
     pub fn counter(&self, at: usize) -> &AtomicU64 {
         self.region.u64_at(at)
     }

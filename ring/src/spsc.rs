@@ -29,28 +29,34 @@ impl RingMemory {
         RingMemory { region, data, capacity: capacity as u64, head, tail }
     }
 
+    #[inline]
     fn head(&self) -> &crate::region::Atomic64 {
         self.region.u64_at(self.head)
     }
 
+    #[inline]
     fn tail(&self) -> &crate::region::Atomic64 {
         self.region.u64_at(self.tail)
     }
 
+    #[inline]
     fn offset(&self, position: u64) -> usize {
         (position & (self.capacity - 1)) as usize
     }
 
     /// Copies bytes out of the data area at `offset`, which the caller keeps within it.
+    #[inline]
     fn read(&self, offset: usize, into: &mut [u8]) {
         debug_assert!(offset + into.len() <= self.capacity as usize);
         self.region.read(self.data + offset, into);
     }
 
+    #[inline]
     fn prefetch(&self, offset: usize) {
         self.region.prefetch(self.data + offset);
     }
 
+    #[inline]
     fn write(&self, offset: usize, from: &[u8]) {
         debug_assert!(offset + from.len() <= self.capacity as usize);
         self.region.write(self.data + offset, from);
@@ -99,12 +105,14 @@ impl Producer {
     }
 
     /// The largest body this ring can ever take.
+    #[inline]
     pub fn max_body(&self) -> usize {
         self.memory.capacity as usize / 2 - RECORD_HEADER
     }
 
     /// Whether `needed` bytes fit. A `head` past `tail`, which only a broken or hostile
     /// consumer writes, wraps to a huge distance and so reads as no room, never as room.
+    #[inline]
     fn room(&mut self, needed: u64) -> bool {
         let (tail, capacity) = (self.tail, self.memory.capacity);
         let fits = |head: u64| tail.wrapping_sub(head).saturating_add(needed) <= capacity;
@@ -116,6 +124,7 @@ impl Producer {
     }
 
     /// The padding before, and the size of, a record of a `length`-byte body written now.
+    #[inline]
     fn placement(&self, length: usize) -> (u64, u64) {
         let size = record_size(length) as u64;
         let offset = self.memory.offset(self.tail) as u64;
@@ -133,6 +142,7 @@ impl Producer {
     /// [`Producer::max_body`]); `None` when not even an empty record fits. For a producer
     /// that fills a record to the room there is. The consumer's `head` is loaded again only
     /// when the one last seen leaves less than `wanted`.
+    #[inline]
     pub fn longest_fit(&mut self, wanted: usize) -> Option<usize> {
         if self.tail % 8 != 0 {
             return None;
@@ -156,6 +166,7 @@ impl Producer {
 
     /// Writes one record whose body is `parts`, one after another, and publishes it; `Full` if
     /// there is no room now. Bodies over [`Producer::max_body`] never fit.
+    #[inline]
     pub fn try_write(&mut self, kind: Kind, parts: &[&[u8]]) -> Result<(), Full> {
         self.batch().try_write(kind, parts)
     }
@@ -163,10 +174,12 @@ impl Producer {
     /// Writes records to be published together, when the batch is dropped: one store of `tail`
     /// for all of them rather than one for each, which sends `tail`'s line to a consumer that
     /// keeps up once per record.
+    #[inline]
     pub fn batch(&mut self) -> Batch<'_> {
         Batch { from: self.tail, producer: self }
     }
 
+    #[inline]
     fn write_header(&mut self, at: usize, length: u32, kind: Kind) {
         let mut header = [0u8; RECORD_HEADER];
         header[..4].copy_from_slice(&length.to_le_bytes());
@@ -210,6 +223,7 @@ pub struct Batch<'p> {
 impl Batch<'_> {
     /// Writes one record whose body is `parts`, one after another, to be published with the
     /// batch; `Full` if there is no room now. Bodies over [`Producer::max_body`] never fit.
+    #[inline]
     pub fn try_write(&mut self, kind: Kind, parts: &[&[u8]]) -> Result<(), Full> {
         let producer = &mut *self.producer;
         let length: usize = parts.iter().map(|part| part.len()).sum();
@@ -241,6 +255,7 @@ impl Batch<'_> {
 }
 
 impl Drop for Batch<'_> {
+    #[inline]
     fn drop(&mut self) {
         if self.producer.tail != self.from {
             self.producer.memory.tail().store(self.producer.tail, Ordering::Release);
@@ -249,6 +264,7 @@ impl Drop for Batch<'_> {
 }
 
 /// The length and kind of the record at `offset` (a multiple of 8 below the capacity), copied.
+#[inline]
 fn read_header(memory: &RingMemory, offset: usize) -> (usize, u32) {
     let mut header = [0u8; RECORD_HEADER];
     memory.read(offset, &mut header);
@@ -288,6 +304,7 @@ impl Consumer {
     }
 
     /// Whether a record may be waiting.
+    #[inline]
     pub fn has_data(&mut self) -> bool {
         if self.head != self.cached_tail {
             return true;
@@ -300,6 +317,7 @@ impl Consumer {
     /// [`Consumer::consume`]; padding is skipped. `Ok(None)` when the ring is empty. Until it
     /// is consumed, every `peek` returns the same copy, without reading the ring again: a
     /// caller that takes a record in several visits reads what it checked the first time.
+    #[inline]
     pub fn peek(&mut self) -> Result<Option<Record<'_>>, Corrupt> {
         if self.peeked > 0 {
             return Ok(Some(Record { kind: self.peeked_kind, body: &self.copy[..self.peeked_length] }));
@@ -346,6 +364,7 @@ impl Consumer {
     /// Starts loading the published bytes after the record at `head` (of `size` bytes), up to
     /// `PREFETCH` of them: the next records' lines come from the producer's core while this one
     /// is handled, instead of one miss after another.
+    #[inline]
     fn prefetch_after(&self, size: u64) {
         let published = self.cached_tail.wrapping_sub(self.head + size).min(PREFETCH);
         for ahead in (0..published).step_by(64) {
@@ -354,6 +373,7 @@ impl Consumer {
     }
 
     /// Releases the record returned by the last [`Consumer::peek`] to the producer.
+    #[inline]
     pub fn consume(&mut self) {
         self.consume_held();
         self.release();
@@ -363,15 +383,18 @@ impl Consumer {
     /// the producer until [`Consumer::release`]. A consumer taking a run of records releases
     /// them once: a producer waiting for room reloads `head`, and a `head` stored per record
     /// would send its cache line back and forth for every record.
+    #[inline]
     pub fn consume_held(&mut self) {
         self.head += std::mem::take(&mut self.peeked);
     }
 
     /// Gives the producer the room of every record consumed so far (stores `head`).
+    #[inline]
     pub fn release(&mut self) {
         self.memory.head().store(self.head, Ordering::Release);
     }
 
+    #[inline]
     fn advance(&mut self, size: u64) {
         self.head += size;
         self.release();

@@ -16,24 +16,31 @@ pub enum WaitMode {
     BusySpin,
 }
 
-// Spin only a little, then yield for a while (tens of microseconds) before sleeping. A relay
-// through the router has three parties (sender, router, receiver): with fewer cores than that,
-// a long spin holds the core the very side it waits for needs, and a futex wake costs
-// microseconds (more in a VM). Measured on 2 cores (`bench local`): 200 spins and 20 yields
-// gave a one-way p50 of 7.5 us, 16 spins and 100 yields 2.1-2.3 us; idle CPU is unchanged,
-// since a side with nothing to do still sleeps after the yields.
+// How long a side spins, then how many times it yields, before it sleeps. A message between
+// two engines goes by a direct channel: two parties, each on a core of its own when there are
+// two, so a wait shorter than a yield's cost is cheaper spun than yielded (a yield is a system
+// call: about a microsecond in a VM, and a message that comes during one waits for it to end).
+// Measured on 2 cores (`bench local`, send_all/poll pair): 16 spins (a few hundred ns) then
+// yields gave a one-way p50 of 330-360 ns, spinning 1 us 260-360 ns, 3 us 245-260 ns, 10 us
+// no better; the floor was 40-70 ns. The spin is bounded so that a side sharing its core with
+// the one it waits for (a relay through the router has three parties) gives it up soon; idle
+// CPU is unchanged, since a side with nothing to do still sleeps after the yields.
 #[cfg(not(netmachine_loom))]
-const SPINS: u32 = 16;
+const SPIN_FOR: Duration = Duration::from_micros(3);
 #[cfg(not(netmachine_loom))]
 const YIELDS: u32 = 100;
 // Under the model checker every round is a branch to explore: go straight to sleeping.
 #[cfg(netmachine_loom)]
-const SPINS: u32 = 0;
+const SPIN_FOR: Duration = Duration::ZERO;
 #[cfg(netmachine_loom)]
 const YIELDS: u32 = 0;
-/// Busy-spinning yields once in this many rounds, for the same reason (measured: every 1024
-/// rounds, p50 53-64 us on 2 cores; every 8, 1.8 us).
-const BUSY_SPIN_YIELD_EVERY: u32 = 8;
+/// Spinning reads the clock once in this many rounds (a read is tens of nanoseconds in a VM).
+const CLOCK_EVERY: u32 = 16;
+/// Busy-spinning yields once it has spun this long since its last yield: a spinner that shares
+/// its core with the side it waits for gives it up, without paying a system call every few
+/// rounds while each has a core (measured on 2 cores, `bench local`: a yield every 8 rounds gave
+/// a busy-spin p50 of 980-1180 ns, a yield after 50 us of spinning 405-490 ns).
+const BUSY_SPIN_YIELD_AFTER: Duration = Duration::from_micros(50);
 /// The longest sleep of a side that keeps a deadline; a lost wake-up costs it at most this much
 /// latency.
 pub const SLEEP: Duration = Duration::from_millis(100);
@@ -60,30 +67,56 @@ pub trait FutexWord {
 }
 
 impl FutexWord for AtomicU32 {
+    #[inline]
     fn load(&self, order: Ordering) -> u32 {
         AtomicU32::load(self, order)
     }
+    #[inline]
     fn store(&self, value: u32, order: Ordering) {
         AtomicU32::store(self, value, order)
     }
+    #[inline]
     fn swap(&self, value: u32, order: Ordering) -> u32 {
         AtomicU32::swap(self, value, order)
     }
+    #[inline]
     fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
         AtomicU32::fetch_add(self, value, order)
     }
+    #[inline]
     fn fence(&self) {
-        std::sync::atomic::fence(Ordering::SeqCst);
+        full_fence();
     }
+    #[inline]
     fn sleep(&self, expected: u32, timeout: Duration) {
         crate::futex::wait(self, expected, timeout);
     }
+    #[inline]
     fn wake(&self) {
         crate::futex::wake(self, 1);
     }
+    #[inline]
     fn yield_now(&self) {
         std::thread::yield_now();
     }
+}
+
+/// A sequentially consistent fence. On x86-64, a locked OR of zero into the word at the stack
+/// pointer: a locked instruction is a full barrier, as `mfence` is, for the ordinary memory the
+/// rings use, and costs a tenth as much (measured here: `mfence` 20 ns, locked OR 2.3 ns; it is
+/// Linux's `smp_mb()` on x86-64 for the same reason). Every send that may wake a sleeper makes
+/// one.
+#[inline]
+fn full_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: ORs zero into this thread's own stack word at the stack pointer: no value changes,
+    // and the block is assumed to read and write any memory, so the compiler moves no memory
+    // access across it either.
+    unsafe {
+        std::arch::asm!("lock or dword ptr [rsp], 0");
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    std::sync::atomic::fence(Ordering::SeqCst);
 }
 
 /// Returns once `ready()` holds, sleeping on `word` when it has waited a while.
@@ -114,55 +147,91 @@ impl Waiter {
     /// Waits until `ready()` holds (spinning, then yielding, then sleeping on `word`, unless the
     /// last wait found it idle), but returns after at most one sleep (`SLEEP`) even if it does
     /// not hold yet, so that callers can keep their own deadlines. Returns whether it holds.
-    pub fn wait_a_while(&mut self, mode: WaitMode, word: &impl FutexWord, ready: impl FnMut() -> bool) -> bool {
-        let (round, sleep) = match (self.idle, self.without_deadline) {
-            (false, _) => (0, SLEEP),
-            (true, false) => (SPINS + YIELDS, SLEEP),
-            (true, true) => (SPINS + YIELDS, IDLE_SLEEP),
+    pub fn wait_a_while(&mut self, mode: WaitMode, word: &impl FutexWord, mut ready: impl FnMut() -> bool) -> bool {
+        let held = match mode {
+            WaitMode::BusySpin => busy_spin(word, &mut ready),
+            WaitMode::Adaptive => {
+                let sleep = if self.idle && self.without_deadline { IDLE_SLEEP } else { SLEEP };
+                (!self.idle && spin_then_yield(word, &mut ready)) || sleep_on(word, sleep, &mut ready)
+            }
         };
-        let held = wait_from(mode, word, round, sleep, ready);
         self.idle = !held;
         held
     }
 }
 
-/// Waits as [`Waiter::wait_a_while`] says, as if `round` rounds had been waited already, and
-/// sleeping at most `sleep`.
-fn wait_from(mode: WaitMode, word: &impl FutexWord, mut round: u32, sleep: Duration, mut ready: impl FnMut() -> bool) -> bool {
-    // Busy-spinning never sleeps, but returns as often as a sleep would end, for deadlines.
-    let started = (mode == WaitMode::BusySpin).then(std::time::Instant::now);
+/// Spins until `ready()` holds, for at most `SLEEP` (callers keep their deadlines), yielding
+/// after each `BUSY_SPIN_YIELD_AFTER` of spinning. Whether it holds.
+fn busy_spin(word: &impl FutexWord, ready: &mut impl FnMut() -> bool) -> bool {
+    if ready() {
+        return true;
+    }
+    let started = std::time::Instant::now();
+    let mut yielded = started;
+    let mut round = 0u32;
     loop {
         if ready() {
             return true;
         }
-        round = round.saturating_add(1);
-        if let Some(started) = started {
-            // Give the core up now and then: with more spinners than cores (two cores, a
-            // router and two engines), pure spinning starves the very side it waits for.
-            if round % BUSY_SPIN_YIELD_EVERY == 0 {
-                if started.elapsed() >= SLEEP {
-                    return false;
-                }
-                word.yield_now();
-            } else {
-                std::hint::spin_loop();
+        round = round.wrapping_add(1);
+        if round % CLOCK_EVERY == 0 {
+            let now = std::time::Instant::now();
+            if now - started >= SLEEP {
+                return false;
             }
-        } else if round <= SPINS {
+            if now - yielded >= BUSY_SPIN_YIELD_AFTER {
+                word.yield_now();
+                yielded = now;
+            }
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// Spins for up to `SPIN_FOR`, then yields `YIELDS` times, until `ready()` holds. Whether it
+/// does.
+fn spin_then_yield(word: &impl FutexWord, ready: &mut impl FnMut() -> bool) -> bool {
+    if ready() {
+        return true;
+    }
+    if !SPIN_FOR.is_zero() {
+        let started = std::time::Instant::now();
+        let mut round = 0u32;
+        loop {
             std::hint::spin_loop();
-        } else if round <= SPINS + YIELDS {
-            word.yield_now();
-        } else {
-            word.store(1, Ordering::SeqCst);
-            word.fence();
             if ready() {
-                word.store(0, Ordering::SeqCst);
                 return true;
             }
-            word.sleep(1, sleep);
-            word.store(0, Ordering::SeqCst);
-            return ready();
+            round = round.wrapping_add(1);
+            if round % CLOCK_EVERY == 0 && started.elapsed() >= SPIN_FOR {
+                break;
+            }
         }
     }
+    for _ in 0..YIELDS {
+        word.yield_now();
+        if ready() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Looks, says in `word` that this side sleeps, looks once more, then sleeps on it until woken
+/// or for at most `sleep`. Whether `ready()` holds after.
+fn sleep_on(word: &impl FutexWord, sleep: Duration, ready: &mut impl FnMut() -> bool) -> bool {
+    if ready() {
+        return true;
+    }
+    word.store(1, Ordering::SeqCst);
+    word.fence();
+    if ready() {
+        word.store(0, Ordering::SeqCst);
+        return true;
+    }
+    word.sleep(1, sleep);
+    word.store(0, Ordering::SeqCst);
+    ready()
 }
 
 /// After publishing something the other side may be sleeping for: wake it if it sleeps.

@@ -101,8 +101,8 @@ pub fn write_bodies(producer: &mut Producer, template: &EngineMessage, first_id:
     let head = encode_head(template, &[]);
     let mut batch = producer.batch();
     for (written, body) in bodies.iter().enumerate() {
-        let (id, length) = ((first_id + written as u64).to_le_bytes(), (body.len() as u32).to_le_bytes());
-        if batch.try_write(Kind::Message, &message_parts(&head, &id, &length, &template.protocol, body)).is_err() {
+        let head = with_id_and_length(&head, first_id + written as u64, body.len());
+        if batch.try_write(Kind::Message, &[&head, template.protocol.as_bytes(), body]).is_err() {
             return written;
         }
     }
@@ -162,8 +162,8 @@ pub fn write_runs(producer: &mut Producer, template: &EngineMessage, first_id: u
             0 => break,
             // One message alone goes as a message record: 12 bytes shorter, and read as any.
             1 => {
-                let length = (bodies[written].len() as u32).to_le_bytes();
-                producer.try_write(Kind::Message, &message_parts(&head, &id, &length, &template.protocol, bodies[written])).map(|()| 1)
+                let head = with_id_and_length(&head, first_id + written as u64, bodies[written].len());
+                producer.try_write(Kind::Message, &[&head, template.protocol.as_bytes(), bodies[written]]).map(|()| 1)
             }
             count => {
                 let mut run_head = [0; RUN_HEAD];
@@ -184,12 +184,13 @@ pub fn write_runs(producer: &mut Producer, template: &EngineMessage, first_id: u
     written
 }
 
-/// The parts of a message record that is `head` (a plain message's, with no body) with its
-/// own `id`, body `length` and `body`. The id and length go in as parts of their own, around
-/// the head: a head rewritten in place for each record would be copied by loads that wait for
-/// those small stores, and so for every store before them, to the ring's lines.
-fn message_parts<'a>(head: &'a [u8; MESSAGE_HEAD], id: &'a [u8; 8], length: &'a [u8; 4], protocol: &'a str, body: &'a [u8]) -> [&'a [u8]; 7] {
-    [&head[..ID_AT], id, &head[REPLY_TO_AT..BODY_LENGTH_AT], length, &head[SIGNATURE_LENGTH_AT..], protocol.as_bytes(), body]
+/// `head` (a plain message's, with no body) with its own `id` and body `length`: the record
+/// is then three parts (head, protocol, body), each one copy.
+fn with_id_and_length(head: &[u8; MESSAGE_HEAD], id: u64, length: usize) -> [u8; MESSAGE_HEAD] {
+    let mut head = *head;
+    head[ID_AT..REPLY_TO_AT].copy_from_slice(&id.to_le_bytes());
+    head[BODY_LENGTH_AT..SIGNATURE_LENGTH_AT].copy_from_slice(&(length as u32).to_le_bytes());
+    head
 }
 
 /// A run record's body, checked: every message in it is `first` with a body of its own and
