@@ -134,13 +134,14 @@ pub fn run_length(template: &EngineMessage, body: usize) -> usize {
 pub fn write_runs(producer: &mut Producer, template: &EngineMessage, first_id: u64, bodies: &[&[u8]]) -> usize {
     debug_assert!(MessageView::of(template).is_plain() && template.body.is_empty() && matches!(template.dst, Destination::Engine(_)));
     let head = encode_head(template, &[]);
+    // A single body goes as a message record, with no run to size.
+    if let [body] = bodies {
+        let head = with_id_and_length(&head, first_id, body.len());
+        return producer.try_write(Kind::Message, &[&head, template.protocol.as_bytes(), body]).map_or(0, |()| 1);
+    }
     // Every run's lengths, stored before any run is copied: a copy that loads bytes just
-    // stored by small stores waits for them, and for every store before them, to commit. None
-    // for a single body, which goes as a message record.
-    let lengths: Vec<u8> = match bodies.len() {
-        1 => Vec::new(),
-        _ => bodies.iter().flat_map(|body| (body.len() as u32).to_le_bytes()).collect(),
-    };
+    // stored by small stores waits for them, and for every store before them, to commit.
+    let lengths: Vec<u8> = bodies.iter().flat_map(|body| (body.len() as u32).to_le_bytes()).collect();
     let fixed = RUN_HEAD + MESSAGE_HEAD + template.protocol.len();
     let mut written = 0;
     while written < bodies.len() {
