@@ -310,7 +310,13 @@ impl Consumer {
             return true;
         }
         self.cached_tail = self.memory.tail().load(Ordering::Acquire);
-        self.head != self.cached_tail
+        if self.head == self.cached_tail {
+            return false;
+        }
+        // New records: their lines start coming from the producer's core now, while the
+        // caller goes on to read them, rather than one miss after the other once it does.
+        self.prefetch_from(self.head);
+        true
     }
 
     /// The next record, its header checked and its body copied out, left in the ring until
@@ -366,9 +372,15 @@ impl Consumer {
     /// is handled, instead of one miss after another.
     #[inline]
     fn prefetch_after(&self, size: u64) {
-        let published = self.cached_tail.wrapping_sub(self.head + size).min(PREFETCH);
+        self.prefetch_from(self.head + size);
+    }
+
+    /// Starts loading the published bytes from position `from`, up to `PREFETCH` of them.
+    #[inline]
+    fn prefetch_from(&self, from: u64) {
+        let published = self.cached_tail.wrapping_sub(from).min(PREFETCH);
         for ahead in (0..published).step_by(64) {
-            self.memory.prefetch(self.memory.offset(self.head + size + ahead));
+            self.memory.prefetch(self.memory.offset(from + ahead));
         }
     }
 
