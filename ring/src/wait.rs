@@ -20,13 +20,14 @@ pub enum WaitMode {
 // two engines goes by a direct channel: two parties, each on a core of its own when there are
 // two, so a wait shorter than a yield's cost is cheaper spun than yielded (a yield is a system
 // call: about a microsecond in a VM, and a message that comes during one waits for it to end).
-// Measured on 2 cores (`bench local`, send_all/poll pair): 16 spins (a few hundred ns) then
-// yields gave a one-way p50 of 330-360 ns, spinning 1 us 260-360 ns, 3 us 245-260 ns, 10 us
-// no better; the floor was 40-70 ns. The spin is bounded so that a side sharing its core with
-// the one it waits for (a relay through the router has three parties) gives it up soon; idle
-// CPU is unchanged, since a side with nothing to do still sleeps after the yields.
+// So a side spins about as long as a yield costs. A relay through the router has three parties
+// on two cores, where a spinner holds the core the side it waits for needs: spinning longer
+// slows it. Measured on 2 cores (`bench local`, pinned pairs; the relay with
+// `router.direct_channels=false`): 16 spins (about 0.5 us) gave a send_all/poll p50 of 330-360
+// ns; spinning 1 us 270-310 ns with a relay of 5.0-5.1 us; 3 us 255-326 ns with a relay of 6.1
+// us. Idle CPU is unchanged, since a side with nothing to do still sleeps after the yields.
 #[cfg(not(netmachine_loom))]
-const SPIN_FOR: Duration = Duration::from_micros(3);
+const SPIN_FOR: Duration = Duration::from_micros(1);
 #[cfg(not(netmachine_loom))]
 const YIELDS: u32 = 100;
 // Under the model checker every round is a branch to explore: go straight to sleeping.
@@ -38,9 +39,11 @@ const YIELDS: u32 = 0;
 const CLOCK_EVERY: u32 = 16;
 /// Busy-spinning yields once it has spun this long since its last yield: a spinner that shares
 /// its core with the side it waits for gives it up, without paying a system call every few
-/// rounds while each has a core (measured on 2 cores, `bench local`: a yield every 8 rounds gave
-/// a busy-spin p50 of 980-1180 ns, a yield after 50 us of spinning 405-490 ns).
-const BUSY_SPIN_YIELD_AFTER: Duration = Duration::from_micros(50);
+/// rounds while each has a core. Measured on 2 cores (`bench local`): a yield every 8 rounds
+/// gave a busy-spin p50 of 980-1180 ns by direct channel; a yield after 2 us of spinning
+/// 460-600 ns, with a relay through the router of 5.4-5.9 us (after 5 us, 7.1-7.3 us; after 50
+/// us, 31 us).
+const BUSY_SPIN_YIELD_AFTER: Duration = Duration::from_micros(2);
 /// The longest sleep of a side that keeps a deadline; a lost wake-up costs it at most this much
 /// latency.
 pub const SLEEP: Duration = Duration::from_millis(100);
