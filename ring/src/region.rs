@@ -60,7 +60,9 @@ mod real {
 
         #[inline]
         pub fn u32_at(&self, at: usize) -> &AtomicU32 {
-            assert!(at + 4 <= self.len && at % 4 == 0, "u32 at {at} outside a {}-byte region", self.len);
+            if at + 4 > self.len || at % 4 != 0 {
+                misplaced_word(at, 4, self.len);
+            }
             // SAFETY: in bounds and aligned (checked; the base is page- or 8-aligned); AtomicU32
             // has u32's layout; the memory lives as long as `self`.
             unsafe { &*(self.base.as_ptr().add(at) as *const AtomicU32) }
@@ -68,7 +70,9 @@ mod real {
 
         #[inline]
         pub fn u64_at(&self, at: usize) -> &AtomicU64 {
-            assert!(at + 8 <= self.len && at % 8 == 0, "u64 at {at} outside a {}-byte region", self.len);
+            if at + 8 > self.len || at % 8 != 0 {
+                misplaced_word(at, 8, self.len);
+            }
             // SAFETY: as for `u32_at`.
             unsafe { &*(self.base.as_ptr().add(at) as *const AtomicU64) }
         }
@@ -92,6 +96,17 @@ mod real {
             }
         }
 
+        /// Asks the CPU to take the cache line holding byte `at` for writing (`prefetchw`, a
+        /// hint: nothing is written, nothing happens out of bounds or on other targets).
+        #[inline]
+        pub fn prefetch_for_write(&self, at: usize) {
+            #[cfg(target_arch = "x86_64")]
+            if at < self.len {
+                // SAFETY: in bounds (checked); a prefetch changes nothing the program can see.
+                unsafe { std::arch::asm!("prefetchw [{}]", in(reg) self.base.as_ptr().add(at), options(nostack, preserves_flags, readonly)) }
+            }
+        }
+
         /// Copies `from` into the region at `at`.
         #[inline]
         pub fn write(&self, at: usize, from: &[u8]) {
@@ -99,6 +114,16 @@ mod real {
             // SAFETY: in bounds (checked); a raw copy, no reference into the shared bytes.
             unsafe { std::ptr::copy_nonoverlapping(from.as_ptr(), self.base.as_ptr().add(at), from.len()) }
         }
+    }
+
+    /// A word asked for outside the region or off its alignment: a bug in this crate. Out of
+    /// line, so that a checked access stays a compare and a load where it is inlined: the
+    /// message's arguments, formatted in place, were spilled to the stack on every access, a
+    /// store in each round of a side spinning on a word.
+    #[cold]
+    #[inline(never)]
+    fn misplaced_word(at: usize, size: usize, len: usize) -> ! {
+        panic!("a {size}-byte word at {at} is outside a {len}-byte region or not aligned");
     }
 
     impl Drop for Region {
@@ -158,6 +183,9 @@ mod model {
         /// Prefetching means nothing to the model.
         #[inline]
         pub fn prefetch(&self, _at: usize) {}
+
+        #[inline]
+        pub fn prefetch_for_write(&self, _at: usize) {}
 
         /// Copies bytes in a word at a time, each word a relaxed load and store (the region's
         /// writer is the only one writing those bytes).

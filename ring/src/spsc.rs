@@ -57,6 +57,11 @@ impl RingMemory {
     }
 
     #[inline]
+    fn prefetch_for_write(&self, offset: usize) {
+        self.region.prefetch_for_write(self.data + offset);
+    }
+
+    #[inline]
     fn write(&self, offset: usize, from: &[u8]) {
         debug_assert!(offset + from.len() <= self.capacity as usize);
         self.region.write(self.data + offset, from);
@@ -187,6 +192,25 @@ impl Producer {
         self.memory.write(at, &header);
     }
 
+    /// Asks the CPU to take the lines the next record will go to for writing now, while the
+    /// consumer reads what was just published. Those lines were last read by the consumer a lap
+    /// ago and sit in its cache: a write to one waits until that copy is given up, and the `tail`
+    /// store that publishes the record waits for the write, so every message paid one more trip
+    /// between the cores (measured on an Intel host: a bare ring echo 370-380 -> 300-320 ns, an
+    /// engine's send_all/poll 525-555 -> 480-520 ns one way). Only free room is asked for (up to
+    /// the `head` last seen, plus the capacity): a record the consumer has not read is never
+    /// taken from it. A hint: nothing is written.
+    #[inline]
+    fn prepare_room(&self) {
+        let room_end = self.cached_head.wrapping_add(self.memory.capacity);
+        let end = self.tail.saturating_add(PREPARE).min(room_end);
+        let mut line = self.tail & !(LINE - 1);
+        while line < end {
+            self.memory.prefetch_for_write(self.memory.offset(line));
+            line += LINE;
+        }
+    }
+
     /// How many message records the consumer has not taken yet (what is lost with a consumer
     /// that is gone). The walk stops at anything a consumer could have scribbled over.
     pub fn unread_messages(&self) -> u64 {
@@ -259,6 +283,7 @@ impl Drop for Batch<'_> {
     fn drop(&mut self) {
         if self.producer.tail != self.from {
             self.producer.memory.tail().store(self.producer.tail, Ordering::Release);
+            self.producer.prepare_room();
         }
     }
 }
@@ -274,6 +299,13 @@ fn read_header(memory: &RingMemory, offset: usize) -> (usize, u32) {
 
 /// Bytes past the record being read that a consumer asks the CPU to load ahead.
 const PREFETCH: u64 = 512;
+
+/// Bytes past `tail` a producer asks the CPU to take for writing once it has published: a
+/// record of a 64-byte message (176 bytes) wherever it starts in a line.
+const PREPARE: u64 = 256;
+
+/// A cache line.
+const LINE: u64 = 64;
 
 /// A record, copied out of the ring: the producer cannot change it any more.
 pub struct Record<'a> {
@@ -303,16 +335,25 @@ impl Consumer {
         Consumer { memory, head, cached_tail: head, peeked: 0, peeked_kind: Kind::Padding, peeked_length: 0, copy: Vec::new() }
     }
 
+    /// Whether the producer has published past what this consumer took, by loads alone: what a
+    /// side spins on while it waits (no store in the loop, no prefetch; [`Consumer::peek`]
+    /// then takes the record).
+    #[inline]
+    pub fn published(&self) -> bool {
+        self.memory.tail().load(Ordering::Acquire) != self.head
+    }
+
     /// Whether a record may be waiting.
     #[inline]
     pub fn has_data(&mut self) -> bool {
         if self.head != self.cached_tail {
             return true;
         }
-        self.cached_tail = self.memory.tail().load(Ordering::Acquire);
-        if self.head == self.cached_tail {
+        let tail = self.memory.tail().load(Ordering::Acquire);
+        if self.head == tail {
             return false;
         }
+        self.cached_tail = tail;
         // New records: their lines start coming from the producer's core now, while the
         // caller goes on to read them, rather than one miss after the other once it does.
         self.prefetch_from(self.head);
@@ -538,6 +579,22 @@ pub(crate) mod tests {
         drop(empty);
         assert!(consumer.peek().unwrap().is_none());
         assert!(producer.is_drained());
+    }
+
+    #[test]
+    fn published_says_whether_records_wait_until_all_are_taken() {
+        let ring = HeapRing::new(4096);
+        let (mut producer, mut consumer) = (ring.producer(), ring.consumer());
+        assert!(!consumer.published());
+        producer.try_write(Kind::Message, &[b"one"]).unwrap();
+        producer.try_write(Kind::Message, &[b"two"]).unwrap();
+        assert!(consumer.published());
+        assert_eq!(consumer.peek().unwrap().unwrap().body, b"one");
+        consumer.consume();
+        assert!(consumer.published(), "one record is still waiting");
+        consumer.peek().unwrap().unwrap();
+        consumer.consume_held();
+        assert!(!consumer.published(), "taken, though not yet released");
     }
 
     #[test]

@@ -219,10 +219,11 @@ pub fn run(helper: Helper) -> Result<()> {
             let (mut outbox, mut inbox) = segment.router_side()?;
             let mut answered = 0;
             while answered < rounds {
-                let Some(record) = outbox.peek()? else {
+                // Spinning on loads alone, as a raw ring user would (`Consumer::published`).
+                while !outbox.published() {
                     std::hint::spin_loop();
-                    continue;
-                };
+                }
+                let Some(record) = outbox.peek()? else { continue };
                 while inbox.try_write(record.kind, &[record.body]).is_err() {
                     std::hint::spin_loop();
                 }

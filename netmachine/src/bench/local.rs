@@ -247,7 +247,7 @@ impl Bench {
             while outbox.try_write(Kind::Message, &[&record]).is_err() {
                 std::hint::spin_loop();
             }
-            while inbox.peek()?.is_none() {
+            while !inbox.published() || inbox.peek()?.is_none() {
                 std::hint::spin_loop();
             }
             inbox.consume();
