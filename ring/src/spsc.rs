@@ -61,6 +61,21 @@ impl RingMemory {
         self.region.prefetch_for_write(self.data + offset);
     }
 
+    /// Asks for every line of the `len` bytes at `offset` for writing at once, before any of
+    /// them is written: the lines come in together rather than as each store reaches them. A
+    /// line asked for ahead ([`Producer::prepare_room`]) may have been read back by the time the
+    /// next record is written (a round trip later, in an engine's request and answer); asked for
+    /// again here, the engine's send_all/poll went from 480-520 to 400-490 ns one way on an Intel
+    /// host, where the bare ring echo, whose turns are shorter, did not move.
+    #[inline]
+    fn prefetch_span_for_write(&self, offset: usize, len: usize) {
+        let mut line = offset & !(LINE as usize - 1);
+        while line < offset + len {
+            self.prefetch_for_write(line);
+            line += LINE as usize;
+        }
+    }
+
     #[inline]
     fn write(&self, offset: usize, from: &[u8]) {
         debug_assert!(offset + from.len() <= self.capacity as usize);
@@ -267,6 +282,7 @@ impl Batch<'_> {
         // A record never crosses the end (padding was written otherwise), and the bytes between
         // tail and head + capacity are the producer's until `tail` is published.
         let mut at = producer.memory.offset(producer.tail);
+        producer.memory.prefetch_span_for_write(at, size as usize);
         producer.write_header(at, length as u32, kind);
         at += RECORD_HEADER;
         for part in parts {
