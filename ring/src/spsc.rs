@@ -61,6 +61,11 @@ impl RingMemory {
         self.region.prefetch_for_write(self.data + offset);
     }
 
+    #[inline]
+    fn prefetch_tail_for_write(&self) {
+        self.region.prefetch_for_write(self.tail);
+    }
+
     /// Asks for every line of the `len` bytes at `offset` for writing at once, before any of
     /// them is written: the lines come in together rather than as each store reaches them. A
     /// line asked for ahead ([`Producer::prepare_room`]) may have been read back by the time the
@@ -196,7 +201,7 @@ impl Producer {
     /// keeps up once per record.
     #[inline]
     pub fn batch(&mut self) -> Batch<'_> {
-        Batch { from: self.tail, producer: self }
+        Batch { from: self.tail, producer: self, tail_asked: false }
     }
 
     #[inline]
@@ -257,6 +262,8 @@ pub struct Batch<'p> {
     producer: &'p mut Producer,
     /// `tail` when the batch began: a batch that wrote nothing stores nothing.
     from: u64,
+    /// Whether the line of `tail` was asked for, for writing (once, at the batch's first record).
+    tail_asked: bool,
 }
 
 impl Batch<'_> {
@@ -274,6 +281,15 @@ impl Batch<'_> {
         let (padding, size) = producer.placement(length);
         if !producer.room(padding + size) {
             return Err(Full);
+        }
+        // The consumer waiting for this record reads `tail`'s line over and over: the store that
+        // publishes the record needs it back, and asked for now, it comes while the record is
+        // copied rather than after (measured on an Intel host: send_all/poll 402-430 -> 361-377
+        // ns one way, the bare ring echo 2.24-2.56 -> 2.06-2.22 of the floor). Once a batch: a
+        // consumer reading along would otherwise lose the line to every record.
+        if !self.tail_asked {
+            producer.memory.prefetch_tail_for_write();
+            self.tail_asked = true;
         }
         if padding > 0 {
             producer.write_header(producer.memory.offset(producer.tail), (padding as usize - RECORD_HEADER) as u32, Kind::Padding);
